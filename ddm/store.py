@@ -1,0 +1,336 @@
+"""Task state in an embedded SQLite database.
+
+One database file (`tasks.db` in the XDG data directory) holds every task, its per-volume
+progress, its event log and the locks that keep two tasks off the same volume. The database runs
+in WAL mode, so `ddmctl status` in one terminal reads while `ddmsyncer` writes in another.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from ddm.config import data_dir
+from ddm.errors import ConfigError, TaskConflict, TaskNotFound
+from ddm.task import ItemState, Phase, Task, TaskItem, TaskSpec, TaskState
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_SECONDS = 30.0
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS tasks (
+    id TEXT PRIMARY KEY,
+    spec TEXT NOT NULL,
+    state TEXT NOT NULL,
+    phase TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    error TEXT,
+    runner_pid INTEGER,
+    control TEXT,
+    extra TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS items (
+    task_id TEXT NOT NULL REFERENCES tasks(id) ON DELETE CASCADE,
+    position INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    target TEXT NOT NULL,
+    state TEXT NOT NULL,
+    bytes_total INTEGER,
+    bytes_done INTEGER NOT NULL DEFAULT 0,
+    entries INTEGER,
+    stream_digest TEXT,
+    target_created INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    started_at REAL,
+    finished_at REAL,
+    manifest BLOB,
+    PRIMARY KEY (task_id, position)
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    task_id TEXT NOT NULL REFERENCES tasks(id) ON DELETE CASCADE,
+    at REAL NOT NULL,
+    level TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    message TEXT NOT NULL,
+    data TEXT
+);
+CREATE TABLE IF NOT EXISTS locks (
+    resource TEXT PRIMARY KEY,
+    task_id TEXT NOT NULL REFERENCES tasks(id) ON DELETE CASCADE,
+    acquired_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_by_task ON events(task_id, id);
+"""
+
+ITEM_COLUMNS = (
+    "task_id",
+    "position",
+    "source",
+    "target",
+    "state",
+    "bytes_total",
+    "bytes_done",
+    "entries",
+    "stream_digest",
+    "target_created",
+    "error",
+    "started_at",
+    "finished_at",
+)
+
+
+def default_store_path(environ: Mapping[str, str]) -> Path:
+    """Return the task database path: DDM_STATE_DB if set, else tasks.db in the data directory."""
+    explicit = environ.get("DDM_STATE_DB")
+    if explicit:
+        return Path(explicit)
+    return data_dir(environ) / "tasks.db"
+
+
+class TaskStore:
+    """Reads and writes tasks. One instance per process; it is not shared across threads."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._db = sqlite3.connect(
+                str(path), timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None,
+                check_same_thread=False,
+            )
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.executescript(SCHEMA)
+            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            os.chmod(path, 0o600)
+        except (OSError, sqlite3.Error) as error:
+            raise ConfigError(
+                f"cannot open task database {path}: {error}",
+                hint="check the permissions of the XDG data directory or set DDM_STATE_DB",
+            ) from None
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """Run statements in one IMMEDIATE transaction (a write lock taken up front)."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # Tasks
+
+    def create_task(self, task: Task) -> Task:
+        """Store a new task with one item per volume."""
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO tasks (id, spec, state, phase, created_at) VALUES (?, ?, ?, ?, ?)",
+                (task.id, json.dumps(task.spec.to_dict()), task.state.value, task.phase.value,
+                 task.created_at),
+            )
+            for item in task.items:
+                self._insert_item(db, item)
+        return task
+
+    def _insert_item(self, db: sqlite3.Connection, item: TaskItem) -> None:
+        values = [getattr(item, column) for column in ITEM_COLUMNS]
+        values[ITEM_COLUMNS.index("state")] = item.state.value
+        placeholders = ", ".join("?" for _ in ITEM_COLUMNS)
+        db.execute(f"INSERT INTO items ({', '.join(ITEM_COLUMNS)}) VALUES ({placeholders})", values)
+
+    def get_task(self, task_id: str) -> Task:
+        """Load a task by ID or by a unique prefix of at least 4 characters."""
+        row = self._find_task_row(task_id)
+        task = self._task_from_row(row)
+        task.items = self.get_items(task.id)
+        return task
+
+    def _find_task_row(self, task_id: str) -> sqlite3.Row:
+        row = self._db.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        if row is not None:
+            return row
+
+        if len(task_id) >= 4 and all(ch in "0123456789abcdef" for ch in task_id):
+            rows = self._db.execute(
+                "SELECT * FROM tasks WHERE id LIKE ? LIMIT 2", (task_id + "%",)
+            ).fetchall()
+            if len(rows) == 1:
+                return rows[0]
+            if len(rows) > 1:
+                raise TaskNotFound(
+                    f"task ID prefix {task_id!r} is ambiguous", hint="give more digits of the ID"
+                )
+        raise TaskNotFound(f"task {task_id!r} not found in {self.path}",
+                           hint="list tasks with 'ddmctl list'")
+
+    def _task_from_row(self, row: sqlite3.Row) -> Task:
+        return Task(
+            id=row["id"],
+            spec=TaskSpec.from_dict(json.loads(row["spec"])),
+            state=TaskState(row["state"]),
+            phase=Phase(row["phase"]),
+            created_at=row["created_at"],
+            started_at=row["started_at"],
+            finished_at=row["finished_at"],
+            error=json.loads(row["error"]) if row["error"] else None,
+            runner_pid=row["runner_pid"],
+            control=row["control"],
+        )
+
+    def list_tasks(self, *, state: TaskState | None = None, limit: int = 100) -> list[Task]:
+        """Return tasks, newest first, each with its items."""
+        query = "SELECT * FROM tasks"
+        parameters: list[Any] = []
+        if state is not None:
+            query += " WHERE state = ?"
+            parameters.append(state.value)
+        query += " ORDER BY created_at DESC LIMIT ?"
+        parameters.append(limit)
+
+        tasks = [self._task_from_row(row) for row in self._db.execute(query, parameters)]
+        for task in tasks:
+            task.items = self.get_items(task.id)
+        return tasks
+
+    def update_task(self, task_id: str, **fields: Any) -> None:
+        """Update columns of a task: state, phase, started_at, finished_at, error, runner_pid, control."""
+        allowed = {"state", "phase", "started_at", "finished_at", "error", "runner_pid", "control"}
+        assignments, values = _assignments(fields, allowed)
+        with self.transaction() as db:
+            db.execute(f"UPDATE tasks SET {assignments} WHERE id = ?", [*values, task_id])
+
+    def get_extra(self, task_id: str) -> dict[str, Any]:
+        """Return the task's free-form state (records of what the task created, timings)."""
+        row = self._db.execute("SELECT extra FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        return json.loads(row["extra"]) if row else {}
+
+    def set_extra(self, task_id: str, **values: Any) -> None:
+        """Merge keys into the task's free-form state."""
+        with self.transaction() as db:
+            row = db.execute("SELECT extra FROM tasks WHERE id = ?", (task_id,)).fetchone()
+            extra = json.loads(row["extra"]) if row else {}
+            extra.update(values)
+            db.execute("UPDATE tasks SET extra = ? WHERE id = ?", (json.dumps(extra), task_id))
+
+    def claim_task(self, task_id: str, pid: int, states: tuple[TaskState, ...]) -> bool:
+        """Mark a task as running by process `pid` if it is in one of `states`; return success."""
+        placeholders = ", ".join("?" for _ in states)
+        with self.transaction() as db:
+            cursor = db.execute(
+                f"UPDATE tasks SET state = ?, runner_pid = ?, started_at = COALESCE(started_at, ?)"
+                f" WHERE id = ? AND state IN ({placeholders})",
+                [TaskState.RUNNING.value, pid, time.time(), task_id,
+                 *[state.value for state in states]],
+            )
+            return cursor.rowcount == 1
+
+    # Items
+
+    def get_items(self, task_id: str) -> list[TaskItem]:
+        rows = self._db.execute(
+            f"SELECT {', '.join(ITEM_COLUMNS)} FROM items WHERE task_id = ? ORDER BY position",
+            (task_id,),
+        ).fetchall()
+        items = []
+        for row in rows:
+            values = dict(row)
+            values["state"] = ItemState(values["state"])
+            values["target_created"] = bool(values["target_created"])
+            items.append(TaskItem(**values))
+        return items
+
+    def update_item(self, task_id: str, position: int, **fields: Any) -> None:
+        allowed = set(ITEM_COLUMNS) - {"task_id", "position", "source", "target"}
+        assignments, values = _assignments(fields, allowed)
+        with self.transaction() as db:
+            db.execute(
+                f"UPDATE items SET {assignments} WHERE task_id = ? AND position = ?",
+                [*values, task_id, position],
+            )
+
+    def save_manifest(self, task_id: str, position: int, manifest_json: bytes) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE items SET manifest = ? WHERE task_id = ? AND position = ?",
+                (manifest_json, task_id, position),
+            )
+
+    def load_manifest(self, task_id: str, position: int) -> bytes | None:
+        row = self._db.execute(
+            "SELECT manifest FROM items WHERE task_id = ? AND position = ?", (task_id, position)
+        ).fetchone()
+        return bytes(row["manifest"]) if row and row["manifest"] is not None else None
+
+    # Events
+
+    def add_event(
+        self, task_id: str, level: str, kind: str, message: str, data: dict[str, Any] | None = None
+    ) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO events (task_id, at, level, kind, message, data) VALUES (?, ?, ?, ?, ?, ?)",
+                (task_id, time.time(), level, kind, message, json.dumps(data) if data else None),
+            )
+
+    def get_events(self, task_id: str, after_id: int = 0) -> list[dict[str, Any]]:
+        rows = self._db.execute(
+            "SELECT * FROM events WHERE task_id = ? AND id > ? ORDER BY id", (task_id, after_id)
+        ).fetchall()
+        return [
+            {**dict(row), "data": json.loads(row["data"]) if row["data"] else None}
+            for row in rows
+        ]
+
+    # Locks
+
+    def acquire_locks(self, task_id: str, resources: list[str]) -> None:
+        """Take every lock for the task, or none: raise TaskConflict naming the holder."""
+        with self.transaction() as db:
+            for resource in resources:
+                row = db.execute(
+                    "SELECT task_id FROM locks WHERE resource = ?", (resource,)
+                ).fetchone()
+                if row is not None and row["task_id"] != task_id:
+                    raise TaskConflict(
+                        f"{resource} is held by task {row['task_id']}",
+                        hint=f"wait for it, or end it with 'ddmctl cancel {row['task_id']}' "
+                        f"or 'ddmctl rollback {row['task_id']}'",
+                    )
+                db.execute(
+                    "INSERT OR IGNORE INTO locks (resource, task_id, acquired_at) VALUES (?, ?, ?)",
+                    (resource, task_id, time.time()),
+                )
+
+    def release_locks(self, task_id: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM locks WHERE task_id = ?", (task_id,))
+
+
+def _assignments(fields: Mapping[str, Any], allowed: set[str]) -> tuple[str, list[Any]]:
+    unknown = set(fields) - allowed
+    if unknown:
+        raise ValueError(f"unknown columns: {sorted(unknown)}")
+
+    values = []
+    for key, value in fields.items():
+        if hasattr(value, "value"):
+            value = value.value
+        elif key == "error" and isinstance(value, dict):
+            value = json.dumps(value)
+        values.append(value)
+    return ", ".join(f"{key} = ?" for key in fields), values
