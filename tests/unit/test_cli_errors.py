@@ -1,0 +1,393 @@
+"""Tests of the five commands' error handling, run in-process through ddmctl.common.run_main.
+
+Every failure must print exactly one line, "PROG: error: ...", on stderr, nothing on stdout,
+no traceback unless --debug is given, and return the documented exit status.
+"""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+import pytest
+
+from ddm import __version__, api
+from ddm.config import load_config
+from ddm.errors import ExitStatus
+from ddm.store import TaskStore, default_store_path
+from ddm.task import Task
+from tests.unit.cli_support import (
+    COMMAND_NAMES,
+    command_available,
+    error_line,
+    invoke,
+    snapshot_tree,
+)
+
+pytestmark = pytest.mark.usefixtures("no_network")
+
+# Hosts that every test config names. Nothing here connects to them, because each command
+# under test fails during validation, and the no_network fixture fails any test that tries.
+HOSTS_YAML = "hosts:\n  a: ssh://nobody@127.0.0.1:1\n  b: ssh://nobody@127.0.0.1:1\n"
+
+SUBCOMMANDS = {
+    "ddmctl": ["migrate", "list", "status", "resume", "cancel", "rollback"],
+    "ddmsyncer": ["run", "serve"],
+}
+
+EXIT_STATUS_LINES = ["0    success", "1    migration", "2    usage", "3    connection",
+                     "4    SSH host key", "5    SSH authentication", "6    conflict",
+                     "130  interrupted"]
+
+
+def present_commands() -> list[str]:
+    return [prog for prog in COMMAND_NAMES if command_available(prog)]
+
+
+@pytest.fixture
+def configured(home: Path, environ: dict[str, str]) -> dict[str, str]:
+    """Return an environment whose default config file names hosts a and b."""
+    config_dir = home / ".config" / "ddm"
+    config_dir.mkdir(parents=True)
+    (config_dir / "config.yaml").write_text(HOSTS_YAML)
+    return environ
+
+
+# --version and --help
+
+
+@pytest.mark.parametrize("prog", present_commands())
+def test_version(environ: dict[str, str], prog: str) -> None:
+    outcome = invoke(prog, ["--version"], environ)
+
+    assert outcome.status == 0
+    assert outcome.stdout == f"{prog} {__version__}\n"
+    assert outcome.stderr == ""
+
+
+@pytest.mark.parametrize("prog", present_commands())
+@pytest.mark.parametrize("option", ["--help", "-h"])
+def test_help(environ: dict[str, str], prog: str, option: str) -> None:
+    outcome = invoke(prog, [option], environ)
+
+    assert outcome.status == 0
+    assert outcome.stderr == ""
+    assert outcome.stdout.startswith(f"Usage: {prog} ")
+    assert f"Example:\n    {prog} " in outcome.stdout
+    assert "Exit statuses:" in outcome.stdout
+    for line in EXIT_STATUS_LINES:
+        assert line in outcome.stdout
+
+
+@pytest.mark.parametrize(
+    ("prog", "subcommand"),
+    [(prog, name) for prog, names in SUBCOMMANDS.items() for name in names],
+)
+def test_subcommand_help(environ: dict[str, str], prog: str, subcommand: str) -> None:
+    outcome = invoke(prog, [subcommand, "--help"], environ)
+
+    assert outcome.status == 0
+    assert outcome.stderr == ""
+    assert outcome.stdout.startswith(f"Usage: {prog} {subcommand} ")
+    assert f"Example:\n    {prog} {subcommand}" in outcome.stdout
+    assert "Exit statuses:" in outcome.stdout
+    assert "130  interrupted" in outcome.stdout
+
+
+def test_help_writes_nothing(home: Path, environ: dict[str, str]) -> None:
+    before = snapshot_tree(home)
+
+    for prog in present_commands():
+        invoke(prog, ["--help"], environ)
+
+    assert snapshot_tree(home) == before
+
+
+# Usage errors from the argument parser
+
+
+USAGE_ERRORS = [
+    # (prog, args, text the error line must contain)
+    ("ddmctl", [], "missing command"),
+    ("ddmctl", ["nosuch"], "No such command 'nosuch'"),
+    ("ddmctl", ["--nosuch"], "No such option"),
+    ("ddmctl", ["--config"], "'--config' requires an argument"),
+    ("ddmctl", ["list", "--state", "lost"], "'lost' is not one of"),
+    ("ddmctl", ["list", "--limit", "0"], "0 is not in the range"),
+    ("ddmctl", ["list", "--limit", "many"], "'many' is not a valid integer"),
+    ("ddmctl", ["status"], "Missing argument 'TASK'"),
+    ("ddmctl", ["rollback", "a", "b"], "unexpected extra argument (b)"),
+    ("ddmctl", ["migrate"], "Missing option '--from'"),
+    ("ddmctl", ["migrate", "--from", "a", "--to", "b"], "Missing option '--volume'"),
+    ("ddmctl", ["migrate", "--from", "a", "--to", "b", "--volume", "v1", "--verify", "deep"],
+     "'deep' is not one of"),
+    ("ddminit", ["--nosuch"], "No such option"),
+    ("ddminit", ["--host"], "'--host' requires an argument"),
+    ("ddmverify", [], "Missing option '--from'"),
+    ("ddmverify", ["--from", "a", "--to", "b"], "Missing option '--volume'"),
+    ("ddmsyncer", [], "missing command"),
+    ("ddmsyncer", ["run"], "Missing argument 'TASK'"),
+    ("ddmsyncer", ["serve", "--concurrency", "0"], "0 is not in the range"),
+    ("ddmsyncer", ["serve", "--poll-interval", "0"], "is not in the range"),
+]
+
+
+@pytest.mark.parametrize(("prog", "args", "expected"), USAGE_ERRORS)
+def test_usage_error(
+    home: Path, configured: dict[str, str], prog: str, args: list[str], expected: str
+) -> None:
+    before = snapshot_tree(home)
+
+    outcome = invoke(prog, args, configured)
+
+    line = error_line(outcome, prog)
+    assert expected in line
+    assert line.endswith(f"run '{prog} --help' for usage")
+    assert snapshot_tree(home) == before
+
+
+# Errors raised by DDM after parsing
+
+
+VALIDATION_ERRORS = [
+    # (prog, args, text the error line must contain)
+    ("ddmctl", ["migrate", "--from", "nosuch", "--to", "b", "--volume", "v1", "--yes"],
+     "unknown host 'nosuch'"),
+    ("ddmctl", ["migrate", "--from", "a", "--to", "nosuch", "--volume", "v1", "--yes"],
+     "unknown host 'nosuch'"),
+    ("ddmctl", ["migrate", "--from", "a", "--to", "b", "--volume", "v", "--yes"],
+     "invalid volume name 'v'"),
+    ("ddmctl", ["migrate", "--from", "a", "--to", "b", "--volume", "ab\n", "--yes"],
+     "invalid volume name 'ab\\n'"),
+    ("ddmctl", ["migrate", "--from", "a", "--to", "b", "--volume", "v1:", "--yes"],
+     "missing volume name"),
+    ("ddmctl", ["migrate", "--from", "a", "--to", "b", "--volume", "v1", "--volume", "v1",
+                "--yes"], "source volume 'v1' given twice"),
+    ("ddmctl", ["migrate", "--from", "a", "--to", "b", "--volume", "v1:t1", "--volume", "v2:t1",
+                "--yes"], "target volume 't1' given twice"),
+    ("ddmctl", ["migrate", "--from", "a", "--to", "a", "--volume", "v1", "--yes"],
+     "would be copied onto itself"),
+    ("ddmctl", ["migrate", "--from", "a", "--to", "b", "--volume", "v1", "--force"],
+     "needs --yes"),
+    ("ddmctl", ["--config", "missing.yaml", "list"], "config file not found: missing.yaml"),
+    ("ddminit", ["--host", "h1", "--yes"], "invalid --host 'h1'"),
+    ("ddminit", ["--host", "local=unix:///run/docker.sock", "--yes"], "'local' is reserved"),
+    ("ddminit", ["--host", "h1=ftp://h1", "--yes"], "unsupported URL scheme 'ftp'"),
+    ("ddminit", ["--host", "h1=ssh://h1:0", "--yes"], "invalid port 0"),
+    ("ddminit", ["--host", "h1=ssh://root:pw@h1", "--yes"], "contains a password"),
+    ("ddminit", ["--host", "h1=ssh://h1", "--docker-socket", "docker.sock", "--yes"],
+     "invalid docker_socket 'docker.sock'"),
+    ("ddmverify", ["--from", "nosuch", "--to", "b", "--volume", "v1"], "unknown host 'nosuch'"),
+    ("ddmverify", ["--from", "a", "--to", "a", "--volume", "v1"], "would be copied onto itself"),
+    ("ddmverify", ["--from", "a", "--to", "b", "--volume", "-v1"], "invalid volume name '-v1'"),
+]
+
+
+@pytest.mark.parametrize(("prog", "args", "expected"), VALIDATION_ERRORS)
+def test_validation_error(
+    home: Path, configured: dict[str, str], prog: str, args: list[str], expected: str
+) -> None:
+    before = snapshot_tree(home)
+
+    outcome = invoke(prog, args, configured)
+
+    line = error_line(outcome, prog)
+    assert expected in line
+    assert snapshot_tree(home) == before
+
+
+def test_invalid_config_reported_before_store(home: Path, environ: dict[str, str]) -> None:
+    (home / "bad.yaml").write_text("version: 2\n")
+    before = snapshot_tree(home)
+
+    outcome = invoke("ddmctl", ["--config", "bad.yaml", "list"], environ)
+
+    line = error_line(outcome, "ddmctl")
+    assert "unsupported config version 2 in bad.yaml" in line
+    assert snapshot_tree(home) == before
+
+
+def test_ddm_config_env_honoured(home: Path, environ: dict[str, str]) -> None:
+    (home / "bad.yaml").write_text("hosts: [a]\n")
+    environ["DDM_CONFIG"] = str(home / "bad.yaml")
+
+    outcome = invoke("ddmctl", ["list"], environ)
+
+    line = error_line(outcome, "ddmctl")
+    assert f"invalid 'hosts' in {home / 'bad.yaml'}" in line
+
+
+def test_ddm_config_read_from_environment(
+    home: Path, environ: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The process environment must not leak into a command run with its own Environment.
+    monkeypatch.setenv("DDM_CONFIG", str(home / "bad-from-os-environ.yaml"))
+
+    outcome = invoke("ddmctl", ["list", "--json"], environ)
+
+    assert outcome.status == 0, outcome
+    assert outcome.stdout == "[]\n"
+
+
+def test_debug_prints_traceback(home: Path, environ: dict[str, str]) -> None:
+    (home / "bad.yaml").write_text("version: 2\n")
+
+    outcome = invoke("ddmctl", ["--debug", "--config", "bad.yaml", "list"], environ)
+
+    assert outcome.status == ExitStatus.USAGE
+    assert outcome.stdout == ""
+    assert outcome.stderr.startswith("Traceback")
+    assert "ConfigError" in outcome.stderr
+    assert outcome.stderr.splitlines()[-1].startswith("ddmctl: error: unsupported config version")
+
+
+def test_no_traceback_without_debug(home: Path, environ: dict[str, str]) -> None:
+    (home / "bad.yaml").write_text("version: 2\n")
+
+    outcome = invoke("ddmctl", ["-v", "-v", "--config", "bad.yaml", "list"], environ)
+
+    assert "Traceback" not in outcome.stderr
+    assert outcome.status == ExitStatus.USAGE
+
+
+# ddminit
+
+
+def test_ddminit_yes_writes_config(home: Path, environ: dict[str, str]) -> None:
+    outcome = invoke("ddminit", [
+        "--host", "old=ssh://root@old.example:2222",
+        "--host", "new=ssh://deploy@new.example",
+        "--identity-file", "~/.ssh/id_ed25519",
+        "--docker-socket", "/run/docker.sock",
+        "--yes",
+    ], environ)
+    path = home / ".config" / "ddm" / "config.yaml"
+
+    assert outcome.status == 0, outcome
+    assert outcome.stdout == f"{path}\n"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    config = load_config(path, environ)
+    assert sorted(config.hosts) == ["local", "new", "old"]
+    assert config.host("old").url == "ssh://root@old.example:2222"
+    assert config.host("old").docker_socket == "/run/docker.sock"
+    assert config.host("new").user == "deploy"
+    assert config.identity_file == home / ".ssh" / "id_ed25519"
+
+
+def test_ddminit_keeps_existing_hosts(home: Path, environ: dict[str, str]) -> None:
+    first = invoke("ddminit", ["--host", "old=ssh://old.example", "--yes"], environ)
+    second = invoke("ddminit", ["--host", "new=ssh://new.example", "--yes"], environ)
+    third = invoke("ddminit", ["--host", "old=ssh://moved.example", "--yes"], environ)
+
+    assert [first.status, second.status, third.status] == [0, 0, 0]
+    config = load_config(home / ".config" / "ddm" / "config.yaml", environ)
+    assert sorted(config.hosts) == ["local", "new", "old"]
+    assert config.host("old").hostname == "moved.example"
+
+
+def test_ddminit_explicit_config_path(home: Path, environ: dict[str, str]) -> None:
+    outcome = invoke("ddminit", ["--config", "sub/ddm.yaml", "--host", "h1=ssh://h1", "--yes"],
+                     environ)
+
+    assert outcome.status == 0, outcome
+    assert "h1" in load_config(home / "sub" / "ddm.yaml", environ).hosts
+    assert not (home / ".config").exists()
+
+
+def test_ddminit_parent_is_file(home: Path, environ: dict[str, str]) -> None:
+    (home / "parent").write_text("a file\n")
+    before = snapshot_tree(home)
+
+    outcome = invoke("ddminit", ["--config", "parent/config.yaml", "--host", "h1=ssh://h1",
+                                 "--yes"], environ)
+
+    line = error_line(outcome, "ddminit")
+    assert "cannot write config file parent/config.yaml" in line
+    assert snapshot_tree(home) == before
+
+
+def test_ddminit_needs_yes_off_terminal(home: Path, environ: dict[str, str]) -> None:
+    before = snapshot_tree(home)
+
+    outcome = invoke("ddminit", ["--host", "h1=ssh://h1.example"], environ, stdin_isatty=False)
+
+    line = error_line(outcome, "ddminit")
+    assert "without confirmation" in line
+    assert "--yes" in line
+    assert snapshot_tree(home) == before
+
+
+def test_ddminit_invalid_existing_untouched(home: Path, environ: dict[str, str]) -> None:
+    config_dir = home / ".config" / "ddm"
+    config_dir.mkdir(parents=True)
+    (config_dir / "config.yaml").write_text("hosts:\n  h1: ssh://h1:0\n")
+    before = snapshot_tree(home)
+
+    outcome = invoke("ddminit", ["--host", "h2=ssh://h2", "--yes"], environ)
+
+    line = error_line(outcome, "ddminit")
+    assert "invalid port 0" in line
+    assert snapshot_tree(home) == before
+
+
+# ddmctl list and status
+
+
+def test_list_json_empty(home: Path, environ: dict[str, str]) -> None:
+    outcome = invoke("ddmctl", ["list", "--json"], environ)
+
+    assert outcome.status == 0
+    assert outcome.stdout == "[]\n"
+    assert outcome.stderr == ""
+
+
+def test_list_table_empty(home: Path, environ: dict[str, str]) -> None:
+    outcome = invoke("ddmctl", ["list"], environ)
+
+    assert outcome.status == 0
+    assert outcome.stdout.splitlines()[0].startswith("ID ")
+    assert len(outcome.stdout.splitlines()) == 1
+
+
+def test_status_unknown_task(home: Path, environ: dict[str, str]) -> None:
+    outcome = invoke("ddmctl", ["status", "nosuchtask"], environ)
+
+    line = error_line(outcome, "ddmctl")
+    assert "task 'nosuchtask' not found" in line
+
+
+def test_status_and_list_of_stored_task(configured: dict[str, str]) -> None:
+    store = TaskStore(default_store_path(configured))
+    task = api.create_task(store, load_config(None, configured), source="a", target="b",
+                           volumes=["pgdata", "uploads:uploads-2"])
+    store.close()
+
+    status = invoke("ddmctl", ["status", task.id[:6], "--json", "--events"], configured)
+    listing = invoke("ddmctl", ["list", "--json"], configured)
+
+    assert status.status == 0, status
+    data = json.loads(status.stdout)
+    assert data["id"] == task.id
+    assert data["state"] == "queued"
+    assert [volume["target"] for volume in data["volumes"]] == ["pgdata", "uploads-2"]
+    assert [event["kind"] for event in data["events"]] == ["created"]
+    assert listing.status == 0
+    assert [entry["id"] for entry in json.loads(listing.stdout)] == [task.id]
+
+
+def test_status_ambiguous_prefix(configured: dict[str, str]) -> None:
+    store = TaskStore(default_store_path(configured))
+    spec = api.build_spec(load_config(None, configured), source="a", target="b",
+                          volumes=["pgdata"])
+    store.create_task(Task(id="abcd00000001", spec=spec))
+    store.create_task(Task(id="abcd00000002", spec=spec))
+    store.close()
+
+    ambiguous = invoke("ddmctl", ["status", "abcd"], configured)
+    unique = invoke("ddmctl", ["status", "abcd00000002", "--json"], configured)
+
+    line = error_line(ambiguous, "ddmctl")
+    assert "task ID prefix 'abcd' is ambiguous" in line
+    assert unique.status == 0
+    assert json.loads(unique.stdout)["id"] == "abcd00000002"
