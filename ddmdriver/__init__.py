@@ -1,0 +1,1 @@
+"""ddmdriver: Docker Engine API over SSH and the archive relay."""

@@ -1,0 +1,185 @@
+"""Relay a tar archive from a container on one engine to a container on another.
+
+The archive flows GET /containers/{id}/archive on the source -> this process -> PUT
+/containers/{id}/archive on the target. A background thread reads the source into a bounded
+queue while the calling thread sends to the target, so both connections stay busy and
+memory stays constant (the queue contains at most `queue_bytes`). Every byte is hashed with
+xxh3-128 on the way and handed to the observers, for example a manifest builder and a
+progress counter.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import xxhash
+
+from ddm.errors import DDMError, TransferFailed
+from ddmdriver.engine import ArchiveStream, Engine
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CHUNK_SIZE = 1024 * 1024
+DEFAULT_QUEUE_BYTES = 8 * 1024 * 1024
+QUEUE_POLL_SECONDS = 0.5
+
+Observer = Callable[[memoryview], None]
+
+
+@dataclass(frozen=True)
+class RelayResult:
+    """Size, xxh3-128 hex digest and duration of a relayed archive stream."""
+
+    bytes: int
+    stream_digest: str
+    seconds: float
+
+    @property
+    def mib_per_second(self) -> float:
+        return self.bytes / (1024 * 1024) / self.seconds if self.seconds > 0 else 0.0
+
+
+class _End:
+    """Queue item after the last chunk."""
+
+
+class _SourceFailure(Exception):
+    """Raised inside the PUT body when the source side failed, to abort the request."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class _ObserverFailure(Exception):
+    """Carries an observer's exception out of the PUT body, to be raised unchanged."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class _SourceReader(threading.Thread):
+    """Thread that copies the source archive into a bounded queue."""
+
+    def __init__(self, stream: ArchiveStream, chunk_size: int, queue_bytes: int) -> None:
+        super().__init__(name="ddm-relay-source", daemon=True)
+        self.stream = stream
+        self.chunk_size = chunk_size
+        self.chunks: queue.Queue[bytes | _End | BaseException] = queue.Queue(
+            maxsize=max(2, queue_bytes // chunk_size)
+        )
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        try:
+            while not self.stopped.is_set():
+                chunk = self.stream.read(self.chunk_size)
+                if not chunk:
+                    self._put(_End())
+                    return
+                self._put(chunk)
+        except BaseException as error:  # handed to the sending thread, which raises it
+            self._put(error)
+
+    def _put(self, item: bytes | _End | BaseException) -> None:
+        while not self.stopped.is_set():
+            try:
+                self.chunks.put(item, timeout=QUEUE_POLL_SECONDS)
+                return
+            except queue.Full:
+                continue
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+
+def relay_archive(
+    source: Engine,
+    source_container: str,
+    source_path: str,
+    target: Engine,
+    target_container: str,
+    target_path: str,
+    *,
+    observers: Sequence[Observer] = (),
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    queue_bytes: int = DEFAULT_QUEUE_BYTES,
+) -> RelayResult:
+    """Copy the archive of `source_path` in the source container to `target_path` in the target.
+
+    Raises TransferFailed naming the side (source or target) that failed; errors raised by an
+    observer pass through unchanged. Either way both requests are closed before it returns.
+    """
+    started = time.monotonic()
+    source_name = f"{source.host.name}:{source_container[:12]}:{source_path}"
+    target_name = f"{target.host.name}:{target_container[:12]}:{target_path}"
+
+    try:
+        stream = source.get_archive(source_container, source_path, chunk_size=chunk_size)
+    except DDMError as error:
+        raise TransferFailed(f"source {source_name} failed: {error}") from error
+
+    reader = _SourceReader(stream, chunk_size, queue_bytes)
+    hasher = xxhash.xxh3_128()
+    counter = [0]
+    reader.start()
+    try:
+        body = _body(reader, hasher, observers, counter)
+        target.put_archive(target_container, target_path, body)
+    except _SourceFailure as failure:
+        raise TransferFailed(f"source {source_name} failed: {failure.error}") from failure.error
+    except _ObserverFailure as failure:
+        raise failure.error from None
+    except DDMError as error:
+        raise TransferFailed(
+            f"target {target_name} failed after {counter[0]} bytes: {error}"
+        ) from error
+    finally:
+        reader.stop()
+        if reader.is_alive():
+            stream.abort()
+        reader.join(timeout=10)
+        stream.close()
+
+    seconds = time.monotonic() - started
+    result = RelayResult(bytes=counter[0], stream_digest=hasher.hexdigest(), seconds=seconds)
+    logger.info(
+        "relayed %d bytes from %s to %s in %.2f s (%.1f MiB/s)",
+        result.bytes,
+        source_name,
+        target_name,
+        result.seconds,
+        result.mib_per_second,
+    )
+    return result
+
+
+def _body(
+    reader: _SourceReader,
+    hasher: xxhash.xxh3_128,
+    observers: Sequence[Observer],
+    counter: list[int],
+) -> Iterator[bytes]:
+    """Yield the source chunks for the PUT body, hashing and observing each one."""
+    while True:
+        item = reader.chunks.get()
+        if isinstance(item, _End):
+            return
+        if isinstance(item, BaseException):
+            raise _SourceFailure(item)
+
+        hasher.update(item)
+        view = memoryview(item)
+        try:
+            for observer in observers:
+                observer(view)
+        except BaseException as error:
+            raise _ObserverFailure(error) from error
+        counter[0] += len(item)
+        yield item
