@@ -1,0 +1,1 @@
+"""ddmctl command of DDM."""

@@ -1,0 +1,29 @@
+"""ddmctl: create, run, watch and roll back DDM migration tasks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ddmctl.commands import migrate, tasks
+from ddmctl.common import EXIT_STATUS_HELP, common_options, main_for, make_context
+
+
+@click.group(
+    epilog=f"\b\nExample:\n  ddmctl migrate --from old --to new --volume pgdata\n\n{EXIT_STATUS_HELP}",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+@common_options
+@click.pass_context
+def cli(ctx: click.Context, config_path: Path | None, debug: bool, verbose: int,
+        quiet: bool) -> None:
+    """Create, run, watch and roll back migration tasks between Docker hosts."""
+    make_context(ctx, config_path, debug, verbose, quiet)
+
+
+cli.add_command(migrate.migrate)
+for command in tasks.COMMANDS:
+    cli.add_command(command)
+
+main = main_for(cli, "ddmctl")

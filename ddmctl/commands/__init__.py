@@ -1,0 +1,1 @@
+"""Subcommands of ddmctl, one module per subcommand family."""

@@ -1,0 +1,134 @@
+"""ddmctl migrate: create a task and run it in this process, with progress on stderr."""
+
+from __future__ import annotations
+
+import click
+
+from ddm import api
+from ddm.errors import DDMError, ExitStatus, UsageError
+from ddm.task import Task, TaskState
+from ddmctl.common import CommandContext, epilog, json_option, raise_on_sigterm
+from ddmctl.progress import choose_display, format_bytes
+
+
+@click.command(epilog=epilog("ddmctl migrate --from old --to new --volume pgdata:pgdata-2"))
+@click.option("--from", "source", required=True, metavar="HOST", help="Source host name.")
+@click.option("--to", "target", required=True, metavar="HOST", help="Target host name.")
+@click.option(
+    "--volume", "volumes", multiple=True, required=True, metavar="SRC[:DST]",
+    help="Volume to move; SRC:DST renames it on the target (repeatable).",
+)
+@click.option(
+    "--verify", type=click.Choice(["none", "quick", "full"]), default=None,
+    help="Check after the copy: quick compares metadata and sizes, full also hashes content "
+    "(default: defaults.verify in the config, else full).",
+)
+@click.option("--force", is_flag=True,
+              help="Replace a target volume that already exists (its old content is lost).")
+@click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")
+@click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
+@json_option
+@click.pass_obj
+def migrate(
+    context: CommandContext,
+    source: str,
+    target: str,
+    volumes: tuple[str, ...],
+    verify: str | None,
+    force: bool,
+    dry_run: bool,
+    yes: bool,
+    as_json: bool,
+) -> int:
+    """Move Docker volumes from one host to another and verify them.
+
+    The source is only read. On failure or Ctrl-C, what the task created on the target is
+    removed. The task is stored, so 'ddmctl status TASK' works from another terminal.
+    """
+    config = context.config
+    spec = api.build_spec(
+        config, source=source, target=target, volumes=volumes,
+        verify=verify or config.defaults.verify, force=force,
+    )
+
+    if dry_run:
+        return show_plan(context, api.plan_task(config, spec), as_json)
+
+    confirm(context, spec_summary(spec), yes=yes, force=force)
+    task = api.create_task(
+        context.store, config, source=source, target=target, volumes=volumes,
+        verify=spec.verify, force=force,
+    )
+    context.info(f"task {task.id} created")
+    return run_and_report(context, task.id, as_json, resume=False)
+
+
+def spec_summary(spec) -> str:
+    names = ", ".join(
+        volume.source if volume.source == volume.target else f"{volume.source} -> {volume.target}"
+        for volume in spec.volumes
+    )
+    return f"migrate volumes {names} from {spec.source_host} to {spec.target_host}"
+
+
+def confirm(context: CommandContext, summary: str, *, yes: bool, force: bool) -> None:
+    """Ask on a terminal; off a terminal, --force needs --yes because it replaces data."""
+    if yes:
+        return
+    if not context.env.stdin_isatty:
+        if force:
+            raise UsageError("--force replaces target volumes and needs --yes off a terminal")
+        return
+    if not click.confirm(f"{summary}?", default=False, err=True):
+        raise click.exceptions.Abort()
+
+
+def run_and_report(context: CommandContext, task_id: str, as_json: bool, *, resume: bool) -> int:
+    """Run a stored task with a progress display; print the result on stdout."""
+    raise_on_sigterm()
+    display = choose_display(context.env, as_json=as_json, quiet=context.verbosity < 0)
+    runner = api.resume_task if resume else api.run_task
+    error: DDMError | None = None
+    with display:
+        try:
+            runner(context.config, context.store, task_id, on_event=display)
+        except DDMError as caught:
+            error = caught
+
+    task = context.store.get_task(task_id)
+    print_task_result(context, task, as_json)
+    if error is not None:
+        raise error
+    return int(ExitStatus.OK)
+
+
+def print_task_result(context: CommandContext, task: Task, as_json: bool) -> None:
+    if as_json:
+        context.print_json(task.to_dict())
+        return
+
+    for item in task.items:
+        context.echo(f"{item.source}\t{item.target}\t{item.state.value}\t"
+                     f"{format_bytes(item.bytes_done)}")
+    duration = f"{task.duration:.1f} s" if task.duration is not None else "-"
+    context.info(f"task {task.id} {task.state.value} in {duration}")
+    if task.state is not TaskState.SUCCEEDED and task.error:
+        context.info(f"task {task.id}: {task.error.get('message')}")
+
+
+def show_plan(context: CommandContext, plan: dict, as_json: bool) -> int:
+    if as_json:
+        context.print_json(plan)
+    else:
+        context.echo(f"plan: {plan['mode']} from {plan['source_host']} to {plan['target_host']}, "
+                     f"verify {plan['verify']}, data path {plan['data_path']}")
+        for volume in plan["volumes"]:
+            size = format_bytes(volume.get("size_bytes"))
+            status = volume.get("error") or ("replaces existing volume"
+                                              if volume.get("replaces_existing") else "new volume")
+            context.echo(f"  volume {volume['source']} -> {volume['target']}: {size}, {status}")
+        for step in plan["steps"]:
+            context.echo(f"  step {step}")
+        for conflict in plan["conflicts"]:
+            context.echo(f"  conflict: {conflict}")
+    return int(ExitStatus.OK if plan["ok"] else ExitStatus.FAILED)

@@ -1,0 +1,128 @@
+"""ddmctl list, status, resume, cancel and rollback: act on stored tasks."""
+
+from __future__ import annotations
+
+import datetime
+
+import click
+
+from ddm import api
+from ddm.errors import ExitStatus
+from ddm.task import Task, TaskState
+from ddmctl.commands.migrate import print_task_result, run_and_report
+from ddmctl.common import CommandContext, epilog, json_option
+from ddmctl.progress import format_bytes
+from ddmsyncer.runner import mark_stale_running
+
+
+def format_time(timestamp: float | None) -> str:
+    if timestamp is None:
+        return "-"
+    moment = datetime.datetime.fromtimestamp(timestamp, tz=datetime.timezone.utc)
+    return moment.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def task_line(task: Task) -> str:
+    volumes = ",".join(item.source for item in task.items)
+    duration = f"{task.duration:.1f}s" if task.duration is not None else "-"
+    return (f"{task.id}  {format_time(task.created_at)}  {task.spec.source_host}->"
+            f"{task.spec.target_host}  {task.state.value:<11}  {task.phase.value:<8}  "
+            f"{duration:>8}  {volumes}")
+
+
+@click.command("list", epilog=epilog("ddmctl list --state failed --json"))
+@click.option("--state", type=click.Choice([state.value for state in TaskState]),
+              help="Only tasks in this state.")
+@click.option("--limit", type=click.IntRange(1, 100000), default=50, show_default=True,
+              help="Maximum number of tasks, newest first.")
+@json_option
+@click.pass_obj
+def list_tasks(context: CommandContext, state: str | None, limit: int, as_json: bool) -> int:
+    """List tasks, newest first."""
+    store = context.store
+    tasks = [mark_stale_running(store, task) for task in
+             store.list_tasks(state=TaskState(state) if state else None, limit=limit)]
+    if as_json:
+        context.print_json([task.to_dict() for task in tasks])
+        return int(ExitStatus.OK)
+
+    context.echo("ID            CREATED (UTC)        HOSTS    STATE        PHASE     DURATION  VOLUMES")
+    for task in tasks:
+        context.echo(task_line(task))
+    return int(ExitStatus.OK)
+
+
+@click.command(epilog=epilog("ddmctl status 3f2a9c --json"))
+@click.argument("task_id", metavar="TASK")
+@click.option("--events", "show_events", is_flag=True, help="Also print the task's event log.")
+@json_option
+@click.pass_obj
+def status(context: CommandContext, task_id: str, show_events: bool, as_json: bool) -> int:
+    """Show a task's state, phase and per-volume progress."""
+    store = context.store
+    task = mark_stale_running(store, store.get_task(task_id))
+    events = store.get_events(task.id) if show_events else []
+    if as_json:
+        data = task.to_dict()
+        if show_events:
+            data["events"] = events
+        context.print_json(data)
+        return int(ExitStatus.OK)
+
+    context.echo(f"task      {task.id}")
+    context.echo(f"hosts     {task.spec.source_host} -> {task.spec.target_host}")
+    context.echo(f"state     {task.state.value}")
+    context.echo(f"phase     {task.phase.value}")
+    context.echo(f"created   {format_time(task.created_at)} UTC")
+    context.echo(f"finished  {format_time(task.finished_at)} UTC")
+    if task.error:
+        context.echo(f"error     {task.error.get('message')}")
+    for item in task.items:
+        total = format_bytes(item.bytes_total) if item.bytes_total is not None else "?"
+        context.echo(f"volume    {item.source} -> {item.target}  {item.state.value}  "
+                     f"{format_bytes(item.bytes_done)} / {total}")
+    for event in events:
+        context.echo(f"{format_time(event['at'])}  {event['level']:<7}  {event['message']}")
+    return int(ExitStatus.OK)
+
+
+@click.command(epilog=epilog("ddmctl resume 3f2a9c"))
+@click.argument("task_id", metavar="TASK")
+@json_option
+@click.pass_obj
+def resume(context: CommandContext, task_id: str, as_json: bool) -> int:
+    """Resume an interrupted task; volumes that were not verified are copied again."""
+    task = context.store.get_task(task_id)
+    return run_and_report(context, task.id, as_json, resume=True)
+
+
+@click.command(epilog=epilog("ddmctl cancel 3f2a9c"))
+@click.argument("task_id", metavar="TASK")
+@json_option
+@click.pass_obj
+def cancel(context: CommandContext, task_id: str, as_json: bool) -> int:
+    """Stop a running task and roll it back (an interrupted task is rolled back here)."""
+    task = api.cancel_task(context.store, task_id)
+    if task.state is TaskState.INTERRUPTED:
+        task = api.rollback_task(context.config, context.store, task.id)
+    if as_json:
+        context.print_json(task.to_dict())
+    elif task.state is TaskState.RUNNING:
+        context.info(f"task {task.id}: cancel requested; it rolls back at its next safe point")
+    else:
+        context.info(f"task {task.id} {task.state.value}")
+    return int(ExitStatus.OK)
+
+
+@click.command(epilog=epilog("ddmctl rollback 3f2a9c"))
+@click.argument("task_id", metavar="TASK")
+@json_option
+@click.pass_obj
+def rollback(context: CommandContext, task_id: str, as_json: bool) -> int:
+    """Remove what a task created on the target host. The source is never changed."""
+    task = api.rollback_task(context.config, context.store, task_id)
+    print_task_result(context, task, as_json)
+    return int(ExitStatus.OK)
+
+
+COMMANDS = (list_tasks, status, resume, cancel, rollback)

@@ -1,0 +1,245 @@
+"""Command-line glue shared by the five DDM commands.
+
+`run_main` plays the part of a `main` that handles errors while the click command holds the
+logic: an expected `DDMError` becomes one line on stderr and its exit status, a click usage
+error becomes exit status 2, and a traceback is printed only with `--debug`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from ddm import __version__
+from ddm.config import Config, load_config
+from ddm.env import Environment
+from ddm.errors import EXIT_STATUS_HELP, DDMError, ExitStatus  # noqa: F401 - re-exported
+from ddm.store import TaskStore, default_store_path
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+@dataclass
+class CommandContext:
+    """What every subcommand gets through click's `ctx.obj`."""
+
+    env: Environment
+    config_path: Path | None = None
+    debug: bool = False
+    verbosity: int = 0
+    _config: Config | None = field(default=None, repr=False)
+    _store: TaskStore | None = field(default=None, repr=False)
+
+    @property
+    def config(self) -> Config:
+        if self._config is None:
+            self._config = load_config(self.config_path, self.env.environ)
+        return self._config
+
+    @property
+    def store(self) -> TaskStore:
+        """Open the task database, after loading the configuration.
+
+        Loading the configuration first means an invalid config file is reported (exit status
+        2) before any task state is read, and before the database file is created.
+        """
+        if self._store is None:
+            _ = self.config
+            self._store = TaskStore(default_store_path(self.env.environ))
+        return self._store
+
+    def print_json(self, data: Any) -> None:
+        """Write one JSON document to stdout."""
+        self.env.stdout.write(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+        self.env.stdout.flush()
+
+    def echo(self, text: str = "") -> None:
+        """Write data to stdout."""
+        self.env.stdout.write(text + "\n")
+        self.env.stdout.flush()
+
+    def info(self, text: str) -> None:
+        """Write a progress or status line to stderr, unless -q was given."""
+        if self.verbosity >= 0:
+            self.env.stderr.write(text + "\n")
+            self.env.stderr.flush()
+
+
+def common_options(function: F) -> F:
+    """Add --config, --debug, -v and -q to a command group."""
+    options = [
+        click.option(
+            "--config",
+            "config_path",
+            type=click.Path(dir_okay=False, path_type=Path),
+            # No envvar="DDM_CONFIG": click would read os.environ, but load_config reads
+            # DDM_CONFIG from the command's Environment, as it does HOME and XDG_CONFIG_HOME.
+            help="Configuration file (default: $XDG_CONFIG_HOME/ddm/config.yaml; env DDM_CONFIG).",
+        ),
+        click.option("--debug", is_flag=True, help="Print tracebacks and debug logs on errors."),
+        click.option("-v", "--verbose", count=True, help="More log output on stderr (repeatable)."),
+        click.option("-q", "--quiet", is_flag=True, help="Only errors on stderr."),
+        click.version_option(__version__, "--version", message="%(prog)s %(version)s"),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def json_option(function: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")(function)
+
+
+def make_context(
+    ctx: click.Context, config_path: Path | None, debug: bool, verbose: int, quiet: bool
+) -> CommandContext:
+    """Build the CommandContext for a group and set up logging on stderr."""
+    root = ctx.find_root()
+    env = root.obj if isinstance(root.obj, Environment) else Environment()
+    verbosity = -1 if quiet else verbose
+    command_context = CommandContext(
+        env=env, config_path=config_path, debug=debug, verbosity=verbosity
+    )
+    configure_logging(env, debug=debug, verbosity=verbosity)
+    ctx.obj = command_context
+    ctx.call_on_close(lambda: command_context._store and command_context._store.close())
+    return command_context
+
+
+def configure_logging(env: Environment, *, debug: bool, verbosity: int) -> None:
+    """Send logs to stderr: warnings by default, info with -v, debug with -vv or --debug."""
+    if debug or verbosity >= 2:
+        level = logging.DEBUG
+    elif verbosity == 1:
+        level = logging.INFO
+    elif verbosity < 0:
+        level = logging.ERROR
+    else:
+        level = logging.WARNING
+
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, "ddm_handler", False):
+            root.removeHandler(handler)
+    handler = logging.StreamHandler(env.stderr)
+    handler.ddm_handler = True  # type: ignore[attr-defined]
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root.addHandler(handler)
+    root.setLevel(level)
+
+    # paramiko logs every packet at DEBUG; its warnings are all an operator needs.
+    logging.getLogger("paramiko").setLevel(logging.WARNING)
+    logging.getLogger("urllib3").setLevel(logging.WARNING)
+    logging.getLogger("docker").setLevel(logging.WARNING)
+
+
+def epilog(example: str) -> str:
+    """Return a --help epilog with an example and the exit statuses."""
+    return f"\b\nExample:\n  {example}\n\n{EXIT_STATUS_HELP}"
+
+
+def run_main(
+    command: click.Command,
+    args: Sequence[str] | None = None,
+    env: Environment | None = None,
+    prog_name: str | None = None,
+) -> int:
+    """Run a click command and turn every outcome into an exit status.
+
+    Expected errors print one line on stderr; tracebacks appear only with --debug.
+    """
+    env = env or Environment()
+    args = list(sys.argv[1:] if args is None else args)
+    prog_name = prog_name or command.name or "ddm"
+    debug = "--debug" in args
+
+    try:
+        # click writes --help, --version and prompts to sys.stdout and sys.stderr, so those
+        # are pointed at the environment's streams for the duration of the command.
+        with contextlib.redirect_stdout(env.stdout), contextlib.redirect_stderr(env.stderr):
+            result = command.main(
+                args=args, prog_name=prog_name, standalone_mode=False, obj=env
+            )
+    except DDMError as error:
+        if debug:
+            traceback.print_exc(file=env.stderr)
+        _print_error(env, prog_name, str(error))
+        return int(error.exit_status)
+    except click.exceptions.Exit as exit_request:
+        return int(exit_request.exit_code)
+    except click.ClickException as error:
+        message = usage_message(error)
+        usage_hint = f"run '{prog_name} --help' for usage"
+        _print_error(env, prog_name, f"{message}; {usage_hint}")
+        return int(ExitStatus.USAGE)
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        _print_error(env, prog_name, "interrupted")
+        return int(ExitStatus.INTERRUPTED)
+    except BrokenPipeError:
+        return int(ExitStatus.FAILED)
+    except Exception as error:  # noqa: BLE001 - the last line of defence for a bug
+        if debug:
+            traceback.print_exc(file=env.stderr)
+        else:
+            _print_error(
+                env, prog_name,
+                f"internal error: {type(error).__name__}: {error}; rerun with --debug for a "
+                "traceback and report it",
+            )
+        return int(ExitStatus.FAILED)
+
+    if isinstance(result, int):
+        return result
+    return int(ExitStatus.OK)
+
+
+def usage_message(error: click.ClickException) -> str:
+    """Return the one-line message of a click usage error, without a trailing period.
+
+    A group run without a subcommand raises NoArgsIsHelpError (click 8.2 and later), whose
+    message is the whole help text. It is reported as a missing command instead.
+    """
+    no_args_error = getattr(click.exceptions, "NoArgsIsHelpError", None)
+    if no_args_error is not None and isinstance(error, no_args_error):
+        return "missing command"
+    return error.format_message().rstrip(".")
+
+
+def _print_error(env: Environment, prog_name: str, message: str) -> None:
+    line = " ".join(message.split())
+    env.stderr.write(f"{prog_name}: error: {line}\n")
+    env.stderr.flush()
+
+
+def main_for(command: click.Command, prog_name: str) -> Callable[[], None]:
+    """Return a console-script entry point for `command`."""
+
+    def main() -> None:
+        sys.exit(run_main(command, prog_name=prog_name))
+
+    return main
+
+
+def raise_on_sigterm() -> None:
+    """Make SIGTERM raise KeyboardInterrupt in the main thread, so tasks roll back on it too."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)

@@ -1,0 +1,158 @@
+"""Progress displays for running tasks, all on stderr.
+
+- RichDisplay: bars per volume (bytes, rate, ETA) when stderr is a terminal.
+- PlainDisplay: one line per phase, volume and warning, and a progress line at most every
+  PLAIN_PROGRESS_SECONDS per volume, when stderr is not a terminal.
+- JsonDisplay: one JSON object per event, for --json.
+- NullDisplay: nothing, for -q and for tests.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import IO, Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress as RichProgress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+from ddm.env import Environment
+from ddm.events import (
+    Event,
+    ItemFinished,
+    ItemStarted,
+    PhaseStarted,
+    Progress,
+    TaskFinished,
+    Warning,
+)
+
+PLAIN_PROGRESS_SECONDS = 5.0
+
+
+class NullDisplay:
+    """Display that shows nothing."""
+
+    def __enter__(self) -> NullDisplay:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def __call__(self, event: Event) -> None:
+        return None
+
+
+class JsonDisplay(NullDisplay):
+    """Writes every event as one JSON line on stderr."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+
+    def __call__(self, event: Event) -> None:
+        self.stream.write(json.dumps(event.to_dict(), default=str) + "\n")
+        self.stream.flush()
+
+
+class PlainDisplay(NullDisplay):
+    """Writes readable progress lines on stderr, for logs and pipes."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+        self.names: dict[int, str] = {}
+        self.last_line: dict[int, float] = {}
+
+    def write(self, text: str) -> None:
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, PhaseStarted):
+            self.write(f"phase {event.phase}")
+        elif isinstance(event, ItemStarted):
+            self.names[event.position] = f"{event.source} -> {event.target}"
+            size = format_bytes(event.bytes_total) if event.bytes_total is not None else "unknown size"
+            self.write(f"copying volume {self.names[event.position]} ({size})")
+        elif isinstance(event, Progress):
+            now = time.monotonic()
+            if now - self.last_line.get(event.position, 0.0) >= PLAIN_PROGRESS_SECONDS:
+                self.last_line[event.position] = now
+                self.write(f"  {self.names.get(event.position, event.position)}: "
+                           f"{format_bytes(event.bytes_done)}")
+        elif isinstance(event, ItemFinished):
+            self.write(f"copied volume {self.names.get(event.position, event.position)}: "
+                       f"{format_bytes(event.bytes_done)}")
+        elif isinstance(event, Warning):
+            self.write(f"warning: {event.message}")
+        elif isinstance(event, TaskFinished):
+            self.write(f"task {event.task_id} {event.state}")
+
+
+class RichDisplay(NullDisplay):
+    """Shows a progress bar per volume on a terminal (stderr)."""
+
+    def __init__(self, stream: IO[str], no_color: bool) -> None:
+        self.console = Console(file=stream, no_color=no_color, stderr=True)
+        self.progress = RichProgress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(binary_units=True),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=False,
+        )
+        self.bars: dict[int, TaskID] = {}
+
+    def __enter__(self) -> RichDisplay:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, PhaseStarted):
+            self.console.print(f"[bold]phase[/bold] {event.phase}")
+        elif isinstance(event, ItemStarted):
+            self.bars[event.position] = self.progress.add_task(
+                f"{event.source} → {event.target}", total=event.bytes_total
+            )
+        elif isinstance(event, Progress) and event.position in self.bars:
+            self.progress.update(self.bars[event.position], completed=event.bytes_done)
+        elif isinstance(event, ItemFinished) and event.position in self.bars:
+            self.progress.update(self.bars[event.position], completed=event.bytes_done,
+                                 total=event.bytes_done)
+        elif isinstance(event, Warning):
+            self.console.print(f"[yellow]warning:[/yellow] {event.message}")
+
+
+def choose_display(env: Environment, *, as_json: bool, quiet: bool) -> Any:
+    """Pick the display for a command's stderr."""
+    if quiet:
+        return NullDisplay()
+    if as_json:
+        return JsonDisplay(env.stderr)
+    if env.stderr_isatty:
+        return RichDisplay(env.stderr, env.no_color)
+    return PlainDisplay(env.stderr)
+
+
+def format_bytes(count: int | None) -> str:
+    """Format a byte count with binary units (KiB, MiB, GiB)."""
+    if count is None:
+        return "-"
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{count} B"

@@ -1,0 +1,1 @@
+"""ddminit command of DDM."""

@@ -1,0 +1,1 @@
+"""ddmsyncer command of DDM."""

@@ -1,0 +1,435 @@
+"""The task runner: executes a stored task phase by phase and rolls back on failure.
+
+Phases of a volumes-mode task: prepare (both engines answer, source volumes exist, target names
+are free, the target has room) -> copy (relay each volume's archive, building the source
+manifest on the fly) -> migrate (nothing to switch over in volumes mode) -> verify (compare the
+target's manifest with the source's) -> cleanup (remove helper containers on both hosts).
+
+Safety rules the runner keeps:
+- The source is only read: its helper containers mount volumes read-only and are never started.
+- A target volume is recorded as created by the task before it is created, so a rollback (also
+  after a crash) removes exactly what the task created and nothing that was there before.
+- Bytes that were not verified are never trusted: a resumed task copies again every volume that
+  had not passed verification.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from ddm.config import Config
+from ddm.errors import Cancelled, DDMError, Interrupted, MigrationFailed, TaskConflict
+from ddm.events import (
+    Event,
+    EventCallback,
+    ItemFinished,
+    ItemStarted,
+    PhaseFinished,
+    PhaseStarted,
+    Progress,
+    TaskFinished,
+    Warning,
+    ignore_event,
+)
+from ddm.manifest import Manifest
+from ddm.store import TaskStore
+from ddm.task import ItemState, Phase, Task, TaskItem, TaskState, VerifyMode
+from ddmsyncer import volumes
+
+log = logging.getLogger(__name__)
+
+PROGRESS_EVENT_SECONDS = 0.2
+PROGRESS_STORE_SECONDS = 1.0
+CONTROL_POLL_SECONDS = 1.0
+
+EngineFactory = Callable[[Any, Config], Any]
+
+
+def default_engine_factory(host: Any, config: Config) -> Any:
+    from ddmdriver.engine import open_engine
+
+    return open_engine(host, config)
+
+
+def process_alive(pid: int | None) -> bool:
+    """Return True when a process with this PID exists on this machine."""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def mark_stale_running(store: TaskStore, task: Task) -> Task:
+    """Mark a RUNNING task whose runner process is gone as INTERRUPTED, and return it."""
+    if task.state is TaskState.RUNNING and not process_alive(task.runner_pid):
+        store.update_task(task.id, state=TaskState.INTERRUPTED)
+        store.add_event(task.id, "warning", "interrupted",
+                        f"runner process {task.runner_pid} is gone; task marked interrupted")
+        return store.get_task(task.id)
+    return task
+
+
+def lock_resources(task: Task) -> list[str]:
+    """Return the lock names of every volume a task reads or writes."""
+    spec = task.spec
+    names = []
+    for item in task.items:
+        names.append(f"{spec.source_host}/volume/{item.source}")
+        names.append(f"{spec.target_host}/volume/{item.target}")
+    return sorted(set(names))
+
+
+class TaskRunner:
+    """Runs one task to its end: succeeded, or failed and rolled back."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: TaskStore,
+        task_id: str,
+        on_event: EventCallback = ignore_event,
+        engine_factory: EngineFactory = default_engine_factory,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.task = store.get_task(task_id)
+        self.on_event = on_event
+        self.engine_factory = engine_factory
+        self._stack = contextlib.ExitStack()
+        self._engines: dict[str, Any] = {}
+        self._manifests: dict[int, Manifest] = {}
+        self._last_control_poll = 0.0
+
+    # Engines
+
+    def engine(self, host_name: str) -> Any:
+        """Return the open engine of a host, connecting once per host per task."""
+        if host_name not in self._engines:
+            host = self.config.host(host_name)
+            self._engines[host_name] = self._stack.enter_context(
+                self.engine_factory(host, self.config)
+            )
+        return self._engines[host_name]
+
+    @property
+    def source(self) -> Any:
+        return self.engine(self.task.spec.source_host)
+
+    @property
+    def target(self) -> Any:
+        return self.engine(self.task.spec.target_host)
+
+    # Events and state
+
+    def emit(self, event: Event) -> None:
+        try:
+            self.on_event(event)
+        except Exception:  # noqa: BLE001 - a display error must not break a migration
+            log.exception("event callback failed on %s", event.kind)
+
+    def record(self, level: str, kind: str, message: str, **data: Any) -> None:
+        log.log(logging.WARNING if level == "warning" else logging.INFO, "task %s: %s",
+                self.task.id, message)
+        self.store.add_event(self.task.id, level, kind, message, data or None)
+
+    def warn(self, message: str) -> None:
+        self.record("warning", "warning", message)
+        self.emit(Warning(self.task.id, message=message))
+
+    def set_phase(self, phase: Phase) -> None:
+        self.task.phase = phase
+        self.store.update_task(self.task.id, phase=phase)
+        self.record("info", "phase", f"phase {phase.value} started")
+        self.emit(PhaseStarted(self.task.id, phase=phase.value))
+
+    def update_item(self, item: TaskItem, **fields: Any) -> None:
+        for key, value in fields.items():
+            setattr(item, key, value)
+        self.store.update_item(self.task.id, item.position, **fields)
+
+    @contextlib.contextmanager
+    def phase(self, phase: Phase) -> Iterator[None]:
+        started = time.monotonic()
+        self.set_phase(phase)
+        yield
+        self.emit(PhaseFinished(self.task.id, phase=phase.value,
+                                seconds=time.monotonic() - started))
+
+    def check_control(self, force: bool = False) -> None:
+        """Raise Cancelled when `ddmctl cancel` asked this task to stop (polled about once a second)."""
+        now = time.monotonic()
+        if not force and now - self._last_control_poll < CONTROL_POLL_SECONDS:
+            return
+        self._last_control_poll = now
+        control = self.store.get_task(self.task.id).control
+        if control == "cancel":
+            raise Cancelled(f"task {self.task.id} was cancelled", hint="the target was rolled back")
+
+    # Running
+
+    def run(self) -> Task:
+        """Run the task's phases; on any failure roll back, then re-raise the error."""
+        self.task = mark_stale_running(self.store, self.task)
+        claimable = (TaskState.QUEUED, TaskState.INTERRUPTED)
+        if not self.store.claim_task(self.task.id, os.getpid(), claimable):
+            raise TaskConflict(
+                f"task {self.task.id} is {self.task.state.value}, not queued or interrupted",
+                hint="only queued or interrupted tasks can run; see 'ddmctl status "
+                f"{self.task.id}'",
+            )
+        self.task = self.store.get_task(self.task.id)
+        self.record("info", "started", f"task started by process {os.getpid()}")
+
+        try:
+            self.store.acquire_locks(self.task.id, lock_resources(self.task))
+            self._run_phases()
+        except BaseException as error:
+            self._finish_failed(error)
+            raise
+        finally:
+            self._close()
+
+        self._finish(TaskState.SUCCEEDED, None)
+        return self.task
+
+    def _run_phases(self) -> None:
+        with self.phase(Phase.PREPARE):
+            checks = self.prepare()
+        with self.phase(Phase.COPY):
+            self.copy(checks)
+        with self.phase(Phase.MIGRATE):
+            pass  # NOTE: volumes mode switches nothing over; full mode stops and starts containers here.
+        with self.phase(Phase.VERIFY):
+            self.verify()
+        with self.phase(Phase.CLEANUP):
+            self.cleanup()
+
+    def pending_items(self) -> list[TaskItem]:
+        return [item for item in self.task.items if item.state is not ItemState.VERIFIED]
+
+    def prepare(self) -> dict[int, volumes.VolumeCheck]:
+        """Check both hosts and every volume; change nothing on either host."""
+        self.source.ping()
+        self.target.ping()
+
+        checks = {}
+        for item in self.pending_items():
+            checks[item.position] = volumes.check_volume(
+                self.source, self.target, item, force=self.task.spec.force
+            )
+
+        needed = sum(check.size_bytes or 0 for check in checks.values())
+        if checks and all(check.size_bytes is not None for check in checks.values()):
+            volumes.check_space(self.target, needed, ", ".join(i.target for i in self.pending_items()))
+
+        for item in self.pending_items():
+            if checks[item.position].target_exists and self.task.spec.force and not item.target_created:
+                self.warn(f"volume {item.target!r} exists on {self.task.spec.target_host} and "
+                          "will be replaced (--force); rollback cannot restore its old content")
+        return checks
+
+    def copy(self, checks: dict[int, volumes.VolumeCheck]) -> None:
+        for item in self.pending_items():
+            self.check_control(force=True)
+            self._copy_item(item, checks[item.position])
+
+    def _copy_item(self, item: TaskItem, check: volumes.VolumeCheck) -> None:
+        target = self.target
+        existing = target.volume_inspect(item.target)
+        if existing is not None:
+            # Either an unverified copy of an earlier run of this task, or --force.
+            volumes.remove_task_helpers(target, self.task.id)
+            target.volume_remove(item.target)
+
+        self.update_item(item, target_created=True, state=ItemState.COPYING,
+                         started_at=time.time(), bytes_done=0, bytes_total=check.size_bytes)
+        volumes.create_target_volume(target, item, check)
+        self.emit(ItemStarted(self.task.id, position=item.position, source=item.source,
+                              target=item.target, bytes_total=check.size_bytes))
+
+        counter = _ProgressCounter(self, item)
+        manifest, byte_count, digest = volumes.copy_volume(
+            self.source, target, item, task_id=self.task.id,
+            hash_content=self.task.spec.verify is VerifyMode.FULL, on_chunk=counter.add,
+        )
+        counter.flush()
+
+        self._manifests[item.position] = manifest
+        self.store.save_manifest(self.task.id, item.position, manifest.to_json())
+        self.update_item(item, state=ItemState.COPIED, bytes_done=byte_count,
+                         entries=len(manifest.entries), stream_digest=digest)
+        volumes.remove_task_helpers(self.source, self.task.id)
+        volumes.remove_task_helpers(target, self.task.id)
+        self.emit(ItemFinished(self.task.id, position=item.position, state=item.state.value,
+                               bytes_done=byte_count))
+
+    def verify(self) -> None:
+        mode = self.task.spec.verify
+        for item in self.pending_items():
+            self.check_control(force=True)
+            if mode is VerifyMode.NONE:
+                self.warn(f"volume {item.target!r} was not verified (--verify none)")
+                self.update_item(item, state=ItemState.VERIFIED, finished_at=time.time())
+                continue
+
+            source_manifest = self._source_manifest(item)
+            target_manifest = volumes.read_manifest(
+                self.target, item.target, task_id=self.task.id,
+                hash_content=mode is VerifyMode.FULL,
+            )
+            volumes.verify_volume(source_manifest, target_manifest, item, mode)
+            self.update_item(item, state=ItemState.VERIFIED, finished_at=time.time())
+            self.record("info", "verified", f"volume {item.target!r} verified ({mode.value})",
+                        position=item.position)
+
+    def _source_manifest(self, item: TaskItem) -> Manifest:
+        manifest = self._manifests.get(item.position)
+        if manifest is None:
+            stored = self.store.load_manifest(self.task.id, item.position)
+            if stored is None:
+                raise MigrationFailed(f"no source manifest for volume {item.source!r}",
+                                      hint="roll the task back and run it again")
+            manifest = Manifest.from_json(stored)
+        return manifest
+
+    def cleanup(self) -> None:
+        """Remove helper containers of this task on both hosts (also after failures)."""
+        for engine in self._open_engines():
+            try:
+                volumes.remove_task_helpers(engine, self.task.id)
+            except DDMError as error:
+                self.warn(f"could not remove helper containers on {engine.host.name}: {error}")
+
+    def _open_engines(self) -> list[Any]:
+        return list({id(engine): engine for engine in self._engines.values()}.values())
+
+    # Failure and rollback
+
+    def _finish_failed(self, error: BaseException) -> None:
+        self.record("error", "failed", f"task failed: {_describe(error)}")
+        try:
+            self.rollback()
+        except BaseException as rollback_error:  # noqa: BLE001 - report both, keep the first
+            self.record("error", "rollback_failed", f"rollback failed: {_describe(rollback_error)}")
+            self._finish(TaskState.INTERRUPTED, _error_dict(rollback_error))
+            return
+
+        state = TaskState.CANCELLED if isinstance(error, Cancelled) else TaskState.FAILED
+        self._finish(state, _error_dict(error))
+
+    def rollback(self) -> None:
+        """Remove what this task created on the target; the source was only read."""
+        self.task.phase = Phase.ROLLBACK
+        self.store.update_task(self.task.id, phase=Phase.ROLLBACK)
+        self.record("info", "phase", "phase rollback started")
+        self.emit(PhaseStarted(self.task.id, phase=Phase.ROLLBACK.value))
+
+        self.cleanup()
+        created = [item for item in self.task.items if item.target_created]
+        if created:
+            target = self.target
+            for item in created:
+                volumes.remove_task_helpers(target, self.task.id)
+                if target.volume_inspect(item.target) is not None:
+                    target.volume_remove(item.target)
+                self.update_item(item, state=ItemState.ROLLED_BACK, target_created=False)
+                self.record("info", "rolled_back", f"removed volume {item.target!r} from "
+                            f"{self.task.spec.target_host}")
+
+    def _finish(self, state: TaskState, error: dict[str, Any] | None) -> None:
+        self.task.state = state
+        self.task.error = error
+        phase = Phase.DONE if state is TaskState.SUCCEEDED else self.task.phase
+        self.store.update_task(self.task.id, state=state, phase=phase, error=error,
+                               finished_at=time.time(), runner_pid=None)
+        self.store.release_locks(self.task.id)
+        self.task = self.store.get_task(self.task.id)
+        self.record("info", "finished", f"task {state.value}")
+        self.emit(TaskFinished(self.task.id, state=state.value, error=error))
+
+    def _close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._stack.close()
+        self._engines.clear()
+
+
+class _ProgressCounter:
+    """Counts relayed bytes, emits Progress events and stores progress at a low rate."""
+
+    def __init__(self, runner: TaskRunner, item: TaskItem) -> None:
+        self.runner = runner
+        self.item = item
+        self.done = 0
+        self._last_event = 0.0
+        self._last_store = 0.0
+
+    def add(self, count: int) -> None:
+        self.done += count
+        now = time.monotonic()
+        if now - self._last_event >= PROGRESS_EVENT_SECONDS:
+            self._last_event = now
+            self.runner.emit(Progress(self.runner.task.id, position=self.item.position,
+                                      bytes_done=self.done, bytes_total=self.item.bytes_total))
+            self.runner.check_control()
+        if now - self._last_store >= PROGRESS_STORE_SECONDS:
+            self._last_store = now
+            self.runner.store.update_item(self.runner.task.id, self.item.position,
+                                          bytes_done=self.done)
+
+    def flush(self) -> None:
+        self.runner.emit(Progress(self.runner.task.id, position=self.item.position,
+                                  bytes_done=self.done, bytes_total=self.item.bytes_total))
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, KeyboardInterrupt):
+        return "interrupted"
+    return str(error) or type(error).__name__
+
+
+def _error_dict(error: BaseException) -> dict[str, Any]:
+    if isinstance(error, DDMError):
+        return error.to_dict()
+    if isinstance(error, KeyboardInterrupt):
+        return Interrupted("interrupted").to_dict()
+    return {"error": type(error).__name__, "message": str(error), "exit_status": 1}
+
+
+def rollback_task(runner: TaskRunner) -> Task:
+    """Roll back a task that is not running: remove what it created on the target."""
+    store, task = runner.store, mark_stale_running(runner.store, runner.task)
+    if task.state is TaskState.RUNNING:
+        raise TaskConflict(
+            f"task {task.id} is running in process {task.runner_pid}",
+            hint=f"stop it with 'ddmctl cancel {task.id}'; a cancelled task rolls back",
+        )
+    if task.state is TaskState.QUEUED:
+        store.update_task(task.id, state=TaskState.CANCELLED, finished_at=time.time())
+        return store.get_task(task.id)
+
+    states = (TaskState.SUCCEEDED, TaskState.INTERRUPTED, TaskState.FAILED,
+              TaskState.CANCELLED, TaskState.ROLLED_BACK)
+    if not store.claim_task(task.id, os.getpid(), states):
+        raise TaskConflict(f"task {task.id} changed state while rolling back; try again")
+    runner.task = store.get_task(task.id)
+    try:
+        runner.rollback()
+    except BaseException as error:
+        runner._finish(TaskState.INTERRUPTED, _error_dict(error))
+        raise
+    finally:
+        runner._close()
+    runner._finish(TaskState.ROLLED_BACK, None)
+    return runner.task

@@ -1,0 +1,212 @@
+"""Per-volume steps of a volumes-mode task: check, copy, verify and undo.
+
+A volume is copied through the Docker Engine API: a helper container that mounts the volume and
+is never started lets the daemon build (GET) and unpack (PUT) the volume's tar archive, and the
+controller relays the stream between the hosts while it builds the source manifest on the fly.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ddm.errors import (
+    InsufficientSpace,
+    TargetExists,
+    VerificationFailed,
+    VolumeNotFound,
+)
+from ddm.manifest import Manifest, ManifestBuilder, compare_manifests, display_path
+from ddm.task import TaskItem, VerifyMode
+
+log = logging.getLogger(__name__)
+
+HELPER_MOUNT = "/v"
+ARCHIVE_PREFIX = b"v/"
+TASK_LABEL = "ddm.task"
+
+QUICK_ASPECTS = ("presence", "type", "mode", "owner", "size", "link", "device", "mtime")
+FULL_ASPECTS = (*QUICK_ASPECTS, "content")
+MAX_REPORTED_DIFFERENCES = 20
+
+# Free space the target must keep beyond the volume's size, in bytes.
+SPACE_MARGIN_BYTES = 64 * 1024 * 1024
+
+
+@dataclass
+class VolumeCheck:
+    """What the prepare phase learned about one volume."""
+
+    source_driver: str
+    source_options: dict[str, str]
+    source_labels: dict[str, str]
+    size_bytes: int | None
+    target_exists: bool
+
+
+def aspects_for(mode: VerifyMode) -> tuple[str, ...]:
+    """Return the manifest aspects a verify mode compares."""
+    return FULL_ASPECTS if mode is VerifyMode.FULL else QUICK_ASPECTS
+
+
+def check_volume(source, target, item: TaskItem, *, force: bool) -> VolumeCheck:
+    """Check that the source volume exists and the target name is free (or forced)."""
+    volume = source.volume_inspect(item.source)
+    if volume is None:
+        raise VolumeNotFound(
+            f"volume {item.source!r} not found on host {source.host.name!r}",
+            hint=f"list volumes with 'docker volume ls' on {source.host.name}",
+        )
+
+    existing = target.volume_inspect(item.target)
+    if existing is not None and not force and not item.target_created:
+        raise TargetExists(
+            f"volume {item.target!r} already exists on host {target.host.name!r}",
+            hint="choose another name with --volume SRC:DST, or pass --force to replace it",
+        )
+
+    return VolumeCheck(
+        source_driver=volume.driver,
+        source_options=dict(volume.options or {}),
+        source_labels=dict(volume.labels or {}),
+        size_bytes=volume_size(source, item.source),
+        target_exists=existing is not None,
+    )
+
+
+def volume_size(engine, name: str) -> int | None:
+    """Return the volume's size in bytes from the engine's disk usage report, or None.
+
+    The report (GET /system/df) walks every volume on the host, so it can take seconds on a
+    host with large volumes; None when the engine does not report a size (remote drivers).
+    """
+    try:
+        usage = engine.api.df()
+    except Exception as error:  # noqa: BLE001 - the size is an estimate for display and checks
+        log.warning("disk usage of host %s is unknown: %s", engine.host.name, error)
+        return None
+    for volume in usage.get("Volumes") or []:
+        if volume.get("Name") == name:
+            size = (volume.get("UsageData") or {}).get("Size")
+            return size if isinstance(size, int) and size >= 0 else None
+    return None
+
+
+def volumes_root(engine) -> str:
+    """Return the directory under which the engine keeps local volumes."""
+    root = engine.api.info().get("DockerRootDir") or "/var/lib/docker"
+    return f"{root}/volumes"
+
+
+def check_space(target, needed_bytes: int | None, volume: str) -> None:
+    """Raise InsufficientSpace when the target's volume storage has less room than needed."""
+    if needed_bytes is None:
+        return
+    free = target.free_bytes(volumes_root(target))
+    if free is None:
+        log.warning("free space on host %s is unknown; not checked", target.host.name)
+        return
+    if free < needed_bytes + SPACE_MARGIN_BYTES:
+        raise InsufficientSpace(
+            f"not enough space on host {target.host.name!r} for volume {volume!r}: "
+            f"{needed_bytes} bytes needed, {free} bytes free",
+            hint="free space on the target or choose another target host",
+        )
+
+
+def create_target_volume(target, item: TaskItem, check: VolumeCheck) -> None:
+    """Create the target volume with the source's driver, driver options and labels."""
+    target.volume_create(
+        item.target,
+        driver=check.source_driver,
+        driver_opts=check.source_options,
+        labels=check.source_labels,
+    )
+
+
+def copy_volume(
+    source,
+    target,
+    item: TaskItem,
+    *,
+    task_id: str,
+    hash_content: bool,
+    on_chunk: Callable[[int], None],
+) -> tuple[Manifest, int, str]:
+    """Relay the volume's archive from source to target; return (manifest, bytes, digest).
+
+    The source helper mounts the volume read-only, so the copy cannot change the source.
+    """
+    from ddmdriver.relay import relay_archive
+
+    labels = {TASK_LABEL: task_id}
+    source_helper = source.create_helper(item.source, read_only=True, labels=labels)
+    target_helper = target.create_helper(item.target, read_only=False, labels=labels)
+    builder = ManifestBuilder(hash_content=hash_content, strip_prefix=ARCHIVE_PREFIX)
+
+    def observe(chunk: memoryview) -> None:
+        builder.feed(chunk)
+        on_chunk(len(chunk))
+
+    started = time.monotonic()
+    result = relay_archive(
+        source, source_helper, HELPER_MOUNT, target, target_helper, "/",
+        observers=[observe],
+    )
+    manifest = builder.close()
+    log.info(
+        "copied volume %s to %s: %d bytes in %.1f s",
+        item.source, item.target, result.bytes, time.monotonic() - started,
+    )
+    return manifest, result.bytes, result.stream_digest
+
+
+def read_manifest(engine, volume: str, *, task_id: str, hash_content: bool) -> Manifest:
+    """Read a volume's manifest from its archive (GET through a never-started helper)."""
+    helper = engine.create_helper(volume, read_only=True, labels={TASK_LABEL: task_id})
+    try:
+        builder = ManifestBuilder(hash_content=hash_content, strip_prefix=ARCHIVE_PREFIX)
+        stream = engine.get_archive(helper, HELPER_MOUNT)
+        try:
+            for chunk in stream:
+                builder.feed(chunk)
+        finally:
+            close = getattr(stream, "close", None)
+            if close:
+                close()
+        return builder.close()
+    finally:
+        engine.remove_container(helper)
+
+
+def verify_volume(
+    source_manifest: Manifest, target_manifest: Manifest, item: TaskItem, mode: VerifyMode
+) -> None:
+    """Compare manifests and raise VerificationFailed listing the first differences."""
+    differences = compare_manifests(source_manifest, target_manifest, aspects_for(mode))
+    if not differences:
+        return
+
+    shown = "; ".join(
+        f"{display_path(difference.path)}: {difference.aspect}"
+        for difference in differences[:MAX_REPORTED_DIFFERENCES]
+    )
+    more = len(differences) - MAX_REPORTED_DIFFERENCES
+    suffix = f" and {more} more" if more > 0 else ""
+    raise VerificationFailed(
+        f"volume {item.target!r} differs from source {item.source!r} in "
+        f"{len(differences)} places: {shown}{suffix}",
+        hint="the target was rolled back; run 'ddmverify' to inspect, then retry",
+    )
+
+
+def remove_task_helpers(engine, task_id: str) -> int:
+    """Remove every helper container of the task on a host; return how many were removed."""
+    removed = 0
+    containers = engine.api.containers(all=True, filters={"label": [f"{TASK_LABEL}={task_id}"]})
+    for container in containers:
+        engine.remove_container(container["Id"])
+        removed += 1
+    return removed

@@ -1,0 +1,1 @@
+"""ddmverify command of DDM."""
