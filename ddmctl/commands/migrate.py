@@ -25,6 +25,14 @@ from ddmctl.progress import choose_display, format_bytes
 )
 @click.option("--force", is_flag=True,
               help="Replace a target volume that already exists (its old content is lost).")
+@click.option(
+    "--incremental", is_flag=True,
+    help="When a target volume holds the copy an earlier DDM task made of the same source "
+    "volume, send only new and changed files and delete removed ones (needs python3 and GNU "
+    "tar on both hosts).",
+)
+@click.option("--parallel", type=click.IntRange(1, 16), default=1, show_default=True,
+              help="Number of volumes copied at once, each over its own SSH connections.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
 @json_option
@@ -36,6 +44,8 @@ def migrate(
     volumes: tuple[str, ...],
     verify: str | None,
     force: bool,
+    incremental: bool,
+    parallel: int,
     dry_run: bool,
     yes: bool,
     as_json: bool,
@@ -46,9 +56,10 @@ def migrate(
     removed. The task is stored, so 'ddmctl status TASK' works from another terminal.
     """
     config = context.config
+    options = {"incremental": incremental, "parallel": parallel}
     spec = api.build_spec(
         config, source=source, target=target, volumes=volumes,
-        verify=verify or config.defaults.verify, force=force,
+        verify=verify or config.defaults.verify, force=force, options=options,
     )
 
     if dry_run:
@@ -57,7 +68,7 @@ def migrate(
     confirm(context, spec_summary(spec), yes=yes, force=force)
     task = api.create_task(
         context.store, config, source=source, target=target, volumes=volumes,
-        verify=spec.verify, force=force,
+        verify=spec.verify, force=force, options=options,
     )
     context.info(f"task {task.id} created")
     return run_and_report(context, task.id, as_json, resume=False)
