@@ -74,9 +74,16 @@ def run_parallel(suite: Suite) -> list[Result]:
     return results
 
 
-def run_scenarios(suite: Suite, scenarios: Sequence[str]) -> list[Result]:
-    """Run every chosen scenario; a failing scenario is logged and the others still run."""
+def run_scenarios(
+    suite: Suite, scenarios: Sequence[str], on_results: Callable[[list[Result]], None]
+) -> tuple[list[Result], list[str]]:
+    """Run every chosen scenario; return the results and the scenarios that failed.
+
+    A failing scenario is logged and the others still run. on_results is called with all
+    results so far after each scenario, so a long run leaves its numbers even when cut short.
+    """
     results: list[Result] = []
+    failed: list[str] = []
     steps: dict[str, Callable[[], list[Result]]] = {
         "a": lambda: run_full_copy(suite, "a"),
         "b": lambda: run_full_copy(suite, "b"),
@@ -93,4 +100,6 @@ def run_scenarios(suite: Suite, scenarios: Sequence[str]) -> list[Result]:
             results.extend(steps[scenario]())
         except RuntimeError as error:
             log.error("scenario %s failed: %s", scenario, error)
-    return results
+            failed.append(scenario)
+        on_results(results)
+    return results, failed

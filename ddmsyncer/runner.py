@@ -334,7 +334,7 @@ class TaskRunner:
                                bytes_done=byte_count))
 
     def _update_item(self, item: TaskItem, check: volumes.VolumeCheck) -> None:
-        """Update a target volume that holds an earlier copy; see ddmsyncer.incremental."""
+        """Update a target volume that contains an earlier copy; see ddmsyncer.incremental."""
         self.update_item(item, state=ItemState.COPYING, started_at=time.time(), bytes_done=0,
                          bytes_total=check.size_bytes)
         self.emit(ItemStarted(self.task.id, position=item.position, source=item.source,
