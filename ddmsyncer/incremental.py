@@ -11,7 +11,8 @@ regular file. A source entry is sent when the target lacks it or differs in any 
 target entry that the source lacks is deleted. mtime is compared in whole seconds, because
 Docker's archive API, which made the first copy, truncates mtimes to seconds. Only the sent
 entries cross the wire, as a tar stream from `tar` on the source to `tar` on the target,
-relayed and hashed by the controller.
+relayed and hashed by the controller. Verification compares fresh scans of both sides; see
+verify_update for which files it hashes again.
 
 How does a failure leave the target as it was? Before any change, the target's volume
 directory is copied with hard links (`cp -al`) to a backup beside the mountpoint. GNU tar
@@ -33,7 +34,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -97,6 +98,9 @@ class Plan:
 class UpdateResult:
     """Counts of one incremental update, stored in the task for status and benchmarks."""
 
+    plan: Plan
+    source_scan: Scan
+    target_scan: Scan
     sent_entries: int
     deleted_entries: int
     archive_bytes: int
@@ -358,8 +362,8 @@ def update_volume(source: Any, source_mountpoint: str, target: Any, target_mount
     if plan.send:
         archive_bytes, digest = relay_tar(source, source_mountpoint, target, target_mountpoint,
                                           plan.send, on_chunk)
-    return UpdateResult(len(plan.send), len(plan.delete), archive_bytes, scan_bytes, digest,
-                        time.monotonic() - started)
+    return UpdateResult(plan, source_scan, target_scan, len(plan.send), len(plan.delete),
+                        archive_bytes, scan_bytes, digest, time.monotonic() - started)
 
 
 def restore_backup(target: Any, target_mountpoint: str, backup: str) -> None:
@@ -376,16 +380,24 @@ def discard_backup(target: Any, backup: str) -> None:
 
 
 def verify_update(source: Any, source_mountpoint: str, target: Any, target_mountpoint: str,
-                  item: TaskItem, mode: VerifyMode) -> int:
+                  item: TaskItem, mode: VerifyMode, update: UpdateResult | None = None) -> int:
     """Compare fresh scans of both volumes; raise VerificationFailed on any difference.
 
     Returns the bytes of scan output that crossed the wire. Every aspect of every entry is
     compared, and with verify full the SHA-256 of every file's content, hashed on each host.
+    Given the update made in this process, only the sent files are hashed again: a file that
+    was not sent had equal hashes on both sides in the update's scans, and keeps them when it
+    is still the same inode with the same size and mtime on both sides.
     """
+    full = mode is VerifyMode.FULL
+    sent = list(update.plan.send) if update is not None else []
+    hash_mode = ("list" if update is not None else "all") if full else "none"
     source_scan, target_scan, scan_bytes = scan_both(
-        source, source_mountpoint, target, target_mountpoint,
-        hash_mode="all" if mode is VerifyMode.FULL else "none",
+        source, source_mountpoint, target, target_mountpoint, hash_mode=hash_mode, paths=sent,
     )
+    if full and update is not None:
+        source_scan = _carry_digests(source_scan, update.source_scan, set(sent))
+        target_scan = _carry_digests(target_scan, update.target_scan, set(sent))
     differences = list(_differences(source_scan, target_scan))
     if differences:
         shown = "; ".join(f"{os.fsdecode(path)}: {aspect}"
@@ -396,6 +408,27 @@ def verify_update(source: Any, source_mountpoint: str, target: Any, target_mount
             hint="the target was restored from its backup; run 'ddmverify' to inspect",
         )
     return scan_bytes
+
+
+def _carry_digests(scan: Scan, earlier: Scan, sent: set[bytes]) -> Scan:
+    """Copy the digests of unsent files from the earlier scan when the file is unchanged.
+
+    A file that changed (other inode, size or mtime) keeps digest None, so it differs from
+    the other side's and verification fails, which is the safe outcome.
+    """
+    carried: Scan = {}
+    for path, entry in scan.items():
+        before = earlier.get(path)
+        unchanged = (
+            before is not None and entry.type == "file" and path not in sent
+            and (before.inode, before.size, before.mtime_ns) == (entry.inode, entry.size, entry.mtime_ns)
+        )
+        carried[path] = _replace_digest(entry, before.digest) if unchanged else entry
+    return carried
+
+
+def _replace_digest(entry: Entry, digest: str | None) -> Entry:
+    return replace(entry, digest=digest)
 
 
 def _differences(source: Scan, target: Scan) -> Iterator[tuple[bytes, str]]:
@@ -427,6 +460,10 @@ def _save_record(runner: Any, item: TaskItem, **values: Any) -> None:
 
 
 _EXTRA_LOCK = threading.Lock()
+
+# Updates made in this process, by (task ID, item position), for verify_item; a task resumed
+# in another process has none and hashes every file again.
+_UPDATES: dict[tuple[str, int], UpdateResult] = {}
 
 
 def select_items(runner: Any) -> dict[int, str]:
@@ -477,6 +514,7 @@ def copy_item(runner: Any, item: TaskItem, on_chunk: Callable[[int], None]) -> U
             runner, item, backup=backup, backup_complete=complete,
             target_mountpoint=target_mountpoint),
     )
+    _UPDATES[(runner.task.id, item.position)] = result
     _save_record(runner, item, sent_entries=result.sent_entries,
                  deleted_entries=result.deleted_entries, archive_bytes=result.archive_bytes,
                  scan_bytes=result.scan_bytes, seconds=result.seconds)
@@ -485,8 +523,9 @@ def copy_item(runner: Any, item: TaskItem, on_chunk: Callable[[int], None]) -> U
 
 def verify_item(runner: Any, item: TaskItem) -> None:
     source_mountpoint, target_mountpoint = _mountpoints(runner, item)
+    update = _UPDATES.pop((runner.task.id, item.position), None)
     scan_bytes = verify_update(runner.source, source_mountpoint, runner.target, target_mountpoint,
-                               item, runner.task.spec.verify)
+                               item, runner.task.spec.verify, update)
     _save_record(runner, item, verify_scan_bytes=scan_bytes)
 
 
