@@ -1,4 +1,4 @@
-"""Incremental re-migration: update a target volume that holds an earlier DDM copy of the source.
+"""Incremental re-migration: update a target volume that contains an earlier DDM copy of the source.
 
 When does it apply? The task asks for it (`--incremental`), the target volume exists, and an
 earlier task of this store that succeeded copied the same source volume from the same source
@@ -53,10 +53,6 @@ RELAY_CHUNK = 1024 * 1024
 MAX_REPORTED_DIFFERENCES = 20
 EXTRA_KEY = "incremental"
 
-# Aspects that decide whether an entry is sent, in the order of a scan record's fields.
-FIELDS = ("path", "type", "mode", "uid", "gid", "size", "mtime_ns", "link", "rdev", "inode",
-          "nlink", "digest")
-
 
 @dataclass(frozen=True)
 class Entry:
@@ -87,7 +83,7 @@ Scan = dict[bytes, Entry]
 
 @dataclass
 class Plan:
-    """What an incremental update sends and deletes."""
+    """Entries an incremental update sends and deletes."""
 
     send: list[bytes] = field(default_factory=list)
     delete: list[bytes] = field(default_factory=list)
@@ -385,13 +381,15 @@ def verify_update(source: Any, source_mountpoint: str, target: Any, target_mount
 
     Returns the bytes of scan output that crossed the wire. Every aspect of every entry is
     compared, and with verify full the SHA-256 of every file's content, hashed on each host.
-    Given the update made in this process, only the sent files are hashed again: a file that
-    was not sent had equal hashes on both sides in the update's scans, and keeps them when it
+    Given the update made in this process, only the sent files are hashed again. A file that
+    was not sent had equal hashes on both sides in the update's scans. It keeps them when it
     is still the same inode with the same size and mtime on both sides.
     """
     full = mode is VerifyMode.FULL
     sent = list(update.plan.send) if update is not None else []
-    hash_mode = ("list" if update is not None else "all") if full else "none"
+    hash_mode = "none"
+    if full:
+        hash_mode = "all" if update is None else "list"
     source_scan, target_scan, scan_bytes = scan_both(
         source, source_mountpoint, target, target_mountpoint, hash_mode=hash_mode, paths=sent,
     )

@@ -27,7 +27,7 @@ from ddmctl.progress import choose_display, format_bytes
               help="Replace a target volume that already exists (its old content is lost).")
 @click.option(
     "--incremental", is_flag=True,
-    help="When a target volume holds the copy an earlier DDM task made of the same source "
+    help="When a target volume contains the copy an earlier DDM task made of the same source "
     "volume, send only new and changed files and delete removed ones (needs python3 and GNU "
     "tar on both hosts).",
 )
