@@ -23,6 +23,7 @@ from typing import Any
 
 import docker
 import docker.errors
+import paramiko
 import requests
 import requests.exceptions
 import urllib3.exceptions
@@ -59,6 +60,8 @@ TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
     requests.exceptions.Timeout,
     requests.exceptions.ChunkedEncodingError,
     urllib3.exceptions.HTTPError,
+    paramiko.SSHException,
+    EOFError,
     OSError,
 )
 
