@@ -591,7 +591,6 @@ def test_relay_cut_connection_names_side(
                 source, source_helper, "/v", target, target_helper, "/", observers=[cut_after_8_mib]
             )
 
-        print(raised.value)
         assert str(raised.value).startswith(f"{side} {victim.name}:")
         assert time.monotonic() - started < 60
     finally:
