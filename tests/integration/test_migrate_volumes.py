@@ -409,3 +409,36 @@ def test_resume_requires_interrupted_task(h1, h2, isolated_env, resources):
 
     assert resumed.status == 6
     assert "only an interrupted task can be resumed" in resumed.stderr
+
+
+def test_terminal_shows_bars_and_stdout_stays_data(h1, h2, isolated_env, resources):
+    volume = resources.create_volume(h1)
+    resources.add_volume(h2, volume)
+    write_volume_tree(h1, volume, {"f": RandomFile(2 << 20, seed=5)})
+    stdout, stderr = io.StringIO(), io.StringIO()
+    env = Environment(stdin=io.StringIO(), stdout=stdout, stderr=stderr, environ=dict(os.environ),
+                      stdin_isatty=False, stdout_isatty=True, stderr_isatty=True)
+    module = __import__("ddmctl.cli", fromlist=["cli"])
+
+    status = run_main(module.cli, ["migrate", "--from", "h1", "--to", "h2", "--volume", volume,
+                                   "--yes"], env=env, prog_name="ddmctl")
+
+    assert status == 0, stderr.getvalue()
+    assert f"{volume} → {volume}" in stderr.getvalue()
+    assert "MiB" in stderr.getvalue()
+    assert stdout.getvalue().split("\t")[:3] == [volume, volume, "verified"]
+
+
+def test_json_progress_lines_on_stderr(h1, h2, isolated_env, resources):
+    volume = resources.create_volume(h1)
+    resources.add_volume(h2, volume)
+    write_volume_tree(h1, volume, {"f": "json\n"})
+
+    outcome = run_command("ddmctl", "migrate", "--from", "h1", "--to", "h2", "--volume", volume,
+                          "--yes", "--json")
+
+    events = [json.loads(line) for line in outcome.stderr.splitlines() if line.startswith("{")]
+    kinds = [event["event"] for event in events]
+    assert "PhaseStarted" in kinds
+    assert kinds[-1] == "TaskFinished"
+    assert json.loads(outcome.stdout)["state"] == "succeeded"
