@@ -34,7 +34,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_API_TIMEOUT = 60.0
 MAX_POOL_SIZE = 8  # below OpenSSH's default MaxSessions of 10, with room for commands
 READ_BUFFER_SIZE = 256 * 1024
-SEND_SLICE_SIZE = 256 * 1024
 
 # A socket path that never exists: docker-py builds a unix adapter for it in
 # RemoteAPIClient.__init__, and the adapter is replaced before any request is sent.
@@ -115,18 +114,23 @@ class ChannelSocket:
 
     def sendall(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data).cast("B")
+        # paramiko's own sendall copies the whole unsent rest after every packet. Handing
+        # it one packet's worth at a time copies each byte once. paramiko reserves 64 bytes
+        # of the peer's max packet size for the SSH header.
+        slice_size = max(1024, getattr(self.channel, "out_max_packet_size", 32768) - 64)
         offset = 0
         try:
             while offset < len(view):
-                # paramiko's own sendall copies the unsent rest after every packet; slices
-                # of a memoryview keep that linear.
-                offset += self.channel.send(bytes(view[offset : offset + SEND_SLICE_SIZE]))
-        except OSError as error:
-            if self.channel.closed or self.channel.eof_received:
-                # urllib3 reads the response after a BrokenPipeError, so an error that the
-                # engine sent before closing reaches the caller.
-                raise BrokenPipeError(errno.EPIPE, f"{self.description} closed the connection") from error
+                offset += self.channel.send(bytes(view[offset : offset + slice_size]))
+        except TimeoutError:
             raise
+        except (OSError, EOFError, paramiko.SSHException) as error:
+            # paramiko raises EOFError when the SSH connection itself is gone. urllib3 reads
+            # the response after a BrokenPipeError, so an error that the engine sent before
+            # closing still reaches the caller.
+            raise BrokenPipeError(
+                errno.EPIPE, f"{self.description} closed the connection ({type(error).__name__})"
+            ) from error
 
     def send(self, data: bytes) -> int:
         return self.channel.send(data)
@@ -139,6 +143,10 @@ class ChannelSocket:
 
     def _raise_if_failed(self) -> None:
         """Turn the end of a failed dial-stdio command into an error that names the cause."""
+        transport = self.channel.get_transport()
+        if transport is None or not transport.is_active():
+            return
+
         deadline = time.monotonic() + 2.0
         while not self.channel.exit_status_ready() and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -200,7 +208,7 @@ class SSHChannelConnection(urllib3.connection.HTTPConnection):
     @property
     def is_connected(self) -> bool:
         # urllib3 would poll the socket's file descriptor, and paramiko creates a pipe for
-        # every channel asked for one. The channel's own flags give the same answer.
+        # every channel asked for one. The channel's closed and EOF flags show the same.
         return self.sock is not None and not self.sock.closed
 
 
