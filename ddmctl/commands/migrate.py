@@ -8,23 +8,12 @@ from ddm import api
 from ddm.errors import DDMError, ExitStatus, UsageError
 from ddm.task import Task, TaskState
 from ddmctl.common import CommandContext, epilog, json_option, raise_on_sigterm
+from ddmctl.commands.planning import show_plan, spec_from_options, task_options
 from ddmctl.progress import choose_display, format_bytes
 
 
 @click.command(epilog=epilog("ddmctl migrate --from old --to new --volume pgdata:pgdata-2"))
-@click.option("--from", "source", required=True, metavar="HOST", help="Source host name.")
-@click.option("--to", "target", required=True, metavar="HOST", help="Target host name.")
-@click.option(
-    "--volume", "volumes", multiple=True, required=True, metavar="SRC[:DST]",
-    help="Volume to move; SRC:DST renames it on the target (repeatable).",
-)
-@click.option(
-    "--verify", type=click.Choice(["none", "quick", "full"]), default=None,
-    help="Check after the copy: quick compares metadata and sizes, full also hashes content "
-    "(default: defaults.verify in the config, else full).",
-)
-@click.option("--force", is_flag=True,
-              help="Replace a target volume that already exists (its old content is lost).")
+@task_options
 @click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
 @json_option
@@ -39,6 +28,9 @@ def migrate(
     dry_run: bool,
     yes: bool,
     as_json: bool,
+    on_success: str | None,
+    on_failure: str | None,
+    notify: tuple[str, ...],
 ) -> int:
     """Move Docker volumes from one host to another and verify them.
 
@@ -46,10 +38,10 @@ def migrate(
     removed. The task is stored, so 'ddmctl status TASK' works from another terminal.
     """
     config = context.config
-    spec = api.build_spec(
-        config, source=source, target=target, volumes=volumes,
-        verify=verify or config.defaults.verify, force=force,
-    )
+    spec = spec_from_options(context, {
+        "source": source, "target": target, "volumes": volumes, "verify": verify,
+        "force": force, "on_success": on_success, "on_failure": on_failure, "notify": notify,
+    })
 
     if dry_run:
         return show_plan(context, api.plan_task(config, spec), as_json)
@@ -57,7 +49,7 @@ def migrate(
     confirm(context, spec_summary(spec), yes=yes, force=force)
     task = api.create_task(
         context.store, config, source=source, target=target, volumes=volumes,
-        verify=spec.verify, force=force,
+        verify=spec.verify, force=force, options=spec.options,
     )
     context.info(f"task {task.id} created")
     return run_and_report(context, task.id, as_json, resume=False)
@@ -114,21 +106,3 @@ def print_task_result(context: CommandContext, task: Task, as_json: bool) -> Non
     context.info(f"task {task.id} {task.state.value} in {duration}")
     if task.state is not TaskState.SUCCEEDED and task.error:
         context.info(f"task {task.id}: {task.error.get('message')}")
-
-
-def show_plan(context: CommandContext, plan: dict, as_json: bool) -> int:
-    if as_json:
-        context.print_json(plan)
-    else:
-        context.echo(f"plan: {plan['mode']} from {plan['source_host']} to {plan['target_host']}, "
-                     f"verify {plan['verify']}, data path {plan['data_path']}")
-        for volume in plan["volumes"]:
-            size = format_bytes(volume.get("size_bytes"))
-            status = volume.get("error") or ("replaces existing volume"
-                                              if volume.get("replaces_existing") else "new volume")
-            context.echo(f"  volume {volume['source']} -> {volume['target']}: {size}, {status}")
-        for step in plan["steps"]:
-            context.echo(f"  step {step}")
-        for conflict in plan["conflicts"]:
-            context.echo(f"  conflict: {conflict}")
-    return int(ExitStatus.OK if plan["ok"] else ExitStatus.FAILED)
