@@ -82,6 +82,10 @@ def apply_plan(config: Config, store_path: Path, plan: FleetPlan, *, fail_fast: 
                         running[pool.submit(_run_item, config, store_path, item, result,
                                             notify, stop)] = item
 
+                if stop.is_set():
+                    pending.clear()  # their results stay "skipped"
+                if not running:
+                    continue
                 done, _ = wait(list(running), return_when=FIRST_COMPLETED)
                 for future in done:
                     item = running.pop(future)
