@@ -14,6 +14,7 @@ The commands are thin layers over these functions; docs/python-api.md has a comp
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Iterable, Mapping
@@ -36,6 +37,8 @@ from ddm.task import (
     new_task_id,
     parse_volume_mapping,
 )
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "load_config",
@@ -156,8 +159,12 @@ def _run_callbacks_once(store: TaskStore, task_id: str, started: float) -> None:
     """Run the callbacks of a task that this call finished (not of one it could not claim)."""
     task = store.get_task(task_id)
     ended = task.state.finished or task.state is TaskState.INTERRUPTED
-    if ended and task.finished_at is not None and task.finished_at >= started:
+    if not ended or task.finished_at is None or task.finished_at < started:
+        return
+    try:
         run_task_callbacks(store, task)
+    except Exception:  # noqa: BLE001 - a callback never changes the task's result
+        log.exception("task %s: running its callbacks failed", task_id)
 
 
 def pause_task(store: TaskStore, task_id: str) -> Task:

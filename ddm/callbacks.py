@@ -11,6 +11,7 @@ A callback never changes the task's result: a failure is logged and recorded as 
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import os
@@ -130,7 +131,7 @@ def _optional_command(command: str | None, what: str) -> str | None:
 
 @dataclass
 class CallbackOutcome:
-    """What one callback did: `ok`, the number of attempts, and an error line when it failed."""
+    """Result of one callback: `ok`, the number of attempts, and an error line when it failed."""
 
     kind: str  # "command" or "url"
     target: str
@@ -166,8 +167,16 @@ def task_summary(task: Any) -> dict[str, Any]:
 def run_command(command: str, summary: Mapping[str, Any], *,
                 timeout: float = COMMAND_TIMEOUT_SECONDS,
                 environ: Mapping[str, str] | None = None) -> CallbackOutcome:
-    """Run a callback command without a shell, with the summary on stdin; never raise."""
-    argv = shlex.split(command)
+    """Run a callback command without a shell, with the summary on stdin.
+
+    Failures are returned in the outcome, not raised.
+    """
+    try:
+        argv = shlex.split(command)
+    except ValueError as error:
+        return CallbackOutcome("command", command, False, error=f"invalid command: {error}")
+    if not argv:
+        return CallbackOutcome("command", command, False, error="empty command")
     env = dict(os.environ if environ is None else environ)
     env["DDM_TASK_ID"] = str(summary["task_id"])
     env["DDM_TASK_RESULT"] = str(summary["result"])
@@ -178,9 +187,10 @@ def run_command(command: str, summary: Mapping[str, Any], *,
                                    env=env, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
         return CallbackOutcome("command", command, False, error=f"timed out after {timeout:g} s")
-    except OSError as error:
+    except (OSError, ValueError) as error:
+        reason = getattr(error, "strerror", None) or error
         return CallbackOutcome("command", command, False,
-                               error=f"cannot start {argv[0]!r}: {error.strerror or error}")
+                               error=f"cannot start {argv[0]!r}: {reason}")
 
     details = {"exit_status": completed.returncode,
                "stderr": completed.stderr[-MAX_LOGGED_OUTPUT:]}
@@ -195,11 +205,12 @@ def post_json(url: str, summary: Mapping[str, Any], *,
               attempts: int = HTTP_ATTEMPTS,
               backoff: float = HTTP_BACKOFF_SECONDS,
               sleep: Callable[[float], None] = time.sleep) -> CallbackOutcome:
-    """POST the summary to `url`, retrying on errors and 5xx answers; never raise.
+    """POST the summary to `url`, retrying on errors and 5xx responses.
 
-    Each attempt waits at most `timeout` seconds for a connection and for each read, so the
-    whole call takes at most about attempts * timeout plus the backoff pauses. A 4xx answer is
-    not retried, because sending the same request again would get the same answer.
+    Failures are returned in the outcome, not raised. Each attempt waits at most `timeout`
+    seconds for the connection and for each read, so the whole call takes about attempts *
+    timeout plus the backoff pauses at most. A 4xx response is not retried, because the same
+    request would get the same response.
     """
     body = json.dumps(summary).encode("utf-8")
     error = "not attempted"
@@ -217,7 +228,7 @@ def post_json(url: str, summary: Mapping[str, Any], *,
             error = f"HTTP {http_error.code} {http_error.reason}"
             if http_error.code < 500:
                 return CallbackOutcome("url", url, False, attempts=attempt, error=error)
-        except (urllib.error.URLError, OSError, ValueError) as failure:
+        except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as failure:
             reason = getattr(failure, "reason", failure)
             error = "timed out" if isinstance(reason, TimeoutError) else str(reason)
 

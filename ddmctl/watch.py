@@ -3,7 +3,7 @@
 The view reads the store, not the runner's events, so it works for a task run by `ddmsyncer
 serve` or in another terminal. The runner stores each volume's byte count about once a second,
 so rates are computed from the change between two reads and the ETA from the remaining bytes.
-On a terminal it draws a table with a bar per volume (rich, on stderr); elsewhere it writes a
+On a terminal it draws a table with a bar per volume (rich, on stderr). Elsewhere it writes a
 plain line whenever the phase, a volume's state or its percentage changes.
 """
 

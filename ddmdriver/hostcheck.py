@@ -1,6 +1,6 @@
 """The state checker behind `ddmctl hosts check`: can DDM use this host, and how.
 
-For each host it connects (SSH host key and authentication included), asks the engine for its
+For each host it connects (SSH host key and authentication included), reads the engine's
 version, storage driver, architecture, root directory and clock, measures the free space where
 volumes live, and on ssh:// hosts runs a few read-only commands: `tar --version`, `test -r` and
 `test -x` on DockerRootDir/volumes, `id` and `sudo -n true`. Nothing on the host changes.
@@ -32,7 +32,7 @@ MAX_CLOCK_SKEW_SECONDS = 5.0
 
 @dataclass
 class HostCheck:
-    """What `hosts check` found on one host; `exit_status` is 0 when the host is usable."""
+    """Findings of `hosts check` on one host; `exit_status` is 0 when the host is usable."""
 
     host: str
     url: str
@@ -58,7 +58,8 @@ class HostCheck:
 
 
 def check_host(config: Config, host: HostConfig) -> HostCheck:
-    """Check one host; never raise for a host that cannot be used, record why instead."""
+    """Check one host. Connection, host key, authentication and engine errors are recorded in
+    the result (error, exit_status), not raised."""
     from ddmdriver.engine import open_engine
 
     result = HostCheck(host=host.name, url=host.url)
@@ -121,8 +122,8 @@ def _check_engine(engine: Any, result: HostCheck) -> None:
 def clock_skew(system_time: str | None, received: float, rtt_seconds: float) -> float | None:
     """Return the engine's clock minus this machine's, in seconds, or None when unknown.
 
-    The engine read its clock about half a round trip before the answer arrived, so that half
-    is subtracted from the local time of arrival. The result is accurate to about rtt / 2.
+    The engine read its clock about half a round trip before the response arrived, so that
+    half is subtracted from the local time of arrival. The result is accurate to about rtt / 2.
     """
     if not system_time:
         return None

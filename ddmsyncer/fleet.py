@@ -129,7 +129,8 @@ def _run_item(config: Config, store_path: Path, item: FleetItem, result: ItemRes
     """Create the item's task and run it, unless the fleet is stopping.
 
     The task ID is published before `stop` is read. The main thread sets `stop` before it
-    reads the task IDs to cancel, so either this thread sees `stop` or the task is cancelled.
+    reads the task IDs to cancel, so either this thread finds `stop` set or the main thread
+    cancels the task.
     """
     from ddm import api
 

@@ -2,8 +2,8 @@
 
 The probe reads `probe_bytes` of /dev/zero from the host over its SSH connection and writes
 as many bytes to /dev/null on it. Nothing on the host changes. The result is a rate of the SSH
-path only: a real copy also pays for the engines building and unpacking the archive and for
-the disks, so the estimate built from it is a lower bound more than a promise.
+path only. A real copy also waits for the engines to build and unpack the archive and for the
+disks, so an estimate built from this rate is usually too low.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The plan of a task: what it would do, found with read-only checks on both hosts.
 
 The plan document (schema in docs/json-schemas.md) lists objects, each with a `kind`. Volumes
-mode plans only objects of kind "volume"; full mode adds containers, images, bind mounts and
+mode plans only objects of kind "volume". Full mode adds containers, images, bind mounts and
 networks to the same list, with their own data paths and steps.
 
 Nothing on either host changes: the checks inspect volumes, read the engines' disk usage and
