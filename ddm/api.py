@@ -206,8 +206,8 @@ def resume_task(
         return store.get_task(task.id)
     if task.state is not TaskState.INTERRUPTED:
         raise TaskConflict(
-            f"task {task.id} is {task.state.value}; only a paused or interrupted task can be "
-            "resumed",
+            f"task {task.id} is {task.state.value}; only an interrupted task can be resumed, or "
+            "a paused one continued",
             hint="start a new task with 'ddmctl migrate' instead",
         )
     if task.control is not None:
