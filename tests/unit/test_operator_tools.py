@@ -18,7 +18,7 @@ from ddm.fleet import FleetPlanError, load_fleet_plan
 from ddm.store import TaskStore
 from ddm.task import ItemState, Task, TaskItem, TaskSpec, TaskState, VerifyMode, VolumeSpec
 from ddmctl.tasks_filter import parse_since, task_matches
-from ddmctl.watch import RateMeter, _PlainView, eta_seconds
+from ddmctl.watch import RateMeter, _PlainView, eta_seconds, watch_task
 from ddmdriver.hostcheck import HostCheck, clock_skew, parse_rfc3339, worst_exit_status
 from ddmsyncer import control
 from ddmsyncer.linkprobe import LinkRate
@@ -324,3 +324,43 @@ def test_pause_wait_raises_on_cancel(paused_task: tuple[TaskStore, Task]) -> Non
     thread.join()
 
     assert [event.kind for event in runner.events] == ["Paused"]
+
+
+def test_watch_terminal_view_renders(tmp_path: Path) -> None:
+    store = TaskStore(tmp_path / "tasks.db")
+    task = Task(id="e" * 12, spec=TaskSpec(source_host="old", target_host="new"))
+    task.items = [TaskItem(task_id=task.id, position=0, source="a1", target="b1",
+                           state=ItemState.VERIFIED, bytes_total=2048, bytes_done=2048)]
+    store.create_task(task)
+    store.update_task(task.id, state=TaskState.SUCCEEDED, finished_at=time.time())
+    stream = io.StringIO()
+
+    last = watch_task(store, task.id, stream, terminal=True, no_color=True)
+
+    assert last.state is TaskState.SUCCEEDED
+    output = stream.getvalue()
+    assert task.id in output
+    assert "a1 → b1" in output
+    assert "2.0 KiB / 2.0 KiB" in output
+    store.close()
+
+
+@pytest.mark.parametrize(("plan_text", "expected"), [
+    (None, "fleet plan not found"),
+    ("items: [{from: old, to: nowhere, volumes: [a1]}]", "unknown host 'nowhere'"),
+    ("items: {from: old}", "missing 'items'"),
+])
+def test_apply_invalid_plan_exits_2(home: Path, environ: dict[str, str], no_network: None,
+                                    plan_text: str | None, expected: str) -> None:
+    from tests.unit.cli_support import error_line, invoke
+
+    config_path = home / "ddm.yaml"
+    config_path.write_text("version: 1\nhosts:\n  old: ssh://root@old.example\n"
+                           "  new: ssh://root@new.example\n")
+    plan_path = home / "fleet.yaml"
+    if plan_text is not None:
+        plan_path.write_text(plan_text)
+
+    outcome = invoke("ddmctl", ["--config", str(config_path), "apply", str(plan_path)], environ)
+
+    assert expected in error_line(outcome, "ddmctl")
