@@ -6,6 +6,7 @@ import click
 
 from ddm import api
 from ddm.config import LOCAL_HOST
+from ddm.errors import UsageError
 from ddmctl.common import CommandContext, epilog, json_option
 from ddmctl.progress import format_bytes
 
@@ -22,14 +23,18 @@ def hosts() -> None:
 def check(context: CommandContext, names: tuple[str, ...], as_json: bool) -> int:
     """Check that hosts can be used: SSH, host key, engine, storage, clock and rights.
 
-    Without HOST, every host of the config is checked (and 'local' only when it is the only
-    one). Exits 0 when every host is usable, else with the status of the worst failure: 5 SSH
-    authentication, 4 host key, 3 connection.
+    Without HOST, every host of the config except 'local' is checked; name 'local' to check
+    this machine's engine. Exits 0 when every host is usable, else with the status of the
+    worst failure: 5 SSH authentication, 4 host key, 3 connection.
     """
     from ddmdriver.hostcheck import worst_exit_status
 
     config = context.config
-    selected = list(names) or [name for name in config.hosts if name != LOCAL_HOST] or [LOCAL_HOST]
+    selected = list(names) or [name for name in config.hosts if name != LOCAL_HOST]
+    if not selected:
+        raise UsageError("no hosts to check: the config names none",
+                         hint="add hosts with 'ddminit --host NAME=URL', or name 'local' to "
+                         "check this machine's engine")
     for name in selected:
         config.host(name)
     results = api.check_hosts(config, selected)

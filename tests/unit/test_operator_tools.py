@@ -364,3 +364,12 @@ def test_apply_invalid_plan_exits_2(home: Path, environ: dict[str, str], no_netw
     outcome = invoke("ddmctl", ["--config", str(config_path), "apply", str(plan_path)], environ)
 
     assert expected in error_line(outcome, "ddmctl")
+
+
+def test_hosts_check_without_hosts_exits_2(home: Path, environ: dict[str, str],
+                                           no_network: None) -> None:
+    from tests.unit.cli_support import error_line, invoke
+
+    outcome = invoke("ddmctl", ["hosts", "check"], environ)
+
+    assert "no hosts to check" in error_line(outcome, "ddmctl")
