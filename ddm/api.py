@@ -152,7 +152,11 @@ def rollback_task(
     from ddmsyncer.runner import create_runner
     from ddmsyncer.runner import rollback_task as rollback
 
-    return rollback(create_runner(config, store, task_id, on_event=on_event))
+    runner = create_runner(config, store, task_id, on_event=on_event)
+    check_rollback_allowed = getattr(runner, "check_rollback_allowed", None)
+    if check_rollback_allowed is not None:
+        check_rollback_allowed()
+    return rollback(runner)
 
 
 def cancel_task(store: TaskStore, task_id: str) -> Task:

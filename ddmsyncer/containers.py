@@ -188,6 +188,7 @@ class FullTaskRunner(TaskRunner):
             inspect = self._wait_running(container.name, timeout)
             self._check_ports(container.name, inspect)
             self._check_projection(container, inspect)
+            self._check_layer(container)
 
         if self.task.spec.verify is VerifyMode.NONE:
             self.warn("volume data was not verified (--verify none)")
@@ -383,6 +384,26 @@ class FullTaskRunner(TaskRunner):
             raise VerificationFailed(
                 f"container {container.name!r} differs from its source: " + "; ".join(differences))
 
+    def _check_layer(self, container: Any) -> None:
+        """Check that every change of the source container's layer is in the target's."""
+
+        def listing(engine: Any) -> list[tuple[str, int]]:
+            return sorted((change["Path"], change["Kind"])
+                          for change in driver.container_changes(engine, container.name))
+
+        source, target = set(listing(self.source)), set(listing(self.target))
+        missing = sorted(source - target)
+        if missing:
+            raise VerificationFailed(
+                f"writable layer of container {container.name!r} on "
+                f"{self.task.spec.target_host} lacks {len(missing)} changes of the source "
+                f"(path, kind): {missing[:10]}")
+        # The target container already runs, so its application may have written files.
+        unexpected = sorted(target - source)
+        if unexpected:
+            self.warn(f"container {container.name!r} changed {len(unexpected)} more paths since "
+                      f"it started on {self.task.spec.target_host}: {unexpected[:10]}")
+
     def _read_target_manifest(self, name: str, hash_content: bool) -> Manifest:
         if not name.startswith("bind:"):
             return volumes.read_manifest(self.target, name, task_id=self.task.id,
@@ -406,14 +427,18 @@ class FullTaskRunner(TaskRunner):
         from ddm.events import PhaseStarted
         from ddm.task import Phase
 
-        if self.extra().get("finalized") or self.extra().get("source_removed"):
-            raise TaskConflict(f"task {self.task.id} removed its source containers; it cannot "
-                               "be rolled back")
+        self.check_rollback_allowed()
         self.task.phase = Phase.ROLLBACK
         self.store.update_task(self.task.id, phase=Phase.ROLLBACK)
         self.record("info", "phase", "phase rollback started")
         self.emit(PhaseStarted(self.task.id, phase=Phase.ROLLBACK.value))
         self.rollback_objects()
+
+    def check_rollback_allowed(self) -> None:
+        """Raise TaskConflict when the task removed its source containers (finalize)."""
+        if self.extra().get("finalized") or self.extra().get("source_removed"):
+            raise TaskConflict(f"task {self.task.id} removed its source containers; it cannot "
+                               "be rolled back")
 
     def rollback_objects(self) -> None:
         self.cleanup()

@@ -74,8 +74,8 @@ def migrate(
     if containers or project or map_paths or remove_source:
         raise UsageError("--container, --project, --map-path and --remove-source need --mode full")
     if not volumes:
-        raise UsageError("no volume given", hint="pass --volume NAME, or --mode full with "
-                         "--container NAME or --project NAME")
+        raise click.UsageError("Missing option '--volume' (or --mode full with --container "
+                               "NAME or --project NAME).")
     spec = api.build_spec(
         config, source=source, target=target, volumes=volumes,
         verify=verify or config.defaults.verify, force=force,
@@ -154,7 +154,7 @@ def confirm(context: CommandContext, summary: str, *, yes: bool, force: bool) ->
         return
     if not context.env.stdin_isatty:
         if force:
-            raise UsageError("--force and --remove-source remove data and need --yes off a "
+            raise UsageError("--force or --remove-source removes data and needs --yes off a "
                              "terminal")
         return
     if not click.confirm(f"{summary}?", default=False, err=True):

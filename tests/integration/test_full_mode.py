@@ -167,7 +167,7 @@ def project(lab: Lab, isolated_env: Any) -> Iterator[Project]:
 
 
 def migrate(*args: str) -> int:
-    return run_main(cli, ["--debug", "migrate", "--from", "h1", "--to", "h2", "--yes", *args], prog_name="ddmctl")
+    return run_main(cli, ["migrate", "--from", "h1", "--to", "h2", "--yes", *args], prog_name="ddmctl")
 
 
 def only_task_id() -> str:
@@ -255,6 +255,17 @@ def test_conflicting_name_refused(lab: Lab, project: Project,
     h1_before, h2_before = host_state(h1), host_state(h2)
 
     status = migrate("--mode", "full", "--project", project.name, "--map-path",
+                     f"{project.bind_source}={project.bind_target}", "--dry-run", "--json")
+    plan = json.loads(capsys.readouterr().out)
+    assert status == 1
+    assert [item["name"] for item in plan["containers"]] == [project.db, project.web]
+    assert [item["name"] for item in plan["networks"]] == [project.network]
+    assert plan["images"][0]["present_on_target"] is False
+    assert len(plan["volumes"]) == 3
+    assert plan["conflicts"] == [f"container name {project.web!r} is taken on host 'h2'"]
+    assert host_state(h2) == h2_before
+
+    status = migrate("--mode", "full", "--project", project.name, "--map-path",
                      f"{project.bind_source}={project.bind_target}")
     error = capsys.readouterr().err
     assert status == 1
@@ -311,3 +322,21 @@ def test_failure_after_create_rolls_back(lab: Lab, project: Project,
     assert not project.bind_target.exists()
     for name in project.containers:
         assert is_running(h1, name)
+
+
+def test_finalize_removes_source(lab: Lab, project: Project,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    h1, h2 = lab.host("h1"), lab.host("h2")
+    status = migrate("--mode", "full", "--container", project.db)
+    assert status == 0, capsys.readouterr().err
+    task_id = only_task_id()
+    assert not is_running(h1, project.db)
+
+    assert run_main(cli, ["finalize", task_id], prog_name="ddmctl") == 0
+    assert project.db not in host_state(h1)["containers"]
+    assert is_running(h2, project.db)
+
+    # A finalized task cannot be rolled back: its source containers are gone.
+    assert run_main(cli, ["rollback", task_id], prog_name="ddmctl") == 6
+    assert api.open_store().get_task(task_id).state.value == "succeeded"
+    assert is_running(h2, project.db)
