@@ -1,9 +1,10 @@
 """Full-mode tasks: move whole containers with their images, data, layers, logs and networks.
 
-Phases: prepare (build the plan, refuse on any conflict) -> copy (images, networks, volumes
+Phases: prepare (build the plan, reject any conflict) -> copy (images, networks, volumes
 of containers that are not running) -> migrate (stop the source containers, final data pass,
-create and start the target containers) -> verify (running and healthy, ports answer on the
-target host, manifests and inspect projections match) -> cleanup (helper containers).
+create and start the target containers) -> verify (running and healthy, ports accept
+connections on the target host, manifests and inspect projections match) -> cleanup (helper
+containers).
 
 Every object is recorded in the task's extra state under "created" before it is created, so
 a rollback, also after a crash, removes exactly what the task created on the target. The

@@ -195,7 +195,7 @@ def test_project_migrates_and_rolls_back(lab: Lab, project: Project,
     # The image was missing on h2, so its bytes were sent.
     assert extra["image_bytes_sent"] > 0
 
-    # Target containers run, the port answers from h2 itself, the source is stopped.
+    # Target containers run, the port accepts connections on h2 itself, the source is stopped.
     for name in project.containers:
         assert is_running(h2, name)
         assert not is_running(h1, name)
