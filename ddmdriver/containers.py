@@ -193,6 +193,14 @@ def host_path_exists(engine: Engine, path: str) -> bool | None:
     return result.exit_status == 0
 
 
+def host_path_is_directory(engine: Engine, path: str) -> bool | None:
+    """Return whether `path` is a directory on an ssh:// host; None when the host runs no commands."""
+    if engine.ssh is None:
+        return None
+    result = engine.exec_command(["test", "-d", path])
+    return result.exit_status == 0
+
+
 def remove_host_directory(engine: Engine, path: str) -> None:
     """Remove a directory tree on an ssh:// host (the argument is quoted with shlex.quote)."""
     if not path.startswith("/") or path.rstrip("/") == "":

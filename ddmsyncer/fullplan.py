@@ -176,7 +176,7 @@ def build_full_plan(source: Any, target: Any, spec: TaskSpec) -> FullPlan:
     plan.containers = order_by_dependencies(plan.containers)
     _plan_images(source, target, plan)
     _plan_volumes(source, target, plan, spec)
-    _plan_binds(target, plan, map_path)
+    _plan_binds(source, target, plan, map_path)
     _plan_networks(source, target, plan, spec)
     _check_names(target, plan)
     _check_ports(target, plan)
@@ -247,11 +247,23 @@ def _plan_images(source: Any, target: Any, plan: FullPlan) -> None:
                     f"image tag {tag!r} on host {target.host.name!r} points at "
                     f"{existing['Id'][:19]}, not at {image_plan.id[:19]}")
 
-        reference = container.image_reference
-        if reference not in tags and not reference.startswith("sha256:"):
+        reference = normalise_reference(container.image_reference)
+        if "@" in reference:
+            plan.conflicts.append(
+                f"container {container.name!r} refers to its image by digest ({reference}); "
+                "docker load does not restore digests, so the target could not resolve it")
+        elif reference not in tags and not reference.startswith("sha256:"):
             plan.conflicts.append(
                 f"image reference {reference!r} of container {container.name!r} no longer "
                 f"points at its image {container.image_id[:19]} on host {source.host.name!r}")
+
+
+def normalise_reference(reference: str) -> str:
+    """Return an image reference with the tag "latest" added when it has no tag or digest."""
+    if reference.startswith("sha256:") or "@" in reference:
+        return reference
+    repository, tag = image_driver.split_reference(reference)
+    return f"{repository}:{tag}"
 
 
 def _plan_volumes(source: Any, target: Any, plan: FullPlan, spec: TaskSpec) -> None:
@@ -293,7 +305,7 @@ def _add_volume(source: Any, name: str, by_name: dict[str, VolumePlan],
     return volume
 
 
-def _plan_binds(target: Any, plan: FullPlan, map_path: Mapping[str, str]) -> None:
+def _plan_binds(source: Any, target: Any, plan: FullPlan, map_path: Mapping[str, str]) -> None:
     by_path: dict[str, BindPlan] = {}
     for container in plan.containers:
         for mount in container.inspect.get("Mounts") or []:
@@ -306,6 +318,10 @@ def _plan_binds(target: Any, plan: FullPlan, map_path: Mapping[str, str]) -> Non
             by_path[source_path].containers.append(container.name)
 
     for bind in plan.binds:
+        if driver.host_path_is_directory(source, bind.source_path) is False:
+            plan.conflicts.append(
+                f"bind mount source {bind.source_path!r} on host {source.host.name!r} is not a "
+                "directory; only bind-mounted directories can be copied")
         exists = driver.host_path_exists(target, bind.target_path)
         if exists:
             plan.conflicts.append(

@@ -232,6 +232,11 @@ def test_project_migrates_and_rolls_back(lab: Lab, project: Project,
                           snapshot_path(h2, project.bind_target),
                           mtime_resolution_ns=TAR_MTIME_RESOLUTION_NS) == []
 
+    # `ddmctl status --json` lists the containers of the task.
+    assert run_main(cli, ["status", task_id, "--json"], prog_name="ddmctl") == 0
+    status_data = json.loads(capsys.readouterr().out)
+    assert [c["name"] for c in status_data["full"]["plan"]["containers"]] == project.containers
+
     # The logs are archived and shown by `ddmctl logs`.
     status = run_main(cli, ["logs", task_id, "--container", project.web], prog_name="ddmctl")
     log_text = capsys.readouterr().out
@@ -340,3 +345,13 @@ def test_finalize_removes_source(lab: Lab, project: Project,
     assert run_main(cli, ["rollback", task_id], prog_name="ddmctl") == 6
     assert api.open_store().get_task(task_id).state.value == "succeeded"
     assert is_running(h2, project.db)
+
+
+def test_remove_source_option(lab: Lab, project: Project,
+                              capsys: pytest.CaptureFixture[str]) -> None:
+    h1, h2 = lab.host("h1"), lab.host("h2")
+    status = migrate("--mode", "full", "--container", project.db, "--remove-source")
+    assert status == 0, capsys.readouterr().err
+    assert project.db not in host_state(h1)["containers"]
+    assert is_running(h2, project.db)
+    assert is_running(h1, project.web)

@@ -171,3 +171,12 @@ def test_deleted_paths_keep_top_directories() -> None:
                {"Path": "/opt/x/y", "Kind": 2}, {"Path": "/www/a", "Kind": 2},
                {"Path": "/www/new", "Kind": 1}]
     assert deleted_paths(changes) == ["/opt/x", "/www/a"]
+
+
+def test_normalise_reference_adds_latest() -> None:
+    from ddmsyncer.fullplan import normalise_reference
+
+    assert normalise_reference("app") == "app:latest"
+    assert normalise_reference("registry.example:5000/app") == "registry.example:5000/app:latest"
+    assert normalise_reference("registry.example/app:1.2") == "registry.example/app:1.2"
+    assert normalise_reference("app@sha256:" + "0" * 64) == "app@sha256:" + "0" * 64
