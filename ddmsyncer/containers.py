@@ -35,7 +35,7 @@ from ddm.container_config import (
     projection,
 )
 from ddm.errors import DDMError, MigrationFailed, TargetExists, TaskConflict, VerificationFailed
-from ddm.events import ItemFinished, ItemStarted
+from ddm.events import ItemFinished, ItemStarted, Progress
 from ddm.manifest import Manifest, ManifestBuilder
 from ddm.task import TaskItem, TaskState, VerifyMode
 from ddmdriver import containers as driver
@@ -43,7 +43,7 @@ from ddmdriver import images as image_driver
 from ddmdriver.engine import HELPER_IMAGE, HELPER_MOUNT
 from ddmsyncer import volumes
 from ddmsyncer.fullplan import FullPlan, build_full_plan
-from ddmsyncer.runner import TaskRunner
+from ddmsyncer.runner import PROGRESS_EVENT_SECONDS, TaskRunner
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +104,7 @@ class FullTaskRunner(TaskRunner):
             self.rollback_objects()
 
         self._manifests_by_name: dict[str, Manifest] = {}
+        self._positions = 0
         with self.phase(Phase.PREPARE):
             self.prepare_full()
         with self.phase(Phase.COPY):
@@ -220,7 +221,10 @@ class FullTaskRunner(TaskRunner):
 
         self.remember_created("images", image.id)
         names = image.tags or [image.id]
-        sent = image_driver.relay_image(self.source, target, names)
+        progress = _TransferProgress(self, f"image {names[0]}", f"image {names[0]}",
+                                     image.size_bytes or None)
+        sent = image_driver.relay_image(self.source, target, names, on_chunk=progress.add)
+        progress.finish(sent)
         self.add_sent_bytes("image", sent)
         self.record("info", "image", f"sent image {image.id[:19]} ({', '.join(names)}): "
                     f"{sent} bytes")
@@ -238,20 +242,18 @@ class FullTaskRunner(TaskRunner):
         return selected
 
     def _copy_volume(self, name: str) -> None:
-        position = len(self._manifests_by_name)
-        item = TaskItem(task_id=self.task.id, position=position, source=name, target=name)
-        self.emit(ItemStarted(self.task.id, position=position, source=name, target=name,
-                              bytes_total=None))
+        volume = next(volume for volume in self.plan.volumes if volume.name == name)
+        item = TaskItem(task_id=self.task.id, position=0, source=name, target=name)
+        progress = _TransferProgress(self, name, name, volume.size_bytes)
         manifest, byte_count, _ = volumes.copy_volume(
             self.source, self.target, item, task_id=self.task.id,
-            hash_content=self.task.spec.verify is VerifyMode.FULL, on_chunk=lambda count: None,
+            hash_content=self.task.spec.verify is VerifyMode.FULL, on_chunk=progress.add,
         )
+        progress.finish(byte_count)
         self._manifests_by_name[name] = manifest
         self.add_sent_bytes("volume", byte_count)
         volumes.remove_task_helpers(self.source, self.task.id)
         volumes.remove_task_helpers(self.target, self.task.id)
-        self.emit(ItemFinished(self.task.id, position=position, state="copied",
-                               bytes_done=byte_count))
 
     def _copy_bind(self, source_path: str, target_path: str) -> None:
         from ddmdriver.relay import relay_archive
@@ -460,7 +462,11 @@ class FullTaskRunner(TaskRunner):
                 image_driver.image_remove(target, tag)
             image_driver.image_remove(target, image_id)
         for path in created.get("directories") or []:
-            driver.remove_host_directory(target, path)
+            try:
+                driver.remove_host_directory(target, path)
+            except DDMError as error:
+                self.warn(f"could not remove directory {path} on "
+                          f"{self.task.spec.target_host}: {error}; remove it by hand")
         self.store.set_extra(self.task.id, created={key: [] for key in CREATED_KINDS})
         self.record("info", "rolled_back", f"removed what the task created on "
                     f"{self.task.spec.target_host}")
@@ -483,6 +489,34 @@ class FullTaskRunner(TaskRunner):
             if inspect is not None and not get_path(inspect, "State.Running"):
                 driver.container_start(self.source, name)
                 self.record("info", "restarted", f"started source container {name!r} again")
+
+
+class _TransferProgress:
+    """Emits ItemStarted, Progress and ItemFinished events for one image or volume transfer."""
+
+    def __init__(self, runner: FullTaskRunner, source: str, target: str,
+                 bytes_total: int | None) -> None:
+        self.runner = runner
+        self.position = runner._positions
+        runner._positions += 1
+        self.bytes_total = bytes_total
+        self.done = 0
+        self._last_event = 0.0
+        runner.emit(ItemStarted(runner.task.id, position=self.position, source=source,
+                                target=target, bytes_total=bytes_total))
+
+    def add(self, count: int) -> None:
+        self.done += count
+        now = time.monotonic()
+        if now - self._last_event >= PROGRESS_EVENT_SECONDS:
+            self._last_event = now
+            self.runner.emit(Progress(self.runner.task.id, position=self.position,
+                                      bytes_done=self.done, bytes_total=self.bytes_total))
+            self.runner.check_control()
+
+    def finish(self, byte_count: int) -> None:
+        self.runner.emit(ItemFinished(self.runner.task.id, position=self.position,
+                                      state="copied", bytes_done=byte_count))
 
 
 def _below_any(path: str, parents: list[str]) -> bool:
