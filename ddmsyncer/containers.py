@@ -128,6 +128,13 @@ class FullTaskRunner(TaskRunner):
             volume_bytes_sent=0,
         )
         self._remember_helper_images()
+        spec = self.task.spec
+        self.store.acquire_locks(self.task.id, sorted(
+            {f"{host}/volume/{volume.name}" for volume in self.plan.volumes
+             for host in (spec.source_host, spec.target_host)}
+            | {f"{spec.source_host}/container/{container.name}"
+               for container in self.plan.containers}
+        ))
         if self.plan.conflicts:
             raise TargetExists(
                 f"{len(self.plan.conflicts)} conflicts on host {self.task.spec.target_host!r}: "
