@@ -136,8 +136,10 @@ class FullTaskRunner(TaskRunner):
                for container in self.plan.containers}
         ))
         if self.plan.conflicts:
+            count = len(self.plan.conflicts)
             raise TargetExists(
-                f"{len(self.plan.conflicts)} conflicts on host {self.task.spec.target_host!r}: "
+                f"{count} conflict{'s' if count > 1 else ''} on host "
+                f"{self.task.spec.target_host!r}: "
                 + "; ".join(self.plan.conflicts),
                 hint="resolve them (see 'ddmctl migrate --dry-run') and run the migration again",
             )
