@@ -53,6 +53,13 @@ def callback_options() -> list[Callable[[F], F]]:
     ]
 
 
+def with_callback_options(function: F) -> F:
+    """Add --on-success, --on-failure and --notify to a command."""
+    for option in reversed(callback_options()):
+        function = option(function)
+    return function
+
+
 def spec_from_options(context: CommandContext, options: dict[str, Any]) -> TaskSpec:
     """Validate the task options and return the TaskSpec; nothing is stored."""
     config = context.config
