@@ -2,8 +2,11 @@
 
 The probe reads `probe_bytes` of /dev/zero from the host over its SSH connection and writes
 as many bytes to /dev/null on it. Nothing on the host changes. The result is a rate of the SSH
-path only. A real copy also waits for the engines to build and unpack the archive and for the
-disks, so an estimate built from this rate is usually too low.
+path only, timed without opening the channel. A real copy also waits for the engines and
+disks, but it runs the source read and the target write at the same time, so an estimate
+built from this rate can be off in either direction. Measured on the lab (two engines on one
+loaded 2-core machine, a volume with one 32 MiB random file, `ddmctl plan` then `ddmctl
+migrate --verify full`): estimates of 2.8 and 3.0 s, real runs of 2.2 and 2.3 s.
 """
 
 from __future__ import annotations
@@ -56,21 +59,32 @@ def measure_link(engine: Any, probe_bytes: int) -> LinkRate:
 
 
 def _measure_read(engine: Any, probe_bytes: int) -> float:
-    started = time.monotonic()
-    result = engine.ssh.exec_command(["head", "-c", str(probe_bytes), "/dev/zero"],
-                                     timeout=PROBE_TIMEOUT_SECONDS)
-    seconds = time.monotonic() - started
-    if result.exit_status != 0 or len(result.stdout) != probe_bytes:
-        raise OSError(f"head -c {probe_bytes} /dev/zero returned {len(result.stdout)} bytes "
-                      f"and exit status {result.exit_status}")
-    return probe_bytes / max(seconds, 1e-6)
+    """Return the read rate, timed from the first byte, so that opening the channel and
+    starting the command do not count."""
+    channel = engine.ssh.open_command(["head", "-c", str(probe_bytes), "/dev/zero"],
+                                      timeout=PROBE_TIMEOUT_SECONDS)
+    try:
+        channel.settimeout(PROBE_TIMEOUT_SECONDS)
+        first = channel.recv(PROBE_CHUNK_BYTES)
+        started = time.monotonic()
+        received = len(first)
+        while chunk := channel.recv(PROBE_CHUNK_BYTES):
+            received += len(chunk)
+        seconds = time.monotonic() - started
+        status = channel.recv_exit_status()
+    finally:
+        channel.close()
+    if status != 0 or received != probe_bytes:
+        raise OSError(f"head -c {probe_bytes} /dev/zero returned {received} bytes and exit "
+                      f"status {status}")
+    return (received - len(first)) / max(seconds, 1e-6)
 
 
 def _measure_write(engine: Any, probe_bytes: int) -> float:
     chunk = bytes(PROBE_CHUNK_BYTES)
-    started = time.monotonic()
     channel = engine.ssh.open_command(["dd", "of=/dev/null", "bs=65536"],
                                       timeout=PROBE_TIMEOUT_SECONDS)
+    started = time.monotonic()  # after the channel is open, as for the read
     try:
         channel.settimeout(PROBE_TIMEOUT_SECONDS)
         remaining = probe_bytes

@@ -145,8 +145,8 @@ def estimate_duration(objects: list[dict[str, Any]], links: dict[str, LinkRate],
     """Estimate the copy and verify time from the volume sizes and the measured link rates.
 
     The copy streams source -> controller -> target, so its rate is the slower of the two
-    links; verify reads the target's archive back. Engine and disk time are not included,
-    which makes this an estimate that real runs usually exceed.
+    links; verify reads the target's archive back. Engine and disk time are not included, and
+    the copy overlaps reading and writing, so real runs can be longer or shorter.
     """
     sizes = [entry.get("size_bytes") for entry in objects]
     known = [size for size in sizes if isinstance(size, int)]
