@@ -20,10 +20,17 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 from ddm.config import Config
-from ddm.errors import Cancelled, DDMError, Interrupted, MigrationFailed, TaskConflict
+from ddm.errors import (
+    Cancelled,
+    ConnectionFailed,
+    DDMError,
+    Interrupted,
+    MigrationFailed,
+    TaskConflict,
+)
 from ddm.events import (
     Event,
     EventCallback,
@@ -48,6 +55,7 @@ PROGRESS_STORE_SECONDS = 1.0
 CONTROL_POLL_SECONDS = 1.0
 
 EngineFactory = Callable[[Any, Config], Any]
+Result = TypeVar("Result")
 
 
 def default_engine_factory(host: Any, config: Config) -> Any:
@@ -122,6 +130,27 @@ class TaskRunner:
                 self.engine_factory(host, self.config)
             )
         return self._engines[host_name]
+
+    def reconnect(self, host_name: str) -> Any:
+        """Close the engine of a host and connect to it again; return the new engine."""
+        engine = self._engines.pop(host_name, None)
+        if engine is not None:
+            with contextlib.suppress(Exception):
+                engine.close()
+        return self.engine(host_name)
+
+    def on_host(self, host_name: str, action: Callable[[Any], Result]) -> Result:
+        """Run `action(engine)`; if the connection to the host was lost, reconnect once and retry.
+
+        Meant for idempotent steps of cleanup and rollback, which must still run after a fault
+        broke the connection that the copy used. A second ConnectionFailed is raised.
+        """
+        try:
+            return action(self.engine(host_name))
+        except ConnectionFailed as error:
+            self.record("warning", "reconnect", f"connection to {host_name} failed ({error}); "
+                        "connecting once more")
+            return action(self.reconnect(host_name))
 
     @property
     def source(self) -> Any:
@@ -217,12 +246,28 @@ class TaskRunner:
             self.cleanup()
 
     def pending_items(self) -> list[TaskItem]:
+        """Return the volumes still to copy: every one that has not passed verification.
+
+        This is where a resumed task decides what to trust. Only VERIFIED volumes are kept;
+        a volume that an earlier run copied in full (COPIED) or in part (COPYING) is copied
+        again from the start, because bytes that were never verified may be torn or stale.
+        """
         return [item for item in self.task.items if item.state is not ItemState.VERIFIED]
 
     def prepare(self) -> dict[int, volumes.VolumeCheck]:
-        """Check both hosts and every volume; change nothing on either host."""
+        """Check both hosts and every volume; change nothing but this task's own leftovers.
+
+        The only change is removing helper containers that an earlier run of this task left
+        behind (a runner killed mid-copy cannot remove them), so that a resumed task can
+        replace the target volumes that those helpers still mount.
+        """
         self.source.ping()
         self.target.ping()
+        for engine in self._open_engines():
+            removed = volumes.remove_task_helpers(engine, self.task.id)
+            if removed:
+                self.record("info", "helpers_removed", f"removed {removed} helper container(s) "
+                            f"of an earlier run on {engine.host.name}")
 
         checks = {}
         for item in self.pending_items():
@@ -306,11 +351,12 @@ class TaskRunner:
 
     def cleanup(self) -> None:
         """Remove helper containers of this task on both hosts (also after failures)."""
-        for engine in self._open_engines():
+        for host_name in list(self._engines):
             try:
-                volumes.remove_task_helpers(engine, self.task.id)
+                self.on_host(host_name,
+                             lambda engine: volumes.remove_task_helpers(engine, self.task.id))
             except DDMError as error:
-                self.warn(f"could not remove helper containers on {engine.host.name}: {error}")
+                self.warn(f"could not remove helper containers on {host_name}: {error}")
 
     def _open_engines(self) -> list[Any]:
         return list({id(engine): engine for engine in self._engines.values()}.values())
@@ -323,7 +369,8 @@ class TaskRunner:
             self.rollback()
         except BaseException as rollback_error:  # noqa: BLE001 - report both, keep the first
             self.record("error", "rollback_failed", f"rollback failed: {_describe(rollback_error)}")
-            self._finish(TaskState.INTERRUPTED, _error_dict(rollback_error))
+            self._finish(TaskState.INTERRUPTED, _rollback_failed_dict(self.task.id, error,
+                                                                      rollback_error))
             return
 
         state = TaskState.CANCELLED if isinstance(error, Cancelled) else TaskState.FAILED
@@ -339,14 +386,20 @@ class TaskRunner:
         self.cleanup()
         created = [item for item in self.task.items if item.target_created]
         if created:
-            target = self.target
-            for item in created:
-                volumes.remove_task_helpers(target, self.task.id)
-                if target.volume_inspect(item.target) is not None:
-                    target.volume_remove(item.target)
-                self.update_item(item, state=ItemState.ROLLED_BACK, target_created=False)
-                self.record("info", "rolled_back", f"removed volume {item.target!r} from "
-                            f"{self.task.spec.target_host}")
+            self.on_host(self.task.spec.target_host,
+                         lambda target: self._remove_created(target, created))
+
+    def _remove_created(self, target: Any, created: list[TaskItem]) -> None:
+        """Remove the target volumes this task created; safe to run again after a failure."""
+        for item in created:
+            if not item.target_created:
+                continue
+            volumes.remove_task_helpers(target, self.task.id)
+            if target.volume_inspect(item.target) is not None:
+                target.volume_remove(item.target)
+            self.update_item(item, state=ItemState.ROLLED_BACK, target_created=False)
+            self.record("info", "rolled_back", f"removed volume {item.target!r} from "
+                        f"{self.task.spec.target_host}")
 
     def _finish(self, state: TaskState, error: dict[str, Any] | None) -> None:
         self.task.state = state
@@ -405,6 +458,19 @@ def _error_dict(error: BaseException) -> dict[str, Any]:
     if isinstance(error, KeyboardInterrupt):
         return Interrupted("interrupted").to_dict()
     return {"error": type(error).__name__, "message": str(error), "exit_status": 1}
+
+
+def _rollback_failed_dict(task_id: str, error: BaseException,
+                         rollback_error: BaseException) -> dict[str, Any]:
+    """Return the stored error of a task whose rollback failed: the cause and the rollback's error."""
+    stored = _error_dict(error)
+    stored["message"] = (
+        f"{stored['message']}; rollback failed too: {_describe(rollback_error)}; the target may "
+        f"still hold what the task created: once the host is reachable, run 'ddmctl resume "
+        f"{task_id}' or 'ddmctl rollback {task_id}'"
+    )
+    stored["rollback_error"] = _error_dict(rollback_error)
+    return stored
 
 
 def rollback_task(runner: TaskRunner) -> Task:

@@ -129,3 +129,7 @@ def print_results(context: CommandContext, results: list[dict[str, Any]],
 
 
 main = main_for(cli, "ddmverify")
+
+
+if __name__ == "__main__":
+    main()
