@@ -207,9 +207,10 @@ def verify_volume(
 
 def remove_task_helpers(engine, task_id: str) -> int:
     """Remove every helper container of the task on a host; return how many were removed."""
+    # Engine.list_containers turns a lost connection into ConnectionFailed, which the
+    # runner's rollback answers by connecting once more.
     removed = 0
-    containers = engine.api.containers(all=True, filters={"label": [f"{TASK_LABEL}={task_id}"]})
-    for container in containers:
-        engine.remove_container(container["Id"])
+    for container_id in engine.list_containers(labels={TASK_LABEL: task_id}):
+        engine.remove_container(container_id)
         removed += 1
     return removed
