@@ -1,9 +1,9 @@
 """Fetch the SSH host key of a Docker host and record it in known_hosts, for `ddminit`.
 
 DDM never accepts an unknown host key by itself. `ddminit` records one only when the operator
-confirms the fingerprint on a terminal or passes it with --accept-host-key, and the functions
-here do the two steps: `scan_host_key()` runs the SSH key exchange (no login) and returns the
-key the server presents, and `record_host_key()` appends it to a known_hosts file.
+confirms the fingerprint on a terminal or passes it with --accept-host-key. The two steps are
+here: `scan_host_key()` runs the SSH key exchange (no login) and returns the key the server
+presents, and `record_host_key()` appends it to a known_hosts file.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 
 def scan_host_key(target: ssh.SSHTarget) -> paramiko.PKey:
-    """Return the host key that `target` presents in the key exchange; nobody logs in.
+    """Return the host key that `target` presents in the key exchange, without logging in.
 
     The key is not checked here. Jump hosts of a ProxyJump chain are connected as usual, so
     their own keys must already be in known_hosts. Raises ConnectionFailed.

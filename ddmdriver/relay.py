@@ -8,7 +8,7 @@ xxh3-128 on the way and handed to the observers, for example a manifest builder 
 progress counter.
 
 With a `guard` (ddm.archive_guard), every member of the archive is checked before the chunk
-that completes its header goes to the target, so a member that would write outside the volume
+that completes its header goes to the target. A member that would write outside the volume
 (an absolute path, "..", or a path through an earlier symlink) stops the copy before the
 target engine unpacks it.
 """

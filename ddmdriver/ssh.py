@@ -39,7 +39,7 @@ MAX_JUMP_HOPS = 8
 DEFAULT_IDENTITY_NAMES = ("id_rsa", "id_ecdsa", "id_ed25519")
 DEFAULT_KNOWN_HOSTS_NAMES = ("known_hosts", "known_hosts2")
 
-# The environment variable that holds the passphrase of encrypted key files. DDM never asks
+# The environment variable that contains the passphrase of encrypted key files. DDM never asks
 # for it on a terminal, never stores it, and never puts it in a message or log line.
 PASSPHRASE_VARIABLE = "DDM_SSH_PASSPHRASE"
 

@@ -3,7 +3,7 @@
 A host key is recorded in the host's known_hosts file (the config's known_hosts, else
 UserKnownHostsFile of ~/.ssh/config, else ~/.ssh/known_hosts) in two cases only: the operator
 passed `--accept-host-key NAME=SHA256:...` and the server's key has exactly that fingerprint,
-or the operator answered yes on a terminal after seeing the fingerprint. A key that differs
+or the operator confirmed on a terminal after seeing the fingerprint. A key that differs
 from a recorded one is never recorded.
 """
 

@@ -248,8 +248,8 @@ class TaskRunner:
     def pending_items(self) -> list[TaskItem]:
         """Return the volumes still to copy: every one that has not passed verification.
 
-        This is where a resumed task decides what to trust. Only VERIFIED volumes are kept;
-        a volume that an earlier run copied in full (COPIED) or in part (COPYING) is copied
+        This is where a resumed task decides what to trust. Only VERIFIED volumes are kept.
+        A volume that an earlier run copied in full (COPIED) or in part (COPYING) is copied
         again from the start, because bytes that were never verified may be torn or stale.
         """
         return [item for item in self.task.items if item.state is not ItemState.VERIFIED]
@@ -350,8 +350,13 @@ class TaskRunner:
         return manifest
 
     def cleanup(self) -> None:
-        """Remove helper containers of this task on both hosts (also after failures)."""
-        for host_name in list(self._engines):
+        """Remove helper containers of this task on both hosts (also after failures).
+
+        Both hosts are visited even when this process has not connected to them yet, because
+        `ddmctl rollback` of a killed run must remove the helpers that run left behind.
+        """
+        spec = self.task.spec
+        for host_name in dict.fromkeys([spec.source_host, spec.target_host]):
             try:
                 self.on_host(host_name,
                              lambda engine: volumes.remove_task_helpers(engine, self.task.id))

@@ -207,8 +207,8 @@ def verify_volume(
 
 def remove_task_helpers(engine, task_id: str) -> int:
     """Remove every helper container of the task on a host; return how many were removed."""
-    # Engine.list_containers turns a lost connection into ConnectionFailed, which the
-    # runner's rollback answers by connecting once more.
+    # Engine.list_containers raises ConnectionFailed for a lost connection, and the
+    # runner's rollback then connects once more.
     removed = 0
     for container_id in engine.list_containers(labels={TASK_LABEL: task_id}):
         engine.remove_container(container_id)

@@ -208,15 +208,8 @@ def wait_for_bytes(store: TaskStore, task_id: str, minimum: int, process: subpro
         time.sleep(0.05)
 
 
-def test_syncer_killed_then_resumed(
-    h1: LabHost, h2: LabHost, resources: LabResources, config: Config, store: TaskStore,
-) -> None:
-    volume = make_source_volume(h1, resources)
-    resources.add_volume(h2, volume)
-    source_before = snapshot_volume_tree(h1, volume)
-    target_before = host_state(h2)
-    task = new_task(store, config, volume)
-
+def kill_syncer_mid_copy(store: TaskStore, task: Task, h2: LabHost) -> int:
+    """Run `ddmsyncer run TASK` until it copied HALF bytes, SIGKILL it, and return the bytes copied."""
     process = subprocess.Popen(
         [sys.executable, "-c", PAUSING_SYNCER, str(HALF), "run", task.id],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -228,27 +221,67 @@ def test_syncer_killed_then_resumed(
         process.kill()
         process.wait()
 
-    assert HALF <= copied < VOLUME_BYTES
     killed = store.get_task(task.id)
     assert killed.state is TaskState.RUNNING
     assert killed.items[0].state is ItemState.COPYING
     helpers = h2.docker("ps", "--all", "--quiet", "--filter", f"label=ddm.task={task.id}").stdout.split()
     assert helpers, "the killed run left no helper container on the target, so the test proves nothing"
+    return copied
 
+
+def assert_no_helpers(task: Task, *hosts: LabHost) -> None:
+    for host in hosts:
+        leftovers = host.docker("ps", "--all", "--quiet", "--filter", f"label=ddm.task={task.id}")
+        assert leftovers.stdout.split() == [], host.name
+
+
+def test_syncer_killed_then_resumed(
+    h1: LabHost, h2: LabHost, resources: LabResources, config: Config, store: TaskStore,
+) -> None:
+    volume = make_source_volume(h1, resources)
+    resources.add_volume(h2, volume)
+    source_before = snapshot_volume_tree(h1, volume)
+    target_before = host_state(h2)
+    task = new_task(store, config, volume)
+
+    copied = kill_syncer_mid_copy(store, task, h2)
     status, stdout, stderr = run_command("ddmctl", "resume", task.id)
+
+    assert HALF <= copied < VOLUME_BYTES
 
     assert status == 0, stderr
     resumed = store.get_task(task.id)
     assert_verified_copy(resumed, h1, h2, volume, volume)
     assert host_state(h2).volumes == target_before.volumes | {volume}
     assert host_state(h2).containers == target_before.containers
-    for host in (h1, h2):
-        leftovers = host.docker("ps", "--all", "--quiet", "--filter", f"label=ddm.task={task.id}")
-        assert leftovers.stdout.split() == [], host.name
+    assert_no_helpers(task, h1, h2)
     assert_source_unchanged(source_before, h1, volume)
     kinds = [event["kind"] for event in store.get_events(task.id)]
     assert "interrupted" in kinds
     assert "helpers_removed" in kinds
+
+
+def test_syncer_killed_then_rolled_back(
+    h1: LabHost, h2: LabHost, resources: LabResources, config: Config, store: TaskStore,
+) -> None:
+    volume = make_source_volume(h1, resources)
+    resources.add_volume(h2, volume)
+    source_before = snapshot_volume_tree(h1, volume)
+    source_containers = host_state(h1).containers
+    target_before = host_state(h2)
+    task = new_task(store, config, volume)
+
+    kill_syncer_mid_copy(store, task, h2)
+    status, stdout, stderr = run_command("ddmctl", "rollback", task.id)
+
+    assert status == 0, stderr
+    rolled_back = store.get_task(task.id)
+    assert rolled_back.state is TaskState.ROLLED_BACK
+    assert rolled_back.items[0].state is ItemState.ROLLED_BACK
+    assert host_state(h2) == target_before
+    assert host_state(h1).containers == source_containers
+    assert_no_helpers(task, h1, h2)
+    assert_source_unchanged(source_before, h1, volume)
 
 
 def test_target_dockerd_stopped_then_resumed(
@@ -290,7 +323,7 @@ def test_target_volume_out_of_space_rolls_back(
     h1: LabHost, h2: LabHost, resources: LabResources, config: Config, store: TaskStore,
 ) -> None:
     # A tmpfs volume keeps its data only while a container mounts it, so a running container
-    # holds the source mounted. Its 15.5 MiB sparse file takes 512 KiB of the 4 MiB tmpfs on
+    # keeps the source mounted. Its 15.5 MiB sparse file takes 512 KiB of the 4 MiB tmpfs on
     # the source; the Engine API writes it out in full on the target, whose volume DDM creates
     # with the same options, so the target runs out of space after about 4 MiB.
     tmpfs = {"type": "tmpfs", "device": "tmpfs", "o": "size=4m"}
