@@ -55,8 +55,6 @@ CONTAINER_ID_PATTERN = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")
 LABEL_KEY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,127}$")
 
 # Errors of the HTTP layer below docker-py: the engine or the channel to it went away.
-# paramiko raises EOFError (not an OSError) when a channel sends on a connection that was cut,
-# and requests lets it through unwrapped.
 TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
     requests.exceptions.ConnectionError,
     requests.exceptions.Timeout,
@@ -65,8 +63,6 @@ TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
     paramiko.SSHException,
     EOFError,
     OSError,
-    EOFError,
-    paramiko.SSHException,
 )
 
 
