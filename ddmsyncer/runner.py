@@ -140,14 +140,18 @@ class TaskRunner:
         return self.engine(host_name)
 
     def on_host(self, host_name: str, action: Callable[[Any], Result]) -> Result:
-        """Run `action(engine)`; if the connection to the host was lost, reconnect once and retry.
+        """Run `action(engine)`; if the open connection to the host was lost, reconnect once and retry.
 
         Meant for idempotent steps of cleanup and rollback, which must still run after a fault
-        broke the connection that the copy used. A second ConnectionFailed is raised.
+        broke the connection that the copy used. A host this runner could not connect to at
+        all is not tried again, and a second ConnectionFailed is raised.
         """
+        connected = host_name in self._engines
         try:
             return action(self.engine(host_name))
         except ConnectionFailed as error:
+            if not connected:
+                raise
             self.record("warning", "reconnect", f"connection to {host_name} failed ({error}); "
                         "connecting once more")
             return action(self.reconnect(host_name))
@@ -354,14 +358,16 @@ class TaskRunner:
             manifest = Manifest.from_json(stored)
         return manifest
 
-    def cleanup(self) -> None:
-        """Remove helper containers of this task on both hosts (also after failures).
+    def cleanup(self, *, every_host: bool = False) -> None:
+        """Remove helper containers of this task on the hosts it connected to (also after failures).
 
-        Both hosts are visited even when this process has not connected to them yet, because
-        `ddmctl rollback` of a killed run must remove the helpers that run left behind.
+        With `every_host`, the source and target host are visited even when this process has
+        not connected to them yet, so `ddmctl rollback` of a killed run removes the helpers
+        that run left behind.
         """
         spec = self.task.spec
-        for host_name in dict.fromkeys([spec.source_host, spec.target_host]):
+        hosts = [spec.source_host, spec.target_host] if every_host else list(self._engines)
+        for host_name in dict.fromkeys(hosts):
             try:
                 self.on_host(host_name,
                              lambda engine: volumes.remove_task_helpers(engine, self.task.id))
@@ -386,14 +392,17 @@ class TaskRunner:
         state = TaskState.CANCELLED if isinstance(error, Cancelled) else TaskState.FAILED
         self._finish(state, _error_dict(error))
 
-    def rollback(self) -> None:
-        """Remove what this task created on the target; the source was only read."""
+    def rollback(self, *, every_host: bool = False) -> None:
+        """Remove what this task created on the target; the source was only read.
+
+        `every_host` is for a rollback in a new process: see cleanup().
+        """
         self.task.phase = Phase.ROLLBACK
         self.store.update_task(self.task.id, phase=Phase.ROLLBACK)
         self.record("info", "phase", "phase rollback started")
         self.emit_safely(PhaseStarted(self.task.id, phase=Phase.ROLLBACK.value))
 
-        self.cleanup()
+        self.cleanup(every_host=every_host)
         created = [item for item in self.task.items if item.target_created]
         if created:
             self.on_host(self.task.spec.target_host,
@@ -501,7 +510,7 @@ def rollback_task(runner: TaskRunner) -> Task:
         raise TaskConflict(f"task {task.id} changed state while rolling back; try again")
     runner.task = store.get_task(task.id)
     try:
-        runner.rollback()
+        runner.rollback(every_host=True)
     except BaseException as error:
         runner._finish(TaskState.INTERRUPTED, _error_dict(error))
         raise
