@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     scenarios = [name.strip() for name in arguments.scenarios.split(",") if name.strip()]
     unknown = [name for name in scenarios if name not in SCENARIOS]
     if "e" in scenarios:
-        print("scenario e (warm cutover) needs full container mode, which DDM does not have yet",
+        print("scenario e (warm cutover) is not implemented: full mode has no --warm pre-copy yet",
               file=sys.stderr)
         return 2
     if unknown:
