@@ -218,6 +218,8 @@ def usage_message(error: click.ClickException) -> str:
 
 def _print_error(env: Environment, prog_name: str, message: str) -> None:
     line = " ".join(message.split())
+    # A message may carry undecodable bytes of an argument as surrogates; show them escaped.
+    line = line.encode("utf-8", "backslashreplace").decode("utf-8")
     env.stderr.write(f"{prog_name}: error: {line}\n")
     env.stderr.flush()
 

@@ -44,13 +44,16 @@ from ddm.events import (
     Warning,
     ignore_event,
 )
-from ddm.manifest import Manifest
+from ddm.manifest import Manifest, compare_manifests, display_path
 from ddm.store import TaskStore
 from ddm.task import ItemState, Phase, Task, TaskItem, TaskState, VerifyMode
 from ddmsyncer import incremental, parallel, volumes
 from ddmsyncer.control import wait_while_paused
 
 log = logging.getLogger(__name__)
+
+# Serializes read-modify-write of a task's extra state among --parallel worker threads.
+_EXTRA_LOCK = threading.Lock()
 
 PROGRESS_EVENT_SECONDS = 0.2
 PROGRESS_STORE_SECONDS = 1.0
@@ -309,7 +312,8 @@ class TaskRunner:
         A volume that an earlier run copied in full (COPIED) or in part (COPYING) is copied
         again from the start, because bytes that were never verified may be torn or stale.
         """
-        return [item for item in self.task.items if item.state is not ItemState.VERIFIED]
+        done = (ItemState.VERIFIED, ItemState.UNVERIFIED)
+        return [item for item in self.task.items if item.state not in done]
 
     def prepare(self) -> dict[int, volumes.VolumeCheck]:
         """Check both hosts and every volume; change nothing but this task's own leftovers.
@@ -320,6 +324,7 @@ class TaskRunner:
         """
         self.source.ping()
         self.target.ping()
+        volumes.reject_overlap(self.source, self.target, self.task.items)
         for engine in self._open_engines():
             removed = volumes.remove_task_helpers(engine, self.task.id)
             if removed:
@@ -373,6 +378,7 @@ class TaskRunner:
         self.update_item(item, target_created=True, state=ItemState.COPYING,
                          started_at=time.time(), bytes_done=0, bytes_total=check.size_bytes)
         volumes.create_target_volume(target, item, check)
+        self._remember_created_at(target, item)
         self.emit(ItemStarted(self.task.id, position=item.position, source=item.source,
                               target=item.target, bytes_total=check.size_bytes))
 
@@ -412,7 +418,7 @@ class TaskRunner:
             self.check_control(force=True)
             if mode is VerifyMode.NONE:
                 self.warn(f"volume {item.target!r} was not verified (--verify none)")
-                self.update_item(item, state=ItemState.VERIFIED, finished_at=time.time())
+                self.update_item(item, state=ItemState.UNVERIFIED, finished_at=time.time())
                 continue
 
             if item.position in self._incremental:
@@ -441,6 +447,57 @@ class TaskRunner:
                                       hint="roll the task back and run it again")
             manifest = Manifest.from_json(stored)
         return manifest
+
+    def _remember_created_at(self, target: Any, item: TaskItem) -> None:
+        """Record the target volume's CreatedAt, so a later rollback can tell it is still ours."""
+        created_at = target.api.inspect_volume(item.target).get("CreatedAt")
+        with _EXTRA_LOCK:
+            recorded = dict(self.store.get_extra(self.task.id).get("volume_created_at") or {})
+            recorded[item.target] = created_at
+            self.store.set_extra(self.task.id, volume_created_at=recorded)
+
+    force_rollback = False
+
+    def check_rollback_allowed(self) -> None:
+        """Raise TaskConflict when a finished task's target volume changed since it finished.
+
+        `ddmctl rollback` of a succeeded task removes the volumes it created. A volume that was
+        replaced since (another task with --force, or by hand) or whose files changed holds
+        data that the task did not put there, so it is kept unless the operator forces it.
+        """
+        if self.force_rollback or self.task.state is not TaskState.SUCCEEDED:
+            return
+
+        recorded = self.store.get_extra(self.task.id).get("volume_created_at") or {}
+        for item in self.task.items:
+            if not item.target_created:
+                continue
+            self._check_unchanged(item, recorded.get(item.target))
+
+    def _check_unchanged(self, item: TaskItem, created_at: str | None) -> None:
+        target = self.target
+        if target.volume_inspect(item.target) is None:
+            return
+        hint = (f"inspect volume {item.target!r} on {self.task.spec.target_host}; pass --force "
+                "to remove it anyway")
+        current = target.api.inspect_volume(item.target).get("CreatedAt")
+        if created_at is not None and current != created_at:
+            raise TaskConflict(
+                f"volume {item.target!r} on {self.task.spec.target_host} was replaced after "
+                f"task {self.task.id} created it", hint=hint)
+
+        stored = self.store.load_manifest(self.task.id, item.position)
+        if stored is None:
+            return
+        now = volumes.read_manifest(target, item.target, task_id=self.task.id,
+                                    hash_content=False)
+        differences = compare_manifests(Manifest.from_json(stored), now, volumes.QUICK_ASPECTS)
+        if differences:
+            first = differences[0]
+            raise TaskConflict(
+                f"volume {item.target!r} on {self.task.spec.target_host} changed since task "
+                f"{self.task.id} finished ({len(differences)} differences, first "
+                f"{display_path(first.path)}: {first.aspect})", hint=hint)
 
     def cleanup(self, *, every_host: bool = False) -> None:
         """Remove helper containers of this task on the hosts it connected to (also after failures).

@@ -212,5 +212,3 @@ def print_task_result(context: CommandContext, task: Task, as_json: bool) -> Non
                      f"{format_bytes(item.bytes_done)}")
     duration = f"{task.duration:.1f} s" if task.duration is not None else "-"
     context.info(f"task {task.id} {task.state.value} in {duration}")
-    if task.state is not TaskState.SUCCEEDED and task.error:
-        context.info(f"task {task.id}: {task.error.get('message')}")

@@ -148,11 +148,17 @@ def cancel(context: CommandContext, task_id: str, as_json: bool) -> int:
 
 @click.command(epilog=epilog("ddmctl rollback 3f2a9c"))
 @click.argument("task_id", metavar="TASK")
+@click.option("--force", is_flag=True,
+              help="Remove target volumes even when they changed since the task finished.")
 @json_option
 @click.pass_obj
-def rollback(context: CommandContext, task_id: str, as_json: bool) -> int:
-    """Remove what a task created on the target host. The source is never changed."""
-    task = api.rollback_task(context.config, context.store, task_id)
+def rollback(context: CommandContext, task_id: str, force: bool, as_json: bool) -> int:
+    """Remove what a task created on the target host. The source is never changed.
+
+    A target volume that was replaced or changed after a succeeded task finished is kept, and
+    the command exits 6, unless --force is given.
+    """
+    task = api.rollback_task(context.config, context.store, task_id, force=force)
     print_task_result(context, task, as_json)
     return int(ExitStatus.OK)
 
