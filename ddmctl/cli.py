@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ddmctl.commands import migrate, tasks
+from ddmctl.commands import completion, migrate, tasks
 from ddmctl.common import EXIT_STATUS_HELP, common_options, main_for, make_context
 
 
@@ -23,6 +23,7 @@ def cli(ctx: click.Context, config_path: Path | None, debug: bool, verbose: int,
 
 
 cli.add_command(migrate.migrate)
+cli.add_command(completion.completion)
 for command in tasks.COMMANDS:
     cli.add_command(command)
 

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import re
+import sys
 import tarfile
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -29,6 +30,7 @@ import urllib3.exceptions
 
 from ddm.config import Config, HostConfig
 from ddm.errors import (
+    ConfigError,
     ConnectionFailed,
     DDMError,
     MigrationFailed,
@@ -595,18 +597,30 @@ def parse_df_available(output: bytes) -> int | None:
 def open_engine(host: HostConfig, config: Config) -> Engine:
     """Connect to the engine of `host` and return it; use it as a context manager.
 
-    ssh:// hosts get one SSH connection for the Engine's lifetime; unix:// and tcp:// hosts
-    use docker-py's transports. Raises ConnectionFailed, HostKeyError, AuthenticationFailed
+    ssh:// hosts get one SSH connection for the Engine's lifetime; unix://, tcp:// and (on
+    Windows only) npipe:// hosts use docker-py's transports. Raises ConnectionFailed, HostKeyError, AuthenticationFailed
     or ConfigError.
     """
     if host.scheme == "ssh":
         return _open_ssh_engine(host, config)
     if host.scheme in ("unix", "tcp"):
         return _open_direct_engine(host)
+    if host.scheme == "npipe":
+        return _open_npipe_engine(host)
     raise UsageError(
-        f"host {host.name} uses {host.scheme}://, which DDM supports only on Windows",
-        hint="use an ssh://, unix:// or tcp:// URL",
+        f"host {host.name} uses {host.scheme}://, which DDM does not support",
+        hint="use an ssh://, unix://, tcp:// or (on Windows) npipe:// URL",
     )
+
+
+def _open_npipe_engine(host: HostConfig) -> Engine:
+    """Open a local Docker Desktop engine through docker-py's named pipe transport (pywin32)."""
+    if sys.platform != "win32":
+        raise ConfigError(
+            f"host {host.name} uses {host.url}, but npipe:// named pipes exist only on Windows",
+            hint="on this system use an ssh://, unix:// or tcp:// URL",
+        )
+    return _open_direct_engine(host)
 
 
 def _open_ssh_engine(host: HostConfig, config: Config) -> Engine:

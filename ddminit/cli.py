@@ -131,7 +131,8 @@ def warn_about_key(context, identity_file: Path | None) -> None:
     except OSError:
         context.info(f"warning: identity file {identity_file} does not exist yet")
         return
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+    # Windows reports no group or other permission bits (st_mode is 0o666 or 0o444).
+    if os.name == "posix" and mode & (stat.S_IRWXG | stat.S_IRWXO):
         context.info(f"warning: identity file {identity_file} is readable by group or others; "
                      f"run 'chmod 600 {identity_file}'")
 
