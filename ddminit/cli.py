@@ -20,7 +20,7 @@ from ddm.config import (
     save_config,
 )
 from ddm.errors import ExitStatus, UsageError
-from ddmctl.common import common_options, epilog, main_for, make_context
+from ddmctl.common import common_options, epilog, json_option, main_for, make_context
 
 
 def parse_host_option(value: str) -> tuple[str, str]:
@@ -51,6 +51,7 @@ def parse_host_option(value: str) -> tuple[str, str]:
               help="Path of the Docker socket on the ssh:// hosts given here "
               "(default /var/run/docker.sock).")
 @click.option("-y", "--yes", is_flag=True, help="Write without asking.")
+@json_option
 @click.pass_context
 def cli(
     ctx: click.Context,
@@ -63,6 +64,7 @@ def cli(
     known_hosts: Path | None,
     docker_socket: str | None,
     yes: bool,
+    as_json: bool,
 ) -> int:
     """Write or update the DDM configuration file (mode 0600).
 
@@ -88,7 +90,10 @@ def cli(
 
     save_config(config, path)
     context.info(f"wrote {path}")
-    context.echo(str(path))
+    if as_json:
+        context.print_json({"path": str(path), **config.to_dict()})
+    else:
+        context.echo(str(path))
     return int(ExitStatus.OK)
 
 
