@@ -517,14 +517,28 @@ class _ErrorMapper:
             raise MigrationFailed(
                 f"Docker engine on {self.host_name} rejected {self.action}: {_explanation(exc)}"
             ) from None
-        if isinstance(exc, TRANSPORT_ERRORS):
+        if isinstance(exc, (*TRANSPORT_ERRORS, docker.errors.DockerException)):
+            # docker-py wraps a failed first request (the API version query) in a
+            # DockerException whose cause holds the dial-stdio error.
+            reason = _reason(exc).removeprefix(f"Docker engine on {self.host_name}: ")
             raise ConnectionFailed(
-                f"Docker engine on {self.host_name} not reachable while {self.action}: {_reason(exc)}",
-                hint="check that dockerd runs there and that the SSH user may use its socket",
+                f"Docker engine on {self.host_name} not reachable while {self.action}: {reason}",
+                hint=engine_hint(reason),
             ) from None
-        if isinstance(exc, docker.errors.DockerException):
-            raise ConnectionFailed(f"{self.action} on {self.host_name} failed: {exc}") from None
         return False
+
+
+def engine_hint(reason: str) -> str:
+    """Return what to do about an engine connection error, judged by its message."""
+    if "permission denied" in reason:
+        return ("the SSH user may not use the Docker socket; add it to the 'docker' group on "
+                "that host, or connect as a user who may")
+    if "not found" in reason and ("socat" in reason or "docker" in reason):
+        return ("install the docker CLI on that host (DDM runs 'docker system dial-stdio' "
+                "there, or socat when docker is missing)")
+    if "no such file or directory" in reason:
+        return "check that dockerd runs there and the host's docker_socket in the DDM config"
+    return "check that dockerd runs there and that the SSH user may use its socket"
 
 
 def _explanation(error: docker.errors.APIError) -> str:
