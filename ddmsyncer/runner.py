@@ -1,6 +1,6 @@
 """The task runner: executes a stored task phase by phase and rolls back on failure.
 
-Phases of a volumes-mode task: prepare (both engines answer, source volumes exist, target names
+Phases of a volumes-mode task: prepare (both engines respond, source volumes exist, target names
 are free, the target has room) -> copy (relay each volume's archive, building the source
 manifest on the fly) -> migrate (nothing to switch over in volumes mode) -> verify (compare the
 target's manifest with the source's) -> cleanup (remove helper containers on both hosts).

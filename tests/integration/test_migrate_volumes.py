@@ -9,8 +9,10 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +22,7 @@ import yaml
 from ddm import api
 from ddm.config import load_config
 from ddm.env import Environment
-from ddm.errors import TransferFailed
+from ddm.errors import Cancelled, TransferFailed
 from ddm.events import Event, Progress
 from ddm.store import TaskStore, default_store_path
 from ddm.task import ItemState, TaskState
@@ -334,3 +336,109 @@ def test_syncer_runs_stored_task_in_subprocess(h1, h2, isolated_env, resources):
     assert store.get_task(task.id).state is TaskState.SUCCEEDED
     assert diff_snapshots(snapshot_volume_tree(h1, volume), snapshot_volume_tree(h2, volume),
                           mtime_resolution_ns=WHOLE_SECONDS) == []
+
+
+def wait_for_copy_start(store: TaskStore, task_id: str, process: subprocess.Popen) -> None:
+    """Poll the store until the task's first volume is being copied (bounded by count)."""
+    for _ in range(600):
+        items = store.get_items(task_id) if task_id else []
+        if items and items[0].state is ItemState.COPYING:
+            return
+        assert process.poll() is None, process.stderr.read() if process.stderr else ""
+        time.sleep(0.05)
+    raise AssertionError(f"task {task_id} did not start copying")
+
+
+def test_ctrl_c_during_copy_rolls_back(h1, h2, isolated_env, resources):
+    volume = resources.create_volume(h1)
+    resources.add_volume(h2, volume)
+    write_volume_tree(h1, volume, {f"f{index}": RandomFile(4 << 20, seed=index)
+                                   for index in range(8)})
+    source_before = snapshot_volume_tree(h1, volume)
+    config = load_config(environ=os.environ)
+    store = open_store()
+    task = api.create_task(store, config, source="h1", target="h2", volumes=[volume])
+
+    process = subprocess.Popen([sys.executable, "-m", "ddmsyncer.cli", "run", task.id],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_copy_start(store, task.id, process)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=300)
+
+    assert process.returncode == 130, stderr
+    assert "interrupted" in stderr
+    stored = store.get_task(task.id)
+    assert stored.state is TaskState.FAILED
+    assert stored.error["message"] == "interrupted"
+    assert volume not in volumes_on(h2)
+    assert snapshot_volume_tree(h1, volume) == source_before
+
+
+def test_cancel_from_another_store_rolls_back(h1, h2, isolated_env, resources):
+    volume = resources.create_volume(h1)
+    resources.add_volume(h2, volume)
+    write_volume_tree(h1, volume, {f"f{index}": RandomFile(4 << 20, seed=index)
+                                   for index in range(4)})
+    config = load_config(environ=os.environ)
+    store = open_store()
+    task = api.create_task(store, config, source="h1", target="h2", volumes=[volume])
+    other_terminal = open_store()
+    cancelled = []
+
+    def cancel_on_first_progress(event: Event) -> None:
+        if isinstance(event, Progress) and not cancelled:
+            cancelled.append(api.cancel_task(other_terminal, task.id).control)
+
+    with pytest.raises(Cancelled):
+        api.run_task(config, store, task.id, on_event=cancel_on_first_progress)
+
+    assert cancelled == ["cancel"]
+    assert store.get_task(task.id).state is TaskState.CANCELLED
+    assert volume not in volumes_on(h2)
+
+
+def test_resume_requires_interrupted_task(h1, h2, isolated_env, resources):
+    volume = resources.create_volume(h1)
+    resources.add_volume(h2, volume)
+    write_volume_tree(h1, volume, {"f": "done\n"})
+    migrated = run_command("ddmctl", "migrate", "--from", "h1", "--to", "h2", "--volume", volume,
+                           "--yes", "--json")
+    task_id = json.loads(migrated.stdout)["id"]
+
+    resumed = run_command("ddmctl", "resume", task_id)
+
+    assert resumed.status == 6
+    assert "only an interrupted task can be resumed" in resumed.stderr
+
+
+def test_terminal_shows_bars_and_stdout_stays_data(h1, h2, isolated_env, resources):
+    volume = resources.create_volume(h1)
+    resources.add_volume(h2, volume)
+    write_volume_tree(h1, volume, {"f": RandomFile(2 << 20, seed=5)})
+    stdout, stderr = io.StringIO(), io.StringIO()
+    env = Environment(stdin=io.StringIO(), stdout=stdout, stderr=stderr, environ=dict(os.environ),
+                      stdin_isatty=False, stdout_isatty=True, stderr_isatty=True)
+    module = __import__("ddmctl.cli", fromlist=["cli"])
+
+    status = run_main(module.cli, ["migrate", "--from", "h1", "--to", "h2", "--volume", volume,
+                                   "--yes"], env=env, prog_name="ddmctl")
+
+    assert status == 0, stderr.getvalue()
+    assert f"{volume} → {volume}" in stderr.getvalue()
+    assert "MiB" in stderr.getvalue()
+    assert stdout.getvalue().split("\t")[:3] == [volume, volume, "verified"]
+
+
+def test_json_progress_lines_on_stderr(h1, h2, isolated_env, resources):
+    volume = resources.create_volume(h1)
+    resources.add_volume(h2, volume)
+    write_volume_tree(h1, volume, {"f": "json\n"})
+
+    outcome = run_command("ddmctl", "migrate", "--from", "h1", "--to", "h2", "--volume", volume,
+                          "--yes", "--json")
+
+    events = [json.loads(line) for line in outcome.stderr.splitlines() if line.startswith("{")]
+    kinds = [event["event"] for event in events]
+    assert "PhaseStarted" in kinds
+    assert kinds[-1] == "TaskFinished"
+    assert json.loads(outcome.stdout)["state"] == "succeeded"
