@@ -181,8 +181,11 @@ def default_config_path(environ: Mapping[str, str]) -> Path:
 
 
 def expand_path(value: str, environ: Mapping[str, str]) -> Path:
-    """Expand a leading `~` against HOME from `environ` (not from the password database)."""
-    if value == "~" or value.startswith("~/"):
+    """Expand a leading `~` against HOME from `environ` (not from the password database).
+
+    `~\\` is expanded too on Windows, where os.sep is a backslash.
+    """
+    if value == "~" or value.startswith(("~/", "~" + os.sep)):
         return home_dir(environ) / value[2:]
     return Path(value)
 

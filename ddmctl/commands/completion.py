@@ -35,7 +35,7 @@ def completion_script(shell: str, prog_name: str) -> str:
     return completion.source()
 
 
-@click.command(epilog=epilog("ddmctl completion bash > ~/.local/share/bash-completion/completions/ddm"))
+@click.command(epilog=epilog("ddmctl completion zsh --command ddmctl > ~/.zfunc/_ddmctl"))
 @click.argument("shell", type=click.Choice(SHELLS))
 @click.option("--command", "commands", multiple=True, type=click.Choice(COMMAND_NAMES),
               help="Only this command's script (repeatable; default: all five).")
