@@ -11,6 +11,7 @@ from ddm.errors import ExitStatus
 from ddm.task import Task, TaskState
 from ddmctl.commands.migrate import print_task_result, run_and_report
 from ddmctl.common import CommandContext, epilog, json_option
+from ddmctl.complete import complete_task
 from ddmctl.progress import format_bytes
 from ddmsyncer.runner import mark_stale_running
 
@@ -53,7 +54,7 @@ def list_tasks(context: CommandContext, state: str | None, limit: int, as_json: 
 
 
 @click.command(epilog=epilog("ddmctl status 3f2a9c --json"))
-@click.argument("task_id", metavar="TASK")
+@click.argument("task_id", metavar="TASK", shell_complete=complete_task)
 @click.option("--events", "show_events", is_flag=True, help="Also print the task's event log.")
 @json_option
 @click.pass_obj
@@ -87,7 +88,7 @@ def status(context: CommandContext, task_id: str, show_events: bool, as_json: bo
 
 
 @click.command(epilog=epilog("ddmctl resume 3f2a9c"))
-@click.argument("task_id", metavar="TASK")
+@click.argument("task_id", metavar="TASK", shell_complete=complete_task)
 @json_option
 @click.pass_obj
 def resume(context: CommandContext, task_id: str, as_json: bool) -> int:
@@ -97,7 +98,7 @@ def resume(context: CommandContext, task_id: str, as_json: bool) -> int:
 
 
 @click.command(epilog=epilog("ddmctl cancel 3f2a9c"))
-@click.argument("task_id", metavar="TASK")
+@click.argument("task_id", metavar="TASK", shell_complete=complete_task)
 @json_option
 @click.pass_obj
 def cancel(context: CommandContext, task_id: str, as_json: bool) -> int:
@@ -115,7 +116,7 @@ def cancel(context: CommandContext, task_id: str, as_json: bool) -> int:
 
 
 @click.command(epilog=epilog("ddmctl rollback 3f2a9c"))
-@click.argument("task_id", metavar="TASK")
+@click.argument("task_id", metavar="TASK", shell_complete=complete_task)
 @json_option
 @click.pass_obj
 def rollback(context: CommandContext, task_id: str, as_json: bool) -> int:

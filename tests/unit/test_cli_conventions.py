@@ -14,10 +14,14 @@ from pathlib import Path
 
 import click
 import pytest
+from click.shell_completion import BashComplete
 
 from ddm import __version__
+from ddm.api import create_task
+from ddm.config import load_config
 from ddm.env import Environment
 from ddm.events import Warning
+from ddm.store import TaskStore, default_store_path
 from ddmctl.progress import JsonDisplay, NullDisplay, PlainDisplay, RichDisplay, choose_display
 from tests.unit.cli_support import COMMAND_NAMES, invoke, load_command
 
@@ -181,3 +185,46 @@ def test_display_follows_terminal_and_options() -> None:
     assert isinstance(display(isatty=True), RichDisplay)
     assert isinstance(display(isatty=True, as_json=True), JsonDisplay)
     assert type(display(isatty=True, quiet=True)) is NullDisplay
+
+
+def completions(prog: str, args: list[str], incomplete: str, environ: dict[str, str]) -> list[str]:
+    """Return what Tab would offer after `PROG ARGS INCOMPLETE`, computed in-process."""
+    env = Environment(stdin=io.StringIO(), stdout=io.StringIO(), stderr=io.StringIO(),
+                      environ=environ)
+    completion = BashComplete(load_command(prog), {"obj": env}, prog, f"_{prog.upper()}_COMPLETE")
+    return [item.value for item in completion.get_completions(args, incomplete)]
+
+
+def test_completion_of_host_names(home: Path, environ: dict[str, str]) -> None:
+    invoke("ddminit", ["--host", "old=ssh://root@old.example", "--host",
+                       "new=ssh://root@new.example", "--yes"], environ)
+
+    assert completions("ddmctl", ["migrate", "--from"], "", environ) == ["local", "new", "old"]
+    assert completions("ddmverify", ["--to"], "o", environ) == ["old"]
+    assert completions("ddmdriver", ["ping"], "n", environ) == ["new"]
+
+
+def test_completion_of_task_ids(home: Path, environ: dict[str, str]) -> None:
+    assert completions("ddmctl", ["status"], "", environ) == []
+
+    config = load_config(None, environ)
+    store = TaskStore(default_store_path(environ))
+    try:
+        first = create_task(store, config, source="local", target="local",
+                            volumes=("pgdata:pgdata-copy",), verify="full", force=False)
+        second = create_task(store, config, source="local", target="local",
+                             volumes=("cache:cache-copy",), verify="none", force=False)
+    finally:
+        store.close()
+
+    offered = completions("ddmctl", ["rollback"], "", environ)
+    assert sorted(offered) == sorted([first.id, second.id])
+    assert completions("ddmsyncer", ["run"], first.id[:6], environ) == [first.id]
+
+
+def test_completion_with_invalid_config(home: Path, environ: dict[str, str]) -> None:
+    config_dir = home / ".config" / "ddm"
+    config_dir.mkdir(parents=True)
+    (config_dir / "config.yaml").write_text("hosts: [not, a, mapping]\n")
+
+    assert completions("ddmctl", ["migrate", "--to"], "", environ) == []
