@@ -2,7 +2,7 @@
 
 `os.kill(pid, 0)` only tests for a process on POSIX. On Windows, os.kill with any signal other
 than CTRL_C_EVENT or CTRL_BREAK_EVENT ends the process through TerminateProcess, and
-CTRL_C_EVENT is 0, so the POSIX idiom would stop the very runner it asks about.
+CTRL_C_EVENT is 0, so the POSIX idiom would stop the very runner whose state it checks.
 """
 
 from __future__ import annotations

@@ -522,7 +522,7 @@ class _ErrorMapper:
             ) from None
         if isinstance(exc, (*TRANSPORT_ERRORS, docker.errors.DockerException)):
             # docker-py wraps a failed first request (the API version query) in a
-            # DockerException whose cause holds the dial-stdio error.
+            # DockerException whose cause contains the dial-stdio error.
             reason = _reason(exc).removeprefix(f"Docker engine on {self.host_name}: ")
             raise ConnectionFailed(
                 f"Docker engine on {self.host_name} not reachable while {self.action}: {reason}",

@@ -21,7 +21,7 @@ COMMAND_NAMES = ("ddmctl", "ddminit", "ddmverify", "ddmsyncer", "ddmdriver")
 
 
 def complete_variable(prog_name: str) -> str:
-    """Return the environment variable that asks `prog_name` for completions."""
+    """Return the name of the environment variable that requests completions from `prog_name`."""
     return f"_{prog_name.replace('-', '_').upper()}_COMPLETE"
 
 

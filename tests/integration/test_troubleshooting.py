@@ -1,8 +1,8 @@
 """Engine connection errors that docs/troubleshooting.md quotes, reproduced on the lab.
 
 Two SSH users are added to h1 for these tests only, through a copy of /etc/passwd bind-mounted
-in h1's own mount namespace (the machine's /etc/passwd does not change): `ddmuser` may not use
-the Docker socket, and `ddmnodocker` logs in with a PATH that holds neither docker nor socat.
+in h1's own mount namespace, so the machine's /etc/passwd does not change. `ddmuser` may not use
+the Docker socket. `ddmnodocker` logs in with a PATH that contains neither docker nor socat.
 """
 
 from __future__ import annotations

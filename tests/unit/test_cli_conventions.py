@@ -72,7 +72,8 @@ def test_walk_finds_every_subcommand() -> None:
     assert "ddmctl completion" in ALL_COMMANDS
     assert "ddmsyncer serve" in ALL_COMMANDS
     assert "ddmdriver manifest" in ALL_COMMANDS
-    assert "ddminit" in ALL_COMMANDS and "ddmverify" in ALL_COMMANDS
+    assert "ddminit" in ALL_COMMANDS
+    assert "ddmverify" in ALL_COMMANDS
 
 
 @pytest.mark.parametrize("prog", COMMAND_NAMES)

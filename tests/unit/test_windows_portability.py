@@ -73,7 +73,8 @@ def test_simulation_blocks_posix_modules(tmp_path: Path) -> None:
 
 def test_controller_modules_import_without_posix(tmp_path: Path) -> None:
     modules = controller_modules()
-    assert "ddmctl.cli" in modules and "ddmdriver.ssh" in modules
+    assert "ddmctl.cli" in modules
+    assert "ddmdriver.ssh" in modules
 
     result = run_simulated("import", *modules, home=tmp_path)
 
@@ -92,7 +93,8 @@ def test_unit_tests_pass_without_posix(tmp_path: Path) -> None:
 
     summary = result.stdout.strip().splitlines()[-1:]
     assert result.returncode == 0, result.stdout[-4000:]
-    assert "passed" in summary[0] and "failed" not in summary[0], summary
+    assert "passed" in summary[0], summary
+    assert "failed" not in summary[0], summary
 
 
 def test_process_alive_for_this_and_ended_process() -> None:

@@ -1,7 +1,7 @@
 """Run Python code with the POSIX-only parts of the standard library made unavailable.
 
-This is the closest check of Windows portability that a Linux machine allows: a module that
-imports fcntl, termios, pwd, grp or resource fails with ImportError, and os.fork, os.getuid,
+This is the closest check of Windows portability that a Linux machine allows. A module that
+imports fcntl, termios, pwd, grp or resource fails with ImportError. os.fork, os.getuid,
 SIGKILL, SIGHUP and the other names that Windows builds of Python lack are removed. It cannot
 show that the Windows-only code paths (named pipes, ctypes calls) work.
 
