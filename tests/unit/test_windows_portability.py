@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from ddm.config import WINDOWS_ENGINE_URL, load_config, parse_host_url
+from ddm.config import WINDOWS_ENGINE_URL, expand_path, load_config, parse_host_url
 from ddm.errors import ConfigError
 from ddm.processes import process_alive
 from ddmctl.common import raise_on_sigterm
@@ -150,3 +150,11 @@ def test_raise_on_sigterm_without_posix_signals(monkeypatch: pytest.MonkeyPatch)
 
     monkeypatch.undo()
     assert signal.getsignal(signal.SIGTERM) == previous
+
+
+def test_expand_path_backslash_tilde(monkeypatch: pytest.MonkeyPatch, home: Path) -> None:
+    monkeypatch.setattr(os, "sep", "\\")
+
+    expanded = expand_path("~\\.ssh\\id_ed25519", {"HOME": str(home)})
+
+    assert expanded == home / ".ssh\\id_ed25519"
