@@ -41,11 +41,12 @@ def completion_script(shell: str, prog_name: str) -> str:
               help="Only this command's script (repeatable; default: all five).")
 @click.pass_obj
 def completion(context: CommandContext, shell: str, commands: tuple[str, ...]) -> int:
-    """Print the shell completion script for ddmctl, ddminit, ddmverify, ddmsyncer and ddmdriver.
+    """Print shell completion scripts for the five DDM commands.
 
-    Load it in the current shell with 'eval "$(ddmctl completion bash)"' (bash or zsh) or
-    'ddmctl completion fish | source' (fish); docs/shell-completion.md shows how to install it
-    for good.
+    The scripts cover ddmctl, ddminit, ddmverify, ddmsyncer and ddmdriver. Load them in the
+    current shell with 'eval "$(ddmctl completion bash)"' (or zsh), or with
+    'ddmctl completion fish | source'. docs/shell-completion.md shows how to install them for
+    good.
     """
     for prog_name in commands or COMMAND_NAMES:
         context.echo(completion_script(shell, prog_name).rstrip("\n"))
