@@ -27,11 +27,13 @@ REPOSITORY = Path(__file__).resolve().parents[2]
 CONTROLLER_PACKAGES = ("ddm", "ddmctl", "ddmdriver", "ddminit", "ddmsyncer", "ddmverify")
 
 # Unit tests left out of the simulated run, because their fixtures need POSIX themselves
-# (mkfifo, geteuid, GNU tar on disk) or because they only fuzz inputs already run above.
+# (mkfifo, geteuid, GNU tar on disk, a Unix socket standing in for a remote engine) or because
+# they only fuzz inputs already run above.
 POSIX_FIXTURE_TESTS = (
     "tests/unit/test_config.py::test_save_special_file_rejected",
     "tests/unit/test_tarstream.py::test_gnu_tar_archive_matches_disk",
     "tests/unit/test_tarstream.py::test_gnu_tar_posix_xattrs_and_acl",
+    "tests/unit/test_driver_transport.py::test_dial_stdio_falls_back_to_socat",
 )
 SKIPPED_FILES = ("tests/unit/test_fuzz_corpus.py", "tests/unit/test_windows_portability.py")
 
