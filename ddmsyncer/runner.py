@@ -170,6 +170,10 @@ class TaskRunner:
 
     # Running
 
+    def lock_names(self) -> list[str]:
+        """Return the names of the locks this task holds while it runs."""
+        return lock_resources(self.task)
+
     def run(self) -> Task:
         """Run the task's phases; on any failure roll back, then re-raise the error."""
         self.task = mark_stale_running(self.store, self.task)
@@ -184,7 +188,7 @@ class TaskRunner:
         self.record("info", "started", f"task started by process {os.getpid()}")
 
         try:
-            self.store.acquire_locks(self.task.id, lock_resources(self.task))
+            self.store.acquire_locks(self.task.id, self.lock_names())
             self._run_phases()
         except BaseException as error:
             self._finish_failed(error)
@@ -396,6 +400,24 @@ def _error_dict(error: BaseException) -> dict[str, Any]:
     if isinstance(error, KeyboardInterrupt):
         return Interrupted("interrupted").to_dict()
     return {"error": type(error).__name__, "message": str(error), "exit_status": 1}
+
+
+def create_runner(
+    config: Config,
+    store: TaskStore,
+    task_id: str,
+    on_event: EventCallback = ignore_event,
+    engine_factory: EngineFactory = default_engine_factory,
+) -> TaskRunner:
+    """Return the runner for a stored task's mode: TaskRunner, or FullTaskRunner for full mode."""
+    from ddm.task import Mode
+
+    runner_class: type[TaskRunner] = TaskRunner
+    if store.get_task(task_id).spec.mode is Mode.FULL:
+        from ddmsyncer.containers import FullTaskRunner
+
+        runner_class = FullTaskRunner
+    return runner_class(config, store, task_id, on_event=on_event, engine_factory=engine_factory)
 
 
 def rollback_task(runner: TaskRunner) -> Task:
