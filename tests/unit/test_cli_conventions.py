@@ -28,8 +28,9 @@ from tests.unit.cli_support import COMMAND_NAMES, invoke, load_command
 REPOSITORY = Path(__file__).resolve().parents[2]
 
 # Subcommands that print no data of their own, so a --json switch has nothing to format:
-# `serve` runs until stopped and logs, `completion` prints shell scripts.
-WITHOUT_JSON = {"ddmsyncer serve", "ddmctl completion"}
+# `serve` runs until stopped and logs, `completion` prints shell scripts, and `logs` prints a
+# container's log byte for byte as the task archived it.
+WITHOUT_JSON = {"ddmsyncer serve", "ddmctl completion", "ddmctl logs"}
 
 
 def walk_commands() -> Iterator[tuple[list[str], click.Command]]:
