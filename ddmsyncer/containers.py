@@ -434,7 +434,7 @@ class FullTaskRunner(TaskRunner):
 
     # Rollback
 
-    def rollback(self) -> None:
+    def rollback(self, *, every_host: bool = False) -> None:
         """Remove what the task created on the target, then start the source containers again."""
         from ddm.events import PhaseStarted
         from ddm.task import Phase
@@ -443,8 +443,8 @@ class FullTaskRunner(TaskRunner):
         self.task.phase = Phase.ROLLBACK
         self.store.update_task(self.task.id, phase=Phase.ROLLBACK)
         self.record("info", "phase", "phase rollback started")
-        self.emit(PhaseStarted(self.task.id, phase=Phase.ROLLBACK.value))
-        self.rollback_objects()
+        self.emit_safely(PhaseStarted(self.task.id, phase=Phase.ROLLBACK.value))
+        self.rollback_objects(every_host=every_host)
 
     def check_rollback_allowed(self) -> None:
         """Raise TaskConflict when the task removed its source containers (finalize)."""
@@ -452,8 +452,8 @@ class FullTaskRunner(TaskRunner):
             raise TaskConflict(f"task {self.task.id} removed its source containers; it cannot "
                                "be rolled back")
 
-    def rollback_objects(self) -> None:
-        self.cleanup()
+    def rollback_objects(self, *, every_host: bool = False) -> None:
+        self.cleanup(every_host=every_host)
         created = self.extra().get("created") or {}
         target = self.target
         for entry in reversed(created.get("containers") or []):
