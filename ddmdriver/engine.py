@@ -522,8 +522,13 @@ class _ErrorMapper:
             ) from None
         if isinstance(exc, (*TRANSPORT_ERRORS, docker.errors.DockerException)):
             # docker-py wraps a failed first request (the API version query) in a
-            # DockerException whose cause contains the dial-stdio error.
-            reason = _reason(exc).removeprefix(f"Docker engine on {self.host_name}: ")
+            # DockerException whose cause contains the dial-stdio error, so only the
+            # innermost error of that chain is shown.
+            if isinstance(exc, TRANSPORT_ERRORS):
+                reason = _reason(exc)
+            else:
+                reason = _innermost_reason(exc)
+            reason = reason.removeprefix(f"Docker engine on {self.host_name}: ")
             raise ConnectionFailed(
                 f"Docker engine on {self.host_name} not reachable while {self.action}: {reason}",
                 hint=engine_hint(reason),
@@ -577,6 +582,14 @@ def _reason(error: BaseException) -> str:
     else:
         text = f"{label}: {detail}"
     return " ".join(text.split())
+
+
+def _innermost_reason(error: BaseException) -> str:
+    """Return the text of the innermost error of a chain, its strerror for an OSError."""
+    innermost = _error_chain(error)[-1]
+    if isinstance(innermost, OSError) and innermost.strerror:
+        return " ".join(innermost.strerror.split())
+    return " ".join(str(innermost).split()) or type(innermost).__name__
 
 
 def _error_chain(error: BaseException) -> list[BaseException]:
