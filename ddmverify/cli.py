@@ -8,8 +8,7 @@ from typing import Any
 import click
 
 from ddm.api import build_spec
-from ddm.errors import ExitStatus, VolumeNotFound
-from ddm.manifest import compare_manifests, display_path
+from ddm.errors import ExitStatus
 from ddm.task import VerifyMode, new_task_id
 from ddmctl.common import (
     CommandContext,
@@ -21,6 +20,7 @@ from ddmctl.common import (
 )
 from ddmctl.complete import complete_host
 from ddmsyncer import volumes
+from ddmsyncer.compare import compare_volume
 
 # Aspects that the Engine API archive cannot carry, so they are reported as not checked.
 NOT_CHECKED = ("mtime_ns", "xattrs", "acl", "sparse")
@@ -82,39 +82,6 @@ def cli(
     else:
         print_results(context, results, aspects)
     return int(ExitStatus.FAILED if differs else ExitStatus.OK)
-
-
-def compare_volume(source_engine: Any, target_engine: Any, source: str, target: str,
-                   aspects: tuple[str, ...], deep: bool, session: str) -> dict[str, Any]:
-    """Read both manifests and return the comparison as a JSON-ready mapping."""
-    for engine, name in ((source_engine, source), (target_engine, target)):
-        if engine.volume_inspect(name) is None:
-            raise VolumeNotFound(f"volume {name!r} not found on host {engine.host.name!r}",
-                                 hint="check the name with 'docker volume ls' on that host")
-
-    source_manifest = volumes.read_manifest(source_engine, source, task_id=session,
-                                            hash_content=deep)
-    target_manifest = volumes.read_manifest(target_engine, target, task_id=session,
-                                            hash_content=deep)
-    differences = compare_manifests(source_manifest, target_manifest, aspects)
-    return {
-        "source": source,
-        "target": target,
-        "entries": len(source_manifest.entries),
-        "differences": [
-            {"path": display_path(difference.path), "aspect": difference.aspect,
-             "source": _jsonable(difference.source), "target": _jsonable(difference.target)}
-            for difference in differences
-        ],
-    }
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return display_path(value)
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return str(value)
 
 
 def print_results(context: CommandContext, results: list[dict[str, Any]],

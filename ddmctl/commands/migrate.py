@@ -8,6 +8,7 @@ from ddm import api
 from ddm.errors import DDMError, ExitStatus, UsageError
 from ddm.task import Task, TaskState
 from ddmctl.common import CommandContext, epilog, json_option, raise_on_sigterm
+from ddmctl.commands.planning import show_plan, spec_from_options, with_callback_options
 from ddmctl.complete import complete_host
 from ddmctl.progress import choose_display, format_bytes
 
@@ -40,6 +41,7 @@ from ddmctl.progress import choose_display, format_bytes
 )
 @click.option("--force", is_flag=True,
               help="Replace a target volume that already exists (its old content is lost).")
+@with_callback_options
 @click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
 @json_option
@@ -59,6 +61,9 @@ def migrate(
     dry_run: bool,
     yes: bool,
     as_json: bool,
+    on_success: str | None,
+    on_failure: str | None,
+    notify: tuple[str, ...],
 ) -> int:
     """Move Docker volumes from one host to another and verify them.
 
@@ -70,19 +75,21 @@ def migrate(
         if volumes or force:
             raise UsageError("--volume and --force belong to volumes mode",
                              hint="full mode moves the volumes of the given containers")
+        callbacks = api.build_callbacks(config, on_success=on_success, on_failure=on_failure,
+                                        notify=notify)
         return migrate_full(context, source=source, target=target, containers=containers,
                             project=project, map_path=map_paths, remove_source=remove_source,
                             verify=verify or config.defaults.verify, dry_run=dry_run, yes=yes,
-                            as_json=as_json)
+                            as_json=as_json, options=callbacks)
     if containers or project or map_paths or remove_source:
         raise UsageError("--container, --project, --map-path and --remove-source need --mode full")
     if not volumes:
         raise click.UsageError("Missing option '--volume' (or --mode full with --container "
                                "NAME or --project NAME).")
-    spec = api.build_spec(
-        config, source=source, target=target, volumes=volumes,
-        verify=verify or config.defaults.verify, force=force,
-    )
+    spec = spec_from_options(context, {
+        "source": source, "target": target, "volumes": volumes, "verify": verify,
+        "force": force, "on_success": on_success, "on_failure": on_failure, "notify": notify,
+    })
 
     if dry_run:
         return show_plan(context, api.plan_task(config, spec), as_json)
@@ -90,7 +97,7 @@ def migrate(
     confirm(context, spec_summary(spec), yes=yes, force=force)
     task = api.create_task(
         context.store, config, source=source, target=target, volumes=volumes,
-        verify=spec.verify, force=force,
+        verify=spec.verify, force=force, options=spec.options,
     )
     context.info(f"task {task.id} created")
     return run_and_report(context, task.id, as_json, resume=False)
@@ -195,21 +202,3 @@ def print_task_result(context: CommandContext, task: Task, as_json: bool) -> Non
     context.info(f"task {task.id} {task.state.value} in {duration}")
     if task.state is not TaskState.SUCCEEDED and task.error:
         context.info(f"task {task.id}: {task.error.get('message')}")
-
-
-def show_plan(context: CommandContext, plan: dict, as_json: bool) -> int:
-    if as_json:
-        context.print_json(plan)
-    else:
-        context.echo(f"plan: {plan['mode']} from {plan['source_host']} to {plan['target_host']}, "
-                     f"verify {plan['verify']}, data path {plan['data_path']}")
-        for volume in plan["volumes"]:
-            size = format_bytes(volume.get("size_bytes"))
-            status = volume.get("error") or ("replaces existing volume"
-                                              if volume.get("replaces_existing") else "new volume")
-            context.echo(f"  volume {volume['source']} -> {volume['target']}: {size}, {status}")
-        for step in plan["steps"]:
-            context.echo(f"  step {step}")
-        for conflict in plan["conflicts"]:
-            context.echo(f"  conflict: {conflict}")
-    return int(ExitStatus.OK if plan["ok"] else ExitStatus.FAILED)

@@ -28,9 +28,8 @@ from tests.unit.cli_support import COMMAND_NAMES, invoke, load_command
 REPOSITORY = Path(__file__).resolve().parents[2]
 
 # Subcommands that print no data of their own, so a --json switch has nothing to format:
-# `serve` runs until stopped and logs, `completion` prints shell scripts, and `logs` prints a
-# container's log byte for byte as the task archived it.
-WITHOUT_JSON = {"ddmsyncer serve", "ddmctl completion", "ddmctl logs"}
+# `serve` runs until stopped and logs, and `completion` prints shell scripts.
+WITHOUT_JSON = {"ddmsyncer serve", "ddmctl completion"}
 
 
 def walk_commands() -> Iterator[tuple[list[str], click.Command]]:
