@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -47,7 +48,7 @@ from ddm.manifest import Manifest
 from ddm.processes import process_alive
 from ddm.store import TaskStore
 from ddm.task import ItemState, Phase, Task, TaskItem, TaskState, VerifyMode
-from ddmsyncer import volumes
+from ddmsyncer import incremental, parallel, volumes
 from ddmsyncer.control import wait_while_paused
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,8 @@ class TaskRunner:
         engine_factory: EngineFactory = default_engine_factory,
     ) -> None:
         self.config = config
+        self._local = threading.local()  # per worker thread of --parallel: engines and store
+        self._emit_lock = threading.Lock()
         self.store = store
         self.task = store.get_task(task_id)
         self.on_event = on_event
@@ -106,11 +109,44 @@ class TaskRunner:
         self._engines: dict[str, Any] = {}
         self._manifests: dict[int, Manifest] = {}
         self._last_control_poll = 0.0
+        self._incremental: dict[int, str] = {}  # item position -> earlier task that copied it
+
+    @property
+    def store(self) -> TaskStore:
+        """The task database; a worker thread of --parallel has a connection of its own."""
+        return getattr(self._local, "store", None) or self._store
+
+    @store.setter
+    def store(self, store: TaskStore) -> None:
+        self._store = store
+
+    @contextlib.contextmanager
+    def worker(self) -> Iterator[None]:
+        """Give the calling thread its own engines (SSH connections) and task database connection."""
+        self._local.engines = {}
+        self._local.stack = contextlib.ExitStack()
+        self._local.store = TaskStore(self._store.path)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(Exception):
+                self._local.stack.close()
+            self._local.store.close()
+            self._local.engines = self._local.stack = self._local.store = None
 
     # Engines
 
     def engine(self, host_name: str) -> Any:
-        """Return the open engine of a host, connecting once per host per task."""
+        """Return the open engine of a host, connecting once per host per task (and per worker)."""
+        engines = getattr(self._local, "engines", None)
+        if engines is not None:
+            if host_name not in engines:
+                host = self.config.host(host_name)
+                engines[host_name] = self._local.stack.enter_context(
+                    self.engine_factory(host, self.config)
+                )
+            return engines[host_name]
+
         if host_name not in self._engines:
             host = self.config.host(host_name)
             self._engines[host_name] = self._stack.enter_context(
@@ -155,12 +191,14 @@ class TaskRunner:
 
     def emit(self, event: Event) -> None:
         """Send an event to the callback. An exception it raises aborts the task, which rolls back."""
-        self.on_event(event)
+        with self._emit_lock:
+            self.on_event(event)
 
     def emit_safely(self, event: Event) -> None:
         """Send an event during rollback or at the end: a failing callback is logged, not raised."""
         try:
-            self.on_event(event)
+            with self._emit_lock:
+                self.on_event(event)
         except Exception:  # noqa: BLE001 - the rollback must run to its end
             log.exception("event callback failed on %s during rollback", event.kind)
 
@@ -274,33 +312,48 @@ class TaskRunner:
                 self.record("info", "helpers_removed", f"removed {removed} helper container(s) "
                             f"of an earlier run on {engine.host.name}")
 
+        self._incremental = incremental.select_items(self)
         checks = {}
         for item in self.pending_items():
             checks[item.position] = volumes.check_volume(
-                self.source, self.target, item, force=self.task.spec.force
+                self.source, self.target, item,
+                force=self.task.spec.force or item.position in self._incremental,
             )
 
-        needed = sum(check.size_bytes or 0 for check in checks.values())
+        # NOTE: an incremental update needs room for changed files only; it is not checked.
+        needed = sum(check.size_bytes or 0 for position, check in checks.items()
+                     if position not in self._incremental)
         if checks and all(check.size_bytes is not None for check in checks.values()):
             volumes.check_space(self.target, needed, ", ".join(i.target for i in self.pending_items()))
 
         for item in self.pending_items():
-            if checks[item.position].target_exists and self.task.spec.force and not item.target_created:
+            replaced = item.position not in self._incremental and not item.target_created
+            if checks[item.position].target_exists and self.task.spec.force and replaced:
                 self.warn(f"volume {item.target!r} exists on {self.task.spec.target_host} and "
                           "will be replaced (--force); rollback cannot restore its old content")
         return checks
 
     def copy(self, checks: dict[int, volumes.VolumeCheck]) -> None:
-        for item in self.pending_items():
+        items = self.pending_items()
+        workers = min(int(self.task.spec.options.get("parallel") or 1), len(items))
+        if workers > 1:
+            parallel.copy_items(self, items, checks, workers)
+            return
+
+        for item in items:
             self.check_control(force=True)
             self._copy_item(item, checks[item.position])
 
     def _copy_item(self, item: TaskItem, check: volumes.VolumeCheck) -> None:
+        if item.position in self._incremental:
+            self._update_item(item, check)
+            return
+
         target = self.target
         existing = target.volume_inspect(item.target)
         if existing is not None:
             # Either an unverified copy of an earlier run of this task, or --force.
-            volumes.remove_task_helpers(target, self.task.id)
+            volumes.remove_volume_helpers(target, self.task.id, item.target)
             target.volume_remove(item.target)
 
         self.update_item(item, target_created=True, state=ItemState.COPYING,
@@ -320,10 +373,24 @@ class TaskRunner:
         self.store.save_manifest(self.task.id, item.position, manifest.to_json().encode())
         self.update_item(item, state=ItemState.COPIED, bytes_done=byte_count,
                          entries=len(manifest.entries), stream_digest=digest)
-        volumes.remove_task_helpers(self.source, self.task.id)
-        volumes.remove_task_helpers(target, self.task.id)
+        volumes.remove_volume_helpers(self.source, self.task.id, item.source)
+        volumes.remove_volume_helpers(target, self.task.id, item.target)
         self.emit(ItemFinished(self.task.id, position=item.position, state=item.state.value,
                                bytes_done=byte_count))
+
+    def _update_item(self, item: TaskItem, check: volumes.VolumeCheck) -> None:
+        """Update a target volume that contains an earlier copy; see ddmsyncer.incremental."""
+        self.update_item(item, state=ItemState.COPYING, started_at=time.time(), bytes_done=0,
+                         bytes_total=check.size_bytes)
+        self.emit(ItemStarted(self.task.id, position=item.position, source=item.source,
+                              target=item.target, bytes_total=check.size_bytes))
+        counter = _ProgressCounter(self, item)
+        result = incremental.copy_item(self, item, counter.add)
+        counter.flush()
+        self.update_item(item, state=ItemState.COPIED, bytes_done=result.archive_bytes,
+                         stream_digest=result.stream_digest)
+        self.emit(ItemFinished(self.task.id, position=item.position, state=item.state.value,
+                               bytes_done=result.archive_bytes))
 
     def verify(self) -> None:
         mode = self.task.spec.verify
@@ -332,6 +399,13 @@ class TaskRunner:
             if mode is VerifyMode.NONE:
                 self.warn(f"volume {item.target!r} was not verified (--verify none)")
                 self.update_item(item, state=ItemState.VERIFIED, finished_at=time.time())
+                continue
+
+            if item.position in self._incremental:
+                incremental.verify_item(self, item)
+                self.update_item(item, state=ItemState.VERIFIED, finished_at=time.time())
+                self.record("info", "verified", f"volume {item.target!r} verified ({mode.value}, "
+                            "host-side scans)", position=item.position)
                 continue
 
             source_manifest = self._source_manifest(item)
@@ -369,6 +443,8 @@ class TaskRunner:
                              lambda engine: volumes.remove_task_helpers(engine, self.task.id))
             except DDMError as error:
                 self.warn(f"could not remove helper containers on {host_name}: {error}")
+        if self.task.phase is Phase.CLEANUP:
+            incremental.discard_backups(self)
 
     def _open_engines(self) -> list[Any]:
         return list({id(engine): engine for engine in self._engines.values()}.values())
@@ -398,6 +474,7 @@ class TaskRunner:
         self.record("info", "phase", "phase rollback started")
         self.emit_safely(PhaseStarted(self.task.id, phase=Phase.ROLLBACK.value))
 
+        incremental.restore_backups(self)
         self.cleanup(every_host=every_host)
         created = [item for item in self.task.items if item.target_created]
         if created:

@@ -205,6 +205,20 @@ def verify_volume(
     )
 
 
+def remove_volume_helpers(engine, task_id: str, volume: str) -> int:
+    """Remove the task's helper containers that mount `volume`; return how many were removed.
+
+    Parallel copies use this instead of remove_task_helpers, which would also remove the
+    helpers of the other volumes still being copied.
+    """
+    removed = 0
+    filters = {"label": [f"{TASK_LABEL}={task_id}"], "volume": [volume]}
+    for container in engine.api.containers(all=True, filters=filters):
+        engine.remove_container(container["Id"])
+        removed += 1
+    return removed
+
+
 def remove_task_helpers(engine, task_id: str) -> int:
     """Remove every helper container of the task on a host; return how many were removed."""
     # Engine.list_containers raises ConnectionFailed for a lost connection, and the

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import click
 
 from ddm import api
@@ -41,6 +43,14 @@ from ddmctl.progress import choose_display, format_bytes
 )
 @click.option("--force", is_flag=True,
               help="Replace a target volume that already exists (its old content is lost).")
+@click.option(
+    "--incremental", is_flag=True,
+    help="When a target volume contains the copy an earlier DDM task made of the same source "
+    "volume, send only new and changed files and delete removed ones (needs python3 and GNU "
+    "tar on both hosts).",
+)
+@click.option("--parallel", type=click.IntRange(1, 16), default=1, show_default=True,
+              help="Number of volumes copied at once, each over its own SSH connections.")
 @with_callback_options
 @click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
@@ -58,6 +68,8 @@ def migrate(
     remove_source: bool,
     verify: str | None,
     force: bool,
+    incremental: bool,
+    parallel: int,
     dry_run: bool,
     yes: bool,
     as_json: bool,
@@ -90,6 +102,9 @@ def migrate(
         "source": source, "target": target, "volumes": volumes, "verify": verify,
         "force": force, "on_success": on_success, "on_failure": on_failure, "notify": notify,
     })
+    spec = dataclasses.replace(
+        spec, options={**spec.options, "incremental": incremental, "parallel": parallel}
+    )
 
     if dry_run:
         return show_plan(context, api.plan_task(config, spec), as_json)

@@ -1,0 +1,105 @@
+"""Run the chosen scenarios in order and collect their Results."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+from benchmarks.suite import Result, Suite
+
+log = logging.getLogger(__name__)
+
+
+def run_full_copy(suite: Suite, scenario: str, *, keep_ddm_target: bool = False) -> list[Result]:
+    """Copy one scenario's volume with both baselines and with DDM, side by side."""
+    shape = suite.shapes[scenario]
+    source_volume = f"bench-{scenario}"
+    written = suite.make_source(source_volume, shape)
+    data_bytes = written["volume_bytes"]
+
+    results = [
+        suite.baseline_host_tar(scenario, source_volume, data_bytes),
+        suite.baseline_docker_run(scenario, source_volume, data_bytes),
+    ]
+    target_volume = f"{source_volume}-ddm"
+    suite.remove_target(target_volume)
+    results.append(suite.ddm_migrate(scenario, [(source_volume, target_volume)], data_bytes))
+    if not keep_ddm_target:
+        suite.remove_target(target_volume)
+        suite.source.docker("volume", "rm", "-f", source_volume, check=False)
+    return results
+
+
+def run_incremental(suite: Suite, results: list[Result]) -> list[Result]:
+    """Scenario (d): change 1% of (c)'s files, then migrate onto the earlier copy again."""
+    full_copy: list[Result] = []
+    if not any(result.scenario == "c" and result.method == "ddm" for result in results):
+        full_copy = run_full_copy(suite, "c", keep_ddm_target=True)
+
+    source_volume, target_volume = "bench-c", "bench-c-ddm"
+    changed = suite.generate(source_volume, suite.shapes["d"])
+    data_bytes = changed["volume_bytes"]
+
+    measured = [
+        suite.baseline_host_tar("d", source_volume, data_bytes),
+        suite.baseline_docker_run("d", source_volume, data_bytes),
+        suite.ddm_migrate("d", [(source_volume, target_volume)], data_bytes,
+                          method="ddm --incremental", options=("--incremental",)),
+    ]
+    measured[-1].note = (f"{changed['files']} files written ({changed['bytes']} bytes), "
+                         f"{changed['removed']} removed")
+    suite.remove_target(target_volume)
+    suite.source.docker("volume", "rm", "-f", source_volume, check=False)
+    return full_copy + measured
+
+
+def run_parallel(suite: Suite) -> list[Result]:
+    """Scenario (p): three equal volumes, one after another and then with --parallel 3."""
+    shape = suite.shapes["p"]
+    names = [f"bench-p{index}" for index in range(shape["volumes"])]
+    data_bytes = sum(suite.make_source(name, shape)["volume_bytes"] for name in names)
+
+    results = []
+    for parallel in (1, len(names)):
+        pairs = [(name, f"{name}-ddm") for name in names]
+        for _, target in pairs:
+            suite.remove_target(target)
+        results.append(suite.ddm_migrate("p", pairs, data_bytes, method=f"ddm --parallel {parallel}",
+                                         options=("--parallel", str(parallel))))
+        for _, target in pairs:
+            suite.remove_target(target)
+
+    for name in names:
+        suite.source.docker("volume", "rm", "-f", name, check=False)
+    return results
+
+
+def run_scenarios(
+    suite: Suite, scenarios: Sequence[str], on_results: Callable[[list[Result]], None]
+) -> tuple[list[Result], list[str]]:
+    """Run every chosen scenario; return the results and the scenarios that failed.
+
+    A failing scenario is logged and the others still run. on_results is called with all
+    results so far after each scenario, so a long run leaves its numbers even when cut short.
+    """
+    results: list[Result] = []
+    failed: list[str] = []
+    steps: dict[str, Callable[[], list[Result]]] = {
+        "a": lambda: run_full_copy(suite, "a"),
+        "b": lambda: run_full_copy(suite, "b"),
+        "c": lambda: run_full_copy(suite, "c", keep_ddm_target="d" in scenarios),
+        "d": lambda: run_incremental(suite, results),
+        "p": lambda: run_parallel(suite),
+    }
+    for scenario in scenarios:
+        if scenario not in steps:
+            log.warning("scenario %s is not implemented; skipped", scenario)
+            continue
+        log.info("scenario %s started", scenario)
+        try:
+            results.extend(steps[scenario]())
+        except RuntimeError as error:
+            log.error("scenario %s failed: %s", scenario, error)
+            failed.append(scenario)
+        on_results(results)
+    return results, failed

@@ -1,0 +1,240 @@
+"""The benchmark scenarios and baselines, run against one lab in one process of measurement.
+
+Every scenario creates its source volume on lab host h1 and copies it to h2 three ways: the
+two hand-made baselines (host-level tar over ssh, and `docker run ... tar` over ssh) and DDM
+(`ddmctl migrate` as a child process). Each copy goes to a fresh target volume, which is
+removed afterwards, except where a later scenario builds on it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from benchmarks.measure import ProcessUsage, run_command, run_pipeline
+from ddm.store import TaskStore, default_store_path
+from tests.lab import Lab
+
+log = logging.getLogger(__name__)
+
+MIB = 1024 * 1024
+GENTREE = Path(__file__).with_name("gentree.py")
+BUSYBOX_IMAGE = "ddm-lab/busybox:latest"
+
+# Tree shapes per size. "full" is the size the goals are stated for; "small" is a quick
+# check of the whole suite that finishes in about a minute.
+SIZES: dict[str, dict[str, dict[str, Any]]] = {
+    "full": {
+        "a": {"kind": "single", "bytes": 2048 * MIB},
+        "b": {"kind": "small-files", "files": 100_000, "dirs": 1000, "file_bytes": 4096},
+        "c": {"kind": "mixed", "files": 20_000, "dirs": 200, "median_bytes": 16 * 1024,
+              "sigma": 1.5, "cap_bytes": 32 * MIB, "large_bytes": [104 * MIB, 120 * MIB, 136 * MIB]},
+        "d": {"kind": "change", "share": 0.01, "median_bytes": 16 * 1024},
+        "p": {"kind": "single", "bytes": 256 * MIB, "volumes": 3},
+    },
+    "small": {
+        "a": {"kind": "single", "bytes": 64 * MIB},
+        "b": {"kind": "small-files", "files": 2000, "dirs": 20, "file_bytes": 4096},
+        "c": {"kind": "mixed", "files": 2000, "dirs": 20, "median_bytes": 16 * 1024,
+              "sigma": 1.5, "cap_bytes": 4 * MIB, "large_bytes": [12 * MIB]},
+        "d": {"kind": "change", "share": 0.01, "median_bytes": 16 * 1024},
+        "p": {"kind": "single", "bytes": 32 * MIB, "volumes": 3},
+    },
+}
+SCENARIOS = ("a", "b", "c", "d", "p")
+TITLES = {
+    "a": "(a) one file of random data",
+    "b": "(b) many 4 KiB files",
+    "c": "(c) mixed tree, log-normal sizes",
+    "d": "(d) re-migration after 1% of (c) changed",
+    "e": "(e) warm cutover",
+    "p": "(p) three volumes, --parallel",
+}
+
+
+@dataclass
+class Result:
+    """One measured copy: a method applied to a scenario's volume."""
+
+    scenario: str
+    method: str
+    data_bytes: int
+    usage: ProcessUsage
+    wire_bytes: int | None = None  # archive bytes DDM relayed; None for the baselines
+    phase_seconds: dict[str, float] = field(default_factory=dict)
+    note: str = ""
+
+    @property
+    def mib_per_second(self) -> float:
+        return self.data_bytes / MIB / self.usage.seconds if self.usage.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["mib_per_second"] = self.mib_per_second
+        return data
+
+
+class Suite:
+    """Runs scenarios on a lab and collects Results."""
+
+    def __init__(self, lab: Lab, size: str, work_dir: Path) -> None:
+        self.lab = lab
+        self.size = size
+        self.shapes = SIZES[size]
+        self.work_dir = work_dir
+        self.results: list[Result] = []
+        self.config_path = lab.write_ddm_config(work_dir / "ddm.yaml")
+        self.env = self._isolated_env()
+        self.source = lab.host("h1")
+        self.target = lab.host("h2")
+
+    def _isolated_env(self) -> dict[str, str]:
+        """Environment with HOME and XDG directories under the work directory, no agent."""
+        home = self.work_dir / "home"
+        env = {name: value for name, value in os.environ.items()
+               if not name.startswith("DOCKER_") and name != "SSH_AUTH_SOCK"}
+        env.update(HOME=str(home), XDG_CONFIG_HOME=str(home / ".config"),
+                   XDG_DATA_HOME=str(home / ".local/share"), DDM_CONFIG=str(self.config_path))
+        repository = str(Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [repository, env.get("PYTHONPATH")]))
+        for name in ("HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME"):
+            Path(env[name]).mkdir(parents=True, exist_ok=True)
+        return env
+
+    # Volumes and data
+
+    def make_source(self, name: str, shape: dict[str, Any]) -> dict[str, Any]:
+        """Create volume `name` on the source host and write the scenario's tree into it."""
+        self.source.docker("volume", "create", name)
+        return self.generate(name, shape)
+
+    def generate(self, name: str, shape: dict[str, Any]) -> dict[str, Any]:
+        mountpoint = self.source.volume_mountpoint(name)
+        completed = self.source.run(
+            ["python3", str(GENTREE), mountpoint, shape["kind"], json.dumps(shape)], timeout=3600
+        )
+        written = json.loads(completed.stdout.strip().splitlines()[-1])
+        written["volume_bytes"] = self.volume_bytes(self.source, name)
+        log.info("volume %s: %s", name, written)
+        return written
+
+    def volume_bytes(self, host: Any, name: str) -> int:
+        """Return the sum of the sizes of the regular files in a volume."""
+        mountpoint = host.volume_mountpoint(name)
+        completed = host.run(["python3", "-c", _SUM_SIZES, mountpoint])
+        return int(completed.stdout.strip())
+
+    def remove_target(self, name: str) -> None:
+        self.target.docker("volume", "rm", "-f", name, check=False)
+
+    # Baselines
+
+    def baseline_host_tar(self, scenario: str, source_volume: str, data_bytes: int) -> Result:
+        """Baseline 1: host-level tar on the source, through the controller, into tar on the target."""
+        target_volume = f"{source_volume}-b1"
+        self.remove_target(target_volume)
+        self.target.docker("volume", "create", target_volume)
+        producer = self.lab.ssh_argv(self.source, "tar", "-C", self.source.volume_mountpoint(source_volume),
+                                     "-cf", "-", ".")
+        consumer = self.lab.ssh_argv(self.target, "tar", "-C", self.target.volume_mountpoint(target_volume),
+                                     "-xf", "-")
+        usage, errors = run_pipeline(producer, consumer, env=self.env)
+        self.remove_target(target_volume)
+        return self._checked(Result(scenario, "baseline 1: ssh tar, ssh tar -x", data_bytes, usage), errors)
+
+    def baseline_docker_run(self, scenario: str, source_volume: str, data_bytes: int) -> Result:
+        """Baseline 2: `docker run ... tar` on the source into `docker run -i ... tar` on the target."""
+        target_volume = f"{source_volume}-b2"
+        self.remove_target(target_volume)
+        producer = self.lab.ssh_argv(self.source, "docker", "run", "--rm", "-v", f"{source_volume}:/v",
+                                     BUSYBOX_IMAGE, "tar", "-cf", "-", "-C", "/v", ".")
+        consumer = self.lab.ssh_argv(self.target, "docker", "run", "-i", "--rm", "-v", f"{target_volume}:/v",
+                                     BUSYBOX_IMAGE, "tar", "-xf", "-", "-C", "/v")
+        usage, errors = run_pipeline(producer, consumer, env=self.env)
+        self.remove_target(target_volume)
+        return self._checked(Result(scenario, "baseline 2: docker run tar", data_bytes, usage), errors)
+
+    def _checked(self, result: Result, errors: str) -> Result:
+        if any(result.usage.exit_statuses):
+            raise RuntimeError(f"{result.method} failed in scenario {result.scenario} with exit "
+                               f"statuses {result.usage.exit_statuses}: {errors.strip()[-2000:]}")
+        return result
+
+    # DDM
+
+    def ddm_migrate(
+        self, scenario: str, volumes: list[tuple[str, str]], data_bytes: int, *,
+        method: str = "ddm", options: tuple[str, ...] = (),
+    ) -> Result:
+        """Run `ddmctl migrate` as a child process and return its measured Result."""
+        argv = [sys.executable, "-m", "ddmctl.cli", "--config", str(self.config_path), "migrate",
+                "--from", self.source.name, "--to", self.target.name, "--yes", "--json", *options]
+        for source_volume, target_volume in volumes:
+            argv += ["--volume", f"{source_volume}:{target_volume}"]
+
+        output_path = self.work_dir / "ddmctl.out"
+        usage, errors = run_command(argv, env=self.env, stdout_path=str(output_path))
+        task = _last_json(output_path.read_text())
+        if usage.exit_statuses != (0,) or task is None or task.get("state") != "succeeded":
+            raise RuntimeError(f"ddmctl migrate failed in scenario {scenario} "
+                               f"(exit status {usage.exit_statuses}): {errors.strip()[-2000:]}")
+
+        wire = sum(int(volume.get("bytes_done") or 0) for volume in task["volumes"])
+        return Result(scenario, method, data_bytes, usage, wire_bytes=wire,
+                      phase_seconds=self.phase_seconds(task["id"]))
+
+    def phase_seconds(self, task_id: str) -> dict[str, float]:
+        """Return how long each phase of a stored task took, from its phase events."""
+        store = TaskStore(default_store_path(self.env))
+        try:
+            events = store.get_events(task_id)
+        finally:
+            store.close()
+        marks = [(event["message"].split()[1], event["at"]) for event in events
+                 if event["kind"] == "phase"]
+        finished = next((event["at"] for event in events if event["kind"] == "finished"), None)
+        seconds = {}
+        for index, (phase, at) in enumerate(marks):
+            end = marks[index + 1][1] if index + 1 < len(marks) else finished
+            if end is not None:
+                seconds[phase] = end - at
+        return seconds
+
+
+_SUM_SIZES = """
+import os, sys
+total = 0
+for directory, _, names in os.walk(sys.argv[1]):
+    for name in names:
+        path = os.path.join(directory, name)
+        if os.path.isfile(path) and not os.path.islink(path):
+            total += os.path.getsize(path)
+print(total)
+"""
+
+
+def _last_json(text: str) -> dict[str, Any] | None:
+    """Return the last JSON object printed on stdout; ddmctl --json prints the task last."""
+    decoder = json.JSONDecoder()
+    text = text.strip()
+    start = text.rfind("\n{")
+    candidates = [text[start + 1:]] if start >= 0 else []
+    candidates.append(text)
+    for candidate in candidates:
+        try:
+            value, _ = decoder.raw_decode(candidate)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(value, dict):
+            return value
+    return None
+
+
+def new_work_dir() -> Path:
+    return Path(tempfile.mkdtemp(prefix="ddm-bench-"))

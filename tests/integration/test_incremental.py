@@ -1,0 +1,169 @@
+"""Incremental re-migration and --parallel on the lab.
+
+Trees are written, changed and compared from outside the containers (tests.lab.tree), so the
+checks do not depend on DDM's own host-side scans.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from ddm import api
+from ddm.config import load_config
+from ddm.errors import DDMError
+from ddm.events import Event, PhaseStarted
+from ddm.store import TaskStore, default_store_path
+from ddm.task import TaskState
+from tests.integration.test_migrate_volumes import WHOLE_SECONDS, run_command
+from tests.lab.tree import (
+    Dir,
+    Fifo,
+    File,
+    HardLink,
+    RandomFile,
+    Symlink,
+    diff_snapshots,
+    snapshot_volume_tree,
+    write_volume_tree,
+)
+
+FILE_BYTES = 256 * 1024
+TREE = {
+    ".": Dir(mode=0o750, uid=999, gid=999),
+    **{f"data/f{index}.bin": RandomFile(FILE_BYTES, seed=index) for index in range(12)},
+    "data/hard-1": File(b"shared inode\n"),
+    "hard-2": HardLink("data/hard-1"),
+    "link": Symlink("data/f0.bin"),
+    "fifo": Fifo(),
+    "old/dir/note.txt": "removed later\n",
+    "conf/app.conf": "setting = 1\n",
+}
+CHANGED_FILES_BYTES = 2 * FILE_BYTES + 64 * 1024
+
+
+def migrate(volume: str, *options: str) -> dict:
+    outcome = run_command("ddmctl", "migrate", "--from", "h1", "--to", "h2", "--volume", volume,
+                          "--yes", "--json", *options)
+    assert outcome.status == 0, outcome.stderr
+    return json.loads(outcome.stdout)
+
+
+def change_source(h1, volume: str) -> None:
+    """Rewrite one file, add two, remove a file and a directory, change a mode."""
+    write_volume_tree(h1, volume, {
+        "data/f3.bin": RandomFile(FILE_BYTES, seed=1003),
+        "data/new.bin": RandomFile(64 * 1024, seed=2000),
+        "added/deep/new.txt": "added\n",
+        "conf/app.conf": File(b"setting = 2\n", mode=0o600),
+    })
+    mountpoint = h1.volume_mountpoint(volume)
+    h1.run(["rm", "-r", f"{mountpoint}/old", f"{mountpoint}/data/f7.bin"])
+
+
+def backups_on(h2, volume: str) -> list[str]:
+    volume_dir = os.path.dirname(str(h2.volume_host_path(volume)))
+    return [name for name in os.listdir(volume_dir) if name.startswith("ddm-backup-")]
+
+
+def incremental_record(task_id: str) -> dict:
+    store = TaskStore(default_store_path(os.environ))
+    try:
+        return store.get_extra(task_id)["incremental"]["0"]
+    finally:
+        store.close()
+
+
+def test_incremental_sends_only_changes(h1, h2, isolated_env, resources):
+    volume = resources.create_volume(h1)
+    resources.add_volume(h2, volume)
+    write_volume_tree(h1, volume, TREE)
+    migrate(volume)
+    change_source(h1, volume)
+
+    task = migrate(volume, "--incremental")
+
+    assert task["state"] == "succeeded"
+    assert task["volumes"][0]["state"] == "verified"
+    sent = task["volumes"][0]["bytes_done"]
+    assert 0 < sent < CHANGED_FILES_BYTES + 64 * 1024
+    record = incremental_record(task["id"])
+    assert record["deleted_entries"] == 2  # old/ and data/f7.bin
+    assert record["archive_bytes"] == sent
+    assert diff_snapshots(snapshot_volume_tree(h1, volume), snapshot_volume_tree(h2, volume),
+                          mtime_resolution_ns=WHOLE_SECONDS) == []
+    assert backups_on(h2, volume) == []
+
+
+def test_incremental_unchanged_sends_no_files(h1, h2, isolated_env, resources):
+    volume = resources.create_volume(h1)
+    resources.add_volume(h2, volume)
+    write_volume_tree(h1, volume, TREE)
+    migrate(volume)
+
+    task = migrate(volume, "--incremental")
+
+    assert task["state"] == "succeeded"
+    record = incremental_record(task["id"])
+    assert record["deleted_entries"] == 0
+    assert record["sent_entries"] == 0
+    assert record["archive_bytes"] == 0
+
+
+def test_incremental_failure_restores_target(h1, h2, isolated_env, resources):
+    volume = resources.create_volume(h1)
+    resources.add_volume(h2, volume)
+    write_volume_tree(h1, volume, TREE)
+    migrate(volume)
+    target_before = snapshot_volume_tree(h2, volume)
+    change_source(h1, volume)
+    config = load_config(environ=os.environ)
+    store = TaskStore(default_store_path(os.environ))
+    task = api.create_task(store, config, source="h1", target="h2", volumes=[volume],
+                           options={"incremental": True})
+
+    def fail_at_verify(event: Event) -> None:
+        if isinstance(event, PhaseStarted) and event.phase == "verify":
+            raise DDMError("injected failure after the update")
+
+    with pytest.raises(DDMError):
+        api.run_task(config, store, task.id, on_event=fail_at_verify)
+
+    assert store.get_task(task.id).state is TaskState.FAILED
+    assert snapshot_volume_tree(h2, volume) == target_before
+    assert backups_on(h2, volume) == []
+
+
+def test_incremental_refuses_foreign_target(h1, h2, isolated_env, resources):
+    volume = resources.create_volume(h1)
+    write_volume_tree(h1, volume, {"a.txt": "source\n"})
+    resources.create_volume(h2, volume)
+    write_volume_tree(h2, volume, {"b.txt": "not made by DDM\n"})
+
+    outcome = run_command("ddmctl", "migrate", "--from", "h1", "--to", "h2", "--volume", volume,
+                          "--yes", "--incremental")
+
+    assert outcome.status == 1
+    assert "already exists" in outcome.stderr
+    assert set(snapshot_volume_tree(h2, volume)) == {b".", b"b.txt"}
+
+
+def test_parallel_three_volumes(h1, h2, isolated_env, resources):
+    volumes = [resources.create_volume(h1) for _ in range(3)]
+    for index, volume in enumerate(volumes):
+        resources.add_volume(h2, volume)
+        write_volume_tree(h1, volume, {f"v{index}/data.bin": RandomFile(2 << 20, seed=index),
+                                       "shared.txt": f"volume {index}\n"})
+    arguments = [argument for volume in volumes for argument in ("--volume", volume)]
+
+    task = migrate(arguments[1], *arguments[2:], "--parallel", "3")
+
+    assert task["state"] == "succeeded"
+    assert [item["state"] for item in task["volumes"]] == ["verified"] * 3
+    for volume in volumes:
+        assert diff_snapshots(snapshot_volume_tree(h1, volume), snapshot_volume_tree(h2, volume),
+                              mtime_resolution_ns=WHOLE_SECONDS) == []
+    helpers = h2.docker("ps", "-aq", "--filter", "label=ddm.task").stdout.split()
+    assert helpers == []

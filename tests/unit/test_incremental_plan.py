@@ -1,0 +1,72 @@
+"""plan_update: which entries an incremental update sends and deletes."""
+
+from __future__ import annotations
+
+from ddmsyncer.incremental import Entry, _carry_digests, plan_update
+
+SECOND = 1_000_000_000
+
+
+def entry(path: bytes, kind: str = "file", *, size: int = 10, mtime: int = 100 * SECOND,
+          digest: str | None = "aa", mode: int = 0o644, inode: int = 0, nlink: int = 1) -> Entry:
+    return Entry(path, kind, mode, 0, 0, size if kind == "file" else 0, mtime, None, 0, inode,
+                 nlink, digest if kind == "file" else None)
+
+
+def tree(*entries: Entry) -> dict[bytes, Entry]:
+    return {item.path: item for item in (entry(b".", "dir"), *entries)}
+
+
+def test_plan_identical_trees_send_nothing():
+    source = tree(entry(b"d", "dir"), entry(b"d/a"))
+    plan = plan_update(source, dict(source))
+    assert plan.send == []
+    assert plan.delete == []
+
+
+def test_plan_changed_file_sends_it_and_parents():
+    source = tree(entry(b"d", "dir"), entry(b"d/a", digest="bb"), entry(b"b"))
+    target = tree(entry(b"d", "dir"), entry(b"d/a"), entry(b"b"))
+    plan = plan_update(source, target)
+    assert plan.send == [b".", b"d", b"d/a"]
+    assert plan.send_bytes == 10
+    assert plan.delete == []
+
+
+def test_plan_mtime_compared_in_whole_seconds():
+    source = tree(entry(b"a", mtime=100 * SECOND + 123))
+    target = tree(entry(b"a", mtime=100 * SECOND))
+    assert plan_update(source, target).send == []
+
+
+def test_plan_removed_directory_deleted_once():
+    source = tree()
+    target = tree(entry(b"old", "dir"), entry(b"old/x"), entry(b"old/y"))
+    plan = plan_update(source, target)
+    assert plan.delete == [b"old"]
+    assert plan.send == [b"."]
+
+
+def test_plan_type_change_deletes_first():
+    source = tree(entry(b"x"))
+    target = tree(entry(b"x", "dir"), entry(b"x/inner"))
+    plan = plan_update(source, target)
+    assert plan.delete == [b"x"]
+    assert b"x" in plan.send
+
+
+def test_plan_hard_link_sends_every_name():
+    source = tree(entry(b"a", digest="bb", inode=7, nlink=2), entry(b"b", digest="bb", inode=7,
+                                                                    nlink=2))
+    target = tree(entry(b"a", inode=3, nlink=2), entry(b"b", digest="bb", inode=3, nlink=2))
+    assert plan_update(source, target).send == [b".", b"a", b"b"]
+
+
+def test_carry_digests_only_for_unchanged_unsent():
+    earlier = tree(entry(b"same", inode=1), entry(b"sent", inode=2), entry(b"touched", inode=3))
+    fresh = tree(entry(b"same", inode=1, digest=None), entry(b"sent", inode=2, digest="cc"),
+                 entry(b"touched", inode=3, digest=None, mtime=200 * SECOND))
+    carried = _carry_digests(fresh, earlier, {b"sent"})
+    assert carried[b"same"].digest == "aa"
+    assert carried[b"sent"].digest == "cc"
+    assert carried[b"touched"].digest is None
