@@ -234,7 +234,10 @@ def main_for(command: click.Command, prog_name: str) -> Callable[[], None]:
 
 
 def raise_on_sigterm() -> None:
-    """Make SIGTERM raise KeyboardInterrupt in the main thread, so tasks roll back on it too."""
+    """Make SIGTERM (and Ctrl-Break on Windows) raise KeyboardInterrupt in the main thread.
+
+    Tasks then roll back on them as on Ctrl-C. A platform without one of these signals skips it.
+    """
     import signal
     import threading
 
@@ -244,4 +247,7 @@ def raise_on_sigterm() -> None:
     def handler(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, handler)
+    for name in ("SIGTERM", "SIGBREAK"):
+        number = getattr(signal, name, None)
+        if number is not None:
+            signal.signal(number, handler)

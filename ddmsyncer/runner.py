@@ -45,6 +45,7 @@ from ddm.events import (
     ignore_event,
 )
 from ddm.manifest import Manifest, compare_manifests, display_path
+from ddm.processes import process_alive
 from ddm.store import TaskStore
 from ddm.task import ItemState, Phase, Task, TaskItem, TaskState, VerifyMode
 from ddmsyncer import incremental, parallel, volumes
@@ -67,21 +68,6 @@ def default_engine_factory(host: Any, config: Config) -> Any:
     from ddmdriver.engine import open_engine
 
     return open_engine(host, config)
-
-
-def process_alive(pid: int | None) -> bool:
-    """Return True when a process with this PID exists on this machine."""
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except OSError:
-        return False
-    return True
 
 
 def mark_stale_running(store: TaskStore, task: Task) -> Task:

@@ -18,6 +18,7 @@ from ddmctl.common import (
     main_for,
     make_context,
 )
+from ddmctl.complete import complete_host
 from ddmsyncer import volumes
 from ddmsyncer.compare import compare_volume
 
@@ -30,8 +31,10 @@ NOT_CHECKED = ("mtime_ns", "xattrs", "acl", "sparse")
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 @common_options
-@click.option("--from", "source", required=True, metavar="HOST", help="Source host name.")
-@click.option("--to", "target", required=True, metavar="HOST", help="Target host name.")
+@click.option("--from", "source", required=True, metavar="HOST", help="Source host name.",
+              shell_complete=complete_host)
+@click.option("--to", "target", required=True, metavar="HOST", help="Target host name.",
+              shell_complete=complete_host)
 @click.option("--volume", "volume_args", multiple=True, required=True, metavar="SRC[:DST]",
               help="Volume to compare; SRC:DST when it was renamed (repeatable).")
 @click.option("--deep", is_flag=True,

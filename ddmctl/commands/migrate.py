@@ -11,12 +11,15 @@ from ddm.errors import DDMError, ExitStatus, UsageError
 from ddm.task import Task, TaskState
 from ddmctl.common import CommandContext, epilog, json_option, raise_on_sigterm
 from ddmctl.commands.planning import show_plan, spec_from_options, with_callback_options
+from ddmctl.complete import complete_host
 from ddmctl.progress import choose_display, format_bytes
 
 
 @click.command(epilog=epilog("ddmctl migrate --from old --to new --volume pgdata:pgdata-2"))
-@click.option("--from", "source", required=True, metavar="HOST", help="Source host name.")
-@click.option("--to", "target", required=True, metavar="HOST", help="Target host name.")
+@click.option("--from", "source", required=True, metavar="HOST", help="Source host name.",
+              shell_complete=complete_host)
+@click.option("--to", "target", required=True, metavar="HOST", help="Target host name.",
+              shell_complete=complete_host)
 @click.option(
     "--volume", "volumes", multiple=True, metavar="SRC[:DST]",
     help="Volume to move; SRC:DST renames it on the target (repeatable, volumes mode).",

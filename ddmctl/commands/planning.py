@@ -14,6 +14,7 @@ from ddm import api
 from ddm.errors import ExitStatus
 from ddm.task import TaskSpec
 from ddmctl.common import CommandContext, epilog, json_option
+from ddmctl.complete import complete_host
 from ddmctl.progress import format_bytes
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -22,8 +23,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 def task_options(function: F) -> F:
     """Add the options that describe a migration task (shared by migrate, plan and create)."""
     options = [
-        click.option("--from", "source", required=True, metavar="HOST", help="Source host name."),
-        click.option("--to", "target", required=True, metavar="HOST", help="Target host name."),
+        click.option("--from", "source", required=True, metavar="HOST", help="Source host name.",
+                     shell_complete=complete_host),
+        click.option("--to", "target", required=True, metavar="HOST", help="Target host name.",
+                     shell_complete=complete_host),
         click.option("--volume", "volumes", multiple=True, required=True, metavar="SRC[:DST]",
                      help="Volume to move; SRC:DST renames it on the target (repeatable)."),
         click.option("--verify", type=click.Choice(["none", "quick", "full"]), default=None,
