@@ -27,3 +27,7 @@ for command in tasks.COMMANDS:
     cli.add_command(command)
 
 main = main_for(cli, "ddmctl")
+
+
+if __name__ == "__main__":
+    main()

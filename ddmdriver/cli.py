@@ -120,3 +120,7 @@ def manifest_lines(result: Manifest) -> list[str]:
 
 
 main = main_for(cli, "ddmdriver")
+
+
+if __name__ == "__main__":
+    main()

@@ -137,3 +137,7 @@ def warn_about_key(context, identity_file: Path | None) -> None:
 
 
 main = main_for(cli, "ddminit")
+
+
+if __name__ == "__main__":
+    main()

@@ -119,3 +119,7 @@ def serve_loop(context: CommandContext, running: dict[str, threading.Thread], wo
 
 
 main = main_for(cli, "ddmsyncer")
+
+
+if __name__ == "__main__":
+    main()

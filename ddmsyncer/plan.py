@@ -7,12 +7,15 @@ from typing import Any
 from ddm.config import Config
 from ddm.errors import DDMError
 from ddm.task import TaskItem, TaskSpec
-from ddmsyncer import volumes
+from ddmsyncer import datapath, volumes, writers
+from ddmsyncer.datapath import HostProbes
 
 STEPS = (
     "prepare: check both engines, the source volumes, free target names and free space",
-    "copy: create each target volume (same driver, options, labels) and relay its archive",
-    "verify: compare the target's manifest with the source's",
+    "copy: fill a staging volume on the target (same driver, options, labels) on each "
+    "volume's data path",
+    "verify: compare the staging volume's manifest with the source's, then give it the "
+    "real name",
     "cleanup: remove helper containers on both hosts",
 )
 
@@ -28,7 +31,7 @@ def build_plan(config: Config, spec: TaskSpec) -> dict[str, Any]:
         "target_host": spec.target_host,
         "mode": spec.mode.value,
         "verify": spec.verify.value,
-        "data_path": "engine-api",
+        "data_path": spec.options.get("data_path", "auto"),
         "volumes": [],
         "conflicts": [],
         "steps": list(STEPS),
@@ -37,10 +40,14 @@ def build_plan(config: Config, spec: TaskSpec) -> dict[str, Any]:
     with open_engine(source_host, config) as source, open_engine(target_host, config) as target:
         plan["source_engine"] = _engine_summary(source)
         plan["target_engine"] = _engine_summary(target)
+        probes = HostProbes()
         for position, volume in enumerate(spec.volumes):
             item = TaskItem(task_id="plan", position=position, source=volume.source,
                             target=volume.target)
-            plan["volumes"].append(_plan_volume(source, target, item, spec, plan["conflicts"]))
+            entry = _plan_volume(source, target, item, spec, plan["conflicts"])
+            if "error" not in entry:
+                entry.update(_plan_data_path(source, target, item, spec, probes, plan["conflicts"]))
+            plan["volumes"].append(entry)
 
         needed = sum(entry.get("size_bytes") or 0 for entry in plan["volumes"])
         plan["bytes_total"] = needed
@@ -75,4 +82,35 @@ def _plan_volume(source: Any, target: Any, item: TaskItem, spec: TaskSpec,
         replaces_existing=check.target_exists,
         preserves=list(volumes.aspects_for(spec.verify)),
     )
+    return entry
+
+
+def _plan_data_path(source: Any, target: Any, item: TaskItem, spec: TaskSpec, probes: HostProbes,
+                    conflicts: list[str]) -> dict[str, Any]:
+    """Return the volume's data path, what it keeps and loses, and its running writers."""
+    entry: dict[str, Any] = {}
+    try:
+        route = datapath.choose_route(source, target, source.volume_inspect(item.source),
+                                      spec.options.get("data_path", "auto"), probes)
+    except DDMError as error:
+        conflicts.append(str(error))
+        entry["error"] = str(error)
+        return entry
+
+    entry.update(
+        data_path=route.data_path.value,
+        data_path_reason=route.reason,
+        keeps=list(datapath.keeps(route.data_path)),
+        loses=list(datapath.loses(route.data_path)),
+        preserves=list(datapath.verify_aspects(route.data_path,
+                                               deep=spec.verify.value == "full")),
+    )
+    found = writers.running_writers(source, item.source)
+    entry["running_writers"] = [writer.name for writer in found]
+    policy = writers.WriterPolicy.from_options(spec.options)
+    if found and not policy.live and policy.quiesce is None:
+        try:
+            writers.reject_running_writers(spec.source_host, item.source, found)
+        except DDMError as error:
+            conflicts.append(str(error))
     return entry

@@ -40,6 +40,7 @@ from ddm.manifest import Manifest
 from ddm.store import TaskStore
 from ddm.task import ItemState, Phase, Task, TaskItem, TaskState, VerifyMode
 from ddmsyncer import volumes
+from ddmsyncer.staged import StagedVolumes, mark_verified, release_writers, remove_staging_volumes
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,7 @@ class TaskRunner:
         self._engines: dict[str, Any] = {}
         self._manifests: dict[int, Manifest] = {}
         self._last_control_poll = 0.0
+        self.staged = StagedVolumes(self)
 
     # Engines
 
@@ -230,6 +232,10 @@ class TaskRunner:
                 self.source, self.target, item, force=self.task.spec.force
             )
 
+        for item in self.pending_items():
+            self.staged.check_writers(item)
+            self.staged.route(item)
+
         needed = sum(check.size_bytes or 0 for check in checks.values())
         if checks and all(check.size_bytes is not None for check in checks.values()):
             volumes.check_space(self.target, needed, ", ".join(i.target for i in self.pending_items()))
@@ -246,53 +252,33 @@ class TaskRunner:
             self._copy_item(item, checks[item.position])
 
     def _copy_item(self, item: TaskItem, check: volumes.VolumeCheck) -> None:
-        target = self.target
-        existing = target.volume_inspect(item.target)
-        if existing is not None:
-            # Either an unverified copy of an earlier run of this task, or --force.
-            volumes.remove_task_helpers(target, self.task.id)
-            target.volume_remove(item.target)
-
-        self.update_item(item, target_created=True, state=ItemState.COPYING,
-                         started_at=time.time(), bytes_done=0, bytes_total=check.size_bytes)
-        volumes.create_target_volume(target, item, check)
+        self.update_item(item, state=ItemState.COPYING, started_at=time.time(), bytes_done=0,
+                         bytes_total=check.size_bytes)
         self.emit(ItemStarted(self.task.id, position=item.position, source=item.source,
                               target=item.target, bytes_total=check.size_bytes))
 
+        # The data goes into a staging volume; verify() gives it the real name.
         counter = _ProgressCounter(self, item)
-        manifest, byte_count, digest = volumes.copy_volume(
-            self.source, target, item, task_id=self.task.id,
-            hash_content=self.task.spec.verify is VerifyMode.FULL, on_chunk=counter.add,
-        )
+        manifest, byte_count, digest = self.staged.copy_item(item, check, counter)
         counter.flush()
 
         self._manifests[item.position] = manifest
         self.store.save_manifest(self.task.id, item.position, manifest.to_json())
         self.update_item(item, state=ItemState.COPIED, bytes_done=byte_count,
                          entries=len(manifest.entries), stream_digest=digest)
-        volumes.remove_task_helpers(self.source, self.task.id)
-        volumes.remove_task_helpers(target, self.task.id)
         self.emit(ItemFinished(self.task.id, position=item.position, state=item.state.value,
                                bytes_done=byte_count))
 
     def verify(self) -> None:
+        """Verify each staging volume and promote it to its real name."""
         mode = self.task.spec.verify
         for item in self.pending_items():
             self.check_control(force=True)
-            if mode is VerifyMode.NONE:
-                self.warn(f"volume {item.target!r} was not verified (--verify none)")
-                self.update_item(item, state=ItemState.VERIFIED, finished_at=time.time())
-                continue
-
-            source_manifest = self._source_manifest(item)
-            target_manifest = volumes.read_manifest(
-                self.target, item.target, task_id=self.task.id,
-                hash_content=mode is VerifyMode.FULL,
-            )
-            volumes.verify_volume(source_manifest, target_manifest, item, mode)
-            self.update_item(item, state=ItemState.VERIFIED, finished_at=time.time())
-            self.record("info", "verified", f"volume {item.target!r} verified ({mode.value})",
-                        position=item.position)
+            self.staged.verify_and_promote(item, self._source_manifest(item))
+            mark_verified(self, item)
+            if mode is not VerifyMode.NONE:
+                self.record("info", "verified", f"volume {item.target!r} verified ({mode.value})",
+                            position=item.position)
 
     def _source_manifest(self, item: TaskItem) -> Manifest:
         manifest = self._manifests.get(item.position)
@@ -337,6 +323,8 @@ class TaskRunner:
         self.emit(PhaseStarted(self.task.id, phase=Phase.ROLLBACK.value))
 
         self.cleanup()
+        release_writers(self)
+        remove_staging_volumes(self)
         created = [item for item in self.task.items if item.target_created]
         if created:
             target = self.target

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ddm.errors import (
@@ -134,10 +134,12 @@ def copy_volume(
     task_id: str,
     hash_content: bool,
     on_chunk: Callable[[int], None],
+    extra_observers: Sequence[Callable[[memoryview], None]] = (),
 ) -> tuple[Manifest, int, str]:
     """Relay the volume's archive from source to target; return (manifest, bytes, digest).
 
     The source helper mounts the volume read-only, so the copy cannot change the source.
+    `extra_observers` see each chunk before it is sent, ahead of the manifest builder.
     """
     from ddmdriver.relay import relay_archive
 
@@ -153,7 +155,7 @@ def copy_volume(
     started = time.monotonic()
     result = relay_archive(
         source, source_helper, HELPER_MOUNT, target, target_helper, "/",
-        observers=[observe],
+        observers=[*extra_observers, observe],
     )
     manifest = builder.close()
     log.info(

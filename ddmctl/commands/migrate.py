@@ -25,6 +25,20 @@ from ddmctl.progress import choose_display, format_bytes
 )
 @click.option("--force", is_flag=True,
               help="Replace a target volume that already exists (its old content is lost).")
+@click.option("--data-path", type=click.Choice(["auto", "engine", "host"]), default="auto",
+              show_default=True,
+              help="How data travels: host runs GNU tar on both hosts over SSH (needs root or "
+              "sudo; keeps nanosecond mtimes, xattrs, ACLs, sparse files), engine uses the "
+              "Engine API archive, auto picks host where possible.")
+@click.option("--stop-writers", is_flag=True,
+              help="Stop running containers that use a source volume for its copy, then start "
+              "them again.")
+@click.option("--pause", is_flag=True,
+              help="Pause running containers that use a source volume for its copy, then "
+              "unpause them.")
+@click.option("--live", is_flag=True,
+              help="Copy volumes while their containers run and fail on files that changed; "
+              "with --stop-writers or --pause, copy such volumes again with the writers stopped.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
 @json_option
@@ -36,6 +50,10 @@ def migrate(
     volumes: tuple[str, ...],
     verify: str | None,
     force: bool,
+    data_path: str,
+    stop_writers: bool,
+    pause: bool,
+    live: bool,
     dry_run: bool,
     yes: bool,
     as_json: bool,
@@ -46,9 +64,11 @@ def migrate(
     removed. The task is stored, so 'ddmctl status TASK' works from another terminal.
     """
     config = context.config
+    options = migrate_options(data_path=data_path, stop_writers=stop_writers, pause=pause,
+                              live=live)
     spec = api.build_spec(
         config, source=source, target=target, volumes=volumes,
-        verify=verify or config.defaults.verify, force=force,
+        verify=verify or config.defaults.verify, force=force, options=options,
     )
 
     if dry_run:
@@ -57,10 +77,21 @@ def migrate(
     confirm(context, spec_summary(spec), yes=yes, force=force)
     task = api.create_task(
         context.store, config, source=source, target=target, volumes=volumes,
-        verify=spec.verify, force=force,
+        verify=spec.verify, force=force, options=options,
     )
     context.info(f"task {task.id} created")
     return run_and_report(context, task.id, as_json, resume=False)
+
+
+def migrate_options(*, data_path: str, stop_writers: bool, pause: bool, live: bool) -> dict:
+    """Return the task options of the data path and live-data flags, checked."""
+    from ddmsyncer.datapath import validate_choice
+    from ddmsyncer.writers import WriterPolicy
+
+    options = {"data_path": validate_choice(data_path), "stop_writers": stop_writers,
+               "pause": pause, "live": live}
+    WriterPolicy.from_options(options)
+    return options
 
 
 def spec_summary(spec) -> str:
@@ -127,6 +158,14 @@ def show_plan(context: CommandContext, plan: dict, as_json: bool) -> int:
             status = volume.get("error") or ("replaces existing volume"
                                               if volume.get("replaces_existing") else "new volume")
             context.echo(f"  volume {volume['source']} -> {volume['target']}: {size}, {status}")
+            if "data_path" in volume:
+                context.echo(f"    data path {volume['data_path']} ({volume['data_path_reason']})")
+                context.echo(f"    keeps: {', '.join(volume['keeps'])}")
+                if volume["loses"]:
+                    context.echo(f"    loses: {', '.join(volume['loses'])}")
+                if volume["running_writers"]:
+                    context.echo(f"    used by running containers: "
+                                 f"{', '.join(volume['running_writers'])}")
         for step in plan["steps"]:
             context.echo(f"  step {step}")
         for conflict in plan["conflicts"]:
