@@ -3,8 +3,8 @@
 `ArchiveGuard` is a relay observer: it parses the stream on its way to the target and
 raises HostileArchive before the chunk that completes a bad member header is sent on.
 A member is rejected when its path or hard-link target is absolute or has a ".."
-component, or when its path lies below a symlink that an earlier member created, because
-unpacking it would write through that link. Symlink texts themselves are not checked:
+component, or when its path lies below a path that an earlier member made a symlink,
+because unpacking it could write through that link. Symlink texts themselves are not checked:
 absolute and dangling links are ordinary volume content, and nothing is written through
 them once no later member lies below them.
 """
@@ -52,12 +52,12 @@ class ArchiveGuard:
 
         for parent in _parents(path):
             if parent in self.symlinks:
-                self._reject(entry.path, f"lies below the symlink {display_path(parent)}")
+                self._reject(entry.path, f"lies below the symlink {display_path(b'/'.join(parent))}")
 
+        # A path stays marked after a later member replaces the link, because whether the
+        # unpacker removes the link or follows it differs between GNU tar and moby.
         if entry.type == "symlink":
             self.symlinks.add(path)
-        else:
-            self.symlinks.discard(path)
 
     def _relative(self, raw: bytes) -> tuple[bytes, ...]:
         components = tuple(part for part in raw.split(b"/") if part not in (b"", b"."))

@@ -26,7 +26,7 @@ from typing import Any
 from ddm.errors import MigrationFailed, TransferFailed, VerificationFailed
 from ddm.manifest import Manifest, ManifestBuilder, compare_manifests, display_path
 from ddm.task import ItemState, TaskItem, VerifyMode
-from ddmdriver.archiveguard import ArchiveGuard
+from ddmdriver.archiveguard import ArchiveGuard, HostileArchive
 from ddmsyncer import volumes, writers
 from ddmsyncer.datapath import DataPath, HostProbes, Route, choose_route, loses, verify_aspects
 
@@ -96,9 +96,16 @@ class StagedVolumes:
             stopped = self._quiesce(found)
 
         try:
-            manifest, byte_count, digest, changed = self._copy_once(item, check, route, counter)
-            if found and self.policy.live:
-                changed = changed or self._changed_since(item, route, manifest)
+            try:
+                manifest, byte_count, digest, changed = self._copy_once(item, check, route, counter)
+            except TransferFailed as error:
+                # moby's archive writer fails when a file grows or shrinks while it is read.
+                hostile = isinstance(error, HostileArchive)
+                if hostile or not (found and self.policy.live and self.policy.quiesce):
+                    raise
+                manifest, changed = Manifest(), [f"(the live copy failed: {error})"]
+            if found and self.policy.live and not changed:
+                changed = self._changed_since(item, route, manifest)
             if changed and not stopped:
                 if self.policy.quiesce is None:
                     self._reject_changed(item, changed)
