@@ -322,6 +322,13 @@ class TaskRunner:
         self.record("info", "phase", "phase rollback started")
         self.emit(PhaseStarted(self.task.id, phase=Phase.ROLLBACK.value))
 
+        # Connect to both hosts first, so cleanup also finds the helper containers that a
+        # killed runner left on the source.
+        for host_name in (self.task.spec.source_host, self.task.spec.target_host):
+            try:
+                self.engine(host_name)
+            except DDMError as error:
+                self.warn(f"cannot reach {host_name} to remove helper containers: {error}")
         self.cleanup()
         release_writers(self)
         remove_staging_volumes(self)
