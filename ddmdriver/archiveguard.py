@@ -74,7 +74,7 @@ class ArchiveGuard:
     def _reject(self, raw: bytes, reason: str) -> None:
         message = f"{self.description}: archive member {display_path(raw)} {reason}"
         logger.error("%s; the copy was stopped", message)
-        raise HostileArchive(message, hint="the source volume holds an unsafe archive; nothing "
+        raise HostileArchive(message, hint="the source produced an unsafe archive; nothing "
                              "below the member was written to the target")
 
 

@@ -73,7 +73,7 @@ Observer = Callable[[memoryview], None]
 
 @dataclass(frozen=True)
 class HostAccess:
-    """How DDM runs host commands on one host: directly as root, or through sudo -n."""
+    """Command prefix for host commands on one host: empty for root, sudo -n for a sudoer."""
 
     host_name: str
     prefix: tuple[str, ...]
@@ -85,7 +85,7 @@ class HostAccess:
 
 @dataclass(frozen=True)
 class HostProbe:
-    """Result of probing a host for the host-level data path; `reason` says why not."""
+    """Result of probing a host for the host data path, with the reason when it is unavailable."""
 
     access: HostAccess | None
     reason: str = ""
@@ -93,7 +93,7 @@ class HostProbe:
 
 @dataclass
 class HostTarResult:
-    """What the relay learned from both tar processes besides the bytes."""
+    """Outcome of a host tar relay: the stream's size and digest, and the paths tar warned about."""
 
     relay: RelayResult
     changed_paths: list[str] = field(default_factory=list)

@@ -6,8 +6,8 @@ it is created. Only a verified staging volume is promoted to the real name:
 
 * when the target's SSH account may run host commands (root or sudo, see
   ddmdriver.hostpath) and the volume is a plain local directory, DDM creates the real volume
-  and renames the staging volume's data directory onto the real one's (rename(2) on one
-  file system, so nothing is copied);
+  and renames the staging volume's data directory onto the real one's. This is rename(2) on
+  one file system, so nothing is copied;
 * otherwise the target engine copies the staging volume into the real one through its
   archive API (a second local copy; the relayed stream's manifest must match the verified
   one), and the staging volume is removed.
@@ -23,7 +23,7 @@ import logging
 import time
 from typing import Any
 
-from ddm.errors import MigrationFailed, TransferFailed, VerificationFailed
+from ddm.errors import MigrationFailed, TargetExists, TransferFailed, VerificationFailed
 from ddm.manifest import Manifest, ManifestBuilder, compare_manifests, display_path
 from ddm.task import ItemState, TaskItem, VerifyMode
 from ddmdriver.archiveguard import ArchiveGuard, HostileArchive
@@ -264,7 +264,7 @@ class StagedVolumes:
                 mode: VerifyMode) -> None:
         """Create the real target volume and move (or copy) the verified data into it."""
         target = self.runner.target
-        check = volumes.check_volume(self.runner.source, target, item, force=self.runner.task.spec.force)
+        check = self._target_settings(item)
         if target.volume_inspect(item.target) is not None:
             volumes.remove_task_helpers(target, self.task_id)
             target.volume_remove(item.target)
@@ -284,6 +284,26 @@ class StagedVolumes:
         target.volume_remove(staging)
         self.runner.record("info", "promoted", f"staging volume {staging!r} {method} to "
                            f"{item.target!r}", position=item.position)
+
+    def _target_settings(self, item: TaskItem) -> volumes.VolumeCheck:
+        """Return the source volume's driver, options and labels; check the target name again.
+
+        Another client may have created the target name since prepare. The disk usage is not
+        read again (it walks every volume of the host).
+        """
+        source, target = self.runner.source, self.runner.target
+        volume = source.volume_inspect(item.source)
+        if volume is None:
+            raise MigrationFailed(f"volume {item.source!r} disappeared from {source.host.name}")
+        exists = target.volume_inspect(item.target) is not None
+        if exists and not self.runner.task.spec.force and not item.target_created:
+            raise TargetExists(
+                f"volume {item.target!r} was created on host {target.host.name!r} during the copy",
+                hint="choose another name with --volume SRC:DST, or pass --force to replace it",
+            )
+        return volumes.VolumeCheck(source_driver=volume.driver, source_options=dict(volume.options),
+                                   source_labels=dict(volume.labels), size_bytes=None,
+                                   target_exists=exists)
 
     def _copy_on_target(self, item: TaskItem, staging: str, route: Route, verified: Manifest,
                         mode: VerifyMode) -> None:

@@ -8,7 +8,7 @@ Policies, from the `migrate` options stored in the task spec:
 * `--pause`: `docker pause` them for the copy and unpause them afterwards;
 * `--live`: copy while they run, then look for files that changed during the copy. With
   `--stop-writers` or `--pause` too, a volume with changed files is copied again in a final
-  pass with the writers stopped or paused; without, the task fails.
+  pass with the writers stopped or paused. Without either, the task fails.
 """
 
 from __future__ import annotations

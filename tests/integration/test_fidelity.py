@@ -10,7 +10,7 @@ exactly the documented losses: sub-second mtimes, xattrs other than security.cap
 
 The 8 GiB file is sparse: two 4 KiB data blocks and holes, so it costs no disk on the host
 path. It is left out of the Engine API run, because that path writes the holes as 8 GiB of
-zeros; a 16 MiB sparse file shows the loss of sparseness there.
+zeros. A 16 MiB sparse file shows the loss of sparseness there.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from tests.integration.commands import run_command
 from tests.lab import Lab, LabHost
 from tests.lab.resources import LabResources, unique_name
 
-BIG_ID = 3_000_000  # above 2097151, the largest id an octal ustar header holds
+BIG_ID = 3_000_000  # above 2097151, the largest id that fits in an octal ustar header
 BIG_GID = 4_000_123
 EIGHT_GIB = 8 << 30
 BLOCK = 1 << 20

@@ -1,7 +1,7 @@
 """Volumes used by running containers: rejected, quiesced, or copied live and checked.
 
 The writer is a busybox container that appends a fixed line to /data/log in a loop, so a
-copy taken while it runs sees the file grow, and every complete copy holds whole lines.
+copy taken while it runs reads a growing file, and every complete copy contains whole lines.
 """
 
 from __future__ import annotations

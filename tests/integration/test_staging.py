@@ -39,7 +39,7 @@ def start_migrate(lab: Lab, tmp_path: Path, source: str, target: str,
 
 
 def kill_when_staging_fills(process: subprocess.Popen[str], h2: LabHost) -> str:
-    """SIGKILL the migration once its staging volume holds data; return the staging name."""
+    """SIGKILL the migration once its staging volume contains data; return the staging name."""
     deadline = time.monotonic() + WAIT_SECONDS
     while time.monotonic() < deadline and process.poll() is None:
         staging = [name for name in volumes_on(h2) if name.startswith("ddm-staging-")]
