@@ -175,7 +175,8 @@ class TaskStore:
                 raise TaskNotFound(
                     f"task ID prefix {task_id!r} is ambiguous", hint="give more digits of the ID"
                 )
-        raise TaskNotFound(f"task {task_id!r} not found in {self.path}",
+        shown = task_id if len(task_id) <= 64 else task_id[:61] + "..."
+        raise TaskNotFound(f"task {shown!r} not found in {self.path}",
                            hint="list tasks with 'ddmctl list'")
 
     def _task_from_row(self, row: sqlite3.Row) -> Task:

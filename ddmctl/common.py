@@ -1,7 +1,7 @@
 """Command-line glue shared by the five DDM commands.
 
-`run_main` plays the part of a `main` that handles errors while the click command holds the
-logic: an expected `DDMError` becomes one line on stderr and its exit status, a click usage
+`run_main` plays the part of a `main` that handles errors while the click command contains
+the logic: an expected `DDMError` becomes one line on stderr and its exit status, a click usage
 error becomes exit status 2, and a traceback is printed only with `--debug`.
 """
 

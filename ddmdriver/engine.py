@@ -23,6 +23,7 @@ from typing import Any
 
 import docker
 import docker.errors
+import paramiko
 import requests
 import requests.exceptions
 import urllib3.exceptions
@@ -59,6 +60,8 @@ TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
     requests.exceptions.Timeout,
     requests.exceptions.ChunkedEncodingError,
     urllib3.exceptions.HTTPError,
+    paramiko.SSHException,
+    EOFError,
     OSError,
 )
 
@@ -534,25 +537,52 @@ def _explanation(error: docker.errors.APIError) -> str:
 
 
 def _reason(error: BaseException) -> str:
-    """Return the innermost useful message of a requests/urllib3 error chain."""
-    seen = set()
+    """Return one line from a requests/urllib3 error chain, e.g. "Connection aborted: ...".
+
+    urllib3 wraps the socket error in a tuple like ('Connection aborted.', error), and
+    requests wraps that again, so the text of the innermost error is joined to the first
+    label found on the way.
+    """
+    chain = _error_chain(error)
+    innermost = chain[-1]
+    if isinstance(innermost, OSError) and innermost.strerror:
+        detail = innermost.strerror
+    else:
+        detail = str(innermost) or type(innermost).__name__
+
+    labels = [
+        argument for item in chain for argument in item.args[:1] if isinstance(argument, str)
+    ]
+    label = labels[0].rstrip(".") if labels else ""
+    if not label or label == detail:
+        text = detail
+    elif detail in label:
+        text = label
+    else:
+        text = f"{label}: {detail}"
+    return " ".join(text.split())
+
+
+def _error_chain(error: BaseException) -> list[BaseException]:
+    chain: list[BaseException] = []
     current: BaseException | None = error
-    message = str(error)
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, OSError) and current.strerror:
-            message = current.strerror
-        for argument in getattr(current, "args", ()):
-            if isinstance(argument, BaseException):
-                current = argument
-                break
-            reason = getattr(argument, "reason", None)
-            if isinstance(reason, BaseException):
-                current = reason
-                break
-        else:
-            current = current.__cause__ or current.__context__
-    return " ".join(message.split()) or type(error).__name__
+    while current is not None and all(current is not seen for seen in chain):
+        chain.append(current)
+        current = _inner_error(current)
+    return chain
+
+
+def _inner_error(error: BaseException) -> BaseException | None:
+    for argument in error.args:
+        if isinstance(argument, BaseException):
+            return argument
+        reason = getattr(argument, "reason", None)
+        if isinstance(reason, BaseException):
+            return reason
+    reason = getattr(error, "reason", None)
+    if isinstance(reason, BaseException):
+        return reason
+    return error.__cause__ or error.__context__
 
 
 def _raise_for_stream_error(output: str, action: str) -> None:

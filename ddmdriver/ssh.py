@@ -115,8 +115,8 @@ def resolve_target(host: HostConfig, config: Config) -> SSHTarget:
 
     The URL's user and port win over ~/.ssh/config, as on the ssh command line. The DDM
     config's identity_file and known_hosts (the host's own, else the global ones) win over
-    IdentityFile and UserKnownHostsFile. A key file named in the DDM config is the only key
-    tried, so the SSH agent is not used for that host.
+    IdentityFile and UserKnownHostsFile, also for the host's ProxyJump hops. A key file named
+    in the DDM config is the only key tried, so the SSH agent is not used for that host.
     """
     if host.scheme != "ssh" or not host.hostname:
         raise ConfigError(f"host {host.name!r} is not an ssh:// host: {host.url}")

@@ -121,12 +121,15 @@ class ChannelSocket:
                 # paramiko's own sendall copies the unsent rest after every packet; slices
                 # of a memoryview keep that linear.
                 offset += self.channel.send(bytes(view[offset : offset + SEND_SLICE_SIZE]))
-        except OSError as error:
-            if self.channel.closed or self.channel.eof_received:
-                # urllib3 reads the response after a BrokenPipeError, so an error that the
-                # engine sent before closing reaches the caller.
-                raise BrokenPipeError(errno.EPIPE, f"{self.description} closed the connection") from error
+        except TimeoutError:
             raise
+        except (OSError, EOFError, paramiko.SSHException) as error:
+            # paramiko raises EOFError when the SSH connection itself is gone. urllib3 reads
+            # the response after a BrokenPipeError, so an error that the engine sent before
+            # closing still reaches the caller.
+            raise BrokenPipeError(
+                errno.EPIPE, f"{self.description} closed the connection ({type(error).__name__})"
+            ) from error
 
     def send(self, data: bytes) -> int:
         return self.channel.send(data)
@@ -139,6 +142,10 @@ class ChannelSocket:
 
     def _raise_if_failed(self) -> None:
         """Turn the end of a failed dial-stdio command into an error that names the cause."""
+        transport = self.channel.get_transport()
+        if transport is None or not transport.is_active():
+            return
+
         deadline = time.monotonic() + 2.0
         while not self.channel.exit_status_ready() and time.monotonic() < deadline:
             time.sleep(0.01)

@@ -1,6 +1,6 @@
 """The task runner: executes a stored task phase by phase and rolls back on failure.
 
-Phases of a volumes-mode task: prepare (both engines answer, source volumes exist, target names
+Phases of a volumes-mode task: prepare (both engines respond, source volumes exist, target names
 are free, the target has room) -> copy (relay each volume's archive, building the source
 manifest on the fly) -> migrate (nothing to switch over in volumes mode) -> verify (compare the
 target's manifest with the source's) -> cleanup (remove helper containers on both hosts).
@@ -136,10 +136,15 @@ class TaskRunner:
     # Events and state
 
     def emit(self, event: Event) -> None:
+        """Send an event to the callback. An exception it raises aborts the task, which rolls back."""
+        self.on_event(event)
+
+    def emit_safely(self, event: Event) -> None:
+        """Send an event during rollback or at the end: a failing callback is logged, not raised."""
         try:
             self.on_event(event)
-        except Exception:  # noqa: BLE001 - a display error must not break a migration
-            log.exception("event callback failed on %s", event.kind)
+        except Exception:  # noqa: BLE001 - the rollback must run to its end
+            log.exception("event callback failed on %s during rollback", event.kind)
 
     def record(self, level: str, kind: str, message: str, **data: Any) -> None:
         log.log(logging.WARNING if level == "warning" else logging.INFO, "task %s: %s",
@@ -148,7 +153,7 @@ class TaskRunner:
 
     def warn(self, message: str) -> None:
         self.record("warning", "warning", message)
-        self.emit(Warning(self.task.id, message=message))
+        self.emit_safely(Warning(self.task.id, message=message))
 
     def set_phase(self, phase: Phase) -> None:
         self.task.phase = phase
@@ -263,7 +268,7 @@ class TaskRunner:
         counter.flush()
 
         self._manifests[item.position] = manifest
-        self.store.save_manifest(self.task.id, item.position, manifest.to_json())
+        self.store.save_manifest(self.task.id, item.position, manifest.to_json().encode())
         self.update_item(item, state=ItemState.COPIED, bytes_done=byte_count,
                          entries=len(manifest.entries), stream_digest=digest)
         self.emit(ItemFinished(self.task.id, position=item.position, state=item.state.value,
@@ -320,7 +325,7 @@ class TaskRunner:
         self.task.phase = Phase.ROLLBACK
         self.store.update_task(self.task.id, phase=Phase.ROLLBACK)
         self.record("info", "phase", "phase rollback started")
-        self.emit(PhaseStarted(self.task.id, phase=Phase.ROLLBACK.value))
+        self.emit_safely(PhaseStarted(self.task.id, phase=Phase.ROLLBACK.value))
 
         # Connect to both hosts first, so cleanup also finds the helper containers that a
         # killed runner left on the source.
@@ -352,7 +357,7 @@ class TaskRunner:
         self.store.release_locks(self.task.id)
         self.task = self.store.get_task(self.task.id)
         self.record("info", "finished", f"task {state.value}")
-        self.emit(TaskFinished(self.task.id, state=state.value, error=error))
+        self.emit_safely(TaskFinished(self.task.id, state=state.value, error=error))
 
     def _close(self) -> None:
         with contextlib.suppress(Exception):

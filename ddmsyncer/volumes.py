@@ -1,8 +1,8 @@
 """Per-volume steps of a volumes-mode task: check, copy, verify and undo.
 
-A volume is copied through the Docker Engine API: a helper container that mounts the volume and
-is never started lets the daemon build (GET) and unpack (PUT) the volume's tar archive, and the
-controller relays the stream between the hosts while it builds the source manifest on the fly.
+A volume is copied through the Docker Engine API. A helper container that mounts the volume and
+is never started lets the daemon build (GET) and unpack (PUT) the volume's tar archive. The
+controller relays the stream between the hosts and builds the source manifest on the fly.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ SPACE_MARGIN_BYTES = 64 * 1024 * 1024
 
 @dataclass
 class VolumeCheck:
-    """What the prepare phase learned about one volume."""
+    """Facts about one volume that the prepare phase collects."""
 
     source_driver: str
     source_options: dict[str, str]

@@ -6,6 +6,7 @@ import base64
 import hashlib
 import json
 import re
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,8 +23,10 @@ from ddm.errors import (
     HostKeyError,
     TargetExists,
     TransferFailed,
+    UsageError,
     VolumeNotFound,
 )
+from ddmdriver import ssh as ssh_module
 from ddmdriver.engine import HELPER_IMAGE, Engine, open_engine
 from ddmdriver.relay import relay_archive
 from tests.lab import Lab, LabHost
@@ -482,3 +485,114 @@ def test_list_containers_by_label(
 
     assert set(engine.list_containers(labels={"ddm.task": task})) == {first, second}
     assert engine.list_containers(labels={"ddm.task": task, "x": "1"}) == [second]
+
+
+@pytest.fixture
+def ssh_agent(tmp_path: Path) -> Iterator[str]:
+    """An ssh-agent of this test on a socket in tmp_path; yields the socket path."""
+    socket_path = tmp_path / "agent.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(socket_path)], stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not socket_path.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        yield str(socket_path)
+    finally:
+        agent.terminate()
+        agent.wait(timeout=10)
+
+
+def test_agent_key_used_only_from_environ(lab: Lab, home: Path, tmp_path: Path, ssh_agent: str) -> None:
+    environ = {"HOME": str(home), "USER": "root", "SSH_AUTH_SOCK": ssh_agent}
+    subprocess.run(["ssh-add", str(lab.identity_file)], env=environ, check=True, capture_output=True)
+    path = tmp_path / "agent.yaml"
+    path.write_text(f"known_hosts: {lab.known_hosts}\nhosts:\n  h1: {lab.host('h1').ssh_url}\n")
+
+    with_agent = load_config(path, environ)
+    without_agent = load_config(path, {"HOME": str(home), "USER": "root"})
+
+    with open_engine(with_agent.host("h1"), with_agent) as engine:
+        assert engine.api.info()["Name"] == "ddm-lab-h1"
+    with pytest.raises(AuthenticationFailed, match="no SSH key"):
+        open_engine(without_agent.host("h1"), without_agent)
+
+
+def test_unix_socket_host_uses_docker_py(lab: Lab, home: Path, tmp_path: Path) -> None:
+    h1 = lab.host("h1")
+    config = write_config(tmp_path, home, f"hosts:\n  direct: unix://{h1.engine_socket}\n")
+
+    with open_engine(config.host("direct"), config) as engine:
+        info = engine.ping()
+        name = engine.api.info()["Name"]
+        with pytest.raises(UsageError, match="not an ssh:// host"):
+            engine.exec_command(["true"])
+
+    assert engine.ssh is None
+    assert info.api_version.startswith("1.")
+    assert name == "ddm-lab-h1"
+
+
+def test_relay_survives_rekeying(
+    config: Config, h1: LabHost, h2: LabHost, resources: LabResources, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ssh_module, "REKEY_BYTES", 2 * 1024 * 1024)
+    volume = resources.create_volume(h1)
+    write_volume_tree(h1, volume, {"a.bin": RandomFile(24 * 1024 * 1024, seed=11)})
+    resources.add_volume(h2, volume)
+
+    with open_engine(config.host("h1"), config) as source, open_engine(config.host("h2"), config) as target:
+        target.volume_create(volume)
+        source_helper = source.create_helper(volume, read_only=True, labels={})
+        resources.add_container(h1, source_helper)
+        target_helper = target.create_helper(volume, read_only=False, labels={})
+        resources.add_container(h2, target_helper)
+
+        result = relay_archive(source, source_helper, "/v", target, target_helper, "/")
+
+        assert target.ssh is not None
+        # paramiko resets its byte counter at every new key, so a count below the total
+        # shows that the connection rekeyed during the transfer.
+        assert target.ssh.transport.packetizer._Packetizer__sent_bytes < result.bytes // 2
+
+    assert result.bytes > 24 * 1024 * 1024
+    expected = snapshot_volume_tree(h1, volume)
+    assert diff_snapshots(expected, snapshot_volume_tree(h2, volume), ignore=("mtime_ns",)) == []
+
+
+@pytest.mark.parametrize("side", ["source", "target"])
+def test_relay_cut_connection_names_side(
+    config: Config, lab: Lab, h1: LabHost, h2: LabHost, resources: LabResources, side: str
+) -> None:
+    volume = resources.create_volume(h1)
+    write_volume_tree(h1, volume, {"a.bin": RandomFile(64 * 1024 * 1024, seed=5)})
+    resources.add_volume(h2, volume)
+    victim = h1 if side == "source" else h2
+    cut = []
+
+    def cut_after_8_mib(view: memoryview) -> None:
+        cut.append(len(view))
+        if sum(cut) >= 8 * 1024 * 1024 and len(cut) == len([n for n in cut if n]):
+            if not getattr(cut_after_8_mib, "done", False):
+                cut_after_8_mib.done = True  # type: ignore[attr-defined]
+                victim.cut_connections()
+
+    source = open_engine(config.host("h1"), config)
+    target = open_engine(config.host("h2"), config)
+    try:
+        target.volume_create(volume)
+        source_helper = source.create_helper(volume, read_only=True, labels={})
+        resources.add_container(h1, source_helper)
+        target_helper = target.create_helper(volume, read_only=False, labels={})
+        resources.add_container(h2, target_helper)
+        started = time.monotonic()
+
+        with pytest.raises(TransferFailed) as raised:
+            relay_archive(
+                source, source_helper, "/v", target, target_helper, "/", observers=[cut_after_8_mib]
+            )
+
+        assert str(raised.value).startswith(f"{side} {victim.name}:")
+        assert time.monotonic() - started < 60
+    finally:
+        source.close()
+        target.close()

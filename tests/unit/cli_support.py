@@ -64,10 +64,12 @@ def invoke(
     stdin_isatty: bool = False,
 ) -> Outcome:
     """Run a command through run_main with in-memory streams and return what it did."""
+    stdout = io.StringIO()
+    stderr = io.StringIO()
     env = Environment(
         stdin=io.StringIO(stdin_text),
-        stdout=io.StringIO(),
-        stderr=io.StringIO(),
+        stdout=stdout,
+        stderr=stderr,
         environ=dict(environ),
         stdin_isatty=stdin_isatty,
         stdout_isatty=False,
@@ -79,7 +81,7 @@ def invoke(
         status = run_main(load_command(prog), list(args), env=env, prog_name=prog)
     finally:
         signal.signal(signal.SIGTERM, sigterm_handler)
-    return Outcome(status=status, stdout=env.stdout.getvalue(), stderr=env.stderr.getvalue())
+    return Outcome(status=status, stdout=stdout.getvalue(), stderr=stderr.getvalue())
 
 
 def error_line(outcome: Outcome, prog: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import http.client
 import io
 import json
 import shlex
@@ -21,6 +22,7 @@ from ddmdriver.engine import (
     _ErrorMapper,
     _NotFound,
     _raise_for_stream_error,
+    _reason,
     empty_tar,
     parse_df_available,
     validate_container_id,
@@ -216,3 +218,19 @@ def test_archive_stream_read_error_is_transfer_failed() -> None:
 
     with pytest.raises(TransferFailed, match="archive of /v in container abc on h1"):
         stream.read(1024)
+
+
+def test_reason_joins_label_and_cause() -> None:
+    aborted = requests.exceptions.ConnectionError(
+        urllib3.exceptions.ProtocolError(
+            "Connection aborted.", http.client.RemoteDisconnected("Remote end closed connection")
+        )
+    )
+    broken = urllib3.exceptions.ProtocolError(
+        "Connection broken: IncompleteRead(10 bytes read)", http.client.IncompleteRead(b"x" * 10)
+    )
+
+    assert _reason(aborted) == "Connection aborted: Remote end closed connection"
+    assert _reason(broken) == "Connection broken: IncompleteRead(10 bytes read)"
+    assert _reason(ConnectionRefusedError(111, "Connection refused")) == "Connection refused"
+    assert _reason(EOFError()) == "EOFError"

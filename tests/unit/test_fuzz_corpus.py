@@ -148,7 +148,7 @@ def test_huge_config_case(tmp_path: Path, home: Path, environ: dict[str, str], n
 
 def argv_params() -> list[object]:
     """Return the argv cases as parameters. A case with an "xfail" reason must fail."""
-    params = []
+    params: list[object] = []
     for case in ARGV_CASES:
         reason = json.loads(case.read_text(encoding="utf-8")).get("xfail")
         marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []

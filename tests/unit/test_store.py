@@ -8,6 +8,7 @@ import os
 import sqlite3
 import stat
 import time
+from collections.abc import Iterator
 from multiprocessing.synchronize import Event
 from pathlib import Path
 
@@ -39,7 +40,7 @@ def make_task(
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> TaskStore:
+def store(tmp_path: Path) -> Iterator[TaskStore]:
     task_store = TaskStore(tmp_path / "data" / "tasks.db")
     yield task_store
     task_store.close()
