@@ -316,6 +316,17 @@ def scan_metadata(engine: Any, access: HostAccess, directory: str) -> dict[bytes
     return states
 
 
+def find_sockets(engine: Any, access: HostAccess, directory: str) -> list[str]:
+    """Return the paths of the sockets under `directory`, which no tar archive can carry."""
+    argv = access.argv("find", directory, "-type", "s", "-printf", "%P\\0")
+    result = engine.ssh.exec_command(argv, timeout=SCAN_TIMEOUT_SECONDS)
+    if result.exit_status != 0:
+        logger.warning("finding sockets in %s:%s failed: %s", engine.host.name, directory,
+                       _tail(result.stderr))
+        return []
+    return [path.decode("utf-8", "backslashreplace") for path in result.stdout.split(b"\0") if path]
+
+
 def move_directory(engine: Any, access: HostAccess, source_directory: str, target_directory: str) -> None:
     """Replace the empty `target_directory` with `source_directory` by rename(2).
 

@@ -348,6 +348,11 @@ class TaskRunner:
                 self.record("info", "rolled_back", f"removed volume {item.target!r} from "
                             f"{self.task.spec.target_host}")
 
+        # Items that only reached their staging volume, removed above, are rolled back too.
+        for item in self.task.items:
+            if item.state in (ItemState.COPYING, ItemState.COPIED, ItemState.FAILED):
+                self.update_item(item, state=ItemState.ROLLED_BACK)
+
     def _finish(self, state: TaskState, error: dict[str, Any] | None) -> None:
         self.task.state = state
         self.task.error = error

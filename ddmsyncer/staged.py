@@ -9,8 +9,8 @@ it is created. Only a verified staging volume is promoted to the real name:
   and renames the staging volume's data directory onto the real one's. This is rename(2) on
   one file system, so nothing is copied;
 * otherwise the target engine copies the staging volume into the real one through its
-  archive API (a second local copy; the relayed stream's manifest must match the verified
-  one), and the staging volume is removed.
+  archive API, and the staging volume is removed. This second copy stays on the target host,
+  and the manifest of its stream must match the verified one.
 
 An interrupted task therefore never leaves a half-filled volume under the real name:
 rollback removes staging volumes and any real volume the task recorded as created.
@@ -72,18 +72,34 @@ class StagedVolumes:
         source, target = self.runner.source, self.runner.target
         volume = source.volume_inspect(item.source)
         if volume is None:
-            raise MigrationFailed(f"volume {item.source!r} disappeared from {source.host.name}")
+            raise MigrationFailed(f"volume {item.source!r} not found on {source.host.name} any more",
+                                  hint="the source volume was removed during the task; roll back")
         requested = self.runner.task.spec.options.get("data_path", "auto")
         route = choose_route(source, target, volume, requested, self.probes)
         self.routes[item.position] = route
 
         self.runner.record("info", "data_path", f"volume {item.source!r}: data path "
                            f"{route.data_path.value} ({route.reason})", position=item.position)
+        if route.data_path is DataPath.ENGINE:
+            self._warn_about_sockets(item, volume)
         lost = loses(route.data_path)
         if lost:
             self.runner.warn(f"volume {item.source!r} is copied through the Engine API "
                              f"({route.reason}); it loses {', '.join(lost)}")
         return route
+
+    def _warn_about_sockets(self, item: TaskItem, volume: Any) -> None:
+        """Warn about sockets that the engine skips without notice, where the host lets DDM look."""
+        from ddmdriver.hostpath import check_directory, find_sockets
+
+        access = self.probes.probe(self.runner.source).access
+        if access is None or not volume.mountpoint:
+            return
+        if not check_directory(self.runner.source, access, volume.mountpoint):
+            return
+        for path in find_sockets(self.runner.source, access, volume.mountpoint):
+            self.runner.warn(f"volume {item.source!r}: socket ./{path} skipped (sockets cannot be "
+                             "copied; the program that owns it creates it again)")
 
     # Copy
 
@@ -294,7 +310,8 @@ class StagedVolumes:
         source, target = self.runner.source, self.runner.target
         volume = source.volume_inspect(item.source)
         if volume is None:
-            raise MigrationFailed(f"volume {item.source!r} disappeared from {source.host.name}")
+            raise MigrationFailed(f"volume {item.source!r} not found on {source.host.name} any more",
+                                  hint="the source volume was removed during the task; roll back")
         exists = target.volume_inspect(item.target) is not None
         if exists and not self.runner.task.spec.force and not item.target_created:
             raise TargetExists(
