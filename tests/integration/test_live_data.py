@@ -96,3 +96,22 @@ def test_quiesced_copy_is_whole_and_verified(lab: Lab, h1: LabHost, h2: LabHost,
     assert [name for name in volumes_on(h2) if name.startswith("ddm-staging-")] == []
     if flags[0] == "--live":
         assert "changed during the copy" in result.stderr
+
+
+def test_plan_shows_data_path_and_writers(lab: Lab, h1: LabHost, h2: LabHost,
+                                          resources: LabResources, tmp_path: Path) -> None:
+    volume, _, name = start_writer(h1, resources)
+
+    result = run_command(lab, tmp_path, "ddmctl", "migrate", "--from", "h1", "--to", "h2",
+                         "--volume", volume, "--dry-run")
+    engine = run_command(lab, tmp_path, "ddmctl", "migrate", "--from", "h1", "--to", "h2",
+                         "--volume", volume, "--dry-run", "--data-path", "engine",
+                         "--stop-writers")
+
+    assert result.status == 1, result.stderr
+    assert "data path host (both hosts run GNU tar as root)" in result.stdout
+    assert "mtimes to the nanosecond" in result.stdout
+    assert f"used by running containers: {name}" in result.stdout
+    assert engine.status == 0, engine.stderr
+    assert "loses: sub-second mtimes" in engine.stdout
+    assert volume not in h2.docker("volume", "ls", "--quiet").stdout.split()
