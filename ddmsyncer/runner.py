@@ -222,6 +222,8 @@ class TaskRunner:
             self.verify()
         with self.phase(Phase.CLEANUP):
             self.cleanup()
+            # Containers that an interrupted earlier run stopped are started again here.
+            release_writers(self)
 
     def pending_items(self) -> list[TaskItem]:
         return [item for item in self.task.items if item.state is not ItemState.VERIFIED]

@@ -79,7 +79,8 @@ def test_live_copy_of_changing_file_fails(lab: Lab, h1: LabHost, h2: LabHost,
 
 
 @pytest.mark.parametrize("flags", [("--live", "--stop-writers"), ("--stop-writers",),
-                                   ("--pause",), ("--live", "--pause")])
+                                   ("--pause",), ("--live", "--pause"),
+                                   ("--live", "--stop-writers", "--data-path", "engine")])
 def test_quiesced_copy_is_whole_and_verified(lab: Lab, h1: LabHost, h2: LabHost,
                                              resources: LabResources, tmp_path: Path,
                                              flags: tuple[str, ...]) -> None:
