@@ -34,6 +34,7 @@ from ddm.task import (
     VolumeSpec,
     new_task_id,
     parse_volume_mapping,
+    validate_docker_name,
 )
 
 __all__ = [
@@ -45,6 +46,9 @@ __all__ = [
     "rollback_task",
     "cancel_task",
     "plan_task",
+    "create_full_task",
+    "finalize_task",
+    "task_log",
 ]
 
 
@@ -121,9 +125,9 @@ def run_task(
     config: Config, store: TaskStore, task_id: str, on_event: EventCallback = ignore_event
 ) -> Task:
     """Run a queued or interrupted task to its end; raise the error of a failed task."""
-    from ddmsyncer.runner import TaskRunner
+    from ddmsyncer.runner import create_runner
 
-    return TaskRunner(config, store, task_id, on_event=on_event).run()
+    return create_runner(config, store, task_id, on_event=on_event).run()
 
 
 def resume_task(
@@ -145,10 +149,14 @@ def rollback_task(
     config: Config, store: TaskStore, task_id: str, on_event: EventCallback = ignore_event
 ) -> Task:
     """Remove what a finished or interrupted task created on the target host."""
-    from ddmsyncer.runner import TaskRunner
+    from ddmsyncer.runner import create_runner
     from ddmsyncer.runner import rollback_task as rollback
 
-    return rollback(TaskRunner(config, store, task_id, on_event=on_event))
+    runner = create_runner(config, store, task_id, on_event=on_event)
+    check_rollback_allowed = getattr(runner, "check_rollback_allowed", None)
+    if check_rollback_allowed is not None:
+        check_rollback_allowed()
+    return rollback(runner)
 
 
 def cancel_task(store: TaskStore, task_id: str) -> Task:
@@ -179,3 +187,100 @@ def plan_task(config: Config, spec: TaskSpec) -> dict[str, Any]:
 def default_config(path: Path | None = None) -> Config:
     """Load the configuration from `path`, DDM_CONFIG or the XDG default."""
     return load_config(path)
+
+
+def build_full_spec(
+    config: Config,
+    *,
+    source: str,
+    target: str,
+    containers: Iterable[str] = (),
+    project: str | None = None,
+    map_path: Iterable[str] = (),
+    remove_source: bool = False,
+    verify: str | VerifyMode = VerifyMode.FULL,
+    options: dict[str, Any] | None = None,
+) -> TaskSpec:
+    """Validate a full-mode request and return its TaskSpec; nothing is stored or changed.
+
+    The containers, project, path mappings and remove_source go into TaskSpec.options, so
+    tasks stored before full mode existed still load.
+    """
+    config.host(source)
+    config.host(target)
+    names = list(containers)
+    if bool(names) == bool(project):
+        raise UsageError("full mode needs either --container NAME (repeatable) or --project NAME")
+    for name in names:
+        validate_docker_name(name, "container")
+    _reject_duplicates(names, "container")
+    if project is not None:
+        validate_docker_name(project, "compose project")
+    if source == target:
+        raise UsageError(f"full mode moves containers between two hosts; both are {source!r}")
+
+    mappings: dict[str, str] = {}
+    for value in map_path:
+        source_path, separator, target_path = value.partition("=")
+        if not separator or not source_path.startswith("/") or not target_path.startswith("/"):
+            raise UsageError(f"invalid --map-path {value!r}",
+                             hint="use --map-path /source/dir=/target/dir with absolute paths")
+        mappings[source_path.rstrip("/") or "/"] = target_path.rstrip("/") or "/"
+
+    try:
+        verify_mode = VerifyMode(verify)
+    except ValueError:
+        raise UsageError(f"invalid verify mode {verify!r}", hint="use none, quick or full") from None
+
+    full_options = dict(options or {})
+    full_options.update(containers=names, project=project, map_path=mappings,
+                        remove_source=remove_source)
+    return TaskSpec(source_host=source, target_host=target, mode=Mode.FULL, volumes=(),
+                    verify=verify_mode, options=full_options)
+
+
+def create_full_task(store: TaskStore, config: Config, **request: Any) -> Task:
+    """Store a new queued full-mode task (see build_full_spec for the arguments)."""
+    spec = build_full_spec(config, **request)
+    task = Task(id=new_task_id(), spec=spec)
+    store.create_task(task)
+    store.add_event(task.id, "info", "created", "task created")
+    return store.get_task(task.id)
+
+
+def plan_full_task(config: Config, spec: TaskSpec) -> dict[str, Any]:
+    """Return the plan of a full-mode task; nothing on either host changes."""
+    from ddmdriver.engine import open_engine
+    from ddmsyncer.fullplan import build_full_plan
+
+    with open_engine(config.host(spec.source_host), config) as source, \
+            open_engine(config.host(spec.target_host), config) as target:
+        plan = build_full_plan(source, target, spec).to_dict()
+    plan.update(mode=spec.mode.value, source_host=spec.source_host,
+                target_host=spec.target_host, ok=not plan["conflicts"])
+    return plan
+
+
+def finalize_task(config: Config, store: TaskStore, task_id: str) -> Task:
+    """Remove the stopped source containers of a succeeded full-mode task."""
+    from ddmsyncer.containers import finalize_task as finalize
+    from ddmsyncer.runner import create_runner
+
+    _require_full(store.get_task(task_id))
+    finalize(create_runner(config, store, task_id))
+    return store.get_task(task_id)
+
+
+def task_log(config: Config, store: TaskStore, task_id: str, container: str) -> bytes:
+    """Return a source container's log as archived on the target by a full-mode task."""
+    from ddmsyncer.containers import read_task_log
+    from ddmsyncer.runner import create_runner
+
+    _require_full(store.get_task(task_id))
+    return read_task_log(create_runner(config, store, task_id), container)
+
+
+def _require_full(task: Task) -> None:
+    if task.spec.mode is not Mode.FULL:
+        raise UsageError(f"task {task.id} is a {task.spec.mode.value}-mode task",
+                         hint="finalize and logs apply to full-mode tasks only")

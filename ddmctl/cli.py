@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ddmctl.commands import migrate, tasks
+from ddmctl.commands import full, migrate, tasks
 from ddmctl.common import EXIT_STATUS_HELP, common_options, main_for, make_context
 
 
@@ -23,7 +23,7 @@ def cli(ctx: click.Context, config_path: Path | None, debug: bool, verbose: int,
 
 
 cli.add_command(migrate.migrate)
-for command in tasks.COMMANDS:
+for command in (*tasks.COMMANDS, *full.COMMANDS):
     cli.add_command(command)
 
 main = main_for(cli, "ddmctl")

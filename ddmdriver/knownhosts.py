@@ -2,8 +2,8 @@
 
 DDM reads known_hosts itself instead of using `paramiko.HostKeys`, because paramiko skips
 `@revoked` lines (so a revoked key would pass as unknown only by luck) and does not match
-wildcard or negated host patterns. DDM never writes known_hosts and never accepts an unknown
-key: the operator adds keys with `ddminit --known-hosts` or `ssh-keyscan`.
+wildcard or negated host patterns. DDM never accepts an unknown key: the operator adds keys
+with `ddminit --accept-host-key NAME=FINGERPRINT` (ddmdriver.hostkeys) or `ssh-keyscan`.
 
 File format (sshd(8), section SSH_KNOWN_HOSTS FILE FORMAT): one key per line,
 `[@marker] patterns keytype base64 [comment]`. Patterns are comma-separated host names,
@@ -129,8 +129,13 @@ class KnownHosts:
             algorithms.extend(item for item in names if item not in algorithms)
         return algorithms
 
-    def verify(self, name: str, key: paramiko.PKey, *, host: str, port: int) -> None:
-        """Raise HostKeyError unless `key` is recorded for `name` and not revoked."""
+    def verify(
+        self, name: str, key: paramiko.PKey, *, host: str, port: int, host_name: str | None = None
+    ) -> None:
+        """Raise HostKeyError unless `key` is recorded for `name` and not revoked.
+
+        `host_name` is the DDM name of the host, shown in the fix for an unknown key.
+        """
         entries = self.lookup(name)
         for entry in entries:
             if entry.marker == "@revoked" and _same_key(entry.key, key):
@@ -147,15 +152,18 @@ class KnownHosts:
 
         if recorded:
             raise self._changed_error(name, key, recorded, host=host, port=port)
-        raise self._unknown_error(name, key, host=host, port=port)
+        raise self._unknown_error(name, key, host=host, port=port, host_name=host_name)
 
-    def _unknown_error(self, name: str, key: paramiko.PKey, *, host: str, port: int) -> HostKeyError:
+    def _unknown_error(
+        self, name: str, key: paramiko.PKey, *, host: str, port: int, host_name: str | None
+    ) -> HostKeyError:
         files = ", ".join(str(path) for path in self.paths) or "no known_hosts file"
         return HostKeyError(
             f"unknown SSH host key for {name} ({host} port {port}): "
             f"{key.get_name()} {fingerprint(key)}, not in {files}",
-            hint="check this fingerprint with the host's administrator, then add the key with "
-            f"'ddminit --known-hosts' or 'ssh-keyscan -p {port} {host} >> KNOWN_HOSTS_FILE'",
+            hint="check this fingerprint with the host's administrator, then record the key with "
+            f"'ddminit --accept-host-key {host_name or 'NAME'}={fingerprint(key)}' or "
+            f"'ssh-keyscan -p {port} {host} >> KNOWN_HOSTS_FILE'",
         )
 
     def _changed_error(

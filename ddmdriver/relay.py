@@ -6,6 +6,11 @@ queue while the calling thread sends to the target, so both connections stay bus
 memory stays constant (the queue contains at most `queue_bytes`). Every byte is hashed with
 xxh3-128 on the way and handed to the observers, for example a manifest builder and a
 progress counter.
+
+With a `guard` (ddm.archive_guard), every member of the archive is checked before the chunk
+that completes its header goes to the target. A member that would write outside the volume
+(an absolute path, "..", or a path through an earlier symlink) stops the copy before the
+target engine unpacks it.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from dataclasses import dataclass
 
 import xxhash
 
+from ddm.archive_guard import ArchiveGuard, guard_observer
 from ddm.errors import DDMError, TransferFailed
 from ddmdriver.engine import ArchiveStream, Engine
 
@@ -108,17 +114,26 @@ def relay_archive(
     target_path: str,
     *,
     observers: Sequence[Observer] = (),
+    guard: ArchiveGuard | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     queue_bytes: int = DEFAULT_QUEUE_BYTES,
 ) -> RelayResult:
     """Copy the archive of `source_path` in the source container to `target_path` in the target.
 
-    Raises TransferFailed naming the side (source or target) that failed; errors raised by an
-    observer pass through unchanged. Either way both requests are closed before it returns.
+    `guard` checks each member before the target receives the end of its header; callers
+    that copy volume data pass one. Without it the stream may be any bytes.
+
+    Raises TransferFailed naming the side (source or target) that failed, and
+    UnsafeArchiveMember when the guard rejects a member; errors raised by an observer pass
+    through unchanged. Either way both requests are closed before it returns.
     """
     started = time.monotonic()
     source_name = f"{source.host.name}:{source_container[:12]}:{source_path}"
     target_name = f"{target.host.name}:{target_container[:12]}:{target_path}"
+    checks: list[Observer] = []
+    if guard is not None:
+        check_members, _ = guard_observer(guard)
+        checks.append(check_members)
 
     try:
         stream = source.get_archive(source_container, source_path, chunk_size=chunk_size)
@@ -130,7 +145,7 @@ def relay_archive(
     counter = [0]
     reader.start()
     try:
-        body = _body(reader, hasher, observers, counter)
+        body = _body(reader, hasher, [*checks, *observers], counter)
         target.put_archive(target_container, target_path, body)
     except _SourceFailure as failure:
         raise TransferFailed(f"source {source_name} failed: {failure.error}") from failure.error
@@ -158,6 +173,16 @@ def relay_archive(
         result.mib_per_second,
     )
     return result
+
+
+def archive_root(path: str) -> bytes:
+    """Return the member path of `path` itself in its Engine API archive: "/v" gives b"v".
+
+    The engine names the members of GET /containers/{id}/archive?path=P after P's last
+    component; for "/" the members are relative to the root itself (b".").
+    """
+    name = path.rstrip("/").rsplit("/", 1)[-1]
+    return name.encode("utf-8", "surrogateescape") if name not in ("", ".") else b"."
 
 
 def _body(

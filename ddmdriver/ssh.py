@@ -17,6 +17,7 @@ import shlex
 import socket
 import stat
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,10 +40,17 @@ MAX_JUMP_HOPS = 8
 DEFAULT_IDENTITY_NAMES = ("id_rsa", "id_ecdsa", "id_ed25519")
 DEFAULT_KNOWN_HOSTS_NAMES = ("known_hosts", "known_hosts2")
 
+# The environment variable that contains the passphrase of encrypted key files. DDM never asks
+# for it on a terminal, never stores it, and never puts it in a message or log line.
+PASSPHRASE_VARIABLE = "DDM_SSH_PASSPHRASE"
+
 # Flow control of every channel that DDM opens. The window is how many bytes the server may
-# send before DDM acknowledges; the packet size caps each SSH data packet. Values chosen by
-# the relay benchmark (see the driver report); paramiko's defaults are 2 MiB and 32 KiB.
-WINDOW_SIZE = 16 * 1024 * 1024
+# send before DDM acknowledges, and the packet size caps each SSH data packet it sends
+# (paramiko's defaults: 2 MiB and 32 KiB). In a 1 GiB relay on the loopback lab a 16 MiB
+# window was no faster than 4 MiB but raised the peak memory from 90 to 177 MiB, because
+# paramiko's receive buffer copies its contents. 4 MiB still fills a 50 ms path at about
+# 80 MiB/s.
+WINDOW_SIZE = 4 * 1024 * 1024
 MAX_PACKET_SIZE = 256 * 1024
 
 # paramiko rekeys after 2**29 bytes (512 MiB). AES-GCM and AES-CTR keep their security
@@ -78,6 +86,7 @@ class SSHTarget:
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     agent_socket: str | None = None
     jumps: tuple[SSHTarget, ...] = field(default=())
+    key_passphrase: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def known_hosts_name(self) -> str:
@@ -172,6 +181,12 @@ def _resolve(
             hint="put it in the URL (ssh://USER@HOST) or set User in ~/.ssh/config or USER",
         )
 
+    if options.get("proxycommand", ["none"])[0].lower() != "none":
+        raise ConfigError(
+            f"host {name!r} uses ProxyCommand in {ssh_config}, which DDM does not run",
+            hint="use ProxyJump for jump hosts",
+        )
+
     identities_only = options.get("identitiesonly", ["no"])[0].lower() == "yes"
     identity_files, explicit = _identity_files(options, environ, identity_file)
     jumps: tuple[SSHTarget, ...] = ()
@@ -189,6 +204,7 @@ def _resolve(
         host_key_alias=options.get("hostkeyalias", [None])[0],
         connect_timeout=_parse_timeout(options.get("connecttimeout", [None])[0], name),
         agent_socket=_agent_socket(options, environ, explicit or identities_only),
+        key_passphrase=environ.get(PASSPHRASE_VARIABLE) or None,
         jumps=jumps,
     )
 
@@ -266,8 +282,6 @@ def _resolve_jumps(
     value = options.get("proxyjump", ["none"])[0]
     if value.lower() == "none":
         return ()
-    if "proxycommand" in options:
-        raise ConfigError(f"host {name!r} sets both ProxyJump and ProxyCommand in {ssh_config}")
 
     hops = []
     for index, spec in enumerate(value.split(",")):
@@ -368,7 +382,7 @@ class SSHConnection:
         try:
             channel.settimeout(timeout)
             channel.shutdown_write()
-            return _collect_output(channel)
+            return _collect_output(channel, time.monotonic() + timeout)
         except TimeoutError:
             raise ConnectionFailed(
                 f"command {argv[0]!r} on {self.target.describe()} timed out after {timeout:g} s"
@@ -383,7 +397,7 @@ class SSHConnection:
         logger.debug("closed SSH connection to %s", self.target.describe())
 
 
-def _collect_output(channel: paramiko.Channel) -> CommandResult:
+def _collect_output(channel: paramiko.Channel, deadline: float) -> CommandResult:
     # stdout and stderr share one flow-control window, so stderr is read in its own
     # thread. Reading only stdout would stall a command that writes much to stderr.
     stderr_parts: list[bytes] = []
@@ -394,7 +408,14 @@ def _collect_output(channel: paramiko.Channel) -> CommandResult:
     while chunk := channel.recv(1024 * 1024):
         stdout_parts.append(chunk)
 
-    reader.join()
+    reader.join(max(0.0, deadline - time.monotonic()))
+
+    # A command can close its stdout and still run, so the wait for its exit status has
+    # the same deadline as the reads.
+    while not channel.exit_status_ready():
+        if time.monotonic() > deadline:
+            raise TimeoutError("no exit status")
+        time.sleep(0.01)
     status = channel.recv_exit_status()
     return CommandResult(status, b"".join(stdout_parts), b"".join(stderr_parts))
 
@@ -552,7 +573,8 @@ def _handshake(transport: paramiko.Transport, target: SSHTarget, known_hosts: Kn
         raise _handshake_error(target, error) from None
 
     server_key = transport.get_remote_server_key()
-    known_hosts.verify(target.known_hosts_name, server_key, host=target.hostname, port=target.port)
+    known_hosts.verify(target.known_hosts_name, server_key, host=target.hostname, port=target.port,
+                       host_name=target.name)
     logger.debug(
         "SSH %s: cipher %s, host key %s",
         target.describe(),
@@ -571,14 +593,19 @@ def _handshake_error(target: SSHTarget, error: BaseException) -> ConnectionFaile
 def _load_identities(target: SSHTarget) -> list[_Identity]:
     identities = []
     for path in target.identity_files:
-        key = _load_key(path, required=target.identity_files_explicit)
+        key = _load_key(path, required=target.identity_files_explicit,
+                        passphrase=target.key_passphrase)
         if key is not None:
             identities.append(_Identity(str(path), key))
     return identities
 
 
-def _load_key(path: Path, *, required: bool) -> paramiko.PKey | None:
-    """Load a private key file; a missing default file gives None unless `required`."""
+def _load_key(path: Path, *, required: bool, passphrase: str | None = None) -> paramiko.PKey | None:
+    """Load a private key file; a missing default file gives None unless `required`.
+
+    An encrypted key is decrypted with `passphrase` (from DDM_SSH_PASSPHRASE). Error
+    messages name the file and the variable, never the passphrase or the key's content.
+    """
     try:
         mode = path.stat().st_mode
     except FileNotFoundError:
@@ -599,21 +626,40 @@ def _load_key(path: Path, *, required: bool) -> paramiko.PKey | None:
             path,
         )
 
+    secret = passphrase.encode("utf-8") if passphrase else None
     try:
-        return paramiko.PKey.from_path(path)
+        # Positional: paramiko 5 renamed the keyword from passphrase to password.
+        return paramiko.PKey.from_path(path, secret)
     except OSError as error:
         raise AuthenticationFailed(f"cannot read SSH key file {path}: {error.strerror}") from None
     except TypeError:
         # cryptography raises TypeError when a key is encrypted and no password is given.
         raise AuthenticationFailed(
             f"SSH key file {path} is encrypted, and DDM does not ask for passphrases",
-            hint=f"load it into ssh-agent with 'ssh-add {path}' and set SSH_AUTH_SOCK",
+            hint=f"load it into ssh-agent with 'ssh-add {path}' and set SSH_AUTH_SOCK, or put "
+            f"the passphrase in the environment variable {PASSPHRASE_VARIABLE}",
         ) from None
     except (ValueError, paramiko.SSHException, paramiko.UnknownKeyType):
+        if secret is not None and _is_encrypted(path):
+            raise AuthenticationFailed(
+                f"cannot decrypt SSH key file {path} with the passphrase in {PASSPHRASE_VARIABLE}",
+                hint=f"check the passphrase, or unset {PASSPHRASE_VARIABLE} and use ssh-agent",
+            ) from None
         raise AuthenticationFailed(
             f"invalid or unsupported SSH private key file {path}",
             hint="use an OpenSSH or PEM private key (ed25519, ECDSA or RSA)",
         ) from None
+
+
+def _is_encrypted(path: Path) -> bool:
+    """Tell whether a private key file is encrypted, by loading it without a passphrase."""
+    try:
+        paramiko.PKey.from_path(path)
+    except TypeError:
+        return True
+    except (OSError, ValueError, paramiko.SSHException, paramiko.UnknownKeyType):
+        return False
+    return False
 
 
 def _authenticate(transport: paramiko.Transport, target: SSHTarget, identities: list[_Identity]) -> None:

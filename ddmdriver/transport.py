@@ -34,7 +34,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_API_TIMEOUT = 60.0
 MAX_POOL_SIZE = 8  # below OpenSSH's default MaxSessions of 10, with room for commands
 READ_BUFFER_SIZE = 256 * 1024
-SEND_SLICE_SIZE = 256 * 1024
 
 # A socket path that never exists: docker-py builds a unix adapter for it in
 # RemoteAPIClient.__init__, and the adapter is replaced before any request is sent.
@@ -115,12 +114,14 @@ class ChannelSocket:
 
     def sendall(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data).cast("B")
+        # paramiko's own sendall copies the whole unsent rest after every packet. Handing
+        # it one packet's worth at a time copies each byte once. paramiko reserves 64 bytes
+        # of the peer's max packet size for the SSH header.
+        slice_size = max(1024, getattr(self.channel, "out_max_packet_size", 32768) - 64)
         offset = 0
         try:
             while offset < len(view):
-                # paramiko's own sendall copies the unsent rest after every packet; slices
-                # of a memoryview keep that linear.
-                offset += self.channel.send(bytes(view[offset : offset + SEND_SLICE_SIZE]))
+                offset += self.channel.send(bytes(view[offset : offset + slice_size]))
         except TimeoutError:
             raise
         except (OSError, EOFError, paramiko.SSHException) as error:
@@ -207,7 +208,7 @@ class SSHChannelConnection(urllib3.connection.HTTPConnection):
     @property
     def is_connected(self) -> bool:
         # urllib3 would poll the socket's file descriptor, and paramiko creates a pipe for
-        # every channel asked for one. The channel's own flags give the same answer.
+        # every channel asked for one. The channel's closed and EOF flags show the same.
         return self.sock is not None and not self.sock.closed
 
 

@@ -20,7 +20,8 @@ from ddm.config import (
     save_config,
 )
 from ddm.errors import ExitStatus, UsageError
-from ddmctl.common import common_options, epilog, main_for, make_context
+from ddmctl.common import CommandContext, common_options, epilog, main_for, make_context
+from ddminit.hostkeys import host_keys_to_record, parse_accept_option, write_host_keys
 
 
 def parse_host_option(value: str) -> tuple[str, str]:
@@ -50,7 +51,12 @@ def parse_host_option(value: str) -> tuple[str, str]:
 @click.option("--docker-socket", metavar="PATH",
               help="Path of the Docker socket on the ssh:// hosts given here "
               "(default /var/run/docker.sock).")
-@click.option("-y", "--yes", is_flag=True, help="Write without asking.")
+@click.option("--accept-host-key", "accept_args", multiple=True, metavar="NAME=SHA256:...",
+              help="Record the SSH host key of host NAME in known_hosts if its fingerprint is "
+              "exactly this one (repeatable). Without it, ddminit records a key only after you "
+              "confirm its fingerprint on a terminal.")
+@click.option("-y", "--yes", is_flag=True,
+              help="Write without asking; no host key is recorded unless --accept-host-key names it.")
 @click.pass_context
 def cli(
     ctx: click.Context,
@@ -62,12 +68,16 @@ def cli(
     identity_file: Path | None,
     known_hosts: Path | None,
     docker_socket: str | None,
+    accept_args: tuple[str, ...],
     yes: bool,
 ) -> int:
     """Write or update the DDM configuration file (mode 0600).
 
     Hosts already in the file are kept unless a --host of the same name replaces them. Without
-    --yes, on a terminal, ddminit asks before writing; off a terminal it needs --yes.
+    --yes, on a terminal, ddminit shows the SSH host key fingerprint of each new ssh:// host,
+    asks whether to record it in known_hosts, and asks before writing; off a terminal it needs
+    --yes. Encrypted key files are read with the passphrase in DDM_SSH_PASSPHRASE, or used
+    through ssh-agent.
     """
     context = make_context(ctx, config_path, debug, verbose, quiet)
     environ = context.env.environ
@@ -77,19 +87,47 @@ def cli(
     config = build_config(existing, path, host_args, identity_file, known_hosts,
                           docker_socket, environ)
     warn_about_key(context, config.identity_file)
+    if not yes and not context.env.stdin_isatty:
+        raise UsageError(f"not writing {path} without confirmation",
+                         hint="pass --yes to write without asking")
+
+    accepted = dict(parse_accept_option(value) for value in accept_args)
+    new_ssh_hosts = [] if yes else [
+        name for name, _ in map(parse_host_option, host_args)
+        if config.hosts[name].scheme == "ssh" and name not in accepted
+    ]
+    records = host_keys_to_record(
+        config, accepted, new_ssh_hosts,
+        ask=lambda question: ask(context, question, default=False), inform=context.info,
+    )
 
     if not yes:
-        if not context.env.stdin_isatty:
-            raise UsageError(f"not writing {path} without confirmation",
-                             hint="pass --yes to write without asking")
         names = ", ".join(name for name in config.hosts if name != LOCAL_HOST) or "no hosts"
-        if not click.confirm(f"write {path} with {names}?", default=True, err=True):
+        if not ask(context, f"write {path} with {names}?", default=True):
             raise click.exceptions.Abort()
 
     save_config(config, path)
     context.info(f"wrote {path}")
+    write_host_keys(records, context.info)
     context.echo(str(path))
     return int(ExitStatus.OK)
+
+
+def ask(context: CommandContext, question: str, *, default: bool) -> bool:
+    """Ask a yes/no question on stderr and read the answer from the command's stdin.
+
+    The end of input aborts, so a closed stdin never counts as yes.
+    """
+    choices = "[Y/n]" if default else "[y/N]"
+    context.env.stderr.write(f"{question} {choices} ")
+    context.env.stderr.flush()
+    answer = context.env.stdin.readline()
+    if not answer:
+        raise click.exceptions.Abort()
+    answer = answer.strip().lower()
+    if not answer:
+        return default
+    return answer in ("y", "yes")
 
 
 def build_config(

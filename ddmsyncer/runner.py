@@ -20,10 +20,17 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 from ddm.config import Config
-from ddm.errors import Cancelled, DDMError, Interrupted, MigrationFailed, TaskConflict
+from ddm.errors import (
+    Cancelled,
+    ConnectionFailed,
+    DDMError,
+    Interrupted,
+    MigrationFailed,
+    TaskConflict,
+)
 from ddm.events import (
     Event,
     EventCallback,
@@ -49,6 +56,7 @@ PROGRESS_STORE_SECONDS = 1.0
 CONTROL_POLL_SECONDS = 1.0
 
 EngineFactory = Callable[[Any, Config], Any]
+Result = TypeVar("Result")
 
 
 def default_engine_factory(host: Any, config: Config) -> Any:
@@ -125,6 +133,31 @@ class TaskRunner:
             )
         return self._engines[host_name]
 
+    def reconnect(self, host_name: str) -> Any:
+        """Close the engine of a host and connect to it again; return the new engine."""
+        engine = self._engines.pop(host_name, None)
+        if engine is not None:
+            with contextlib.suppress(Exception):
+                engine.close()
+        return self.engine(host_name)
+
+    def on_host(self, host_name: str, action: Callable[[Any], Result]) -> Result:
+        """Run `action(engine)`; if the open connection to the host was lost, reconnect once and retry.
+
+        Meant for idempotent steps of cleanup and rollback, which must still run after a fault
+        broke the connection that the copy used. A host this runner could not connect to at
+        all is not tried again, and a second ConnectionFailed is raised.
+        """
+        connected = host_name in self._engines
+        try:
+            return action(self.engine(host_name))
+        except ConnectionFailed as error:
+            if not connected:
+                raise
+            self.record("warning", "reconnect", f"connection to {host_name} failed ({error}); "
+                        "connecting once more")
+            return action(self.reconnect(host_name))
+
     @property
     def source(self) -> Any:
         return self.engine(self.task.spec.source_host)
@@ -186,6 +219,10 @@ class TaskRunner:
 
     # Running
 
+    def lock_names(self) -> list[str]:
+        """Return the names of the locks this task holds while it runs."""
+        return lock_resources(self.task)
+
     def run(self) -> Task:
         """Run the task's phases; on any failure roll back, then re-raise the error."""
         self.task = mark_stale_running(self.store, self.task)
@@ -200,7 +237,7 @@ class TaskRunner:
         self.record("info", "started", f"task started by process {os.getpid()}")
 
         try:
-            self.store.acquire_locks(self.task.id, lock_resources(self.task))
+            self.store.acquire_locks(self.task.id, self.lock_names())
             self._run_phases()
         except BaseException as error:
             self._finish_failed(error)
@@ -226,12 +263,28 @@ class TaskRunner:
             release_writers(self)
 
     def pending_items(self) -> list[TaskItem]:
+        """Return the volumes still to copy: every one that has not passed verification.
+
+        This is where a resumed task decides what to trust. Only VERIFIED volumes are kept.
+        A volume that an earlier run copied in full (COPIED) or in part (COPYING) is copied
+        again from the start, because bytes that were never verified may be torn or stale.
+        """
         return [item for item in self.task.items if item.state is not ItemState.VERIFIED]
 
     def prepare(self) -> dict[int, volumes.VolumeCheck]:
-        """Check both hosts and every volume; change nothing on either host."""
+        """Check both hosts and every volume; change nothing but this task's own leftovers.
+
+        The only change is removing helper containers that an earlier run of this task left
+        behind (a runner killed mid-copy cannot remove them), so that a resumed task can
+        replace the target volumes that those helpers still mount.
+        """
         self.source.ping()
         self.target.ping()
+        for engine in self._open_engines():
+            removed = volumes.remove_task_helpers(engine, self.task.id)
+            if removed:
+                self.record("info", "helpers_removed", f"removed {removed} helper container(s) "
+                            f"of an earlier run on {engine.host.name}")
 
         checks = {}
         for item in self.pending_items():
@@ -297,13 +350,21 @@ class TaskRunner:
             manifest = Manifest.from_json(stored)
         return manifest
 
-    def cleanup(self) -> None:
-        """Remove helper containers of this task on both hosts (also after failures)."""
-        for engine in self._open_engines():
+    def cleanup(self, *, every_host: bool = False) -> None:
+        """Remove helper containers of this task on the hosts it connected to (also after failures).
+
+        With `every_host`, the source and target host are visited even when this process has
+        not connected to them yet, so `ddmctl rollback` of a killed run removes the helpers
+        that run left behind.
+        """
+        spec = self.task.spec
+        hosts = [spec.source_host, spec.target_host] if every_host else list(self._engines)
+        for host_name in dict.fromkeys(hosts):
             try:
-                volumes.remove_task_helpers(engine, self.task.id)
+                self.on_host(host_name,
+                             lambda engine: volumes.remove_task_helpers(engine, self.task.id))
             except DDMError as error:
-                self.warn(f"could not remove helper containers on {engine.host.name}: {error}")
+                self.warn(f"could not remove helper containers on {host_name}: {error}")
 
     def _open_engines(self) -> list[Any]:
         return list({id(engine): engine for engine in self._engines.values()}.values())
@@ -316,44 +377,47 @@ class TaskRunner:
             self.rollback()
         except BaseException as rollback_error:  # noqa: BLE001 - report both, keep the first
             self.record("error", "rollback_failed", f"rollback failed: {_describe(rollback_error)}")
-            self._finish(TaskState.INTERRUPTED, _error_dict(rollback_error))
+            self._finish(TaskState.INTERRUPTED, _rollback_failed_dict(self.task.id, error,
+                                                                      rollback_error))
             return
 
         state = TaskState.CANCELLED if isinstance(error, Cancelled) else TaskState.FAILED
         self._finish(state, _error_dict(error))
 
-    def rollback(self) -> None:
-        """Remove what this task created on the target; the source was only read."""
+    def rollback(self, *, every_host: bool = False) -> None:
+        """Remove what this task created on the target; the source was only read.
+
+        `every_host` is for a rollback in a new process: see cleanup().
+        """
         self.task.phase = Phase.ROLLBACK
         self.store.update_task(self.task.id, phase=Phase.ROLLBACK)
         self.record("info", "phase", "phase rollback started")
         self.emit_safely(PhaseStarted(self.task.id, phase=Phase.ROLLBACK.value))
 
-        # Connect to both hosts first, so cleanup also finds the helper containers that a
-        # killed runner left on the source.
-        for host_name in (self.task.spec.source_host, self.task.spec.target_host):
-            try:
-                self.engine(host_name)
-            except DDMError as error:
-                self.warn(f"cannot reach {host_name} to remove helper containers: {error}")
-        self.cleanup()
+        self.cleanup(every_host=every_host)
         release_writers(self)
-        remove_staging_volumes(self)
+        self.on_host(self.task.spec.target_host, lambda target: remove_staging_volumes(self))
         created = [item for item in self.task.items if item.target_created]
         if created:
-            target = self.target
-            for item in created:
-                volumes.remove_task_helpers(target, self.task.id)
-                if target.volume_inspect(item.target) is not None:
-                    target.volume_remove(item.target)
-                self.update_item(item, state=ItemState.ROLLED_BACK, target_created=False)
-                self.record("info", "rolled_back", f"removed volume {item.target!r} from "
-                            f"{self.task.spec.target_host}")
+            self.on_host(self.task.spec.target_host,
+                         lambda target: self._remove_created(target, created))
 
         # Items that only reached their staging volume, removed above, are rolled back too.
         for item in self.task.items:
             if item.state in (ItemState.COPYING, ItemState.COPIED, ItemState.FAILED):
                 self.update_item(item, state=ItemState.ROLLED_BACK)
+
+    def _remove_created(self, target: Any, created: list[TaskItem]) -> None:
+        """Remove the target volumes this task created; safe to run again after a failure."""
+        for item in created:
+            if not item.target_created:
+                continue
+            volumes.remove_task_helpers(target, self.task.id)
+            if target.volume_inspect(item.target) is not None:
+                target.volume_remove(item.target)
+            self.update_item(item, state=ItemState.ROLLED_BACK, target_created=False)
+            self.record("info", "rolled_back", f"removed volume {item.target!r} from "
+                        f"{self.task.spec.target_host}")
 
     def _finish(self, state: TaskState, error: dict[str, Any] | None) -> None:
         self.task.state = state
@@ -414,6 +478,37 @@ def _error_dict(error: BaseException) -> dict[str, Any]:
     return {"error": type(error).__name__, "message": str(error), "exit_status": 1}
 
 
+def create_runner(
+    config: Config,
+    store: TaskStore,
+    task_id: str,
+    on_event: EventCallback = ignore_event,
+    engine_factory: EngineFactory = default_engine_factory,
+) -> TaskRunner:
+    """Return the runner for a stored task's mode: TaskRunner, or FullTaskRunner for full mode."""
+    from ddm.task import Mode
+
+    runner_class: type[TaskRunner] = TaskRunner
+    if store.get_task(task_id).spec.mode is Mode.FULL:
+        from ddmsyncer.containers import FullTaskRunner
+
+        runner_class = FullTaskRunner
+    return runner_class(config, store, task_id, on_event=on_event, engine_factory=engine_factory)
+
+
+def _rollback_failed_dict(task_id: str, error: BaseException,
+                         rollback_error: BaseException) -> dict[str, Any]:
+    """Return the stored error of a task whose rollback failed: the cause and the rollback's error."""
+    stored = _error_dict(error)
+    stored["message"] = (
+        f"{stored['message']}; rollback failed too: {_describe(rollback_error)}; the target may "
+        f"still hold what the task created: once the host is reachable, run 'ddmctl resume "
+        f"{task_id}' or 'ddmctl rollback {task_id}'"
+    )
+    stored["rollback_error"] = _error_dict(rollback_error)
+    return stored
+
+
 def rollback_task(runner: TaskRunner) -> Task:
     """Roll back a task that is not running: remove what it created on the target."""
     store, task = runner.store, mark_stale_running(runner.store, runner.task)
@@ -432,7 +527,7 @@ def rollback_task(runner: TaskRunner) -> Task:
         raise TaskConflict(f"task {task.id} changed state while rolling back; try again")
     runner.task = store.get_task(task.id)
     try:
-        runner.rollback()
+        runner.rollback(every_host=True)
     except BaseException as error:
         runner._finish(TaskState.INTERRUPTED, _error_dict(error))
         raise

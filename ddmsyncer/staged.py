@@ -26,7 +26,7 @@ from typing import Any
 from ddm.errors import MigrationFailed, TargetExists, TransferFailed, VerificationFailed
 from ddm.manifest import Manifest, ManifestBuilder, compare_manifests, display_path
 from ddm.task import ItemState, TaskItem, VerifyMode
-from ddmdriver.archiveguard import ArchiveGuard, HostileArchive
+from ddm.archive_guard import ROOT, ArchiveGuard, guard_observer
 from ddmsyncer import volumes, writers
 from ddmsyncer.datapath import DataPath, HostProbes, Route, choose_route, loses, verify_aspects
 
@@ -116,8 +116,7 @@ class StagedVolumes:
                 manifest, byte_count, digest, changed = self._copy_once(item, check, route, counter)
             except TransferFailed as error:
                 # moby's archive writer fails when a file grows or shrinks while it is read.
-                hostile = isinstance(error, HostileArchive)
-                if hostile or not (found and self.policy.live and self.policy.quiesce):
+                if not (found and self.policy.live and self.policy.quiesce):
                     raise
                 manifest, changed = Manifest(), [f"(the live copy failed: {error})"]
             if found and self.policy.live and not changed:
@@ -145,11 +144,10 @@ class StagedVolumes:
         if route.data_path is DataPath.HOST:
             return self._copy_host(item, staging, route, hash_content, counter)
 
-        guard = ArchiveGuard(f"volume {item.source!r}", strip_prefix=volumes.ARCHIVE_PREFIX)
         staged_item = dataclasses.replace(item, target=staging)
         manifest, byte_count, digest = volumes.copy_volume(
             self.runner.source, self.runner.target, staged_item, task_id=self.task_id,
-            hash_content=hash_content, on_chunk=counter.add, extra_observers=[guard],
+            hash_content=hash_content, on_chunk=counter.add,
         )
         volumes.remove_task_helpers(self.runner.source, self.task_id)
         volumes.remove_task_helpers(self.runner.target, self.task_id)
@@ -160,7 +158,7 @@ class StagedVolumes:
         from ddmdriver.hostpath import relay_host_archive
 
         target_directory = self.runner.target.volume_inspect(staging).mountpoint
-        guard = ArchiveGuard(f"volume {item.source!r}")
+        guard, _ = guard_observer(ArchiveGuard(ROOT, description=f"volume {item.source!r}"))
         builder = ManifestBuilder(hash_content=hash_content)
 
         def observe(chunk: memoryview) -> None:

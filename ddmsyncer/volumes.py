@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ddm.errors import (
@@ -134,14 +134,14 @@ def copy_volume(
     task_id: str,
     hash_content: bool,
     on_chunk: Callable[[int], None],
-    extra_observers: Sequence[Callable[[memoryview], None]] = (),
 ) -> tuple[Manifest, int, str]:
     """Relay the volume's archive from source to target; return (manifest, bytes, digest).
 
     The source helper mounts the volume read-only, so the copy cannot change the source.
-    `extra_observers` see each chunk before it is sent, ahead of the manifest builder.
+    Every archive member is checked by an ArchiveGuard before the target unpacks it.
     """
-    from ddmdriver.relay import relay_archive
+    from ddm.archive_guard import ArchiveGuard
+    from ddmdriver.relay import archive_root, relay_archive
 
     labels = {TASK_LABEL: task_id}
     source_helper = source.create_helper(item.source, read_only=True, labels=labels)
@@ -155,7 +155,8 @@ def copy_volume(
     started = time.monotonic()
     result = relay_archive(
         source, source_helper, HELPER_MOUNT, target, target_helper, "/",
-        observers=[*extra_observers, observe],
+        observers=[observe],
+        guard=ArchiveGuard(archive_root(HELPER_MOUNT), description=f"volume {item.source!r}"),
     )
     manifest = builder.close()
     log.info(
@@ -206,9 +207,10 @@ def verify_volume(
 
 def remove_task_helpers(engine, task_id: str) -> int:
     """Remove every helper container of the task on a host; return how many were removed."""
+    # Engine.list_containers raises ConnectionFailed for a lost connection, and the
+    # runner's rollback then connects once more.
     removed = 0
-    containers = engine.api.containers(all=True, filters={"label": [f"{TASK_LABEL}={task_id}"]})
-    for container in containers:
-        engine.remove_container(container["Id"])
+    for container_id in engine.list_containers(labels={TASK_LABEL: task_id}):
+        engine.remove_container(container_id)
         removed += 1
     return removed

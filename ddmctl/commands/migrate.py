@@ -15,9 +15,21 @@ from ddmctl.progress import choose_display, format_bytes
 @click.option("--from", "source", required=True, metavar="HOST", help="Source host name.")
 @click.option("--to", "target", required=True, metavar="HOST", help="Target host name.")
 @click.option(
-    "--volume", "volumes", multiple=True, required=True, metavar="SRC[:DST]",
-    help="Volume to move; SRC:DST renames it on the target (repeatable).",
+    "--volume", "volumes", multiple=True, metavar="SRC[:DST]",
+    help="Volume to move; SRC:DST renames it on the target (repeatable, volumes mode).",
 )
+@click.option("--mode", type=click.Choice(["volumes", "full"]), default="volumes",
+              show_default=True, help="Move volumes only, or whole containers (full).")
+@click.option("--container", "containers", multiple=True, metavar="NAME",
+              help="Container to move in full mode (repeatable).")
+@click.option("--project", metavar="NAME",
+              help="Compose project to move in full mode: every container, volume and "
+              "network labelled com.docker.compose.project=NAME.")
+@click.option("--map-path", "map_paths", multiple=True, metavar="SRC=DST",
+              help="Copy the bind-mounted host directory SRC to DST on the target (full mode, "
+              "repeatable).")
+@click.option("--remove-source", is_flag=True,
+              help="Remove the stopped source containers after a verified full-mode migration.")
 @click.option(
     "--verify", type=click.Choice(["none", "quick", "full"]), default=None,
     help="Check after the copy: quick compares metadata and sizes, full also hashes content "
@@ -48,6 +60,11 @@ def migrate(
     source: str,
     target: str,
     volumes: tuple[str, ...],
+    mode: str,
+    containers: tuple[str, ...],
+    project: str | None,
+    map_paths: tuple[str, ...],
+    remove_source: bool,
     verify: str | None,
     force: bool,
     data_path: str,
@@ -64,6 +81,19 @@ def migrate(
     removed. The task is stored, so 'ddmctl status TASK' works from another terminal.
     """
     config = context.config
+    if mode == "full":
+        if volumes or force:
+            raise UsageError("--volume and --force belong to volumes mode",
+                             hint="full mode moves the volumes of the given containers")
+        return migrate_full(context, source=source, target=target, containers=containers,
+                            project=project, map_path=map_paths, remove_source=remove_source,
+                            verify=verify or config.defaults.verify, dry_run=dry_run, yes=yes,
+                            as_json=as_json)
+    if containers or project or map_paths or remove_source:
+        raise UsageError("--container, --project, --map-path and --remove-source need --mode full")
+    if not volumes:
+        raise click.UsageError("Missing option '--volume' (or --mode full with --container "
+                               "NAME or --project NAME).")
     options = migrate_options(data_path=data_path, stop_writers=stop_writers, pause=pause,
                               live=live)
     spec = api.build_spec(
@@ -94,6 +124,53 @@ def migrate_options(*, data_path: str, stop_writers: bool, pause: bool, live: bo
     return options
 
 
+def migrate_full(context: CommandContext, *, dry_run: bool, yes: bool, as_json: bool,
+                 **request: object) -> int:
+    """Create and run a full-mode task, or print its plan with --dry-run."""
+    spec = api.build_full_spec(context.config, **request)
+    if dry_run:
+        return show_full_plan(context, api.plan_full_task(context.config, spec), as_json)
+
+    selection = (f"project {spec.options['project']}" if spec.options.get("project")
+                 else "containers " + ", ".join(spec.options["containers"]))
+    summary = (f"migrate {selection} from {spec.source_host} to {spec.target_host}; the source "
+               "containers are stopped")
+    confirm(context, summary, yes=yes, force=bool(spec.options.get("remove_source")))
+    task = api.create_full_task(context.store, context.config, **request)
+    context.info(f"task {task.id} created")
+    return run_and_report(context, task.id, as_json, resume=False)
+
+
+def show_full_plan(context: CommandContext, plan: dict, as_json: bool) -> int:
+    if as_json:
+        context.print_json(plan)
+        return int(ExitStatus.OK if plan["ok"] else ExitStatus.FAILED)
+
+    context.echo(f"plan: full from {plan['source_host']} to {plan['target_host']}")
+    for container in plan["containers"]:
+        state = "running" if container["running"] else "stopped"
+        after = f", after {', '.join(container['depends_on'])}" if container["depends_on"] else ""
+        context.echo(f"  container {container['name']}: image {container['image']}, {state}{after}")
+    for image in plan["images"]:
+        action = "present on target" if image["present_on_target"] else "send"
+        context.echo(f"  image {image['id'][:19]} {', '.join(image['tags'])}: "
+                     f"{format_bytes(image['size_bytes'])}, {action}")
+    for volume in plan["volumes"]:
+        action = "recreate only (remote-backed)" if volume["remote"] else "copy"
+        context.echo(f"  volume {volume['name']}: {format_bytes(volume['size_bytes'])}, {action}")
+    for bind in plan["binds"]:
+        context.echo(f"  bind mount {bind['source_path']} -> {bind['target_path']}: copy")
+    for network in plan["networks"]:
+        action = "exists on target" if network["exists_on_target"] else "create"
+        context.echo(f"  network {network['name']} ({network['driver']}, "
+                     f"{', '.join(network['subnets'])}): {action}")
+    for step in plan["steps"]:
+        context.echo(f"  step {step}")
+    for conflict in plan["conflicts"]:
+        context.echo(f"  conflict: {conflict}")
+    return int(ExitStatus.OK if plan["ok"] else ExitStatus.FAILED)
+
+
 def spec_summary(spec) -> str:
     names = ", ".join(
         volume.source if volume.source == volume.target else f"{volume.source} -> {volume.target}"
@@ -103,12 +180,13 @@ def spec_summary(spec) -> str:
 
 
 def confirm(context: CommandContext, summary: str, *, yes: bool, force: bool) -> None:
-    """Ask on a terminal; off a terminal, --force needs --yes because it replaces data."""
+    """Ask on a terminal; off a terminal, --force (or --remove-source) needs --yes."""
     if yes:
         return
     if not context.env.stdin_isatty:
         if force:
-            raise UsageError("--force replaces target volumes and needs --yes off a terminal")
+            raise UsageError("--force or --remove-source removes data and needs --yes off a "
+                             "terminal")
         return
     if not click.confirm(f"{summary}?", default=False, err=True):
         raise click.exceptions.Abort()

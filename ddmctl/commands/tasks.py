@@ -66,6 +66,8 @@ def status(context: CommandContext, task_id: str, show_events: bool, as_json: bo
         data = task.to_dict()
         if show_events:
             data["events"] = events
+        if task.spec.mode.value == "full":
+            data["full"] = store.get_extra(task.id)
         context.print_json(data)
         return int(ExitStatus.OK)
 
@@ -81,6 +83,8 @@ def status(context: CommandContext, task_id: str, show_events: bool, as_json: bo
         total = format_bytes(item.bytes_total) if item.bytes_total is not None else "?"
         context.echo(f"volume    {item.source} -> {item.target}  {item.state.value}  "
                      f"{format_bytes(item.bytes_done)} / {total}")
+    for container in (store.get_extra(task.id).get("plan") or {}).get("containers") or []:
+        context.echo(f"container {container['name']}  image {container['image']}")
     for event in events:
         context.echo(f"{format_time(event['at'])}  {event['level']:<7}  {event['message']}")
     return int(ExitStatus.OK)

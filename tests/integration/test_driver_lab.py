@@ -596,3 +596,15 @@ def test_relay_cut_connection_names_side(
     finally:
         source.close()
         target.close()
+
+
+def test_exec_command_timeout(engines: tuple[Engine, Engine]) -> None:
+    ssh = engines[0].ssh
+    assert ssh is not None
+    started = time.monotonic()
+
+    with pytest.raises(ConnectionFailed, match="timed out after 1 s"):
+        ssh.exec_command(["sh", "-c", "exec >/dev/null 2>&1; sleep 30"], timeout=1)
+
+    assert time.monotonic() - started < 10
+    assert engines[0].exec_command(["true"]).exit_status == 0

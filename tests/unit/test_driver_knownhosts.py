@@ -103,7 +103,7 @@ def test_verify_unknown_key_message(tmp_path: Path) -> None:
     assert "2222" in message
     assert "ssh-ed25519" in message
     assert fingerprint(key) in message
-    assert "ddminit --known-hosts" in message
+    assert "ddminit --accept-host-key NAME=SHA256:" in message
     assert "ssh-keyscan -p 2222 127.0.0.21 >>" in message
     assert "\n" not in message
 

@@ -354,3 +354,16 @@ def test_key_file_text_never_logged(tmp_path: Path, caplog: pytest.LogCaptureFix
     logged = "\n".join(record.getMessage() for record in caplog.records)
     assert secret.splitlines()[1] not in logged
     assert io.StringIO(logged).read().count("BEGIN") == 0
+
+
+def test_resolve_proxycommand_rejected(home: Path) -> None:
+    config = make_config(home, {"h1": "ssh://h1"}, "Host h1\n  ProxyCommand nc %h %p\n")
+
+    with pytest.raises(ConfigError, match="ProxyCommand"):
+        resolve_target(config.host("h1"), config)
+
+
+def test_resolve_proxycommand_none_allowed(home: Path) -> None:
+    config = make_config(home, {"h1": "ssh://h1"}, "Host h1\n  ProxyCommand none\n")
+
+    assert resolve_target(config.host("h1"), config).jumps == ()

@@ -1,0 +1,47 @@
+"""ddmctl finalize and logs: finish and inspect full-mode tasks."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ddm import api
+from ddm.errors import ExitStatus
+from ddmctl.common import CommandContext, epilog, json_option
+
+
+@click.command(epilog=epilog("ddmctl finalize 3f2a9c"))
+@click.argument("task_id", metavar="TASK")
+@json_option
+@click.pass_obj
+def finalize(context: CommandContext, task_id: str, as_json: bool) -> int:
+    """Remove the stopped source containers of a succeeded full-mode task.
+
+    Their volumes stay. After this the task can no longer be rolled back.
+    """
+    task = api.finalize_task(context.config, context.store, task_id)
+    if as_json:
+        context.print_json(task.to_dict())
+    else:
+        context.info(f"task {task.id} finalized: source containers removed")
+    return int(ExitStatus.OK)
+
+
+@click.command(epilog=epilog("ddmctl logs 3f2a9c --container web"))
+@click.argument("task_id", metavar="TASK")
+@click.option("--container", required=True, metavar="NAME",
+              help="Source container whose log to print.")
+@click.pass_obj
+def logs(context: CommandContext, task_id: str, container: str) -> int:
+    """Print a source container's log as the task archived it on the target host.
+
+    Each line is "TIMESTAMP stdout|stderr TEXT".
+    """
+    data = api.task_log(context.config, context.store, task_id, container)
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
+    return int(ExitStatus.OK)
+
+
+COMMANDS = (finalize, logs)

@@ -1,0 +1,591 @@
+"""Full-mode tasks: move whole containers with their images, data, layers, logs and networks.
+
+Phases: prepare (build the plan, reject any conflict) -> copy (images, networks, volumes
+of containers that are not running) -> migrate (stop the source containers, final data pass,
+create and start the target containers) -> verify (running and healthy, ports accept
+connections on the target host, manifests and inspect projections match) -> cleanup (helper
+containers).
+
+Every object is recorded in the task's extra state under "created" before it is created, so
+a rollback, also after a crash, removes exactly what the task created on the target. The
+source containers are only stopped, never changed; rollback starts those that were running.
+
+Writable layer: added and changed files are copied with GET archive from the stopped source
+container and PUT archive into the created, not yet started target container, so the target
+runs its original image reference (Config.Image and the image ID stay as on the source). A
+`docker commit` would carry deletions too, but it bakes the container's merged config into a
+new image and changes the image ID. Deletions are instead written as overlay2 whiteouts
+(character devices 0:0) into the target container's upper directory over SSH; prepare
+rejects deletions on other storage drivers.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import tarfile
+import time
+from typing import Any
+
+from ddm.container_config import (
+    compare_projections,
+    create_body,
+    extra_networks,
+    get_path,
+    projection,
+)
+from ddm.errors import DDMError, MigrationFailed, TargetExists, TaskConflict, VerificationFailed
+from ddm.events import ItemFinished, ItemStarted, Progress
+from ddm.manifest import Manifest, ManifestBuilder
+from ddm.task import TaskItem, TaskState, VerifyMode
+from ddmdriver import containers as driver
+from ddmdriver import images as image_driver
+from ddmdriver.engine import HELPER_IMAGE, HELPER_MOUNT
+from ddmsyncer import volumes
+from ddmsyncer.fullplan import FullPlan, build_full_plan
+from ddmsyncer.runner import PROGRESS_EVENT_SECONDS, TaskRunner
+
+log = logging.getLogger(__name__)
+
+LOGS_VOLUME_PREFIX = "ddm-logs-"
+DEFAULT_VERIFY_TIMEOUT_SECONDS = 60.0
+STATE_POLL_SECONDS = 0.5
+CREATED_KINDS = ("containers", "volumes", "networks", "tags", "images", "directories")
+
+
+def logs_volume_name(task_id: str) -> str:
+    """Return the target volume that keeps the source containers' logs of a task."""
+    return f"{LOGS_VOLUME_PREFIX}{task_id}"
+
+
+class FullTaskRunner(TaskRunner):
+    """Runs a full-mode task; the volumes-mode phases of TaskRunner are not used."""
+
+    plan: FullPlan
+
+    def lock_names(self) -> list[str]:
+        spec = self.task.spec
+        names = [f"{spec.source_host}/container/{name}"
+                 for name in spec.options.get("containers") or []]
+        if spec.options.get("project"):
+            names.append(f"{spec.source_host}/project/{spec.options['project']}")
+        return sorted(names)
+
+    # Task state
+
+    def extra(self) -> dict[str, Any]:
+        return self.store.get_extra(self.task.id)
+
+    def remember_created(self, kind: str, value: Any) -> None:
+        """Record an object as created by this task, before creating it."""
+        created = self.extra().get("created") or {key: [] for key in CREATED_KINDS}
+        created.setdefault(kind, []).append(value)
+        self.store.set_extra(self.task.id, created=created)
+
+    def _update_created_container(self, name: str, container_id: str) -> None:
+        created = self.extra()["created"]
+        created["containers"] = [
+            {"name": name, "id": container_id} if entry["name"] == name else entry
+            for entry in created["containers"]
+        ]
+        self.store.set_extra(self.task.id, created=created)
+
+    def add_sent_bytes(self, kind: str, count: int) -> None:
+        key = f"{kind}_bytes_sent"
+        self.store.set_extra(self.task.id, **{key: int(self.extra().get(key) or 0) + count})
+
+    # Phases
+
+    def _run_phases(self) -> None:
+        from ddm.task import Phase
+
+        if any(self.extra().get("created", {}).values()):
+            self.record("info", "restart", "undoing the earlier, interrupted run first")
+            self.rollback_objects()
+
+        self._manifests_by_name: dict[str, Manifest] = {}
+        self._positions = 0
+        with self.phase(Phase.PREPARE):
+            self.prepare_full()
+        with self.phase(Phase.COPY):
+            self.copy_full()
+        with self.phase(Phase.MIGRATE):
+            self.migrate_full()
+        with self.phase(Phase.VERIFY):
+            self.verify_full()
+        with self.phase(Phase.CLEANUP):
+            self.cleanup_full()
+
+    def prepare_full(self) -> None:
+        self.source.ping()
+        self.target.ping()
+        self.plan = build_full_plan(self.source, self.target, self.task.spec)
+        self.store.set_extra(
+            self.task.id, plan=self.plan.to_dict(),
+            source_containers=[container.name for container in self.plan.containers],
+            source_running=[c.name for c in self.plan.containers if c.running],
+            created={key: [] for key in CREATED_KINDS}, image_bytes_sent=0,
+            volume_bytes_sent=0,
+        )
+        self._remember_helper_images()
+        spec = self.task.spec
+        self.store.acquire_locks(self.task.id, sorted(
+            {f"{host}/volume/{volume.name}" for volume in self.plan.volumes
+             for host in (spec.source_host, spec.target_host)}
+            | {f"{spec.source_host}/container/{container.name}"
+               for container in self.plan.containers}
+        ))
+        if self.plan.conflicts:
+            count = len(self.plan.conflicts)
+            raise TargetExists(
+                f"{count} conflict{'s' if count > 1 else ''} on host "
+                f"{self.task.spec.target_host!r}: "
+                + "; ".join(self.plan.conflicts),
+                hint="resolve them (see 'ddmctl migrate --dry-run') and run the migration again",
+            )
+        self.record("info", "planned", f"{len(self.plan.containers)} containers, "
+                    f"{len(self.plan.images)} images, {len(self.plan.volumes)} volumes, "
+                    f"{len(self.plan.binds)} bind mounts, {len(self.plan.networks)} networks")
+
+    def _remember_helper_images(self) -> None:
+        """Record on which hosts this task will import DDM's helper image, so rollback removes it."""
+        hosts = [engine.host.name for engine in (self.source, self.target)
+                 if image_driver.image_inspect(engine, HELPER_IMAGE) is None]
+        self.store.set_extra(self.task.id, helper_image_hosts=hosts)
+
+    def copy_full(self) -> None:
+        for image in self.plan.images:
+            self.check_control(force=True)
+            self._copy_image(image)
+        for network in self.plan.networks:
+            if not network.exists_on_target:
+                self.remember_created("networks", network.name)
+                driver.network_create(self.target, network.name, network.inspect)
+        for volume in self.plan.volumes:
+            self.remember_created("volumes", volume.name)
+            self.target.volume_create(volume.name, driver=volume.driver,
+                                      driver_opts=volume.options, labels=volume.labels)
+            if volume.remote:
+                self.warn(f"volume {volume.name!r} uses driver {volume.driver} or a remote "
+                          "file system; it was recreated with its options, not copied")
+        for volume in self._volumes_to_copy(running=False):
+            self._copy_volume(volume.name)
+
+    def migrate_full(self) -> None:
+        for container in reversed(self.plan.containers):
+            if container.running:
+                self.check_control(force=True)
+                driver.container_stop(self.source, container.name)
+                self.record("info", "stopped", f"stopped source container {container.name!r}")
+
+        for volume in self._volumes_to_copy(running=True):
+            self._copy_volume(volume.name)
+        for bind in self.plan.binds:
+            self._copy_bind(bind.source_path, bind.target_path)
+        self._archive_logs()
+
+        for container in self.plan.containers:
+            self.check_control(force=True)
+            self._create_container(container)
+        for container in self.plan.containers:
+            driver.container_start(self.target, container.name)
+            self.record("info", "started", f"started container {container.name!r} on "
+                        f"{self.task.spec.target_host}")
+
+    def verify_full(self) -> None:
+        timeout = float(self.task.spec.options.get("verify_timeout")
+                        or DEFAULT_VERIFY_TIMEOUT_SECONDS)
+        for container in self.plan.containers:
+            inspect = self._wait_running(container.name, timeout)
+            self._check_ports(container.name, inspect)
+            self._check_projection(container, inspect)
+            self._check_layer(container)
+
+        if self.task.spec.verify is VerifyMode.NONE:
+            self.warn("volume data was not verified (--verify none)")
+            return
+        hash_content = self.task.spec.verify is VerifyMode.FULL
+        for name, manifest in self._manifests_by_name.items():
+            target_manifest = self._read_target_manifest(name, hash_content)
+            item = TaskItem(task_id=self.task.id, position=0, source=name, target=name)
+            volumes.verify_volume(manifest, target_manifest, item, self.task.spec.verify)
+        self.record("info", "verified", "containers, ports, volumes and bind mounts verified")
+
+    def cleanup_full(self) -> None:
+        self.cleanup()
+        if self.task.spec.options.get("remove_source"):
+            remove_source_containers(self, [container.name for container in self.plan.containers])
+
+    # Copy steps
+
+    def _copy_image(self, image: Any) -> None:
+        target = self.target
+        if image.present_on_target:
+            for tag in image.missing_tags:
+                self.remember_created("tags", tag)
+                image_driver.image_tag(target, image.id, tag)
+            self.record("info", "image", f"image {image.id[:19]} already on "
+                        f"{self.task.spec.target_host}; not sent")
+            return
+
+        self.remember_created("images", image.id)
+        names = image.tags or [image.id]
+        progress = _TransferProgress(self, f"image {names[0]}", f"image {names[0]}",
+                                     image.size_bytes or None)
+        sent = image_driver.relay_image(self.source, target, names, on_chunk=progress.add)
+        progress.finish(sent)
+        self.add_sent_bytes("image", sent)
+        self.record("info", "image", f"sent image {image.id[:19]} ({', '.join(names)}): "
+                    f"{sent} bytes")
+
+    def _volumes_to_copy(self, *, running: bool) -> list[Any]:
+        """Return the volumes to copy now: those of running containers only after the stop."""
+        running_names = {c.name for c in self.plan.containers if c.running}
+        selected = []
+        for volume in self.plan.volumes:
+            if volume.remote:
+                continue
+            used_by_running = bool(running_names & set(volume.containers))
+            if used_by_running == running:
+                selected.append(volume)
+        return selected
+
+    def _copy_volume(self, name: str) -> None:
+        volume = next(volume for volume in self.plan.volumes if volume.name == name)
+        item = TaskItem(task_id=self.task.id, position=0, source=name, target=name)
+        progress = _TransferProgress(self, name, name, volume.size_bytes)
+        manifest, byte_count, _ = volumes.copy_volume(
+            self.source, self.target, item, task_id=self.task.id,
+            hash_content=self.task.spec.verify is VerifyMode.FULL, on_chunk=progress.add,
+        )
+        progress.finish(byte_count)
+        self._manifests_by_name[name] = manifest
+        self.add_sent_bytes("volume", byte_count)
+        volumes.remove_task_helpers(self.source, self.task.id)
+        volumes.remove_task_helpers(self.target, self.task.id)
+
+    def _copy_bind(self, source_path: str, target_path: str) -> None:
+        from ddmdriver.relay import relay_archive
+
+        labels = {volumes.TASK_LABEL: self.task.id}
+        self.remember_created("directories", target_path)
+        source_helper = driver.create_bind_helper(self.source, source_path, read_only=True,
+                                                  labels=labels)
+        target_helper = driver.create_bind_helper(self.target, target_path, read_only=False,
+                                                  labels=labels)
+        builder = ManifestBuilder(hash_content=self.task.spec.verify is VerifyMode.FULL,
+                                  strip_prefix=volumes.ARCHIVE_PREFIX)
+        result = relay_archive(self.source, source_helper, HELPER_MOUNT, self.target,
+                               target_helper, "/", observers=[builder.feed])
+        self._manifests_by_name[f"bind:{target_path}"] = builder.close()
+        self.add_sent_bytes("volume", result.bytes)
+        volumes.remove_task_helpers(self.source, self.task.id)
+        volumes.remove_task_helpers(self.target, self.task.id)
+        self.record("info", "bind", f"copied directory {source_path} to {target_path}: "
+                    f"{result.bytes} bytes")
+
+    def _archive_logs(self) -> None:
+        """Write each source container's log into the task's logs volume on the target."""
+        name = logs_volume_name(self.task.id)
+        self.remember_created("volumes", name)
+        self.target.volume_create(name, labels={"ddm.task": self.task.id, "ddm.logs": "1"})
+        archive = io.BytesIO()
+        with tarfile.open(fileobj=archive, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            for container in self.plan.containers:
+                data = driver.container_logs(self.source, container.name)
+                member = tarfile.TarInfo(f"{container.name}.log")
+                member.size = len(data)
+                member.mtime = int(time.time())
+                member.mode = 0o644
+                tar.addfile(member, io.BytesIO(data))
+        helper = self.target.create_helper(name, read_only=False,
+                                           labels={volumes.TASK_LABEL: self.task.id})
+        try:
+            self.target.put_archive(helper, HELPER_MOUNT, iter([archive.getvalue()]))
+        finally:
+            self.target.remove_container(helper)
+        self.store.set_extra(self.task.id, logs_volume=name)
+
+    def _create_container(self, container: Any) -> None:
+        body = create_body(container.inspect, container.image_config,
+                           map_path=self.task.spec.options.get("map_path") or {})
+        self.remember_created("containers", {"name": container.name, "id": None})
+        container_id = driver.container_create(self.target, container.name, body)
+        self._update_created_container(container.name, container_id)
+        for network, endpoint in extra_networks(container.inspect):
+            driver.network_connect(self.target, network, container_id, endpoint)
+        self._copy_layer(container, container_id)
+
+    def _copy_layer(self, container: Any, target_id: str) -> None:
+        """Carry the source container's added, changed and deleted files into the target."""
+        changes = driver.container_changes(self.source, container.name)
+        mount_points = [mount["Destination"] for mount in container.inspect.get("Mounts") or []]
+        copied: list[str] = []
+        sent = 0
+        for change in sorted(changes, key=lambda change: change["Path"]):
+            path = change["Path"]
+            if change["Kind"] == driver.CHANGE_DELETED or _below_any(path, copied):
+                continue
+            if any(path == point or path.startswith(point.rstrip("/") + "/")
+                   or point.startswith(path.rstrip("/") + "/") for point in mount_points):
+                continue  # mount points and the paths that lead to them are not layer data
+            stream = self.source.get_archive(container.id, path)
+            with stream:
+                is_directory = bool((stream.stat or {}).get("mode", 0) & (1 << 31))
+                if is_directory and change["Kind"] == driver.CHANGE_MODIFIED:
+                    continue  # its changed entries are listed on their own
+                parent = path.rsplit("/", 1)[0] or "/"
+                self.target.put_archive(target_id, parent, iter(stream))
+                sent += stream.bytes_read
+            copied.append(path)
+
+        deleted = self.plan.deleted_paths.get(container.name) or []
+        if deleted:
+            target_inspect = driver.container_inspect(self.target, target_id) or {}
+            upper = get_path(target_inspect, "GraphDriver.Data.UpperDir")
+            if not upper:
+                raise MigrationFailed(f"cannot find the writable layer of container "
+                                      f"{container.name!r} on {self.task.spec.target_host}")
+            driver.write_whiteouts(self.target, upper, deleted)
+        self.add_sent_bytes("layer", sent)
+        self.record("info", "layer", f"container {container.name!r}: copied {len(copied)} "
+                    f"changed paths ({sent} bytes), marked {len(deleted)} deleted")
+
+    # Verify steps
+
+    def _wait_running(self, name: str, timeout: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            inspect = driver.container_inspect(self.target, name) or {}
+            state = inspect.get("State") or {}
+            health = (state.get("Health") or {}).get("Status")
+            if state.get("Running") and health in (None, "healthy"):
+                return inspect
+            if not state.get("Running") and state.get("Status") in ("exited", "dead"):
+                raise VerificationFailed(f"container {name!r} on {self.task.spec.target_host} "
+                                         f"exited with code {state.get('ExitCode')}")
+            if time.monotonic() > deadline:
+                raise VerificationFailed(
+                    f"container {name!r} on {self.task.spec.target_host} is not running and "
+                    f"healthy after {timeout:.0f} s (state {state.get('Status')}, health {health})")
+            self.check_control()
+            time.sleep(STATE_POLL_SECONDS)
+
+    def _check_ports(self, name: str, inspect: dict[str, Any]) -> None:
+        ports = get_path(inspect, "NetworkSettings.Ports") or {}
+        for container_port, bindings in ports.items():
+            if not container_port.endswith("/tcp"):
+                continue
+            for binding in bindings or []:
+                address = binding.get("HostIp") or "0.0.0.0"
+                address = "127.0.0.1" if address in ("0.0.0.0", "") else address
+                address = "::1" if address == "::" else address
+                if not driver.tcp_port_open(self.target, address, int(binding["HostPort"])):
+                    raise VerificationFailed(
+                        f"published port {address}:{binding['HostPort']} of container {name!r} "
+                        f"does not accept connections on {self.task.spec.target_host}")
+
+    def _check_projection(self, container: Any, inspect: dict[str, Any]) -> None:
+        target_image = image_driver.image_inspect(self.target, inspect["Image"]) or {}
+        differences = compare_projections(
+            projection(container.inspect, container.image_config),
+            projection(inspect, target_image.get("Config")),
+            self.task.spec.options.get("map_path") or {},
+        )
+        if differences:
+            raise VerificationFailed(
+                f"container {container.name!r} differs from its source: " + "; ".join(differences))
+
+    def _check_layer(self, container: Any) -> None:
+        """Check that every change of the source container's layer is in the target's."""
+
+        def listing(engine: Any) -> list[tuple[str, int]]:
+            return sorted((change["Path"], change["Kind"])
+                          for change in driver.container_changes(engine, container.name))
+
+        source, target = set(listing(self.source)), set(listing(self.target))
+        missing = sorted(source - target)
+        if missing:
+            raise VerificationFailed(
+                f"writable layer of container {container.name!r} on "
+                f"{self.task.spec.target_host} lacks {len(missing)} changes of the source "
+                f"(path, kind): {missing[:10]}")
+        # The target container already runs, so its application may have written files.
+        unexpected = sorted(target - source)
+        if unexpected:
+            self.warn(f"container {container.name!r} changed {len(unexpected)} more paths since "
+                      f"it started on {self.task.spec.target_host}: {unexpected[:10]}")
+
+    def _read_target_manifest(self, name: str, hash_content: bool) -> Manifest:
+        if not name.startswith("bind:"):
+            return volumes.read_manifest(self.target, name, task_id=self.task.id,
+                                         hash_content=hash_content)
+        helper = driver.create_bind_helper(self.target, name[len("bind:"):], read_only=True,
+                                           labels={volumes.TASK_LABEL: self.task.id})
+        try:
+            builder = ManifestBuilder(hash_content=hash_content,
+                                      strip_prefix=volumes.ARCHIVE_PREFIX)
+            with self.target.get_archive(helper, HELPER_MOUNT) as stream:
+                for chunk in stream:
+                    builder.feed(chunk)
+            return builder.close()
+        finally:
+            self.target.remove_container(helper)
+
+    # Rollback
+
+    def rollback(self, *, every_host: bool = False) -> None:
+        """Remove what the task created on the target, then start the source containers again."""
+        from ddm.events import PhaseStarted
+        from ddm.task import Phase
+
+        self.check_rollback_allowed()
+        self.task.phase = Phase.ROLLBACK
+        self.store.update_task(self.task.id, phase=Phase.ROLLBACK)
+        self.record("info", "phase", "phase rollback started")
+        self.emit_safely(PhaseStarted(self.task.id, phase=Phase.ROLLBACK.value))
+        self.rollback_objects(every_host=every_host)
+
+    def check_rollback_allowed(self) -> None:
+        """Raise TaskConflict when the task removed its source containers (finalize)."""
+        if self.extra().get("finalized") or self.extra().get("source_removed"):
+            raise TaskConflict(f"task {self.task.id} removed its source containers; it cannot "
+                               "be rolled back")
+
+    def rollback_objects(self, *, every_host: bool = False) -> None:
+        self.cleanup(every_host=every_host)
+        created = self.extra().get("created") or {}
+        target = self.target
+        for entry in reversed(created.get("containers") or []):
+            driver.container_remove(target, entry.get("id") or entry["name"])
+        for name in reversed(created.get("volumes") or []):
+            if target.volume_inspect(name) is not None:
+                target.volume_remove(name)
+        for name in reversed(created.get("networks") or []):
+            driver.network_remove(target, name)
+        for tag in created.get("tags") or []:
+            image_driver.image_remove(target, tag)
+        for image_id in created.get("images") or []:
+            image = image_driver.image_inspect(target, image_id)
+            for tag in (image or {}).get("RepoTags") or []:
+                image_driver.image_remove(target, tag)
+            image_driver.image_remove(target, image_id)
+        for path in created.get("directories") or []:
+            try:
+                driver.remove_host_directory(target, path)
+            except DDMError as error:
+                self.warn(f"could not remove directory {path} on "
+                          f"{self.task.spec.target_host}: {error}; remove it by hand")
+        self.store.set_extra(self.task.id, created={key: [] for key in CREATED_KINDS})
+        self.record("info", "rolled_back", f"removed what the task created on "
+                    f"{self.task.spec.target_host}")
+        self._restart_source()
+        self._remove_helper_images()
+
+    def _remove_helper_images(self) -> None:
+        for host_name in self.extra().get("helper_image_hosts") or []:
+            engine = self.engine(host_name)
+            try:
+                volumes.remove_task_helpers(engine, self.task.id)
+                image_driver.image_remove(engine, HELPER_IMAGE)
+            except DDMError as error:
+                self.warn(f"could not remove the helper image on {host_name}: {error}")
+        self.store.set_extra(self.task.id, helper_image_hosts=[])
+
+    def _restart_source(self) -> None:
+        for name in self.extra().get("source_running") or []:
+            inspect = driver.container_inspect(self.source, name)
+            if inspect is not None and not get_path(inspect, "State.Running"):
+                driver.container_start(self.source, name)
+                self.record("info", "restarted", f"started source container {name!r} again")
+
+
+class _TransferProgress:
+    """Emits ItemStarted, Progress and ItemFinished events for one image or volume transfer."""
+
+    def __init__(self, runner: FullTaskRunner, source: str, target: str,
+                 bytes_total: int | None) -> None:
+        self.runner = runner
+        self.position = runner._positions
+        runner._positions += 1
+        self.bytes_total = bytes_total
+        self.done = 0
+        self._last_event = 0.0
+        runner.emit(ItemStarted(runner.task.id, position=self.position, source=source,
+                                target=target, bytes_total=bytes_total))
+
+    def add(self, count: int) -> None:
+        self.done += count
+        now = time.monotonic()
+        if now - self._last_event >= PROGRESS_EVENT_SECONDS:
+            self._last_event = now
+            self.runner.emit(Progress(self.runner.task.id, position=self.position,
+                                      bytes_done=self.done, bytes_total=self.bytes_total))
+            self.runner.check_control()
+
+    def finish(self, byte_count: int) -> None:
+        self.runner.emit(ItemFinished(self.runner.task.id, position=self.position,
+                                      state="copied", bytes_done=byte_count))
+
+
+def _below_any(path: str, parents: list[str]) -> bool:
+    return any(path.startswith(parent.rstrip("/") + "/") for parent in parents)
+
+
+def remove_source_containers(runner: TaskRunner, names: list[str]) -> None:
+    """Remove the stopped source containers of a task (never their volumes)."""
+    runner.store.set_extra(runner.task.id, source_removed=True)
+    for name in names:
+        inspect = driver.container_inspect(runner.source, name)
+        if inspect is None:
+            continue
+        if get_path(inspect, "State.Running"):
+            raise MigrationFailed(f"source container {name!r} runs again on "
+                                  f"{runner.task.spec.source_host}; not removed",
+                                  hint="stop it first, or roll the task back")
+        driver.container_remove(runner.source, name)
+        runner.record("info", "source_removed", f"removed source container {name!r}")
+
+
+def finalize_task(runner: FullTaskRunner) -> None:
+    """Remove the stopped source containers of a succeeded full-mode task."""
+    task = runner.task
+    if task.state is not TaskState.SUCCEEDED:
+        raise TaskConflict(f"task {task.id} is {task.state.value}; only a succeeded task can be "
+                           "finalized")
+    extra = runner.extra()
+    if extra.get("finalized"):
+        return
+    try:
+        remove_source_containers(runner, list(extra.get("source_containers") or []))
+        runner.store.set_extra(task.id, finalized=True)
+        runner.record("info", "finalized", "source containers removed")
+    finally:
+        runner._close()
+
+
+def read_task_log(runner: TaskRunner, container: str) -> bytes:
+    """Return the archived log of one source container from the task's logs volume."""
+    from ddm.errors import UsageError
+
+    extra = runner.store.get_extra(runner.task.id)
+    volume = extra.get("logs_volume")
+    if not volume:
+        raise UsageError(f"task {runner.task.id} archived no logs",
+                         hint="logs are archived in the migrate phase of a full-mode task")
+    if container not in (extra.get("source_containers") or []):
+        raise UsageError(f"container {container!r} is not part of task {runner.task.id}")
+    target = runner.target
+    helper = target.create_helper(volume, read_only=True, labels={volumes.TASK_LABEL: runner.task.id})
+    try:
+        with target.get_archive(helper, f"{HELPER_MOUNT}/{container}.log") as stream:
+            data = b"".join(stream)
+    except DDMError:
+        raise
+    finally:
+        target.remove_container(helper)
+        runner._close()
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        member = tar.next()
+        extracted = tar.extractfile(member) if member else None
+        return extracted.read() if extracted else b""
