@@ -9,17 +9,19 @@ Example::
     task = api.create_task(store, config, source="old", target="new", volumes=["pgdata"])
     task = api.run_task(config, store, task.id, on_event=print)
 
-The commands are thin layers over these functions.
+The commands are thin layers over these functions; docs/python-api.md has a complete example.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from ddm.callbacks import Callbacks, run_task_callbacks, task_summary
 from ddm.config import Config, load_config
 from ddm.errors import TaskConflict, UsageError
 from ddm.events import EventCallback, ignore_event
@@ -37,15 +39,25 @@ from ddm.task import (
     validate_docker_name,
 )
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "load_config",
     "open_store",
+    "build_spec",
+    "plan_task",
     "create_task",
     "run_task",
+    "pause_task",
     "resume_task",
-    "rollback_task",
     "cancel_task",
-    "plan_task",
+    "rollback_task",
+    "verify_volumes",
+    "check_hosts",
+    "load_fleet_plan",
+    "apply_fleet_plan",
+    "task_summary",
+    "build_callbacks",
     "create_full_task",
     "finalize_task",
     "task_log",
@@ -66,8 +78,15 @@ def build_spec(
     verify: str | VerifyMode = VerifyMode.FULL,
     force: bool = False,
     options: dict[str, Any] | None = None,
+    on_success: str | None = None,
+    on_failure: str | None = None,
+    notify: Iterable[str] = (),
 ) -> TaskSpec:
-    """Validate the request and return a TaskSpec; nothing is stored or changed."""
+    """Validate the request and return a TaskSpec; nothing is stored or changed.
+
+    `on_success`, `on_failure` and `notify` set the task's callbacks; when left out, the
+    config's defaults (defaults.on_success, defaults.on_failure, defaults.notify) apply.
+    """
     config.host(source)
     config.host(target)
     mappings = [parse_volume_mapping(value) for value in volumes]
@@ -89,6 +108,8 @@ def build_spec(
     except ValueError:
         raise UsageError(f"invalid verify mode {verify!r}", hint="use none, quick or full") from None
 
+    callbacks = Callbacks.build(on_success=on_success, on_failure=on_failure, notify=notify,
+                                defaults=config.defaults)
     return TaskSpec(
         source_host=source,
         target_host=target,
@@ -96,8 +117,15 @@ def build_spec(
         volumes=tuple(VolumeSpec(source=s, target=t) for s, t in mappings),
         verify=verify_mode,
         force=force,
-        options=dict(options or {}),
+        options={**callbacks.to_options(), **dict(options or {})},
     )
+
+
+def build_callbacks(config: Config, *, on_success: str | None = None,
+                    on_failure: str | None = None, notify: Iterable[str] = ()) -> dict[str, Any]:
+    """Validate callbacks over the config defaults; return them as task spec options."""
+    return Callbacks.build(on_success=on_success, on_failure=on_failure, notify=notify,
+                           defaults=config.defaults).to_options()
 
 
 def _reject_duplicates(names: list[str], what: str) -> None:
@@ -124,24 +152,78 @@ def create_task(store: TaskStore, config: Config, **request: Any) -> Task:
 def run_task(
     config: Config, store: TaskStore, task_id: str, on_event: EventCallback = ignore_event
 ) -> Task:
-    """Run a queued or interrupted task to its end; raise the error of a failed task."""
+    """Run a queued or interrupted task to its end; raise the error of a failed task.
+
+    When the run ends, the task's callbacks run (on_success or on_failure, and notify). Their
+    outcome is recorded as task events and never changes the task's result.
+    """
     from ddmsyncer.runner import create_runner
 
-    return create_runner(config, store, task_id, on_event=on_event).run()
+    runner = create_runner(config, store, task_id, on_event=on_event)
+    started = time.time()
+    try:
+        return runner.run()
+    finally:
+        _run_callbacks_once(store, runner.task.id, started)
+
+
+def _run_callbacks_once(store: TaskStore, task_id: str, started: float) -> None:
+    """Run the callbacks of a task that this call finished (not of one it could not claim)."""
+    task = store.get_task(task_id)
+    ended = task.state.finished or task.state is TaskState.INTERRUPTED
+    if not ended or task.finished_at is None or task.finished_at < started:
+        return
+    try:
+        run_task_callbacks(store, task)
+    except Exception:  # noqa: BLE001 - a callback never changes the task's result
+        log.exception("task %s: running its callbacks failed", task_id)
+
+
+def pause_task(store: TaskStore, task_id: str) -> Task:
+    """Ask a running task to pause at its next safe point (between chunks or volumes)."""
+    from ddmsyncer.runner import mark_stale_running
+
+    task = mark_stale_running(store, store.get_task(task_id))
+    if task.state is not TaskState.RUNNING:
+        raise TaskConflict(
+            f"task {task.id} is {task.state.value}; only a running task can be paused",
+            hint=f"see 'ddmctl status {task.id}'",
+        )
+    if task.control == "cancel":
+        raise TaskConflict(f"task {task.id} is being cancelled and cannot be paused")
+    store.update_task(task.id, control="pause")
+    store.add_event(task.id, "info", "pause_requested", "pause requested")
+    return store.get_task(task.id)
+
+
+def is_paused(task: Task) -> bool:
+    """Return True when a running task was asked to pause and not resumed yet."""
+    return task.state is TaskState.RUNNING and task.control == "pause"
 
 
 def resume_task(
     config: Config, store: TaskStore, task_id: str, on_event: EventCallback = ignore_event
 ) -> Task:
-    """Resume an interrupted task: verified volumes are kept, the others are copied again."""
+    """Resume a task: a paused one continues in its runner, an interrupted one runs here.
+
+    For an interrupted task, verified volumes are kept and the others are copied again; this
+    call returns when the task ends. For a paused task it returns at once.
+    """
     from ddmsyncer.runner import mark_stale_running
 
     task = mark_stale_running(store, store.get_task(task_id))
+    if is_paused(task):
+        store.update_task(task.id, control=None)
+        store.add_event(task.id, "info", "resume_requested", "resume requested")
+        return store.get_task(task.id)
     if task.state is not TaskState.INTERRUPTED:
         raise TaskConflict(
-            f"task {task.id} is {task.state.value}; only an interrupted task can be resumed",
+            f"task {task.id} is {task.state.value}; only an interrupted task can be resumed, or "
+            "a paused one continued",
             hint="start a new task with 'ddmctl migrate' instead",
         )
+    if task.control is not None:
+        store.update_task(task.id, control=None)
     return run_task(config, store, task.id, on_event)
 
 
@@ -177,11 +259,62 @@ def cancel_task(store: TaskStore, task_id: str) -> Task:
     return store.get_task(task.id)
 
 
-def plan_task(config: Config, spec: TaskSpec) -> dict[str, Any]:
-    """Run the prepare checks without changing anything and return the plan as a mapping."""
-    from ddmsyncer.plan import build_plan
+def plan_task(config: Config, spec: TaskSpec, *, probe_bytes: int | None = None) -> dict[str, Any]:
+    """Run the prepare checks without changing anything and return the plan document.
 
-    return build_plan(config, spec)
+    The document (described in docs/json-schemas.md) lists every object, its size, data path
+    and preserved aspects, every conflict, the ordered steps and a duration estimate from a
+    link speed measured with `probe_bytes` of /dev/zero read and written over SSH.
+    """
+    from ddmsyncer.plan import DEFAULT_PROBE_BYTES, build_plan
+
+    return build_plan(config, spec, probe_bytes=DEFAULT_PROBE_BYTES if probe_bytes is None
+                      else probe_bytes)
+
+
+def verify_volumes(config: Config, source: str, target: str, volumes: Iterable[str], *,
+                   deep: bool = False) -> list[dict[str, Any]]:
+    """Compare volumes on two hosts (SRC[:DST] names); return one result per volume.
+
+    Each result has `source`, `target`, `entries` and `differences` (path, aspect, source
+    value, target value). Nothing is changed on either host.
+    """
+    from ddmdriver.engine import open_engine
+    from ddmsyncer import volumes as volume_steps
+    from ddmsyncer.compare import compare_volume
+
+    mode = VerifyMode.FULL if deep else VerifyMode.QUICK
+    spec = build_spec(config, source=source, target=target, volumes=volumes, verify=mode,
+                      force=True)
+    aspects = volume_steps.aspects_for(mode)
+    session = f"verify-{new_task_id()}"
+    with open_engine(config.host(source), config) as source_engine, \
+            open_engine(config.host(target), config) as target_engine:
+        return [compare_volume(source_engine, target_engine, volume.source, volume.target,
+                               aspects, deep, session)
+                for volume in spec.volumes]
+
+
+def check_hosts(config: Config, names: Iterable[str]) -> list[Any]:
+    """Check each host's reachability, engine and rights; return one HostCheck per host."""
+    from ddmdriver.hostcheck import check_host
+
+    return [check_host(config, config.host(name)) for name in names]
+
+
+def load_fleet_plan(path: Path, config: Config) -> Any:
+    """Read and validate a fleet plan file; raise UsageError (exit status 2) when invalid."""
+    from ddm.fleet import load_fleet_plan as load
+
+    return load(path, config)
+
+
+def apply_fleet_plan(config: Config, store_path: Path, plan: Any, *, fail_fast: bool = False,
+                     on_item: Any = None) -> list[Any]:
+    """Run every item of a fleet plan within its concurrency limits; return the results."""
+    from ddmsyncer.fleet import apply_plan
+
+    return apply_plan(config, store_path, plan, fail_fast=fail_fast, on_item=on_item)
 
 
 def default_config(path: Path | None = None) -> Config:

@@ -14,6 +14,9 @@ The file is YAML (written by `ddminit`)::
         known_hosts: ~/.ssh/known_hosts_old   # optional per-host override
     defaults:
       verify: full                          # none | quick | full
+      on_success: /usr/local/bin/notify-ok  # optional command, split with shlex, no shell
+      on_failure: /usr/local/bin/page-me    # optional command, split with shlex, no shell
+      notify: https://hooks.example/ddm     # optional URL or list of URLs (http/https)
 
 Home and XDG directories always come from the environment mapping passed in, never from the
 password database, so that tests and scripts can point DDM at temporary directories.
@@ -57,7 +60,7 @@ URL_SCHEMES = ("ssh", "unix", "tcp", "npipe")
 
 TOP_LEVEL_KEYS = {"version", "identity_file", "known_hosts", "ssh_config", "hosts", "defaults"}
 HOST_KEYS = {"url", "docker_socket", "identity_file", "known_hosts"}
-DEFAULTS_KEYS = {"verify"}
+DEFAULTS_KEYS = {"verify", "on_success", "on_failure", "notify"}
 
 # Error messages quote values from the config file, which may be megabytes long or a YAML
 # alias bomb whose full repr would never finish. reprlib keeps at most 80 characters of a
@@ -108,6 +111,9 @@ class Defaults:
     """Defaults for options that the commands also take on the command line."""
 
     verify: str = "full"
+    on_success: str | None = None
+    on_failure: str | None = None
+    notify: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -146,6 +152,11 @@ class Config:
             name: host.to_dict() for name, host in self.hosts.items() if name != LOCAL_HOST
         }
         data["defaults"] = {"verify": self.defaults.verify}
+        for key in ("on_success", "on_failure"):
+            if getattr(self.defaults, key) is not None:
+                data["defaults"][key] = getattr(self.defaults, key)
+        if self.defaults.notify:
+            data["defaults"]["notify"] = list(self.defaults.notify)
         return data
 
 
@@ -476,7 +487,23 @@ def _defaults_from_dict(raw: Any, where: str) -> Defaults:
             f"invalid defaults.verify {short_repr(verify)} in {where}",
             hint=f"use one of: {', '.join(VERIFY_MODES)}",
         )
-    return Defaults(verify=verify)
+    from ddm.callbacks import CallbackError, validate_command, validate_url
+
+    values: dict[str, Any] = {}
+    try:
+        for key in ("on_success", "on_failure"):
+            if raw.get(key) is not None:
+                values[key] = validate_command(raw[key], f"defaults.{key}")
+        notify = raw.get("notify")
+        if isinstance(notify, str):
+            notify = [notify]
+        if notify is not None and not isinstance(notify, list):
+            raise CallbackError(f"invalid defaults.notify {short_repr(notify)}",
+                                hint="give a URL or a list of URLs")
+        values["notify"] = tuple(validate_url(url, "defaults.notify") for url in notify or [])
+    except CallbackError as error:
+        raise ConfigError(f"{error.message} in {where}", hint=error.hint) from None
+    return Defaults(verify=verify, **values)
 
 
 def _optional_path(

@@ -71,6 +71,21 @@ class Warning(Event):  # noqa: A001 - the event's name in the API
 
 
 @dataclass(frozen=True)
+class Paused(Event):
+    """The runner stopped relaying at a safe point because `ddmctl pause` asked it to."""
+
+    phase: str
+
+
+@dataclass(frozen=True)
+class Resumed(Event):
+    """The runner continues after a pause; `seconds` is how long it was paused."""
+
+    phase: str
+    seconds: float
+
+
+@dataclass(frozen=True)
 class TaskFinished(Event):
     state: str
     error: dict[str, Any] | None = None

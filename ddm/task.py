@@ -205,5 +205,6 @@ class Task:
             "finished_at": self.finished_at,
             "duration_seconds": self.duration,
             "error": self.error,
+            "control": self.control,
             "volumes": [item.to_dict() for item in self.items],
         }

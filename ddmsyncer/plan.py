@@ -1,4 +1,12 @@
-"""The plan of a task: what it would do, found with read-only checks on both hosts."""
+"""The plan of a task: what it would do, found with read-only checks on both hosts.
+
+The plan document (schema in docs/json-schemas.md) lists objects, each with a `kind`. Volumes
+mode plans only objects of kind "volume". Full mode adds containers, images, bind mounts and
+networks to the same list, with their own data paths and steps.
+
+Nothing on either host changes: the checks inspect volumes, read the engines' disk usage and
+free space, and the link probe reads /dev/zero and writes /dev/null over SSH.
+"""
 
 from __future__ import annotations
 
@@ -6,105 +14,116 @@ from typing import Any
 
 from ddm.config import Config
 from ddm.errors import DDMError
-from ddm.task import TaskItem, TaskSpec
+from ddm.task import TaskItem, TaskSpec, VerifyMode
 from ddmsyncer import datapath, volumes, writers
 from ddmsyncer.datapath import HostProbes
+from ddmsyncer.linkprobe import LinkRate, measure_link
 
-STEPS = (
-    "prepare: check both engines, the source volumes, free target names and free space",
-    "copy: fill a staging volume on the target (same driver, options, labels) on each "
-    "volume's data path",
-    "verify: compare the staging volume's manifest with the source's, then give it the "
-    "real name",
-    "cleanup: remove helper containers on both hosts",
-)
+PLAN_VERSION = 1
+DEFAULT_PROBE_BYTES = 4 * 1024 * 1024
+DATA_PATH_ENGINE_API = "engine-api"
+
+# Volume metadata that the copy recreates on the target, besides the files.
+VOLUME_METADATA = ("driver", "driver_opts", "labels")
+# Aspects the Engine API archive does not carry or the manifests do not compare.
+NOT_VERIFIED = ("mtime_ns", "xattrs", "acl", "sparse")
 
 
-def build_plan(config: Config, spec: TaskSpec) -> dict[str, Any]:
-    """Return the plan of a volumes-mode task; nothing on either host changes."""
+def build_plan(config: Config, spec: TaskSpec, *, probe_bytes: int = DEFAULT_PROBE_BYTES
+               ) -> dict[str, Any]:
+    """Return the plan document of a volumes-mode task; nothing on either host changes."""
     from ddmdriver.engine import open_engine
+
+    plan: dict[str, Any] = {
+        "plan_version": PLAN_VERSION,
+        "mode": spec.mode.value,
+        "source_host": spec.source_host,
+        "target_host": spec.target_host,
+        "verify": spec.verify.value,
+        "force": spec.force,
+        "objects": [],
+        "conflicts": [],
+    }
 
     source_host = config.host(spec.source_host)
     target_host = config.host(spec.target_host)
-    plan: dict[str, Any] = {
-        "source_host": spec.source_host,
-        "target_host": spec.target_host,
-        "mode": spec.mode.value,
-        "verify": spec.verify.value,
-        "data_path": spec.options.get("data_path", "auto"),
-        "volumes": [],
-        "conflicts": [],
-        "steps": list(STEPS),
-    }
-
     with open_engine(source_host, config) as source, open_engine(target_host, config) as target:
-        plan["source_engine"] = _engine_summary(source)
-        plan["target_engine"] = _engine_summary(target)
+        plan["engines"] = {"source": _engine_summary(source), "target": _engine_summary(target)}
         probes = HostProbes()
         for position, volume in enumerate(spec.volumes):
             item = TaskItem(task_id="plan", position=position, source=volume.source,
                             target=volume.target)
             entry = _plan_volume(source, target, item, spec, plan["conflicts"])
-            if "error" not in entry:
-                entry.update(_plan_data_path(source, target, item, spec, probes, plan["conflicts"]))
-            plan["volumes"].append(entry)
+            if entry.get("action") != "none":
+                _plan_data_path(source, target, item, spec, probes, entry, plan["conflicts"])
+            plan["objects"].append(entry)
 
-        needed = sum(entry.get("size_bytes") or 0 for entry in plan["volumes"])
-        plan["bytes_total"] = needed
-        try:
-            volumes.check_space(target, needed, ", ".join(v.target for v in spec.volumes))
-        except DDMError as error:
-            plan["conflicts"].append(str(error))
+        plan["bytes_total"] = sum(entry.get("size_bytes") or 0 for entry in plan["objects"])
+        _check_space(target, plan)
+        links = {"source": measure_link(source, probe_bytes),
+                 "target": measure_link(target, probe_bytes)}
 
+    plan["steps"] = plan_steps(spec, plan["objects"])
+    plan["link"] = {role: rate.to_dict() for role, rate in links.items()}
+    plan["estimate"] = estimate_duration(plan["objects"], links, spec.verify)
     plan["ok"] = not plan["conflicts"]
     return plan
 
 
 def _engine_summary(engine: Any) -> dict[str, Any]:
     info = engine.ping()
-    return {"version": info.version, "api_version": info.api_version, "os": info.os,
-            "arch": info.arch}
+    return {"host": engine.host.name, "version": info.version, "api_version": info.api_version,
+            "os": info.os, "arch": info.arch, "rtt_seconds": info.rtt_seconds}
 
 
 def _plan_volume(source: Any, target: Any, item: TaskItem, spec: TaskSpec,
-                 conflicts: list[str]) -> dict[str, Any]:
-    entry: dict[str, Any] = {"source": item.source, "target": item.target}
+                 conflicts: list[dict[str, Any]]) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "kind": "volume",
+        "source": item.source,
+        "target": item.target,
+        "data_path": DATA_PATH_ENGINE_API,
+        "preserves": [*VOLUME_METADATA, *volumes.aspects_for(VerifyMode.FULL)[1:]],
+        "verified": [] if spec.verify is VerifyMode.NONE else list(volumes.aspects_for(spec.verify)),
+        "not_verified": list(NOT_VERIFIED),
+    }
     try:
         check = volumes.check_volume(source, target, item, force=spec.force)
     except DDMError as error:
-        conflicts.append(str(error))
-        entry["error"] = str(error)
+        entry.update(action="none", size_bytes=None)
+        conflicts.append(_conflict(entry, error))
         return entry
 
     entry.update(
+        action="replace" if check.target_exists else "create",
         driver=check.source_driver,
         size_bytes=check.size_bytes,
-        replaces_existing=check.target_exists,
-        preserves=list(volumes.aspects_for(spec.verify)),
     )
     return entry
 
 
 def _plan_data_path(source: Any, target: Any, item: TaskItem, spec: TaskSpec, probes: HostProbes,
-                    conflicts: list[str]) -> dict[str, Any]:
-    """Return the volume's data path, what it keeps and loses, and its running writers."""
-    entry: dict[str, Any] = {}
+                    entry: dict[str, Any], conflicts: list[dict[str, Any]]) -> None:
+    """Add the volume's data path, what it keeps, loses and verifies, and its running writers."""
     try:
         route = datapath.choose_route(source, target, source.volume_inspect(item.source),
                                       spec.options.get("data_path", "auto"), probes)
     except DDMError as error:
-        conflicts.append(str(error))
-        entry["error"] = str(error)
-        return entry
+        conflicts.append(_conflict(entry, error))
+        return
 
+    deep = spec.verify is VerifyMode.FULL
     entry.update(
         data_path=route.data_path.value,
         data_path_reason=route.reason,
         keeps=list(datapath.keeps(route.data_path)),
         loses=list(datapath.loses(route.data_path)),
-        preserves=list(datapath.verify_aspects(route.data_path,
-                                               deep=spec.verify.value == "full")),
+        preserves=[*VOLUME_METADATA, *datapath.verify_aspects(route.data_path, deep=True)[1:]],
+        verified=([] if spec.verify is VerifyMode.NONE
+                  else list(datapath.verify_aspects(route.data_path, deep=deep))),
+        not_verified=list(datapath.not_checked(route.data_path, deep=True)),
     )
+
     found = writers.running_writers(source, item.source)
     entry["running_writers"] = [writer.name for writer in found]
     policy = writers.WriterPolicy.from_options(spec.options)
@@ -112,5 +131,90 @@ def _plan_data_path(source: Any, target: Any, item: TaskItem, spec: TaskSpec, pr
         try:
             writers.reject_running_writers(spec.source_host, item.source, found)
         except DDMError as error:
-            conflicts.append(str(error))
-    return entry
+            conflicts.append(_conflict(entry, error))
+
+
+def _check_space(target: Any, plan: dict[str, Any]) -> None:
+    names = ", ".join(entry["target"] for entry in plan["objects"])
+    try:
+        volumes.check_space(target, plan["bytes_total"], names)
+    except DDMError as error:
+        plan["conflicts"].append({"kind": "host", "object": target.host.name,
+                                  "error": type(error).__name__, "message": str(error)})
+
+
+def _conflict(entry: dict[str, Any], error: DDMError) -> dict[str, Any]:
+    return {"kind": entry["kind"], "object": entry["source"], "error": type(error).__name__,
+            "message": str(error)}
+
+
+def plan_steps(spec: TaskSpec, objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Return the ordered steps of the task, one per phase and object."""
+    steps: list[dict[str, Any]] = []
+
+    def add(phase: str, action: str, target: str | None = None) -> None:
+        steps.append({"order": len(steps) + 1, "phase": phase, "object": target,
+                      "action": action})
+
+    add("prepare", "check both engines, the source volumes, free target names and free space")
+    for entry in objects:
+        name = f"{entry['source']} -> {entry['target']}"
+        if entry.get("action") == "replace":
+            add("copy", f"remove the existing target volume {entry['target']} (--force)", name)
+        add("copy", "create a staging volume with the source's driver, options and labels",
+            name)
+        add("copy", f"relay the volume's archive into the staging volume on the "
+            f"{entry.get('data_path', DATA_PATH_ENGINE_API)} data path", name)
+    add("migrate", "nothing to switch over in volumes mode")
+    for entry in objects:
+        name = f"{entry['source']} -> {entry['target']}"
+        if spec.verify is VerifyMode.NONE:
+            add("verify", "skipped (--verify none)", name)
+        else:
+            add("verify", f"compare the staging volume's manifest with the source's "
+                f"({spec.verify.value})", name)
+        add("verify", "create the target volume and move the staging volume's data into it", name)
+    add("cleanup", "remove helper containers on both hosts")
+    return steps
+
+
+def estimate_duration(objects: list[dict[str, Any]], links: dict[str, LinkRate],
+                      verify: VerifyMode) -> dict[str, Any]:
+    """Estimate the copy and verify time from the volume sizes and the measured link rates.
+
+    The copy streams source -> controller -> target, so its rate is the slower of the two
+    links; verify reads the target's archive back. Engine and disk time are not included, and
+    the copy overlaps reading and writing, so real runs can be longer or shorter.
+    """
+    sizes = [entry.get("size_bytes") for entry in objects]
+    known = [size for size in sizes if isinstance(size, int)]
+    copy_rate = _slowest(links["source"].read_bytes_per_second,
+                         links["target"].write_bytes_per_second)
+    verify_rate = links["target"].read_bytes_per_second
+    estimate: dict[str, Any] = {
+        "bytes_total": sum(known),
+        "sizes_unknown": len(sizes) - len(known),
+        "copy_bytes_per_second": copy_rate,
+        "copy_seconds": None,
+        "verify_seconds": None,
+        "seconds": None,
+        "basis": "volume sizes from the engines' disk usage report and SSH link rates measured "
+                 "with /dev/zero; engine and disk time are not included",
+    }
+    if copy_rate is None:
+        estimate["basis"] = "no estimate: the link rate was not measured (" + "; ".join(
+            f"{rate.host}: {rate.note}" for rate in links.values() if rate.note) + ")"
+        return estimate
+
+    estimate["copy_seconds"] = estimate["bytes_total"] / copy_rate
+    estimate["verify_seconds"] = 0.0
+    if verify is not VerifyMode.NONE and verify_rate:
+        estimate["verify_seconds"] = estimate["bytes_total"] / verify_rate
+    estimate["seconds"] = estimate["copy_seconds"] + estimate["verify_seconds"]
+    return estimate
+
+
+def _slowest(*rates: float | None) -> float | None:
+    if any(rate is None for rate in rates):
+        return None
+    return min(rate for rate in rates if rate is not None)

@@ -47,6 +47,7 @@ from ddm.manifest import Manifest
 from ddm.store import TaskStore
 from ddm.task import ItemState, Phase, Task, TaskItem, TaskState, VerifyMode
 from ddmsyncer import volumes
+from ddmsyncer.control import wait_while_paused
 from ddmsyncer.staged import StagedVolumes, mark_verified, release_writers, remove_staging_volumes
 
 log = logging.getLogger(__name__)
@@ -208,7 +209,10 @@ class TaskRunner:
                                 seconds=time.monotonic() - started))
 
     def check_control(self, force: bool = False) -> None:
-        """Raise Cancelled when `ddmctl cancel` asked this task to stop (polled about once a second)."""
+        """Raise Cancelled when `ddmctl cancel` asked this task to stop, and block while paused.
+
+        Polled about once a second; see ddmsyncer.control for why the safe points are safe.
+        """
         now = time.monotonic()
         if not force and now - self._last_control_poll < CONTROL_POLL_SECONDS:
             return
@@ -216,6 +220,8 @@ class TaskRunner:
         control = self.store.get_task(self.task.id).control
         if control == "cancel":
             raise Cancelled(f"task {self.task.id} was cancelled", hint="the target was rolled back")
+        if control == "pause":
+            wait_while_paused(self)
 
     # Running
 

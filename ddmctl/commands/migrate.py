@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import click
 
 from ddm import api
 from ddm.errors import DDMError, ExitStatus, UsageError
 from ddm.task import Task, TaskState
 from ddmctl.common import CommandContext, epilog, json_option, raise_on_sigterm
+from ddmctl.commands.planning import show_plan, spec_from_options, with_callback_options
 from ddmctl.progress import choose_display, format_bytes
 
 
@@ -51,6 +54,7 @@ from ddmctl.progress import choose_display, format_bytes
 @click.option("--live", is_flag=True,
               help="Copy volumes while their containers run and fail on files that changed; "
               "with --stop-writers or --pause, copy such volumes again with the writers stopped.")
+@with_callback_options
 @click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
 @json_option
@@ -74,6 +78,9 @@ def migrate(
     dry_run: bool,
     yes: bool,
     as_json: bool,
+    on_success: str | None,
+    on_failure: str | None,
+    notify: tuple[str, ...],
 ) -> int:
     """Move Docker volumes from one host to another and verify them.
 
@@ -85,21 +92,25 @@ def migrate(
         if volumes or force:
             raise UsageError("--volume and --force belong to volumes mode",
                              hint="full mode moves the volumes of the given containers")
+        callbacks = api.build_callbacks(config, on_success=on_success, on_failure=on_failure,
+                                        notify=notify)
         return migrate_full(context, source=source, target=target, containers=containers,
                             project=project, map_path=map_paths, remove_source=remove_source,
                             verify=verify or config.defaults.verify, dry_run=dry_run, yes=yes,
-                            as_json=as_json)
+                            as_json=as_json, options=callbacks)
     if containers or project or map_paths or remove_source:
         raise UsageError("--container, --project, --map-path and --remove-source need --mode full")
     if not volumes:
         raise click.UsageError("Missing option '--volume' (or --mode full with --container "
                                "NAME or --project NAME).")
-    options = migrate_options(data_path=data_path, stop_writers=stop_writers, pause=pause,
-                              live=live)
-    spec = api.build_spec(
-        config, source=source, target=target, volumes=volumes,
-        verify=verify or config.defaults.verify, force=force, options=options,
-    )
+    spec = spec_from_options(context, {
+        "source": source, "target": target, "volumes": volumes, "verify": verify,
+        "force": force, "on_success": on_success, "on_failure": on_failure, "notify": notify,
+    })
+    spec = dataclasses.replace(spec, options={
+        **spec.options,
+        **migrate_options(data_path=data_path, stop_writers=stop_writers, pause=pause, live=live),
+    })
 
     if dry_run:
         return show_plan(context, api.plan_task(config, spec), as_json)
@@ -107,7 +118,7 @@ def migrate(
     confirm(context, spec_summary(spec), yes=yes, force=force)
     task = api.create_task(
         context.store, config, source=source, target=target, volumes=volumes,
-        verify=spec.verify, force=force, options=options,
+        verify=spec.verify, force=force, options=spec.options,
     )
     context.info(f"task {task.id} created")
     return run_and_report(context, task.id, as_json, resume=False)
@@ -223,29 +234,3 @@ def print_task_result(context: CommandContext, task: Task, as_json: bool) -> Non
     context.info(f"task {task.id} {task.state.value} in {duration}")
     if task.state is not TaskState.SUCCEEDED and task.error:
         context.info(f"task {task.id}: {task.error.get('message')}")
-
-
-def show_plan(context: CommandContext, plan: dict, as_json: bool) -> int:
-    if as_json:
-        context.print_json(plan)
-    else:
-        context.echo(f"plan: {plan['mode']} from {plan['source_host']} to {plan['target_host']}, "
-                     f"verify {plan['verify']}, data path {plan['data_path']}")
-        for volume in plan["volumes"]:
-            size = format_bytes(volume.get("size_bytes"))
-            status = volume.get("error") or ("replaces existing volume"
-                                              if volume.get("replaces_existing") else "new volume")
-            context.echo(f"  volume {volume['source']} -> {volume['target']}: {size}, {status}")
-            if "data_path" in volume:
-                context.echo(f"    data path {volume['data_path']} ({volume['data_path_reason']})")
-                context.echo(f"    keeps: {', '.join(volume['keeps'])}")
-                if volume["loses"]:
-                    context.echo(f"    loses: {', '.join(volume['loses'])}")
-                if volume["running_writers"]:
-                    context.echo(f"    used by running containers: "
-                                 f"{', '.join(volume['running_writers'])}")
-        for step in plan["steps"]:
-            context.echo(f"  step {step}")
-        for conflict in plan["conflicts"]:
-            context.echo(f"  conflict: {conflict}")
-    return int(ExitStatus.OK if plan["ok"] else ExitStatus.FAILED)

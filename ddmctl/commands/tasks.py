@@ -12,6 +12,8 @@ from ddm.task import Task, TaskState
 from ddmctl.commands.migrate import print_task_result, run_and_report
 from ddmctl.common import CommandContext, epilog, json_option
 from ddmctl.progress import format_bytes
+from ddmctl.tasks_filter import MAX_SCANNED_TASKS, parse_since, task_matches
+from ddmctl.watch import task_label, watch_task
 from ddmsyncer.runner import mark_stale_running
 
 
@@ -30,18 +32,24 @@ def task_line(task: Task) -> str:
             f"{duration:>8}  {volumes}")
 
 
-@click.command("list", epilog=epilog("ddmctl list --state failed --json"))
+@click.command("list", epilog=epilog("ddmctl list --state failed --host old --since 24h"))
 @click.option("--state", type=click.Choice([state.value for state in TaskState]),
               help="Only tasks in this state.")
+@click.option("--host", metavar="HOST", help="Only tasks with this source or target host.")
+@click.option("--since", metavar="WHEN", callback=lambda ctx, param, value: parse_since(value),
+              help="Only tasks created since WHEN: a duration back from now (90s, 30m, 12h, "
+              "7d) or a UTC date or time (2026-12-04, 2026-12-04T10:00).")
 @click.option("--limit", type=click.IntRange(1, 100000), default=50, show_default=True,
               help="Maximum number of tasks, newest first.")
 @json_option
 @click.pass_obj
-def list_tasks(context: CommandContext, state: str | None, limit: int, as_json: bool) -> int:
-    """List tasks, newest first."""
+def list_tasks(context: CommandContext, state: str | None, host: str | None,
+               since: float | None, limit: int, as_json: bool) -> int:
+    """List tasks, newest first: ID, created, hosts, state, phase, duration and volumes."""
     store = context.store
-    tasks = [mark_stale_running(store, task) for task in
-             store.list_tasks(state=TaskState(state) if state else None, limit=limit)]
+    found = store.list_tasks(state=TaskState(state) if state else None, limit=MAX_SCANNED_TASKS)
+    tasks = [mark_stale_running(store, task) for task in found
+             if task_matches(task, host=host, since=since)][:limit]
     if as_json:
         context.print_json([task.to_dict() for task in tasks])
         return int(ExitStatus.OK)
@@ -52,15 +60,23 @@ def list_tasks(context: CommandContext, state: str | None, limit: int, as_json: 
     return int(ExitStatus.OK)
 
 
-@click.command(epilog=epilog("ddmctl status 3f2a9c --json"))
+@click.command(epilog=epilog("ddmctl status 3f2a9c --watch"))
 @click.argument("task_id", metavar="TASK")
 @click.option("--events", "show_events", is_flag=True, help="Also print the task's event log.")
+@click.option("--watch", is_flag=True,
+              help="Follow the task until it ends: phase, per-volume bars, rates and ETA on a "
+              "terminal, a line per change elsewhere (on stderr).")
 @json_option
 @click.pass_obj
-def status(context: CommandContext, task_id: str, show_events: bool, as_json: bool) -> int:
+def status(context: CommandContext, task_id: str, show_events: bool, watch: bool,
+           as_json: bool) -> int:
     """Show a task's state, phase and per-volume progress."""
     store = context.store
     task = mark_stale_running(store, store.get_task(task_id))
+    if watch:
+        task = watch_task(store, task.id, context.env.stderr,
+                          terminal=bool(context.env.stderr_isatty) and not as_json,
+                          no_color=context.env.no_color)
     events = store.get_events(task.id) if show_events else []
     if as_json:
         data = task.to_dict()
@@ -73,7 +89,7 @@ def status(context: CommandContext, task_id: str, show_events: bool, as_json: bo
 
     context.echo(f"task      {task.id}")
     context.echo(f"hosts     {task.spec.source_host} -> {task.spec.target_host}")
-    context.echo(f"state     {task.state.value}")
+    context.echo(f"state     {task_label(task)}")
     context.echo(f"phase     {task.phase.value}")
     context.echo(f"created   {format_time(task.created_at)} UTC")
     context.echo(f"finished  {format_time(task.finished_at)} UTC")
@@ -95,8 +111,20 @@ def status(context: CommandContext, task_id: str, show_events: bool, as_json: bo
 @json_option
 @click.pass_obj
 def resume(context: CommandContext, task_id: str, as_json: bool) -> int:
-    """Resume an interrupted task; volumes that were not verified are copied again."""
-    task = context.store.get_task(task_id)
+    """Resume a paused task, or run an interrupted one again here.
+
+    A paused task continues in the process that runs it, and this command returns at once.
+    For an interrupted task, volumes that were not verified are copied again.
+    """
+    store = context.store
+    task = mark_stale_running(store, store.get_task(task_id))
+    if api.is_paused(task):
+        task = api.resume_task(context.config, store, task.id)
+        if as_json:
+            context.print_json(task.to_dict())
+        else:
+            context.info(f"task {task.id}: resume requested; it continues where it paused")
+        return int(ExitStatus.OK)
     return run_and_report(context, task.id, as_json, resume=True)
 
 

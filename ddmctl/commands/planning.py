@@ -1,0 +1,169 @@
+"""ddmctl plan and ddmctl create: the plan of a migration, and a queued task for ddmsyncer.
+
+Both take the arguments of `ddmctl migrate`; `task_options` declares them once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from ddm import api
+from ddm.errors import ExitStatus
+from ddm.task import TaskSpec
+from ddmctl.common import CommandContext, epilog, json_option
+from ddmctl.progress import format_bytes
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def task_options(function: F) -> F:
+    """Add the options that describe a migration task (shared by migrate, plan and create)."""
+    options = [
+        click.option("--from", "source", required=True, metavar="HOST", help="Source host name."),
+        click.option("--to", "target", required=True, metavar="HOST", help="Target host name."),
+        click.option("--volume", "volumes", multiple=True, required=True, metavar="SRC[:DST]",
+                     help="Volume to move; SRC:DST renames it on the target (repeatable)."),
+        click.option("--verify", type=click.Choice(["none", "quick", "full"]), default=None,
+                     help="Check after the copy: quick compares metadata and sizes, full also "
+                     "hashes content (default: defaults.verify in the config, else full)."),
+        click.option("--force", is_flag=True,
+                     help="Replace a target volume that already exists (its old content is lost)."),
+        *callback_options(),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def callback_options() -> list[Callable[[F], F]]:
+    """Return the --on-success, --on-failure and --notify options."""
+    return [
+        click.option("--on-success", metavar="CMD",
+                     help="Command run when the task succeeds; split like a shell does, run "
+                     "without a shell, task summary JSON on stdin (default: defaults.on_success)."),
+        click.option("--on-failure", metavar="CMD",
+                     help="Command run when the task fails or is cancelled; like --on-success "
+                     "(default: defaults.on_failure)."),
+        click.option("--notify", multiple=True, metavar="URL",
+                     help="http:// or https:// URL that gets the task summary JSON by POST "
+                     "(repeatable; default: defaults.notify)."),
+    ]
+
+
+def with_callback_options(function: F) -> F:
+    """Add --on-success, --on-failure and --notify to a command."""
+    for option in reversed(callback_options()):
+        function = option(function)
+    return function
+
+
+def spec_from_options(context: CommandContext, options: dict[str, Any]) -> TaskSpec:
+    """Validate the task options and return the TaskSpec; nothing is stored."""
+    config = context.config
+    return api.build_spec(
+        config, source=options["source"], target=options["target"],
+        volumes=options["volumes"], verify=options["verify"] or config.defaults.verify,
+        force=options["force"], on_success=options["on_success"],
+        on_failure=options["on_failure"], notify=options["notify"],
+    )
+
+
+@click.command(epilog=epilog("ddmctl plan --from old --to new --volume pgdata --json"))
+@task_options
+@click.option("--probe-size", type=click.IntRange(0, 1024), default=4, show_default=True,
+              metavar="MIB", help="MiB read and written over each SSH link to measure its "
+              "speed for the estimate; 0 skips the measurement.")
+@json_option
+@click.pass_obj
+def plan(context: CommandContext, probe_size: int, as_json: bool, **options: Any) -> int:
+    """Show what a migration would do, and change nothing on either host.
+
+    Lists each object with its size, data path and preserved aspects, every conflict, the
+    order of the steps and an estimated duration from the measured link speed. Exits 1 when a
+    conflict would make the migration fail.
+    """
+    spec = spec_from_options(context, options)
+    document = api.plan_task(context.config, spec, probe_bytes=probe_size * 1024 * 1024)
+    return show_plan(context, document, as_json)
+
+
+@click.command(epilog=epilog("ddmctl create --from old --to new --volume pgdata"))
+@task_options
+@json_option
+@click.pass_obj
+def create(context: CommandContext, as_json: bool, **options: Any) -> int:
+    """Store a queued task and print its ID; 'ddmsyncer serve' or 'ddmsyncer run' runs it."""
+    spec = spec_from_options(context, options)
+    task = api.create_task(
+        context.store, context.config, source=spec.source_host, target=spec.target_host,
+        volumes=[f"{volume.source}:{volume.target}" for volume in spec.volumes],
+        verify=spec.verify, force=spec.force, options=spec.options,
+    )
+    if as_json:
+        context.print_json(task.to_dict())
+    else:
+        context.echo(task.id)
+    return int(ExitStatus.OK)
+
+
+def show_plan(context: CommandContext, document: dict[str, Any], as_json: bool) -> int:
+    """Print a plan document as JSON or as text; return 0 when it has no conflicts, else 1."""
+    if as_json:
+        context.print_json(document)
+    else:
+        for line in plan_lines(document):
+            context.echo(line)
+    return int(ExitStatus.OK if document["ok"] else ExitStatus.FAILED)
+
+
+def plan_lines(document: dict[str, Any]) -> list[str]:
+    """Return the text form of a plan document."""
+    lines = [f"plan: {document['mode']} from {document['source_host']} to "
+             f"{document['target_host']}, verify {document['verify']}"]
+    lines.append("objects:")
+    for entry in document["objects"]:
+        lines.append(f"  {entry['kind']} {entry['source']} -> {entry['target']}: "
+                     f"{format_bytes(entry.get('size_bytes'))}, {entry.get('action')}, "
+                     f"data path {entry['data_path']}")
+        lines.append(f"    preserves {', '.join(entry['preserves'])}")
+        if entry.get("data_path_reason"):
+            lines.append(f"    data path {entry['data_path']} ({entry['data_path_reason']})")
+            lines.append(f"    keeps: {', '.join(entry['keeps'])}")
+        if entry.get("loses"):
+            lines.append(f"    loses: {', '.join(entry['loses'])}")
+        if entry.get("running_writers"):
+            lines.append(f"    used by running containers: {', '.join(entry['running_writers'])}")
+    lines.append("conflicts:" if document["conflicts"] else "conflicts: none")
+    for conflict in document["conflicts"]:
+        lines.append(f"  {conflict['kind']} {conflict['object']}: {conflict['message']}")
+    lines.append("steps:")
+    for step in document["steps"]:
+        where = f" [{step['object']}]" if step["object"] else ""
+        lines.append(f"  {step['order']:>2}. {step['phase']}: {step['action']}{where}")
+    lines.append(estimate_line(document["estimate"]))
+    return lines
+
+
+def estimate_line(estimate: dict[str, Any]) -> str:
+    """Return the duration estimate as one line, saying that it is an estimate."""
+    if estimate["seconds"] is None:
+        return f"estimate: {estimate['basis']}"
+    rate = format_bytes(int(estimate["copy_bytes_per_second"]))
+    return (f"estimate: about {format_duration(estimate['seconds'])} for "
+            f"{format_bytes(estimate['bytes_total'])} at {rate}/s measured over SSH "
+            "(engine and disk time not included)")
+
+
+def format_duration(seconds: float) -> str:
+    """Format seconds as '0.4 s', '12 s', '3 min 5 s' or '2 h 10 min'."""
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    whole = int(round(seconds))
+    if whole < 60:
+        return f"{whole} s"
+    if whole < 3600:
+        return f"{whole // 60} min {whole % 60} s"
+    return f"{whole // 3600} h {whole % 3600 // 60} min"
