@@ -50,6 +50,7 @@ from ddm.store import TaskStore
 from ddm.task import ItemState, Phase, Task, TaskItem, TaskState, VerifyMode
 from ddmsyncer import incremental, parallel, volumes
 from ddmsyncer.control import wait_while_paused
+from ddmsyncer.staged import StagedVolumes, mark_verified, release_writers, remove_staging_volumes
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +137,7 @@ class TaskRunner:
                 self._local.stack.close()
             self._local.store.close()
             self._local.engines = self._local.stack = self._local.store = None
+        self.staged = StagedVolumes(self)
 
     # Engines
 
@@ -290,6 +292,8 @@ class TaskRunner:
             self.verify()
         with self.phase(Phase.CLEANUP):
             self.cleanup()
+            # Containers that an interrupted earlier run stopped are started again here.
+            release_writers(self)
 
     def pending_items(self) -> list[TaskItem]:
         """Return the volumes still to copy: every one that has not passed verification.
@@ -325,6 +329,11 @@ class TaskRunner:
                 force=self.task.spec.force or item.position in self._incremental,
             )
 
+        for item in self.pending_items():
+            self.staged.check_writers(item)
+            if item.position not in self._incremental:
+                self.staged.route(item)
+
         # NOTE: an incremental update needs room for changed files only; it is not checked.
         needed = sum(check.size_bytes or 0 for position, check in checks.items()
                      if position not in self._incremental)
@@ -354,33 +363,20 @@ class TaskRunner:
             self._update_item(item, check)
             return
 
-        target = self.target
-        existing = target.volume_inspect(item.target)
-        if existing is not None:
-            # Either an unverified copy of an earlier run of this task, or --force.
-            volumes.remove_volume_helpers(target, self.task.id, item.target)
-            target.volume_remove(item.target)
-
-        self.update_item(item, target_created=True, state=ItemState.COPYING,
-                         started_at=time.time(), bytes_done=0, bytes_total=check.size_bytes)
-        volumes.create_target_volume(target, item, check)
-        self._remember_created_at(target, item)
+        self.update_item(item, state=ItemState.COPYING, started_at=time.time(), bytes_done=0,
+                         bytes_total=check.size_bytes)
         self.emit(ItemStarted(self.task.id, position=item.position, source=item.source,
                               target=item.target, bytes_total=check.size_bytes))
 
+        # The data goes into a staging volume; verify() gives it the real name.
         counter = _ProgressCounter(self, item)
-        manifest, byte_count, digest = volumes.copy_volume(
-            self.source, target, item, task_id=self.task.id,
-            hash_content=self.task.spec.verify is VerifyMode.FULL, on_chunk=counter.add,
-        )
+        manifest, byte_count, digest = self.staged.copy_item(item, check, counter)
         counter.flush()
 
         self._manifests[item.position] = manifest
         self.store.save_manifest(self.task.id, item.position, manifest.to_json().encode())
         self.update_item(item, state=ItemState.COPIED, bytes_done=byte_count,
                          entries=len(manifest.entries), stream_digest=digest)
-        volumes.remove_volume_helpers(self.source, self.task.id, item.source)
-        volumes.remove_volume_helpers(target, self.task.id, item.target)
         self.emit(ItemFinished(self.task.id, position=item.position, state=item.state.value,
                                bytes_done=byte_count))
 
@@ -399,28 +395,25 @@ class TaskRunner:
                                bytes_done=result.archive_bytes))
 
     def verify(self) -> None:
+        """Verify each staging volume and promote it to its real name."""
         mode = self.task.spec.verify
         for item in self.pending_items():
             self.check_control(force=True)
-            if mode is VerifyMode.NONE:
-                self.warn(f"volume {item.target!r} was not verified (--verify none)")
-                self.update_item(item, state=ItemState.UNVERIFIED, finished_at=time.time())
-                continue
-
-            if item.position in self._incremental:
+            if item.position in self._incremental and mode is not VerifyMode.NONE:
                 incremental.verify_item(self, item)
                 self.update_item(item, state=ItemState.VERIFIED, finished_at=time.time())
                 self.record("info", "verified", f"volume {item.target!r} verified ({mode.value}, "
                             "host-side scans)", position=item.position)
                 continue
 
-            source_manifest = self._source_manifest(item)
-            target_manifest = volumes.read_manifest(
-                self.target, item.target, task_id=self.task.id,
-                hash_content=mode is VerifyMode.FULL,
-            )
-            volumes.verify_volume(source_manifest, target_manifest, item, mode)
-            self.update_item(item, state=ItemState.VERIFIED, finished_at=time.time())
+            if item.position not in self._incremental:
+                self.staged.verify_and_promote(item, self._source_manifest(item))
+            if mode is VerifyMode.NONE:
+                self.warn(f"volume {item.target!r} was not verified (--verify none)")
+                self.update_item(item, state=ItemState.UNVERIFIED, finished_at=time.time())
+                continue
+
+            mark_verified(self, item)
             self.record("info", "verified", f"volume {item.target!r} verified ({mode.value})",
                         position=item.position)
 
@@ -533,10 +526,17 @@ class TaskRunner:
 
         incremental.restore_backups(self)
         self.cleanup(every_host=every_host)
+        release_writers(self)
+        self.on_host(self.task.spec.target_host, lambda target: remove_staging_volumes(self))
         created = [item for item in self.task.items if item.target_created]
         if created:
             self.on_host(self.task.spec.target_host,
                          lambda target: self._remove_created(target, created))
+
+        # Items that only reached their staging volume, removed above, are rolled back too.
+        for item in self.task.items:
+            if item.state in (ItemState.COPYING, ItemState.COPIED, ItemState.FAILED):
+                self.update_item(item, state=ItemState.ROLLED_BACK)
 
     def _remove_created(self, target: Any, created: list[TaskItem]) -> None:
         """Remove the target volumes this task created; safe to run again after a failure."""

@@ -132,6 +132,13 @@ def plan_lines(document: dict[str, Any]) -> list[str]:
                      f"{format_bytes(entry.get('size_bytes'))}, {entry.get('action')}, "
                      f"data path {entry['data_path']}")
         lines.append(f"    preserves {', '.join(entry['preserves'])}")
+        if entry.get("data_path_reason"):
+            lines.append(f"    data path {entry['data_path']} ({entry['data_path_reason']})")
+            lines.append(f"    keeps: {', '.join(entry['keeps'])}")
+        if entry.get("loses"):
+            lines.append(f"    loses: {', '.join(entry['loses'])}")
+        if entry.get("running_writers"):
+            lines.append(f"    used by running containers: {', '.join(entry['running_writers'])}")
     lines.append("conflicts:" if document["conflicts"] else "conflicts: none")
     for conflict in document["conflicts"]:
         lines.append(f"  {conflict['kind']} {conflict['object']}: {conflict['message']}")
