@@ -114,6 +114,7 @@ class TaskRunner:
         self._manifests: dict[int, Manifest] = {}
         self._last_control_poll = 0.0
         self._incremental: dict[int, str] = {}  # item position -> earlier task that copied it
+        self.staged = StagedVolumes(self)
 
     @property
     def store(self) -> TaskStore:
@@ -137,7 +138,6 @@ class TaskRunner:
                 self._local.stack.close()
             self._local.store.close()
             self._local.engines = self._local.stack = self._local.store = None
-        self.staged = StagedVolumes(self)
 
     # Engines
 
@@ -583,16 +583,22 @@ class _ProgressCounter:
         if now - self._last_event >= PROGRESS_EVENT_SECONDS:
             self._last_event = now
             self.runner.emit(Progress(self.runner.task.id, position=self.item.position,
-                                      bytes_done=self.done, bytes_total=self.item.bytes_total))
+                                      bytes_done=self.done, bytes_total=self.total()))
             self.runner.check_control()
         if now - self._last_store >= PROGRESS_STORE_SECONDS:
             self._last_store = now
             self.runner.store.update_item(self.runner.task.id, self.item.position,
                                           bytes_done=self.done)
 
+    def total(self) -> int | None:
+        """Return the expected archive size: the volume's size is an estimate that tar headers exceed."""
+        if self.item.bytes_total is None:
+            return None
+        return max(self.item.bytes_total, self.done)
+
     def flush(self) -> None:
         self.runner.emit(Progress(self.runner.task.id, position=self.item.position,
-                                  bytes_done=self.done, bytes_total=self.item.bytes_total))
+                                  bytes_done=self.done, bytes_total=self.total()))
 
 
 def _describe(error: BaseException) -> str:
