@@ -31,13 +31,15 @@ from tests.lab.tree import RandomFile, diff_snapshots, snapshot_volume_tree, wri
 FILE_BYTES = 128 * 1024
 FILE_COUNT = 16
 TREE = {f"data/f{index}.bin": RandomFile(FILE_BYTES, seed=index) for index in range(FILE_COUNT)}
-# Written after the pre-copy: one file rewritten, one added; one file is removed.
+# Written after the pre-copy: one file rewritten, one added; one file is removed, and one
+# is rewritten with its size and mtime kept, so that only its content hash shows the change.
 DELTA_TREE = {
     "data/f3.bin": RandomFile(FILE_BYTES, seed=1003),
     "added/new.bin": RandomFile(32 * 1024, seed=2000),
 }
-DELTA_BYTES = FILE_BYTES + 32 * 1024
 REMOVED_FILE = "data/f5.bin"
+DISGUISED_FILE = "data/f7.bin"
+DELTA_BYTES = 2 * FILE_BYTES + 32 * 1024
 
 
 @dataclass
@@ -78,7 +80,9 @@ def change_after_precopy(h1: LabHost, volume: str) -> Any:
 
     def on_event(event: Event) -> None:
         if isinstance(event, PhaseFinished) and event.phase == "copy":
-            mountpoint = write_volume_tree(h1, volume, DELTA_TREE)
+            mtime_ns = snapshot_volume_tree(h1, volume)[DISGUISED_FILE.encode()].mtime_ns
+            disguised = RandomFile(FILE_BYTES, seed=1007, mtime_ns=mtime_ns)
+            mountpoint = write_volume_tree(h1, volume, {**DELTA_TREE, DISGUISED_FILE: disguised})
             h1.run(["rm", f"{mountpoint}/{REMOVED_FILE}"])
 
     return on_event
@@ -112,6 +116,7 @@ def test_warm_cutover_sends_delta(lab: Lab, app: App,
     assert record["delta_bytes"] >= DELTA_BYTES
     assert record["delta_bytes"] < DELTA_BYTES + 64 * 1024
     assert record["deleted_entries"] == 1
+    assert record["hashed_entries"] >= 1
     assert record["backup"] is None
     # The image declares VOLUME /anon, so an empty anonymous volume is pre-copied too.
     assert len(extra["warm"]) == 2
