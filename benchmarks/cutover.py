@@ -4,7 +4,7 @@ The container runs on h1 with one named volume. Each cutover runs in this proces
 ddm.api, because the volume must change at a fixed point inside the task: when the copy
 phase ends, which for --warm is right after the pre-copy and before the source container is
 stopped. gentree.py's "change" kind then rewrites, adds and removes 1% of the files. Both
-cutovers see the same change at the same point; each is rolled back afterwards, so the
+cutovers see the same change at the same point. Each is rolled back afterwards, so the
 second starts from the same hosts as the first.
 
 Downtime is the task's downtime_seconds: from the first source container stop until the
@@ -58,7 +58,7 @@ def run_cutover(suite: Suite) -> list[Result]:
 
 
 def _build_image(suite: Suite, tag: str) -> None:
-    """Commit a copy of the lab's busybox image on h1; its ID differs on each lab host."""
+    """Commit a copy of the lab's busybox image on h1, because its ID differs on each lab host."""
     builder = f"bench-e-build-{uuid.uuid4().hex[:8]}"
     suite.source.docker("create", "--name", builder, "--network", "none", BUSYBOX_IMAGE, "true")
     try:

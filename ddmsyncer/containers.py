@@ -475,6 +475,7 @@ class FullTaskRunner(TaskRunner):
 
     def rollback_objects(self, *, every_host: bool = False) -> None:
         self.cleanup(every_host=every_host)
+        warm.discard_backups(self)
         created = self.extra().get("created") or {}
         target = self.target
         for entry in reversed(created.get("containers") or []):

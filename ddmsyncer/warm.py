@@ -2,9 +2,9 @@
 
 A warm task copies the volumes of running source containers in the copy phase, while those
 containers still run (the pre-copy). After the migrate phase has stopped them, only the
-delta goes over, with the scan, backup and transfer steps of ddmsyncer/incremental.py: both
-hosts scan the volume, the target volume is backed up with `cp -al`, removed entries are
-deleted, and new and changed entries are sent.
+delta goes over, with the scan, backup and transfer steps of ddmsyncer/incremental.py. Both
+hosts scan the volume and the target volume is backed up with `cp -al`. Then removed entries
+are deleted and new and changed entries are sent.
 
 Which files are hashed while the containers are down? A file that differs in type, mode,
 owner, size or whole-second mtime is sent without hashing. Of the others, only files whose
@@ -58,7 +58,7 @@ def mark_source_stopped(runner: Any) -> None:
 
 
 def record_downtime(runner: Any) -> float | None:
-    """Store and return the downtime; None when no source container was stopped."""
+    """Store and return the downtime, or return None when no source container was stopped."""
     stopped_at = runner.extra().get(STOPPED_AT_KEY)
     if stopped_at is None:
         return None
@@ -175,7 +175,7 @@ def _host_time(engine: Any) -> float:
     if result.exit_status != 0:
         from ddm.errors import MigrationFailed
 
-        raise MigrationFailed(f"cannot read the clock of host {engine.host.name}: "
+        raise MigrationFailed(f"failed to read the clock of host {engine.host.name} with 'date': "
                               f"{result.stderr.decode('utf-8', 'replace').strip()[-200:]}")
     return float(result.stdout.strip())
 
@@ -186,6 +186,6 @@ def _mountpoints(runner: Any, name: str) -> tuple[str, str]:
     if source is None or target is None or not source.mountpoint or not target.mountpoint:
         from ddm.errors import MigrationFailed
 
-        raise MigrationFailed(f"cannot find the mountpoints of volume {name!r} on both hosts",
+        raise MigrationFailed(f"mountpoint of volume {name!r} not found on both hosts",
                               hint="--warm works on volumes of the local driver only")
     return source.mountpoint, target.mountpoint

@@ -31,8 +31,8 @@ from tests.lab.tree import RandomFile, diff_snapshots, snapshot_volume_tree, wri
 FILE_BYTES = 128 * 1024
 FILE_COUNT = 16
 TREE = {f"data/f{index}.bin": RandomFile(FILE_BYTES, seed=index) for index in range(FILE_COUNT)}
-# Written after the pre-copy: one file rewritten, one added; one file is removed, and one
-# is rewritten with its size and mtime kept, so that only its content hash shows the change.
+# Written after the pre-copy: one file is rewritten, one added and one removed. One more is
+# rewritten with its size and mtime kept, so that only its content hash shows the change.
 DELTA_TREE = {
     "data/f3.bin": RandomFile(FILE_BYTES, seed=1003),
     "added/new.bin": RandomFile(32 * 1024, seed=2000),
