@@ -7,6 +7,7 @@ callback of the copy phase's PhaseFinished event, so the delta pass always has w
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ import pytest
 
 from ddm import api
 from ddm.config import load_config
+from ddm.errors import VerificationFailed
 from ddm.events import Event, PhaseFinished
 from ddmctl.cli import cli
 from ddmctl.common import run_main
@@ -30,7 +32,15 @@ from tests.lab.tree import RandomFile, diff_snapshots, snapshot_volume_tree, wri
 
 FILE_BYTES = 128 * 1024
 FILE_COUNT = 16
-TREE = {f"data/f{index}.bin": RandomFile(FILE_BYTES, seed=index) for index in range(FILE_COUNT)}
+# The disguised file's mtime lies in the future, so the delta pass always hashes it.
+FUTURE_MTIME_NS = (int(time.time()) + 3600) * 1_000_000_000
+# An old mtime: the delta pass does not hash a file this old, only verify full does.
+OLD_MTIME_NS = 1_600_000_000 * 1_000_000_000
+TREE = {
+    **{f"data/f{index}.bin": RandomFile(FILE_BYTES, seed=index) for index in range(FILE_COUNT)},
+    "data/f7.bin": RandomFile(FILE_BYTES, seed=7, mtime_ns=FUTURE_MTIME_NS),
+    "data/f9.bin": RandomFile(FILE_BYTES, seed=9, mtime_ns=OLD_MTIME_NS),
+}
 # Written after the pre-copy: one file is rewritten, one added and one removed. One more is
 # rewritten with its size and mtime kept, so that only its content hash shows the change.
 DELTA_TREE = {
@@ -39,6 +49,7 @@ DELTA_TREE = {
 }
 REMOVED_FILE = "data/f5.bin"
 DISGUISED_FILE = "data/f7.bin"
+OLD_DISGUISED_FILE = "data/f9.bin"
 DELTA_BYTES = 2 * FILE_BYTES + 32 * 1024
 
 
@@ -75,25 +86,34 @@ def app(lab: Lab, isolated_env: Any) -> Iterator[App]:
                     host.docker("volume", "rm", "-f", volume, check=False)
 
 
-def change_after_precopy(h1: LabHost, volume: str) -> Any:
-    """Return an event callback that changes the source volume once the copy phase ends."""
+def change_after_precopy(h1: LabHost, volume: str, disguised_files: list[str]) -> Any:
+    """Return an event callback that changes the source volume once the copy phase ends.
+
+    Each of disguised_files gets new content of the same size and keeps its mtime.
+    """
 
     def on_event(event: Event) -> None:
-        if isinstance(event, PhaseFinished) and event.phase == "copy":
-            mtime_ns = snapshot_volume_tree(h1, volume)[DISGUISED_FILE.encode()].mtime_ns
-            disguised = RandomFile(FILE_BYTES, seed=1007, mtime_ns=mtime_ns)
-            mountpoint = write_volume_tree(h1, volume, {**DELTA_TREE, DISGUISED_FILE: disguised})
-            h1.run(["rm", f"{mountpoint}/{REMOVED_FILE}"])
+        if not (isinstance(event, PhaseFinished) and event.phase == "copy"):
+            return
+        snapshot = snapshot_volume_tree(h1, volume)
+        tree = dict(DELTA_TREE)
+        for index, path in enumerate(disguised_files):
+            tree[path] = RandomFile(FILE_BYTES, seed=3000 + index,
+                                    mtime_ns=snapshot[path.encode()].mtime_ns)
+        mountpoint = write_volume_tree(h1, volume, tree)
+        h1.run(["rm", f"{mountpoint}/{REMOVED_FILE}"])
 
     return on_event
 
 
-def run_warm_task(lab: Lab, app: App) -> str:
+def run_warm_task(lab: Lab, app: App, disguised_files: list[str] | None = None) -> str:
     config = load_config()
     store = api.open_store()
     task = api.create_full_task(store, config, source="h1", target="h2",
                                 containers=[app.container], options={"warm": True})
-    api.run_task(config, store, task.id, on_event=change_after_precopy(lab.host("h1"), app.volume))
+    on_event = change_after_precopy(lab.host("h1"), app.volume,
+                                    disguised_files or [DISGUISED_FILE])
+    api.run_task(config, store, task.id, on_event=on_event)
     return task.id
 
 
@@ -158,3 +178,16 @@ def test_cold_cutover_records_downtime(lab: Lab, app: App) -> None:
     assert extra["downtime_seconds"] > 0
     assert extra["warm"] == {}
     assert extra["volume_bytes_sent"] >= FILE_COUNT * FILE_BYTES
+
+
+def test_warm_verify_catches_old_mtime(lab: Lab, app: App) -> None:
+    h1, h2 = lab.host("h1"), lab.host("h2")
+    h2_before = host_state(h2)
+
+    with pytest.raises(VerificationFailed) as raised:
+        run_warm_task(lab, app, disguised_files=[OLD_DISGUISED_FILE])
+
+    assert f"{OLD_DISGUISED_FILE}: content" in str(raised.value)
+    assert host_state(h2) == h2_before
+    assert is_running(h1, app.container)
+
