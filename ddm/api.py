@@ -96,11 +96,17 @@ def build_spec(
     _reject_duplicates([source_name for source_name, _ in mappings], "source volume")
     _reject_duplicates([target_name for _, target_name in mappings], "target volume")
     if source == target:
+        source_names = {source_name for source_name, _ in mappings}
         for source_name, target_name in mappings:
-            if source_name == target_name:
+            if target_name == source_name:
                 raise UsageError(
                     f"volume {source_name!r} would be copied onto itself on host {source!r}",
                     hint="give a new name with --volume SRC:DST to clone on one host",
+                )
+            if target_name in source_names:
+                raise UsageError(
+                    f"volume {target_name!r} is both a source and a target on host {source!r}",
+                    hint="copy to new names first; DDM never overwrites a volume it reads",
                 )
 
     try:
@@ -228,16 +234,28 @@ def resume_task(
 
 
 def rollback_task(
-    config: Config, store: TaskStore, task_id: str, on_event: EventCallback = ignore_event
+    config: Config,
+    store: TaskStore,
+    task_id: str,
+    on_event: EventCallback = ignore_event,
+    *,
+    force: bool = False,
 ) -> Task:
-    """Remove what a finished or interrupted task created on the target host."""
+    """Remove what a finished or interrupted task created on the target host.
+
+    A succeeded volumes-mode task whose target volume was replaced or changed since is refused
+    with TaskConflict unless `force` is true.
+    """
     from ddmsyncer.runner import create_runner
     from ddmsyncer.runner import rollback_task as rollback
 
     runner = create_runner(config, store, task_id, on_event=on_event)
-    check_rollback_allowed = getattr(runner, "check_rollback_allowed", None)
-    if check_rollback_allowed is not None:
-        check_rollback_allowed()
+    runner.force_rollback = force
+    try:
+        runner.check_rollback_allowed()
+    except BaseException:
+        runner._close()
+        raise
     return rollback(runner)
 
 

@@ -29,6 +29,7 @@ import os
 import re
 import reprlib
 import stat
+import sys
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -43,6 +44,8 @@ from ddm.errors import ConfigError
 CONFIG_VERSION = 1
 LOCAL_HOST = "local"
 DEFAULT_DOCKER_SOCKET = "/var/run/docker.sock"
+# The named pipe of Docker Desktop's engine on Windows.
+WINDOWS_ENGINE_URL = "npipe:////./pipe/docker_engine"
 VERIFY_MODES = ("none", "quick", "full")
 
 HOST_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -189,8 +192,11 @@ def default_config_path(environ: Mapping[str, str]) -> Path:
 
 
 def expand_path(value: str, environ: Mapping[str, str]) -> Path:
-    """Expand a leading `~` against HOME from `environ` (not from the password database)."""
-    if value == "~" or value.startswith("~/"):
+    """Expand a leading `~` against HOME from `environ` (not from the password database).
+
+    `~\\` is expanded too on Windows, where os.sep is a backslash.
+    """
+    if value == "~" or value.startswith(("~/", "~" + os.sep)):
         return home_dir(environ) / value[2:]
     return Path(value)
 
@@ -332,15 +338,25 @@ def validate_host_name(name: object) -> str:
 
 
 def local_host(environ: Mapping[str, str]) -> HostConfig:
-    """Return the implicit `local` host: DOCKER_HOST if set, else the default Docker socket."""
+    """Return the implicit `local` host: DOCKER_HOST if set, else the default local engine.
+
+    The default is the Docker socket on POSIX systems and Docker Desktop's named pipe on Windows.
+    """
     docker_host = environ.get("DOCKER_HOST")
     if not docker_host:
-        return parse_host_url(LOCAL_HOST, f"unix://{DEFAULT_DOCKER_SOCKET}")
+        return parse_host_url(LOCAL_HOST, default_local_url())
 
     try:
         return parse_host_url(LOCAL_HOST, docker_host)
     except ConfigError as error:
         raise ConfigError(f"invalid DOCKER_HOST: {error.message}", hint=error.hint) from None
+
+
+def default_local_url() -> str:
+    """Return the URL of the local engine when DOCKER_HOST is not set."""
+    if sys.platform == "win32":
+        return WINDOWS_ENGINE_URL
+    return f"unix://{DEFAULT_DOCKER_SOCKET}"
 
 
 def load_config(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Config:

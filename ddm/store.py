@@ -161,22 +161,25 @@ class TaskStore:
         return task
 
     def _find_task_row(self, task_id: str) -> sqlite3.Row:
+        shown = ascii(task_id if len(task_id) <= 64 else task_id[:61] + "...")
+        if not 4 <= len(task_id) <= 64 or not all(ch in "0123456789abcdef" for ch in task_id):
+            raise TaskNotFound(f"task {shown} not found: a task ID is 4 to 12 hex digits",
+                               hint="list tasks with 'ddmctl list'")
+
         row = self._db.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
         if row is not None:
             return row
 
-        if len(task_id) >= 4 and all(ch in "0123456789abcdef" for ch in task_id):
-            rows = self._db.execute(
-                "SELECT * FROM tasks WHERE id LIKE ? LIMIT 2", (task_id + "%",)
-            ).fetchall()
-            if len(rows) == 1:
-                return rows[0]
-            if len(rows) > 1:
-                raise TaskNotFound(
-                    f"task ID prefix {task_id!r} is ambiguous", hint="give more digits of the ID"
-                )
-        shown = task_id if len(task_id) <= 64 else task_id[:61] + "..."
-        raise TaskNotFound(f"task {shown!r} not found in {self.path}",
+        rows = self._db.execute(
+            "SELECT * FROM tasks WHERE id LIKE ? LIMIT 2", (task_id + "%",)
+        ).fetchall()
+        if len(rows) == 1:
+            return rows[0]
+        if len(rows) > 1:
+            raise TaskNotFound(
+                f"task ID prefix {shown} is ambiguous", hint="give more digits of the ID"
+            )
+        raise TaskNotFound(f"task {shown} not found in {self.path}",
                            hint="list tasks with 'ddmctl list'")
 
     def _task_from_row(self, row: sqlite3.Row) -> Task:

@@ -64,6 +64,7 @@ class ItemState(str, enum.Enum):
     COPYING = "copying"
     COPIED = "copied"
     VERIFIED = "verified"
+    UNVERIFIED = "unverified"  # copied completely with --verify none: not compared
     FAILED = "failed"
     ROLLED_BACK = "rolled_back"
 

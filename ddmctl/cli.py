@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ddmctl.commands import apply, control, full, hosts, migrate, planning, tasks
+from ddmctl.commands import apply, completion, control, full, hosts, migrate, planning, tasks
 from ddmctl.common import EXIT_STATUS_HELP, common_options, main_for, make_context
 
 
@@ -23,6 +23,7 @@ def cli(ctx: click.Context, config_path: Path | None, debug: bool, verbose: int,
 
 
 cli.add_command(migrate.migrate)
+cli.add_command(completion.completion)
 # control.logs prints the event log and, with --container, a full-mode container's log, so
 # it replaces full.logs.
 for command in (*tasks.COMMANDS, full.finalize, planning.plan, planning.create, control.pause,

@@ -218,6 +218,8 @@ def usage_message(error: click.ClickException) -> str:
 
 def _print_error(env: Environment, prog_name: str, message: str) -> None:
     line = " ".join(message.split())
+    # A message may carry undecodable bytes of an argument as surrogates; show them escaped.
+    line = line.encode("utf-8", "backslashreplace").decode("utf-8")
     env.stderr.write(f"{prog_name}: error: {line}\n")
     env.stderr.flush()
 
@@ -232,7 +234,10 @@ def main_for(command: click.Command, prog_name: str) -> Callable[[], None]:
 
 
 def raise_on_sigterm() -> None:
-    """Make SIGTERM raise KeyboardInterrupt in the main thread, so tasks roll back on it too."""
+    """Make SIGTERM (and Ctrl-Break on Windows) raise KeyboardInterrupt in the main thread.
+
+    Tasks then roll back on them as on Ctrl-C. A platform without one of these signals skips it.
+    """
     import signal
     import threading
 
@@ -242,4 +247,7 @@ def raise_on_sigterm() -> None:
     def handler(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, handler)
+    for name in ("SIGTERM", "SIGBREAK"):
+        number = getattr(signal, name, None)
+        if number is not None:
+            signal.signal(number, handler)

@@ -12,6 +12,7 @@ from ddm.errors import VolumeNotFound
 from ddm.manifest import Manifest, ManifestBuilder, display_path
 from ddm.task import new_task_id
 from ddmctl.common import common_options, epilog, json_option, main_for, make_context
+from ddmctl.complete import complete_host
 from ddmdriver.engine import HELPER_MOUNT, Engine, open_engine
 
 TASK_LABEL = "ddm.task"
@@ -30,7 +31,7 @@ def cli(ctx: click.Context, config_path: Path | None, debug: bool, verbose: int,
 
 
 @cli.command(epilog=epilog("ddmdriver ping old --json"))
-@click.argument("host")
+@click.argument("host", shell_complete=complete_host)
 @json_option
 @click.pass_obj
 def ping(context, host: str, as_json: bool) -> None:  # type: ignore[no-untyped-def]
@@ -49,7 +50,7 @@ def ping(context, host: str, as_json: bool) -> None:  # type: ignore[no-untyped-
 
 
 @cli.command(epilog=epilog("ddmdriver manifest old pgdata --json > pgdata.json"))
-@click.argument("host")
+@click.argument("host", shell_complete=complete_host)
 @click.argument("volume")
 @click.option(
     "--hash/--no-hash",

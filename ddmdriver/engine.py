@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import re
+import sys
 import tarfile
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -30,6 +31,7 @@ import urllib3.exceptions
 
 from ddm.config import Config, HostConfig
 from ddm.errors import (
+    ConfigError,
     ConnectionFailed,
     DDMError,
     MigrationFailed,
@@ -518,14 +520,33 @@ class _ErrorMapper:
             raise MigrationFailed(
                 f"Docker engine on {self.host_name} rejected {self.action}: {_explanation(exc)}"
             ) from None
-        if isinstance(exc, TRANSPORT_ERRORS):
+        if isinstance(exc, (*TRANSPORT_ERRORS, docker.errors.DockerException)):
+            # docker-py wraps a failed first request (the API version query) in a
+            # DockerException whose cause contains the dial-stdio error, so only the
+            # innermost error of that chain is shown.
+            if isinstance(exc, TRANSPORT_ERRORS):
+                reason = _reason(exc)
+            else:
+                reason = _innermost_reason(exc)
+            reason = reason.removeprefix(f"Docker engine on {self.host_name}: ")
             raise ConnectionFailed(
-                f"Docker engine on {self.host_name} not reachable while {self.action}: {_reason(exc)}",
-                hint="check that dockerd runs there and that the SSH user may use its socket",
+                f"Docker engine on {self.host_name} not reachable while {self.action}: {reason}",
+                hint=engine_hint(reason),
             ) from None
-        if isinstance(exc, docker.errors.DockerException):
-            raise ConnectionFailed(f"{self.action} on {self.host_name} failed: {exc}") from None
         return False
+
+
+def engine_hint(reason: str) -> str:
+    """Return what to do about an engine connection error, judged by its message."""
+    if "permission denied" in reason:
+        return ("the SSH user may not use the Docker socket; add it to the 'docker' group on "
+                "that host, or connect as a user who may")
+    if "not found" in reason and ("socat" in reason or "docker" in reason):
+        return ("install the docker CLI on that host (DDM runs 'docker system dial-stdio' "
+                "there, or socat when docker is missing)")
+    if "no such file or directory" in reason:
+        return "check that dockerd runs there and the host's docker_socket in the DDM config"
+    return "check that dockerd runs there and that the SSH user may use its socket"
 
 
 def _explanation(error: docker.errors.APIError) -> str:
@@ -561,6 +582,14 @@ def _reason(error: BaseException) -> str:
     else:
         text = f"{label}: {detail}"
     return " ".join(text.split())
+
+
+def _innermost_reason(error: BaseException) -> str:
+    """Return the text of the innermost error of a chain, its strerror for an OSError."""
+    innermost = _error_chain(error)[-1]
+    if isinstance(innermost, OSError) and innermost.strerror:
+        return " ".join(innermost.strerror.split())
+    return " ".join(str(innermost).split()) or type(innermost).__name__
 
 
 def _error_chain(error: BaseException) -> list[BaseException]:
@@ -625,18 +654,30 @@ def parse_df_available(output: bytes) -> int | None:
 def open_engine(host: HostConfig, config: Config) -> Engine:
     """Connect to the engine of `host` and return it; use it as a context manager.
 
-    ssh:// hosts get one SSH connection for the Engine's lifetime; unix:// and tcp:// hosts
-    use docker-py's transports. Raises ConnectionFailed, HostKeyError, AuthenticationFailed
+    ssh:// hosts get one SSH connection for the Engine's lifetime; unix://, tcp:// and (on
+    Windows only) npipe:// hosts use docker-py's transports. Raises ConnectionFailed, HostKeyError, AuthenticationFailed
     or ConfigError.
     """
     if host.scheme == "ssh":
         return _open_ssh_engine(host, config)
     if host.scheme in ("unix", "tcp"):
         return _open_direct_engine(host)
+    if host.scheme == "npipe":
+        return _open_npipe_engine(host)
     raise UsageError(
-        f"host {host.name} uses {host.scheme}://, which DDM supports only on Windows",
-        hint="use an ssh://, unix:// or tcp:// URL",
+        f"host {host.name} uses {host.scheme}://, which DDM does not support",
+        hint="use an ssh://, unix://, tcp:// or (on Windows) npipe:// URL",
     )
+
+
+def _open_npipe_engine(host: HostConfig) -> Engine:
+    """Open a local Docker Desktop engine through docker-py's named pipe transport (pywin32)."""
+    if sys.platform != "win32":
+        raise ConfigError(
+            f"host {host.name} uses {host.url}, but npipe:// named pipes exist only on Windows",
+            hint="on this system use an ssh://, unix:// or tcp:// URL",
+        )
+    return _open_direct_engine(host)
 
 
 def _open_ssh_engine(host: HostConfig, config: Config) -> Engine:

@@ -618,7 +618,8 @@ def _load_key(path: Path, *, required: bool, passphrase: str | None = None) -> p
     except OSError as error:
         raise AuthenticationFailed(f"cannot read SSH key file {path}: {error.strerror}") from None
 
-    if stat.S_IMODE(mode) & 0o077:
+    # Windows reports no group or other permission bits (st_mode is 0o666 or 0o444).
+    if os.name == "posix" and stat.S_IMODE(mode) & 0o077:
         logger.warning(
             "SSH key file %s is readable by group or others (mode %o); run 'chmod 600 %s'",
             path,
@@ -713,6 +714,9 @@ def _try_key(transport: paramiko.Transport, target: SSHTarget, identity: _Identi
 
 
 def _open_agent(socket_path: str | None) -> AgentSSH:
+    if socket_path is not None and not hasattr(socket, "AF_UNIX"):
+        # Windows: paramiko's Agent talks to Pageant or to the OpenSSH agent's named pipe.
+        return paramiko.Agent()
     agent = AgentSSH()
     if socket_path is None:
         return agent

@@ -265,7 +265,8 @@ def _token_values(
         "%": "%",
         "d": str(home_dir(environ)),
         "h": hostname,
-        "i": str(os.getuid()),
+        # Windows has no numeric user ID, so %i expands to an empty string there.
+        "i": str(os.getuid()) if hasattr(os, "getuid") else "",
         "L": local_name.split(".")[0],
         "l": local_name,
         "n": original_host,

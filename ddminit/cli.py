@@ -20,7 +20,14 @@ from ddm.config import (
     save_config,
 )
 from ddm.errors import ExitStatus, UsageError
-from ddmctl.common import CommandContext, common_options, epilog, main_for, make_context
+from ddmctl.common import (
+    CommandContext,
+    common_options,
+    epilog,
+    json_option,
+    main_for,
+    make_context,
+)
 from ddminit.hostkeys import host_keys_to_record, parse_accept_option, write_host_keys
 
 
@@ -57,6 +64,7 @@ def parse_host_option(value: str) -> tuple[str, str]:
               "confirm its fingerprint on a terminal.")
 @click.option("-y", "--yes", is_flag=True,
               help="Write without asking; no host key is recorded unless --accept-host-key names it.")
+@json_option
 @click.pass_context
 def cli(
     ctx: click.Context,
@@ -70,6 +78,7 @@ def cli(
     docker_socket: str | None,
     accept_args: tuple[str, ...],
     yes: bool,
+    as_json: bool,
 ) -> int:
     """Write or update the DDM configuration file (mode 0600).
 
@@ -109,7 +118,10 @@ def cli(
     save_config(config, path)
     context.info(f"wrote {path}")
     write_host_keys(records, context.info)
-    context.echo(str(path))
+    if as_json:
+        context.print_json({"path": str(path), **config.to_dict()})
+    else:
+        context.echo(str(path))
     return int(ExitStatus.OK)
 
 
@@ -169,7 +181,8 @@ def warn_about_key(context, identity_file: Path | None) -> None:
     except OSError:
         context.info(f"warning: identity file {identity_file} does not exist yet")
         return
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+    # Windows reports no group or other permission bits (st_mode is 0o666 or 0o444).
+    if os.name == "posix" and mode & (stat.S_IRWXG | stat.S_IRWXO):
         context.info(f"warning: identity file {identity_file} is readable by group or others; "
                      f"run 'chmod 600 {identity_file}'")
 

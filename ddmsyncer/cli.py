@@ -25,6 +25,7 @@ from ddmctl.common import (
     make_context,
     raise_on_sigterm,
 )
+from ddmctl.complete import complete_task
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ def cli(ctx: click.Context, config_path: Path | None, debug: bool, verbose: int,
 
 
 @cli.command(epilog=epilog("ddmsyncer run 3f2a9c"))
-@click.argument("task_id", metavar="TASK")
+@click.argument("task_id", metavar="TASK", shell_complete=complete_task)
 @json_option
 @click.pass_obj
 def run(context: CommandContext, task_id: str, as_json: bool) -> int:

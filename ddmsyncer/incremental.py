@@ -531,7 +531,7 @@ def discard_backups(runner: Any) -> None:
     """Remove the backups of verified items; called by the cleanup phase of a task that verified."""
     for position, record in _records(runner).items():
         item = runner.task.items[int(position)]
-        if record.get("backup") and item.state is ItemState.VERIFIED:
+        if record.get("backup") and item.state in (ItemState.VERIFIED, ItemState.UNVERIFIED):
             discard_backup(runner.target, record["backup"])
             _save_record(runner, item, backup=None)
 

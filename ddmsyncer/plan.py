@@ -15,7 +15,8 @@ from typing import Any
 from ddm.config import Config
 from ddm.errors import DDMError
 from ddm.task import TaskItem, TaskSpec, VerifyMode
-from ddmsyncer import volumes
+from ddmsyncer import datapath, volumes, writers
+from ddmsyncer.datapath import HostProbes
 from ddmsyncer.linkprobe import LinkRate, measure_link
 
 PLAN_VERSION = 1
@@ -48,10 +49,14 @@ def build_plan(config: Config, spec: TaskSpec, *, probe_bytes: int = DEFAULT_PRO
     target_host = config.host(spec.target_host)
     with open_engine(source_host, config) as source, open_engine(target_host, config) as target:
         plan["engines"] = {"source": _engine_summary(source), "target": _engine_summary(target)}
+        probes = HostProbes()
         for position, volume in enumerate(spec.volumes):
             item = TaskItem(task_id="plan", position=position, source=volume.source,
                             target=volume.target)
-            plan["objects"].append(_plan_volume(source, target, item, spec, plan["conflicts"]))
+            entry = _plan_volume(source, target, item, spec, plan["conflicts"])
+            if entry.get("action") != "none":
+                _plan_data_path(source, target, item, spec, probes, entry, plan["conflicts"])
+            plan["objects"].append(entry)
 
         plan["bytes_total"] = sum(entry.get("size_bytes") or 0 for entry in plan["objects"])
         _check_space(target, plan)
@@ -97,6 +102,38 @@ def _plan_volume(source: Any, target: Any, item: TaskItem, spec: TaskSpec,
     return entry
 
 
+def _plan_data_path(source: Any, target: Any, item: TaskItem, spec: TaskSpec, probes: HostProbes,
+                    entry: dict[str, Any], conflicts: list[dict[str, Any]]) -> None:
+    """Add the volume's data path, what it keeps, loses and verifies, and its running writers."""
+    try:
+        route = datapath.choose_route(source, target, source.volume_inspect(item.source),
+                                      spec.options.get("data_path", "auto"), probes)
+    except DDMError as error:
+        conflicts.append(_conflict(entry, error))
+        return
+
+    deep = spec.verify is VerifyMode.FULL
+    entry.update(
+        data_path=route.data_path.value,
+        data_path_reason=route.reason,
+        keeps=list(datapath.keeps(route.data_path)),
+        loses=list(datapath.loses(route.data_path)),
+        preserves=[*VOLUME_METADATA, *datapath.verify_aspects(route.data_path, deep=True)[1:]],
+        verified=([] if spec.verify is VerifyMode.NONE
+                  else list(datapath.verify_aspects(route.data_path, deep=deep))),
+        not_verified=list(datapath.not_checked(route.data_path, deep=True)),
+    )
+
+    found = writers.running_writers(source, item.source)
+    entry["running_writers"] = [writer.name for writer in found]
+    policy = writers.WriterPolicy.from_options(spec.options)
+    if found and not policy.live and policy.quiesce is None:
+        try:
+            writers.reject_running_writers(spec.source_host, item.source, found)
+        except DDMError as error:
+            conflicts.append(_conflict(entry, error))
+
+
 def _check_space(target: Any, plan: dict[str, Any]) -> None:
     names = ", ".join(entry["target"] for entry in plan["objects"])
     try:
@@ -124,18 +161,19 @@ def plan_steps(spec: TaskSpec, objects: list[dict[str, Any]]) -> list[dict[str, 
         name = f"{entry['source']} -> {entry['target']}"
         if entry.get("action") == "replace":
             add("copy", f"remove the existing target volume {entry['target']} (--force)", name)
-        add("copy", "create the target volume with the source's driver, options and labels",
+        add("copy", "create a staging volume with the source's driver, options and labels",
             name)
-        add("copy", "relay the volume's archive from source to target through the controller",
-            name)
+        add("copy", f"relay the volume's archive into the staging volume on the "
+            f"{entry.get('data_path', DATA_PATH_ENGINE_API)} data path", name)
     add("migrate", "nothing to switch over in volumes mode")
     for entry in objects:
         name = f"{entry['source']} -> {entry['target']}"
         if spec.verify is VerifyMode.NONE:
             add("verify", "skipped (--verify none)", name)
         else:
-            add("verify", f"compare the target's manifest with the source's ({spec.verify.value})",
-                name)
+            add("verify", f"compare the staging volume's manifest with the source's "
+                f"({spec.verify.value})", name)
+        add("verify", "create the target volume and move the staging volume's data into it", name)
     add("cleanup", "remove helper containers on both hosts")
     return steps
 

@@ -44,13 +44,18 @@ from ddm.events import (
     Warning,
     ignore_event,
 )
-from ddm.manifest import Manifest
+from ddm.manifest import Manifest, compare_manifests, display_path
+from ddm.processes import process_alive
 from ddm.store import TaskStore
 from ddm.task import ItemState, Phase, Task, TaskItem, TaskState, VerifyMode
 from ddmsyncer import incremental, parallel, volumes
 from ddmsyncer.control import wait_while_paused
+from ddmsyncer.staged import StagedVolumes, mark_verified, release_writers, remove_staging_volumes
 
 log = logging.getLogger(__name__)
+
+# Serializes read-modify-write of a task's extra state among --parallel worker threads.
+_EXTRA_LOCK = threading.Lock()
 
 PROGRESS_EVENT_SECONDS = 0.2
 PROGRESS_STORE_SECONDS = 1.0
@@ -64,21 +69,6 @@ def default_engine_factory(host: Any, config: Config) -> Any:
     from ddmdriver.engine import open_engine
 
     return open_engine(host, config)
-
-
-def process_alive(pid: int | None) -> bool:
-    """Return True when a process with this PID exists on this machine."""
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except OSError:
-        return False
-    return True
 
 
 def mark_stale_running(store: TaskStore, task: Task) -> Task:
@@ -147,6 +137,7 @@ class TaskRunner:
                 self._local.stack.close()
             self._local.store.close()
             self._local.engines = self._local.stack = self._local.store = None
+        self.staged = StagedVolumes(self)
 
     # Engines
 
@@ -301,6 +292,8 @@ class TaskRunner:
             self.verify()
         with self.phase(Phase.CLEANUP):
             self.cleanup()
+            # Containers that an interrupted earlier run stopped are started again here.
+            release_writers(self)
 
     def pending_items(self) -> list[TaskItem]:
         """Return the volumes still to copy: every one that has not passed verification.
@@ -309,7 +302,8 @@ class TaskRunner:
         A volume that an earlier run copied in full (COPIED) or in part (COPYING) is copied
         again from the start, because bytes that were never verified may be torn or stale.
         """
-        return [item for item in self.task.items if item.state is not ItemState.VERIFIED]
+        done = (ItemState.VERIFIED, ItemState.UNVERIFIED)
+        return [item for item in self.task.items if item.state not in done]
 
     def prepare(self) -> dict[int, volumes.VolumeCheck]:
         """Check both hosts and every volume; change nothing but this task's own leftovers.
@@ -320,6 +314,7 @@ class TaskRunner:
         """
         self.source.ping()
         self.target.ping()
+        volumes.reject_overlap(self.source, self.target, self.task.items)
         for engine in self._open_engines():
             removed = volumes.remove_task_helpers(engine, self.task.id)
             if removed:
@@ -333,6 +328,11 @@ class TaskRunner:
                 self.source, self.target, item,
                 force=self.task.spec.force or item.position in self._incremental,
             )
+
+        for item in self.pending_items():
+            self.staged.check_writers(item)
+            if item.position not in self._incremental:
+                self.staged.route(item)
 
         # NOTE: an incremental update needs room for changed files only; it is not checked.
         needed = sum(check.size_bytes or 0 for position, check in checks.items()
@@ -363,32 +363,20 @@ class TaskRunner:
             self._update_item(item, check)
             return
 
-        target = self.target
-        existing = target.volume_inspect(item.target)
-        if existing is not None:
-            # Either an unverified copy of an earlier run of this task, or --force.
-            volumes.remove_volume_helpers(target, self.task.id, item.target)
-            target.volume_remove(item.target)
-
-        self.update_item(item, target_created=True, state=ItemState.COPYING,
-                         started_at=time.time(), bytes_done=0, bytes_total=check.size_bytes)
-        volumes.create_target_volume(target, item, check)
+        self.update_item(item, state=ItemState.COPYING, started_at=time.time(), bytes_done=0,
+                         bytes_total=check.size_bytes)
         self.emit(ItemStarted(self.task.id, position=item.position, source=item.source,
                               target=item.target, bytes_total=check.size_bytes))
 
+        # The data goes into a staging volume; verify() gives it the real name.
         counter = _ProgressCounter(self, item)
-        manifest, byte_count, digest = volumes.copy_volume(
-            self.source, target, item, task_id=self.task.id,
-            hash_content=self.task.spec.verify is VerifyMode.FULL, on_chunk=counter.add,
-        )
+        manifest, byte_count, digest = self.staged.copy_item(item, check, counter)
         counter.flush()
 
         self._manifests[item.position] = manifest
         self.store.save_manifest(self.task.id, item.position, manifest.to_json().encode())
         self.update_item(item, state=ItemState.COPIED, bytes_done=byte_count,
                          entries=len(manifest.entries), stream_digest=digest)
-        volumes.remove_volume_helpers(self.source, self.task.id, item.source)
-        volumes.remove_volume_helpers(target, self.task.id, item.target)
         self.emit(ItemFinished(self.task.id, position=item.position, state=item.state.value,
                                bytes_done=byte_count))
 
@@ -407,28 +395,25 @@ class TaskRunner:
                                bytes_done=result.archive_bytes))
 
     def verify(self) -> None:
+        """Verify each staging volume and promote it to its real name."""
         mode = self.task.spec.verify
         for item in self.pending_items():
             self.check_control(force=True)
-            if mode is VerifyMode.NONE:
-                self.warn(f"volume {item.target!r} was not verified (--verify none)")
-                self.update_item(item, state=ItemState.VERIFIED, finished_at=time.time())
-                continue
-
-            if item.position in self._incremental:
+            if item.position in self._incremental and mode is not VerifyMode.NONE:
                 incremental.verify_item(self, item)
                 self.update_item(item, state=ItemState.VERIFIED, finished_at=time.time())
                 self.record("info", "verified", f"volume {item.target!r} verified ({mode.value}, "
                             "host-side scans)", position=item.position)
                 continue
 
-            source_manifest = self._source_manifest(item)
-            target_manifest = volumes.read_manifest(
-                self.target, item.target, task_id=self.task.id,
-                hash_content=mode is VerifyMode.FULL,
-            )
-            volumes.verify_volume(source_manifest, target_manifest, item, mode)
-            self.update_item(item, state=ItemState.VERIFIED, finished_at=time.time())
+            if item.position not in self._incremental:
+                self.staged.verify_and_promote(item, self._source_manifest(item))
+            if mode is VerifyMode.NONE:
+                self.warn(f"volume {item.target!r} was not verified (--verify none)")
+                self.update_item(item, state=ItemState.UNVERIFIED, finished_at=time.time())
+                continue
+
+            mark_verified(self, item)
             self.record("info", "verified", f"volume {item.target!r} verified ({mode.value})",
                         position=item.position)
 
@@ -441,6 +426,57 @@ class TaskRunner:
                                       hint="roll the task back and run it again")
             manifest = Manifest.from_json(stored)
         return manifest
+
+    def _remember_created_at(self, target: Any, item: TaskItem) -> None:
+        """Record the target volume's CreatedAt, so a later rollback can tell it is still ours."""
+        created_at = target.api.inspect_volume(item.target).get("CreatedAt")
+        with _EXTRA_LOCK:
+            recorded = dict(self.store.get_extra(self.task.id).get("volume_created_at") or {})
+            recorded[item.target] = created_at
+            self.store.set_extra(self.task.id, volume_created_at=recorded)
+
+    force_rollback = False
+
+    def check_rollback_allowed(self) -> None:
+        """Raise TaskConflict when a finished task's target volume changed since it finished.
+
+        `ddmctl rollback` of a succeeded task removes the volumes it created. A volume that was
+        replaced since (another task with --force, or by hand) or whose files changed holds
+        data that the task did not put there, so it is kept unless the operator forces it.
+        """
+        if self.force_rollback or self.task.state is not TaskState.SUCCEEDED:
+            return
+
+        recorded = self.store.get_extra(self.task.id).get("volume_created_at") or {}
+        for item in self.task.items:
+            if not item.target_created:
+                continue
+            self._check_unchanged(item, recorded.get(item.target))
+
+    def _check_unchanged(self, item: TaskItem, created_at: str | None) -> None:
+        target = self.target
+        if target.volume_inspect(item.target) is None:
+            return
+        hint = (f"inspect volume {item.target!r} on {self.task.spec.target_host}; pass --force "
+                "to remove it anyway")
+        current = target.api.inspect_volume(item.target).get("CreatedAt")
+        if created_at is not None and current != created_at:
+            raise TaskConflict(
+                f"volume {item.target!r} on {self.task.spec.target_host} was replaced after "
+                f"task {self.task.id} created it", hint=hint)
+
+        stored = self.store.load_manifest(self.task.id, item.position)
+        if stored is None:
+            return
+        now = volumes.read_manifest(target, item.target, task_id=self.task.id,
+                                    hash_content=False)
+        differences = compare_manifests(Manifest.from_json(stored), now, volumes.QUICK_ASPECTS)
+        if differences:
+            first = differences[0]
+            raise TaskConflict(
+                f"volume {item.target!r} on {self.task.spec.target_host} changed since task "
+                f"{self.task.id} finished ({len(differences)} differences, first "
+                f"{display_path(first.path)}: {first.aspect})", hint=hint)
 
     def cleanup(self, *, every_host: bool = False) -> None:
         """Remove helper containers of this task on the hosts it connected to (also after failures).
@@ -490,10 +526,17 @@ class TaskRunner:
 
         incremental.restore_backups(self)
         self.cleanup(every_host=every_host)
+        release_writers(self)
+        self.on_host(self.task.spec.target_host, lambda target: remove_staging_volumes(self))
         created = [item for item in self.task.items if item.target_created]
         if created:
             self.on_host(self.task.spec.target_host,
                          lambda target: self._remove_created(target, created))
+
+        # Items that only reached their staging volume, removed above, are rolled back too.
+        for item in self.task.items:
+            if item.state in (ItemState.COPYING, ItemState.COPIED, ItemState.FAILED):
+                self.update_item(item, state=ItemState.ROLLED_BACK)
 
     def _remove_created(self, target: Any, created: list[TaskItem]) -> None:
         """Remove the target volumes this task created; safe to run again after a failure."""

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ddm.errors import (
+    UsageError,
     InsufficientSpace,
     TargetExists,
     VerificationFailed,
@@ -44,6 +45,33 @@ class VolumeCheck:
     source_labels: dict[str, str]
     size_bytes: int | None
     target_exists: bool
+
+
+def engine_id(engine) -> str:
+    """Return the engine's ID (GET /info), which is the same under every host name and URL."""
+    return str(engine.api.info().get("ID") or "")
+
+
+def reject_overlap(source, target, items) -> None:
+    """Raise UsageError when one volume of the task would be both read and written.
+
+    Two host names can reach one engine (two config entries, or `local` pointed at a remote
+    engine), so the engines are compared by ID, not by name. On one engine a target that is
+    also a source would be overwritten while it is read: the copy would destroy the source.
+    """
+    source_id = engine_id(source)
+    if not source_id or source_id != engine_id(target):
+        return
+
+    sources = {item.source for item in items}
+    for item in items:
+        if item.target in sources:
+            raise UsageError(
+                f"volume {item.target!r} is both a source and a target: hosts "
+                f"{source.host.name!r} and {target.host.name!r} are the same Docker engine "
+                f"(ID {source_id[:12]})",
+                hint="give the copy a new name with --volume SRC:NEWNAME",
+            )
 
 
 def aspects_for(mode: VerifyMode) -> tuple[str, ...]:

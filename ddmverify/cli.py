@@ -8,7 +8,8 @@ from typing import Any
 import click
 
 from ddm.api import build_spec
-from ddm.errors import ExitStatus
+from ddm.errors import ExitStatus, VolumeNotFound
+from ddm.manifest import Manifest, compare_manifests, display_path
 from ddm.task import VerifyMode, new_task_id
 from ddmctl.common import (
     CommandContext,
@@ -18,11 +19,10 @@ from ddmctl.common import (
     main_for,
     make_context,
 )
+from ddmctl.complete import complete_host
+from ddmdriver.hostpath import read_host_manifest
 from ddmsyncer import volumes
-from ddmsyncer.compare import compare_volume
-
-# Aspects that the Engine API archive cannot carry, so they are reported as not checked.
-NOT_CHECKED = ("mtime_ns", "xattrs", "acl", "sparse")
+from ddmsyncer.datapath import DataPath, HostProbes, Route, choose_route, not_checked, verify_aspects
 
 
 @click.command(
@@ -30,12 +30,19 @@ NOT_CHECKED = ("mtime_ns", "xattrs", "acl", "sparse")
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 @common_options
-@click.option("--from", "source", required=True, metavar="HOST", help="Source host name.")
-@click.option("--to", "target", required=True, metavar="HOST", help="Target host name.")
+@click.option("--from", "source", required=True, metavar="HOST", help="Source host name.",
+              shell_complete=complete_host)
+@click.option("--to", "target", required=True, metavar="HOST", help="Target host name.",
+              shell_complete=complete_host)
 @click.option("--volume", "volume_args", multiple=True, required=True, metavar="SRC[:DST]",
               help="Volume to compare; SRC:DST when it was renamed (repeatable).")
 @click.option("--deep", is_flag=True,
               help="Also hash every file's content (xxh3-128); default compares metadata and sizes.")
+@click.option("--data-path", type=click.Choice(["auto", "engine", "host"]), default="auto",
+              show_default=True,
+              help="How to read both volumes: host runs GNU tar on the hosts and compares every "
+              "aspect it keeps, engine reads the Engine API archive, auto picks host where "
+              "possible.")
 @json_option
 @click.pass_context
 def cli(
@@ -48,12 +55,14 @@ def cli(
     target: str,
     volume_args: tuple[str, ...],
     deep: bool,
+    data_path: str,
     as_json: bool,
 ) -> int:
     """Compare volumes on two hosts; exit 0 when they match and 1 when they differ.
 
     Each difference is listed with its path and aspect: presence, type, mode, owner, size,
-    link, device, mtime and, with --deep, content.
+    link, device, mtime and, with --deep, content. On the host data path also mtime_ns,
+    xattrs, acl and sparse; on the Engine API path those are reported as not checked.
     """
     from ddmdriver.engine import open_engine
 
@@ -62,34 +71,89 @@ def cli(
     mode = VerifyMode.FULL if deep else VerifyMode.QUICK
     spec = build_spec(config, source=source, target=target, volumes=volume_args, verify=mode,
                       force=True)
-    aspects = volumes.aspects_for(mode)
     session = f"verify-{new_task_id()}"
 
     results = []
+    probes = HostProbes()
     with open_engine(config.host(source), config) as source_engine, \
             open_engine(config.host(target), config) as target_engine:
         for volume in spec.volumes:
             results.append(compare_volume(source_engine, target_engine, volume.source,
-                                          volume.target, aspects, deep, session))
+                                          volume.target, deep, session,
+                                          data_path=data_path, probes=probes))
 
     differs = any(result["differences"] for result in results)
     if as_json:
-        context.print_json({"match": not differs, "aspects": list(aspects),
-                            "not_checked": list(NOT_CHECKED), "volumes": results})
+        context.print_json({"match": not differs, "volumes": results})
     else:
-        print_results(context, results, aspects)
+        print_results(context, results)
     return int(ExitStatus.FAILED if differs else ExitStatus.OK)
 
 
-def print_results(context: CommandContext, results: list[dict[str, Any]],
-                  aspects: tuple[str, ...]) -> None:
+def compare_volume(source_engine: Any, target_engine: Any, source: str, target: str, deep: bool,
+                   session: str, *, data_path: str = "auto",
+                   probes: HostProbes | None = None) -> dict[str, Any]:
+    """Read both manifests on one data path and return the comparison as a JSON-ready mapping."""
+    infos = []
+    for engine, name in ((source_engine, source), (target_engine, target)):
+        info = engine.volume_inspect(name)
+        if info is None:
+            raise VolumeNotFound(f"volume {name!r} not found on host {engine.host.name!r}",
+                                 hint="check the name with 'docker volume ls' on that host")
+        infos.append(info)
+
+    probes = probes or HostProbes()
+    route = choose_route(source_engine, target_engine, infos[0], data_path, probes)
+    if route.data_path is DataPath.HOST and (infos[1].driver != "local" or infos[1].options):
+        route = choose_route(source_engine, target_engine, infos[0], "engine", probes)
+    source_manifest = read_volume_manifest(source_engine, route.source_access, infos[0], route,
+                                           deep, session)
+    target_manifest = read_volume_manifest(target_engine, route.target_access, infos[1], route,
+                                           deep, session)
+
+    aspects = verify_aspects(route.data_path, deep=deep)
+    differences = compare_manifests(source_manifest, target_manifest, aspects)
+    return {
+        "source": source,
+        "target": target,
+        "data_path": route.data_path.value,
+        "aspects": list(aspects),
+        "not_checked": list(not_checked(route.data_path, deep=deep)),
+        "entries": len(source_manifest.entries),
+        "differences": [
+            {"path": display_path(difference.path), "aspect": difference.aspect,
+             "source": _jsonable(difference.source), "target": _jsonable(difference.target)}
+            for difference in differences
+        ],
+    }
+
+
+def read_volume_manifest(engine: Any, access: Any, info: Any, route: Route, deep: bool,
+                         session: str) -> Manifest:
+    """Read a volume's manifest with host tar on the host path, else through the Engine API."""
+    if route.data_path is DataPath.HOST:
+        return read_host_manifest(engine, access, info.mountpoint, hash_content=deep)
+    return volumes.read_manifest(engine, info.name, task_id=session, hash_content=deep)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return display_path(value)
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def print_results(context: CommandContext, results: list[dict[str, Any]]) -> None:
     for result in results:
         name = f"{result['source']} -> {result['target']}"
         if not result["differences"]:
-            context.echo(f"{name}: match ({result['entries']} entries; checked "
-                         f"{', '.join(aspects)}; not checked {', '.join(NOT_CHECKED)})")
+            context.echo(f"{name}: match ({result['entries']} entries; data path "
+                         f"{result['data_path']}; checked {', '.join(result['aspects'])}; "
+                         f"not checked {', '.join(result['not_checked']) or 'nothing'})")
             continue
-        context.echo(f"{name}: {len(result['differences'])} differences")
+        context.echo(f"{name}: {len(result['differences'])} differences (data path "
+                     f"{result['data_path']})")
         for difference in result["differences"]:
             context.echo(f"  {difference['path']}\t{difference['aspect']}\t"
                          f"source={difference['source']}\ttarget={difference['target']}")

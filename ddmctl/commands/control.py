@@ -8,10 +8,11 @@ from ddm import api
 from ddm.errors import ExitStatus, UsageError
 from ddmctl.commands.tasks import format_time
 from ddmctl.common import CommandContext, epilog, json_option
+from ddmctl.complete import complete_task
 
 
 @click.command(epilog=epilog("ddmctl pause 3f2a9c"))
-@click.argument("task_id", metavar="TASK")
+@click.argument("task_id", metavar="TASK", shell_complete=complete_task)
 @json_option
 @click.pass_obj
 def pause(context: CommandContext, task_id: str, as_json: bool) -> int:
@@ -29,7 +30,7 @@ def pause(context: CommandContext, task_id: str, as_json: bool) -> int:
 
 
 @click.command(epilog=epilog("ddmctl logs 3f2a9c --json"))
-@click.argument("task_id", metavar="TASK")
+@click.argument("task_id", metavar="TASK", shell_complete=complete_task)
 @click.option("--container", metavar="NAME",
               help="Print this source container's log as a full-mode task archived it on the "
               "target host, instead of the event log.")

@@ -9,10 +9,11 @@ import click
 from ddm import api
 from ddm.errors import ExitStatus
 from ddmctl.common import CommandContext, epilog, json_option
+from ddmctl.complete import complete_task
 
 
 @click.command(epilog=epilog("ddmctl finalize 3f2a9c"))
-@click.argument("task_id", metavar="TASK")
+@click.argument("task_id", metavar="TASK", shell_complete=complete_task)
 @json_option
 @click.pass_obj
 def finalize(context: CommandContext, task_id: str, as_json: bool) -> int:
@@ -29,7 +30,7 @@ def finalize(context: CommandContext, task_id: str, as_json: bool) -> int:
 
 
 @click.command(epilog=epilog("ddmctl logs 3f2a9c --container web"))
-@click.argument("task_id", metavar="TASK")
+@click.argument("task_id", metavar="TASK", shell_complete=complete_task)
 @click.option("--container", required=True, metavar="NAME",
               help="Source container whose log to print.")
 @click.pass_obj

@@ -11,12 +11,15 @@ from ddm.errors import DDMError, ExitStatus, UsageError
 from ddm.task import Task, TaskState
 from ddmctl.common import CommandContext, epilog, json_option, raise_on_sigterm
 from ddmctl.commands.planning import show_plan, spec_from_options, with_callback_options
+from ddmctl.complete import complete_host
 from ddmctl.progress import choose_display, format_bytes
 
 
 @click.command(epilog=epilog("ddmctl migrate --from old --to new --volume pgdata:pgdata-2"))
-@click.option("--from", "source", required=True, metavar="HOST", help="Source host name.")
-@click.option("--to", "target", required=True, metavar="HOST", help="Target host name.")
+@click.option("--from", "source", required=True, metavar="HOST", help="Source host name.",
+              shell_complete=complete_host)
+@click.option("--to", "target", required=True, metavar="HOST", help="Target host name.",
+              shell_complete=complete_host)
 @click.option(
     "--volume", "volumes", multiple=True, metavar="SRC[:DST]",
     help="Volume to move; SRC:DST renames it on the target (repeatable, volumes mode).",
@@ -51,6 +54,20 @@ from ddmctl.progress import choose_display, format_bytes
 )
 @click.option("--parallel", type=click.IntRange(1, 16), default=1, show_default=True,
               help="Number of volumes copied at once, each over its own SSH connections.")
+@click.option("--data-path", type=click.Choice(["auto", "engine", "host"]), default="auto",
+              show_default=True,
+              help="How data travels: host runs GNU tar on both hosts over SSH (needs root or "
+              "sudo; keeps nanosecond mtimes, xattrs, ACLs, sparse files), engine uses the "
+              "Engine API archive, auto picks host where possible.")
+@click.option("--stop-writers", is_flag=True,
+              help="Stop running containers that use a source volume for its copy, then start "
+              "them again.")
+@click.option("--pause", is_flag=True,
+              help="Pause running containers that use a source volume for its copy, then "
+              "unpause them.")
+@click.option("--live", is_flag=True,
+              help="Copy volumes while their containers run and fail on files that changed; "
+              "with --stop-writers or --pause, copy such volumes again with the writers stopped.")
 @with_callback_options
 @click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
@@ -71,6 +88,10 @@ def migrate(
     force: bool,
     incremental: bool,
     parallel: int,
+    data_path: str,
+    stop_writers: bool,
+    pause: bool,
+    live: bool,
     dry_run: bool,
     yes: bool,
     as_json: bool,
@@ -104,9 +125,12 @@ def migrate(
         "source": source, "target": target, "volumes": volumes, "verify": verify,
         "force": force, "on_success": on_success, "on_failure": on_failure, "notify": notify,
     })
-    spec = dataclasses.replace(
-        spec, options={**spec.options, "incremental": incremental, "parallel": parallel}
-    )
+    spec = dataclasses.replace(spec, options={
+        **spec.options,
+        "incremental": incremental,
+        "parallel": parallel,
+        **migrate_options(data_path=data_path, stop_writers=stop_writers, pause=pause, live=live),
+    })
 
     if dry_run:
         return show_plan(context, api.plan_task(config, spec), as_json)
@@ -118,6 +142,17 @@ def migrate(
     )
     context.info(f"task {task.id} created")
     return run_and_report(context, task.id, as_json, resume=False)
+
+
+def migrate_options(*, data_path: str, stop_writers: bool, pause: bool, live: bool) -> dict:
+    """Return the task options of the data path and live-data flags, checked."""
+    from ddmsyncer.datapath import validate_choice
+    from ddmsyncer.writers import WriterPolicy
+
+    options = {"data_path": validate_choice(data_path), "stop_writers": stop_writers,
+               "pause": pause, "live": live}
+    WriterPolicy.from_options(options)
+    return options
 
 
 def migrate_full(context: CommandContext, *, dry_run: bool, yes: bool, as_json: bool,
@@ -217,5 +252,3 @@ def print_task_result(context: CommandContext, task: Task, as_json: bool) -> Non
                      f"{format_bytes(item.bytes_done)}")
     duration = f"{task.duration:.1f} s" if task.duration is not None else "-"
     context.info(f"task {task.id} {task.state.value} in {duration}")
-    if task.state is not TaskState.SUCCEEDED and task.error:
-        context.info(f"task {task.id}: {task.error.get('message')}")

@@ -14,6 +14,7 @@ from ddm import api
 from ddm.errors import ExitStatus
 from ddm.task import TaskSpec
 from ddmctl.common import CommandContext, epilog, json_option
+from ddmctl.complete import complete_host
 from ddmctl.progress import format_bytes
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -22,8 +23,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 def task_options(function: F) -> F:
     """Add the options that describe a migration task (shared by migrate, plan and create)."""
     options = [
-        click.option("--from", "source", required=True, metavar="HOST", help="Source host name."),
-        click.option("--to", "target", required=True, metavar="HOST", help="Target host name."),
+        click.option("--from", "source", required=True, metavar="HOST", help="Source host name.",
+                     shell_complete=complete_host),
+        click.option("--to", "target", required=True, metavar="HOST", help="Target host name.",
+                     shell_complete=complete_host),
         click.option("--volume", "volumes", multiple=True, required=True, metavar="SRC[:DST]",
                      help="Volume to move; SRC:DST renames it on the target (repeatable)."),
         click.option("--verify", type=click.Choice(["none", "quick", "full"]), default=None,
@@ -129,6 +132,13 @@ def plan_lines(document: dict[str, Any]) -> list[str]:
                      f"{format_bytes(entry.get('size_bytes'))}, {entry.get('action')}, "
                      f"data path {entry['data_path']}")
         lines.append(f"    preserves {', '.join(entry['preserves'])}")
+        if entry.get("data_path_reason"):
+            lines.append(f"    data path {entry['data_path']} ({entry['data_path_reason']})")
+            lines.append(f"    keeps: {', '.join(entry['keeps'])}")
+        if entry.get("loses"):
+            lines.append(f"    loses: {', '.join(entry['loses'])}")
+        if entry.get("running_writers"):
+            lines.append(f"    used by running containers: {', '.join(entry['running_writers'])}")
     lines.append("conflicts:" if document["conflicts"] else "conflicts: none")
     for conflict in document["conflicts"]:
         lines.append(f"  {conflict['kind']} {conflict['object']}: {conflict['message']}")

@@ -11,6 +11,7 @@ from ddm.errors import ExitStatus
 from ddm.task import Task, TaskState
 from ddmctl.commands.migrate import print_task_result, run_and_report
 from ddmctl.common import CommandContext, epilog, json_option
+from ddmctl.complete import complete_task
 from ddmctl.progress import format_bytes
 from ddmctl.tasks_filter import MAX_SCANNED_TASKS, parse_since, task_matches
 from ddmctl.watch import task_label, watch_task
@@ -61,7 +62,7 @@ def list_tasks(context: CommandContext, state: str | None, host: str | None,
 
 
 @click.command(epilog=epilog("ddmctl status 3f2a9c --watch"))
-@click.argument("task_id", metavar="TASK")
+@click.argument("task_id", metavar="TASK", shell_complete=complete_task)
 @click.option("--events", "show_events", is_flag=True, help="Also print the task's event log.")
 @click.option("--watch", is_flag=True,
               help="Follow the task until it ends: phase, per-volume bars, rates and ETA on a "
@@ -111,7 +112,7 @@ def status(context: CommandContext, task_id: str, show_events: bool, watch: bool
 
 
 @click.command(epilog=epilog("ddmctl resume 3f2a9c"))
-@click.argument("task_id", metavar="TASK")
+@click.argument("task_id", metavar="TASK", shell_complete=complete_task)
 @json_option
 @click.pass_obj
 def resume(context: CommandContext, task_id: str, as_json: bool) -> int:
@@ -133,7 +134,7 @@ def resume(context: CommandContext, task_id: str, as_json: bool) -> int:
 
 
 @click.command(epilog=epilog("ddmctl cancel 3f2a9c"))
-@click.argument("task_id", metavar="TASK")
+@click.argument("task_id", metavar="TASK", shell_complete=complete_task)
 @json_option
 @click.pass_obj
 def cancel(context: CommandContext, task_id: str, as_json: bool) -> int:
@@ -151,12 +152,18 @@ def cancel(context: CommandContext, task_id: str, as_json: bool) -> int:
 
 
 @click.command(epilog=epilog("ddmctl rollback 3f2a9c"))
-@click.argument("task_id", metavar="TASK")
+@click.argument("task_id", metavar="TASK", shell_complete=complete_task)
+@click.option("--force", is_flag=True,
+              help="Remove target volumes even when they changed since the task finished.")
 @json_option
 @click.pass_obj
-def rollback(context: CommandContext, task_id: str, as_json: bool) -> int:
-    """Remove what a task created on the target host. The source is never changed."""
-    task = api.rollback_task(context.config, context.store, task_id)
+def rollback(context: CommandContext, task_id: str, force: bool, as_json: bool) -> int:
+    """Remove what a task created on the target host. The source is never changed.
+
+    A target volume that was replaced or changed after a succeeded task finished is kept, and
+    the command exits 6, unless --force is given.
+    """
+    task = api.rollback_task(context.config, context.store, task_id, force=force)
     print_task_result(context, task, as_json)
     return int(ExitStatus.OK)
 

@@ -91,9 +91,12 @@ def store(isolated_env: IsolatedEnv) -> TaskStore:
     task_store.close()
 
 
-def new_task(store: TaskStore, config: Config, source: str, target: str | None = None) -> Task:
+def new_task(store: TaskStore, config: Config, source: str, target: str | None = None,
+             **options: object) -> Task:
+    """Create a task on the Engine API data path, whose helper containers these faults hit."""
     mapping = source if target is None else f"{source}:{target}"
-    return api.create_task(store, config, source="h1", target="h2", volumes=[mapping], verify="full")
+    return api.create_task(store, config, source="h1", target="h2", volumes=[mapping], verify="full",
+                           options={"data_path": "engine", **options})
 
 
 def at_half(action: Callable[[], None]) -> Callable[[Event], None]:
@@ -337,7 +340,8 @@ def test_target_volume_out_of_space_rolls_back(
     assert int(usage) <= 1024
     listing_before = h1.docker("exec", holder, "ls", "-ln", "/data").stdout
     target_before = host_state(h2)
-    task = new_task(store, config, volume)
+    # The holder only keeps the tmpfs mounted and writes nothing, so the copy runs live.
+    task = new_task(store, config, volume, live=True)
 
     with pytest.raises(TransferFailed) as raised:
         api.run_task(config, store, task.id)

@@ -130,7 +130,10 @@ def test_pause_then_resume_completes(h1: LabHost, h2: LabHost, isolated_env: Iso
 def test_cancel_while_paused_rolls_back(h1: LabHost, h2: LabHost, isolated_env: IsolatedEnv,
                                         resources: LabResources, fast_control: None) -> None:
     run, _, target = start_paused_task(h1, h2, resources)
-    assert target in volume_names(h2)
+    # The copy fills a staging volume; the target name appears only after verification.
+    staging = {name for name in volume_names(h2) if name.startswith("ddm-staging-")}
+    assert staging
+    assert target not in volume_names(h2)
 
     cancelled = ddmctl("cancel", run.task_id)
     assert cancelled.status == 0, cancelled.stderr
@@ -140,6 +143,7 @@ def test_cancel_while_paused_rolls_back(h1: LabHost, h2: LabHost, isolated_env: 
     assert "cancelled while paused" in str(run.error)
     assert api.open_store().get_task(run.task_id).state is TaskState.CANCELLED
     assert target not in volume_names(h2)
+    assert not staging & volume_names(h2)
 
 
 def test_pause_rejects_finished_task(h1: LabHost, h2: LabHost, isolated_env: IsolatedEnv,

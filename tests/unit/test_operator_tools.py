@@ -191,7 +191,7 @@ def test_plan_steps_order() -> None:
     assert [step["order"] for step in steps] == list(range(1, len(steps) + 1))
     assert [step["phase"] for step in steps] == [
         "prepare", "copy", "copy", "copy", "copy", "copy", "migrate", "verify", "verify",
-        "cleanup"]
+        "verify", "verify", "cleanup"]
     assert "remove the existing target volume a1" in steps[1]["action"]
 
 

@@ -1,0 +1,156 @@
+"""Data paths of a volume copy, what each keeps, and the per-volume choice between them.
+
+* "engine": the Engine API archive (GET and PUT /containers/{id}/archive through helper
+  containers that are never started). Works on every host DDM can reach. moby's archive
+  code (pkg/archive, docker.io 20.10) keeps content, file types, permission bits with
+  setuid, setgid and sticky, numeric ids, hard links, symlink text, devices, FIFOs and raw
+  names, but writes whole-second mtimes, only the security.capability xattr, no ACLs and
+  no holes.
+* "host": the host's own GNU tar over SSH (ddmdriver.hostpath). Needs root or
+  passwordless sudo and GNU tar on both hosts, and a local volume without driver options
+  (such a volume's data is a plain directory under the engine's root). Keeps everything
+  the engine path keeps plus nanosecond mtimes, all xattrs, POSIX ACLs and sparseness.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from ddm.errors import UsageError
+from ddm.manifest import ALL_ASPECTS
+
+log = logging.getLogger(__name__)
+
+DATA_PATH_CHOICES = ("auto", "engine", "host")
+
+
+class DataPath(str, enum.Enum):
+    """How a volume's data travels."""
+
+    ENGINE = "engine"
+    HOST = "host"
+
+
+# Human-readable aspects, for the plan and the documentation.
+ENGINE_KEEPS = (
+    "content",
+    "file types (regular, directory, symlink, hard link, FIFO, devices)",
+    "permission bits with setuid, setgid and sticky",
+    "numeric uid and gid",
+    "volume root owner and mode",
+    "hard-link groups",
+    "symlink text",
+    "raw-byte names",
+    "mtimes in whole seconds",
+    "security.capability xattr",
+)
+ENGINE_LOSES = (
+    "sub-second mtimes",
+    "xattrs other than security.capability",
+    "POSIX ACLs",
+    "sparseness (holes are written as zeros)",
+)
+HOST_KEEPS = (*ENGINE_KEEPS[:-2], "mtimes to the nanosecond", "all xattrs", "POSIX ACLs",
+              "sparseness")
+
+# Manifest aspects that verify compares on each path, without and with content hashes.
+ENGINE_ASPECTS = ("presence", "type", "mode", "owner", "size", "link", "device", "mtime")
+HOST_ASPECTS = (*ENGINE_ASPECTS, "mtime_ns", "xattrs", "acl", "sparse")
+
+
+def verify_aspects(data_path: DataPath, *, deep: bool) -> tuple[str, ...]:
+    """Return the manifest aspects that verify compares for volumes copied on `data_path`."""
+    aspects = HOST_ASPECTS if data_path is DataPath.HOST else ENGINE_ASPECTS
+    return (*aspects, "content") if deep else aspects
+
+
+def not_checked(data_path: DataPath, *, deep: bool) -> tuple[str, ...]:
+    """Return the manifest aspects that verify does not compare, reported as "not checked"."""
+    checked = set(verify_aspects(data_path, deep=deep))
+    return tuple(aspect for aspect in ALL_ASPECTS if aspect not in checked)
+
+
+def keeps(data_path: DataPath) -> tuple[str, ...]:
+    return HOST_KEEPS if data_path is DataPath.HOST else ENGINE_KEEPS
+
+
+def loses(data_path: DataPath) -> tuple[str, ...]:
+    return () if data_path is DataPath.HOST else ENGINE_LOSES
+
+
+@dataclass(frozen=True)
+class Route:
+    """The data path chosen for one volume, and the host access it needs."""
+
+    data_path: DataPath
+    reason: str
+    source_access: Any = None  # ddmdriver.hostpath.HostAccess on the host path
+    target_access: Any = None  # also set on the engine path when the target allows it
+    source_directory: str = ""
+
+
+class HostProbes:
+    """Probes each engine's host once per task and remembers the result."""
+
+    def __init__(self) -> None:
+        self._results: dict[int, Any] = {}
+
+    def probe(self, engine: Any) -> Any:
+        from ddmdriver.hostpath import probe_host_access
+
+        key = id(engine)
+        if key not in self._results:
+            self._results[key] = probe_host_access(engine)
+            result = self._results[key]
+            if result.access is None:
+                log.info("host data path unavailable on %s: %s", engine.host.name, result.reason)
+        return self._results[key]
+
+
+def validate_choice(requested: str) -> str:
+    if requested not in DATA_PATH_CHOICES:
+        raise UsageError(f"invalid data path {requested!r}", hint="use auto, engine or host")
+    return requested
+
+
+def choose_route(source: Any, target: Any, volume: Any, requested: str, probes: HostProbes) -> Route:
+    """Choose the data path of one volume; `volume` is the source's VolumeInfo.
+
+    "auto" picks the host path when it is possible and the engine path otherwise;
+    "host" raises UsageError with the reason when it is not possible.
+    """
+    validate_choice(requested)
+    target_probe = probes.probe(target)
+    target_access = target_probe.access
+
+    if requested == "engine":
+        return Route(DataPath.ENGINE, "requested with --data-path engine", target_access=target_access)
+
+    reason = _host_path_obstacle(source, volume, probes, target_probe)
+    if reason is None:
+        source_access = probes.probe(source).access
+        return Route(DataPath.HOST, "both hosts run GNU tar as root", source_access, target_access,
+                     volume.mountpoint)
+
+    if requested == "host":
+        raise UsageError(f"the host data path is not possible for volume {volume.name!r}: {reason}",
+                         hint="use --data-path auto or engine")
+    return Route(DataPath.ENGINE, reason, target_access=target_access)
+
+
+def _host_path_obstacle(source: Any, volume: Any, probes: HostProbes, target_probe: Any) -> str | None:
+    from ddmdriver.hostpath import check_directory
+
+    if volume.driver != "local" or volume.options:
+        return f"volume {volume.name!r} uses driver {volume.driver!r} with options, not a plain directory"
+    source_probe = probes.probe(source)
+    if source_probe.access is None:
+        return source_probe.reason
+    if target_probe.access is None:
+        return target_probe.reason
+    if not volume.mountpoint or not check_directory(source, source_probe.access, volume.mountpoint):
+        return f"mountpoint {volume.mountpoint!r} of volume {volume.name!r} is not readable on the host"
+    return None

@@ -1,0 +1,395 @@
+"""Per-volume copy into a staging volume, verification, and promotion to the real name.
+
+Docker cannot rename a volume, so every copy goes into a staging volume named
+`ddm-staging-TASK-POSITION` (labelled ddm.staging=TASK), recorded in the task's state before
+it is created. Only a verified staging volume is promoted to the real name:
+
+* when the target's SSH account may run host commands (root or sudo, see
+  ddmdriver.hostpath) and the volume is a plain local directory, DDM creates the real volume
+  and renames the staging volume's data directory onto the real one's. This is rename(2) on
+  one file system, so nothing is copied;
+* otherwise the target engine copies the staging volume into the real one through its
+  archive API, and the staging volume is removed. This second copy stays on the target host,
+  and the manifest of its stream must match the verified one.
+
+An interrupted task therefore never leaves a half-filled volume under the real name:
+rollback removes staging volumes and any real volume the task recorded as created.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import Any
+
+from ddm.errors import MigrationFailed, TargetExists, TransferFailed, VerificationFailed
+from ddm.manifest import Manifest, ManifestBuilder, compare_manifests, display_path
+from ddm.task import ItemState, TaskItem, VerifyMode
+from ddm.archive_guard import ROOT, ArchiveGuard, guard_observer
+from ddmsyncer import volumes, writers
+from ddmsyncer.datapath import DataPath, HostProbes, Route, choose_route, loses, verify_aspects
+
+log = logging.getLogger(__name__)
+
+STAGING_LABEL = "ddm.staging"
+STAGING_PREFIX = "ddm-staging"
+MAX_REPORTED_CHANGES = 10
+
+
+def staging_name(task_id: str, position: int) -> str:
+    """Return the staging volume name of one item: valid for Docker and unique per task."""
+    return f"{STAGING_PREFIX}-{task_id}-{position}"
+
+
+class StagedVolumes:
+    """Copy, verify and promote the volumes of one TaskRunner."""
+
+    def __init__(self, runner: Any) -> None:
+        self.runner = runner
+        self.probes = HostProbes()
+        self.routes: dict[int, Route] = {}
+        self.policy = writers.WriterPolicy.from_options(runner.task.spec.options)
+
+    @property
+    def task_id(self) -> str:
+        return self.runner.task.id
+
+    # Prepare
+
+    def check_writers(self, item: TaskItem) -> list[writers.Writer]:
+        """Return the running writers of the item's source volume; reject them without a policy."""
+        found = writers.running_writers(self.runner.source, item.source)
+        if found and not self.policy.live and self.policy.quiesce is None:
+            writers.reject_running_writers(self.runner.task.spec.source_host, item.source, found)
+        return found
+
+    def route(self, item: TaskItem) -> Route:
+        """Choose (once per run) the data path of an item and warn about what it loses."""
+        if item.position in self.routes:
+            return self.routes[item.position]
+
+        source, target = self.runner.source, self.runner.target
+        volume = source.volume_inspect(item.source)
+        if volume is None:
+            raise MigrationFailed(f"volume {item.source!r} not found on {source.host.name} any more",
+                                  hint="the source volume was removed during the task; roll back")
+        requested = self.runner.task.spec.options.get("data_path", "auto")
+        route = choose_route(source, target, volume, requested, self.probes)
+        self.routes[item.position] = route
+
+        self.runner.record("info", "data_path", f"volume {item.source!r}: data path "
+                           f"{route.data_path.value} ({route.reason})", position=item.position)
+        if route.data_path is DataPath.ENGINE:
+            self._warn_about_sockets(item, volume)
+        lost = loses(route.data_path)
+        if lost:
+            self.runner.warn(f"volume {item.source!r} is copied through the Engine API "
+                             f"({route.reason}); it loses {', '.join(lost)}")
+        return route
+
+    def _warn_about_sockets(self, item: TaskItem, volume: Any) -> None:
+        """Warn about sockets that the engine skips without notice, where the host lets DDM look."""
+        from ddmdriver.hostpath import check_directory, find_sockets
+
+        access = self.probes.probe(self.runner.source).access
+        if access is None or not volume.mountpoint:
+            return
+        if not check_directory(self.runner.source, access, volume.mountpoint):
+            return
+        for path in find_sockets(self.runner.source, access, volume.mountpoint):
+            self.runner.warn(f"volume {item.source!r}: socket ./{path} skipped (sockets cannot be "
+                             "copied; the program that owns it creates it again)")
+
+    # Copy
+
+    def copy_item(self, item: TaskItem, check: volumes.VolumeCheck, counter: Any) -> tuple[Manifest, int, str]:
+        """Copy one volume into its staging volume, handling running writers by policy."""
+        route = self.route(item)
+        found = self.check_writers(item)
+        stopped: list[writers.Writer] = []
+        if found and not self.policy.live:
+            stopped = self._quiesce(found)
+
+        try:
+            try:
+                manifest, byte_count, digest, changed = self._copy_once(item, check, route, counter)
+            except TransferFailed as error:
+                # moby's archive writer fails when a file grows or shrinks while it is read.
+                if not (found and self.policy.live and self.policy.quiesce):
+                    raise
+                manifest, changed = Manifest(), [f"(the live copy failed: {error})"]
+            if found and self.policy.live and not changed:
+                changed = self._changed_since(item, route, manifest)
+            if changed and not stopped:
+                if self.policy.quiesce is None:
+                    self._reject_changed(item, changed)
+                self.runner.warn(f"volume {item.source!r}: {len(changed)} files changed during the "
+                                 f"copy ({_first(changed)}); copying again with the writers "
+                                 f"{'paused' if self.policy.quiesce == 'pause' else 'stopped'}")
+                stopped = self._quiesce(writers.running_writers(self.runner.source, item.source))
+                counter.done = 0
+                manifest, byte_count, digest, changed = self._copy_once(item, check, route, counter)
+            if changed:
+                self._reject_changed(item, changed)
+        finally:
+            if stopped:
+                self._release()
+        return manifest, byte_count, digest
+
+    def _copy_once(self, item: TaskItem, check: volumes.VolumeCheck, route: Route,
+                   counter: Any) -> tuple[Manifest, int, str, list[str]]:
+        staging = self._create_staging(item, check)
+        hash_content = self.runner.task.spec.verify is VerifyMode.FULL
+        if route.data_path is DataPath.HOST:
+            return self._copy_host(item, staging, route, hash_content, counter)
+
+        staged_item = dataclasses.replace(item, target=staging)
+        manifest, byte_count, digest = volumes.copy_volume(
+            self.runner.source, self.runner.target, staged_item, task_id=self.task_id,
+            hash_content=hash_content, on_chunk=counter.add,
+        )
+        volumes.remove_volume_helpers(self.runner.source, self.task_id, item.source)
+        volumes.remove_volume_helpers(self.runner.target, self.task_id, staging)
+        return manifest, byte_count, digest, []
+
+    def _copy_host(self, item: TaskItem, staging: str, route: Route, hash_content: bool,
+                   counter: Any) -> tuple[Manifest, int, str, list[str]]:
+        from ddmdriver.hostpath import relay_host_archive
+
+        target_directory = self.runner.target.volume_inspect(staging).mountpoint
+        guard, _ = guard_observer(ArchiveGuard(ROOT, description=f"volume {item.source!r}"))
+        builder = ManifestBuilder(hash_content=hash_content)
+
+        def observe(chunk: memoryview) -> None:
+            builder.feed(chunk)
+            counter.add(len(chunk))
+
+        result = relay_host_archive(
+            self.runner.source, route.source_access, route.source_directory,
+            self.runner.target, route.target_access, target_directory,
+            observers=[guard, observe],
+        )
+        for path in result.skipped_sockets:
+            self.runner.warn(f"volume {item.source!r}: socket {path} skipped (sockets cannot be "
+                             "copied; the program that owns it creates it again)")
+        return builder.close(), result.relay.bytes, result.relay.stream_digest, result.changed_paths
+
+    def _create_staging(self, item: TaskItem, check: volumes.VolumeCheck) -> str:
+        """Create an empty staging volume, recorded in the task's state before it exists."""
+        target = self.runner.target
+        name = staging_name(self.task_id, item.position)
+        self._record_staging(name)
+        if target.volume_inspect(name) is not None:
+            volumes.remove_task_helpers(target, self.task_id)
+            target.volume_remove(name)
+
+        labels = {**check.source_labels, STAGING_LABEL: self.task_id}
+        target.volume_create(name, driver=check.source_driver, driver_opts=check.source_options,
+                             labels=labels)
+        return name
+
+    def _record_staging(self, name: str) -> None:
+        store = self.runner.store
+        recorded = list(store.get_extra(self.task_id).get("staging_volumes", []))
+        if name not in recorded:
+            store.set_extra(self.task_id, staging_volumes=[*recorded, name])
+
+    # Live data
+
+    def _changed_since(self, item: TaskItem, route: Route, manifest: Manifest) -> list[str]:
+        """Return the paths whose type, size or mtime differ from the copied stream now."""
+        if route.data_path is DataPath.HOST:
+            from ddmdriver.hostpath import scan_metadata
+
+            states = scan_metadata(self.runner.source, route.source_access, route.source_directory)
+            now = {path: (state.size if state.type == "f" else 0, state.mtime_ns)
+                   for path, state in states.items() if state.type != "s"}
+            then = {path: (entry.size if entry.type in ("file", "hardlink") else 0, entry.mtime_ns)
+                    for path, entry in manifest.entries.items()}
+        else:
+            # NOTE: the Engine API archive has whole-second mtimes, so a rewrite that keeps
+            # the size within the same second as the copy is not seen here.
+            current = volumes.read_manifest(self.runner.source, item.source, task_id=self.task_id,
+                                            hash_content=False)
+            now = {path: (entry.size, entry.mtime_ns) for path, entry in current.entries.items()}
+            then = {path: (entry.size, entry.mtime_ns) for path, entry in manifest.entries.items()}
+
+        changed = [path for path in sorted(now.keys() | then.keys())
+                   if path != b"." and now.get(path) != then.get(path)]
+        return [display_path(path) for path in changed]
+
+    def _reject_changed(self, item: TaskItem, changed: list[str]) -> None:
+        raise TransferFailed(
+            f"volume {item.source!r}: {len(changed)} files changed while they were copied: "
+            f"{_first(changed)}",
+            hint="the copy was discarded; pass --stop-writers or --pause with --live to copy "
+            "them again with the writers stopped",
+        )
+
+    def _quiesce(self, found: list[writers.Writer]) -> list[writers.Writer]:
+        action = self.policy.quiesce or "stop"
+        store = self.runner.store
+        recorded = store.get_extra(self.task_id).get("stopped_writers", {})
+        ids = sorted(set(recorded.get("ids", [])) | {writer.id for writer in found})
+        store.set_extra(self.task_id, stopped_writers={"action": action, "ids": ids})
+        self.runner.record("info", "writers", f"{action} containers {writers.describe(found)} "
+                           "for the copy")
+        writers.quiesce(self.runner.source, found, action)
+        return found
+
+    def _release(self) -> None:
+        release_writers(self.runner)
+
+    # Verify and promote
+
+    def verify_and_promote(self, item: TaskItem, source_manifest: Manifest) -> None:
+        """Verify the staging volume, then give the data its real name."""
+        mode = self.runner.task.spec.verify
+        route = self.route(item)
+        staging = staging_name(self.task_id, item.position)
+        if self.runner.target.volume_inspect(staging) is None:
+            raise MigrationFailed(f"staging volume {staging!r} of {item.target!r} is missing",
+                                  hint=f"roll back with 'ddmctl rollback {self.task_id}' and retry")
+
+        if mode is VerifyMode.NONE:
+            self.runner.warn(f"volume {item.target!r} was not verified (--verify none)")
+        else:
+            target_manifest = self.read_staging_manifest(staging, route, mode)
+            staged_item = dataclasses.replace(item, target=staging)
+            aspects = verify_aspects(route.data_path, deep=mode is VerifyMode.FULL)
+            check_manifests(source_manifest, target_manifest, staged_item, aspects)
+            source_manifest = target_manifest
+
+        self.promote(item, staging, route, source_manifest, mode)
+
+    def read_staging_manifest(self, staging: str, route: Route, mode: VerifyMode) -> Manifest:
+        hash_content = mode is VerifyMode.FULL
+        if route.data_path is DataPath.HOST:
+            from ddmdriver.hostpath import read_host_manifest
+
+            directory = self.runner.target.volume_inspect(staging).mountpoint
+            return read_host_manifest(self.runner.target, route.target_access, directory,
+                                      hash_content=hash_content)
+        return volumes.read_manifest(self.runner.target, staging, task_id=self.task_id,
+                                     hash_content=hash_content)
+
+    def promote(self, item: TaskItem, staging: str, route: Route, verified: Manifest,
+                mode: VerifyMode) -> None:
+        """Create the real target volume and move (or copy) the verified data into it."""
+        target = self.runner.target
+        check = self._target_settings(item)
+        if target.volume_inspect(item.target) is not None:
+            volumes.remove_task_helpers(target, self.task_id)
+            target.volume_remove(item.target)
+
+        self.runner.update_item(item, target_created=True)
+        volumes.create_target_volume(target, item, check)
+        if route.target_access is not None and check.source_driver == "local" and not check.source_options:
+            from ddmdriver.hostpath import move_directory
+
+            move_directory(target, route.target_access, target.volume_inspect(staging).mountpoint,
+                           target.volume_inspect(item.target).mountpoint)
+            method = "renamed on the host"
+        else:
+            self._copy_on_target(item, staging, route, verified, mode)
+            method = "copied by the target engine"
+
+        target.volume_remove(staging)
+        self.runner.record("info", "promoted", f"staging volume {staging!r} {method} to "
+                           f"{item.target!r}", position=item.position)
+
+    def _target_settings(self, item: TaskItem) -> volumes.VolumeCheck:
+        """Return the source volume's driver, options and labels; check the target name again.
+
+        Another client may have created the target name since prepare. The disk usage is not
+        read again (it walks every volume of the host).
+        """
+        source, target = self.runner.source, self.runner.target
+        volume = source.volume_inspect(item.source)
+        if volume is None:
+            raise MigrationFailed(f"volume {item.source!r} not found on {source.host.name} any more",
+                                  hint="the source volume was removed during the task; roll back")
+        exists = target.volume_inspect(item.target) is not None
+        if exists and not self.runner.task.spec.force and not item.target_created:
+            raise TargetExists(
+                f"volume {item.target!r} was created on host {target.host.name!r} during the copy",
+                hint="choose another name with --volume SRC:DST, or pass --force to replace it",
+            )
+        return volumes.VolumeCheck(source_driver=volume.driver, source_options=dict(volume.options),
+                                   source_labels=dict(volume.labels), size_bytes=None,
+                                   target_exists=exists)
+
+    def _copy_on_target(self, item: TaskItem, staging: str, route: Route, verified: Manifest,
+                        mode: VerifyMode) -> None:
+        from ddmdriver.relay import relay_archive
+
+        target = self.runner.target
+        labels = {volumes.TASK_LABEL: self.task_id}
+        hash_content = mode is VerifyMode.FULL and verified.hash_content
+        builder = ManifestBuilder(hash_content=hash_content, strip_prefix=volumes.ARCHIVE_PREFIX)
+        reader = target.create_helper(staging, read_only=True, labels=labels)
+        writer = target.create_helper(item.target, read_only=False, labels=labels)
+        try:
+            relay_archive(target, reader, volumes.HELPER_MOUNT, target, writer, "/",
+                          observers=[builder.feed])
+        finally:
+            volumes.remove_task_helpers(target, self.task_id)
+
+        if mode is not VerifyMode.NONE:
+            aspects = verify_aspects(DataPath.ENGINE, deep=hash_content)
+            check_manifests(verified, builder.close(), item, aspects)
+
+
+def check_manifests(source: Manifest, target: Manifest, item: TaskItem, aspects: tuple[str, ...]) -> None:
+    """Raise VerificationFailed listing the first differences between two manifests."""
+    differences = compare_manifests(source, target, aspects)
+    if not differences:
+        return
+    shown = "; ".join(f"{display_path(difference.path)}: {difference.aspect}"
+                      for difference in differences[:volumes.MAX_REPORTED_DIFFERENCES])
+    more = len(differences) - volumes.MAX_REPORTED_DIFFERENCES
+    raise VerificationFailed(
+        f"volume {item.target!r} differs from source {item.source!r} in {len(differences)} "
+        f"places: {shown}{f' and {more} more' if more > 0 else ''}",
+        hint="the target was rolled back; run 'ddmverify' to inspect, then retry",
+    )
+
+
+def release_writers(runner: Any) -> None:
+    """Restart or unpause the containers the task stopped, as recorded in its state."""
+    store = runner.store
+    recorded = store.get_extra(runner.task.id).get("stopped_writers")
+    if not recorded or not recorded.get("ids"):
+        return
+    failed = writers.release(runner.source, list(recorded["ids"]), recorded.get("action", "stop"))
+    store.set_extra(runner.task.id, stopped_writers={"action": recorded.get("action"), "ids": failed})
+    if failed:
+        runner.warn(f"could not restart containers {', '.join(i[:12] for i in failed)} on "
+                    f"{runner.task.spec.source_host}; start them by hand")
+    else:
+        runner.record("info", "writers", "restarted the containers stopped for the copy")
+
+
+def remove_staging_volumes(runner: Any) -> None:
+    """Remove every staging volume the task recorded; a missing one is fine."""
+    names = runner.store.get_extra(runner.task.id).get("staging_volumes", [])
+    if not names:
+        return
+    target = runner.target
+    volumes.remove_task_helpers(target, runner.task.id)
+    for name in names:
+        if target.volume_inspect(name) is not None:
+            target.volume_remove(name)
+            runner.record("info", "rolled_back", f"removed staging volume {name!r} from "
+                          f"{runner.task.spec.target_host}")
+
+
+def _first(paths: list[str]) -> str:
+    shown = ", ".join(paths[:MAX_REPORTED_CHANGES])
+    more = len(paths) - MAX_REPORTED_CHANGES
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
+def mark_verified(runner: Any, item: TaskItem) -> None:
+    runner.update_item(item, state=ItemState.VERIFIED, finished_at=time.time())
