@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 
+from benchmarks.cutover import run_cutover
 from benchmarks.suite import Result, Suite
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,7 @@ def run_scenarios(
         "b": lambda: run_full_copy(suite, "b"),
         "c": lambda: run_full_copy(suite, "c", keep_ddm_target="d" in scenarios),
         "d": lambda: run_incremental(suite, results),
+        "e": lambda: run_cutover(suite),
         "p": lambda: run_parallel(suite),
     }
     for scenario in scenarios:

@@ -37,6 +37,8 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
               "sigma": 1.5, "cap_bytes": 32 * MIB, "large_bytes": [104 * MIB, 120 * MIB, 136 * MIB]},
         "d": {"kind": "change", "share": 0.01, "median_bytes": 16 * 1024},
         "p": {"kind": "single", "bytes": 256 * MIB, "volumes": 3},
+        "e": {"tree": {"kind": "small-files", "files": 4096, "dirs": 64, "file_bytes": 256 * 1024},
+              "change": {"kind": "change", "share": 0.01, "median_bytes": 256 * 1024, "seed": 5}},
     },
     "small": {
         "a": {"kind": "single", "bytes": 64 * MIB},
@@ -45,9 +47,11 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
               "sigma": 1.5, "cap_bytes": 4 * MIB, "large_bytes": [12 * MIB]},
         "d": {"kind": "change", "share": 0.01, "median_bytes": 16 * 1024},
         "p": {"kind": "single", "bytes": 32 * MIB, "volumes": 3},
+        "e": {"tree": {"kind": "small-files", "files": 256, "dirs": 8, "file_bytes": 256 * 1024},
+              "change": {"kind": "change", "share": 0.01, "median_bytes": 256 * 1024, "seed": 5}},
     },
 }
-SCENARIOS = ("a", "b", "c", "d", "p")
+SCENARIOS = ("a", "b", "c", "d", "e", "p")
 TITLES = {
     "a": "(a) one file of random data",
     "b": "(b) many 4 KiB files",
@@ -69,6 +73,7 @@ class Result:
     wire_bytes: int | None = None  # archive bytes DDM relayed; None for the baselines
     phase_seconds: dict[str, float] = field(default_factory=dict)
     note: str = ""
+    downtime_seconds: float | None = None  # full-mode cutovers only
 
     @property
     def mib_per_second(self) -> float:

@@ -41,7 +41,7 @@ from ddm.task import TaskItem, TaskState, VerifyMode
 from ddmdriver import containers as driver
 from ddmdriver import images as image_driver
 from ddmdriver.engine import HELPER_IMAGE, HELPER_MOUNT
-from ddmsyncer import volumes
+from ddmsyncer import volumes, warm
 from ddmsyncer.fullplan import FullPlan, build_full_plan
 from ddmsyncer.runner import PROGRESS_EVENT_SECONDS, TaskRunner
 
@@ -104,6 +104,7 @@ class FullTaskRunner(TaskRunner):
             self.rollback_objects()
 
         self._manifests_by_name: dict[str, Manifest] = {}
+        self._warm_updates: dict[str, Any] = {}
         self._positions = 0
         with self.phase(Phase.PREPARE):
             self.prepare_full()
@@ -125,7 +126,7 @@ class FullTaskRunner(TaskRunner):
             source_containers=[container.name for container in self.plan.containers],
             source_running=[c.name for c in self.plan.containers if c.running],
             created={key: [] for key in CREATED_KINDS}, image_bytes_sent=0,
-            volume_bytes_sent=0,
+            volume_bytes_sent=0, source_stopped_at=None, downtime_seconds=None, warm={},
         )
         self._remember_helper_images()
         spec = self.task.spec
@@ -170,16 +171,30 @@ class FullTaskRunner(TaskRunner):
                           "file system; it was recreated with its options, not copied")
         for volume in self._volumes_to_copy(running=False):
             self._copy_volume(volume.name)
+        if warm.is_warm(self):
+            self._precopy_running()
+
+    def _precopy_running(self) -> None:
+        if not warm.supports_warm(self):
+            self.warn("--warm needs ssh:// hosts for its host-side scans; the volumes of "
+                      "running containers are copied after the stop")
+            return
+        warm.precopy(self, [volume.name for volume in self._volumes_to_copy(running=True)])
 
     def migrate_full(self) -> None:
         for container in reversed(self.plan.containers):
             if container.running:
                 self.check_control(force=True)
+                warm.mark_source_stopped(self)
                 driver.container_stop(self.source, container.name)
                 self.record("info", "stopped", f"stopped source container {container.name!r}")
 
+        precopied = warm.precopied(self)
         for volume in self._volumes_to_copy(running=True):
-            self._copy_volume(volume.name)
+            if volume.name in precopied:
+                warm.copy_delta(self, volume.name)
+            else:
+                self._copy_volume(volume.name)
         for bind in self.plan.binds:
             self._copy_bind(bind.source_path, bind.target_path)
         self._archive_logs()
@@ -195,9 +210,13 @@ class FullTaskRunner(TaskRunner):
     def verify_full(self) -> None:
         timeout = float(self.task.spec.options.get("verify_timeout")
                         or DEFAULT_VERIFY_TIMEOUT_SECONDS)
+        inspects = {}
         for container in self.plan.containers:
-            inspect = self._wait_running(container.name, timeout)
-            self._check_ports(container.name, inspect)
+            inspects[container.name] = self._wait_running(container.name, timeout)
+            self._check_ports(container.name, inspects[container.name])
+        warm.record_downtime(self)
+        for container in self.plan.containers:
+            inspect = inspects[container.name]
             self._check_projection(container, inspect)
             self._check_layer(container)
 
@@ -209,10 +228,12 @@ class FullTaskRunner(TaskRunner):
             target_manifest = self._read_target_manifest(name, hash_content)
             item = TaskItem(task_id=self.task.id, position=0, source=name, target=name)
             volumes.verify_volume(manifest, target_manifest, item, self.task.spec.verify)
+        warm.verify_deltas(self)
         self.record("info", "verified", "containers, ports, volumes and bind mounts verified")
 
     def cleanup_full(self) -> None:
         self.cleanup()
+        warm.discard_backups(self)
         if self.task.spec.options.get("remove_source"):
             remove_source_containers(self, [container.name for container in self.plan.containers])
 
@@ -454,6 +475,7 @@ class FullTaskRunner(TaskRunner):
 
     def rollback_objects(self, *, every_host: bool = False) -> None:
         self.cleanup(every_host=every_host)
+        warm.discard_backups(self)
         created = self.extra().get("created") or {}
         target = self.target
         for entry in reversed(created.get("containers") or []):

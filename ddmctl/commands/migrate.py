@@ -34,6 +34,9 @@ from ddmctl.progress import choose_display, format_bytes
 @click.option("--map-path", "map_paths", multiple=True, metavar="SRC=DST",
               help="Copy the bind-mounted host directory SRC to DST on the target (full mode, "
               "repeatable).")
+@click.option("--warm", is_flag=True,
+              help="Full mode: copy the volumes of running containers before stopping them, "
+              "then copy only what changed (needs python3 and GNU tar on both hosts).")
 @click.option("--remove-source", is_flag=True,
               help="Remove the stopped source containers after a verified full-mode migration.")
 @click.option(
@@ -80,6 +83,7 @@ def migrate(
     project: str | None,
     map_paths: tuple[str, ...],
     remove_source: bool,
+    warm: bool,
     verify: str | None,
     force: bool,
     incremental: bool,
@@ -110,9 +114,10 @@ def migrate(
         return migrate_full(context, source=source, target=target, containers=containers,
                             project=project, map_path=map_paths, remove_source=remove_source,
                             verify=verify or config.defaults.verify, dry_run=dry_run, yes=yes,
-                            as_json=as_json, options=callbacks)
-    if containers or project or map_paths or remove_source:
-        raise UsageError("--container, --project, --map-path and --remove-source need --mode full")
+                            as_json=as_json, options={**callbacks, "warm": warm})
+    if containers or project or map_paths or remove_source or warm:
+        raise UsageError("--container, --project, --map-path, --remove-source and --warm need "
+                         "--mode full")
     if not volumes:
         raise click.UsageError("Missing option '--volume' (or --mode full with --container "
                                "NAME or --project NAME).")

@@ -85,6 +85,7 @@ def status(context: CommandContext, task_id: str, show_events: bool, watch: bool
             data["events"] = events
         if task.spec.mode.value == "full":
             data["full"] = store.get_extra(task.id)
+            data["downtime_seconds"] = data["full"].get("downtime_seconds")
         context.print_json(data)
         return int(ExitStatus.OK)
 
@@ -100,8 +101,11 @@ def status(context: CommandContext, task_id: str, show_events: bool, watch: bool
         total = format_bytes(item.bytes_total) if item.bytes_total is not None else "?"
         context.echo(f"volume    {item.source} -> {item.target}  {item.state.value}  "
                      f"{format_bytes(item.bytes_done)} / {total}")
-    for container in (store.get_extra(task.id).get("plan") or {}).get("containers") or []:
+    extra = store.get_extra(task.id) if task.spec.mode.value == "full" else {}
+    for container in (extra.get("plan") or {}).get("containers") or []:
         context.echo(f"container {container['name']}  image {container['image']}")
+    if extra.get("downtime_seconds") is not None:
+        context.echo(f"downtime  {extra['downtime_seconds']:.2f} s")
     for event in events:
         context.echo(f"{format_time(event['at'])}  {event['level']:<7}  {event['message']}")
     return int(ExitStatus.OK)

@@ -1,0 +1,191 @@
+"""Warm cutover of full-mode tasks (`--warm`) and the downtime of every full-mode cutover.
+
+A warm task copies the volumes of running source containers in the copy phase, while those
+containers still run (the pre-copy). After the migrate phase has stopped them, only the
+delta goes over, with the scan, backup and transfer steps of ddmsyncer/incremental.py. Both
+hosts scan the volume and the target volume is backed up with `cp -al`. Then removed entries
+are deleted and new and changed entries are sent.
+
+Which files are hashed while the containers are down? A file that differs in type, mode,
+owner, size or whole-second mtime is sent without hashing. Of the others, only files whose
+source mtime is at most PRECOPY_MTIME_MARGIN_SECONDS before the pre-copy started (clock of the
+source host) are hashed on both hosts, because only they can have changed without their mtime
+showing it. A file whose mtime an application set back into the past while keeping its size
+is missed here, as with rsync's default quick check. Verify therefore hashes every file of
+both volumes again (verify full), after the target has started, and fails the task, which
+rolls it back, on any difference.
+
+Downtime runs from the moment the first source container is stopped until every target
+container runs (and is healthy, when it has a healthcheck) and its published ports accept
+connections. It is stored in the task's extra state as `downtime_seconds`, for cold and warm
+cutovers alike.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from ddm.task import TaskItem
+from ddmsyncer import incremental
+
+log = logging.getLogger(__name__)
+
+STOPPED_AT_KEY = "source_stopped_at"
+WARM_KEY = "warm"
+# Covers the whole-second mtimes that the archive API gives the pre-copy.
+PRECOPY_MTIME_MARGIN_SECONDS = 2
+
+
+def is_warm(runner: Any) -> bool:
+    return bool(runner.task.spec.options.get("warm"))
+
+
+def supports_warm(runner: Any) -> bool:
+    """Return whether both hosts can run the host-side scans of the delta pass."""
+    return (incremental.supports_host_commands(runner.source)
+            and incremental.supports_host_commands(runner.target))
+
+
+# Downtime
+
+
+def mark_source_stopped(runner: Any) -> None:
+    """Store the wall-clock time of the first source container stop (later calls keep it)."""
+    if runner.extra().get(STOPPED_AT_KEY) is None:
+        runner.store.set_extra(runner.task.id, **{STOPPED_AT_KEY: time.time()})
+
+
+def record_downtime(runner: Any) -> float | None:
+    """Store and return the downtime, or return None when no source container was stopped."""
+    stopped_at = runner.extra().get(STOPPED_AT_KEY)
+    if stopped_at is None:
+        return None
+    downtime = time.time() - float(stopped_at)
+    runner.store.set_extra(runner.task.id, downtime_seconds=downtime)
+    runner.record("info", "downtime", f"downtime {downtime:.2f} s from the first source stop "
+                  "until the target containers passed their state check")
+    return downtime
+
+
+# Pre-copy and delta
+
+
+def _records(runner: Any) -> dict[str, dict[str, Any]]:
+    return dict(runner.extra().get(WARM_KEY) or {})
+
+
+def _save_record(runner: Any, volume: str, **values: Any) -> None:
+    records = _records(runner)
+    records.setdefault(volume, {}).update(values)
+    runner.store.set_extra(runner.task.id, **{WARM_KEY: records})
+
+
+def precopy(runner: Any, volume_names: list[str]) -> None:
+    """Copy volumes of running source containers in full while those containers run."""
+    for name in volume_names:
+        runner.check_control(force=True)
+        _save_record(runner, name, precopy_started_at=_host_time(runner.source))
+        before = int(runner.extra().get("volume_bytes_sent") or 0)
+        runner._copy_volume(name)
+        sent = int(runner.extra().get("volume_bytes_sent") or 0) - before
+        _save_record(runner, name, precopy_bytes=sent)
+        runner.record("info", "precopied", f"pre-copied volume {name!r} while its containers "
+                      f"run: {sent} bytes")
+
+
+def precopied(runner: Any) -> set[str]:
+    return set(_records(runner))
+
+
+def copy_delta(runner: Any, name: str) -> None:
+    """Update a pre-copied target volume with what changed on the source since the pre-copy."""
+    source_mountpoint, target_mountpoint = _mountpoints(runner, name)
+    started = time.monotonic()
+    source_scan, target_scan, scan_bytes = incremental.scan_both(
+        runner.source, source_mountpoint, runner.target, target_mountpoint, hash_mode="none")
+    suspects = _suspects(source_scan, target_scan, _records(runner)[name]["precopy_started_at"])
+    if suspects:
+        source_scan, target_scan, more_bytes = incremental.scan_both(
+            runner.source, source_mountpoint, runner.target, target_mountpoint,
+            hash_mode="list", paths=suspects)
+        scan_bytes += more_bytes
+    plan = incremental.plan_update(source_scan, target_scan)
+    log.info("volume %s: delta scans took %.2f s", name, time.monotonic() - started)
+
+    backup = incremental.backup_path(target_mountpoint, runner.task.id)
+    _save_record(runner, name, backup=backup, backup_complete=False)
+    incremental._run_host(runner.target, ["backup", target_mountpoint, backup])
+    _save_record(runner, name, backup_complete=True)
+    if plan.delete:
+        incremental._run_host(runner.target, ["delete", target_mountpoint], b"\0".join(plan.delete))
+    archive_bytes = 0
+    if plan.send:
+        archive_bytes, _ = incremental.relay_tar(runner.source, source_mountpoint, runner.target,
+                                                 target_mountpoint, plan.send, lambda count: None)
+    result = incremental.UpdateResult(plan, source_scan, target_scan, len(plan.send),
+                                      len(plan.delete), archive_bytes, scan_bytes, "",
+                                      time.monotonic() - started)
+    runner._warm_updates[name] = result
+    runner._manifests_by_name.pop(name, None)  # the pre-copy's manifest is out of date
+    runner.add_sent_bytes("volume", result.archive_bytes)
+    _save_record(runner, name, delta_bytes=result.archive_bytes,
+                 delta_entries=result.sent_entries, deleted_entries=result.deleted_entries,
+                 scan_bytes=result.scan_bytes, hashed_entries=len(suspects))
+    runner.record("info", "delta", f"volume {name!r}: sent {result.sent_entries} changed "
+                  f"entries ({result.archive_bytes} bytes), deleted {result.deleted_entries}")
+
+
+def verify_deltas(runner: Any) -> None:
+    """Compare fresh host-side scans of every volume updated by copy_delta."""
+    for name in runner._warm_updates:
+        source_mountpoint, target_mountpoint = _mountpoints(runner, name)
+        item = TaskItem(task_id=runner.task.id, position=0, source=name, target=name)
+        # Without the update, verify full hashes every file again; see the module docstring.
+        incremental.verify_update(runner.source, source_mountpoint, runner.target,
+                                  target_mountpoint, item, runner.task.spec.verify)
+
+
+def discard_backups(runner: Any) -> None:
+    """Remove the `cp -al` backups of the delta pass; called after the task verified."""
+    for name, record in _records(runner).items():
+        if record.get("backup"):
+            incremental.discard_backup(runner.target, record["backup"])
+            _save_record(runner, name, backup=None, backup_complete=False)
+
+
+def _suspects(source: incremental.Scan, target: incremental.Scan,
+              precopy_started_at: float) -> list[bytes]:
+    """Return the files equal in metadata on both hosts that may have changed since the pre-copy."""
+    newer_than_ns = int((precopy_started_at - PRECOPY_MTIME_MARGIN_SECONDS) * 1_000_000_000)
+    suspects = []
+    for path, entry in source.items():
+        other = target.get(path)
+        if entry.type != "file" or other is None or other.key() != entry.key():
+            continue  # sent anyway, or not file content
+        if entry.mtime_ns >= newer_than_ns:
+            suspects.append(path)
+    return suspects
+
+
+def _host_time(engine: Any) -> float:
+    """Return the host's clock in seconds since the epoch, as the scans' mtimes use it."""
+    result = engine.ssh.exec_command(["date", "+%s"])
+    if result.exit_status != 0:
+        from ddm.errors import MigrationFailed
+
+        raise MigrationFailed(f"failed to read the clock of host {engine.host.name} with 'date': "
+                              f"{result.stderr.decode('utf-8', 'replace').strip()[-200:]}")
+    return float(result.stdout.strip())
+
+
+def _mountpoints(runner: Any, name: str) -> tuple[str, str]:
+    source = runner.source.volume_inspect(name)
+    target = runner.target.volume_inspect(name)
+    if source is None or target is None or not source.mountpoint or not target.mountpoint:
+        from ddm.errors import MigrationFailed
+
+        raise MigrationFailed(f"mountpoint of volume {name!r} not found on both hosts",
+                              hint="--warm works on volumes of the local driver only")
+    return source.mountpoint, target.mountpoint
