@@ -24,8 +24,7 @@ def cli(ctx: click.Context, config_path: Path | None, debug: bool, verbose: int,
 
 cli.add_command(migrate.migrate)
 cli.add_command(completion.completion)
-# control.logs prints the event log and, with --container, a full-mode container's log, so
-# it replaces full.logs.
+# control.logs prints the event log and, with --container, a full-mode container's log.
 for command in (*tasks.COMMANDS, full.finalize, planning.plan, planning.create, control.pause,
                 control.logs, hosts.hosts, apply.apply):
     cli.add_command(command)

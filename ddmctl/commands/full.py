@@ -1,8 +1,6 @@
-"""ddmctl finalize and logs: finish and inspect full-mode tasks."""
+"""ddmctl finalize: finish a full-mode task by removing its stopped source containers."""
 
 from __future__ import annotations
-
-import sys
 
 import click
 
@@ -29,20 +27,4 @@ def finalize(context: CommandContext, task_id: str, as_json: bool) -> int:
     return int(ExitStatus.OK)
 
 
-@click.command(epilog=epilog("ddmctl logs 3f2a9c --container web"))
-@click.argument("task_id", metavar="TASK", shell_complete=complete_task)
-@click.option("--container", required=True, metavar="NAME",
-              help="Source container whose log to print.")
-@click.pass_obj
-def logs(context: CommandContext, task_id: str, container: str) -> int:
-    """Print a source container's log as the task archived it on the target host.
-
-    Each line is "TIMESTAMP stdout|stderr TEXT".
-    """
-    data = api.task_log(context.config, context.store, task_id, container)
-    sys.stdout.buffer.write(data)
-    sys.stdout.buffer.flush()
-    return int(ExitStatus.OK)
-
-
-COMMANDS = (finalize, logs)
+COMMANDS = (finalize,)
