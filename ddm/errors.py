@@ -95,7 +95,7 @@ class AuthenticationFailed(DDMError):
 
 
 class TaskConflict(DDMError):
-    """Another task holds a volume or container that this task needs."""
+    """A volume or container that this task needs is locked by another task."""
 
     exit_status = ExitStatus.CONFLICT
 

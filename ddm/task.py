@@ -1,4 +1,4 @@
-"""The task model: what a migration task asks for and how far it got."""
+"""The task model: a migration task's request and its progress."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ MAX_DOCKER_NAME = 255
 
 
 class Mode(str, enum.Enum):
-    """What a task moves."""
+    """Kind of objects a task moves: volumes only, or whole containers."""
 
     VOLUMES = "volumes"
     FULL = "full"
@@ -70,7 +70,7 @@ class ItemState(str, enum.Enum):
 
 
 class VerifyMode(str, enum.Enum):
-    """How thoroughly the verify phase compares source and target."""
+    """Depth of the verify phase's comparison of source and target."""
 
     NONE = "none"
     QUICK = "quick"  # paths, types, modes, owners, sizes, link targets
@@ -115,7 +115,7 @@ class VolumeSpec:
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """What the operator asked for; stored unchanged with the task."""
+    """The operator's request, stored unchanged with the task."""
 
     source_host: str
     target_host: str

@@ -32,7 +32,7 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 @dataclass
 class CommandContext:
-    """What every subcommand gets through click's `ctx.obj`."""
+    """Per-invocation state that every subcommand receives through click's `ctx.obj`."""
 
     env: Environment
     config_path: Path | None = None

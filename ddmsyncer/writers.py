@@ -26,7 +26,7 @@ MAX_NAMED_CONTAINERS = 5
 
 @dataclass(frozen=True)
 class WriterPolicy:
-    """What to do with running containers that mount a source volume."""
+    """Policy for running containers that mount a source volume."""
 
     quiesce: str | None  # "stop", "pause" or None
     live: bool
@@ -37,7 +37,11 @@ class WriterPolicy:
         pause = bool(options.get("pause"))
         if stop and pause:
             raise UsageError("--stop-writers and --pause exclude each other", hint="choose one")
-        quiesce = "stop" if stop else "pause" if pause else None
+        quiesce = None
+        if stop:
+            quiesce = "stop"
+        elif pause:
+            quiesce = "pause"
         return cls(quiesce=quiesce, live=bool(options.get("live")))
 
 

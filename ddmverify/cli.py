@@ -148,9 +148,11 @@ def print_results(context: CommandContext, results: list[dict[str, Any]]) -> Non
     for result in results:
         name = f"{result['source']} -> {result['target']}"
         if not result["differences"]:
+            unchecked = ", ".join(result["not_checked"])
+            unchecked_text = f"not checked {unchecked}" if unchecked else "every aspect checked"
             context.echo(f"{name}: match ({result['entries']} entries; data path "
                          f"{result['data_path']}; checked {', '.join(result['aspects'])}; "
-                         f"not checked {', '.join(result['not_checked']) or 'nothing'})")
+                         f"{unchecked_text})")
             continue
         context.echo(f"{name}: {len(result['differences'])} differences (data path "
                      f"{result['data_path']})")
