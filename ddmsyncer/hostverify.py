@@ -55,18 +55,36 @@ class HostScan:
 
 
 class PythonProbes:
-    """Checks once per engine whether its host runs the scan script's python3."""
+    """Checks once per engine whether its host runs the scan script's python3.
+
+    start() runs the check in a thread, so that its SSH round trip overlaps other work of
+    the prepare phase; available() waits for it.
+    """
 
     def __init__(self) -> None:
         self._results: dict[int, bool] = {}
+        self._threads: dict[int, threading.Thread] = {}
         self._lock = threading.Lock()
 
-    def available(self, engine: Any, access: Any) -> bool:
+    def start(self, engine: Any, access: Any) -> None:
         key = id(engine)
         with self._lock:
-            if key not in self._results:
-                self._results[key] = _probe_python(engine, access)
-            return self._results[key]
+            if key in self._threads or key in self._results:
+                return
+            thread = threading.Thread(target=self._probe, args=(engine, access),
+                                      name="ddm-python-probe", daemon=True)
+            self._threads[key] = thread
+        thread.start()
+
+    def available(self, engine: Any, access: Any) -> bool:
+        self.start(engine, access)
+        self._threads[id(engine)].join()
+        return self._results.get(id(engine), False)
+
+    def _probe(self, engine: Any, access: Any) -> None:
+        result = _probe_python(engine, access)
+        with self._lock:
+            self._results[id(engine)] = result
 
 
 def _probe_python(engine: Any, access: Any) -> bool:

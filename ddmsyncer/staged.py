@@ -86,6 +86,8 @@ class StagedVolumes:
 
         self.runner.record("info", "data_path", f"volume {item.source!r}: data path "
                            f"{route.data_path.value} ({route.reason})", position=item.position)
+        if route.target_access is not None:
+            self.python.start(target, route.target_access)
         if route.data_path is DataPath.ENGINE:
             self._warn_about_sockets(item, volume)
         lost = loses(route.data_path)

@@ -7,6 +7,7 @@ fault on the target would leave behind.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +22,8 @@ from ddm.events import Event, PhaseStarted
 from ddm.task import TaskState
 from ddmsyncer import hostverify
 from ddmsyncer.staged import staging_name
-from tests.lab import LabHost
+from tests.integration.commands import run_command
+from tests.lab import Lab, LabHost
 from tests.lab.resources import LabResources, unique_name
 from tests.lab.tree import File, RandomFile, write_volume_tree
 
@@ -159,3 +161,23 @@ def test_without_python_verify_reads_back(h1: LabHost, h2: LabHost, resources: L
     assert record["method"] == hostverify.READ_BACK
     assert record["wire_bytes"] > FILE_BYTES
     assert "by read-back" in verify_events(task_id)[0]["message"]
+
+
+def test_ddmverify_scans_both_hosts(lab: Lab, h1: LabHost, h2: LabHost, resources: LabResources,
+                                    tmp_path: Path) -> None:
+    volume = source_volume(h1, resources)
+    _, target = run_migration(h2, resources, volume, "host")
+
+    matching = run_command(lab, tmp_path, "ddmverify", "--from", "h1", "--to", "h2",
+                           "--volume", f"{volume}:{target}", "--deep", "--json")
+    assert matching.status == 0, matching.stderr
+    report = json.loads(matching.stdout)["volumes"][0]
+    assert report["method"] == hostverify.HOST_SCAN
+    assert report["differences"] == []
+
+    flip_byte(h2.volume_host_path(target))
+    differing = run_command(lab, tmp_path, "ddmverify", "--from", "h1", "--to", "h2",
+                            "--volume", f"{volume}:{target}", "--deep", "--json")
+    assert differing.status == 1, differing.stderr
+    differences = json.loads(differing.stdout)["volumes"][0]["differences"]
+    assert [(item["path"], item["aspect"]) for item in differences] == [("data/flip.bin", "content")]
