@@ -7,9 +7,9 @@ ddmsyncer/hostmanifest.py on the target host. It lists every entry with the aspe
 archive carries (type, mode, owner, size, mtime in nanoseconds, link, device, xattrs, ACLs,
 sparseness) and, for verify full, the SHA-256 of each file's content, hashed on that host.
 
-The controller computes the same SHA-256 per file while it relays the copy (next to the
-xxh3-128 digest of the manifest), because the target host need not have the xxhash module,
-and hashlib's SHA-256 uses the CPU's SHA extensions where they exist. Verify then compares the
+The controller computes the same SHA-256 per file while it relays the copy, next to the
+manifest's xxh3-128 digest. The target host need not have the xxhash module, and OpenSSL's
+SHA-256 in hashlib uses the CPU's SHA extensions where they exist. Verify then compares the
 source manifest, with SHA-256 as its content digest, against the manifest of the listing.
 Every byte is still proven: each file's content was hashed from the stream on the controller
 and from the disk on the target.
@@ -25,7 +25,7 @@ import dataclasses
 import json
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,7 +100,7 @@ def _probe_python(engine: Any, access: Any) -> bool:
 
 
 def plain_local_volume(info: Any) -> bool:
-    """Return True for a local volume without driver options, whose mountpoint holds its data."""
+    """Return True for a local volume without driver options, whose mountpoint contains its data."""
     return info is not None and info.driver == "local" and not info.options and bool(info.mountpoint)
 
 
@@ -115,15 +115,23 @@ def scan_manifest(engine: Any, access: Any, directory: str, *, hash_content: boo
     channel = engine.ssh.open_command(scan_argv(access, directory, hash_content=hash_content))
     errors = _StderrReader(channel)
     errors.start()
-    records: list[list[Any]] = []
     listing_bytes = 0
+
+    def records() -> Iterator[list[Any]]:
+        nonlocal listing_bytes
+        for line, size in _lines(channel):
+            listing_bytes += size
+            yield json.loads(line)
+
     try:
         channel.shutdown_write()
-        for line, size in _lines(channel):
-            records.append(json.loads(line))
-            listing_bytes += size
+        manifest = manifest_from_records(records(), hash_content=hash_content)
         errors.join(timeout=10)
         status = channel.recv_exit_status()
+    except ValueError as error:
+        raise MigrationFailed(f"scanning {name} returned an invalid listing: {error}: "
+                              f"{errors.text()[-500:]}",
+                              hint="check that python3 runs on that host") from None
     finally:
         channel.close()
 
@@ -131,7 +139,6 @@ def scan_manifest(engine: Any, access: Any, directory: str, *, hash_content: boo
         raise MigrationFailed(f"scanning {name} failed with exit status {status}: "
                               f"{errors.text()[-500:]}",
                               hint="check that python3 runs on that host, or pass --verify quick")
-    manifest = manifest_from_records(records, hash_content=hash_content)
     log.info("scanned %s on its host: %d entries, %d bytes of listing", name,
              len(manifest.entries), listing_bytes)
     return HostScan(manifest, listing_bytes)
@@ -171,12 +178,12 @@ class _StderrReader(threading.Thread):
         return b"".join(self.parts).decode("utf-8", "replace").strip()
 
 
-def manifest_from_records(records: list[list[Any]], *, hash_content: bool) -> Manifest:
+def manifest_from_records(records: Iterable[list[Any]], *, hash_content: bool) -> Manifest:
     """Build a manifest from hostmanifest.py's records, in the form a tar archive gives.
 
-    The first name of a multi-link file (in the script's walk order) is a "file"; every other
-    name is a "hardlink" to it, as tar archives them. compare_manifests() compares hard-link
-    groups by their sets of names, so which name comes first does not matter.
+    The first name of a multi-link file in the script's walk order becomes a "file", and
+    every other name a "hardlink" to it, as tar archives them. compare_manifests() compares
+    hard-link groups by their sets of names, so which name comes first does not matter.
     """
     entries: dict[bytes, ManifestEntry] = {}
     first_names: dict[int, bytes] = {}

@@ -1,8 +1,8 @@
 """Verify by a scan on the target host: it passes a good copy and catches changed data.
 
 The staging volume is changed from outside the lab host in the callback of the verify
-phase's PhaseStarted event, after the copy phase and before the scan, so verify sees what a
-fault on the target would leave behind.
+phase's PhaseStarted event, after the copy phase and before the scan. Verify then finds what
+a fault on the target would leave behind.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ TREE = {
     "data/flip.bin": RandomFile(FILE_BYTES, seed=5, mtime_ns=OLD_MTIME_NS),
     "data/small.txt": File(b"hello\n", mode=0o640, uid=1000, gid=1000, mtime_ns=OLD_MTIME_NS),
 }
-# The listing of this tree is a few hundred bytes; far less than the file's content.
+# The listing of this tree is a few hundred bytes, far less than the file's content.
 MAX_LISTING_BYTES = 16 * 1024
 
 Change = Callable[[Path], None]
