@@ -141,7 +141,7 @@ class FullTaskRunner(TaskRunner):
             raise TargetExists(
                 f"{count} conflict{'s' if count > 1 else ''} on host "
                 f"{self.task.spec.target_host!r}: "
-                + "; ".join(self.plan.conflicts),
+                + "; ".join(self.plan.conflict_messages()),
                 hint="resolve them (see 'ddmctl migrate --dry-run') and run the migration again",
             )
         self.record("info", "planned", f"{len(self.plan.containers)} containers, "
@@ -407,6 +407,10 @@ class FullTaskRunner(TaskRunner):
                         f"does not accept connections on {self.task.spec.target_host}")
 
     def _check_projection(self, container: Any, inspect: dict[str, Any]) -> None:
+        if inspect.get("Image") != container.image_id:
+            raise VerificationFailed(
+                f"container {container.name!r} on {self.task.spec.target_host} runs image "
+                f"{str(inspect.get('Image'))[:19]}, the source runs {container.image_id[:19]}")
         target_image = image_driver.image_inspect(self.target, inspect["Image"]) or {}
         differences = compare_projections(
             projection(container.inspect, container.image_config),
