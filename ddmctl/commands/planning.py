@@ -15,7 +15,7 @@ from ddm.errors import ExitStatus, UsageError
 from ddm.task import TaskSpec
 from ddmctl.common import CommandContext, epilog, json_option
 from ddmctl.complete import complete_host
-from ddmctl.progress import format_bytes
+from ddmctl.progress import format_bytes, format_duration
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -229,15 +229,3 @@ def estimate_line(estimate: dict[str, Any]) -> str:
     return (f"estimate: about {format_duration(estimate['seconds'])} for "
             f"{format_bytes(estimate['bytes_total'])} at {rate}/s measured over SSH{downtime} "
             "(engine and disk time not included)")
-
-
-def format_duration(seconds: float) -> str:
-    """Format seconds as '0.4 s', '12 s', '3 min 5 s' or '2 h 10 min'."""
-    if seconds < 10:
-        return f"{seconds:.1f} s"
-    whole = int(round(seconds))
-    if whole < 60:
-        return f"{whole} s"
-    if whole < 3600:
-        return f"{whole // 60} min {whole % 60} s"
-    return f"{whole // 3600} h {whole % 3600 // 60} min"
