@@ -70,7 +70,7 @@ def transfer_key(transfer: dict[str, Any]) -> str:
 
 @dataclass
 class FullProgress:
-    """What a full-mode task stored about its cutover: transfers and the downtime."""
+    """Stored cutover state of a full-mode task: its transfers and the downtime."""
 
     transfers: list[dict[str, Any]] = field(default_factory=list)
     stopped_at: float | None = None  # Unix time of the first source container stop
@@ -216,7 +216,7 @@ class _RichView:
     """A table with phase, per-object bars, rates, ETA and downtime, redrawn on stderr.
 
     The command already decided that stderr is a terminal (Environment.stderr_isatty), so the
-    console is told so instead of testing the stream again.
+    console is forced into terminal mode instead of testing the stream again.
     """
 
     def __init__(self, stream: IO[str], no_color: bool, width: int | None = None) -> None:

@@ -315,10 +315,15 @@ def normalise_reference(reference: str) -> str:
     return f"{repository}:{tag}"
 
 
+def sorted_mounts(inspect: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Return a container's mounts by destination; the engine lists them in no fixed order."""
+    return sorted(inspect.get("Mounts") or [], key=lambda mount: str(mount.get("Destination")))
+
+
 def _plan_volumes(source: Any, target: Any, plan: FullPlan, spec: TaskSpec) -> None:
     by_name: dict[str, VolumePlan] = {}
     for container in plan.containers:
-        for mount in container.inspect.get("Mounts") or []:
+        for mount in sorted_mounts(container.inspect):
             if mount.get("Type") == "volume":
                 _add_volume(source, mount["Name"], by_name, plan).containers.append(container.name)
 
@@ -357,7 +362,7 @@ def _add_volume(source: Any, name: str, by_name: dict[str, VolumePlan],
 def _plan_binds(source: Any, target: Any, plan: FullPlan, map_path: Mapping[str, str]) -> None:
     by_path: dict[str, BindPlan] = {}
     for container in plan.containers:
-        for mount in container.inspect.get("Mounts") or []:
+        for mount in sorted_mounts(container.inspect):
             if mount.get("Type") != "bind":
                 continue
             source_path = mount["Source"]

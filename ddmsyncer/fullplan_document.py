@@ -4,8 +4,8 @@ ddmsyncer/plan.py adds the engines, the measured links and the estimate, so both
 one document (docs/json-schemas.md). Every object has the keys of a volumes-mode object
 (`kind`, `source`, `target`, `action`, `size_bytes`, `data_path`, `preserves`, `verified`,
 `not_verified`) and a few of its own kind. `bytes_to_send` is what crosses the link (0 for an
-image the target has), `phase` the phase in which its data moves, and `during_cutover` says
-whether that happens while the source containers are stopped.
+image the target has), `phase` the phase in which its data moves, and `during_cutover` is
+true when that happens while the source containers are stopped.
 """
 
 from __future__ import annotations

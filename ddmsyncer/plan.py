@@ -32,7 +32,7 @@ NOT_VERIFIED = ("mtime_ns", "xattrs", "acl", "sparse")
 
 def build_plan(config: Config, spec: TaskSpec, *, probe_bytes: int = DEFAULT_PROBE_BYTES
                ) -> dict[str, Any]:
-    """Return the plan document of a task in either mode; nothing on either host changes."""
+    """Return the plan document of a task in either mode. Nothing on either host changes."""
     from ddmdriver.engine import open_engine
 
     if spec.mode is Mode.FULL:
@@ -76,7 +76,7 @@ def build_plan(config: Config, spec: TaskSpec, *, probe_bytes: int = DEFAULT_PRO
 
 def build_full_mode_plan(config: Config, spec: TaskSpec, *,
                          probe_bytes: int = DEFAULT_PROBE_BYTES) -> dict[str, Any]:
-    """Return the plan document of a full-mode task; nothing on either host changes."""
+    """Return the plan document of a full-mode task. Nothing on either host changes."""
     from ddmdriver.engine import open_engine
     from ddmsyncer.fullplan import build_full_plan
     from ddmsyncer.fullplan_document import full_plan_objects, full_plan_steps

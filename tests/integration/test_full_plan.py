@@ -19,7 +19,7 @@ import pytest
 
 from ddm.config import load_config
 from ddmdriver.engine import open_engine
-from tests.integration.operator_support import ddmctl
+from tests.integration.operator_support import ddmctl, ddmsyncer
 from tests.integration.test_full_mode import build_image
 from tests.lab import Lab, LabHost
 from tests.lab.tree import RandomFile, write_volume_tree
@@ -305,7 +305,8 @@ def test_full_plan_lists_conflicts(lab: Lab, app: App) -> None:
     assert plan["ok"] is False
     assert [(c["kind"], c["object"], c["error"]) for c in plan["conflicts"]] == \
         [("volume", app.volume, "TargetExists")]
-    volume = next(entry for entry in plan["objects"] if entry["kind"] == "volume")
+    volume = next(entry for entry in plan["objects"]
+                  if entry["kind"] == "volume" and entry["source"] == app.volume)
     assert volume["action"] == "none"
     assert both_snapshots() == before
 
@@ -322,3 +323,29 @@ def test_create_full_task_is_queued(lab: Lab, app: App) -> None:
     assert task["spec"]["options"]["containers"] == [app.container]
     assert task["spec"]["options"]["map_path"] == {str(app.bind_source): str(app.bind_target)}
     assert both_snapshots() == before
+
+
+def test_created_full_task_runs_in_serve(lab: Lab, app: App) -> None:
+    h2: LabHost = lab.host("h2")
+    created = ddmctl("create", *app.plan_args())
+    assert created.status == 0, created.stderr
+    task_id = created.stdout.strip()
+
+    served = ddmsyncer("serve", "--once", "--poll-interval", "0.2")
+
+    assert served.status == 0, served.stderr
+    status = ddmctl("status", task_id, "--json")
+    task = status.json()
+    assert task["state"] == "succeeded", task["error"]
+    assert h2.docker("inspect", "-f", "{{.State.Running}}", app.container).stdout.strip() == "true"
+    transfers = {(entry["kind"], entry["name"]): entry for entry in task["full"]["transfers"]}
+    image = transfers[("image", app.image)]
+    assert image["state"] == "sent"
+    assert image["bytes_done"] > 0
+    assert transfers[("volume", app.volume)]["bytes_done"] >= 256 * 1024
+    assert transfers[("bind_mount", str(app.bind_source))]["target"] == str(app.bind_target)
+    assert task["downtime_seconds"] > 0
+
+    text = ddmctl("status", task_id)
+    assert f"image     {app.image}  sent" in text.stdout
+    assert ddmctl("rollback", task_id).status == 0

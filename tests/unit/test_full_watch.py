@@ -147,7 +147,7 @@ def test_watch_terminal_full_mode(cutover_task: tuple[TaskStore, str], environ: 
     assert match is not None, first
     assert int(match.group(1)) >= 5
 
-    # The second read sees more bytes, so the sending rows get a rate and an ETA.
+    # The second read finds more bytes, so the sending rows get a rate and an ETA.
     assert "1.5 MiB / 2.0 MiB" in second
     assert "768.0 KiB / 1.0 MiB" in second
     volume_row = next(line for line in second.splitlines() if f"volume {VOLUME}" in line)
