@@ -45,8 +45,12 @@ def full_plan_objects(plan: FullPlan, spec: TaskSpec) -> list[dict[str, Any]]:
     warm = bool(spec.options.get("warm"))
     objects += [_volume_object(volume, running, warm, spec.verify, conflicted)
                 for volume in plan.volumes]
-    objects += [_bind_object(bind, spec.verify, conflicted) for bind in plan.binds]
-    objects += [_container_object(container, plan, conflicted) for container in plan.containers]
+    # Bind mounts and writable layers move after the stops, which start the downtime when any
+    # source container runs.
+    cutover = bool(running)
+    objects += [_bind_object(bind, spec.verify, cutover, conflicted) for bind in plan.binds]
+    objects += [_container_object(container, plan, cutover, conflicted)
+                for container in plan.containers]
     return objects
 
 
@@ -130,18 +134,19 @@ def _volume_object(volume: Any, running: set[str], warm: bool, verify: VerifyMod
     return entry
 
 
-def _bind_object(bind: Any, verify: VerifyMode, conflicted: set[tuple[str, str]]) -> dict[str, Any]:
+def _bind_object(bind: Any, verify: VerifyMode, cutover: bool,
+                 conflicted: set[tuple[str, str]]) -> dict[str, Any]:
     return {
         "kind": "bind_mount", "source": bind.source_path, "target": bind.target_path,
         "action": _action("bind_mount", bind.source_path, conflicted, "create"),
         "containers": list(bind.containers), "size_bytes": bind.size_bytes,
-        "bytes_to_send": bind.size_bytes, "phase": "migrate", "during_cutover": True,
+        "bytes_to_send": bind.size_bytes, "phase": "migrate", "during_cutover": cutover,
         "data_path": DATA_PATH_ENGINE_API,
         **_file_aspects(verify),
     }
 
 
-def _container_object(container: ContainerPlan, plan: FullPlan,
+def _container_object(container: ContainerPlan, plan: FullPlan, cutover: bool,
                       conflicted: set[tuple[str, str]]) -> dict[str, Any]:
     deleted = plan.deleted_paths.get(container.name) or []
     return {
@@ -151,7 +156,7 @@ def _container_object(container: ContainerPlan, plan: FullPlan,
         "running": container.running, "depends_on": list(container.depends_on),
         "deleted_paths": len(deleted),
         "size_bytes": container.layer_bytes, "bytes_to_send": container.layer_bytes,
-        "phase": "migrate", "during_cutover": container.running,
+        "phase": "migrate", "during_cutover": cutover,
         "data_path": DATA_PATH_ENGINE_API,
         "preserves": list(CONTAINER_PRESERVES),
         "verified": list(CONTAINER_VERIFIED),
