@@ -180,3 +180,19 @@ def test_watch_piped_full_mode(cutover_task: tuple[TaskStore, str], environ: dic
     assert [line for line in lines if line.startswith("downtime so far")][0].startswith(
         "downtime so far 2 min 0 s (source containers stopped at ")
     assert lines[-1] == "downtime 2 min 10 s"
+
+
+def test_stop_time_from_event(cutover_task: tuple[TaskStore, str]) -> None:
+    store, task_id = cutover_task
+    store.set_extra(task_id, source_stopped_at=None)
+    first_stop = store.get_events(task_id)[-1]
+
+    progress = watch.read_full_progress(store, store.get_task(task_id))
+
+    assert first_stop["kind"] == "stopped"
+    assert progress.stopped_at == first_stop["at"]
+    assert [transfer["name"] for transfer in progress.transfers] == [
+        IMAGE_SENT, IMAGE_SENDING, VOLUME]
+    text = watch.downtime_text(store.get_task(task_id), progress, first_stop["at"] + 42.0)
+    assert text is not None
+    assert text.startswith("downtime so far 42 s (source containers stopped at ")
