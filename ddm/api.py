@@ -144,19 +144,24 @@ def _reject_duplicates(names: list[str], what: str) -> None:
         seen.add(name)
 
 
-def create_task(store: TaskStore, config: Config, **request: Any) -> Task:
-    """Store a new queued task (see build_spec for the arguments) and return it."""
-    return create_task_from_spec(store, build_spec(config, **request))
+def create_task(store: TaskStore, config: Config, *, reserve: bool = True, **request: Any) -> Task:
+    """Store a new queued task (see build_spec for the arguments) and return it.
+
+    With `reserve` (the default) the task is meant for this process's own run_task, and
+    `ddmsyncer serve` does not start it while this process lives. Pass reserve=False to
+    leave the task to `ddmsyncer serve`.
+    """
+    return create_task_from_spec(store, build_spec(config, **request), reserve=reserve)
 
 
-def create_task_from_spec(store: TaskStore, spec: TaskSpec) -> Task:
+def create_task_from_spec(store: TaskStore, spec: TaskSpec, *, reserve: bool = True) -> Task:
     """Store a new queued task of either mode from a spec of build_spec or build_full_spec."""
     task = Task(id=new_task_id(), spec=spec)
     task.items = [
         TaskItem(task_id=task.id, position=position, source=volume.source, target=volume.target)
         for position, volume in enumerate(spec.volumes)
     ]
-    store.create_task(task)
+    store.create_task(task, reserved_by=os.getpid() if reserve else None)
     store.add_event(task.id, "info", "created", "task created")
     return store.get_task(task.id)
 
@@ -396,9 +401,10 @@ def build_full_spec(
                     verify=verify_mode, options=full_options)
 
 
-def create_full_task(store: TaskStore, config: Config, **request: Any) -> Task:
-    """Store a new queued full-mode task (see build_full_spec for the arguments)."""
-    return create_task_from_spec(store, build_full_spec(config, **request))
+def create_full_task(store: TaskStore, config: Config, *, reserve: bool = True,
+                     **request: Any) -> Task:
+    """Store a new queued full-mode task (see build_full_spec; `reserve` as in create_task)."""
+    return create_task_from_spec(store, build_full_spec(config, **request), reserve=reserve)
 
 
 def plan_full_task(config: Config, spec: TaskSpec, *, probe_bytes: int | None = None

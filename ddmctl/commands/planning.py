@@ -151,7 +151,7 @@ def plan(context: CommandContext, probe_size: int, as_json: bool, **options: Any
 def create(context: CommandContext, as_json: bool, **options: Any) -> int:
     """Store a queued task and print its ID; 'ddmsyncer serve' or 'ddmsyncer run' runs it."""
     spec = spec_from_options(context, options)
-    task = api.create_task_from_spec(context.store, spec)
+    task = api.create_task_from_spec(context.store, spec, reserve=False)
     if as_json:
         context.print_json(task.to_dict())
     else:
