@@ -12,6 +12,7 @@ from ddm.api import build_spec
 from ddm.errors import ExitStatus, VolumeNotFound
 from ddm.manifest import Manifest, compare_manifests, display_path
 from ddm.task import VerifyMode, new_task_id
+from ddm.text import counted
 from ddmctl.common import (
     CommandContext,
     common_options,
@@ -176,11 +177,11 @@ def print_results(context: CommandContext, results: list[dict[str, Any]]) -> Non
         if not result["differences"]:
             unchecked = ", ".join(result["not_checked"])
             unchecked_text = f"not checked {unchecked}" if unchecked else "every aspect checked"
-            context.echo(f"{name}: match ({result['entries']} entries; data path "
-                         f"{result['data_path']}, {result['method']}; checked {', '.join(result['aspects'])}; "
-                         f"{unchecked_text})")
+            context.echo(f"{name}: match ({counted(result['entries'], 'entry', 'entries')}; data path "
+                         f"{result['data_path']}, {result['method']}; "
+                         f"checked {', '.join(result['aspects'])}; {unchecked_text})")
             continue
-        context.echo(f"{name}: {len(result['differences'])} differences (data path "
+        context.echo(f"{name}: {counted(len(result['differences']), 'difference')} (data path "
                      f"{result['data_path']}, {result['method']})")
         for difference in result["differences"]:
             context.echo(f"  {difference['path']}\t{difference['aspect']}\t"
