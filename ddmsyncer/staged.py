@@ -28,12 +28,8 @@ from ddm.errors import MigrationFailed, TargetExists, TransferFailed, Verificati
 from ddm.manifest import Manifest, ManifestBuilder, compare_manifests, display_path
 from ddm.task import ItemState, TaskItem, VerifyMode
 from ddm.archive_guard import ROOT, ArchiveGuard, guard_observer
-<<<<<<< HEAD
-from ddmsyncer import hostverify, volumes, writers
-=======
 from ddm.text import counted
-from ddmsyncer import volumes, writers
->>>>>>> main
+from ddmsyncer import hostverify, volumes, writers
 from ddmsyncer.datapath import DataPath, HostProbes, Route, choose_route, loses, verify_aspects
 
 log = logging.getLogger(__name__)
