@@ -46,7 +46,9 @@ def entry_type(mode):
 
 def file_sha256(path):
     digest = hashlib.sha256()
-    with open(path, "rb", buffering=0) as handle:
+    # O_NOFOLLOW: a name that became a symlink since lstat() is not followed out of the volume.
+    descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    with open(descriptor, "rb", buffering=0) as handle:
         buffer = bytearray(BLOCK)
         view = memoryview(buffer)
         while True:
