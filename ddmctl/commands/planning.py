@@ -35,6 +35,7 @@ def task_options(function: F) -> F:
         click.option("--force", is_flag=True,
                      help="Replace a target volume that already exists (its old content is lost)."),
         *callback_options(),
+        route_option(),
     ]
     for option in reversed(options):
         function = option(function)
@@ -56,6 +57,15 @@ def callback_options() -> list[Callable[[F], F]]:
     ]
 
 
+def route_option() -> Callable[[F], F]:
+    """Return the --route option (shared by migrate, plan and create)."""
+    return click.option(
+        "--route", type=click.Choice(["relay", "direct"]), default="relay", show_default=True,
+        help="How volume data travels between the hosts: relay passes it through this machine, "
+        "direct streams it from the source host to the target's direct_address with a one-task "
+        "SSH key (needs the host data path).")
+
+
 def with_callback_options(function: F) -> F:
     """Add --on-success, --on-failure and --notify to a command."""
     for option in reversed(callback_options()):
@@ -71,6 +81,7 @@ def spec_from_options(context: CommandContext, options: dict[str, Any]) -> TaskS
         volumes=options["volumes"], verify=options["verify"] or config.defaults.verify,
         force=options["force"], on_success=options["on_success"],
         on_failure=options["on_failure"], notify=options["notify"],
+        options={"route": options.get("route", "relay")},
     )
 
 
@@ -133,7 +144,8 @@ def plan_lines(document: dict[str, Any]) -> list[str]:
                      f"data path {entry['data_path']}")
         lines.append(f"    preserves {', '.join(entry['preserves'])}")
         if entry.get("data_path_reason"):
-            lines.append(f"    data path {entry['data_path']} ({entry['data_path_reason']})")
+            route = f", route {entry['route']}" if entry.get("route") else ""
+            lines.append(f"    data path {entry['data_path']} ({entry['data_path_reason']}){route}")
             lines.append(f"    keeps: {', '.join(entry['keeps'])}")
         if entry.get("loses"):
             lines.append(f"    loses: {', '.join(entry['loses'])}")
