@@ -4,9 +4,7 @@ Host hN lives in namespaces held open by a holder process (holder.py), which als
 starts the host's dockerd and sshd and reaps processes orphaned inside. Inside,
 only `lo` is up and no route leads out. /run is a tmpfs, and /var/lib/docker and
 /etc/docker are bind mounts of directories under the lab root, so every host has
-its own images, volumes and engine ID. /root is a bind mount of ROOT/hN/home, so
-commands run inside a host (an ssh client, for one) never touch the machine's own
-home directory. sshd listens on 127.0.0.1:22 inside the namespace, and also on the
+its own images, volumes and engine ID. sshd listens on 127.0.0.1:22 inside the namespace, and also on the
 host's lab link address (tests.lab.link) when the lab has a link. A socat relay on the machine's loopback, at 127.0.0.(20+N) and the lab
 port, forwards each connection into the namespace with nsenter.
 """
@@ -314,8 +312,7 @@ class LabHost:
 
     def prepare(self, authorized_key: str) -> None:
         """Create the host's directories, host key and configuration files."""
-        for path in (self.directory, self.docker_root, self.directory / "etc-docker", self.directory / "docker-config",
-                     self.directory / "home"):
+        for path in (self.directory, self.docker_root, self.directory / "etc-docker", self.directory / "docker-config"):
             path.mkdir(parents=True, exist_ok=True)
 
         subprocess.run(
@@ -471,7 +468,6 @@ class LabHost:
                 f"mkdir -p {DOCKER_ROOT} /etc/docker",
                 f"mount --bind {self.docker_root} {DOCKER_ROOT}",
                 f"mount --bind {self.directory / 'etc-docker'} /etc/docker",
-                f"mount --bind {self.directory / 'home'} /root",
             ]
         )
         try:
