@@ -246,3 +246,27 @@ def test_plan_shows_direct_route(lab, h1, isolated_env, resources):
     assert entry["route"] == "direct"
     assert entry["data_path"] == "host"
     assert "content" in entry["verified"]
+
+
+def test_ctrl_c_during_direct_copy_removes_key(lab, h1, h2, isolated_env, resources, monkeypatch):
+    volume = resources.create_volume(h1)
+    write_volume_tree(h1, volume, SMALL_TREE)
+    seen: dict[str, object] = {}
+
+    def interrupted_stream(source, access, source_directory, directory, target, alias, description):
+        seen["key_lines"] = task_key_lines(lab)
+        seen["work_directory"] = directory
+        seen["work_directory_existed"] = os.path.isdir(directory)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ddmdriver.direct, "stream_direct", interrupted_stream)
+
+    outcome = migrate_direct(volume)
+
+    assert outcome.status == 130, outcome.stderr
+    assert len(seen["key_lines"]) == 1
+    assert seen["work_directory_existed"] is True
+    assert task_key_lines(lab) == []
+    assert not os.path.exists(str(seen["work_directory"]))
+    assert volume not in volumes_on(h2)
+    assert staging_volumes(h2) == []
