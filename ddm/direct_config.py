@@ -1,7 +1,7 @@
 """Per-host settings of the direct route: how other Docker hosts reach this host's sshd.
 
 `--route direct` makes the source host open an SSH connection of its own to the target
-host, so the target needs an address that the source can reach (`direct_address`, often a
+host. So the target needs an address that the source can reach (`direct_address`, often a
 private address that the operator's machine cannot reach) and the sshd port there
 (`direct_port`, default 22). DDM installs a one-task key in the target login user's
 `authorized_keys` (default `~/.ssh/authorized_keys` of that user, resolved on the host).
@@ -15,7 +15,7 @@ from typing import Any
 
 from ddm.errors import ConfigError
 
-# A DNS name of letters, digits, '-' and '.', or an IPv4 or IPv6 address.
+# A DNS name of letters, digits, '-' and '.'; IP addresses are checked with ipaddress first.
 ADDRESS_PATTERN = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
 REMOTE_PATH_PATTERN = re.compile(r"^/[A-Za-z0-9_./+@%=-]{1,254}$")
 DEFAULT_DIRECT_PORT = 22

@@ -113,7 +113,7 @@ class TaskKey:
 
 @dataclass(frozen=True)
 class DirectTarget:
-    """Where and as whom the source host connects to the target, and the key it must see."""
+    """The target's direct address, port and login user, and the host key it must present."""
 
     address: str
     port: int
@@ -225,10 +225,10 @@ def remove_task_keys(engine: Any, path: str, marker: str) -> None:
     result = engine.ssh.exec_command(["sh", "-c", REMOVE_SCRIPT, "ddm-direct", path, marker],
                                      timeout=COMMAND_TIMEOUT_SECONDS)
     if result.exit_status != 0:
-        raise MigrationFailed(f"removing the task key{marker} from {engine.host.name}:{path} failed: "
-                              f"{_tail(result.stderr)}",
+        raise MigrationFailed(f"removing the task keys marked {marker.strip()!r} from "
+                              f"{engine.host.name}:{path} failed: {_tail(result.stderr)}",
                               hint=f"remove the lines that contain '{marker.strip()}' by hand")
-    logger.info("removed the task key%s from %s:%s", marker, engine.host.name, path)
+    logger.info("removed the task keys marked %r from %s:%s", marker.strip(), engine.host.name, path)
 
 
 def prepare_source(engine: Any, access: HostAccess, directory: str, key: TaskKey,

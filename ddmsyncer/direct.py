@@ -2,12 +2,11 @@
 
 The copy itself is ddmdriver.direct. Because no byte of the volume passes this process, the
 stream is not hashed here. Instead the verify phase scans both volumes on their own hosts
-(ddmsyncer/hostscan.py over SSH, which needs python3 on both hosts) and compares, per path,
-type, mode, owner, size, mtime to the nanosecond, symlink text, device numbers, hard-link
-groups and, unless the task was created with `--verify none`, the SHA-256 of every regular
-file, computed from the file on the source host and from the file on the target host. So
-every byte that was written is read back and checked, as with `--verify full`, also for a
-task with `--verify quick`.
+(ddmsyncer/hostscan.py over SSH, which needs python3 on both hosts). It compares, per path,
+type, mode, owner, size, mtime to the nanosecond, symlink text, device numbers and hard-link
+groups. Unless the task has `--verify none`, it also compares the SHA-256 of every regular
+file, hashed from the file on the source host and from the file on the target host. So every
+byte that was written is read back and checked, with `--verify quick` too.
 
 Cleanup: before DDM installs a key or creates the source's work directory, it records
 both in the task's state. copy_item() removes them when the copy ends in any way, and
@@ -34,7 +33,7 @@ _RECORD_LOCK = threading.Lock()  # --parallel workers record their items at once
 
 
 def requested(runner: Any) -> bool:
-    """Return whether the task asks for the direct route."""
+    """Return whether the task requests the direct route."""
     return runner.task.spec.options.get("route") == "direct"
 
 
@@ -47,8 +46,8 @@ def check_route(item: TaskItem, route: Any) -> None:
                          f"uses the Engine API ({route.reason})", hint="use --route relay")
 
 
-# Aspects the verify phase compares on the direct route; xattrs, ACLs and sparseness are
-# carried by GNU tar as on the relayed host path, but the host-side scan does not read them.
+# Aspects the verify phase compares on the direct route. GNU tar carries xattrs, ACLs and
+# sparseness as on the relayed host path, but the host-side scan does not read them.
 VERIFIED_ASPECTS = ("presence", "type", "mode", "owner", "size", "link", "device", "mtime",
                     "mtime_ns", "content")
 NOT_VERIFIED_ASPECTS = ("xattrs", "acl", "sparse")

@@ -158,7 +158,7 @@ def test_forced_command_runs_only_the_receive(lab, h1, h2, isolated_env, resourc
     assert not os.path.exists(work_directory)
 
 
-def test_other_host_key_at_direct_address_fails_with_exit_4(lab, h1, h2, isolated_env, resources):
+def test_other_host_key_exits_4(lab, h1, h2, isolated_env, resources):
     # h2's direct_address points at h1's sshd, which presents h1's host key, not h2's.
     rewrite_config(isolated_env.config_path, f"direct_address: {h2.link_address}",
                    f"direct_address: {h1.link_address}")
