@@ -81,9 +81,12 @@ REMOVE_SCRIPT = "; ".join((
     'cat -- "$kept" > "$1"',
     'rm -f -- "$kept"',
 ))
-# Creates the work directory "$1" (removing this task's own leftover first), stores stdin as
-# the private key and "$2" as known_hosts.
+# Checks for an ssh client (exit status 127 without one), creates the work directory "$1"
+# (removing this task's own leftover first), stores stdin as the private key and "$2" as
+# known_hosts.
+MISSING_SSH_STATUS = 127
 PREPARE_SCRIPT = "; ".join((
+    f'command -v ssh > /dev/null || exit {MISSING_SSH_STATUS}',
     'set -e',
     'umask 077',
     'rm -rf -- "$1"',
@@ -237,6 +240,9 @@ def prepare_source(engine: Any, access: HostAccess, directory: str, key: TaskKey
     known_hosts = f"{alias} {target.host_key_type} {target.host_key_base64}"
     result = run_with_input(engine, access.argv("sh", "-c", PREPARE_SCRIPT, "ddm-direct", directory,
                                                 known_hosts), key.private_openssh)
+    if result.exit_status == MISSING_SSH_STATUS:
+        raise UsageError(f"host {engine.host.name!r} has no ssh client for --route direct",
+                         hint="install openssh-client there, or use --route relay")
     if result.exit_status != 0:
         raise MigrationFailed(f"creating {directory} on {engine.host.name} failed: {_tail(result.stderr)}",
                               hint="check that the source host's /tmp is writable")
@@ -371,10 +377,3 @@ def run_with_input(engine: Any, argv: list[str], data: bytes) -> CommandResult:
     finally:
         channel.close()
 
-
-def check_ssh_client(engine: Any, access: HostAccess) -> None:
-    """Raise UsageError when the source host has no OpenSSH client."""
-    result = engine.ssh.exec_command(access.argv("ssh", "-V"), timeout=COMMAND_TIMEOUT_SECONDS)
-    if result.exit_status != 0:
-        raise UsageError(f"host {engine.host.name!r} has no ssh client for --route direct",
-                         hint="install openssh-client there, or use --route relay")

@@ -74,7 +74,6 @@ def copy_item(runner: Any, item: TaskItem, staging_directory: str, route: Any,
     task_id = runner.task.id
     source, target = runner.source, runner.target
     endpoint = direct.direct_target(target)
-    direct.check_ssh_client(source, route.source_access)
     keys_path = direct.authorized_keys_path(target)
     work_directory = direct.work_directory(task_id, item.position)
     alias = f"ddm-direct-{task_id}-{item.position}"
