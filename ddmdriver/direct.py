@@ -272,6 +272,9 @@ def ssh_argv(directory: str, target: DirectTarget, alias: str) -> list[str]:
         "UpdateHostKeys": "no",
         "CheckHostIP": "no",
         "ClearAllForwardings": "yes",
+        # AES-GCM first, as the relay negotiates: with AES-NI it costs less CPU than
+        # OpenSSH's default first choice, chacha20-poly1305.
+        "Ciphers": "aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com",
         "ConnectTimeout": "30",
         "ServerAliveInterval": "15",
         "ServerAliveCountMax": "4",

@@ -91,6 +91,7 @@ def test_ssh_argv_trusts_only_the_verified_key():
     assert "HostKeyAlgorithms=ssh-ed25519" in options
     assert "IdentitiesOnly=yes" in options
     assert "BatchMode=yes" in options
+    assert "Ciphers=aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com" in options
     assert "StrictHostKeyChecking=accept-new" not in options
     assert "StrictHostKeyChecking=no" not in options
     assert argv[:3] == ["ssh", "-F", "/dev/null"]
