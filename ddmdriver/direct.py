@@ -204,6 +204,7 @@ def authorized_keys_path(engine: Any) -> str:
     """Return the target login user's authorized_keys: the config's, or ~/.ssh/authorized_keys."""
     if engine.host.authorized_keys:
         return str(engine.host.authorized_keys)
+    # NOTE: the lab sets authorized_keys for every host, so this default never ran there.
     result = engine.ssh.exec_command(["sh", "-c", 'printf "%s" "$HOME"'], timeout=COMMAND_TIMEOUT_SECONDS)
     home = result.stdout.decode("utf-8", "replace")
     if result.exit_status != 0 or not SAFE_DIRECTORY.fullmatch(home):
