@@ -86,6 +86,8 @@ def copy_item(runner: Any, item: TaskItem, staging_directory: str, route: Any,
     try:
         direct.install_task_key(target, keys_path, line)
         direct.prepare_source(source, route.source_access, work_directory, key, endpoint, alias)
+        # NOTE: no progress events and no check for `ddmctl cancel` or pause until the
+        # stream ends; Ctrl-C (SIGINT) does stop it.
         result = direct.stream_direct(source, route.source_access, route.source_directory,
                                       work_directory, endpoint, alias, f"volume {item.source!r}")
         failed = False
