@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from ddm.errors import DDMError, UsageError, VerificationFailed
@@ -84,8 +85,9 @@ def copy_item(runner: Any, item: TaskItem, staging_directory: str, route: Any,
     line = direct.authorized_keys_line(key, direct.forced_command(route.target_access, staging_directory))
     failed = True
     try:
-        direct.install_task_key(target, keys_path, line)
-        direct.prepare_source(source, route.source_access, work_directory, key, endpoint, alias)
+        _run_both(lambda: direct.install_task_key(target, keys_path, line),
+                  lambda: direct.prepare_source(source, route.source_access, work_directory, key,
+                                                endpoint, alias))
         # NOTE: no progress events and no check for `ddmctl cancel` or pause until the
         # stream ends; Ctrl-C (SIGINT) does stop it.
         result = direct.stream_direct(source, route.source_access, route.source_directory,
@@ -103,6 +105,29 @@ def copy_item(runner: Any, item: TaskItem, staging_directory: str, route: Any,
     counter.add(result.bytes)
     source_scan = _scan(source, route.source_directory, "none")
     return manifest_from_scan(source_scan), result.bytes, "", result.changed_paths
+
+
+def _run_both(first: Callable[[], None], second: Callable[[], None]) -> None:
+    """Run two steps on different hosts at once (one SSH round trip instead of two).
+
+    Waits for both, then raises the first step's error, else the second's.
+    """
+    errors: list[BaseException] = []
+
+    def run_second() -> None:
+        try:
+            second()
+        except BaseException as error:  # noqa: BLE001 - raised below in the calling thread
+            errors.append(error)
+
+    thread = threading.Thread(target=run_second, name="ddm-direct-prepare", daemon=True)
+    thread.start()
+    try:
+        first()
+    finally:
+        thread.join()
+    if errors:
+        raise errors[0]
 
 
 # Verify
