@@ -48,7 +48,7 @@ from ddm.manifest import Manifest, compare_manifests, display_path
 from ddm.processes import process_alive
 from ddm.store import TaskStore
 from ddm.task import ItemState, Phase, Task, TaskItem, TaskState, VerifyMode
-from ddmsyncer import incremental, parallel, volumes
+from ddmsyncer import incremental, parallel, rerun, volumes
 from ddmsyncer.control import wait_while_paused
 from ddmsyncer.staged import StagedVolumes, mark_verified, release_writers, remove_staging_volumes
 
@@ -322,6 +322,7 @@ class TaskRunner:
                             f"of an earlier run on {engine.host.name}")
 
         self._incremental = incremental.select_items(self)
+        rerun.mark_unchanged_volumes(self)  # a re-run of a finished task sends nothing
         checks = {}
         for item in self.pending_items():
             checks[item.position] = volumes.check_volume(
