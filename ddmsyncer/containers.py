@@ -39,6 +39,7 @@ from ddm.events import ItemFinished, ItemStarted, Progress
 from ddm.manifest import Manifest, ManifestBuilder
 from ddm.task import TaskItem, TaskState, VerifyMode
 from ddmdriver import containers as driver
+from ddmdriver import imagelayers
 from ddmdriver import images as image_driver
 from ddmdriver.engine import HELPER_IMAGE, HELPER_MOUNT
 from ddmsyncer import rerun, volumes, warm
@@ -277,17 +278,39 @@ class FullTaskRunner(TaskRunner):
         names = image.tags or [image.id]
         progress = _TransferProgress(self, f"image {names[0]}", f"image {names[0]}",
                                      image.size_bytes or None)
-        sent = image_driver.relay_image(self.source, target, names, on_chunk=progress.add)
-        progress.finish(sent)
+        layer_filter = self._layer_filter(image.id)
+        read = image_driver.relay_image(self.source, target, names, on_chunk=progress.add,
+                                        transform=layer_filter.filter)
+        sent = layer_filter.sent_bytes
+        progress.finish(read)
+        self._target_chains.update(layer_filter.chains)
         self.add_sent_bytes("image", sent)
-        self._record_image(image, sent)
+        self._record_image(image, sent, read_bytes=read,
+                           skipped_layers=len(layer_filter.skipped_layers))
+        skipped = (f", {len(layer_filter.skipped_layers)} layers the target has left out"
+                   if layer_filter.skipped_layers else "")
         self.record("info", "image", f"sent image {image.id[:19]} ({', '.join(names)}): "
-                    f"{sent} bytes")
+                    f"{sent} bytes{skipped}")
 
-    def _record_image(self, image: Any, sent: int) -> None:
+    def _layer_filter(self, image_id: str) -> imagelayers.LayerFilter:
+        """Return a filter that leaves out the image's layers that the target already has."""
+        if not hasattr(self, "_target_chains"):
+            try:
+                self._target_chains = imagelayers.target_chain_ids(self.target)
+            except DDMError as error:
+                self.warn(f"could not list the images of {self.task.spec.target_host}; "
+                          f"sending whole images: {error}")
+                self._target_chains = set()
+        inspect = image_driver.image_inspect(self.source, image_id) or {}
+        diff_ids = (inspect.get("RootFS") or {}).get("Layers") or []
+        return imagelayers.LayerFilter(imagelayers.chain_ids(diff_ids), self._target_chains)
+
+    def _record_image(self, image: Any, sent: int, *, read_bytes: int = 0,
+                      skipped_layers: int = 0) -> None:
         """Store the bytes sent for one image under "images" in the task's extra state."""
         images = self.extra().get("images") or {}
         images[image.id] = {"tags": list(image.tags), "bytes_sent": sent,
+                            "bytes_read": read_bytes, "layers_left_out": skipped_layers,
                             "present_on_target": bool(image.present_on_target)}
         self.store.set_extra(self.task.id, images=images)
 

@@ -20,7 +20,7 @@ import pytest
 from ddm.store import TaskStore, default_store_path
 from ddm.task import ItemState, TaskState
 from tests.integration.test_migrate_volumes import run_command
-from tests.lab.image import build_busybox_tar
+from tests.lab.image import BUSYBOX_IMAGE, build_busybox_tar
 from tests.lab.resources import unique_name
 from tests.lab.tree import RandomFile, write_volume_tree
 
@@ -219,3 +219,45 @@ def test_volume_rerun_keeps_changed_target(h1, h2, isolated_env, resources):
     assert "differs from source volume" in outcome.stderr
     target_file = h2.volume_host_path(volume) / "a.txt"
     assert target_file.read_text() == "changed on the target\n"
+
+
+@pytest.fixture
+def derived_image(lab, h1, h2) -> Iterator[str]:
+    """Commit a small layer on top of the lab's busybox image on h1; h2 has the busybox layer."""
+    tag = f"ddmtest/derived-{uuid.uuid4().hex[:8]}:1"
+    builder = unique_name()
+    h1.docker("create", "--name", builder, "--network", "none", BUSYBOX_IMAGE, "sh")
+    try:
+        h1.docker("cp", "/etc/hostname", f"{builder}:/added.txt")
+        h1.docker("commit", builder, tag)
+    finally:
+        h1.docker("rm", "-f", builder, check=False)
+    yield tag
+    for host in (h1, h2):
+        host.docker("image", "rm", "-f", tag, check=False)
+
+
+def test_only_missing_layers_sent(h1, h2, isolated_env, derived_image, resources):
+    layers = h1.docker("image", "inspect", "-f", "{{json .RootFS.Layers}}",
+                       derived_image).stdout
+    base_layer = json.loads(layers)[0]
+    target_layers = h2.docker("image", "inspect", "-f", "{{json .RootFS.Layers}}",
+                              BUSYBOX_IMAGE).stdout
+    assert json.loads(target_layers) == [base_layer]
+    base_bytes = int(h1.docker("image", "inspect", "-f", "{{.Size}}", BUSYBOX_IMAGE).stdout)
+
+    volume = resources.create_volume(h1)
+    resources.add_volume(h2, volume)
+    name = run_source_container(h1, h2, resources, derived_image, volume)
+    status, task_id = migrate("--mode", "full", "--container", name)
+    assert status == 0
+    resources.add_volume(h2, f"ddm-logs-{task_id}")
+
+    record = task_extra(task_id)["images"][image_id(h1, derived_image)]
+    assert record["layers_left_out"] == 1
+    assert record["bytes_sent"] < 64 * 1024
+    assert record["bytes_read"] > base_bytes
+    assert task_extra(task_id)["image_bytes_sent"] == record["bytes_sent"]
+    assert image_id(h2, derived_image) == image_id(h1, derived_image)
+    added = h2.docker("exec", name, "cat", "/added.txt").stdout
+    assert added == Path("/etc/hostname").read_text()
