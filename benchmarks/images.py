@@ -7,7 +7,9 @@ process:
 
 1. the first container: the image is missing on h2 and is sent whole;
 2. the second container with the same image: the image is on h2 now and costs no bytes;
-3. the first migration again (a re-run): it finishes as already migrated and sends nothing.
+3. the first migration again (a re-run): it finishes as already migrated and sends nothing;
+4. a third container whose image adds one small layer to the first image (`docker commit`):
+   only that layer is sent, because h2 has the rest.
 
 A baseline copies the image by hand first (`docker save` piped into `docker load`, both over
 ssh); the copy it made is removed before DDM runs. Its stream is the same `docker save`
@@ -38,18 +40,20 @@ RANDOM_CHUNK = 4 * MIB
 
 
 def run_images(suite: Suite) -> list[Result]:
-    """Measure the image bytes of a first migration, a second container and a re-run."""
+    """Measure the image bytes of a first migration, a second container, a re-run and a derived image."""
     shape = suite.shapes["i"]
     token = uuid.uuid4().hex[:8]
     image = f"ddm-bench/i-{token}:1"
-    containers = [f"bench-i-{token}-{index}" for index in (1, 2)]
+    derived = f"ddm-bench/i-{token}-derived:1"
+    containers = [f"bench-i-{token}-{index}" for index in (1, 2, 3)]
     image_bytes = _import_image(suite, image, shape["image_bytes"])
+    _commit_layer(suite, image, derived)
     volume_bytes = 0
-    for name in containers:
+    for name, name_image in zip(containers, (image, image, derived)):
         suite.make_source(name, shape["volume"])
         volume_bytes = suite.volume_bytes(suite.source, name)
         suite.source.docker("run", "-d", "--name", name, "--network", "none", "--stop-timeout",
-                            "10", "-v", f"{name}:/data", image, "sh", "-c", APP_COMMAND)
+                            "10", "-v", f"{name}:/data", name_image, "sh", "-c", APP_COMMAND)
 
     try:
         results = [_baseline_save_load(suite, image, image_bytes)]
@@ -60,9 +64,25 @@ def run_images(suite: Suite) -> list[Result]:
                                 "ddm full, second container, same image"))
         results.append(_migrate(suite, containers[0], image_bytes + volume_bytes,
                                 "ddm full, re-run of the first"))
+        results.append(_migrate(suite, containers[2], image_bytes + volume_bytes,
+                                "ddm full, derived image, base on target"))
     finally:
-        _remove(suite, image, containers)
+        _remove(suite, [derived, image], containers)
     return results
+
+
+def _commit_layer(suite: Suite, image: str, tag: str) -> None:
+    """Commit a container of `image` with one added file of 64 KiB as a new image `tag`."""
+    builder = f"bench-i-build-{uuid.uuid4().hex[:8]}"
+    added = suite.work_dir / "added.bin"
+    _write_random(added, 64 * 1024)
+    suite.source.docker("create", "--name", builder, "--network", "none", image, "true")
+    try:
+        suite.source.docker("cp", str(added), f"{builder}:/added.bin")
+        suite.source.docker("commit", builder, tag)
+    finally:
+        suite.source.docker("rm", "-f", builder, check=False)
+        added.unlink()
 
 
 def _import_image(suite: Suite, tag: str, image_bytes: int) -> int:
@@ -92,7 +112,7 @@ def _write_random(path: Path, count: int) -> None:
 
 
 def _baseline_save_load(suite: Suite, image: str, image_bytes: int) -> Result:
-    """The hand-made way: `docker save` on h1 piped into `docker load` on h2, both over ssh."""
+    """Copy the image by hand: `docker save` on h1 piped into `docker load` on h2, both over ssh."""
     producer = suite.lab.ssh_argv(suite.source, "docker", "save", image)
     consumer = suite.lab.ssh_argv(suite.target, "docker", "load", "-q")
     usage, errors = run_pipeline(producer, consumer, env=suite.env)
@@ -134,7 +154,7 @@ def _task_extra(suite: Suite, task_id: str) -> dict[str, Any]:
         store.close()
 
 
-def _remove(suite: Suite, image: str, containers: list[str]) -> None:
+def _remove(suite: Suite, images: list[str], containers: list[str]) -> None:
     for host in (suite.source, suite.target):
         for name in containers:
             host.docker("rm", "-f", name, check=False)
@@ -142,4 +162,5 @@ def _remove(suite: Suite, image: str, containers: list[str]) -> None:
         for volume in host.docker("volume", "ls", "-q").stdout.split():
             if volume.startswith("ddm-logs-"):
                 host.docker("volume", "rm", "-f", volume, check=False)
-        host.docker("image", "rm", "-f", image, check=False)
+        for image in images:
+            host.docker("image", "rm", "-f", image, check=False)

@@ -2,17 +2,19 @@
 
 `docker load` (POST /images/load) looks each layer of an image up by its chain ID first and
 reads the layer's tar file from the archive only when the layer is missing (moby's
-image/tarexport/load.go, the same in Docker 20.10 to 24). So a layer whose chain ID the target
-already has can be left out of the stream, and the image loads as before.
+image/tarexport/load.go, read in Docker 23 and tried on 20.10, the lab's engine). So a layer
+whose chain ID the target already has can be left out of the stream, and the image loads as
+before.
 
-Which member of the stream is which layer? Docker 20.10 to 24 write the legacy layout: one
+Which member of the stream is which layer? Docker before 25 writes the legacy layout: one
 directory per layer, named by its v1 ID, with `json`, `VERSION` and `layer.tar`, and the
 manifest that maps layers to directories comes last. The v1 ID is the SHA-256 of the
 directory's `json` with the layer's chain ID added (moby's image/v1 CreateID), and `json`
 comes before `layer.tar` in the stream. So for each directory the filter tries the chain IDs
 of the image's layers and drops `layer.tar` only when one matches exactly and the target has
-that chain. When nothing matches (another layout, such as the OCI layout of Docker 25 and
-later, or JSON that this module serializes differently from Go), every byte is sent.
+that chain. When nothing matches, every byte is sent: for example with the OCI layout
+(`blobs/sha256/...`) that `docker save` writes since Docker 25, or with JSON that this module
+serializes differently from Go.
 
 The source still sends the whole stream to the controller; only the controller-to-target leg
 is spared.
@@ -33,7 +35,7 @@ from ddmdriver.images import image_inspect
 logger = logging.getLogger(__name__)
 
 BLOCK = 512
-MAX_METADATA_BYTES = 1024 * 1024  # larger `json` members and extended headers are passed on
+MAX_METADATA_BYTES = 1024 * 1024  # larger `json` members pass unread; larger extended headers fail
 LAYER_DIRECTORY = re.compile(r"^([0-9a-f]{64})/(json|layer\.tar)$")
 EXTENDED_TYPES = (b"x", b"g", b"L", b"K")
 MAX_TARGET_IMAGES = 2000

@@ -1,7 +1,7 @@
 """Image bytes of full-mode tasks, and re-runs of finished migrations, on the lab.
 
 Every check reads the byte counters that the tasks recorded in the task database: an image the
-target already holds costs no image bytes, and a re-run of a finished migration sends no image,
+target already has costs no image bytes, and a re-run of a finished migration sends no image,
 volume or layer bytes at all.
 """
 
