@@ -1,7 +1,7 @@
 """Re-runs of a finished migration: recognize them and send no data.
 
 A re-run is the same `ddmctl migrate` command run again after a task with the same source
-host, target host and selection succeeded. Nothing needs to move when the target still holds
+host, target host and selection succeeded. Nothing needs to move when the target still contains
 what that task put there, so the new task sends no data and succeeds as "already migrated".
 It never overwrites the target: whenever the target or the source changed since, the usual
 rules apply (a conflict is rejected; `--incremental` or `--force` decide how to overwrite).
@@ -33,11 +33,11 @@ from ddm.manifest import display_path
 from ddm.task import ItemState, Mode, Task, TaskState
 from ddmdriver import containers as driver
 from ddmsyncer import incremental
+from ddmsyncer.fullplan import PROJECT_LABEL
 
 log = logging.getLogger(__name__)
 
 EXTRA_KEY = "already_migrated"
-PROJECT_LABEL = "com.docker.compose.project"
 
 
 # Volumes mode
@@ -46,7 +46,7 @@ PROJECT_LABEL = "com.docker.compose.project"
 def mark_unchanged_volumes(runner: Any) -> dict[int, str]:
     """Mark the task's volumes that an earlier task already copied, unchanged, as verified.
 
-    Return {item position: earlier task ID}. Raise TargetExists when the target volume holds
+    Return {item position: earlier task ID}. Raise TargetExists when the target volume contains
     an earlier copy that differs from the source now, naming the options that overwrite it.
     """
     spec = runner.task.spec
@@ -83,7 +83,7 @@ def _check_volume_unchanged(runner: Any, item: Any, earlier: str) -> None:
     if differences:
         path, aspect = differences[0]
         raise TargetExists(
-            f"volume {item.target!r} on {spec.target_host} holds the copy made by task "
+            f"volume {item.target!r} on {spec.target_host} contains the copy made by task "
             f"{earlier} but differs from source volume {item.source!r} now "
             f"({len(differences)} differences, first {display_path(path)}: {aspect})",
             hint="pass --incremental to send the changes (this overwrites changes made on the "
@@ -95,7 +95,7 @@ def _check_volume_unchanged(runner: Any, item: Any, earlier: str) -> None:
     runner.update_item(item, state=ItemState.VERIFIED, bytes_total=size, bytes_done=0,
                        entries=len(source_scan), started_at=now, finished_at=now)
     runner.record("info", "already_migrated",
-                  f"volume {item.target!r} on {spec.target_host} already holds source volume "
+                  f"volume {item.target!r} on {spec.target_host} already contains source volume "
                   f"{item.source!r}, copied by task {earlier}; nothing sent "
                   f"({scan_bytes} bytes of host-side listings)",
                   position=item.position, earlier_task=earlier, scan_bytes=scan_bytes)

@@ -162,6 +162,11 @@ def test_full_rerun_sends_nothing(h1, h2, isolated_env, test_image, resources):
     assert status == 0
     assert task_extra(third_task)["already_migrated"]["task"] == first_task
 
+    # Rolling a re-run back removes nothing: it created nothing.
+    outcome = run_command("ddmctl", "rollback", third_task)
+    assert outcome.status == 0, outcome.stderr
+    assert container_id(h2, name) == target_id
+
 
 def test_full_rerun_after_source_restart_refused(h1, h2, isolated_env, test_image, resources):
     volume = resources.create_volume(h1)
@@ -202,6 +207,11 @@ def test_volume_rerun_sends_nothing(h1, h2, isolated_env, resources):
     assert rerun.items[0].bytes_done == 0
     assert rerun.items[0].target_created is False
     assert task_extra(rerun_task)["already_migrated"] == {"0": first_task}
+
+    # Rolling the re-run back keeps the target volume and its data.
+    outcome = run_command("ddmctl", "rollback", rerun_task)
+    assert outcome.status == 0, outcome.stderr
+    assert (h2.volume_host_path(volume) / "dir" / "b.txt").read_text() == "b\n"
 
 
 def test_volume_rerun_keeps_changed_target(h1, h2, isolated_env, resources):
