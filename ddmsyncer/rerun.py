@@ -31,6 +31,7 @@ from typing import Any
 from ddm.errors import TargetExists
 from ddm.manifest import display_path
 from ddm.task import ItemState, Mode, Task, TaskState
+from ddm.text import counted
 from ddmdriver import containers as driver
 from ddmsyncer import incremental
 from ddmsyncer.fullplan import PROJECT_LABEL
@@ -85,7 +86,7 @@ def _check_volume_unchanged(runner: Any, item: Any, earlier: str) -> None:
         raise TargetExists(
             f"volume {item.target!r} on {spec.target_host} contains the copy made by task "
             f"{earlier} but differs from source volume {item.source!r} now "
-            f"({len(differences)} differences, first {display_path(path)}: {aspect})",
+            f"({counted(len(differences), 'difference')}, first {display_path(path)}: {aspect})",
             hint="pass --incremental to send the changes (this overwrites changes made on the "
             "target) or --force to replace the volume",
         )
