@@ -1,10 +1,10 @@
 """Send only the image layers the target lacks: filter a `docker save` stream on its way.
 
-`docker load` (POST /images/load) looks each layer of an image up by its chain ID first and
-reads the layer's tar file from the archive only when the layer is missing (moby's
-image/tarexport/load.go, read in Docker 23 and tried on 20.10, the lab's engine). So a layer
-whose chain ID the target already has can be left out of the stream, and the image loads as
-before.
+`docker load` (POST /images/load) looks each layer of an image up by its chain ID first. It
+reads the layer's tar file from the archive only when the layer is missing, as moby's
+image/tarexport/load.go does in Docker 23 (read) and 20.10 (the lab's engine, tried). So a
+layer whose chain ID the target already has can be left out of the stream, and the image loads
+as before.
 
 Which member of the stream is which layer? Docker before 25 writes the legacy layout: one
 directory per layer, named by its v1 ID, with `json`, `VERSION` and `layer.tar`, and the

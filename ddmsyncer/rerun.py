@@ -3,8 +3,8 @@
 A re-run is the same `ddmctl migrate` command run again after a task with the same source
 host, target host and selection succeeded. Nothing needs to move when the target still contains
 what that task put there, so the new task sends no data and succeeds as "already migrated".
-It never overwrites the target: whenever the target or the source changed since, the usual
-rules apply (a conflict is rejected; `--incremental` or `--force` decide how to overwrite).
+It never overwrites the target. Whenever the target or the source changed since, the usual
+rules apply: a conflict is rejected, and `--incremental` or `--force` decide how to overwrite.
 
 Volumes mode: a volume counts as already migrated when an earlier succeeded task of this store
 verified a copy of the same source volume into the same target volume, the task sets neither
