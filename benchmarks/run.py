@@ -6,6 +6,7 @@ import logging
 from collections.abc import Callable, Sequence
 
 from benchmarks.cutover import run_cutover
+from benchmarks.images import run_images
 from benchmarks.route import DIRECT_SCENARIOS, run_direct_copy
 from benchmarks.suite import Result, Suite
 
@@ -95,6 +96,7 @@ def run_scenarios(
         "d": lambda: run_incremental(suite, results),
         "e": lambda: run_cutover(suite),
         "p": lambda: run_parallel(suite),
+        "i": lambda: run_images(suite),
     }
     for scenario in scenarios:
         if scenario not in steps:
