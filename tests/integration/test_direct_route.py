@@ -270,3 +270,35 @@ def test_ctrl_c_during_direct_copy_removes_key(lab, h1, h2, isolated_env, resour
     assert not os.path.exists(str(seen["work_directory"]))
     assert volume not in volumes_on(h2)
     assert staging_volumes(h2) == []
+
+
+def test_private_key_never_stored_or_logged(lab, h1, h2, isolated_env, resources, monkeypatch, caplog):
+    volume = resources.create_volume(h1)
+    write_volume_tree(h1, volume, SMALL_TREE)
+    keys = []
+    original_generate = ddmdriver.direct.generate_task_key
+
+    def generate_and_remember(comment):
+        keys.append(original_generate(comment))
+        return keys[-1]
+
+    monkeypatch.setattr(ddmdriver.direct, "generate_task_key", generate_and_remember)
+    caplog.set_level("DEBUG")
+
+    outcome = migrate_direct(volume)
+
+    assert outcome.status == 0, outcome.stderr
+    assert len(keys) == 1
+    # The longest base64 line of the OpenSSH private key block.
+    secret = max(keys[0].private_openssh.decode().splitlines(), key=len)
+    task_id = json.loads(outcome.stdout)["id"]
+    logs = run_command("ddmctl", "logs", task_id)
+    status = run_command("ddmctl", "status", task_id, "--json")
+    store_path = Path(default_store_path(os.environ))
+    database = b"".join(Path(f"{store_path}{suffix}").read_bytes() for suffix in ("", "-wal")
+                        if Path(f"{store_path}{suffix}").exists())
+    assert len(secret) > 40
+    assert secret not in outcome.stdout + outcome.stderr
+    assert secret not in logs.stdout + status.stdout
+    assert secret not in caplog.text
+    assert secret.encode() not in database
