@@ -5,7 +5,7 @@ so it uses only the standard library and Python 3.7 features. It describes every
 volume's mountpoint the way GNU tar 1.34 (`--xattrs --xattrs-include=* --acls --sparse`) would
 archive it, so that the result compares with a manifest built from such an archive:
 
-    python3 - ROOT HASH     one JSON line per entry below ROOT; HASH is "sha256" or "none"
+    hostmanifest ROOT HASH    one JSON line per entry below ROOT; HASH is "sha256" or "none"
 
 Each line is [path, type, mode, uid, gid, size, mtime_ns, link, devmajor, devminor, inode,
 nlink, xattrs, acl_access, acl_default, sparse, sha256]. path and link are base64 of the raw
@@ -45,6 +45,8 @@ def entry_type(mode):
 
 
 def file_sha256(path):
+    # NOTE: the holes of a sparse file are read and hashed as zeros, as the controller hashes
+    # the expanded stream, so an 8 GiB file with two data blocks costs 8 GiB of SHA-256.
     digest = hashlib.sha256()
     # O_NOFOLLOW: a name that became a symlink since lstat() is not followed out of the volume.
     descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)

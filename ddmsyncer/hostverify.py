@@ -14,7 +14,7 @@ source manifest, with SHA-256 as its content digest, against the manifest of the
 Every byte is still proven: each file's content was hashed from the stream on the controller
 and from the disk on the target.
 
-A volume with driver options (NFS, tmpfs) has a mountpoint that holds its data only while a
+A volume with driver options (NFS, tmpfs) has a mountpoint that contains its data only while a
 container uses it, so such volumes are read back as before.
 """
 
