@@ -267,6 +267,19 @@ class EntryTable(Mapping[bytes, ManifestEntry]):
         for path, record in self._db.execute(query + " ORDER BY path"):
             yield ManifestEntry(path, *marshal.loads(record))
 
+    def iter_records(self) -> Iterator[tuple[bytes, bytes]]:
+        """Yield (path, record) in path order, where decode() turns a record into an entry.
+
+        Equal records mean equal entries, so a comparison can skip decoding them. Unequal
+        records may still decode to equal entries.
+        """
+        self.flush()
+        yield from self._db.execute("SELECT path, record FROM entries ORDER BY path")
+
+    @staticmethod
+    def decode(path: bytes, record: bytes) -> ManifestEntry:
+        return ManifestEntry(path, *marshal.loads(record))
+
 
 class _TableItems(ItemsView[bytes, ManifestEntry]):
     _mapping: EntryTable
@@ -696,20 +709,22 @@ def compare_manifests(
 
     source_view = _InodeView(source)
     target_view = _InodeView(target)
+    grouped = source_view.groups.keys() | target_view.groups.keys()
+    decode = EntryTable.decode
     differences: list[Difference] = []
-    pairs = _merge_by_path(source.entries.iter_entries(), target.entries.iter_entries())
-    for path, source_entry, target_entry in pairs:
-        if source_entry is None or target_entry is None:
+    pairs = _merge_by_path(source.entries.iter_records(), target.entries.iter_records())
+    for path, source_record, target_record in pairs:
+        if source_record is None or target_record is None:
             if "presence" in selected:
-                source_type = source_entry.type if source_entry else None
-                target_type = target_entry.type if target_entry else None
+                source_type = decode(path, source_record).type if source_record else None
+                target_type = decode(path, target_record).type if target_record else None
                 differences.append(Difference(path, "presence", source_type, target_type))
             continue
-        source_inode = source_view.inode(source_entry)
-        target_inode = target_view.inode(target_entry)
-        if source_inode == target_inode and path not in source_view.groups \
-                and path not in target_view.groups:
+        # Equal records are equal entries, which differ in nothing but their hard-link group.
+        if source_record == target_record and path not in grouped:
             continue
+        source_inode = source_view.inode(decode(path, source_record))
+        target_inode = target_view.inode(decode(path, target_record))
         differences.extend(
             _compare_path(path, source_inode, target_inode, source_view, target_view, selected)
         )
@@ -717,28 +732,26 @@ def compare_manifests(
 
 
 def _merge_by_path(
-    source: Iterator[ManifestEntry], target: Iterator[ManifestEntry]
-) -> Iterator[tuple[bytes, ManifestEntry | None, ManifestEntry | None]]:
-    """Pair the entries of two path-ordered streams: (path, source entry, target entry).
+    source: Iterator[tuple[bytes, bytes]], target: Iterator[tuple[bytes, bytes]]
+) -> Iterator[tuple[bytes, bytes | None, bytes | None]]:
+    """Pair the records of two path-ordered streams: (path, source record, target record).
 
     The side that lacks a path gets None.
     """
-    source_entry = next(source, None)
-    target_entry = next(target, None)
-    while source_entry is not None or target_entry is not None:
-        if target_entry is None or (
-            source_entry is not None and source_entry.path < target_entry.path
-        ):
-            assert source_entry is not None
-            yield source_entry.path, source_entry, None
-            source_entry = next(source, None)
-        elif source_entry is None or target_entry.path < source_entry.path:
-            yield target_entry.path, None, target_entry
-            target_entry = next(target, None)
+    end = (None, None)
+    source_path, source_record = next(source, end)
+    target_path, target_record = next(target, end)
+    while source_path is not None or target_path is not None:
+        if target_path is None or (source_path is not None and source_path < target_path):
+            yield source_path, source_record, None
+            source_path, source_record = next(source, end)
+        elif source_path is None or target_path < source_path:
+            yield target_path, None, target_record
+            target_path, target_record = next(target, end)
         else:
-            yield source_entry.path, source_entry, target_entry
-            source_entry = next(source, None)
-            target_entry = next(target, None)
+            yield source_path, source_record, target_record
+            source_path, source_record = next(source, end)
+            target_path, target_record = next(target, end)
 
 
 def _compare_path(

@@ -87,9 +87,12 @@ class TarStreamError(DDMError):
         self.offset = offset
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TarEntry:
     """One archive member, after its pax and GNU extension headers were applied.
+
+    Not frozen, because a frozen dataclass's __init__ costs several times more per member,
+    and the parser creates one for every member. Callbacks must not change it.
 
     `path` and `linkname` are the raw bytes of the archive, not normalized. `size` is the
     size of the file content: the real size for sparse files, and 0 for types without data.
