@@ -1,8 +1,10 @@
 """Per-file manifests of a volume, built from its tar stream, and their comparison.
 
-`ManifestBuilder` reads the tar stream of a volume while DDM copies it, with memory bounded
-by the manifest itself (one entry per path) and not by file sizes. `compare_manifests()`
-lists the differences between the manifests of the source and the target volume.
+`ManifestBuilder` reads the tar stream of a volume while DDM copies it. Its entries go to an
+`EntryTable`, a temporary SQLite database that keeps a few MiB in memory and the rest on
+disk, so memory depends neither on file sizes nor on the number of files.
+`compare_manifests()` lists the differences between the manifests of the source and the
+target volume, reading both in path order side by side.
 
 Check levels:
 
@@ -36,6 +38,10 @@ and size. The other keys appear only when they carry information:
 Byte strings (path, linkname, xattr names and values) and ACL texts are a JSON string when
 they are valid UTF-8, and otherwise an object {"base64": "<standard base64>"}, so any path
 survives the round trip.
+
+A manifest can also be written in parts (`json_header()` and `json_chunks()`): the document
+above with "entries": null and "entry_chunks": N, followed by N JSON arrays of entries in
+path order. The task database stores source manifests this way (ddm.manifest_store).
 """
 
 from __future__ import annotations
@@ -300,8 +306,8 @@ class _TableValues(ValuesView[ManifestEntry]):
 class Manifest:
     """All entries of a volume, with the digest and length of the tar stream they came from.
 
-    `entries` may be given as a mapping of path to entry or as an EntryTable; it is always an
-    EntryTable afterwards, so a manifest of any size costs about the same memory.
+    `entries` may be given as a mapping of path to entry or as an EntryTable. It is always
+    an EntryTable afterwards, so a manifest of any size costs about the same memory.
     """
 
     entries: EntryTable = field(default_factory=EntryTable)
@@ -354,8 +360,8 @@ class Manifest:
     def to_json(self, *, indent: int | None = None) -> str:
         """Serialize the manifest in the JSON format described in the module documentation.
 
-        The result holds every entry in one string. json_header() and json_chunks() write the
-        same entries in parts of bounded size.
+        The result contains every entry in one string. json_header() and json_chunks() write
+        the same entries in parts of bounded size.
         """
         document = self._header_document()
         document["entries"] = [_entry_to_json(entry) for entry in self.entries.values()]
@@ -364,7 +370,7 @@ class Manifest:
     def json_header(self, chunk_count: int) -> str:
         """Return the document of a manifest stored in parts: to_json() without the entries.
 
-        Its "entries" is null and "entry_chunks" tells how many json_chunks() parts follow,
+        Its "entries" is null and "entry_chunks" is the number of json_chunks() parts,
         so a reader that knows only the whole document rejects it instead of reading an
         empty manifest.
         """
