@@ -772,6 +772,15 @@ def _optional_text(value: bytes | None) -> str | None:
 
 def _parse_number(field: bytes, name: str, offset: int) -> int:
     """Parse a numeric header field: octal digits, or GNU base-256 when the top bit is set."""
+    # Fast path for the usual form, digits filling the field up to one NUL. bytes.isdigit()
+    # accepts ASCII digits only, and int() rejects 8 and 9, which the full parse reports.
+    digits = field[:-1]
+    if field[-1] == 0 and digits.isdigit():
+        try:
+            return int(digits, 8)
+        except ValueError:
+            pass
+
     first = field[0]
     if first < 0x80:
         digits = field.partition(b"\0")[0].strip(b" ")
