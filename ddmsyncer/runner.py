@@ -49,7 +49,8 @@ from ddm.manifest_store import load_task_manifest, save_task_manifest
 from ddm.processes import process_alive
 from ddm.store import TaskStore
 from ddm.task import ItemState, Phase, Task, TaskItem, TaskState, VerifyMode
-from ddmsyncer import incremental, parallel, volumes
+from ddm.text import counted
+from ddmsyncer import direct, incremental, parallel, rerun, volumes
 from ddmsyncer.control import wait_while_paused
 from ddmsyncer.staged import StagedVolumes, mark_verified, release_writers, remove_staging_volumes
 
@@ -319,10 +320,11 @@ class TaskRunner:
         for engine in self._open_engines():
             removed = volumes.remove_task_helpers(engine, self.task.id)
             if removed:
-                self.record("info", "helpers_removed", f"removed {removed} helper container(s) "
+                self.record("info", "helpers_removed", f"removed {counted(removed, 'helper container')} "
                             f"of an earlier run on {engine.host.name}")
 
         self._incremental = incremental.select_items(self)
+        rerun.mark_unchanged_volumes(self)  # a re-run of a finished task sends nothing
         checks = {}
         for item in self.pending_items():
             checks[item.position] = volumes.check_volume(
@@ -475,7 +477,7 @@ class TaskRunner:
             first = differences[0]
             raise TaskConflict(
                 f"volume {item.target!r} on {self.task.spec.target_host} changed since task "
-                f"{self.task.id} finished ({len(differences)} differences, first "
+                f"{self.task.id} finished ({counted(len(differences), 'difference')}, first "
                 f"{display_path(first.path)}: {first.aspect})", hint=hint)
 
     def cleanup(self, *, every_host: bool = False) -> None:
@@ -493,6 +495,10 @@ class TaskRunner:
                              lambda engine: volumes.remove_task_helpers(engine, self.task.id))
             except DDMError as error:
                 self.warn(f"could not remove helper containers on {host_name}: {error}")
+        try:
+            direct.remove_leftovers(self)
+        except DDMError as error:
+            self.warn(f"could not remove the task's direct-route keys: {error}")
         if self.task.phase is Phase.CLEANUP:
             incremental.discard_backups(self)
 

@@ -9,8 +9,9 @@ import click
 from ddm import api
 from ddm.errors import DDMError, ExitStatus, UsageError
 from ddm.task import Task, TaskState
+from ddm.direct_config import validate_route
 from ddmctl.common import CommandContext, epilog, json_option, raise_on_sigterm
-from ddmctl.commands.planning import show_plan, spec_from_options, with_callback_options
+from ddmctl.commands.planning import route_option, show_plan, spec_from_options, with_callback_options
 from ddmctl.complete import complete_host
 from ddmctl.progress import choose_display, format_bytes
 
@@ -69,6 +70,7 @@ from ddmctl.progress import choose_display, format_bytes
               help="Copy volumes while their containers run and fail on files that changed; "
               "with --stop-writers or --pause, copy such volumes again with the writers stopped.")
 @with_callback_options
+@route_option()
 @click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
 @json_option
@@ -92,6 +94,7 @@ def migrate(
     stop_writers: bool,
     pause: bool,
     live: bool,
+    route: str,
     dry_run: bool,
     yes: bool,
     as_json: bool,
@@ -106,6 +109,8 @@ def migrate(
     """
     config = context.config
     if mode == "full":
+        if route != "relay":
+            raise UsageError("--route direct is for volumes mode", hint="leave out --route in full mode")
         if volumes or force:
             raise UsageError("--volume and --force belong to volumes mode",
                              hint="full mode moves the volumes of the given containers")
@@ -124,6 +129,7 @@ def migrate(
     spec = spec_from_options(context, {
         "source": source, "target": target, "volumes": volumes, "verify": verify,
         "force": force, "on_success": on_success, "on_failure": on_failure, "notify": notify,
+        "route": route,
     })
     spec = dataclasses.replace(spec, options={
         **spec.options,
@@ -131,6 +137,7 @@ def migrate(
         "parallel": parallel,
         **migrate_options(data_path=data_path, stop_writers=stop_writers, pause=pause, live=live),
     })
+    validate_route(config, spec.target_host, spec.options)
 
     if dry_run:
         return show_plan(context, api.plan_task(config, spec), as_json)
@@ -160,7 +167,7 @@ def migrate_full(context: CommandContext, *, dry_run: bool, yes: bool, as_json: 
     """Create and run a full-mode task, or print its plan with --dry-run."""
     spec = api.build_full_spec(context.config, **request)
     if dry_run:
-        return show_full_plan(context, api.plan_full_task(context.config, spec), as_json)
+        return show_plan(context, api.plan_task(context.config, spec), as_json)
 
     selection = (f"project {spec.options['project']}" if spec.options.get("project")
                  else "containers " + ", ".join(spec.options["containers"]))
@@ -170,36 +177,6 @@ def migrate_full(context: CommandContext, *, dry_run: bool, yes: bool, as_json: 
     task = api.create_full_task(context.store, context.config, **request)
     context.info(f"task {task.id} created")
     return run_and_report(context, task.id, as_json, resume=False)
-
-
-def show_full_plan(context: CommandContext, plan: dict, as_json: bool) -> int:
-    if as_json:
-        context.print_json(plan)
-        return int(ExitStatus.OK if plan["ok"] else ExitStatus.FAILED)
-
-    context.echo(f"plan: full from {plan['source_host']} to {plan['target_host']}")
-    for container in plan["containers"]:
-        state = "running" if container["running"] else "stopped"
-        after = f", after {', '.join(container['depends_on'])}" if container["depends_on"] else ""
-        context.echo(f"  container {container['name']}: image {container['image']}, {state}{after}")
-    for image in plan["images"]:
-        action = "present on target" if image["present_on_target"] else "send"
-        context.echo(f"  image {image['id'][:19]} {', '.join(image['tags'])}: "
-                     f"{format_bytes(image['size_bytes'])}, {action}")
-    for volume in plan["volumes"]:
-        action = "recreate only (remote-backed)" if volume["remote"] else "copy"
-        context.echo(f"  volume {volume['name']}: {format_bytes(volume['size_bytes'])}, {action}")
-    for bind in plan["binds"]:
-        context.echo(f"  bind mount {bind['source_path']} -> {bind['target_path']}: copy")
-    for network in plan["networks"]:
-        action = "exists on target" if network["exists_on_target"] else "create"
-        context.echo(f"  network {network['name']} ({network['driver']}, "
-                     f"{', '.join(network['subnets'])}): {action}")
-    for step in plan["steps"]:
-        context.echo(f"  step {step}")
-    for conflict in plan["conflicts"]:
-        context.echo(f"  conflict: {conflict}")
-    return int(ExitStatus.OK if plan["ok"] else ExitStatus.FAILED)
 
 
 def spec_summary(spec) -> str:
