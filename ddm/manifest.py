@@ -1,8 +1,10 @@
 """Per-file manifests of a volume, built from its tar stream, and their comparison.
 
-`ManifestBuilder` reads the tar stream of a volume while DDM copies it, with memory bounded
-by the manifest itself (one entry per path) and not by file sizes. `compare_manifests()`
-lists the differences between the manifests of the source and the target volume.
+`ManifestBuilder` reads the tar stream of a volume while DDM copies it. Its entries go to an
+`EntryTable`, a temporary SQLite database that keeps a few MiB in memory and the rest on
+disk, so memory depends neither on file sizes nor on the number of files.
+`compare_manifests()` lists the differences between the manifests of the source and the
+target volume, reading both in path order side by side.
 
 Check levels:
 
@@ -36,16 +38,25 @@ and size. The other keys appear only when they carry information:
 Byte strings (path, linkname, xattr names and values) and ACL texts are a JSON string when
 they are valid UTF-8, and otherwise an object {"base64": "<standard base64>"}, so any path
 survives the round trip.
+
+A manifest can also be written in parts (`json_header()` and `json_chunks()`): the document
+above with "entries": null and "entry_chunks": N, followed by N JSON arrays of entries in
+path order. The task database stores source manifests this way (ddm.manifest_store).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterable
+import marshal
+import operator
+import sqlite3
+import threading
+from collections.abc import Callable, ItemsView, Iterable, Iterator, Mapping, ValuesView
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,6 +71,7 @@ __all__ = [
     "ENTRY_TYPES",
     "QUICK_ASPECTS",
     "Difference",
+    "EntryTable",
     "Manifest",
     "ManifestBuilder",
     "ManifestEntry",
@@ -157,17 +169,185 @@ class Difference:
         )
 
 
-@dataclass
-class Manifest:
-    """All entries of a volume, with the digest and length of the tar stream they came from."""
+# Every ManifestEntry field but the path, in declaration order. EntryTable stores these values
+# as one marshal record, so a new field needs no change here, as long as its values are
+# None, bool, int, str, bytes, or tuples and dicts of these.
+_RECORD_FIELDS = tuple(item.name for item in dataclasses.fields(ManifestEntry))[1:]
+_record_values = operator.attrgetter(*_RECORD_FIELDS)
 
-    entries: dict[bytes, ManifestEntry] = field(default_factory=dict)
+# Pages of one EntryTable that SQLite keeps in memory before it writes them to its temporary
+# file, in KiB, and the number of added entries held in Python before they go to SQLite.
+TABLE_CACHE_KIB = 4096
+TABLE_BATCH_ENTRIES = 2000
+
+
+class EntryTable(Mapping[bytes, ManifestEntry]):
+    """Manifest entries keyed by path, stored in a private temporary SQLite database.
+
+    SQLite keeps up to TABLE_CACHE_KIB of the database in memory and writes the rest to a
+    temporary file, which it deletes when the table is closed or garbage-collected. So memory
+    stays flat however many entries a volume has. Iteration is in the byte order of the
+    paths, as `sorted()` orders bytes. Adding an entry for a path that is already in the
+    table replaces it. A table may be filled in one thread and read in another, but not
+    both at once.
+    """
+
+    def __init__(self, entries: Iterable[ManifestEntry] = ()) -> None:
+        self._db = sqlite3.connect("", check_same_thread=False, isolation_level=None)
+        self._db.execute(f"PRAGMA cache_size=-{TABLE_CACHE_KIB}")
+        self._db.execute("PRAGMA journal_mode=OFF")
+        self._db.execute("PRAGMA synchronous=OFF")
+        self._db.execute(
+            "CREATE TABLE entries (path BLOB PRIMARY KEY, hardlink INTEGER NOT NULL,"
+            " record BLOB NOT NULL) WITHOUT ROWID"
+        )
+        self._pending: dict[bytes, ManifestEntry] = {}
+        self._count: int | None = 0
+        self._lock = threading.Lock()
+        for entry in entries:
+            self.add(entry)
+
+    def add(self, entry: ManifestEntry) -> None:
+        """Add `entry` under its path, replacing an earlier entry for that path."""
+        self._pending[entry.path] = entry
+        self._count = None
+        if len(self._pending) >= TABLE_BATCH_ENTRIES:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the entries added since the last flush to the database."""
+        with self._lock:
+            if not self._pending:
+                return
+            rows = [
+                (path, entry.type == "hardlink", marshal.dumps(_record_values(entry)))
+                for path, entry in self._pending.items()
+            ]
+            self._pending = {}
+            self._db.execute("BEGIN")
+            self._db.executemany("INSERT OR REPLACE INTO entries VALUES (?, ?, ?)", rows)
+            self._db.execute("COMMIT")
+
+    def close(self) -> None:
+        """Delete the database. The table is unusable afterwards."""
+        self._pending = {}
+        self._db.close()
+
+    def __getitem__(self, path: bytes) -> ManifestEntry:
+        entry = self._pending.get(path)
+        if entry is not None:
+            return entry
+        row = self._db.execute("SELECT record FROM entries WHERE path = ?", (path,)).fetchone()
+        if row is None:
+            raise KeyError(path)
+        return ManifestEntry(path, *marshal.loads(row[0]))
+
+    def __contains__(self, path: object) -> bool:
+        if path in self._pending:
+            return True
+        row = self._db.execute("SELECT 1 FROM entries WHERE path = ?", (path,)).fetchone()
+        return row is not None
+
+    def __len__(self) -> int:
+        if self._count is None:
+            self.flush()
+            self._count = self._db.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
+        return self._count
+
+    def __iter__(self) -> Iterator[bytes]:
+        self.flush()
+        for (path,) in self._db.execute("SELECT path FROM entries ORDER BY path"):
+            yield path
+
+    def __repr__(self) -> str:
+        return f"<EntryTable of {len(self)} entries>"
+
+    def items(self) -> ItemsView[bytes, ManifestEntry]:
+        return _TableItems(self)
+
+    def values(self) -> ValuesView[ManifestEntry]:
+        return _TableValues(self)
+
+    def iter_entries(self, *, hardlinks_only: bool = False) -> Iterator[ManifestEntry]:
+        """Yield the entries in path order, or only the hard links."""
+        self.flush()
+        query = "SELECT path, record FROM entries"
+        if hardlinks_only:
+            query += " WHERE hardlink"
+        for path, record in self._db.execute(query + " ORDER BY path"):
+            yield ManifestEntry(path, *marshal.loads(record))
+
+    def iter_records(self) -> Iterator[tuple[bytes, bytes]]:
+        """Yield (path, record) in path order, where decode() turns a record into an entry.
+
+        Equal records mean equal entries, so a comparison can skip decoding them. Unequal
+        records may still decode to equal entries.
+        """
+        self.flush()
+        yield from self._db.execute("SELECT path, record FROM entries ORDER BY path")
+
+    @staticmethod
+    def decode(path: bytes, record: bytes) -> ManifestEntry:
+        return ManifestEntry(path, *marshal.loads(record))
+
+
+class _TableItems(ItemsView[bytes, ManifestEntry]):
+    _mapping: EntryTable
+
+    def __iter__(self) -> Iterator[tuple[bytes, ManifestEntry]]:
+        for entry in self._mapping.iter_entries():
+            yield entry.path, entry
+
+
+class _TableValues(ValuesView[ManifestEntry]):
+    _mapping: EntryTable
+
+    def __iter__(self) -> Iterator[ManifestEntry]:
+        return self._mapping.iter_entries()
+
+
+@dataclass(eq=False)
+class Manifest:
+    """All entries of a volume, with the digest and length of the tar stream they came from.
+
+    `entries` may be given as a mapping of path to entry or as an EntryTable. It is always
+    an EntryTable afterwards, so a manifest of any size costs about the same memory.
+    """
+
+    entries: EntryTable = field(default_factory=EntryTable)
     stream_digest: str | None = None  # xxh3-128 over every byte fed, trailing bytes included
     bytes_fed: int = 0
     hash_content: bool = True
 
+    def __post_init__(self) -> None:
+        if isinstance(self.entries, EntryTable):
+            return
+        given: Mapping[bytes, ManifestEntry] = self.entries
+        table = EntryTable()
+        for path, entry in given.items():
+            table.add(entry if entry.path == path else dataclasses.replace(entry, path=path))
+        self.entries = table
+
     def __len__(self) -> int:
         return len(self.entries)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Manifest):
+            return NotImplemented
+        if (self.stream_digest, self.bytes_fed, self.hash_content) != (
+            other.stream_digest, other.bytes_fed, other.hash_content
+        ):
+            return False
+        if len(self.entries) != len(other.entries):
+            return False
+        pairs = zip(self.entries.iter_entries(), other.entries.iter_entries(), strict=True)
+        return all(mine == theirs for mine, theirs in pairs)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def close(self) -> None:
+        """Delete the entry table's temporary database."""
+        self.entries.close()
 
     @property
     def total_file_bytes(self) -> int:
@@ -182,49 +362,122 @@ class Manifest:
         return counts
 
     def to_json(self, *, indent: int | None = None) -> str:
-        """Serialize the manifest in the JSON format described in the module documentation."""
-        document = {
+        """Serialize the manifest in the JSON format described in the module documentation.
+
+        The result contains every entry in one string. json_header() and json_chunks() write
+        the same entries in parts of bounded size.
+        """
+        document = self._header_document()
+        document["entries"] = [_entry_to_json(entry) for entry in self.entries.values()]
+        return json.dumps(document, indent=indent, ensure_ascii=False)
+
+    def json_header(self, chunk_count: int) -> str:
+        """Return the document of a manifest stored in parts: to_json() without the entries.
+
+        Its "entries" is null and "entry_chunks" is the number of json_chunks() parts,
+        so a reader that knows only the whole document rejects it instead of reading an
+        empty manifest.
+        """
+        document = self._header_document()
+        document["entries"] = None
+        document["entry_chunks"] = chunk_count
+        return json.dumps(document, ensure_ascii=False)
+
+    def json_chunks(self, entries_per_chunk: int = 1000) -> Iterator[str]:
+        """Yield the entries in path order as JSON arrays of at most `entries_per_chunk`."""
+        chunk: list[dict[str, object]] = []
+        for entry in self.entries.values():
+            chunk.append(_entry_to_json(entry))
+            if len(chunk) >= entries_per_chunk:
+                yield json.dumps(chunk, ensure_ascii=False)
+                chunk = []
+        if chunk:
+            yield json.dumps(chunk, ensure_ascii=False)
+
+    def _header_document(self) -> dict[str, Any]:
+        return {
             "format": FORMAT_NAME,
             "version": FORMAT_VERSION,
             "hash_content": self.hash_content,
             "bytes_fed": self.bytes_fed,
             "stream_digest": self.stream_digest,
-            "entries": [_entry_to_json(self.entries[path]) for path in sorted(self.entries)],
         }
-        return json.dumps(document, indent=indent, ensure_ascii=False)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Manifest:
         """Parse a manifest written by to_json() and raise ManifestError when it is invalid."""
         try:
             document = json.loads(text)
-            return cls._from_document(document)
+            return cls._from_document(document, None)
         except (ValueError, TypeError, KeyError, binascii.Error) as error:
             raise ManifestError(f"invalid manifest JSON: {error}") from error
 
     @classmethod
-    def _from_document(cls, document: Any) -> Manifest:
+    def from_json_chunks(cls, header: str | bytes, chunks: Iterable[str | bytes]) -> Manifest:
+        """Parse a manifest written as json_header() and json_chunks(), or by to_json().
+
+        Raises ManifestError when it is invalid or when parts are missing.
+        """
+        try:
+            document = json.loads(header)
+            return cls._from_document(document, chunks)
+        except (ValueError, TypeError, KeyError, binascii.Error) as error:
+            raise ManifestError(f"invalid manifest JSON: {error}") from error
+
+    @classmethod
+    def _from_document(cls, document: Any, chunks: Iterable[str | bytes] | None) -> Manifest:
         if not isinstance(document, dict) or document.get("format") != FORMAT_NAME:
             raise ValueError(f'"format" is not "{FORMAT_NAME}"')
         if document.get("version") != FORMAT_VERSION:
             raise ValueError(f"unsupported version {document.get('version')!r}")
 
-        entries: dict[bytes, ManifestEntry] = {}
-        for item in document["entries"]:
-            entry = _entry_from_json(item)
-            if entry.path in entries:
-                raise ValueError(f"duplicate path {display_path(entry.path)}")
-            entries[entry.path] = entry
+        table = EntryTable()
+        reader = _EntryReader(table)
+        if document["entries"] is None and chunks is not None:
+            expected = _json_int(document, "entry_chunks")
+            read = 0
+            for chunk in chunks:
+                reader.read_all(json.loads(chunk))
+                read += 1
+            if read != expected:
+                raise ValueError(f"{read} entry chunks found, {expected} expected")
+        else:
+            reader.read_all(document["entries"])
 
         stream_digest = document.get("stream_digest")
         if stream_digest is not None and not isinstance(stream_digest, str):
             raise ValueError('"stream_digest" is not a string')
         return cls(
-            entries=entries,
+            entries=table,
             stream_digest=stream_digest,
             bytes_fed=_json_int(document, "bytes_fed"),
             hash_content=_json_bool(document, "hash_content"),
         )
+
+
+class _EntryReader:
+    """Adds JSON entries to a table and rejects a path that appears twice.
+
+    Entries written by DDM come in path order, so a duplicate is found by comparing each
+    path with the one before. Entries out of order are looked up in the table instead.
+    """
+
+    def __init__(self, table: EntryTable) -> None:
+        self.table = table
+        self.last_path: bytes | None = None
+
+    def read_all(self, items: Any) -> None:
+        if not isinstance(items, list):
+            raise TypeError(f"entries are not a list: {str(items)[:40]!r}")
+        for item in items:
+            entry = _entry_from_json(item)
+            path = entry.path
+            in_order = self.last_path is None or path > self.last_path
+            if not in_order and path in self.table:
+                raise ValueError(f"duplicate path {display_path(path)}")
+            self.table.add(entry)
+            if in_order:
+                self.last_path = path
 
 
 class ManifestBuilder:
@@ -238,17 +491,29 @@ class ManifestBuilder:
     `sha256` also stores the SHA-256 digest of each file's content in ManifestEntry.sha256;
     it needs `hash_content`.
 
+    `member_check`, when given, runs on each archive member as soon as its header is read,
+    before the member is added. ArchiveGuard.check is one: parsing the stream once for both
+    saves the per-member work of a second parser. An exception it raises passes through
+    `feed()` unchanged.
+
     `feed()` raises ManifestError as soon as the stream is invalid. `close()` raises it when
     the stream was truncated, and otherwise returns the manifest.
     """
 
-    def __init__(self, *, hash_content: bool = True, strip_prefix: bytes = b"",
-                 sha256: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        hash_content: bool = True,
+        strip_prefix: bytes = b"",
+        sha256: bool = False,
+        member_check: Callable[[TarEntry], None] | None = None,
+    ) -> None:
         self.hash_content = hash_content
         self.sha256 = sha256 and hash_content
         self._content_sha256: Any = None
         self._prefix = _normalize_path(strip_prefix) if strip_prefix else b"."
-        self._entries: dict[bytes, ManifestEntry] = {}
+        self._member_check = member_check
+        self._entries = EntryTable()
         self._stream_hash = xxhash.xxh3_128()
         self._content_hash: Any = None
         self._current_path = b""
@@ -302,6 +567,8 @@ class ManifestBuilder:
     # Parser callbacks
 
     def _start_entry(self, entry: TarEntry) -> None:
+        if self._member_check is not None:
+            self._member_check(entry)
         self._current_path = self._volume_path(entry.path, entry.offset)
         if self.hash_content and entry.type == "file":
             self._content_hash = xxhash.xxh3_128()
@@ -332,12 +599,12 @@ class ManifestBuilder:
             linked = self._entries.get(linkname)
             sha256 = linked.sha256 if linked is not None else None
 
-        if path in self._entries:
+        if logger.isEnabledFor(logging.DEBUG) and path in self._entries:
             logger.debug(
                 "archive member %s appears again, and the later member replaces it",
                 display_path(path),
             )
-        self._entries[path] = ManifestEntry(
+        self._entries.add(ManifestEntry(
             path=path,
             type=entry.type,
             mode=entry.mode,
@@ -354,7 +621,7 @@ class ManifestBuilder:
             sparse=sparse,
             digest=digest,
             sha256=sha256,
-        )
+        ))
 
     def _hard_link_content(self, path: bytes, target_path: bytes) -> tuple[int, str | None, bool]:
         target = self._entries.get(target_path)
@@ -406,7 +673,7 @@ class _InodeView:
     Two archives of one tree may pick different first members for a hard-link group, and
     GNU tar 1.34 writes no xattrs or ACLs on hard-link members. So every member of a group
     is compared through the group's first member, and the group's path set is compared as
-    the "link" aspect.
+    the "link" aspect. Only hard-link groups are held in memory.
     """
 
     def __init__(self, manifest: Manifest) -> None:
@@ -415,10 +682,9 @@ class _InodeView:
         self.inode_entries: dict[bytes, ManifestEntry] = {}
 
         members: dict[bytes, list[bytes]] = {}
-        for path, entry in self.entries.items():
-            if entry.type == "hardlink":
-                root = self._resolve_root(path)
-                members.setdefault(root, [root]).append(path)
+        for entry in self.entries.iter_entries(hardlinks_only=True):
+            root = self._resolve_root(entry)
+            members.setdefault(root, [root]).append(entry.path)
 
         for root, paths in members.items():
             group = tuple(sorted(paths))
@@ -428,9 +694,9 @@ class _InodeView:
                 if root_entry is not None and root_entry.type != "hardlink":
                     self.inode_entries[path] = root_entry
 
-    def _resolve_root(self, path: bytes) -> bytes:
+    def _resolve_root(self, entry: ManifestEntry) -> bytes:
+        path = entry.path
         seen = {path}
-        entry = self.entries[path]
         while entry.type == "hardlink" and entry.linkname is not None:
             path = entry.linkname
             next_entry = self.entries.get(path)
@@ -440,8 +706,8 @@ class _InodeView:
             entry = next_entry
         return path
 
-    def inode(self, path: bytes) -> ManifestEntry:
-        return self.inode_entries.get(path) or self.entries[path]
+    def inode(self, entry: ManifestEntry) -> ManifestEntry:
+        return self.inode_entries.get(entry.path) or entry
 
 
 def compare_manifests(
@@ -451,7 +717,8 @@ def compare_manifests(
 
     Aspects are the names in ALL_ASPECTS, for example QUICK_ASPECTS or DEEP_ASPECTS.
     Raises ValueError for an unknown aspect, and ManifestError when "content" is requested
-    but a manifest was built without content hashing.
+    but a manifest was built without content hashing. Both manifests are read once, in path
+    order, side by side, so memory grows with the differences and hard links only.
     """
     selected = frozenset(aspects)
     unknown = selected - frozenset(ALL_ASPECTS)
@@ -467,25 +734,59 @@ def compare_manifests(
 
     source_view = _InodeView(source)
     target_view = _InodeView(target)
+    grouped = source_view.groups.keys() | target_view.groups.keys()
+    decode = EntryTable.decode
     differences: list[Difference] = []
-    for path in sorted(source.entries.keys() | target.entries.keys()):
-        source_entry = source.entries.get(path)
-        target_entry = target.entries.get(path)
-        if source_entry is None or target_entry is None:
+    pairs = _merge_by_path(source.entries.iter_records(), target.entries.iter_records())
+    for path, source_record, target_record in pairs:
+        if source_record is None or target_record is None:
             if "presence" in selected:
-                source_type = source_entry.type if source_entry else None
-                target_type = target_entry.type if target_entry else None
+                source_type = decode(path, source_record).type if source_record else None
+                target_type = decode(path, target_record).type if target_record else None
                 differences.append(Difference(path, "presence", source_type, target_type))
             continue
-        differences.extend(_compare_path(path, source_view, target_view, selected))
+        # Equal records are equal entries, which differ in nothing but their hard-link group.
+        if source_record == target_record and path not in grouped:
+            continue
+        source_inode = source_view.inode(decode(path, source_record))
+        target_inode = target_view.inode(decode(path, target_record))
+        differences.extend(
+            _compare_path(path, source_inode, target_inode, source_view, target_view, selected)
+        )
     return differences
 
 
+def _merge_by_path(
+    source: Iterator[tuple[bytes, bytes]], target: Iterator[tuple[bytes, bytes]]
+) -> Iterator[tuple[bytes, bytes | None, bytes | None]]:
+    """Pair the records of two path-ordered streams: (path, source record, target record).
+
+    The side that lacks a path gets None.
+    """
+    end = (None, None)
+    source_path, source_record = next(source, end)
+    target_path, target_record = next(target, end)
+    while source_path is not None or target_path is not None:
+        if target_path is None or (source_path is not None and source_path < target_path):
+            yield source_path, source_record, None
+            source_path, source_record = next(source, end)
+        elif source_path is None or target_path < source_path:
+            yield target_path, None, target_record
+            target_path, target_record = next(target, end)
+        else:
+            yield source_path, source_record, target_record
+            source_path, source_record = next(source, end)
+            target_path, target_record = next(target, end)
+
+
 def _compare_path(
-    path: bytes, source_view: _InodeView, target_view: _InodeView, selected: frozenset[str]
+    path: bytes,
+    source_inode: ManifestEntry,
+    target_inode: ManifestEntry,
+    source_view: _InodeView,
+    target_view: _InodeView,
+    selected: frozenset[str],
 ) -> list[Difference]:
-    source_inode = source_view.inode(path)
-    target_inode = target_view.inode(path)
     differences: list[Difference] = []
 
     skip_type_dependent = False

@@ -11,7 +11,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -69,6 +69,14 @@ CREATE TABLE IF NOT EXISTS locks (
     acquired_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_by_task ON events(task_id, id);
+CREATE TABLE IF NOT EXISTS manifest_chunks (
+    task_id TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    chunk INTEGER NOT NULL,
+    entries TEXT NOT NULL,
+    PRIMARY KEY (task_id, position, chunk),
+    FOREIGN KEY (task_id, position) REFERENCES items(task_id, position) ON DELETE CASCADE
+);
 """
 
 ITEM_COLUMNS = (
@@ -285,6 +293,40 @@ class TaskStore:
             "SELECT manifest FROM items WHERE task_id = ? AND position = ?", (task_id, position)
         ).fetchone()
         return bytes(row["manifest"]) if row and row["manifest"] is not None else None
+
+    def save_manifest_chunks(
+        self, task_id: str, position: int, header: bytes, chunks: Iterable[str]
+    ) -> int:
+        """Store a manifest as a header and entry chunks, one row each; return the chunk count.
+
+        `chunks` is read lazily inside one transaction, so a manifest of any size is never
+        held whole. The header goes where save_manifest() puts a whole manifest, and the
+        chunks of an earlier manifest of the item are replaced.
+        """
+        with self.transaction() as db:
+            db.execute("DELETE FROM manifest_chunks WHERE task_id = ? AND position = ?",
+                       (task_id, position))
+            count = 0
+            for index, text in enumerate(chunks):
+                db.execute(
+                    "INSERT INTO manifest_chunks (task_id, position, chunk, entries)"
+                    " VALUES (?, ?, ?, ?)", (task_id, position, index, text),
+                )
+                count = index + 1
+            db.execute(
+                "UPDATE items SET manifest = ? WHERE task_id = ? AND position = ?",
+                (header, task_id, position),
+            )
+        return count
+
+    def iter_manifest_chunks(self, task_id: str, position: int) -> Iterator[str]:
+        """Yield the entry chunks stored by save_manifest_chunks(), in order."""
+        cursor = self._db.execute(
+            "SELECT entries FROM manifest_chunks WHERE task_id = ? AND position = ? ORDER BY chunk",
+            (task_id, position),
+        )
+        for (text,) in cursor:
+            yield text
 
     # Events
 

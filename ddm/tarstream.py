@@ -87,9 +87,12 @@ class TarStreamError(DDMError):
         self.offset = offset
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TarEntry:
     """One archive member, after its pax and GNU extension headers were applied.
+
+    Not frozen, because a frozen dataclass's __init__ costs several times more per member,
+    and the parser creates one for every member. Callbacks must not change it.
 
     `path` and `linkname` are the raw bytes of the archive, not normalized. `size` is the
     size of the file content: the real size for sparse files, and 0 for types without data.
@@ -769,6 +772,15 @@ def _optional_text(value: bytes | None) -> str | None:
 
 def _parse_number(field: bytes, name: str, offset: int) -> int:
     """Parse a numeric header field: octal digits, or GNU base-256 when the top bit is set."""
+    # Fast path for the usual form, digits filling the field up to one NUL. bytes.isdigit()
+    # accepts ASCII digits only, and int() rejects 8 and 9, which the full parse reports.
+    digits = field[:-1]
+    if field[-1] == 0 and digits.isdigit():
+        try:
+            return int(digits, 8)
+        except ValueError:
+            pass
+
     first = field[0]
     if first < 0x80:
         digits = field.partition(b"\0")[0].strip(b" ")

@@ -45,6 +45,7 @@ from ddm.events import (
     ignore_event,
 )
 from ddm.manifest import Manifest, compare_manifests, display_path
+from ddm.manifest_store import load_task_manifest, save_task_manifest
 from ddm.processes import process_alive
 from ddm.store import TaskStore
 from ddm.task import ItemState, Phase, Task, TaskItem, TaskState, VerifyMode
@@ -376,7 +377,7 @@ class TaskRunner:
         counter.flush()
 
         self._manifests[item.position] = manifest
-        self.store.save_manifest(self.task.id, item.position, manifest.to_json().encode())
+        save_task_manifest(self.store, self.task.id, item.position, manifest)
         self.update_item(item, state=ItemState.COPIED, bytes_done=byte_count,
                          entries=len(manifest.entries), stream_digest=digest)
         self.emit(ItemFinished(self.task.id, position=item.position, state=item.state.value,
@@ -422,11 +423,10 @@ class TaskRunner:
     def _source_manifest(self, item: TaskItem) -> Manifest:
         manifest = self._manifests.get(item.position)
         if manifest is None:
-            stored = self.store.load_manifest(self.task.id, item.position)
-            if stored is None:
+            manifest = load_task_manifest(self.store, self.task.id, item.position)
+            if manifest is None:
                 raise MigrationFailed(f"no source manifest for volume {item.source!r}",
                                       hint="roll the task back and run it again")
-            manifest = Manifest.from_json(stored)
         return manifest
 
     def _remember_created_at(self, target: Any, item: TaskItem) -> None:
@@ -467,12 +467,12 @@ class TaskRunner:
                 f"volume {item.target!r} on {self.task.spec.target_host} was replaced after "
                 f"task {self.task.id} created it", hint=hint)
 
-        stored = self.store.load_manifest(self.task.id, item.position)
+        stored = load_task_manifest(self.store, self.task.id, item.position)
         if stored is None:
             return
         now = volumes.read_manifest(target, item.target, task_id=self.task.id,
                                     hash_content=False)
-        differences = compare_manifests(Manifest.from_json(stored), now, volumes.QUICK_ASPECTS)
+        differences = compare_manifests(stored, now, volumes.QUICK_ASPECTS)
         if differences:
             first = differences[0]
             raise TaskConflict(

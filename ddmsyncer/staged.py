@@ -27,7 +27,7 @@ from typing import Any
 from ddm.errors import MigrationFailed, TargetExists, TransferFailed, VerificationFailed
 from ddm.manifest import Manifest, ManifestBuilder, compare_manifests, display_path
 from ddm.task import ItemState, TaskItem, VerifyMode
-from ddm.archive_guard import ROOT, ArchiveGuard, guard_observer
+from ddm.archive_guard import ROOT, ArchiveGuard
 from ddm.text import counted
 from ddmsyncer import direct, hostverify, volumes, writers
 from ddmsyncer.datapath import DataPath, HostProbes, Route, choose_route, loses, verify_aspects
@@ -176,8 +176,10 @@ class StagedVolumes:
         from ddmdriver.hostpath import relay_host_archive
 
         target_directory = self.runner.target.volume_inspect(staging).mountpoint
-        guard, _ = guard_observer(ArchiveGuard(ROOT, description=f"volume {item.source!r}"))
-        builder = ManifestBuilder(hash_content=hash_content, sha256=sha256)
+        # The builder parses the stream once for the manifest and the guard's checks.
+        guard = ArchiveGuard(ROOT, description=f"volume {item.source!r}")
+        builder = ManifestBuilder(hash_content=hash_content, sha256=sha256,
+                                  member_check=guard.check)
 
         def observe(chunk: memoryview) -> None:
             builder.feed(chunk)
@@ -186,7 +188,7 @@ class StagedVolumes:
         result = relay_host_archive(
             self.runner.source, route.source_access, route.source_directory,
             self.runner.target, route.target_access, target_directory,
-            observers=[guard, observe],
+            observers=[observe],
         )
         for path in result.skipped_sockets:
             self.runner.warn(f"volume {item.source!r}: socket {path} skipped (sockets cannot be "

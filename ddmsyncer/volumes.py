@@ -176,8 +176,11 @@ def copy_volume(
     labels = {TASK_LABEL: task_id}
     source_helper = source.create_helper(item.source, read_only=True, labels=labels)
     target_helper = target.create_helper(item.target, read_only=False, labels=labels)
+    # The builder parses the stream once for the manifest and the guard's checks, so the
+    # relay gets no guard of its own.
+    guard = ArchiveGuard(archive_root(HELPER_MOUNT), description=f"volume {item.source!r}")
     builder = ManifestBuilder(hash_content=hash_content, strip_prefix=ARCHIVE_PREFIX,
-                              sha256=sha256)
+                              sha256=sha256, member_check=guard.check)
 
     def observe(chunk: memoryview) -> None:
         builder.feed(chunk)
@@ -187,7 +190,6 @@ def copy_volume(
     result = relay_archive(
         source, source_helper, HELPER_MOUNT, target, target_helper, "/",
         observers=[observe],
-        guard=ArchiveGuard(archive_root(HELPER_MOUNT), description=f"volume {item.source!r}"),
     )
     manifest = builder.close()
     log.info(
