@@ -133,7 +133,7 @@ def migrate(
     })
 
     if dry_run:
-        return show_plan(context, api.plan_task(config, spec), as_json)
+        return show_plan(context, api.plan_task(config, spec, store=context.store), as_json)
 
     confirm(context, spec_summary(spec), yes=yes, force=force)
     task = api.create_task(
