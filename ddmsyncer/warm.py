@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from ddm.task import TaskItem
@@ -103,25 +104,92 @@ def precopied(runner: Any) -> set[str]:
     return set(_records(runner))
 
 
+@dataclass
+class DeltaCommands:
+    """The host commands of one volume's delta pass, started before the source stops."""
+
+    scans: dict[str, incremental.HostCommand]
+    tar_channels: tuple[Any, Any] | None
+
+    def close(self) -> None:
+        for command in self.scans.values():
+            command.close()
+        for channel in self.tar_channels or ():
+            channel.close()
+
+
+def _delta_mountpoints(runner: Any, name: str) -> tuple[str, str]:
+    record = _records(runner)[name]
+    if record.get("source_mountpoint") and record.get("target_mountpoint"):
+        return record["source_mountpoint"], record["target_mountpoint"]
+    return _mountpoints(runner, name)  # a task started by an older version
+
+
+def start_delta_commands(runner: Any, names: list[str]) -> None:
+    """Start the scans and tar commands of the delta passes, which wait until copy_delta.
+
+    Called right before the source containers stop, so that opening SSH channels and starting
+    python3 and tar on both hosts does not count as downtime. A command that copy_delta does
+    not use ends when its channel is closed.
+    """
+    started = _started_commands(runner)
+    for name in names:
+        if name not in _records(runner) or name in started:
+            continue
+        source_mountpoint, target_mountpoint = _delta_mountpoints(runner, name)
+        mode = f"newer:{_newer_than_ns(_records(runner)[name]['precopy_started_at'])}"
+        commands = DeltaCommands({}, None)
+        started[name] = commands
+        commands.scans["source"] = incremental.HostCommand(
+            runner.source, ["scan", source_mountpoint, mode])
+        commands.scans["target"] = incremental.HostCommand(
+            runner.target, ["scan", target_mountpoint, mode])
+        commands.tar_channels = incremental.open_tar_channels(
+            runner.source, source_mountpoint, runner.target, target_mountpoint, apply=True)
+
+
+def close_delta_commands(runner: Any) -> None:
+    """Close the started commands that no delta pass used (after a failure)."""
+    for commands in _started_commands(runner).values():
+        commands.close()
+    _started_commands(runner).clear()
+
+
+def _started_commands(runner: Any) -> dict[str, DeltaCommands]:
+    if getattr(runner, "_delta_commands", None) is None:
+        runner._delta_commands = {}
+    return runner._delta_commands
+
+
 def copy_delta(runner: Any, name: str) -> None:
     """Update a pre-copied target volume with what changed on the source since the pre-copy."""
+    commands = _started_commands(runner).pop(name, None)
+    try:
+        _copy_delta(runner, name, commands)
+    finally:
+        if commands is not None:
+            commands.close()
+
+
+def _copy_delta(runner: Any, name: str, commands: DeltaCommands | None) -> None:
     record = _records(runner)[name]
-    source_mountpoint = record.get("source_mountpoint")
-    target_mountpoint = record.get("target_mountpoint")
-    if not source_mountpoint or not target_mountpoint:  # a task started by an older version
-        source_mountpoint, target_mountpoint = _mountpoints(runner, name)
+    source_mountpoint, target_mountpoint = _delta_mountpoints(runner, name)
     started = time.monotonic()
     source_scan, target_scan, scan_bytes = incremental.scan_both(
         runner.source, source_mountpoint, runner.target, target_mountpoint,
-        hash_mode=f"newer:{_newer_than_ns(record['precopy_started_at'])}")
+        hash_mode=f"newer:{_newer_than_ns(record['precopy_started_at'])}",
+        commands=commands.scans if commands is not None else None)
     plan = incremental.plan_update(source_scan, target_scan)
     log.info("volume %s: delta scans took %.2f s", name, time.monotonic() - started)
 
     archive_bytes = 0
     if plan.send or plan.delete:
-        archive_bytes, _ = incremental.relay_tar(runner.source, source_mountpoint, runner.target,
-                                                 target_mountpoint, plan.send, lambda count: None,
-                                                 delete=plan.delete)
+        archive_bytes, _ = incremental.relay_tar(
+            runner.source, source_mountpoint, runner.target, target_mountpoint, plan.send,
+            lambda count: None, delete=plan.delete,
+            channels=commands.tar_channels if commands is not None else None)
+        if commands is not None:
+            commands.tar_channels = None  # relay_tar closed them
     result = incremental.UpdateResult(plan, source_scan, target_scan, len(plan.send),
                                       len(plan.delete), archive_bytes, scan_bytes, "",
                                       time.monotonic() - started)
