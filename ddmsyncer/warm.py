@@ -98,6 +98,7 @@ def precopy(runner: Any, volume_names: list[str]) -> None:
         _save_record(runner, name, precopy_bytes=sent)
         runner.record("info", "precopied", f"pre-copied volume {name!r} while its containers "
                       f"run: {sent} bytes")
+        start_delta_commands(runner, [name])
 
 
 def precopied(runner: Any) -> set[str]:
@@ -128,9 +129,11 @@ def _delta_mountpoints(runner: Any, name: str) -> tuple[str, str]:
 def start_delta_commands(runner: Any, names: list[str]) -> None:
     """Start the scans and tar commands of the delta passes, which wait until copy_delta.
 
-    Called right before the source containers stop, so that opening SSH channels and starting
-    python3 and tar on both hosts does not count as downtime. A command that copy_delta does
-    not use ends when its channel is closed.
+    Called after the pre-copy, and again before the source containers stop for a task resumed
+    in another process, so that opening SSH channels and starting python3 and tar on both
+    hosts does not count as downtime. The scans read the volumes only once copy_delta sends
+    them their (empty) stdin. A command that copy_delta does not use ends when its channel is
+    closed.
     """
     started = _started_commands(runner)
     for name in names:
