@@ -26,9 +26,9 @@ SHA-256 hex digest of a regular file's content or null. The last line is a JSON 
 the counts "hashed_files" and "hashed_bytes" and "started_ns", the host's clock when the scan
 started.
 
-Why `stash` moves entries instead of hard-linking the whole tree: a hard link changes the
-ctime of every linked inode, and the controller's hash cache keys on ctime, so a `cp -al`
-backup would make every unchanged file look changed on the next run.
+`stash` moves entries instead of hard-linking the whole tree, because a hard link changes the
+ctime of the linked inode. The controller's hash cache keys on ctime, so after a `cp -al`
+backup every unchanged file would look changed on the next run.
 """
 
 import base64

@@ -81,7 +81,7 @@ class Entry:
     ctime_ns: int = 0
 
     def file_key(self) -> hashcache.FileKey:
-        """The lstat fields that change whenever the file's content changes."""
+        """Return the lstat fields that change whenever the file's content changes."""
         return (self.dev, self.inode, self.size, self.mtime_ns, self.ctime_ns)
 
     def key(self, *, with_mtime: bool = True) -> tuple[Any, ...]:
@@ -319,8 +319,8 @@ def scan_both(source: Any, source_mountpoint: str, target: Any, target_mountpoin
     if cache is not None and hash_mode != "none":
         for name, scope in scopes.items():
             scanned = results[name][0]
-            gone = [path for path in known[name] if path not in scanned]
-            cache.save(scope, _fresh_digests(scanned, known[name]), gone)
+            removed_paths = [path for path in known[name] if path not in scanned]
+            cache.save(scope, _fresh_digests(scanned, known[name]), removed_paths)
     return results["source"][0], results["target"][0], results["source"][1] + results["target"][1]
 
 
@@ -479,9 +479,11 @@ def update_volume(source: Any, source_mountpoint: str, target: Any, target_mount
     can record it for rollback. An update with nothing to send or delete makes no backup.
     """
     started = time.monotonic()
+    hash_mode = "none"
+    if hash_content:
+        hash_mode = "all" if cache is None else "cached"
     source_scan, target_scan, scan_bytes = scan_both(
-        source, source_mountpoint, target, target_mountpoint, cache=cache,
-        hash_mode=("cached" if cache is not None else "all") if hash_content else "none",
+        source, source_mountpoint, target, target_mountpoint, cache=cache, hash_mode=hash_mode,
     )
     plan = plan_update(source_scan, target_scan)
     log.info("incremental update of %s: %d entries to send (%d bytes), %d to delete; "
