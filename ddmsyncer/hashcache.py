@@ -4,7 +4,7 @@ The host scans of incremental migration (ddmsyncer/hostscan.py) hash file conten
 SHA-256. The cache stores each digest in the task database with the file's key: device,
 inode, size, mtime_ns and ctime_ns as the host's lstat reported them when the file was
 hashed. A scan sends the known keys to the host, which hashes only the files whose key differs
-or is unknown; the controller then fills in the cached digest of each file whose reported key
+or is unknown. The controller then fills in the cached digest of each file whose reported key
 equals the cached key. Nothing is written on the hosts.
 
 Why ctime is in the key: a user can set a file's mtime back (touch -d), but not its ctime,
@@ -36,8 +36,8 @@ from ddm.store import TaskStore
 
 log = logging.getLogger(__name__)
 
-# Timestamps of ext4 and XFS come from a coarse clock (one jiffy, at most 10 ms); FAT-like
-# file systems have 2-second mtimes. Two seconds covers both with room to spare.
+# Linux sets file timestamps from a coarse clock that advances once per timer tick (1 to 10 ms,
+# depending on CONFIG_HZ), and FAT keeps mtimes in 2-second steps. Two seconds covers both.
 RACY_MARGIN_NANOSECONDS = 2_000_000_000
 
 FileKey = tuple[int, int, int, int, int]  # dev, inode, size, mtime_ns, ctime_ns
