@@ -157,7 +157,10 @@ def stash(root, dest):
     metadata of the existing directories that the update rewrites. It is written before the
     first move, so `unstash` can undo a stash that stopped part way.
     """
-    request = json.loads(sys.stdin.buffer.read())
+    data = sys.stdin.buffer.read()
+    if not data:
+        return  # started early and closed unused
+    request = json.loads(data)
     send = [base64.b64decode(path) for path in request["send"]]
     delete = [base64.b64decode(path) for path in request["delete"]]
     if os.path.lexists(dest):

@@ -394,11 +394,25 @@ def backup_path(mountpoint: str, task_id: str) -> str:
     return f"{os.path.dirname(mountpoint.rstrip('/'))}/{BACKUP_PREFIX}{task_id}"
 
 
+@dataclass
+class TarChannels:
+    """The source's `tar -c` and the target's unpacking command, started by open_tar_channels."""
+
+    reader: Any
+    writer: Any
+    apply: bool  # the writer is hostscan's `apply`, which reads a deletion listing first
+
+    def close(self) -> None:
+        self.reader.close()
+        self.writer.close()
+
+
 def open_tar_channels(source: Any, source_mountpoint: str, target: Any, target_mountpoint: str,
-                      *, apply: bool) -> tuple[Any, Any]:
+                      *, apply: bool) -> TarChannels:
     """Start the source's `tar -c` and the target's `tar -x` (or hostscan's `apply`).
 
-    Both wait for their stdin, so they can be started before the paths are known.
+    Both wait for their stdin, so they can be started before the paths are known. Closing
+    them unused leaves the target unchanged: `tar -x` and `apply` get no archive.
     """
     reader = source.ssh.open_command([
         "tar", "-C", source_mountpoint, "--format=posix", "--numeric-owner", "--no-recursion",
@@ -411,24 +425,26 @@ def open_tar_channels(source: Any, source_mountpoint: str, target: Any, target_m
     except BaseException:
         reader.close()
         raise
-    return reader, writer
+    return TarChannels(reader, writer, apply)
 
 
 def relay_tar(source: Any, source_mountpoint: str, target: Any, target_mountpoint: str,
               paths: list[bytes], on_chunk: Callable[[int], None],
-              delete: list[bytes] = (), channels: tuple[Any, Any] | None = None
+              delete: list[bytes] = (), channels: TarChannels | None = None
               ) -> tuple[int, str]:
     """Stream `tar` of `paths` from the source to `tar -x` on the target; return (bytes, digest).
 
     With `delete`, one command on the target removes those paths first and then unpacks the
     stream (hostscan's `apply`), which saves the round trip of a separate delete command.
-    `channels` are the two commands from open_tar_channels(apply=True), started earlier.
+    `channels` are the two commands from open_tar_channels, started earlier; `delete` needs
+    channels opened with apply=True.
     """
-    apply = channels is not None or bool(delete)
     if channels is None:
         channels = open_tar_channels(source, source_mountpoint, target, target_mountpoint,
-                                     apply=apply)
-    reader, writer = channels
+                                     apply=bool(delete))
+    if delete and not channels.apply:
+        raise ValueError("deleting paths needs tar channels opened with apply=True")
+    reader, writer, apply = channels.reader, channels.writer, channels.apply
     reader_errors, writer_errors = _drain_stderr(reader), _drain_stderr(writer)
     hasher = xxhash.xxh3_128()
     total = 0
@@ -482,6 +498,25 @@ def update_volume(source: Any, source_mountpoint: str, target: Any, target_mount
     hash_mode = "none"
     if hash_content:
         hash_mode = "all" if cache is None else "cached"
+    # The stash and tar commands wait on stdin; starting them now overlaps their start-up
+    # with the scans. Unused, they are closed and change nothing.
+    backup = backup_path(target_mountpoint, task_id)
+    stash = HostCommand(target, ["stash", target_mountpoint, backup])
+    channels = open_tar_channels(source, source_mountpoint, target, target_mountpoint,
+                                 apply=False)
+    try:
+        return _update(source, source_mountpoint, target, target_mountpoint, hash_mode=hash_mode,
+                       cache=cache, on_chunk=on_chunk, on_backup=on_backup, backup=backup,
+                       stash=stash, channels=channels, started=started)
+    finally:
+        stash.close()
+        channels.close()
+
+
+def _update(source: Any, source_mountpoint: str, target: Any, target_mountpoint: str, *,
+            hash_mode: str, cache: HashCache | None, on_chunk: Callable[[int], None],
+            on_backup: Callable[[str, bool], None], backup: str, stash: HostCommand,
+            channels: TarChannels, started: float) -> UpdateResult:
     source_scan, target_scan, scan_bytes = scan_both(
         source, source_mountpoint, target, target_mountpoint, cache=cache, hash_mode=hash_mode,
     )
@@ -492,15 +527,14 @@ def update_volume(source: Any, source_mountpoint: str, target: Any, target_mount
              target_scan.hashed_files)
 
     if plan.send or plan.delete:
-        backup = backup_path(target_mountpoint, task_id)
         on_backup(backup, False)
-        _run_host(target, ["stash", target_mountpoint, backup], stash_input(plan))
+        stash.finish(stash_input(plan))
         on_backup(backup, True)
 
     archive_bytes, digest = 0, xxhash.xxh3_128().hexdigest()
     if plan.send:
         archive_bytes, digest = relay_tar(source, source_mountpoint, target, target_mountpoint,
-                                          plan.send, on_chunk)
+                                          plan.send, on_chunk, channels=channels)
     return UpdateResult(plan, source_scan, target_scan, len(plan.send), len(plan.delete),
                         archive_bytes, scan_bytes, digest, time.monotonic() - started)
 

@@ -110,13 +110,13 @@ class DeltaCommands:
     """The host commands of one volume's delta pass, started before the source stops."""
 
     scans: dict[str, incremental.HostCommand]
-    tar_channels: tuple[Any, Any] | None
+    tar_channels: incremental.TarChannels | None
 
     def close(self) -> None:
         for command in self.scans.values():
             command.close()
-        for channel in self.tar_channels or ():
-            channel.close()
+        if self.tar_channels is not None:
+            self.tar_channels.close()
 
 
 def _delta_mountpoints(runner: Any, name: str) -> tuple[str, str]:

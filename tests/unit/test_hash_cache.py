@@ -45,6 +45,8 @@ class LocalChannel:
         return self.process.wait()
 
     def close(self) -> None:
+        if not self.process.stdin.closed:
+            self.process.stdin.close()  # as the SSH server does when a channel closes
         self.process.wait()
 
 
@@ -245,3 +247,33 @@ def test_apply_deletes_then_unpacks(tmp_path: Path):
     assert (target_root / "a.txt").read_bytes() == b"new alpha\n"
     assert not (target_root / "old").exists()
     assert sum(chunks) > 0
+
+
+def test_update_volume_local_round_trip(tmp_path: Path, store: TaskStore):
+    """update_volume with the stash and tar commands started early; then a no-op update."""
+    source_root, target_root = tmp_path / "source" / "_data", tmp_path / "target" / "_data"
+    write_tree(source_root, {**FILES, "new.txt": b"new\n"})
+    write_tree(target_root, {**FILES, "dir/b.bin": b"old" * 10, "gone.txt": b"gone\n"})
+    source, target = LocalEngine("h1"), LocalEngine("h2")
+    backups: list[tuple[str, bool]] = []
+
+    def update() -> incremental.UpdateResult:
+        return incremental.update_volume(
+            source, str(source_root), target, str(target_root), task_id="t", hash_content=True,
+            on_chunk=lambda count: None,
+            on_backup=lambda path, complete: backups.append((path, complete)),
+            cache=HashCache(store))
+
+    first = update()
+    assert first.deleted_entries == 1
+    assert (target_root / "dir" / "b.bin").read_bytes() == b"b" * 4096
+    assert (target_root / "new.txt").read_bytes() == b"new\n"
+    assert not (target_root / "gone.txt").exists()
+    assert [complete for _, complete in backups] == [False, True]
+    incremental.discard_backup(target, backups[-1][0])
+
+    second = update()
+    assert second.sent_entries == 0
+    assert second.deleted_entries == 0
+    assert len(backups) == 2  # no backup for an update that changes nothing
+    assert not os.path.exists(backups[-1][0])
