@@ -23,6 +23,7 @@ from typing import Any
 
 from ddm.callbacks import Callbacks, run_task_callbacks, task_summary
 from ddm.config import Config, load_config
+from ddm.direct_config import validate_route
 from ddm.errors import TaskConflict, UsageError
 from ddm.events import EventCallback, ignore_event
 from ddm.store import TaskStore, default_store_path
@@ -116,6 +117,7 @@ def build_spec(
     except ValueError:
         raise UsageError(f"invalid verify mode {verify!r}", hint="use none, quick or full") from None
 
+    validate_route(config, target, options or {})
     callbacks = Callbacks.build(on_success=on_success, on_failure=on_failure, notify=notify,
                                 defaults=config.defaults)
     return TaskSpec(

@@ -39,9 +39,10 @@ from ddm.events import ItemFinished, ItemStarted, Progress
 from ddm.manifest import Manifest, ManifestBuilder
 from ddm.task import TaskItem, TaskState, VerifyMode
 from ddmdriver import containers as driver
+from ddmdriver import imagelayers
 from ddmdriver import images as image_driver
 from ddmdriver.engine import HELPER_IMAGE, HELPER_MOUNT
-from ddmsyncer import volumes, warm
+from ddmsyncer import rerun, volumes, warm
 from ddmsyncer.fullplan import FullPlan, build_full_plan
 from ddmsyncer.runner import PROGRESS_EVENT_SECONDS, PROGRESS_STORE_SECONDS, TaskRunner
 
@@ -109,6 +110,8 @@ class FullTaskRunner(TaskRunner):
         self._warm_updates: dict[str, Any] = {}
         self._positions = 0
         with self.phase(Phase.PREPARE):
+            if self._already_migrated():
+                return
             self.prepare_full()
         with self.phase(Phase.COPY):
             self.copy_full()
@@ -127,7 +130,9 @@ class FullTaskRunner(TaskRunner):
             self.task.id, plan=self.plan.to_dict(),
             source_containers=[container.name for container in self.plan.containers],
             source_running=[c.name for c in self.plan.containers if c.running],
-            created={key: [] for key in CREATED_KINDS}, image_bytes_sent=0, transfers=[],
+            source_container_ids={c.name: c.id for c in self.plan.containers},
+            created={key: [] for key in CREATED_KINDS}, image_bytes_sent=0, images={},
+            transfers=[],
             volume_bytes_sent=0, source_stopped_at=None, downtime_seconds=None, warm={},
         )
         self._remember_helper_images()
@@ -149,6 +154,26 @@ class FullTaskRunner(TaskRunner):
         self.record("info", "planned", f"{len(self.plan.containers)} containers, "
                     f"{len(self.plan.images)} images, {len(self.plan.volumes)} volumes, "
                     f"{len(self.plan.binds)} bind mounts, {len(self.plan.networks)} networks")
+
+    def _already_migrated(self) -> bool:
+        """Finish a re-run of a succeeded migration without sending anything; see ddmsyncer.rerun."""
+        self.source.ping()
+        self.target.ping()
+        record = rerun.find_finished_full(self)
+        if record is None:
+            return False
+
+        names = [entry["name"] for entry in record["target_containers"]]
+        self.store.set_extra(
+            self.task.id, **{rerun.EXTRA_KEY: record},
+            created={key: [] for key in CREATED_KINDS}, image_bytes_sent=0, images={},
+            volume_bytes_sent=0, layer_bytes_sent=0, downtime_seconds=None,
+        )
+        self.record("info", "already_migrated",
+                    f"containers {', '.join(names)} already run on {self.task.spec.target_host}, "
+                    f"migrated by task {record['task']}; nothing sent",
+                    earlier_task=record["task"])
+        return True
 
     def _remember_helper_images(self) -> None:
         """Record on which hosts this task will import DDM's helper image, so rollback removes it."""
@@ -256,6 +281,7 @@ class FullTaskRunner(TaskRunner):
             for tag in image.missing_tags:
                 self.remember_created("tags", tag)
                 image_driver.image_tag(target, image.id, tag)
+            self._record_image(image, 0)
             self.record("info", "image", f"image {image.id[:19]} already on "
                         f"{self.task.spec.target_host}; not sent")
             return
@@ -263,11 +289,41 @@ class FullTaskRunner(TaskRunner):
         self.remember_created("images", image.id)
         names = image.tags or [image.id]
         progress = TransferProgress(self, "image", names[0], image.size_bytes or None)
-        sent = image_driver.relay_image(self.source, target, names, on_chunk=progress.add)
-        progress.finish(sent)
+        layer_filter = self._layer_filter(image.id)
+        read = image_driver.relay_image(self.source, target, names, on_chunk=progress.add,
+                                        transform=layer_filter.filter)
+        sent = layer_filter.sent_bytes
+        progress.finish(read)
+        self._target_chains.update(layer_filter.chains)
         self.add_sent_bytes("image", sent)
+        self._record_image(image, sent, read_bytes=read,
+                           skipped_layers=len(layer_filter.skipped_layers))
+        skipped = (f", {len(layer_filter.skipped_layers)} layers the target has left out"
+                   if layer_filter.skipped_layers else "")
         self.record("info", "image", f"sent image {image.id[:19]} ({', '.join(names)}): "
-                    f"{sent} bytes")
+                    f"{sent} bytes{skipped}")
+
+    def _layer_filter(self, image_id: str) -> imagelayers.LayerFilter:
+        """Return a filter that leaves out the image's layers that the target already has."""
+        if not hasattr(self, "_target_chains"):
+            try:
+                self._target_chains = imagelayers.target_chain_ids(self.target)
+            except DDMError as error:
+                self.warn(f"could not list the images of {self.task.spec.target_host}; "
+                          f"sending whole images: {error}")
+                self._target_chains = set()
+        inspect = image_driver.image_inspect(self.source, image_id) or {}
+        diff_ids = (inspect.get("RootFS") or {}).get("Layers") or []
+        return imagelayers.LayerFilter(imagelayers.chain_ids(diff_ids), self._target_chains)
+
+    def _record_image(self, image: Any, sent: int, *, read_bytes: int = 0,
+                      skipped_layers: int = 0) -> None:
+        """Store the bytes sent for one image under "images" in the task's extra state."""
+        images = self.extra().get("images") or {}
+        images[image.id] = {"tags": list(image.tags), "bytes_sent": sent,
+                            "bytes_read": read_bytes, "layers_left_out": skipped_layers,
+                            "present_on_target": bool(image.present_on_target)}
+        self.store.set_extra(self.task.id, images=images)
 
     def _volumes_to_copy(self, *, running: bool) -> list[Any]:
         """Return the volumes to copy now: those of running containers only after the stop."""

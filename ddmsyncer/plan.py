@@ -17,7 +17,7 @@ from ddm.config import Config
 from ddm.errors import DDMError
 from ddm.store import TaskStore
 from ddm.task import Mode, TaskItem, TaskSpec, VerifyMode
-from ddmsyncer import datapath, incremental, volumes, writers
+from ddmsyncer import datapath, direct, incremental, volumes, writers
 from ddmsyncer.datapath import HostProbes
 from ddmsyncer.linkprobe import LinkRate, measure_link
 
@@ -166,6 +166,8 @@ def _plan_data_path(source: Any, target: Any, item: TaskItem, spec: TaskSpec, pr
     try:
         route = datapath.choose_route(source, target, source.volume_inspect(item.source),
                                       spec.options.get("data_path", "auto"), probes)
+        if spec.options.get("route") == "direct":
+            direct.check_route(item, route)
     except DDMError as error:
         conflicts.append(_conflict(entry, error))
         return
@@ -181,6 +183,8 @@ def _plan_data_path(source: Any, target: Any, item: TaskItem, spec: TaskSpec, pr
                   else list(datapath.verify_aspects(route.data_path, deep=deep))),
         not_verified=list(datapath.not_checked(route.data_path, deep=True)),
     )
+    if spec.options.get("route") == "direct":
+        entry.update(route="direct", **direct.plan_aspects(spec.verify))
 
     found = writers.running_writers(source, item.source)
     entry["running_writers"] = [writer.name for writer in found]

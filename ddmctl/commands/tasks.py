@@ -89,6 +89,8 @@ def status(context: CommandContext, task_id: str, show_events: bool, watch: bool
         if task.spec.mode.value == "full":
             data["full"] = store.get_extra(task.id)
             data["downtime_seconds"] = data["full"].get("downtime_seconds")
+            data["image_bytes_sent"] = data["full"].get("image_bytes_sent")
+        data["already_migrated"] = store.get_extra(task.id).get("already_migrated")
         context.print_json(data)
         return int(ExitStatus.OK)
 
@@ -114,6 +116,8 @@ def status(context: CommandContext, task_id: str, show_events: bool, watch: bool
                      f"{format_bytes(transfer['bytes_total'])}")
     if extra.get("downtime_seconds") is not None:
         context.echo(f"downtime  {extra['downtime_seconds']:.2f} s")
+    if extra.get("image_bytes_sent") is not None:
+        context.echo(f"images    {format_bytes(extra['image_bytes_sent'])} sent")
     for event in events:
         context.echo(f"{format_time(event['at'])}  {event['level']:<7}  {event['message']}")
     return int(ExitStatus.OK)
