@@ -290,17 +290,20 @@ def cancel_task(store: TaskStore, task_id: str) -> Task:
     return store.get_task(task.id)
 
 
-def plan_task(config: Config, spec: TaskSpec, *, probe_bytes: int | None = None) -> dict[str, Any]:
+def plan_task(config: Config, spec: TaskSpec, *, probe_bytes: int | None = None,
+              store: TaskStore | None = None) -> dict[str, Any]:
     """Run the prepare checks without changing anything and return the plan document.
 
     The document (described in docs/json-schemas.md) lists every object, its size, data path
     and preserved aspects, every conflict, the ordered steps and a duration estimate from a
-    link speed measured with `probe_bytes` of /dev/zero read and written over SSH.
+    link speed measured with `probe_bytes` of /dev/zero read and written over SSH. With
+    `store` and the option "incremental", volumes that the real run would update
+    incrementally are planned as such.
     """
     from ddmsyncer.plan import DEFAULT_PROBE_BYTES, build_plan
 
     return build_plan(config, spec, probe_bytes=DEFAULT_PROBE_BYTES if probe_bytes is None
-                      else probe_bytes)
+                      else probe_bytes, store=store)
 
 
 def verify_volumes(config: Config, source: str, target: str, volumes: Iterable[str], *,

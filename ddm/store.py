@@ -77,6 +77,14 @@ CREATE TABLE IF NOT EXISTS manifest_chunks (
     PRIMARY KEY (task_id, position, chunk),
     FOREIGN KEY (task_id, position) REFERENCES items(task_id, position) ON DELETE CASCADE
 );
+CREATE TABLE IF NOT EXISTS file_hashes (
+    scope TEXT NOT NULL,
+    path BLOB NOT NULL,
+    file_key TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    checksum TEXT NOT NULL,
+    PRIMARY KEY (scope, path)
+);
 """
 
 ITEM_COLUMNS = (
@@ -347,6 +355,26 @@ class TaskStore:
             {**dict(row), "data": json.loads(row["data"]) if row["data"] else None}
             for row in rows
         ]
+
+    # File hashes (the controller's cache of host-side content hashes, see ddmsyncer.hashcache)
+
+    def load_file_hashes(self, scope: str) -> list[tuple[bytes, str, str, str]]:
+        """Return the (path, file_key, digest, checksum) rows stored for a scope."""
+        rows = self._db.execute(
+            "SELECT path, file_key, digest, checksum FROM file_hashes WHERE scope = ?", (scope,)
+        ).fetchall()
+        return [(bytes(row["path"]), row["file_key"], row["digest"], row["checksum"])
+                for row in rows]
+
+    def save_file_hashes(self, scope: str, rows: list[tuple[bytes, str, str, str]],
+                         removed: list[bytes]) -> None:
+        """Insert or replace (path, file_key, digest, checksum) rows and delete removed paths."""
+        with self.transaction() as db:
+            db.executemany("DELETE FROM file_hashes WHERE scope = ? AND path = ?",
+                           [(scope, path) for path in removed])
+            db.executemany(
+                "INSERT OR REPLACE INTO file_hashes (scope, path, file_key, digest, checksum) "
+                "VALUES (?, ?, ?, ?, ?)", [(scope, *row) for row in rows])
 
     # Locks
 

@@ -209,6 +209,15 @@ class FullTaskRunner(TaskRunner):
         warm.precopy(self, [volume.name for volume in self._volumes_to_copy(running=True)])
 
     def migrate_full(self) -> None:
+        if warm.is_warm(self):
+            warm.start_delta_commands(self, [volume.name for volume in
+                                             self._volumes_to_copy(running=True)])
+        try:
+            self._stop_and_move()
+        finally:
+            warm.close_delta_commands(self)
+
+    def _stop_and_move(self) -> None:
         for container in reversed(self.plan.containers):
             if container.running:
                 self.check_control(force=True)

@@ -3,16 +3,32 @@
 DDM sends this file's source to the host with the command (see ddmsyncer.incremental), so it
 uses only the standard library and Python 3.7 features. It works on a volume's mountpoint:
 
-    scan ROOT HASH      one JSON line per entry below ROOT; HASH is "all", "none" or "list"
-                        (hash the NUL-separated paths read from stdin)
+    scan ROOT HASH      one JSON line per entry below ROOT; HASH is "all", "none", "list"
+                        (hash the NUL-separated paths read from stdin), "cached" (hash the
+                        files whose key is not among the known keys read from stdin, one
+                        "PATH DEV INODE SIZE MTIME_NS CTIME_NS" line each, PATH in base64) or
+                        "newer:NS" (hash the files whose mtime is at least NS nanoseconds)
     delete ROOT         remove the NUL-separated relative paths read from stdin
-    backup ROOT DEST    hard-link copy of ROOT at DEST (`cp -al`, so it costs no data blocks)
+    apply ROOT          read an 8-byte big-endian length and that many bytes of NUL-separated
+                        relative paths from stdin, remove them, then unpack the rest of stdin
+                        with `tar -x` into ROOT
+    stash ROOT DEST     before an update: move the entries it replaces or deletes into DEST and
+                        record the directories it changes; stdin is {"send": [...], "delete":
+                        [...]} with base64 paths
+    unstash ROOT DEST   undo an update prepared by `stash`, also after a partial stash
+    backup ROOT DEST    hard-link copy of ROOT at DEST (`cp -al`); backups of earlier versions
     restore ROOT DEST   replace ROOT by DEST, undoing every change made since `backup`
     discard DEST        remove DEST
 
-Each scan line is [path, type, mode, uid, gid, size, mtime_ns, link, rdev, inode, nlink, hash]
-with path and link in base64 of the raw bytes, "." for ROOT itself, and the SHA-256 hex digest
-of a regular file's content or null.
+Each scan line is [path, type, mode, uid, gid, size, mtime_ns, link, rdev, inode, nlink, hash,
+dev, ctime_ns] with path and link in base64 of the raw bytes, "." for ROOT itself, and the
+SHA-256 hex digest of a regular file's content or null. The last line is a JSON object with
+the counts "hashed_files" and "hashed_bytes" and "started_ns", the host's clock when the scan
+started.
+
+`stash` moves entries instead of hard-linking the whole tree, because a hard link changes the
+ctime of the linked inode. The controller's hash cache keys on ctime, so after a `cp -al`
+backup every unchanged file would look changed on the next run.
 """
 
 import base64
@@ -23,6 +39,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import time
 
 BLOCK = 1024 * 1024
 TYPES = (
@@ -68,29 +85,173 @@ def read_paths():
     return [path for path in data.split(b"\0") if path]
 
 
+def read_known_keys():
+    known = {}
+    for line in sys.stdin.buffer.read().splitlines():
+        fields = line.split()
+        if len(fields) == 6:
+            known[base64.b64decode(fields[0])] = tuple(int(value) for value in fields[1:])
+    return known
+
+
+def file_key(info):
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+
+def hash_test(hash_mode):
+    """Return a function (relative path, lstat result) -> whether to hash the file."""
+    if hash_mode == b"all":
+        return lambda relative, info: True
+    if hash_mode == b"list":
+        wanted = set(read_paths())
+        return lambda relative, info: relative in wanted
+    if hash_mode == b"cached":
+        known = read_known_keys()
+        return lambda relative, info: known.get(relative) != file_key(info)
+    sys.stdin.buffer.read()  # a command started early waits here until the caller is ready
+    if hash_mode.startswith(b"newer:"):
+        newer_than_ns = int(hash_mode[len(b"newer:"):])
+        return lambda relative, info: info.st_mtime_ns >= newer_than_ns
+    return lambda relative, info: False
+
+
 def scan(root, hash_mode):
-    wanted = set(read_paths()) if hash_mode == b"list" else None
+    should_hash = hash_test(hash_mode)
+    started_ns = time.time_ns()
+    hashed_files = hashed_bytes = 0
     out = sys.stdout
     for relative, path in walk(root):
         info = os.lstat(path)
         kind = entry_type(info.st_mode)
         link = encode(os.readlink(path)) if kind == "symlink" else None
         digest = None
-        if kind == "file" and (hash_mode == b"all" or (wanted is not None and relative in wanted)):
+        if kind == "file" and should_hash(relative, info):
             digest = file_digest(path)
+            hashed_files += 1
+            hashed_bytes += info.st_size
         record = [encode(relative), kind, stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid,
                   info.st_size if kind == "file" else 0, info.st_mtime_ns, link,
-                  info.st_rdev if kind in ("char", "block") else 0, info.st_ino, info.st_nlink, digest]
+                  info.st_rdev if kind in ("char", "block") else 0, info.st_ino, info.st_nlink, digest,
+                  info.st_dev, info.st_ctime_ns]
         out.write(json.dumps(record) + "\n")
+    out.write(json.dumps({"hashed_files": hashed_files, "hashed_bytes": hashed_bytes,
+                          "started_ns": started_ns}) + "\n")
 
 
-def delete(root):
-    for relative in read_paths():
+def parents_first(paths):
+    """Sort relative paths so that parents come before their children."""
+    return sorted(paths, key=lambda path: path.split(b"/"))
+
+
+def remove_entry(path):
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        os.unlink(path)
+
+
+def stash(root, dest):
+    """Move what an update replaces or deletes out of ROOT into DEST, after writing a journal.
+
+    The journal lists the moved entries, the sent paths that do not exist yet ("new") and the
+    metadata of the existing directories that the update rewrites. It is written before the
+    first move, so `unstash` can undo a stash that stopped part way.
+    """
+    data = sys.stdin.buffer.read()
+    if not data:
+        return  # started early and closed unused
+    request = json.loads(data)
+    send = [base64.b64decode(path) for path in request["send"]]
+    delete = [base64.b64decode(path) for path in request["delete"]]
+    if os.path.lexists(dest):
+        sys.exit("backup directory " + os.fsdecode(dest) + " exists already")
+
+    moved, new, directories = [], [], []
+    for relative in parents_first(delete):
+        if os.path.lexists(os.path.join(root, relative)):
+            moved.append(relative)
+    moved_set = set(moved)
+    for relative in parents_first(send):
+        if relative in moved_set or any(relative.startswith(done + b"/") for done in moved_set):
+            continue  # restored with the moved entry
+        path = os.path.join(root, relative) if relative != b"." else root
+        if not os.path.lexists(path):
+            new.append(relative)
+        elif os.path.isdir(path) and not os.path.islink(path):
+            info = os.lstat(path)
+            directories.append([encode(relative), stat.S_IMODE(info.st_mode), info.st_uid,
+                                info.st_gid, info.st_atime_ns, info.st_mtime_ns])
+        else:
+            moved.append(relative)
+            moved_set.add(relative)
+
+    os.mkdir(dest, 0o700)
+    os.mkdir(os.path.join(dest, b"data"), 0o700)
+    journal = {"moved": [encode(path) for path in moved], "new": [encode(path) for path in new],
+               "directories": directories}
+    with open(os.path.join(dest, b"journal.json"), "w") as handle:
+        json.dump(journal, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    for relative in moved:
+        stashed = os.path.join(dest, b"data", relative)
+        os.makedirs(os.path.dirname(stashed), exist_ok=True)
+        os.rename(os.path.join(root, relative), stashed)
+
+
+def unstash(root, dest):
+    """Undo an update: remove new entries, move stashed ones back, reset directory metadata."""
+    journal_path = os.path.join(dest, b"journal.json")
+    if not os.path.exists(journal_path):
+        if os.path.lexists(dest):
+            shutil.rmtree(dest)  # stopped before the journal, so nothing was moved
+        return
+    with open(journal_path) as handle:
+        journal = json.load(handle)
+
+    for relative in reversed(parents_first(base64.b64decode(path) for path in journal["new"])):
+        remove_entry(os.path.join(root, relative))
+    for relative in parents_first(base64.b64decode(path) for path in journal["moved"]):
+        stashed = os.path.join(dest, b"data", relative)
+        if os.path.lexists(stashed):  # otherwise it was never moved, or is back already
+            remove_entry(os.path.join(root, relative))
+            os.rename(stashed, os.path.join(root, relative))
+    directories = [[base64.b64decode(values[0])] + values[1:] for values in journal["directories"]]
+    # Only adding or removing names changes a directory's mtime, so the order does not matter here.
+    for relative, mode, uid, gid, atime_ns, mtime_ns in directories:
+        path = os.path.join(root, relative) if relative != b"." else root
+        os.chown(path, uid, gid, follow_symlinks=False)
+        os.chmod(path, mode)
+        os.utime(path, ns=(atime_ns, mtime_ns), follow_symlinks=False)
+    shutil.rmtree(dest)
+
+
+def delete(root, paths=None):
+    for relative in read_paths() if paths is None else paths:
         path = os.path.join(root, relative)
         if os.path.isdir(path) and not os.path.islink(path):
             shutil.rmtree(path)
         elif os.path.lexists(path):
             os.unlink(path)
+
+
+def read_exactly(count):
+    """Read `count` bytes from fd 0 without buffering, so that tar gets the rest of stdin."""
+    parts = []
+    while count:
+        part = os.read(0, count)
+        if not part:
+            sys.exit("stdin ended before the listing of paths to delete")
+        parts.append(part)
+        count -= len(part)
+    return b"".join(parts)
+
+
+def apply(root):
+    length = int.from_bytes(read_exactly(8), "big")
+    delete(root, [path for path in read_exactly(length).split(b"\0") if path])
+    sys.stdout.flush()
+    os.execvp("tar", ["tar", "-C", root, "--numeric-owner", "--same-owner", "-p", "-xf", "-"])
 
 
 def main():
@@ -100,6 +261,12 @@ def main():
         scan(arguments[0], arguments[1])
     elif command == "delete":
         delete(arguments[0])
+    elif command == "apply":
+        apply(arguments[0])
+    elif command == "stash":
+        stash(arguments[0], arguments[1])
+    elif command == "unstash":
+        unstash(arguments[0], arguments[1])
     elif command == "backup":
         if os.path.lexists(arguments[1]):
             shutil.rmtree(arguments[1])

@@ -7,19 +7,22 @@ data and the usual rules apply (refused, or replaced with --force).
 
 How is the update decided? Both hosts scan their mountpoint (ddmsyncer/hostscan.py over SSH):
 type, mode, owner, size, mtime, link target and, unless verify is none, the SHA-256 of every
-regular file. A source entry is sent when the target lacks it or differs in any of these; a
+regular file. A file whose device, inode, size, mtime and ctime equal those of an earlier scan
+is not hashed again: its digest comes from the controller's cache (ddmsyncer/hashcache.py). A source entry is sent when the target lacks it or differs in any of these; a
 target entry that the source lacks is deleted. mtime is compared in whole seconds, because
 Docker's archive API, which made the first copy, truncates mtimes to seconds. Only the sent
 entries cross the wire, as a tar stream from `tar` on the source to `tar` on the target,
 relayed and hashed by the controller. Verification compares fresh scans of both sides; see
 verify_update for which files it hashes again.
 
-How does a failure leave the target as it was? Before any change, the target's volume
-directory is copied with hard links (`cp -al`) to a backup beside the mountpoint. GNU tar
-unlinks a file before it writes its new content, and deletions only remove names, so no change
-reaches a backed-up inode. Rollback (a failed phase, Ctrl-C, `ddmctl rollback` of an
-unfinished task, a resumed task) replaces the mountpoint with the backup; the cleanup phase of a
-task that verified removes the backup. A succeeded incremental task cannot be rolled back.
+How does a failure leave the target as it was? Before any change, the entries the update
+replaces or deletes are moved (renamed) into a backup directory beside the mountpoint, after a
+journal that also lists the sent paths that do not exist yet and the metadata of the
+directories the update rewrites (`stash` in hostscan.py). Unchanged files stay untouched, so
+their ctime, and with it their cached hash, stays valid. Rollback (a failed phase, Ctrl-C,
+`ddmctl rollback` of an unfinished task, a resumed task) removes the new entries, moves the
+stashed ones back and resets the directories' metadata (`unstash`). The cleanup phase of a task
+that verified removes the backup. A succeeded incremental task cannot be rolled back.
 
 Requirements: both hosts are ssh:// hosts where the login user can read (source) and write
 (target) the volume's mountpoint, with python3 and GNU tar; volumes use the local driver.
@@ -43,6 +46,8 @@ import xxhash
 from ddm.errors import MigrationFailed, TransferFailed, VerificationFailed
 from ddm.store import TaskStore
 from ddm.task import ItemState, TaskItem, TaskState, VerifyMode
+from ddmsyncer import hashcache
+from ddmsyncer.hashcache import CachedHash, HashCache
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +57,8 @@ BACKUP_PREFIX = "ddm-backup-"
 RELAY_CHUNK = 1024 * 1024
 MAX_REPORTED_DIFFERENCES = 20
 EXTRA_KEY = "incremental"
+# Backups made by `stash`; records without this format are `cp -al` copies of older versions.
+STASH_FORMAT = "stash"
 
 
 @dataclass(frozen=True)
@@ -70,6 +77,12 @@ class Entry:
     inode: int
     nlink: int
     digest: str | None
+    dev: int = 0
+    ctime_ns: int = 0
+
+    def file_key(self) -> hashcache.FileKey:
+        """Return the lstat fields that change whenever the file's content changes."""
+        return (self.dev, self.inode, self.size, self.mtime_ns, self.ctime_ns)
 
     def key(self, *, with_mtime: bool = True) -> tuple[Any, ...]:
         """The aspects compared between source and target."""
@@ -78,7 +91,13 @@ class Entry:
                 self.digest)
 
 
-Scan = dict[bytes, Entry]
+class Scan(dict[bytes, Entry]):
+    """Entries of a host-side scan by path, with the scan's hashing counts."""
+
+    hashed_files: int = 0  # files the host hashed in this scan
+    hashed_bytes: int = 0
+    cache_hits: int = 0  # files whose digest came from the controller's cache
+    started_ns: int = 0  # the host's clock when the scan started
 
 
 @dataclass
@@ -134,32 +153,49 @@ def _host_argv(*arguments: str) -> list[str]:
     return ["python3", "-c", LOADER, HOST_SCRIPT, *arguments]
 
 
-def _run_host(engine: Any, arguments: list[str], stdin: bytes = b"",
-              on_stdout: Callable[[bytes], None] | None = None) -> bytes:
-    """Run hostscan.py on a host with `stdin`; return its stdout or hand it to on_stdout."""
-    channel = engine.ssh.open_command(_host_argv(*arguments))
-    try:
-        if stdin:
-            channel.sendall(stdin)
-        channel.shutdown_write()
-        parts: list[bytes] = []
-        errors = _drain_stderr(channel)
-        while chunk := channel.recv(RELAY_CHUNK):
-            if on_stdout is None:
+class HostCommand:
+    """A hostscan.py command started on a host, which waits for its stdin until finish().
+
+    Starting it early moves the SSH channel setup and the start of python3 out of a critical
+    section, such as the downtime of a warm cutover: `scan` reads all of stdin before it walks.
+    """
+
+    def __init__(self, engine: Any, arguments: list[str]) -> None:
+        self.engine = engine
+        self.arguments = arguments
+        self.channel = engine.ssh.open_command(_host_argv(*arguments))
+        self.errors = _drain_stderr(self.channel)
+
+    def finish(self, stdin: bytes = b"") -> bytes:
+        """Send stdin, wait for the command to end and return its stdout."""
+        channel = self.channel
+        try:
+            if stdin:
+                channel.sendall(stdin)
+            channel.shutdown_write()
+            parts: list[bytes] = []
+            while chunk := channel.recv(RELAY_CHUNK):
                 parts.append(chunk)
-            else:
-                on_stdout(chunk)
-        errors.join()
-        status = channel.recv_exit_status()
-    finally:
-        channel.close()
-    if status != 0:
-        raise MigrationFailed(
-            f"host command {arguments[0]} failed on host {engine.host.name} with exit status "
-            f"{status}: {errors.text[-500:]}",
-            hint="incremental migration needs python3 and GNU tar on both hosts",
-        )
-    return b"".join(parts)
+            self.errors.join()
+            status = channel.recv_exit_status()
+        finally:
+            channel.close()
+        if status != 0:
+            raise MigrationFailed(
+                f"host command {self.arguments[0]} failed on host {self.engine.host.name} with "
+                f"exit status {status}: {self.errors.text[-500:]}",
+                hint="incremental migration needs python3 and GNU tar on both hosts",
+            )
+        return b"".join(parts)
+
+    def close(self) -> None:
+        """Abandon a command that was not finished; the host ends it when its channel closes."""
+        self.channel.close()
+
+
+def _run_host(engine: Any, arguments: list[str], stdin: bytes = b"") -> bytes:
+    """Run hostscan.py on a host with `stdin`; return its stdout."""
+    return HostCommand(engine, arguments).finish(stdin)
 
 
 class _StderrReader(threading.Thread):
@@ -186,38 +222,105 @@ def _drain_stderr(channel: Any) -> _StderrReader:
 
 
 def scan_volume(engine: Any, mountpoint: str, *, hash_mode: str = "all",
-                paths: Iterable[bytes] = ()) -> tuple[Scan, int]:
-    """Scan a volume on its host; return the entries by path and the bytes of the scan output."""
-    stdin = b"\0".join(paths) if hash_mode == "list" else b""
-    output = _run_host(engine, ["scan", mountpoint, hash_mode], stdin)
-    entries: Scan = {}
+                paths: Iterable[bytes] = (), known: dict[bytes, CachedHash] | None = None,
+                command: HostCommand | None = None) -> tuple[Scan, int]:
+    """Scan a volume on its host; return the entries by path and the bytes of the scan output.
+
+    hash_mode "cached" hashes only the files whose key is not in `known`, and fills in the
+    known digest of every other file whose reported key equals the cached key exactly.
+    """
+    stdin = b""
+    if hash_mode == "list":
+        stdin = b"\0".join(paths)
+    elif hash_mode == "cached":
+        stdin = hashcache.known_keys_input(known or {})
+    if command is None:
+        command = HostCommand(engine, ["scan", mountpoint, hash_mode])
+    output = command.finish(stdin)
+
+    entries = Scan()
     for line in output.splitlines():
         values = json.loads(line)
+        if isinstance(values, dict):
+            entries.hashed_files = values["hashed_files"]
+            entries.hashed_bytes = values["hashed_bytes"]
+            entries.started_ns = values["started_ns"]
+            continue
         values[0] = base64.b64decode(values[0])
         values[7] = base64.b64decode(values[7]) if values[7] is not None else None
         entry = Entry(*values)
         entries[entry.path] = entry
+    if hash_mode == "cached" and known:
+        _fill_cached_digests(entries, known)
     return entries, len(output)
 
 
-def scan_both(source: Any, source_mountpoint: str, target: Any, target_mountpoint: str,
-              **options: Any) -> tuple[Scan, Scan, int]:
-    """Scan source and target at once (one thread per host); return both and the output bytes."""
+def _fill_cached_digests(entries: Scan, known: dict[bytes, CachedHash]) -> None:
+    """Give unhashed files the cached digest when the whole key matches; others keep None."""
+    for path, entry in entries.items():
+        cached = known.get(path)
+        if entry.type != "file" or entry.digest is not None or cached is None:
+            continue
+        if cached.key == entry.file_key():
+            entries[path] = replace(entry, digest=cached.digest)
+            entries.cache_hits += 1
+
+
+def _fresh_digests(scan: Scan, known: dict[bytes, CachedHash]) -> dict[bytes, CachedHash]:
+    """Return the digests the host computed in this scan that are safe to cache."""
+    fresh = {}
+    for path, entry in scan.items():
+        if entry.type != "file" or entry.digest is None:
+            continue
+        if hashcache.is_racy(entry.ctime_ns, scan.started_ns):
+            continue
+        cached = CachedHash(entry.file_key(), entry.digest)
+        if known.get(path) != cached:
+            fresh[path] = cached
+    return fresh
+
+
+def scan_both(source: Any, source_mountpoint: str, target: Any, target_mountpoint: str, *,
+              cache: HashCache | None = None, hash_mode: str = "all",
+              paths: Iterable[bytes] = (), commands: dict[str, HostCommand] | None = None
+              ) -> tuple[Scan, Scan, int]:
+    """Scan source and target at once (one thread per host); return both and the output bytes.
+
+    With a cache, the digests the hosts compute are stored in it, and hash_mode "cached"
+    hashes only the files the cache has no valid digest for. Without one, "cached" hashes all.
+    `commands` are scan commands started earlier with the same mode, by "source" and "target".
+    """
+    if cache is None and hash_mode == "cached":
+        hash_mode = "all"
+    sides = {"source": (source, source_mountpoint), "target": (target, target_mountpoint)}
+    scopes = {name: hashcache.cache_scope(engine, mountpoint)
+              for name, (engine, mountpoint) in sides.items()}
+    known = {name: cache.load(scope) if cache is not None and hash_mode != "none" else {}
+             for name, scope in scopes.items()}
+    paths = list(paths)
     results: dict[str, tuple[Scan, int]] = {}
     failures: list[BaseException] = []
 
-    def scan(name: str, engine: Any, mountpoint: str) -> None:
+    def scan(name: str) -> None:
+        engine, mountpoint = sides[name]
         try:
-            results[name] = scan_volume(engine, mountpoint, **options)
+            results[name] = scan_volume(engine, mountpoint, hash_mode=hash_mode, paths=paths,
+                                        known=known[name], command=(commands or {}).get(name))
         except BaseException as error:  # noqa: BLE001 - raised below in the calling thread
             failures.append(error)
 
-    thread = threading.Thread(target=scan, args=("target", target, target_mountpoint), daemon=True)
+    thread = threading.Thread(target=scan, args=("target",), daemon=True)
     thread.start()
-    scan("source", source, source_mountpoint)
+    scan("source")
     thread.join()
     if failures:
         raise failures[0]
+
+    if cache is not None and hash_mode != "none":
+        for name, scope in scopes.items():
+            scanned = results[name][0]
+            removed_paths = [path for path in known[name] if path not in scanned]
+            cache.save(scope, _fresh_digests(scanned, known[name]), removed_paths)
     return results["source"][0], results["target"][0], results["source"][1] + results["target"][1]
 
 
@@ -291,20 +394,64 @@ def backup_path(mountpoint: str, task_id: str) -> str:
     return f"{os.path.dirname(mountpoint.rstrip('/'))}/{BACKUP_PREFIX}{task_id}"
 
 
-def relay_tar(source: Any, source_mountpoint: str, target: Any, target_mountpoint: str,
-              paths: list[bytes], on_chunk: Callable[[int], None]) -> tuple[int, str]:
-    """Stream `tar` of `paths` from the source to `tar -x` on the target; return (bytes, digest)."""
+@dataclass
+class TarChannels:
+    """The source's `tar -c` and the target's unpacking command, started by open_tar_channels."""
+
+    reader: Any
+    writer: Any
+    apply: bool  # the writer is hostscan's `apply`, which reads a deletion listing first
+
+    def close(self) -> None:
+        self.reader.close()
+        self.writer.close()
+
+
+def open_tar_channels(source: Any, source_mountpoint: str, target: Any, target_mountpoint: str,
+                      *, apply: bool) -> TarChannels:
+    """Start the source's `tar -c` and the target's `tar -x` (or hostscan's `apply`).
+
+    Both wait for their stdin, so they can be started before the paths are known. Closing
+    them unused leaves the target unchanged: `tar -x` and `apply` get no archive.
+    """
     reader = source.ssh.open_command([
         "tar", "-C", source_mountpoint, "--format=posix", "--numeric-owner", "--no-recursion",
         "--null", "-T", "-", "-cf", "-",
     ])
-    writer = target.ssh.open_command([
-        "tar", "-C", target_mountpoint, "--numeric-owner", "--same-owner", "-p", "-xf", "-",
-    ])
+    extract = ["tar", "-C", target_mountpoint, "--numeric-owner", "--same-owner", "-p", "-xf", "-"]
+    try:
+        writer = target.ssh.open_command(_host_argv("apply", target_mountpoint) if apply
+                                         else extract)
+    except BaseException:
+        reader.close()
+        raise
+    return TarChannels(reader, writer, apply)
+
+
+def relay_tar(source: Any, source_mountpoint: str, target: Any, target_mountpoint: str,
+              paths: list[bytes], on_chunk: Callable[[int], None],
+              delete: list[bytes] = (), channels: TarChannels | None = None
+              ) -> tuple[int, str]:
+    """Stream `tar` of `paths` from the source to `tar -x` on the target; return (bytes, digest).
+
+    With `delete`, one command on the target removes those paths first and then unpacks the
+    stream (hostscan's `apply`), which saves the round trip of a separate delete command.
+    `channels` are the two commands from open_tar_channels, started earlier; `delete` needs
+    channels opened with apply=True.
+    """
+    if channels is None:
+        channels = open_tar_channels(source, source_mountpoint, target, target_mountpoint,
+                                     apply=bool(delete))
+    if delete and not channels.apply:
+        raise ValueError("deleting paths needs tar channels opened with apply=True")
+    reader, writer, apply = channels.reader, channels.writer, channels.apply
     reader_errors, writer_errors = _drain_stderr(reader), _drain_stderr(writer)
     hasher = xxhash.xxh3_128()
     total = 0
     try:
+        if apply:
+            listing = b"\0".join(delete)
+            writer.sendall(len(listing).to_bytes(8, "big") + listing)
         reader.sendall(b"\0".join(paths) + b"\0")
         reader.shutdown_write()
         while chunk := reader.recv(RELAY_CHUNK):
@@ -330,41 +477,73 @@ def relay_tar(source: Any, source_mountpoint: str, target: Any, target_mountpoin
     return total, hasher.hexdigest()
 
 
+def stash_input(plan: Plan) -> bytes:
+    """Return the stdin of hostscan's `stash`: the plan's sent and deleted paths."""
+    return json.dumps({
+        "send": [base64.b64encode(path).decode("ascii") for path in plan.send],
+        "delete": [base64.b64encode(path).decode("ascii") for path in plan.delete],
+    }).encode("ascii")
+
+
 def update_volume(source: Any, source_mountpoint: str, target: Any, target_mountpoint: str, *,
                   task_id: str, hash_content: bool, on_chunk: Callable[[int], None],
-                  on_backup: Callable[[str, bool], None]) -> UpdateResult:
-    """Bring the target volume up to date with the source; back it up first.
+                  on_backup: Callable[[str, bool], None],
+                  cache: HashCache | None = None) -> UpdateResult:
+    """Bring the target volume up to date with the source; back up what changes first.
 
     on_backup(path, complete) is called before and after the backup is made, so the caller
-    can record it for rollback: a complete backup is restored, a partial one only removed.
+    can record it for rollback. An update with nothing to send or delete makes no backup.
     """
     started = time.monotonic()
+    hash_mode = "none"
+    if hash_content:
+        hash_mode = "all" if cache is None else "cached"
+    # The stash and tar commands wait on stdin; starting them now overlaps their start-up
+    # with the scans. Unused, they are closed and change nothing.
+    backup = backup_path(target_mountpoint, task_id)
+    stash = HostCommand(target, ["stash", target_mountpoint, backup])
+    channels = open_tar_channels(source, source_mountpoint, target, target_mountpoint,
+                                 apply=False)
+    try:
+        return _update(source, source_mountpoint, target, target_mountpoint, hash_mode=hash_mode,
+                       cache=cache, on_chunk=on_chunk, on_backup=on_backup, backup=backup,
+                       stash=stash, channels=channels, started=started)
+    finally:
+        stash.close()
+        channels.close()
+
+
+def _update(source: Any, source_mountpoint: str, target: Any, target_mountpoint: str, *,
+            hash_mode: str, cache: HashCache | None, on_chunk: Callable[[int], None],
+            on_backup: Callable[[str, bool], None], backup: str, stash: HostCommand,
+            channels: TarChannels, started: float) -> UpdateResult:
     source_scan, target_scan, scan_bytes = scan_both(
-        source, source_mountpoint, target, target_mountpoint,
-        hash_mode="all" if hash_content else "none",
+        source, source_mountpoint, target, target_mountpoint, cache=cache, hash_mode=hash_mode,
     )
     plan = plan_update(source_scan, target_scan)
-    log.info("incremental update of %s: %d entries to send (%d bytes), %d to delete",
-             target_mountpoint, len(plan.send), plan.send_bytes, len(plan.delete))
+    log.info("incremental update of %s: %d entries to send (%d bytes), %d to delete; "
+             "hashed %d source and %d target files", target_mountpoint, len(plan.send),
+             plan.send_bytes, len(plan.delete), source_scan.hashed_files,
+             target_scan.hashed_files)
 
-    backup = backup_path(target_mountpoint, task_id)
-    on_backup(backup, False)
-    _run_host(target, ["backup", target_mountpoint, backup])
-    on_backup(backup, True)
-    if plan.delete:
-        _run_host(target, ["delete", target_mountpoint], b"\0".join(plan.delete))
+    if plan.send or plan.delete:
+        on_backup(backup, False)
+        stash.finish(stash_input(plan))
+        on_backup(backup, True)
 
     archive_bytes, digest = 0, xxhash.xxh3_128().hexdigest()
     if plan.send:
         archive_bytes, digest = relay_tar(source, source_mountpoint, target, target_mountpoint,
-                                          plan.send, on_chunk)
+                                          plan.send, on_chunk, channels=channels)
     return UpdateResult(plan, source_scan, target_scan, len(plan.send), len(plan.delete),
                         archive_bytes, scan_bytes, digest, time.monotonic() - started)
 
 
-def restore_backup(target: Any, target_mountpoint: str, backup: str) -> None:
+def restore_backup(target: Any, target_mountpoint: str, backup: str, *,
+                   backup_format: str | None = STASH_FORMAT) -> None:
     """Put the target volume back as it was before the update (no-op without a backup)."""
-    _run_host(target, ["restore", target_mountpoint, backup])
+    command = "unstash" if backup_format == STASH_FORMAT else "restore"
+    _run_host(target, [command, target_mountpoint, backup])
     log.info("restored %s from %s", target_mountpoint, backup)
 
 
@@ -375,23 +554,35 @@ def discard_backup(target: Any, backup: str) -> None:
 # Verifying
 
 
+@dataclass
+class VerifyResult:
+    """Counts of one host-side verification."""
+
+    scan_bytes: int
+    hashed_files: dict[str, int]
+    cache_hits: dict[str, int]
+
+
 def verify_update(source: Any, source_mountpoint: str, target: Any, target_mountpoint: str,
-                  item: TaskItem, mode: VerifyMode, update: UpdateResult | None = None) -> int:
+                  item: TaskItem, mode: VerifyMode, update: UpdateResult | None = None,
+                  cache: HashCache | None = None) -> VerifyResult:
     """Compare fresh scans of both volumes; raise VerificationFailed on any difference.
 
-    Returns the bytes of scan output that crossed the wire. Every aspect of every entry is
-    compared, and with verify full the SHA-256 of every file's content, hashed on each host.
-    Given the update made in this process, only the sent files are hashed again. A file that
-    was not sent had equal hashes on both sides in the update's scans. It keeps them when it
-    is still the same inode with the same size and mtime on both sides.
+    Every aspect of every entry is compared, and with verify full the SHA-256 of every file's
+    content, hashed on each host. Given the update made in this process, only the sent files
+    are hashed again. A file that was not sent had equal hashes on both sides in the update's
+    scans. It keeps them when its device, inode, size, mtime_ns and ctime_ns are unchanged on
+    both sides. Without the update, files whose key matches the cache get the cached digest
+    and every other file is hashed.
     """
     full = mode is VerifyMode.FULL
     sent = list(update.plan.send) if update is not None else []
     hash_mode = "none"
     if full:
-        hash_mode = "all" if update is None else "list"
+        hash_mode = "cached" if update is None else "list"
     source_scan, target_scan, scan_bytes = scan_both(
-        source, source_mountpoint, target, target_mountpoint, hash_mode=hash_mode, paths=sent,
+        source, source_mountpoint, target, target_mountpoint, cache=cache, hash_mode=hash_mode,
+        paths=sent,
     )
     if full and update is not None:
         source_scan = _carry_digests(source_scan, update.source_scan, set(sent))
@@ -405,21 +596,25 @@ def verify_update(source: Any, source_mountpoint: str, target: Any, target_mount
             f"update in {len(differences)} places: {shown}",
             hint="the target was restored from its backup; run 'ddmverify' to inspect",
         )
-    return scan_bytes
+    return VerifyResult(scan_bytes,
+                        {"source": source_scan.hashed_files, "target": target_scan.hashed_files},
+                        {"source": source_scan.cache_hits, "target": target_scan.cache_hits})
 
 
 def _carry_digests(scan: Scan, earlier: Scan, sent: set[bytes]) -> Scan:
     """Copy the digests of unsent files from the earlier scan when the file is unchanged.
 
-    A file that changed (other inode, size or mtime) keeps digest None, so it differs from
-    the other side's and verification fails, which is the safe outcome.
+    A file that changed (other device, inode, size, mtime_ns or ctime_ns) keeps digest None,
+    so it differs from the other side's and verification fails, which is the safe outcome.
     """
-    carried: Scan = {}
+    carried = Scan()
+    for counter in ("hashed_files", "hashed_bytes", "cache_hits", "started_ns"):
+        setattr(carried, counter, getattr(scan, counter, 0))
     for path, entry in scan.items():
         before = earlier.get(path)
         unchanged = (
             before is not None and entry.type == "file" and path not in sent
-            and (before.inode, before.size, before.mtime_ns) == (entry.inode, entry.size, entry.mtime_ns)
+            and before.file_key() == entry.file_key()
         )
         carried[path] = _replace_digest(entry, before.digest) if unchanged else entry
     return carried
@@ -440,6 +635,61 @@ def _differences(source: Scan, target: Scan) -> Iterator[tuple[bytes, str]]:
             for name, left, right in zip(names, source[path].key(), target[path].key()):
                 if left != right:
                     yield path, name
+
+
+# Dry run
+
+MAX_LISTED_PATHS = 20
+
+
+def plan_dry_run(source: Any, target: Any, item: TaskItem, spec: Any, store: TaskStore,
+                 check: Callable[[], Any]) -> dict[str, Any] | None:
+    """Return the plan fields of an incremental update of one volume, or None when none applies.
+
+    None means that the real run would not update this volume incrementally (no ssh:// hosts,
+    no target volume or no earlier copy), so the caller plans a full copy. Otherwise both hosts
+    scan the volume as the real run does, without changing either host. Digests the hosts
+    compute are stored in the controller's hash cache, which the real run then reuses.
+    `check` runs the usual prepare checks of the volume with the target allowed to exist.
+    """
+    if not (supports_host_commands(source) and supports_host_commands(target)):
+        return None
+    if target.volume_inspect(item.target) is None:
+        return None
+    earlier = earlier_copy(store, "", spec.source_host, spec.target_host, item)
+    if earlier is None:
+        return None
+
+    volume_check = check()
+    source_volume = source.volume_inspect(item.source)
+    target_volume = target.volume_inspect(item.target)
+    if not source_volume.mountpoint or not target_volume.mountpoint:
+        raise MigrationFailed(
+            f"cannot find the mountpoints of {item.source!r} and {item.target!r}",
+            hint="incremental migration works on volumes of the local driver only",
+        )
+    hash_content = spec.verify is not VerifyMode.NONE
+    source_scan, target_scan, _ = scan_both(
+        source, source_volume.mountpoint, target, target_volume.mountpoint,
+        cache=HashCache(store), hash_mode="cached" if hash_content else "none",
+    )
+    plan = plan_update(source_scan, target_scan)
+    return {
+        "action": "incremental",
+        "earlier_task": earlier,
+        "driver": volume_check.source_driver,
+        "size_bytes": volume_check.size_bytes,
+        "data_path": "host",
+        "incremental": {
+            "send_entries": len(plan.send),
+            "send_bytes": plan.send_bytes,
+            "delete_entries": len(plan.delete),
+            "send": [os.fsdecode(path) for path in plan.send[:MAX_LISTED_PATHS]],
+            "delete": [os.fsdecode(path) for path in plan.delete[:MAX_LISTED_PATHS]],
+            "hashed_files": {"source": source_scan.hashed_files,
+                             "target": target_scan.hashed_files},
+        },
+    }
 
 
 # Task runner steps. `runner` is a ddmsyncer.runner.TaskRunner; these functions keep the
@@ -509,22 +759,28 @@ def copy_item(runner: Any, item: TaskItem, on_chunk: Callable[[int], None]) -> U
         hash_content=runner.task.spec.verify is not VerifyMode.NONE,
         on_chunk=on_chunk,
         on_backup=lambda backup, complete: _save_record(
-            runner, item, backup=backup, backup_complete=complete,
+            runner, item, backup=backup, backup_complete=complete, backup_format=STASH_FORMAT,
             target_mountpoint=target_mountpoint),
+        cache=HashCache(runner.store),
     )
     _UPDATES[(runner.task.id, item.position)] = result
     _save_record(runner, item, sent_entries=result.sent_entries,
                  deleted_entries=result.deleted_entries, archive_bytes=result.archive_bytes,
-                 scan_bytes=result.scan_bytes, seconds=result.seconds)
+                 scan_bytes=result.scan_bytes, seconds=result.seconds,
+                 hashed_files={"source": result.source_scan.hashed_files,
+                               "target": result.target_scan.hashed_files},
+                 cache_hits={"source": result.source_scan.cache_hits,
+                             "target": result.target_scan.cache_hits})
     return result
 
 
 def verify_item(runner: Any, item: TaskItem) -> None:
     source_mountpoint, target_mountpoint = _mountpoints(runner, item)
     update = _UPDATES.pop((runner.task.id, item.position), None)
-    scan_bytes = verify_update(runner.source, source_mountpoint, runner.target, target_mountpoint,
-                               item, runner.task.spec.verify, update)
-    _save_record(runner, item, verify_scan_bytes=scan_bytes)
+    verified = verify_update(runner.source, source_mountpoint, runner.target, target_mountpoint,
+                             item, runner.task.spec.verify, update, HashCache(runner.store))
+    _save_record(runner, item, verify_scan_bytes=verified.scan_bytes,
+                 verify_hashed_files=verified.hashed_files)
 
 
 def discard_backups(runner: Any) -> None:
@@ -543,11 +799,18 @@ def restore_backups(runner: Any) -> None:
 
 
 def _undo(runner: Any, item: TaskItem, record: dict[str, Any]) -> None:
-    """Restore a complete backup, or remove a partial one (made before any change)."""
+    """Undo the update with its backup.
+
+    A stash backup is undone even when incomplete, because it moved entries out before its
+    command ended. A `cp -al` backup of an older version is restored when complete and only
+    removed otherwise, because it was made before any change.
+    """
     if not record.get("backup"):
         return
-    if record.get("backup_complete"):
-        restore_backup(runner.target, record["target_mountpoint"], record["backup"])
+    backup_format = record.get("backup_format")
+    if record.get("backup_complete") or backup_format == STASH_FORMAT:
+        restore_backup(runner.target, record["target_mountpoint"], record["backup"],
+                       backup_format=backup_format)
         runner.record("info", "restored", f"restored volume {item.target!r} on "
                       f"{runner.task.spec.target_host} to its state before the task",
                       position=item.position)

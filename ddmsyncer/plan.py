@@ -15,14 +15,16 @@ from typing import Any
 
 from ddm.config import Config
 from ddm.errors import DDMError
+from ddm.store import TaskStore
 from ddm.task import Mode, TaskItem, TaskSpec, VerifyMode
-from ddmsyncer import datapath, direct, volumes, writers
+from ddmsyncer import datapath, direct, incremental, volumes, writers
 from ddmsyncer.datapath import HostProbes
 from ddmsyncer.linkprobe import LinkRate, measure_link
 
 PLAN_VERSION = 1
 DEFAULT_PROBE_BYTES = 4 * 1024 * 1024
 DATA_PATH_ENGINE_API = "engine-api"
+INCREMENTAL_ACTION = "incremental"
 
 # Volume metadata that the copy recreates on the target, besides the files.
 VOLUME_METADATA = ("driver", "driver_opts", "labels")
@@ -30,9 +32,13 @@ VOLUME_METADATA = ("driver", "driver_opts", "labels")
 NOT_VERIFIED = ("mtime_ns", "xattrs", "acl", "sparse")
 
 
-def build_plan(config: Config, spec: TaskSpec, *, probe_bytes: int = DEFAULT_PROBE_BYTES
-               ) -> dict[str, Any]:
-    """Return the plan document of a task in either mode. Nothing on either host changes."""
+def build_plan(config: Config, spec: TaskSpec, *, probe_bytes: int = DEFAULT_PROBE_BYTES,
+               store: TaskStore | None = None) -> dict[str, Any]:
+    """Return the plan document of a task in either mode. Nothing on either host changes.
+
+    With the task database (`store`) and `--incremental`, a target volume that holds an earlier
+    copy is planned as an incremental update, with the entries it would send and delete.
+    """
     from ddmdriver.engine import open_engine
 
     if spec.mode is Mode.FULL:
@@ -57,12 +63,12 @@ def build_plan(config: Config, spec: TaskSpec, *, probe_bytes: int = DEFAULT_PRO
         for position, volume in enumerate(spec.volumes):
             item = TaskItem(task_id="plan", position=position, source=volume.source,
                             target=volume.target)
-            entry = _plan_volume(source, target, item, spec, plan["conflicts"])
-            if entry.get("action") != "none":
+            entry = _plan_volume(source, target, item, spec, plan["conflicts"], store)
+            if entry.get("action") not in ("none", INCREMENTAL_ACTION):
                 _plan_data_path(source, target, item, spec, probes, entry, plan["conflicts"])
             plan["objects"].append(entry)
 
-        plan["bytes_total"] = sum(entry.get("size_bytes") or 0 for entry in plan["objects"])
+        plan["bytes_total"] = sum(_bytes_to_copy(entry) for entry in plan["objects"])
         _check_space(target, plan)
         links = {"source": measure_link(source, probe_bytes),
                  "target": measure_link(target, probe_bytes)}
@@ -113,8 +119,15 @@ def _engine_summary(engine: Any) -> dict[str, Any]:
             "os": info.os, "arch": info.arch, "rtt_seconds": info.rtt_seconds}
 
 
+def _bytes_to_copy(entry: dict[str, Any]) -> int:
+    if entry.get("action") == INCREMENTAL_ACTION:
+        return entry["incremental"]["send_bytes"]
+    return entry.get("size_bytes") or 0
+
+
 def _plan_volume(source: Any, target: Any, item: TaskItem, spec: TaskSpec,
-                 conflicts: list[dict[str, Any]]) -> dict[str, Any]:
+                 conflicts: list[dict[str, Any]], store: TaskStore | None = None
+                 ) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "kind": "volume",
         "source": item.source,
@@ -126,6 +139,13 @@ def _plan_volume(source: Any, target: Any, item: TaskItem, spec: TaskSpec,
         "not_verified": list(NOT_VERIFIED),
     }
     try:
+        if store is not None and spec.options.get("incremental"):
+            update = incremental.plan_dry_run(
+                source, target, item, spec, store,
+                lambda: volumes.check_volume(source, target, item, force=True))
+            if update is not None:
+                entry.update(update)
+                return entry
         check = volumes.check_volume(source, target, item, force=spec.force)
     except DDMError as error:
         entry.update(action="none", size_bytes=None)
@@ -201,6 +221,9 @@ def plan_steps(spec: TaskSpec, objects: list[dict[str, Any]]) -> list[dict[str, 
     add("prepare", "check both engines, the source volumes, free target names and free space")
     for entry in objects:
         name = f"{entry['source']} -> {entry['target']}"
+        if entry.get("action") == INCREMENTAL_ACTION:
+            _add_incremental_steps(add, entry, name, spec)
+            continue
         if entry.get("action") == "replace":
             add("copy", f"remove the existing target volume {entry['target']} (--force)", name)
         add("copy", "create a staging volume with the source's driver, options and labels",
@@ -210,6 +233,8 @@ def plan_steps(spec: TaskSpec, objects: list[dict[str, Any]]) -> list[dict[str, 
     add("migrate", "nothing to switch over in volumes mode")
     for entry in objects:
         name = f"{entry['source']} -> {entry['target']}"
+        if entry.get("action") == INCREMENTAL_ACTION:
+            continue
         if spec.verify is VerifyMode.NONE:
             add("verify", "skipped (--verify none)", name)
         else:
@@ -218,6 +243,20 @@ def plan_steps(spec: TaskSpec, objects: list[dict[str, Any]]) -> list[dict[str, 
         add("verify", "create the target volume and move the staging volume's data into it", name)
     add("cleanup", "remove helper containers on both hosts")
     return steps
+
+
+def _add_incremental_steps(add: Any, entry: dict[str, Any], name: str, spec: TaskSpec) -> None:
+    update = entry["incremental"]
+    add("copy", f"update the existing target volume {entry['target']} incrementally (it holds "
+        f"the copy of task {entry['earlier_task']}): move the entries to replace or delete into "
+        "a backup beside the volume", name)
+    add("copy", f"send {update['send_entries']} entries ({update['send_bytes']} bytes of files) "
+        f"and delete {update['delete_entries']}", name)
+    if spec.verify is VerifyMode.NONE:
+        add("verify", "skipped (--verify none)", name)
+    else:
+        add("verify", f"compare host-side scans of both volumes ({spec.verify.value}), then "
+            "remove the backup", name)
 
 
 def estimate_duration(objects: list[dict[str, Any]], links: dict[str, LinkRate],

@@ -2,15 +2,16 @@
 
 A warm task copies the volumes of running source containers in the copy phase, while those
 containers still run (the pre-copy). After the migrate phase has stopped them, only the
-delta goes over, with the scan, backup and transfer steps of ddmsyncer/incremental.py. Both
-hosts scan the volume and the target volume is backed up with `cp -al`. Then removed entries
-are deleted and new and changed entries are sent.
+delta goes over, with the scan and transfer steps of ddmsyncer/incremental.py: both hosts
+scan the volume at once, then one command on the target deletes the removed entries and
+unpacks the tar stream of new and changed entries. The target volume gets no backup, because
+the task created it and its rollback removes it.
 
-Which files are hashed while the containers are down? A file that differs in type, mode,
-owner, size or whole-second mtime is sent without hashing. Of the others, only files whose
-source mtime is at most PRECOPY_MTIME_MARGIN_SECONDS before the pre-copy started (clock of the
-source host) are hashed on both hosts, because only they can have changed without their mtime
-showing it. A file whose mtime an application set back into the past while keeping its size
+Which files are hashed while the containers are down? Only files whose mtime is at most
+PRECOPY_MTIME_MARGIN_SECONDS before the pre-copy started (clock of the source host, rounded
+down to whole seconds) are hashed, on both hosts and in the same scan, because only they can
+have changed without their mtime showing it. A file that differs in type, mode, owner, size or
+whole-second mtime is sent whatever its hash. A file whose mtime an application set back into the past while keeping its size
 is missed here, as with rsync's default quick check. Verify therefore hashes every file of
 both volumes again (verify full), after the target has started, and fails the task, which
 rolls it back, on any difference.
@@ -25,10 +26,12 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from ddm.task import TaskItem
 from ddmsyncer import incremental
+from ddmsyncer.hashcache import HashCache
 
 log = logging.getLogger(__name__)
 
@@ -86,44 +89,110 @@ def precopy(runner: Any, volume_names: list[str]) -> None:
     """Copy volumes of running source containers in full while those containers run."""
     for name in volume_names:
         runner.check_control(force=True)
-        _save_record(runner, name, precopy_started_at=_host_time(runner.source))
+        source_mountpoint, target_mountpoint = _mountpoints(runner, name)
+        _save_record(runner, name, precopy_started_at=_host_time(runner.source),
+                     source_mountpoint=source_mountpoint, target_mountpoint=target_mountpoint)
         before = int(runner.extra().get("volume_bytes_sent") or 0)
         runner._copy_volume(name)
         sent = int(runner.extra().get("volume_bytes_sent") or 0) - before
         _save_record(runner, name, precopy_bytes=sent)
         runner.record("info", "precopied", f"pre-copied volume {name!r} while its containers "
                       f"run: {sent} bytes")
+        start_delta_commands(runner, [name])
 
 
 def precopied(runner: Any) -> set[str]:
     return set(_records(runner))
 
 
+@dataclass
+class DeltaCommands:
+    """The host commands of one volume's delta pass, started before the source stops."""
+
+    scans: dict[str, incremental.HostCommand]
+    tar_channels: incremental.TarChannels | None
+
+    def close(self) -> None:
+        for command in self.scans.values():
+            command.close()
+        if self.tar_channels is not None:
+            self.tar_channels.close()
+
+
+def _delta_mountpoints(runner: Any, name: str) -> tuple[str, str]:
+    record = _records(runner)[name]
+    if record.get("source_mountpoint") and record.get("target_mountpoint"):
+        return record["source_mountpoint"], record["target_mountpoint"]
+    return _mountpoints(runner, name)  # a task started by an older version
+
+
+def start_delta_commands(runner: Any, names: list[str]) -> None:
+    """Start the scans and tar commands of the delta passes, which wait until copy_delta.
+
+    Called after the pre-copy, and again before the source containers stop for a task resumed
+    in another process, so that opening SSH channels and starting python3 and tar on both
+    hosts does not count as downtime. The scans read the volumes only once copy_delta sends
+    them their (empty) stdin. A command that copy_delta does not use ends when its channel is
+    closed.
+    """
+    started = _started_commands(runner)
+    for name in names:
+        if name not in _records(runner) or name in started:
+            continue
+        source_mountpoint, target_mountpoint = _delta_mountpoints(runner, name)
+        mode = f"newer:{_newer_than_ns(_records(runner)[name]['precopy_started_at'])}"
+        commands = DeltaCommands({}, None)
+        started[name] = commands
+        commands.scans["source"] = incremental.HostCommand(
+            runner.source, ["scan", source_mountpoint, mode])
+        commands.scans["target"] = incremental.HostCommand(
+            runner.target, ["scan", target_mountpoint, mode])
+        commands.tar_channels = incremental.open_tar_channels(
+            runner.source, source_mountpoint, runner.target, target_mountpoint, apply=True)
+
+
+def close_delta_commands(runner: Any) -> None:
+    """Close the started commands that no delta pass used (after a failure)."""
+    for commands in _started_commands(runner).values():
+        commands.close()
+    _started_commands(runner).clear()
+
+
+def _started_commands(runner: Any) -> dict[str, DeltaCommands]:
+    if getattr(runner, "_delta_commands", None) is None:
+        runner._delta_commands = {}
+    return runner._delta_commands
+
+
 def copy_delta(runner: Any, name: str) -> None:
     """Update a pre-copied target volume with what changed on the source since the pre-copy."""
-    source_mountpoint, target_mountpoint = _mountpoints(runner, name)
+    commands = _started_commands(runner).pop(name, None)
+    try:
+        _copy_delta(runner, name, commands)
+    finally:
+        if commands is not None:
+            commands.close()
+
+
+def _copy_delta(runner: Any, name: str, commands: DeltaCommands | None) -> None:
+    record = _records(runner)[name]
+    source_mountpoint, target_mountpoint = _delta_mountpoints(runner, name)
     started = time.monotonic()
     source_scan, target_scan, scan_bytes = incremental.scan_both(
-        runner.source, source_mountpoint, runner.target, target_mountpoint, hash_mode="none")
-    suspects = _suspects(source_scan, target_scan, _records(runner)[name]["precopy_started_at"])
-    if suspects:
-        source_scan, target_scan, more_bytes = incremental.scan_both(
-            runner.source, source_mountpoint, runner.target, target_mountpoint,
-            hash_mode="list", paths=suspects)
-        scan_bytes += more_bytes
+        runner.source, source_mountpoint, runner.target, target_mountpoint,
+        hash_mode=f"newer:{_newer_than_ns(record['precopy_started_at'])}",
+        commands=commands.scans if commands is not None else None)
     plan = incremental.plan_update(source_scan, target_scan)
     log.info("volume %s: delta scans took %.2f s", name, time.monotonic() - started)
 
-    backup = incremental.backup_path(target_mountpoint, runner.task.id)
-    _save_record(runner, name, backup=backup, backup_complete=False)
-    incremental._run_host(runner.target, ["backup", target_mountpoint, backup])
-    _save_record(runner, name, backup_complete=True)
-    if plan.delete:
-        incremental._run_host(runner.target, ["delete", target_mountpoint], b"\0".join(plan.delete))
     archive_bytes = 0
-    if plan.send:
-        archive_bytes, _ = incremental.relay_tar(runner.source, source_mountpoint, runner.target,
-                                                 target_mountpoint, plan.send, lambda count: None)
+    if plan.send or plan.delete:
+        archive_bytes, _ = incremental.relay_tar(
+            runner.source, source_mountpoint, runner.target, target_mountpoint, plan.send,
+            lambda count: None, delete=plan.delete,
+            channels=commands.tar_channels if commands is not None else None)
+        if commands is not None:
+            commands.tar_channels = None  # relay_tar closed them
     result = incremental.UpdateResult(plan, source_scan, target_scan, len(plan.send),
                                       len(plan.delete), archive_bytes, scan_bytes, "",
                                       time.monotonic() - started)
@@ -132,7 +201,7 @@ def copy_delta(runner: Any, name: str) -> None:
     runner.add_sent_bytes("volume", result.archive_bytes)
     _save_record(runner, name, delta_bytes=result.archive_bytes,
                  delta_entries=result.sent_entries, deleted_entries=result.deleted_entries,
-                 scan_bytes=result.scan_bytes, hashed_entries=len(suspects))
+                 scan_bytes=result.scan_bytes, hashed_entries=source_scan.hashed_files)
     runner.record("info", "delta", f"volume {name!r}: sent {result.sent_entries} changed "
                   f"entries ({result.archive_bytes} bytes), deleted {result.deleted_entries}")
 
@@ -142,31 +211,28 @@ def verify_deltas(runner: Any) -> None:
     for name in runner._warm_updates:
         source_mountpoint, target_mountpoint = _mountpoints(runner, name)
         item = TaskItem(task_id=runner.task.id, position=0, source=name, target=name)
-        # Without the update, verify full hashes every file again; see the module docstring.
+        # Without the update, verify full hashes every file whose key the cache does not
+        # hold; see the module docstring.
         incremental.verify_update(runner.source, source_mountpoint, runner.target,
-                                  target_mountpoint, item, runner.task.spec.verify)
+                                  target_mountpoint, item, runner.task.spec.verify,
+                                  cache=HashCache(runner.store))
 
 
 def discard_backups(runner: Any) -> None:
-    """Remove the `cp -al` backups of the delta pass; called after the task verified."""
+    """Remove the `cp -al` backups that older versions made in the delta pass."""
     for name, record in _records(runner).items():
         if record.get("backup"):
             incremental.discard_backup(runner.target, record["backup"])
             _save_record(runner, name, backup=None, backup_complete=False)
 
 
-def _suspects(source: incremental.Scan, target: incremental.Scan,
-              precopy_started_at: float) -> list[bytes]:
-    """Return the files equal in metadata on both hosts that may have changed since the pre-copy."""
-    newer_than_ns = int((precopy_started_at - PRECOPY_MTIME_MARGIN_SECONDS) * 1_000_000_000)
-    suspects = []
-    for path, entry in source.items():
-        other = target.get(path)
-        if entry.type != "file" or other is None or other.key() != entry.key():
-            continue  # sent anyway, or not file content
-        if entry.mtime_ns >= newer_than_ns:
-            suspects.append(path)
-    return suspects
+def _newer_than_ns(precopy_started_at: float) -> int:
+    """Return the mtime from which files may have changed since the pre-copy, in nanoseconds.
+
+    It is rounded down to whole seconds, so a target file whose mtime the archive API truncated
+    to seconds is hashed whenever the source file of the same whole-second mtime is.
+    """
+    return int(precopy_started_at - PRECOPY_MTIME_MARGIN_SECONDS) * 1_000_000_000
 
 
 def _host_time(engine: Any) -> float:

@@ -140,7 +140,7 @@ def migrate(
     validate_route(config, spec.target_host, spec.options)
 
     if dry_run:
-        return show_plan(context, api.plan_task(config, spec), as_json)
+        return show_plan(context, api.plan_task(config, spec, store=context.store), as_json)
 
     confirm(context, spec_summary(spec), yes=yes, force=force)
     task = api.create_task(

@@ -191,6 +191,12 @@ def plan_lines(document: dict[str, Any]) -> list[str]:
         lines.append(f"  {entry['kind']} {entry['source']} -> {entry['target']}: "
                      f"{format_bytes(entry.get('size_bytes'))}, {entry.get('action')}, "
                      f"data path {entry['data_path']}")
+        if entry.get("incremental"):
+            update = entry["incremental"]
+            lines.append(f"    incremental update of the existing target (copy of task "
+                         f"{entry['earlier_task']}): send {update['send_entries']} entries "
+                         f"({format_bytes(update['send_bytes'])}), delete "
+                         f"{update['delete_entries']}")
         lines.append(f"    preserves {', '.join(entry['preserves'])}")
         if entry.get("data_path_reason"):
             route = f", route {entry['route']}" if entry.get("route") else ""

@@ -17,6 +17,7 @@ from ddm.errors import DDMError
 from ddm.events import Event, PhaseStarted
 from ddm.store import TaskStore, default_store_path
 from ddm.task import TaskState
+from ddmsyncer import hashcache
 from tests.integration.test_migrate_volumes import WHOLE_SECONDS, run_command
 from tests.lab.tree import (
     Dir,
@@ -148,6 +149,81 @@ def test_incremental_refuses_foreign_target(h1, h2, isolated_env, resources):
     assert outcome.status == 1
     assert "already exists" in outcome.stderr
     assert set(snapshot_volume_tree(h2, volume)) == {b".", b"b.txt"}
+
+
+@pytest.fixture
+def no_racy_margin(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The tests write files right before the scans; without this, none would be cached.
+    monkeypatch.setattr(hashcache, "RACY_MARGIN_NANOSECONDS", 0)
+
+
+def test_incremental_cache_skips_hashing(h1, h2, isolated_env, resources, no_racy_margin):
+    volume = resources.create_volume(h1)
+    resources.add_volume(h2, volume)
+    write_volume_tree(h1, volume, TREE)
+    migrate(volume)
+    first = migrate(volume, "--incremental")
+    change_source(h1, volume)
+
+    second = migrate(volume, "--incremental")
+
+    files = sum(1 for spec in TREE.values() if not isinstance(spec, (Dir, Symlink, Fifo)))
+    assert incremental_record(first["id"])["hashed_files"] == {"source": files, "target": files}
+    record = incremental_record(second["id"])
+    # Hashed: the rewritten f3.bin and app.conf, the new new.bin and new.txt. Cache hits: all
+    # other files, without the removed f7.bin and old/dir/note.txt.
+    assert record["hashed_files"] == {"source": 4, "target": 0}
+    assert record["cache_hits"] == {"source": files - 4, "target": files}
+    assert second["volumes"][0]["state"] == "verified"
+    assert diff_snapshots(snapshot_volume_tree(h1, volume), snapshot_volume_tree(h2, volume),
+                          mtime_resolution_ns=WHOLE_SECONDS) == []
+
+
+def test_incremental_detects_restored_mtime(h1, h2, isolated_env, resources, no_racy_margin):
+    volume = resources.create_volume(h1)
+    resources.add_volume(h2, volume)
+    write_volume_tree(h1, volume, TREE)
+    migrate(volume)
+    migrate(volume, "--incremental")
+    changed = h1.volume_host_path(volume) / "data" / "f5.bin"
+    before = changed.stat()
+    changed.write_bytes(bytes(FILE_BYTES))
+    os.utime(changed, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+    task = migrate(volume, "--incremental")
+
+    record = incremental_record(task["id"])
+    assert record["hashed_files"]["source"] == 1
+    assert record["sent_entries"] >= 1
+    target_file = h2.volume_host_path(volume) / "data" / "f5.bin"
+    assert target_file.read_bytes() == bytes(FILE_BYTES)
+    assert target_file.stat().st_mtime_ns // WHOLE_SECONDS == before.st_mtime_ns // WHOLE_SECONDS
+
+
+def test_incremental_dry_run_shows_update(h1, h2, isolated_env, resources):
+    volume = resources.create_volume(h1)
+    resources.add_volume(h2, volume)
+    write_volume_tree(h1, volume, TREE)
+    first = migrate(volume)
+    change_source(h1, volume)
+    target_before = snapshot_volume_tree(h2, volume)
+
+    outcome = run_command("ddmctl", "migrate", "--from", "h1", "--to", "h2", "--volume", volume,
+                          "--incremental", "--dry-run", "--json")
+
+    assert outcome.status == 0, outcome.stdout + outcome.stderr
+    plan = json.loads(outcome.stdout)
+    assert plan["conflicts"] == []
+    entry = plan["objects"][0]
+    assert entry["action"] == "incremental"
+    assert entry["earlier_task"] == first["id"]
+    assert entry["incremental"]["delete_entries"] == 2
+    assert set(entry["incremental"]["delete"]) == {"old", "data/f7.bin"}
+    assert {"data/f3.bin", "data/new.bin", "added/deep/new.txt"} <= set(entry["incremental"]["send"])
+    assert snapshot_volume_tree(h2, volume) == target_before
+    text = run_command("ddmctl", "migrate", "--from", "h1", "--to", "h2", "--volume", volume,
+                       "--incremental", "--dry-run")
+    assert "incremental update of the existing target" in text.stdout
 
 
 def test_parallel_three_volumes(h1, h2, isolated_env, resources):
