@@ -15,7 +15,7 @@ from typing import Any
 from ddm.config import Config
 from ddm.errors import DDMError
 from ddm.task import TaskItem, TaskSpec, VerifyMode
-from ddmsyncer import datapath, volumes, writers
+from ddmsyncer import compression, datapath, volumes, writers
 from ddmsyncer.datapath import HostProbes
 from ddmsyncer.linkprobe import LinkRate, measure_link
 
@@ -123,6 +123,14 @@ def _plan_data_path(source: Any, target: Any, item: TaskItem, spec: TaskSpec, pr
                   else list(datapath.verify_aspects(route.data_path, deep=deep))),
         not_verified=list(datapath.not_checked(route.data_path, deep=True)),
     )
+
+    try:
+        entry["compression"] = compression.choose_compression(
+            source, target, route, compression.validate_compress(
+                spec.options.get("compress"), spec.options.get("data_path", "auto")),
+            volume=item.source).to_dict()
+    except DDMError as error:
+        conflicts.append(_conflict(entry, error))
 
     found = writers.running_writers(source, item.source)
     entry["running_writers"] = [writer.name for writer in found]

@@ -28,6 +28,7 @@ from ddm.manifest import Manifest, ManifestBuilder, compare_manifests, display_p
 from ddm.task import ItemState, TaskItem, VerifyMode
 from ddm.archive_guard import ROOT, ArchiveGuard, guard_observer
 from ddmsyncer import volumes, writers
+from ddmsyncer.compression import CompressionChooser
 from ddmsyncer.datapath import DataPath, HostProbes, Route, choose_route, loses, verify_aspects
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ class StagedVolumes:
         self.probes = HostProbes()
         self.routes: dict[int, Route] = {}
         self.policy = writers.WriterPolicy.from_options(runner.task.spec.options)
+        self.compression = CompressionChooser(runner)
 
     @property
     def task_id(self) -> str:
@@ -86,6 +88,7 @@ class StagedVolumes:
         if lost:
             self.runner.warn(f"volume {item.source!r} is copied through the Engine API "
                              f"({route.reason}); it loses {', '.join(lost)}")
+        self.compression.choose(item, route)
         return route
 
     def _warn_about_sockets(self, item: TaskItem, volume: Any) -> None:
@@ -169,7 +172,9 @@ class StagedVolumes:
             self.runner.source, route.source_access, route.source_directory,
             self.runner.target, route.target_access, target_directory,
             observers=[guard, observe],
+            codec=self.compression.codec_for(item),
         )
+        self.compression.record_result(item, result.relay.bytes, result.wire_bytes)
         for path in result.skipped_sockets:
             self.runner.warn(f"volume {item.source!r}: socket {path} skipped (sockets cannot be "
                              "copied; the program that owns it creates it again)")

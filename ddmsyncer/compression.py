@@ -1,0 +1,267 @@
+"""The `--compress` choice of a task: none, lz4, zstd, or auto (on only when it is faster).
+
+Compression applies to the host data path only (ddmdriver.codec), because the Engine API
+archive cannot be compressed by the daemon. `--compress auto` decides per volume from two
+measurements:
+
+* the link rate: the slower of the source's read and the target's write over SSH
+  (ddmsyncer.linkprobe), which is the rate of an uncompressed copy through this process;
+* a sample compression on the source host: the first SAMPLE_BYTES of the volume's tar
+  stream piped through each codec the hosts have. The host times the whole pipeline, so
+  the rate includes reading the files.
+
+A compressed copy is predicted to move min(compress rate, link rate / ratio) bytes of the
+volume per second. Auto picks the codec with the highest prediction and turns compression
+on when that beats the link rate by AUTO_MARGIN. The decision, its reason and the numbers
+are recorded as a task event and in the task's state under "compression".
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from ddm.errors import DDMError, UsageError
+from ddmdriver.codec import AUTO_CANDIDATES, DEFAULT_CODECS, Codec
+
+log = logging.getLogger(__name__)
+
+COMPRESS_CHOICES = ("none", "lz4", "zstd", "auto")
+SAMPLE_BYTES = 4 * 1024 * 1024
+MIN_SAMPLE_BYTES = 256 * 1024
+LINK_PROBE_BYTES = 4 * 1024 * 1024
+# Compression must predict a copy at least this much faster, because the prediction leaves
+# out the decoding on the target and in this process, and the sample is the first files only.
+AUTO_MARGIN = 1.2
+SAMPLE_TIMEOUT_SECONDS = 120.0
+EXTRA_KEY = "compression"
+
+# Runs on the source host: counts the sample's bytes (which also reads the files into the
+# page cache), then times tar | head | codec | wc with GNU date's nanoseconds.
+_SAMPLE_SCRIPT = """limit=$1; shift
+input=$("$@" 2>/dev/null | head -c "$limit" | wc -c)
+start=$(date +%s%N)
+output=$("$@" 2>/dev/null | head -c "$limit" | {codec} | wc -c)
+end=$(date +%s%N)
+echo "$input $output $((end - start))"
+"""
+
+
+def validate_compress(requested: str | None, data_path: str = "auto") -> str:
+    """Return the checked `--compress` value; an explicit codec needs the host data path."""
+    value = requested or "none"
+    if value not in COMPRESS_CHOICES:
+        raise UsageError(f"invalid compression {value!r}", hint="use none, lz4, zstd or auto")
+    if value in DEFAULT_CODECS and data_path == "engine":
+        raise UsageError(f"--compress {value} needs the host data path, but --data-path is engine",
+                         hint="the Engine API archive cannot be compressed; use --data-path auto "
+                         "or host, or --compress none")
+    return value
+
+
+@dataclass(frozen=True)
+class Sample:
+    """A sample compression of a volume's tar stream on the source host."""
+
+    codec: Codec
+    input_bytes: int
+    output_bytes: int
+    seconds: float
+
+    @property
+    def ratio(self) -> float:
+        return self.output_bytes / self.input_bytes if self.input_bytes else 1.0
+
+    @property
+    def bytes_per_second(self) -> float:
+        return self.input_bytes / max(self.seconds, 1e-6)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.codec.to_dict(), "input_bytes": self.input_bytes,
+                "output_bytes": self.output_bytes, "ratio": round(self.ratio, 4),
+                "compress_bytes_per_second": round(self.bytes_per_second)}
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The codec of one volume's copy (None: uncompressed), why, and the numbers behind it."""
+
+    codec: Codec | None
+    reason: str
+    requested: str
+    measurements: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return self.codec.label if self.codec else "none"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"requested": self.requested, "codec": self.codec.name if self.codec else None,
+                "level": self.codec.level if self.codec else None, "reason": self.reason,
+                **self.measurements}
+
+
+def predicted_rate(sample: Sample, link_bytes_per_second: float) -> float:
+    """Return the volume bytes per second a copy compressed like `sample` is predicted to reach."""
+    return min(sample.bytes_per_second, link_bytes_per_second / max(sample.ratio, 1e-3))
+
+
+def decide_auto(link_bytes_per_second: float | None, samples: list[Sample]) -> tuple[Codec | None, str]:
+    """Pick the codec that makes the copy fastest, or None when no codec beats the plain link.
+
+    Pure function of the measurements, so it is tested with given numbers.
+    """
+    if link_bytes_per_second is None or link_bytes_per_second <= 0:
+        return None, "the link rate could not be measured"
+    if not samples:
+        return None, "no compression sample could be taken"
+
+    best = max(samples, key=lambda sample: predicted_rate(sample, link_bytes_per_second))
+    best_rate = predicted_rate(best, link_bytes_per_second)
+    numbers = (f"link {_mib(link_bytes_per_second)}/s; {best.codec.label} ratio {best.ratio:.2f} "
+               f"at {_mib(best.bytes_per_second)}/s predicts {_mib(best_rate)}/s")
+    if best_rate >= link_bytes_per_second * AUTO_MARGIN:
+        return best.codec, f"{best.codec.label} is faster ({numbers})"
+    return None, f"compression is not faster ({numbers})"
+
+
+def _mib(rate: float) -> str:
+    return f"{rate / (1024 * 1024):.1f} MiB"
+
+
+def sample_compression(engine: Any, access: Any, directory: str, codec: Codec,
+                       sample_bytes: int = SAMPLE_BYTES) -> Sample:
+    """Compress the first `sample_bytes` of the directory's tar stream on its host; time it there."""
+    from ddmdriver.hostpath import create_argv
+
+    tar_argv = create_argv(access, directory)[len(access.prefix):]
+    script = _SAMPLE_SCRIPT.replace("{codec}", " ".join(codec.compress_argv()))
+    argv = access.argv("sh", "-c", script, "ddm-sample", str(sample_bytes), *tar_argv)
+    result = engine.ssh.exec_command(argv, timeout=SAMPLE_TIMEOUT_SECONDS)
+    fields = result.stdout.split()
+    if result.exit_status != 0 or len(fields) != 3 or not all(part.isdigit() for part in fields):
+        raise ValueError(f"sample compression with {codec.label} on {engine.host.name} returned "
+                         f"{result.stdout[:80]!r} and exit status {result.exit_status}")
+    input_bytes, output_bytes, nanoseconds = (int(part) for part in fields)
+    return Sample(codec, input_bytes, output_bytes, nanoseconds / 1e9)
+
+
+class CompressionChooser:
+    """Chooses and records the compression of each volume of one task; safe across threads."""
+
+    def __init__(self, runner: Any) -> None:
+        self.runner = runner
+        self.requested = validate_compress(runner.task.spec.options.get("compress"),
+                                           runner.task.spec.options.get("data_path", "auto"))
+        self.decisions: dict[int, Decision] = {}
+        self._lock = threading.Lock()
+
+    def choose(self, item: Any, route: Any) -> Decision:
+        """Decide once per run for `item` on its `route`, and record the decision as an event."""
+        with self._lock:
+            if item.position in self.decisions:
+                return self.decisions[item.position]
+        decision = choose_compression(self.runner.source, self.runner.target, route, self.requested,
+                                      volume=item.source)
+        with self._lock:
+            self.decisions[item.position] = decision
+        if decision.requested != "none":
+            self.runner.record("info", "compression", f"volume {item.source!r}: compression "
+                               f"{decision.label} ({decision.reason})", position=item.position,
+                               **decision.to_dict())
+        self._store(item, decision.to_dict())
+        return decision
+
+    def codec_for(self, item: Any) -> Codec | None:
+        with self._lock:
+            decision = self.decisions.get(item.position)
+        return decision.codec if decision else None
+
+    def record_result(self, item: Any, stream_bytes: int, wire_bytes: int) -> None:
+        """Store the tar stream's and the wire's byte counts of a finished copy."""
+        self._store(item, {"stream_bytes": stream_bytes, "wire_bytes": wire_bytes})
+        codec = self.codec_for(item)
+        if codec is not None and stream_bytes:
+            self.runner.record("info", "compression", f"volume {item.source!r}: {stream_bytes} "
+                               f"tar bytes sent as {wire_bytes} {codec.name} bytes "
+                               f"({wire_bytes / stream_bytes:.1%})", position=item.position,
+                               stream_bytes=stream_bytes, wire_bytes=wire_bytes)
+
+    def _store(self, item: Any, values: dict[str, Any]) -> None:
+        store, task_id = self.runner.store, self.runner.task.id
+        with self._lock:
+            records = dict(store.get_extra(task_id).get(EXTRA_KEY, {}))
+            records[str(item.position)] = {**records.get(str(item.position), {}), **values}
+            store.set_extra(task_id, **{EXTRA_KEY: records})
+
+
+def choose_compression(source: Any, target: Any, route: Any, requested: str, *,
+                       volume: str) -> Decision:
+    """Return the compression of one volume on its route (a ddmsyncer.datapath.Route).
+
+    Raises UsageError when an explicit codec cannot be used: the route is the Engine API,
+    or a host lacks the codec's command.
+    """
+    from ddmsyncer.datapath import DataPath
+
+    if requested == "none":
+        return Decision(None, "--compress none", requested)
+    if route.data_path is not DataPath.HOST:
+        if requested in DEFAULT_CODECS:
+            raise UsageError(f"--compress {requested} is not possible for volume {volume!r}: it is "
+                             f"copied through the Engine API ({route.reason})",
+                             hint="use --compress auto or none")
+        return Decision(None, "the Engine API archive cannot be compressed", requested)
+
+    available = _codecs_on_both(route)
+    if requested in DEFAULT_CODECS:
+        if requested not in available:
+            missing = [access.host_name for access in (route.source_access, route.target_access)
+                       if requested not in access.codecs]
+            raise UsageError(f"--compress {requested} is not possible for volume {volume!r}: "
+                             f"{requested} not found on host {', '.join(missing)}",
+                             hint=f"install the Debian package {requested} there, or use "
+                             "--compress auto or none")
+        return Decision(DEFAULT_CODECS[requested], f"--compress {requested}", requested)
+
+    candidates = [codec for codec in AUTO_CANDIDATES if codec.name in available]
+    if not candidates:
+        return Decision(None, "neither zstd nor lz4 is on both hosts", requested)
+    return _measure_and_decide(source, target, route, candidates, requested)
+
+
+def _codecs_on_both(route: Any) -> frozenset[str]:
+    source_codecs = getattr(route.source_access, "codecs", frozenset())
+    target_codecs = getattr(route.target_access, "codecs", frozenset())
+    return frozenset(source_codecs) & frozenset(target_codecs)
+
+
+def _measure_and_decide(source: Any, target: Any, route: Any, candidates: list[Codec],
+                        requested: str) -> Decision:
+    from ddmsyncer.linkprobe import measure_link
+
+    source_link = measure_link(source, LINK_PROBE_BYTES)
+    target_link = measure_link(target, LINK_PROBE_BYTES)
+    rates = [rate for rate in (source_link.read_bytes_per_second,
+                               target_link.write_bytes_per_second) if rate]
+    link_rate = min(rates) if len(rates) == 2 else None
+
+    samples: list[Sample] = []
+    for codec in candidates:
+        try:
+            samples.append(sample_compression(source, route.source_access, route.source_directory,
+                                              codec))
+        except (DDMError, ValueError, OSError) as error:
+            log.warning("sample compression failed: %s", error)
+
+    measurements: dict[str, Any] = {
+        "link_bytes_per_second": round(link_rate) if link_rate else None,
+        "samples": [sample.to_dict() for sample in samples],
+    }
+    if samples and samples[0].input_bytes < MIN_SAMPLE_BYTES:
+        return Decision(None, f"the volume's tar stream is only {samples[0].input_bytes} bytes, "
+                        "too little to gain from compression", requested, measurements)
+    codec, reason = decide_auto(link_rate, samples)
+    return Decision(codec, reason, requested, measurements)
