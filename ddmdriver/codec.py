@@ -11,7 +11,8 @@ content checksum), so a corrupted stream fails in the decoder here and on the ta
 
 Each remote pipeline is one `sh -c SCRIPT NAME TAR-ARGV...` command: tar's argv is passed
 as positional parameters, never pasted into the script, and the script reports the exit
-status of both processes (POSIX sh has no pipefail).
+status of both processes (POSIX sh has no pipefail). Scripts are one line, because the SSH
+layer rejects control characters in command arguments.
 """
 
 from __future__ import annotations
@@ -33,31 +34,26 @@ CODEC_NAMES = ("zstd", "lz4")
 # original stdout (descriptor 3). The script exits with tar's status, so GNU tar's
 # status 1 ("file changed as we read it") keeps its meaning, or with 2 when the
 # compressor failed.
-_COMPRESS_SCRIPT = """exec 3>&1
-tar_status=$( { { "$@"; echo $? >&4; } | {codec} >&3 4>&-; } 4>&1 )
-codec_status=$?
-if [ "$codec_status" -ne 0 ]; then
-    echo "ddm: {codec} failed with exit status $codec_status" >&2
-    exit 2
-fi
-exit "${tar_status:-2}"
-"""
+_COMPRESS_SCRIPT = "; ".join([
+    "exec 3>&1",
+    'tar_status=$( { { "$@"; echo $? >&4; } | {codec} >&3 4>&-; } 4>&1 )',
+    "codec_status=$?",
+    'if [ "$codec_status" -ne 0 ]; then echo "ddm: {name} failed with exit status '
+    '$codec_status" >&2; exit 2; fi',
+    'exit "${tar_status:-2}"',
+])
 
 # The target script runs the decompressor into tar ("$@"). A failure of tar is reported
 # first, because a decompressor that tar stopped reading from fails with SIGPIPE.
-_DECOMPRESS_SCRIPT = """exec 3>&1
-codec_status=$( { { {codec}; echo $? >&4; } | "$@" >&3 4>&-; } 4>&1 )
-tar_status=$?
-if [ "$tar_status" -ne 0 ]; then
-    exit "$tar_status"
-fi
-if [ "${codec_status:-2}" -ne 0 ]; then
-    echo "ddm: {codec} failed with exit status ${codec_status:-unknown}" >&2
-    exit 2
-fi
-exit 0
-"""
-
+_DECOMPRESS_SCRIPT = "; ".join([
+    "exec 3>&1",
+    'codec_status=$( { { {codec}; echo $? >&4; } | "$@" >&3 4>&-; } 4>&1 )',
+    "tar_status=$?",
+    'if [ "$tar_status" -ne 0 ]; then exit "$tar_status"; fi',
+    'if [ "${codec_status:-2}" -ne 0 ]; then echo "ddm: {name} -d failed with exit status '
+    '${codec_status:-unknown}" >&2; exit 2; fi',
+    "exit 0",
+])
 
 class StreamDecoder(Protocol):
     def decompress(self, data: bytes) -> bytes: ...
@@ -95,12 +91,14 @@ AUTO_CANDIDATES = (Codec("zstd", 3), Codec("zstd", 1), Codec("lz4", 1))
 def compressing_argv(prefix: tuple[str, ...], tar_argv: list[str], codec: Codec) -> list[str]:
     """Return the source command: `tar_argv` (without `prefix`) piped through the compressor."""
     script = _COMPRESS_SCRIPT.replace("{codec}", shlex.join(codec.compress_argv()))
+    script = script.replace("{name}", codec.name)
     return [*prefix, "sh", "-c", script, "ddm-compress", *tar_argv[len(prefix):]]
 
 
 def decompressing_argv(prefix: tuple[str, ...], tar_argv: list[str], codec: Codec) -> list[str]:
     """Return the target command: the decompressor piped into `tar_argv` (without `prefix`)."""
     script = _DECOMPRESS_SCRIPT.replace("{codec}", shlex.join(codec.decompress_argv()))
+    script = script.replace("{name}", codec.name)
     return [*prefix, "sh", "-c", script, "ddm-decompress", *tar_argv[len(prefix):]]
 
 

@@ -40,13 +40,15 @@ EXTRA_KEY = "compression"
 
 # Runs on the source host: counts the sample's bytes (which also reads the files into the
 # page cache), then times tar | head | codec | wc with GNU date's nanoseconds.
-_SAMPLE_SCRIPT = """limit=$1; shift
-input=$("$@" 2>/dev/null | head -c "$limit" | wc -c)
-start=$(date +%s%N)
-output=$("$@" 2>/dev/null | head -c "$limit" | {codec} | wc -c)
-end=$(date +%s%N)
-echo "$input $output $((end - start))"
-"""
+_SAMPLE_SCRIPT = "; ".join([
+    "limit=$1",
+    "shift",
+    'input=$("$@" 2>/dev/null | head -c "$limit" | wc -c)',
+    "start=$(date +%s%N)",
+    'output=$("$@" 2>/dev/null | head -c "$limit" | {codec} | wc -c)',
+    "end=$(date +%s%N)",
+    'echo "$input $output $((end - start))"',
+])
 
 
 def validate_compress(requested: str | None, data_path: str = "auto") -> str:
@@ -170,7 +172,7 @@ class CompressionChooser:
         if decision.requested != "none":
             self.runner.record("info", "compression", f"volume {item.source!r}: compression "
                                f"{decision.label} ({decision.reason})", position=item.position,
-                               **decision.to_dict())
+                               compression=decision.to_dict())
         self._store(item, decision.to_dict())
         return decision
 
