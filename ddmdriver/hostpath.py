@@ -283,18 +283,27 @@ def _send(writer: _RemoteTar, chunk: bytes, name: str, offset: int) -> None:
                              f"{error}; {_tail(writer.stderr.text())}") from None
 
 
-def read_host_manifest(engine: Any, access: HostAccess, directory: str, *, hash_content: bool) -> Manifest:
+def read_host_manifest(engine: Any, access: HostAccess, directory: str, *, hash_content: bool,
+                       codec: Codec | None = None) -> Manifest:
     """Build the manifest of `directory` from a GNU tar archive made on its host.
 
-    Raises MigrationFailed when tar reports a file that changed while it was read, because
-    such a manifest describes no single state of the volume.
+    With a `codec`, the host compresses the archive and this process decodes it. Raises
+    MigrationFailed when tar reports a file that changed while it was read, because such a
+    manifest describes no single state of the volume.
     """
     name = f"{engine.host.name}:{directory}"
     builder = ManifestBuilder(hash_content=hash_content)
-    reader = _RemoteTar(engine, create_argv(access, directory), name)
+    argv = create_argv(access, directory)
+    decoder = None
+    if codec is not None:
+        argv = compressing_argv(access.prefix, argv, codec)
+        decoder = StreamDecompressor(codec, name)
+    reader = _RemoteTar(engine, argv, name)
     try:
         while chunk := _receive(reader, name):
-            builder.feed(chunk)
+            builder.feed(chunk if decoder is None else decoder.decode(chunk))
+        if decoder is not None:
+            decoder.finish()
         status, errors = reader.finish()
     finally:
         reader.close()

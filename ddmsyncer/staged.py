@@ -260,7 +260,7 @@ class StagedVolumes:
         if mode is VerifyMode.NONE:
             self.runner.warn(f"volume {item.target!r} was not verified (--verify none)")
         else:
-            target_manifest = self.read_staging_manifest(staging, route, mode)
+            target_manifest = self.read_staging_manifest(staging, route, mode, item)
             staged_item = dataclasses.replace(item, target=staging)
             aspects = verify_aspects(route.data_path, deep=mode is VerifyMode.FULL)
             check_manifests(source_manifest, target_manifest, staged_item, aspects)
@@ -268,14 +268,17 @@ class StagedVolumes:
 
         self.promote(item, staging, route, source_manifest, mode)
 
-    def read_staging_manifest(self, staging: str, route: Route, mode: VerifyMode) -> Manifest:
+    def read_staging_manifest(self, staging: str, route: Route, mode: VerifyMode,
+                              item: TaskItem | None = None) -> Manifest:
+        """Read the staging volume's manifest; on the host path, compressed like the item's copy."""
         hash_content = mode is VerifyMode.FULL
         if route.data_path is DataPath.HOST:
             from ddmdriver.hostpath import read_host_manifest
 
             directory = self.runner.target.volume_inspect(staging).mountpoint
             return read_host_manifest(self.runner.target, route.target_access, directory,
-                                      hash_content=hash_content)
+                                      hash_content=hash_content,
+                                      codec=self.compression.codec_for(item) if item else None)
         return volumes.read_manifest(self.runner.target, staging, task_id=self.task_id,
                                      hash_content=hash_content)
 
