@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 
+from benchmarks.compression import run_compression
 from benchmarks.cutover import run_cutover
 from benchmarks.suite import Result, Suite
 
@@ -92,6 +93,7 @@ def run_scenarios(
         "d": lambda: run_incremental(suite, results),
         "e": lambda: run_cutover(suite),
         "p": lambda: run_parallel(suite),
+        "z": lambda: run_compression(suite),
     }
     for scenario in scenarios:
         if scenario not in steps:

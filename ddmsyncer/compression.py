@@ -39,16 +39,13 @@ SAMPLE_TIMEOUT_SECONDS = 120.0
 EXTRA_KEY = "compression"
 
 # Runs on the source host: counts the sample's bytes (which also reads the files into the
-# page cache), then times tar | head | codec | wc with GNU date's nanoseconds.
-_SAMPLE_SCRIPT = "; ".join([
-    "limit=$1",
-    "shift",
-    'input=$("$@" 2>/dev/null | head -c "$limit" | wc -c)',
-    "start=$(date +%s%N)",
-    'output=$("$@" 2>/dev/null | head -c "$limit" | {codec} | wc -c)',
-    "end=$(date +%s%N)",
-    'echo "$input $output $((end - start))"',
-])
+# page cache), then times tar | head | codec | wc with GNU date's nanoseconds, once per
+# codec, printing one line "INPUT OUTPUT NANOSECONDS" each.
+_SAMPLE_START = ['limit=$1', 'shift', 'input=$("$@" 2>/dev/null | head -c "$limit" | wc -c)']
+_SAMPLE_CODEC = ["start=$(date +%s%N)",
+                 'output=$("$@" 2>/dev/null | head -c "$limit" | {codec} | wc -c)',
+                 "end=$(date +%s%N)",
+                 'echo "$input $output $((end - start))"']
 
 
 def validate_compress(requested: str | None, data_path: str = "auto") -> str:
@@ -133,21 +130,30 @@ def _mib(rate: float) -> str:
     return f"{rate / (1024 * 1024):.1f} MiB"
 
 
-def sample_compression(engine: Any, access: Any, directory: str, codec: Codec,
-                       sample_bytes: int = SAMPLE_BYTES) -> Sample:
-    """Compress the first `sample_bytes` of the directory's tar stream on its host; time it there."""
+def sample_compression(engine: Any, access: Any, directory: str, codecs: list[Codec],
+                       sample_bytes: int = SAMPLE_BYTES) -> list[Sample]:
+    """Compress the first `sample_bytes` of the directory's tar stream on its host with each
+    codec, in one SSH command, and return the samples timed there.
+
+    Raises ValueError when the host's output is not one line of three numbers per codec
+    (for example when its `date` has no %N).
+    """
     from ddmdriver.hostpath import create_argv
 
     tar_argv = create_argv(access, directory)[len(access.prefix):]
-    script = _SAMPLE_SCRIPT.replace("{codec}", " ".join(codec.compress_argv()))
-    argv = access.argv("sh", "-c", script, "ddm-sample", str(sample_bytes), *tar_argv)
+    parts = list(_SAMPLE_START)
+    for codec in codecs:
+        parts += [part.replace("{codec}", " ".join(codec.compress_argv())) for part in _SAMPLE_CODEC]
+    argv = access.argv("sh", "-c", "; ".join(parts), "ddm-sample", str(sample_bytes), *tar_argv)
     result = engine.ssh.exec_command(argv, timeout=SAMPLE_TIMEOUT_SECONDS)
-    fields = result.stdout.split()
-    if result.exit_status != 0 or len(fields) != 3 or not all(part.isdigit() for part in fields):
-        raise ValueError(f"sample compression with {codec.label} on {engine.host.name} returned "
-                         f"{result.stdout[:80]!r} and exit status {result.exit_status}")
-    input_bytes, output_bytes, nanoseconds = (int(part) for part in fields)
-    return Sample(codec, input_bytes, output_bytes, nanoseconds / 1e9)
+
+    lines = [line.split() for line in result.stdout.splitlines()]
+    valid = all(len(fields) == 3 and all(part.isdigit() for part in fields) for fields in lines)
+    if result.exit_status != 0 or len(lines) != len(codecs) or not valid:
+        raise ValueError(f"sample compression on {engine.host.name} returned "
+                         f"{result.stdout[:120]!r} and exit status {result.exit_status}")
+    return [Sample(codec, int(fields[0]), int(fields[1]), int(fields[2]) / 1e9)
+            for codec, fields in zip(codecs, lines)]
 
 
 class CompressionChooser:
@@ -158,6 +164,7 @@ class CompressionChooser:
         self.requested = validate_compress(runner.task.spec.options.get("compress"),
                                            runner.task.spec.options.get("data_path", "auto"))
         self.decisions: dict[int, Decision] = {}
+        self.link_rates: dict[str, float | None] = {}  # measured once per task run
         self._lock = threading.Lock()
 
     def choose(self, item: Any, route: Any) -> Decision:
@@ -166,7 +173,7 @@ class CompressionChooser:
             if item.position in self.decisions:
                 return self.decisions[item.position]
         decision = choose_compression(self.runner.source, self.runner.target, route, self.requested,
-                                      volume=item.source)
+                                      volume=item.source, link_rates=self.link_rates)
         with self._lock:
             self.decisions[item.position] = decision
         if decision.requested != "none":
@@ -200,8 +207,10 @@ class CompressionChooser:
 
 
 def choose_compression(source: Any, target: Any, route: Any, requested: str, *,
-                       volume: str) -> Decision:
+                       volume: str, link_rates: dict[str, float | None] | None = None) -> Decision:
     """Return the compression of one volume on its route (a ddmsyncer.datapath.Route).
+
+    `link_rates` keeps the measured link rate for the next volume of the same task.
 
     Raises UsageError when an explicit codec cannot be used: the route is the Engine API,
     or a host lacks the codec's command.
@@ -231,7 +240,34 @@ def choose_compression(source: Any, target: Any, route: Any, requested: str, *,
     candidates = [codec for codec in AUTO_CANDIDATES if codec.name in available]
     if not candidates:
         return Decision(None, "neither zstd nor lz4 is on both hosts", requested)
-    return _measure_and_decide(source, target, route, candidates, requested)
+    return _measure_and_decide(source, target, route, candidates, requested,
+                               {} if link_rates is None else link_rates)
+
+
+def incremental_codec(runner: Any, item: Any, source_mountpoint: str) -> Codec | None:
+    """Choose the codec of an incremental update's tar stream, like a full copy's.
+
+    The incremental path runs tar as the SSH login user, so it needs no sudo prefix, but the
+    codec commands come from the same host probe. Auto samples the whole volume, not the
+    changed files only.
+    """
+    from ddmsyncer.datapath import DataPath, Route
+
+    staged = runner.staged
+    chooser = staged.compression
+    if chooser.requested == "none":
+        return None
+    source_access = staged.probes.probe(runner.source).access
+    target_access = staged.probes.probe(runner.target).access
+    if source_access is None or target_access is None:
+        if chooser.requested in DEFAULT_CODECS:
+            raise UsageError(f"--compress {chooser.requested} is not possible for volume "
+                             f"{item.source!r}: the hosts do not allow host commands as root",
+                             hint="use --compress auto or none")
+        return None
+    route = Route(DataPath.HOST, "incremental update", source_access, target_access,
+                  source_mountpoint)
+    return chooser.choose(item, route).codec
 
 
 def _codecs_on_both(route: Any) -> frozenset[str]:
@@ -241,22 +277,19 @@ def _codecs_on_both(route: Any) -> frozenset[str]:
 
 
 def _measure_and_decide(source: Any, target: Any, route: Any, candidates: list[Codec],
-                        requested: str) -> Decision:
-    from ddmsyncer.linkprobe import measure_link
+                        requested: str, link_rates: dict[str, float | None]) -> Decision:
+    from ddmsyncer.linkprobe import measure_copy_rate
 
-    source_link = measure_link(source, LINK_PROBE_BYTES)
-    target_link = measure_link(target, LINK_PROBE_BYTES)
-    rates = [rate for rate in (source_link.read_bytes_per_second,
-                               target_link.write_bytes_per_second) if rate]
-    link_rate = min(rates) if len(rates) == 2 else None
+    if "copy" not in link_rates:
+        link_rates["copy"] = measure_copy_rate(source, target, LINK_PROBE_BYTES)
+    link_rate = link_rates["copy"]
 
     samples: list[Sample] = []
-    for codec in candidates:
-        try:
-            samples.append(sample_compression(source, route.source_access, route.source_directory,
-                                              codec))
-        except (DDMError, ValueError, OSError) as error:
-            log.warning("sample compression failed: %s", error)
+    try:
+        samples = sample_compression(source, route.source_access, route.source_directory,
+                                     candidates)
+    except (DDMError, ValueError, OSError) as error:
+        log.warning("sample compression failed: %s", error)
 
     measurements: dict[str, Any] = {
         "link_bytes_per_second": round(link_rate) if link_rate else None,

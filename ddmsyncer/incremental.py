@@ -292,15 +292,25 @@ def backup_path(mountpoint: str, task_id: str) -> str:
 
 
 def relay_tar(source: Any, source_mountpoint: str, target: Any, target_mountpoint: str,
-              paths: list[bytes], on_chunk: Callable[[int], None]) -> tuple[int, str]:
-    """Stream `tar` of `paths` from the source to `tar -x` on the target; return (bytes, digest)."""
-    reader = source.ssh.open_command([
-        "tar", "-C", source_mountpoint, "--format=posix", "--numeric-owner", "--no-recursion",
-        "--null", "-T", "-", "-cf", "-",
-    ])
-    writer = target.ssh.open_command([
-        "tar", "-C", target_mountpoint, "--numeric-owner", "--same-owner", "-p", "-xf", "-",
-    ])
+              paths: list[bytes], on_chunk: Callable[[int], None], *, codec: Any = None,
+              on_wire: Callable[[int], None] | None = None) -> tuple[int, str]:
+    """Stream `tar` of `paths` from the source to `tar -x` on the target; return (bytes, digest).
+
+    With a ddmdriver.codec.Codec, the hosts compress and decompress the stream; the digest
+    and on_chunk count the tar bytes, and on_wire the compressed bytes.
+    """
+    from ddmdriver.codec import StreamDecompressor, compressing_argv, decompressing_argv
+
+    reader_argv = ["tar", "-C", source_mountpoint, "--format=posix", "--numeric-owner",
+                   "--no-recursion", "--null", "-T", "-", "-cf", "-"]
+    writer_argv = ["tar", "-C", target_mountpoint, "--numeric-owner", "--same-owner", "-p", "-xf", "-"]
+    decoder = None
+    if codec is not None:
+        reader_argv = compressing_argv((), reader_argv, codec)
+        writer_argv = decompressing_argv((), writer_argv, codec)
+        decoder = StreamDecompressor(codec, f"{source.host.name}:{source_mountpoint}")
+    reader = source.ssh.open_command(reader_argv)
+    writer = target.ssh.open_command(writer_argv)
     reader_errors, writer_errors = _drain_stderr(reader), _drain_stderr(writer)
     hasher = xxhash.xxh3_128()
     total = 0
@@ -308,10 +318,15 @@ def relay_tar(source: Any, source_mountpoint: str, target: Any, target_mountpoin
         reader.sendall(b"\0".join(paths) + b"\0")
         reader.shutdown_write()
         while chunk := reader.recv(RELAY_CHUNK):
-            hasher.update(chunk)
+            data = chunk if decoder is None else decoder.decode(chunk)
+            hasher.update(data)
             writer.sendall(chunk)
-            total += len(chunk)
-            on_chunk(len(chunk))
+            total += len(data)
+            on_chunk(len(data))
+            if on_wire is not None:
+                on_wire(len(chunk))
+        if decoder is not None:
+            decoder.finish()
         writer.shutdown_write()
         reader_errors.join()
         writer_errors.join()
@@ -332,7 +347,8 @@ def relay_tar(source: Any, source_mountpoint: str, target: Any, target_mountpoin
 
 def update_volume(source: Any, source_mountpoint: str, target: Any, target_mountpoint: str, *,
                   task_id: str, hash_content: bool, on_chunk: Callable[[int], None],
-                  on_backup: Callable[[str, bool], None]) -> UpdateResult:
+                  on_backup: Callable[[str, bool], None], codec: Any = None,
+                  on_wire: Callable[[int], None] | None = None) -> UpdateResult:
     """Bring the target volume up to date with the source; back it up first.
 
     on_backup(path, complete) is called before and after the backup is made, so the caller
@@ -357,7 +373,7 @@ def update_volume(source: Any, source_mountpoint: str, target: Any, target_mount
     archive_bytes, digest = 0, xxhash.xxh3_128().hexdigest()
     if plan.send:
         archive_bytes, digest = relay_tar(source, source_mountpoint, target, target_mountpoint,
-                                          plan.send, on_chunk)
+                                          plan.send, on_chunk, codec=codec, on_wire=on_wire)
     return UpdateResult(plan, source_scan, target_scan, len(plan.send), len(plan.delete),
                         archive_bytes, scan_bytes, digest, time.monotonic() - started)
 
@@ -502,6 +518,10 @@ def copy_item(runner: Any, item: TaskItem, on_chunk: Callable[[int], None]) -> U
     """Update one target volume in place, after restoring a backup that a crashed run left."""
     source_mountpoint, target_mountpoint = _mountpoints(runner, item)
     _undo(runner, item, _records(runner).get(str(item.position), {}))
+    from ddmsyncer.compression import incremental_codec
+
+    codec = incremental_codec(runner, item, source_mountpoint)
+    wire_bytes = [0]
 
     result = update_volume(
         runner.source, source_mountpoint, runner.target, target_mountpoint,
@@ -511,7 +531,10 @@ def copy_item(runner: Any, item: TaskItem, on_chunk: Callable[[int], None]) -> U
         on_backup=lambda backup, complete: _save_record(
             runner, item, backup=backup, backup_complete=complete,
             target_mountpoint=target_mountpoint),
+        codec=codec,
+        on_wire=lambda count: wire_bytes.__setitem__(0, wire_bytes[0] + count),
     )
+    runner.staged.compression.record_result(item, result.archive_bytes, wire_bytes[0])
     _UPDATES[(runner.task.id, item.position)] = result
     _save_record(runner, item, sent_entries=result.sent_entries,
                  deleted_entries=result.deleted_entries, archive_bytes=result.archive_bytes,

@@ -217,3 +217,23 @@ def test_lab_rate_limit(lab: Lab, h1: LabHost) -> None:
 
     assert "rate 100Mbit" in limited
     assert "rate" not in unlimited
+
+
+def test_incremental_update_compressed(lab: Lab, h1: LabHost, h2: LabHost, resources: LabResources,
+                                       tmp_path: Path) -> None:
+    source = resources.create_volume(h1)
+    write_volume_tree(h1, source, text_tree())
+    resources.add_volume(h2, source)
+    first, _, first_stderr = migrate_json(lab, tmp_path, source, source)
+    assert first == 0, first_stderr
+    write_volume_tree(h1, source, {"logs/app.log": File(log_text(1 << 20, seed=7)),
+                                   "logs/new.log": File(log_text(256 << 10, seed=8))})
+
+    result = run_command(lab, tmp_path, "ddmctl", "migrate", "--from", "h1", "--to", "h2",
+                         "--volume", source, "--incremental", "--compress", "zstd", "--yes", "--json")
+
+    assert result.status == 0, result.stderr
+    assert_same_tree(h1, source, h2, source)
+    record = compression_record(tmp_path, json.loads(result.stdout)["id"])
+    assert record["codec"] == "zstd"
+    assert 0 < record["wire_bytes"] < record["stream_bytes"] // 2
