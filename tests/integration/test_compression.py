@@ -83,6 +83,10 @@ def test_compressed_copy_identical(lab: Lab, h1: LabHost, h2: LabHost, resources
     assert record["codec"] == codec
     assert record["stream_bytes"] == document["volumes"][0]["bytes_done"]
     assert record["wire_bytes"] < record["stream_bytes"] // 2
+    status_json = run_command(lab, tmp_path, "ddmctl", "status", document["id"], "--json")
+    assert json.loads(status_json.stdout)["compression"]["0"] == record
+    status_text = run_command(lab, tmp_path, "ddmctl", "status", document["id"])
+    assert f", {codec}-" in status_text.stdout
 
 
 def test_uncompressed_wire_bytes_equal_stream(lab: Lab, h1: LabHost, h2: LabHost,
