@@ -532,7 +532,16 @@ def _describe_value(aspect: str, value: object) -> str:
         return "[" + ", ".join(display_path(item) for item in value) + "]"
     if isinstance(value, str):
         return value
-    return repr(value)
+    if aspect == "owner" and isinstance(value, tuple) and len(value) == 2:
+        return f"uid {value[0]} gid {value[1]}"
+    if aspect == "device" and isinstance(value, tuple) and len(value) == 2:
+        return f"major {value[0]} minor {value[1]}"
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_describe_value(aspect, item) for item in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_describe_value(aspect, key)}={_describe_value(aspect, item)}"
+                               for key, item in sorted(value.items())) + "}"
+    return str(value)
 
 
 # JSON encoding

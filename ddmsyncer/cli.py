@@ -14,6 +14,7 @@ from ddm import api
 from ddm.errors import DDMError, ExitStatus
 from ddm.store import TaskStore
 from ddm.task import TaskState
+from ddm.text import counted
 from ddmctl.commands.migrate import run_and_report
 from ddmctl.common import (
     EXIT_STATUS_HELP,
@@ -89,7 +90,7 @@ def serve(context: CommandContext, concurrency: int, poll_interval: float, once:
     try:
         serve_loop(context, running, work, concurrency, poll_interval, once)
     except KeyboardInterrupt:
-        context.info(f"stopping: cancelling {len(running)} running task(s)")
+        context.info(f"stopping: cancelling {counted(len(running), 'running task')}")
         for task_id in running:
             api.cancel_task(context.store, task_id)
         for thread in running.values():

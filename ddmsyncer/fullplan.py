@@ -18,6 +18,7 @@ from ddm.container_config import (
 )
 from ddm.errors import DDMError, UsageError
 from ddm.task import TaskSpec
+from ddm.text import counted
 from ddmdriver import containers as driver
 from ddmdriver import images as image_driver
 from ddmsyncer import volumes
@@ -406,7 +407,7 @@ def _check_layers(source: Any, target: Any, plan: FullPlan) -> None:
                 driver_name = str(target.api.info().get("Driver") or "")
         if driver_name != "overlay2" or target.ssh is None:
             plan.conflicts.append(
-                f"container {container.name!r} deleted {len(deleted)} files of its image; "
+                f"container {container.name!r} deleted {counted(len(deleted), 'file')} of its image; "
                 f"carrying deletions needs the overlay2 storage driver on an ssh:// target, "
                 f"host {target.host.name!r} has {driver_name or 'unknown'}")
 

@@ -48,6 +48,7 @@ from ddm.manifest import Manifest, compare_manifests, display_path
 from ddm.processes import process_alive
 from ddm.store import TaskStore
 from ddm.task import ItemState, Phase, Task, TaskItem, TaskState, VerifyMode
+from ddm.text import counted
 from ddmsyncer import incremental, parallel, volumes
 from ddmsyncer.control import wait_while_paused
 from ddmsyncer.staged import StagedVolumes, mark_verified, release_writers, remove_staging_volumes
@@ -318,7 +319,7 @@ class TaskRunner:
         for engine in self._open_engines():
             removed = volumes.remove_task_helpers(engine, self.task.id)
             if removed:
-                self.record("info", "helpers_removed", f"removed {removed} helper container(s) "
+                self.record("info", "helpers_removed", f"removed {counted(removed, 'helper container')} "
                             f"of an earlier run on {engine.host.name}")
 
         self._incremental = incremental.select_items(self)
@@ -475,7 +476,7 @@ class TaskRunner:
             first = differences[0]
             raise TaskConflict(
                 f"volume {item.target!r} on {self.task.spec.target_host} changed since task "
-                f"{self.task.id} finished ({len(differences)} differences, first "
+                f"{self.task.id} finished ({counted(len(differences), 'difference')}, first "
                 f"{display_path(first.path)}: {first.aspect})", hint=hint)
 
     def cleanup(self, *, every_host: bool = False) -> None:

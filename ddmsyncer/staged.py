@@ -27,6 +27,7 @@ from ddm.errors import MigrationFailed, TargetExists, TransferFailed, Verificati
 from ddm.manifest import Manifest, ManifestBuilder, compare_manifests, display_path
 from ddm.task import ItemState, TaskItem, VerifyMode
 from ddm.archive_guard import ROOT, ArchiveGuard, guard_observer
+from ddm.text import counted
 from ddmsyncer import volumes, writers
 from ddmsyncer.compression import CompressionChooser
 from ddmsyncer.datapath import DataPath, HostProbes, Route, choose_route, loses, verify_aspects
@@ -127,7 +128,7 @@ class StagedVolumes:
             if changed and not stopped:
                 if self.policy.quiesce is None:
                     self._reject_changed(item, changed)
-                self.runner.warn(f"volume {item.source!r}: {len(changed)} files changed during the "
+                self.runner.warn(f"volume {item.source!r}: {counted(len(changed), 'file')} changed during the "
                                  f"copy ({_first(changed)}); copying again with the writers "
                                  f"{'paused' if self.policy.quiesce == 'pause' else 'stopped'}")
                 stopped = self._quiesce(writers.running_writers(self.runner.source, item.source))
@@ -226,7 +227,7 @@ class StagedVolumes:
 
     def _reject_changed(self, item: TaskItem, changed: list[str]) -> None:
         raise TransferFailed(
-            f"volume {item.source!r}: {len(changed)} files changed while they were copied: "
+            f"volume {item.source!r}: {counted(len(changed), 'file')} changed while they were copied: "
             f"{_first(changed)}",
             hint="the copy was discarded; pass --stop-writers or --pause with --live to copy "
             "them again with the writers stopped",

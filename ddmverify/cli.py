@@ -11,6 +11,7 @@ from ddm.api import build_spec
 from ddm.errors import ExitStatus, VolumeNotFound
 from ddm.manifest import Manifest, compare_manifests, display_path
 from ddm.task import VerifyMode, new_task_id
+from ddm.text import counted
 from ddmctl.common import (
     CommandContext,
     common_options,
@@ -150,11 +151,11 @@ def print_results(context: CommandContext, results: list[dict[str, Any]]) -> Non
         if not result["differences"]:
             unchecked = ", ".join(result["not_checked"])
             unchecked_text = f"not checked {unchecked}" if unchecked else "every aspect checked"
-            context.echo(f"{name}: match ({result['entries']} entries; data path "
+            context.echo(f"{name}: match ({counted(result['entries'], 'entry', 'entries')}; data path "
                          f"{result['data_path']}; checked {', '.join(result['aspects'])}; "
                          f"{unchecked_text})")
             continue
-        context.echo(f"{name}: {len(result['differences'])} differences (data path "
+        context.echo(f"{name}: {counted(len(result['differences']), 'difference')} (data path "
                      f"{result['data_path']})")
         for difference in result["differences"]:
             context.echo(f"  {difference['path']}\t{difference['aspect']}\t"

@@ -10,6 +10,7 @@ import click
 
 from ddm import api
 from ddm.errors import ExitStatus
+from ddm.text import counted
 from ddmctl.commands.migrate import confirm
 from ddmctl.commands.planning import estimate_line, format_duration
 from ddmctl.common import CommandContext, epilog, json_option, raise_on_sigterm
@@ -40,7 +41,7 @@ def apply(context: CommandContext, plan_path: Path, dry_run: bool, fail_fast: bo
         return show_fleet_plan(context, plan, as_json)
 
     force = any(item.spec.force for item in plan.items)
-    confirm(context, f"run {len(plan.items)} items of fleet plan {plan_path}", yes=yes,
+    confirm(context, f"run {counted(len(plan.items), 'item')} of fleet plan {plan_path}", yes=yes,
             force=force)
     raise_on_sigterm()
     lock = threading.Lock()
@@ -71,12 +72,12 @@ def show_fleet_plan(context: CommandContext, plan: Any, as_json: bool) -> int:
             "total": plan.total, "per_host": plan.per_host},
             "items": [{"name": item.name, "plan": document} for item, document in documents]})
     else:
-        context.echo(f"fleet plan {plan.path}: {len(plan.items)} items, at most {plan.total} "
+        context.echo(f"fleet plan {plan.path}: {counted(len(plan.items), 'item')}, at most {plan.total} "
                      f"at once and {plan.per_host} per host")
         for item, document in documents:
-            state = "ok" if document["ok"] else f"{len(document['conflicts'])} conflicts"
+            state = "ok" if document["ok"] else counted(len(document["conflicts"]), "conflict")
             context.echo(f"item {item.name}: {item.spec.source_host} -> {item.spec.target_host}, "
-                         f"{len(document['objects'])} volumes, {state}")
+                         f"{counted(len(document['objects']), 'volume')}, {state}")
             for conflict in document["conflicts"]:
                 context.echo(f"  conflict: {conflict['message']}")
             context.echo(f"  {estimate_line(document['estimate'])}")
@@ -102,4 +103,4 @@ def print_summary(context: CommandContext, results: list[Any]) -> None:
         cells = [cell.ljust(width) for cell, width in zip(row, widths)] + [row[-1]]
         context.echo("  ".join(cells).rstrip())
     succeeded = sum(1 for result in results if result.succeeded)
-    context.info(f"{succeeded} of {len(results)} items succeeded")
+    context.info(f"{succeeded} of {counted(len(results), 'item')} succeeded")

@@ -96,7 +96,8 @@ def status(context: CommandContext, task_id: str, show_events: bool, watch: bool
     context.echo(f"state     {task_label(task)}")
     context.echo(f"phase     {task.phase.value}")
     context.echo(f"created   {format_time(task.created_at)} UTC")
-    context.echo(f"finished  {format_time(task.finished_at)} UTC")
+    finished = "-" if task.finished_at is None else f"{format_time(task.finished_at)} UTC"
+    context.echo(f"finished  {finished}")
     if task.error:
         context.echo(f"error     {task.error.get('message')}")
     compression = store.get_extra(task.id).get("compression", {})

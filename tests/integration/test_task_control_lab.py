@@ -284,7 +284,7 @@ def test_apply_one_item_fails_alone(h1: LabHost, h2: LabHost, isolated_env: Isol
 
     dry_run = ddmctl("apply", str(plan), "--dry-run")
     assert dry_run.status == 1
-    assert "item missing: h1 -> h2, 1 volumes, 1 conflicts" in dry_run.stdout
+    assert "item missing: h1 -> h2, 1 volume, 1 conflict" in dry_run.stdout
     assert volume_names(h2) == before
 
     outcome = ddmctl("apply", str(plan), "--json")

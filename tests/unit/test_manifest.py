@@ -512,6 +512,16 @@ def test_difference_describe_escapes_path() -> None:
     )
 
 
+def test_difference_describe_names_owner_and_device_fields() -> None:
+    owner = Difference(b"a", "owner", (1000, 1000), (7, 1000))
+    device = Difference(b"tty", "device", (4, 1), (4, 2))
+
+    assert owner.describe() == "a: owner differs (source uid 1000 gid 1000, target uid 7 gid 1000)"
+    assert device.describe() == (
+        "tty: device differs (source major 4 minor 1, target major 4 minor 2)"
+    )
+
+
 def test_manifest_entry_is_frozen() -> None:
     entry = ManifestEntry(b"a", "file", 0o644, 0, 0, 0)
 

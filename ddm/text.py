@@ -1,0 +1,12 @@
+"""Small helpers for the wording of messages that several packages print."""
+
+from __future__ import annotations
+
+
+def counted(count: int, noun: str, plural: str | None = None) -> str:
+    """Return `count` with `noun` in the singular or plural, as in "1 file" and "3 files".
+
+    `plural` is for nouns whose plural is not `noun` + "s", such as "entry" and "entries".
+    """
+    word = noun if count == 1 else (plural or f"{noun}s")
+    return f"{count} {word}"
