@@ -1,8 +1,8 @@
 """Limit a lab host's SSH link to a rate with `tc qdisc ... netem rate` inside its namespace.
 
 Kernels built without sch_netem (the 6.18 kernel of the development machine has none)
-get a token bucket filter (`tbf`) with the same rate instead; `limit_rate` returns the
-qdisc it used.
+get a token bucket filter (`tbf`) with the same rate instead. `limit_rate` returns the
+qdisc kind it used.
 
 The controller's SSH connection enters a host through the socat relay: outside, socat
 listens on the machine's loopback; inside, `nsenter --net` runs a second socat that
