@@ -55,22 +55,30 @@ def _copy(suite: Suite, scenario: str, source: str, data_bytes: int, choice: str
                                options=("--data-path", "host", "--compress", choice))
     suite.remove_target(target)
 
-    record = _compression_record(suite)
+    record, measuring_seconds = _compression_record(suite)
     if record.get("wire_bytes") is not None:
         result.wire_bytes = int(record["wire_bytes"])
     if choice == "auto":
         chosen = f"{record['codec']}-{record['level']}" if record.get("codec") else "none"
-        result.note = f"auto chose {chosen}: {record.get('reason', '')}"
+        result.note = (f"auto chose {chosen} after {measuring_seconds:.1f} s of measuring: "
+                       f"{record.get('reason', '')}")
     log.info("%s %s: %.1f s, wire %s bytes", scenario, result.method, result.usage.seconds,
              result.wire_bytes)
     return result
 
 
-def _compression_record(suite: Suite) -> dict[str, Any]:
-    """Return the compression record of the newest task in the suite's store."""
+def _compression_record(suite: Suite) -> tuple[dict[str, Any], float]:
+    """Return the compression record of the newest task in the suite's store, and the
+    seconds between its data path event and its compression event (auto's measuring)."""
     store = TaskStore(default_store_path(suite.env))
     try:
         newest = max(store.list_tasks(), key=lambda task: task.created_at)
-        return store.get_extra(newest.id).get("compression", {}).get("0", {})
+        record = store.get_extra(newest.id).get("compression", {}).get("0", {})
+        events = store.get_events(newest.id)
     finally:
         store.close()
+    marks = {}
+    for event in events:
+        marks.setdefault(event["kind"], event["at"])
+    measuring = marks.get("compression", 0.0) - marks.get("data_path", 0.0)
+    return record, max(measuring, 0.0)
