@@ -58,22 +58,6 @@ def measure_link(engine: Any, probe_bytes: int) -> LinkRate:
     return LinkRate(name, read_rate, write_rate, probe_bytes)
 
 
-def measure_copy_rate(source: Any, target: Any, probe_bytes: int) -> float | None:
-    """Return the slower of the source's read and the target's write rate, or None on failure.
-
-    Half the traffic of measure_link on both hosts, because a relayed copy only reads from
-    the source and writes to the target.
-    """
-    if source.ssh is None or target.ssh is None or probe_bytes <= 0:
-        return None
-    try:
-        return min(_measure_read(source, probe_bytes), _measure_write(target, probe_bytes))
-    except (DDMError, OSError, EOFError) as error:
-        log.warning("link probe of hosts %s and %s failed: %s", source.host.name,
-                    target.host.name, error)
-        return None
-
-
 def _measure_read(engine: Any, probe_bytes: int) -> float:
     """Return the read rate, timed from the first byte, so that opening the channel and
     starting the command do not count."""
