@@ -49,12 +49,13 @@ def table_rows(results: Sequence[Result]) -> list[list[str]]:
             f"{result.usage.max_rss_bytes / MIB:.0f}",
             f"{result.usage.cpu_seconds:.1f}",
             f"{result.downtime_seconds:.2f}" if result.downtime_seconds is not None else "-",
+            f"{result.image_bytes / MIB:.1f}" if result.image_bytes is not None else "-",
         ])
     return rows
 
 
 HEADER = ["scenario", "method", "MiB", "wall s", "MiB/s", "x b1", "x b2",
-          "copy phase MiB/s (x b1)", "wire MiB", "peak RSS MiB", "CPU s", "downtime s"]
+          "copy phase MiB/s (x b1)", "wire MiB", "peak RSS MiB", "CPU s", "downtime s", "image MiB"]
 
 
 def format_table(results: Sequence[Result]) -> str:

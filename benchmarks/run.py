@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 
 from benchmarks.compression import run_compression
 from benchmarks.cutover import run_cutover
+from benchmarks.images import run_images
 from benchmarks.suite import Result, Suite
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,7 @@ def run_scenarios(
         "d": lambda: run_incremental(suite, results),
         "e": lambda: run_cutover(suite),
         "p": lambda: run_parallel(suite),
+        "i": lambda: run_images(suite),
         "z": lambda: run_compression(suite),
     }
     for scenario in scenarios:

@@ -47,6 +47,7 @@ __all__ = [
     "build_spec",
     "plan_task",
     "create_task",
+    "create_task_from_spec",
     "run_task",
     "pause_task",
     "resume_task",
@@ -59,6 +60,7 @@ __all__ = [
     "task_summary",
     "build_callbacks",
     "create_full_task",
+    "plan_full_task",
     "finalize_task",
     "task_log",
 ]
@@ -154,15 +156,24 @@ def _reject_duplicates(names: list[str], what: str) -> None:
         seen.add(name)
 
 
-def create_task(store: TaskStore, config: Config, **request: Any) -> Task:
-    """Store a new queued task (see build_spec for the arguments) and return it."""
-    spec = build_spec(config, **request)
+def create_task(store: TaskStore, config: Config, *, reserve: bool = True, **request: Any) -> Task:
+    """Store a new queued task (see build_spec for the arguments) and return it.
+
+    With `reserve` (the default) the task is meant for this process's own run_task, and
+    `ddmsyncer serve` does not start it while this process lives. Pass reserve=False to
+    leave the task to `ddmsyncer serve`.
+    """
+    return create_task_from_spec(store, build_spec(config, **request), reserve=reserve)
+
+
+def create_task_from_spec(store: TaskStore, spec: TaskSpec, *, reserve: bool = True) -> Task:
+    """Store a new queued task of either mode from a spec of build_spec or build_full_spec."""
     task = Task(id=new_task_id(), spec=spec)
     task.items = [
         TaskItem(task_id=task.id, position=position, source=volume.source, target=volume.target)
         for position, volume in enumerate(spec.volumes)
     ]
-    store.create_task(task)
+    store.create_task(task, reserved_by=os.getpid() if reserve else None)
     store.add_event(task.id, "info", "created", "task created")
     return store.get_task(task.id)
 
@@ -402,26 +413,16 @@ def build_full_spec(
                     verify=verify_mode, options=full_options)
 
 
-def create_full_task(store: TaskStore, config: Config, **request: Any) -> Task:
-    """Store a new queued full-mode task (see build_full_spec for the arguments)."""
-    spec = build_full_spec(config, **request)
-    task = Task(id=new_task_id(), spec=spec)
-    store.create_task(task)
-    store.add_event(task.id, "info", "created", "task created")
-    return store.get_task(task.id)
+def create_full_task(store: TaskStore, config: Config, *, reserve: bool = True,
+                     **request: Any) -> Task:
+    """Store a new queued full-mode task (see build_full_spec; `reserve` as in create_task)."""
+    return create_task_from_spec(store, build_full_spec(config, **request), reserve=reserve)
 
 
-def plan_full_task(config: Config, spec: TaskSpec) -> dict[str, Any]:
-    """Return the plan of a full-mode task; nothing on either host changes."""
-    from ddmdriver.engine import open_engine
-    from ddmsyncer.fullplan import build_full_plan
-
-    with open_engine(config.host(spec.source_host), config) as source, \
-            open_engine(config.host(spec.target_host), config) as target:
-        plan = build_full_plan(source, target, spec).to_dict()
-    plan.update(mode=spec.mode.value, source_host=spec.source_host,
-                target_host=spec.target_host, ok=not plan["conflicts"])
-    return plan
+def plan_full_task(config: Config, spec: TaskSpec, *, probe_bytes: int | None = None
+                   ) -> dict[str, Any]:
+    """Return the plan document of a full-mode task (the same document as plan_task)."""
+    return plan_task(config, spec, probe_bytes=probe_bytes)
 
 
 def finalize_task(config: Config, store: TaskStore, task_id: str) -> Task:

@@ -41,12 +41,16 @@ class PhaseFinished(Event):
 
 @dataclass(frozen=True)
 class ItemStarted(Event):
-    """A volume's copy started; `bytes_total` is an estimate or None when unknown."""
+    """A transfer started; `bytes_total` is an estimate or None when unknown.
+
+    `object_kind` is "volume", or in full mode also "image" or "bind_mount".
+    """
 
     position: int
     source: str
     target: str
     bytes_total: int | None
+    object_kind: str = "volume"
 
 
 @dataclass(frozen=True)

@@ -135,13 +135,19 @@ class TaskStore:
 
     # Tasks
 
-    def create_task(self, task: Task) -> Task:
-        """Store a new task with one item per volume."""
+    def create_task(self, task: Task, *, reserved_by: int | None = None) -> Task:
+        """Store a new task with one item per volume.
+
+        `reserved_by` is the ID of the process that will run the task itself. While that
+        process lives, `ddmsyncer serve` leaves the queued task alone.
+        """
+        task.runner_pid = reserved_by
         with self.transaction() as db:
             db.execute(
-                "INSERT INTO tasks (id, spec, state, phase, created_at) VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO tasks (id, spec, state, phase, created_at, runner_pid)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
                 (task.id, json.dumps(task.spec.to_dict()), task.state.value, task.phase.value,
-                 task.created_at),
+                 task.created_at, reserved_by),
             )
             for item in task.items:
                 self._insert_item(db, item)

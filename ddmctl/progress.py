@@ -1,6 +1,7 @@
 """Progress displays for running tasks, all on stderr.
 
-- RichDisplay: bars per volume (bytes, rate, ETA) when stderr is a terminal.
+- RichDisplay: bars per volume, and in full mode per image and bind mount (bytes, rate, ETA),
+  when stderr is a terminal.
 - PlainDisplay: one line per phase, volume and warning, and a progress line at most every
   PLAIN_PROGRESS_SECONDS per volume, when stderr is not a terminal.
 - JsonDisplay: one JSON object per event, for --json.
@@ -78,9 +79,9 @@ class PlainDisplay(NullDisplay):
         if isinstance(event, PhaseStarted):
             self.write(f"phase {event.phase}")
         elif isinstance(event, ItemStarted):
-            self.names[event.position] = f"{event.source} -> {event.target}"
+            self.names[event.position] = f"{event.object_kind} {item_label(event, ' -> ')}"
             size = format_bytes(event.bytes_total) if event.bytes_total is not None else "unknown size"
-            self.write(f"copying volume {self.names[event.position]} ({size})")
+            self.write(f"copying {self.names[event.position]} ({size})")
         elif isinstance(event, Progress):
             now = time.monotonic()
             if now - self.last_line.get(event.position, 0.0) >= PLAIN_PROGRESS_SECONDS:
@@ -88,7 +89,7 @@ class PlainDisplay(NullDisplay):
                 self.write(f"  {self.names.get(event.position, event.position)}: "
                            f"{format_bytes(event.bytes_done)}")
         elif isinstance(event, ItemFinished):
-            self.write(f"copied volume {self.names.get(event.position, event.position)}: "
+            self.write(f"copied {self.names.get(event.position, event.position)}: "
                        f"{format_bytes(event.bytes_done)}")
         elif isinstance(event, Warning):
             self.write(f"warning: {event.message}")
@@ -123,9 +124,10 @@ class RichDisplay(NullDisplay):
         if isinstance(event, PhaseStarted):
             self.console.print(f"[bold]phase[/bold] {event.phase}")
         elif isinstance(event, ItemStarted):
-            self.bars[event.position] = self.progress.add_task(
-                f"{event.source} → {event.target}", total=event.bytes_total
-            )
+            label = item_label(event, " → ")
+            if event.object_kind != "volume":
+                label = f"{event.object_kind} {label}"
+            self.bars[event.position] = self.progress.add_task(label, total=event.bytes_total)
         elif isinstance(event, Progress) and event.position in self.bars:
             self.progress.update(self.bars[event.position], completed=event.bytes_done)
         elif isinstance(event, ItemFinished) and event.position in self.bars:
@@ -133,6 +135,13 @@ class RichDisplay(NullDisplay):
                                  total=event.bytes_done)
         elif isinstance(event, Warning):
             self.console.print(f"[yellow]warning:[/yellow] {event.message}")
+
+
+def item_label(event: ItemStarted, arrow: str) -> str:
+    """Return "SRC{arrow}DST", or one name when source and target have the same name."""
+    if event.object_kind != "volume" and event.source == event.target:
+        return event.source
+    return f"{event.source}{arrow}{event.target}"
 
 
 def choose_display(env: Environment, *, as_json: bool, quiet: bool) -> Any:
@@ -156,3 +165,15 @@ def format_bytes(count: int | None) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     return f"{count} B"
+
+
+def format_duration(seconds: float) -> str:
+    """Format seconds as '0.4 s', '12 s', '3 min 5 s' or '2 h 10 min'."""
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    whole = int(round(seconds))
+    if whole < 60:
+        return f"{whole} s"
+    if whole < 3600:
+        return f"{whole // 60} min {whole % 60} s"
+    return f"{whole // 3600} h {whole % 3600 // 60} min"

@@ -64,10 +64,13 @@ def relay_image(
     names: Sequence[str],
     *,
     on_chunk: Callable[[int], None] | None = None,
+    transform: Callable[[Iterator[bytes]], Iterator[bytes]] | None = None,
 ) -> int:
-    """Stream `docker save NAMES` on the source into `docker load` on the target; return bytes.
+    """Stream `docker save NAMES` on the source into `docker load` on the target.
 
-    `names` are tags (restored on the target with the image) or one image ID.
+    `names` are tags (restored on the target with the image) or one image ID. `transform`,
+    when given, rewrites the stream on its way (see ddmdriver.imagelayers). Return the bytes
+    read from the source; on_chunk is called with each chunk's size as it is read.
     """
     description = f"image {', '.join(names)} from {source.host.name}"
     url = source.api._url("/images/get")
@@ -93,7 +96,8 @@ def relay_image(
 
     try:
         with target._errors(f"loading {description} on {target.host.name}"):
-            output = target.api._post(target.api._url("/images/load"), data=chunks(),
+            data = transform(chunks()) if transform is not None else chunks()
+            output = target.api._post(target.api._url("/images/load"), data=data,
                                       params={"quiet": "1"},
                                       headers={"Content-Type": "application/x-tar"})
             target.api._raise_for_status(output)

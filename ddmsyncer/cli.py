@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 import time
 from pathlib import Path
@@ -12,8 +13,9 @@ import click
 
 from ddm import api
 from ddm.errors import DDMError, ExitStatus
+from ddm.processes import process_alive
 from ddm.store import TaskStore
-from ddm.task import TaskState
+from ddm.task import Task, TaskState
 from ddm.text import counted
 from ddmctl.commands.migrate import run_and_report
 from ddmctl.common import (
@@ -108,7 +110,7 @@ def serve_loop(context: CommandContext, running: dict[str, threading.Thread], wo
                 del running[task_id]
 
         queued = [task for task in reversed(context.store.list_tasks(state=TaskState.QUEUED))
-                  if task.id not in running]
+                  if task.id not in running and not reserved_elsewhere(task)]
         for task in queued[: max(0, concurrency - len(running))]:
             context.info(f"starting task {task.id}")
             thread = threading.Thread(target=work, args=(task.id,), name=f"task-{task.id}")
@@ -118,6 +120,13 @@ def serve_loop(context: CommandContext, running: dict[str, threading.Thread], wo
         if once and not queued and not running:
             return
         time.sleep(poll_interval)
+
+
+def reserved_elsewhere(task: Task) -> bool:
+    """Return True for a queued task that a live process created to run itself."""
+    if task.runner_pid is None or task.runner_pid == os.getpid():
+        return False
+    return process_alive(task.runner_pid)
 
 
 main = main_for(cli, "ddmsyncer")

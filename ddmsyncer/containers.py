@@ -39,11 +39,12 @@ from ddm.events import ItemFinished, ItemStarted, Progress
 from ddm.manifest import Manifest, ManifestBuilder
 from ddm.task import TaskItem, TaskState, VerifyMode
 from ddmdriver import containers as driver
+from ddmdriver import imagelayers
 from ddmdriver import images as image_driver
 from ddmdriver.engine import HELPER_IMAGE, HELPER_MOUNT
-from ddmsyncer import volumes, warm
+from ddmsyncer import rerun, volumes, warm
 from ddmsyncer.fullplan import FullPlan, build_full_plan
-from ddmsyncer.runner import PROGRESS_EVENT_SECONDS, TaskRunner
+from ddmsyncer.runner import PROGRESS_EVENT_SECONDS, PROGRESS_STORE_SECONDS, TaskRunner
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,8 @@ LOGS_VOLUME_PREFIX = "ddm-logs-"
 DEFAULT_VERIFY_TIMEOUT_SECONDS = 60.0
 STATE_POLL_SECONDS = 0.5
 CREATED_KINDS = ("containers", "volumes", "networks", "tags", "images", "directories")
+# Key of the task's extra state that lists each image, volume and bind-mount transfer.
+TRANSFERS_KEY = "transfers"
 
 
 def logs_volume_name(task_id: str) -> str:
@@ -107,6 +110,8 @@ class FullTaskRunner(TaskRunner):
         self._warm_updates: dict[str, Any] = {}
         self._positions = 0
         with self.phase(Phase.PREPARE):
+            if self._already_migrated():
+                return
             self.prepare_full()
         with self.phase(Phase.COPY):
             self.copy_full()
@@ -125,7 +130,9 @@ class FullTaskRunner(TaskRunner):
             self.task.id, plan=self.plan.to_dict(),
             source_containers=[container.name for container in self.plan.containers],
             source_running=[c.name for c in self.plan.containers if c.running],
-            created={key: [] for key in CREATED_KINDS}, image_bytes_sent=0,
+            source_container_ids={c.name: c.id for c in self.plan.containers},
+            created={key: [] for key in CREATED_KINDS}, image_bytes_sent=0, images={},
+            transfers=[],
             volume_bytes_sent=0, source_stopped_at=None, downtime_seconds=None, warm={},
         )
         self._remember_helper_images()
@@ -141,12 +148,32 @@ class FullTaskRunner(TaskRunner):
             raise TargetExists(
                 f"{count} conflict{'s' if count > 1 else ''} on host "
                 f"{self.task.spec.target_host!r}: "
-                + "; ".join(self.plan.conflicts),
+                + "; ".join(self.plan.conflict_messages()),
                 hint="resolve them (see 'ddmctl migrate --dry-run') and run the migration again",
             )
         self.record("info", "planned", f"{len(self.plan.containers)} containers, "
                     f"{len(self.plan.images)} images, {len(self.plan.volumes)} volumes, "
                     f"{len(self.plan.binds)} bind mounts, {len(self.plan.networks)} networks")
+
+    def _already_migrated(self) -> bool:
+        """Finish a re-run of a succeeded migration without sending anything; see ddmsyncer.rerun."""
+        self.source.ping()
+        self.target.ping()
+        record = rerun.find_finished_full(self)
+        if record is None:
+            return False
+
+        names = [entry["name"] for entry in record["target_containers"]]
+        self.store.set_extra(
+            self.task.id, **{rerun.EXTRA_KEY: record},
+            created={key: [] for key in CREATED_KINDS}, image_bytes_sent=0, images={},
+            volume_bytes_sent=0, layer_bytes_sent=0, downtime_seconds=None,
+        )
+        self.record("info", "already_migrated",
+                    f"containers {', '.join(names)} already run on {self.task.spec.target_host}, "
+                    f"migrated by task {record['task']}; nothing sent",
+                    earlier_task=record["task"])
+        return True
 
     def _remember_helper_images(self) -> None:
         """Record on which hosts this task will import DDM's helper image, so rollback removes it."""
@@ -245,19 +272,49 @@ class FullTaskRunner(TaskRunner):
             for tag in image.missing_tags:
                 self.remember_created("tags", tag)
                 image_driver.image_tag(target, image.id, tag)
+            self._record_image(image, 0)
             self.record("info", "image", f"image {image.id[:19]} already on "
                         f"{self.task.spec.target_host}; not sent")
             return
 
         self.remember_created("images", image.id)
         names = image.tags or [image.id]
-        progress = _TransferProgress(self, f"image {names[0]}", f"image {names[0]}",
-                                     image.size_bytes or None)
-        sent = image_driver.relay_image(self.source, target, names, on_chunk=progress.add)
-        progress.finish(sent)
+        progress = TransferProgress(self, "image", names[0], image.size_bytes or None)
+        layer_filter = self._layer_filter(image.id)
+        read = image_driver.relay_image(self.source, target, names, on_chunk=progress.add,
+                                        transform=layer_filter.filter)
+        sent = layer_filter.sent_bytes
+        progress.finish(read)
+        self._target_chains.update(layer_filter.chains)
         self.add_sent_bytes("image", sent)
+        self._record_image(image, sent, read_bytes=read,
+                           skipped_layers=len(layer_filter.skipped_layers))
+        skipped = (f", {len(layer_filter.skipped_layers)} layers the target has left out"
+                   if layer_filter.skipped_layers else "")
         self.record("info", "image", f"sent image {image.id[:19]} ({', '.join(names)}): "
-                    f"{sent} bytes")
+                    f"{sent} bytes{skipped}")
+
+    def _layer_filter(self, image_id: str) -> imagelayers.LayerFilter:
+        """Return a filter that leaves out the image's layers that the target already has."""
+        if not hasattr(self, "_target_chains"):
+            try:
+                self._target_chains = imagelayers.target_chain_ids(self.target)
+            except DDMError as error:
+                self.warn(f"could not list the images of {self.task.spec.target_host}; "
+                          f"sending whole images: {error}")
+                self._target_chains = set()
+        inspect = image_driver.image_inspect(self.source, image_id) or {}
+        diff_ids = (inspect.get("RootFS") or {}).get("Layers") or []
+        return imagelayers.LayerFilter(imagelayers.chain_ids(diff_ids), self._target_chains)
+
+    def _record_image(self, image: Any, sent: int, *, read_bytes: int = 0,
+                      skipped_layers: int = 0) -> None:
+        """Store the bytes sent for one image under "images" in the task's extra state."""
+        images = self.extra().get("images") or {}
+        images[image.id] = {"tags": list(image.tags), "bytes_sent": sent,
+                            "bytes_read": read_bytes, "layers_left_out": skipped_layers,
+                            "present_on_target": bool(image.present_on_target)}
+        self.store.set_extra(self.task.id, images=images)
 
     def _volumes_to_copy(self, *, running: bool) -> list[Any]:
         """Return the volumes to copy now: those of running containers only after the stop."""
@@ -274,7 +331,7 @@ class FullTaskRunner(TaskRunner):
     def _copy_volume(self, name: str) -> None:
         volume = next(volume for volume in self.plan.volumes if volume.name == name)
         item = TaskItem(task_id=self.task.id, position=0, source=name, target=name)
-        progress = _TransferProgress(self, name, name, volume.size_bytes)
+        progress = TransferProgress(self, "volume", name, volume.size_bytes)
         manifest, byte_count, _ = volumes.copy_volume(
             self.source, self.target, item, task_id=self.task.id,
             hash_content=self.task.spec.verify is VerifyMode.FULL, on_chunk=progress.add,
@@ -296,8 +353,13 @@ class FullTaskRunner(TaskRunner):
                                                   labels=labels)
         builder = ManifestBuilder(hash_content=self.task.spec.verify is VerifyMode.FULL,
                                   strip_prefix=volumes.ARCHIVE_PREFIX)
+        bind = next(bind for bind in self.plan.binds if bind.source_path == source_path)
+        progress = TransferProgress(self, "bind_mount", source_path, bind.size_bytes,
+                                    target=target_path)
         result = relay_archive(self.source, source_helper, HELPER_MOUNT, self.target,
-                               target_helper, "/", observers=[builder.feed])
+                               target_helper, "/",
+                               observers=[builder.feed, lambda chunk: progress.add(len(chunk))])
+        progress.finish(result.bytes)
         self._manifests_by_name[f"bind:{target_path}"] = builder.close()
         self.add_sent_bytes("volume", result.bytes)
         volumes.remove_task_helpers(self.source, self.task.id)
@@ -407,6 +469,10 @@ class FullTaskRunner(TaskRunner):
                         f"does not accept connections on {self.task.spec.target_host}")
 
     def _check_projection(self, container: Any, inspect: dict[str, Any]) -> None:
+        if inspect.get("Image") != container.image_id:
+            raise VerificationFailed(
+                f"container {container.name!r} on {self.task.spec.target_host} runs image "
+                f"{str(inspect.get('Image'))[:19]}, the source runs {container.image_id[:19]}")
         target_image = image_driver.image_inspect(self.target, inspect["Image"]) or {}
         differences = compare_projections(
             projection(container.inspect, container.image_config),
@@ -522,23 +588,41 @@ class FullTaskRunner(TaskRunner):
                 self.record("info", "restarted", f"started source container {name!r} again")
 
 
-class _TransferProgress:
-    """Emits ItemStarted, Progress and ItemFinished events for one image or volume transfer."""
+class TransferProgress:
+    """Reports the bytes of one image, volume or bind-mount transfer while they pass.
 
-    def __init__(self, runner: FullTaskRunner, source: str, target: str,
-                 bytes_total: int | None) -> None:
+    It emits ItemStarted, Progress and ItemFinished events, and keeps the transfer in the
+    task's extra state under TRANSFERS_KEY, stored at most every PROGRESS_STORE_SECONDS, so
+    that `ddmctl status --watch` in another process can draw a bar per image and volume.
+    """
+
+    def __init__(self, runner: FullTaskRunner, kind: str, name: str, bytes_total: int | None,
+                 *, target: str | None = None) -> None:
         self.runner = runner
         self.position = runner._positions
         runner._positions += 1
         self.bytes_total = bytes_total
         self.done = 0
         self._last_event = 0.0
-        runner.emit(ItemStarted(runner.task.id, position=self.position, source=source,
-                                target=target, bytes_total=bytes_total))
+        self._last_store = time.monotonic()
+        self.record = {"position": self.position, "kind": kind, "name": name,
+                       "target": target or name, "bytes_total": bytes_total, "bytes_done": 0,
+                       "state": "sending", "started_at": time.time(), "finished_at": None}
+        self._store()
+        size = "unknown size" if bytes_total is None else f"{bytes_total} bytes"
+        runner.record("info", "transfer_started", f"sending {kind} {name} ({size})",
+                      object_kind=kind, object=name, bytes_total=bytes_total)
+        runner.emit(ItemStarted(runner.task.id, position=self.position, source=name,
+                                target=target or name, bytes_total=bytes_total,
+                                object_kind=kind))
 
     def add(self, count: int) -> None:
         self.done += count
         now = time.monotonic()
+        if now - self._last_store >= PROGRESS_STORE_SECONDS:
+            self._last_store = now
+            self.record["bytes_done"] = self.done
+            self._store()
         if now - self._last_event >= PROGRESS_EVENT_SECONDS:
             self._last_event = now
             self.runner.emit(Progress(self.runner.task.id, position=self.position,
@@ -546,8 +630,17 @@ class _TransferProgress:
             self.runner.check_control()
 
     def finish(self, byte_count: int) -> None:
+        self.record.update(bytes_done=byte_count, state="sent", finished_at=time.time())
+        self._store()
         self.runner.emit(ItemFinished(self.runner.task.id, position=self.position,
                                       state="copied", bytes_done=byte_count))
+
+    def _store(self) -> None:
+        transfers = [entry for entry in self.runner.extra().get(TRANSFERS_KEY) or []
+                     if entry["position"] != self.position]
+        transfers.append(dict(self.record))
+        transfers.sort(key=lambda entry: entry["position"])
+        self.runner.store.set_extra(self.runner.task.id, **{TRANSFERS_KEY: transfers})
 
 
 def _below_any(path: str, parents: list[str]) -> bool:

@@ -10,6 +10,7 @@ which rolls them back too.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import Counter
@@ -168,7 +169,7 @@ def _create_task(store: TaskStore, item: FleetItem) -> Task:
     task.items = [TaskItem(task_id=task.id, position=position, source=volume.source,
                            target=volume.target)
                   for position, volume in enumerate(item.spec.volumes)]
-    store.create_task(task)
+    store.create_task(task, reserved_by=os.getpid())
     store.add_event(task.id, "info", "created", f"task created for fleet item {item.name!r}")
     return store.get_task(task.id)
 

@@ -16,7 +16,7 @@ from ddm.container_config import (
     map_host_path,
     user_networks,
 )
-from ddm.errors import DDMError, UsageError
+from ddm.errors import DDMError, InsufficientSpace, MigrationFailed, TargetExists, UsageError
 from ddm.task import TaskSpec
 from ddm.text import counted
 from ddmdriver import containers as driver
@@ -45,6 +45,19 @@ STEPS = (
 )
 
 
+@dataclass(frozen=True)
+class PlanConflict:
+    """One problem that stops a full-mode task: the object's kind and name, the error class."""
+
+    kind: str
+    object: str
+    error: str
+    message: str
+
+    def to_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
 @dataclass
 class ContainerPlan:
     """One container to move."""
@@ -57,6 +70,7 @@ class ContainerPlan:
     inspect: dict[str, Any]
     image_config: dict[str, Any]
     depends_on: list[str] = field(default_factory=list)
+    layer_bytes: int | None = None  # SizeRw: the files the container added or changed
 
 
 @dataclass
@@ -92,6 +106,7 @@ class BindPlan:
     source_path: str
     target_path: str
     containers: list[str] = field(default_factory=list)
+    size_bytes: int | None = None  # disk usage from `du -sk`, None when unknown
 
 
 @dataclass
@@ -112,11 +127,18 @@ class FullPlan:
     volumes: list[VolumePlan] = field(default_factory=list)
     binds: list[BindPlan] = field(default_factory=list)
     networks: list[NetworkPlan] = field(default_factory=list)
-    conflicts: list[str] = field(default_factory=list)
+    conflicts: list[PlanConflict] = field(default_factory=list)
     deleted_paths: dict[str, list[str]] = field(default_factory=dict)
 
     def container(self, name: str) -> ContainerPlan:
         return next(plan for plan in self.containers if plan.name == name)
+
+    def conflict(self, kind: str, name: str, error: type[DDMError], message: str) -> None:
+        """Record a conflict on the object `name` of `kind`; `error` is the class it would raise."""
+        self.conflicts.append(PlanConflict(kind, name, error.__name__, message))
+
+    def conflict_messages(self) -> list[str]:
+        return [conflict.message for conflict in self.conflicts]
 
     def to_dict(self) -> dict[str, Any]:
         """Return the plan without the raw inspect data, for --dry-run and the task record."""
@@ -133,7 +155,7 @@ class FullPlan:
                           "subnets": _subnets(net.inspect),
                           "exists_on_target": net.exists_on_target}
                          for net in self.networks],
-            "conflicts": list(self.conflicts),
+            "conflicts": self.conflict_messages(),
             "steps": list(STEPS),
         }
 
@@ -172,6 +194,7 @@ def build_full_plan(source: Any, target: Any, spec: TaskSpec) -> FullPlan:
             image_reference=get_path(inspect, "Config.Image") or inspect["Image"],
             running=bool(get_path(inspect, "State.Running")), inspect=inspect,
             image_config=image.get("Config") or {},
+            layer_bytes=layer_size(source, inspect["Id"]),
         ))
 
     plan.containers = order_by_dependencies(plan.containers)
@@ -185,6 +208,29 @@ def build_full_plan(source: Any, target: Any, spec: TaskSpec) -> FullPlan:
     _check_architecture(target, plan)
     _check_space(target, plan)
     return plan
+
+
+def layer_size(source: Any, container_id: str) -> int | None:
+    """Return the size of a container's writable layer (SizeRw), or None when unknown."""
+    try:
+        with source._errors("reading the size of a container's writable layer"):
+            listed = source.api.containers(all=True, size=True, filters={"id": container_id})
+    except DDMError as error:
+        log.warning("writable layer size of container %s is unknown: %s", container_id[:12], error)
+        return None
+    size = listed[0].get("SizeRw") if listed else None
+    return size if isinstance(size, int) and size >= 0 else None
+
+
+def directory_size(engine: Any, path: str) -> int | None:
+    """Return the disk usage of a host directory from `du -sk` over SSH, or None when unknown."""
+    if engine.ssh is None:
+        return None
+    result = engine.exec_command(["du", "-s", "-k", "--", path])
+    if result.exit_status != 0:
+        return None
+    first = result.stdout.split(maxsplit=1)[:1]
+    return int(first[0]) * 1024 if first and first[0].isdigit() else None
 
 
 def order_by_dependencies(containers: list[ContainerPlan]) -> list[ContainerPlan]:
@@ -244,17 +290,20 @@ def _plan_images(source: Any, target: Any, plan: FullPlan) -> None:
             if existing is None:
                 image_plan.missing_tags.append(tag)
             elif existing["Id"] != image_plan.id:
-                plan.conflicts.append(
+                plan.conflict(
+                    "image", tag, TargetExists,
                     f"image tag {tag!r} on host {target.host.name!r} points at "
                     f"{existing['Id'][:19]}, not at {image_plan.id[:19]}")
 
         reference = normalise_reference(container.image_reference)
         if "@" in reference:
-            plan.conflicts.append(
+            plan.conflict(
+                "container", container.name, MigrationFailed,
                 f"container {container.name!r} refers to its image by digest ({reference}); "
                 "docker load does not restore digests, so the target could not resolve it")
         elif reference not in tags and not reference.startswith("sha256:"):
-            plan.conflicts.append(
+            plan.conflict(
+                "container", container.name, MigrationFailed,
                 f"image reference {reference!r} of container {container.name!r} no longer "
                 f"points at its image {container.image_id[:19]} on host {source.host.name!r}")
 
@@ -267,10 +316,15 @@ def normalise_reference(reference: str) -> str:
     return f"{repository}:{tag}"
 
 
+def sorted_mounts(inspect: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Return a container's mounts by destination; the engine lists them in no fixed order."""
+    return sorted(inspect.get("Mounts") or [], key=lambda mount: str(mount.get("Destination")))
+
+
 def _plan_volumes(source: Any, target: Any, plan: FullPlan, spec: TaskSpec) -> None:
     by_name: dict[str, VolumePlan] = {}
     for container in plan.containers:
-        for mount in container.inspect.get("Mounts") or []:
+        for mount in sorted_mounts(container.inspect):
             if mount.get("Type") == "volume":
                 _add_volume(source, mount["Name"], by_name, plan).containers.append(container.name)
 
@@ -283,8 +337,8 @@ def _plan_volumes(source: Any, target: Any, plan: FullPlan, spec: TaskSpec) -> N
 
     for volume in plan.volumes:
         if target.volume_inspect(volume.name) is not None:
-            plan.conflicts.append(f"volume {volume.name!r} already exists on host "
-                                  f"{target.host.name!r}")
+            plan.conflict("volume", volume.name, TargetExists,
+                          f"volume {volume.name!r} already exists on host {target.host.name!r}")
 
 
 def _add_volume(source: Any, name: str, by_name: dict[str, VolumePlan],
@@ -309,7 +363,7 @@ def _add_volume(source: Any, name: str, by_name: dict[str, VolumePlan],
 def _plan_binds(source: Any, target: Any, plan: FullPlan, map_path: Mapping[str, str]) -> None:
     by_path: dict[str, BindPlan] = {}
     for container in plan.containers:
-        for mount in container.inspect.get("Mounts") or []:
+        for mount in sorted_mounts(container.inspect):
             if mount.get("Type") != "bind":
                 continue
             source_path = mount["Source"]
@@ -319,13 +373,16 @@ def _plan_binds(source: Any, target: Any, plan: FullPlan, map_path: Mapping[str,
             by_path[source_path].containers.append(container.name)
 
     for bind in plan.binds:
+        bind.size_bytes = directory_size(source, bind.source_path)
         if driver.host_path_is_directory(source, bind.source_path) is False:
-            plan.conflicts.append(
+            plan.conflict(
+                "bind_mount", bind.source_path, UsageError,
                 f"bind mount source {bind.source_path!r} on host {source.host.name!r} is not a "
                 "directory; only bind-mounted directories can be copied")
         exists = driver.host_path_exists(target, bind.target_path)
         if exists:
-            plan.conflicts.append(
+            plan.conflict(
+                "bind_mount", bind.source_path, TargetExists,
                 f"bind mount directory {bind.target_path!r} already exists on host "
                 f"{target.host.name!r}; pass --map-path {bind.source_path}=NEW_PATH")
 
@@ -349,7 +406,8 @@ def _plan_networks(source: Any, target: Any, plan: FullPlan, spec: TaskSpec) -> 
         if existing is not None:
             network.exists_on_target = True
             if _subnets(existing) != _subnets(inspect) or existing.get("Driver") != inspect.get("Driver"):
-                plan.conflicts.append(
+                plan.conflict(
+                    "network", name, TargetExists,
                     f"network {name!r} on host {target.host.name!r} has driver "
                     f"{existing.get('Driver')} and subnets {_subnets(existing)}, the source has "
                     f"{inspect.get('Driver')} and {_subnets(inspect)}")
@@ -363,8 +421,9 @@ def _subnets(network: Mapping[str, Any]) -> list[str]:
 def _check_names(target: Any, plan: FullPlan) -> None:
     for container in plan.containers:
         if driver.container_inspect(target, container.name) is not None:
-            plan.conflicts.append(f"container name {container.name!r} is taken on host "
-                                  f"{target.host.name!r}")
+            plan.conflict("container", container.name, TargetExists,
+                          f"container name {container.name!r} is taken on host "
+                          f"{target.host.name!r}")
 
 
 def _check_ports(target: Any, plan: FullPlan) -> None:
@@ -388,7 +447,8 @@ def _check_ports(target: Any, plan: FullPlan) -> None:
                     wildcard = "0.0.0.0" in (address, used_address) or "::" in (address, used_address)
                     if used_port == port and used_protocol == protocol and (
                             wildcard or used_address == address):
-                        plan.conflicts.append(
+                        plan.conflict(
+                            "container", container.name, TargetExists,
                             f"host port {address}:{port}/{protocol} of container "
                             f"{container.name!r} is in use on host {target.host.name!r}")
 
@@ -406,7 +466,8 @@ def _check_layers(source: Any, target: Any, plan: FullPlan) -> None:
             with target._errors("reading engine information"):
                 driver_name = str(target.api.info().get("Driver") or "")
         if driver_name != "overlay2" or target.ssh is None:
-            plan.conflicts.append(
+            plan.conflict(
+                "container", container.name, MigrationFailed,
                 f"container {container.name!r} deleted {counted(len(deleted), 'file')} of its image; "
                 f"carrying deletions needs the overlay2 storage driver on an ssh:// target, "
                 f"host {target.host.name!r} has {driver_name or 'unknown'}")
@@ -426,8 +487,9 @@ def _check_architecture(target: Any, plan: FullPlan) -> None:
     arch = ARCHITECTURE_NAMES.get(target.ping().arch, target.ping().arch)
     for image in plan.images:
         if image.architecture and arch and image.architecture != arch:
-            plan.conflicts.append(f"image {image.id[:19]} is for {image.architecture}, host "
-                                  f"{target.host.name!r} runs {arch}")
+            plan.conflict("image", image.tags[0] if image.tags else image.id, MigrationFailed,
+                          f"image {image.id[:19]} is for {image.architecture}, host "
+                          f"{target.host.name!r} runs {arch}")
 
 
 def _check_space(target: Any, plan: FullPlan) -> None:
@@ -437,4 +499,4 @@ def _check_space(target: Any, plan: FullPlan) -> None:
         volumes.check_space(target, needed, ", ".join(volume.name for volume in plan.volumes)
                             or "images")
     except DDMError as error:
-        plan.conflicts.append(str(error))
+        plan.conflict("host", target.host.name, InsufficientSpace, str(error))

@@ -2,7 +2,8 @@
 
 The plan document (schema in docs/json-schemas.md) lists objects, each with a `kind`. Volumes
 mode plans only objects of kind "volume". Full mode adds containers, images, bind mounts and
-networks to the same list, with their own data paths and steps.
+networks to the same list, with their own data paths and steps
+(ddmsyncer/fullplan_document.py).
 
 Nothing on either host changes: the checks inspect volumes, read the engines' disk usage and
 free space, and the link probe reads /dev/zero and writes /dev/null over SSH.
@@ -14,7 +15,7 @@ from typing import Any
 
 from ddm.config import Config
 from ddm.errors import DDMError
-from ddm.task import TaskItem, TaskSpec, VerifyMode
+from ddm.task import Mode, TaskItem, TaskSpec, VerifyMode
 from ddmsyncer import compression, datapath, volumes, writers
 from ddmsyncer.datapath import HostProbes
 from ddmsyncer.linkprobe import LinkRate, measure_link
@@ -31,8 +32,11 @@ NOT_VERIFIED = ("mtime_ns", "xattrs", "acl", "sparse")
 
 def build_plan(config: Config, spec: TaskSpec, *, probe_bytes: int = DEFAULT_PROBE_BYTES
                ) -> dict[str, Any]:
-    """Return the plan document of a volumes-mode task; nothing on either host changes."""
+    """Return the plan document of a task in either mode. Nothing on either host changes."""
     from ddmdriver.engine import open_engine
+
+    if spec.mode is Mode.FULL:
+        return build_full_mode_plan(config, spec, probe_bytes=probe_bytes)
 
     plan: dict[str, Any] = {
         "plan_version": PLAN_VERSION,
@@ -70,6 +74,39 @@ def build_plan(config: Config, spec: TaskSpec, *, probe_bytes: int = DEFAULT_PRO
     return plan
 
 
+def build_full_mode_plan(config: Config, spec: TaskSpec, *,
+                         probe_bytes: int = DEFAULT_PROBE_BYTES) -> dict[str, Any]:
+    """Return the plan document of a full-mode task. Nothing on either host changes."""
+    from ddmdriver.engine import open_engine
+    from ddmsyncer.fullplan import build_full_plan
+    from ddmsyncer.fullplan_document import full_plan_objects, full_plan_steps
+
+    with open_engine(config.host(spec.source_host), config) as source, \
+            open_engine(config.host(spec.target_host), config) as target:
+        engines = {"source": _engine_summary(source), "target": _engine_summary(target)}
+        full_plan = build_full_plan(source, target, spec)
+        links = {"source": measure_link(source, probe_bytes),
+                 "target": measure_link(target, probe_bytes)}
+
+    objects = full_plan_objects(full_plan, spec)
+    return {
+        "plan_version": PLAN_VERSION,
+        "mode": spec.mode.value,
+        "source_host": spec.source_host,
+        "target_host": spec.target_host,
+        "verify": spec.verify.value,
+        "force": spec.force,
+        "engines": engines,
+        "objects": objects,
+        "conflicts": [conflict.to_dict() for conflict in full_plan.conflicts],
+        "bytes_total": sum(entry.get("size_bytes") or 0 for entry in objects),
+        "steps": full_plan_steps(full_plan, spec),
+        "link": {role: rate.to_dict() for role, rate in links.items()},
+        "estimate": estimate_duration(objects, links, spec.verify),
+        "ok": not full_plan.conflicts,
+    }
+
+
 def _engine_summary(engine: Any) -> dict[str, Any]:
     info = engine.ping()
     return {"host": engine.host.name, "version": info.version, "api_version": info.api_version,
@@ -82,6 +119,7 @@ def _plan_volume(source: Any, target: Any, item: TaskItem, spec: TaskSpec,
         "kind": "volume",
         "source": item.source,
         "target": item.target,
+        "driver": None,
         "data_path": DATA_PATH_ENGINE_API,
         "preserves": [*VOLUME_METADATA, *volumes.aspects_for(VerifyMode.FULL)[1:]],
         "verified": [] if spec.verify is VerifyMode.NONE else list(volumes.aspects_for(spec.verify)),
@@ -188,14 +226,24 @@ def plan_steps(spec: TaskSpec, objects: list[dict[str, Any]]) -> list[dict[str, 
 
 def estimate_duration(objects: list[dict[str, Any]], links: dict[str, LinkRate],
                       verify: VerifyMode) -> dict[str, Any]:
-    """Estimate the copy and verify time from the volume sizes and the measured link rates.
+    """Estimate the copy and verify time from the object sizes and the measured link rates.
 
     The copy streams source -> controller -> target, so its rate is the slower of the two
-    links; verify reads the target's archive back. Engine and disk time are not included, and
-    the copy overlaps reading and writing, so real runs can be longer or shorter.
+    links; verify reads the archives of volumes and bind mounts back from the target. An
+    object's `bytes_to_send` (full mode) replaces its size when present, because an image
+    that the target has, a network or a remote-backed volume sends nothing. The downtime of a
+    full-mode cutover is the copy time of the objects sent while the source containers are
+    stopped (`during_cutover`), without the container starts and health checks. Engine and
+    disk time are not included, and the copy overlaps reading and writing, so real runs can
+    be longer or shorter.
     """
-    sizes = [entry.get("size_bytes") for entry in objects]
+    sizes = [entry.get("bytes_to_send", entry.get("size_bytes")) for entry in objects
+             if _carries_data(entry)]
     known = [size for size in sizes if isinstance(size, int)]
+    verified = [entry.get("size_bytes") or 0 for entry in objects
+                if entry.get("kind", "volume") in ("volume", "bind_mount") and _carries_data(entry)]
+    cutover = [entry.get("bytes_to_send") or 0 for entry in objects
+               if entry.get("during_cutover")]
     copy_rate = _slowest(links["source"].read_bytes_per_second,
                          links["target"].write_bytes_per_second)
     verify_rate = links["target"].read_bytes_per_second
@@ -206,8 +254,10 @@ def estimate_duration(objects: list[dict[str, Any]], links: dict[str, LinkRate],
         "copy_seconds": None,
         "verify_seconds": None,
         "seconds": None,
-        "basis": "volume sizes from the engines' disk usage report and SSH link rates measured "
-                 "with /dev/zero; engine and disk time are not included",
+        "downtime_seconds": None,
+        "basis": "object sizes from the engines (disk usage report, image and layer sizes, du "
+                 "of bind-mounted directories) and SSH link rates measured with /dev/zero; "
+                 "engine and disk time are not included",
     }
     if copy_rate is None:
         estimate["basis"] = "no estimate: the link rate was not measured (" + "; ".join(
@@ -217,9 +267,15 @@ def estimate_duration(objects: list[dict[str, Any]], links: dict[str, LinkRate],
     estimate["copy_seconds"] = estimate["bytes_total"] / copy_rate
     estimate["verify_seconds"] = 0.0
     if verify is not VerifyMode.NONE and verify_rate:
-        estimate["verify_seconds"] = estimate["bytes_total"] / verify_rate
+        estimate["verify_seconds"] = sum(verified) / verify_rate
     estimate["seconds"] = estimate["copy_seconds"] + estimate["verify_seconds"]
+    if any(entry.get("during_cutover") for entry in objects):
+        estimate["downtime_seconds"] = sum(cutover) / copy_rate
     return estimate
+
+
+def _carries_data(entry: dict[str, Any]) -> bool:
+    return entry.get("data_path") != "none"
 
 
 def _slowest(*rates: float | None) -> float | None:

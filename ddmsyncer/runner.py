@@ -49,7 +49,7 @@ from ddm.processes import process_alive
 from ddm.store import TaskStore
 from ddm.task import ItemState, Phase, Task, TaskItem, TaskState, VerifyMode
 from ddm.text import counted
-from ddmsyncer import incremental, parallel, volumes
+from ddmsyncer import incremental, parallel, rerun, volumes
 from ddmsyncer.control import wait_while_paused
 from ddmsyncer.staged import StagedVolumes, mark_verified, release_writers, remove_staging_volumes
 
@@ -323,6 +323,7 @@ class TaskRunner:
                             f"of an earlier run on {engine.host.name}")
 
         self._incremental = incremental.select_items(self)
+        rerun.mark_unchanged_volumes(self)  # a re-run of a finished task sends nothing
         checks = {}
         for item in self.pending_items():
             checks[item.position] = volumes.check_volume(

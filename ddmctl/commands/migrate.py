@@ -168,7 +168,7 @@ def migrate_full(context: CommandContext, *, dry_run: bool, yes: bool, as_json: 
     """Create and run a full-mode task, or print its plan with --dry-run."""
     spec = api.build_full_spec(context.config, **request)
     if dry_run:
-        return show_full_plan(context, api.plan_full_task(context.config, spec), as_json)
+        return show_plan(context, api.plan_task(context.config, spec), as_json)
 
     selection = (f"project {spec.options['project']}" if spec.options.get("project")
                  else "containers " + ", ".join(spec.options["containers"]))
@@ -178,36 +178,6 @@ def migrate_full(context: CommandContext, *, dry_run: bool, yes: bool, as_json: 
     task = api.create_full_task(context.store, context.config, **request)
     context.info(f"task {task.id} created")
     return run_and_report(context, task.id, as_json, resume=False)
-
-
-def show_full_plan(context: CommandContext, plan: dict, as_json: bool) -> int:
-    if as_json:
-        context.print_json(plan)
-        return int(ExitStatus.OK if plan["ok"] else ExitStatus.FAILED)
-
-    context.echo(f"plan: full from {plan['source_host']} to {plan['target_host']}")
-    for container in plan["containers"]:
-        state = "running" if container["running"] else "stopped"
-        after = f", after {', '.join(container['depends_on'])}" if container["depends_on"] else ""
-        context.echo(f"  container {container['name']}: image {container['image']}, {state}{after}")
-    for image in plan["images"]:
-        action = "present on target" if image["present_on_target"] else "send"
-        context.echo(f"  image {image['id'][:19]} {', '.join(image['tags'])}: "
-                     f"{format_bytes(image['size_bytes'])}, {action}")
-    for volume in plan["volumes"]:
-        action = "recreate only (remote-backed)" if volume["remote"] else "copy"
-        context.echo(f"  volume {volume['name']}: {format_bytes(volume['size_bytes'])}, {action}")
-    for bind in plan["binds"]:
-        context.echo(f"  bind mount {bind['source_path']} -> {bind['target_path']}: copy")
-    for network in plan["networks"]:
-        action = "exists on target" if network["exists_on_target"] else "create"
-        context.echo(f"  network {network['name']} ({network['driver']}, "
-                     f"{', '.join(network['subnets'])}): {action}")
-    for step in plan["steps"]:
-        context.echo(f"  step {step}")
-    for conflict in plan["conflicts"]:
-        context.echo(f"  conflict: {conflict}")
-    return int(ExitStatus.OK if plan["ok"] else ExitStatus.FAILED)
 
 
 def spec_summary(spec) -> str:

@@ -11,11 +11,11 @@ from typing import Any, TypeVar
 import click
 
 from ddm import api
-from ddm.errors import ExitStatus
+from ddm.errors import ExitStatus, UsageError
 from ddm.task import TaskSpec
 from ddmctl.common import CommandContext, epilog, json_option
 from ddmctl.complete import complete_host
-from ddmctl.progress import format_bytes
+from ddmctl.progress import format_bytes, format_duration
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -27,8 +27,10 @@ def task_options(function: F) -> F:
                      shell_complete=complete_host),
         click.option("--to", "target", required=True, metavar="HOST", help="Target host name.",
                      shell_complete=complete_host),
-        click.option("--volume", "volumes", multiple=True, required=True, metavar="SRC[:DST]",
-                     help="Volume to move; SRC:DST renames it on the target (repeatable)."),
+        click.option("--volume", "volumes", multiple=True, metavar="SRC[:DST]",
+                     help="Volume to move; SRC:DST renames it on the target (repeatable, "
+                     "volumes mode)."),
+        *full_mode_options(),
         click.option("--verify", type=click.Choice(["none", "quick", "full"]), default=None,
                      help="Check after the copy: quick compares metadata and sizes, full also "
                      "hashes content (default: defaults.verify in the config, else full)."),
@@ -43,6 +45,29 @@ def task_options(function: F) -> F:
     for option in reversed(options):
         function = option(function)
     return function
+
+
+def full_mode_options() -> list[Callable[[F], F]]:
+    """Return --mode and the options of full mode, as `ddmctl migrate` has them."""
+    return [
+        click.option("--mode", type=click.Choice(["volumes", "full"]), default="volumes",
+                     show_default=True, help="Move volumes only, or whole containers (full)."),
+        click.option("--container", "containers", multiple=True, metavar="NAME",
+                     help="Container to move in full mode (repeatable)."),
+        click.option("--project", metavar="NAME",
+                     help="Compose project to move in full mode: every container, volume and "
+                     "network labelled com.docker.compose.project=NAME."),
+        click.option("--map-path", "map_paths", multiple=True, metavar="SRC=DST",
+                     help="Copy the bind-mounted host directory SRC to DST on the target (full "
+                     "mode, repeatable)."),
+        click.option("--warm", is_flag=True,
+                     help="Full mode: copy the volumes of running containers before stopping "
+                     "them, then copy only what changed (needs python3 and GNU tar on both "
+                     "hosts)."),
+        click.option("--remove-source", is_flag=True,
+                     help="Remove the stopped source containers after a verified full-mode "
+                     "migration."),
+    ]
 
 
 def callback_options() -> list[Callable[[F], F]]:
@@ -68,18 +93,41 @@ def with_callback_options(function: F) -> F:
 
 
 def spec_from_options(context: CommandContext, options: dict[str, Any]) -> TaskSpec:
-    """Validate the task options and return the TaskSpec; nothing is stored."""
+    """Validate the task options of either mode and return the TaskSpec; nothing is stored."""
     config = context.config
+    verify = options["verify"] or config.defaults.verify
+    if options.get("mode", "volumes") == "full":
+        if options["volumes"] or options["force"]:
+            raise UsageError("--volume and --force belong to volumes mode",
+                             hint="full mode moves the volumes of the given containers")
+        callbacks = api.build_callbacks(config, on_success=options["on_success"],
+                                        on_failure=options["on_failure"],
+                                        notify=options["notify"])
+        return api.build_full_spec(
+            config, source=options["source"], target=options["target"],
+            containers=options["containers"], project=options["project"],
+            map_path=options["map_paths"], remove_source=options["remove_source"],
+            verify=verify, options={**callbacks, "warm": options["warm"]},
+        )
+
+    full_only = ("containers", "project", "map_paths", "remove_source", "warm")
+    if any(options.get(name) for name in full_only):
+        raise UsageError("--container, --project, --map-path, --remove-source and --warm need "
+                         "--mode full")
+    if not options["volumes"]:
+        raise UsageError("missing option --volume",
+                         hint="pass --volume NAME, or --mode full with --container NAME or "
+                         "--project NAME")
     return api.build_spec(
         config, source=options["source"], target=options["target"],
-        volumes=options["volumes"], verify=options["verify"] or config.defaults.verify,
-        force=options["force"], on_success=options["on_success"],
-        on_failure=options["on_failure"], notify=options["notify"],
-        options={"compress": options.get("compress") or "none"},
+        volumes=options["volumes"], verify=verify, force=options["force"],
+        on_success=options["on_success"], on_failure=options["on_failure"],
+        notify=options["notify"], options={"compress": options.get("compress") or "none"},
     )
 
 
-@click.command(epilog=epilog("ddmctl plan --from old --to new --volume pgdata --json"))
+@click.command(epilog=epilog("ddmctl plan --from old --to new --volume pgdata --json\n  "
+                             "ddmctl plan --from old --to new --mode full --project shop"))
 @task_options
 @click.option("--probe-size", type=click.IntRange(0, 1024), default=4, show_default=True,
               metavar="MIB", help="MiB read and written over each SSH link to measure its "
@@ -89,27 +137,25 @@ def spec_from_options(context: CommandContext, options: dict[str, Any]) -> TaskS
 def plan(context: CommandContext, probe_size: int, as_json: bool, **options: Any) -> int:
     """Show what a migration would do, and change nothing on either host.
 
-    Lists each object with its size, data path and preserved aspects, every conflict, the
-    order of the steps and an estimated duration from the measured link speed. Exits 1 when a
-    conflict would make the migration fail.
+    Lists each object (volumes; in full mode also containers, images, bind mounts and
+    networks) with its size, data path and preserved aspects, every conflict, the order of
+    the steps and an estimated duration from the measured link speed. Exits 1 when a conflict
+    would make the migration fail.
     """
     spec = spec_from_options(context, options)
     document = api.plan_task(context.config, spec, probe_bytes=probe_size * 1024 * 1024)
     return show_plan(context, document, as_json)
 
 
-@click.command(epilog=epilog("ddmctl create --from old --to new --volume pgdata"))
+@click.command(epilog=epilog("ddmctl create --from old --to new --volume pgdata\n  "
+                             "ddmctl create --from old --to new --mode full --container web"))
 @task_options
 @json_option
 @click.pass_obj
 def create(context: CommandContext, as_json: bool, **options: Any) -> int:
     """Store a queued task and print its ID; 'ddmsyncer serve' or 'ddmsyncer run' runs it."""
     spec = spec_from_options(context, options)
-    task = api.create_task(
-        context.store, context.config, source=spec.source_host, target=spec.target_host,
-        volumes=[f"{volume.source}:{volume.target}" for volume in spec.volumes],
-        verify=spec.verify, force=spec.force, options=spec.options,
-    )
+    task = api.create_task_from_spec(context.store, spec, reserve=False)
     if as_json:
         context.print_json(task.to_dict())
     else:
@@ -148,6 +194,7 @@ def plan_lines(document: dict[str, Any]) -> list[str]:
             lines.append(f"    compression {codec} ({chosen['reason']})")
         if entry.get("running_writers"):
             lines.append(f"    used by running containers: {', '.join(entry['running_writers'])}")
+        lines.extend(f"    {line}" for line in full_object_lines(entry))
     lines.append("conflicts:" if document["conflicts"] else "conflicts: none")
     for conflict in document["conflicts"]:
         lines.append(f"  {conflict['kind']} {conflict['object']}: {conflict['message']}")
@@ -159,23 +206,34 @@ def plan_lines(document: dict[str, Any]) -> list[str]:
     return lines
 
 
+def full_object_lines(entry: dict[str, Any]) -> list[str]:
+    """Return the details of a full-mode object: image tags, container state, network subnets."""
+    kind = entry["kind"]
+    if kind == "image":
+        return [f"id {entry['id'][:19]}, tags {', '.join(entry['tags']) or '-'}, "
+                f"{'on the target' if entry['present_on_target'] else 'missing on the target'}"]
+    if kind == "container":
+        state = "running" if entry["running"] else "stopped"
+        after = f", after {', '.join(entry['depends_on'])}" if entry["depends_on"] else ""
+        deleted = f", {entry['deleted_paths']} deleted paths" if entry["deleted_paths"] else ""
+        return [f"image {entry['image']}, {state}{after}{deleted}"]
+    if kind == "network":
+        return [f"driver {entry['driver']}, subnets {', '.join(entry['subnets']) or '-'}"]
+    if kind in ("volume", "bind_mount") and entry.get("containers"):
+        cutover = ", copied while the source containers are stopped" if entry.get(
+            "during_cutover") else ""
+        return [f"used by {', '.join(entry['containers'])}{cutover}"]
+    return []
+
+
 def estimate_line(estimate: dict[str, Any]) -> str:
     """Return the duration estimate as one line, saying that it is an estimate."""
     if estimate["seconds"] is None:
         return f"estimate: {estimate['basis']}"
     rate = format_bytes(int(estimate["copy_bytes_per_second"]))
+    downtime = ""
+    if estimate.get("downtime_seconds") is not None:
+        downtime = f", downtime about {format_duration(estimate['downtime_seconds'])}"
     return (f"estimate: about {format_duration(estimate['seconds'])} for "
-            f"{format_bytes(estimate['bytes_total'])} at {rate}/s measured over SSH "
+            f"{format_bytes(estimate['bytes_total'])} at {rate}/s measured over SSH{downtime} "
             "(engine and disk time not included)")
-
-
-def format_duration(seconds: float) -> str:
-    """Format seconds as '0.4 s', '12 s', '3 min 5 s' or '2 h 10 min'."""
-    if seconds < 10:
-        return f"{seconds:.1f} s"
-    whole = int(round(seconds))
-    if whole < 60:
-        return f"{whole} s"
-    if whole < 3600:
-        return f"{whole // 60} min {whole % 60} s"
-    return f"{whole // 3600} h {whole % 3600 // 60} min"

@@ -65,8 +65,9 @@ def list_tasks(context: CommandContext, state: str | None, host: str | None,
 @click.argument("task_id", metavar="TASK", shell_complete=complete_task)
 @click.option("--events", "show_events", is_flag=True, help="Also print the task's event log.")
 @click.option("--watch", is_flag=True,
-              help="Follow the task until it ends: phase, per-volume bars, rates and ETA on a "
-              "terminal, a line per change elsewhere (on stderr).")
+              help="Follow the task until it ends: phase, per-volume bars (in full mode also "
+              "per image and bind mount), rates, ETA and the downtime so far during a cutover "
+              "on a terminal, a line per change elsewhere (on stderr).")
 @json_option
 @click.pass_obj
 def status(context: CommandContext, task_id: str, show_events: bool, watch: bool,
@@ -75,9 +76,11 @@ def status(context: CommandContext, task_id: str, show_events: bool, watch: bool
     store = context.store
     task = mark_stale_running(store, store.get_task(task_id))
     if watch:
+        columns = context.env.environ.get("COLUMNS", "")
         task = watch_task(store, task.id, context.env.stderr,
                           terminal=bool(context.env.stderr_isatty) and not as_json,
-                          no_color=context.env.no_color)
+                          no_color=context.env.no_color,
+                          width=int(columns) if columns.isdigit() else None)
     events = store.get_events(task.id) if show_events else []
     if as_json:
         data = task.to_dict()
@@ -86,7 +89,9 @@ def status(context: CommandContext, task_id: str, show_events: bool, watch: bool
         if task.spec.mode.value == "full":
             data["full"] = store.get_extra(task.id)
             data["downtime_seconds"] = data["full"].get("downtime_seconds")
-        else:
+            data["image_bytes_sent"] = data["full"].get("image_bytes_sent")
+        data["already_migrated"] = store.get_extra(task.id).get("already_migrated")
+        if task.spec.mode.value != "full":
             data["compression"] = store.get_extra(task.id).get("compression", {})
         context.print_json(data)
         return int(ExitStatus.OK)
@@ -109,8 +114,14 @@ def status(context: CommandContext, task_id: str, show_events: bool, watch: bool
     extra = store.get_extra(task.id) if task.spec.mode.value == "full" else {}
     for container in (extra.get("plan") or {}).get("containers") or []:
         context.echo(f"container {container['name']}  image {container['image']}")
+    for transfer in extra.get("transfers") or []:
+        context.echo(f"{transfer['kind']:<9} {transfer['name']}  {transfer['state']}  "
+                     f"{format_bytes(transfer['bytes_done'])} / "
+                     f"{format_bytes(transfer['bytes_total'])}")
     if extra.get("downtime_seconds") is not None:
         context.echo(f"downtime  {extra['downtime_seconds']:.2f} s")
+    if extra.get("image_bytes_sent") is not None:
+        context.echo(f"images    {format_bytes(extra['image_bytes_sent'])} sent")
     for event in events:
         context.echo(f"{format_time(event['at'])}  {event['level']:<7}  {event['message']}")
     return int(ExitStatus.OK)

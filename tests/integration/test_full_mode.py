@@ -263,11 +263,19 @@ def test_conflicting_name_refused(lab: Lab, project: Project,
                      f"{project.bind_source}={project.bind_target}", "--dry-run", "--json")
     plan = json.loads(capsys.readouterr().out)
     assert status == 1
-    assert [item["name"] for item in plan["containers"]] == [project.db, project.web]
-    assert [item["name"] for item in plan["networks"]] == [project.network]
-    assert plan["images"][0]["present_on_target"] is False
-    assert len(plan["volumes"]) == 3
-    assert plan["conflicts"] == [f"container name {project.web!r} is taken on host 'h2'"]
+
+    def sources(kind: str) -> list[str]:
+        return [entry["source"] for entry in plan["objects"] if entry["kind"] == kind]
+
+    assert sources("container") == [project.db, project.web]
+    assert sources("network") == [project.network]
+    assert [entry["present_on_target"] for entry in plan["objects"]
+            if entry["kind"] == "image"] == [False]
+    assert len(sources("volume")) == 3
+    assert plan["conflicts"] == [{
+        "kind": "container", "object": project.web, "error": "TargetExists",
+        "message": f"container name {project.web!r} is taken on host 'h2'",
+    }]
     assert host_state(h2) == h2_before
 
     status = migrate("--mode", "full", "--project", project.name, "--map-path",
