@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from benchmarks.compression import run_compression
 from benchmarks.cutover import run_cutover
 from benchmarks.images import run_images
+from benchmarks.route import DIRECT_SCENARIOS, run_direct_copy
 from benchmarks.suite import Result, Suite
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,8 @@ def run_full_copy(suite: Suite, scenario: str, *, keep_ddm_target: bool = False)
     target_volume = f"{source_volume}-ddm"
     suite.remove_target(target_volume)
     results.append(suite.ddm_migrate(scenario, [(source_volume, target_volume)], data_bytes))
+    if scenario in DIRECT_SCENARIOS:
+        results.append(run_direct_copy(suite, scenario, source_volume, data_bytes))
     if not keep_ddm_target:
         suite.remove_target(target_volume)
         suite.source.docker("volume", "rm", "-f", source_volume, check=False)

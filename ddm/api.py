@@ -23,6 +23,7 @@ from typing import Any
 
 from ddm.callbacks import Callbacks, run_task_callbacks, task_summary
 from ddm.config import Config, load_config
+from ddm.direct_config import validate_route
 from ddm.errors import TaskConflict, UsageError
 from ddm.events import EventCallback, ignore_event
 from ddm.store import TaskStore, default_store_path
@@ -118,6 +119,7 @@ def build_spec(
     except ValueError:
         raise UsageError(f"invalid verify mode {verify!r}", hint="use none, quick or full") from None
 
+    validate_route(config, target, options or {})
     callbacks = Callbacks.build(on_success=on_success, on_failure=on_failure, notify=notify,
                                 defaults=config.defaults)
     options = _check_compress(dict(options or {}))
@@ -137,7 +139,8 @@ def _check_compress(options: dict[str, Any]) -> dict[str, Any]:
     from ddmsyncer.compression import validate_compress
 
     if "compress" in options:
-        options["compress"] = validate_compress(options["compress"], options.get("data_path", "auto"))
+        options["compress"] = validate_compress(options["compress"], options.get("data_path", "auto"),
+                                                options.get("route") or "relay")
     return options
 
 

@@ -12,6 +12,9 @@ The file is YAML (written by `ddminit`)::
         docker_socket: /var/run/docker.sock   # optional, the remote engine's socket
         identity_file: ~/.ssh/old_key         # optional per-host override
         known_hosts: ~/.ssh/known_hosts_old   # optional per-host override
+        direct_address: 10.0.0.12             # optional, where other hosts reach this one
+        direct_port: 22                       # optional, sshd port at direct_address
+        authorized_keys: /root/.ssh/authorized_keys  # optional, for --route direct
     defaults:
       verify: full                          # none | quick | full
       on_success: /usr/local/bin/notify-ok  # optional command, split with shlex, no shell
@@ -62,7 +65,8 @@ PASSWORD_IN_URL = re.compile(r"^([^:/]*://[^/:@]*):[^/]*@")
 URL_SCHEMES = ("ssh", "unix", "tcp", "npipe")
 
 TOP_LEVEL_KEYS = {"version", "identity_file", "known_hosts", "ssh_config", "hosts", "defaults"}
-HOST_KEYS = {"url", "docker_socket", "identity_file", "known_hosts"}
+HOST_KEYS = {"url", "docker_socket", "identity_file", "known_hosts", "direct_address",
+             "direct_port", "authorized_keys"}
 DEFAULTS_KEYS = {"verify", "on_success", "on_failure", "notify"}
 
 # Error messages quote values from the config file, which may be megabytes long or a YAML
@@ -96,6 +100,10 @@ class HostConfig:
     docker_socket: str = DEFAULT_DOCKER_SOCKET
     identity_file: Path | None = None
     known_hosts: Path | None = None
+    # How other hosts reach this host's sshd for --route direct (see ddm.direct_config).
+    direct_address: str | None = None
+    direct_port: int = 22
+    authorized_keys: str | None = None  # path on this host; default ~/.ssh/authorized_keys
 
     def to_dict(self) -> dict[str, Any]:
         """Return the YAML form of this host, leaving out values equal to the defaults."""
@@ -106,6 +114,9 @@ class HostConfig:
             data["identity_file"] = str(self.identity_file)
         if self.known_hosts is not None:
             data["known_hosts"] = str(self.known_hosts)
+        from ddm.direct_config import direct_settings_to_dict
+
+        data.update(direct_settings_to_dict(self))
         return data
 
 
@@ -481,12 +492,15 @@ def _host_from_dict(
             hint="use an absolute path of letters, digits, '.', '_', '-' and '/'",
         )
 
+    from ddm.direct_config import parse_direct_settings
+
     return parse_host_url(
         name,
         raw_host["url"],
         docker_socket=docker_socket,
         identity_file=_optional_path(raw_host, "identity_file", where, environ),
         known_hosts=_optional_path(raw_host, "known_hosts", where, environ),
+        **parse_direct_settings(name, raw_host, where),
     )
 
 

@@ -58,11 +58,18 @@ _SAMPLE_CODEC = ["start=$(date +%s%N)",
                  'echo "$input $output $((end - start))"']
 
 
-def validate_compress(requested: str | None, data_path: str = "auto") -> str:
-    """Return the checked `--compress` value; an explicit codec needs the host data path."""
+def validate_compress(requested: str | None, data_path: str = "auto", route: str = "relay") -> str:
+    """Return the checked `--compress` value.
+
+    An explicit codec needs the host data path and the relay route, because the direct
+    route's host-to-host stream is not compressed.
+    """
     value = requested or "none"
     if value not in COMPRESS_CHOICES:
         raise UsageError(f"invalid compression {value!r}", hint="use none, lz4, zstd or auto")
+    if value in DEFAULT_CODECS and route == "direct":
+        raise UsageError(f"--compress {value} is not supported with --route direct",
+                         hint="use --route relay to compress, or --compress none")
     if value in DEFAULT_CODECS and data_path == "engine":
         raise UsageError(f"--compress {value} needs the host data path, but --data-path is engine",
                          hint="the Engine API archive cannot be compressed; use --data-path auto "
@@ -171,8 +178,11 @@ class CompressionChooser:
 
     def __init__(self, runner: Any) -> None:
         self.runner = runner
-        self.requested = validate_compress(runner.task.spec.options.get("compress"),
-                                           runner.task.spec.options.get("data_path", "auto"))
+        options = runner.task.spec.options
+        self.requested = validate_compress(options.get("compress"),
+                                           options.get("data_path", "auto"),
+                                           options.get("route") or "relay")
+        self.direct_route = options.get("route") == "direct"
         self.decisions: dict[int, Decision] = {}
         self.link_rates: dict[str, float | None] = {}  # measured once per task run
         self._lock = threading.Lock()
@@ -182,8 +192,12 @@ class CompressionChooser:
         with self._lock:
             if item.position in self.decisions:
                 return self.decisions[item.position]
-        decision = choose_compression(self.runner.source, self.runner.target, route, self.requested,
-                                      volume=item.source, link_rates=self.link_rates)
+        if self.direct_route:
+            decision = Decision(None, "the direct route's stream is not compressed", self.requested)
+        else:
+            decision = choose_compression(self.runner.source, self.runner.target, route,
+                                          self.requested, volume=item.source,
+                                          link_rates=self.link_rates)
         with self._lock:
             self.decisions[item.position] = decision
         if decision.requested != "none":
@@ -252,6 +266,16 @@ def choose_compression(source: Any, target: Any, route: Any, requested: str, *,
         return Decision(None, "neither zstd nor lz4 is on both hosts", requested)
     return _measure_and_decide(source, target, route, candidates, requested,
                                {} if link_rates is None else link_rates)
+
+
+def plan_compression(source: Any, target: Any, route: Any, options: dict[str, Any],
+                     volume: str) -> dict[str, Any]:
+    """Return the plan's compression entry of one volume, measured like a run's."""
+    requested = validate_compress(options.get("compress"), options.get("data_path", "auto"),
+                                  options.get("route") or "relay")
+    if options.get("route") == "direct":
+        return Decision(None, "the direct route's stream is not compressed", requested).to_dict()
+    return choose_compression(source, target, route, requested, volume=volume).to_dict()
 
 
 def incremental_codec(runner: Any, item: Any, source_mountpoint: str) -> Codec | None:

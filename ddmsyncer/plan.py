@@ -16,7 +16,7 @@ from typing import Any
 from ddm.config import Config
 from ddm.errors import DDMError
 from ddm.task import Mode, TaskItem, TaskSpec, VerifyMode
-from ddmsyncer import compression, datapath, volumes, writers
+from ddmsyncer import compression, datapath, direct, volumes, writers
 from ddmsyncer.datapath import HostProbes
 from ddmsyncer.linkprobe import LinkRate, measure_link
 
@@ -146,6 +146,8 @@ def _plan_data_path(source: Any, target: Any, item: TaskItem, spec: TaskSpec, pr
     try:
         route = datapath.choose_route(source, target, source.volume_inspect(item.source),
                                       spec.options.get("data_path", "auto"), probes)
+        if spec.options.get("route") == "direct":
+            direct.check_route(item, route)
     except DDMError as error:
         conflicts.append(_conflict(entry, error))
         return
@@ -161,12 +163,12 @@ def _plan_data_path(source: Any, target: Any, item: TaskItem, spec: TaskSpec, pr
                   else list(datapath.verify_aspects(route.data_path, deep=deep))),
         not_verified=list(datapath.not_checked(route.data_path, deep=True)),
     )
+    if spec.options.get("route") == "direct":
+        entry.update(route="direct", **direct.plan_aspects(spec.verify))
 
     try:
-        entry["compression"] = compression.choose_compression(
-            source, target, route, compression.validate_compress(
-                spec.options.get("compress"), spec.options.get("data_path", "auto")),
-            volume=item.source).to_dict()
+        entry["compression"] = compression.plan_compression(source, target, route, spec.options,
+                                                            item.source)
     except DDMError as error:
         conflicts.append(_conflict(entry, error))
 

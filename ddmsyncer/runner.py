@@ -49,7 +49,7 @@ from ddm.processes import process_alive
 from ddm.store import TaskStore
 from ddm.task import ItemState, Phase, Task, TaskItem, TaskState, VerifyMode
 from ddm.text import counted
-from ddmsyncer import incremental, parallel, rerun, volumes
+from ddmsyncer import direct, incremental, parallel, rerun, volumes
 from ddmsyncer.control import wait_while_paused
 from ddmsyncer.staged import StagedVolumes, mark_verified, release_writers, remove_staging_volumes
 
@@ -495,6 +495,10 @@ class TaskRunner:
                              lambda engine: volumes.remove_task_helpers(engine, self.task.id))
             except DDMError as error:
                 self.warn(f"could not remove helper containers on {host_name}: {error}")
+        try:
+            direct.remove_leftovers(self)
+        except DDMError as error:
+            self.warn(f"could not remove the task's direct-route keys: {error}")
         if self.task.phase is Phase.CLEANUP:
             incremental.discard_backups(self)
 

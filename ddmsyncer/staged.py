@@ -28,7 +28,7 @@ from ddm.manifest import Manifest, ManifestBuilder, compare_manifests, display_p
 from ddm.task import ItemState, TaskItem, VerifyMode
 from ddm.archive_guard import ROOT, ArchiveGuard, guard_observer
 from ddm.text import counted
-from ddmsyncer import volumes, writers
+from ddmsyncer import direct, volumes, writers
 from ddmsyncer.compression import CompressionChooser
 from ddmsyncer.datapath import DataPath, HostProbes, Route, choose_route, loses, verify_aspects
 
@@ -79,6 +79,8 @@ class StagedVolumes:
                                   hint="the source volume was removed during the task; roll back")
         requested = self.runner.task.spec.options.get("data_path", "auto")
         route = choose_route(source, target, volume, requested, self.probes)
+        if direct.requested(self.runner):
+            direct.check_route(item, route)
         self.routes[item.position] = route
 
         self.runner.record("info", "data_path", f"volume {item.source!r}: data path "
@@ -145,6 +147,9 @@ class StagedVolumes:
                    counter: Any) -> tuple[Manifest, int, str, list[str]]:
         staging = self._create_staging(item, check)
         hash_content = self.runner.task.spec.verify is VerifyMode.FULL
+        if route.data_path is DataPath.HOST and direct.requested(self.runner):
+            staging_directory = self.runner.target.volume_inspect(staging).mountpoint
+            return direct.copy_item(self.runner, item, staging_directory, route, counter)
         if route.data_path is DataPath.HOST:
             return self._copy_host(item, staging, route, hash_content, counter)
 
@@ -260,6 +265,10 @@ class StagedVolumes:
 
         if mode is VerifyMode.NONE:
             self.runner.warn(f"volume {item.target!r} was not verified (--verify none)")
+        elif direct.requested(self.runner):
+            staging_directory = self.runner.target.volume_inspect(staging).mountpoint
+            source_manifest = direct.verify_staging(self.runner, item, route.source_directory,
+                                                    staging_directory, mode)
         else:
             target_manifest = self.read_staging_manifest(staging, route, mode, item)
             staged_item = dataclasses.replace(item, target=staging)

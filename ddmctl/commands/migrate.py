@@ -9,8 +9,9 @@ import click
 from ddm import api
 from ddm.errors import DDMError, ExitStatus, UsageError
 from ddm.task import Task, TaskState
+from ddm.direct_config import validate_route
 from ddmctl.common import CommandContext, epilog, json_option, raise_on_sigterm
-from ddmctl.commands.planning import show_plan, spec_from_options, with_callback_options
+from ddmctl.commands.planning import route_option, show_plan, spec_from_options, with_callback_options
 from ddmctl.complete import complete_host
 from ddmctl.progress import choose_display, format_bytes
 from ddmsyncer.compression import validate_compress
@@ -75,6 +76,7 @@ from ddmsyncer.compression import validate_compress
               help="Copy volumes while their containers run and fail on files that changed; "
               "with --stop-writers or --pause, copy such volumes again with the writers stopped.")
 @with_callback_options
+@route_option()
 @click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
 @json_option
@@ -99,6 +101,7 @@ def migrate(
     stop_writers: bool,
     pause: bool,
     live: bool,
+    route: str,
     dry_run: bool,
     yes: bool,
     as_json: bool,
@@ -113,6 +116,8 @@ def migrate(
     """
     config = context.config
     if mode == "full":
+        if route != "relay":
+            raise UsageError("--route direct is for volumes mode", hint="leave out --route in full mode")
         if volumes or force:
             raise UsageError("--volume and --force belong to volumes mode",
                              hint="full mode moves the volumes of the given containers")
@@ -131,14 +136,16 @@ def migrate(
     spec = spec_from_options(context, {
         "source": source, "target": target, "volumes": volumes, "verify": verify,
         "force": force, "on_success": on_success, "on_failure": on_failure, "notify": notify,
+        "route": route,
     })
     spec = dataclasses.replace(spec, options={
         **spec.options,
         "incremental": incremental,
         "parallel": parallel,
         **migrate_options(data_path=data_path, stop_writers=stop_writers, pause=pause, live=live),
-        "compress": validate_compress(compress, data_path),
+        "compress": validate_compress(compress, data_path, route),
     })
+    validate_route(config, spec.target_host, spec.options)
 
     if dry_run:
         return show_plan(context, api.plan_task(config, spec), as_json)

@@ -41,6 +41,7 @@ def task_options(function: F) -> F:
                      help="Compress the host data path's stream with zstd or lz4; auto turns "
                      "it on only when measurements predict a faster copy."),
         *callback_options(),
+        route_option(),
     ]
     for option in reversed(options):
         function = option(function)
@@ -85,6 +86,15 @@ def callback_options() -> list[Callable[[F], F]]:
     ]
 
 
+def route_option() -> Callable[[F], F]:
+    """Return the --route option (shared by migrate, plan and create)."""
+    return click.option(
+        "--route", type=click.Choice(["relay", "direct"]), default="relay", show_default=True,
+        help="How volume data travels between the hosts: relay passes it through this machine, "
+        "direct streams it from the source host to the target's direct_address with a one-task "
+        "SSH key (needs the host data path).")
+
+
 def with_callback_options(function: F) -> F:
     """Add --on-success, --on-failure and --notify to a command."""
     for option in reversed(callback_options()):
@@ -97,6 +107,9 @@ def spec_from_options(context: CommandContext, options: dict[str, Any]) -> TaskS
     config = context.config
     verify = options["verify"] or config.defaults.verify
     if options.get("mode", "volumes") == "full":
+        if options.get("route", "relay") != "relay":
+            raise UsageError("--route direct is for volumes mode",
+                             hint="leave out --route in full mode")
         if options["volumes"] or options["force"]:
             raise UsageError("--volume and --force belong to volumes mode",
                              hint="full mode moves the volumes of the given containers")
@@ -122,7 +135,8 @@ def spec_from_options(context: CommandContext, options: dict[str, Any]) -> TaskS
         config, source=options["source"], target=options["target"],
         volumes=options["volumes"], verify=verify, force=options["force"],
         on_success=options["on_success"], on_failure=options["on_failure"],
-        notify=options["notify"], options={"compress": options.get("compress") or "none"},
+        notify=options["notify"], options={"route": options.get("route", "relay"),
+                                           "compress": options.get("compress") or "none"},
     )
 
 
@@ -184,7 +198,8 @@ def plan_lines(document: dict[str, Any]) -> list[str]:
                      f"data path {entry['data_path']}")
         lines.append(f"    preserves {', '.join(entry['preserves'])}")
         if entry.get("data_path_reason"):
-            lines.append(f"    data path {entry['data_path']} ({entry['data_path_reason']})")
+            route = f", route {entry['route']}" if entry.get("route") else ""
+            lines.append(f"    data path {entry['data_path']} ({entry['data_path_reason']}){route}")
             lines.append(f"    keeps: {', '.join(entry['keeps'])}")
         if entry.get("loses"):
             lines.append(f"    loses: {', '.join(entry['loses'])}")

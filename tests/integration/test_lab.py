@@ -87,10 +87,38 @@ def test_namespace_has_no_route_out(lab: Lab, name: str) -> None:
     routes_v4 = host.run(["ip", "-4", "route", "show", "table", "all"]).stdout
     routes_v6 = host.run(["ip", "-6", "route", "show", "table", "all"]).stdout
 
-    assert [line.split(":")[1].strip() for line in links] == ["lo"]
+    assert [line.split(":")[1].strip().split("@")[0] for line in links] == ["lo", "link0"]
     assert "default" not in routes_v4
     assert "default" not in routes_v6
-    assert host.run(["ip", "route", "show"]).stdout.strip() == ""
+    assert host.run(["ip", "route", "show"]).stdout.split() == [
+        "198.51.100.0/24", "dev", "link0", "proto", "kernel", "scope", "link", "src", host.link_address]
+
+
+def test_link_namespace_has_no_address_or_route(lab: Lab) -> None:
+    namespace = lab.link_namespace
+    state = json.loads(lab.state_path.read_text())
+    addresses = subprocess.run(["ip", "-n", namespace, "-o", "-4", "addr", "show"],
+                               capture_output=True, text=True, check=True).stdout
+    routes = subprocess.run(["ip", "-n", namespace, "route", "show", "table", "all"],
+                            capture_output=True, text=True, check=True).stdout
+
+    assert state["link_namespace"] == namespace == f"ddm-lab-{lab.port}-link"
+    assert addresses.strip() == ""
+    assert "default" not in routes
+    assert "198.51.100" not in subprocess.run(["ip", "-o", "addr", "show"], capture_output=True,
+                                              text=True, check=True).stdout
+
+
+def test_hosts_reach_each_other_on_link(lab: Lab) -> None:
+    h1, h2 = lab.host("h1"), lab.host("h2")
+    probe = ("import socket; connection = socket.create_connection((%r, 22), timeout=10); "
+             "print(connection.recv(64).decode().strip())")
+
+    banner = h1.run(["python3", "-c", probe % h2.link_address]).stdout.strip()
+
+    assert h1.link_address == "198.51.100.11"
+    assert h2.link_address == "198.51.100.12"
+    assert banner.startswith("SSH-2.0-")
 
 
 def test_busybox_image_runs_with_volume(h1: LabHost, resources: LabResources) -> None:

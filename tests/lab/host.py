@@ -4,8 +4,8 @@ Host hN lives in namespaces held open by a holder process (holder.py), which als
 starts the host's dockerd and sshd and reaps processes orphaned inside. Inside,
 only `lo` is up and no route leads out. /run is a tmpfs, and /var/lib/docker and
 /etc/docker are bind mounts of directories under the lab root, so every host has
-its own images, volumes and engine ID. sshd listens on 127.0.0.1:22 inside the
-namespace. A socat relay on the machine's loopback, at 127.0.0.(20+N) and the lab
+its own images, volumes and engine ID. sshd listens on 127.0.0.1:22 inside the namespace, and also on the
+host's lab link address (tests.lab.link) when the lab has a link. A socat relay on the machine's loopback, at 127.0.0.(20+N) and the lab
 port, forwards each connection into the namespace with nsenter.
 """
 
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.lab import procs
+from tests.lab import link, procs
 from tests.lab.errors import LabCommandError, LabError
 from tests.lab.image import BUSYBOX_IMAGE, BUSYBOX_IMAGE_CMD
 from tests.lab.prereq import SYSTEM_PATH, tool
@@ -76,6 +76,7 @@ class LabHost:
         self.directory = root / self.name
         self.docker_root = self.directory / "docker"
         self.net_namespace: str | None = None
+        self.link_namespace: str | None = None  # set by Lab before prepare() when it has a link
         self.processes: dict[str, ProcessRecord | None] = dict.fromkeys(COMPONENTS)
         self._on_change = on_change
 
@@ -85,6 +86,13 @@ class LabHost:
     @property
     def ssh_url(self) -> str:
         return f"ssh://root@{self.address}:{self.port}"
+
+    @property
+    def link_address(self) -> str | None:
+        """The host's address on the lab link, where its sshd listens on port 22, or None."""
+        if self.link_namespace is None:
+            return None
+        return link.host_address(self.index)
 
     @property
     def host_key_path(self) -> Path:
@@ -323,6 +331,7 @@ class LabHost:
         started = time.monotonic()
         self._start_holder()
         self._set_up_namespace()
+        self._attach_link()
 
         self._spawn_dockerd()
         self._spawn_sshd()
@@ -466,6 +475,15 @@ class LabHost:
         except LabCommandError as error:
             raise LabError(f"{self.name}: setting up the namespace failed: {error}") from error
 
+    def _attach_link(self) -> None:
+        if self.link_namespace is None:
+            return
+        address = link.attach_host(self.link_namespace, self.name, self._holder_pid(), self.index)
+        try:
+            link.configure_host_end(self.run, address)
+        except LabCommandError as error:
+            raise LabError(f"{self.name}: configuring the lab link failed: {error}") from error
+
     def _spawn_dockerd(self) -> None:
         run_directory = Path(f"/proc/{self._holder_pid()}/root/run")
         _remove_stale_pid_file(run_directory / "docker.pid")
@@ -523,8 +541,10 @@ class LabHost:
         )
 
     def _sshd_config(self) -> str:
-        lines = [
-            f"ListenAddress {SSHD_ADDRESS}:{SSHD_PORT}",
+        lines = [f"ListenAddress {SSHD_ADDRESS}:{SSHD_PORT}"]
+        if self.link_address is not None:
+            lines.append(f"ListenAddress {self.link_address}:{SSHD_PORT}")
+        lines += [
             f"HostKey {self.host_key_path}",
             "PidFile none",
             "PermitRootLogin prohibit-password",

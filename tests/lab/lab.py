@@ -22,7 +22,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from tests.lab import procs
+from tests.lab import link, procs
 from tests.lab.errors import LabError
 from tests.lab.host import HostStatus, LabHost
 from tests.lab.image import BUSYBOX_IMAGE, build_busybox_tar
@@ -48,7 +48,8 @@ class Lab:
     """A lab of host_count Docker hosts h1, h2, ... under root.
 
     Host hN listens for SSH at 127.0.0.(20+N):port, so h1 is ssh://root@127.0.0.21:2222
-    with the default port.
+    with the default port. The hosts also reach each other over the lab link
+    (tests.lab.link), where hN's sshd listens at 198.51.100.(10+N):22.
     """
 
     image = BUSYBOX_IMAGE
@@ -71,6 +72,7 @@ class Lab:
         self.port = port
         self._state_lock = threading.Lock()
         self._started = False
+        self.link_namespace: str | None = None
         self.hosts = [LabHost(root, index, port, on_change=self._save_state) for index in range(1, host_count + 1)]
 
     def __repr__(self) -> str:
@@ -141,6 +143,7 @@ class Lab:
             self._create_client_key()
             image_tar = build_busybox_tar(self.root / "busybox.tar")
             authorized_key = (self.client_dir / "id_ed25519.pub").read_text()
+            self._create_link()
             for host in self.hosts:
                 host.prepare(authorized_key)
 
@@ -183,6 +186,12 @@ class Lab:
             return
 
         errors = _run_in_parallel([host.teardown for host in self.hosts], raise_first=False)
+        if self.link_namespace is not None:
+            try:
+                link.remove_namespace(self.link_namespace)
+                self.link_namespace = None
+            except LabError as error:
+                errors.append(error)
         if errors:
             self._save_state()
             raise LabError(f"lab in {self.root} not fully torn down: " + "; ".join(map(str, errors)))
@@ -207,6 +216,9 @@ class Lab:
         ]
         for host in self.hosts:
             lines += [f"  {host.name}:", f"    url: {host.ssh_url}"]
+            if host.link_address is not None:
+                lines += [f"    direct_address: {host.link_address}",
+                          f"    authorized_keys: {host.directory / 'authorized_keys'}"]
 
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("\n".join(lines) + "\n")
@@ -266,7 +278,17 @@ class Lab:
             capture_output=True,
         )
 
+    def _create_link(self) -> None:
+        """Create the link namespace, recorded in the state file before it exists."""
+        link.check_network_unused()
+        self.link_namespace = link.namespace_name(self.port)
+        self._save_state()
+        link.create_namespace(self.link_namespace)
+        for host in self.hosts:
+            host.link_namespace = self.link_namespace
+
     def _load_hosts(self, state: dict[str, Any]) -> None:
+        self.link_namespace = state.get("link_namespace")
         hosts_by_index = {host.index: host for host in self.hosts}
         for data in state["hosts"]:
             host = hosts_by_index.get(int(data["index"]))
@@ -274,6 +296,7 @@ class Lab:
                 host = LabHost(self.root, int(data["index"]), self.port, on_change=self._save_state)
                 self.hosts.append(host)
             host.load_json(data)
+            host.link_namespace = self.link_namespace
 
     def _save_state(self) -> None:
         owner = procs.record_process(os.getpid())
@@ -281,6 +304,7 @@ class Lab:
             "format": STATE_FORMAT,
             "port": self.port,
             "owner": owner.to_json() if owner is not None else None,
+            "link_namespace": self.link_namespace,
             "hosts": [host.to_json() for host in self.hosts],
         }
         with self._state_lock:

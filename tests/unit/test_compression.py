@@ -236,3 +236,9 @@ def test_decoder_rejects_truncated(name: str) -> None:
 
     with pytest.raises(TransferFailed, match="ended early"):
         decoder.finish()
+
+
+def test_direct_route_rejects_codec() -> None:
+    with pytest.raises(UsageError, match="not supported with --route direct"):
+        validate_compress("zstd", "host", "direct")
+    assert validate_compress("auto", "host", "direct") == "auto"

@@ -1,0 +1,304 @@
+"""`--route direct` on the lab: h1 streams to h2 over the lab link with a one-task key.
+
+Trees are written and compared from outside the containers (tests.lab.tree). Every test
+also checks that nothing of the task key is left: no line in h2's authorized_keys and no
+work directory on h1.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import ddmdriver.direct
+from ddm.config import load_config
+from ddm.store import TaskStore, default_store_path
+from ddm.task import TaskState
+from ddmdriver import direct
+from ddmdriver.engine import open_engine
+from ddmdriver.hostpath import probe_host_access
+from tests.integration.test_migrate_volumes import RICH_TREE, run_command, volumes_on
+from tests.lab.tree import RandomFile, diff_snapshots, snapshot_volume_tree, write_volume_tree
+
+pytestmark = pytest.mark.lab
+
+SMALL_TREE = {
+    "data/a.bin": RandomFile(512 * 1024, seed=1),
+    "data/b.bin": RandomFile(64 * 1024, seed=2),
+    "note.txt": "direct\n",
+}
+
+
+def migrate_direct(volume: str, *options: str):
+    return run_command("ddmctl", "migrate", "--from", "h1", "--to", "h2", "--volume", volume,
+                       "--route", "direct", "--yes", "--json", *options)
+
+
+def task_key_lines(lab) -> list[str]:
+    text = (lab.host("h2").directory / "authorized_keys").read_text()
+    return [line for line in text.splitlines() if "ddm-direct:" in line]
+
+
+def work_directories(task_id: str = "") -> list[str]:
+    # The lab hosts share the machine's /tmp, where the source host's work directory lives.
+    return glob.glob(f"/tmp/ddm-direct-{task_id}*")
+
+
+def staging_volumes(h2) -> list[str]:
+    return [name for name in volumes_on(h2) if name.startswith("ddm-staging-")]
+
+
+def rewrite_config(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new))
+
+
+def test_direct_copy_is_byte_identical(lab, h1, h2, isolated_env, resources):
+    volume = resources.create_volume(h1)
+    resources.add_volume(h2, volume)
+    write_volume_tree(h1, volume, RICH_TREE)
+    source_before = snapshot_volume_tree(h1, volume)
+
+    outcome = migrate_direct(volume)
+
+    assert outcome.status == 0, outcome.stderr
+    task = json.loads(outcome.stdout)
+    assert task["volumes"][0]["state"] == "verified"
+    assert diff_snapshots(source_before, snapshot_volume_tree(h2, volume)) == []
+    assert snapshot_volume_tree(h1, volume) == source_before
+    assert task_key_lines(lab) == []
+    assert work_directories(task["id"]) == []
+    assert "PRIVATE KEY" not in outcome.stdout + outcome.stderr
+
+
+def test_direct_copy_goes_over_the_link(lab, h1, h2, isolated_env, resources):
+    volume = resources.create_volume(h1)
+    resources.add_volume(h2, volume)
+    write_volume_tree(h1, volume, SMALL_TREE)
+
+    outcome = migrate_direct(volume)
+
+    assert outcome.status == 0, outcome.stderr
+    task_id = json.loads(outcome.stdout)["id"]
+    sshd_log = (h2.directory / "sshd.log").read_text()
+    sessions = [line for line in sshd_log.splitlines()
+                if "forced-command" in line and f"ddm-staging-{task_id}-0" in line]
+    assert len(sessions) == 1
+    assert f"from {h1.link_address}" in sessions[0]
+    logs = run_command("ddmctl", "logs", task_id)
+    assert "streamed directly from h1 to 198.51.100.12:22" in logs.stdout
+    assert "PRIVATE KEY" not in logs.stdout
+
+
+def test_direct_failure_removes_key(lab, h1, h2, isolated_env, resources, monkeypatch):
+    volume = resources.create_volume(h1)
+    write_volume_tree(h1, volume, SMALL_TREE)
+    installed: list[str] = []
+    original_install = ddmdriver.direct.install_task_key
+
+    def install_and_remember(engine, path, line):
+        original_install(engine, path, line)
+        installed.extend(task_key_lines(lab))
+
+    def extract_into_missing_directory(access, directory):
+        # The target's tar fails at once: its --directory does not exist.
+        return original_forced(access, f"{directory}/missing")
+
+    original_forced = ddmdriver.direct.forced_command
+    monkeypatch.setattr(ddmdriver.direct, "install_task_key", install_and_remember)
+    monkeypatch.setattr(ddmdriver.direct, "forced_command", extract_into_missing_directory)
+
+    outcome = migrate_direct(volume)
+
+    assert outcome.status == 1, outcome.stderr
+    assert "tar on target 198.51.100.12:22 failed" in outcome.stderr
+    assert len(installed) == 1
+    assert task_key_lines(lab) == []
+    assert work_directories(json.loads(outcome.stdout)["id"]) == []
+    assert volume not in volumes_on(h2)
+    assert staging_volumes(h2) == []
+
+
+def test_forced_command_runs_only_the_receive(lab, h1, h2, isolated_env, resources):
+    volume = resources.create_volume(h2)
+    receive_directory = h2.volume_mountpoint(volume)
+    marker = h2.directory / "ran-another-command"
+    config = load_config(environ=os.environ)
+    task_id = "0123456789ab"
+    work_directory = direct.work_directory(task_id, 0)
+
+    with open_engine(config.host("h1"), config) as source, open_engine(config.host("h2"), config) as target:
+        source_access = probe_host_access(source).access
+        target_access = probe_host_access(target).access
+        endpoint = direct.direct_target(target)
+        keys_path = str(h2.directory / "authorized_keys")
+        key = direct.generate_task_key(direct.key_comment(task_id, 0))
+        direct.install_task_key(target, keys_path, direct.authorized_keys_line(
+            key, direct.forced_command(target_access, receive_directory)))
+        direct.prepare_source(source, source_access, work_directory, key, endpoint, "ddm-test")
+        try:
+            argv = direct.ssh_argv(work_directory, endpoint, "ddm-test")
+            argv[-1] = f"touch {marker}"
+            attempt = h1.run(argv, input="", check=False)
+        finally:
+            direct.remove_task_keys(target, keys_path, direct.task_marker(task_id))
+            direct.cleanup_source(source, source_access.prefix, work_directory)
+
+    assert not marker.exists()
+    assert attempt.returncode != 255, attempt.stderr  # the key was accepted
+    sshd_log = (h2.directory / "sshd.log").read_text()
+    assert f"forced-command (key-option) 'tar --extract --file=- --directory={receive_directory}" in sshd_log
+    assert task_key_lines(lab) == []
+    assert not os.path.exists(work_directory)
+
+
+def test_other_host_key_exits_4(lab, h1, h2, isolated_env, resources):
+    # h2's direct_address points at h1's sshd, which presents h1's host key, not h2's.
+    rewrite_config(isolated_env.config_path, f"direct_address: {h2.link_address}",
+                   f"direct_address: {h1.link_address}")
+    volume = resources.create_volume(h1)
+    write_volume_tree(h1, volume, SMALL_TREE)
+
+    outcome = migrate_direct(volume)
+
+    assert outcome.status == 4, outcome.stderr
+    assert "is not the key this controller verified" in outcome.stderr
+    assert task_key_lines(lab) == []
+    assert work_directories(json.loads(outcome.stdout)["id"]) == []
+    assert volume not in volumes_on(h2)
+    assert staging_volumes(h2) == []
+
+
+def test_rollback_removes_leftovers_of_killed_run(lab, h1, h2, isolated_env, resources):
+    volume = resources.create_volume(h1)
+    write_volume_tree(h1, volume, SMALL_TREE)
+    config = load_config(environ=os.environ)
+    store = TaskStore(default_store_path(os.environ))
+    outcome = run_command("ddmctl", "create", "--from", "h1", "--to", "h2", "--volume", volume,
+                          "--route", "direct", "--json")
+    assert outcome.status == 0, outcome.stderr
+    task_id = json.loads(outcome.stdout)["id"]
+    keys_path = str(h2.directory / "authorized_keys")
+    work_directory = direct.work_directory(task_id, 0)
+
+    # What a runner killed during the copy leaves: the key line and the work directory.
+    store.set_extra(task_id, direct_route={"0": {"authorized_keys": keys_path,
+                                                 "work_directory": work_directory,
+                                                 "access_prefix": []}})
+    with open_engine(config.host("h1"), config) as source, open_engine(config.host("h2"), config) as target:
+        key = direct.generate_task_key(direct.key_comment(task_id, 0))
+        direct.install_task_key(target, keys_path, direct.authorized_keys_line(key, "true"))
+        access = probe_host_access(source).access
+        direct.prepare_source(source, access, work_directory, key, direct.direct_target(target), "x")
+    store.update_task(task_id, state=TaskState.INTERRUPTED)
+    assert len(task_key_lines(lab)) == 1
+    assert os.path.isdir(work_directory)
+
+    rollback = run_command("ddmctl", "rollback", task_id)
+
+    assert rollback.status == 0, rollback.stderr
+    assert task_key_lines(lab) == []
+    assert not os.path.exists(work_directory)
+    assert store.get_extra(task_id)["direct_route"] == {}
+    store.close()
+
+
+@pytest.mark.parametrize("options, message", [
+    (("--data-path", "engine"), "--route direct does not work with --data-path engine"),
+    (("--incremental",), "--route direct does not work with --incremental"),
+])
+def test_direct_usage_errors(lab, h1, isolated_env, resources, options, message):
+    volume = resources.create_volume(h1)
+
+    outcome = migrate_direct(volume, *options)
+
+    assert outcome.status == 2
+    assert message in outcome.stderr
+
+
+def test_direct_needs_direct_address(lab, h1, h2, isolated_env, resources):
+    rewrite_config(isolated_env.config_path, f"    direct_address: {h2.link_address}\n", "")
+    volume = resources.create_volume(h1)
+
+    outcome = run_command("ddmctl", "plan", "--from", "h1", "--to", "h2", "--volume", volume,
+                          "--route", "direct", "--probe-size", "0")
+
+    assert outcome.status == 2
+    assert "target host 'h2' has no direct_address" in outcome.stderr
+    assert "set hosts.h2.direct_address" in outcome.stderr
+
+
+def test_plan_shows_direct_route(lab, h1, isolated_env, resources):
+    volume = resources.create_volume(h1)
+    write_volume_tree(h1, volume, SMALL_TREE)
+
+    outcome = run_command("ddmctl", "plan", "--from", "h1", "--to", "h2", "--volume", volume,
+                          "--route", "direct", "--probe-size", "0", "--json")
+
+    assert outcome.status == 0, outcome.stderr
+    entry = json.loads(outcome.stdout)["objects"][0]
+    assert entry["route"] == "direct"
+    assert entry["data_path"] == "host"
+    assert "content" in entry["verified"]
+
+
+def test_ctrl_c_during_direct_copy_removes_key(lab, h1, h2, isolated_env, resources, monkeypatch):
+    volume = resources.create_volume(h1)
+    write_volume_tree(h1, volume, SMALL_TREE)
+    seen: dict[str, object] = {}
+
+    def interrupted_stream(source, access, source_directory, directory, target, alias, description):
+        seen["key_lines"] = task_key_lines(lab)
+        seen["work_directory"] = directory
+        seen["work_directory_existed"] = os.path.isdir(directory)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ddmdriver.direct, "stream_direct", interrupted_stream)
+
+    outcome = migrate_direct(volume)
+
+    assert outcome.status == 130, outcome.stderr
+    assert len(seen["key_lines"]) == 1
+    assert seen["work_directory_existed"] is True
+    assert task_key_lines(lab) == []
+    assert not os.path.exists(str(seen["work_directory"]))
+    assert volume not in volumes_on(h2)
+    assert staging_volumes(h2) == []
+
+
+def test_private_key_never_stored_or_logged(lab, h1, h2, isolated_env, resources, monkeypatch, caplog):
+    volume = resources.create_volume(h1)
+    write_volume_tree(h1, volume, SMALL_TREE)
+    keys = []
+    original_generate = ddmdriver.direct.generate_task_key
+
+    def generate_and_remember(comment):
+        keys.append(original_generate(comment))
+        return keys[-1]
+
+    monkeypatch.setattr(ddmdriver.direct, "generate_task_key", generate_and_remember)
+    caplog.set_level("DEBUG")
+
+    outcome = migrate_direct(volume)
+
+    assert outcome.status == 0, outcome.stderr
+    assert len(keys) == 1
+    # The longest base64 line of the OpenSSH private key block.
+    secret = max(keys[0].private_openssh.decode().splitlines(), key=len)
+    task_id = json.loads(outcome.stdout)["id"]
+    logs = run_command("ddmctl", "logs", task_id)
+    status = run_command("ddmctl", "status", task_id, "--json")
+    store_path = Path(default_store_path(os.environ))
+    database = b"".join(Path(f"{store_path}{suffix}").read_bytes() for suffix in ("", "-wal")
+                        if Path(f"{store_path}{suffix}").exists())
+    assert len(secret) > 40
+    assert secret not in outcome.stdout + outcome.stderr
+    assert secret not in logs.stdout + status.stdout
+    assert secret not in caplog.text
+    assert secret.encode() not in database
