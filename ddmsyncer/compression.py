@@ -34,8 +34,8 @@ SAMPLE_BYTES = 4 * 1024 * 1024
 MIN_SAMPLE_BYTES = 256 * 1024
 # The link probe reads /dev/zero from each host for LINK_PROBE_SECONDS after the first byte,
 # at most LINK_PROBE_MAX_BYTES. A probe of a fixed 4 MiB (ddmsyncer.linkprobe) measured 3 to
-# 5 MiB/s on links that copies crossed at 11 to 33 MiB/s on the loaded benchmark machine,
-# because starting the command and waiting for its exit weighed more than the transfer.
+# 5 MiB/s on links that copies crossed at 11 to 33 MiB/s on the loaded benchmark machine.
+# There, starting the command and waiting for its exit weighed more than the transfer.
 LINK_PROBE_SECONDS = 0.5
 LINK_PROBE_MAX_BYTES = 64 * 1024 * 1024
 LINK_PROBE_CHUNK_BYTES = 256 * 1024
