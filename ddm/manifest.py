@@ -28,7 +28,7 @@ JSON format (`Manifest.to_json()`, version 1):
 Entries are sorted by the bytes of their path. Every entry has path, type, mode, uid, gid
 and size. The other keys appear only when they carry information:
 
-* mtime_ns, acl_access, acl_default and digest are omitted when None;
+* mtime_ns, acl_access, acl_default, digest and sha256 are omitted when None;
 * linkname appears for symlinks and hard links, devmajor and devminor for devices;
 * xattrs, omitted when None, is a list of [name, value] pairs sorted by name;
 * sparse appears only as true.
@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import logging
 from collections.abc import Callable, Iterable
@@ -127,6 +128,9 @@ class ManifestEntry:
     acl_default: str | None = None
     sparse: bool = False
     digest: str | None = None  # xxh3-128 hex digest of the content, None for non-files
+    # SHA-256 hex digest of the content, only from a builder made with sha256=True. A host
+    # with python3 can compute it without the xxhash module (ddmsyncer.hostverify).
+    sha256: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,12 +235,18 @@ class ManifestBuilder:
     ".", "a". A leading "./" or "/" is removed from every member path, and a trailing "/"
     too. A member outside the prefix raises ManifestError.
 
+    `sha256` also stores the SHA-256 digest of each file's content in ManifestEntry.sha256;
+    it needs `hash_content`.
+
     `feed()` raises ManifestError as soon as the stream is invalid. `close()` raises it when
     the stream was truncated, and otherwise returns the manifest.
     """
 
-    def __init__(self, *, hash_content: bool = True, strip_prefix: bytes = b"") -> None:
+    def __init__(self, *, hash_content: bool = True, strip_prefix: bytes = b"",
+                 sha256: bool = False) -> None:
         self.hash_content = hash_content
+        self.sha256 = sha256 and hash_content
+        self._content_sha256: Any = None
         self._prefix = _normalize_path(strip_prefix) if strip_prefix else b"."
         self._entries: dict[bytes, ManifestEntry] = {}
         self._stream_hash = xxhash.xxh3_128()
@@ -297,14 +307,20 @@ class ManifestBuilder:
             self._content_hash = xxhash.xxh3_128()
         else:
             self._content_hash = None
+        if self.sha256 and entry.type == "file":
+            self._content_sha256 = hashlib.sha256()
 
     def _update_content_hash(self, data: memoryview) -> None:
         self._content_hash.update(data)
+        if self._content_sha256 is not None:
+            self._content_sha256.update(data)
 
     def _finish_entry(self, entry: TarEntry) -> None:
         path = self._current_path
         digest = self._content_hash.hexdigest() if self._content_hash is not None else None
         self._content_hash = None
+        sha256 = self._content_sha256.hexdigest() if self._content_sha256 is not None else None
+        self._content_sha256 = None
 
         size = entry.size
         sparse = entry.sparse
@@ -313,6 +329,8 @@ class ManifestBuilder:
             assert linkname is not None
             linkname = self._volume_path(linkname, entry.offset)
             size, digest, sparse = self._hard_link_content(path, linkname)
+            linked = self._entries.get(linkname)
+            sha256 = linked.sha256 if linked is not None else None
 
         if path in self._entries:
             logger.debug(
@@ -335,6 +353,7 @@ class ManifestBuilder:
             acl_default=entry.acl_default,
             sparse=sparse,
             digest=digest,
+            sha256=sha256,
         )
 
     def _hard_link_content(self, path: bytes, target_path: bytes) -> tuple[int, str | None, bool]:
@@ -599,6 +618,8 @@ def _entry_to_json(entry: ManifestEntry) -> dict[str, object]:
         item["sparse"] = True
     if entry.digest is not None:
         item["digest"] = entry.digest
+    if entry.sha256 is not None:
+        item["sha256"] = entry.sha256
     return item
 
 
@@ -618,6 +639,9 @@ def _entry_from_json(item: Any) -> ManifestEntry:
     digest = item.get("digest")
     if digest is not None and not isinstance(digest, str):
         raise ValueError(f"digest is not a string: {digest!r}")
+    sha256 = item.get("sha256")
+    if sha256 is not None and not isinstance(sha256, str):
+        raise ValueError(f"sha256 is not a string: {sha256!r}")
 
     return ManifestEntry(
         path=_decode_bytes(item["path"]),
@@ -635,6 +659,7 @@ def _entry_from_json(item: Any) -> ManifestEntry:
         acl_default=acl_default,
         sparse=_json_bool(item, "sparse", False),
         digest=digest,
+        sha256=sha256,
     )
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 import time
 from typing import Any
 
@@ -28,7 +29,7 @@ from ddm.manifest import Manifest, ManifestBuilder, compare_manifests, display_p
 from ddm.task import ItemState, TaskItem, VerifyMode
 from ddm.archive_guard import ROOT, ArchiveGuard, guard_observer
 from ddm.text import counted
-from ddmsyncer import direct, volumes, writers
+from ddmsyncer import direct, hostverify, volumes, writers
 from ddmsyncer.compression import CompressionChooser
 from ddmsyncer.datapath import DataPath, HostProbes, Route, choose_route, loses, verify_aspects
 
@@ -37,6 +38,10 @@ log = logging.getLogger(__name__)
 STAGING_LABEL = "ddm.staging"
 STAGING_PREFIX = "ddm-staging"
 MAX_REPORTED_CHANGES = 10
+VERIFY_EXTRA_KEY = "verify"
+
+# Serializes read-modify-write of the task's verify records among --parallel worker threads.
+_VERIFY_LOCK = threading.Lock()
 
 
 def staging_name(task_id: str, position: int) -> str:
@@ -50,6 +55,7 @@ class StagedVolumes:
     def __init__(self, runner: Any) -> None:
         self.runner = runner
         self.probes = HostProbes()
+        self.python = hostverify.PythonProbes()
         self.routes: dict[int, Route] = {}
         self.policy = writers.WriterPolicy.from_options(runner.task.spec.options)
         self.compression = CompressionChooser(runner)
@@ -85,6 +91,8 @@ class StagedVolumes:
 
         self.runner.record("info", "data_path", f"volume {item.source!r}: data path "
                            f"{route.data_path.value} ({route.reason})", position=item.position)
+        if route.target_access is not None:
+            self.python.start(target, route.target_access)
         if route.data_path is DataPath.ENGINE:
             self._warn_about_sockets(item, volume)
         lost = loses(route.data_path)
@@ -150,25 +158,29 @@ class StagedVolumes:
         if route.data_path is DataPath.HOST and direct.requested(self.runner):
             staging_directory = self.runner.target.volume_inspect(staging).mountpoint
             return direct.copy_item(self.runner, item, staging_directory, route, counter)
+
+        # The SHA-256 per file costs controller CPU; it is only computed for a host-side verify.
+        staging_volume = self.runner.target.volume_inspect(staging)
+        sha256 = hash_content and self.scan_access(route, staging_volume) is not None
         if route.data_path is DataPath.HOST:
-            return self._copy_host(item, staging, route, hash_content, counter)
+            return self._copy_host(item, staging, route, hash_content, counter, sha256)
 
         staged_item = dataclasses.replace(item, target=staging)
         manifest, byte_count, digest = volumes.copy_volume(
             self.runner.source, self.runner.target, staged_item, task_id=self.task_id,
-            hash_content=hash_content, on_chunk=counter.add,
+            hash_content=hash_content, on_chunk=counter.add, sha256=sha256,
         )
         volumes.remove_volume_helpers(self.runner.source, self.task_id, item.source)
         volumes.remove_volume_helpers(self.runner.target, self.task_id, staging)
         return manifest, byte_count, digest, []
 
     def _copy_host(self, item: TaskItem, staging: str, route: Route, hash_content: bool,
-                   counter: Any) -> tuple[Manifest, int, str, list[str]]:
+                   counter: Any, sha256: bool) -> tuple[Manifest, int, str, list[str]]:
         from ddmdriver.hostpath import relay_host_archive
 
         target_directory = self.runner.target.volume_inspect(staging).mountpoint
         guard, _ = guard_observer(ArchiveGuard(ROOT, description=f"volume {item.source!r}"))
-        builder = ManifestBuilder(hash_content=hash_content)
+        builder = ManifestBuilder(hash_content=hash_content, sha256=sha256)
 
         def observe(chunk: memoryview) -> None:
             builder.feed(chunk)
@@ -270,13 +282,57 @@ class StagedVolumes:
             source_manifest = direct.verify_staging(self.runner, item, route.source_directory,
                                                     staging_directory, mode)
         else:
-            target_manifest = self.read_staging_manifest(staging, route, mode, item)
-            staged_item = dataclasses.replace(item, target=staging)
-            aspects = verify_aspects(route.data_path, deep=mode is VerifyMode.FULL)
-            check_manifests(source_manifest, target_manifest, staged_item, aspects)
-            source_manifest = target_manifest
+            source_manifest = self.verify_staging(item, staging, route, source_manifest, mode)
 
         self.promote(item, staging, route, source_manifest, mode)
+
+    def scan_access(self, route: Route, volume: Any) -> Any:
+        """Return the target's HostAccess when verify can scan `volume` on the target host, else None."""
+        access = route.target_access
+        if access is None or not hostverify.plain_local_volume(volume):
+            return None
+        return access if self.python.available(self.runner.target, access) else None
+
+    def verify_staging(self, item: TaskItem, staging: str, route: Route, source_manifest: Manifest,
+                       mode: VerifyMode) -> Manifest:
+        """Compare the staging volume with the source manifest; return the manifest to promote with.
+
+        Scans the staging volume on the target host when it can (see ddmsyncer.hostverify),
+        else reads its archive back through the controller. Raises VerificationFailed.
+        """
+        full = mode is VerifyMode.FULL
+        staged_item = dataclasses.replace(item, target=staging)
+        aspects = verify_aspects(route.data_path, deep=full)
+        volume = self.runner.target.volume_inspect(staging)
+        access = self.scan_access(route, volume)
+        expected = hostverify.sha256_view(source_manifest) if full else source_manifest
+        if access is not None and expected is not None:
+            scan = hostverify.scan_manifest(self.runner.target, access, volume.mountpoint,
+                                            hash_content=full)
+            self._record_verify(item, hostverify.HOST_SCAN, scan.listing_bytes)
+            check_manifests(expected, scan.manifest, staged_item, aspects)
+            return source_manifest
+
+        target_manifest = self.read_staging_manifest(staging, route, mode, item)
+        self._record_verify(item, hostverify.READ_BACK, target_manifest.bytes_fed)
+        check_manifests(source_manifest, target_manifest, staged_item, aspects)
+        return target_manifest
+
+    def _record_verify(self, item: TaskItem, method: str, wire_bytes: int) -> None:
+        """Record how a volume was verified and how many bytes verify read over the wire."""
+        if method == hostverify.HOST_SCAN:
+            description = (f"scanned on {self.runner.task.spec.target_host} with python3, "
+                           f"{wire_bytes} bytes of listing")
+        else:
+            description = f"archive read back through the controller, {wire_bytes} bytes"
+        self.runner.record("info", "verify_method", f"volume {item.target!r}: verify "
+                           f"{self.runner.task.spec.verify.value} by {method} ({description})",
+                           position=item.position, method=method, wire_bytes=wire_bytes)
+        store = self.runner.store
+        with _VERIFY_LOCK:
+            records = dict(store.get_extra(self.task_id).get(VERIFY_EXTRA_KEY) or {})
+            records[str(item.position)] = {"method": method, "wire_bytes": wire_bytes}
+            store.set_extra(self.task_id, **{VERIFY_EXTRA_KEY: records})
 
     def read_staging_manifest(self, staging: str, route: Route, mode: VerifyMode,
                               item: TaskItem | None = None) -> Manifest:

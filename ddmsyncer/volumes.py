@@ -162,11 +162,13 @@ def copy_volume(
     task_id: str,
     hash_content: bool,
     on_chunk: Callable[[int], None],
+    sha256: bool = False,
 ) -> tuple[Manifest, int, str]:
     """Relay the volume's archive from source to target; return (manifest, bytes, digest).
 
     The source helper mounts the volume read-only, so the copy cannot change the source.
     Every archive member is checked by an ArchiveGuard before the target unpacks it.
+    `sha256` also stores each file's SHA-256 in the manifest (see ddmsyncer.hostverify).
     """
     from ddm.archive_guard import ArchiveGuard
     from ddmdriver.relay import archive_root, relay_archive
@@ -174,7 +176,8 @@ def copy_volume(
     labels = {TASK_LABEL: task_id}
     source_helper = source.create_helper(item.source, read_only=True, labels=labels)
     target_helper = target.create_helper(item.target, read_only=False, labels=labels)
-    builder = ManifestBuilder(hash_content=hash_content, strip_prefix=ARCHIVE_PREFIX)
+    builder = ManifestBuilder(hash_content=hash_content, strip_prefix=ARCHIVE_PREFIX,
+                              sha256=sha256)
 
     def observe(chunk: memoryview) -> None:
         builder.feed(chunk)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from ddmctl.common import (
 )
 from ddmctl.complete import complete_host
 from ddmdriver.hostpath import read_host_manifest
-from ddmsyncer import volumes
+from ddmsyncer import hostverify, volumes
 from ddmsyncer.datapath import DataPath, HostProbes, Route, choose_route, not_checked, verify_aspects
 
 
@@ -38,7 +39,9 @@ from ddmsyncer.datapath import DataPath, HostProbes, Route, choose_route, not_ch
 @click.option("--volume", "volume_args", multiple=True, required=True, metavar="SRC[:DST]",
               help="Volume to compare; SRC:DST when it was renamed (repeatable).")
 @click.option("--deep", is_flag=True,
-              help="Also hash every file's content (xxh3-128); default compares metadata and sizes.")
+              help="Also hash every file's content (SHA-256 on each host when both run python3 "
+              "and the host data path applies, else xxh3-128 of the archives); default compares "
+              "metadata and sizes.")
 @click.option("--data-path", type=click.Choice(["auto", "engine", "host"]), default="auto",
               show_default=True,
               help="How to read both volumes: host runs GNU tar on the hosts and compares every "
@@ -107,10 +110,15 @@ def compare_volume(source_engine: Any, target_engine: Any, source: str, target: 
     route = choose_route(source_engine, target_engine, infos[0], data_path, probes)
     if route.data_path is DataPath.HOST and (infos[1].driver != "local" or infos[1].options):
         route = choose_route(source_engine, target_engine, infos[0], "engine", probes)
-    source_manifest = read_volume_manifest(source_engine, route.source_access, infos[0], route,
-                                           deep, session)
-    target_manifest = read_volume_manifest(target_engine, route.target_access, infos[1], route,
-                                           deep, session)
+    method = hostverify.READ_BACK
+    if route.data_path is DataPath.HOST and _both_run_python(source_engine, target_engine, route):
+        method = hostverify.HOST_SCAN
+        source_manifest, target_manifest = scan_both(source_engine, target_engine, infos, route, deep)
+    else:
+        source_manifest = read_volume_manifest(source_engine, route.source_access, infos[0], route,
+                                               deep, session)
+        target_manifest = read_volume_manifest(target_engine, route.target_access, infos[1], route,
+                                               deep, session)
 
     aspects = verify_aspects(route.data_path, deep=deep)
     differences = compare_manifests(source_manifest, target_manifest, aspects)
@@ -118,6 +126,7 @@ def compare_volume(source_engine: Any, target_engine: Any, source: str, target: 
         "source": source,
         "target": target,
         "data_path": route.data_path.value,
+        "method": method,
         "aspects": list(aspects),
         "not_checked": list(not_checked(route.data_path, deep=deep)),
         "entries": len(source_manifest.entries),
@@ -127,6 +136,23 @@ def compare_volume(source_engine: Any, target_engine: Any, source: str, target: 
             for difference in differences
         ],
     }
+
+
+def _both_run_python(source_engine: Any, target_engine: Any, route: Route) -> bool:
+    python = hostverify.PythonProbes()
+    return (python.available(source_engine, route.source_access)
+            and python.available(target_engine, route.target_access))
+
+
+def scan_both(source_engine: Any, target_engine: Any, infos: list[Any], route: Route,
+              deep: bool) -> tuple[Manifest, Manifest]:
+    """Scan both volumes at once, each on its own host (content digests: SHA-256)."""
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="ddm-verify-scan") as pool:
+        scans = [pool.submit(hostverify.scan_manifest, engine, access, info.mountpoint,
+                             hash_content=deep)
+                 for engine, access, info in ((source_engine, route.source_access, infos[0]),
+                                              (target_engine, route.target_access, infos[1]))]
+        return scans[0].result().manifest, scans[1].result().manifest
 
 
 def read_volume_manifest(engine: Any, access: Any, info: Any, route: Route, deep: bool,
@@ -152,11 +178,11 @@ def print_results(context: CommandContext, results: list[dict[str, Any]]) -> Non
             unchecked = ", ".join(result["not_checked"])
             unchecked_text = f"not checked {unchecked}" if unchecked else "every aspect checked"
             context.echo(f"{name}: match ({counted(result['entries'], 'entry', 'entries')}; data path "
-                         f"{result['data_path']}; checked {', '.join(result['aspects'])}; "
-                         f"{unchecked_text})")
+                         f"{result['data_path']}, {result['method']}; "
+                         f"checked {', '.join(result['aspects'])}; {unchecked_text})")
             continue
         context.echo(f"{name}: {counted(len(result['differences']), 'difference')} (data path "
-                     f"{result['data_path']})")
+                     f"{result['data_path']}, {result['method']})")
         for difference in result["differences"]:
             context.echo(f"  {difference['path']}\t{difference['aspect']}\t"
                          f"source={difference['source']}\ttarget={difference['target']}")

@@ -1,0 +1,167 @@
+"""Host-side helper of the verify phase; runs on a Docker host with `python3`.
+
+DDM sends this file's source to the target host with the command (see ddmsyncer.hostverify),
+so it uses only the standard library and Python 3.7 features. It describes every entry of a
+volume's mountpoint the way GNU tar 1.34 (`--xattrs --xattrs-include=* --acls --sparse`) would
+archive it, so that the result compares with a manifest built from such an archive:
+
+    hostmanifest ROOT HASH    one JSON line per entry below ROOT; HASH is "sha256" or "none"
+
+Each line is [path, type, mode, uid, gid, size, mtime_ns, link, devmajor, devminor, inode,
+nlink, xattrs, acl_access, acl_default, sparse, sha256]. path and link are base64 of the raw
+bytes ("." is ROOT itself), xattrs is a list of [name, value] pairs in base64, and sha256 is
+the hex digest of a regular file's content or null. Sockets are left out, because tar skips
+them. Hard links are listed as files with their inode and link count; the controller groups
+them.
+"""
+
+import base64
+import grp
+import hashlib
+import json
+import os
+import pwd
+import stat
+import struct
+import sys
+
+BLOCK = 1024 * 1024
+TYPES = (
+    (stat.S_ISREG, "file"), (stat.S_ISDIR, "dir"), (stat.S_ISLNK, "symlink"),
+    (stat.S_ISFIFO, "fifo"), (stat.S_ISCHR, "char"), (stat.S_ISBLK, "block"),
+)
+ACL_ACCESS = b"system.posix_acl_access"
+ACL_DEFAULT = b"system.posix_acl_default"
+# Tags of the Linux POSIX ACL xattr format (version 2): user_obj, user, group_obj, group,
+# mask, other.
+ACL_TAGS = {0x01: "user", 0x02: "user", 0x04: "group", 0x08: "group", 0x10: "mask", 0x20: "other"}
+
+
+def entry_type(mode):
+    for test, name in TYPES:
+        if test(mode):
+            return name
+    return None
+
+
+def file_sha256(path):
+    # NOTE: the holes of a sparse file are read and hashed as zeros, as the controller hashes
+    # the expanded stream, so an 8 GiB file with two data blocks costs 8 GiB of SHA-256.
+    digest = hashlib.sha256()
+    # O_NOFOLLOW: a name that became a symlink since lstat() is not followed out of the volume.
+    descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    with open(descriptor, "rb", buffering=0) as handle:
+        buffer = bytearray(BLOCK)
+        view = memoryview(buffer)
+        while True:
+            count = handle.readinto(buffer)
+            if not count:
+                return digest.hexdigest()
+            digest.update(view[:count])
+
+
+def encode(raw):
+    return base64.b64encode(raw).decode("ascii")
+
+
+def read_xattrs(path):
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError:
+        return {}
+    values = {}
+    for name in names:
+        raw = os.fsencode(name)
+        try:
+            values[raw] = os.getxattr(path, name, follow_symlinks=False)
+        except OSError:
+            continue
+    return values
+
+
+def qualifier(tag, ident):
+    """Return the user or group name of an ACL entry, as libacl's acl_to_text writes it."""
+    try:
+        if tag == 0x02:
+            return pwd.getpwuid(ident).pw_name
+        return grp.getgrgid(ident).gr_name
+    except (KeyError, OverflowError):
+        return str(ident)
+
+
+def acl_text(value):
+    """Convert a POSIX ACL xattr value to GNU tar's text form: one "tag:qualifier:rwx" per line."""
+    lines = []
+    for offset in range(4, len(value) - 7, 8):
+        tag, perm, ident = struct.unpack_from("<HHI", value, offset)
+        name = qualifier(tag, ident) if tag in (0x02, 0x08) else ""
+        bits = "".join(letter if perm & bit else "-" for letter, bit in (("r", 4), ("w", 2), ("x", 1)))
+        lines.append("%s:%s:%s\n" % (ACL_TAGS.get(tag, "?"), name, bits))
+    return "".join(lines)
+
+
+def mode_acl_text(mode):
+    """Return the minimal access ACL that tar writes from the permission bits alone."""
+    parts = []
+    for tag, shift in (("user", 6), ("group", 3), ("other", 0)):
+        bits = (mode >> shift) & 7
+        parts.append("%s::%s%s%s\n" % (tag, "r" if bits & 4 else "-", "w" if bits & 2 else "-",
+                                       "x" if bits & 1 else "-"))
+    return "".join(parts)
+
+
+def acls(kind, mode, xattrs):
+    """Return (access, default) ACL texts; tar writes them only for a file with an ACL xattr."""
+    has_default = kind == "dir" and ACL_DEFAULT in xattrs
+    if kind == "symlink" or not (ACL_ACCESS in xattrs or has_default):
+        return None, None
+    access = acl_text(xattrs[ACL_ACCESS]) if ACL_ACCESS in xattrs else mode_acl_text(mode)
+    default = acl_text(xattrs[ACL_DEFAULT]) if has_default else None
+    return access, default
+
+
+def walk(root):
+    """Yield (relative path, absolute path) of ROOT and everything below it."""
+    yield b".", root
+    for directory, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        relative_directory = os.path.relpath(directory, root)
+        for name in dirnames + sorted(filenames):
+            relative = name if relative_directory == b"." else os.path.join(relative_directory, name)
+            yield relative, os.path.join(directory, name)
+
+
+def describe(relative, path, hash_content):
+    info = os.lstat(path)
+    kind = entry_type(info.st_mode)
+    if kind is None:
+        return None
+    xattrs = read_xattrs(path)
+    access, default = acls(kind, info.st_mode, xattrs)
+    is_file = kind == "file"
+    is_device = kind in ("char", "block")
+    # GNU tar's test for a sparse member: fewer 512-byte blocks allocated than the size needs.
+    sparse = is_file and info.st_blocks < (info.st_size + 511) // 512
+    return [
+        encode(relative), kind, stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid,
+        info.st_size if is_file else 0, info.st_mtime_ns,
+        encode(os.readlink(path)) if kind == "symlink" else None,
+        os.major(info.st_rdev) if is_device else 0, os.minor(info.st_rdev) if is_device else 0,
+        info.st_ino, info.st_nlink,
+        [[encode(name), encode(value)] for name, value in sorted(xattrs.items())],
+        access, default, sparse,
+        file_sha256(path) if is_file and hash_content else None,
+    ]
+
+
+def main():
+    root = os.fsencode(sys.argv[1])
+    hash_content = sys.argv[2] == "sha256"
+    out = sys.stdout
+    for relative, path in walk(root):
+        record = describe(relative, path, hash_content)
+        if record is not None:
+            out.write(json.dumps(record) + "\n")
+
+
+main()

@@ -1,0 +1,221 @@
+"""Verify a volume by scanning it on its own host, so that only a listing crosses the wire.
+
+The default verify reads the target volume's whole archive back through the controller and
+hashes it there. When the target's SSH account may read the volume's mountpoint (root or
+passwordless sudo, see ddmdriver.hostpath) and the host has `python3`, DDM instead runs
+ddmsyncer/hostmanifest.py on the target host. It lists every entry with the aspects a GNU tar
+archive carries (type, mode, owner, size, mtime in nanoseconds, link, device, xattrs, ACLs,
+sparseness) and, for verify full, the SHA-256 of each file's content, hashed on that host.
+
+The controller computes the same SHA-256 per file while it relays the copy, next to the
+manifest's xxh3-128 digest. The target host need not have the xxhash module, and OpenSSL's
+SHA-256 in hashlib uses the CPU's SHA extensions where they exist. Verify then compares the
+source manifest, with SHA-256 as its content digest, against the manifest of the listing.
+Every byte is still proven: each file's content was hashed from the stream on the controller
+and from the disk on the target.
+
+A volume with driver options (NFS, tmpfs) has a mountpoint that contains its data only while a
+container uses it, so such volumes are read back as before.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import logging
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ddm.errors import DDMError, MigrationFailed
+from ddm.manifest import Manifest, ManifestEntry
+
+log = logging.getLogger(__name__)
+
+HOST_SCRIPT = base64.b64encode(Path(__file__).with_name("hostmanifest.py").read_bytes()).decode("ascii")
+LOADER = "import base64,sys;exec(compile(base64.b64decode(sys.argv.pop(1)),'hostmanifest','exec'))"
+PROBE_COMMAND = "import base64, grp, hashlib, json, os, pwd, stat, struct; os.listxattr"
+PROBE_TIMEOUT_SECONDS = 30.0
+RECEIVE_BYTES = 1024 * 1024
+STDERR_LIMIT_BYTES = 64 * 1024
+
+HOST_SCAN = "host-scan"
+READ_BACK = "read-back"
+
+
+@dataclass(frozen=True)
+class HostScan:
+    """The manifest of a volume scanned on its host, and the bytes of the listing."""
+
+    manifest: Manifest
+    listing_bytes: int
+
+
+class PythonProbes:
+    """Checks once per engine whether its host runs the scan script's python3.
+
+    start() runs the check in a thread, so that its SSH round trip overlaps other work of
+    the prepare phase; available() waits for it.
+    """
+
+    def __init__(self) -> None:
+        self._results: dict[int, bool] = {}
+        self._threads: dict[int, threading.Thread] = {}
+        self._lock = threading.Lock()
+
+    def start(self, engine: Any, access: Any) -> None:
+        key = id(engine)
+        with self._lock:
+            if key in self._threads or key in self._results:
+                return
+            thread = threading.Thread(target=self._probe, args=(engine, access),
+                                      name="ddm-python-probe", daemon=True)
+            self._threads[key] = thread
+        thread.start()
+
+    def available(self, engine: Any, access: Any) -> bool:
+        self.start(engine, access)
+        self._threads[id(engine)].join()
+        return self._results.get(id(engine), False)
+
+    def _probe(self, engine: Any, access: Any) -> None:
+        result = _probe_python(engine, access)
+        with self._lock:
+            self._results[id(engine)] = result
+
+
+def _probe_python(engine: Any, access: Any) -> bool:
+    try:
+        result = engine.ssh.exec_command(access.argv("python3", "-c", PROBE_COMMAND),
+                                         timeout=PROBE_TIMEOUT_SECONDS)
+    except (DDMError, ValueError) as error:
+        log.info("python3 probe on %s failed: %s", engine.host.name, error)
+        return False
+    if result.exit_status != 0:
+        log.info("host %s has no usable python3; verify reads volumes back", engine.host.name)
+    return result.exit_status == 0
+
+
+def plain_local_volume(info: Any) -> bool:
+    """Return True for a local volume without driver options, whose mountpoint contains its data."""
+    return info is not None and info.driver == "local" and not info.options and bool(info.mountpoint)
+
+
+def scan_argv(access: Any, directory: str, *, hash_content: bool) -> list[str]:
+    return access.argv("python3", "-c", LOADER, HOST_SCRIPT, directory,
+                       "sha256" if hash_content else "none")
+
+
+def scan_manifest(engine: Any, access: Any, directory: str, *, hash_content: bool) -> HostScan:
+    """Scan `directory` on the engine's host and return its manifest (content digest: SHA-256)."""
+    name = f"{engine.host.name}:{directory}"
+    channel = engine.ssh.open_command(scan_argv(access, directory, hash_content=hash_content))
+    errors = _StderrReader(channel)
+    errors.start()
+    listing_bytes = 0
+
+    def records() -> Iterator[list[Any]]:
+        nonlocal listing_bytes
+        for line, size in _lines(channel):
+            listing_bytes += size
+            yield json.loads(line)
+
+    try:
+        channel.shutdown_write()
+        manifest = manifest_from_records(records(), hash_content=hash_content)
+        errors.join(timeout=10)
+        status = channel.recv_exit_status()
+    except ValueError as error:
+        raise MigrationFailed(f"scanning {name} returned an invalid listing: {error}: "
+                              f"{errors.text()[-500:]}",
+                              hint="check that python3 runs on that host") from None
+    finally:
+        channel.close()
+
+    if status != 0:
+        raise MigrationFailed(f"scanning {name} failed with exit status {status}: "
+                              f"{errors.text()[-500:]}",
+                              hint="check that python3 runs on that host, or pass --verify quick")
+    log.info("scanned %s on its host: %d entries, %d bytes of listing", name,
+             len(manifest.entries), listing_bytes)
+    return HostScan(manifest, listing_bytes)
+
+
+def _lines(channel: Any) -> Iterator[tuple[bytes, int]]:
+    """Yield each line of the channel's stdout with its size, newline included."""
+    pending = b""
+    while chunk := channel.recv(RECEIVE_BYTES):
+        pending += chunk
+        *complete, pending = pending.split(b"\n")
+        for line in complete:
+            yield line, len(line) + 1
+    if pending:
+        yield pending, len(pending)
+
+
+class _StderrReader(threading.Thread):
+    """Keeps the first STDERR_LIMIT_BYTES of a channel's stderr, so the command never stalls."""
+
+    def __init__(self, channel: Any) -> None:
+        super().__init__(name="ddm-scan-stderr", daemon=True)
+        self.channel = channel
+        self.parts: list[bytes] = []
+        self.size = 0
+
+    def run(self) -> None:
+        try:
+            while chunk := self.channel.recv_stderr(65536):
+                if self.size < STDERR_LIMIT_BYTES:
+                    self.parts.append(chunk)
+                    self.size += len(chunk)
+        except (OSError, EOFError):
+            pass
+
+    def text(self) -> str:
+        return b"".join(self.parts).decode("utf-8", "replace").strip()
+
+
+def manifest_from_records(records: Iterable[list[Any]], *, hash_content: bool) -> Manifest:
+    """Build a manifest from hostmanifest.py's records, in the form a tar archive gives.
+
+    The first name of a multi-link file in the script's walk order becomes a "file", and
+    every other name a "hardlink" to it, as tar archives them. compare_manifests() compares
+    hard-link groups by their sets of names, so which name comes first does not matter.
+    """
+    entries: dict[bytes, ManifestEntry] = {}
+    first_names: dict[int, bytes] = {}
+    for record in records:
+        (path, kind, mode, uid, gid, size, mtime_ns, link, devmajor, devminor, inode, nlink,
+         xattrs, acl_access, acl_default, sparse, sha256) = record
+        entry = ManifestEntry(
+            path=base64.b64decode(path), type=kind, mode=mode, uid=uid, gid=gid, size=size,
+            linkname=base64.b64decode(link) if link is not None else None,
+            devmajor=devmajor, devminor=devminor, mtime_ns=mtime_ns,
+            xattrs={base64.b64decode(name): base64.b64decode(value) for name, value in xattrs} or None,
+            acl_access=acl_access, acl_default=acl_default, sparse=sparse,
+            digest=sha256, sha256=sha256,
+        )
+        if kind == "file" and nlink > 1:
+            first = first_names.setdefault(inode, entry.path)
+            if first != entry.path:
+                entry = dataclasses.replace(entry, type="hardlink", linkname=first)
+        entries[entry.path] = entry
+    return Manifest(entries=entries, hash_content=hash_content)
+
+
+def sha256_view(manifest: Manifest) -> Manifest | None:
+    """Return the manifest with each file's SHA-256 as its content digest.
+
+    Returns None when a file has no SHA-256 (the copy ran without it), so the caller falls
+    back to reading the target back.
+    """
+    entries: dict[bytes, ManifestEntry] = {}
+    for path, entry in manifest.entries.items():
+        if entry.type == "file" and entry.sha256 is None:
+            return None
+        entries[path] = dataclasses.replace(entry, digest=entry.sha256) if entry.type == "file" else entry
+    return Manifest(entries=entries, stream_digest=manifest.stream_digest,
+                    bytes_fed=manifest.bytes_fed, hash_content=manifest.hash_content)
