@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 
+from benchmarks.compression import run_compression
 from benchmarks.cutover import run_cutover
 from benchmarks.images import run_images
 from benchmarks.route import DIRECT_SCENARIOS, run_direct_copy
@@ -107,6 +108,7 @@ def run_scenarios(
         "e": lambda: run_cutover(suite),
         "p": lambda: run_parallel(suite),
         "i": lambda: run_images(suite),
+        "z": lambda: run_compression(suite),
     }
     for scenario in scenarios:
         if scenario not in steps:

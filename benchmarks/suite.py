@@ -40,6 +40,8 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
         "e": {"tree": {"kind": "small-files", "files": 4096, "dirs": 64, "file_bytes": 256 * 1024},
               "change": {"kind": "change", "share": 0.01, "median_bytes": 256 * 1024, "seed": 5}},
         "i": {"image_bytes": 100 * MIB, "volume": {"kind": "single", "bytes": 4 * MIB}},
+        "z": {"text": {"kind": "text", "bytes": 256 * MIB, "files": 32},
+              "random": {"kind": "single", "bytes": 256 * MIB}},
     },
     "small": {
         "a": {"kind": "single", "bytes": 64 * MIB},
@@ -51,9 +53,11 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
         "e": {"tree": {"kind": "small-files", "files": 256, "dirs": 8, "file_bytes": 256 * 1024},
               "change": {"kind": "change", "share": 0.01, "median_bytes": 256 * 1024, "seed": 5}},
         "i": {"image_bytes": 4 * MIB, "volume": {"kind": "single", "bytes": 1 * MIB}},
+        "z": {"text": {"kind": "text", "bytes": 64 * MIB, "files": 8},
+              "random": {"kind": "single", "bytes": 64 * MIB}},
     },
 }
-SCENARIOS = ("a", "b", "c", "d", "e", "p", "i")
+SCENARIOS = ("a", "b", "c", "d", "e", "p", "i", "z")
 TITLES = {
     "a": "(a) one file of random data",
     "b": "(b) many 4 KiB files",
@@ -62,6 +66,11 @@ TITLES = {
     "e": "(e) warm cutover",
     "p": "(p) three volumes, --parallel",
     "i": "(i) image transfer and re-run, full mode",
+    "z": "(z) --compress, on a 100 Mbit/s link and on loopback",
+    "z1": "(z) log-like text, 100 Mbit/s link",
+    "z2": "(z) random data, 100 Mbit/s link",
+    "z3": "(z) log-like text, loopback",
+    "z4": "(z) random data, loopback",
 }
 
 

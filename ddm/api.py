@@ -89,6 +89,8 @@ def build_spec(
 
     `on_success`, `on_failure` and `notify` set the task's callbacks; when left out, the
     config's defaults (defaults.on_success, defaults.on_failure, defaults.notify) apply.
+    `options["compress"]` is "none" (the default), "lz4", "zstd" or "auto"; an explicit
+    codec with `options["data_path"] == "engine"` raises UsageError.
     """
     config.host(source)
     config.host(target)
@@ -120,6 +122,7 @@ def build_spec(
     validate_route(config, target, options or {})
     callbacks = Callbacks.build(on_success=on_success, on_failure=on_failure, notify=notify,
                                 defaults=config.defaults)
+    options = _check_compress(dict(options or {}))
     return TaskSpec(
         source_host=source,
         target_host=target,
@@ -127,8 +130,18 @@ def build_spec(
         volumes=tuple(VolumeSpec(source=s, target=t) for s, t in mappings),
         verify=verify_mode,
         force=force,
-        options={**callbacks.to_options(), **dict(options or {})},
+        options={**callbacks.to_options(), **options},
     )
+
+
+def _check_compress(options: dict[str, Any]) -> dict[str, Any]:
+    """Validate options["compress"] (none, lz4, zstd or auto) against options["data_path"]."""
+    from ddmsyncer.compression import validate_compress
+
+    if "compress" in options:
+        options["compress"] = validate_compress(options["compress"], options.get("data_path", "auto"),
+                                                options.get("route") or "relay")
+    return options
 
 
 def build_callbacks(config: Config, *, on_success: str | None = None,

@@ -29,6 +29,7 @@ import xxhash
 
 from ddm.errors import DDMError, MigrationFailed, TransferFailed
 from ddm.manifest import Manifest, ManifestBuilder
+from ddmdriver.codec import Codec, StreamDecompressor, compressing_argv, decompressing_argv, probe_codecs
 from ddmdriver.relay import RelayResult
 
 logger = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ class HostAccess:
     host_name: str
     prefix: tuple[str, ...]
     tar_version: str
+    codecs: frozenset[str] = frozenset()  # compression commands on PATH (ddmdriver.codec)
 
     def argv(self, *command: str) -> list[str]:
         return [*self.prefix, *command]
@@ -98,6 +100,7 @@ class HostTarResult:
     relay: RelayResult
     changed_paths: list[str] = field(default_factory=list)
     skipped_sockets: list[str] = field(default_factory=list)
+    wire_bytes: int = 0  # bytes that crossed the SSH links: compressed, or the tar stream
 
 
 def probe_host_access(engine: Any) -> HostProbe:
@@ -122,7 +125,8 @@ def probe_host_access(engine: Any) -> HostProbe:
     first_line = version.stdout.split(b"\n", 1)[0].decode("utf-8", "replace").strip()
     if version.exit_status != 0 or "GNU tar" not in first_line:
         return HostProbe(None, f"host {engine.host.name} has no GNU tar")
-    return HostProbe(HostAccess(engine.host.name, prefix, first_line))
+    return HostProbe(HostAccess(engine.host.name, prefix, first_line,
+                                probe_codecs(engine.ssh, prefix)))
 
 
 def check_directory(engine: Any, access: HostAccess, directory: str) -> bool:
@@ -192,11 +196,14 @@ def relay_host_archive(
     target_directory: str,
     *,
     observers: Sequence[Observer] = (),
+    codec: Codec | None = None,
 ) -> HostTarResult:
     """Stream `source_directory` with GNU tar into `target_directory`, through this process.
 
     Observers see each chunk before it is sent, so an observer that raises (ArchiveGuard, a
-    failing manifest builder) stops the chunk from reaching the target. Raises
+    failing manifest builder) stops the chunk from reaching the target. With a `codec`, the
+    hosts compress and decompress the stream (ddmdriver.codec), and hasher and observers see
+    the tar bytes decoded here. Raises
     TransferFailed naming the side that failed. GNU tar's exit status 1 on the source ("file
     changed as we read it") is not an error here: the changed paths are returned.
     """
@@ -206,21 +213,34 @@ def relay_host_archive(
     hasher = xxhash.xxh3_128()
     byte_count = 0
 
-    reader = _RemoteTar(source, create_argv(source_access, source_directory), source_name)
+    reader_argv = create_argv(source_access, source_directory)
+    writer_argv = extract_argv(target_access, target_directory)
+    decoder = None
+    if codec is not None:
+        reader_argv = compressing_argv(source_access.prefix, reader_argv, codec)
+        writer_argv = decompressing_argv(target_access.prefix, writer_argv, codec)
+        decoder = StreamDecompressor(codec, source_name)
+
+    reader = _RemoteTar(source, reader_argv, source_name)
     try:
-        writer = _RemoteTar(target, extract_argv(target_access, target_directory), target_name)
+        writer = _RemoteTar(target, writer_argv, target_name)
     except BaseException:
         reader.close()
         raise
 
+    wire_bytes = 0
     try:
         while chunk := _receive(reader, source_name):
-            hasher.update(chunk)
-            view = memoryview(chunk)
+            data = chunk if decoder is None else decoder.decode(chunk)
+            hasher.update(data)
+            view = memoryview(data)
             for observer in observers:
                 observer(view)
-            _send(writer, chunk, target_name, byte_count)
-            byte_count += len(chunk)
+            _send(writer, chunk, target_name, wire_bytes)
+            byte_count += len(data)
+            wire_bytes += len(chunk)
+        if decoder is not None:
+            decoder.finish()
         writer.channel.shutdown_write()
 
         source_status, source_errors = reader.finish()
@@ -241,9 +261,10 @@ def relay_host_archive(
         relay=RelayResult(bytes=byte_count, stream_digest=hasher.hexdigest(), seconds=seconds),
         changed_paths=_paths_with(source_errors, CHANGED_WHILE_READ),
         skipped_sockets=_paths_with(source_errors, SOCKET_IGNORED),
+        wire_bytes=wire_bytes,
     )
-    logger.info("relayed %d bytes with host tar from %s to %s in %.2f s", byte_count,
-                source_name, target_name, seconds)
+    logger.info("relayed %d bytes (%d on the wire) with host tar from %s to %s in %.2f s",
+                byte_count, wire_bytes, source_name, target_name, seconds)
     return result
 
 
@@ -262,18 +283,27 @@ def _send(writer: _RemoteTar, chunk: bytes, name: str, offset: int) -> None:
                              f"{error}; {_tail(writer.stderr.text())}") from None
 
 
-def read_host_manifest(engine: Any, access: HostAccess, directory: str, *, hash_content: bool) -> Manifest:
+def read_host_manifest(engine: Any, access: HostAccess, directory: str, *, hash_content: bool,
+                       codec: Codec | None = None) -> Manifest:
     """Build the manifest of `directory` from a GNU tar archive made on its host.
 
-    Raises MigrationFailed when tar reports a file that changed while it was read, because
-    such a manifest describes no single state of the volume.
+    With a `codec`, the host compresses the archive and this process decodes it. Raises
+    MigrationFailed when tar reports a file that changed while it was read, because such a
+    manifest describes no single state of the volume.
     """
     name = f"{engine.host.name}:{directory}"
     builder = ManifestBuilder(hash_content=hash_content)
-    reader = _RemoteTar(engine, create_argv(access, directory), name)
+    argv = create_argv(access, directory)
+    decoder = None
+    if codec is not None:
+        argv = compressing_argv(access.prefix, argv, codec)
+        decoder = StreamDecompressor(codec, name)
+    reader = _RemoteTar(engine, argv, name)
     try:
         while chunk := _receive(reader, name):
-            builder.feed(chunk)
+            builder.feed(chunk if decoder is None else decoder.decode(chunk))
+        if decoder is not None:
+            decoder.finish()
         status, errors = reader.finish()
     finally:
         reader.close()

@@ -401,6 +401,7 @@ class TarChannels:
     reader: Any
     writer: Any
     apply: bool  # the writer is hostscan's `apply`, which reads a deletion listing first
+    decoder: Any = None  # ddmdriver.codec.StreamDecompressor when the stream is compressed
 
     def close(self) -> None:
         self.reader.close()
@@ -408,43 +409,59 @@ class TarChannels:
 
 
 def open_tar_channels(source: Any, source_mountpoint: str, target: Any, target_mountpoint: str,
-                      *, apply: bool) -> TarChannels:
+                      *, apply: bool, codec: Any = None) -> TarChannels:
     """Start the source's `tar -c` and the target's `tar -x` (or hostscan's `apply`).
 
     Both wait for their stdin, so they can be started before the paths are known. Closing
-    them unused leaves the target unchanged: `tar -x` and `apply` get no archive.
+    them unused leaves the target unchanged: `tar -x` and `apply` get no archive. With a
+    ddmdriver.codec.Codec the hosts compress and decompress the stream; `apply` takes only
+    an uncompressed stream.
     """
-    reader = source.ssh.open_command([
-        "tar", "-C", source_mountpoint, "--format=posix", "--numeric-owner", "--no-recursion",
-        "--null", "-T", "-", "-cf", "-",
-    ])
-    extract = ["tar", "-C", target_mountpoint, "--numeric-owner", "--same-owner", "-p", "-xf", "-"]
+    from ddmdriver.codec import StreamDecompressor, compressing_argv, decompressing_argv
+
+    if apply and codec is not None:
+        raise ValueError("hostscan's apply command takes only an uncompressed tar stream")
+    reader_argv = ["tar", "-C", source_mountpoint, "--format=posix", "--numeric-owner",
+                   "--no-recursion", "--null", "-T", "-", "-cf", "-"]
+    writer_argv = ["tar", "-C", target_mountpoint, "--numeric-owner", "--same-owner", "-p",
+                   "-xf", "-"]
+    decoder = None
+    if codec is not None:
+        reader_argv = compressing_argv((), reader_argv, codec)
+        writer_argv = decompressing_argv((), writer_argv, codec)
+        decoder = StreamDecompressor(codec, f"{source.host.name}:{source_mountpoint}")
+    if apply:
+        writer_argv = _host_argv("apply", target_mountpoint)
+
+    reader = source.ssh.open_command(reader_argv)
     try:
-        writer = target.ssh.open_command(_host_argv("apply", target_mountpoint) if apply
-                                         else extract)
+        writer = target.ssh.open_command(writer_argv)
     except BaseException:
         reader.close()
         raise
-    return TarChannels(reader, writer, apply)
+    return TarChannels(reader, writer, apply, decoder)
 
 
 def relay_tar(source: Any, source_mountpoint: str, target: Any, target_mountpoint: str,
               paths: list[bytes], on_chunk: Callable[[int], None],
-              delete: list[bytes] = (), channels: TarChannels | None = None
+              delete: list[bytes] = (), channels: TarChannels | None = None, *,
+              codec: Any = None, on_wire: Callable[[int], None] | None = None
               ) -> tuple[int, str]:
     """Stream `tar` of `paths` from the source to `tar -x` on the target; return (bytes, digest).
 
     With `delete`, one command on the target removes those paths first and then unpacks the
     stream (hostscan's `apply`), which saves the round trip of a separate delete command.
     `channels` are the two commands from open_tar_channels, started earlier; `delete` needs
-    channels opened with apply=True.
+    channels opened with apply=True. With a codec (used only when `channels` is None) the
+    digest and on_chunk count the tar bytes, and on_wire the compressed bytes.
     """
     if channels is None:
         channels = open_tar_channels(source, source_mountpoint, target, target_mountpoint,
-                                     apply=bool(delete))
+                                     apply=bool(delete), codec=codec)
     if delete and not channels.apply:
         raise ValueError("deleting paths needs tar channels opened with apply=True")
-    reader, writer, apply = channels.reader, channels.writer, channels.apply
+    reader, writer, apply, decoder = (channels.reader, channels.writer, channels.apply,
+                                      channels.decoder)
     reader_errors, writer_errors = _drain_stderr(reader), _drain_stderr(writer)
     hasher = xxhash.xxh3_128()
     total = 0
@@ -455,10 +472,15 @@ def relay_tar(source: Any, source_mountpoint: str, target: Any, target_mountpoin
         reader.sendall(b"\0".join(paths) + b"\0")
         reader.shutdown_write()
         while chunk := reader.recv(RELAY_CHUNK):
-            hasher.update(chunk)
+            data = chunk if decoder is None else decoder.decode(chunk)
+            hasher.update(data)
             writer.sendall(chunk)
-            total += len(chunk)
-            on_chunk(len(chunk))
+            total += len(data)
+            on_chunk(len(data))
+            if on_wire is not None:
+                on_wire(len(chunk))
+        if decoder is not None:
+            decoder.finish()
         writer.shutdown_write()
         reader_errors.join()
         writer_errors.join()
@@ -488,7 +510,8 @@ def stash_input(plan: Plan) -> bytes:
 def update_volume(source: Any, source_mountpoint: str, target: Any, target_mountpoint: str, *,
                   task_id: str, hash_content: bool, on_chunk: Callable[[int], None],
                   on_backup: Callable[[str, bool], None],
-                  cache: HashCache | None = None) -> UpdateResult:
+                  cache: HashCache | None = None, codec: Any = None,
+                  on_wire: Callable[[int], None] | None = None) -> UpdateResult:
     """Bring the target volume up to date with the source; back up what changes first.
 
     on_backup(path, complete) is called before and after the backup is made, so the caller
@@ -503,11 +526,11 @@ def update_volume(source: Any, source_mountpoint: str, target: Any, target_mount
     backup = backup_path(target_mountpoint, task_id)
     stash = HostCommand(target, ["stash", target_mountpoint, backup])
     channels = open_tar_channels(source, source_mountpoint, target, target_mountpoint,
-                                 apply=False)
+                                 apply=False, codec=codec)
     try:
         return _update(source, source_mountpoint, target, target_mountpoint, hash_mode=hash_mode,
                        cache=cache, on_chunk=on_chunk, on_backup=on_backup, backup=backup,
-                       stash=stash, channels=channels, started=started)
+                       stash=stash, channels=channels, started=started, on_wire=on_wire)
     finally:
         stash.close()
         channels.close()
@@ -516,7 +539,8 @@ def update_volume(source: Any, source_mountpoint: str, target: Any, target_mount
 def _update(source: Any, source_mountpoint: str, target: Any, target_mountpoint: str, *,
             hash_mode: str, cache: HashCache | None, on_chunk: Callable[[int], None],
             on_backup: Callable[[str, bool], None], backup: str, stash: HostCommand,
-            channels: TarChannels, started: float) -> UpdateResult:
+            channels: TarChannels, started: float,
+            on_wire: Callable[[int], None] | None = None) -> UpdateResult:
     source_scan, target_scan, scan_bytes = scan_both(
         source, source_mountpoint, target, target_mountpoint, cache=cache, hash_mode=hash_mode,
     )
@@ -534,7 +558,8 @@ def _update(source: Any, source_mountpoint: str, target: Any, target_mountpoint:
     archive_bytes, digest = 0, xxhash.xxh3_128().hexdigest()
     if plan.send:
         archive_bytes, digest = relay_tar(source, source_mountpoint, target, target_mountpoint,
-                                          plan.send, on_chunk, channels=channels)
+                                          plan.send, on_chunk, channels=channels,
+                                          on_wire=on_wire)
     return UpdateResult(plan, source_scan, target_scan, len(plan.send), len(plan.delete),
                         archive_bytes, scan_bytes, digest, time.monotonic() - started)
 
@@ -752,6 +777,10 @@ def copy_item(runner: Any, item: TaskItem, on_chunk: Callable[[int], None]) -> U
     """Update one target volume in place, after restoring a backup that a crashed run left."""
     source_mountpoint, target_mountpoint = _mountpoints(runner, item)
     _undo(runner, item, _records(runner).get(str(item.position), {}))
+    from ddmsyncer.compression import incremental_codec
+
+    codec = incremental_codec(runner, item, source_mountpoint)
+    wire_bytes = [0]
 
     result = update_volume(
         runner.source, source_mountpoint, runner.target, target_mountpoint,
@@ -762,7 +791,10 @@ def copy_item(runner: Any, item: TaskItem, on_chunk: Callable[[int], None]) -> U
             runner, item, backup=backup, backup_complete=complete, backup_format=STASH_FORMAT,
             target_mountpoint=target_mountpoint),
         cache=HashCache(runner.store),
+        codec=codec,
+        on_wire=lambda count: wire_bytes.__setitem__(0, wire_bytes[0] + count),
     )
+    runner.staged.compression.record_result(item, result.archive_bytes, wire_bytes[0])
     _UPDATES[(runner.task.id, item.position)] = result
     _save_record(runner, item, sent_entries=result.sent_entries,
                  deleted_entries=result.deleted_entries, archive_bytes=result.archive_bytes,

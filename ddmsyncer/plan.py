@@ -17,7 +17,7 @@ from ddm.config import Config
 from ddm.errors import DDMError
 from ddm.store import TaskStore
 from ddm.task import Mode, TaskItem, TaskSpec, VerifyMode
-from ddmsyncer import datapath, direct, incremental, volumes, writers
+from ddmsyncer import compression, datapath, direct, incremental, volumes, writers
 from ddmsyncer.datapath import HostProbes
 from ddmsyncer.linkprobe import LinkRate, measure_link
 
@@ -185,6 +185,12 @@ def _plan_data_path(source: Any, target: Any, item: TaskItem, spec: TaskSpec, pr
     )
     if spec.options.get("route") == "direct":
         entry.update(route="direct", **direct.plan_aspects(spec.verify))
+
+    try:
+        entry["compression"] = compression.plan_compression(source, target, route, spec.options,
+                                                            item.source)
+    except DDMError as error:
+        conflicts.append(_conflict(entry, error))
 
     found = writers.running_writers(source, item.source)
     entry["running_writers"] = [writer.name for writer in found]

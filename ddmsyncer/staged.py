@@ -30,6 +30,7 @@ from ddm.task import ItemState, TaskItem, VerifyMode
 from ddm.archive_guard import ROOT, ArchiveGuard
 from ddm.text import counted
 from ddmsyncer import direct, hostverify, volumes, writers
+from ddmsyncer.compression import CompressionChooser
 from ddmsyncer.datapath import DataPath, HostProbes, Route, choose_route, loses, verify_aspects
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ class StagedVolumes:
         self.python = hostverify.PythonProbes()
         self.routes: dict[int, Route] = {}
         self.policy = writers.WriterPolicy.from_options(runner.task.spec.options)
+        self.compression = CompressionChooser(runner)
 
     @property
     def task_id(self) -> str:
@@ -97,6 +99,7 @@ class StagedVolumes:
         if lost:
             self.runner.warn(f"volume {item.source!r} is copied through the Engine API "
                              f"({route.reason}); it loses {', '.join(lost)}")
+        self.compression.choose(item, route)
         return route
 
     def _warn_about_sockets(self, item: TaskItem, volume: Any) -> None:
@@ -189,7 +192,9 @@ class StagedVolumes:
             self.runner.source, route.source_access, route.source_directory,
             self.runner.target, route.target_access, target_directory,
             observers=[observe],
+            codec=self.compression.codec_for(item),
         )
+        self.compression.record_result(item, result.relay.bytes, result.wire_bytes)
         for path in result.skipped_sockets:
             self.runner.warn(f"volume {item.source!r}: socket {path} skipped (sockets cannot be "
                              "copied; the program that owns it creates it again)")
@@ -310,7 +315,7 @@ class StagedVolumes:
             check_manifests(expected, scan.manifest, staged_item, aspects)
             return source_manifest
 
-        target_manifest = self.read_staging_manifest(staging, route, mode)
+        target_manifest = self.read_staging_manifest(staging, route, mode, item)
         self._record_verify(item, hostverify.READ_BACK, target_manifest.bytes_fed)
         check_manifests(source_manifest, target_manifest, staged_item, aspects)
         return target_manifest
@@ -331,14 +336,17 @@ class StagedVolumes:
             records[str(item.position)] = {"method": method, "wire_bytes": wire_bytes}
             store.set_extra(self.task_id, **{VERIFY_EXTRA_KEY: records})
 
-    def read_staging_manifest(self, staging: str, route: Route, mode: VerifyMode) -> Manifest:
+    def read_staging_manifest(self, staging: str, route: Route, mode: VerifyMode,
+                              item: TaskItem | None = None) -> Manifest:
+        """Read the staging volume's manifest; on the host path, compressed like the item's copy."""
         hash_content = mode is VerifyMode.FULL
         if route.data_path is DataPath.HOST:
             from ddmdriver.hostpath import read_host_manifest
 
             directory = self.runner.target.volume_inspect(staging).mountpoint
             return read_host_manifest(self.runner.target, route.target_access, directory,
-                                      hash_content=hash_content)
+                                      hash_content=hash_content,
+                                      codec=self.compression.codec_for(item) if item else None)
         return volumes.read_manifest(self.runner.target, staging, task_id=self.task_id,
                                      hash_content=hash_content)
 

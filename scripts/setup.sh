@@ -16,7 +16,7 @@ set -euo pipefail
 exec 3>&1 1>&2
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-lab_packages=(docker.io openssh-server openssh-client socat busybox-static iproute2 util-linux tar acl libcap2-bin)
+lab_packages=(docker.io openssh-server openssh-client socat busybox-static iproute2 util-linux tar acl libcap2-bin zstd lz4)
 
 if [[ "$(id -u)" != 0 ]]; then
     echo "error: scripts/setup.sh must run as root, to install Debian packages and run the test lab" >&2

@@ -36,6 +36,10 @@ def task_options(function: F) -> F:
                      "hashes content (default: defaults.verify in the config, else full)."),
         click.option("--force", is_flag=True,
                      help="Replace a target volume that already exists (its old content is lost)."),
+        click.option("--compress", type=click.Choice(["none", "lz4", "zstd", "auto"]),
+                     default="none", show_default=True,
+                     help="Compress the host data path's stream with zstd or lz4; auto turns "
+                     "it on only when measurements predict a faster copy."),
         *callback_options(),
         route_option(),
     ]
@@ -131,7 +135,8 @@ def spec_from_options(context: CommandContext, options: dict[str, Any]) -> TaskS
         config, source=options["source"], target=options["target"],
         volumes=options["volumes"], verify=verify, force=options["force"],
         on_success=options["on_success"], on_failure=options["on_failure"],
-        notify=options["notify"], options={"route": options.get("route", "relay")},
+        notify=options["notify"], options={"route": options.get("route", "relay"),
+                                           "compress": options.get("compress") or "none"},
     )
 
 
@@ -204,6 +209,10 @@ def plan_lines(document: dict[str, Any]) -> list[str]:
             lines.append(f"    keeps: {', '.join(entry['keeps'])}")
         if entry.get("loses"):
             lines.append(f"    loses: {', '.join(entry['loses'])}")
+        if entry.get("compression") and entry["compression"]["requested"] != "none":
+            chosen = entry["compression"]
+            codec = f"{chosen['codec']}-{chosen['level']}" if chosen["codec"] else "none"
+            lines.append(f"    compression {codec} ({chosen['reason']})")
         if entry.get("running_writers"):
             lines.append(f"    used by running containers: {', '.join(entry['running_writers'])}")
         lines.extend(f"    {line}" for line in full_object_lines(entry))

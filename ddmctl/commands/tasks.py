@@ -91,6 +91,8 @@ def status(context: CommandContext, task_id: str, show_events: bool, watch: bool
             data["downtime_seconds"] = data["full"].get("downtime_seconds")
             data["image_bytes_sent"] = data["full"].get("image_bytes_sent")
         data["already_migrated"] = store.get_extra(task.id).get("already_migrated")
+        if task.spec.mode.value != "full":
+            data["compression"] = store.get_extra(task.id).get("compression", {})
         context.print_json(data)
         return int(ExitStatus.OK)
 
@@ -103,10 +105,12 @@ def status(context: CommandContext, task_id: str, show_events: bool, watch: bool
     context.echo(f"finished  {finished}")
     if task.error:
         context.echo(f"error     {task.error.get('message')}")
+    compression = store.get_extra(task.id).get("compression", {})
     for item in task.items:
         total = format_bytes(item.bytes_total) if item.bytes_total is not None else "?"
         context.echo(f"volume    {item.source} -> {item.target}  {item.state.value}  "
-                     f"{format_bytes(item.bytes_done)} / {total}")
+                     f"{format_bytes(item.bytes_done)} / {total}"
+                     f"{compression_note(compression.get(str(item.position)))}")
     extra = store.get_extra(task.id) if task.spec.mode.value == "full" else {}
     for container in (extra.get("plan") or {}).get("containers") or []:
         context.echo(f"container {container['name']}  image {container['image']}")
@@ -121,6 +125,13 @@ def status(context: CommandContext, task_id: str, show_events: bool, watch: bool
     for event in events:
         context.echo(f"{format_time(event['at'])}  {event['level']:<7}  {event['message']}")
     return int(ExitStatus.OK)
+
+
+def compression_note(record: dict | None) -> str:
+    """Return ", zstd-3: 12.0 MiB on the wire" for a compressed volume, else ""."""
+    if not record or not record.get("codec") or record.get("wire_bytes") is None:
+        return ""
+    return f", {record['codec']}-{record['level']}: {format_bytes(record['wire_bytes'])} on the wire"
 
 
 @click.command(epilog=epilog("ddmctl resume 3f2a9c"))

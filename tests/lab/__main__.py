@@ -1,6 +1,6 @@
 """Command-line interface of the lab: up, down, status and exec.
 
-    python -m tests.lab up --root DIR [--hosts N] [--port PORT]
+    python -m tests.lab up --root DIR [--hosts N] [--port PORT] [--rate RATE]
     python -m tests.lab status --root DIR
     python -m tests.lab exec --root DIR HOST -- COMMAND [ARG...]
     python -m tests.lab down --root DIR
@@ -19,6 +19,7 @@ from pathlib import Path
 
 from tests.lab.errors import LabError
 from tests.lab.lab import DEFAULT_PORT, Lab
+from tests.lab.netem import validate_rate
 from tests.lab.prereq import missing_prerequisites
 
 CONFIG_FILE = "ddm.yaml"
@@ -49,6 +50,9 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_root(up)
     up.add_argument("--hosts", type=int, default=2, help="number of hosts, h1 to hN (default: 2)")
     up.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"SSH port of every host (default: {DEFAULT_PORT})")
+    up.add_argument("--rate", metavar="RATE",
+                    help="limit each host's SSH link to RATE with tc netem inside its namespace, "
+                    "e.g. 100mbit (default: unlimited)")
     up.set_defaults(handler=_up)
 
     down = commands.add_parser("down", help="stop every lab process and remove the lab root")
@@ -76,7 +80,11 @@ def _up(arguments: argparse.Namespace) -> int:
     if problems:
         raise LabError("the lab cannot start:\n  " + "\n  ".join(problems))
 
+    if arguments.rate is not None:
+        validate_rate(arguments.rate)
     lab = Lab(arguments.root, host_count=arguments.hosts, port=arguments.port).up()
+    if arguments.rate is not None:
+        lab.limit_rate(arguments.rate)
     config = lab.write_ddm_config(lab.root / CONFIG_FILE)
     print(config)
     return 0

@@ -160,6 +160,17 @@ class Lab:
         logger.info("lab with %d host(s) up in %.1f s", len(self.hosts), time.monotonic() - started)
         return self
 
+    def limit_rate(self, rate: str | None) -> None:
+        """Limit every host's SSH link to `rate` (tc syntax, e.g. "100mbit"); None removes it.
+
+        See tests/lab/netem.py: a netem qdisc on each host namespace's loopback, which
+        carries the host's SSH traffic and nothing of the machine's own.
+        """
+        from tests.lab.netem import limit_rate
+
+        kinds = {limit_rate(host, rate) for host in self.hosts}
+        logger.info("lab link rate: %s (%s)", rate or "unlimited", ", ".join(sorted(map(str, kinds))))
+
     def down(self) -> None:
         """Stop every process of the lab and remove the root directory.
 

@@ -34,6 +34,7 @@ REQUIRED_TOOLS = {
     "socat": "socat",
     "busybox": "busybox-static",
     "ip": "iproute2",
+    "tc": "iproute2",
 }
 
 
