@@ -85,7 +85,7 @@ def copy_item(runner: Any, item: TaskItem, staging_directory: str, route: Any,
     line = direct.authorized_keys_line(key, direct.forced_command(route.target_access, staging_directory))
     failed = True
     try:
-        _run_both(lambda: direct.install_task_key(target, keys_path, line),
+        run_both(lambda: direct.install_task_key(target, keys_path, line),
                   lambda: direct.prepare_source(source, route.source_access, work_directory, key,
                                                 endpoint, alias))
         # NOTE: no progress events and no check for `ddmctl cancel` or pause until the
@@ -107,7 +107,7 @@ def copy_item(runner: Any, item: TaskItem, staging_directory: str, route: Any,
     return manifest_from_scan(source_scan), result.bytes, "", result.changed_paths
 
 
-def _run_both(first: Callable[[], None], second: Callable[[], None]) -> None:
+def run_both(first: Callable[[], None], second: Callable[[], None]) -> None:
     """Run two steps on different hosts at once (one SSH round trip instead of two).
 
     Waits for both, then raises the first step's error, else the second's.

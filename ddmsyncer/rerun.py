@@ -9,7 +9,8 @@ rules apply: a conflict is rejected, and `--incremental` or `--force` decide how
 Volumes mode: a volume counts as already migrated when an earlier succeeded task of this store
 verified a copy of the same source volume into the same target volume, the task sets neither
 `--incremental` nor `--force`, and a host-side scan of both volumes (ddmsyncer/hostscan.py over
-SSH, with the SHA-256 of every file) finds no difference. Only the listings cross the wire.
+SSH, with the SHA-256 of every file, taken from the hash cache where a file's key is
+unchanged) finds no difference. Only the listings cross the wire.
 Hosts that are not ssh:// hosts cannot be scanned, so there the target volume is a conflict as
 before.
 
@@ -35,6 +36,7 @@ from ddm.text import counted
 from ddmdriver import containers as driver
 from ddmsyncer import incremental
 from ddmsyncer.fullplan import PROJECT_LABEL
+from ddmsyncer.hashcache import HashCache
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +81,8 @@ def _check_volume_unchanged(runner: Any, item: Any, earlier: str) -> None:
     spec = runner.task.spec
     source_mountpoint, target_mountpoint = incremental._mountpoints(runner, item)
     source_scan, target_scan, scan_bytes = incremental.scan_both(
-        runner.source, source_mountpoint, runner.target, target_mountpoint, hash_mode="all")
+        runner.source, source_mountpoint, runner.target, target_mountpoint,
+        cache=HashCache(runner.store), hash_mode="cached")
     differences = list(incremental._differences(source_scan, target_scan))
     if differences:
         path, aspect = differences[0]

@@ -35,6 +35,9 @@ from ddmsyncer.datapath import DataPath, HostProbes, Route, choose_route, loses,
 
 log = logging.getLogger(__name__)
 
+# Verify method of a direct copy when a host cannot run the manifest scan.
+DIRECT_METADATA_SCAN = "direct-metadata-scan"
+
 STAGING_LABEL = "ddm.staging"
 STAGING_PREFIX = "ddm-staging"
 MAX_REPORTED_CHANGES = 10
@@ -280,13 +283,47 @@ class StagedVolumes:
         if mode is VerifyMode.NONE:
             self.runner.warn(f"volume {item.target!r} was not verified (--verify none)")
         elif direct.requested(self.runner):
-            staging_directory = self.runner.target.volume_inspect(staging).mountpoint
-            source_manifest = direct.verify_staging(self.runner, item, route.source_directory,
-                                                    staging_directory, mode)
+            source_manifest = self.verify_direct(item, staging, route, mode)
         else:
             source_manifest = self.verify_staging(item, staging, route, source_manifest, mode)
 
         self.promote(item, staging, route, source_manifest, mode)
+
+    def verify_direct(self, item: TaskItem, staging: str, route: Route, mode: VerifyMode) -> Manifest:
+        """Verify a volume that went host to host by scanning both hosts; return the source's manifest.
+
+        No byte passed the controller, so both sides are always hashed on their own hosts, also
+        with --verify quick. The manifest scan compares every aspect of the host data path
+        (xattrs, ACLs and holes included). Without python3 on both hosts, or for a volume that
+        is not a plain local directory, the metadata scans of ddmsyncer.direct are the fallback.
+        """
+        volume = self.runner.target.volume_inspect(staging)
+        source, target = self.runner.source, self.runner.target
+        scannable = (hostverify.plain_local_volume(volume)
+                     and self.python.available(source, route.source_access)
+                     and self.python.available(target, route.target_access))
+        if not scannable:
+            self._record_verify(item, DIRECT_METADATA_SCAN, 0)
+            return direct.verify_staging(self.runner, item, route.source_directory,
+                                         volume.mountpoint, mode)
+
+        scans: dict[str, hostverify.HostScan] = {}
+
+        def scan_source() -> None:
+            scans["source"] = hostverify.scan_manifest(source, route.source_access,
+                                                       route.source_directory, hash_content=True)
+
+        def scan_target() -> None:
+            scans["target"] = hostverify.scan_manifest(target, route.target_access,
+                                                       volume.mountpoint, hash_content=True)
+
+        direct.run_both(scan_source, scan_target)
+        listing_bytes = scans["source"].listing_bytes + scans["target"].listing_bytes
+        self._record_verify(item, hostverify.HOST_SCAN, listing_bytes)
+        staged_item = dataclasses.replace(item, target=staging)
+        check_manifests(scans["source"].manifest, scans["target"].manifest, staged_item,
+                        verify_aspects(DataPath.HOST, deep=True))
+        return scans["source"].manifest
 
     def scan_access(self, route: Route, volume: Any) -> Any:
         """Return the target's HostAccess when verify can scan `volume` on the target host, else None."""
@@ -322,7 +359,13 @@ class StagedVolumes:
 
     def _record_verify(self, item: TaskItem, method: str, wire_bytes: int) -> None:
         """Record how a volume was verified and how many bytes verify read over the wire."""
-        if method == hostverify.HOST_SCAN:
+        if method == DIRECT_METADATA_SCAN:
+            description = "python3 is missing on a host, so xattrs, ACLs and holes are not compared"
+        elif method == hostverify.HOST_SCAN and direct.requested(self.runner):
+            description = (f"scanned on {self.runner.task.spec.source_host} and "
+                           f"{self.runner.task.spec.target_host} with python3, {wire_bytes} "
+                           f"bytes of listing")
+        elif method == hostverify.HOST_SCAN:
             description = (f"scanned on {self.runner.task.spec.target_host} with python3, "
                            f"{wire_bytes} bytes of listing")
         else:

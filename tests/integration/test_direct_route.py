@@ -11,11 +11,13 @@ import glob
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 import ddmdriver.direct
+import ddmsyncer.direct
 from ddm.config import load_config
 from ddm.store import TaskStore, default_store_path
 from ddm.task import TaskState
@@ -302,3 +304,45 @@ def test_private_key_never_stored_or_logged(lab, h1, h2, isolated_env, resources
     assert secret not in logs.stdout + status.stdout
     assert secret not in caplog.text
     assert secret.encode() not in database
+
+
+def test_direct_verify_scans_both_hosts(lab, h1, h2, isolated_env, resources):
+    volume = resources.create_volume(h1)
+    resources.add_volume(h2, volume)
+    write_volume_tree(h1, volume, SMALL_TREE)
+
+    outcome = migrate_direct(volume)
+
+    assert outcome.status == 0, outcome.stderr
+    task_id = json.loads(outcome.stdout)["id"]
+    store = TaskStore(default_store_path(os.environ))
+    try:
+        verify = store.get_extra(task_id)["verify"]
+    finally:
+        store.close()
+    assert verify["0"]["method"] == "host-scan"
+    assert 0 < verify["0"]["wire_bytes"] < 16 * 1024
+
+
+def test_direct_verify_catches_changed_xattr(lab, h1, h2, isolated_env, resources, monkeypatch):
+    volume = resources.create_volume(h1)
+    write_volume_tree(h1, volume, SMALL_TREE)
+    original_copy = ddmsyncer.direct.copy_item
+
+    def copy_then_set_xattr(runner, item, staging_directory, route, counter):
+        result = original_copy(runner, item, staging_directory, route, counter)
+        # The staging directory is a path in h2's mount namespace.
+        h2.run([sys.executable, "-I", "-c",
+                "import os, sys; os.setxattr(sys.argv[1], 'user.changed', b'1')",
+                f"{staging_directory}/note.txt"])
+        return result
+
+    monkeypatch.setattr(ddmsyncer.direct, "copy_item", copy_then_set_xattr)
+
+    outcome = migrate_direct(volume)
+
+    assert outcome.status == 1, outcome.stdout
+    assert "note.txt: xattrs" in outcome.stderr
+    assert volume not in volumes_on(h2)
+    assert staging_volumes(h2) == []
+    assert task_key_lines(lab) == []
