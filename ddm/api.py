@@ -310,8 +310,8 @@ def plan_task(config: Config, spec: TaskSpec, *, probe_bytes: int | None = None,
     The document (described in docs/json-schemas.md) lists every object, its size, data path
     and preserved aspects, every conflict, the ordered steps and a duration estimate from a
     link speed measured with `probe_bytes` of /dev/zero read and written over SSH. With
-    `store` and the option "incremental", volumes that the real run would update
-    incrementally are planned as such.
+    `store`, volumes that the real run would update incrementally (option "incremental") or
+    leave alone as already migrated are planned as such.
     """
     from ddmsyncer.plan import DEFAULT_PROBE_BYTES, build_plan
 

@@ -17,7 +17,7 @@ from ddm.config import Config
 from ddm.errors import DDMError
 from ddm.store import TaskStore
 from ddm.task import Mode, TaskItem, TaskSpec, VerifyMode
-from ddmsyncer import compression, datapath, direct, incremental, volumes, writers
+from ddmsyncer import compression, datapath, direct, incremental, rerun, volumes, writers
 from ddmsyncer.datapath import HostProbes
 from ddmsyncer.linkprobe import LinkRate, measure_link
 
@@ -64,7 +64,8 @@ def build_plan(config: Config, spec: TaskSpec, *, probe_bytes: int = DEFAULT_PRO
             item = TaskItem(task_id="plan", position=position, source=volume.source,
                             target=volume.target)
             entry = _plan_volume(source, target, item, spec, plan["conflicts"], store)
-            if entry.get("action") not in ("none", INCREMENTAL_ACTION):
+            if entry.get("action") not in ("none", INCREMENTAL_ACTION,
+                                           rerun.ALREADY_MIGRATED_ACTION):
                 _plan_data_path(source, target, item, spec, probes, entry, plan["conflicts"])
             plan["objects"].append(entry)
 
@@ -120,6 +121,8 @@ def _engine_summary(engine: Any) -> dict[str, Any]:
 
 
 def _bytes_to_copy(entry: dict[str, Any]) -> int:
+    if entry.get("action") == rerun.ALREADY_MIGRATED_ACTION:
+        return 0
     if entry.get("action") == INCREMENTAL_ACTION:
         return entry["incremental"]["send_bytes"]
     return entry.get("size_bytes") or 0
@@ -139,6 +142,11 @@ def _plan_volume(source: Any, target: Any, item: TaskItem, spec: TaskSpec,
         "not_verified": list(NOT_VERIFIED),
     }
     try:
+        if store is not None:
+            unchanged = rerun.plan_volume(source, target, item, spec, store)
+            if unchanged is not None:
+                entry.update(unchanged, verified=[], preserves=[])
+                return entry
         if store is not None and spec.options.get("incremental"):
             update = incremental.plan_dry_run(
                 source, target, item, spec, store,
@@ -230,6 +238,10 @@ def plan_steps(spec: TaskSpec, objects: list[dict[str, Any]]) -> list[dict[str, 
         if entry.get("action") == INCREMENTAL_ACTION:
             _add_incremental_steps(add, entry, name, spec)
             continue
+        if entry.get("action") == rerun.ALREADY_MIGRATED_ACTION:
+            add("copy", f"nothing to send: the target volume {entry['target']} holds the copy "
+                f"of task {entry['earlier_task']}, unchanged (compared by host-side scans)", name)
+            continue
         if entry.get("action") == "replace":
             add("copy", f"remove the existing target volume {entry['target']} (--force)", name)
         add("copy", "create a staging volume with the source's driver, options and labels",
@@ -239,7 +251,7 @@ def plan_steps(spec: TaskSpec, objects: list[dict[str, Any]]) -> list[dict[str, 
     add("migrate", "nothing to switch over in volumes mode")
     for entry in objects:
         name = f"{entry['source']} -> {entry['target']}"
-        if entry.get("action") == INCREMENTAL_ACTION:
+        if entry.get("action") in (INCREMENTAL_ACTION, rerun.ALREADY_MIGRATED_ACTION):
             continue
         if spec.verify is VerifyMode.NONE:
             add("verify", "skipped (--verify none)", name)

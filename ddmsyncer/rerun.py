@@ -41,6 +41,7 @@ from ddmsyncer.hashcache import HashCache
 log = logging.getLogger(__name__)
 
 EXTRA_KEY = "already_migrated"
+ALREADY_MIGRATED_ACTION = "already_migrated"  # the action of such a volume in a plan
 
 
 # Volumes mode
@@ -80,9 +81,29 @@ def _check_volume_unchanged(runner: Any, item: Any, earlier: str) -> None:
     """Scan both volumes on their hosts; mark the item verified, or raise TargetExists."""
     spec = runner.task.spec
     source_mountpoint, target_mountpoint = incremental._mountpoints(runner, item)
+    source_scan, scan_bytes = compare_volumes(runner.source, source_mountpoint, runner.target,
+                                              target_mountpoint, runner.store, spec, item,
+                                              earlier)
+    size = sum(entry.size for entry in source_scan.values())
+    now = time.time()
+    runner.update_item(item, state=ItemState.VERIFIED, bytes_total=size, bytes_done=0,
+                       entries=len(source_scan), started_at=now, finished_at=now)
+    runner.record("info", "already_migrated",
+                  f"volume {item.target!r} on {spec.target_host} already contains source volume "
+                  f"{item.source!r}, copied by task {earlier}; nothing sent "
+                  f"({scan_bytes} bytes of host-side listings)",
+                  position=item.position, earlier_task=earlier, scan_bytes=scan_bytes)
+
+
+def compare_volumes(source: Any, source_mountpoint: str, target: Any, target_mountpoint: str,
+                    store: Any, spec: Any, item: Any, earlier: str) -> tuple[Any, int]:
+    """Scan both volumes on their hosts; return the source's scan and the listing bytes.
+
+    Raises TargetExists when the target volume differs from the source volume now.
+    """
     source_scan, target_scan, scan_bytes = incremental.scan_both(
-        runner.source, source_mountpoint, runner.target, target_mountpoint,
-        cache=HashCache(runner.store), hash_mode="cached")
+        source, source_mountpoint, target, target_mountpoint,
+        cache=HashCache(store), hash_mode="cached")
     differences = list(incremental._differences(source_scan, target_scan))
     if differences:
         path, aspect = differences[0]
@@ -93,16 +114,38 @@ def _check_volume_unchanged(runner: Any, item: Any, earlier: str) -> None:
             hint="pass --incremental to send the changes (this overwrites changes made on the "
             "target) or --force to replace the volume",
         )
+    return source_scan, scan_bytes
 
-    size = sum(entry.size for entry in source_scan.values())
-    now = time.time()
-    runner.update_item(item, state=ItemState.VERIFIED, bytes_total=size, bytes_done=0,
-                       entries=len(source_scan), started_at=now, finished_at=now)
-    runner.record("info", "already_migrated",
-                  f"volume {item.target!r} on {spec.target_host} already contains source volume "
-                  f"{item.source!r}, copied by task {earlier}; nothing sent "
-                  f"({scan_bytes} bytes of host-side listings)",
-                  position=item.position, earlier_task=earlier, scan_bytes=scan_bytes)
+
+def plan_volume(source: Any, target: Any, item: Any, spec: Any, store: Any) -> dict[str, Any] | None:
+    """Return the plan fields of a volume that a re-run would leave alone, or None.
+
+    None means the real run would not treat the volume as already migrated, so the caller
+    plans it as usual. Raises TargetExists as the real run does when the earlier copy on the
+    target differs from the source now. Only listings cross the wire, and neither host changes.
+    """
+    if spec.force or spec.options.get("incremental"):
+        return None
+    if not (incremental.supports_host_commands(source)
+            and incremental.supports_host_commands(target)):
+        return None
+    target_volume = target.volume_inspect(item.target)
+    source_volume = source.volume_inspect(item.source)
+    if target_volume is None or source_volume is None:
+        return None
+    earlier = incremental.earlier_copy(store, "", spec.source_host, spec.target_host, item)
+    if earlier is None or not source_volume.mountpoint or not target_volume.mountpoint:
+        return None
+
+    source_scan, _ = compare_volumes(source, source_volume.mountpoint, target,
+                                     target_volume.mountpoint, store, spec, item, earlier)
+    return {
+        "action": ALREADY_MIGRATED_ACTION,
+        "earlier_task": earlier,
+        "driver": source_volume.driver,
+        "size_bytes": sum(entry.size for entry in source_scan.values()),
+        "data_path": "none",
+    }
 
 
 # Full mode

@@ -66,7 +66,8 @@ def apply(context: CommandContext, plan_path: Path, dry_run: bool, fail_fast: bo
 
 def show_fleet_plan(context: CommandContext, plan: Any, as_json: bool) -> int:
     """Plan every item and print the plans; return 1 when any item has a conflict."""
-    documents = [(item, api.plan_task(context.config, item.spec)) for item in plan.items]
+    documents = [(item, api.plan_task(context.config, item.spec, store=context.store))
+                 for item in plan.items]
     if as_json:
         context.print_json({"plan": str(plan.path), "concurrency": {
             "total": plan.total, "per_host": plan.per_host},

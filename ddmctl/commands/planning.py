@@ -157,7 +157,8 @@ def plan(context: CommandContext, probe_size: int, as_json: bool, **options: Any
     would make the migration fail.
     """
     spec = spec_from_options(context, options)
-    document = api.plan_task(context.config, spec, probe_bytes=probe_size * 1024 * 1024)
+    document = api.plan_task(context.config, spec, probe_bytes=probe_size * 1024 * 1024,
+                             store=context.store)
     return show_plan(context, document, as_json)
 
 

@@ -231,6 +231,39 @@ def test_volume_rerun_keeps_changed_target(h1, h2, isolated_env, resources):
     assert target_file.read_text() == "changed on the target\n"
 
 
+def plan_document(volume: str) -> dict:
+    outcome = run_command("ddmctl", "plan", "--from", "h1", "--to", "h2", "--volume", volume,
+                          "--json")
+    return {"status": outcome.status, **json.loads(outcome.stdout)}
+
+
+def test_plan_shows_volume_rerun(h1, h2, isolated_env, resources):
+    volume = resources.create_volume(h1)
+    resources.add_volume(h2, volume)
+    write_volume_tree(h1, volume, {"a.txt": "source\n"})
+    status, first_task = migrate("--volume", volume)
+    assert status == 0
+
+    unchanged = plan_document(volume)
+
+    assert unchanged["status"] == 0
+    assert unchanged["ok"] is True
+    assert unchanged["conflicts"] == []
+    assert unchanged["objects"][0]["action"] == "already_migrated"
+    assert unchanged["objects"][0]["earlier_task"] == first_task
+    assert unchanged["bytes_total"] == 0
+
+    write_volume_tree(h2, volume, {"a.txt": "changed on the target\n"})
+
+    changed = plan_document(volume)
+
+    assert changed["status"] != 0
+    assert changed["objects"][0]["action"] == "none"
+    assert "differs from source volume" in changed["conflicts"][0]["message"]
+    target_file = h2.volume_host_path(volume) / "a.txt"
+    assert target_file.read_text() == "changed on the target\n"
+
+
 @pytest.fixture
 def derived_image(lab, h1, h2) -> Iterator[str]:
     """Commit a small layer on top of the lab's busybox image on h1; h2 has the busybox layer."""
