@@ -159,7 +159,7 @@ def lookup(document: dict[str, Any], dotted: str) -> Any:
     return value
 
 
-def kind_applies(kinds_cell: str, kind: str, mode: str) -> bool:
+def kind_applies(kinds_cell: str, kind: str, mode: str, action: str | None = None) -> bool:
     for token in (part.strip() for part in kinds_cell.split(",")):
         name, _, qualifier = token.partition(" (")
         if name not in ("all", kind):
@@ -167,6 +167,10 @@ def kind_applies(kinds_cell: str, kind: str, mode: str) -> bool:
         if qualifier.startswith("full mode") and mode != "full":
             continue
         if qualifier.startswith("volumes mode") and mode != "volumes":
+            continue
+        # A qualifier such as "action `incremental` or `already_migrated`" limits the key
+        # to objects with one of the named actions.
+        if qualifier.startswith("action") and action not in re.findall(r"`([^`]+)`", qualifier):
             continue
         return True
     return False
