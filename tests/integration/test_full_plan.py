@@ -195,7 +195,8 @@ def schema_errors(plan: dict[str, Any]) -> list[str]:
         check(plan, keys, type_cell, "plan")
     for entry in plan.get("objects") or []:
         for keys, (kinds_cell, type_cell, _meaning) in table_keys(objects):
-            if kind_applies(kinds_cell, entry.get("kind", ""), plan["mode"]):
+            if kind_applies(kinds_cell, entry.get("kind", ""), plan["mode"],
+                             entry.get("action")):
                 check(entry, keys, type_cell, f"object {entry.get('kind')} {entry.get('source')}")
     for entry in plan.get("conflicts") or []:
         for keys, (type_cell, _meaning) in table_keys(conflicts):
