@@ -141,8 +141,19 @@ class CallbackOutcome:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-def task_summary(task: Any) -> dict[str, Any]:
-    """Return the JSON summary that callbacks receive (documented in docs/json-schemas.md)."""
+def task_summary(task: Any, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Return the JSON summary that callbacks receive (documented in docs/json-schemas.md).
+
+    `extra` is the task's stored extra state; a full-mode task's objects come from it.
+    """
+    objects = [
+        {"kind": "volume", "source": item.source, "target": item.target,
+         "state": item.state.value, "bytes_done": item.bytes_done,
+         "stream_digest": item.stream_digest}
+        for item in task.items
+    ]
+    if task.spec.mode.value == "full":
+        objects = full_mode_objects(extra or {})
     return {
         "summary_version": SUMMARY_VERSION,
         "task_id": task.id,
@@ -155,13 +166,23 @@ def task_summary(task: Any) -> dict[str, Any]:
         "finished_at": task.finished_at,
         "duration_seconds": task.duration,
         "error": task.error,
-        "objects": [
-            {"kind": "volume", "source": item.source, "target": item.target,
-             "state": item.state.value, "bytes_done": item.bytes_done,
-             "stream_digest": item.stream_digest}
-            for item in task.items
-        ],
+        "objects": objects,
     }
+
+
+def full_mode_objects(extra: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Return a full-mode task's containers and transfers (images, volumes, bind mounts)."""
+    plan = extra.get("plan") or {}
+    objects: list[dict[str, Any]] = [
+        {"kind": "container", "source": container.get("name"), "target": container.get("name"),
+         "image": container.get("image")}
+        for container in plan.get("containers") or []
+    ]
+    for transfer in extra.get("transfers") or []:
+        objects.append({"kind": transfer.get("kind"), "source": transfer.get("name"),
+                        "target": transfer.get("target"), "state": transfer.get("state"),
+                        "bytes_done": transfer.get("bytes_done")})
+    return objects
 
 
 def run_command(command: str, summary: Mapping[str, Any], *,
@@ -246,7 +267,7 @@ def run_task_callbacks(store: Any, task: Any, **post_options: Any) -> list[Callb
     if not command and not callbacks.notify:
         return []
 
-    summary = task_summary(task)
+    summary = task_summary(task, store.get_extra(task.id))
     outcomes = []
     if command:
         outcomes.append(run_command(command, summary))

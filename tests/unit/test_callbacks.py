@@ -24,7 +24,7 @@ from ddm.callbacks import (
 )
 from ddm.config import Defaults
 from ddm.store import TaskStore
-from ddm.task import Task, TaskItem, TaskSpec, TaskState, VolumeSpec
+from ddm.task import Mode, Task, TaskItem, TaskSpec, TaskState, VolumeSpec
 from tests.callback_server import RecordingServer
 
 SUMMARY = {"summary_version": 1, "task_id": "0123456789ab", "result": "succeeded",
@@ -194,4 +194,32 @@ def test_failing_callbacks_recorded_not_raised(tmp_path: Path) -> None:
     assert events[0]["data"]["exit_status"] == 2
     assert events[1]["data"]["attempts"] == 2
     assert store.get_task(task.id).state is TaskState.FAILED
+    store.close()
+
+
+def test_full_mode_summary_lists_containers_and_transfers(tmp_path: Path) -> None:
+    store = TaskStore(tmp_path / "tasks.db")
+    with RecordingServer([200]) as server:
+        callbacks = Callbacks(notify=(server.url,))
+        spec = TaskSpec(source_host="a", target_host="b", volumes=(), mode=Mode.FULL,
+                        options=callbacks.to_options())
+        task = Task(id="decafbadf00d", spec=spec)
+        store.create_task(task)
+        store.set_extra(task.id, plan={"containers": [{"name": "web", "image": "app:1"}]},
+                        transfers=[
+                            {"position": 0, "kind": "image", "name": "app:1", "target": "app:1",
+                             "state": "sent", "bytes_done": 4096},
+                            {"position": 1, "kind": "volume", "name": "webdata",
+                             "target": "webdata", "state": "sent", "bytes_done": 512},
+                        ])
+        store.update_task(task.id, state=TaskState.SUCCEEDED, finished_at=time.time())
+
+        outcomes = run_task_callbacks(store, store.get_task(task.id), attempts=1)
+
+    assert [outcome.ok for outcome in outcomes] == [True]
+    objects = server.bodies[0]["objects"]
+    assert objects[0] == {"kind": "container", "source": "web", "target": "web",
+                          "image": "app:1"}
+    assert [(entry["kind"], entry["source"], entry["bytes_done"]) for entry in objects[1:]] == [
+        ("image", "app:1", 4096), ("volume", "webdata", 512)]
     store.close()
