@@ -178,7 +178,8 @@ def compare_scans(source: dict[bytes, Any], target: dict[bytes, Any]) -> list[tu
 
 
 def _aspects_differing(source: Any, target: Any) -> list[str]:
-    aspects = ("type", "mode", "uid", "gid", "size", "mtime_ns", "link", "rdev", "digest")
+    aspects = ("type", "mode", "uid", "gid", "size", "mtime_ns", "link", "rdev", "digest",
+               "xattrs")
     names = {"digest": "content", "link": "symlink text", "rdev": "device"}
     return [names.get(aspect, aspect) for aspect in aspects
             if getattr(source, aspect) != getattr(target, aspect)]

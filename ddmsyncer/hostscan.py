@@ -21,8 +21,10 @@ uses only the standard library and Python 3.7 features. It works on a volume's m
     discard DEST        remove DEST
 
 Each scan line is [path, type, mode, uid, gid, size, mtime_ns, link, rdev, inode, nlink, hash,
-dev, ctime_ns] with path and link in base64 of the raw bytes, "." for ROOT itself, and the
-SHA-256 hex digest of a regular file's content or null. The last line is a JSON object with
+dev, ctime_ns, xattrs] with path and link in base64 of the raw bytes, "." for ROOT itself, the
+SHA-256 hex digest of a regular file's content or null, and the SHA-256 hex digest of the
+entry's extended attributes (names and values, sorted; POSIX ACLs are the system.posix_acl_*
+attributes) or null when it has none. The last line is a JSON object with
 the counts "hashed_files" and "hashed_bytes" and "started_ns", the host's clock when the scan
 started.
 
@@ -63,6 +65,26 @@ def file_digest(path):
             if not block:
                 return digest.hexdigest()
             digest.update(block)
+
+
+def xattrs_digest(path):
+    """Return the SHA-256 of the entry's extended attributes, or None when it has none."""
+    try:
+        names = sorted(os.listxattr(path, follow_symlinks=False))
+    except OSError:
+        return None  # a file system without xattrs, or an entry that vanished
+    if not names:
+        return None
+    digest = hashlib.sha256()
+    for name in names:
+        try:
+            value = os.getxattr(path, name, follow_symlinks=False)
+        except OSError:
+            continue
+        encoded = name.encode("utf-8", "surrogateescape")
+        digest.update(len(encoded).to_bytes(4, "big") + encoded)
+        digest.update(len(value).to_bytes(4, "big") + value)
+    return digest.hexdigest()
 
 
 def encode(raw):
@@ -132,7 +154,7 @@ def scan(root, hash_mode):
         record = [encode(relative), kind, stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid,
                   info.st_size if kind == "file" else 0, info.st_mtime_ns, link,
                   info.st_rdev if kind in ("char", "block") else 0, info.st_ino, info.st_nlink, digest,
-                  info.st_dev, info.st_ctime_ns]
+                  info.st_dev, info.st_ctime_ns, xattrs_digest(path)]
         out.write(json.dumps(record) + "\n")
     out.write(json.dumps({"hashed_files": hashed_files, "hashed_bytes": hashed_bytes,
                           "started_ns": started_ns}) + "\n")
@@ -251,7 +273,8 @@ def apply(root):
     length = int.from_bytes(read_exactly(8), "big")
     delete(root, [path for path in read_exactly(length).split(b"\0") if path])
     sys.stdout.flush()
-    os.execvp("tar", ["tar", "-C", root, "--numeric-owner", "--same-owner", "-p", "-xf", "-"])
+    os.execvp("tar", ["tar", "-C", root, "--numeric-owner", "--same-owner", "-p", "--xattrs",
+                      "--xattrs-include=*", "--acls", "-xf", "-"])
 
 
 def main():

@@ -79,6 +79,7 @@ class Entry:
     digest: str | None
     dev: int = 0
     ctime_ns: int = 0
+    xattrs: str | None = None  # SHA-256 of the extended attributes (ACLs included), or None
 
     def file_key(self) -> hashcache.FileKey:
         """Return the lstat fields that change whenever the file's content changes."""
@@ -88,7 +89,7 @@ class Entry:
         """The aspects compared between source and target."""
         mtime = self.mtime_ns // 1_000_000_000 if with_mtime else None
         return (self.type, self.mode, self.uid, self.gid, self.size, mtime, self.link, self.rdev,
-                self.digest)
+                self.digest, self.xattrs)
 
 
 class Scan(dict[bytes, Entry]):
@@ -408,6 +409,10 @@ class TarChannels:
         self.writer.close()
 
 
+# Extended attributes and ACLs travel with the sent entries, because the scans compare them.
+XATTR_OPTIONS = ("--xattrs", "--xattrs-include=*", "--acls")
+
+
 def open_tar_channels(source: Any, source_mountpoint: str, target: Any, target_mountpoint: str,
                       *, apply: bool, codec: Any = None) -> TarChannels:
     """Start the source's `tar -c` and the target's `tar -x` (or hostscan's `apply`).
@@ -422,9 +427,9 @@ def open_tar_channels(source: Any, source_mountpoint: str, target: Any, target_m
     if apply and codec is not None:
         raise ValueError("hostscan's apply command takes only an uncompressed tar stream")
     reader_argv = ["tar", "-C", source_mountpoint, "--format=posix", "--numeric-owner",
-                   "--no-recursion", "--null", "-T", "-", "-cf", "-"]
+                   *XATTR_OPTIONS, "--no-recursion", "--null", "-T", "-", "-cf", "-"]
     writer_argv = ["tar", "-C", target_mountpoint, "--numeric-owner", "--same-owner", "-p",
-                   "-xf", "-"]
+                   *XATTR_OPTIONS, "-xf", "-"]
     decoder = None
     if codec is not None:
         reader_argv = compressing_argv((), reader_argv, codec)
@@ -656,7 +661,8 @@ def _differences(source: Scan, target: Scan) -> Iterator[tuple[bytes, str]]:
         elif path not in source:
             yield path, "extra on target"
         elif source[path].key() != target[path].key():
-            names = ("type", "mode", "uid", "gid", "size", "mtime", "link", "rdev", "content")
+            names = ("type", "mode", "uid", "gid", "size", "mtime", "link", "rdev", "content",
+                     "xattrs")
             for name, left, right in zip(names, source[path].key(), target[path].key()):
                 if left != right:
                     yield path, name

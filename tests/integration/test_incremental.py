@@ -113,6 +113,34 @@ def test_incremental_unchanged_sends_no_files(h1, h2, isolated_env, resources):
     assert record["archive_bytes"] == 0
 
 
+def set_xattr(host, volume: str, relative: str, name: str, value: bytes) -> None:
+    """Set an extended attribute on a file of the volume from inside the host's namespace."""
+    path = f"{host.volume_mountpoint(volume)}/{relative}"
+    host.run(["python3", "-I", "-c",
+              "import os, sys; os.setxattr(sys.argv[1], sys.argv[2], sys.argv[3].encode())",
+              path, name, value.decode()])
+
+
+def test_incremental_sends_xattr_only_change(h1, h2, isolated_env, resources):
+    volume = resources.create_volume(h1)
+    resources.add_volume(h2, volume)
+    write_volume_tree(h1, volume, {"a.txt": File(b"same content\n", xattrs={"user.k": b"v1"}),
+                                   "b.txt": "untouched\n"})
+    migrate(volume)
+    set_xattr(h1, volume, "a.txt", "user.k", b"v2")
+
+    rerun = run_command("ddmctl", "migrate", "--from", "h1", "--to", "h2", "--volume", volume,
+                        "--yes")
+    task = migrate(volume, "--incremental")
+
+    assert rerun.status != 0
+    assert "a.txt: xattrs" in rerun.stderr
+    assert task["volumes"][0]["state"] == "verified"
+    assert incremental_record(task["id"])["sent_entries"] >= 1
+    target_file = snapshot_volume_tree(h2, volume)[b"a.txt"]
+    assert dict(target_file.xattrs)["user.k"] == b"v2"
+
+
 def test_incremental_failure_restores_target(h1, h2, isolated_env, resources):
     volume = resources.create_volume(h1)
     resources.add_volume(h2, volume)
