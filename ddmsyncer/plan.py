@@ -232,6 +232,7 @@ def plan_steps(spec: TaskSpec, objects: list[dict[str, Any]]) -> list[dict[str, 
         steps.append({"order": len(steps) + 1, "phase": phase, "object": target,
                       "action": action})
 
+    direct_route = spec.options.get("route") == "direct"
     add("prepare", "check both engines, the source volumes, free target names and free space")
     for entry in objects:
         name = f"{entry['source']} -> {entry['target']}"
@@ -246,8 +247,13 @@ def plan_steps(spec: TaskSpec, objects: list[dict[str, Any]]) -> list[dict[str, 
             add("copy", f"remove the existing target volume {entry['target']} (--force)", name)
         add("copy", "create a staging volume with the source's driver, options and labels",
             name)
-        add("copy", f"relay the volume's archive into the staging volume on the "
-            f"{entry.get('data_path', DATA_PATH_ENGINE_API)} data path", name)
+        if direct_route:
+            add("copy", f"install a one-task key in {spec.target_host}'s authorized_keys, "
+                f"restricted to unpacking into the staging volume, and stream the volume from "
+                f"{spec.source_host} to {spec.target_host} over their own link", name)
+        else:
+            add("copy", f"relay the volume's archive into the staging volume on the "
+                f"{entry.get('data_path', DATA_PATH_ENGINE_API)} data path", name)
     add("migrate", "nothing to switch over in volumes mode")
     for entry in objects:
         name = f"{entry['source']} -> {entry['target']}"
@@ -255,10 +261,16 @@ def plan_steps(spec: TaskSpec, objects: list[dict[str, Any]]) -> list[dict[str, 
             continue
         if spec.verify is VerifyMode.NONE:
             add("verify", "skipped (--verify none)", name)
+        elif direct_route:
+            add("verify", "scan the source and the staging volume on their own hosts, hash "
+                "every file there and compare (with --verify quick too)", name)
         else:
             add("verify", f"compare the staging volume's manifest with the source's "
                 f"({spec.verify.value})", name)
         add("verify", "create the target volume and move the staging volume's data into it", name)
+    if direct_route:
+        add("cleanup", f"remove the task key from {spec.target_host}'s authorized_keys and its "
+            f"work directory on {spec.source_host}")
     add("cleanup", "remove helper containers on both hosts")
     return steps
 

@@ -195,6 +195,19 @@ def test_plan_steps_order() -> None:
     assert "remove the existing target volume a1" in steps[1]["action"]
 
 
+def test_plan_steps_direct_route() -> None:
+    spec = TaskSpec(source_host="old", target_host="new", volumes=(VolumeSpec("a1", "a1"),),
+                    options={"route": "direct"})
+    objects = [{"source": "a1", "target": "a1", "action": "create", "data_path": "host"}]
+
+    actions = [step["action"] for step in plan_steps(spec, objects)]
+
+    assert not any("relay" in action for action in actions)
+    assert any("one-task key in new's authorized_keys" in action for action in actions)
+    assert any(action.startswith("scan the source and the staging volume") for action in actions)
+    assert any("remove the task key" in action for action in actions)
+
+
 def test_estimate_uses_slowest_link() -> None:
     links = {"source": LinkRate("old", 100.0, 50.0, 4),
              "target": LinkRate("new", 200.0, 20.0, 4)}
