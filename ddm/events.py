@@ -13,6 +13,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
+# Attribute of a log record that repeats a Warning event; a display that shows Warning events
+# filters such records out so that each warning reaches the operator once.
+WARNING_EVENT_MARK = "ddm_warning_event"
+
+
 @dataclass(frozen=True)
 class Event:
     """Base of all events; `at` is a Unix time in seconds."""

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from typing import IO, Any
 
@@ -32,11 +33,13 @@ from ddm.events import (
     ItemStarted,
     PhaseStarted,
     Progress,
+    WARNING_EVENT_MARK,
     TaskFinished,
     Warning,
 )
 
 PLAIN_PROGRESS_SECONDS = 5.0
+RUNNER_LOGGER = "ddmsyncer.runner"  # the logger of TaskRunner.warn()
 
 
 class NullDisplay:
@@ -52,7 +55,27 @@ class NullDisplay:
         return None
 
 
-class JsonDisplay(NullDisplay):
+class WarningLogFilter(logging.Filter):
+    """Drops the log records that repeat Warning events, which a display already shows."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(record, WARNING_EVENT_MARK, False)
+
+
+class WarningDisplay(NullDisplay):
+    """Display that shows Warning events, so the runner's log copies of them are left out."""
+
+    _filter = WarningLogFilter()
+
+    def __enter__(self) -> WarningDisplay:
+        logging.getLogger(RUNNER_LOGGER).addFilter(self._filter)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        logging.getLogger(RUNNER_LOGGER).removeFilter(self._filter)
+
+
+class JsonDisplay(WarningDisplay):
     """Writes every event as one JSON line on stderr."""
 
     def __init__(self, stream: IO[str]) -> None:
@@ -63,7 +86,7 @@ class JsonDisplay(NullDisplay):
         self.stream.flush()
 
 
-class PlainDisplay(NullDisplay):
+class PlainDisplay(WarningDisplay):
     """Writes readable progress lines on stderr, for logs and pipes."""
 
     def __init__(self, stream: IO[str]) -> None:
@@ -97,7 +120,7 @@ class PlainDisplay(NullDisplay):
             self.write(f"task {event.task_id} {event.state}")
 
 
-class RichDisplay(NullDisplay):
+class RichDisplay(WarningDisplay):
     """Shows a progress bar per volume on a terminal (stderr)."""
 
     def __init__(self, stream: IO[str], no_color: bool) -> None:
@@ -114,11 +137,13 @@ class RichDisplay(NullDisplay):
         self.bars: dict[int, TaskID] = {}
 
     def __enter__(self) -> RichDisplay:
+        super().__enter__()
         self.progress.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.progress.stop()
+        super().__exit__(*exc)
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, PhaseStarted):

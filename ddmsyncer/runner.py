@@ -33,6 +33,7 @@ from ddm.errors import (
     TaskConflict,
 )
 from ddm.events import (
+    WARNING_EVENT_MARK,
     Event,
     EventCallback,
     ItemFinished,
@@ -215,7 +216,9 @@ class TaskRunner:
         self.store.add_event(self.task.id, level, kind, message, data or None)
 
     def warn(self, message: str) -> None:
-        self.record("warning", "warning", message)
+        # The mark lets a command that shows Warning events leave this log record out.
+        log.warning("task %s: %s", self.task.id, message, extra={WARNING_EVENT_MARK: True})
+        self.store.add_event(self.task.id, "warning", "warning", message, None)
         self.emit_safely(Warning(self.task.id, message=message))
 
     def set_phase(self, phase: Phase) -> None:
