@@ -180,7 +180,9 @@ def run_main(
         return int(exit_request.exit_code)
     except click.ClickException as error:
         message = usage_message(error)
-        usage_hint = f"run '{prog_name} --help' for usage"
+        error_context = getattr(error, "ctx", None)
+        command_path = error_context.command_path if error_context is not None else prog_name
+        usage_hint = f"run '{command_path} --help' for usage"
         _print_error(env, prog_name, f"{message}; {usage_hint}")
         return int(ExitStatus.USAGE)
     except (KeyboardInterrupt, click.exceptions.Abort):

@@ -81,7 +81,8 @@ def serve(context: CommandContext, concurrency: int, poll_interval: float, once:
         nonlocal failures
         store = TaskStore(store_path)
         try:
-            api.run_task(config, store, task_id)
+            task = api.run_task(config, store, task_id)
+            context.info(f"task {task_id} {task.state.value}")
         except DDMError as error:
             failures += 1
             log.error("task %s failed: %s", task_id, error)

@@ -219,6 +219,12 @@ def run_and_report(context: CommandContext, task_id: str, as_json: bool, *, resu
             runner(context.config, context.store, task_id, on_event=display)
         except DDMError as caught:
             error = caught
+        except KeyboardInterrupt:
+            # The runner has rolled back by now; say which task and where it ended up.
+            task = context.store.get_task(task_id)
+            context.info(f"task {task.id} stopped by an interrupt and is now {task.state.value}; "
+                         f"see 'ddmctl status {task.id}'")
+            raise
 
     task = context.store.get_task(task_id)
     print_task_result(context, task, as_json)

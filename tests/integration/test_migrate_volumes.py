@@ -367,6 +367,7 @@ def test_ctrl_c_during_copy_rolls_back(h1, h2, isolated_env, resources):
 
     assert process.returncode == 130, stderr
     assert "interrupted" in stderr
+    assert f"task {task.id} stopped by an interrupt and is now failed" in stderr
     stored = store.get_task(task.id)
     assert stored.state is TaskState.FAILED
     assert stored.error["message"] == "interrupted"

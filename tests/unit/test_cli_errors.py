@@ -143,7 +143,12 @@ def test_usage_error(
 
     line = error_line(outcome, prog)
     assert expected in line
-    assert line.endswith(f"run '{prog} --help' for usage")
+    # The hint names the (sub)command whose options were wrong.
+    subcommand = args[:1] if args and not args[0].startswith("-") else []
+    if "No such command" in expected:
+        subcommand = []
+    command = " ".join([prog, *subcommand])
+    assert line.endswith(f"run '{command} --help' for usage")
     assert snapshot_tree(home) == before
 
 
