@@ -8,7 +8,7 @@ import click
 
 from ddm import api
 from ddm.errors import ExitStatus
-from ddm.task import Task, TaskState
+from ddm.task import ItemState, Task, TaskState
 from ddmctl.commands.migrate import print_task_result, run_and_report
 from ddmctl.common import CommandContext, epilog, json_option
 from ddmctl.complete import complete_task
@@ -187,7 +187,15 @@ def rollback(context: CommandContext, task_id: str, force: bool, as_json: bool) 
     the command exits 6, unless --force is given.
     """
     task = api.rollback_task(context.config, context.store, task_id, force=force)
-    print_task_result(context, task, as_json)
+    if as_json:
+        context.print_json(task.to_dict())
+        return int(ExitStatus.OK)
+
+    for item in task.items:
+        # A volume the task did not create (an incremental update, a re-run) stays in place.
+        outcome = "removed" if item.state is ItemState.ROLLED_BACK else "kept"
+        context.echo(f"{item.source}\t{item.target}\t{outcome}")
+    context.info(f"task {task.id} {task.state.value}")
     return int(ExitStatus.OK)
 
 

@@ -278,6 +278,7 @@ def test_syncer_killed_then_rolled_back(
     status, stdout, stderr = run_command("ddmctl", "rollback", task.id)
 
     assert status == 0, stderr
+    assert stdout == f"{volume}\t{volume}\tremoved\n"
     rolled_back = store.get_task(task.id)
     assert rolled_back.state is TaskState.ROLLED_BACK
     assert rolled_back.items[0].state is ItemState.ROLLED_BACK
