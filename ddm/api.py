@@ -120,6 +120,10 @@ def build_spec(
         raise UsageError(f"invalid verify mode {verify!r}", hint="use none, quick or full") from None
 
     validate_route(config, target, options or {})
+    if force and (options or {}).get("incremental"):
+        raise UsageError("--incremental and --force ask for opposite things",
+                         hint="pass --incremental to update the target in place, or --force to "
+                         "replace it")
     callbacks = Callbacks.build(on_success=on_success, on_failure=on_failure, notify=notify,
                                 defaults=config.defaults)
     options = _check_compress(dict(options or {}))

@@ -396,3 +396,12 @@ def test_status_ambiguous_prefix(configured: dict[str, str]) -> None:
     assert "task ID prefix 'abcd' is ambiguous" in line
     assert unique.status == 0
     assert json.loads(unique.stdout)["id"] == "abcd00000002"
+
+
+def test_incremental_with_force_is_usage_error(configured: dict[str, str]) -> None:
+    outcome = invoke("ddmctl", ["migrate", "--from", "a", "--to", "b", "--volume", "pgdata",
+                                "--incremental", "--force", "--yes"], configured)
+
+    line = error_line(outcome, "ddmctl")
+    assert outcome.status == 2
+    assert "--incremental and --force ask for opposite things" in line
