@@ -391,3 +391,36 @@ def test_status_ambiguous_prefix(configured: dict[str, str]) -> None:
     assert "task ID prefix 'abcd' is ambiguous" in line
     assert unique.status == 0
     assert json.loads(unique.stdout)["id"] == "abcd00000002"
+
+
+class _EngineWithoutVolumes:
+    """Engine stand-in whose host has no volume at all."""
+
+    def __init__(self, host: object) -> None:
+        self.host = host
+
+    def __enter__(self) -> _EngineWithoutVolumes:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def volume_inspect(self, name: str) -> None:
+        return None
+
+
+@pytest.mark.parametrize("volume", ["missingvol", "missingvol:nothere"])
+def test_ddmverify_missing_volume_is_usage_error(
+    configured: dict[str, str], monkeypatch: pytest.MonkeyPatch, volume: str
+) -> None:
+    # A missing volume means the check could not run, which must differ from "differs" (1).
+    from ddmdriver import engine as engine_module
+
+    monkeypatch.setattr(engine_module, "open_engine",
+                        lambda host, config: _EngineWithoutVolumes(host))
+
+    outcome = invoke("ddmverify", ["--from", "a", "--to", "b", "--volume", volume, "--deep"],
+                     configured)
+
+    assert outcome.status == ExitStatus.USAGE
+    assert "volume 'missingvol' not found on host 'a'" in error_line(outcome, "ddmverify")
