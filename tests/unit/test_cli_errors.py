@@ -14,7 +14,7 @@ import pytest
 
 from ddm import __version__, api
 from ddm.config import load_config
-from ddm.errors import ExitStatus
+from ddm.errors import ExitStatus, UsageError
 from ddm.store import TaskStore, default_store_path
 from ddm.task import Task
 from tests.unit.cli_support import (
@@ -424,3 +424,29 @@ def test_ddmverify_missing_volume_is_usage_error(
 
     assert outcome.status == ExitStatus.USAGE
     assert "volume 'missingvol' not found on host 'a'" in error_line(outcome, "ddmverify")
+
+
+@pytest.mark.parametrize("codec", ["lz4", "zstd"])
+@pytest.mark.parametrize("command", ["migrate", "create", "plan"])
+def test_full_mode_rejects_explicit_codec(
+    home: Path, configured: dict[str, str], command: str, codec: str
+) -> None:
+    # Full mode never compresses, so an explicit codec must not be dropped without a word.
+    before = snapshot_tree(home)
+
+    args = [command, "--from", "a", "--to", "b", "--mode", "full", "--container", "web2",
+            "--compress", codec]
+    if command == "migrate":
+        args.append("--yes")
+
+    outcome = invoke("ddmctl", args, configured)
+
+    assert outcome.status == ExitStatus.USAGE
+    assert f"--compress {codec} is for volumes mode" in error_line(outcome, "ddmctl")
+    assert snapshot_tree(home) == before
+
+
+def test_full_spec_rejects_explicit_codec(configured: dict[str, str]) -> None:
+    with pytest.raises(UsageError, match="--compress zstd is for volumes mode"):
+        api.build_full_spec(load_config(None, configured), source="a", target="b",
+                            containers=["web2"], options={"compress": "zstd"})
