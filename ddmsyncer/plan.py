@@ -18,6 +18,7 @@ from ddm.errors import DDMError
 from ddm.store import TaskStore
 from ddm.task import Mode, TaskItem, TaskSpec, VerifyMode
 from ddmsyncer import compression, datapath, direct, incremental, rerun, volumes, writers
+from ddmsyncer.copyorigin import copying_task
 from ddmsyncer.datapath import HostProbes
 from ddmsyncer.linkprobe import LinkRate, measure_link
 
@@ -153,6 +154,8 @@ def _plan_volume(source: Any, target: Any, item: TaskItem, spec: TaskSpec,
                 lambda: volumes.check_volume(source, target, item, force=True))
             if update is not None:
                 entry.update(update)
+                if update.get("earlier_task"):
+                    entry["earlier_task"] = copying_task(store, update["earlier_task"], item)
                 return entry
         check = volumes.check_volume(source, target, item, force=spec.force)
     except DDMError as error:

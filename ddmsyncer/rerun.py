@@ -35,12 +35,12 @@ from ddm.task import ItemState, Mode, Task, TaskState
 from ddm.text import counted
 from ddmdriver import containers as driver
 from ddmsyncer import incremental
+from ddmsyncer.copyorigin import EXTRA_KEY, copying_task
 from ddmsyncer.fullplan import PROJECT_LABEL
 from ddmsyncer.hashcache import HashCache
 
 log = logging.getLogger(__name__)
 
-EXTRA_KEY = "already_migrated"
 ALREADY_MIGRATED_ACTION = "already_migrated"  # the action of such a volume in a plan
 
 
@@ -68,6 +68,7 @@ def mark_unchanged_volumes(runner: Any) -> dict[int, str]:
                                            spec.target_host, item)
         if earlier is None:
             continue
+        earlier = copying_task(runner.store, earlier, item)
         _check_volume_unchanged(runner, item, earlier)
         found[item.position] = earlier
 
@@ -136,6 +137,7 @@ def plan_volume(source: Any, target: Any, item: Any, spec: Any, store: Any) -> d
     earlier = incremental.earlier_copy(store, "", spec.source_host, spec.target_host, item)
     if earlier is None or not source_volume.mountpoint or not target_volume.mountpoint:
         return None
+    earlier = copying_task(store, earlier, item)
 
     source_scan, _ = compare_volumes(source, source_volume.mountpoint, target,
                                      target_volume.mountpoint, store, spec, item, earlier)
