@@ -112,10 +112,19 @@ def compare_volumes(source: Any, source_mountpoint: str, target: Any, target_mou
             f"volume {item.target!r} on {spec.target_host} contains the copy made by task "
             f"{earlier} but differs from source volume {item.source!r} now "
             f"({counted(len(differences), 'difference')}, first {display_path(path)}: {aspect})",
-            hint="pass --incremental to send the changes (this overwrites changes made on the "
-            "target) or --force to replace the volume",
+            hint=_overwrite_hint(spec),
         )
     return source_scan, scan_bytes
+
+
+def _overwrite_hint(spec: Any) -> str:
+    """Return the options that overwrite a changed earlier copy, for this task's route."""
+    if spec.options.get("route") == "direct":
+        # --incremental is relayed only, so it cannot be combined with --route direct.
+        return ("pass --force to replace the volume, or leave out --route direct and pass "
+                "--incremental to send the changes (both overwrite changes made on the target)")
+    return ("pass --incremental to send the changes (this overwrites changes made on the "
+            "target) or --force to replace the volume")
 
 
 def plan_volume(source: Any, target: Any, item: Any, spec: Any, store: Any) -> dict[str, Any] | None:

@@ -100,3 +100,25 @@ def test_incremental_plan_names_copying_task(store: TaskStore, rerun_chain: Task
     entry = plan._plan_volume(_Engine("h1"), _Engine("h2"), rerun_chain, spec, [], store)
 
     assert entry["earlier_task"] == "aaaa00000001"
+
+
+@pytest.mark.parametrize("route", ["relay", "direct"])
+def test_rerun_refusal_hint_fits_route(store: TaskStore, rerun_chain: TaskItem,
+                                       monkeypatch: pytest.MonkeyPatch, route: str) -> None:
+    # --route direct cannot be combined with --incremental, so the hint must not offer it alone.
+    monkeypatch.setattr(incremental, "scan_both", lambda *args, **kwargs: ({}, {}, 0))
+    monkeypatch.setattr(incremental, "_differences",
+                        lambda source, target: iter([(b"a.txt", "content")]))
+    spec = TaskSpec(source_host="h1", target_host="h2",
+                    volumes=(VolumeSpec(source="pgdata", target="pgdata"),),
+                    options={"route": route})
+
+    with pytest.raises(TargetExists) as raised:
+        rerun.plan_volume(_Engine("h1"), _Engine("h2"), rerun_chain, spec, store)
+
+    message = str(raised.value)
+    assert "--force" in message
+    if route == "direct":
+        assert "leave out --route direct and pass --incremental" in message
+    else:
+        assert "pass --incremental to send the changes" in message
