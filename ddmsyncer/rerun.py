@@ -27,6 +27,7 @@ from __future__ import annotations
 import calendar
 import logging
 import time
+from types import SimpleNamespace
 from typing import Any
 
 from ddm.errors import TargetExists
@@ -186,6 +187,16 @@ def find_finished_full(runner: Any) -> dict[str, Any] | None:
             return None
         return record
     return None
+
+
+def plan_full(source: Any, target: Any, spec: Any, store: Any) -> dict[str, Any] | None:
+    """Return what find_finished_full would return for a task of `spec`, or None.
+
+    Only inspects containers on both hosts, and changes neither host nor the task database.
+    """
+    planned = SimpleNamespace(task=Task(id="", spec=spec), store=store, source=source,
+                              target=target)
+    return find_finished_full(planned)
 
 
 def _same_selection(earlier: Task, task: Task) -> bool:

@@ -176,7 +176,8 @@ def migrate_full(context: CommandContext, *, dry_run: bool, yes: bool, as_json: 
     """Create and run a full-mode task, or print its plan with --dry-run."""
     spec = api.build_full_spec(context.config, **request)
     if dry_run:
-        return show_plan(context, api.plan_task(context.config, spec), as_json)
+        return show_plan(context, api.plan_task(context.config, spec, store=context.store),
+                         as_json)
 
     selection = (f"project {spec.options['project']}" if spec.options.get("project")
                  else "containers " + ", ".join(spec.options["containers"]))

@@ -233,6 +233,8 @@ def plan_lines(document: dict[str, Any]) -> list[str]:
 def full_object_lines(entry: dict[str, Any]) -> list[str]:
     """Return the details of a full-mode object: image tags, container state, network subnets."""
     kind = entry["kind"]
+    if entry.get("action") == "already_migrated":
+        return [f"already migrated by task {entry['earlier_task']}; nothing is sent"]
     if kind == "image":
         return [f"id {entry['id'][:19]}, tags {', '.join(entry['tags']) or '-'}, "
                 f"{'on the target' if entry['present_on_target'] else 'missing on the target'}"]
