@@ -393,37 +393,42 @@ def test_status_ambiguous_prefix(configured: dict[str, str]) -> None:
     assert json.loads(unique.stdout)["id"] == "abcd00000002"
 
 
-class _EngineWithoutVolumes:
-    """Engine stand-in whose host has no volume at all."""
+class _EngineWithVolumes:
+    """Engine stand-in: host 'a' has the volume 'vlogs', host 'b' has none."""
 
     def __init__(self, host: object) -> None:
         self.host = host
 
-    def __enter__(self) -> _EngineWithoutVolumes:
+    def __enter__(self) -> _EngineWithVolumes:
         return self
 
     def __exit__(self, *exc: object) -> None:
         return None
 
-    def volume_inspect(self, name: str) -> None:
+    def volume_inspect(self, name: str) -> object | None:
+        if self.host.name == "a" and name == "vlogs":
+            return object()
         return None
 
 
-@pytest.mark.parametrize("volume", ["missingvol", "missingvol:nothere"])
+@pytest.mark.parametrize(("volume", "expected"), [
+    ("missingvol", "volume 'missingvol' not found on host 'a'"),
+    ("vlogs:nothere", "volume 'nothere' not found on host 'b'"),
+])
 def test_ddmverify_missing_volume_is_usage_error(
-    configured: dict[str, str], monkeypatch: pytest.MonkeyPatch, volume: str
+    configured: dict[str, str], monkeypatch: pytest.MonkeyPatch, volume: str, expected: str
 ) -> None:
     # A missing volume means the check could not run, which must differ from "differs" (1).
     from ddmdriver import engine as engine_module
 
     monkeypatch.setattr(engine_module, "open_engine",
-                        lambda host, config: _EngineWithoutVolumes(host))
+                        lambda host, config: _EngineWithVolumes(host))
 
     outcome = invoke("ddmverify", ["--from", "a", "--to", "b", "--volume", volume, "--deep"],
                      configured)
 
     assert outcome.status == ExitStatus.USAGE
-    assert "volume 'missingvol' not found on host 'a'" in error_line(outcome, "ddmverify")
+    assert expected in error_line(outcome, "ddmverify")
 
 
 @pytest.mark.parametrize("codec", ["lz4", "zstd"])
