@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ddm.errors import VolumeNotFound
+from ddm.errors import UsageError
 from ddm.manifest import compare_manifests, display_path
 from ddmsyncer import volumes
 
@@ -14,8 +14,8 @@ def compare_volume(source_engine: Any, target_engine: Any, source: str, target: 
     """Read both manifests and return the comparison as a JSON-ready mapping."""
     for engine, name in ((source_engine, source), (target_engine, target)):
         if engine.volume_inspect(name) is None:
-            raise VolumeNotFound(f"volume {name!r} not found on host {engine.host.name!r}",
-                                 hint="check the name with 'docker volume ls' on that host")
+            raise UsageError(f"volume {name!r} not found on host {engine.host.name!r}",
+                             hint="check the name with 'docker volume ls' on that host")
 
     source_manifest = volumes.read_manifest(source_engine, source, task_id=session,
                                             hash_content=deep)

@@ -77,6 +77,17 @@ def validate_compress(requested: str | None, data_path: str = "auto", route: str
     return value
 
 
+def reject_full_mode_codec(requested: str | None) -> None:
+    """Raise UsageError for an explicit codec (lz4, zstd) in full mode, which never compresses.
+
+    `auto` and `none` pass, because both leave the stream uncompressed when nothing applies.
+    """
+    if requested in DEFAULT_CODECS:
+        raise UsageError(f"--compress {requested} is for volumes mode",
+                         hint="full mode does not compress its transfers; leave out --compress "
+                         "in full mode")
+
+
 @dataclass(frozen=True)
 class Sample:
     """A sample compression of a volume's tar stream on the source host."""

@@ -16,6 +16,7 @@ from ddm.task import TaskSpec, VerifyMode
 from ddmsyncer import datapath
 from ddmsyncer.datapath import DataPath
 from ddmsyncer.fullplan import ContainerPlan, FullPlan, _subnets
+from ddmsyncer.rerun import ALREADY_MIGRATED_ACTION
 
 # Data paths of full-mode objects, besides the volumes-mode names.
 DATA_PATH_ENGINE_API = "engine-api"
@@ -162,6 +163,38 @@ def _container_object(container: ContainerPlan, plan: FullPlan, cutover: bool,
         "verified": list(CONTAINER_VERIFIED),
         "not_verified": list(CONTAINER_NOT_VERIFIED),
     }
+
+
+def mark_already_migrated(objects: list[dict[str, Any]],
+                          record: dict[str, Any]) -> list[dict[str, Any]]:
+    """Return the objects of a re-run plan: each one already migrated, nothing sent.
+
+    `record` is rerun.find_finished_full's result. When the source containers are gone
+    (--remove-source), `objects` is empty and the containers come from the record, with the
+    keys that every object has only.
+    """
+    if not objects:
+        objects = [{"kind": "container", "source": source["name"], "target": target["name"],
+                    "size_bytes": None, "preserves": [], "verified": [], "not_verified": []}
+                   for source, target in zip(record["source_containers"],
+                                             record["target_containers"])]
+    marked = []
+    for entry in objects:
+        entry = dict(entry, action=ALREADY_MIGRATED_ACTION, earlier_task=record["task"],
+                     data_path="none")
+        if "bytes_to_send" in entry:
+            entry["bytes_to_send"] = 0
+        marked.append(entry)
+    return marked
+
+
+def already_migrated_steps(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """Return the single step of a re-run that the task finishes as already migrated."""
+    names = ", ".join(entry["name"] for entry in record["target_containers"])
+    return [{"order": 1, "phase": "prepare", "kind": None, "object": None,
+             "action": f"check that containers {names} on the target are the ones task "
+                       f"{record['task']} created and the source containers are unchanged; "
+                       "send nothing"}]
 
 
 def full_plan_steps(plan: FullPlan, spec: TaskSpec) -> list[dict[str, Any]]:

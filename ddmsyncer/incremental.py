@@ -47,6 +47,7 @@ from ddm.errors import MigrationFailed, TransferFailed, VerificationFailed
 from ddm.store import TaskStore
 from ddm.task import ItemState, TaskItem, TaskState, VerifyMode
 from ddmsyncer import hashcache
+from ddmsyncer.copyorigin import copying_task
 from ddmsyncer.hashcache import CachedHash, HashCache
 
 log = logging.getLogger(__name__)
@@ -761,6 +762,7 @@ def select_items(runner: Any) -> dict[int, str]:
         earlier = earlier_copy(runner.store, runner.task.id, spec.source_host, spec.target_host, item)
         if earlier is None:
             continue
+        earlier = copying_task(runner.store, earlier, item)
         selected[item.position] = earlier
         runner.record("info", "incremental", f"volume {item.target!r} on {spec.target_host} holds "
                       f"the copy made by task {earlier}; updating it incrementally",

@@ -14,10 +14,11 @@ from __future__ import annotations
 from typing import Any
 
 from ddm.config import Config
-from ddm.errors import DDMError
+from ddm.errors import DDMError, UsageError
 from ddm.store import TaskStore
 from ddm.task import Mode, TaskItem, TaskSpec, VerifyMode
 from ddmsyncer import compression, datapath, direct, incremental, rerun, volumes, writers
+from ddmsyncer.copyorigin import copying_task
 from ddmsyncer.datapath import HostProbes
 from ddmsyncer.linkprobe import LinkRate, measure_link
 
@@ -42,7 +43,7 @@ def build_plan(config: Config, spec: TaskSpec, *, probe_bytes: int = DEFAULT_PRO
     from ddmdriver.engine import open_engine
 
     if spec.mode is Mode.FULL:
-        return build_full_mode_plan(config, spec, probe_bytes=probe_bytes)
+        return build_full_mode_plan(config, spec, probe_bytes=probe_bytes, store=store)
 
     plan: dict[str, Any] = {
         "plan_version": PLAN_VERSION,
@@ -82,20 +83,41 @@ def build_plan(config: Config, spec: TaskSpec, *, probe_bytes: int = DEFAULT_PRO
 
 
 def build_full_mode_plan(config: Config, spec: TaskSpec, *,
-                         probe_bytes: int = DEFAULT_PROBE_BYTES) -> dict[str, Any]:
-    """Return the plan document of a full-mode task. Nothing on either host changes."""
+                         probe_bytes: int = DEFAULT_PROBE_BYTES,
+                         store: TaskStore | None = None) -> dict[str, Any]:
+    """Return the plan document of a full-mode task. Nothing on either host changes.
+
+    With the task database (`store`), a re-run that the task would finish as already migrated
+    (rerun.find_finished_full) is planned as such: no conflicts, and nothing to send.
+    """
     from ddmdriver.engine import open_engine
-    from ddmsyncer.fullplan import build_full_plan
-    from ddmsyncer.fullplan_document import full_plan_objects, full_plan_steps
+    from ddmsyncer.fullplan import FullPlan, build_full_plan
+    from ddmsyncer.fullplan_document import (
+        already_migrated_steps,
+        full_plan_objects,
+        full_plan_steps,
+        mark_already_migrated,
+    )
 
     with open_engine(config.host(spec.source_host), config) as source, \
             open_engine(config.host(spec.target_host), config) as target:
         engines = {"source": _engine_summary(source), "target": _engine_summary(target)}
-        full_plan = build_full_plan(source, target, spec)
+        record = None if store is None else rerun.plan_full(source, target, spec, store)
+        try:
+            full_plan = build_full_plan(source, target, spec)
+        except UsageError:  # a source container not found
+            if record is None:
+                raise
+            # The source containers were removed with --remove-source, so only the record
+            # of the earlier task names what is on the target.
+            full_plan = FullPlan()
         links = {"source": measure_link(source, probe_bytes),
                  "target": measure_link(target, probe_bytes)}
 
     objects = full_plan_objects(full_plan, spec)
+    if record is not None:
+        objects = mark_already_migrated(objects, record)
+        full_plan.conflicts.clear()
     return {
         "plan_version": PLAN_VERSION,
         "mode": spec.mode.value,
@@ -107,7 +129,8 @@ def build_full_mode_plan(config: Config, spec: TaskSpec, *,
         "objects": objects,
         "conflicts": [conflict.to_dict() for conflict in full_plan.conflicts],
         "bytes_total": sum(entry.get("size_bytes") or 0 for entry in objects),
-        "steps": full_plan_steps(full_plan, spec),
+        "steps": (full_plan_steps(full_plan, spec) if record is None
+                  else already_migrated_steps(record)),
         "link": {role: rate.to_dict() for role, rate in links.items()},
         "estimate": estimate_duration(objects, links, spec.verify),
         "ok": not full_plan.conflicts,
@@ -153,6 +176,8 @@ def _plan_volume(source: Any, target: Any, item: TaskItem, spec: TaskSpec,
                 lambda: volumes.check_volume(source, target, item, force=True))
             if update is not None:
                 entry.update(update)
+                if update.get("earlier_task"):
+                    entry["earlier_task"] = copying_task(store, update["earlier_task"], item)
                 return entry
         check = volumes.check_volume(source, target, item, force=spec.force)
     except DDMError as error:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import calendar
 import logging
 import time
+from types import SimpleNamespace
 from typing import Any
 
 from ddm.errors import TargetExists
@@ -35,12 +36,12 @@ from ddm.task import ItemState, Mode, Task, TaskState
 from ddm.text import counted
 from ddmdriver import containers as driver
 from ddmsyncer import incremental
+from ddmsyncer.copyorigin import EXTRA_KEY, copying_task
 from ddmsyncer.fullplan import PROJECT_LABEL
 from ddmsyncer.hashcache import HashCache
 
 log = logging.getLogger(__name__)
 
-EXTRA_KEY = "already_migrated"
 ALREADY_MIGRATED_ACTION = "already_migrated"  # the action of such a volume in a plan
 
 
@@ -68,6 +69,7 @@ def mark_unchanged_volumes(runner: Any) -> dict[int, str]:
                                            spec.target_host, item)
         if earlier is None:
             continue
+        earlier = copying_task(runner.store, earlier, item)
         _check_volume_unchanged(runner, item, earlier)
         found[item.position] = earlier
 
@@ -111,10 +113,19 @@ def compare_volumes(source: Any, source_mountpoint: str, target: Any, target_mou
             f"volume {item.target!r} on {spec.target_host} contains the copy made by task "
             f"{earlier} but differs from source volume {item.source!r} now "
             f"({counted(len(differences), 'difference')}, first {display_path(path)}: {aspect})",
-            hint="pass --incremental to send the changes (this overwrites changes made on the "
-            "target) or --force to replace the volume",
+            hint=_overwrite_hint(spec),
         )
     return source_scan, scan_bytes
+
+
+def _overwrite_hint(spec: Any) -> str:
+    """Return the options that overwrite a changed earlier copy, for this task's route."""
+    if spec.options.get("route") == "direct":
+        # --incremental is relayed only, so it cannot be combined with --route direct.
+        return ("pass --force to replace the volume, or leave out --route direct and pass "
+                "--incremental to send the changes (both overwrite changes made on the target)")
+    return ("pass --incremental to send the changes (this overwrites changes made on the "
+            "target) or --force to replace the volume")
 
 
 def plan_volume(source: Any, target: Any, item: Any, spec: Any, store: Any) -> dict[str, Any] | None:
@@ -136,6 +147,7 @@ def plan_volume(source: Any, target: Any, item: Any, spec: Any, store: Any) -> d
     earlier = incremental.earlier_copy(store, "", spec.source_host, spec.target_host, item)
     if earlier is None or not source_volume.mountpoint or not target_volume.mountpoint:
         return None
+    earlier = copying_task(store, earlier, item)
 
     source_scan, _ = compare_volumes(source, source_volume.mountpoint, target,
                                      target_volume.mountpoint, store, spec, item, earlier)
@@ -175,6 +187,16 @@ def find_finished_full(runner: Any) -> dict[str, Any] | None:
             return None
         return record
     return None
+
+
+def plan_full(source: Any, target: Any, spec: Any, store: Any) -> dict[str, Any] | None:
+    """Return what find_finished_full would return for a task of `spec`, or None.
+
+    Only inspects containers on both hosts, and changes neither host nor the task database.
+    """
+    planned = SimpleNamespace(task=Task(id="", spec=spec), store=store, source=source,
+                              target=target)
+    return find_finished_full(planned)
 
 
 def _same_selection(earlier: Task, task: Task) -> bool:

@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from ddm.api import build_spec
-from ddm.errors import ExitStatus, VolumeNotFound
+from ddm.errors import ExitStatus, UsageError
 from ddm.manifest import Manifest, compare_manifests, display_path
 from ddm.task import VerifyMode, new_task_id
 from ddm.text import counted
@@ -102,8 +102,9 @@ def compare_volume(source_engine: Any, target_engine: Any, source: str, target: 
     for engine, name in ((source_engine, source), (target_engine, target)):
         info = engine.volume_inspect(name)
         if info is None:
-            raise VolumeNotFound(f"volume {name!r} not found on host {engine.host.name!r}",
-                                 hint="check the name with 'docker volume ls' on that host")
+            # A missing volume means the check cannot run: exit 2, not 1 ("the volumes differ").
+            raise UsageError(f"volume {name!r} not found on host {engine.host.name!r}",
+                             hint="check the name with 'docker volume ls' on that host")
         infos.append(info)
 
     probes = probes or HostProbes()

@@ -14,7 +14,7 @@ from ddmctl.common import CommandContext, epilog, json_option, raise_on_sigterm
 from ddmctl.commands.planning import route_option, show_plan, spec_from_options, with_callback_options
 from ddmctl.complete import complete_host
 from ddmctl.progress import choose_display, format_bytes
-from ddmsyncer.compression import validate_compress
+from ddmsyncer.compression import reject_full_mode_codec, validate_compress
 
 
 @click.command(epilog=epilog("ddmctl migrate --from old --to new --volume pgdata:pgdata-2"))
@@ -118,6 +118,7 @@ def migrate(
     if mode == "full":
         if route != "relay":
             raise UsageError("--route direct is for volumes mode", hint="leave out --route in full mode")
+        reject_full_mode_codec(compress)
         if volumes or force:
             raise UsageError("--volume and --force belong to volumes mode",
                              hint="full mode moves the volumes of the given containers")
@@ -175,7 +176,8 @@ def migrate_full(context: CommandContext, *, dry_run: bool, yes: bool, as_json: 
     """Create and run a full-mode task, or print its plan with --dry-run."""
     spec = api.build_full_spec(context.config, **request)
     if dry_run:
-        return show_plan(context, api.plan_task(context.config, spec), as_json)
+        return show_plan(context, api.plan_task(context.config, spec, store=context.store),
+                         as_json)
 
     selection = (f"project {spec.options['project']}" if spec.options.get("project")
                  else "containers " + ", ".join(spec.options["containers"]))

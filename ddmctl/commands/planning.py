@@ -16,6 +16,7 @@ from ddm.task import TaskSpec
 from ddmctl.common import CommandContext, epilog, json_option
 from ddmctl.complete import complete_host
 from ddmctl.progress import format_bytes, format_duration
+from ddmsyncer.compression import reject_full_mode_codec
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -110,6 +111,7 @@ def spec_from_options(context: CommandContext, options: dict[str, Any]) -> TaskS
         if options.get("route", "relay") != "relay":
             raise UsageError("--route direct is for volumes mode",
                              hint="leave out --route in full mode")
+        reject_full_mode_codec(options.get("compress"))
         if options["volumes"] or options["force"]:
             raise UsageError("--volume and --force belong to volumes mode",
                              hint="full mode moves the volumes of the given containers")
@@ -231,6 +233,8 @@ def plan_lines(document: dict[str, Any]) -> list[str]:
 def full_object_lines(entry: dict[str, Any]) -> list[str]:
     """Return the details of a full-mode object: image tags, container state, network subnets."""
     kind = entry["kind"]
+    if entry.get("action") == "already_migrated":
+        return [f"already migrated by task {entry['earlier_task']}; nothing is sent"]
     if kind == "image":
         return [f"id {entry['id'][:19]}, tags {', '.join(entry['tags']) or '-'}, "
                 f"{'on the target' if entry['present_on_target'] else 'missing on the target'}"]

@@ -19,6 +19,7 @@ import pytest
 
 from ddm.store import TaskStore, default_store_path
 from ddm.task import ItemState, TaskState
+from tests.integration.test_full_plan import schema_errors
 from tests.integration.test_migrate_volumes import run_command
 from tests.lab.image import BUSYBOX_IMAGE, build_busybox_tar
 from tests.lab.resources import unique_name
@@ -162,6 +163,17 @@ def test_full_rerun_sends_nothing(h1, h2, isolated_env, test_image, resources):
     assert status == 0
     assert task_extra(third_task)["already_migrated"]["task"] == first_task
 
+    # The plan of another re-run reports it as already migrated, without conflicts.
+    outcome = run_command("ddmctl", "plan", "--from", "h1", "--to", "h2", "--mode", "full",
+                          "--container", name, "--json")
+    assert outcome.status == 0, outcome.stderr
+    plan = json.loads(outcome.stdout)
+    assert plan["conflicts"] == []
+    assert plan["ok"] is True
+    assert {entry["action"] for entry in plan["objects"]} == {"already_migrated"}
+    assert {entry["earlier_task"] for entry in plan["objects"]} == {first_task}
+    assert schema_errors(plan) == []
+
     # Rolling a re-run back removes nothing: it created nothing.
     outcome = run_command("ddmctl", "rollback", third_task)
     assert outcome.status == 0, outcome.stderr
@@ -219,7 +231,9 @@ def test_volume_rerun_keeps_changed_target(h1, h2, isolated_env, resources):
     volume = resources.create_volume(h1)
     resources.add_volume(h2, volume)
     write_volume_tree(h1, volume, {"a.txt": "source\n"})
-    status, _ = migrate("--volume", volume)
+    status, first_task = migrate("--volume", volume)
+    assert status == 0
+    status, rerun_task = migrate("--volume", volume)
     assert status == 0
 
     # The operator changes the target copy; a plain re-run must not overwrite it.
@@ -228,6 +242,9 @@ def test_volume_rerun_keeps_changed_target(h1, h2, isolated_env, resources):
                           "--volume", volume)
     assert outcome.status != 0
     assert "differs from source volume" in outcome.stderr
+    # The re-run in between sent nothing, so the copy is the first task's.
+    assert f"contains the copy made by task {first_task} " in outcome.stderr
+    assert rerun_task not in outcome.stderr
     target_file = h2.volume_host_path(volume) / "a.txt"
     assert target_file.read_text() == "changed on the target\n"
 

@@ -14,7 +14,7 @@ import pytest
 
 from ddm import __version__, api
 from ddm.config import load_config
-from ddm.errors import ExitStatus
+from ddm.errors import ExitStatus, UsageError
 from ddm.store import TaskStore, default_store_path
 from ddm.task import Task
 from tests.unit.cli_support import (
@@ -405,3 +405,67 @@ def test_incremental_with_force_is_usage_error(configured: dict[str, str]) -> No
     line = error_line(outcome, "ddmctl")
     assert outcome.status == 2
     assert "--incremental and --force ask for opposite things" in line
+
+
+class _EngineWithVolumes:
+    """Engine stand-in: host 'a' has the volume 'vlogs', host 'b' has none."""
+
+    def __init__(self, host: object) -> None:
+        self.host = host
+
+    def __enter__(self) -> _EngineWithVolumes:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def volume_inspect(self, name: str) -> object | None:
+        if self.host.name == "a" and name == "vlogs":
+            return object()
+        return None
+
+
+@pytest.mark.parametrize(("volume", "expected"), [
+    ("missingvol", "volume 'missingvol' not found on host 'a'"),
+    ("vlogs:nothere", "volume 'nothere' not found on host 'b'"),
+])
+def test_ddmverify_missing_volume_is_usage_error(
+    configured: dict[str, str], monkeypatch: pytest.MonkeyPatch, volume: str, expected: str
+) -> None:
+    # A missing volume means the check could not run, which must differ from "differs" (1).
+    from ddmdriver import engine as engine_module
+
+    monkeypatch.setattr(engine_module, "open_engine",
+                        lambda host, config: _EngineWithVolumes(host))
+
+    outcome = invoke("ddmverify", ["--from", "a", "--to", "b", "--volume", volume, "--deep"],
+                     configured)
+
+    assert outcome.status == ExitStatus.USAGE
+    assert expected in error_line(outcome, "ddmverify")
+
+
+@pytest.mark.parametrize("codec", ["lz4", "zstd"])
+@pytest.mark.parametrize("command", ["migrate", "create", "plan"])
+def test_full_mode_rejects_explicit_codec(
+    home: Path, configured: dict[str, str], command: str, codec: str
+) -> None:
+    # Full mode never compresses, so an explicit codec must not be dropped without a word.
+    before = snapshot_tree(home)
+
+    args = [command, "--from", "a", "--to", "b", "--mode", "full", "--container", "web2",
+            "--compress", codec]
+    if command == "migrate":
+        args.append("--yes")
+
+    outcome = invoke("ddmctl", args, configured)
+
+    assert outcome.status == ExitStatus.USAGE
+    assert f"--compress {codec} is for volumes mode" in error_line(outcome, "ddmctl")
+    assert snapshot_tree(home) == before
+
+
+def test_full_spec_rejects_explicit_codec(configured: dict[str, str]) -> None:
+    with pytest.raises(UsageError, match="--compress zstd is for volumes mode"):
+        api.build_full_spec(load_config(None, configured), source="a", target="b",
+                            containers=["web2"], options={"compress": "zstd"})
