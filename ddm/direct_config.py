@@ -76,8 +76,8 @@ ROUTE_CHOICES = ("relay", "direct")
 def validate_route(config: Any, target_host: str, options: dict[str, Any]) -> None:
     """Raise UsageError when the task options ask for a route that cannot work.
 
-    Checks what the config and the options show; the run checks the rest (the volume must
-    take the host data path, the source host needs an ssh client).
+    Only the config and the options are checked here. The run checks the rest: the volume
+    must take the host data path, and the source host needs an ssh client.
     """
     from ddm.errors import UsageError
 

@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
-# Attribute of a log record that repeats a Warning event; a display that shows Warning events
-# filters such records out so that each warning reaches the operator once.
+# Attribute of a log record that repeats a Warning event. A display that shows Warning events
+# drops such records, so each warning reaches the operator once.
 WARNING_EVENT_MARK = "ddm_warning_event"
 
 

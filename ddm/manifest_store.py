@@ -4,7 +4,7 @@ A task keeps the manifest of each copied volume for the verify phase of a later 
 (resume) and for the changed-since-finished check of `ddmctl rollback`. It is stored as a
 header, the manifest's JSON document without its entries, in the item's `manifest` column,
 and one row of table `manifest_chunks` per MANIFEST_CHUNK_ENTRIES entries. Writing and
-reading stream the rows, so neither holds the whole manifest in memory. Tasks stored before
+reading stream the rows, so neither keeps the whole manifest in memory. Tasks stored before
 the chunked format keep their whole JSON document in the `manifest` column, and
 load_task_manifest() reads both.
 """

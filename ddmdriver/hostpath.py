@@ -138,7 +138,7 @@ def check_directory(engine: Any, access: HostAccess, directory: str) -> bool:
     return result.exit_status == 0
 
 
-class _StderrCollector(threading.Thread):
+class StderrCollector(threading.Thread):
     """Thread that keeps the first STDERR_LIMIT_BYTES of a channel's stderr."""
 
     def __init__(self, channel: paramiko.Channel) -> None:
@@ -167,7 +167,7 @@ class _RemoteTar:
     def __init__(self, engine: Any, argv: Sequence[str], description: str) -> None:
         self.description = description
         self.channel: paramiko.Channel = engine.ssh.open_command(list(argv))
-        self.stderr = _StderrCollector(self.channel)
+        self.stderr = StderrCollector(self.channel)
         self.stderr.start()
 
     def finish(self) -> tuple[int, bytes]:

@@ -28,13 +28,14 @@ def compare_volume(source_engine: Any, target_engine: Any, source: str, target: 
         "entries": len(source_manifest.entries),
         "differences": [
             {"path": display_path(difference.path), "aspect": difference.aspect,
-             "source": _jsonable(difference.source), "target": _jsonable(difference.target)}
+             "source": jsonable(difference.source), "target": jsonable(difference.target)}
             for difference in differences
         ],
     }
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
+    """Return a difference's value in a form json.dumps accepts, paths escaped for display."""
     if isinstance(value, bytes):
         return display_path(value)
     if isinstance(value, (str, int, float, bool)) or value is None:

@@ -32,6 +32,7 @@ from typing import Any
 
 from ddm.errors import DDMError, MigrationFailed
 from ddm.manifest import Manifest, ManifestEntry
+from ddmdriver.hostpath import StderrCollector
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,6 @@ LOADER = "import base64,sys;exec(compile(base64.b64decode(sys.argv.pop(1)),'host
 PROBE_COMMAND = "import base64, grp, hashlib, json, os, pwd, stat, struct; os.listxattr"
 PROBE_TIMEOUT_SECONDS = 30.0
 RECEIVE_BYTES = 1024 * 1024
-STDERR_LIMIT_BYTES = 64 * 1024
 
 HOST_SCAN = "host-scan"
 READ_BACK = "read-back"
@@ -113,7 +113,7 @@ def scan_manifest(engine: Any, access: Any, directory: str, *, hash_content: boo
     """Scan `directory` on the engine's host and return its manifest (content digest: SHA-256)."""
     name = f"{engine.host.name}:{directory}"
     channel = engine.ssh.open_command(scan_argv(access, directory, hash_content=hash_content))
-    errors = _StderrReader(channel)
+    errors = StderrCollector(channel)
     errors.start()
     listing_bytes = 0
 
@@ -130,14 +130,14 @@ def scan_manifest(engine: Any, access: Any, directory: str, *, hash_content: boo
         status = channel.recv_exit_status()
     except ValueError as error:
         raise MigrationFailed(f"scanning {name} returned an invalid listing: {error}: "
-                              f"{errors.text()[-500:]}",
+                              f"{stderr_text(errors)}",
                               hint="check that python3 runs on that host") from None
     finally:
         channel.close()
 
     if status != 0:
         raise MigrationFailed(f"scanning {name} failed with exit status {status}: "
-                              f"{errors.text()[-500:]}",
+                              f"{stderr_text(errors)}",
                               hint="check that python3 runs on that host, or pass --verify quick")
     log.info("scanned %s on its host: %d entries, %d bytes of listing", name,
              len(manifest.entries), listing_bytes)
@@ -156,26 +156,9 @@ def _lines(channel: Any) -> Iterator[tuple[bytes, int]]:
         yield pending, len(pending)
 
 
-class _StderrReader(threading.Thread):
-    """Keeps the first STDERR_LIMIT_BYTES of a channel's stderr, so the command never stalls."""
-
-    def __init__(self, channel: Any) -> None:
-        super().__init__(name="ddm-scan-stderr", daemon=True)
-        self.channel = channel
-        self.parts: list[bytes] = []
-        self.size = 0
-
-    def run(self) -> None:
-        try:
-            while chunk := self.channel.recv_stderr(65536):
-                if self.size < STDERR_LIMIT_BYTES:
-                    self.parts.append(chunk)
-                    self.size += len(chunk)
-        except (OSError, EOFError):
-            pass
-
-    def text(self) -> str:
-        return b"".join(self.parts).decode("utf-8", "replace").strip()
+def stderr_text(errors: StderrCollector) -> str:
+    """Return the end of a command's stderr as text for an error message."""
+    return errors.text().decode("utf-8", "replace").strip()[-500:]
 
 
 def manifest_from_records(records: Iterable[list[Any]], *, hash_content: bool) -> Manifest:

@@ -37,7 +37,7 @@ def build_plan(config: Config, spec: TaskSpec, *, probe_bytes: int = DEFAULT_PRO
                store: TaskStore | None = None) -> dict[str, Any]:
     """Return the plan document of a task in either mode. Nothing on either host changes.
 
-    With the task database (`store`) and `--incremental`, a target volume that holds an earlier
+    With the task database (`store`) and `--incremental`, a target volume that contains an earlier
     copy is planned as an incremental update, with the entries it would send and delete.
     """
     from ddmdriver.engine import open_engine

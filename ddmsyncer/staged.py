@@ -294,8 +294,12 @@ class StagedVolumes:
 
         No byte passed the controller, so both sides are always hashed on their own hosts, also
         with --verify quick. The manifest scan compares every aspect of the host data path
-        (xattrs, ACLs and holes included). Without python3 on both hosts, or for a volume that
-        is not a plain local directory, the metadata scans of ddmsyncer.direct are the fallback.
+        (xattrs, ACLs and holes included). When the python3 probe fails on a host, or the
+        volume is not a plain local directory, the metadata scans of ddmsyncer.direct are the
+        fallback.
+
+        NOTE: that fallback also runs python3 on both hosts, so it only helps when the probe
+        failed for a passing reason. The direct route does not check python3 before the copy.
         """
         volume = self.runner.target.volume_inspect(staging)
         source, target = self.runner.source, self.runner.target

@@ -24,6 +24,7 @@ from ddmctl.common import (
 from ddmctl.complete import complete_host
 from ddmdriver.hostpath import read_host_manifest
 from ddmsyncer import hostverify, volumes
+from ddmsyncer.compare import jsonable
 from ddmsyncer.datapath import DataPath, HostProbes, Route, choose_route, not_checked, verify_aspects
 
 
@@ -133,7 +134,7 @@ def compare_volume(source_engine: Any, target_engine: Any, source: str, target: 
         "entries": len(source_manifest.entries),
         "differences": [
             {"path": display_path(difference.path), "aspect": difference.aspect,
-             "source": _jsonable(difference.source), "target": _jsonable(difference.target)}
+             "source": jsonable(difference.source), "target": jsonable(difference.target)}
             for difference in differences
         ],
     }
@@ -162,14 +163,6 @@ def read_volume_manifest(engine: Any, access: Any, info: Any, route: Route, deep
     if route.data_path is DataPath.HOST:
         return read_host_manifest(engine, access, info.mountpoint, hash_content=deep)
     return volumes.read_manifest(engine, info.name, task_id=session, hash_content=deep)
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return display_path(value)
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return str(value)
 
 
 def print_results(context: CommandContext, results: list[dict[str, Any]]) -> None:

@@ -222,7 +222,7 @@ def run_and_report(context: CommandContext, task_id: str, as_json: bool, *, resu
         except DDMError as caught:
             error = caught
         except KeyboardInterrupt:
-            # The runner has rolled back by now; say which task and where it ended up.
+            # The runner has rolled back by now, so report the task and the state it ended in.
             task = context.store.get_task(task_id)
             context.info(f"task {task.id} stopped by an interrupt and is now {task.state.value}; "
                          f"see 'ddmctl status {task.id}'")

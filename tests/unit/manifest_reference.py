@@ -1,7 +1,7 @@
 """The comparison of manifests as DDM did it while manifests were plain dictionaries.
 
 Kept as a test oracle: the streaming compare_manifests() must return exactly what this
-returns. It holds both manifests whole in memory, which is fine for test data.
+returns. It keeps both manifests whole in memory, which is fine for test data.
 """
 
 from __future__ import annotations
