@@ -26,12 +26,13 @@ import xxhash
 
 from ddm.archive_guard import ArchiveGuard, guard_observer
 from ddm.errors import DDMError, TransferFailed
+from ddmdriver import buffers
 from ddmdriver.engine import ArchiveStream, Engine
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_CHUNK_SIZE = 1024 * 1024
-DEFAULT_QUEUE_BYTES = 8 * 1024 * 1024
+DEFAULT_QUEUE_BYTES = buffers.DEFAULT_SIZES.queue_bytes
 QUEUE_POLL_SECONDS = 0.5
 
 Observer = Callable[[memoryview], None]
@@ -116,11 +117,12 @@ def relay_archive(
     observers: Sequence[Observer] = (),
     guard: ArchiveGuard | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
-    queue_bytes: int = DEFAULT_QUEUE_BYTES,
+    queue_bytes: int | None = None,
 ) -> RelayResult:
     """Copy the archive of `source_path` in the source container to `target_path` in the target.
 
-    `guard` checks each member before the target receives the end of its header; callers
+    `queue_bytes` defaults to the calling thread's share (ddmdriver.buffers). `guard` checks
+    each member before the target receives the end of its header; callers
     that copy volume data pass one. Without it the stream may be any bytes.
 
     Raises TransferFailed naming the side (source or target) that failed, and
@@ -140,7 +142,7 @@ def relay_archive(
     except DDMError as error:
         raise TransferFailed(f"source {source_name} failed: {error}") from error
 
-    reader = _SourceReader(stream, chunk_size, queue_bytes)
+    reader = _SourceReader(stream, chunk_size, queue_bytes or buffers.current().queue_bytes)
     hasher = xxhash.xxh3_128()
     counter = [0]
     reader.start()

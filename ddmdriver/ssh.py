@@ -28,6 +28,7 @@ from paramiko.agent import AgentSSH
 
 from ddm.config import Config, HostConfig, home_dir
 from ddm.errors import AuthenticationFailed, ConfigError, ConnectionFailed, HostKeyError
+from ddmdriver import buffers
 from ddmdriver.knownhosts import KnownHosts, known_hosts_name
 from ddmdriver.sshconfig import local_user, lookup_ssh_config
 
@@ -49,8 +50,8 @@ PASSPHRASE_VARIABLE = "DDM_SSH_PASSPHRASE"
 # (paramiko's defaults: 2 MiB and 32 KiB). In a 1 GiB relay on the loopback lab a 16 MiB
 # window was no faster than 4 MiB but raised the peak memory from 90 to 177 MiB, because
 # paramiko's receive buffer copies its contents. 4 MiB still fills a 50 ms path at about
-# 80 MiB/s.
-WINDOW_SIZE = 4 * 1024 * 1024
+# 80 MiB/s. Connections of --parallel workers use a share of it (ddmdriver.buffers).
+WINDOW_SIZE = buffers.DEFAULT_SIZES.window_size
 MAX_PACKET_SIZE = 256 * 1024
 
 # paramiko rekeys after 2**29 bytes (512 MiB). AES-GCM and AES-CTR keep their security
@@ -507,7 +508,7 @@ def _open_tunnel(
             "direct-tcpip",
             dest_addr=(destination.hostname, destination.port),
             src_addr=("127.0.0.1", 0),
-            window_size=WINDOW_SIZE,
+            window_size=buffers.current().window_size,
             max_packet_size=MAX_PACKET_SIZE,
             timeout=destination.connect_timeout,
         )
@@ -523,7 +524,8 @@ def _start_transport(target: SSHTarget, sock: socket.socket | paramiko.Channel) 
     known_hosts = KnownHosts.load(list(target.known_hosts_files))
 
     transport = paramiko.Transport(
-        sock, default_window_size=WINDOW_SIZE, default_max_packet_size=MAX_PACKET_SIZE
+        sock, default_window_size=buffers.current().window_size,
+        default_max_packet_size=MAX_PACKET_SIZE,
     )
     try:
         _configure(transport, target, known_hosts)

@@ -128,18 +128,17 @@ class TaskRunner:
     def store(self, store: TaskStore) -> None:
         self._store = store
 
+    @property
+    def store_path(self) -> Any:
+        return self._store.path
+
     @contextlib.contextmanager
-    def worker(self) -> Iterator[None]:
-        """Give the calling thread its own engines (SSH connections) and task database connection."""
-        self._local.engines = {}
-        self._local.stack = contextlib.ExitStack()
-        self._local.store = TaskStore(self._store.path)
+    def worker(self, slot: parallel.WorkerSlot) -> Iterator[None]:
+        """Let the calling thread use a --parallel slot's engines and task database connection."""
+        self._local.engines, self._local.stack, self._local.store = slot.engines, slot.stack, slot.store
         try:
             yield
         finally:
-            with contextlib.suppress(Exception):
-                self._local.stack.close()
-            self._local.store.close()
             self._local.engines = self._local.stack = self._local.store = None
 
     # Engines
@@ -355,9 +354,9 @@ class TaskRunner:
 
     def copy(self, checks: dict[int, volumes.VolumeCheck]) -> None:
         items = self.pending_items()
-        workers = min(int(self.task.spec.options.get("parallel") or 1), len(items))
-        if workers > 1:
-            parallel.copy_items(self, items, checks, workers)
+        if parallel.worker_count(self, items) > 1:
+            parallel.run_items(self, items, lambda item: self._copy_item(item, checks[item.position]),
+                               "copying")
             return
 
         for item in items:
@@ -403,25 +402,34 @@ class TaskRunner:
     def verify(self) -> None:
         """Verify each staging volume and promote it to its real name."""
         mode = self.task.spec.verify
-        for item in self.pending_items():
+        # NOTE: incremental updates are verified one after another; their scans and backups
+        # were not reviewed for running side by side.
+        staged = [item for item in self.pending_items() if item.position not in self._incremental]
+        if parallel.worker_count(self, staged) > 1:
+            parallel.run_items(self, staged, self._verify_item, "verifying")
+        for item in self.pending_items():  # the volumes the workers did not verify
             self.check_control(force=True)
-            if item.position in self._incremental and mode is not VerifyMode.NONE:
-                incremental.verify_item(self, item)
-                self.update_item(item, state=ItemState.VERIFIED, finished_at=time.time())
-                self.record("info", "verified", f"volume {item.target!r} verified ({mode.value}, "
-                            "host-side scans)", position=item.position)
-                continue
+            self._verify_item(item)
 
-            if item.position not in self._incremental:
-                self.staged.verify_and_promote(item, self._source_manifest(item))
-            if mode is VerifyMode.NONE:
-                self.warn(f"volume {item.target!r} was not verified (--verify none)")
-                self.update_item(item, state=ItemState.UNVERIFIED, finished_at=time.time())
-                continue
+    def _verify_item(self, item: TaskItem) -> None:
+        mode = self.task.spec.verify
+        if item.position in self._incremental and mode is not VerifyMode.NONE:
+            incremental.verify_item(self, item)
+            self.update_item(item, state=ItemState.VERIFIED, finished_at=time.time())
+            self.record("info", "verified", f"volume {item.target!r} verified ({mode.value}, "
+                        "host-side scans)", position=item.position)
+            return
 
-            mark_verified(self, item)
-            self.record("info", "verified", f"volume {item.target!r} verified ({mode.value})",
-                        position=item.position)
+        if item.position not in self._incremental:
+            self.staged.verify_and_promote(item, self._source_manifest(item))
+        if mode is VerifyMode.NONE:
+            self.warn(f"volume {item.target!r} was not verified (--verify none)")
+            self.update_item(item, state=ItemState.UNVERIFIED, finished_at=time.time())
+            return
+
+        mark_verified(self, item)
+        self.record("info", "verified", f"volume {item.target!r} verified ({mode.value})",
+                    position=item.position)
 
     def _source_manifest(self, item: TaskItem) -> Manifest:
         manifest = self._manifests.get(item.position)
@@ -571,6 +579,7 @@ class TaskRunner:
         self.emit_safely(TaskFinished(self.task.id, state=state.value, error=error))
 
     def _close(self) -> None:
+        parallel.close_pool(self)
         with contextlib.suppress(Exception):
             self._stack.close()
         self._engines.clear()

@@ -45,6 +45,8 @@ VERIFY_EXTRA_KEY = "verify"
 
 # Serializes read-modify-write of the task's verify records among --parallel worker threads.
 _VERIFY_LOCK = threading.Lock()
+# The same for the staging volume names and stopped writers recorded in the task's state.
+_EXTRA_LOCK = threading.Lock()
 
 
 def staging_name(task_id: str, position: int) -> str:
@@ -209,7 +211,7 @@ class StagedVolumes:
         name = staging_name(self.task_id, item.position)
         self._record_staging(name)
         if target.volume_inspect(name) is not None:
-            volumes.remove_task_helpers(target, self.task_id)
+            volumes.remove_volume_helpers(target, self.task_id, name)
             target.volume_remove(name)
 
         labels = {**check.source_labels, STAGING_LABEL: self.task_id}
@@ -219,9 +221,10 @@ class StagedVolumes:
 
     def _record_staging(self, name: str) -> None:
         store = self.runner.store
-        recorded = list(store.get_extra(self.task_id).get("staging_volumes", []))
-        if name not in recorded:
-            store.set_extra(self.task_id, staging_volumes=[*recorded, name])
+        with _EXTRA_LOCK:
+            recorded = list(store.get_extra(self.task_id).get("staging_volumes", []))
+            if name not in recorded:
+                store.set_extra(self.task_id, staging_volumes=[*recorded, name])
 
     # Live data
 
@@ -258,9 +261,10 @@ class StagedVolumes:
     def _quiesce(self, found: list[writers.Writer]) -> list[writers.Writer]:
         action = self.policy.quiesce or "stop"
         store = self.runner.store
-        recorded = store.get_extra(self.task_id).get("stopped_writers", {})
-        ids = sorted(set(recorded.get("ids", [])) | {writer.id for writer in found})
-        store.set_extra(self.task_id, stopped_writers={"action": action, "ids": ids})
+        with _EXTRA_LOCK:
+            recorded = store.get_extra(self.task_id).get("stopped_writers", {})
+            ids = sorted(set(recorded.get("ids", [])) | {writer.id for writer in found})
+            store.set_extra(self.task_id, stopped_writers={"action": action, "ids": ids})
         self.runner.record("info", "writers", f"{action} containers {writers.describe(found)} "
                            "for the copy")
         writers.quiesce(self.runner.source, found, action)
@@ -403,7 +407,7 @@ class StagedVolumes:
         target = self.runner.target
         check = self._target_settings(item)
         if target.volume_inspect(item.target) is not None:
-            volumes.remove_task_helpers(target, self.task_id)
+            volumes.remove_volume_helpers(target, self.task_id, item.target)
             target.volume_remove(item.target)
 
         self.runner.update_item(item, target_created=True)
@@ -457,7 +461,9 @@ class StagedVolumes:
             relay_archive(target, reader, volumes.HELPER_MOUNT, target, writer, "/",
                           observers=[builder.feed])
         finally:
-            volumes.remove_task_helpers(target, self.task_id)
+            # Only this volume's helpers: other --parallel workers may be using theirs.
+            volumes.remove_volume_helpers(target, self.task_id, staging)
+            volumes.remove_volume_helpers(target, self.task_id, item.target)
 
         if mode is not VerifyMode.NONE:
             aspects = verify_aspects(DataPath.ENGINE, deep=hash_content)
