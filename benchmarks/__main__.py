@@ -13,6 +13,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from benchmarks.parallel import format_parallel_table
 from benchmarks.report import format_table, hardware, write_json
 from benchmarks.run import run_scenarios
 from benchmarks.suite import SCENARIOS, SIZES, Suite, new_work_dir
@@ -60,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work_dir, ignore_errors=True)
 
     print(format_table(results))
+    if any(result.scenario[0] in "pq" for result in results):
+        print("\n" + format_parallel_table(results))
     machine = hardware()
     print(f"\n{machine['cpus']} CPUs ({machine['cpu_model']}), size {arguments.size}, "
           f"load average at the end {machine['load_average'][0]:.1f}")

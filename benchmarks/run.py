@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from benchmarks.compression import run_compression
 from benchmarks.cutover import run_cutover
 from benchmarks.images import run_images
+from benchmarks.parallel import run_latency_bound, run_parallel
 from benchmarks.route import DIRECT_SCENARIOS, run_direct_copy
 from benchmarks.suite import Result, Suite
 
@@ -69,27 +70,6 @@ def run_incremental(suite: Suite, results: list[Result]) -> list[Result]:
     return full_copy + measured
 
 
-def run_parallel(suite: Suite) -> list[Result]:
-    """Scenario (p): three equal volumes, one after another and then with --parallel 3."""
-    shape = suite.shapes["p"]
-    names = [f"bench-p{index}" for index in range(shape["volumes"])]
-    data_bytes = sum(suite.make_source(name, shape)["volume_bytes"] for name in names)
-
-    results = []
-    for parallel in (1, len(names)):
-        pairs = [(name, f"{name}-ddm") for name in names]
-        for _, target in pairs:
-            suite.remove_target(target)
-        results.append(suite.ddm_migrate("p", pairs, data_bytes, method=f"ddm --parallel {parallel}",
-                                         options=("--parallel", str(parallel))))
-        for _, target in pairs:
-            suite.remove_target(target)
-
-    for name in names:
-        suite.source.docker("volume", "rm", "-f", name, check=False)
-    return results
-
-
 def run_scenarios(
     suite: Suite, scenarios: Sequence[str], on_results: Callable[[list[Result]], None]
 ) -> tuple[list[Result], list[str]]:
@@ -107,6 +87,7 @@ def run_scenarios(
         "d": lambda: run_incremental(suite, results),
         "e": lambda: run_cutover(suite),
         "p": lambda: run_parallel(suite),
+        "q": lambda: run_latency_bound(suite),
         "i": lambda: run_images(suite),
         "z": lambda: run_compression(suite),
     }

@@ -57,7 +57,7 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
               "random": {"kind": "single", "bytes": 64 * MIB}},
     },
 }
-SCENARIOS = ("a", "b", "c", "d", "e", "p", "i", "z")
+SCENARIOS = ("a", "b", "c", "d", "e", "p", "q", "i", "z")
 TITLES = {
     "a": "(a) one file of random data",
     "b": "(b) many 4 KiB files",
@@ -65,6 +65,8 @@ TITLES = {
     "d": "(d) re-migration after 1% of (c) changed",
     "e": "(e) warm cutover",
     "p": "(p) three volumes, --parallel",
+    "q1": "(q) eight small volumes, --parallel",
+    "q2": "(q) one large and six small volumes, --parallel",
     "i": "(i) image transfer and re-run, full mode",
     "z": "(z) --compress, on a 100 Mbit/s link and on loopback",
     "z1": "(z) log-like text, 100 Mbit/s link",

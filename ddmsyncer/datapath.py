@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,21 +94,29 @@ class Route:
 
 
 class HostProbes:
-    """Probes each engine's host once per task and remembers the result."""
+    """Probes each host once per task and remembers the result.
+
+    Results are keyed by host name, so the engines of --parallel workers reuse them.
+    """
 
     def __init__(self) -> None:
-        self._results: dict[int, Any] = {}
+        self._results: dict[str, Any] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
 
     def probe(self, engine: Any) -> Any:
         from ddmdriver.hostpath import probe_host_access
 
-        key = id(engine)
-        if key not in self._results:
-            self._results[key] = probe_host_access(engine)
-            result = self._results[key]
-            if result.access is None:
-                log.info("host data path unavailable on %s: %s", engine.host.name, result.reason)
-        return self._results[key]
+        key = engine.host.name
+        with self._guard:
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:  # a second worker waits for the first one's probe of the same host
+            if key not in self._results:
+                self._results[key] = probe_host_access(engine)
+                result = self._results[key]
+                if result.access is None:
+                    log.info("host data path unavailable on %s: %s", engine.host.name, result.reason)
+            return self._results[key]
 
 
 def validate_choice(requested: str) -> str:

@@ -62,12 +62,13 @@ class PythonProbes:
     """
 
     def __init__(self) -> None:
-        self._results: dict[int, bool] = {}
-        self._threads: dict[int, threading.Thread] = {}
+        # Keyed by host name, so the engines of --parallel workers reuse a result.
+        self._results: dict[str, bool] = {}
+        self._threads: dict[str, threading.Thread] = {}
         self._lock = threading.Lock()
 
     def start(self, engine: Any, access: Any) -> None:
-        key = id(engine)
+        key = engine.host.name
         with self._lock:
             if key in self._threads or key in self._results:
                 return
@@ -78,13 +79,13 @@ class PythonProbes:
 
     def available(self, engine: Any, access: Any) -> bool:
         self.start(engine, access)
-        self._threads[id(engine)].join()
-        return self._results.get(id(engine), False)
+        self._threads[engine.host.name].join()
+        return self._results.get(engine.host.name, False)
 
     def _probe(self, engine: Any, access: Any) -> None:
         result = _probe_python(engine, access)
         with self._lock:
-            self._results[id(engine)] = result
+            self._results[engine.host.name] = result
 
 
 def _probe_python(engine: Any, access: Any) -> bool:

@@ -327,17 +327,15 @@ class TaskRunner:
 
         self._incremental = incremental.select_items(self)
         rerun.mark_unchanged_volumes(self)  # a re-run of a finished task sends nothing
-        checks = {}
-        for item in self.pending_items():
-            checks[item.position] = volumes.check_volume(
-                self.source, self.target, item,
-                force=self.task.spec.force or item.position in self._incremental,
-            )
-
-        for item in self.pending_items():
-            self.staged.check_writers(item)
-            if item.position not in self._incremental:
-                self.staged.route(item)
+        checks: dict[int, volumes.VolumeCheck] = {}
+        pending = self.pending_items()
+        if parallel.worker_count(self, pending) > 1:
+            parallel.run_items(self, pending, lambda item: self._check_item(item, checks), "checking")
+        else:
+            for item in pending:
+                checks[item.position] = self._check_volume(item)
+            for item in pending:
+                self._check_route(item)
 
         # NOTE: an incremental update needs room for changed files only; it is not checked.
         needed = sum(check.size_bytes or 0 for position, check in checks.items()
@@ -352,6 +350,19 @@ class TaskRunner:
                           "will be replaced (--force); rollback cannot restore its old content")
         return checks
 
+    def _check_item(self, item: TaskItem, checks: dict[int, volumes.VolumeCheck]) -> None:
+        checks[item.position] = self._check_volume(item)
+        self._check_route(item)
+
+    def _check_volume(self, item: TaskItem) -> volumes.VolumeCheck:
+        return volumes.check_volume(self.source, self.target, item,
+                                    force=self.task.spec.force or item.position in self._incremental)
+
+    def _check_route(self, item: TaskItem) -> None:
+        self.staged.check_writers(item)
+        if item.position not in self._incremental:
+            self.staged.route(item)
+
     def copy(self, checks: dict[int, volumes.VolumeCheck]) -> None:
         items = self.pending_items()
         if parallel.worker_count(self, items) > 1:
@@ -364,9 +375,15 @@ class TaskRunner:
             self._copy_item(item, checks[item.position])
 
     def _copy_item(self, item: TaskItem, check: volumes.VolumeCheck) -> None:
+        started = time.monotonic()
         if item.position in self._incremental:
             self._update_item(item, check)
-            return
+        else:
+            self._copy_staged(item, check)
+        self.record("info", "copied", f"volume {item.source!r} copied", position=item.position,
+                    seconds=round(time.monotonic() - started, 3))
+
+    def _copy_staged(self, item: TaskItem, check: volumes.VolumeCheck) -> None:
 
         self.update_item(item, state=ItemState.COPYING, started_at=time.time(), bytes_done=0,
                          bytes_total=check.size_bytes)
@@ -413,11 +430,13 @@ class TaskRunner:
 
     def _verify_item(self, item: TaskItem) -> None:
         mode = self.task.spec.verify
+        started = time.monotonic()
         if item.position in self._incremental and mode is not VerifyMode.NONE:
             incremental.verify_item(self, item)
             self.update_item(item, state=ItemState.VERIFIED, finished_at=time.time())
             self.record("info", "verified", f"volume {item.target!r} verified ({mode.value}, "
-                        "host-side scans)", position=item.position)
+                        "host-side scans)", position=item.position,
+                        seconds=round(time.monotonic() - started, 3))
             return
 
         if item.position not in self._incremental:
@@ -429,7 +448,7 @@ class TaskRunner:
 
         mark_verified(self, item)
         self.record("info", "verified", f"volume {item.target!r} verified ({mode.value})",
-                    position=item.position)
+                    position=item.position, seconds=round(time.monotonic() - started, 3))
 
     def _source_manifest(self, item: TaskItem) -> Manifest:
         manifest = self._manifests.get(item.position)
