@@ -2,8 +2,8 @@
 
 (p) copies three equal volumes of random data, where one volume already keeps both CPUs of
 the lab machine busy. (q) copies volumes whose time goes mostly to fixed costs per volume
-(helper containers or host probes, SSH commands, the verify scan, the staging rename) rather
-than to bytes: q1 is eight small volumes, q2 one large volume and six small ones.
+rather than to bytes: helper containers or host probes, SSH commands, the verify scan and the
+staging rename. q1 is eight small volumes, q2 one large volume and six small ones.
 
 Each run's `phase_seconds` also contain "slowest volume" and "sum of volumes": a volume's
 time is its copy plus its verify, from the task's `copied` and `verified` events. The sum is
