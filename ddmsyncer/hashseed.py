@@ -122,14 +122,7 @@ class SourceSeed:
 
     def member_check(self, check: Callable[[Any], None]) -> Callable[[Any], None]:
         """Return a member check that runs `check` and notes the pax ctime of each file."""
-        ctimes = self._ctimes
-
-        def check_and_note(entry: Any) -> None:
-            check(entry)
-            if entry.type in SEEDED_TYPES and entry.ctime_ns is not None:
-                ctimes[member_path(entry.path)] = entry.ctime_ns
-
-        return check_and_note
+        return noting_ctimes(check, self._ctimes)
 
     def rows(self, manifest: Manifest) -> dict[bytes, CachedHash]:
         """Wait for the stat scan; return the rows whose stream header matches its lstat."""
@@ -166,6 +159,17 @@ def matching_rows(manifest: Manifest, ctimes: dict[bytes, int], keys: dict[bytes
             continue
         rows[path] = CachedHash(key, entry.sha256)
     return rows
+
+
+def noting_ctimes(check: Callable[[Any], None], ctimes: dict[bytes, int]) -> Callable[[Any], None]:
+    """Return a ManifestBuilder member check that runs `check` and notes each file's pax ctime."""
+
+    def check_and_note(entry: Any) -> None:
+        check(entry)
+        if entry.type in SEEDED_TYPES and entry.ctime_ns is not None:
+            ctimes[member_path(entry.path)] = entry.ctime_ns
+
+    return check_and_note
 
 
 def member_path(path: bytes) -> bytes:
