@@ -25,8 +25,8 @@ key K again, and the row is never used. Otherwise the bytes tar read are the con
 the file has whenever its key is K. Files changed less than the margin before S are not
 cached, as in the incremental scans.
 
-A hard-link member carries no content, so its row gets the digest of the member it links to;
-its own pax header still has to match its own lstat. A failed seed only logs, and the copy
+A hard-link member carries no content, so its row gets the digest of the member it links to.
+Its own pax header still has to match its own lstat. A failed seed only logs, and the copy
 goes on.
 """
 

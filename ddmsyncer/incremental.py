@@ -326,8 +326,8 @@ def scan_both(source: Any, source_mountpoint: str, target: Any, target_mountpoin
     sides = {"source": (source, source_mountpoint), "target": (target, target_mountpoint)}
     scopes = {name: hashcache.cache_scope(engine, mountpoint)
               for name, (engine, mountpoint) in sides.items()}
-    # Only "cached" needs the stored keys during the scan; other modes load them afterwards,
-    # one side at a time, so that they are not in memory beside both scans for long.
+    # Only "cached" sends the stored keys to the hosts. Other modes load them after the scans,
+    # one side at a time, so that both sides' keys are never in memory beside both scans.
     preload = cache is not None and hash_mode == "cached"
     known = {name: cache.load(scope) if preload else {} for name, scope in scopes.items()}
     paths = list(paths)
@@ -629,7 +629,7 @@ class VerifyResult:
 
 @dataclass
 class UpdateDigests:
-    """What verify needs of an update: the sent paths and each side's file keys and digests.
+    """The sent paths and each side's file keys and digests, which verify takes from an update.
 
     Kept between the copy and verify phases instead of the whole scans, which are several
     times larger.
