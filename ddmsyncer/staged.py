@@ -207,6 +207,7 @@ class StagedVolumes:
                 observers=[observe],
                 codec=self.compression.codec_for(item),
             )
+            manifest = builder.close()
         except BaseException:
             if seed is not None:
                 seed.close()
@@ -215,7 +216,6 @@ class StagedVolumes:
         for path in result.skipped_sockets:
             self.runner.warn(f"volume {item.source!r}: socket {path} skipped (sockets cannot be "
                              "copied; the program that owns it creates it again)")
-        manifest = builder.close()
         if seed is not None:
             scope = hashcache.cache_scope(self.runner.source, route.source_directory)
             hashseed.store_rows(self.runner.store, scope, seed.rows(manifest))
