@@ -102,7 +102,7 @@ class HostProbe:
     access: HostAccess | None
     reason: str = ""
     checked: frozenset[str] = frozenset()  # directories the probe checked
-    readable: frozenset[str] = frozenset()  # those the account can enter and read
+    readable: frozenset[str] = frozenset()  # checked directories the account can enter and read
 
 
 @dataclass
@@ -334,7 +334,7 @@ class _ChunkSender(threading.Thread):
     """Thread that sends the relayed chunks to the target, so that sending overlaps receiving.
 
     The relay loop hashes and parses a chunk while this thread encrypts and sends the one
-    before it. The queue holds at most SEND_QUEUE_CHUNKS chunks, so a slow target still
+    before it. The queue contains at most SEND_QUEUE_CHUNKS chunks, so a slow target still
     slows the source down. After a failed send the thread discards the chunks still queued,
     and put() and finish() raise the send's TransferFailed.
     """
@@ -465,8 +465,8 @@ def find_sockets(engine: Any, access: HostAccess, directory: str) -> list[str]:
     return [path.decode("utf-8", "backslashreplace") for path in result.stdout.split(b"\0") if path]
 
 
-# Moves "$1" onto the empty directory "$2" in one SSH command. Exit status 3: not one file
-# system (or stat failed), 4: mv failed, 5: mkdir failed; the failed step's stderr follows.
+# Moves "$1" onto the empty directory "$2" in one SSH command. The exit status names the
+# failed step (MOVE_STEPS), and the step's stderr says why.
 MOVE_SCRIPT = " ".join((
     'source_device=$(stat --format=%d -- "$1") && target_device=$(stat --format=%d -- "$2") || exit 3;',
     'if [ "$source_device" != "$target_device" ]; then',
@@ -474,7 +474,7 @@ MOVE_SCRIPT = " ".join((
     'mv --no-target-directory -- "$1" "$2" || exit 4;',
     'mkdir -- "$1" || exit 5',
 ))
-MOVE_STEPS = {3: "not one file system", 4: "mv failed", 5: "mkdir failed"}
+MOVE_STEPS = {3: "not one file system (or stat failed)", 4: "mv failed", 5: "mkdir failed"}
 
 
 def move_directory(engine: Any, access: HostAccess, source_directory: str, target_directory: str) -> None:
