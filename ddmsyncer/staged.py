@@ -71,6 +71,26 @@ class StagedVolumes:
 
     # Prepare
 
+    def start_host_probes(self) -> None:
+        """Start the host probes of both hosts, and the target's python3 probe after its own.
+
+        They run in threads while prepare inspects volumes through the engines; route()
+        waits for them. The source's probe also checks that its volumes' mountpoints are
+        readable. With `--data-path engine` the source's host is not probed.
+        """
+        runner = self.runner
+        if runner.task.spec.options.get("data_path", "auto") != "engine":
+            volumes_found = (runner.source.volume_inspect(item.source) for item in runner.task.items)
+            mountpoints = tuple(volume.mountpoint for volume in volumes_found
+                                if volume is not None and volume.mountpoint)
+            self.probes.start(runner.source, mountpoints)
+
+        def start_python(probe: Any) -> None:
+            if probe.access is not None:
+                self.python.start(runner.target, probe.access)
+
+        self.probes.start(runner.target, then=start_python)
+
     def check_writers(self, item: TaskItem) -> list[writers.Writer]:
         """Return the running writers of the item's source volume; reject them without a policy."""
         found = writers.running_writers(self.runner.source, item.source)
