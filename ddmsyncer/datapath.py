@@ -17,6 +17,7 @@ from __future__ import annotations
 import enum
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,27 +97,55 @@ class Route:
 class HostProbes:
     """Probes each host once per task and remembers the result.
 
-    Results are keyed by host name, so the engines of --parallel workers reuse them.
+    start() runs the probe in a thread, so that its SSH command overlaps other work of the
+    prepare phase; probe() waits for it. Results are keyed by host name, so the engines of
+    --parallel workers reuse the probe that prepare started with every volume's mountpoint.
     """
 
     def __init__(self) -> None:
         self._results: dict[str, Any] = {}
-        self._locks: dict[str, threading.Lock] = {}
-        self._guard = threading.Lock()
+        self._errors: dict[str, BaseException] = {}
+        self._threads: dict[str, threading.Thread] = {}
+        self._lock = threading.Lock()
+
+    def start(self, engine: Any, directories: tuple[str, ...] = (),
+              then: Callable[[Any], None] | None = None) -> None:
+        """Start probing `engine`'s host; `then` gets the HostProbe in the probing thread.
+
+        The probe also checks that the account can read `directories` (HostProbe.readable).
+        """
+        key = engine.host.name
+        with self._lock:
+            if key in self._threads:
+                return
+            thread = threading.Thread(target=self._run, args=(engine, directories, then),
+                                      name="ddm-host-probe", daemon=True)
+            self._threads[key] = thread
+        thread.start()
 
     def probe(self, engine: Any) -> Any:
+        self.start(engine)
+        key = engine.host.name
+        self._threads[key].join()
+        if key in self._errors:
+            raise self._errors[key]
+        return self._results[key]
+
+    def _run(self, engine: Any, directories: tuple[str, ...],
+             then: Callable[[Any], None] | None) -> None:
         from ddmdriver.hostpath import probe_host_access
 
         key = engine.host.name
-        with self._guard:
-            lock = self._locks.setdefault(key, threading.Lock())
-        with lock:  # a second worker waits for the first one's probe of the same host
-            if key not in self._results:
-                self._results[key] = probe_host_access(engine)
-                result = self._results[key]
-                if result.access is None:
-                    log.info("host data path unavailable on %s: %s", engine.host.name, result.reason)
-            return self._results[key]
+        try:
+            result = probe_host_access(engine, directories)
+        except BaseException as error:  # noqa: BLE001 - raised again by probe() in the caller
+            self._errors[key] = error
+            return
+        self._results[key] = result
+        if result.access is None:
+            log.info("host data path unavailable on %s: %s", engine.host.name, result.reason)
+        if then is not None:
+            then(result)
 
 
 def validate_choice(requested: str) -> str:
@@ -160,6 +189,11 @@ def _host_path_obstacle(source: Any, volume: Any, probes: HostProbes, target_pro
         return source_probe.reason
     if target_probe.access is None:
         return target_probe.reason
-    if not volume.mountpoint or not check_directory(source, source_probe.access, volume.mountpoint):
+    if volume.mountpoint in source_probe.checked:
+        readable = volume.mountpoint in source_probe.readable
+    else:
+        readable = bool(volume.mountpoint) and check_directory(source, source_probe.access,
+                                                               volume.mountpoint)
+    if not readable:
         return f"mountpoint {volume.mountpoint!r} of volume {volume.name!r} is not readable on the host"
     return None
