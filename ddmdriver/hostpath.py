@@ -31,6 +31,7 @@ from ddm.errors import DDMError, MigrationFailed, TransferFailed
 from ddm.manifest import Manifest, ManifestBuilder
 from ddmdriver.codec import Codec, StreamDecompressor, compressing_argv, decompressing_argv, probe_codecs
 from ddmdriver.relay import RelayResult
+from ddmdriver.sendqueue import ChannelSender
 
 logger = logging.getLogger(__name__)
 
@@ -229,6 +230,10 @@ def relay_host_archive(
         raise
 
     wire_bytes = 0
+    # Chunks are sent from another thread, so parsing the next chunk overlaps the wait for
+    # the target's window; each chunk is still queued only after the observers checked it.
+    sender = ChannelSender(lambda chunk, offset: _send(writer, chunk, target_name, offset))
+    sender.start()
     try:
         while chunk := _receive(reader, source_name):
             data = chunk if decoder is None else decoder.decode(chunk)
@@ -236,18 +241,21 @@ def relay_host_archive(
             view = memoryview(data)
             for observer in observers:
                 observer(view)
-            _send(writer, chunk, target_name, wire_bytes)
+            sender.put(chunk)
             byte_count += len(data)
             wire_bytes += len(chunk)
         if decoder is not None:
             decoder.finish()
+        sender.finish()
         writer.channel.shutdown_write()
 
         source_status, source_errors = reader.finish()
         target_status, target_errors = writer.finish()
     finally:
+        sender.stop()
         reader.close()
         writer.close()
+        sender.join(timeout=10)
 
     if source_status not in (0, 1):
         raise TransferFailed(f"tar on source {source_name} failed with exit status "

@@ -348,13 +348,20 @@ class StagedVolumes:
         aspects = verify_aspects(route.data_path, deep=full)
         volume = self.runner.target.volume_inspect(staging)
         access = self.scan_access(route, volume)
-        expected = hostverify.sha256_view(source_manifest) if full else source_manifest
-        if access is not None and expected is not None:
-            scan = hostverify.scan_manifest(self.runner.target, access, volume.mountpoint,
-                                            hash_content=full)
-            self._record_verify(item, hostverify.HOST_SCAN, scan.listing_bytes)
-            check_manifests(expected, scan.manifest, staged_item, aspects)
-            return source_manifest
+        if access is not None:
+            # The SHA-256 view of the source manifest is built while the target host scans.
+            view = hostverify.SHA256ViewThread(source_manifest) if full else None
+            try:
+                scan = hostverify.scan_manifest(self.runner.target, access, volume.mountpoint,
+                                                hash_content=full)
+            finally:
+                if view is not None:
+                    view.join()
+            expected = view.result() if view is not None else source_manifest
+            if expected is not None:
+                self._record_verify(item, hostverify.HOST_SCAN, scan.listing_bytes)
+                check_manifests(expected, scan.manifest, staged_item, aspects)
+                return source_manifest
 
         target_manifest = self.read_staging_manifest(staging, route, mode, item)
         self._record_verify(item, hostverify.READ_BACK, target_manifest.bytes_fed)
