@@ -179,8 +179,21 @@ _record_values = operator.attrgetter(*_RECORD_FIELDS)
 # entries with equal records.
 _MARSHAL_VERSION = 2
 _TYPE_INDEX = _RECORD_FIELDS.index("type")
+_XATTRS_INDEX = _RECORD_FIELDS.index("xattrs")
 _DIGEST_INDEX = _RECORD_FIELDS.index("digest")
 _SHA256_INDEX = _RECORD_FIELDS.index("sha256")
+
+def _record_bytes(entry: ManifestEntry) -> bytes:
+    """Return the marshal record of an entry, with its xattrs sorted by name.
+
+    Archives and host scans list xattrs in different orders, and marshal keeps a dict's order.
+    """
+    values = _record_values(entry)
+    if entry.xattrs is not None and len(entry.xattrs) > 1:
+        xattrs = dict(sorted(entry.xattrs.items()))
+        values = (*values[:_XATTRS_INDEX], xattrs, *values[_XATTRS_INDEX + 1:])
+    return marshal.dumps(values, _MARSHAL_VERSION)
+
 
 # Pages of one EntryTable that SQLite keeps in memory before it writes them to its temporary
 # file, in KiB, and the number of added entries held in Python before they go to SQLite.
@@ -227,7 +240,7 @@ class EntryTable(Mapping[bytes, ManifestEntry]):
             if not self._pending:
                 return
             rows = [
-                (path, entry.type == "hardlink", marshal.dumps(_record_values(entry), _MARSHAL_VERSION))
+                (path, entry.type == "hardlink", _record_bytes(entry))
                 for path, entry in self._pending.items()
             ]
             self._pending = {}
