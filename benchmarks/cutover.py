@@ -81,6 +81,7 @@ def _measure(suite: Suite, container: str, volume: str, data_bytes: int, *,
         task = api.create_full_task(store, config, source=suite.source.name,
                                     target=suite.target.name, containers=[container],
                                     options={"warm": warm})
+        suite.settle()
         usage = _run_measured(lambda: api.run_task(config, store, task.id, on_event=on_event))
         extra = store.get_extra(task.id)
         _log_downtime_steps(store, task.id, extra.get("source_stopped_at"))

@@ -120,5 +120,6 @@ def run_scenarios(
         except RuntimeError as error:
             log.error("scenario %s failed: %s", scenario, error)
             failed.append(scenario)
+        suite.remove_leftovers()
         on_results(results)
     return results, failed

@@ -2,8 +2,11 @@
 
 Every scenario creates its source volume on lab host h1 and copies it to h2 three ways: the
 two hand-made baselines (host-level tar over ssh, and `docker run ... tar` over ssh) and DDM
-(`ddmctl migrate` as a child process). Each copy goes to a fresh target volume, which is
-removed afterwards, except where a later scenario builds on it.
+(`ddmctl migrate` as a child process). Each copy goes to a fresh target volume. The
+baselines' targets are removed when the scenario ends, not right after each copy, and every
+measured copy first waits for the disk to settle (Suite.settle): on the lab machine's disk,
+deleting a tree of 100,000 files slowed the next extraction from about 3 s to 20-60 s for
+about two minutes, which used to fall on whichever method ran next.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import logging
 import os
 import sys
 import tempfile
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +30,14 @@ log = logging.getLogger(__name__)
 MIB = 1024 * 1024
 GENTREE = Path(__file__).with_name("gentree.py")
 BUSYBOX_IMAGE = "ddm-lab/busybox:latest"
+
+# Suite.settle: the kernel's I/O pressure (PSI) must stay below this share of time, in percent
+# over the last 10 s, for SETTLE_QUIET_POLLS polls in a row, one per second.
+IO_PRESSURE_PATH = Path("/proc/pressure/io")
+SETTLE_PRESSURE_PERCENT = 1.0
+SETTLE_QUIET_POLLS = 3
+SETTLE_LIMIT_SECONDS = 240.0
+SETTLE_FALLBACK_SECONDS = 10.0
 
 # Tree shapes per size. "full" is the size the goals are stated for; "small" is a quick
 # check of the whole suite that finishes in about a minute.
@@ -111,6 +123,7 @@ class Suite:
         self.env = self._isolated_env()
         self.source = lab.host("h1")
         self.target = lab.host("h2")
+        self.leftovers: list[str] = []  # target volumes to remove when the scenario ends
 
     def _isolated_env(self) -> dict[str, str]:
         """Environment with HOME and XDG directories under the work directory, no agent."""
@@ -151,6 +164,37 @@ class Suite:
     def remove_target(self, name: str) -> None:
         self.target.docker("volume", "rm", "-f", name, check=False)
 
+    def remove_leftovers(self) -> None:
+        """Remove the target volumes that the scenario's baselines left for later."""
+        while self.leftovers:
+            self.remove_target(self.leftovers.pop())
+
+    def settle(self) -> float:
+        """Flush both hosts' writes and wait until the disk is quiet; return the seconds waited.
+
+        NOTE: PSI is machine-wide, so other work on the machine also delays the start.
+        """
+        started = time.monotonic()
+        for host in (self.source, self.target):
+            host.run(["sync"], timeout=600)
+        if not IO_PRESSURE_PATH.exists():
+            time.sleep(SETTLE_FALLBACK_SECONDS)
+            return time.monotonic() - started
+
+        quiet_polls = 0
+        pressure = 0.0
+        while quiet_polls < SETTLE_QUIET_POLLS and time.monotonic() - started < SETTLE_LIMIT_SECONDS:
+            time.sleep(1.0)
+            pressure = parse_io_pressure(IO_PRESSURE_PATH.read_text())
+            quiet_polls = quiet_polls + 1 if pressure < SETTLE_PRESSURE_PERCENT else 0
+
+        waited = time.monotonic() - started
+        if quiet_polls < SETTLE_QUIET_POLLS:
+            log.warning("disk still busy after %.0f s (I/O pressure %.1f%%); measuring anyway",
+                        waited, pressure)
+        log.info("disk settled in %.1f s (I/O pressure %.1f%%)", waited, pressure)
+        return waited
+
     # Baselines
 
     def baseline_host_tar(self, scenario: str, source_volume: str, data_bytes: int) -> Result:
@@ -162,8 +206,9 @@ class Suite:
                                      "-cf", "-", ".")
         consumer = self.lab.ssh_argv(self.target, "tar", "-C", self.target.volume_mountpoint(target_volume),
                                      "-xf", "-")
+        self.settle()
         usage, errors = run_pipeline(producer, consumer, env=self.env)
-        self.remove_target(target_volume)
+        self.leftovers.append(target_volume)
         return self._checked(Result(scenario, "baseline 1: ssh tar, ssh tar -x", data_bytes, usage), errors)
 
     def baseline_docker_run(self, scenario: str, source_volume: str, data_bytes: int) -> Result:
@@ -174,8 +219,9 @@ class Suite:
                                      BUSYBOX_IMAGE, "tar", "-cf", "-", "-C", "/v", ".")
         consumer = self.lab.ssh_argv(self.target, "docker", "run", "-i", "--rm", "-v", f"{target_volume}:/v",
                                      BUSYBOX_IMAGE, "tar", "-xf", "-", "-C", "/v")
+        self.settle()
         usage, errors = run_pipeline(producer, consumer, env=self.env)
-        self.remove_target(target_volume)
+        self.leftovers.append(target_volume)
         return self._checked(Result(scenario, "baseline 2: docker run tar", data_bytes, usage), errors)
 
     def _checked(self, result: Result, errors: str) -> Result:
@@ -197,6 +243,7 @@ class Suite:
             argv += ["--volume", f"{source_volume}:{target_volume}"]
 
         output_path = self.work_dir / "ddmctl.out"
+        self.settle()
         usage, errors = run_command(argv, env=self.env, stdout_path=str(output_path))
         task = _last_json(output_path.read_text())
         if usage.exit_statuses != (0,) or task is None or task.get("state") != "succeeded":
@@ -235,6 +282,15 @@ for directory, _, names in os.walk(sys.argv[1]):
             total += os.path.getsize(path)
 print(total)
 """
+
+
+def parse_io_pressure(text: str) -> float:
+    """Return the "some avg10" figure of /proc/pressure/io: percent of the last 10 s."""
+    some_lines = [line for line in text.splitlines() if line.startswith("some ")]
+    if not some_lines:
+        raise ValueError(f"no 'some' line in the I/O pressure text {text[:80]!r}")
+    fields = dict(part.split("=", 1) for part in some_lines[0].split()[1:])
+    return float(fields["avg10"])
 
 
 def _last_json(text: str) -> dict[str, Any] | None:

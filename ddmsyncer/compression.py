@@ -280,12 +280,18 @@ def choose_compression(source: Any, target: Any, route: Any, requested: str, *,
 
 
 def plan_compression(source: Any, target: Any, route: Any, options: dict[str, Any],
-                     volume: str) -> dict[str, Any]:
-    """Return the plan's compression entry of one volume, measured like a run's."""
+                     volume: str, *, measure: bool = True) -> dict[str, Any]:
+    """Return the plan's compression entry of one volume, measured like a run's.
+
+    Without `measure`, `auto` is left undecided instead of measuring the link and the volume.
+    """
     requested = validate_compress(options.get("compress"), options.get("data_path", "auto"),
                                   options.get("route") or "relay")
     if options.get("route") == "direct":
         return Decision(None, "the direct route's stream is not compressed", requested).to_dict()
+    if requested == "auto" and not measure:
+        return Decision(None, "not measured (--probe-size 0); the run measures the link and "
+                        "samples the volume", requested).to_dict()
     return choose_compression(source, target, route, requested, volume=volume).to_dict()
 
 

@@ -67,7 +67,8 @@ def build_plan(config: Config, spec: TaskSpec, *, probe_bytes: int = DEFAULT_PRO
             entry = _plan_volume(source, target, item, spec, plan["conflicts"], store)
             if entry.get("action") not in ("none", INCREMENTAL_ACTION,
                                            rerun.ALREADY_MIGRATED_ACTION):
-                _plan_data_path(source, target, item, spec, probes, entry, plan["conflicts"])
+                _plan_data_path(source, target, item, spec, probes, entry, plan["conflicts"],
+                                measure=probe_bytes > 0)
             plan["objects"].append(entry)
 
         plan["bytes_total"] = sum(_bytes_to_copy(entry) for entry in plan["objects"])
@@ -194,8 +195,12 @@ def _plan_volume(source: Any, target: Any, item: TaskItem, spec: TaskSpec,
 
 
 def _plan_data_path(source: Any, target: Any, item: TaskItem, spec: TaskSpec, probes: HostProbes,
-                    entry: dict[str, Any], conflicts: list[dict[str, Any]]) -> None:
-    """Add the volume's data path, what it keeps, loses and verifies, and its running writers."""
+                    entry: dict[str, Any], conflicts: list[dict[str, Any]], *,
+                    measure: bool = True) -> None:
+    """Add the volume's data path, what it keeps, loses and verifies, and its running writers.
+
+    Without `measure` (`--probe-size 0`), `--compress auto` is not decided by measuring.
+    """
     try:
         route = datapath.choose_route(source, target, source.volume_inspect(item.source),
                                       spec.options.get("data_path", "auto"), probes)
@@ -221,7 +226,7 @@ def _plan_data_path(source: Any, target: Any, item: TaskItem, spec: TaskSpec, pr
 
     try:
         entry["compression"] = compression.plan_compression(source, target, route, spec.options,
-                                                            item.source)
+                                                            item.source, measure=measure)
     except DDMError as error:
         conflicts.append(_conflict(entry, error))
 

@@ -147,7 +147,8 @@ def spec_from_options(context: CommandContext, options: dict[str, Any]) -> TaskS
 @task_options
 @click.option("--probe-size", type=click.IntRange(0, 1024), default=4, show_default=True,
               metavar="MIB", help="MiB read and written over each SSH link to measure its "
-              "speed for the estimate; 0 skips the measurement.")
+              "speed for the estimate; 0 skips the measurement, and --compress auto "
+              "is then left to the run.")
 @json_option
 @click.pass_obj
 def plan(context: CommandContext, probe_size: int, as_json: bool, **options: Any) -> int:

@@ -211,6 +211,23 @@ def test_plan_shows_compression(lab: Lab, h1: LabHost, resources: LabResources,
     assert chosen["reason"]
 
 
+def test_plan_without_probe_leaves_auto_undecided(lab: Lab, h1: LabHost, resources: LabResources,
+                                                  tmp_path: Path) -> None:
+    source = resources.create_volume(h1)
+    write_volume_tree(h1, source, text_tree())
+
+    document = run_command(lab, tmp_path, "ddmctl", "plan", "--from", "h1", "--to", "h2",
+                           "--volume", f"{source}:{unique_name('plan')}", "--compress", "auto",
+                           "--probe-size", "0", "--json")
+
+    assert document.status == 0, document.stderr
+    plan = json.loads(document.stdout)
+    chosen = plan["objects"][0]["compression"]
+    assert chosen["codec"] is None
+    assert chosen["reason"].startswith("not measured (--probe-size 0)")
+    assert plan["estimate"]["copy_seconds"] is None
+
+
 def test_lab_rate_limit(lab: Lab, h1: LabHost) -> None:
     try:
         lab.limit_rate("100mbit")
