@@ -314,7 +314,7 @@ class EntryTable(Mapping[bytes, ManifestEntry]):
         """Return a copy in which each file's content digest is its SHA-256.
 
         Returns None when a file has no SHA-256. Records are rewritten without building
-        entries, which costs about a quarter of replacing each entry.
+        entries, which takes less than half the time of replacing each entry.
         """
         self.flush()
         copy = EntryTable()

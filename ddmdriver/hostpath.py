@@ -231,7 +231,7 @@ def relay_host_archive(
 
     wire_bytes = 0
     # Chunks are sent from another thread, so parsing the next chunk overlaps the wait for
-    # the target's window; each chunk is still queued only after the observers checked it.
+    # the target's window. A chunk is queued only after the observers have checked it.
     sender = ChannelSender(lambda chunk, offset: _send(writer, chunk, target_name, offset))
     sender.start()
     try:

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-# Chunks waiting to be sent. The relay receives at most 1 MiB per chunk, so the queue holds
+# Chunks waiting to be sent. The relay receives at most 1 MiB per chunk, so queued chunks take
 # at most that many MiB.
 QUEUE_CHUNKS = 4
 
@@ -53,7 +53,7 @@ class ChannelSender(threading.Thread):
                 return
 
     def put(self, chunk: bytes) -> None:
-        """Queue `chunk`, waiting while the queue is full; raise the sender's error if any."""
+        """Queue `chunk`, waiting while the queue is full. Raises the error that stopped the sender."""
         self._raise_error()
         while True:
             try:
@@ -65,7 +65,7 @@ class ChannelSender(threading.Thread):
                     raise RuntimeError("the channel sender stopped before the end of the stream") from None
 
     def finish(self) -> None:
-        """Wait until every queued chunk was sent; raise the sender's error if any."""
+        """Wait until every queued chunk was sent. Raises the error that stopped the sender."""
         self.put(_END)
         self.join()
         self._raise_error()

@@ -203,7 +203,7 @@ def sha256_view(manifest: Manifest) -> Manifest | None:
 
 
 class SHA256ViewThread(threading.Thread):
-    """Builds sha256_view(manifest) in a thread; result() waits for it."""
+    """A thread, started on creation, that builds sha256_view(manifest). result() waits for it."""
 
     def __init__(self, manifest: Manifest) -> None:
         super().__init__(name="ddm-sha256-view", daemon=True)

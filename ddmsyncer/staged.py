@@ -349,7 +349,8 @@ class StagedVolumes:
         volume = self.runner.target.volume_inspect(staging)
         access = self.scan_access(route, volume)
         if access is not None:
-            # The SHA-256 view of the source manifest is built while the target host scans.
+            # The SHA-256 view of the source manifest is built while the target host scans. It
+            # is None only when the copy computed no SHA-256, and then verify reads back.
             view = hostverify.SHA256ViewThread(source_manifest) if full else None
             try:
                 scan = hostverify.scan_manifest(self.runner.target, access, volume.mountpoint,
