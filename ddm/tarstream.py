@@ -118,6 +118,8 @@ class TarEntry:
     acl_default: str | None
     sparse: bool
     offset: int  # stream offset of the member's first header, extension headers included
+    # The pax "ctime" record (GNU tar's posix format writes it), None without one.
+    ctime_ns: int | None = None
 
 
 @dataclass(slots=True)
@@ -569,11 +571,13 @@ class TarStreamParser:
         uname, gname = header.uname, header.gname
         xattrs: dict[bytes, bytes] = {}
         acl_access = acl_default = None
+        ctime_ns = None
         if pax:
             uid = _pax_int(pax, b"uid", uid, offset)
             gid = _pax_int(pax, b"gid", gid, offset)
             if b"mtime" in pax:
                 mtime_ns = _parse_pax_time(pax[b"mtime"], offset)
+            ctime_ns = _optional_pax_time(pax, b"ctime", offset)
             uname = pax.get(b"uname", uname)
             gname = pax.get(b"gname", gname)
             xattrs = _read_pax_xattrs(pax, offset)
@@ -600,6 +604,7 @@ class TarStreamParser:
             acl_default=acl_default,
             sparse=sparse is not None,
             offset=offset,
+            ctime_ns=ctime_ns,
         )
 
     def _begin_data(self) -> None:
@@ -910,6 +915,19 @@ def _parse_pax_time(value: bytes, offset: int) -> int:
 
     nanoseconds = int(seconds) * 1_000_000_000 + int(fraction[:9].ljust(9, b"0"))
     return -nanoseconds if negative else nanoseconds
+
+
+def _optional_pax_time(pax: dict[bytes, bytes], key: bytes, offset: int) -> int | None:
+    """Return a pax time record in nanoseconds; None when it is missing or invalid.
+
+    For records that only callbacks use (ctime), so that a damaged one does not stop the parse.
+    """
+    if key not in pax:
+        return None
+    try:
+        return _parse_pax_time(pax[key], offset)
+    except TarStreamError:
+        return None
 
 
 def _read_pax_xattrs(pax: dict[bytes, bytes], offset: int) -> dict[bytes, bytes]:

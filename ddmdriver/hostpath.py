@@ -17,7 +17,9 @@ volume inspect, quoted with shlex.quote by SSHConnection.open_command. Extractio
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -29,13 +31,20 @@ import xxhash
 
 from ddm.errors import DDMError, MigrationFailed, TransferFailed
 from ddm.manifest import Manifest, ManifestBuilder
-from ddmdriver.codec import Codec, StreamDecompressor, compressing_argv, decompressing_argv, probe_codecs
+from ddmdriver.codec import (
+    CODEC_NAMES,
+    Codec,
+    StreamDecompressor,
+    compressing_argv,
+    decompressing_argv,
+)
 from ddmdriver.relay import RelayResult
-from ddmdriver.sendqueue import ChannelSender
 
 logger = logging.getLogger(__name__)
 
 CHUNK_SIZE = 1024 * 1024
+# Chunks received but not yet sent to the target: at most this many of up to CHUNK_SIZE each.
+SEND_QUEUE_CHUNKS = 4
 PROBE_TIMEOUT_SECONDS = 30.0
 SCAN_TIMEOUT_SECONDS = 3600.0
 STDERR_LIMIT_BYTES = 256 * 1024
@@ -92,6 +101,8 @@ class HostProbe:
 
     access: HostAccess | None
     reason: str = ""
+    checked: frozenset[str] = frozenset()  # directories the probe checked
+    readable: frozenset[str] = frozenset()  # checked directories the account can enter and read
 
 
 @dataclass
@@ -104,30 +115,69 @@ class HostTarResult:
     wire_bytes: int = 0  # bytes that crossed the SSH links: compressed, or the tar stream
 
 
-def probe_host_access(engine: Any) -> HostProbe:
-    """Check whether `engine`'s SSH account can run GNU tar as root on its host."""
+# One command finds the account's access, GNU tar's version, the codec commands on PATH and
+# which of the given directories the account can enter and read, because every SSH command
+# costs the host a login shell start. It prints "access root|sudo|none", "tar FIRST-LINE",
+# "codec NAME" and "readable DIRECTORY" lines. Its arguments are the codec names, "--" and
+# the directories. The checks after the first line run with sudo for a sudoer, as the
+# copy's commands will. Arguments may hold no newline (ssh.validate_argv), so the script is
+# one line.
+PROBE_SCRIPT = " ".join((
+    'if [ "$(id -u)" = 0 ]; then prefix=""; echo "access root";',
+    'elif sudo -n -- true 2>/dev/null; then prefix="sudo -n --"; echo "access sudo";',
+    'else echo "access none"; exit 0; fi;',
+    "version=$($prefix tar --version 2>/dev/null) && printf 'tar %s\\n' \"$version\" | head -n 1;",
+    "$prefix sh -c 'codecs=1; for arg in \"$@\"; do if [ \"$arg\" = -- ]; then codecs=;",
+    "elif [ -n \"$codecs\" ]; then command -v \"$arg\" >/dev/null 2>&1 && echo \"codec $arg\";",
+    "elif [ -d \"$arg\" ] && [ -r \"$arg\" ] && [ -x \"$arg\" ]; then printf \"readable %s\\n\" \"$arg\";",
+    "fi; done' ddm-probe \"$@\";",
+    "exit 0",
+))
+# Codec commands the probe looks for; a test sets it to () to simulate a host without them.
+PROBED_CODECS: tuple[str, ...] = CODEC_NAMES
+
+
+def probe_host_access(engine: Any, directories: Sequence[str] = ()) -> HostProbe:
+    """Check whether `engine`'s SSH account can run GNU tar as root on its host.
+
+    Also checks which of `directories` that account can enter and read (HostProbe.readable).
+    """
     if engine.ssh is None:
         return HostProbe(None, f"host {engine.host.name} is not reached over SSH")
 
+    argv = ["sh", "-c", PROBE_SCRIPT, "ddm-probe", *PROBED_CODECS, "--", *directories]
     try:
-        user = engine.ssh.exec_command(["id", "-u"], timeout=PROBE_TIMEOUT_SECONDS)
-        prefix: tuple[str, ...] = ()
-        if user.exit_status != 0 or user.stdout.strip() != b"0":
-            sudo = engine.ssh.exec_command([*SUDO_PREFIX, "true"], timeout=PROBE_TIMEOUT_SECONDS)
-            if sudo.exit_status != 0:
-                return HostProbe(None, f"the SSH account on {engine.host.name} is not root and "
-                                 "has no passwordless sudo")
-            prefix = SUDO_PREFIX
-
-        version = engine.ssh.exec_command([*prefix, "tar", "--version"], timeout=PROBE_TIMEOUT_SECONDS)
+        result = engine.ssh.exec_command(argv, timeout=PROBE_TIMEOUT_SECONDS)
     except (DDMError, ValueError) as error:
         return HostProbe(None, f"probing {engine.host.name} failed: {error}")
+    return parse_probe_output(engine.host.name, result.exit_status, result.stdout, result.stderr,
+                              directories)
 
-    first_line = version.stdout.split(b"\n", 1)[0].decode("utf-8", "replace").strip()
-    if version.exit_status != 0 or "GNU tar" not in first_line:
-        return HostProbe(None, f"host {engine.host.name} has no GNU tar")
-    return HostProbe(HostAccess(engine.host.name, prefix, first_line,
-                                probe_codecs(engine.ssh, prefix)))
+
+def parse_probe_output(host_name: str, exit_status: int, stdout: bytes, stderr: bytes,
+                       directories: Sequence[str] = ()) -> HostProbe:
+    """Return the HostProbe that PROBE_SCRIPT's output on `host_name` describes."""
+    values: dict[str, list[str]] = {}
+    for line in stdout.decode("utf-8", "surrogateescape").splitlines():
+        key, _, value = line.partition(" ")
+        values.setdefault(key, []).append(value)
+
+    access = (values.get("access") or [""])[0]
+    if exit_status != 0 or access not in ("root", "sudo", "none"):
+        return HostProbe(None, f"probing {host_name} failed with exit status {exit_status}: "
+                         f"{_tail(stderr)}")
+    if access == "none":
+        return HostProbe(None, f"the SSH account on {host_name} is not root and "
+                         "has no passwordless sudo")
+
+    version = (values.get("tar") or [""])[0].strip()
+    if "GNU tar" not in version:
+        return HostProbe(None, f"host {host_name} has no GNU tar")
+    prefix = SUDO_PREFIX if access == "sudo" else ()
+    codecs = frozenset(values.get("codec", [])) & set(CODEC_NAMES)
+    readable = frozenset(values.get("readable", [])) & set(directories)
+    return HostProbe(HostAccess(host_name, prefix, version, codecs), checked=frozenset(directories),
+                     readable=readable)
 
 
 def check_directory(engine: Any, access: HostAccess, directory: str) -> bool:
@@ -230,9 +280,7 @@ def relay_host_archive(
         raise
 
     wire_bytes = 0
-    # Chunks are sent from another thread, so parsing the next chunk overlaps the wait for
-    # the target's window. A chunk is queued only after the observers have checked it.
-    sender = ChannelSender(lambda chunk, offset: _send(writer, chunk, target_name, offset))
+    sender = _ChunkSender(writer, target_name)
     sender.start()
     try:
         while chunk := _receive(reader, source_name):
@@ -252,10 +300,9 @@ def relay_host_archive(
         source_status, source_errors = reader.finish()
         target_status, target_errors = writer.finish()
     finally:
-        sender.stop()
         reader.close()
         writer.close()
-        sender.join(timeout=10)
+        sender.stop()
 
     if source_status not in (0, 1):
         raise TransferFailed(f"tar on source {source_name} failed with exit status "
@@ -281,6 +328,59 @@ def _receive(reader: _RemoteTar, name: str) -> bytes:
         return reader.channel.recv(CHUNK_SIZE)
     except (OSError, EOFError, paramiko.SSHException) as error:
         raise TransferFailed(f"reading tar output from source {name} failed: {error}") from None
+
+
+class _ChunkSender(threading.Thread):
+    """Thread that sends the relayed chunks to the target, so that sending overlaps receiving.
+
+    The relay loop hashes and parses a chunk while this thread encrypts and sends the one
+    before it. The queue contains at most SEND_QUEUE_CHUNKS chunks, so a slow target still
+    slows the source down. After a failed send the thread discards the chunks still queued,
+    and put() and finish() raise the send's TransferFailed.
+    """
+
+    def __init__(self, writer: _RemoteTar, name: str) -> None:
+        super().__init__(name="ddm-host-send", daemon=True)
+        self.writer = writer
+        self.target_name = name
+        self.queue: queue.Queue[bytes | None] = queue.Queue(maxsize=SEND_QUEUE_CHUNKS)
+        self.error: TransferFailed | None = None
+        self.sent = 0
+
+    def run(self) -> None:
+        while (chunk := self.queue.get()) is not None:
+            if self.error is not None:
+                continue
+            try:
+                _send(self.writer, chunk, self.target_name, self.sent)
+            except TransferFailed as error:
+                self.error = error
+            else:
+                self.sent += len(chunk)
+
+    def put(self, chunk: bytes) -> None:
+        """Queue a chunk for sending; raise the TransferFailed of an earlier failed send."""
+        if self.error is not None:
+            raise self.error
+        self.queue.put(chunk)
+
+    def finish(self) -> None:
+        """Wait until every queued chunk is sent; raise TransferFailed if a send failed."""
+        self.queue.put(None)
+        self.join()
+        if self.error is not None:
+            raise self.error
+
+    def stop(self) -> None:
+        """End the thread after a failure. Call it after closing the target's channel."""
+        if not self.is_alive():
+            return
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self.queue.get_nowait()
+        with contextlib.suppress(queue.Full):
+            self.queue.put_nowait(None)
+        self.join(timeout=10)
 
 
 def _send(writer: _RemoteTar, chunk: bytes, name: str, offset: int) -> None:
@@ -365,25 +465,34 @@ def find_sockets(engine: Any, access: HostAccess, directory: str) -> list[str]:
     return [path.decode("utf-8", "backslashreplace") for path in result.stdout.split(b"\0") if path]
 
 
+# Moves "$1" onto the empty directory "$2" in one SSH command. The exit status names the
+# failed step (MOVE_STEPS), and the step's stderr says why.
+MOVE_SCRIPT = " ".join((
+    'source_device=$(stat --format=%d -- "$1") && target_device=$(stat --format=%d -- "$2") || exit 3;',
+    'if [ "$source_device" != "$target_device" ]; then',
+    'echo "$1 is on device $source_device, $2 on device $target_device" >&2; exit 3; fi;',
+    'mv --no-target-directory -- "$1" "$2" || exit 4;',
+    'mkdir -- "$1" || exit 5',
+))
+MOVE_STEPS = {3: "not one file system (or stat failed)", 4: "mv failed", 5: "mkdir failed"}
+
+
 def move_directory(engine: Any, access: HostAccess, source_directory: str, target_directory: str) -> None:
     """Replace the empty `target_directory` with `source_directory` by rename(2).
 
     Both must be on one file system, which is checked first, so the move is a single
     rename of the directory inode and copies nothing. An empty directory is left at
-    `source_directory`, so the engine can still remove the volume it belongs to.
+    `source_directory`, so the engine can still remove the volume it belongs to. The check,
+    the move and the new directory are one SSH command (MOVE_SCRIPT).
     """
-    devices = engine.ssh.exec_command(access.argv("stat", "--format=%d", source_directory, target_directory))
-    lines = devices.stdout.split()
-    if devices.exit_status != 0 or len(lines) != 2 or lines[0] != lines[1]:
+    result = engine.ssh.exec_command(
+        access.argv("sh", "-c", MOVE_SCRIPT, "ddm-move", source_directory, target_directory))
+    if result.exit_status != 0:
+        step = MOVE_STEPS.get(result.exit_status, f"exit status {result.exit_status}")
         raise MigrationFailed(f"cannot move {source_directory} to {target_directory} on "
-                              f"{engine.host.name}: not one file system ({_tail(devices.stderr)})")
-
-    for argv in (access.argv("mv", "--no-target-directory", "--", source_directory, target_directory),
-                 access.argv("mkdir", "--", source_directory)):
-        result = engine.ssh.exec_command(argv)
-        if result.exit_status != 0:
-            raise MigrationFailed(f"{argv[len(access.prefix)]} on {engine.host.name} failed: "
-                                  f"{_tail(result.stderr)}")
+                              f"{engine.host.name}: {step} ({_tail(result.stderr)})",
+                              hint="the target was rolled back; check the host's volume "
+                              "directory and retry")
     logger.info("moved %s to %s on %s", source_directory, target_directory, engine.host.name)
 
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import enum
 import logging
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,21 +95,56 @@ class Route:
 
 
 class HostProbes:
-    """Probes each engine's host once per task and remembers the result."""
+    """Probes each engine's host once per task and remembers the result.
+
+    start() runs the probe in a thread, so that its SSH command overlaps other work of the
+    prepare phase; probe() waits for it.
+    """
 
     def __init__(self) -> None:
         self._results: dict[int, Any] = {}
+        self._errors: dict[int, BaseException] = {}
+        self._threads: dict[int, threading.Thread] = {}
+        self._lock = threading.Lock()
+
+    def start(self, engine: Any, directories: tuple[str, ...] = (),
+              then: Callable[[Any], None] | None = None) -> None:
+        """Start probing `engine`'s host; `then` gets the HostProbe in the probing thread.
+
+        The probe also checks that the account can read `directories` (HostProbe.readable).
+        """
+        key = id(engine)
+        with self._lock:
+            if key in self._threads:
+                return
+            thread = threading.Thread(target=self._run, args=(engine, directories, then),
+                                      name="ddm-host-probe", daemon=True)
+            self._threads[key] = thread
+        thread.start()
 
     def probe(self, engine: Any) -> Any:
+        self.start(engine)
+        key = id(engine)
+        self._threads[key].join()
+        if key in self._errors:
+            raise self._errors[key]
+        return self._results[key]
+
+    def _run(self, engine: Any, directories: tuple[str, ...],
+             then: Callable[[Any], None] | None) -> None:
         from ddmdriver.hostpath import probe_host_access
 
         key = id(engine)
-        if key not in self._results:
-            self._results[key] = probe_host_access(engine)
-            result = self._results[key]
-            if result.access is None:
-                log.info("host data path unavailable on %s: %s", engine.host.name, result.reason)
-        return self._results[key]
+        try:
+            result = probe_host_access(engine, directories)
+        except BaseException as error:  # noqa: BLE001 - raised again by probe() in the caller
+            self._errors[key] = error
+            return
+        self._results[key] = result
+        if result.access is None:
+            log.info("host data path unavailable on %s: %s", engine.host.name, result.reason)
+        if then is not None:
+            then(result)
 
 
 def validate_choice(requested: str) -> str:
@@ -151,6 +188,11 @@ def _host_path_obstacle(source: Any, volume: Any, probes: HostProbes, target_pro
         return source_probe.reason
     if target_probe.access is None:
         return target_probe.reason
-    if not volume.mountpoint or not check_directory(source, source_probe.access, volume.mountpoint):
+    if volume.mountpoint in source_probe.checked:
+        readable = volume.mountpoint in source_probe.readable
+    else:
+        readable = bool(volume.mountpoint) and check_directory(source, source_probe.access,
+                                                               volume.mountpoint)
+    if not readable:
         return f"mountpoint {volume.mountpoint!r} of volume {volume.name!r} is not readable on the host"
     return None

@@ -43,7 +43,7 @@ RACY_MARGIN_NANOSECONDS = 2_000_000_000
 FileKey = tuple[int, int, int, int, int]  # dev, inode, size, mtime_ns, ctime_ns
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CachedHash:
     """A stored digest and the key of the file it was computed from."""
 

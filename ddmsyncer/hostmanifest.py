@@ -5,7 +5,8 @@ so it uses only the standard library and Python 3.7 features. It describes every
 volume's mountpoint the way GNU tar 1.34 (`--xattrs --xattrs-include=* --acls --sparse`) would
 archive it, so that the result compares with a manifest built from such an archive:
 
-    hostmanifest ROOT HASH    one JSON line per entry below ROOT; HASH is "sha256" or "none"
+    hostmanifest ROOT HASH [keys]    one JSON line per entry below ROOT; HASH is "sha256" or
+                                     "none"
 
 Each line is [path, type, mode, uid, gid, size, mtime_ns, link, devmajor, devminor, inode,
 nlink, xattrs, acl_access, acl_default, sparse, sha256]. path and link are base64 of the raw
@@ -13,6 +14,10 @@ bytes ("." is ROOT itself), xattrs is a list of [name, value] pairs in base64, a
 the hex digest of a regular file's content or null. Sockets are left out, because tar skips
 them. Hard links are listed as files with their inode and link count; the controller groups
 them.
+
+With "keys", each line has three more fields for the controller's hash cache
+(ddmsyncer/hashcache.py): dev, ctime_ns, and checked_ns, the host's clock just before the
+entry's lstat.
 """
 
 import base64
@@ -24,6 +29,7 @@ import pwd
 import stat
 import struct
 import sys
+import time
 
 BLOCK = 1024 * 1024
 # One read buffer for every file: allocating 1 MiB per file cost more than hashing a 4 KiB file.
@@ -146,7 +152,8 @@ def walk(root):
         pending.extend(reversed(subdirectories))
 
 
-def describe(relative, path, hash_content):
+def describe(relative, path, hash_content, with_keys=False):
+    checked_ns = time.time_ns() if with_keys else None
     info = os.lstat(path)
     kind = entry_type(info.st_mode)
     if kind is None:
@@ -157,7 +164,7 @@ def describe(relative, path, hash_content):
     is_device = kind in ("char", "block")
     # GNU tar's test for a sparse member: fewer 512-byte blocks allocated than the size needs.
     sparse = is_file and info.st_blocks < (info.st_size + 511) // 512
-    return [
+    record = [
         encode(relative), kind, stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid,
         info.st_size if is_file else 0, info.st_mtime_ns,
         encode(os.readlink(path)) if kind == "symlink" else None,
@@ -167,14 +174,18 @@ def describe(relative, path, hash_content):
         access, default, sparse,
         file_sha256(path) if is_file and hash_content else None,
     ]
+    if with_keys:
+        record += [info.st_dev, info.st_ctime_ns, checked_ns]
+    return record
 
 
 def main():
     root = os.fsencode(sys.argv[1])
     hash_content = sys.argv[2] == "sha256"
+    with_keys = sys.argv[3:4] == ["keys"]
     out = sys.stdout
     for relative, path in walk(root):
-        record = describe(relative, path, hash_content)
+        record = describe(relative, path, hash_content, with_keys)
         if record is not None:
             out.write(json.dumps(record) + "\n")
 

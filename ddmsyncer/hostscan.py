@@ -8,6 +8,10 @@ uses only the standard library and Python 3.7 features. It works on a volume's m
                         files whose key is not among the known keys read from stdin, one
                         "PATH DEV INODE SIZE MTIME_NS CTIME_NS" line each, PATH in base64) or
                         "newer:NS" (hash the files whose mtime is at least NS nanoseconds)
+    stat ROOT           lstat only, for seeding the hash cache from a full copy: first the
+                        line {"started_ns": NS} (the host's clock before the first lstat,
+                        written at once), then [path, dev, inode, size, mtime_ns, ctime_ns]
+                        for each regular file, path in base64
     delete ROOT         remove the NUL-separated relative paths read from stdin
     apply ROOT          read an 8-byte big-endian length and that many bytes of NUL-separated
                         relative paths from stdin, remove them, then unpack the rest of stdin
@@ -160,6 +164,20 @@ def scan(root, hash_mode):
                           "started_ns": started_ns}) + "\n")
 
 
+def stat_files(root):
+    out = sys.stdout
+    out.write(json.dumps({"started_ns": time.time_ns()}) + "\n")
+    out.flush()  # the controller starts the copy only after this line
+    for relative, path in walk(root):
+        try:
+            info = os.lstat(path)
+        except FileNotFoundError:
+            continue  # removed since the walk listed it
+        if stat.S_ISREG(info.st_mode):
+            out.write(json.dumps([encode(relative), info.st_dev, info.st_ino, info.st_size,
+                                  info.st_mtime_ns, info.st_ctime_ns]) + "\n")
+
+
 def parents_first(paths):
     """Sort relative paths so that parents come before their children."""
     return sorted(paths, key=lambda path: path.split(b"/"))
@@ -282,6 +300,8 @@ def main():
     arguments = [os.fsencode(argument) for argument in sys.argv[2:]]
     if command == "scan":
         scan(arguments[0], arguments[1])
+    elif command == "stat":
+        stat_files(arguments[0])
     elif command == "delete":
         delete(arguments[0])
     elif command == "apply":

@@ -25,7 +25,7 @@ import dataclasses
 import json
 import logging
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,9 @@ LOADER = "import base64,sys;exec(compile(base64.b64decode(sys.argv.pop(1)),'host
 PROBE_COMMAND = "import base64, grp, hashlib, json, os, pwd, stat, struct; os.listxattr"
 PROBE_TIMEOUT_SECONDS = 30.0
 RECEIVE_BYTES = 1024 * 1024
+
+# Fields of a hostmanifest.py record without the hash cache fields that "keys" appends.
+RECORD_FIELDS = 17
 
 HOST_SCAN = "host-scan"
 READ_BACK = "read-back"
@@ -104,15 +107,22 @@ def plain_local_volume(info: Any) -> bool:
     return info is not None and info.driver == "local" and not info.options and bool(info.mountpoint)
 
 
-def scan_argv(access: Any, directory: str, *, hash_content: bool) -> list[str]:
+def scan_argv(access: Any, directory: str, *, hash_content: bool, keys: bool = False) -> list[str]:
+    extra = ("keys",) if keys else ()
     return access.argv("python3", "-c", LOADER, HOST_SCRIPT, directory,
-                       "sha256" if hash_content else "none")
+                       "sha256" if hash_content else "none", *extra)
 
 
-def scan_manifest(engine: Any, access: Any, directory: str, *, hash_content: bool) -> HostScan:
-    """Scan `directory` on the engine's host and return its manifest (content digest: SHA-256)."""
+def scan_manifest(engine: Any, access: Any, directory: str, *, hash_content: bool,
+                  on_record: Callable[[list[Any]], None] | None = None) -> HostScan:
+    """Scan `directory` on the engine's host and return its manifest (content digest: SHA-256).
+
+    `on_record`, when given, gets every record with the three hash cache fields that the
+    script adds with "keys" (see hostmanifest.py), before the record becomes a manifest entry.
+    """
     name = f"{engine.host.name}:{directory}"
-    channel = engine.ssh.open_command(scan_argv(access, directory, hash_content=hash_content))
+    argv = scan_argv(access, directory, hash_content=hash_content, keys=on_record is not None)
+    channel = engine.ssh.open_command(argv)
     errors = StderrCollector(channel)
     errors.start()
     listing_bytes = 0
@@ -121,7 +131,10 @@ def scan_manifest(engine: Any, access: Any, directory: str, *, hash_content: boo
         nonlocal listing_bytes
         for line, size in _lines(channel):
             listing_bytes += size
-            yield json.loads(line)
+            record = json.loads(line)
+            if on_record is not None:
+                on_record(record)
+            yield record
 
     try:
         channel.shutdown_write()
@@ -172,7 +185,7 @@ def manifest_from_records(records: Iterable[list[Any]], *, hash_content: bool) -
     first_names: dict[int, bytes] = {}
     for record in records:
         (path, kind, mode, uid, gid, size, mtime_ns, link, devmajor, devminor, inode, nlink,
-         xattrs, acl_access, acl_default, sparse, sha256) = record
+         xattrs, acl_access, acl_default, sparse, sha256) = record[:RECORD_FIELDS]
         entry = ManifestEntry(
             path=base64.b64decode(path), type=kind, mode=mode, uid=uid, gid=gid, size=size,
             linkname=base64.b64decode(link) if link is not None else None,

@@ -62,7 +62,7 @@ EXTRA_KEY = "incremental"
 STASH_FORMAT = "stash"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Entry:
     """One entry of a host-side scan of a volume."""
 
@@ -182,13 +182,39 @@ class HostCommand:
             status = channel.recv_exit_status()
         finally:
             channel.close()
+        self._check(status)
+        return b"".join(parts)
+
+    def lines(self, stdin: bytes = b"") -> Iterator[bytes]:
+        """Send stdin and yield stdout line by line, so a long listing is never held whole.
+
+        Raises MigrationFailed after the last line when the command failed.
+        """
+        channel = self.channel
+        try:
+            if stdin:
+                channel.sendall(stdin)
+            channel.shutdown_write()
+            pending = b""
+            while chunk := channel.recv(RELAY_CHUNK):
+                pending += chunk
+                *complete, pending = pending.split(b"\n")
+                yield from complete
+            if pending:
+                yield pending
+            self.errors.join()
+            status = channel.recv_exit_status()
+        finally:
+            channel.close()
+        self._check(status)
+
+    def _check(self, status: int) -> None:
         if status != 0:
             raise MigrationFailed(
                 f"host command {self.arguments[0]} failed on host {self.engine.host.name} with "
                 f"exit status {status}: {self.errors.text[-500:]}",
                 hint="incremental migration needs python3 and GNU tar on both hosts",
             )
-        return b"".join(parts)
 
     def close(self) -> None:
         """Abandon a command that was not finished; the host ends it when its channel closes."""
@@ -238,10 +264,13 @@ def scan_volume(engine: Any, mountpoint: str, *, hash_mode: str = "all",
         stdin = hashcache.known_keys_input(known or {})
     if command is None:
         command = HostCommand(engine, ["scan", mountpoint, hash_mode])
-    output = command.finish(stdin)
 
     entries = Scan()
-    for line in output.splitlines():
+    output_bytes = 0
+    for line in command.lines(stdin):
+        output_bytes += len(line) + 1
+        if not line:
+            continue
         values = json.loads(line)
         if isinstance(values, dict):
             entries.hashed_files = values["hashed_files"]
@@ -254,7 +283,7 @@ def scan_volume(engine: Any, mountpoint: str, *, hash_mode: str = "all",
         entries[entry.path] = entry
     if hash_mode == "cached" and known:
         _fill_cached_digests(entries, known)
-    return entries, len(output)
+    return entries, output_bytes
 
 
 def _fill_cached_digests(entries: Scan, known: dict[bytes, CachedHash]) -> None:
@@ -297,8 +326,10 @@ def scan_both(source: Any, source_mountpoint: str, target: Any, target_mountpoin
     sides = {"source": (source, source_mountpoint), "target": (target, target_mountpoint)}
     scopes = {name: hashcache.cache_scope(engine, mountpoint)
               for name, (engine, mountpoint) in sides.items()}
-    known = {name: cache.load(scope) if cache is not None and hash_mode != "none" else {}
-             for name, scope in scopes.items()}
+    # Only "cached" sends the stored keys to the hosts. Other modes load them after the scans,
+    # one side at a time, so that both sides' keys are never in memory beside both scans.
+    preload = cache is not None and hash_mode == "cached"
+    known = {name: cache.load(scope) if preload else {} for name, scope in scopes.items()}
     paths = list(paths)
     results: dict[str, tuple[Scan, int]] = {}
     failures: list[BaseException] = []
@@ -321,8 +352,10 @@ def scan_both(source: Any, source_mountpoint: str, target: Any, target_mountpoin
     if cache is not None and hash_mode != "none":
         for name, scope in scopes.items():
             scanned = results[name][0]
-            removed_paths = [path for path in known[name] if path not in scanned]
-            cache.save(scope, _fresh_digests(scanned, known[name]), removed_paths)
+            side_known = known.pop(name) if preload else cache.load(scope)
+            removed_paths = [path for path in side_known if path not in scanned]
+            cache.save(scope, _fresh_digests(scanned, side_known), removed_paths)
+            del side_known
     return results["source"][0], results["target"][0], results["source"][1] + results["target"][1]
 
 
@@ -594,8 +627,32 @@ class VerifyResult:
     cache_hits: dict[str, int]
 
 
+@dataclass
+class UpdateDigests:
+    """The sent paths and each side's file keys and digests, which verify takes from an update.
+
+    Kept between the copy and verify phases instead of the whole scans, which are several
+    times larger.
+    """
+
+    sent: list[bytes]
+    source: dict[bytes, CachedHash]
+    target: dict[bytes, CachedHash]
+
+
+def update_digests(update: UpdateResult) -> UpdateDigests:
+    return UpdateDigests(list(update.plan.send), _file_digests(update.source_scan),
+                         _file_digests(update.target_scan))
+
+
+def _file_digests(scan: Scan) -> dict[bytes, CachedHash]:
+    return {path: CachedHash(entry.file_key(), entry.digest) for path, entry in scan.items()
+            if entry.type == "file" and entry.digest is not None}
+
+
 def verify_update(source: Any, source_mountpoint: str, target: Any, target_mountpoint: str,
-                  item: TaskItem, mode: VerifyMode, update: UpdateResult | None = None,
+                  item: TaskItem, mode: VerifyMode,
+                  update: UpdateResult | UpdateDigests | None = None,
                   cache: HashCache | None = None) -> VerifyResult:
     """Compare fresh scans of both volumes; raise VerificationFailed on any difference.
 
@@ -607,7 +664,9 @@ def verify_update(source: Any, source_mountpoint: str, target: Any, target_mount
     and every other file is hashed.
     """
     full = mode is VerifyMode.FULL
-    sent = list(update.plan.send) if update is not None else []
+    if isinstance(update, UpdateResult):
+        update = update_digests(update)
+    sent = update.sent if update is not None else []
     hash_mode = "none"
     if full:
         hash_mode = "cached" if update is None else "list"
@@ -616,8 +675,8 @@ def verify_update(source: Any, source_mountpoint: str, target: Any, target_mount
         paths=sent,
     )
     if full and update is not None:
-        source_scan = _carry_digests(source_scan, update.source_scan, set(sent))
-        target_scan = _carry_digests(target_scan, update.target_scan, set(sent))
+        _carry_digests(source_scan, update.source, set(sent))
+        _carry_digests(target_scan, update.target, set(sent))
     differences = list(_differences(source_scan, target_scan))
     if differences:
         shown = "; ".join(f"{os.fsdecode(path)}: {aspect}"
@@ -632,27 +691,18 @@ def verify_update(source: Any, source_mountpoint: str, target: Any, target_mount
                         {"source": source_scan.cache_hits, "target": target_scan.cache_hits})
 
 
-def _carry_digests(scan: Scan, earlier: Scan, sent: set[bytes]) -> Scan:
-    """Copy the digests of unsent files from the earlier scan when the file is unchanged.
+def _carry_digests(scan: Scan, earlier: dict[bytes, CachedHash], sent: set[bytes]) -> None:
+    """Give each unsent, unchanged file its digest from the update's scan, in place.
 
     A file that changed (other device, inode, size, mtime_ns or ctime_ns) keeps digest None,
     so it differs from the other side's and verification fails, which is the safe outcome.
     """
-    carried = Scan()
-    for counter in ("hashed_files", "hashed_bytes", "cache_hits", "started_ns"):
-        setattr(carried, counter, getattr(scan, counter, 0))
     for path, entry in scan.items():
+        if entry.type != "file" or path in sent:
+            continue
         before = earlier.get(path)
-        unchanged = (
-            before is not None and entry.type == "file" and path not in sent
-            and before.file_key() == entry.file_key()
-        )
-        carried[path] = _replace_digest(entry, before.digest) if unchanged else entry
-    return carried
-
-
-def _replace_digest(entry: Entry, digest: str | None) -> Entry:
-    return replace(entry, digest=digest)
+        if before is not None and before.key == entry.file_key():
+            scan[path] = replace(entry, digest=before.digest)
 
 
 def _differences(source: Scan, target: Scan) -> Iterator[tuple[bytes, str]]:
@@ -743,7 +793,7 @@ _EXTRA_LOCK = threading.Lock()
 
 # Updates made in this process, by (task ID, item position), for verify_item; a task resumed
 # in another process has none and hashes every file again.
-_UPDATES: dict[tuple[str, int], UpdateResult] = {}
+_UPDATES: dict[tuple[str, int], UpdateDigests] = {}
 
 
 def select_items(runner: Any) -> dict[int, str]:
@@ -803,7 +853,7 @@ def copy_item(runner: Any, item: TaskItem, on_chunk: Callable[[int], None]) -> U
         on_wire=lambda count: wire_bytes.__setitem__(0, wire_bytes[0] + count),
     )
     runner.staged.compression.record_result(item, result.archive_bytes, wire_bytes[0])
-    _UPDATES[(runner.task.id, item.position)] = result
+    _UPDATES[(runner.task.id, item.position)] = update_digests(result)
     _save_record(runner, item, sent_entries=result.sent_entries,
                  deleted_entries=result.deleted_entries, archive_bytes=result.archive_bytes,
                  scan_bytes=result.scan_bytes, seconds=result.seconds,

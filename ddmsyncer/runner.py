@@ -51,7 +51,7 @@ from ddm.processes import process_alive
 from ddm.store import TaskStore
 from ddm.task import ItemState, Phase, Task, TaskItem, TaskState, VerifyMode
 from ddm.text import counted
-from ddmsyncer import direct, incremental, parallel, rerun, volumes
+from ddmsyncer import connect, direct, incremental, parallel, rerun, volumes
 from ddmsyncer.control import wait_while_paused
 from ddmsyncer.staged import StagedVolumes, mark_verified, release_writers, remove_staging_volumes
 
@@ -161,6 +161,20 @@ class TaskRunner:
                 self.engine_factory(host, self.config)
             )
         return self._engines[host_name]
+
+    def connect_hosts(self) -> None:
+        """Open the source's and the target's engine at once (see ddmsyncer.connect)."""
+        spec = self.task.spec
+        missing = [name for name in dict.fromkeys([spec.source_host, spec.target_host])
+                   if name not in self._engines]
+        if len(missing) < 2 or getattr(self._local, "engines", None) is not None:
+            return
+        opened, error = connect.open_engines(
+            lambda name: self.engine_factory(self.config.host(name), self.config), missing)
+        for name, engine in opened.items():
+            self._engines[name] = self._stack.enter_context(engine)
+        if error is not None:
+            raise error
 
     def reconnect(self, host_name: str) -> Any:
         """Close the engine of a host and connect to it again; return the new engine."""
@@ -317,8 +331,11 @@ class TaskRunner:
         behind (a runner killed mid-copy cannot remove them), so that a resumed task can
         replace the target volumes that those helpers still mount.
         """
+        self.connect_hosts()
+        self.staged.start_host_probes()
         self.source.ping()
         self.target.ping()
+        free_space = volumes.FreeSpaceQuery(self.target)
         volumes.reject_overlap(self.source, self.target, self.task.items)
         for engine in self._open_engines():
             removed = volumes.remove_task_helpers(engine, self.task.id)
@@ -344,7 +361,8 @@ class TaskRunner:
         needed = sum(check.size_bytes or 0 for position, check in checks.items()
                      if position not in self._incremental)
         if checks and all(check.size_bytes is not None for check in checks.values()):
-            volumes.check_space(self.target, needed, ", ".join(i.target for i in self.pending_items()))
+            volumes.check_space(self.target, needed, ", ".join(i.target for i in self.pending_items()),
+                                free_space)
 
         for item in self.pending_items():
             replaced = item.position not in self._incremental and not item.target_created

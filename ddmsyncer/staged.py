@@ -29,7 +29,7 @@ from ddm.manifest import Manifest, ManifestBuilder, compare_manifests, display_p
 from ddm.task import ItemState, TaskItem, VerifyMode
 from ddm.archive_guard import ROOT, ArchiveGuard
 from ddm.text import counted
-from ddmsyncer import direct, hostverify, volumes, writers
+from ddmsyncer import direct, hashcache, hashseed, hostverify, volumes, writers
 from ddmsyncer.compression import CompressionChooser
 from ddmsyncer.datapath import DataPath, HostProbes, Route, choose_route, loses, verify_aspects
 
@@ -62,12 +62,34 @@ class StagedVolumes:
         self.routes: dict[int, Route] = {}
         self.policy = writers.WriterPolicy.from_options(runner.task.spec.options)
         self.compression = CompressionChooser(runner)
+        # Hash cache rows of verified staging volumes by item position, stored on promotion.
+        self.target_seeds: dict[int, hashseed.ScanSeed] = {}
 
     @property
     def task_id(self) -> str:
         return self.runner.task.id
 
     # Prepare
+
+    def start_host_probes(self) -> None:
+        """Start the host probes of both hosts, and the target's python3 probe after its own.
+
+        They run in threads while prepare inspects volumes through the engines; route()
+        waits for them. The source's probe also checks that its volumes' mountpoints are
+        readable. With `--data-path engine` the source's host is not probed.
+        """
+        runner = self.runner
+        if runner.task.spec.options.get("data_path", "auto") != "engine":
+            volumes_found = (runner.source.volume_inspect(item.source) for item in runner.task.items)
+            mountpoints = tuple(volume.mountpoint for volume in volumes_found
+                                if volume is not None and volume.mountpoint)
+            self.probes.start(runner.source, mountpoints)
+
+        def start_python(probe: Any) -> None:
+            if probe.access is not None:
+                self.python.start(runner.target, probe.access)
+
+        self.probes.start(runner.target, then=start_python)
 
     def check_writers(self, item: TaskItem) -> list[writers.Writer]:
         """Return the running writers of the item's source volume; reject them without a policy."""
@@ -182,26 +204,42 @@ class StagedVolumes:
         from ddmdriver.hostpath import relay_host_archive
 
         target_directory = self.runner.target.volume_inspect(staging).mountpoint
+        # The stream's SHA-256 of each file, with a stat-only scan beside the copy, seeds the
+        # hash cache of incremental re-migrations (ddmsyncer.hashseed).
+        seed = None
+        if sha256:
+            seed = hashseed.SourceSeed.start(self.runner.source, route.source_access,
+                                             route.source_directory)
         # The builder parses the stream once for the manifest and the guard's checks.
         guard = ArchiveGuard(ROOT, description=f"volume {item.source!r}")
+        member_check = guard.check if seed is None else seed.member_check(guard.check)
         builder = ManifestBuilder(hash_content=hash_content, sha256=sha256,
-                                  member_check=guard.check)
+                                  member_check=member_check)
 
         def observe(chunk: memoryview) -> None:
             builder.feed(chunk)
             counter.add(len(chunk))
 
-        result = relay_host_archive(
-            self.runner.source, route.source_access, route.source_directory,
-            self.runner.target, route.target_access, target_directory,
-            observers=[observe],
-            codec=self.compression.codec_for(item),
-        )
+        try:
+            result = relay_host_archive(
+                self.runner.source, route.source_access, route.source_directory,
+                self.runner.target, route.target_access, target_directory,
+                observers=[observe],
+                codec=self.compression.codec_for(item),
+            )
+            manifest = builder.close()
+        except BaseException:
+            if seed is not None:
+                seed.close()
+            raise
         self.compression.record_result(item, result.relay.bytes, result.wire_bytes)
         for path in result.skipped_sockets:
             self.runner.warn(f"volume {item.source!r}: socket {path} skipped (sockets cannot be "
                              "copied; the program that owns it creates it again)")
-        return builder.close(), result.relay.bytes, result.relay.stream_digest, result.changed_paths
+        if seed is not None:
+            scope = hashcache.cache_scope(self.runner.source, route.source_directory)
+            hashseed.store_rows(self.runner.store, scope, seed.rows(manifest))
+        return manifest, result.relay.bytes, result.relay.stream_digest, result.changed_paths
 
     def _create_staging(self, item: TaskItem, check: volumes.VolumeCheck) -> str:
         """Create an empty staging volume, recorded in the task's state before it exists."""
@@ -312,14 +350,17 @@ class StagedVolumes:
                                          volume.mountpoint, mode)
 
         scans: dict[str, hostverify.HostScan] = {}
+        seeds = {"source": hashseed.ScanSeed(), "target": hashseed.ScanSeed()}
 
         def scan_source() -> None:
             scans["source"] = hostverify.scan_manifest(source, route.source_access,
-                                                       route.source_directory, hash_content=True)
+                                                       route.source_directory, hash_content=True,
+                                                       on_record=seeds["source"].add)
 
         def scan_target() -> None:
             scans["target"] = hostverify.scan_manifest(target, route.target_access,
-                                                       volume.mountpoint, hash_content=True)
+                                                       volume.mountpoint, hash_content=True,
+                                                       on_record=seeds["target"].add)
 
         direct.run_both(scan_source, scan_target)
         listing_bytes = scans["source"].listing_bytes + scans["target"].listing_bytes
@@ -327,6 +368,10 @@ class StagedVolumes:
         staged_item = dataclasses.replace(item, target=staging)
         check_manifests(scans["source"].manifest, scans["target"].manifest, staged_item,
                         verify_aspects(DataPath.HOST, deep=True))
+        hashseed.store_rows(self.runner.store,
+                            hashcache.cache_scope(source, route.source_directory),
+                            seeds["source"].rows)
+        self.target_seeds[item.position] = seeds["target"]
         return scans["source"].manifest
 
     def scan_access(self, route: Route, volume: Any) -> Any:
@@ -352,9 +397,11 @@ class StagedVolumes:
             # The SHA-256 view of the source manifest is built while the target host scans. It
             # is None only when the copy computed no SHA-256, and then verify reads back.
             view = hostverify.SHA256ViewThread(source_manifest) if full else None
+            seed = hashseed.ScanSeed() if full else None
             try:
                 scan = hostverify.scan_manifest(self.runner.target, access, volume.mountpoint,
-                                                hash_content=full)
+                                                hash_content=full,
+                                                on_record=seed.add if seed is not None else None)
             finally:
                 if view is not None:
                     view.join()
@@ -362,6 +409,8 @@ class StagedVolumes:
             if expected is not None:
                 self._record_verify(item, hostverify.HOST_SCAN, scan.listing_bytes)
                 check_manifests(expected, scan.manifest, staged_item, aspects)
+                if seed is not None:
+                    self.target_seeds[item.position] = seed
                 return source_manifest
 
         target_manifest = self.read_staging_manifest(staging, route, mode, item)
@@ -419,16 +468,28 @@ class StagedVolumes:
         if route.target_access is not None and check.source_driver == "local" and not check.source_options:
             from ddmdriver.hostpath import move_directory
 
+            mountpoint = target.volume_inspect(item.target).mountpoint
             move_directory(target, route.target_access, target.volume_inspect(staging).mountpoint,
-                           target.volume_inspect(item.target).mountpoint)
+                           mountpoint)
             method = "renamed on the host"
+            self._store_target_seed(item, mountpoint)
         else:
+            # The engine's copy gets new inodes and ctimes, so the verify scan's keys are void.
+            self.target_seeds.pop(item.position, None)
             self._copy_on_target(item, staging, route, verified, mode)
             method = "copied by the target engine"
 
         target.volume_remove(staging)
         self.runner.record("info", "promoted", f"staging volume {staging!r} {method} to "
                            f"{item.target!r}", position=item.position)
+
+    def _store_target_seed(self, item: TaskItem, mountpoint: str) -> None:
+        """Store the verify scan's hashes under the real volume's mountpoint, after the rename."""
+        seed = self.target_seeds.pop(item.position, None)
+        if seed is None:
+            return
+        scope = hashcache.cache_scope(self.runner.target, mountpoint)
+        hashseed.store_rows(self.runner.store, scope, seed.rows)
 
     def _target_settings(self, item: TaskItem) -> volumes.VolumeCheck:
         """Return the source volume's driver, options and labels; check the target name again.

@@ -8,6 +8,7 @@ controller relays the stream between the hosts and builds the source manifest on
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -128,11 +129,44 @@ def volumes_root(engine) -> str:
     return f"{root}/volumes"
 
 
-def check_space(target, needed_bytes: int | None, volume: str) -> None:
-    """Raise InsufficientSpace when the target's volume storage has less room than needed."""
+class FreeSpaceQuery:
+    """Reads the free space of the target's volume storage in a thread.
+
+    On an ssh:// host Engine.free_bytes runs `df` over SSH, so starting it early lets that
+    command overlap other prepare steps. The storage path is read through the engine API in
+    the calling thread, because the engine's API client is not shared between threads.
+    """
+
+    def __init__(self, target) -> None:
+        self._free: int | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(target, volumes_root(target)),
+                                        name="ddm-free-space", daemon=True)
+        self._thread.start()
+
+    def _run(self, target, path: str) -> None:
+        try:
+            self._free = target.free_bytes(path)
+        except BaseException as error:  # noqa: BLE001 - raised again by result()
+            self._error = error
+
+    def result(self) -> int | None:
+        """Wait for the query; return the free bytes, or None when unknown."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._free
+
+
+def check_space(target, needed_bytes: int | None, volume: str,
+                free_space: FreeSpaceQuery | None = None) -> None:
+    """Raise InsufficientSpace when the target's volume storage has less room than needed.
+
+    `free_space` is a query started earlier; without it the free space is read now.
+    """
     if needed_bytes is None:
         return
-    free = target.free_bytes(volumes_root(target))
+    free = free_space.result() if free_space is not None else target.free_bytes(volumes_root(target))
     if free is None:
         log.warning("free space on host %s is unknown; not checked", target.host.name)
         return

@@ -162,7 +162,7 @@ def test_broken_stream_leaves_target(lab: Lab, h1: LabHost, h2: LabHost, resourc
 
 def test_missing_codec_rejected(lab: Lab, h1: LabHost, h2: LabHost, resources: LabResources,
                                 tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ddmdriver.hostpath, "probe_codecs", lambda ssh, prefix: frozenset())
+    monkeypatch.setattr(ddmdriver.hostpath, "PROBED_CODECS", ())
     source = resources.create_volume(h1)
     write_volume_tree(h1, source, {"a.txt": File(b"a\n")})
     target = unique_name("nocodec")

@@ -6,6 +6,7 @@ checks do not depend on DDM's own host-side scans.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 
@@ -185,6 +186,81 @@ def no_racy_margin(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(hashcache, "RACY_MARGIN_NANOSECONDS", 0)
 
 
+def cache_rows(host_url: str, mountpoint: str) -> dict[bytes, str]:
+    """Return the valid hash cache rows of one volume on one host: path -> SHA-256."""
+    store = TaskStore(default_store_path(os.environ))
+    try:
+        known = hashcache.HashCache(store).load(f"{host_url} {mountpoint}")
+    finally:
+        store.close()
+    return {path: cached.digest for path, cached in known.items()}
+
+
+def lab_url(host) -> str:
+    return load_config(environ=os.environ).host(host.name).url
+
+
+TREE_FILES = sum(1 for spec in TREE.values() if not isinstance(spec, (Dir, Symlink, Fifo)))
+
+
+def test_full_copy_seeds_hash_cache(h1, h2, isolated_env, resources, no_racy_margin):
+    volume = resources.create_volume(h1)
+    resources.add_volume(h2, volume)
+    write_volume_tree(h1, volume, TREE)
+
+    migrate(volume)
+
+    source_rows = cache_rows(lab_url(h1), h1.volume_mountpoint(volume))
+    target_rows = cache_rows(lab_url(h2), h2.volume_mountpoint(volume))
+    expected = {os.fsencode(path) for path, spec in TREE.items()
+                if not isinstance(spec, (Dir, Symlink, Fifo))}
+    assert set(source_rows) == expected
+    assert set(target_rows) == expected
+    content = (h1.volume_host_path(volume) / "conf" / "app.conf").read_bytes()
+    assert source_rows[b"conf/app.conf"] == hashlib.sha256(content).hexdigest()
+    assert target_rows == source_rows
+
+
+def test_incremental_after_seed_hashes_changes(h1, h2, isolated_env, resources, no_racy_margin):
+    volume = resources.create_volume(h1)
+    resources.add_volume(h2, volume)
+    write_volume_tree(h1, volume, TREE)
+    migrate(volume)
+    change_source(h1, volume)
+
+    task = migrate(volume, "--incremental")
+
+    record = incremental_record(task["id"])
+    # Hashed: the rewritten f3.bin and app.conf, the new new.bin and new.txt.
+    assert record["hashed_files"] == {"source": 4, "target": 0}
+    assert record["cache_hits"] == {"source": TREE_FILES - 4, "target": TREE_FILES}
+    assert task["volumes"][0]["state"] == "verified"
+    assert diff_snapshots(snapshot_volume_tree(h1, volume), snapshot_volume_tree(h2, volume),
+                          mtime_resolution_ns=WHOLE_SECONDS) == []
+
+
+def test_seeded_row_misses_changed_file(h1, h2, isolated_env, resources, no_racy_margin):
+    volume = resources.create_volume(h1)
+    resources.add_volume(h2, volume)
+    write_volume_tree(h1, volume, TREE)
+    migrate(volume)
+    # Same size and mtime, other content: only the ctime tells the change.
+    mountpoint = h1.volume_mountpoint(volume)
+    changed = f"{mountpoint}/data/f5.bin"
+    mtime = h1.run(["stat", "--format=%y", changed]).stdout.strip()
+    h1.run(["dd", "if=/dev/zero", f"of={changed}", f"bs={FILE_BYTES}", "count=1",
+            "conv=notrunc", "status=none"])
+    h1.run(["touch", "-m", "-d", mtime, changed])
+
+    task = migrate(volume, "--incremental")
+
+    record = incremental_record(task["id"])
+    assert record["hashed_files"]["source"] == 1
+    assert record["sent_entries"] >= 1
+    target_file = h2.volume_host_path(volume) / "data" / "f5.bin"
+    assert target_file.read_bytes() == bytes(FILE_BYTES)
+
+
 def test_incremental_cache_skips_hashing(h1, h2, isolated_env, resources, no_racy_margin):
     volume = resources.create_volume(h1)
     resources.add_volume(h2, volume)
@@ -195,8 +271,9 @@ def test_incremental_cache_skips_hashing(h1, h2, isolated_env, resources, no_rac
 
     second = migrate(volume, "--incremental")
 
-    files = sum(1 for spec in TREE.values() if not isinstance(spec, (Dir, Symlink, Fifo)))
-    assert incremental_record(first["id"])["hashed_files"] == {"source": files, "target": files}
+    files = TREE_FILES
+    # The full copy seeded the cache, so the first re-migration hashed nothing.
+    assert incremental_record(first["id"])["hashed_files"] == {"source": 0, "target": 0}
     record = incremental_record(second["id"])
     # Hashed: the rewritten f3.bin and app.conf, the new new.bin and new.txt. Cache hits: all
     # other files, without the removed f7.bin and old/dir/note.txt.
