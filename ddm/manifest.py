@@ -174,6 +174,26 @@ class Difference:
 # None, bool, int, str, bytes, or tuples and dicts of these.
 _RECORD_FIELDS = tuple(item.name for item in dataclasses.fields(ManifestEntry))[1:]
 _record_values = operator.attrgetter(*_RECORD_FIELDS)
+# marshal format 2 writes no back-references (those came with format 3), so equal values
+# always give equal bytes, however the objects in them are shared. compare_manifests() skips
+# entries with equal records.
+_MARSHAL_VERSION = 2
+_TYPE_INDEX = _RECORD_FIELDS.index("type")
+_XATTRS_INDEX = _RECORD_FIELDS.index("xattrs")
+_DIGEST_INDEX = _RECORD_FIELDS.index("digest")
+_SHA256_INDEX = _RECORD_FIELDS.index("sha256")
+
+def _record_bytes(entry: ManifestEntry) -> bytes:
+    """Return the marshal record of an entry, with its xattrs sorted by name.
+
+    Archives and host scans list xattrs in different orders, and marshal keeps a dict's order.
+    """
+    values = _record_values(entry)
+    if entry.xattrs is not None and len(entry.xattrs) > 1:
+        xattrs = dict(sorted(entry.xattrs.items()))
+        values = (*values[:_XATTRS_INDEX], xattrs, *values[_XATTRS_INDEX + 1:])
+    return marshal.dumps(values, _MARSHAL_VERSION)
+
 
 # Pages of one EntryTable that SQLite keeps in memory before it writes them to its temporary
 # file, in KiB, and the number of added entries held in Python before they go to SQLite.
@@ -220,7 +240,7 @@ class EntryTable(Mapping[bytes, ManifestEntry]):
             if not self._pending:
                 return
             rows = [
-                (path, entry.type == "hardlink", marshal.dumps(_record_values(entry)))
+                (path, entry.type == "hardlink", _record_bytes(entry))
                 for path, entry in self._pending.items()
             ]
             self._pending = {}
@@ -289,6 +309,38 @@ class EntryTable(Mapping[bytes, ManifestEntry]):
     @staticmethod
     def decode(path: bytes, record: bytes) -> ManifestEntry:
         return ManifestEntry(path, *marshal.loads(record))
+
+    def sha256_copy(self) -> EntryTable | None:
+        """Return a copy in which each file's content digest is its SHA-256.
+
+        Returns None when a file has no SHA-256. Records are rewritten without building
+        entries, which takes less than half the time of replacing each entry.
+        """
+        self.flush()
+        copy = EntryTable()
+        rows: list[tuple[bytes, bool, bytes]] = []
+        query = "SELECT path, hardlink, record FROM entries ORDER BY path"
+        for path, hardlink, record in self._db.execute(query):
+            values = marshal.loads(record)
+            if values[_TYPE_INDEX] == "file":
+                if values[_SHA256_INDEX] is None:
+                    copy.close()
+                    return None
+                values = (*values[:_DIGEST_INDEX], values[_SHA256_INDEX], *values[_DIGEST_INDEX + 1:])
+                record = marshal.dumps(values, _MARSHAL_VERSION)
+            rows.append((path, hardlink, record))
+            if len(rows) >= TABLE_BATCH_ENTRIES:
+                copy._insert_rows(rows)
+                rows = []
+        copy._insert_rows(rows)
+        return copy
+
+    def _insert_rows(self, rows: list[tuple[bytes, bool, bytes]]) -> None:
+        with self._lock:
+            self._count = None
+            self._db.execute("BEGIN")
+            self._db.executemany("INSERT OR REPLACE INTO entries VALUES (?, ?, ?)", rows)
+            self._db.execute("COMMIT")
 
 
 class _TableItems(ItemsView[bytes, ManifestEntry]):

@@ -32,6 +32,10 @@ import sys
 import time
 
 BLOCK = 1024 * 1024
+# One read buffer for every file: allocating 1 MiB per file cost more than hashing a 4 KiB file.
+BUFFER = bytearray(BLOCK)
+BUFFERS = [BUFFER]
+VIEW = memoryview(BUFFER)
 TYPES = (
     (stat.S_ISREG, "file"), (stat.S_ISDIR, "dir"), (stat.S_ISLNK, "symlink"),
     (stat.S_ISFIFO, "fifo"), (stat.S_ISCHR, "char"), (stat.S_ISBLK, "block"),
@@ -56,14 +60,14 @@ def file_sha256(path):
     digest = hashlib.sha256()
     # O_NOFOLLOW: a name that became a symlink since lstat() is not followed out of the volume.
     descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    with open(descriptor, "rb", buffering=0) as handle:
-        buffer = bytearray(BLOCK)
-        view = memoryview(buffer)
+    try:
         while True:
-            count = handle.readinto(buffer)
+            count = os.readv(descriptor, BUFFERS)
             if not count:
                 return digest.hexdigest()
-            digest.update(view[:count])
+            digest.update(VIEW[:count])
+    finally:
+        os.close(descriptor)
 
 
 def encode(raw):
@@ -127,14 +131,25 @@ def acls(kind, mode, xattrs):
 
 
 def walk(root):
-    """Yield (relative path, absolute path) of ROOT and everything below it."""
+    """Yield (relative path, absolute path) of ROOT and everything below it.
+
+    A directory that cannot be listed raises OSError, so the scan fails instead of leaving
+    out that directory's entries.
+    """
     yield b".", root
-    for directory, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        relative_directory = os.path.relpath(directory, root)
-        for name in dirnames + sorted(filenames):
-            relative = name if relative_directory == b"." else os.path.join(relative_directory, name)
-            yield relative, os.path.join(directory, name)
+    pending = [(b"", root)]
+    while pending:
+        relative_directory, directory = pending.pop()
+        with os.scandir(directory) as listing:
+            children = sorted((entry.name, entry.path, entry.is_dir(follow_symlinks=False))
+                              for entry in listing)
+        subdirectories = []
+        for name, path, is_directory in children:
+            relative = relative_directory + name
+            yield relative, path
+            if is_directory:
+                subdirectories.append((relative + b"/", path))
+        pending.extend(reversed(subdirectories))
 
 
 def describe(relative, path, hash_content, with_keys=False):

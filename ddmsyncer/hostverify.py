@@ -209,10 +209,32 @@ def sha256_view(manifest: Manifest) -> Manifest | None:
     Returns None when a file has no SHA-256 (the copy ran without it), so the caller falls
     back to reading the target back.
     """
-    entries: dict[bytes, ManifestEntry] = {}
-    for path, entry in manifest.entries.items():
-        if entry.type == "file" and entry.sha256 is None:
-            return None
-        entries[path] = dataclasses.replace(entry, digest=entry.sha256) if entry.type == "file" else entry
+    entries = manifest.entries.sha256_copy()
+    if entries is None:
+        return None
     return Manifest(entries=entries, stream_digest=manifest.stream_digest,
                     bytes_fed=manifest.bytes_fed, hash_content=manifest.hash_content)
+
+
+class SHA256ViewThread(threading.Thread):
+    """A thread, started on creation, that builds sha256_view(manifest). result() waits for it."""
+
+    def __init__(self, manifest: Manifest) -> None:
+        super().__init__(name="ddm-sha256-view", daemon=True)
+        self.manifest = manifest
+        self._view: Manifest | None = None
+        self._error: BaseException | None = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self._view = sha256_view(self.manifest)
+        except BaseException as error:  # noqa: BLE001 - re-raised by result()
+            self._error = error
+
+    def result(self) -> Manifest | None:
+        """Return sha256_view(manifest): None when a file has no SHA-256."""
+        self.join()
+        if self._error is not None:
+            raise self._error
+        return self._view

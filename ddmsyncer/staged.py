@@ -397,17 +397,25 @@ class StagedVolumes:
         aspects = verify_aspects(route.data_path, deep=full)
         volume = self.runner.target.volume_inspect(staging)
         access = self.scan_access(route, volume)
-        expected = hostverify.sha256_view(source_manifest) if full else source_manifest
-        if access is not None and expected is not None:
+        if access is not None:
+            # The SHA-256 view of the source manifest is built while the target host scans. It
+            # is None only when the copy computed no SHA-256, and then verify reads back.
+            view = hostverify.SHA256ViewThread(source_manifest) if full else None
             seed = hashseed.ScanSeed() if full else None
-            scan = hostverify.scan_manifest(self.runner.target, access, volume.mountpoint,
-                                            hash_content=full,
-                                            on_record=seed.add if seed is not None else None)
-            self._record_verify(item, hostverify.HOST_SCAN, scan.listing_bytes)
-            check_manifests(expected, scan.manifest, staged_item, aspects)
-            if seed is not None:
-                self.target_seeds[item.position] = seed
-            return source_manifest
+            try:
+                scan = hostverify.scan_manifest(self.runner.target, access, volume.mountpoint,
+                                                hash_content=full,
+                                                on_record=seed.add if seed is not None else None)
+            finally:
+                if view is not None:
+                    view.join()
+            expected = view.result() if view is not None else source_manifest
+            if expected is not None:
+                self._record_verify(item, hostverify.HOST_SCAN, scan.listing_bytes)
+                check_manifests(expected, scan.manifest, staged_item, aspects)
+                if seed is not None:
+                    self.target_seeds[item.position] = seed
+                return source_manifest
 
         target_manifest = self.read_staging_manifest(staging, route, mode, item)
         self._record_verify(item, hostverify.READ_BACK, target_manifest.bytes_fed)

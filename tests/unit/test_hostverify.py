@@ -7,6 +7,8 @@ aspect that verify compares on the host path, with SHA-256 as the content digest
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import json
 import os
 import shutil
@@ -196,3 +198,61 @@ def test_lines_splits_chunks() -> None:
 
     lines = list(hostverify._lines(Channel([b"[1]\n[2", b"]\n[3]\n"])))
     assert lines == [(b"[1]", 4), (b"[2]", 4), (b"[3]", 4)]
+
+
+def test_sha256_view_changes_only_file_digests(tree: Path) -> None:
+    source = tar_manifest(tree)
+    view = hostverify.sha256_view(source)
+
+    assert view is not None
+    assert list(view.entries) == list(source.entries)
+    for path, entry in source.entries.items():
+        expected = dataclasses.replace(entry, digest=entry.sha256) if entry.type == "file" else entry
+        assert view.entries[path] == expected
+
+
+def test_sha256_view_records_equal_scan_records(tree: Path) -> None:
+    """Equal entries must give equal records, so the comparison skips them undecoded."""
+    view = hostverify.sha256_view(tar_manifest(tree))
+    target = scan(tree)
+
+    assert view is not None
+    view_records = dict(view.entries.iter_records())
+    target_records = dict(target.entries.iter_records())
+    for path in (b"empty", b"sparse", b"latin1-\xe9", b"dir/nested", b"link"):
+        assert view.entries[path] == target.entries[path]
+        assert view_records[path] == target_records[path]
+
+
+def test_sha256_view_thread_returns_view(tree: Path) -> None:
+    source = tar_manifest(tree)
+    view = hostverify.SHA256ViewThread(source).result()
+
+    assert view is not None
+    assert view == hostverify.sha256_view(source)
+
+
+def test_sha256_view_thread_raises_error() -> None:
+    manifest = Manifest()
+    manifest.close()
+    with pytest.raises(Exception, match="closed"):
+        hostverify.SHA256ViewThread(manifest).result()
+
+
+def test_scan_walks_every_entry_once(tmp_path: Path) -> None:
+    root = tmp_path / "volume"
+    for directory in ("a", "a/b", "a-b", "a.b/c/d", "empty"):
+        (root / directory).mkdir(parents=True, exist_ok=True)
+    for name in ("a/b/file", "a-b/file", "a.b/c/d/file", "top", "a/z"):
+        (root / name).write_bytes(name.encode())
+    os.symlink("a", root / "link-to-dir")
+
+    expected = {b"."}
+    for directory, dirnames, filenames in os.walk(bytes(root)):
+        for name in [*dirnames, *filenames]:
+            expected.add(os.path.relpath(os.path.join(directory, name), bytes(root)))
+    paths = [base64.b64decode(record[0]) for record in scan_records(root)]
+
+    assert sorted(paths) == sorted(expected)
+    assert len(paths) == len(set(paths))
+    assert b"link-to-dir/b" not in paths

@@ -348,3 +348,18 @@ def test_builder_member_check_error_passes_through() -> None:
     builder = ManifestBuilder(member_check=reject)
     with pytest.raises(Rejected):
         builder.feed(archive([member("a", content=b"x")]))
+
+
+def test_equal_entries_give_equal_records() -> None:
+    """compare_manifests() skips equal records undecoded, so equal entries must store equally."""
+    digest = "ab" * 32
+    shared = ManifestEntry(b"f", "file", 0o644, 0, 0, 1, mtime_ns=5, digest=digest, sha256=digest,
+                           xattrs={b"user.b": b"2", b"user.a": b"1"})
+    separate = ManifestEntry(b"f", "file", 0o644, 0, 0, 1, mtime_ns=5, digest="".join(["ab"] * 32),
+                             sha256="".join(["a", "b"] * 32),
+                             xattrs={b"user.a": b"1", b"user.b": b"2"})
+    first, second = EntryTable([shared]), EntryTable([separate])
+
+    assert shared == separate
+    assert list(first.iter_records()) == list(second.iter_records())
+    assert first[b"f"] == shared
