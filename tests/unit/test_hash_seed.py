@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from ddm.manifest import Manifest, ManifestBuilder
-from ddmsyncer import hashcache
+from ddmsyncer import hashcache, hashseed
 from ddmsyncer.hashseed import ScanSeed, matching_rows, member_path, noting_ctimes
 
 SECOND = 1_000_000_000
@@ -126,3 +126,26 @@ def test_member_path_matches_manifest_paths():
     assert member_path(b"./dir/a.txt") == b"dir/a.txt"
     assert member_path(b"./") == b"."
     assert member_path(b"/abs/x") == b"abs/x"
+
+
+def test_scan_seed_drops_everything_past_the_file_limit(monkeypatch):
+    monkeypatch.setattr(hashseed, "SEED_MAX_FILES", 2)
+    seed = ScanSeed()
+
+    for name in (b"one", b"two", b"three", b"four"):
+        seed.add(scan_record(name))
+
+    assert seed.rows == {}
+    assert seed.too_many_files
+
+
+def test_noting_ctimes_stops_one_past_the_limit(volume):
+    archive = subprocess.run(["tar", "--create", "--file=-", f"--directory={volume}",
+                              "--format=posix", "."], check=True, capture_output=True).stdout
+    ctimes: dict[bytes, int] = {}
+    builder = ManifestBuilder(sha256=True,
+                              member_check=noting_ctimes(lambda entry: None, ctimes, limit=1))
+    builder.feed(archive)
+    builder.close()
+
+    assert len(ctimes) == 2
