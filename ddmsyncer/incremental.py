@@ -460,7 +460,8 @@ def open_tar_channels(source: Any, source_mountpoint: str, target: Any, target_m
 
     if apply and codec is not None:
         raise ValueError("hostscan's apply command takes only an uncompressed tar stream")
-    reader_argv = ["tar", "-C", source_mountpoint, "--format=posix", "--numeric-owner",
+    # --sparse keeps holes: without it, a sparse file arrived fully allocated.
+    reader_argv = ["tar", "-C", source_mountpoint, "--format=posix", "--numeric-owner", "--sparse",
                    *XATTR_OPTIONS, "--no-recursion", "--null", "-T", "-", "-cf", "-"]
     writer_argv = ["tar", "-C", target_mountpoint, "--numeric-owner", "--same-owner", "-p",
                    *XATTR_OPTIONS, "-xf", "-"]

@@ -99,6 +99,27 @@ def test_incremental_sends_only_changes(h1, h2, isolated_env, resources):
     assert backups_on(h2, volume) == []
 
 
+def test_incremental_keeps_sparse_file_sparse(h1, h2, isolated_env, resources):
+    volume = resources.create_volume(h1)
+    resources.add_volume(h2, volume)
+    write_volume_tree(h1, volume, TREE)
+    migrate(volume)
+    sparse = f"{h1.volume_mountpoint(volume)}/sparse.bin"
+    h1.run(["truncate", "--size=8M", sparse])
+    h1.run(["dd", "if=/dev/urandom", f"of={sparse}", "bs=4096", "count=1", "seek=1000",
+            "conv=notrunc", "status=none"])
+
+    task = migrate(volume, "--incremental")
+
+    assert task["state"] == "succeeded"
+    copied = f"{h2.volume_mountpoint(volume)}/sparse.bin"
+    size, blocks = h2.run(["stat", "--format=%s %b", copied]).stdout.split()
+    assert int(size) == 8 << 20
+    assert int(blocks) * 512 < 1 << 20  # 8 MiB apparent, one 4 KiB block of data
+    assert (h2.run(["sha256sum", copied]).stdout.split()[0]
+            == h1.run(["sha256sum", sparse]).stdout.split()[0])
+
+
 def test_incremental_unchanged_sends_no_files(h1, h2, isolated_env, resources):
     volume = resources.create_volume(h1)
     resources.add_volume(h2, volume)
