@@ -898,13 +898,16 @@ def _undo(runner: Any, item: TaskItem, record: dict[str, Any]) -> None:
     """
     if not record.get("backup"):
         return
+    # The fault that stopped the task may have broken the target's connection, so both
+    # steps reconnect once (runner.on_host). Restoring from the journal may run again.
+    target_host = runner.task.spec.target_host
     backup_format = record.get("backup_format")
     if record.get("backup_complete") or backup_format == STASH_FORMAT:
-        restore_backup(runner.target, record["target_mountpoint"], record["backup"],
-                       backup_format=backup_format)
+        runner.on_host(target_host, lambda target: restore_backup(
+            target, record["target_mountpoint"], record["backup"], backup_format=backup_format))
         runner.record("info", "restored", f"restored volume {item.target!r} on "
-                      f"{runner.task.spec.target_host} to its state before the task",
+                      f"{target_host} to its state before the task",
                       position=item.position)
     else:
-        discard_backup(runner.target, record["backup"])
+        runner.on_host(target_host, lambda target: discard_backup(target, record["backup"]))
     _save_record(runner, item, backup=None, backup_complete=False)

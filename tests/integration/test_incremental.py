@@ -187,6 +187,35 @@ def test_incremental_failure_restores_target(h1, h2, isolated_env, resources):
     assert backups_on(h2, volume) == []
 
 
+def test_incremental_cut_connection_restores_target(h1, h2, isolated_env, resources):
+    volume = resources.create_volume(h1)
+    resources.add_volume(h2, volume)
+    write_volume_tree(h1, volume, TREE)
+    migrate(volume)
+    target_before = snapshot_volume_tree(h2, volume)
+    change_source(h1, volume)
+    config = load_config(environ=os.environ)
+    store = TaskStore(default_store_path(os.environ))
+    task = api.create_task(store, config, source="h1", target="h2", volumes=[volume],
+                           options={"incremental": True})
+    cut: list[int] = []
+
+    def cut_at_verify(event: Event) -> None:
+        if isinstance(event, PhaseStarted) and event.phase == "verify" and not cut:
+            cut.append(h2.cut_connections())
+
+    with pytest.raises(DDMError):
+        api.run_task(config, store, task.id, on_event=cut_at_verify)
+
+    assert cut and cut[0] >= 1
+    assert store.get_task(task.id).state is TaskState.FAILED
+    kinds = [event["kind"] for event in store.get_events(task.id)]
+    assert "restored" in kinds
+    assert "rollback_failed" not in kinds
+    assert snapshot_volume_tree(h2, volume) == target_before
+    assert backups_on(h2, volume) == []
+
+
 def test_incremental_refuses_foreign_target(h1, h2, isolated_env, resources):
     volume = resources.create_volume(h1)
     write_volume_tree(h1, volume, {"a.txt": "source\n"})
