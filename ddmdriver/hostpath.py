@@ -466,7 +466,7 @@ def find_sockets(engine: Any, access: HostAccess, directory: str) -> list[str]:
 
 
 # Moves "$1" onto the empty directory "$2" in one SSH command. The exit status names the
-# failed step (MOVE_STEPS), and the step's stderr says why.
+# failed step (MOVE_STEPS), and the step's stderr gives the reason.
 MOVE_SCRIPT = " ".join((
     'source_device=$(stat --format=%d -- "$1") && target_device=$(stat --format=%d -- "$2") || exit 3;',
     'if [ "$source_device" != "$target_device" ]; then',

@@ -52,9 +52,9 @@ STAT_START_TIMEOUT_SECONDS = 30.0
 RECEIVE_BYTES = 1024 * 1024
 # Archive member types whose manifest entry has the file's SHA-256.
 SEEDED_TYPES = ("file", "hardlink")
-# A volume with more regular files than this is not seeded: the seed holds every file's key
-# in memory (about 0.5 KiB per file on each side), and 100,000 files took the controller from
-# 135 to 191 MiB peak RSS, over the 150 MiB goal. Its first re-migration hashes every file.
+# A volume with more regular files than this is not seeded, and its first re-migration hashes
+# every file. The seed keeps every file's key in memory (about 0.5 KiB per file on each side):
+# 100,000 files took the controller from 135 to 191 MiB peak RSS, over the 150 MiB goal.
 # TODO: keep the keys and ctimes in a temporary SQLite table, as ddm.manifest.EntryTable
 # does for manifests, and lift the limit.
 SEED_MAX_FILES = 50_000
@@ -203,7 +203,13 @@ def member_path(path: bytes) -> bytes:
 
 
 def store_rows(store: TaskStore, scope: str, rows: dict[bytes, CachedHash]) -> None:
-    """Replace the cache rows of a scope with `rows`; log instead of raising on a store error."""
+    """Replace the cache rows of a scope with `rows`; log instead of raising on a store error.
+
+    Without rows (no seed, or over SEED_MAX_FILES) the scope keeps the rows that earlier
+    re-migrations stored, because a stale row only misses and costs one hash.
+    """
+    if not rows:
+        return
     cache = HashCache(store)
     try:
         removed = [path for path in cache.load(scope) if path not in rows]

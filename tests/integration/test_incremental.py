@@ -294,7 +294,7 @@ def test_seeded_row_misses_changed_file(h1, h2, isolated_env, resources, no_racy
     resources.add_volume(h2, volume)
     write_volume_tree(h1, volume, TREE)
     migrate(volume)
-    # Same size and mtime, other content: only the ctime tells the change.
+    # Same size and mtime, other content: only the ctime shows the change.
     mountpoint = h1.volume_mountpoint(volume)
     changed = f"{mountpoint}/data/f5.bin"
     mtime = h1.run(["stat", "--format=%y", changed]).stdout.strip()

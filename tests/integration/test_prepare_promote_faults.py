@@ -65,8 +65,8 @@ def test_unreachable_host_fails_prepare(lab: Lab, h1: LabHost, h2: LabHost,
     finally:
         unreachable.start_sshd()
 
-    # NOTE: paramiko's own logger also prints the failed handshake's traceback to stderr
-    # (the same before the engines connected at once); the command's error is the last line.
+    # NOTE: paramiko's own logger also prints the failed handshake's traceback to stderr, as it
+    # did before the engines connected at once. The command's error is the last line.
     last_line = result.stderr.strip().splitlines()[-1]
     assert result.status == 3, result.stderr
     assert down in last_line
