@@ -4,8 +4,11 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.__main__ import default_json_path, parse_arguments, scenario_notes
-from benchmarks.report import format_rate
+# The suite measures its children with the POSIX module resource and runs only on Linux.
+pytest.importorskip("resource")
+
+from benchmarks.__main__ import default_json_path, parse_arguments, scenario_notes  # noqa: E402
+from benchmarks.report import format_rate  # noqa: E402
 
 CHECKOUT = Path(__file__).resolve().parents[2]
 
