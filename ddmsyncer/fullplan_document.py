@@ -193,7 +193,8 @@ def mark_already_migrated(objects: list[dict[str, Any]],
     """
     if not objects:
         objects = [{"kind": "container", "source": source["name"], "target": target["name"],
-                    "size_bytes": None, "preserves": [], "verified": [], "not_verified": []}
+                    "size_bytes": None, "stop_timeout_seconds": None, "preserves": [],
+                    "verified": [], "not_verified": []}
                    for source, target in zip(record["source_containers"],
                                              record["target_containers"])]
     marked = []
