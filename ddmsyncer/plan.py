@@ -63,7 +63,7 @@ def build_plan(config: Config, spec: TaskSpec, *, probe_bytes: int = DEFAULT_PRO
         # Measured first, so that --compress auto decides with the rate the estimate uses.
         links = {"source": measure_link(source, probe_bytes),
                  "target": measure_link(target, probe_bytes)}
-        measured = MeasuredLink(copy_rate(links), python=hostverify.PythonProbes(),
+        measured = PlanMeasurements(copy_rate(links), python=hostverify.PythonProbes(),
                                 enabled=probe_bytes > 0)
         probes = HostProbes()
         for position, volume in enumerate(spec.volumes):
@@ -203,7 +203,7 @@ def _plan_volume(source: Any, target: Any, item: TaskItem, spec: TaskSpec,
 
 
 @dataclass
-class MeasuredLink:
+class PlanMeasurements:
     """The plan's copy rate and the probes that the volumes of one plan share."""
 
     copy_rate: float | None  # bytes per second; None when not measured
@@ -213,7 +213,7 @@ class MeasuredLink:
 
 def _plan_data_path(source: Any, target: Any, item: TaskItem, spec: TaskSpec, probes: HostProbes,
                     entry: dict[str, Any], conflicts: list[dict[str, Any]],
-                    measured: MeasuredLink) -> None:
+                    measured: PlanMeasurements) -> None:
     """Add the volume's data path, what it keeps, loses and verifies, and its running writers.
 
     Without `measured.enabled` (`--probe-size 0`), `--compress auto` is not decided by
@@ -262,7 +262,7 @@ def _plan_data_path(source: Any, target: Any, item: TaskItem, spec: TaskSpec, pr
 
 
 def _verify_method(target: Any, route: Any, volume: Any, spec: TaskSpec,
-                   measured: MeasuredLink) -> str | None:
+                   measured: PlanMeasurements) -> str | None:
     """Return how verify would read the target volume: host-scan, read-back, or None (no verify).
 
     Follows ddmsyncer.staged: the direct route always scans on the hosts, and a relayed copy
