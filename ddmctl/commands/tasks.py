@@ -8,11 +8,12 @@ import click
 
 from ddm import api
 from ddm.errors import ExitStatus
-from ddm.task import ItemState, Task, TaskState
+from ddm.task import Task, TaskState
 from ddmctl.commands.migrate import print_task_result, run_and_report
 from ddmctl.common import CommandContext, epilog, json_option
 from ddmctl.complete import complete_task
 from ddmctl.progress import format_bytes
+from ddmctl.rollback_report import rollback_outcomes
 from ddmctl.tasks_filter import MAX_SCANNED_TASKS, parse_since, task_matches
 from ddmctl.watch import task_label, watch_task
 from ddmsyncer.runner import mark_stale_running
@@ -185,16 +186,26 @@ def rollback(context: CommandContext, task_id: str, force: bool, as_json: bool) 
 
     A target volume that was replaced or changed after a succeeded task finished is kept, and
     the command exits 6, unless --force is given.
+
+    Prints a tab-separated line per volume: source, target and the outcome. The outcome is
+    removed, restored (an incremental update undone from its backup), untouched (the task
+    never started the volume) or kept (the task did not create it), the last two followed
+    by the reason.
     """
     task = api.rollback_task(context.config, context.store, task_id, force=force)
+    outcomes = rollback_outcomes(task, context.store.get_events(task.id))
     if as_json:
-        context.print_json(task.to_dict())
+        data = task.to_dict()
+        for volume in data["volumes"]:
+            outcome, reason = outcomes[volume["position"]]
+            volume["rollback"] = {"outcome": outcome, "reason": reason or None}
+        context.print_json(data)
         return int(ExitStatus.OK)
 
     for item in task.items:
-        # A volume the task did not create (an incremental update, a re-run) stays in place.
-        outcome = "removed" if item.state is ItemState.ROLLED_BACK else "kept"
-        context.echo(f"{item.source}\t{item.target}\t{outcome}")
+        outcome, reason = outcomes[item.position]
+        line = f"{item.source}\t{item.target}\t{outcome}"
+        context.echo(f"{line}\t{reason}" if reason else line)
     context.info(f"task {task.id} {task.state.value}")
     return int(ExitStatus.OK)
 
