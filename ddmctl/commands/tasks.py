@@ -92,6 +92,8 @@ def status(context: CommandContext, task_id: str, show_events: bool, watch: bool
             data["downtime_seconds"] = data["full"].get("downtime_seconds")
             data["image_bytes_sent"] = data["full"].get("image_bytes_sent")
         data["already_migrated"] = store.get_extra(task.id).get("already_migrated")
+        # Per volume position: what an incremental update sent, removed and hashed.
+        data["incremental"] = store.get_extra(task.id).get("incremental") or {}
         if task.spec.mode.value != "full":
             data["compression"] = store.get_extra(task.id).get("compression", {})
         context.print_json(data)
