@@ -8,7 +8,7 @@ import click
 
 from ddm import api
 from ddm.errors import ExitStatus
-from ddm.task import Task, TaskState
+from ddm.task import ItemState, Task, TaskItem, TaskState
 from ddmctl.commands.migrate import print_task_result, run_and_report
 from ddmctl.common import CommandContext, epilog, json_option
 from ddmctl.complete import complete_task
@@ -110,9 +110,8 @@ def status(context: CommandContext, task_id: str, show_events: bool, watch: bool
         context.echo(f"error     {task.error.get('message')}")
     compression = store.get_extra(task.id).get("compression", {})
     for item in task.items:
-        total = format_bytes(item.bytes_total) if item.bytes_total is not None else "?"
         context.echo(f"volume    {item.source} -> {item.target}  {item.state.value}  "
-                     f"{format_bytes(item.bytes_done)} / {total}"
+                     f"{volume_progress(item)}"
                      f"{compression_note(compression.get(str(item.position)))}")
     extra = store.get_extra(task.id) if task.spec.mode.value == "full" else {}
     for container in (extra.get("plan") or {}).get("containers") or []:
@@ -128,6 +127,22 @@ def status(context: CommandContext, task_id: str, show_events: bool, watch: bool
     for event in events:
         context.echo(f"{format_time(event['at'])}  {event['level']:<7}  {event['message']}")
     return int(ExitStatus.OK)
+
+
+def volume_progress(item: TaskItem) -> str:
+    """Return a volume's tar stream bytes, against an estimate while it copies.
+
+    bytes_done counts the tar stream, which adds a 512-byte header to each entry and pads
+    each file to 512 bytes. bytes_total is the engine's size of the volume's file data, so a
+    volume of many small files sends more bytes than its total. While copying, the estimate
+    of the stream is therefore at least the bytes sent so far.
+    """
+    done = format_bytes(item.bytes_done)
+    if item.state is ItemState.COPYING and item.bytes_total is not None:
+        estimate = max(item.bytes_total, item.bytes_done)
+        return f"{done} / about {format_bytes(estimate)} of tar stream"
+    data = "unknown" if item.bytes_total is None else format_bytes(item.bytes_total)
+    return f"{done} of tar stream (volume data {data})"
 
 
 def compression_note(record: dict | None) -> str:
