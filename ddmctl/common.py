@@ -104,8 +104,8 @@ def common_options(function: F) -> F:
 def accept_logging_options_after(group: click.Group) -> None:
     """Let every subcommand of `group` also take --debug, -v/--verbose and -q/--quiet.
 
-    Operators type `ddmctl migrate ... -v` as often as `ddmctl -v migrate ...`. The group's
-    callback has set up logging before click parses a subcommand's options, so these options
+    Operators often type these options after the subcommand (`ddmctl migrate ... -v`). The
+    group's callback has set up logging before click parses a subcommand's options, so these options
     update the CommandContext and set up logging again. A -v after the subcommand adds to
     one before it, and -q wins over -v, as it does in the group.
     """
@@ -194,9 +194,9 @@ def configure_logging(env: Environment, *, debug: bool, verbosity: int) -> None:
 def _paramiko_as_debug(record: logging.LogRecord) -> bool:
     """Log paramiko's records at DEBUG level, so they show only with -vv or --debug.
 
-    paramiko logs a broken connection as an ERROR with a traceback of many lines, one record
-    each. DDM turns the same failure into one error line (ConnectionFailed), so on stderr the
-    traceback is noise unless the operator asked for debug output.
+    paramiko (5.1) logs a broken connection as ERROR records, one per line of a traceback.
+    DDM reports the same failure in one error line (ConnectionLost or ConnectionFailed), so
+    the traceback is shown only when the operator requests debug output.
     """
     if record.name == "paramiko" or record.name.startswith("paramiko."):
         record.levelno, record.levelname = logging.DEBUG, logging.getLevelName(logging.DEBUG)

@@ -1,4 +1,4 @@
-"""What `ddmctl rollback` did to each volume of a task, from the task's items and events."""
+"""Per-volume outcomes of `ddmctl rollback`, read from the task's items and events."""
 
 from __future__ import annotations
 

@@ -1,10 +1,10 @@
 """Report a task that failed because an open SSH connection broke as ConnectionLost.
 
 A connection that breaks in the middle of a phase surfaces as whatever the step was doing:
-a TransferFailed of the tar relay ("Socket is closed"), an engine error, an EOFError. The
-runner asks this module whether a host's connection is gone once a phase failed, so the
-operator gets the connection error class and its exit status (3), the host's name and the
-next step, instead of the symptom.
+a TransferFailed of the tar relay ("Socket is closed"), an engine error, an EOFError. Once a
+phase failed, the runner calls this module to check whether a host's connection is gone, so
+the operator gets the connection error class and its exit status (3), the host's name and the
+next step, in place of the step's own error.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from ddm.errors import (
     UsageError,
 )
 
-# Errors that say something other than "the step broke": the operator stopped the task, or
-# it never got to use a connection.
+# Errors that are not a symptom of a broken connection: the operator stopped the task, or it
+# failed before it used a connection.
 NOT_CONNECTION_SYMPTOMS = (Cancelled, Interrupted, TaskConflict, UsageError, ConfigError)
 
 
@@ -49,8 +49,9 @@ def lost_hosts(runner: Any) -> list[str]:
 def as_connection_lost(runner: Any, error: BaseException) -> ConnectionLost | None:
     """Return a ConnectionLost for `error` when a host's connection broke, else None.
 
-    The message names the host, the phase and what the step reported. Its hint is added by
-    `add_next_step` once the rollback has run, because the next step depends on its outcome.
+    The message names the host, the phase and the step's error. It has no hint yet, because
+    the next step depends on the rollback: the runner sets `rolled_back_hint` when the
+    rollback succeeded, and `add_next_step` handles a failed one.
     """
     if isinstance(error, ConnectionLost) or not isinstance(error, Exception):
         return None
@@ -84,8 +85,8 @@ def add_next_step(lost: ConnectionLost, task: Any) -> None:
     """Complete the message of `lost` from the task's state after the rollback.
 
     A rolled-back task (FAILED) got its hint before it was stored. A task whose rollback
-    failed too is INTERRUPTED, and its stored message already says to resume or roll back
-    once the host is reachable, so the raised error takes that message.
+    failed too is INTERRUPTED, and its stored message tells the operator to resume or roll
+    back once the host is reachable, so the raised error takes that message.
     """
     stored = task.error or {}
     if stored.get("error") == ConnectionLost.__name__ and stored.get("message"):

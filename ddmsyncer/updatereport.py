@@ -1,7 +1,7 @@
 """Task events with the counts of an incremental update: what it sent, removed and hashed.
 
-The counts were only in the -vv log and the task's extra state. The events put them where
-`ddmctl logs` and `ddmctl status --events --json` show them.
+`ddmctl logs` and `ddmctl status --events --json` show these events, so the counts need no
+-vv log.
 """
 
 from __future__ import annotations

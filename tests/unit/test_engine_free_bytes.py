@@ -1,4 +1,4 @@
-"""Engine.free_bytes on an ssh:// host: a failed df says what failed, a closed one stays quiet."""
+"""Engine.free_bytes on an ssh:// host: a failed df is logged with its cause, a closed one is not."""
 
 from __future__ import annotations
 
