@@ -1,4 +1,4 @@
-"""Report a task that failed because an open SSH connection broke as ConnectionLost.
+"""Report as ConnectionLost a task that failed because an open SSH connection broke.
 
 A connection that breaks in the middle of a phase surfaces as whatever the step was doing:
 a TransferFailed of the tar relay ("Socket is closed"), an engine error, an EOFError. Once a
@@ -63,8 +63,8 @@ def as_connection_lost(runner: Any, error: BaseException) -> ConnectionLost | No
 
     detail = error.message if isinstance(error, DDMError) else (str(error) or type(error).__name__)
     names = " and ".join(repr(name) for name in hosts)
-    noun = "connections" if len(hosts) > 1 else "connection"
-    lost = ConnectionLost(f"the SSH {noun} to host {names} broke during the "
+    subject = "connections to hosts" if len(hosts) > 1 else "connection to host"
+    lost = ConnectionLost(f"the SSH {subject} {names} broke during the "
                           f"{runner.task.phase.value} phase ({detail})")
     lost.hosts = hosts  # type: ignore[attr-defined]
     return lost
