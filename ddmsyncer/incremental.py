@@ -313,23 +313,29 @@ def _fresh_digests(scan: Scan, known: dict[bytes, CachedHash]) -> dict[bytes, Ca
 
 def scan_both(source: Any, source_mountpoint: str, target: Any, target_mountpoint: str, *,
               cache: HashCache | None = None, hash_mode: str = "all",
-              paths: Iterable[bytes] = (), commands: dict[str, HostCommand] | None = None
+              paths: Iterable[bytes] = (), commands: dict[str, HostCommand] | None = None,
+              known_digests: dict[str, dict[bytes, CachedHash]] | None = None
               ) -> tuple[Scan, Scan, int]:
     """Scan source and target at once (one thread per host); return both and the output bytes.
 
     With a cache, the digests the hosts compute are stored in it, and hash_mode "cached"
     hashes only the files the cache has no valid digest for. Without one, "cached" hashes all.
+    `known_digests` ("source" and "target") replaces the cache's digests as the known keys of
+    "cached"; the cache still stores what the hosts compute.
     `commands` are scan commands started earlier with the same mode, by "source" and "target".
     """
-    if cache is None and hash_mode == "cached":
+    if cache is None and hash_mode == "cached" and known_digests is None:
         hash_mode = "all"
     sides = {"source": (source, source_mountpoint), "target": (target, target_mountpoint)}
     scopes = {name: hashcache.cache_scope(engine, mountpoint)
               for name, (engine, mountpoint) in sides.items()}
     # Only "cached" sends the stored keys to the hosts. Other modes load them after the scans,
     # one side at a time, so that both sides' keys are never in memory beside both scans.
-    preload = cache is not None and hash_mode == "cached"
-    known = {name: cache.load(scope) if preload else {} for name, scope in scopes.items()}
+    preload = cache is not None and hash_mode == "cached" and known_digests is None
+    if known_digests is not None:
+        known = {name: dict(known_digests.get(name) or {}) for name in sides}
+    else:
+        known = {name: cache.load(scope) if preload else {} for name, scope in scopes.items()}
     paths = list(paths)
     results: dict[str, tuple[Scan, int]] = {}
     failures: list[BaseException] = []
@@ -658,26 +664,25 @@ def verify_update(source: Any, source_mountpoint: str, target: Any, target_mount
     """Compare fresh scans of both volumes; raise VerificationFailed on any difference.
 
     Every aspect of every entry is compared, and with verify full the SHA-256 of every file's
-    content, hashed on each host. Given the update made in this process, only the sent files
-    are hashed again. A file that was not sent had equal hashes on both sides in the update's
-    scans. It keeps them when its device, inode, size, mtime_ns and ctime_ns are unchanged on
-    both sides. Without the update, files whose key matches the cache get the cached digest
-    and every other file is hashed.
+    content, hashed on each host. Given the update made in this process, the sent files are
+    hashed again. A file that was not sent had equal hashes on both sides in the update's
+    scans. It keeps its digest when its device, inode, size, mtime_ns and ctime_ns are
+    unchanged, and is hashed again otherwise. Without the update, files whose key matches the
+    cache get the cached digest and every other file is hashed. The digests kept either way
+    count as cache hits.
     """
     full = mode is VerifyMode.FULL
     if isinstance(update, UpdateResult):
         update = update_digests(update)
-    sent = update.sent if update is not None else []
-    hash_mode = "none"
-    if full:
-        hash_mode = "cached" if update is None else "list"
+    hash_mode = "cached" if full else "none"
+    known_digests = None
+    if full and update is not None:
+        known_digests = {"source": _unsent_digests(update.source, update.sent),
+                         "target": _unsent_digests(update.target, update.sent)}
     source_scan, target_scan, scan_bytes = scan_both(
         source, source_mountpoint, target, target_mountpoint, cache=cache, hash_mode=hash_mode,
-        paths=sent,
+        known_digests=known_digests,
     )
-    if full and update is not None:
-        _carry_digests(source_scan, update.source, set(sent))
-        _carry_digests(target_scan, update.target, set(sent))
     differences = list(_differences(source_scan, target_scan))
     if differences:
         shown = "; ".join(f"{os.fsdecode(path)}: {aspect}"
@@ -692,18 +697,15 @@ def verify_update(source: Any, source_mountpoint: str, target: Any, target_mount
                         {"source": source_scan.cache_hits, "target": target_scan.cache_hits})
 
 
-def _carry_digests(scan: Scan, earlier: dict[bytes, CachedHash], sent: set[bytes]) -> None:
-    """Give each unsent, unchanged file its digest from the update's scan, in place.
+def _unsent_digests(digests: dict[bytes, CachedHash], sent: list[bytes]) -> dict[bytes, CachedHash]:
+    """Return the update scan's digests of the files the update did not send.
 
-    A file that changed (other device, inode, size, mtime_ns or ctime_ns) keeps digest None,
-    so it differs from the other side's and verification fails, which is the safe outcome.
+    The verify scan hashes a listed file again only when its key changed since the update
+    scanned it. A change the update made itself also counts: moving a hard-linked name into
+    the backup changes the ctime of the names that stay, so they are hashed again.
     """
-    for path, entry in scan.items():
-        if entry.type != "file" or path in sent:
-            continue
-        before = earlier.get(path)
-        if before is not None and before.key == entry.file_key():
-            scan[path] = replace(entry, digest=before.digest)
+    sent_paths = set(sent)
+    return {path: cached for path, cached in digests.items() if path not in sent_paths}
 
 
 def _differences(source: Scan, target: Scan) -> Iterator[tuple[bytes, str]]:

@@ -432,3 +432,47 @@ def test_parallel_three_volumes(h1, h2, isolated_env, resources):
                               mtime_resolution_ns=WHOLE_SECONDS) == []
     helpers = h2.docker("ps", "-aq", "--filter", "label=ddm.task").stdout.split()
     assert helpers == []
+
+
+LINKED_TREE = {
+    "h1f": File(b"shared by three names\n"),
+    "h2f": HardLink("h1f"),
+    "h3f": HardLink("h1f"),
+    "other.txt": "unrelated\n",
+}
+
+
+def leave_link_group(h1, volume: str) -> None:
+    """Replace h2f by a separate file, so h1f and h3f keep the shared inode."""
+    mountpoint = h1.volume_mountpoint(volume)
+    h1.run(["rm", f"{mountpoint}/h2f"])
+    write_volume_tree(h1, volume, {"h2f": "separate\n"})
+
+
+def join_link_group(h1, volume: str) -> None:
+    mountpoint = h1.volume_mountpoint(volume)
+    h1.run(["ln", f"{mountpoint}/h1f", f"{mountpoint}/h4f"])
+
+
+def change_shared_content(h1, volume: str) -> None:
+    """Rewrite the shared inode in place, so all three names get the new content."""
+    mountpoint = h1.volume_mountpoint(volume)
+    h1.run(["sh", "-c", f"echo 'new shared content' > {mountpoint}/h1f"])
+
+
+@pytest.mark.parametrize("change", [leave_link_group, join_link_group, change_shared_content],
+                         ids=["member-leaves", "member-joins", "shared-content-changes"])
+def test_incremental_hard_link_changes(h1, h2, isolated_env, resources, change):
+    volume = resources.create_volume(h1)
+    resources.add_volume(h2, volume)
+    write_volume_tree(h1, volume, LINKED_TREE)
+    migrate(volume)
+    change(h1, volume)
+
+    task = migrate(volume, "--incremental")
+
+    assert task["state"] == "succeeded"
+    assert task["volumes"][0]["state"] == "verified"
+    assert diff_snapshots(snapshot_volume_tree(h1, volume), snapshot_volume_tree(h2, volume),
+                          mtime_resolution_ns=WHOLE_SECONDS) == []
+    assert backups_on(h2, volume) == []
