@@ -292,12 +292,13 @@ class TaskRunner:
             self.store.acquire_locks(self.task.id, self.lock_names())
             self._run_phases()
         except BaseException as error:
-            lost = connlost.as_connection_lost(self, error)
-            self._finish_failed(lost or error)
-            if lost is not None:
-                connlost.add_next_step(lost, self.task)
-                raise lost from error
-            raise
+            replacement = connlost.as_task_error(self, error)
+            self._finish_failed(replacement or error)
+            if replacement is None:
+                raise
+            if isinstance(replacement, ConnectionLost):
+                connlost.add_next_step(replacement, self.task)
+            raise replacement from error
         finally:
             self._close()
 

@@ -18,7 +18,7 @@ from ddm.errors import DDMError
 from ddm.events import Event, PhaseStarted
 from ddm.store import TaskStore, default_store_path
 from ddm.task import TaskState
-from ddmsyncer import hashcache
+from ddmsyncer import hashcache, incremental
 from tests.integration.test_migrate_volumes import WHOLE_SECONDS, run_command
 from tests.lab.tree import (
     Dir,
@@ -476,3 +476,53 @@ def test_incremental_hard_link_changes(h1, h2, isolated_env, resources, change):
     assert diff_snapshots(snapshot_volume_tree(h1, volume), snapshot_volume_tree(h2, volume),
                           mtime_resolution_ns=WHOLE_SECONDS) == []
     assert backups_on(h2, volume) == []
+
+
+def cut_before(monkeypatch: pytest.MonkeyPatch, h2, step: str) -> list[int]:
+    """Cut every SSH connection to h2 when the step (incremental.NAME) is first called.
+
+    "HostCommand.lines" cuts after the scan commands opened their channels, so the scan
+    writes its stdin into a connection that is gone but may still look active.
+    """
+    owner, name = ((incremental.HostCommand, "lines") if step == "HostCommand.lines"
+                   else (incremental, step))
+    original = getattr(owner, name)
+    cut: list[int] = []
+
+    def cut_then_call(*args, **kwargs):
+        if not cut:
+            cut.append(h2.cut_connections())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, cut_then_call)
+    return cut
+
+
+@pytest.mark.parametrize("step", ["scan_both", "HostCommand.lines", "relay_tar", "verify_update"])
+def test_incremental_lost_connection_exits_3(h1, h2, isolated_env, resources, monkeypatch, step):
+    volume = resources.create_volume(h1)
+    resources.add_volume(h2, volume)
+    write_volume_tree(h1, volume, TREE)
+    migrate(volume)
+    target_before = snapshot_volume_tree(h2, volume)
+    change_source(h1, volume)
+    cut = cut_before(monkeypatch, h2, step)
+
+    outcome = run_command("ddmctl", "migrate", "--from", "h1", "--to", "h2", "--volume", volume,
+                          "--yes", "--incremental")
+
+    assert cut and cut[0] >= 1
+    assert outcome.status == 3, outcome.stderr
+    error_lines = [line for line in outcome.stderr.splitlines() if "ddmctl: error:" in line]
+    assert len(error_lines) == 1, outcome.stderr
+    assert error_lines[0].startswith("ddmctl: error: the SSH connection to host 'h2' broke")
+    assert "" not in outcome.stderr.splitlines()  # click's blank line before "interrupted"
+    assert "interrupted" not in outcome.stderr
+    assert snapshot_volume_tree(h2, volume) == target_before
+    listed = run_command("ddmctl", "list", "--json")
+    task = json.loads(listed.stdout)[0]
+    status = run_command("ddmctl", "status", task["id"], "--json")
+    error = json.loads(status.stdout)["error"]
+    assert error["error"] == "ConnectionLost"
+    assert error["exit_status"] == 3
+    assert "host 'h2'" in error["message"]
