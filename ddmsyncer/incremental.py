@@ -43,7 +43,7 @@ from typing import Any
 
 import xxhash
 
-from ddm.errors import MigrationFailed, TransferFailed, VerificationFailed
+from ddm.errors import MigrationFailed, TransferFailed, UsageError, VerificationFailed
 from ddm.store import TaskStore
 from ddm.task import ItemState, TaskItem, TaskState, VerifyMode
 from ddmsyncer import hashcache, updatereport
@@ -885,6 +885,28 @@ def discard_backups(runner: Any) -> None:
         if record.get("backup") and item.state in (ItemState.VERIFIED, ItemState.UNVERIFIED):
             discard_backup(runner.target, record["backup"])
             _save_record(runner, item, backup=None)
+
+
+def check_rollback_allowed(runner: Any) -> None:
+    """Raise UsageError when the task succeeded and updated a target volume incrementally.
+
+    The cleanup phase of a succeeded task removed the backups, so nothing could undo the
+    update, and a rollback would only mark the task rolled back.
+    """
+    if runner.task.state is not TaskState.SUCCEEDED:
+        return
+    records = _records(runner)
+    updated = [item for item in runner.task.items
+               if records.get(str(item.position), {}).get("sent_entries") is not None]
+    if not updated:
+        return
+    names = ", ".join(repr(item.target) for item in updated)
+    volumes = "volume" if len(updated) == 1 else "volumes"
+    raise UsageError(
+        f"task {runner.task.id} cannot be rolled back: it succeeded and updated {volumes} "
+        f"{names} on {runner.task.spec.target_host} incrementally, and its backup is removed",
+        hint="the updated volumes stay as they are; to change them, run 'ddmctl migrate' again",
+    )
 
 
 def restore_backups(runner: Any) -> None:

@@ -499,7 +499,9 @@ class TaskRunner:
         `ddmctl rollback` of a succeeded task removes the volumes it created. A volume that was
         replaced since (another task with --force, or by hand) or whose files changed holds
         data that the task did not put there, so it is kept unless the operator forces it.
+        A succeeded task that updated a volume incrementally raises UsageError, --force or not.
         """
+        incremental.check_rollback_allowed(self)
         if self.force_rollback or self.task.state is not TaskState.SUCCEEDED:
             return
 

@@ -202,7 +202,8 @@ def rollback(context: CommandContext, task_id: str, force: bool, as_json: bool) 
     """Remove what a task created on the target host. The source is never changed.
 
     A target volume that was replaced or changed after a succeeded task finished is kept, and
-    the command exits 6, unless --force is given.
+    the command exits 6, unless --force is given. A succeeded task that updated a volume with
+    --incremental is rejected with exit status 2, because its backup is removed.
 
     Prints a tab-separated line per volume: source, target and the outcome. The outcome is
     removed, restored (an incremental update undone from its backup), untouched (the task

@@ -526,3 +526,26 @@ def test_incremental_lost_connection_exits_3(h1, h2, isolated_env, resources, mo
     assert error["error"] == "ConnectionLost"
     assert error["exit_status"] == 3
     assert "host 'h2'" in error["message"]
+
+
+def test_rollback_rejects_succeeded_update(h1, h2, isolated_env, resources):
+    volume = resources.create_volume(h1)
+    resources.add_volume(h2, volume)
+    write_volume_tree(h1, volume, TREE)
+    migrate(volume)
+    change_source(h1, volume)
+    task = migrate(volume, "--incremental")
+    updated = snapshot_volume_tree(h2, volume)
+
+    outcome = run_command("ddmctl", "rollback", task["id"])
+
+    assert outcome.status == 2, outcome.stderr
+    assert outcome.stdout == ""
+    error_lines = outcome.stderr.splitlines()
+    assert len(error_lines) == 1, outcome.stderr
+    assert error_lines[0].startswith(f"ddmctl: error: task {task['id']} cannot be rolled back: "
+                                     "it succeeded and updated volume")
+    assert "run 'ddmctl migrate' again" in error_lines[0]
+    status = json.loads(run_command("ddmctl", "status", task["id"], "--json").stdout)
+    assert status["state"] == "succeeded"
+    assert snapshot_volume_tree(h2, volume) == updated

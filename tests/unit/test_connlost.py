@@ -6,7 +6,6 @@ A raw EOFError, socket error or paramiko SSHException becomes a DDM error in any
 from __future__ import annotations
 
 import io
-import socket
 from types import SimpleNamespace
 
 import click
@@ -185,14 +184,19 @@ def test_runner_turns_step_eof_into_connection_lost(eof_runner: TaskRunner) -> N
     assert "host 'h2'" in str(raised.value)
 
 
+class ClosedSocket:
+    """A socket whose peer has closed the connection: recv returns no bytes."""
+
+    def recv(self, size: int) -> bytes:
+        return b""
+
+    def settimeout(self, seconds: float | None) -> None:
+        pass
+
+
 def paramiko_eof() -> None:
     """Raise the EOFError that paramiko raises when the peer closed the socket."""
-    left, right = socket.socketpair()
-    right.close()
-    try:
-        paramiko.Packetizer(left).read_all(4)
-    finally:
-        left.close()
+    paramiko.Packetizer(ClosedSocket()).read_all(4)
 
 
 def failing_group(step) -> click.Group:

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from ddmsyncer.incremental import Entry, Scan, _carry_digests, _file_digests, plan_update
+from ddmsyncer.incremental import (
+    Entry,
+    Scan,
+    _file_digests,
+    _fill_cached_digests,
+    _unsent_digests,
+    plan_update,
+)
 
 SECOND = 1_000_000_000
 
@@ -62,12 +69,16 @@ def test_plan_hard_link_sends_every_name():
     assert plan_update(source, target).send == [b".", b"a", b"b"]
 
 
-def test_carry_digests_only_for_unchanged_unsent():
+def test_verify_keeps_digests_only_for_unchanged_unsent():
     earlier = tree(entry(b"same", inode=1), entry(b"sent", inode=2), entry(b"touched", inode=3))
     fresh = Scan(tree(entry(b"same", inode=1, digest=None), entry(b"sent", inode=2, digest="cc"),
                       entry(b"touched", inode=3, digest=None, mtime=200 * SECOND)))
-    _carry_digests(fresh, _file_digests(Scan(earlier)), {b"sent"})
-    carried = fresh
-    assert carried[b"same"].digest == "aa"
-    assert carried[b"sent"].digest == "cc"
-    assert carried[b"touched"].digest is None
+
+    known = _unsent_digests(_file_digests(Scan(earlier)), [b"sent"])
+    _fill_cached_digests(fresh, known)
+
+    assert set(known) == {b"same", b"touched"}
+    assert fresh[b"same"].digest == "aa"
+    assert fresh[b"sent"].digest == "cc"
+    assert fresh[b"touched"].digest is None
+    assert fresh.cache_hits == 1
