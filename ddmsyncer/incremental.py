@@ -108,7 +108,12 @@ class Plan:
 
     send: list[bytes] = field(default_factory=list)
     delete: list[bytes] = field(default_factory=list)
-    send_bytes: int = 0
+    send_bytes: int = 0  # file data in the tar stream: each inode once, however many names
+
+    @property
+    def written_entries(self) -> int:
+        """The number of sent entries without the volume root, which tar sends for its mtime."""
+        return len(self.send) - (b"." in self.send)
 
 
 @dataclass
@@ -118,7 +123,7 @@ class UpdateResult:
     plan: Plan
     source_scan: Scan
     target_scan: Scan
-    sent_entries: int
+    sent_entries: int  # Plan.written_entries: without the volume root
     deleted_entries: int
     archive_bytes: int
     scan_bytes: int
@@ -378,12 +383,32 @@ def plan_update(source: Scan, target: Scan) -> Plan:
         if existing is not None and existing.type != entry.type and path != b".":
             plan.delete.append(path)  # tar cannot put a file where a directory is, or back
         plan.send.append(path)
-        plan.send_bytes += entry.size
 
     plan.delete += [path for path in target if path not in source]
     plan.delete = _outermost(sorted(set(plan.delete)))
     plan.send = _with_parents(source, _with_hard_links(source, plan.send) + plan.delete)
+    plan.send_bytes = _file_data_bytes(source, plan.send)
     return plan
+
+
+def _file_data_bytes(source: Scan, paths: list[bytes]) -> int:
+    """Return the file data that tar sends for `paths`, counting each hard-linked inode once.
+
+    tar stores the content of a multi-link file with its first name and the others as hard
+    link members without data.
+    """
+    total = 0
+    inodes: set[tuple[int, int]] = set()
+    for path in paths:
+        entry = source[path]
+        if entry.type != "file":
+            continue
+        if entry.nlink > 1:
+            if (entry.dev, entry.inode) in inodes:
+                continue
+            inodes.add((entry.dev, entry.inode))
+        total += entry.size
+    return total
 
 
 def _with_parents(source: Scan, paths: list[bytes]) -> list[bytes]:
@@ -606,7 +631,7 @@ def _update(source: Any, source_mountpoint: str, target: Any, target_mountpoint:
         archive_bytes, digest = relay_tar(source, source_mountpoint, target, target_mountpoint,
                                           plan.send, on_chunk, channels=channels,
                                           on_wire=on_wire)
-    return UpdateResult(plan, source_scan, target_scan, len(plan.send), len(plan.delete),
+    return UpdateResult(plan, source_scan, target_scan, plan.written_entries, len(plan.delete),
                         archive_bytes, scan_bytes, digest, time.monotonic() - started)
 
 
@@ -766,7 +791,7 @@ def plan_dry_run(source: Any, target: Any, item: TaskItem, spec: Any, store: Tas
         "size_bytes": volume_check.size_bytes,
         "data_path": "host",
         "incremental": {
-            "send_entries": len(plan.send),
+            "send_entries": plan.written_entries,
             "send_bytes": plan.send_bytes,
             "delete_entries": len(plan.delete),
             "send": [os.fsdecode(path) for path in plan.send[:MAX_LISTED_PATHS]],

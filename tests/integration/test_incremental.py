@@ -549,3 +549,30 @@ def test_rollback_rejects_succeeded_update(h1, h2, isolated_env, resources):
     status = json.loads(run_command("ddmctl", "status", task["id"], "--json").stdout)
     assert status["state"] == "succeeded"
     assert snapshot_volume_tree(h2, volume) == updated
+
+
+def test_updated_event_counts_inode_once(h1, h2, isolated_env, resources):
+    volume = resources.create_volume(h1)
+    resources.add_volume(h2, volume)
+    write_volume_tree(h1, volume, {"h1f": RandomFile(64 * 1024, seed=1),
+                                   "h2f": HardLink("h1f"), "h3f": HardLink("h1f"),
+                                   "other.txt": "unchanged\n"})
+    migrate(volume)
+    mountpoint = h1.volume_mountpoint(volume)
+    h1.run(["dd", "if=/dev/urandom", f"of={mountpoint}/h1f", "bs=64k", "count=1",
+            "conv=notrunc", "status=none"])
+
+    task = migrate(volume, "--incremental")
+    logs = run_command("ddmctl", "logs", task["id"])
+    status = json.loads(run_command("ddmctl", "status", task["id"], "--json", "--events").stdout)
+
+    updated = [event["data"] for event in status["events"] if event["kind"] == "updated"]
+    assert len(updated) == 1
+    assert updated[0]["file_bytes_sent"] == 64 * 1024  # one inode, three names
+    assert updated[0]["entries_written"] == 3  # h1f, h2f, h3f; the volume root is not counted
+    assert status["incremental"]["0"]["sent_entries"] == 3
+    updated_lines = [line for line in logs.stdout.splitlines() if "updated:" in line]
+    assert len(updated_lines) == 1
+    assert "3 entries written (65536 bytes of file data" in updated_lines[0]
+    assert diff_snapshots(snapshot_volume_tree(h1, volume), snapshot_volume_tree(h2, volume),
+                          mtime_resolution_ns=WHOLE_SECONDS) == []

@@ -82,3 +82,29 @@ def test_verify_keeps_digests_only_for_unchanged_unsent():
     assert fresh[b"sent"].digest == "cc"
     assert fresh[b"touched"].digest is None
     assert fresh.cache_hits == 1
+
+
+def test_plan_counts_hard_linked_data_once():
+    names = (b"h1f", b"h2f", b"h3f")
+    source = tree(*(entry(name, size=1000, digest="bb", inode=7, nlink=3) for name in names),
+                  entry(b"single", size=5, digest="bb", inode=8))
+    target = tree(*(entry(name, size=1000, inode=9, nlink=3) for name in names),
+                  entry(b"single", size=5, inode=10))
+
+    plan = plan_update(source, target)
+
+    assert plan.send == [b".", b"h1f", b"h2f", b"h3f", b"single"]
+    assert plan.send_bytes == 1005
+    assert plan.written_entries == 4
+
+
+def test_plan_counts_added_link_names_once():
+    source = tree(entry(b"h1f", size=1000, inode=7, nlink=2), entry(b"h4f", size=1000, inode=7,
+                                                                     nlink=2))
+    target = tree(entry(b"h1f", size=1000, inode=9))
+
+    plan = plan_update(source, target)
+
+    assert plan.send == [b".", b"h1f", b"h4f"]
+    assert plan.send_bytes == 1000
+    assert plan.written_entries == 2
