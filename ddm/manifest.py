@@ -49,7 +49,6 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
-import hashlib
 import json
 import logging
 import marshal
@@ -63,6 +62,7 @@ from typing import Any
 import xxhash
 
 from ddm.errors import DDMError
+from ddm.piecehash import PIECE_BYTES, content_hasher
 from ddm.tarstream import TarEntry, TarStreamError, TarStreamParser, display_path
 
 __all__ = [
@@ -140,8 +140,9 @@ class ManifestEntry:
     acl_default: str | None = None
     sparse: bool = False
     digest: str | None = None  # xxh3-128 hex digest of the content, None for non-files
-    # SHA-256 hex digest of the content, only from a builder made with sha256=True. A host
-    # with python3 can compute it without the xxhash module (ddmsyncer.hostverify).
+    # SHA-256 hex digest of the content, in the pieced form of ddm.piecehash for large files,
+    # only from a builder made with sha256=True. A host with python3 can compute it without
+    # the xxhash module (ddmsyncer.hostverify).
     sha256: str | None = None
 
 
@@ -541,7 +542,8 @@ class ManifestBuilder:
     too. A member outside the prefix raises ManifestError.
 
     `sha256` also stores the SHA-256 digest of each file's content in ManifestEntry.sha256;
-    it needs `hash_content`.
+    it needs `hash_content`. Files of at least four pieces of `piece_bytes` get the pieced
+    form of that digest (ddm.piecehash), as the host scans compute it.
 
     `member_check`, when given, runs on each archive member as soon as its header is read,
     before the member is added. ArchiveGuard.check is one: parsing the stream once for both
@@ -559,9 +561,11 @@ class ManifestBuilder:
         strip_prefix: bytes = b"",
         sha256: bool = False,
         member_check: Callable[[TarEntry], None] | None = None,
+        piece_bytes: int = PIECE_BYTES,
     ) -> None:
         self.hash_content = hash_content
         self.sha256 = sha256 and hash_content
+        self.piece_bytes = piece_bytes
         self._content_sha256: Any = None
         self._prefix = _normalize_path(strip_prefix) if strip_prefix else b"."
         self._member_check = member_check
@@ -627,7 +631,7 @@ class ManifestBuilder:
         else:
             self._content_hash = None
         if self.sha256 and entry.type == "file":
-            self._content_sha256 = hashlib.sha256()
+            self._content_sha256 = content_hasher(entry.size, self.piece_bytes)
 
     def _update_content_hash(self, data: memoryview) -> None:
         self._content_hash.update(data)

@@ -6,6 +6,8 @@ passwordless sudo, see ddmdriver.hostpath) and the host has `python3`, DDM inste
 ddmsyncer/hostmanifest.py on the target host. It lists every entry with the aspects a GNU tar
 archive carries (type, mode, owner, size, mtime in nanoseconds, link, device, xattrs, ACLs,
 sparseness) and, for verify full, the SHA-256 of each file's content, hashed on that host.
+A file of at least 64 MiB gets the pieced SHA-256 of ddm.piecehash, which the host computes
+in one thread per core.
 
 The controller computes the same SHA-256 per file while it relays the copy, next to the
 manifest's xxh3-128 digest. The target host need not have the xxhash module, and OpenSSL's
@@ -32,6 +34,7 @@ from typing import Any
 
 from ddm.errors import DDMError, MigrationFailed
 from ddm.manifest import Manifest, ManifestEntry
+from ddm.piecehash import PIECE_BYTES
 from ddmdriver.hostpath import StderrCollector
 
 log = logging.getLogger(__name__)
@@ -108,21 +111,26 @@ def plain_local_volume(info: Any) -> bool:
     return info is not None and info.driver == "local" and not info.options and bool(info.mountpoint)
 
 
-def scan_argv(access: Any, directory: str, *, hash_content: bool, keys: bool = False) -> list[str]:
+def scan_argv(access: Any, directory: str, *, hash_content: bool, keys: bool = False,
+              piece_bytes: int = PIECE_BYTES) -> list[str]:
     extra = ("keys",) if keys else ()
     return access.argv("python3", "-c", LOADER, HOST_SCRIPT, directory,
-                       "sha256" if hash_content else "none", *extra)
+                       f"pieces:{piece_bytes}" if hash_content else "none", *extra)
 
 
 def scan_manifest(engine: Any, access: Any, directory: str, *, hash_content: bool,
-                  on_record: Callable[[list[Any]], None] | None = None) -> HostScan:
+                  on_record: Callable[[list[Any]], None] | None = None,
+                  piece_bytes: int = PIECE_BYTES) -> HostScan:
     """Scan `directory` on the engine's host and return its manifest (content digest: SHA-256).
 
-    `on_record`, when given, gets every record with the three hash cache fields that the
-    script adds with "keys" (see hostmanifest.py), before the record becomes a manifest entry.
+    Large files get the pieced SHA-256 of ddm.piecehash, as ManifestBuilder computes it with
+    the same `piece_bytes`. `on_record`, when given, gets every record with the three hash
+    cache fields that the script adds with "keys" (see hostmanifest.py), before the record
+    becomes a manifest entry.
     """
     name = f"{engine.host.name}:{directory}"
-    argv = scan_argv(access, directory, hash_content=hash_content, keys=on_record is not None)
+    argv = scan_argv(access, directory, hash_content=hash_content, keys=on_record is not None,
+                     piece_bytes=piece_bytes)
     channel = engine.ssh.open_command(argv)
     errors = StderrCollector(channel)
     errors.start()
