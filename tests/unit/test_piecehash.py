@@ -1,7 +1,7 @@
 """Pieced SHA-256 of large files: the controller's stream hasher against both host scripts.
 
-The host scripts run as local python3 processes, or their functions are loaded from the
-script source with a small piece size, so that a few MiB have many pieces.
+The host scripts run as local python3 processes. Their pieced_sha256() is also called with a
+small piece size, so that a few MiB have many pieces.
 """
 
 from __future__ import annotations
@@ -27,13 +27,22 @@ PIECE = 256 * 1024
 SCRIPTS = Path(hostverify.__file__).parent
 
 
-def load_script(name: str) -> dict[str, Any]:
-    """Return the functions and constants of a host script without running its main()."""
+# Returns the pieced digest of a file, opened here, as the script computes it.
+DIGEST_FUNCTION = """
+def file_pieced_digest(path, size, piece_bytes):
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        return pieced_sha256(descriptor, size, piece_bytes)
+    finally:
+        os.close(descriptor)
+"""
+
+
+def script_constant(name: str, constant: str) -> Any:
     source = (SCRIPTS / name).read_text()
-    assert source.rstrip().endswith("\nmain()")
-    namespace: dict[str, Any] = {"__name__": name}
-    exec(compile(source.rstrip()[: -len("main()")], name, "exec"), namespace)
-    return namespace
+    prefix = f"\n{constant} = "
+    line = source[source.index(prefix) + len(prefix):].splitlines()[0]
+    return eval(line, {})
 
 
 def stream_digest(data: bytes, piece_bytes: int = PIECE, chunk: int = 70_001) -> str:
@@ -43,12 +52,16 @@ def stream_digest(data: bytes, piece_bytes: int = PIECE, chunk: int = 70_001) ->
     return hasher.hexdigest()
 
 
-def host_digest(script: dict[str, Any], path: Path, piece_bytes: int = PIECE) -> str:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        return script["pieced_sha256"](descriptor, path.stat().st_size, piece_bytes)
-    finally:
-        os.close(descriptor)
+def host_digest(name: str, path: Path, size: int | None = None, piece_bytes: int = PIECE) -> str:
+    """Return the pieced digest that host script `name` computes for the file at `path`."""
+    source = (SCRIPTS / name).read_text().rstrip()
+    assert source.endswith("\nmain()")
+    program = source[:-len("main()")] + DIGEST_FUNCTION + (
+        "print(file_pieced_digest(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))\n")
+    size = path.stat().st_size if size is None else size
+    output = subprocess.run([sys.executable, "-c", program, str(path), str(size), str(piece_bytes)],
+                            check=True, capture_output=True, text=True).stdout
+    return output.strip()
 
 
 def scan_file_digest(root: Path, piece_bytes: int = PIECE) -> str:
@@ -69,8 +82,8 @@ def test_host_scripts_match_stream(tmp_path: Path, size: int) -> None:
     expected = stream_digest(data)
 
     assert expected.startswith(f"sha256-pieces-{PIECE}:")
-    assert host_digest(load_script("hostmanifest.py"), path) == expected
-    assert host_digest(load_script("hostscan.py"), path) == expected
+    assert host_digest("hostmanifest.py", path) == expected
+    assert host_digest("hostscan.py", path) == expected
     assert scan_file_digest(tmp_path) == expected
 
 
@@ -94,14 +107,13 @@ def test_digest_depends_on_piece_size() -> None:
 def test_pieced_digest_detects_corrupted_byte(tmp_path: Path) -> None:
     data = bytearray(os.urandom(3 * 1024 * 1024 + 5))
     expected = stream_digest(bytes(data))
-    script = load_script("hostmanifest.py")
     path = tmp_path / "large"
 
     for offset in (0, 5 * PIECE + 17, len(data) - 1):
         corrupted = bytearray(data)
         corrupted[offset] ^= 0x01
         path.write_bytes(corrupted)
-        assert host_digest(script, path) != expected, offset
+        assert host_digest("hostmanifest.py", path) != expected, offset
 
 
 def test_pieced_digest_detects_truncated_file(tmp_path: Path) -> None:
@@ -111,19 +123,15 @@ def test_pieced_digest_detects_truncated_file(tmp_path: Path) -> None:
 
     for length in (len(data) - 1, len(data) - PIECE, 6 * PIECE):
         path.write_bytes(data[:length])
-        assert host_digest(load_script("hostmanifest.py"), path) != expected, length
-        assert host_digest(load_script("hostscan.py"), path) != expected, length
+        assert host_digest("hostmanifest.py", path) != expected, length
+        assert host_digest("hostscan.py", path) != expected, length
 
 
 def test_host_digest_covers_bytes_appended_after_lstat(tmp_path: Path) -> None:
     data = os.urandom(6 * PIECE + 100)
     path = tmp_path / "large"
     path.write_bytes(data + b"appended")
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        digest = load_script("hostmanifest.py")["pieced_sha256"](descriptor, len(data), PIECE)
-    finally:
-        os.close(descriptor)
+    digest = host_digest("hostmanifest.py", path, size=len(data))
 
     hasher = PiecedSHA256(PIECE)
     hasher.update(data + b"appended")
@@ -160,11 +168,10 @@ def test_verify_detects_corrupted_large_file(tmp_path: Path) -> None:
 
 def test_host_script_constants_match_controller() -> None:
     for name in ("hostmanifest.py", "hostscan.py"):
-        script = load_script(name)
-        assert script["MIN_PIECES"] == piecehash.MIN_PIECES, name
-        assert script["PIECES_HEADER"] == piecehash.HEADER, name
-        assert script["PIECES_PREFIX"] == piecehash.PREFIX, name
-    assert load_script("hostscan.py")["PIECE_BYTES"] == piecehash.PIECE_BYTES
+        assert script_constant(name, "MIN_PIECES") == piecehash.MIN_PIECES, name
+        assert script_constant(name, "PIECES_HEADER") == piecehash.HEADER, name
+        assert script_constant(name, "PIECES_PREFIX") == piecehash.PREFIX, name
+    assert script_constant("hostscan.py", "PIECE_BYTES") == piecehash.PIECE_BYTES
 
 
 def test_digest_fits_size() -> None:
