@@ -5,7 +5,8 @@ so it uses only the standard library and Python 3.7 features. It describes every
 volume's mountpoint the way GNU tar 1.34 (`--xattrs --xattrs-include=* --acls --sparse`) would
 archive it, so that the result compares with a manifest built from such an archive:
 
-    hostmanifest ROOT HASH [keys]    one JSON line per entry below ROOT; HASH is "sha256",
+    hostmanifest ROOT HASH [keys] [session]
+                                     one JSON line per entry below ROOT; HASH is "sha256",
                                      "pieces:N" or "none"
 
 Each line is [path, type, mode, uid, gid, size, mtime_ns, link, devmajor, devminor, inode,
@@ -20,6 +21,12 @@ them.
 With "keys", each line has three more fields for the controller's hash cache
 (ddmsyncer/hashcache.py): dev, ctime_ns, and checked_ns, the host's clock just before the
 entry's lstat.
+
+With "session" the script is started before the verify needs it, so that the login shell and
+python3's start do not delay the verify. It waits for the line "scan" on stdin (and exits
+at the end of stdin without it), writes the listing and then the line {"end": true}. Then it
+waits again: the line {"move_to": DIR} moves ROOT onto the empty directory DIR as MOVE_SCRIPT
+in ddmdriver/hostpath.py does, with the same exit statuses, and the end of stdin exits.
 """
 
 import base64
@@ -43,7 +50,7 @@ VIEW = memoryview(BUFFER)
 MIN_PIECES = 4
 PIECES_HEADER = b"ddm sha256 pieces\n"
 PIECES_PREFIX = "sha256-pieces-"
-# hashlib and os.preadv release the GIL, so each thread hashes on its own core.
+# hashlib and os.preadv release the GIL, so threads hash on separate cores where the host has them.
 MAX_HASH_THREADS = 4
 TYPES = (
     (stat.S_ISREG, "file"), (stat.S_ISDIR, "dir"), (stat.S_ISLNK, "symlink"),
@@ -264,17 +271,58 @@ def describe(relative, path, hash_content, with_keys=False, piece_bytes=None):
     return record
 
 
+def move_root(root, target):
+    """Replace the empty directory `target` by ROOT with rename(2), then create ROOT again.
+
+    Returns MOVE_SCRIPT's exit status: 0, 3 (not one file system, or lstat failed), 4 (the
+    rename failed) or 5 (mkdir failed).
+    """
+    try:
+        root_device = os.lstat(root).st_dev
+        target_device = os.lstat(target).st_dev
+    except OSError as error:
+        sys.stderr.write("%s\n" % error)
+        return 3
+    if root_device != target_device:
+        sys.stderr.write("%s is on device %d, %s on device %d\n"
+                         % (os.fsdecode(root), root_device, os.fsdecode(target), target_device))
+        return 3
+    try:
+        os.rename(root, target)
+    except OSError as error:
+        sys.stderr.write("%s\n" % error)
+        return 4
+    try:
+        os.mkdir(root)
+    except OSError as error:
+        sys.stderr.write("%s\n" % error)
+        return 5
+    return 0
+
+
 def main():
     root = os.fsencode(sys.argv[1])
     hash_mode = sys.argv[2]
     hash_content = hash_mode == "sha256" or hash_mode.startswith("pieces:")
     piece_bytes = int(hash_mode[len("pieces:"):]) if hash_mode.startswith("pieces:") else None
-    with_keys = sys.argv[3:4] == ["keys"]
+    with_keys = "keys" in sys.argv[3:]
+    session = "session" in sys.argv[3:]
+    if session and sys.stdin.readline() != "scan\n":
+        return
+
     out = sys.stdout
     for relative, path in walk(root):
         record = describe(relative, path, hash_content, with_keys, piece_bytes)
         if record is not None:
             out.write(json.dumps(record) + "\n")
+    if not session:
+        return
+
+    out.write(json.dumps({"end": True}) + "\n")
+    out.flush()
+    request = sys.stdin.readline()
+    if request:
+        sys.exit(move_root(root, os.fsencode(json.loads(request)["move_to"])))
 
 
 main()

@@ -35,7 +35,7 @@ from typing import Any
 from ddm.errors import DDMError, MigrationFailed
 from ddm.manifest import Manifest, ManifestEntry
 from ddm.piecehash import PIECE_BYTES
-from ddmdriver.hostpath import StderrCollector
+from ddmdriver.hostpath import MOVE_STEPS, StderrCollector
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,9 @@ RECEIVE_BYTES = 1024 * 1024
 
 # Fields of a hostmanifest.py record without the hash cache fields that "keys" appends.
 RECORD_FIELDS = 17
+
+# The line after the listing in the script's "session" mode.
+SESSION_END = b'{"end": true}'
 
 HOST_SCAN = "host-scan"
 READ_BACK = "read-back"
@@ -112,8 +115,8 @@ def plain_local_volume(info: Any) -> bool:
 
 
 def scan_argv(access: Any, directory: str, *, hash_content: bool, keys: bool = False,
-              piece_bytes: int = PIECE_BYTES) -> list[str]:
-    extra = ("keys",) if keys else ()
+              piece_bytes: int = PIECE_BYTES, session: bool = False) -> list[str]:
+    extra = (*(("keys",) if keys else ()), *(("session",) if session else ()))
     return access.argv("python3", "-c", LOADER, HOST_SCRIPT, directory,
                        f"pieces:{piece_bytes}" if hash_content else "none", *extra)
 
@@ -164,6 +167,91 @@ def scan_manifest(engine: Any, access: Any, directory: str, *, hash_content: boo
     log.info("scanned %s on its host: %d entries, %d bytes of listing", name,
              len(manifest.entries), listing_bytes)
     return HostScan(manifest, listing_bytes)
+
+
+class ScanSession:
+    """hostmanifest.py started on a host before the verify needs it (its "session" mode).
+
+    Starting it during the copy takes the login shell and python3's start off the verify
+    phase. The script waits until scan() sends "scan", and after the listing it can move the
+    verified directory with move(), which saves the SSH command of move_directory(). close()
+    ends it at any point, and a script that gets the end of stdin before "scan" exits
+    without scanning.
+    """
+
+    def __init__(self, engine: Any, access: Any, directory: str, *, hash_content: bool,
+                 keys: bool, piece_bytes: int = PIECE_BYTES) -> None:
+        self.engine = engine
+        self.directory = directory
+        self.hash_content = hash_content
+        self.keys = keys
+        self.name = f"{engine.host.name}:{directory}"
+        argv = scan_argv(access, directory, hash_content=hash_content, keys=keys,
+                         piece_bytes=piece_bytes, session=True)
+        self.channel = engine.ssh.open_command(argv)
+        self.errors = StderrCollector(self.channel)
+        self.errors.start()
+
+    def scan(self, on_record: Callable[[list[Any]], None] | None = None) -> HostScan:
+        """Scan the directory and return its manifest, as scan_manifest() does."""
+        listing_bytes = 0
+        ended = False
+
+        def records() -> Iterator[list[Any]]:
+            nonlocal listing_bytes, ended
+            for line, size in _lines(self.channel):
+                if line == SESSION_END:
+                    ended = True
+                    return
+                listing_bytes += size
+                record = json.loads(line)
+                if on_record is not None:
+                    on_record(record)
+                yield record
+
+        try:
+            self.channel.sendall(b"scan\n")
+            manifest = manifest_from_records(records(), hash_content=self.hash_content)
+        except ValueError as error:
+            self.close()
+            raise MigrationFailed(f"scanning {self.name} returned an invalid listing: {error}: "
+                                  f"{stderr_text(self.errors)}",
+                                  hint="check that python3 runs on that host") from None
+        except OSError as error:
+            self.close()
+            raise MigrationFailed(f"scanning {self.name} failed: {error}",
+                                  hint="check the SSH connection to that host and retry") from None
+        if not ended:
+            status = self.channel.recv_exit_status()
+            self.close()
+            raise MigrationFailed(f"scanning {self.name} failed with exit status {status}: "
+                                  f"{stderr_text(self.errors)}",
+                                  hint="check that python3 runs on that host, or pass --verify quick")
+        log.info("scanned %s on its host: %d entries, %d bytes of listing", self.name,
+                 len(manifest.entries), listing_bytes)
+        return HostScan(manifest, listing_bytes)
+
+    def move(self, target_directory: str) -> None:
+        """Replace the empty `target_directory` by the scanned directory, as move_directory() does."""
+        try:
+            self.channel.sendall(json.dumps({"move_to": target_directory}).encode("utf-8") + b"\n")
+            self.channel.shutdown_write()
+            status = self.channel.recv_exit_status()
+            step = MOVE_STEPS.get(status, f"exit status {status}")
+            reason = f"{step} ({stderr_text(self.errors)})"
+        except OSError as error:
+            status, reason = -1, str(error)
+        finally:
+            self.close()
+        if status != 0:
+            raise MigrationFailed(f"cannot move {self.directory} to {target_directory} on "
+                                  f"{self.engine.host.name}: {reason}",
+                                  hint="the target was rolled back; check the host's volume "
+                                  "directory and retry")
+        log.info("moved %s to %s on %s", self.directory, target_directory, self.engine.host.name)
+
+    def close(self) -> None:
+        self.channel.close()
 
 
 def _lines(channel: Any) -> Iterator[tuple[bytes, int]]:
