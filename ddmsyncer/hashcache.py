@@ -1,11 +1,12 @@
 """The controller's cache of host-side file hashes, so that scans hash only changed files.
 
 The host scans of incremental migration (ddmsyncer/hostscan.py) hash file content with
-SHA-256, in the pieced form of ddm.piecehash for large files. The cache stores each digest in the task database with the file's key: device,
-inode, size, mtime_ns and ctime_ns as the host's lstat reported them when the file was
-hashed. A scan sends the known keys to the host, which hashes only the files whose key differs
-or is unknown. The controller then fills in the cached digest of each file whose reported key
-equals the cached key. Nothing is written on the hosts.
+SHA-256, in the pieced form of ddm.piecehash for large files. The cache stores each digest
+in the task database with the file's key: device, inode, size, mtime_ns and ctime_ns as the
+host's lstat reported them when the file was hashed. A scan sends the known keys to the
+host, which hashes only the files whose key differs or is unknown. The controller then fills
+in the cached digest of each file whose reported key equals the cached key. Nothing is
+written on the hosts.
 
 Why ctime is in the key: a user can set a file's mtime back (touch -d), but not its ctime,
 which the kernel sets to the current time on every change of content or metadata. A key match

@@ -15,8 +15,8 @@ bytes ("." is ROOT itself), xattrs is a list of [name, value] pairs in base64, a
 the digest of a regular file's content or null. With "sha256" it is the SHA-256 hex digest of
 every file. With "pieces:N" a file of at least MIN_PIECES pieces of N bytes gets the pieced
 digest "sha256-pieces-N:HEX" of ddm/piecehash.py instead, whose pieces are hashed in
-parallel threads. Sockets are left out, because tar skips them. Hard links are listed as files with their inode and link count; the controller groups
-them.
+parallel threads. Sockets are left out, because tar skips them. Hard links are listed as
+files with their inode and link count; the controller groups them.
 
 With "keys", each line has three more fields for the controller's hash cache
 (ddmsyncer/hashcache.py): dev, ctime_ns, and checked_ns, the host's clock just before the
@@ -50,7 +50,8 @@ VIEW = memoryview(BUFFER)
 MIN_PIECES = 4
 PIECES_HEADER = b"ddm sha256 pieces\n"
 PIECES_PREFIX = "sha256-pieces-"
-# hashlib and os.preadv release the GIL, so threads hash on separate cores where the host has them.
+# hashlib and os.preadv release the GIL, so the threads hash on separate cores where the
+# host has them.
 MAX_HASH_THREADS = 4
 TYPES = (
     (stat.S_ISREG, "file"), (stat.S_ISDIR, "dir"), (stat.S_ISLNK, "symlink"),

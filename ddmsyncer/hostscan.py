@@ -55,7 +55,8 @@ PIECE_BYTES = 16 * 1024 * 1024
 MIN_PIECES = 4
 PIECES_HEADER = b"ddm sha256 pieces\n"
 PIECES_PREFIX = "sha256-pieces-"
-# hashlib and os.preadv release the GIL, so threads hash on separate cores where the host has them.
+# hashlib and os.preadv release the GIL, so the threads hash on separate cores where the
+# host has them.
 MAX_HASH_THREADS = 4
 TYPES = (
     (stat.S_ISREG, "file"), (stat.S_ISDIR, "dir"), (stat.S_ISLNK, "symlink"),

@@ -232,7 +232,7 @@ class ScanSession:
         return HostScan(manifest, listing_bytes)
 
     def move(self, target_directory: str) -> None:
-        """Replace the empty `target_directory` by the scanned directory, as move_directory() does."""
+        """Replace the empty `target_directory` by the scanned directory, like move_directory()."""
         try:
             self.channel.sendall(json.dumps({"move_to": target_directory}).encode("utf-8") + b"\n")
             self.channel.shutdown_write()

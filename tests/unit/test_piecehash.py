@@ -151,8 +151,9 @@ def test_verify_detects_corrupted_large_file(tmp_path: Path) -> None:
     assert source is not None
 
     def target() -> Any:
-        output = subprocess.run([sys.executable, "-c", hostverify.LOADER, hostverify.HOST_SCRIPT,
-                                 str(root), f"pieces:{PIECE}"], check=True, capture_output=True).stdout
+        argv = [sys.executable, "-c", hostverify.LOADER, hostverify.HOST_SCRIPT, str(root),
+                f"pieces:{PIECE}"]
+        output = subprocess.run(argv, check=True, capture_output=True).stdout
         records = [json.loads(line) for line in output.splitlines()]
         return hostverify.manifest_from_records(records, hash_content=True)
 
