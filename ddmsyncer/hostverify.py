@@ -35,13 +35,13 @@ from typing import Any
 from ddm.errors import DDMError, MigrationFailed
 from ddm.manifest import Manifest, ManifestEntry
 from ddm.piecehash import PIECE_BYTES
-from ddmdriver.hostpath import MOVE_STEPS, StderrCollector
+from ddmdriver.hostpath import MOVE_STEPS, PYTHON_CHECK, StderrCollector
 
 log = logging.getLogger(__name__)
 
 HOST_SCRIPT = base64.b64encode(Path(__file__).with_name("hostmanifest.py").read_bytes()).decode("ascii")
 LOADER = "import base64,sys;exec(compile(base64.b64decode(sys.argv.pop(1)),'hostmanifest','exec'))"
-PROBE_COMMAND = "import base64, grp, hashlib, json, os, pwd, stat, struct; os.listxattr"
+PROBE_COMMAND = PYTHON_CHECK
 PROBE_TIMEOUT_SECONDS = 30.0
 RECEIVE_BYTES = 1024 * 1024
 
@@ -86,9 +86,16 @@ class PythonProbes:
             self._threads[key] = thread
         thread.start()
 
+    def record(self, engine: Any, available: bool) -> None:
+        """Store a result that the host probe (PROBE_SCRIPT) already found, so start() runs none."""
+        with self._lock:
+            self._results.setdefault(engine.host.name, available)
+
     def available(self, engine: Any, access: Any) -> bool:
         self.start(engine, access)
-        self._threads[engine.host.name].join()
+        thread = self._threads.get(engine.host.name)
+        if thread is not None:
+            thread.join()
         return self._results.get(engine.host.name, False)
 
     def _probe(self, engine: Any, access: Any) -> None:

@@ -76,9 +76,10 @@ class StagedVolumes:
     # Prepare
 
     def start_host_probes(self) -> None:
-        """Start the host probes of both hosts, and the target's python3 probe after its own.
+        """Start the host probes of both hosts, which also check python3 for the host scans.
 
-        They run in threads while prepare inspects volumes through the engines; route()
+        The target gets a separate python3 probe, after its own, only when its host probe
+        found no usable python3 (that probe logs why). They run in threads while prepare inspects volumes through the engines; route()
         waits for them. The source's probe also checks that its volumes' mountpoints are
         readable. With `--data-path engine` the source's host is not probed.
         """
@@ -87,13 +88,19 @@ class StagedVolumes:
             volumes_found = (runner.source.volume_inspect(item.source) for item in runner.task.items)
             mountpoints = tuple(volume.mountpoint for volume in volumes_found
                                 if volume is not None and volume.mountpoint)
-            self.probes.start(runner.source, mountpoints)
+            self.probes.start(runner.source, mountpoints, then=self._record_source_python)
 
         def start_python(probe: Any) -> None:
-            if probe.access is not None:
+            if probe.access is not None and probe.python3:
+                self.python.record(runner.target, True)
+            elif probe.access is not None:
                 self.python.start(runner.target, probe.access)
 
         self.probes.start(runner.target, then=start_python)
+
+    def _record_source_python(self, probe: Any) -> None:
+        if probe.access is not None and probe.python3:
+            self.python.record(self.runner.source, True)
 
     def check_writers(self, item: TaskItem) -> list[writers.Writer]:
         """Return the running writers of the item's source volume; reject them without a policy."""
