@@ -122,8 +122,8 @@ PYTHON_CHECK = ("import base64, grp, hashlib, json, os, pwd, stat, struct, threa
                 "os.listxattr; os.preadv")
 # One command finds the account's access, GNU tar's version, the codec commands on PATH,
 # whether python3 can run the host scripts, and which of the given directories the account
-# can enter and read, because every SSH command costs the host a login shell start. It
-# prints "access root|sudo|none", "tar FIRST-LINE", "python3 yes", "codec NAME" and
+# can enter and read. One command, because every SSH command costs the host a login shell
+# start. It prints "access root|sudo|none", "tar FIRST-LINE", "python3 yes", "codec NAME" and
 # "readable DIRECTORY" lines. Its arguments are the codec names, "--" and the directories.
 # The checks after the first line run with sudo for a sudoer, as the copy's commands will.
 # Arguments may hold no newline (ssh.validate_argv), so the script is one line.
