@@ -268,6 +268,9 @@ def _progress_cells(done: int, total: int | None, rate: float | None) -> list[An
     """Return the bar, "done / total", rate and ETA cells of one row."""
     from rich.progress_bar import ProgressBar
 
+    # A volume's total is the engine's size of its file data, which the tar stream's headers
+    # and padding exceed, so the total shown is never below the bytes sent.
+    total = None if total is None else max(total, done)
     remaining = None if total is None else total - done
     eta = eta_seconds(remaining, rate)
     return [
