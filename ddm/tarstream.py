@@ -66,6 +66,13 @@ _HEADER_ONLY_FLAGS = frozenset((b"1", b"2", b"3", b"4", b"5", b"6"))
 _EXTENSION_FLAGS = frozenset((b"x", b"X", b"g", b"L", b"K"))
 _SKIPPED_FLAGS = frozenset((b"V", b"N"))  # volume label, old GNU long-name script
 
+# pax keywords that neither describe a sparse file nor carry xattrs or ACLs. When a member's
+# records use only these, the parser skips looking for the others.
+_PLAIN_PAX_KEYS = frozenset(
+    (b"path", b"linkpath", b"size", b"uid", b"gid", b"uname", b"gname", b"mtime", b"atime",
+     b"ctime", b"charset", b"comment", b"hdrcharset")
+)
+
 _SCHILY_XATTR = b"SCHILY.xattr."
 _LIBARCHIVE_XATTR = b"LIBARCHIVE.xattr."
 _SELINUX_KEY = b"RHT.security.selinux"
@@ -391,7 +398,7 @@ class TarStreamParser:
     def _dispatch_header(self, block: bytes, offset: int) -> None:
         flag = block[156:157]
         if flag in _EXTENSION_FLAGS:
-            size = _parse_number(block[124:136], "size", offset)
+            size = _cached_number(block[124:136], "size", offset)
             self._start_extension(flag, size, offset)
         elif flag in _SKIPPED_FLAGS:
             logger.debug("skipping tar member of type %r at offset %d", flag, offset)
@@ -474,7 +481,9 @@ class TarStreamParser:
         pax = self._merged_pax()
         entry_offset = self._extensions_offset if self._extensions_offset is not None else offset
 
-        sparse = _read_pax_sparse(pax, self._sparse_pairs, offset) if pax else None
+        sparse = None
+        if pax and (self._sparse_pairs or not pax.keys() <= _PLAIN_PAX_KEYS):
+            sparse = _read_pax_sparse(pax, self._sparse_pairs, offset)
         entry = self._build_entry(header, pax, entry_offset, sparse)
         self._reset_extensions()
         self._entry = entry
@@ -580,9 +589,10 @@ class TarStreamParser:
             ctime_ns = _optional_pax_time(pax, b"ctime", offset)
             uname = pax.get(b"uname", uname)
             gname = pax.get(b"gname", gname)
-            xattrs = _read_pax_xattrs(pax, offset)
-            acl_access = _optional_text(pax.get(b"SCHILY.acl.access"))
-            acl_default = _optional_text(pax.get(b"SCHILY.acl.default"))
+            if not pax.keys() <= _PLAIN_PAX_KEYS:
+                xattrs = _read_pax_xattrs(pax, offset)
+                acl_access = _optional_text(pax.get(b"SCHILY.acl.access"))
+                acl_default = _optional_text(pax.get(b"SCHILY.acl.default"))
 
         return TarEntry(
             path=path,
@@ -798,6 +808,24 @@ def _parse_number(field: bytes, name: str, offset: int) -> int:
     raise TarStreamError(f"invalid number {field!r} in header field {name}", offset)
 
 
+# Parsed numeric header fields by their raw bytes. Members of one volume share most modes,
+# ids, sizes and mtimes, so a lookup replaces most parses. Only valid fields are stored, and
+# the dictionary is emptied when it reaches _NUMBER_CACHE_MAX entries.
+_NUMBER_CACHE: dict[bytes, int] = {}
+_NUMBER_CACHE_MAX = 4096
+
+
+def _cached_number(field: bytes, name: str, offset: int) -> int:
+    """Return `_parse_number(field, name, offset)`, looked up in _NUMBER_CACHE first."""
+    value = _NUMBER_CACHE.get(field)
+    if value is None:
+        value = _parse_number(field, name, offset)
+        if len(_NUMBER_CACHE) >= _NUMBER_CACHE_MAX:
+            _NUMBER_CACHE.clear()
+        _NUMBER_CACHE[field] = value
+    return value
+
+
 def _byte_sum(block: bytes) -> int:
     """Return the sum of the bytes of a 512-byte block, computed in C.
 
@@ -808,7 +836,7 @@ def _byte_sum(block: bytes) -> int:
 
 
 def _verify_checksum(block: bytes, offset: int) -> None:
-    stored = _parse_number(block[148:156], "chksum", offset)
+    stored = _cached_number(block[148:156], "chksum", offset)
     # The checksum is computed with the checksum field itself read as eight spaces.
     unsigned = _byte_sum(block) - sum(block[148:156]) + 8 * 0x20
     if stored == unsigned:
@@ -839,11 +867,11 @@ def _parse_header(block: bytes, offset: int) -> _Header:
 
     return _Header(
         name=name,
-        mode=_parse_number(mode, "mode", offset),
-        uid=_parse_number(uid, "uid", offset),
-        gid=_parse_number(gid, "gid", offset),
-        size=_parse_number(size, "size", offset),
-        mtime=_parse_number(mtime, "mtime", offset),
+        mode=_cached_number(mode, "mode", offset),
+        uid=_cached_number(uid, "uid", offset),
+        gid=_cached_number(gid, "gid", offset),
+        size=_cached_number(size, "size", offset),
+        mtime=_cached_number(mtime, "mtime", offset),
         typeflag=typeflag,
         linkname=linkname.partition(b"\0")[0],
         uname=uname.partition(b"\0")[0],
@@ -874,7 +902,11 @@ def _parse_pax_records(data: bytes, offset: int) -> list[tuple[bytes, bytes]]:
     whole record. Values are kept as raw bytes, because GNU tar stores non-UTF-8 paths and
     binary xattr values unencoded.
     """
-    records: list[tuple[bytes, bytes]] = []
+    records = _split_pax_records(data)
+    if records is not None:
+        return records
+
+    records = []
     position = 0
     while position < len(data):
         if data[position] == 0 and not data[position:].strip(b"\0"):
@@ -894,6 +926,29 @@ def _parse_pax_records(data: bytes, offset: int) -> list[tuple[bytes, bytes]]:
 
         records.append((keyword, value))
         position = end
+    return records
+
+
+def _split_pax_records(data: bytes) -> list[tuple[bytes, bytes]] | None:
+    """Split pax records on newlines; return None unless every record's length matches.
+
+    The usual records hold no newline in their values, so splitting on newlines finds them
+    with fewer Python steps than following the lengths. Returns None, so that the caller
+    follows the lengths, for values with newlines, zero padding and any invalid record.
+    """
+    lines = data.split(b"\n")
+    if lines.pop():  # the data does not end with a newline
+        return None
+
+    records: list[tuple[bytes, bytes]] = []
+    for line in lines:
+        length, space, record = line.partition(b" ")
+        if not space or len(length) > 20 or not length.isdigit() or int(length) != len(line) + 1:
+            return None
+        keyword, separator, value = record.partition(b"=")
+        if not separator or not keyword:
+            return None
+        records.append((keyword, value))
     return records
 
 
