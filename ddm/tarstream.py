@@ -808,9 +808,9 @@ def _parse_number(field: bytes, name: str, offset: int) -> int:
     raise TarStreamError(f"invalid number {field!r} in header field {name}", offset)
 
 
-# Parsed numeric header fields by their raw bytes. Members of one volume share most modes,
-# ids, sizes and mtimes, so a lookup replaces most parses. Only valid fields are stored, and
-# the dictionary is emptied when it reaches _NUMBER_CACHE_MAX entries.
+# Parsed numeric header fields by their raw bytes. Members of one volume often share modes,
+# ids, sizes and mtime seconds, so a lookup replaces many parses. Only valid fields are
+# stored, and the dictionary is emptied when it reaches _NUMBER_CACHE_MAX entries.
 _NUMBER_CACHE: dict[bytes, int] = {}
 _NUMBER_CACHE_MAX = 4096
 
@@ -930,11 +930,11 @@ def _parse_pax_records(data: bytes, offset: int) -> list[tuple[bytes, bytes]]:
 
 
 def _split_pax_records(data: bytes) -> list[tuple[bytes, bytes]] | None:
-    """Split pax records on newlines; return None unless every record's length matches.
+    """Split pax records on newlines, or return None unless every record's length matches.
 
-    The usual records hold no newline in their values, so splitting on newlines finds them
-    with fewer Python steps than following the lengths. Returns None, so that the caller
-    follows the lengths, for values with newlines, zero padding and any invalid record.
+    Most records contain no newline in their values, so splitting on newlines finds them
+    with fewer Python steps than following the lengths. Values with newlines, zero padding
+    and invalid records give None, and the caller then follows the lengths.
     """
     lines = data.split(b"\n")
     if lines.pop():  # the data does not end with a newline
