@@ -736,6 +736,9 @@ class ManifestBuilder:
 
 def _normalize_path(path: bytes) -> bytes:
     """Remove leading "/" and "./" and trailing "/". An empty result becomes the root "."."""
+    # Most members of a host tar stream look like b"./dir/file": one "./" and nothing else.
+    if path[:2] == b"./" and path[2:3] not in (b"/", b".", b"") and path[-1:] != b"/":
+        return path[2:]
     while True:
         if path.startswith(b"/"):
             path = path[1:]

@@ -858,19 +858,20 @@ def _parse_header(block: bytes, offset: int) -> _Header:
     if magic == b"ustar\0" and prefix[0]:
         name = prefix.partition(b"\0")[0] + b"/" + name
 
+    # Positional arguments, in _Header's field order, for the reason given in _build_entry.
     return _Header(
-        name=name,
-        mode=_cached_number(mode, "mode", offset),
-        uid=_cached_number(uid, "uid", offset),
-        gid=_cached_number(gid, "gid", offset),
-        size=_cached_number(size, "size", offset),
-        mtime=_cached_number(mtime, "mtime", offset),
-        typeflag=typeflag,
-        linkname=linkname.partition(b"\0")[0],
-        uname=uname.partition(b"\0")[0],
-        gname=gname.partition(b"\0")[0],
-        devmajor=devmajor,
-        devminor=devminor,
+        name,
+        _cached_number(mode, "mode", offset),
+        _cached_number(uid, "uid", offset),
+        _cached_number(gid, "gid", offset),
+        _cached_number(size, "size", offset),
+        _cached_number(mtime, "mtime", offset),
+        typeflag,
+        linkname.partition(b"\0")[0],
+        uname.partition(b"\0")[0],
+        gname.partition(b"\0")[0],
+        devmajor,
+        devminor,
     )
 
 

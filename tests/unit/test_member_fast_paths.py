@@ -325,3 +325,31 @@ def test_table_add_values_equals_add() -> None:
 
     assert by_values[b"a/b"] == entry  # read back before the flush
     assert list(by_values.iter_records()) == list(by_entry.iter_records())
+
+
+# Member path normalization
+
+NORMALIZED_PATHS = {
+    b"./d/f": b"d/f",
+    b"./f": b"f",
+    b"./": b".",
+    b".": b".",
+    b"": b".",
+    b"/": b".",
+    b"./.hidden": b".hidden",
+    b"././a": b"a",
+    b".//a": b"a",
+    b"./a/": b"a",
+    b"./a//b": b"a//b",
+    b"/abs/x": b"abs/x",
+    b"../up": b"../up",
+    b"./..": b"..",
+    b"v/a": b"v/a",
+}
+
+
+@pytest.mark.parametrize("path", sorted(NORMALIZED_PATHS))
+def test_normalize_path_cases(path: bytes) -> None:
+    from ddm.manifest import _normalize_path
+
+    assert _normalize_path(path) == NORMALIZED_PATHS[path]
