@@ -955,8 +955,17 @@ def _pax_int(pax: dict[bytes, bytes], key: bytes, default: int, offset: int) -> 
     return int(value)
 
 
+# Nanoseconds per unit of a fraction with n digits, indexed by n.
+_FRACTION_SCALES = tuple(10 ** (9 - digits) for digits in range(10))
+
+
 def _parse_pax_time(value: bytes, offset: int) -> int:
     """Convert a pax time such as b"1700000000.123456789" or b"-1.5" to nanoseconds."""
+    seconds, _, fraction = value.partition(b".")
+    if seconds.isdigit() and fraction.isdigit() and len(fraction) <= 9:
+        # The usual form, which GNU tar writes: positive, with 1 to 9 fraction digits.
+        return int(seconds) * 1_000_000_000 + int(fraction) * _FRACTION_SCALES[len(fraction)]
+
     negative = value.startswith(b"-")
     seconds, _, fraction = value.lstrip(b"-").partition(b".")
     if not seconds.isdigit() or (fraction and not fraction.isdigit()):

@@ -353,3 +353,29 @@ def test_normalize_path_cases(path: bytes) -> None:
     from ddm.manifest import _normalize_path
 
     assert _normalize_path(path) == NORMALIZED_PATHS[path]
+
+
+# pax times
+
+PAX_TIMES = [b"1796449833.68894005", b"1796449833.688940051", b"1700000000.1", b"0.000000001",
+             b"1700000000.1234567891", b"1700000000", b"1700000000.", b"-1.5", b"-0.000000001",
+             b"12.000000000"]
+
+
+def pax_time_by_sign_and_padding(value: bytes) -> int:
+    """Return the nanoseconds the general branch computes, written out independently."""
+    negative = value.startswith(b"-")
+    seconds, _, fraction = value.lstrip(b"-").partition(b".")
+    nanoseconds = int(seconds) * 1_000_000_000 + int(fraction[:9].ljust(9, b"0"))
+    return -nanoseconds if negative else nanoseconds
+
+
+@pytest.mark.parametrize("value", PAX_TIMES)
+def test_pax_time_matches_general_form(value: bytes) -> None:
+    assert tarstream._parse_pax_time(value, 0) == pax_time_by_sign_and_padding(value)
+
+
+@pytest.mark.parametrize("value", [b"", b".5", b"1.5x", b"1,5", b"x", b"1.-5", b"+1.5"])
+def test_pax_time_rejects_invalid(value: bytes) -> None:
+    with pytest.raises(TarStreamError, match="invalid pax time"):
+        tarstream._parse_pax_time(value, 0)
