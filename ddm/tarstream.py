@@ -963,7 +963,7 @@ def _parse_pax_time(value: bytes, offset: int) -> int:
     """Convert a pax time such as b"1700000000.123456789" or b"-1.5" to nanoseconds."""
     seconds, _, fraction = value.partition(b".")
     if seconds.isdigit() and fraction.isdigit() and len(fraction) <= 9:
-        # The usual form, which GNU tar writes: positive, with 1 to 9 fraction digits.
+        # GNU tar (1.34 here) writes times after 1970 in this form, with 1 to 9 fraction digits.
         return int(seconds) * 1_000_000_000 + int(fraction) * _FRACTION_SCALES[len(fraction)]
 
     negative = value.startswith(b"-")
