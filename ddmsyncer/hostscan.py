@@ -13,7 +13,9 @@ uses only the standard library and Python 3.7 features. It works on a volume's m
                         base64). An entry whose lstat key equals its listed key is not reported.
                         HASH is "all" (hash every reported file) or "none". The last line also
                         has "unchanged", the count of entries not reported, and "gone", the
-                        base64 paths listed on stdin that no longer exist
+                        base64 paths listed on stdin that no longer exist. stdin must end with
+                        the line "end"; without it (a command started early and closed
+                        unused) nothing is scanned
     stat ROOT           lstat only, for seeding the hash cache from a full copy: first the
                         line {"started_ns": NS} (the host's clock before the first lstat,
                         written at once), then [path, dev, inode, size, mtime_ns, ctime_ns]
@@ -29,6 +31,8 @@ uses only the standard library and Python 3.7 features. It works on a volume's m
     backup ROOT DEST    hard-link copy of ROOT at DEST (`cp -al`); backups of earlier versions
     restore ROOT DEST   replace ROOT by DEST, undoing every change made since `backup`
     discard DEST        remove DEST
+    discard-later DEST  remove DEST once stdin is "discard"; any other stdin, such as the
+                        empty stdin of a command started early and closed unused, keeps DEST
 
 Each scan line is [path, type, mode, uid, gid, size, mtime_ns, link, rdev, inode, nlink, hash,
 dev, ctime_ns, xattrs] with path and link in base64 of the raw bytes, "." for ROOT itself, the
@@ -118,8 +122,12 @@ def read_paths():
 
 
 def read_known_keys():
+    return parse_known_keys(sys.stdin.buffer.read())
+
+
+def parse_known_keys(data):
     known = {}
-    for line in sys.stdin.buffer.read().splitlines():
+    for line in data.splitlines():
         fields = line.split()
         if len(fields) == 6:
             known[base64.b64decode(fields[0])] = tuple(int(value) for value in fields[1:])
@@ -188,7 +196,10 @@ def rescan(root, hash_mode):
     unchanged key needs no new record. The caller lists only keys it may trust (see
     ddmsyncer.incremental.rescan_volume for the racy-ctime rule).
     """
-    known = read_known_keys()
+    data = sys.stdin.buffer.read()
+    if not data.endswith(b"\nend") and data != b"end":
+        return  # started early and closed unused
+    known = parse_known_keys(data)
     hash_files = hash_mode == b"all"
     started_ns = time.time_ns()
     hashed_files = hashed_bytes = unchanged = 0
@@ -367,6 +378,9 @@ def main():
             os.rename(arguments[1], arguments[0])
     elif command == "discard":
         if os.path.lexists(arguments[0]):
+            shutil.rmtree(arguments[0])
+    elif command == "discard-later":
+        if sys.stdin.buffer.read() == b"discard" and os.path.lexists(arguments[0]):
             shutil.rmtree(arguments[0])
     else:
         sys.exit("unknown command " + command)

@@ -43,7 +43,7 @@ from typing import Any
 
 import xxhash
 
-from ddm.errors import MigrationFailed, TransferFailed, VerificationFailed
+from ddm.errors import DDMError, MigrationFailed, TransferFailed, VerificationFailed
 from ddm.store import TaskStore
 from ddm.task import ItemState, TaskItem, TaskState, VerifyMode
 from ddmsyncer import hashcache
@@ -322,9 +322,9 @@ def rescan_volume(engine: Any, mountpoint: str, earlier: Scan, *, hash_content: 
     trusted = {path: entry for path, entry in earlier.items()
                if not hashcache.is_racy(entry.ctime_ns, earlier.started_ns)
                and not (hash_content and entry.type == "file" and entry.digest is None)}
-    stdin = b"\n".join(base64.b64encode(path) + b" " +
-                       hashcache.format_key(entry.file_key()).encode("ascii")
-                       for path, entry in trusted.items())
+    lines = [base64.b64encode(path) + b" " + hashcache.format_key(entry.file_key()).encode("ascii")
+             for path, entry in trusted.items()]
+    stdin = b"\n".join([*lines, b"end"])  # without "end" the host scans nothing
     if command is None:
         command = HostCommand(engine, ["rescan", mountpoint, "all" if hash_content else "none"])
     changed, summary, output_bytes = _read_scan(command.lines(stdin))
@@ -371,20 +371,18 @@ def scan_both(source: Any, source_mountpoint: str, target: Any, target_mountpoin
     # Only "cached" sends the stored keys to the hosts. Other modes load them after the scans,
     # one side at a time, so that both sides' keys are never in memory beside both scans.
     preload = cache is not None and hash_mode == "cached"
-    if commands is None:
-        # Started before the cache is loaded, so that opening the channels and starting
-        # python3 on the hosts overlap with it; `scan` reads its stdin before it walks.
-        commands = {}
+    # The commands start before the cache is loaded, so that opening the channels and starting
+    # python3 on the hosts overlap with it; `scan` reads all its stdin before it walks.
+    commands = dict(commands or {})
     try:
         for name, (engine, mountpoint) in sides.items():
             if name not in commands:
                 commands[name] = HostCommand(engine, ["scan", mountpoint, hash_mode])
-        known = {name: cache.load(scope) if preload else {} for name, scope in scopes.items()}
     except BaseException:
-        for command in commands.values():
-            command.close()
+        _close_all(commands)
         raise
     paths = list(paths)
+    known: dict[str, dict[bytes, CachedHash]] = {}
     results: dict[str, tuple[Scan, int]] = {}
     failures: list[BaseException] = []
 
@@ -392,14 +390,23 @@ def scan_both(source: Any, source_mountpoint: str, target: Any, target_mountpoin
         engine, mountpoint = sides[name]
         try:
             results[name] = scan_volume(engine, mountpoint, hash_mode=hash_mode, paths=paths,
-                                        known=known[name], command=commands[name])
+                                        known=known[name], command=commands.pop(name))
         except BaseException as error:  # noqa: BLE001 - raised below in the calling thread
             failures.append(error)
 
-    thread = threading.Thread(target=scan, args=("target",), daemon=True)
-    thread.start()
-    scan("source")
-    thread.join()
+    # The source host walks while the controller loads the target's cache rows.
+    thread = None
+    try:
+        known["source"] = cache.load(scopes["source"]) if preload else {}
+        thread = threading.Thread(target=scan, args=("source",), name="ddm-scan-source",
+                                  daemon=True)
+        thread.start()
+        known["target"] = cache.load(scopes["target"]) if preload else {}
+        scan("target")
+    finally:
+        if thread is not None:
+            thread.join()
+        _close_all(commands)  # left only when a cache load failed
     if failures:
         raise failures[0]
 
@@ -411,6 +418,11 @@ def scan_both(source: Any, source_mountpoint: str, target: Any, target_mountpoin
             cache.save(scope, _fresh_digests(scanned, side_known), removed_paths)
             del side_known
     return results["source"][0], results["target"][0], results["source"][1] + results["target"][1]
+
+
+def _close_all(commands: dict[str, HostCommand]) -> None:
+    while commands:
+        commands.popitem()[1].close()
 
 
 # Planning
@@ -687,28 +699,42 @@ class VerifyResult:
 class UpdateDigests:
     """What verify takes from an update made in this process.
 
-    The source's whole scan is kept, so that verify rescans the source and reuses every
-    entry whose lstat key is unchanged. Of the target only the file keys and digests are
-    kept, because the target is always scanned again in full.
+    Both scans of the update are kept: verify rescans the source and reuses every entry
+    whose lstat key is unchanged, and it scans the target again in full but takes the digest
+    of each unsent, unchanged file from the target's scan. NOTE: holding both scans costs
+    about 1 KiB of controller memory per entry of the volume until verify ends.
     """
 
     sent: list[bytes]
     source_scan: Scan
-    target: dict[bytes, CachedHash]  # the target's file keys and digests before the update
-    target_started_ns: int  # the host's clock when the update's target scan started
+    target_scan: Scan  # the target before the update
     # (source, target) mountpoints the update worked on; a volume recreated since under the
     # same name has the same mountpoint, and its scan then differs.
     mountpoints: tuple[str, str] | None = None
+    # Verify's scan commands by "source" and "target", started by start_verify_scans.
+    commands: dict[str, HostCommand] = field(default_factory=dict)
+
+    def close_commands(self) -> None:
+        """Close the scan commands that verify did not use; closed unused, they scan nothing."""
+        while self.commands:
+            self.commands.popitem()[1].close()
 
 
 def update_digests(update: UpdateResult) -> UpdateDigests:
-    return UpdateDigests(list(update.plan.send), update.source_scan,
-                         _file_digests(update.target_scan), update.target_scan.started_ns)
+    return UpdateDigests(list(update.plan.send), update.source_scan, update.target_scan)
 
 
-def _file_digests(scan: Scan) -> dict[bytes, CachedHash]:
-    return {path: CachedHash(entry.file_key(), entry.digest) for path, entry in scan.items()
-            if entry.type == "file" and entry.digest is not None}
+def start_verify_scans(source: Any, source_mountpoint: str, target: Any,
+                       target_mountpoint: str, update: UpdateDigests, mode: VerifyMode) -> None:
+    """Start verify's two scan commands now, so their start-up is not part of the verify phase.
+
+    Both wait for their stdin, which verify_update sends, so they scan the volumes only then.
+    """
+    full = mode is VerifyMode.FULL
+    update.commands["source"] = HostCommand(
+        source, ["rescan", source_mountpoint, "all" if full else "none"])
+    update.commands["target"] = HostCommand(
+        target, ["scan", target_mountpoint, "list" if full else "none"])
 
 
 def verify_update(source: Any, source_mountpoint: str, target: Any, target_mountpoint: str,
@@ -758,8 +784,9 @@ def _rescan_both(source: Any, source_mountpoint: str, target: Any, target_mountp
                  update: UpdateDigests, *, full: bool, cache: HashCache | None
                  ) -> tuple[Scan, Scan, int]:
     """Rescan the source against the update's scan while the target is scanned in full."""
-    racy = [path for path, cached in update.target.items()
-            if hashcache.is_racy(cached.key[4], update.target_started_ns)]
+    earlier_target = update.target_scan
+    racy = [path for path, entry in earlier_target.items()
+            if entry.type == "file" and hashcache.is_racy(entry.ctime_ns, earlier_target.started_ns)]
     rehashed = set(update.sent) | set(racy)
     results: dict[str, tuple[Scan, int]] = {}
     failures: list[BaseException] = []
@@ -768,7 +795,8 @@ def _rescan_both(source: Any, source_mountpoint: str, target: Any, target_mountp
         try:
             results["target"] = scan_volume(target, target_mountpoint,
                                             hash_mode="list" if full else "none",
-                                            paths=sorted(rehashed))
+                                            paths=sorted(rehashed),
+                                            command=update.commands.pop("target", None))
         except BaseException as error:  # noqa: BLE001 - raised below in the calling thread
             failures.append(error)
 
@@ -776,33 +804,38 @@ def _rescan_both(source: Any, source_mountpoint: str, target: Any, target_mountp
     thread.start()
     try:
         source_scan, source_bytes = rescan_volume(source, source_mountpoint, update.source_scan,
-                                                  hash_content=full)
+                                                  hash_content=full,
+                                                  command=update.commands.pop("source", None))
     finally:
         thread.join()
+        update.close_commands()
     if failures:
         raise failures[0]
     target_scan, target_bytes = results["target"]
     if full:
-        _carry_digests(target_scan, update.target, rehashed)
+        _carry_digests(target_scan, earlier_target, rehashed)
     if cache is not None and full:
-        _save_verified_digests(cache, target, target_mountpoint, target_scan, update.target)
+        _save_verified_digests(cache, target, target_mountpoint, target_scan, earlier_target)
     return source_scan, target_scan, source_bytes + target_bytes
 
 
 def _save_verified_digests(cache: HashCache, target: Any, target_mountpoint: str, scan: Scan,
-                           earlier: dict[bytes, CachedHash]) -> None:
+                           earlier: Scan) -> None:
     """Cache the target digests that verify computed, and forget the target's removed files.
 
-    `earlier` holds what the update's scan stored for this scope, so the cache is not loaded.
-    The source's cache is left alone: the update's scan stored it, and a source that changed
-    since fails verification.
+    `earlier` is the update's scan, whose digests that scan stored, so the cache is not
+    loaded. The source's cache is left alone: the update's scan stored it, and a source that
+    changed since fails verification.
     """
-    fresh = _fresh_digests(scan, earlier)
-    removed = [path for path in earlier if path not in scan]
+    fresh = {path: cached for path, cached in _fresh_digests(scan, {}).items()
+             if path not in earlier or earlier[path].file_key() != cached.key
+             or earlier[path].digest != cached.digest}
+    removed = [path for path, entry in earlier.items()
+               if entry.type == "file" and path not in scan]
     cache.save(hashcache.cache_scope(target, target_mountpoint), fresh, removed)
 
 
-def _carry_digests(scan: Scan, earlier: dict[bytes, CachedHash], hashed: set[bytes]) -> None:
+def _carry_digests(scan: Scan, earlier: Scan, hashed: set[bytes]) -> None:
     """Give each file not in `hashed` its digest from the update's scan when unchanged, in place.
 
     A file that changed (other device, inode, size, mtime_ns or ctime_ns) keeps digest None,
@@ -812,7 +845,7 @@ def _carry_digests(scan: Scan, earlier: dict[bytes, CachedHash], hashed: set[byt
         if entry.type != "file" or path in hashed:
             continue
         before = earlier.get(path)
-        if before is not None and before.key == entry.file_key():
+        if before is not None and before.type == "file" and before.file_key() == entry.file_key():
             scan[path] = replace(entry, digest=before.digest)
 
 
@@ -906,6 +939,8 @@ _EXTRA_LOCK = threading.Lock()
 # Updates made in this process, by (task ID, item position), for verify_item; a task resumed
 # in another process has none and hashes every file again.
 _UPDATES: dict[tuple[str, int], UpdateDigests] = {}
+# `discard-later` commands started by verify_item, by (task ID, item position).
+_DISCARDS: dict[tuple[str, int], HostCommand] = {}
 
 
 def select_items(runner: Any) -> dict[int, str]:
@@ -968,6 +1003,9 @@ def copy_item(runner: Any, item: TaskItem, on_chunk: Callable[[int], None]) -> U
     digests = update_digests(result)
     digests.mountpoints = (source_mountpoint, target_mountpoint)
     _UPDATES[(runner.task.id, item.position)] = digests
+    if runner.task.spec.verify is not VerifyMode.NONE:
+        start_verify_scans(runner.source, source_mountpoint, runner.target, target_mountpoint,
+                           digests, runner.task.spec.verify)
     _save_record(runner, item, sent_entries=result.sent_entries,
                  deleted_entries=result.deleted_entries, archive_bytes=result.archive_bytes,
                  scan_bytes=result.scan_bytes, seconds=result.seconds,
@@ -984,6 +1022,12 @@ def verify_item(runner: Any, item: TaskItem) -> None:
         source_mountpoint, target_mountpoint = update.mountpoints
     else:
         source_mountpoint, target_mountpoint = _mountpoints(runner, item)
+    backup = _records(runner).get(str(item.position), {}).get("backup")
+    if backup:
+        # Started now and told to remove the backup only by the cleanup phase of a task
+        # that verified; closed unused, it keeps the backup (hostscan's discard-later).
+        _DISCARDS[(runner.task.id, item.position)] = HostCommand(
+            runner.target, ["discard-later", backup])
     verified = verify_update(runner.source, source_mountpoint, runner.target, target_mountpoint,
                              item, runner.task.spec.verify, update, HashCache(runner.store))
     _save_record(runner, item, verify_scan_bytes=verified.scan_bytes,
@@ -996,12 +1040,35 @@ def discard_backups(runner: Any) -> None:
     for position, record in _records(runner).items():
         item = runner.task.items[int(position)]
         if record.get("backup") and item.state in (ItemState.VERIFIED, ItemState.UNVERIFIED):
-            discard_backup(runner.target, record["backup"])
+            started = _DISCARDS.pop((runner.task.id, item.position), None)
+            if started is None or not _finish_discard(started):
+                discard_backup(runner.target, record["backup"])
             _save_record(runner, item, backup=None)
+    _close_started_commands(runner)
+
+
+def _finish_discard(command: HostCommand) -> bool:
+    """Tell a started `discard-later` command to remove its backup; return whether it did."""
+    try:
+        command.finish(b"discard")
+    except (DDMError, OSError, EOFError) as error:
+        log.warning("started discard of %s failed, running it again: %s",
+                    command.arguments[1], error)
+        return False
+    return True
+
+
+def _close_started_commands(runner: Any) -> None:
+    """Close this task's verify and discard commands that were started early and not used."""
+    for key in [key for key in _UPDATES if key[0] == runner.task.id]:
+        _UPDATES.pop(key).close_commands()
+    for key in [key for key in _DISCARDS if key[0] == runner.task.id]:
+        _DISCARDS.pop(key).close()
 
 
 def restore_backups(runner: Any) -> None:
     """Undo every incremental update of the task whose backup still exists."""
+    _close_started_commands(runner)
     for position, record in _records(runner).items():
         _undo(runner, runner.task.items[int(position)], record)
 

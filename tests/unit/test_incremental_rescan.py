@@ -176,3 +176,39 @@ def test_verify_caches_target_digests(roots, store, no_racy_margin):
     info = (target_root / "dir" / "b.bin").stat()
     assert cached[b"dir/b.bin"].key == (info.st_dev, info.st_ino, info.st_size,
                                         info.st_mtime_ns, info.st_ctime_ns)
+
+
+def test_started_verify_scans_are_used(roots, store, no_racy_margin):
+    source_root, target_root = roots
+    result = update(roots, store)
+    digests = incremental.update_digests(result)
+    incremental.start_verify_scans(LocalEngine("h1"), str(source_root), LocalEngine("h2"),
+                                   str(target_root), digests, VerifyMode.FULL)
+    started = dict(digests.commands)
+
+    verified = incremental.verify_update(LocalEngine("h1"), str(source_root), LocalEngine("h2"),
+                                         str(target_root), ITEM, VerifyMode.FULL, digests)
+
+    assert verified.reused_entries == len(result.source_scan)
+    assert digests.commands == {}
+    assert all(command.channel.process.returncode == 0 for command in started.values())
+
+
+def test_rescan_closed_unused_scans_nothing(roots):
+    source_root, _ = roots
+    command = incremental.HostCommand(LocalEngine("h1"), ["rescan", str(source_root), "all"])
+
+    assert command.finish(b"") == b""
+
+
+def test_discard_later_needs_request(tmp_path: Path):
+    backup = tmp_path / "ddm-backup-t"
+    (backup / "data").mkdir(parents=True)
+    engine = LocalEngine("h2")
+
+    incremental.HostCommand(engine, ["discard-later", str(backup)]).close()
+    assert backup.exists()
+    incremental.HostCommand(engine, ["discard-later", str(backup)]).finish(b"")
+    assert backup.exists()
+    incremental.HostCommand(engine, ["discard-later", str(backup)]).finish(b"discard")
+    assert not backup.exists()
