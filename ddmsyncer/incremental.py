@@ -12,8 +12,10 @@ is not hashed again: its digest comes from the controller's cache (ddmsyncer/has
 target entry that the source lacks is deleted. mtime is compared in whole seconds, because
 Docker's archive API, which made the first copy, truncates mtimes to seconds. Only the sent
 entries cross the wire, as a tar stream from `tar` on the source to `tar` on the target,
-relayed and hashed by the controller. Verification compares fresh scans of both sides; see
-verify_update for which files it hashes again.
+relayed and hashed by the controller. Verification scans the target again in full and
+compares it entry by entry with the source. The source's host reports only the entries whose
+lstat key changed since the update's scan, and the controller reuses the rest of that scan.
+verify_update says which files each side hashes again.
 
 How does a failure leave the target as it was? Before any change, the entries the update
 replaces or deletes are moved (renamed) into a backup directory beside the mountpoint, after a
@@ -276,7 +278,7 @@ def _read_scan(lines: Iterable[bytes], known: dict[bytes, CachedHash] | None = N
     """Parse the output of hostscan's scan or rescan; return the entries, summary and bytes.
 
     With `known`, a file the host did not hash gets the cached digest when its reported key
-    equals the cached key exactly; other unhashed files keep digest None.
+    equals the cached key exactly. Other unhashed files keep digest None.
     """
     entries = Scan()
     summary: dict[str, Any] = {}
@@ -372,7 +374,7 @@ def scan_both(source: Any, source_mountpoint: str, target: Any, target_mountpoin
     # one side at a time, so that both sides' keys are never in memory beside both scans.
     preload = cache is not None and hash_mode == "cached"
     # The commands start before the cache is loaded, so that opening the channels and starting
-    # python3 on the hosts overlap with it; `scan` reads all its stdin before it walks.
+    # python3 on the hosts overlap with the load. `scan` reads all its stdin before it walks.
     commands = dict(commands or {})
     try:
         for name, (engine, mountpoint) in sides.items():
@@ -699,10 +701,10 @@ class VerifyResult:
 class UpdateDigests:
     """What verify takes from an update made in this process.
 
-    Both scans of the update are kept: verify rescans the source and reuses every entry
-    whose lstat key is unchanged, and it scans the target again in full but takes the digest
-    of each unsent, unchanged file from the target's scan. NOTE: holding both scans costs
-    about 1 KiB of controller memory per entry of the volume until verify ends.
+    Both scans of the update are kept. Verify rescans the source and reuses every entry
+    whose lstat key is unchanged. It scans the target again in full, but takes the digest of
+    each unsent, unchanged file from the target's scan. NOTE: the controller holds both scans
+    until verify ends, an estimated 1 KiB per entry of the volume (not measured).
     """
 
     sent: list[bytes]
@@ -823,9 +825,9 @@ def _save_verified_digests(cache: HashCache, target: Any, target_mountpoint: str
                            earlier: Scan) -> None:
     """Cache the target digests that verify computed, and forget the target's removed files.
 
-    `earlier` is the update's scan, whose digests that scan stored, so the cache is not
-    loaded. The source's cache is left alone: the update's scan stored it, and a source that
-    changed since fails verification.
+    `earlier` is the update's scan, which stored its digests, so the cache is not loaded.
+    The source's rows stay as the update's scan stored them, because a source that changed
+    since then fails verification.
     """
     fresh = {path: cached for path, cached in _fresh_digests(scan, {}).items()
              if path not in earlier or earlier[path].file_key() != cached.key
@@ -1024,8 +1026,8 @@ def verify_item(runner: Any, item: TaskItem) -> None:
         source_mountpoint, target_mountpoint = _mountpoints(runner, item)
     backup = _records(runner).get(str(item.position), {}).get("backup")
     if backup:
-        # Started now and told to remove the backup only by the cleanup phase of a task
-        # that verified; closed unused, it keeps the backup (hostscan's discard-later).
+        # Started now, it removes the backup only when the cleanup phase of a task that
+        # verified sends "discard". Closed unused, it keeps the backup (hostscan's discard-later).
         _DISCARDS[(runner.task.id, item.position)] = HostCommand(
             runner.target, ["discard-later", backup])
     verified = verify_update(runner.source, source_mountpoint, runner.target, target_mountpoint,
