@@ -48,7 +48,7 @@ import xxhash
 from ddm.errors import DDMError, MigrationFailed, TransferFailed, VerificationFailed
 from ddm.store import TaskStore
 from ddm.task import ItemState, TaskItem, TaskState, VerifyMode
-from ddmsyncer import hashcache
+from ddmsyncer import hashcache, updatereport
 from ddmsyncer.copyorigin import copying_task
 from ddmsyncer.hashcache import CachedHash, HashCache
 
@@ -1015,6 +1015,7 @@ def copy_item(runner: Any, item: TaskItem, on_chunk: Callable[[int], None]) -> U
                                "target": result.target_scan.hashed_files},
                  cache_hits={"source": result.source_scan.cache_hits,
                              "target": result.target_scan.cache_hits})
+    updatereport.record_update(runner, item, result)
     return result
 
 
@@ -1035,6 +1036,7 @@ def verify_item(runner: Any, item: TaskItem) -> None:
     _save_record(runner, item, verify_scan_bytes=verified.scan_bytes,
                  verify_hashed_files=verified.hashed_files,
                  verify_reused_entries=verified.reused_entries)
+    updatereport.record_update_verified(runner, item, verified)
 
 
 def discard_backups(runner: Any) -> None:
