@@ -333,7 +333,7 @@ def rescan_volume(engine: Any, mountpoint: str, earlier: Scan, *, hash_content: 
 
     merged = Scan(trusted)
     for path in summary["gone"]:
-        del merged[base64.b64decode(path)]
+        merged.pop(base64.b64decode(path), None)
     merged.update(changed)
     merged.hashed_files, merged.hashed_bytes = changed.hashed_files, changed.hashed_bytes
     merged.started_ns = changed.started_ns
@@ -787,8 +787,9 @@ def _rescan_both(source: Any, source_mountpoint: str, target: Any, target_mountp
                  ) -> tuple[Scan, Scan, int]:
     """Rescan the source against the update's scan while the target is scanned in full."""
     earlier_target = update.target_scan
+    started_ns = earlier_target.started_ns
     racy = [path for path, entry in earlier_target.items()
-            if entry.type == "file" and hashcache.is_racy(entry.ctime_ns, earlier_target.started_ns)]
+            if entry.type == "file" and hashcache.is_racy(entry.ctime_ns, started_ns)]
     rehashed = set(update.sent) | set(racy)
     results: dict[str, tuple[Scan, int]] = {}
     failures: list[BaseException] = []
