@@ -61,15 +61,33 @@ def row_checksum(scope: str, path: bytes, file_key: str, digest: str) -> str:
     return xxhash.xxh3_128_hexdigest(text.encode("utf-8"))
 
 
+def _checksum_function(scope: str) -> Any:
+    """Return row_checksum for one scope, with the scope's JSON encoded once.
+
+    HashCache.load checks every row of a scope. json.dumps of the row's list is the scope's
+    JSON, then the three other strings, each JSON-encoded and joined by ", ".
+    """
+    prefix = "[" + json.dumps(scope) + ", "
+    dumps, b64encode, hexdigest = json.dumps, base64.b64encode, xxhash.xxh3_128_hexdigest
+
+    def checksum(path: bytes, file_key: str, digest: str) -> str:
+        text = (f"{prefix}\"{b64encode(path).decode('ascii')}\", {dumps(file_key)}, "
+                f"{dumps(digest)}]")
+        return hexdigest(text.encode("utf-8"))
+
+    return checksum
+
+
 def format_key(key: FileKey) -> str:
     return " ".join(str(value) for value in key)
 
 
 def parse_key(text: str) -> FileKey | None:
     values = text.split()
-    if len(values) != 5 or not all(value.isdigit() for value in values):
+    # isdigit() on the joined fields rejects signs, underscores and other forms int() takes.
+    if len(values) != 5 or not "".join(values).isdigit():
         return None
-    dev, inode, size, mtime_ns, ctime_ns = (int(value) for value in values)
+    dev, inode, size, mtime_ns, ctime_ns = map(int, values)
     return dev, inode, size, mtime_ns, ctime_ns
 
 
@@ -83,9 +101,10 @@ class HashCache:
         """Return the scope's cached digests by path, without rows that fail their checksum."""
         known: dict[bytes, CachedHash] = {}
         damaged = 0
+        row_checksum_of_scope = _checksum_function(scope)
         for path, file_key, digest, checksum in self.store.load_file_hashes(scope):
             key = parse_key(file_key)
-            if key is None or checksum != row_checksum(scope, path, file_key, digest):
+            if key is None or checksum != row_checksum_of_scope(path, file_key, digest):
                 damaged += 1
                 continue
             known[path] = CachedHash(key, digest)

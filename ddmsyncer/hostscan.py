@@ -8,6 +8,14 @@ uses only the standard library and Python 3.7 features. It works on a volume's m
                         files whose key is not among the known keys read from stdin, one
                         "PATH DEV INODE SIZE MTIME_NS CTIME_NS" line each, PATH in base64) or
                         "newer:NS" (hash the files whose mtime is at least NS nanoseconds)
+    rescan ROOT HASH    like scan, but stdin lists the keys of entries that an earlier scan
+                        reported, one "PATH DEV INODE SIZE MTIME_NS CTIME_NS" line each (PATH in
+                        base64). An entry whose lstat key equals its listed key is not reported.
+                        HASH is "all" (hash every reported file) or "none". The last line also
+                        has "unchanged", the count of entries not reported, and "gone", the
+                        base64 paths listed on stdin that no longer exist. stdin must end with
+                        the line "end"; without it (a command started early and closed
+                        unused) nothing is scanned
     stat ROOT           lstat only, for seeding the hash cache from a full copy: first the
                         line {"started_ns": NS} (the host's clock before the first lstat,
                         written at once), then [path, dev, inode, size, mtime_ns, ctime_ns]
@@ -23,6 +31,8 @@ uses only the standard library and Python 3.7 features. It works on a volume's m
     backup ROOT DEST    hard-link copy of ROOT at DEST (`cp -al`); backups of earlier versions
     restore ROOT DEST   replace ROOT by DEST, undoing every change made since `backup`
     discard DEST        remove DEST
+    discard-later DEST  remove DEST once stdin is "discard"; any other stdin, such as the
+                        empty stdin of a command started early and closed unused, keeps DEST
 
 Each scan line is [path, type, mode, uid, gid, size, mtime_ns, link, rdev, inode, nlink, hash,
 dev, ctime_ns, xattrs] with path and link in base64 of the raw bytes, "." for ROOT itself, the
@@ -112,8 +122,12 @@ def read_paths():
 
 
 def read_known_keys():
+    return parse_known_keys(sys.stdin.buffer.read())
+
+
+def parse_known_keys(data):
     known = {}
-    for line in sys.stdin.buffer.read().splitlines():
+    for line in data.splitlines():
         fields = line.split()
         if len(fields) == 6:
             known[base64.b64decode(fields[0])] = tuple(int(value) for value in fields[1:])
@@ -122,6 +136,12 @@ def read_known_keys():
 
 def file_key(info):
     return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+
+def entry_key(info):
+    """Return file_key with the size as scan reports it: 0 for all but regular files."""
+    size = info.st_size if stat.S_ISREG(info.st_mode) else 0
+    return (info.st_dev, info.st_ino, size, info.st_mtime_ns, info.st_ctime_ns)
 
 
 def hash_test(hash_mode):
@@ -141,6 +161,16 @@ def hash_test(hash_mode):
     return lambda relative, info: False
 
 
+def entry_record(relative, path, info, digest):
+    """Return the scan line fields of one entry (see the module docstring)."""
+    kind = entry_type(info.st_mode)
+    link = encode(os.readlink(path)) if kind == "symlink" else None
+    return [encode(relative), kind, stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid,
+            info.st_size if kind == "file" else 0, info.st_mtime_ns, link,
+            info.st_rdev if kind in ("char", "block") else 0, info.st_ino, info.st_nlink, digest,
+            info.st_dev, info.st_ctime_ns, xattrs_digest(path)]
+
+
 def scan(root, hash_mode):
     should_hash = hash_test(hash_mode)
     started_ns = time.time_ns()
@@ -148,20 +178,46 @@ def scan(root, hash_mode):
     out = sys.stdout
     for relative, path in walk(root):
         info = os.lstat(path)
-        kind = entry_type(info.st_mode)
-        link = encode(os.readlink(path)) if kind == "symlink" else None
         digest = None
-        if kind == "file" and should_hash(relative, info):
+        if stat.S_ISREG(info.st_mode) and should_hash(relative, info):
             digest = file_digest(path)
             hashed_files += 1
             hashed_bytes += info.st_size
-        record = [encode(relative), kind, stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid,
-                  info.st_size if kind == "file" else 0, info.st_mtime_ns, link,
-                  info.st_rdev if kind in ("char", "block") else 0, info.st_ino, info.st_nlink, digest,
-                  info.st_dev, info.st_ctime_ns, xattrs_digest(path)]
-        out.write(json.dumps(record) + "\n")
+        out.write(json.dumps(entry_record(relative, path, info, digest)) + "\n")
     out.write(json.dumps({"hashed_files": hashed_files, "hashed_bytes": hashed_bytes,
                           "started_ns": started_ns}) + "\n")
+
+
+def rescan(root, hash_mode):
+    """Report only the entries whose lstat key differs from the one listed on stdin.
+
+    A change of content, mode, owner, extended attributes or link target sets the entry's
+    ctime, and adding or removing a name sets its directory's mtime, so an entry with an
+    unchanged key needs no new record. The caller lists only keys it may trust (see
+    ddmsyncer.incremental.rescan_volume for the racy-ctime rule).
+    """
+    data = sys.stdin.buffer.read()
+    if not data.endswith(b"\nend") and data != b"end":
+        return  # started early and closed unused
+    known = parse_known_keys(data)
+    hash_files = hash_mode == b"all"
+    started_ns = time.time_ns()
+    hashed_files = hashed_bytes = unchanged = 0
+    out = sys.stdout
+    for relative, path in walk(root):
+        info = os.lstat(path)
+        if known.pop(relative, None) == entry_key(info):
+            unchanged += 1
+            continue
+        digest = None
+        if hash_files and stat.S_ISREG(info.st_mode):
+            digest = file_digest(path)
+            hashed_files += 1
+            hashed_bytes += info.st_size
+        out.write(json.dumps(entry_record(relative, path, info, digest)) + "\n")
+    out.write(json.dumps({"hashed_files": hashed_files, "hashed_bytes": hashed_bytes,
+                          "started_ns": started_ns, "unchanged": unchanged,
+                          "gone": [encode(path) for path in sorted(known)]}) + "\n")
 
 
 def stat_files(root):
@@ -300,6 +356,8 @@ def main():
     arguments = [os.fsencode(argument) for argument in sys.argv[2:]]
     if command == "scan":
         scan(arguments[0], arguments[1])
+    elif command == "rescan":
+        rescan(arguments[0], arguments[1])
     elif command == "stat":
         stat_files(arguments[0])
     elif command == "delete":
@@ -320,6 +378,9 @@ def main():
             os.rename(arguments[1], arguments[0])
     elif command == "discard":
         if os.path.lexists(arguments[0]):
+            shutil.rmtree(arguments[0])
+    elif command == "discard-later":
+        if sys.stdin.buffer.read() == b"discard" and os.path.lexists(arguments[0]):
             shutil.rmtree(arguments[0])
     else:
         sys.exit("unknown command " + command)
