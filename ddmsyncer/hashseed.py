@@ -92,7 +92,9 @@ class _BatchedTable:
     """Rows for one table of a seed database, inserted SEED_BATCH_ROWS at a time.
 
     Later rows for a path replace earlier ones. add() may run in one thread while another
-    thread adds to another table of the same database.
+    thread adds to another table of the same database. A failed insert (a full temporary
+    directory) is logged and sets `error`, and later rows are dropped, so that the copy or
+    verify that feeds the seed goes on.
     """
 
     def __init__(self, database: sqlite3.Connection, lock: threading.Lock, name: str,
@@ -101,20 +103,30 @@ class _BatchedTable:
         self._lock = lock
         self._insert = f"INSERT OR REPLACE INTO {name} VALUES ({', '.join('?' * columns)})"
         self._pending: list[tuple[Any, ...]] = []
+        self.error: sqlite3.Error | None = None
 
     def add(self, row: tuple[Any, ...]) -> None:
+        if self.error is not None:
+            return
         self._pending.append(row)
         if len(self._pending) >= SEED_BATCH_ROWS:
             self.flush()
 
     def flush(self) -> None:
         rows, self._pending = self._pending, []
-        if not rows:
+        if not rows or self.error is not None:
             return
         with self._lock:
-            self._database.execute("BEGIN")
-            self._database.executemany(self._insert, rows)
-            self._database.execute("COMMIT")
+            try:
+                self._database.execute("BEGIN")
+                self._database.executemany(self._insert, rows)
+                self._database.execute("COMMIT")
+            except sqlite3.Error as error:
+                self.error = error
+                log.warning("no hash cache seed: writing its temporary database failed: %s",
+                            error)
+                if self._database.in_transaction:
+                    self._database.execute("ROLLBACK")
 
 
 class SeedJoin:
@@ -161,6 +173,8 @@ class SeedJoin:
         """
         for table in (self._members, self._stat_keys, self._digests):
             table.flush()
+            if table.error is not None:
+                return
         query = (
             "SELECT members.path, dev, inode, stat_keys.size, stat_keys.mtime_ns,"
             " stat_keys.ctime_ns, sha256"
@@ -216,6 +230,8 @@ class ScanSeed:
     def rows(self) -> Iterator[SeedRow]:
         """Yield the rows of files that did not change within the racy margin, in path order."""
         self._scanned.flush()
+        if self._scanned.error is not None:
+            return
         query = ("SELECT path, dev, inode, size, mtime_ns, ctime_ns, sha256 FROM scanned"
                  " WHERE ctime_ns < checked_ns - ? ORDER BY path")
         for path, dev, inode, size, mtime_ns, ctime_ns, sha256 in self._database.execute(
@@ -229,6 +245,8 @@ class ScanSeed:
         Logs instead of raising when the host command fails.
         """
         self._scanned.flush()
+        if self._scanned.error is not None:
+            return 0
         margin = hashcache.RACY_MARGIN_NANOSECONDS
         query = ("SELECT COUNT(*), TOTAL(size), MAX(ctime_ns) FROM scanned"
                  " WHERE ctime_ns >= checked_ns - ?")

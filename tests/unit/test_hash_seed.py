@@ -303,3 +303,16 @@ def test_scan_seed_confirms_host_rehash(volume):
 
     assert confirmed == 1
     assert dict(seed.rows())[b"dir/a.txt"].key == key
+
+
+def test_seed_database_failure_drops_seed(monkeypatch):
+    monkeypatch.setattr(hashseed, "SEED_BATCH_ROWS", 1)
+    seed = ScanSeed()
+    seed.add(scan_record(b"kept"))
+    seed._database.execute("DROP TABLE scanned")
+
+    seed.add(scan_record(b"after-failure"))
+    seed.add(scan_record(b"dropped"))
+
+    assert seed._scanned.error is not None
+    assert list(seed.rows()) == []
