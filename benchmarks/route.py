@@ -5,7 +5,7 @@ from __future__ import annotations
 from benchmarks.suite import Result, Suite
 
 DIRECT_METHOD = "ddm --route direct"
-DIRECT_SCENARIOS = ("a", "c")
+DIRECT_SCENARIOS = ("a", "b", "c")
 
 
 def run_direct_copy(suite: Suite, scenario: str, source_volume: str, data_bytes: int) -> Result:

@@ -82,6 +82,10 @@ class ConnectionFailed(DDMError):
     exit_status = ExitStatus.CONNECTION
 
 
+class ConnectionLost(ConnectionFailed):
+    """An open SSH connection to a host broke while a task ran."""
+
+
 class HostKeyError(DDMError):
     """The SSH host key of a host is not in known_hosts, or differs from the recorded one."""
 

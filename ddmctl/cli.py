@@ -7,7 +7,13 @@ from pathlib import Path
 import click
 
 from ddmctl.commands import apply, completion, control, full, hosts, migrate, planning, tasks
-from ddmctl.common import EXIT_STATUS_HELP, common_options, main_for, make_context
+from ddmctl.common import (
+    EXIT_STATUS_HELP,
+    accept_logging_options_after,
+    common_options,
+    main_for,
+    make_context,
+)
 
 
 @click.group(
@@ -28,6 +34,8 @@ cli.add_command(completion.completion)
 for command in (*tasks.COMMANDS, full.finalize, planning.plan, planning.create, control.pause,
                 control.logs, hosts.hosts, apply.apply):
     cli.add_command(command)
+
+accept_logging_options_after(cli)
 
 main = main_for(cli, "ddmctl")
 

@@ -29,6 +29,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
+DEBUG_HELP = "Print tracebacks and debug logs on errors."
+VERBOSE_HELP = "More log output on stderr (repeatable)."
+QUIET_HELP = "Only errors on stderr."
+
 
 @dataclass
 class CommandContext:
@@ -87,14 +91,54 @@ def common_options(function: F) -> F:
             # DDM_CONFIG from the command's Environment, as it does HOME and XDG_CONFIG_HOME.
             help="Configuration file (default: $XDG_CONFIG_HOME/ddm/config.yaml; env DDM_CONFIG).",
         ),
-        click.option("--debug", is_flag=True, help="Print tracebacks and debug logs on errors."),
-        click.option("-v", "--verbose", count=True, help="More log output on stderr (repeatable)."),
-        click.option("-q", "--quiet", is_flag=True, help="Only errors on stderr."),
+        click.option("--debug", is_flag=True, help=DEBUG_HELP),
+        click.option("-v", "--verbose", count=True, help=VERBOSE_HELP),
+        click.option("-q", "--quiet", is_flag=True, help=QUIET_HELP),
         click.version_option(__version__, "--version", message="%(prog)s %(version)s"),
     ]
     for option in reversed(options):
         function = option(function)
     return function
+
+
+def accept_logging_options_after(group: click.Group) -> None:
+    """Let every subcommand of `group` also take --debug, -v/--verbose and -q/--quiet.
+
+    Operators often type these options after the subcommand (`ddmctl migrate ... -v`). The
+    group's callback has set up logging before click parses a subcommand's options, so these options
+    update the CommandContext and set up logging again. A -v after the subcommand adds to
+    one before it, and -q wins over -v, as it does in the group.
+    """
+    for command in group.commands.values():
+        if isinstance(command, click.Group):
+            accept_logging_options_after(command)
+        names = {name for param in command.params for name in getattr(param, "opts", [])}
+        if names & {"--debug", "-v", "--verbose", "-q", "--quiet"}:
+            continue
+        command.params.extend([
+            click.Option(["--debug", "late_debug"], is_flag=True, expose_value=False,
+                         callback=_set_late_logging_option,
+                         help=DEBUG_HELP),
+            click.Option(["-v", "--verbose", "late_verbose"], count=True, expose_value=False,
+                         callback=_set_late_logging_option,
+                         help=VERBOSE_HELP),
+            click.Option(["-q", "--quiet", "late_quiet"], is_flag=True, expose_value=False,
+                         callback=_set_late_logging_option,
+                         help=QUIET_HELP),
+        ])
+
+
+def _set_late_logging_option(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+    context = ctx.find_object(CommandContext)
+    if not value or context is None:
+        return
+    if param.name == "late_debug":
+        context.debug = True
+    elif param.name == "late_quiet":
+        context.verbosity = -1
+    elif context.verbosity >= 0:
+        context.verbosity += int(value)
+    configure_logging(context.env, debug=context.debug, verbosity=context.verbosity)
 
 
 def json_option(function: F) -> F:
@@ -135,6 +179,9 @@ def configure_logging(env: Environment, *, debug: bool, verbosity: int) -> None:
     handler = logging.StreamHandler(env.stderr)
     handler.ddm_handler = True  # type: ignore[attr-defined]
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.setLevel(level)
+    if not debug:
+        handler.addFilter(_paramiko_as_debug)
     root.addHandler(handler)
     root.setLevel(level)
 
@@ -142,6 +189,19 @@ def configure_logging(env: Environment, *, debug: bool, verbosity: int) -> None:
     logging.getLogger("paramiko").setLevel(logging.WARNING)
     logging.getLogger("urllib3").setLevel(logging.WARNING)
     logging.getLogger("docker").setLevel(logging.WARNING)
+
+
+def _paramiko_as_debug(record: logging.LogRecord) -> bool:
+    """Log paramiko's records at DEBUG level, so they show only with -vv or --debug.
+
+    paramiko (5.1) logs a broken connection as ERROR records, one per line of a traceback.
+    DDM reports the same failure in one error line (ConnectionLost or ConnectionFailed), so
+    the traceback is shown only when the operator requests debug output.
+    """
+    if record.name == "paramiko" or record.name.startswith("paramiko."):
+        record.levelno, record.levelname = logging.DEBUG, logging.getLevelName(logging.DEBUG)
+        return logging.getLogger().isEnabledFor(logging.DEBUG)
+    return True
 
 
 def epilog(example: str) -> str:

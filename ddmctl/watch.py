@@ -263,6 +263,9 @@ def transfer_label(transfer: dict[str, Any], arrow: str) -> str:
 
 def _progress_cells(done: int, total: int | None, rate: float | None) -> list[Any]:
     """Return the bar, "done / total", rate and ETA cells of one row."""
+    # A volume's total is the engine's size of its file data, which the tar stream's headers
+    # and padding exceed, so the total shown is never below the bytes sent.
+    total = None if total is None else max(total, done)
     remaining = None if total is None else total - done
     eta = eta_seconds(remaining, rate)
     return [

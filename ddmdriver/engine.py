@@ -454,12 +454,7 @@ class Engine:
         if self.ssh is not None:
             result = self.exec_command(["df", "-P", "-k", path])
             if result.exit_status != 0:
-                logger.warning(
-                    "df on %s failed for %s: %s",
-                    self.host.name,
-                    path,
-                    result.stderr.decode("utf-8", "replace").strip(),
-                )
+                _log_df_failure(self.host.name, path, result, connected=self.ssh.is_active)
                 return None
             return parse_df_available(result.stdout)
 
@@ -486,6 +481,23 @@ class Engine:
 
     def _errors(self, action: str) -> _ErrorMapper:
         return _ErrorMapper(self.host.name, action)
+
+
+def _log_df_failure(host_name: str, path: str, result: CommandResult, *, connected: bool) -> None:
+    """Log a failed `df`, unless it only ended because its SSH connection was closed.
+
+    A task that fails closes its connections, which ends a free-space query still running in
+    another thread with no exit status (-1) and no output. That is no fault of df, so it is
+    logged at DEBUG level only.
+    """
+    if result.exit_status == -1 and not connected:
+        logger.debug("df -P -k %s on %s stopped: its SSH connection was closed", path, host_name)
+        return
+    errors = " ".join(result.stderr.decode("utf-8", "replace").split())
+    status = ("ended without an exit status" if result.exit_status == -1
+              else f"failed with exit status {result.exit_status}")
+    logger.warning("df -P -k %s on %s %s: %s",
+                   path, host_name, status, errors or "no error output")
 
 
 class _NotFound(Exception):

@@ -46,7 +46,7 @@ import xxhash
 from ddm.errors import MigrationFailed, TransferFailed, VerificationFailed
 from ddm.store import TaskStore
 from ddm.task import ItemState, TaskItem, TaskState, VerifyMode
-from ddmsyncer import hashcache
+from ddmsyncer import hashcache, updatereport
 from ddmsyncer.copyorigin import copying_task
 from ddmsyncer.hashcache import CachedHash, HashCache
 
@@ -862,6 +862,7 @@ def copy_item(runner: Any, item: TaskItem, on_chunk: Callable[[int], None]) -> U
                                "target": result.target_scan.hashed_files},
                  cache_hits={"source": result.source_scan.cache_hits,
                              "target": result.target_scan.cache_hits})
+    updatereport.record_update(runner, item, result)
     return result
 
 
@@ -872,6 +873,7 @@ def verify_item(runner: Any, item: TaskItem) -> None:
                              item, runner.task.spec.verify, update, HashCache(runner.store))
     _save_record(runner, item, verify_scan_bytes=verified.scan_bytes,
                  verify_hashed_files=verified.hashed_files)
+    updatereport.record_update_verified(runner, item, verified)
 
 
 def discard_backups(runner: Any) -> None:

@@ -27,6 +27,7 @@ from ddm.config import Config
 from ddm.errors import (
     Cancelled,
     ConnectionFailed,
+    ConnectionLost,
     DDMError,
     Interrupted,
     MigrationFailed,
@@ -51,7 +52,7 @@ from ddm.processes import process_alive
 from ddm.store import TaskStore
 from ddm.task import ItemState, Phase, Task, TaskItem, TaskState, VerifyMode
 from ddm.text import counted
-from ddmsyncer import connect, direct, incremental, parallel, rerun, volumes
+from ddmsyncer import connect, connlost, direct, incremental, parallel, rerun, volumes
 from ddmsyncer.control import wait_while_paused
 from ddmsyncer.staged import StagedVolumes, mark_verified, release_writers, remove_staging_volumes
 
@@ -291,7 +292,11 @@ class TaskRunner:
             self.store.acquire_locks(self.task.id, self.lock_names())
             self._run_phases()
         except BaseException as error:
-            self._finish_failed(error)
+            lost = connlost.as_connection_lost(self, error)
+            self._finish_failed(lost or error)
+            if lost is not None:
+                connlost.add_next_step(lost, self.task)
+                raise lost from error
             raise
         finally:
             self._close()
@@ -566,6 +571,8 @@ class TaskRunner:
             return
 
         state = TaskState.CANCELLED if isinstance(error, Cancelled) else TaskState.FAILED
+        if isinstance(error, ConnectionLost):
+            error.hint = connlost.rolled_back_hint(error)
         self._finish(state, _error_dict(error))
 
     def rollback(self, *, every_host: bool = False) -> None:

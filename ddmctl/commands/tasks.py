@@ -8,11 +8,12 @@ import click
 
 from ddm import api
 from ddm.errors import ExitStatus
-from ddm.task import ItemState, Task, TaskState
+from ddm.task import ItemState, Task, TaskItem, TaskState
 from ddmctl.commands.migrate import print_task_result, run_and_report
 from ddmctl.common import CommandContext, epilog, json_option
 from ddmctl.complete import complete_task
 from ddmctl.progress import format_bytes
+from ddmctl.rollback_report import rollback_outcomes
 from ddmctl.tasks_filter import MAX_SCANNED_TASKS, parse_since, task_matches
 from ddmctl.watch import task_label, watch_task
 from ddmsyncer.runner import mark_stale_running
@@ -91,6 +92,8 @@ def status(context: CommandContext, task_id: str, show_events: bool, watch: bool
             data["downtime_seconds"] = data["full"].get("downtime_seconds")
             data["image_bytes_sent"] = data["full"].get("image_bytes_sent")
         data["already_migrated"] = store.get_extra(task.id).get("already_migrated")
+        # Per volume position: what an incremental update sent, removed and hashed.
+        data["incremental"] = store.get_extra(task.id).get("incremental") or {}
         if task.spec.mode.value != "full":
             data["compression"] = store.get_extra(task.id).get("compression", {})
         context.print_json(data)
@@ -107,9 +110,8 @@ def status(context: CommandContext, task_id: str, show_events: bool, watch: bool
         context.echo(f"error     {task.error.get('message')}")
     compression = store.get_extra(task.id).get("compression", {})
     for item in task.items:
-        total = format_bytes(item.bytes_total) if item.bytes_total is not None else "?"
         context.echo(f"volume    {item.source} -> {item.target}  {item.state.value}  "
-                     f"{format_bytes(item.bytes_done)} / {total}"
+                     f"{volume_progress(item)}"
                      f"{compression_note(compression.get(str(item.position)))}")
     extra = store.get_extra(task.id) if task.spec.mode.value == "full" else {}
     for container in (extra.get("plan") or {}).get("containers") or []:
@@ -125,6 +127,22 @@ def status(context: CommandContext, task_id: str, show_events: bool, watch: bool
     for event in events:
         context.echo(f"{format_time(event['at'])}  {event['level']:<7}  {event['message']}")
     return int(ExitStatus.OK)
+
+
+def volume_progress(item: TaskItem) -> str:
+    """Return a volume's tar stream bytes, against an estimate while it copies.
+
+    bytes_done counts the tar stream, which adds a 512-byte header to each entry and pads
+    each file to 512 bytes. bytes_total is the engine's size of the volume's file data, so a
+    volume of many small files sends more bytes than its total. While copying, the estimate
+    of the stream is therefore at least the bytes sent so far.
+    """
+    done = format_bytes(item.bytes_done)
+    if item.state is ItemState.COPYING and item.bytes_total is not None:
+        estimate = max(item.bytes_total, item.bytes_done)
+        return f"{done} / about {format_bytes(estimate)} of tar stream"
+    data = "unknown" if item.bytes_total is None else format_bytes(item.bytes_total)
+    return f"{done} of tar stream (volume data {data})"
 
 
 def compression_note(record: dict | None) -> str:
@@ -185,16 +203,26 @@ def rollback(context: CommandContext, task_id: str, force: bool, as_json: bool) 
 
     A target volume that was replaced or changed after a succeeded task finished is kept, and
     the command exits 6, unless --force is given.
+
+    Prints a tab-separated line per volume: source, target and the outcome. The outcome is
+    removed, restored (an incremental update undone from its backup), untouched (the task
+    never started the volume) or kept (the task did not create it), the last two followed
+    by the reason.
     """
     task = api.rollback_task(context.config, context.store, task_id, force=force)
+    outcomes = rollback_outcomes(task, context.store.get_events(task.id))
     if as_json:
-        context.print_json(task.to_dict())
+        data = task.to_dict()
+        for volume in data["volumes"]:
+            outcome, reason = outcomes[volume["position"]]
+            volume["rollback"] = {"outcome": outcome, "reason": reason or None}
+        context.print_json(data)
         return int(ExitStatus.OK)
 
     for item in task.items:
-        # A volume the task did not create (an incremental update, a re-run) stays in place.
-        outcome = "removed" if item.state is ItemState.ROLLED_BACK else "kept"
-        context.echo(f"{item.source}\t{item.target}\t{outcome}")
+        outcome, reason = outcomes[item.position]
+        line = f"{item.source}\t{item.target}\t{outcome}"
+        context.echo(f"{line}\t{reason}" if reason else line)
     context.info(f"task {task.id} {task.state.value}")
     return int(ExitStatus.OK)
 

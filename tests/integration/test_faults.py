@@ -28,7 +28,7 @@ import pytest
 from ddm import api
 from ddm.config import Config
 from ddm.env import Environment
-from ddm.errors import ExitStatus, MigrationFailed, TransferFailed
+from ddm.errors import ConnectionLost, ExitStatus, MigrationFailed, TransferFailed
 from ddm.events import Event, Progress
 from ddm.store import TaskStore
 from ddm.task import ItemState, Task, TaskState
@@ -158,14 +158,16 @@ def test_ssh_cut_at_half_rolls_back(
     cut_counts: list[int] = []
     callback = at_half(lambda: cut_counts.append(h2.cut_connections()))
 
-    with pytest.raises(TransferFailed) as raised:
+    with pytest.raises(ConnectionLost) as raised:
         api.run_task(config, store, task.id, on_event=callback)
 
     assert callback.fired and callback.fired[0] < VOLUME_BYTES  # type: ignore[attr-defined]
     assert cut_counts and cut_counts[0] >= 1
+    assert "host 'h2'" in str(raised.value)
     assert "target h2" in str(raised.value)
+    assert raised.value.exit_status is ExitStatus.CONNECTION
     stored = store.get_task(task.id)
-    assert_failed_and_rolled_back(stored, TransferFailed)
+    assert_failed_and_rolled_back(stored, ConnectionLost)
     assert stored.error is not None and "target h2" in stored.error["message"]
     assert host_state(h2) == target_before
     assert host_state(h1).containers == source_containers

@@ -100,6 +100,40 @@ def test_incremental_sends_only_changes(h1, h2, isolated_env, resources):
     assert backups_on(h2, volume) == []
 
 
+def test_incremental_counts_in_events_and_status(h1, h2, isolated_env, resources):
+    volume = resources.create_volume(h1)
+    resources.add_volume(h2, volume)
+    write_volume_tree(h1, volume, TREE)
+    migrate(volume)
+    change_source(h1, volume)
+
+    task = migrate(volume, "--incremental")
+    logs = run_command("ddmctl", "logs", task["id"])
+    status = run_command("ddmctl", "status", task["id"], "--json", "--events")
+
+    assert logs.status == 0, logs.stderr
+    updated_lines = [line for line in logs.stdout.splitlines() if "updated:" in line]
+    assert len(updated_lines) == 1
+    assert "2 entries removed" in updated_lines[0]
+    assert "hashed" in updated_lines[0]
+    assert status.status == 0, status.stderr
+    document = json.loads(status.stdout)
+    record = document["incremental"]["0"]
+    assert record["deleted_entries"] == 2  # old/ and data/f7.bin
+    assert record["archive_bytes"] == task["volumes"][0]["bytes_done"]
+    assert record["sent_entries"] >= 4  # f3.bin, new.bin, new.txt, app.conf
+    updated = [event for event in document["events"] if event["kind"] == "updated"]
+    assert len(updated) == 1
+    data = updated[0]["data"]
+    assert data["position"] == 0
+    assert data["entries_removed"] == 2
+    assert data["entries_written"] == record["sent_entries"]
+    assert data["archive_bytes"] == record["archive_bytes"]
+    assert 0 < data["file_bytes_sent"] <= data["archive_bytes"]
+    assert data["hashed_files"] == record["hashed_files"]
+    assert [event["kind"] for event in document["events"]].count("update_verified") == 1
+
+
 def test_incremental_keeps_sparse_file_sparse(h1, h2, isolated_env, resources):
     volume = resources.create_volume(h1)
     resources.add_volume(h2, volume)

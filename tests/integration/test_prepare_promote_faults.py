@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import pytest
 
 import ddmdriver.hostpath
+from ddmsyncer import runner as runner_module
 from tests.integration.commands import run_command
 from tests.lab import Lab, LabHost
 from tests.lab.resources import LabResources, unique_name
@@ -65,10 +67,99 @@ def test_unreachable_host_fails_prepare(lab: Lab, h1: LabHost, h2: LabHost,
     finally:
         unreachable.start_sshd()
 
-    # NOTE: paramiko's own logger also prints the failed handshake's traceback to stderr, as it
-    # did before the engines connected at once. The command's error is the last line.
     last_line = result.stderr.strip().splitlines()[-1]
     assert result.status == 3, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "paramiko" not in result.stderr
     assert down in last_line
     assert "SSH" in last_line
     assert volumes_on(h2) == volumes_before
+
+
+def test_connection_lost_mid_copy_rolls_back(lab: Lab, h1: LabHost, h2: LabHost,
+                                             resources: LabResources, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    sources = [filled_source(h1, resources) for _ in range(3)]
+    sources_before = {name: snapshot_volume_tree(h1, name) for name in sources}
+    targets = [unique_name("lost") for _ in sources]
+    for target in targets:
+        resources.add_volume(h2, target)
+    volumes_before = volumes_on(h2)
+
+    # Every SSH connection to h2 breaks once the first volume has sent its first bytes, as
+    # when the host's sshd stops and takes its sessions along. The rollback connects again.
+    cut: list[int] = []
+    add = runner_module._ProgressCounter.add
+
+    def add_then_cut(counter: runner_module._ProgressCounter, count: int) -> None:
+        if not cut:
+            cut.append(h2.cut_connections())
+        add(counter, count)
+
+    monkeypatch.setattr(runner_module._ProgressCounter, "add", add_then_cut)
+    mappings = [argument for source, target in zip(sources, targets)
+                for argument in ("--volume", f"{source}:{target}")]
+
+    result = run_command(lab, tmp_path, "ddmctl", "migrate", "--from", "h1", "--to", "h2",
+                         *mappings, "--parallel", "3", "--yes")
+
+    assert cut and cut[0] >= 1
+    assert result.status == 3, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "paramiko" not in result.stderr
+    error_lines = [line for line in result.stderr.splitlines() if "ddmctl: error:" in line]
+    assert len(error_lines) == 1
+    assert "SSH connection to host 'h2' broke during the copy phase" in error_lines[0]
+    assert "the target was rolled back" in error_lines[0]
+    assert "run the migration again" in error_lines[0]
+    assert volumes_on(h2) == volumes_before
+    for name in sources:
+        assert snapshot_volume_tree(h1, name) == sources_before[name]
+
+
+def test_host_down_mid_copy_then_rollback(lab: Lab, h1: LabHost, h2: LabHost,
+                                          resources: LabResources, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    sources = [filled_source(h1, resources) for _ in range(2)]
+    sources_before = {name: snapshot_volume_tree(h1, name) for name in sources}
+    targets = [unique_name("down") for _ in sources]
+    for target in targets:
+        resources.add_volume(h2, target)
+    volumes_before = volumes_on(h2)
+
+    # h2 stops taking SSH connections and drops the open ones, so the rollback cannot reach it.
+    stopped: list[bool] = []
+    add = runner_module._ProgressCounter.add
+
+    def add_then_stop(counter: runner_module._ProgressCounter, count: int) -> None:
+        if not stopped:
+            stopped.append(True)
+            h2.stop_relay()
+        add(counter, count)
+
+    monkeypatch.setattr(runner_module._ProgressCounter, "add", add_then_stop)
+    mappings = [argument for source, target in zip(sources, targets)
+                for argument in ("--volume", f"{source}:{target}")]
+    try:
+        result = run_command(lab, tmp_path, "ddmctl", "migrate", "--from", "h1", "--to", "h2",
+                             *mappings, "--parallel", "2", "--yes", "--json")
+    finally:
+        h2.start_relay()
+    monkeypatch.undo()
+    document = json.loads(result.stdout)
+    rollback = run_command(lab, tmp_path, "ddmctl", "rollback", document["id"])
+
+    assert stopped
+    assert result.status == 3, result.stderr
+    assert "Traceback" not in result.stderr
+    error_lines = [line for line in result.stderr.splitlines() if "ddmctl: error:" in line]
+    assert len(error_lines) == 1
+    assert "SSH connection to host 'h2' broke during the copy phase" in error_lines[0]
+    assert f"'ddmctl rollback {document['id']}'" in error_lines[0]
+    assert document["state"] == "interrupted"
+    assert document["error"]["error"] == "ConnectionLost"
+    assert document["error"]["exit_status"] == 3
+    assert rollback.status == 0, rollback.stderr
+    assert volumes_on(h2) == volumes_before
+    for name in sources:
+        assert snapshot_volume_tree(h1, name) == sources_before[name]

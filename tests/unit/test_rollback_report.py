@@ -1,0 +1,88 @@
+"""What `ddmctl rollback` reports per volume: removed, restored, untouched or kept."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ddm.api import create_task
+from ddm.config import load_config
+from ddm.store import TaskStore, default_store_path
+from ddm.task import ItemState, Task, TaskItem, TaskSpec
+from ddmctl.rollback_report import rollback_outcomes
+from tests.unit.cli_support import invoke
+
+
+def event(event_id: int, kind: str, message: str, data: dict[str, Any] | None = None) -> dict:
+    return {"id": event_id, "kind": kind, "message": message, "data": data}
+
+
+def task_with(*states: ItemState) -> Task:
+    task = Task(id="a" * 12, spec=TaskSpec(source_host="old", target_host="new"))
+    task.items = [TaskItem(task_id=task.id, position=position, source=f"v{position}",
+                           target=f"t{position}", state=state)
+                  for position, state in enumerate(states)]
+    return task
+
+
+def test_outcome_per_item_state() -> None:
+    task = task_with(ItemState.ROLLED_BACK, ItemState.ROLLED_BACK, ItemState.PENDING,
+                     ItemState.VERIFIED)
+    events = [
+        event(1, "phase", "phase copy started"),
+        event(2, "phase", "phase rollback started"),
+        event(3, "restored", "restored volume 't1' on new to its state before the task",
+              {"position": 1}),
+        event(4, "rolled_back", "removed volume 't0' from new"),
+    ]
+
+    outcomes = rollback_outcomes(task, events)
+
+    assert outcomes[0] == ("removed", "")
+    assert outcomes[1] == ("restored", "the target is as before the task")
+    assert outcomes[2] == ("untouched", "the task never started this volume")
+    assert outcomes[3] == ("kept", "the task did not create this target volume")
+
+
+def test_restore_before_rollback_is_not_counted() -> None:
+    # A resumed run restores a crashed run's backup before it updates the volume again.
+    task = task_with(ItemState.ROLLED_BACK)
+    events = [
+        event(1, "restored", "restored volume 't0' on new to its state before the task",
+              {"position": 0}),
+        event(2, "phase", "phase rollback started"),
+    ]
+
+    assert rollback_outcomes(task, events)[0] == ("removed", "")
+
+
+def test_rollback_of_queued_task_says_untouched(environ: dict[str, str]) -> None:
+    config = load_config(None, environ)
+    store = TaskStore(default_store_path(environ))
+    try:
+        task = create_task(store, config, source="local", target="local",
+                           volumes=("va:vb",), verify="full", force=False)
+    finally:
+        store.close()
+
+    outcome = invoke("ddmctl", ["rollback", task.id], environ)
+
+    assert outcome.status == 0, outcome.stderr
+    assert outcome.stdout == "va\tvb\tuntouched\tthe task never started this volume\n"
+
+
+def test_rollback_json_has_outcome(environ: dict[str, str]) -> None:
+    config = load_config(None, environ)
+    store = TaskStore(default_store_path(environ))
+    try:
+        task = create_task(store, config, source="local", target="local",
+                           volumes=("va:vb",), verify="full", force=False)
+    finally:
+        store.close()
+
+    outcome = invoke("ddmctl", ["rollback", task.id, "--json"], environ)
+
+    assert outcome.status == 0, outcome.stderr
+    volume = json.loads(outcome.stdout)["volumes"][0]
+    assert volume["rollback"] == {"outcome": "untouched",
+                                  "reason": "the task never started this volume"}

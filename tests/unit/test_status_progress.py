@@ -1,0 +1,100 @@
+"""`ddmctl status` shows tar stream bytes with their unit, and --json keeps the raw counts."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from pathlib import Path
+
+from ddm.store import TaskStore, default_store_path
+from ddm.task import ItemState, Task, TaskItem, TaskSpec, TaskState
+from ddmctl.watch import watch_task
+from tests.unit.cli_support import invoke
+
+KIB = 1024
+# 1000 files of 1000 bytes: 976.6 KiB of data, but 1000 * (512 + 1024) bytes of tar stream.
+DATA_BYTES = 1000 * 1000
+STREAM_BYTES = 1000 * (512 + 1024)
+
+
+def store_task(environ: dict[str, str], *items: TaskItem, state: TaskState) -> str:
+    store = TaskStore(default_store_path(environ))
+    try:
+        task = Task(id="c" * 12, spec=TaskSpec(source_host="old", target_host="new"))
+        task.items = [TaskItem(task_id=task.id, position=position, source=item.source,
+                               target=item.target, state=item.state,
+                               bytes_total=item.bytes_total, bytes_done=item.bytes_done)
+                      for position, item in enumerate(items)]
+        store.create_task(task)
+        store.update_task(task.id, state=state, finished_at=time.time())
+        return task.id
+    finally:
+        store.close()
+
+
+def item(source: str, state: ItemState, done: int, total: int | None) -> TaskItem:
+    return TaskItem(task_id="", position=0, source=source, target=f"{source}-copy", state=state,
+                    bytes_total=total, bytes_done=done)
+
+
+def volume_lines(stdout: str) -> list[str]:
+    return [line for line in stdout.splitlines() if line.startswith("volume ")]
+
+
+def test_status_stream_larger_than_data(environ: dict[str, str]) -> None:
+    task_id = store_task(environ, item("small", ItemState.VERIFIED, STREAM_BYTES, DATA_BYTES),
+                         state=TaskState.SUCCEEDED)
+
+    outcome = invoke("ddmctl", ["status", task_id], environ)
+
+    assert outcome.status == 0, outcome.stderr
+    assert volume_lines(outcome.stdout) == [
+        "volume    small -> small-copy  verified  1.5 MiB of tar stream (volume data 976.6 KiB)"
+    ]
+
+
+def test_status_copying_never_above_estimate(environ: dict[str, str]) -> None:
+    task_id = store_task(
+        environ,
+        item("ahead", ItemState.COPYING, 1200 * KIB, DATA_BYTES),
+        item("behind", ItemState.COPYING, 512 * KIB, 1024 * KIB),
+        item("unsized", ItemState.COPYING, 512 * KIB, None),
+        state=TaskState.RUNNING,
+    )
+
+    outcome = invoke("ddmctl", ["status", task_id], environ)
+
+    assert outcome.status == 0, outcome.stderr
+    lines = volume_lines(outcome.stdout)
+    assert lines[0].endswith("copying  1.2 MiB / about 1.2 MiB of tar stream")
+    assert lines[1].endswith("copying  512.0 KiB / about 1.0 MiB of tar stream")
+    assert lines[2].endswith("copying  512.0 KiB of tar stream (volume data unknown)")
+
+
+def test_status_json_keeps_raw_counts(environ: dict[str, str]) -> None:
+    task_id = store_task(environ, item("small", ItemState.VERIFIED, STREAM_BYTES, DATA_BYTES),
+                         state=TaskState.SUCCEEDED)
+
+    outcome = invoke("ddmctl", ["status", task_id, "--json"], environ)
+
+    volume = json.loads(outcome.stdout)["volumes"][0]
+    assert volume["bytes_done"] == STREAM_BYTES
+    assert volume["bytes_total"] == DATA_BYTES
+
+
+def test_watch_total_not_below_done(tmp_path: Path) -> None:
+    store = TaskStore(tmp_path / "tasks.db")
+    task = Task(id="d" * 12, spec=TaskSpec(source_host="old", target_host="new"))
+    task.items = [TaskItem(task_id=task.id, position=0, source="a1", target="b1",
+                           state=ItemState.VERIFIED, bytes_total=DATA_BYTES,
+                           bytes_done=STREAM_BYTES)]
+    store.create_task(task)
+    store.update_task(task.id, state=TaskState.SUCCEEDED, finished_at=time.time())
+    stream = io.StringIO()
+
+    watch_task(store, task.id, stream, terminal=True, no_color=True)
+    store.close()
+
+    assert "1.5 MiB / 1.5 MiB" in stream.getvalue()
+    assert "976.6 KiB" not in stream.getvalue()
