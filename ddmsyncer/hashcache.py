@@ -105,7 +105,6 @@ class HashCache:
                          row_checksum(scope, path, file_key, cached.digest)))
         self.store.save_file_hashes(scope, rows, removed)
 
-
     def replace(self, scope: str, rows: Iterable[tuple[bytes, CachedHash]],
                 batch_rows: int) -> int:
         """Replace every row of the scope with `rows`, stored `batch_rows` at a time.

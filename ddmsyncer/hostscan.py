@@ -198,8 +198,8 @@ def rehash(root, not_before_ns, max_wait_ns):
             if not stat.S_ISREG(info.st_mode):
                 continue
             digest = file_digest(path)
-        except FileNotFoundError:
-            continue  # removed since the scan
+        except OSError:
+            continue  # removed or replaced since the scan, so it is not seeded
         out.write(json.dumps([encode(relative), info.st_dev, info.st_ino, info.st_size,
                               info.st_mtime_ns, info.st_ctime_ns, digest, checked_ns]) + "\n")
 

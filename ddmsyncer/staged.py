@@ -497,7 +497,8 @@ class StagedVolumes:
         """Store the verify scan's hashes under the real volume's mountpoint, after the rename.
 
         Files the copy wrote within the racy margin before the scan reached them are hashed
-        once more first (ScanSeed.rehash_racy), which waits at most about that margin.
+        once more first (ScanSeed.rehash_racy). That waits up to the margin, and up to one
+        second more when a file's ctime is ahead of the host's clock.
         """
         seed = self.target_seeds.pop(item.position, None)
         if seed is None:
