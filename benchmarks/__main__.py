@@ -2,6 +2,8 @@
 
 Brings up a lab of two Docker hosts, runs the baselines and DDM on every chosen scenario,
 prints a Markdown table and writes every number as JSON. Needs root and the lab's tools.
+The JSON goes to a new file in the temporary directory unless --json names one, so a run
+from the checkout leaves the tracked benchmark-results.json alone.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import logging
 import os
 import shutil
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 from benchmarks.parallel import format_parallel_table
@@ -28,14 +32,31 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     run.add_argument("--size", choices=sorted(SIZES), default="full",
                      help="Data size: full (the size the goals are stated for) or small.")
     run.add_argument("--scenarios", default=",".join(SCENARIOS),
-                     help=f"Comma-separated scenarios to run (default {','.join(SCENARIOS)}).")
-    run.add_argument("--json", type=Path, default=Path("benchmark-results.json"),
-                     help="Where to write the results (default ./benchmark-results.json).")
+                     help=f"Comma-separated scenarios to run (default {','.join(SCENARIOS)}). "
+                     "Scenario d updates the copy that c makes, so d without c runs c first.")
+    run.add_argument("--json", type=Path, default=None, metavar="PATH",
+                     help="File for the results as JSON, rewritten after each scenario "
+                     "(default: a new file TMPDIR/ddm-benchmarks-UTCTIME.json, named on "
+                     "stderr).")
     run.add_argument("--port", type=int, default=int(os.environ.get("DDM_LAB_PORT", DEFAULT_PORT)),
                      help="SSH port of the lab hosts (default DDM_LAB_PORT, else 2222).")
-    run.add_argument("--root", type=Path, default=None,
+    run.add_argument("--root", type=Path, default=None, metavar="DIR",
                      help="Lab directory (default /var/tmp/ddm-bench-PORT).")
     return parser.parse_args(argv)
+
+
+def default_json_path() -> Path:
+    """Return a new results path in the temporary directory, named by the UTC start time."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    return Path(tempfile.gettempdir()) / f"ddm-benchmarks-{stamp}.json"
+
+
+def scenario_notes(scenarios: list[str]) -> list[str]:
+    """Return one stderr line per scenario that the run adds to the chosen ones."""
+    if "d" in scenarios and "c" not in scenarios[:scenarios.index("d")]:
+        return ["scenario d updates the copy that scenario c makes, so c runs first "
+                "(its rows appear in the results)"]
+    return []
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,13 +70,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unknown scenario {', '.join(unknown)}; choose from {','.join(SCENARIOS)}", file=sys.stderr)
         return 2
 
+    for note in scenario_notes(scenarios):
+        print(note, file=sys.stderr)
+    json_path = arguments.json or default_json_path()
+    print(f"results will be written to {json_path}", file=sys.stderr)
+
     root = arguments.root or Path(f"/var/tmp/ddm-bench-{arguments.port}")
     work_dir = new_work_dir()
     try:
         with Lab(root, host_count=2, port=arguments.port) as lab:
             suite = Suite(lab, arguments.size, work_dir)
             results, failed = run_scenarios(
-                suite, scenarios, lambda so_far: write_json(arguments.json, arguments.size, so_far)
+                suite, scenarios, lambda so_far: write_json(json_path, arguments.size, so_far)
             )
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
@@ -66,8 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     machine = hardware()
     print(f"\n{machine['cpus']} CPUs ({machine['cpu_model']}), size {arguments.size}, "
           f"load average at the end {machine['load_average'][0]:.1f}")
-    write_json(arguments.json, arguments.size, results)
-    print(f"results written to {arguments.json}", file=sys.stderr)
+    write_json(json_path, arguments.size, results)
+    print(f"results written to {json_path}", file=sys.stderr)
     if failed:
         print(f"scenarios failed: {', '.join(failed)}; see the log above", file=sys.stderr)
         return 1

@@ -29,6 +29,13 @@ def copy_phase_rate(result: Result) -> float | None:
     return result.data_bytes / MIB / seconds if seconds else None
 
 
+def format_rate(mib_per_second: float) -> str:
+    """Format a rate in MiB/s: one decimal below 100 MiB/s, whole numbers above."""
+    if round(mib_per_second, 1) < 100:
+        return f"{mib_per_second:.1f}"
+    return f"{mib_per_second:.0f}"
+
+
 def table_rows(results: Sequence[Result]) -> list[list[str]]:
     rows = []
     for result in results:
@@ -41,10 +48,10 @@ def table_rows(results: Sequence[Result]) -> list[list[str]]:
             result.method,
             f"{result.data_bytes / MIB:.0f}",
             f"{result.usage.seconds:.1f}",
-            f"{rate:.0f}",
+            format_rate(rate),
             f"{rate / first:.2f}" if first else "-",
             f"{rate / second:.2f}" if second else "-",
-            f"{copy_rate:.0f} ({copy_rate / first:.2f})" if copy_rate and first else "-",
+            f"{format_rate(copy_rate)} ({copy_rate / first:.2f})" if copy_rate and first else "-",
             f"{result.wire_bytes / MIB:.1f}" if result.wire_bytes is not None else "-",
             f"{result.usage.max_rss_bytes / MIB:.0f}",
             f"{result.usage.cpu_seconds:.1f}",

@@ -41,6 +41,7 @@ def run_incremental(suite: Suite, results: list[Result]) -> list[Result]:
     """Scenario (d): change 1% of (c)'s files, then migrate onto the earlier copy again."""
     full_copy: list[Result] = []
     if not any(result.scenario == "c" and result.method == "ddm" for result in results):
+        log.info("scenario d: running scenario c first, because d updates the copy c makes")
         full_copy = run_full_copy(suite, "c", keep_ddm_target=True)
 
     source_volume, target_volume = "bench-c", "bench-c-ddm"

@@ -10,3 +10,15 @@ def counted(count: int, noun: str, plural: str | None = None) -> str:
     """
     word = noun if count == 1 else (plural or f"{noun}s")
     return f"{count} {word}"
+
+
+def format_bytes(count: int | None) -> str:
+    """Format a byte count with binary units (KiB, MiB, GiB); None gives "-"."""
+    if count is None:
+        return "-"
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{count} B"

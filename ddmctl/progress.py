@@ -27,6 +27,7 @@ from rich.progress import (
 )
 
 from ddm.env import Environment
+from ddm.text import format_bytes
 from ddm.events import (
     Event,
     ItemFinished,
@@ -178,18 +179,6 @@ def choose_display(env: Environment, *, as_json: bool, quiet: bool) -> Any:
     if env.stderr_isatty:
         return RichDisplay(env.stderr, env.no_color)
     return PlainDisplay(env.stderr)
-
-
-def format_bytes(count: int | None) -> str:
-    """Format a byte count with binary units (KiB, MiB, GiB)."""
-    if count is None:
-        return "-"
-    value = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{count} B"
 
 
 def format_duration(seconds: float) -> str:

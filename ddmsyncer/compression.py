@@ -19,12 +19,14 @@ are recorded as a task event and in the task's state under "compression".
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from ddm.errors import DDMError, UsageError
+from ddm.text import format_bytes
 from ddmdriver.codec import AUTO_CANDIDATES, DEFAULT_CODECS, Codec
 
 log = logging.getLogger(__name__)
@@ -106,8 +108,9 @@ class Sample:
         return self.input_bytes / max(self.seconds, 1e-6)
 
     def to_dict(self) -> dict[str, Any]:
+        # Four significant digits, because data of zeros compresses to a ratio below 0.0001.
         return {**self.codec.to_dict(), "input_bytes": self.input_bytes,
-                "output_bytes": self.output_bytes, "ratio": round(self.ratio, 4),
+                "output_bytes": self.output_bytes, "ratio": float(f"{self.ratio:.4g}"),
                 "compress_bytes_per_second": round(self.bytes_per_second)}
 
 
@@ -147,15 +150,28 @@ def decide_auto(link_bytes_per_second: float | None, samples: list[Sample]) -> t
 
     best = max(samples, key=lambda sample: predicted_rate(sample, link_bytes_per_second))
     best_rate = predicted_rate(best, link_bytes_per_second)
-    numbers = (f"link {_mib(link_bytes_per_second)}/s; {best.codec.label} ratio {best.ratio:.2f} "
-               f"at {_mib(best.bytes_per_second)}/s predicts {_mib(best_rate)}/s")
+    numbers = (f"link {format_rate(link_bytes_per_second)}; {best.codec.label} ratio "
+               f"{format_ratio(best.ratio)} at {format_rate(best.bytes_per_second)} predicts "
+               f"{format_rate(best_rate)}")
     if best_rate >= link_bytes_per_second * AUTO_MARGIN:
         return best.codec, f"{best.codec.label} is faster ({numbers})"
     return None, f"compression is not faster ({numbers})"
 
 
-def _mib(rate: float) -> str:
-    return f"{rate / (1024 * 1024):.1f} MiB"
+def format_rate(bytes_per_second: float) -> str:
+    """Format a rate with binary units, as `ddmctl plan` prints the estimate's link rate."""
+    return f"{format_bytes(round(bytes_per_second))}/s"
+
+
+def format_ratio(ratio: float) -> str:
+    """Format a compression ratio (compressed / original) with two significant digits.
+
+    Below 0.01 it gets more decimals, so a tiny measured ratio never reads as 0.00.
+    """
+    if ratio <= 0:
+        raise ValueError(f"compression ratio {ratio} is not a measured ratio")
+    decimals = max(2, 1 - math.floor(math.log10(ratio)))
+    return f"{ratio:.{decimals}f}"
 
 
 def sample_compression(engine: Any, access: Any, directory: str, codecs: list[Codec],
@@ -180,8 +196,17 @@ def sample_compression(engine: Any, access: Any, directory: str, codecs: list[Co
     if result.exit_status != 0 or len(lines) != len(codecs) or not valid:
         raise ValueError(f"sample compression on {engine.host.name} returned "
                          f"{result.stdout[:120]!r} and exit status {result.exit_status}")
-    return [Sample(codec, int(fields[0]), int(fields[1]), int(fields[2]) / 1e9)
-            for codec, fields in zip(codecs, lines)]
+    samples = []
+    for codec, fields in zip(codecs, lines):
+        sample = Sample(codec, int(fields[0]), int(fields[1]), int(fields[2]) / 1e9)
+        if sample.input_bytes > 0 and sample.output_bytes == 0:
+            # Every codec writes a frame header, so no output means the codec failed, and its
+            # ratio of 0 would predict an endless rate.
+            log.warning("sample compression with %s on %s produced no output; codec skipped",
+                        codec.label, engine.host.name)
+            continue
+        samples.append(sample)
+    return samples
 
 
 class CompressionChooser:
@@ -280,10 +305,14 @@ def choose_compression(source: Any, target: Any, route: Any, requested: str, *,
 
 
 def plan_compression(source: Any, target: Any, route: Any, options: dict[str, Any],
-                     volume: str, *, measure: bool = True) -> dict[str, Any]:
+                     volume: str, *, measure: bool = True,
+                     link_rate: float | None = None) -> dict[str, Any]:
     """Return the plan's compression entry of one volume, measured like a run's.
 
-    Without `measure`, `auto` is left undecided instead of measuring the link and the volume.
+    `link_rate` is the copy rate the plan measured (ddmsyncer.linkprobe), so `auto` decides
+    with the same rate the plan's estimate uses instead of probing the link again. An
+    explicit codec also gets a sample of the volume, so the estimate has its ratio. Without
+    `measure`, nothing is sampled and `auto` is left undecided.
     """
     requested = validate_compress(options.get("compress"), options.get("data_path", "auto"),
                                   options.get("route") or "relay")
@@ -292,7 +321,21 @@ def plan_compression(source: Any, target: Any, route: Any, options: dict[str, An
     if requested == "auto" and not measure:
         return Decision(None, "not measured (--probe-size 0); the run measures the link and "
                         "samples the volume", requested).to_dict()
-    return choose_compression(source, target, route, requested, volume=volume).to_dict()
+
+    decision = choose_compression(source, target, route, requested, volume=volume,
+                                  link_rates={"copy": link_rate} if measure else None)
+    if decision.codec is None or requested == "auto" or not measure:
+        return decision.to_dict()
+
+    samples: list[Sample] = []
+    try:
+        samples = sample_compression(source, route.source_access, route.source_directory,
+                                     [decision.codec])
+    except (DDMError, ValueError, OSError) as error:
+        log.warning("sample compression failed: %s", error)
+    measurements = {"link_bytes_per_second": round(link_rate) if link_rate else None,
+                    "samples": [sample.to_dict() for sample in samples]}
+    return Decision(decision.codec, decision.reason, requested, measurements).to_dict()
 
 
 def incremental_codec(runner: Any, item: Any, source_mountpoint: str) -> Codec | None:

@@ -33,6 +33,9 @@ CONTAINER_VERIFIED = ("running", "healthy", "published_ports", "image_id", "conf
 # the engine's own log of the target container starts empty (the source's is archived).
 CONTAINER_NOT_VERIFIED = ("network_mac_addresses", "engine_log")
 IMAGE_PRESERVES = ("id", "layers", "config", "tags")
+# Seconds `docker stop` waits for a container without its own StopTimeout before it kills it
+# (`-t, --time=10` in the docker-stop(1) page of Debian's and Ubuntu's docker.io 20.10).
+DEFAULT_STOP_TIMEOUT_SECONDS = 10
 NETWORK_PRESERVES = ("driver", "ipam", "options", "labels", "internal", "attachable",
                      "enable_ipv6")
 
@@ -156,6 +159,7 @@ def _container_object(container: ContainerPlan, plan: FullPlan, cutover: bool,
         "image": container.image_reference, "image_id": container.image_id,
         "running": container.running, "depends_on": list(container.depends_on),
         "deleted_paths": len(deleted),
+        "stop_timeout_seconds": stop_timeout(container.inspect),
         "size_bytes": container.layer_bytes, "bytes_to_send": container.layer_bytes,
         "phase": "migrate", "during_cutover": cutover,
         "data_path": DATA_PATH_ENGINE_API,
@@ -163,6 +167,20 @@ def _container_object(container: ContainerPlan, plan: FullPlan, cutover: bool,
         "verified": list(CONTAINER_VERIFIED),
         "not_verified": list(CONTAINER_NOT_VERIFIED),
     }
+
+
+def stop_timeout(inspect: dict[str, Any]) -> int | None:
+    """Return the seconds `docker stop` waits for the container before SIGKILL, None for no limit.
+
+    DDM stops source containers without a timeout of its own, so the engine applies the
+    container's Config.StopTimeout, else DEFAULT_STOP_TIMEOUT_SECONDS.
+    NOTE: a negative StopTimeout is read as no limit, as `docker stop --time -1` means in
+    recent Docker releases; no lab test stops such a container.
+    """
+    value = (inspect.get("Config") or {}).get("StopTimeout")
+    if not isinstance(value, int):
+        return DEFAULT_STOP_TIMEOUT_SECONDS
+    return None if value < 0 else value
 
 
 def mark_already_migrated(objects: list[dict[str, Any]],
@@ -175,7 +193,8 @@ def mark_already_migrated(objects: list[dict[str, Any]],
     """
     if not objects:
         objects = [{"kind": "container", "source": source["name"], "target": target["name"],
-                    "size_bytes": None, "preserves": [], "verified": [], "not_verified": []}
+                    "size_bytes": None, "stop_timeout_seconds": None, "preserves": [],
+                    "verified": [], "not_verified": []}
                    for source, target in zip(record["source_containers"],
                                              record["target_containers"])]
     marked = []

@@ -11,20 +11,20 @@ free space, and the link probe reads /dev/zero and writes /dev/null over SSH.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from ddm.config import Config
 from ddm.errors import DDMError, UsageError
 from ddm.store import TaskStore
 from ddm.task import Mode, TaskItem, TaskSpec, VerifyMode
-from ddmsyncer import compression, datapath, direct, incremental, rerun, volumes, writers
+from ddmsyncer import compression, datapath, direct, hostverify, incremental, rerun, volumes, writers
 from ddmsyncer.copyorigin import copying_task
 from ddmsyncer.datapath import HostProbes
 from ddmsyncer.linkprobe import LinkRate, measure_link
 
 PLAN_VERSION = 1
 DEFAULT_PROBE_BYTES = 4 * 1024 * 1024
-DATA_PATH_ENGINE_API = "engine-api"
 INCREMENTAL_ACTION = "incremental"
 
 # Volume metadata that the copy recreates on the target, besides the files.
@@ -60,21 +60,27 @@ def build_plan(config: Config, spec: TaskSpec, *, probe_bytes: int = DEFAULT_PRO
     target_host = config.host(spec.target_host)
     with open_engine(source_host, config) as source, open_engine(target_host, config) as target:
         plan["engines"] = {"source": _engine_summary(source), "target": _engine_summary(target)}
+        # Measured first, so that --compress auto decides with the rate the estimate uses.
+        links = {"source": measure_link(source, probe_bytes),
+                 "target": measure_link(target, probe_bytes)}
+        measured = PlanMeasurements(copy_rate(links), python=hostverify.PythonProbes(),
+                                enabled=probe_bytes > 0)
         probes = HostProbes()
         for position, volume in enumerate(spec.volumes):
             item = TaskItem(task_id="plan", position=position, source=volume.source,
                             target=volume.target)
             entry = _plan_volume(source, target, item, spec, plan["conflicts"], store)
-            if entry.get("action") not in ("none", INCREMENTAL_ACTION,
-                                           rerun.ALREADY_MIGRATED_ACTION):
+            # A volume with a conflict still gets the data path its copy would take once the
+            # conflict is resolved, unless its source volume is missing.
+            missing = entry.get("action") == "none" and source.volume_inspect(item.source) is None
+            if not missing and entry.get("action") not in (INCREMENTAL_ACTION,
+                                                           rerun.ALREADY_MIGRATED_ACTION):
                 _plan_data_path(source, target, item, spec, probes, entry, plan["conflicts"],
-                                measure=probe_bytes > 0)
+                                measured)
             plan["objects"].append(entry)
 
         plan["bytes_total"] = sum(_bytes_to_copy(entry) for entry in plan["objects"])
         _check_space(target, plan)
-        links = {"source": measure_link(source, probe_bytes),
-                 "target": measure_link(target, probe_bytes)}
 
     plan["steps"] = plan_steps(spec, plan["objects"])
     plan["link"] = {role: rate.to_dict() for role, rate in links.items()}
@@ -160,7 +166,8 @@ def _plan_volume(source: Any, target: Any, item: TaskItem, spec: TaskSpec,
         "source": item.source,
         "target": item.target,
         "driver": None,
-        "data_path": DATA_PATH_ENGINE_API,
+        "data_path": None,  # chosen by _plan_data_path
+        "verify_method": None,
         "preserves": [*VOLUME_METADATA, *volumes.aspects_for(VerifyMode.FULL)[1:]],
         "verified": [] if spec.verify is VerifyMode.NONE else list(volumes.aspects_for(spec.verify)),
         "not_verified": list(NOT_VERIFIED),
@@ -176,7 +183,8 @@ def _plan_volume(source: Any, target: Any, item: TaskItem, spec: TaskSpec,
                 source, target, item, spec, store,
                 lambda: volumes.check_volume(source, target, item, force=True))
             if update is not None:
-                entry.update(update)
+                entry.update(update, verify_method=(None if spec.verify is VerifyMode.NONE
+                                                    else hostverify.HOST_SCAN))
                 if update.get("earlier_task"):
                     entry["earlier_task"] = copying_task(store, update["earlier_task"], item)
                 return entry
@@ -194,15 +202,26 @@ def _plan_volume(source: Any, target: Any, item: TaskItem, spec: TaskSpec,
     return entry
 
 
+@dataclass
+class PlanMeasurements:
+    """The plan's copy rate and the probes that the volumes of one plan share."""
+
+    copy_rate: float | None  # bytes per second; None when not measured
+    python: hostverify.PythonProbes
+    enabled: bool = True  # False with --probe-size 0: nothing is measured or sampled
+
+
 def _plan_data_path(source: Any, target: Any, item: TaskItem, spec: TaskSpec, probes: HostProbes,
-                    entry: dict[str, Any], conflicts: list[dict[str, Any]], *,
-                    measure: bool = True) -> None:
+                    entry: dict[str, Any], conflicts: list[dict[str, Any]],
+                    measured: PlanMeasurements) -> None:
     """Add the volume's data path, what it keeps, loses and verifies, and its running writers.
 
-    Without `measure` (`--probe-size 0`), `--compress auto` is not decided by measuring.
+    Without `measured.enabled` (`--probe-size 0`), `--compress auto` is not decided by
+    measuring.
     """
+    source_volume = source.volume_inspect(item.source)
     try:
-        route = datapath.choose_route(source, target, source.volume_inspect(item.source),
+        route = datapath.choose_route(source, target, source_volume,
                                       spec.options.get("data_path", "auto"), probes)
         if spec.options.get("route") == "direct":
             direct.check_route(item, route)
@@ -223,10 +242,12 @@ def _plan_data_path(source: Any, target: Any, item: TaskItem, spec: TaskSpec, pr
     )
     if spec.options.get("route") == "direct":
         entry.update(route="direct", **direct.plan_aspects(spec.verify))
+    entry["verify_method"] = _verify_method(target, route, source_volume, spec, measured)
 
     try:
-        entry["compression"] = compression.plan_compression(source, target, route, spec.options,
-                                                            item.source, measure=measure)
+        entry["compression"] = compression.plan_compression(
+            source, target, route, spec.options, item.source, measure=measured.enabled,
+            link_rate=measured.copy_rate)
     except DDMError as error:
         conflicts.append(_conflict(entry, error))
 
@@ -238,6 +259,23 @@ def _plan_data_path(source: Any, target: Any, item: TaskItem, spec: TaskSpec, pr
             writers.reject_running_writers(spec.source_host, item.source, found)
         except DDMError as error:
             conflicts.append(_conflict(entry, error))
+
+
+def _verify_method(target: Any, route: Any, volume: Any, spec: TaskSpec,
+                   measured: PlanMeasurements) -> str | None:
+    """Return how verify would read the target volume: host-scan, read-back, or None (no verify).
+
+    Follows ddmsyncer.staged: the direct route always scans on the hosts, and a relayed copy
+    scans on the target when it has root access, python3 and a plain local volume.
+    """
+    if spec.verify is VerifyMode.NONE:
+        return None
+    if spec.options.get("route") == "direct":
+        return hostverify.HOST_SCAN
+    access = route.target_access
+    if access is None or not hostverify.plain_local_volume(volume):
+        return hostverify.READ_BACK
+    return hostverify.HOST_SCAN if measured.python.available(target, access) else hostverify.READ_BACK
 
 
 def _check_space(target: Any, plan: dict[str, Any]) -> None:
@@ -282,8 +320,8 @@ def plan_steps(spec: TaskSpec, objects: list[dict[str, Any]]) -> list[dict[str, 
                 f"restricted to unpacking into the staging volume, and stream the volume from "
                 f"{spec.source_host} to {spec.target_host} over their own link", name)
         else:
-            add("copy", f"relay the volume's archive into the staging volume on the "
-                f"{entry.get('data_path', DATA_PATH_ENGINE_API)} data path", name)
+            path = f" on the {entry['data_path']} data path" if entry.get("data_path") else ""
+            add("copy", f"relay the volume's archive into the staging volume{path}", name)
     add("migrate", "nothing to switch over in volumes mode")
     for entry in objects:
         name = f"{entry['source']} -> {entry['target']}"
@@ -319,54 +357,145 @@ def _add_incremental_steps(add: Any, entry: dict[str, Any], name: str, spec: Tas
             "remove the backup", name)
 
 
+def copy_rate(links: dict[str, LinkRate]) -> float | None:
+    """Return the rate of a relayed copy: the slower of the source's read and the target's write."""
+    return _slowest(links["source"].read_bytes_per_second, links["target"].write_bytes_per_second)
+
+
 def estimate_duration(objects: list[dict[str, Any]], links: dict[str, LinkRate],
                       verify: VerifyMode) -> dict[str, Any]:
     """Estimate the copy and verify time from the object sizes and the measured link rates.
 
     The copy streams source -> controller -> target, so its rate is the slower of the two
-    links; verify reads the archives of volumes and bind mounts back from the target. An
-    object's `bytes_to_send` (full mode) replaces its size when present, because an image
-    that the target has, a network or a remote-backed volume sends nothing. The downtime of a
-    full-mode cutover is the copy time of the objects sent while the source containers are
-    stopped (`during_cutover`), without the container starts and health checks. Engine and
-    disk time are not included, and the copy overlaps reading and writing, so real runs can
-    be longer or shorter.
+    links. A volume with a codec and a measured sample moves at the rate the auto decision
+    predicts: the lower of the sample's compression rate and the link rate divided by its
+    ratio. Verify reads the archives of volumes and bind mounts back from the target, except
+    where it scans the target on its host (`verify_method` host-scan), which sends only a
+    listing and is left out. An incremental update sends its changed files only and verifies
+    by host-side scans. An object's `bytes_to_send` (full mode) replaces its size when
+    present, because an image that the target has, a network or a remote-backed volume sends
+    nothing. The downtime of a full-mode cutover is the copy time of the objects sent while
+    the source containers are stopped (`during_cutover`) plus the longest wait for `docker
+    stop` (_stop_timeouts), without the container starts and health checks. Engine and disk
+    time are not included, and the copy overlaps reading and writing, so real runs can be
+    longer or shorter.
     """
-    sizes = [entry.get("bytes_to_send", entry.get("size_bytes")) for entry in objects
-             if _carries_data(entry)]
+    sizes = [_bytes_to_send(entry) for entry in objects if _carries_data(entry)]
     known = [size for size in sizes if isinstance(size, int)]
     verified = [entry.get("size_bytes") or 0 for entry in objects
-                if entry.get("kind", "volume") in ("volume", "bind_mount") and _carries_data(entry)]
+                if entry.get("kind", "volume") in ("volume", "bind_mount") and _carries_data(entry)
+                and entry.get("verify_method") != hostverify.HOST_SCAN
+                and entry.get("action") != INCREMENTAL_ACTION]
     cutover = [entry.get("bytes_to_send") or 0 for entry in objects
                if entry.get("during_cutover")]
-    copy_rate = _slowest(links["source"].read_bytes_per_second,
-                         links["target"].write_bytes_per_second)
+    rate = copy_rate(links)
     verify_rate = links["target"].read_bytes_per_second
     estimate: dict[str, Any] = {
         "bytes_total": sum(known),
+        "wire_bytes_total": None,
         "sizes_unknown": len(sizes) - len(known),
-        "copy_bytes_per_second": copy_rate,
+        "copy_bytes_per_second": rate,
+        "compression": _compression_basis(objects),
         "copy_seconds": None,
         "verify_seconds": None,
         "seconds": None,
         "downtime_seconds": None,
+        "downtime_copy_seconds": None,
+        "stop_timeout_seconds": None,
+        "stop_unbounded": [],
         "basis": "object sizes from the engines (disk usage report, image and layer sizes, du "
                  "of bind-mounted directories) and SSH link rates measured with /dev/zero; "
                  "engine and disk time are not included",
     }
-    if copy_rate is None:
+    if rate is None:
         estimate["basis"] = "no estimate: the link rate was not measured (" + "; ".join(
-            f"{rate.host}: {rate.note}" for rate in links.values() if rate.note) + ")"
+            f"{link.host}: {link.note}" for link in links.values() if link.note) + ")"
         return estimate
 
-    estimate["copy_seconds"] = estimate["bytes_total"] / copy_rate
+    copies = [_copy_estimate(entry, rate) for entry in objects if _carries_data(entry)]
+    estimate["wire_bytes_total"] = round(sum(wire for wire, _ in copies))
+    estimate["copy_seconds"] = sum(seconds for _, seconds in copies)
     estimate["verify_seconds"] = 0.0
     if verify is not VerifyMode.NONE and verify_rate:
         estimate["verify_seconds"] = sum(verified) / verify_rate
     estimate["seconds"] = estimate["copy_seconds"] + estimate["verify_seconds"]
     if any(entry.get("during_cutover") for entry in objects):
-        estimate["downtime_seconds"] = sum(cutover) / copy_rate
+        estimate.update(_stop_timeouts(objects))
+        estimate["downtime_copy_seconds"] = sum(cutover) / rate
+        estimate["downtime_seconds"] = (estimate["downtime_copy_seconds"]
+                                        + estimate["stop_timeout_seconds"])
     return estimate
+
+
+def _stop_timeouts(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    """Return the sum of the StopTimeouts of the running source containers, which count as downtime.
+
+    DDM stops them one after the other once the downtime has started, and `docker stop` waits
+    up to each one's StopTimeout for it to exit before it kills it, so the sum is the longest
+    wait. A container with no limit (a negative StopTimeout) is listed under `stop_unbounded`.
+    """
+    stopped = [entry for entry in objects if entry.get("kind") == "container"
+               and entry.get("running") and entry.get("action") != rerun.ALREADY_MIGRATED_ACTION]
+    return {
+        "stop_timeout_seconds": sum(entry.get("stop_timeout_seconds") or 0 for entry in stopped),
+        "stop_unbounded": [entry["source"] for entry in stopped
+                           if "stop_timeout_seconds" in entry
+                           and entry["stop_timeout_seconds"] is None],
+    }
+
+
+def _copy_estimate(entry: dict[str, Any], rate: float) -> tuple[float, float]:
+    """Return an object's estimated bytes on the wire and copy seconds at the link `rate`."""
+    size = _bytes_to_send(entry)
+    if not isinstance(size, int):
+        return 0.0, 0.0
+    sample = _chosen_sample(entry)
+    if sample is None:
+        return float(size), size / rate
+    ratio = sample["output_bytes"] / sample["input_bytes"]
+    volume_rate = min(sample["compress_bytes_per_second"], rate / max(ratio, 1e-3))
+    return size * ratio, size / volume_rate
+
+
+def _chosen_sample(entry: dict[str, Any]) -> dict[str, Any] | None:
+    """Return the measured sample of the codec chosen for the object, or None."""
+    chosen = entry.get("compression") or {}
+    if not chosen.get("codec"):
+        return None
+    for sample in chosen.get("samples") or []:
+        if (sample["codec"], sample["level"]) == (chosen["codec"], chosen["level"]) \
+                and sample["input_bytes"] > 0 and sample["output_bytes"] > 0:
+            return sample
+    return None
+
+
+def _compression_basis(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Return, per compressed object, its codec and whether the estimate has a measured ratio.
+
+    An object with a codec but no sample is estimated as if uncompressed, which overestimates
+    its copy time.
+    """
+    basis = []
+    for entry in objects:
+        chosen = entry.get("compression") or {}
+        if not chosen.get("codec") or not _carries_data(entry):
+            continue
+        sample = _chosen_sample(entry)
+        basis.append({
+            "object": entry["source"],
+            "codec": chosen["codec"],
+            "level": chosen["level"],
+            "ratio": None if sample is None else sample["output_bytes"] / sample["input_bytes"],
+            "sample_bytes": None if sample is None else sample["input_bytes"],
+        })
+    return basis
+
+
+def _bytes_to_send(entry: dict[str, Any]) -> int | None:
+    """Return the bytes an object sends: an incremental update's changed files, else its size."""
+    if entry.get("action") == INCREMENTAL_ACTION:
+        return entry["incremental"]["send_bytes"]
+    return entry.get("bytes_to_send", entry.get("size_bytes"))
 
 
 def _carries_data(entry: dict[str, Any]) -> bool:

@@ -16,7 +16,7 @@ from ddm.task import TaskSpec
 from ddmctl.common import CommandContext, epilog, json_option
 from ddmctl.complete import complete_host
 from ddmctl.progress import format_bytes, format_duration
-from ddmsyncer.compression import reject_full_mode_codec
+from ddmsyncer.compression import format_ratio, reject_full_mode_codec
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -112,6 +112,9 @@ def spec_from_options(context: CommandContext, options: dict[str, Any]) -> TaskS
             raise UsageError("--route direct is for volumes mode",
                              hint="leave out --route in full mode")
         reject_full_mode_codec(options.get("compress"))
+        if options.get("incremental"):
+            raise UsageError("--incremental is for volumes mode",
+                             hint="leave out --incremental in full mode, or use --warm")
         if options["volumes"] or options["force"]:
             raise UsageError("--volume and --force belong to volumes mode",
                              hint="full mode moves the volumes of the given containers")
@@ -129,6 +132,7 @@ def spec_from_options(context: CommandContext, options: dict[str, Any]) -> TaskS
     if any(options.get(name) for name in full_only):
         raise UsageError("--container, --project, --map-path, --remove-source and --warm need "
                          "--mode full")
+    extra = {"incremental": True} if options.get("incremental") else {}
     if not options["volumes"]:
         raise UsageError("missing option --volume",
                          hint="pass --volume NAME, or --mode full with --container NAME or "
@@ -138,7 +142,8 @@ def spec_from_options(context: CommandContext, options: dict[str, Any]) -> TaskS
         volumes=options["volumes"], verify=verify, force=options["force"],
         on_success=options["on_success"], on_failure=options["on_failure"],
         notify=options["notify"], options={"route": options.get("route", "relay"),
-                                           "compress": options.get("compress") or "none"},
+                                           "compress": options.get("compress") or "none",
+                                           **extra},
     )
 
 
@@ -149,9 +154,14 @@ def spec_from_options(context: CommandContext, options: dict[str, Any]) -> TaskS
               metavar="MIB", help="MiB read and written over each SSH link to measure its "
               "speed for the estimate; 0 skips the measurement, and --compress auto "
               "is then left to the run.")
+@click.option("--incremental", is_flag=True,
+              help="Plan the update of a target volume that contains the copy an earlier DDM "
+              "task made, as 'ddmctl migrate --incremental' would run it: both hosts scan the "
+              "volumes and the plan lists what would be sent and deleted.")
 @json_option
 @click.pass_obj
-def plan(context: CommandContext, probe_size: int, as_json: bool, **options: Any) -> int:
+def plan(context: CommandContext, probe_size: int, incremental: bool, as_json: bool,
+         **options: Any) -> int:
     """Show what a migration would do, and change nothing on either host.
 
     Lists each object (volumes; in full mode also containers, images, bind mounts and
@@ -159,7 +169,7 @@ def plan(context: CommandContext, probe_size: int, as_json: bool, **options: Any
     the steps and an estimated duration from the measured link speed. Exits 1 when a conflict
     would make the migration fail.
     """
-    spec = spec_from_options(context, options)
+    spec = spec_from_options(context, {**options, "incremental": incremental})
     document = api.plan_task(context.config, spec, probe_bytes=probe_size * 1024 * 1024,
                              store=context.store)
     return show_plan(context, document, as_json)
@@ -199,7 +209,7 @@ def plan_lines(document: dict[str, Any]) -> list[str]:
     for entry in document["objects"]:
         lines.append(f"  {entry['kind']} {entry['source']} -> {entry['target']}: "
                      f"{format_bytes(entry.get('size_bytes'))}, {entry.get('action')}, "
-                     f"data path {entry['data_path']}")
+                     f"data path {entry['data_path'] or 'unknown'}")
         if entry.get("incremental"):
             update = entry["incremental"]
             lines.append(f"    incremental update of the existing target (copy of task "
@@ -214,9 +224,7 @@ def plan_lines(document: dict[str, Any]) -> list[str]:
         if entry.get("loses"):
             lines.append(f"    loses: {', '.join(entry['loses'])}")
         if entry.get("compression") and entry["compression"]["requested"] != "none":
-            chosen = entry["compression"]
-            codec = f"{chosen['codec']}-{chosen['level']}" if chosen["codec"] else "none"
-            lines.append(f"    compression {codec} ({chosen['reason']})")
+            lines.append(f"    {compression_line(entry['compression'])}")
         if entry.get("running_writers"):
             lines.append(f"    used by running containers: {', '.join(entry['running_writers'])}")
         lines.extend(f"    {line}" for line in full_object_lines(entry))
@@ -253,14 +261,66 @@ def full_object_lines(entry: dict[str, Any]) -> list[str]:
     return []
 
 
+def compression_line(chosen: dict[str, Any]) -> str:
+    """Return the compression decision of one volume, with the ratio sampled for an explicit codec."""
+    if not chosen["codec"]:
+        return f"compression none ({chosen['reason']})"
+    codec = f"{chosen['codec']}-{chosen['level']}"
+    line = f"compression {codec} ({chosen['reason']})"
+    if chosen["requested"] == "auto":
+        return line  # the reason already names the measured ratio and rates
+    sample = next((sample for sample in chosen.get("samples") or []
+                   if (sample["codec"], sample["level"]) == (chosen["codec"], chosen["level"])),
+                  None)
+    if sample is None:
+        return f"{line}, ratio not measured"
+    ratio = format_ratio(sample["output_bytes"] / sample["input_bytes"])
+    return (f"{line}, ratio {ratio} measured on the first "
+            f"{format_bytes(sample['input_bytes'])} of the tar stream")
+
+
 def estimate_line(estimate: dict[str, Any]) -> str:
-    """Return the duration estimate as one line, saying that it is an estimate."""
+    """Return the duration estimate as one line, saying that it is an estimate and what was measured."""
     if estimate["seconds"] is None:
         return f"estimate: {estimate['basis']}"
-    rate = format_bytes(int(estimate["copy_bytes_per_second"]))
-    downtime = ""
-    if estimate.get("downtime_seconds") is not None:
-        downtime = f", downtime about {format_duration(estimate['downtime_seconds'])}"
+    rate = format_bytes(round(estimate["copy_bytes_per_second"]))
     return (f"estimate: about {format_duration(estimate['seconds'])} for "
-            f"{format_bytes(estimate['bytes_total'])} at {rate}/s measured over SSH{downtime} "
+            f"{format_bytes(estimate['bytes_total'])}{compression_clause(estimate)} "
+            f"at {rate}/s measured over SSH{downtime_clause(estimate)} "
             "(engine and disk time not included)")
+
+
+def compression_clause(estimate: dict[str, Any]) -> str:
+    """Return what the estimate assumes about compression, or "" when nothing is compressed."""
+    compressed = estimate.get("compression") or []
+    if not compressed:
+        return ""
+    measured = [entry for entry in compressed if entry["ratio"] is not None]
+    parts = []
+    if measured:
+        codecs = ", ".join(sorted({f"{entry['codec']}-{entry['level']}" for entry in measured}))
+        sampled = ("ratio measured on a sample of the tar stream" if len(measured) == 1
+                   else "ratios measured on a sample of each tar stream")
+        parts.append(f"{format_bytes(estimate['wire_bytes_total'])} on the wire with {codecs}, "
+                     f"{sampled}")
+    unmeasured = [entry["object"] for entry in compressed if entry["ratio"] is None]
+    if unmeasured:
+        parts.append(f"compression ratio of {', '.join(unmeasured)} not measured, counted "
+                     "uncompressed")
+    return f" ({'; '.join(parts)})"
+
+
+def downtime_clause(estimate: dict[str, Any]) -> str:
+    """Return the downtime part of the estimate line, with docker stop's grace period."""
+    if estimate.get("downtime_seconds") is None:
+        return ""
+    clause = f", downtime about {format_duration(estimate['downtime_seconds'])}"
+    grace = estimate.get("stop_timeout_seconds")
+    if grace:
+        clause += (f" (up to {format_duration(grace)} of it waiting for the source containers "
+                   "to stop, their StopTimeout)")
+    unbounded = estimate.get("stop_unbounded") or []
+    if unbounded:
+        clause += (f", plus the stop of {', '.join(unbounded)}, which docker stop waits for "
+                   "without a limit")
+    return clause

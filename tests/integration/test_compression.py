@@ -258,3 +258,45 @@ def test_incremental_update_compressed(lab: Lab, h1: LabHost, h2: LabHost, resou
     record = compression_record(tmp_path, json.loads(result.stdout)["id"])
     assert record["codec"] == "zstd"
     assert 0 < record["wire_bytes"] < record["stream_bytes"] // 2
+
+
+def test_plan_estimate_uses_sampled_ratio(lab: Lab, h1: LabHost, resources: LabResources,
+                                          tmp_path: Path) -> None:
+    source = resources.create_volume(h1)
+    write_volume_tree(h1, source, text_tree())
+
+    result = run_command(lab, tmp_path, "ddmctl", "plan", "--from", "h1", "--to", "h2",
+                         "--volume", f"{source}:{unique_name('plan')}", "--compress", "zstd",
+                         "--json")
+
+    assert result.status == 0, result.stderr
+    plan = json.loads(result.stdout)
+    chosen = plan["objects"][0]["compression"]
+    estimate = plan["estimate"]
+    assert [(sample["codec"], sample["level"]) for sample in chosen["samples"]] == [("zstd", 3)]
+    assert chosen["samples"][0]["ratio"] < 0.6
+    assert estimate["compression"][0]["ratio"] < 0.6
+    assert estimate["wire_bytes_total"] < estimate["bytes_total"] * 0.6
+    # The copy time follows the compressed bytes, not the tar stream's.
+    assert estimate["copy_seconds"] < estimate["bytes_total"] / estimate["copy_bytes_per_second"]
+
+
+def test_plan_auto_uses_estimate_link_rate(lab: Lab, h1: LabHost, resources: LabResources,
+                                           tmp_path: Path) -> None:
+    source = resources.create_volume(h1)
+    write_volume_tree(h1, source, {"zeros.bin": File(bytes(1 << 20))})
+
+    document = run_command(lab, tmp_path, "ddmctl", "plan", "--from", "h1", "--to", "h2",
+                           "--volume", f"{source}:{unique_name('plan')}", "--compress", "auto",
+                           "--json")
+    text = run_command(lab, tmp_path, "ddmctl", "plan", "--from", "h1", "--to", "h2",
+                       "--volume", f"{source}:{unique_name('plan')}", "--compress", "auto")
+
+    assert document.status == 0, document.stderr
+    plan = json.loads(document.stdout)
+    chosen = plan["objects"][0]["compression"]
+    assert chosen["link_bytes_per_second"] == round(plan["estimate"]["copy_bytes_per_second"])
+    assert all(sample["ratio"] > 0 for sample in chosen["samples"])
+    assert text.status == 0, text.stderr
+    assert "ratio 0.00 " not in text.stdout
+    assert "ratio 0.0" in text.stdout  # zeros compress to a ratio far below 0.01

@@ -272,6 +272,11 @@ def test_full_plan_json_matches_schema(lab: Lab, app: App) -> None:
     assert plan["estimate"]["seconds"] > 0
     assert plan["estimate"]["downtime_seconds"] > 0
     assert plan["estimate"]["bytes_total"] >= image["size_bytes"] + 256 * 1024
+    # The container runs with --stop-timeout 1, and docker stop may wait that long.
+    assert container["stop_timeout_seconds"] == 1
+    assert plan["estimate"]["stop_timeout_seconds"] == 1
+    assert plan["estimate"]["downtime_seconds"] == pytest.approx(
+        plan["estimate"]["downtime_copy_seconds"] + 1)
 
     assert both_snapshots() == before
 
@@ -295,6 +300,15 @@ def test_full_dry_run_and_text_plan(lab: Lab, app: App) -> None:
     assert f"network {app.network} -> {app.network}:" in text.stdout
     assert "estimate: no estimate" in text.stdout
     assert both_snapshots() == before
+
+
+def test_full_plan_text_names_stop_wait(lab: Lab, app: App) -> None:
+    text = ddmctl("plan", *app.plan_args(), "--probe-size", "1")
+
+    assert text.status == 0, text.stderr
+    estimate = next(line for line in text.stdout.splitlines() if line.startswith("estimate:"))
+    assert "up to 1.0 s of it waiting for the source containers to stop" in estimate
+    assert "StopTimeout" in estimate
 
 
 def test_full_plan_lists_conflicts(lab: Lab, app: App) -> None:

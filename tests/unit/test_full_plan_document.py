@@ -113,5 +113,52 @@ def test_estimate_includes_downtime() -> None:
     # Verify reads the volumes and the bind mount back at 50 B/s.
     assert estimate["verify_seconds"] == 88.0
     # After the first stop: data 3000, the bind mount 400 and both layers 100 + 200.
-    assert estimate["downtime_seconds"] == 37.0
+    assert estimate["downtime_copy_seconds"] == 37.0
+    # web runs without a StopTimeout, so docker stop may wait Docker's default 10 s.
+    assert estimate["stop_timeout_seconds"] == 10
+    assert estimate["downtime_seconds"] == 47.0
     assert estimate["sizes_unknown"] == 0
+
+
+def test_downtime_uses_stop_timeouts() -> None:
+    plan = sample_plan()
+    plan.containers[0].running = True
+    plan.containers[0].inspect = {"Config": {"StopTimeout": 30}}
+    plan.containers[1].inspect = {"Config": {"StopTimeout": 2}}
+    links = {"source": LinkRate("old", 100.0, 100.0, 4), "target": LinkRate("new", 50.0, 100.0, 4)}
+
+    objects = full_plan_objects(plan, full_spec())
+    estimate = estimate_duration(objects, links, VerifyMode.FULL)
+
+    by_source = {entry["source"]: entry for entry in objects}
+    assert by_source["db"]["stop_timeout_seconds"] == 30
+    assert by_source["web"]["stop_timeout_seconds"] == 2
+    assert estimate["stop_timeout_seconds"] == 32
+    assert estimate["stop_unbounded"] == []
+    # Both containers run now, so the cache volume moves during the cutover too.
+    assert estimate["downtime_copy_seconds"] == 47.0
+    assert estimate["downtime_seconds"] == 79.0
+
+
+def test_downtime_lists_unbounded_stop() -> None:
+    plan = sample_plan()
+    plan.containers[1].inspect = {"Config": {"StopTimeout": -1}}
+    links = {"source": LinkRate("old", 100.0, 100.0, 4), "target": LinkRate("new", 50.0, 100.0, 4)}
+
+    objects = full_plan_objects(plan, full_spec())
+    estimate = estimate_duration(objects, links, VerifyMode.FULL)
+
+    assert estimate["stop_timeout_seconds"] == 0
+    assert estimate["stop_unbounded"] == ["web"]
+    assert estimate["downtime_seconds"] == 37.0
+
+
+def test_stopped_container_adds_no_wait() -> None:
+    plan = sample_plan()
+    plan.containers[1].running = False
+    links = {"source": LinkRate("old", 100.0, 100.0, 4), "target": LinkRate("new", 50.0, 100.0, 4)}
+
+    estimate = estimate_duration(full_plan_objects(plan, full_spec()), links, VerifyMode.FULL)
+
+    assert estimate["downtime_seconds"] is None
+    assert estimate["stop_timeout_seconds"] is None
