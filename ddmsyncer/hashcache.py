@@ -27,6 +27,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -122,6 +123,32 @@ class HashCache:
             rows.append((path, file_key, cached.digest,
                          row_checksum(scope, path, file_key, cached.digest)))
         self.store.save_file_hashes(scope, rows, removed)
+
+    def replace(self, scope: str, rows: Iterable[tuple[bytes, CachedHash]],
+                batch_rows: int) -> int:
+        """Replace every row of the scope with `rows`, stored `batch_rows` at a time.
+
+        Runs in one transaction, so readers see the old rows or all new ones. Returns how
+        many rows were stored.
+        """
+        stored = 0
+
+        def batches() -> Iterator[list[tuple[bytes, str, str, str]]]:
+            nonlocal stored
+            batch = []
+            for path, cached in rows:
+                file_key = format_key(cached.key)
+                batch.append((path, file_key, cached.digest,
+                              row_checksum(scope, path, file_key, cached.digest)))
+                if len(batch) >= batch_rows:
+                    stored += len(batch)
+                    yield batch
+                    batch = []
+            stored += len(batch)
+            yield batch
+
+        self.store.replace_file_hashes(scope, batches())
+        return stored
 
 
 def known_keys_input(known: dict[bytes, CachedHash]) -> bytes:

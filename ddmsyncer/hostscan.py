@@ -20,6 +20,12 @@ uses only the standard library and Python 3.7 features. It works on a volume's m
                         line {"started_ns": NS} (the host's clock before the first lstat,
                         written at once), then [path, dev, inode, size, mtime_ns, ctime_ns]
                         for each regular file, path in base64
+    rehash ROOT NOT_BEFORE_NS MAX_WAIT_NS
+                        for the hash cache seed: wait until the host's clock passes
+                        NOT_BEFORE_NS (at most MAX_WAIT_NS), then for each NUL-separated
+                        path read from stdin that is a regular file write [path, dev,
+                        inode, size, mtime_ns, ctime_ns, sha256, checked_ns], checked_ns
+                        being the host's clock just before the file's lstat
     delete ROOT         remove the NUL-separated relative paths read from stdin
     apply ROOT          read an 8-byte big-endian length and that many bytes of NUL-separated
                         relative paths from stdin, remove them, then unpack the rest of stdin
@@ -234,6 +240,26 @@ def stat_files(root):
                                   info.st_mtime_ns, info.st_ctime_ns]) + "\n")
 
 
+def rehash(root, not_before_ns, max_wait_ns):
+    paths = read_paths()
+    wait_ns = min(int(not_before_ns) - time.time_ns(), int(max_wait_ns))
+    if wait_ns > 0:
+        time.sleep(wait_ns / 1e9)
+    out = sys.stdout
+    for relative in paths:
+        path = os.path.join(root, relative)
+        checked_ns = time.time_ns()
+        try:
+            info = os.lstat(path)
+            if not stat.S_ISREG(info.st_mode):
+                continue
+            digest = file_digest(path)
+        except OSError:
+            continue  # removed or replaced since the scan, so it is not seeded
+        out.write(json.dumps([encode(relative), info.st_dev, info.st_ino, info.st_size,
+                              info.st_mtime_ns, info.st_ctime_ns, digest, checked_ns]) + "\n")
+
+
 def parents_first(paths):
     """Sort relative paths so that parents come before their children."""
     return sorted(paths, key=lambda path: path.split(b"/"))
@@ -360,6 +386,8 @@ def main():
         rescan(arguments[0], arguments[1])
     elif command == "stat":
         stat_files(arguments[0])
+    elif command == "rehash":
+        rehash(arguments[0], arguments[1], arguments[2])
     elif command == "delete":
         delete(arguments[0])
     elif command == "apply":

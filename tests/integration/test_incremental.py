@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 
 import pytest
 
@@ -321,6 +322,29 @@ def test_incremental_after_seed_hashes_changes(h1, h2, isolated_env, resources, 
     assert task["volumes"][0]["state"] == "verified"
     assert diff_snapshots(snapshot_volume_tree(h1, volume), snapshot_volume_tree(h2, volume),
                           mtime_resolution_ns=WHOLE_SECONDS) == []
+
+
+def test_seed_with_racy_margin_covers_target(h1, h2, isolated_env, resources):
+    # The real 2 s margin: on a machine that is not busy, the copy writes most target files
+    # less than 2 s before the verify scan reaches them, so their rows need the second hash.
+    volume = resources.create_volume(h1)
+    resources.add_volume(h2, volume)
+    write_volume_tree(h1, volume, TREE)
+    time.sleep(hashcache.RACY_MARGIN_NANOSECONDS / 1e9 + 0.5)  # source files leave the margin
+    migrate(volume)
+    change_source(h1, volume)
+
+    target_rows = cache_rows(lab_url(h2), h2.volume_mountpoint(volume))
+    task = migrate(volume, "--incremental")
+
+    expected = {os.fsencode(path) for path, spec in TREE.items()
+                if not isinstance(spec, (Dir, Symlink, Fifo))}
+    assert set(target_rows) == expected
+    record = incremental_record(task["id"])
+    # Hashed: the rewritten f3.bin and app.conf, the new new.bin and new.txt.
+    assert record["hashed_files"] == {"source": 4, "target": 0}
+    assert record["cache_hits"] == {"source": TREE_FILES - 4, "target": TREE_FILES}
+    assert task["volumes"][0]["state"] == "verified"
 
 
 def test_seeded_row_misses_changed_file(h1, h2, isolated_env, resources, no_racy_margin):
