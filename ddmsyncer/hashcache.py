@@ -28,6 +28,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,15 +64,33 @@ def row_checksum(scope: str, path: bytes, file_key: str, digest: str) -> str:
     return xxhash.xxh3_128_hexdigest(text.encode("utf-8"))
 
 
+def _checksum_function(scope: str) -> Any:
+    """Return row_checksum for one scope, with the scope's JSON encoded once.
+
+    HashCache.load checks every row of a scope. json.dumps of the row's list is the scope's
+    JSON, then the three other strings, each JSON-encoded and joined by ", ".
+    """
+    prefix = "[" + json.dumps(scope) + ", "
+    dumps, b64encode, hexdigest = json.dumps, base64.b64encode, xxhash.xxh3_128_hexdigest
+
+    def checksum(path: bytes, file_key: str, digest: str) -> str:
+        text = (f"{prefix}\"{b64encode(path).decode('ascii')}\", {dumps(file_key)}, "
+                f"{dumps(digest)}]")
+        return hexdigest(text.encode("utf-8"))
+
+    return checksum
+
+
 def format_key(key: FileKey) -> str:
     return " ".join(str(value) for value in key)
 
 
 def parse_key(text: str) -> FileKey | None:
     values = text.split()
-    if len(values) != 5 or not all(value.isdigit() for value in values):
+    # isdigit() on the joined fields rejects signs, underscores and other forms int() takes.
+    if len(values) != 5 or not "".join(values).isdigit():
         return None
-    dev, inode, size, mtime_ns, ctime_ns = (int(value) for value in values)
+    dev, inode, size, mtime_ns, ctime_ns = map(int, values)
     return dev, inode, size, mtime_ns, ctime_ns
 
 
@@ -91,9 +110,10 @@ class HashCache:
         known: dict[bytes, CachedHash] = {}
         damaged = 0
         outdated = 0
+        row_checksum_of_scope = _checksum_function(scope)
         for path, file_key, digest, checksum in self.store.load_file_hashes(scope):
             key = parse_key(file_key)
-            if key is None or checksum != row_checksum(scope, path, file_key, digest):
+            if key is None or checksum != row_checksum_of_scope(path, file_key, digest):
                 damaged += 1
                 continue
             if not digest_fits_size(digest, key[2]):  # key[2] is the size
@@ -117,6 +137,32 @@ class HashCache:
             rows.append((path, file_key, cached.digest,
                          row_checksum(scope, path, file_key, cached.digest)))
         self.store.save_file_hashes(scope, rows, removed)
+
+    def replace(self, scope: str, rows: Iterable[tuple[bytes, CachedHash]],
+                batch_rows: int) -> int:
+        """Replace every row of the scope with `rows`, stored `batch_rows` at a time.
+
+        Runs in one transaction, so readers see the old rows or all new ones. Returns how
+        many rows were stored.
+        """
+        stored = 0
+
+        def batches() -> Iterator[list[tuple[bytes, str, str, str]]]:
+            nonlocal stored
+            batch = []
+            for path, cached in rows:
+                file_key = format_key(cached.key)
+                batch.append((path, file_key, cached.digest,
+                              row_checksum(scope, path, file_key, cached.digest)))
+                if len(batch) >= batch_rows:
+                    stored += len(batch)
+                    yield batch
+                    batch = []
+            stored += len(batch)
+            yield batch
+
+        self.store.replace_file_hashes(scope, batches())
+        return stored
 
 
 def known_keys_input(known: dict[bytes, CachedHash]) -> bytes:

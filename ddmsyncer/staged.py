@@ -252,7 +252,10 @@ class StagedVolumes:
                              "copied; the program that owns it creates it again)")
         if seed is not None:
             scope = hashcache.cache_scope(self.runner.source, route.source_directory)
-            hashseed.store_rows(self.runner.store, scope, seed.rows(manifest))
+            try:
+                hashseed.store_rows(self.runner.store, scope, seed.rows(manifest))
+            finally:
+                seed.close()
         return manifest, result.relay.bytes, result.relay.stream_digest, result.changed_paths
 
     def _start_scan_session(self, item: TaskItem, route: Route, directory: str) -> None:
@@ -403,7 +406,8 @@ class StagedVolumes:
                         verify_aspects(DataPath.HOST, deep=True))
         hashseed.store_rows(self.runner.store,
                             hashcache.cache_scope(source, route.source_directory),
-                            seeds["source"].rows)
+                            seeds["source"].rows())
+        seeds["source"].close()
         self.target_seeds[item.position] = seeds["target"]
         return scans["source"].manifest
 
@@ -517,10 +521,12 @@ class StagedVolumes:
                     session.close()
                 move_directory(target, route.target_access, staging_directory, mountpoint)
             method = "renamed on the host"
-            self._store_target_seed(item, mountpoint)
+            self._store_target_seed(item, route, mountpoint)
         else:
             # The engine's copy gets new inodes and ctimes, so the verify scan's keys are void.
-            self.target_seeds.pop(item.position, None)
+            seed = self.target_seeds.pop(item.position, None)
+            if seed is not None:
+                seed.close()
             self._copy_on_target(item, staging, route, verified, mode)
             method = "copied by the target engine"
 
@@ -528,13 +534,22 @@ class StagedVolumes:
         self.runner.record("info", "promoted", f"staging volume {staging!r} {method} to "
                            f"{item.target!r}", position=item.position)
 
-    def _store_target_seed(self, item: TaskItem, mountpoint: str) -> None:
-        """Store the verify scan's hashes under the real volume's mountpoint, after the rename."""
+    def _store_target_seed(self, item: TaskItem, route: Route, mountpoint: str) -> None:
+        """Store the verify scan's hashes under the real volume's mountpoint, after the rename.
+
+        Files the copy wrote within the racy margin before the scan reached them are hashed
+        once more first (ScanSeed.rehash_racy). That waits up to the margin, and up to one
+        second more when a file's ctime is ahead of the host's clock.
+        """
         seed = self.target_seeds.pop(item.position, None)
         if seed is None:
             return
-        scope = hashcache.cache_scope(self.runner.target, mountpoint)
-        hashseed.store_rows(self.runner.store, scope, seed.rows)
+        try:
+            seed.rehash_racy(self.runner.target, route.target_access, mountpoint)
+            scope = hashcache.cache_scope(self.runner.target, mountpoint)
+            hashseed.store_rows(self.runner.store, scope, seed.rows())
+        finally:
+            seed.close()
 
     def _target_settings(self, item: TaskItem) -> volumes.VolumeCheck:
         """Return the source volume's driver, options and labels; check the target name again.

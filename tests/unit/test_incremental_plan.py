@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ddmsyncer.incremental import Entry, Scan, _carry_digests, _file_digests, plan_update
+from ddmsyncer.incremental import Entry, Scan, _carry_digests, plan_update
 
 SECOND = 1_000_000_000
 
@@ -66,7 +66,7 @@ def test_carry_digests_only_for_unchanged_unsent():
     earlier = tree(entry(b"same", inode=1), entry(b"sent", inode=2), entry(b"touched", inode=3))
     fresh = Scan(tree(entry(b"same", inode=1, digest=None), entry(b"sent", inode=2, digest="cc"),
                       entry(b"touched", inode=3, digest=None, mtime=200 * SECOND)))
-    _carry_digests(fresh, _file_digests(Scan(earlier)), {b"sent"})
+    _carry_digests(fresh, Scan(earlier), {b"sent"})
     carried = fresh
     assert carried[b"same"].digest == "aa"
     assert carried[b"sent"].digest == "cc"
