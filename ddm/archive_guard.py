@@ -77,6 +77,8 @@ class ArchiveGuard:
             root = display_path(b"/".join(self.root) or ROOT)
             self._reject(entry, f"its {what} {display_path(path)} is outside the root {root}")
 
+        if not self._symlinks:
+            return components
         for end in range(len(self.root), len(components)):
             parent = components[:end]
             if parent in self._symlinks:

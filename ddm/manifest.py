@@ -63,6 +63,7 @@ from typing import Any
 import xxhash
 
 from ddm.errors import DDMError
+from ddm.piecehash import PIECE_BYTES, content_hasher, is_pieced_size
 from ddm.tarstream import TarEntry, TarStreamError, TarStreamParser, display_path
 
 __all__ = [
@@ -140,8 +141,9 @@ class ManifestEntry:
     acl_default: str | None = None
     sparse: bool = False
     digest: str | None = None  # xxh3-128 hex digest of the content, None for non-files
-    # SHA-256 hex digest of the content, only from a builder made with sha256=True. A host
-    # with python3 can compute it without the xxhash module (ddmsyncer.hostverify).
+    # SHA-256 hex digest of the content, in the pieced form of ddm.piecehash for large files,
+    # only from a builder made with sha256=True. A host with python3 can compute it without
+    # the xxhash module (ddmsyncer.hostverify).
     sha256: str | None = None
 
 
@@ -178,19 +180,26 @@ _record_values = operator.attrgetter(*_RECORD_FIELDS)
 # always give equal bytes, however the objects in them are shared. compare_manifests() skips
 # entries with equal records.
 _MARSHAL_VERSION = 2
+
+# The field order in which ManifestBuilder passes an entry's values to EntryTable.add_values.
+_BUILDER_FIELDS = ("type", "mode", "uid", "gid", "size", "linkname", "devmajor", "devminor",
+                   "mtime_ns", "xattrs", "acl_access", "acl_default", "sparse", "digest", "sha256")
+if _RECORD_FIELDS != _BUILDER_FIELDS:
+    raise ImportError("ManifestEntry fields changed: update _BUILDER_FIELDS and "
+                      "ManifestBuilder._finish_entry to the new order")
 _TYPE_INDEX = _RECORD_FIELDS.index("type")
 _XATTRS_INDEX = _RECORD_FIELDS.index("xattrs")
 _DIGEST_INDEX = _RECORD_FIELDS.index("digest")
 _SHA256_INDEX = _RECORD_FIELDS.index("sha256")
 
-def _record_bytes(entry: ManifestEntry) -> bytes:
-    """Return the marshal record of an entry, with its xattrs sorted by name.
+def _record_bytes(values: tuple[Any, ...]) -> bytes:
+    """Return the marshal record of an entry's values, with its xattrs sorted by name.
 
     Archives and host scans list xattrs in different orders, and marshal keeps a dict's order.
     """
-    values = _record_values(entry)
-    if entry.xattrs is not None and len(entry.xattrs) > 1:
-        xattrs = dict(sorted(entry.xattrs.items()))
+    xattrs = values[_XATTRS_INDEX]
+    if xattrs is not None and len(xattrs) > 1:
+        xattrs = dict(sorted(xattrs.items()))
         values = (*values[:_XATTRS_INDEX], xattrs, *values[_XATTRS_INDEX + 1:])
     return marshal.dumps(values, _MARSHAL_VERSION)
 
@@ -221,7 +230,8 @@ class EntryTable(Mapping[bytes, ManifestEntry]):
             "CREATE TABLE entries (path BLOB PRIMARY KEY, hardlink INTEGER NOT NULL,"
             " record BLOB NOT NULL) WITHOUT ROWID"
         )
-        self._pending: dict[bytes, ManifestEntry] = {}
+        # Entries not yet written, as their values in _RECORD_FIELDS order.
+        self._pending: dict[bytes, tuple[Any, ...]] = {}
         self._count: int | None = 0
         self._lock = threading.Lock()
         for entry in entries:
@@ -229,7 +239,15 @@ class EntryTable(Mapping[bytes, ManifestEntry]):
 
     def add(self, entry: ManifestEntry) -> None:
         """Add `entry` under its path, replacing an earlier entry for that path."""
-        self._pending[entry.path] = entry
+        self.add_values(entry.path, _record_values(entry))
+
+    def add_values(self, path: bytes, values: tuple[Any, ...]) -> None:
+        """Add the entry of `path` given as its other field values, in _RECORD_FIELDS order.
+
+        This skips building a ManifestEntry, whose frozen __init__ costs a few microseconds,
+        for builders that add one entry per archive member.
+        """
+        self._pending[path] = values
         self._count = None
         if len(self._pending) >= TABLE_BATCH_ENTRIES:
             self.flush()
@@ -240,8 +258,8 @@ class EntryTable(Mapping[bytes, ManifestEntry]):
             if not self._pending:
                 return
             rows = [
-                (path, entry.type == "hardlink", _record_bytes(entry))
-                for path, entry in self._pending.items()
+                (path, values[_TYPE_INDEX] == "hardlink", _record_bytes(values))
+                for path, values in self._pending.items()
             ]
             self._pending = {}
             self._db.execute("BEGIN")
@@ -254,9 +272,9 @@ class EntryTable(Mapping[bytes, ManifestEntry]):
         self._db.close()
 
     def __getitem__(self, path: bytes) -> ManifestEntry:
-        entry = self._pending.get(path)
-        if entry is not None:
-            return entry
+        values = self._pending.get(path)
+        if values is not None:
+            return ManifestEntry(path, *values)
         row = self._db.execute("SELECT record FROM entries WHERE path = ?", (path,)).fetchone()
         if row is None:
             raise KeyError(path)
@@ -532,6 +550,10 @@ class _EntryReader:
                 self.last_path = path
 
 
+_EMPTY_XXH3_128 = xxhash.xxh3_128_hexdigest(b"")
+_EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+
+
 class ManifestBuilder:
     """Push parser that builds the manifest of a volume from its tar stream.
 
@@ -541,7 +563,8 @@ class ManifestBuilder:
     too. A member outside the prefix raises ManifestError.
 
     `sha256` also stores the SHA-256 digest of each file's content in ManifestEntry.sha256;
-    it needs `hash_content`.
+    it needs `hash_content`. Files of at least four pieces of `piece_bytes` get the pieced
+    form of that digest (ddm.piecehash), as the host scans compute it.
 
     `member_check`, when given, runs on each archive member as soon as its header is read,
     before the member is added. ArchiveGuard.check is one: parsing the stream once for both
@@ -559,15 +582,21 @@ class ManifestBuilder:
         strip_prefix: bytes = b"",
         sha256: bool = False,
         member_check: Callable[[TarEntry], None] | None = None,
+        piece_bytes: int = PIECE_BYTES,
     ) -> None:
         self.hash_content = hash_content
         self.sha256 = sha256 and hash_content
+        self.piece_bytes = piece_bytes
         self._content_sha256: Any = None
         self._prefix = _normalize_path(strip_prefix) if strip_prefix else b"."
         self._member_check = member_check
         self._entries = EntryTable()
         self._stream_hash = xxhash.xxh3_128()
         self._content_hash: Any = None
+        # Digests of a member whose whole content came in one piece, else None.
+        self._content_digests: tuple[str, str | None] | None = None
+        # The content size of the member being hashed, -1 while no member is hashed.
+        self._content_size = -1
         self._current_path = b""
         self._manifest: Manifest | None = None
 
@@ -622,24 +651,44 @@ class ManifestBuilder:
         if self._member_check is not None:
             self._member_check(entry)
         self._current_path = self._volume_path(entry.path, entry.offset)
-        if self.hash_content and entry.type == "file":
-            self._content_hash = xxhash.xxh3_128()
-        else:
-            self._content_hash = None
-        if self.sha256 and entry.type == "file":
-            self._content_sha256 = hashlib.sha256()
+        self._content_hash = None
+        self._content_sha256 = None
+        self._content_digests = None
+        self._content_size = entry.size if self.hash_content and entry.type == "file" else -1
 
     def _update_content_hash(self, data: memoryview) -> None:
+        if self._content_hash is None:
+            pieced = is_pieced_size(self._content_size, self.piece_bytes)
+            if len(data) == self._content_size and not pieced:
+                # The whole content in one piece, as for most small files: one-shot digests
+                # cost less than creating, updating and finishing two hash objects.
+                sha256 = hashlib.sha256(data).hexdigest() if self.sha256 else None
+                self._content_digests = (xxhash.xxh3_128_hexdigest(data), sha256)
+                return
+            self._content_hash = xxhash.xxh3_128()
+            if self.sha256:
+                self._content_sha256 = content_hasher(self._content_size, self.piece_bytes)
         self._content_hash.update(data)
         if self._content_sha256 is not None:
             self._content_sha256.update(data)
 
+    def _content_digest_pair(self) -> tuple[str | None, str | None]:
+        """Return the xxh3-128 and SHA-256 hex digests of the member that just ended."""
+        if self._content_size < 0:
+            return None, None
+        if self._content_digests is not None:
+            return self._content_digests
+        if self._content_hash is None:  # no content: an empty file
+            return _EMPTY_XXH3_128, _EMPTY_SHA256 if self.sha256 else None
+        sha256 = self._content_sha256.hexdigest() if self._content_sha256 is not None else None
+        return self._content_hash.hexdigest(), sha256
+
     def _finish_entry(self, entry: TarEntry) -> None:
         path = self._current_path
-        digest = self._content_hash.hexdigest() if self._content_hash is not None else None
+        digest, sha256 = self._content_digest_pair()
         self._content_hash = None
-        sha256 = self._content_sha256.hexdigest() if self._content_sha256 is not None else None
         self._content_sha256 = None
+        self._content_digests = None
 
         size = entry.size
         sparse = entry.sparse
@@ -656,23 +705,11 @@ class ManifestBuilder:
                 "archive member %s appears again, and the later member replaces it",
                 display_path(path),
             )
-        self._entries.add(ManifestEntry(
-            path=path,
-            type=entry.type,
-            mode=entry.mode,
-            uid=entry.uid,
-            gid=entry.gid,
-            size=size,
-            linkname=linkname,
-            devmajor=entry.devmajor,
-            devminor=entry.devminor,
-            mtime_ns=entry.mtime_ns,
-            xattrs=entry.xattrs or None,
-            acl_access=entry.acl_access,
-            acl_default=entry.acl_default,
-            sparse=sparse,
-            digest=digest,
-            sha256=sha256,
+        # The values in _RECORD_FIELDS order, which _BUILDER_FIELDS pins down.
+        self._entries.add_values(path, (
+            entry.type, entry.mode, entry.uid, entry.gid, size, linkname, entry.devmajor,
+            entry.devminor, entry.mtime_ns, entry.xattrs or None, entry.acl_access,
+            entry.acl_default, sparse, digest, sha256,
         ))
 
     def _hard_link_content(self, path: bytes, target_path: bytes) -> tuple[int, str | None, bool]:
@@ -705,6 +742,9 @@ class ManifestBuilder:
 
 def _normalize_path(path: bytes) -> bytes:
     """Remove leading "/" and "./" and trailing "/". An empty result becomes the root "."."""
+    # Most members of a host tar stream look like b"./dir/file": one "./" and nothing else.
+    if path[:2] == b"./" and path[2:3] not in (b"/", b".", b"") and path[-1:] != b"/":
+        return path[2:]
     while True:
         if path.startswith(b"/"):
             path = path[1:]

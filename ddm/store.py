@@ -376,6 +376,19 @@ class TaskStore:
                 "INSERT OR REPLACE INTO file_hashes (scope, path, file_key, digest, checksum) "
                 "VALUES (?, ?, ?, ?, ?)", [(scope, *row) for row in rows])
 
+    def replace_file_hashes(self, scope: str,
+                            batches: Iterable[list[tuple[bytes, str, str, str]]]) -> None:
+        """Replace a scope's rows with (path, file_key, digest, checksum) rows, batch by batch.
+
+        One transaction, so a failure keeps the old rows.
+        """
+        with self.transaction() as db:
+            db.execute("DELETE FROM file_hashes WHERE scope = ?", (scope,))
+            for batch in batches:
+                db.executemany(
+                    "INSERT OR REPLACE INTO file_hashes (scope, path, file_key, digest, checksum) "
+                    "VALUES (?, ?, ?, ?, ?)", [(scope, *row) for row in batch])
+
     # Locks
 
     def acquire_locks(self, task_id: str, resources: list[str]) -> None:

@@ -2,9 +2,9 @@
 
 Phases: prepare (build the plan, reject any conflict) -> copy (images, networks, volumes
 of containers that are not running) -> migrate (stop the source containers, final data pass,
-create and start the target containers) -> verify (running and healthy, ports accept
-connections on the target host, manifests and inspect projections match) -> cleanup (helper
-containers).
+compare every volume and bind mount with its source, then create and start the target
+containers) -> verify (running and healthy, ports accept connections on the target host,
+inspect projections and writable layers match) -> cleanup (helper containers).
 
 Every object is recorded in the task's extra state under "created" before it is created, so
 a rollback, also after a crash, removes exactly what the task created on the target. The
@@ -234,6 +234,7 @@ class FullTaskRunner(TaskRunner):
         for bind in self.plan.binds:
             self._copy_bind(bind.source_path, bind.target_path)
         self._archive_logs()
+        self._verify_data()
 
         for container in self.plan.containers:
             self.check_control(force=True)
@@ -251,21 +252,35 @@ class FullTaskRunner(TaskRunner):
             inspects[container.name] = self._wait_running(container.name, timeout)
             self._check_ports(container.name, inspects[container.name])
         warm.record_downtime(self)
+
         for container in self.plan.containers:
             inspect = inspects[container.name]
             self._check_projection(container, inspect)
             self._check_layer(container)
+        self.record("info", "verified", "containers, ports, configuration and writable layers "
+                    "verified")
 
+    def _verify_data(self) -> None:
+        """Compare every copied volume and bind mount with its source, before any start.
+
+        It runs in the migrate phase, after the final data pass and before the target
+        containers are created: once they run, their applications write to the volumes
+        (a pid file, a log, a database's journal), and the target no longer holds what the
+        source held when it stopped. A difference fails the task while the source containers
+        can still be started again unchanged.
+        """
         if self.task.spec.verify is VerifyMode.NONE:
             self.warn("volume data was not verified (--verify none)")
             return
+
         hash_content = self.task.spec.verify is VerifyMode.FULL
         for name, manifest in self._manifests_by_name.items():
             target_manifest = self._read_target_manifest(name, hash_content)
             item = TaskItem(task_id=self.task.id, position=0, source=name, target=name)
             volumes.verify_volume(manifest, target_manifest, item, self.task.spec.verify)
         warm.verify_deltas(self)
-        self.record("info", "verified", "containers, ports, volumes and bind mounts verified")
+        self.record("info", "data_verified", "volumes and bind mounts match their source, "
+                    "before the target containers start")
 
     def cleanup_full(self) -> None:
         self.cleanup()

@@ -1,11 +1,12 @@
 """The controller's cache of host-side file hashes, so that scans hash only changed files.
 
 The host scans of incremental migration (ddmsyncer/hostscan.py) hash file content with
-SHA-256. The cache stores each digest in the task database with the file's key: device,
-inode, size, mtime_ns and ctime_ns as the host's lstat reported them when the file was
-hashed. A scan sends the known keys to the host, which hashes only the files whose key differs
-or is unknown. The controller then fills in the cached digest of each file whose reported key
-equals the cached key. Nothing is written on the hosts.
+SHA-256, in the pieced form of ddm.piecehash for large files. The cache stores each digest
+in the task database with the file's key: device, inode, size, mtime_ns and ctime_ns as the
+host's lstat reported them when the file was hashed. A scan sends the known keys to the
+host, which hashes only the files whose key differs or is unknown. The controller then fills
+in the cached digest of each file whose reported key equals the cached key. Nothing is
+written on the hosts.
 
 Why ctime is in the key: a user can set a file's mtime back (touch -d), but not its ctime,
 which the kernel sets to the current time on every change of content or metadata. A key match
@@ -27,11 +28,13 @@ from __future__ import annotations
 import base64
 import json
 import logging
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import xxhash
 
+from ddm.piecehash import digest_fits_size
 from ddm.store import TaskStore
 
 log = logging.getLogger(__name__)
@@ -61,15 +64,33 @@ def row_checksum(scope: str, path: bytes, file_key: str, digest: str) -> str:
     return xxhash.xxh3_128_hexdigest(text.encode("utf-8"))
 
 
+def _checksum_function(scope: str) -> Any:
+    """Return row_checksum for one scope, with the scope's JSON encoded once.
+
+    HashCache.load checks every row of a scope. json.dumps of the row's list is the scope's
+    JSON, then the three other strings, each JSON-encoded and joined by ", ".
+    """
+    prefix = "[" + json.dumps(scope) + ", "
+    dumps, b64encode, hexdigest = json.dumps, base64.b64encode, xxhash.xxh3_128_hexdigest
+
+    def checksum(path: bytes, file_key: str, digest: str) -> str:
+        text = (f"{prefix}\"{b64encode(path).decode('ascii')}\", {dumps(file_key)}, "
+                f"{dumps(digest)}]")
+        return hexdigest(text.encode("utf-8"))
+
+    return checksum
+
+
 def format_key(key: FileKey) -> str:
     return " ".join(str(value) for value in key)
 
 
 def parse_key(text: str) -> FileKey | None:
     values = text.split()
-    if len(values) != 5 or not all(value.isdigit() for value in values):
+    # isdigit() on the joined fields rejects signs, underscores and other forms int() takes.
+    if len(values) != 5 or not "".join(values).isdigit():
         return None
-    dev, inode, size, mtime_ns, ctime_ns = (int(value) for value in values)
+    dev, inode, size, mtime_ns, ctime_ns = map(int, values)
     return dev, inode, size, mtime_ns, ctime_ns
 
 
@@ -80,18 +101,31 @@ class HashCache:
         self.store = store
 
     def load(self, scope: str) -> dict[bytes, CachedHash]:
-        """Return the scope's cached digests by path, without rows that fail their checksum."""
+        """Return the scope's cached digests by path, without rows that fail their checksum.
+
+        Rows whose digest is not the form the scans compute for that size (the plain SHA-256
+        of a large file, stored before pieced digests existed) are left out too, so those
+        files are hashed again instead of looking changed.
+        """
         known: dict[bytes, CachedHash] = {}
         damaged = 0
+        outdated = 0
+        row_checksum_of_scope = _checksum_function(scope)
         for path, file_key, digest, checksum in self.store.load_file_hashes(scope):
             key = parse_key(file_key)
-            if key is None or checksum != row_checksum(scope, path, file_key, digest):
+            if key is None or checksum != row_checksum_of_scope(path, file_key, digest):
                 damaged += 1
+                continue
+            if not digest_fits_size(digest, key[2]):  # key[2] is the size
+                outdated += 1
                 continue
             known[path] = CachedHash(key, digest)
         if damaged:
             log.warning("ignored %d damaged hash cache rows of %s; those files are hashed again",
                         damaged, scope)
+        if outdated:
+            log.info("ignored %d hash cache rows of %s with an outdated digest form; those files "
+                     "are hashed again", outdated, scope)
         return known
 
     def save(self, scope: str, hashed: dict[bytes, CachedHash],
@@ -103,6 +137,32 @@ class HashCache:
             rows.append((path, file_key, cached.digest,
                          row_checksum(scope, path, file_key, cached.digest)))
         self.store.save_file_hashes(scope, rows, removed)
+
+    def replace(self, scope: str, rows: Iterable[tuple[bytes, CachedHash]],
+                batch_rows: int) -> int:
+        """Replace every row of the scope with `rows`, stored `batch_rows` at a time.
+
+        Runs in one transaction, so readers see the old rows or all new ones. Returns how
+        many rows were stored.
+        """
+        stored = 0
+
+        def batches() -> Iterator[list[tuple[bytes, str, str, str]]]:
+            nonlocal stored
+            batch = []
+            for path, cached in rows:
+                file_key = format_key(cached.key)
+                batch.append((path, file_key, cached.digest,
+                              row_checksum(scope, path, file_key, cached.digest)))
+                if len(batch) >= batch_rows:
+                    stored += len(batch)
+                    yield batch
+                    batch = []
+            stored += len(batch)
+            yield batch
+
+        self.store.replace_file_hashes(scope, batches())
+        return stored
 
 
 def known_keys_input(known: dict[bytes, CachedHash]) -> bytes:

@@ -8,10 +8,24 @@ uses only the standard library and Python 3.7 features. It works on a volume's m
                         files whose key is not among the known keys read from stdin, one
                         "PATH DEV INODE SIZE MTIME_NS CTIME_NS" line each, PATH in base64) or
                         "newer:NS" (hash the files whose mtime is at least NS nanoseconds)
+    rescan ROOT HASH    like scan, but stdin lists the keys of entries that an earlier scan
+                        reported, one "PATH DEV INODE SIZE MTIME_NS CTIME_NS" line each (PATH in
+                        base64). An entry whose lstat key equals its listed key is not reported.
+                        HASH is "all" (hash every reported file) or "none". The last line also
+                        has "unchanged", the count of entries not reported, and "gone", the
+                        base64 paths listed on stdin that no longer exist. stdin must end with
+                        the line "end"; without it (a command started early and closed
+                        unused) nothing is scanned
     stat ROOT           lstat only, for seeding the hash cache from a full copy: first the
                         line {"started_ns": NS} (the host's clock before the first lstat,
                         written at once), then [path, dev, inode, size, mtime_ns, ctime_ns]
                         for each regular file, path in base64
+    rehash ROOT NOT_BEFORE_NS MAX_WAIT_NS
+                        for the hash cache seed: wait until the host's clock passes
+                        NOT_BEFORE_NS (at most MAX_WAIT_NS), then for each NUL-separated
+                        path read from stdin that is a regular file write [path, dev,
+                        inode, size, mtime_ns, ctime_ns, sha256, checked_ns], checked_ns
+                        being the host's clock just before the file's lstat
     delete ROOT         remove the NUL-separated relative paths read from stdin
     apply ROOT          read an 8-byte big-endian length and that many bytes of NUL-separated
                         relative paths from stdin, remove them, then unpack the rest of stdin
@@ -23,10 +37,13 @@ uses only the standard library and Python 3.7 features. It works on a volume's m
     backup ROOT DEST    hard-link copy of ROOT at DEST (`cp -al`); backups of earlier versions
     restore ROOT DEST   replace ROOT by DEST, undoing every change made since `backup`
     discard DEST        remove DEST
+    discard-later DEST  remove DEST once stdin is "discard"; any other stdin, such as the
+                        empty stdin of a command started early and closed unused, keeps DEST
 
 Each scan line is [path, type, mode, uid, gid, size, mtime_ns, link, rdev, inode, nlink, hash,
 dev, ctime_ns, xattrs] with path and link in base64 of the raw bytes, "." for ROOT itself, the
-SHA-256 hex digest of a regular file's content or null, and the SHA-256 hex digest of the
+SHA-256 hex digest of a regular file's content (the pieced digest of ddm/piecehash.py for a
+file of at least MIN_PIECES pieces of PIECE_BYTES) or null, and the SHA-256 hex digest of the
 entry's extended attributes (names and values, sorted; POSIX ACLs are the system.posix_acl_*
 attributes) or null when it has none. The last line is a JSON object with
 the counts "hashed_files" and "hashed_bytes" and "started_ns", the host's clock when the scan
@@ -45,9 +62,18 @@ import shutil
 import stat
 import subprocess
 import sys
+import threading
 import time
 
 BLOCK = 1024 * 1024
+# Pieced digests: these equal the constants of ddm/piecehash.py.
+PIECE_BYTES = 16 * 1024 * 1024
+MIN_PIECES = 4
+PIECES_HEADER = b"ddm sha256 pieces\n"
+PIECES_PREFIX = "sha256-pieces-"
+# hashlib and os.preadv release the GIL, so the threads hash on separate cores where the
+# host has them.
+MAX_HASH_THREADS = 4
 TYPES = (
     (stat.S_ISREG, "file"), (stat.S_ISDIR, "dir"), (stat.S_ISLNK, "symlink"),
     (stat.S_ISFIFO, "fifo"), (stat.S_ISCHR, "char"), (stat.S_ISBLK, "block"), (stat.S_ISSOCK, "socket"),
@@ -61,7 +87,14 @@ def entry_type(mode):
     return "other"
 
 
-def file_digest(path):
+def file_digest(path, size):
+    """Return the SHA-256 hex digest of a file, or its pieced digest for a large `size`."""
+    if size >= MIN_PIECES * PIECE_BYTES:
+        descriptor = os.open(path, os.O_RDONLY)
+        try:
+            return pieced_sha256(descriptor, size, PIECE_BYTES)
+        finally:
+            os.close(descriptor)
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while True:
@@ -69,6 +102,80 @@ def file_digest(path):
             if not block:
                 return digest.hexdigest()
             digest.update(block)
+
+
+def hash_piece(descriptor, offset, length, view):
+    """Return (SHA-256 digest, bytes read) of `length` bytes at `offset`; fewer at EOF."""
+    digest = hashlib.sha256()
+    done = 0
+    while done < length:
+        count = os.preadv(descriptor, [view[:min(len(view), length - done)]], offset + done)
+        if not count:
+            break
+        digest.update(view[:count])
+        done += count
+    return digest.digest(), done
+
+
+def pieced_sha256(descriptor, size, piece_bytes):
+    """Return the pieced digest of an open file of `size` bytes (lstat), hashed by threads.
+
+    Threads hash every piece but the last by its offset. This thread hashes the last piece,
+    and whatever the file grew by since lstat, to EOF, so the digest covers what a sequential
+    read would. A piece that ends early (the file shrank) ends the content there.
+    """
+    threaded_pieces = (size - 1) // piece_bytes
+    digests = [None] * threaded_pieces
+    lengths = [0] * threaded_pieces
+    errors = []
+    thread_count = min(MAX_HASH_THREADS, os.cpu_count() or 1, threaded_pieces)
+
+    def hash_pieces(first):
+        view = memoryview(bytearray(BLOCK))
+        try:
+            for index in range(first, threaded_pieces, thread_count):
+                digests[index], lengths[index] = hash_piece(descriptor, index * piece_bytes,
+                                                            piece_bytes, view)
+        except OSError as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=hash_pieces, args=(first,)) for first in range(thread_count)]
+    for thread in threads:
+        thread.start()
+    tail_digests, tail_length = hash_tail(descriptor, threaded_pieces * piece_bytes, piece_bytes)
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+
+    outer = hashlib.sha256(PIECES_HEADER + piece_bytes.to_bytes(8, "big"))
+    length = 0
+    for digest, piece_length in zip(digests, lengths):
+        outer.update(digest)
+        length += piece_length
+        if piece_length < piece_bytes:
+            break
+    else:
+        for digest in tail_digests:
+            outer.update(digest)
+        length += tail_length
+    outer.update(length.to_bytes(8, "big"))
+    return "%s%d:%s" % (PIECES_PREFIX, piece_bytes, outer.hexdigest())
+
+
+def hash_tail(descriptor, offset, piece_bytes):
+    """Return the piece digests and the length of the content from `offset` to EOF."""
+    digests = []
+    length = 0
+    view = memoryview(bytearray(BLOCK))
+    while True:
+        digest, count = hash_piece(descriptor, offset + length, piece_bytes, view)
+        if not count:
+            return digests, length
+        digests.append(digest)
+        length += count
+        if count < piece_bytes:
+            return digests, length
 
 
 def xattrs_digest(path):
@@ -112,8 +219,12 @@ def read_paths():
 
 
 def read_known_keys():
+    return parse_known_keys(sys.stdin.buffer.read())
+
+
+def parse_known_keys(data):
     known = {}
-    for line in sys.stdin.buffer.read().splitlines():
+    for line in data.splitlines():
         fields = line.split()
         if len(fields) == 6:
             known[base64.b64decode(fields[0])] = tuple(int(value) for value in fields[1:])
@@ -122,6 +233,12 @@ def read_known_keys():
 
 def file_key(info):
     return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+
+def entry_key(info):
+    """Return file_key with the size as scan reports it: 0 for all but regular files."""
+    size = info.st_size if stat.S_ISREG(info.st_mode) else 0
+    return (info.st_dev, info.st_ino, size, info.st_mtime_ns, info.st_ctime_ns)
 
 
 def hash_test(hash_mode):
@@ -141,6 +258,16 @@ def hash_test(hash_mode):
     return lambda relative, info: False
 
 
+def entry_record(relative, path, info, digest):
+    """Return the scan line fields of one entry (see the module docstring)."""
+    kind = entry_type(info.st_mode)
+    link = encode(os.readlink(path)) if kind == "symlink" else None
+    return [encode(relative), kind, stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid,
+            info.st_size if kind == "file" else 0, info.st_mtime_ns, link,
+            info.st_rdev if kind in ("char", "block") else 0, info.st_ino, info.st_nlink, digest,
+            info.st_dev, info.st_ctime_ns, xattrs_digest(path)]
+
+
 def scan(root, hash_mode):
     should_hash = hash_test(hash_mode)
     started_ns = time.time_ns()
@@ -148,20 +275,46 @@ def scan(root, hash_mode):
     out = sys.stdout
     for relative, path in walk(root):
         info = os.lstat(path)
-        kind = entry_type(info.st_mode)
-        link = encode(os.readlink(path)) if kind == "symlink" else None
         digest = None
-        if kind == "file" and should_hash(relative, info):
-            digest = file_digest(path)
+        if stat.S_ISREG(info.st_mode) and should_hash(relative, info):
+            digest = file_digest(path, info.st_size)
             hashed_files += 1
             hashed_bytes += info.st_size
-        record = [encode(relative), kind, stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid,
-                  info.st_size if kind == "file" else 0, info.st_mtime_ns, link,
-                  info.st_rdev if kind in ("char", "block") else 0, info.st_ino, info.st_nlink, digest,
-                  info.st_dev, info.st_ctime_ns, xattrs_digest(path)]
-        out.write(json.dumps(record) + "\n")
+        out.write(json.dumps(entry_record(relative, path, info, digest)) + "\n")
     out.write(json.dumps({"hashed_files": hashed_files, "hashed_bytes": hashed_bytes,
                           "started_ns": started_ns}) + "\n")
+
+
+def rescan(root, hash_mode):
+    """Report only the entries whose lstat key differs from the one listed on stdin.
+
+    A change of content, mode, owner, extended attributes or link target sets the entry's
+    ctime, and adding or removing a name sets its directory's mtime, so an entry with an
+    unchanged key needs no new record. The caller lists only keys it may trust (see
+    ddmsyncer.incremental.rescan_volume for the racy-ctime rule).
+    """
+    data = sys.stdin.buffer.read()
+    if not data.endswith(b"\nend") and data != b"end":
+        return  # started early and closed unused
+    known = parse_known_keys(data)
+    hash_files = hash_mode == b"all"
+    started_ns = time.time_ns()
+    hashed_files = hashed_bytes = unchanged = 0
+    out = sys.stdout
+    for relative, path in walk(root):
+        info = os.lstat(path)
+        if known.pop(relative, None) == entry_key(info):
+            unchanged += 1
+            continue
+        digest = None
+        if hash_files and stat.S_ISREG(info.st_mode):
+            digest = file_digest(path, info.st_size)
+            hashed_files += 1
+            hashed_bytes += info.st_size
+        out.write(json.dumps(entry_record(relative, path, info, digest)) + "\n")
+    out.write(json.dumps({"hashed_files": hashed_files, "hashed_bytes": hashed_bytes,
+                          "started_ns": started_ns, "unchanged": unchanged,
+                          "gone": [encode(path) for path in sorted(known)]}) + "\n")
 
 
 def stat_files(root):
@@ -176,6 +329,26 @@ def stat_files(root):
         if stat.S_ISREG(info.st_mode):
             out.write(json.dumps([encode(relative), info.st_dev, info.st_ino, info.st_size,
                                   info.st_mtime_ns, info.st_ctime_ns]) + "\n")
+
+
+def rehash(root, not_before_ns, max_wait_ns):
+    paths = read_paths()
+    wait_ns = min(int(not_before_ns) - time.time_ns(), int(max_wait_ns))
+    if wait_ns > 0:
+        time.sleep(wait_ns / 1e9)
+    out = sys.stdout
+    for relative in paths:
+        path = os.path.join(root, relative)
+        checked_ns = time.time_ns()
+        try:
+            info = os.lstat(path)
+            if not stat.S_ISREG(info.st_mode):
+                continue
+            digest = file_digest(path, info.st_size)
+        except OSError:
+            continue  # removed or replaced since the scan, so it is not seeded
+        out.write(json.dumps([encode(relative), info.st_dev, info.st_ino, info.st_size,
+                              info.st_mtime_ns, info.st_ctime_ns, digest, checked_ns]) + "\n")
 
 
 def parents_first(paths):
@@ -300,8 +473,12 @@ def main():
     arguments = [os.fsencode(argument) for argument in sys.argv[2:]]
     if command == "scan":
         scan(arguments[0], arguments[1])
+    elif command == "rescan":
+        rescan(arguments[0], arguments[1])
     elif command == "stat":
         stat_files(arguments[0])
+    elif command == "rehash":
+        rehash(arguments[0], arguments[1], arguments[2])
     elif command == "delete":
         delete(arguments[0])
     elif command == "apply":
@@ -320,6 +497,9 @@ def main():
             os.rename(arguments[1], arguments[0])
     elif command == "discard":
         if os.path.lexists(arguments[0]):
+            shutil.rmtree(arguments[0])
+    elif command == "discard-later":
+        if sys.stdin.buffer.read() == b"discard" and os.path.lexists(arguments[0]):
             shutil.rmtree(arguments[0])
     else:
         sys.exit("unknown command " + command)

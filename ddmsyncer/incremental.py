@@ -12,8 +12,10 @@ is not hashed again: its digest comes from the controller's cache (ddmsyncer/has
 target entry that the source lacks is deleted. mtime is compared in whole seconds, because
 Docker's archive API, which made the first copy, truncates mtimes to seconds. Only the sent
 entries cross the wire, as a tar stream from `tar` on the source to `tar` on the target,
-relayed and hashed by the controller. Verification compares fresh scans of both sides; see
-verify_update for which files it hashes again.
+relayed and hashed by the controller. Verification scans the target again in full and
+compares it entry by entry with the source. The source's host reports only the entries whose
+lstat key changed since the update's scan, and the controller reuses the rest of that scan.
+verify_update says which files each side hashes again.
 
 How does a failure leave the target as it was? Before any change, the entries the update
 replaces or deletes are moved (renamed) into a backup directory beside the mountpoint, after a
@@ -43,7 +45,7 @@ from typing import Any
 
 import xxhash
 
-from ddm.errors import MigrationFailed, TransferFailed, UsageError, VerificationFailed
+from ddm.errors import DDMError, MigrationFailed, TransferFailed, UsageError, VerificationFailed
 from ddm.store import TaskStore
 from ddm.task import ItemState, TaskItem, TaskState, VerifyMode
 from ddmsyncer import hashcache, updatereport
@@ -100,6 +102,7 @@ class Scan(dict[bytes, Entry]):
     hashed_bytes: int = 0
     cache_hits: int = 0  # files whose digest came from the controller's cache
     started_ns: int = 0  # the host's clock when the scan started
+    reused_entries: int = 0  # entries a rescan took from the earlier scan (rescan_volume)
 
 
 @dataclass
@@ -270,36 +273,77 @@ def scan_volume(engine: Any, mountpoint: str, *, hash_mode: str = "all",
     if command is None:
         command = HostCommand(engine, ["scan", mountpoint, hash_mode])
 
+    entries, _, output_bytes = _read_scan(command.lines(stdin),
+                                          known if hash_mode == "cached" else None)
+    return entries, output_bytes
+
+
+def _read_scan(lines: Iterable[bytes], known: dict[bytes, CachedHash] | None = None
+               ) -> tuple[Scan, dict[str, Any], int]:
+    """Parse the output of hostscan's scan or rescan; return the entries, summary and bytes.
+
+    With `known`, a file the host did not hash gets the cached digest when its reported key
+    equals the cached key exactly. Other unhashed files keep digest None.
+    """
     entries = Scan()
+    summary: dict[str, Any] = {}
     output_bytes = 0
-    for line in command.lines(stdin):
+    cache_hits = 0
+    for line in lines:
         output_bytes += len(line) + 1
         if not line:
             continue
         values = json.loads(line)
         if isinstance(values, dict):
+            summary = values
             entries.hashed_files = values["hashed_files"]
             entries.hashed_bytes = values["hashed_bytes"]
             entries.started_ns = values["started_ns"]
             continue
         values[0] = base64.b64decode(values[0])
         values[7] = base64.b64decode(values[7]) if values[7] is not None else None
+        if known and values[1] == "file" and values[11] is None:
+            cached = known.get(values[0])
+            # The order of Entry.file_key: dev, inode, size, mtime_ns, ctime_ns.
+            if cached is not None and \
+                    cached.key == (values[12], values[9], values[5], values[6], values[13]):
+                values[11] = cached.digest
+                cache_hits += 1
         entry = Entry(*values)
         entries[entry.path] = entry
-    if hash_mode == "cached" and known:
-        _fill_cached_digests(entries, known)
-    return entries, output_bytes
+    entries.cache_hits = cache_hits
+    return entries, summary, output_bytes
 
 
-def _fill_cached_digests(entries: Scan, known: dict[bytes, CachedHash]) -> None:
-    """Give unhashed files the cached digest when the whole key matches; others keep None."""
-    for path, entry in entries.items():
-        cached = known.get(path)
-        if entry.type != "file" or entry.digest is not None or cached is None:
-            continue
-        if cached.key == entry.file_key():
-            entries[path] = replace(entry, digest=cached.digest)
-            entries.cache_hits += 1
+def rescan_volume(engine: Any, mountpoint: str, earlier: Scan, *, hash_content: bool,
+                  command: HostCommand | None = None) -> tuple[Scan, int]:
+    """Scan a volume again and reuse the entries of `earlier` whose lstat key is unchanged.
+
+    The host lstats every entry and reports in full only those whose (device, inode, size,
+    mtime_ns, ctime_ns) differs from the earlier scan's, which it hashes when hash_content
+    is set. Entries whose ctime is within hashcache.RACY_MARGIN_NANOSECONDS of the earlier
+    scan's start are not trusted, because a change in the same clock tick keeps the ctime.
+    Neither is a file of `earlier` without a digest when hash_content is set. Returns the
+    merged scan, equal to a full scan under that rule, and the bytes of the host's output.
+    """
+    trusted = {path: entry for path, entry in earlier.items()
+               if not hashcache.is_racy(entry.ctime_ns, earlier.started_ns)
+               and not (hash_content and entry.type == "file" and entry.digest is None)}
+    lines = [base64.b64encode(path) + b" " + hashcache.format_key(entry.file_key()).encode("ascii")
+             for path, entry in trusted.items()]
+    stdin = b"\n".join([*lines, b"end"])  # without "end" the host scans nothing
+    if command is None:
+        command = HostCommand(engine, ["rescan", mountpoint, "all" if hash_content else "none"])
+    changed, summary, output_bytes = _read_scan(command.lines(stdin))
+
+    merged = Scan(trusted)
+    for path in summary["gone"]:
+        merged.pop(base64.b64decode(path), None)
+    merged.update(changed)
+    merged.hashed_files, merged.hashed_bytes = changed.hashed_files, changed.hashed_bytes
+    merged.started_ns = changed.started_ns
+    merged.reused_entries = summary["unchanged"]
+    return merged, output_bytes
 
 
 def _fresh_digests(scan: Scan, known: dict[bytes, CachedHash]) -> dict[bytes, CachedHash]:
@@ -318,30 +362,34 @@ def _fresh_digests(scan: Scan, known: dict[bytes, CachedHash]) -> dict[bytes, Ca
 
 def scan_both(source: Any, source_mountpoint: str, target: Any, target_mountpoint: str, *,
               cache: HashCache | None = None, hash_mode: str = "all",
-              paths: Iterable[bytes] = (), commands: dict[str, HostCommand] | None = None,
-              known_digests: dict[str, dict[bytes, CachedHash]] | None = None
+              paths: Iterable[bytes] = (), commands: dict[str, HostCommand] | None = None
               ) -> tuple[Scan, Scan, int]:
     """Scan source and target at once (one thread per host); return both and the output bytes.
 
     With a cache, the digests the hosts compute are stored in it, and hash_mode "cached"
     hashes only the files the cache has no valid digest for. Without one, "cached" hashes all.
-    `known_digests` ("source" and "target") replaces the cache's digests as the known keys of
-    "cached"; the cache still stores what the hosts compute.
     `commands` are scan commands started earlier with the same mode, by "source" and "target".
     """
-    if cache is None and hash_mode == "cached" and known_digests is None:
+    if cache is None and hash_mode == "cached":
         hash_mode = "all"
     sides = {"source": (source, source_mountpoint), "target": (target, target_mountpoint)}
     scopes = {name: hashcache.cache_scope(engine, mountpoint)
               for name, (engine, mountpoint) in sides.items()}
     # Only "cached" sends the stored keys to the hosts. Other modes load them after the scans,
     # one side at a time, so that both sides' keys are never in memory beside both scans.
-    preload = cache is not None and hash_mode == "cached" and known_digests is None
-    if known_digests is not None:
-        known = {name: dict(known_digests.get(name) or {}) for name in sides}
-    else:
-        known = {name: cache.load(scope) if preload else {} for name, scope in scopes.items()}
+    preload = cache is not None and hash_mode == "cached"
+    # The commands start before the cache is loaded, so that opening the channels and starting
+    # python3 on the hosts overlap with the load. `scan` reads all its stdin before it walks.
+    commands = dict(commands or {})
+    try:
+        for name, (engine, mountpoint) in sides.items():
+            if name not in commands:
+                commands[name] = HostCommand(engine, ["scan", mountpoint, hash_mode])
+    except BaseException:
+        _close_all(commands)
+        raise
     paths = list(paths)
+    known: dict[str, dict[bytes, CachedHash]] = {}
     results: dict[str, tuple[Scan, int]] = {}
     failures: list[BaseException] = []
 
@@ -349,14 +397,23 @@ def scan_both(source: Any, source_mountpoint: str, target: Any, target_mountpoin
         engine, mountpoint = sides[name]
         try:
             results[name] = scan_volume(engine, mountpoint, hash_mode=hash_mode, paths=paths,
-                                        known=known[name], command=(commands or {}).get(name))
+                                        known=known[name], command=commands.pop(name))
         except BaseException as error:  # noqa: BLE001 - raised below in the calling thread
             failures.append(error)
 
-    thread = threading.Thread(target=scan, args=("target",), daemon=True)
-    thread.start()
-    scan("source")
-    thread.join()
+    # The source host walks while the controller loads the target's cache rows.
+    thread = None
+    try:
+        known["source"] = cache.load(scopes["source"]) if preload else {}
+        thread = threading.Thread(target=scan, args=("source",), name="ddm-scan-source",
+                                  daemon=True)
+        thread.start()
+        known["target"] = cache.load(scopes["target"]) if preload else {}
+        scan("target")
+    finally:
+        if thread is not None:
+            thread.join()
+        _close_all(commands)  # left only when a cache load failed
     if failures:
         raise failures[0]
 
@@ -368,6 +425,11 @@ def scan_both(source: Any, source_mountpoint: str, target: Any, target_mountpoin
             cache.save(scope, _fresh_digests(scanned, side_known), removed_paths)
             del side_known
     return results["source"][0], results["target"][0], results["source"][1] + results["target"][1]
+
+
+def _close_all(commands: dict[str, HostCommand]) -> None:
+    while commands:
+        commands.popitem()[1].close()
 
 
 # Planning
@@ -657,29 +719,49 @@ class VerifyResult:
     scan_bytes: int
     hashed_files: dict[str, int]
     cache_hits: dict[str, int]
+    reused_entries: int = 0  # source entries taken from the update's scan (rescan_volume)
 
 
 @dataclass
 class UpdateDigests:
-    """The sent paths and each side's file keys and digests, which verify takes from an update.
+    """What verify takes from an update made in this process.
 
-    Kept between the copy and verify phases instead of the whole scans, which are several
-    times larger.
+    Both scans of the update are kept. Verify rescans the source and reuses every entry
+    whose lstat key is unchanged. It scans the target again in full, but takes the digest of
+    each unsent, unchanged file from the target's scan. NOTE: the controller holds both scans
+    until verify ends, an estimated 1 KiB per entry of the volume (not measured).
     """
 
     sent: list[bytes]
-    source: dict[bytes, CachedHash]
-    target: dict[bytes, CachedHash]
+    source_scan: Scan
+    target_scan: Scan  # the target before the update
+    # (source, target) mountpoints the update worked on; a volume recreated since under the
+    # same name has the same mountpoint, and its scan then differs.
+    mountpoints: tuple[str, str] | None = None
+    # Verify's scan commands by "source" and "target", started by start_verify_scans.
+    commands: dict[str, HostCommand] = field(default_factory=dict)
+
+    def close_commands(self) -> None:
+        """Close the scan commands that verify did not use; closed unused, they scan nothing."""
+        while self.commands:
+            self.commands.popitem()[1].close()
 
 
 def update_digests(update: UpdateResult) -> UpdateDigests:
-    return UpdateDigests(list(update.plan.send), _file_digests(update.source_scan),
-                         _file_digests(update.target_scan))
+    return UpdateDigests(list(update.plan.send), update.source_scan, update.target_scan)
 
 
-def _file_digests(scan: Scan) -> dict[bytes, CachedHash]:
-    return {path: CachedHash(entry.file_key(), entry.digest) for path, entry in scan.items()
-            if entry.type == "file" and entry.digest is not None}
+def start_verify_scans(source: Any, source_mountpoint: str, target: Any,
+                       target_mountpoint: str, update: UpdateDigests, mode: VerifyMode) -> None:
+    """Start verify's two scan commands now, so their start-up is not part of the verify phase.
+
+    Both wait for their stdin, which verify_update sends, so they scan the volumes only then.
+    """
+    full = mode is VerifyMode.FULL
+    update.commands["source"] = HostCommand(
+        source, ["rescan", source_mountpoint, "all" if full else "none"])
+    update.commands["target"] = HostCommand(
+        target, ["scan", target_mountpoint, "cached" if full else "none"])
 
 
 def verify_update(source: Any, source_mountpoint: str, target: Any, target_mountpoint: str,
@@ -689,26 +771,28 @@ def verify_update(source: Any, source_mountpoint: str, target: Any, target_mount
     """Compare fresh scans of both volumes; raise VerificationFailed on any difference.
 
     Every aspect of every entry is compared, and with verify full the SHA-256 of every file's
-    content, hashed on each host. Given the update made in this process, the sent files are
-    hashed again. A file that was not sent had equal hashes on both sides in the update's
-    scans. It keeps its digest when its device, inode, size, mtime_ns and ctime_ns are
-    unchanged, and is hashed again otherwise. Without the update, files whose key matches the
-    cache get the cached digest and every other file is hashed. The digests kept either way
-    count as cache hits.
+    content, hashed on each host. Without the update made in this process, files whose key
+    matches the cache get the cached digest and every other file is hashed.
+
+    Given the update, the source is rescanned (rescan_volume): its host lstats every entry,
+    and only entries whose key changed since the update's scan are listed and hashed again.
+    The target is scanned in full. Of its files, the sent ones, those whose ctime was racy
+    at the update's scan and those whose device, inode, size, mtime_ns or ctime_ns changed
+    since are hashed again. Every other file had the source's digest in the update's scan
+    and keeps it.
     """
     full = mode is VerifyMode.FULL
     if isinstance(update, UpdateResult):
         update = update_digests(update)
-    hash_mode = "cached" if full else "none"
-    known_digests = None
-    if full and update is not None:
-        known_digests = {"source": _unsent_digests(update.source, update.sent),
-                         "target": _unsent_digests(update.target, update.sent)}
-    source_scan, target_scan, scan_bytes = scan_both(
-        source, source_mountpoint, target, target_mountpoint, cache=cache, hash_mode=hash_mode,
-        known_digests=known_digests,
-    )
-    differences = list(_differences(source_scan, target_scan))
+    if update is not None:
+        source_scan, target_scan, scan_bytes = _rescan_both(
+            source, source_mountpoint, target, target_mountpoint, update, full=full, cache=cache)
+    else:
+        source_scan, target_scan, scan_bytes = scan_both(
+            source, source_mountpoint, target, target_mountpoint, cache=cache,
+            hash_mode="cached" if full else "none")
+
+    differences = list(_differences(source_scan, target_scan, content=full))
     if differences:
         shown = "; ".join(f"{os.fsdecode(path)}: {aspect}"
                           for path, aspect in differences[:MAX_REPORTED_DIFFERENCES])
@@ -719,31 +803,87 @@ def verify_update(source: Any, source_mountpoint: str, target: Any, target_mount
         )
     return VerifyResult(scan_bytes,
                         {"source": source_scan.hashed_files, "target": target_scan.hashed_files},
-                        {"source": source_scan.cache_hits, "target": target_scan.cache_hits})
+                        {"source": source_scan.cache_hits, "target": target_scan.cache_hits},
+                        source_scan.reused_entries)
 
 
-def _unsent_digests(digests: dict[bytes, CachedHash], sent: list[bytes]) -> dict[bytes, CachedHash]:
-    """Return the update scan's digests of the files the update did not send.
+def _rescan_both(source: Any, source_mountpoint: str, target: Any, target_mountpoint: str,
+                 update: UpdateDigests, *, full: bool, cache: HashCache | None
+                 ) -> tuple[Scan, Scan, int]:
+    """Rescan the source against the update's scan while the target is scanned in full."""
+    earlier_target = update.target_scan
+    started_ns = earlier_target.started_ns
+    racy = [path for path, entry in earlier_target.items()
+            if entry.type == "file" and hashcache.is_racy(entry.ctime_ns, started_ns)]
+    rehashed = set(update.sent) | set(racy)
+    results: dict[str, tuple[Scan, int]] = {}
+    failures: list[BaseException] = []
 
-    The verify scan hashes a listed file again only when its key changed since the update
-    scanned it. A change the update made itself also counts: moving a hard-linked name into
-    the backup changes the ctime of the names that stay, so they are hashed again.
+    def scan_target() -> None:
+        try:
+            results["target"] = scan_volume(target, target_mountpoint,
+                                            hash_mode="cached" if full else "none",
+                                            known=_carried_digests(earlier_target, rehashed),
+                                            command=update.commands.pop("target", None))
+        except BaseException as error:  # noqa: BLE001 - raised below in the calling thread
+            failures.append(error)
+
+    thread = threading.Thread(target=scan_target, name="ddm-verify-target", daemon=True)
+    thread.start()
+    try:
+        source_scan, source_bytes = rescan_volume(source, source_mountpoint, update.source_scan,
+                                                  hash_content=full,
+                                                  command=update.commands.pop("source", None))
+    finally:
+        thread.join()
+        update.close_commands()
+    if failures:
+        raise failures[0]
+    target_scan, target_bytes = results["target"]
+    if cache is not None and full:
+        _save_verified_digests(cache, target, target_mountpoint, target_scan, earlier_target)
+    return source_scan, target_scan, source_bytes + target_bytes
+
+
+def _save_verified_digests(cache: HashCache, target: Any, target_mountpoint: str, scan: Scan,
+                           earlier: Scan) -> None:
+    """Cache the target digests that verify computed, and forget the target's removed files.
+
+    `earlier` is the update's scan, which stored its digests, so the cache is not loaded.
+    The source's rows stay as the update's scan stored them, because a source that changed
+    since then fails verification.
     """
-    sent_paths = set(sent)
-    return {path: cached for path, cached in digests.items() if path not in sent_paths}
+    fresh = {path: cached for path, cached in _fresh_digests(scan, {}).items()
+             if path not in earlier or earlier[path].file_key() != cached.key
+             or earlier[path].digest != cached.digest}
+    removed = [path for path, entry in earlier.items()
+               if entry.type == "file" and path not in scan]
+    cache.save(hashcache.cache_scope(target, target_mountpoint), fresh, removed)
 
 
-def _differences(source: Scan, target: Scan) -> Iterator[tuple[bytes, str]]:
+def _carried_digests(earlier: Scan, hashed: set[bytes]) -> dict[bytes, CachedHash]:
+    """Return the update scan's digest and key of each file not in `hashed`.
+
+    The verify scan gets them as known keys, so its host hashes again every file whose key
+    changed since the update's scan. The update itself changes such keys: moving a
+    hard-linked name into the backup changes the ctime of the names that stay.
+    """
+    return {path: CachedHash(entry.file_key(), entry.digest) for path, entry in earlier.items()
+            if entry.type == "file" and entry.digest is not None and path not in hashed}
+
+
+def _differences(source: Scan, target: Scan, *, content: bool = True
+                 ) -> Iterator[tuple[bytes, str]]:
+    """Yield (path, aspect) for each difference; without `content` digests are not compared."""
+    names = ("type", "mode", "uid", "gid", "size", "mtime", "link", "rdev", "content", "xattrs")
     for path in sorted(set(source) | set(target)):
         if path not in target:
             yield path, "missing on target"
         elif path not in source:
             yield path, "extra on target"
         elif source[path].key() != target[path].key():
-            names = ("type", "mode", "uid", "gid", "size", "mtime", "link", "rdev", "content",
-                     "xattrs")
             for name, left, right in zip(names, source[path].key(), target[path].key()):
-                if left != right:
+                if left != right and (content or name != "content"):
                     yield path, name
 
 
@@ -822,6 +962,8 @@ _EXTRA_LOCK = threading.Lock()
 # Updates made in this process, by (task ID, item position), for verify_item; a task resumed
 # in another process has none and hashes every file again.
 _UPDATES: dict[tuple[str, int], UpdateDigests] = {}
+# `discard-later` commands started by verify_item, by (task ID, item position).
+_DISCARDS: dict[tuple[str, int], HostCommand] = {}
 
 
 def select_items(runner: Any) -> dict[int, str]:
@@ -881,7 +1023,12 @@ def copy_item(runner: Any, item: TaskItem, on_chunk: Callable[[int], None]) -> U
         on_wire=lambda count: wire_bytes.__setitem__(0, wire_bytes[0] + count),
     )
     runner.staged.compression.record_result(item, result.archive_bytes, wire_bytes[0])
-    _UPDATES[(runner.task.id, item.position)] = update_digests(result)
+    digests = update_digests(result)
+    digests.mountpoints = (source_mountpoint, target_mountpoint)
+    _UPDATES[(runner.task.id, item.position)] = digests
+    if runner.task.spec.verify is not VerifyMode.NONE:
+        start_verify_scans(runner.source, source_mountpoint, runner.target, target_mountpoint,
+                           digests, runner.task.spec.verify)
     _save_record(runner, item, sent_entries=result.sent_entries,
                  deleted_entries=result.deleted_entries, archive_bytes=result.archive_bytes,
                  scan_bytes=result.scan_bytes, seconds=result.seconds,
@@ -894,12 +1041,22 @@ def copy_item(runner: Any, item: TaskItem, on_chunk: Callable[[int], None]) -> U
 
 
 def verify_item(runner: Any, item: TaskItem) -> None:
-    source_mountpoint, target_mountpoint = _mountpoints(runner, item)
     update = _UPDATES.pop((runner.task.id, item.position), None)
+    if update is not None and update.mountpoints is not None:
+        source_mountpoint, target_mountpoint = update.mountpoints
+    else:
+        source_mountpoint, target_mountpoint = _mountpoints(runner, item)
+    backup = _records(runner).get(str(item.position), {}).get("backup")
+    if backup:
+        # Started now, it removes the backup only when the cleanup phase of a task that
+        # verified sends "discard". Closed unused, it keeps the backup (hostscan's discard-later).
+        _DISCARDS[(runner.task.id, item.position)] = HostCommand(
+            runner.target, ["discard-later", backup])
     verified = verify_update(runner.source, source_mountpoint, runner.target, target_mountpoint,
                              item, runner.task.spec.verify, update, HashCache(runner.store))
     _save_record(runner, item, verify_scan_bytes=verified.scan_bytes,
-                 verify_hashed_files=verified.hashed_files)
+                 verify_hashed_files=verified.hashed_files,
+                 verify_reused_entries=verified.reused_entries)
     updatereport.record_update_verified(runner, item, verified)
 
 
@@ -908,8 +1065,30 @@ def discard_backups(runner: Any) -> None:
     for position, record in _records(runner).items():
         item = runner.task.items[int(position)]
         if record.get("backup") and item.state in (ItemState.VERIFIED, ItemState.UNVERIFIED):
-            discard_backup(runner.target, record["backup"])
+            started = _DISCARDS.pop((runner.task.id, item.position), None)
+            if started is None or not _finish_discard(started):
+                discard_backup(runner.target, record["backup"])
             _save_record(runner, item, backup=None)
+    _close_started_commands(runner)
+
+
+def _finish_discard(command: HostCommand) -> bool:
+    """Tell a started `discard-later` command to remove its backup; return whether it did."""
+    try:
+        command.finish(b"discard")
+    except (DDMError, OSError, EOFError) as error:
+        log.warning("started discard of %s failed, running it again: %s",
+                    command.arguments[1], error)
+        return False
+    return True
+
+
+def _close_started_commands(runner: Any) -> None:
+    """Close this task's verify and discard commands that were started early and not used."""
+    for key in [key for key in _UPDATES if key[0] == runner.task.id]:
+        _UPDATES.pop(key).close_commands()
+    for key in [key for key in _DISCARDS if key[0] == runner.task.id]:
+        _DISCARDS.pop(key).close()
 
 
 def check_rollback_allowed(runner: Any) -> None:
@@ -936,6 +1115,7 @@ def check_rollback_allowed(runner: Any) -> None:
 
 def restore_backups(runner: Any) -> None:
     """Undo every incremental update of the task whose backup still exists."""
+    _close_started_commands(runner)
     for position, record in _records(runner).items():
         _undo(runner, runner.task.items[int(position)], record)
 

@@ -37,6 +37,8 @@ def record_update_verified(runner: Any, item: TaskItem, verified: Any) -> None:
     """Store an "update_verified" event with the files hashed by the host-side verification."""
     hashed = dict(verified.hashed_files)
     message = (f"volume {item.target!r} verified after its update: hashed "
-               f"{hashed.get('source', 0)} source and {hashed.get('target', 0)} target files")
+               f"{hashed.get('source', 0)} source and {hashed.get('target', 0)} target files, "
+               f"{verified.reused_entries} source entries unchanged since the update's scan")
     runner.record("info", "update_verified", message, position=item.position,
-                  hashed_files=hashed, cache_hits=dict(verified.cache_hits))
+                  hashed_files=hashed, cache_hits=dict(verified.cache_hits),
+                  reused_entries=verified.reused_entries)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 
 import pytest
 
@@ -323,6 +324,29 @@ def test_incremental_after_seed_hashes_changes(h1, h2, isolated_env, resources, 
                           mtime_resolution_ns=WHOLE_SECONDS) == []
 
 
+def test_seed_with_racy_margin_covers_target(h1, h2, isolated_env, resources):
+    # The real 2 s margin: on a machine that is not busy, the copy writes most target files
+    # less than 2 s before the verify scan reaches them, so their rows need the second hash.
+    volume = resources.create_volume(h1)
+    resources.add_volume(h2, volume)
+    write_volume_tree(h1, volume, TREE)
+    time.sleep(hashcache.RACY_MARGIN_NANOSECONDS / 1e9 + 0.5)  # source files leave the margin
+    migrate(volume)
+    change_source(h1, volume)
+
+    target_rows = cache_rows(lab_url(h2), h2.volume_mountpoint(volume))
+    task = migrate(volume, "--incremental")
+
+    expected = {os.fsencode(path) for path, spec in TREE.items()
+                if not isinstance(spec, (Dir, Symlink, Fifo))}
+    assert set(target_rows) == expected
+    record = incremental_record(task["id"])
+    # Hashed: the rewritten f3.bin and app.conf, the new new.bin and new.txt.
+    assert record["hashed_files"] == {"source": 4, "target": 0}
+    assert record["cache_hits"] == {"source": TREE_FILES - 4, "target": TREE_FILES}
+    assert task["volumes"][0]["state"] == "verified"
+
+
 def test_seeded_row_misses_changed_file(h1, h2, isolated_env, resources, no_racy_margin):
     volume = resources.create_volume(h1)
     resources.add_volume(h2, volume)
@@ -432,6 +456,87 @@ def test_parallel_three_volumes(h1, h2, isolated_env, resources):
                               mtime_resolution_ns=WHOLE_SECONDS) == []
     helpers = h2.docker("ps", "-aq", "--filter", "label=ddm.task").stdout.split()
     assert helpers == []
+
+
+def rewrite_keeping_mtime(path, content: bytes) -> None:
+    """Change a file's content at the same size and set its mtime back, as `touch -d` can."""
+    before = path.stat()
+    assert len(content) == before.st_size
+    path.write_bytes(content)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+
+def run_failing_update(volume: str, change_at_verify) -> tuple[TaskStore, str, str]:
+    """Run an incremental task that must fail; call change_at_verify() when verify starts.
+
+    Returns the store, the task ID and the error message.
+    """
+    config = load_config(environ=os.environ)
+    store = TaskStore(default_store_path(os.environ))
+    task = api.create_task(store, config, source="h1", target="h2", volumes=[volume],
+                           options={"incremental": True})
+
+    def on_event(event: Event) -> None:
+        if isinstance(event, PhaseStarted) and event.phase == "verify":
+            change_at_verify()
+
+    with pytest.raises(DDMError) as failure:
+        api.run_task(config, store, task.id, on_event=on_event)
+    return store, task.id, str(failure.value)
+
+
+def test_incremental_verify_reuses_source_scan(h1, h2, isolated_env, resources, no_racy_margin):
+    volume = resources.create_volume(h1)
+    resources.add_volume(h2, volume)
+    write_volume_tree(h1, volume, TREE)
+    migrate(volume)
+    change_source(h1, volume)
+
+    task = migrate(volume, "--incremental")
+
+    record = incremental_record(task["id"])
+    assert task["volumes"][0]["state"] == "verified"
+    assert record["verify_reused_entries"] > 0
+    assert diff_snapshots(snapshot_volume_tree(h1, volume), snapshot_volume_tree(h2, volume),
+                          mtime_resolution_ns=WHOLE_SECONDS) == []
+
+
+def test_source_change_before_verify_fails(h1, h2, isolated_env, resources, no_racy_margin):
+    """A source file rewritten between the update's scan and verify, mtime set back."""
+    volume = resources.create_volume(h1)
+    resources.add_volume(h2, volume)
+    write_volume_tree(h1, volume, TREE)
+    migrate(volume)
+    change_source(h1, volume)
+    target_before = snapshot_volume_tree(h2, volume)
+    unsent = h1.volume_host_path(volume) / "data" / "f5.bin"
+
+    store, task_id, message = run_failing_update(
+        volume,
+        lambda: rewrite_keeping_mtime(unsent, bytes(FILE_BYTES)))
+
+    assert "data/f5.bin: content" in message
+    assert store.get_task(task_id).state is TaskState.FAILED
+    assert snapshot_volume_tree(h2, volume) == target_before
+    assert backups_on(h2, volume) == []
+
+
+def test_target_corrupted_before_verify_fails(h1, h2, isolated_env, resources, no_racy_margin):
+    """A target file that the update did not send, rewritten after the copy, mtime set back."""
+    volume = resources.create_volume(h1)
+    resources.add_volume(h2, volume)
+    write_volume_tree(h1, volume, TREE)
+    migrate(volume)
+    change_source(h1, volume)
+    unsent = h2.volume_host_path(volume) / "data" / "f6.bin"
+
+    store, task_id, message = run_failing_update(
+        volume,
+        lambda: rewrite_keeping_mtime(unsent, bytes(FILE_BYTES)))
+
+    assert "data/f6.bin: content" in message
+    assert store.get_task(task_id).state is TaskState.FAILED
+    assert backups_on(h2, volume) == []
 
 
 LINKED_TREE = {

@@ -5,9 +5,7 @@ from __future__ import annotations
 from ddmsyncer.incremental import (
     Entry,
     Scan,
-    _file_digests,
-    _fill_cached_digests,
-    _unsent_digests,
+    _carried_digests,
     plan_update,
 )
 
@@ -69,19 +67,15 @@ def test_plan_hard_link_sends_every_name():
     assert plan_update(source, target).send == [b".", b"a", b"b"]
 
 
-def test_verify_keeps_digests_only_for_unchanged_unsent():
-    earlier = tree(entry(b"same", inode=1), entry(b"sent", inode=2), entry(b"touched", inode=3))
-    fresh = Scan(tree(entry(b"same", inode=1, digest=None), entry(b"sent", inode=2, digest="cc"),
-                      entry(b"touched", inode=3, digest=None, mtime=200 * SECOND)))
+def test_verify_knows_unsent_file_keys():
+    earlier = Scan(tree(entry(b"same", inode=1), entry(b"sent", inode=2),
+                        entry(b"unhashed", inode=3, digest=None), entry(b"d", "dir")))
 
-    known = _unsent_digests(_file_digests(Scan(earlier)), [b"sent"])
-    _fill_cached_digests(fresh, known)
+    known = _carried_digests(earlier, {b"sent"})
 
-    assert set(known) == {b"same", b"touched"}
-    assert fresh[b"same"].digest == "aa"
-    assert fresh[b"sent"].digest == "cc"
-    assert fresh[b"touched"].digest is None
-    assert fresh.cache_hits == 1
+    assert set(known) == {b"same"}
+    assert known[b"same"].digest == "aa"
+    assert known[b"same"].key == earlier[b"same"].file_key()
 
 
 def test_plan_counts_hard_linked_data_once():
