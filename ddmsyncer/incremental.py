@@ -39,7 +39,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -51,6 +51,7 @@ from ddm.task import ItemState, TaskItem, TaskState, VerifyMode
 from ddmsyncer import hashcache, updatereport
 from ddmsyncer.copyorigin import copying_task
 from ddmsyncer.hashcache import CachedHash, HashCache
+from ddmsyncer.scanentry import Entry
 
 log = logging.getLogger(__name__)
 
@@ -62,37 +63,6 @@ MAX_REPORTED_DIFFERENCES = 20
 EXTRA_KEY = "incremental"
 # Backups made by `stash`; records without this format are `cp -al` copies of older versions.
 STASH_FORMAT = "stash"
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One entry of a host-side scan of a volume."""
-
-    path: bytes
-    type: str
-    mode: int
-    uid: int
-    gid: int
-    size: int
-    mtime_ns: int
-    link: bytes | None
-    rdev: int
-    inode: int
-    nlink: int
-    digest: str | None
-    dev: int = 0
-    ctime_ns: int = 0
-    xattrs: str | None = None  # SHA-256 of the extended attributes (ACLs included), or None
-
-    def file_key(self) -> hashcache.FileKey:
-        """Return the lstat fields that change whenever the file's content changes."""
-        return (self.dev, self.inode, self.size, self.mtime_ns, self.ctime_ns)
-
-    def key(self, *, with_mtime: bool = True) -> tuple[Any, ...]:
-        """The aspects compared between source and target."""
-        mtime = self.mtime_ns // 1_000_000_000 if with_mtime else None
-        return (self.type, self.mode, self.uid, self.gid, self.size, mtime, self.link, self.rdev,
-                self.digest, self.xattrs)
 
 
 class Scan(dict[bytes, Entry]):
@@ -849,7 +819,7 @@ def _carry_digests(scan: Scan, earlier: Scan, hashed: set[bytes]) -> None:
             continue
         before = earlier.get(path)
         if before is not None and before.type == "file" and before.file_key() == entry.file_key():
-            scan[path] = replace(entry, digest=before.digest)
+            scan[path] = entry.with_digest(before.digest)
 
 
 def _differences(source: Scan, target: Scan, *, content: bool = True
