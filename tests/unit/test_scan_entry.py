@@ -103,3 +103,21 @@ def test_plan_decisions_on_crafted_scans():
                                         b"link-b", b"mode", b"sym"])
     assert plan.send[0] == b"."
     assert plan.send_bytes == 4 * 4
+
+
+@pytest.mark.parametrize("digest", [None, "ab" * 32, "AB" * 32, "abc", "zz" * 32, "a b" * 21 + "c"])
+def test_entry_digest_round_trips(digest):
+    entry = Entry(**{**FIELDS, "digest": digest})
+
+    assert entry.digest == digest
+    assert entry == Entry(**{**FIELDS, "digest": digest})
+    assert entry.with_digest("cd" * 32).digest == "cd" * 32
+    assert entry.with_digest("cd" * 32).with_digest(digest) == entry
+
+
+def test_entries_with_other_digests_differ():
+    entry = Entry(**FIELDS)
+
+    assert entry != entry.with_digest("ac" * 32)
+    assert entry != entry.with_digest(None)
+    assert entry.key() != entry.with_digest("AB" * 32).key()
