@@ -366,6 +366,19 @@ class TaskStore:
         return [(bytes(row["path"]), row["file_key"], row["digest"], row["checksum"])
                 for row in rows]
 
+    def iter_file_hashes(self, scope: str, batch_rows: int = 1000
+                         ) -> Iterator[tuple[bytes, str, str, str]]:
+        """Yield the (path, file_key, digest, checksum) rows stored for a scope.
+
+        Rows are fetched `batch_rows` at a time, so a large scope is never held as one list.
+        """
+        cursor = self._db.execute(
+            "SELECT path, file_key, digest, checksum FROM file_hashes WHERE scope = ?", (scope,)
+        )
+        while rows := cursor.fetchmany(batch_rows):
+            for row in rows:
+                yield bytes(row["path"]), row["file_key"], row["digest"], row["checksum"]
+
     def save_file_hashes(self, scope: str, rows: list[tuple[bytes, str, str, str]],
                          removed: list[bytes]) -> None:
         """Insert or replace (path, file_key, digest, checksum) rows and delete removed paths."""

@@ -28,8 +28,8 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import struct
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import xxhash
@@ -46,12 +46,45 @@ RACY_MARGIN_NANOSECONDS = 2_000_000_000
 FileKey = tuple[int, int, int, int, int]  # dev, inode, size, mtime_ns, ctime_ns
 
 
-@dataclass(frozen=True, slots=True)
-class CachedHash:
-    """A stored digest and the key of the file it was computed from."""
+# dev, inode, size, mtime_ns, ctime_ns; timestamps are signed (a file may predate 1970).
+_PACKED_KEY = struct.Struct("<QQQqq")
 
-    key: FileKey
+
+class CachedHash:
+    """A stored digest and the key of the file it was computed from; immutable.
+
+    The controller loads one per cached file of both volumes at once, so the key is stored
+    packed in 40 bytes instead of a tuple of five ints, which takes about 150 bytes more.
+    """
+
+    __slots__ = ("_key", "digest")
+
+    _key: bytes
     digest: str
+
+    def __init__(self, key: FileKey, digest: str) -> None:
+        object.__setattr__(self, "_key", _PACKED_KEY.pack(*key))
+        object.__setattr__(self, "digest", digest)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"cannot assign to field {name!r} of a cached hash")
+
+    @property
+    def key(self) -> FileKey:
+        """The file's (dev, inode, size, mtime_ns, ctime_ns) when the digest was computed."""
+        dev, inode, size, mtime_ns, ctime_ns = _PACKED_KEY.unpack(self._key)
+        return dev, inode, size, mtime_ns, ctime_ns
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, CachedHash):
+            return NotImplemented
+        return (self._key, self.digest) == (other._key, other.digest)
+
+    def __hash__(self) -> int:
+        return hash((self._key, self.digest))
+
+    def __repr__(self) -> str:
+        return f"CachedHash(key={self.key!r}, digest={self.digest!r})"
 
 
 def cache_scope(engine: Any, mountpoint: str) -> str:
@@ -111,7 +144,7 @@ class HashCache:
         damaged = 0
         outdated = 0
         row_checksum_of_scope = _checksum_function(scope)
-        for path, file_key, digest, checksum in self.store.load_file_hashes(scope):
+        for path, file_key, digest, checksum in self.store.iter_file_hashes(scope):
             key = parse_key(file_key)
             if key is None or checksum != row_checksum_of_scope(path, file_key, digest):
                 damaged += 1
