@@ -387,8 +387,24 @@ def _send(writer: _RemoteTar, chunk: bytes, name: str, offset: int) -> None:
     try:
         writer.channel.sendall(chunk)
     except (OSError, EOFError, paramiko.SSHException) as error:
+        parts = [channel_error_reason(error)]
+        errors = writer.stderr.text()
+        if errors.strip():
+            parts.append(f"tar wrote: {_tail(errors)}")
         raise TransferFailed(f"sending to tar on target {name} failed after {offset} bytes: "
-                             f"{error}; {_tail(writer.stderr.text())}") from None
+                             f"{'; '.join(parts)}") from None
+
+
+def channel_error_reason(error: BaseException) -> str:
+    """Return why sending on an SSH channel failed, in words, never an empty string.
+
+    paramiko raises EOFError (with no text) or OSError("Socket is closed") when the SSH
+    connection is gone.
+    """
+    text = str(error).strip()
+    if isinstance(error, EOFError) or not text or text == "Socket is closed":
+        return "the SSH connection was closed"
+    return text
 
 
 def read_host_manifest(engine: Any, access: HostAccess, directory: str, *, hash_content: bool,

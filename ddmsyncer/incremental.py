@@ -215,7 +215,7 @@ class HostCommand:
         if status != 0:
             raise MigrationFailed(
                 f"host command {self.arguments[0]} failed on host {self.engine.host.name} with "
-                f"exit status {status}: {self.errors.text[-500:]}",
+                f"{exit_detail(status, self.errors.text[-500:])}",
                 hint="incremental migration needs python3 and GNU tar on both hosts",
             )
 
@@ -600,11 +600,25 @@ def relay_tar(source: Any, source_mountpoint: str, target: Any, target_mountpoin
     if statuses != (0, 0):
         raise TransferFailed(
             f"incremental tar stream from {source.host.name} to {target.host.name} failed "
-            f"(exit statuses {statuses[0]}, {statuses[1]}): "
-            f"{(reader_errors.text + ' ' + writer_errors.text).strip()[-500:]}",
+            f"with {exit_detail(statuses, (reader_errors.text + ' ' + writer_errors.text)[-500:])}",
             hint="the target was restored from its backup; check the hosts' tar and retry",
         )
     return total, hasher.hexdigest()
+
+
+def exit_detail(status: int | tuple[int, int], errors: str) -> str:
+    """Return "exit status 2: ERRORS", leaving out empty error output.
+
+    paramiko reports -1 when the SSH server sent no exit status: the command was killed by a
+    signal or the connection closed.
+    """
+    statuses = status if isinstance(status, tuple) else (status,)
+    label = "exit status" if len(statuses) == 1 else "exit statuses"
+    text = f"{label} {', '.join(str(value) for value in statuses)}"
+    if -1 in statuses:
+        text += " (none received: the command was killed or the SSH connection closed)"
+    errors = " ".join(errors.split())
+    return f"{text}: {errors}" if errors else text
 
 
 def stash_input(plan: Plan) -> bytes:

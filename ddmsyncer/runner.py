@@ -197,7 +197,9 @@ class TaskRunner:
         except ConnectionFailed as error:
             if not connected:
                 raise
-            self.record("warning", "reconnect", f"connection to {host_name} failed ({error}); "
+            # A retry, not a fault yet: logged at INFO, so the default output shows only the
+            # error of the second attempt if that fails too.
+            self.record("info", "reconnect", f"connection to {host_name} lost ({error.message}); "
                         "connecting once more")
             return action(self.reconnect(host_name))
 

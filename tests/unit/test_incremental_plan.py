@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ddmsyncer.incremental import Entry, Scan, _carry_digests, plan_update
+from ddmsyncer.incremental import Entry, Scan, _carry_digests, exit_detail, plan_update
 
 SECOND = 1_000_000_000
 
@@ -71,3 +71,10 @@ def test_carry_digests_only_for_unchanged_unsent():
     assert carried[b"same"].digest == "aa"
     assert carried[b"sent"].digest == "cc"
     assert carried[b"touched"].digest is None
+
+
+def test_exit_detail_leaves_out_empty_parts() -> None:
+    assert exit_detail(-1, "") == ("exit status -1 (none received: the command was killed or "
+                                   "the SSH connection closed)")
+    assert exit_detail((0, 2), " tar:  bad \n") == "exit statuses 0, 2: tar: bad"
+    assert exit_detail(2, "") == "exit status 2"
