@@ -597,7 +597,7 @@ def _handshake_error(target: SSHTarget, error: BaseException) -> ConnectionFaile
                             f"{handshake_reason(error)}", hint=handshake_hint(error))
 
 
-# paramiko 3.x (Transport._check_banner) starts its error with this text and appends the
+# paramiko (Transport._check_banner, read in 5.1) starts its error with this text and appends the
 # text of the read error, which is empty when the server closed the connection.
 BANNER_ERROR = "Error reading SSH protocol banner"
 

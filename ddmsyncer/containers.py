@@ -714,6 +714,16 @@ def read_task_log(runner: TaskRunner, container: str) -> bytes:
                          hint="logs are archived in the migrate phase of a full-mode task")
     if container not in (extra.get("source_containers") or []):
         raise UsageError(f"container {container!r} is not part of task {runner.task.id}")
+    unfinished = (TaskState.FAILED, TaskState.CANCELLED, TaskState.ROLLED_BACK)
+    if runner.task.state in unfinished:
+        # The rollback of a failed or cancelled task removes the logs volume with everything
+        # else the task created on the target.
+        raise UsageError(
+            f"task {runner.task.id} is {runner.task.state.value}, so its container logs are not "
+            f"archived on {runner.task.spec.target_host}: its rollback removed them, or it "
+            "stopped before it archived them",
+            hint=f"the source container keeps its log; read it with 'docker logs {container}' "
+            f"on {runner.task.spec.source_host}")
     target = runner.target
     helper = target.create_helper(volume, read_only=True, labels={volumes.TASK_LABEL: runner.task.id})
     try:
