@@ -567,6 +567,11 @@ class FullTaskRunner(TaskRunner):
         self.cleanup(every_host=every_host)
         warm.discard_backups(self)
         created = self.extra().get("created") or {}
+        if not any(created.get(kind) for kind in CREATED_KINDS):
+            # Nothing to remove there, so a target that was down at prepare is not needed.
+            self._restart_source()
+            self._remove_helper_images()
+            return
         target = self.target
         for entry in reversed(created.get("containers") or []):
             driver.container_remove(target, entry.get("id") or entry["name"])
