@@ -772,3 +772,18 @@ def _reason(error: BaseException) -> str:
         return error.strerror
     text = str(error).strip()
     return text or type(error).__name__
+
+
+def exit_detail(status: int | tuple[int, int], errors: str) -> str:
+    """Return "exit status 2: ERRORS", leaving out empty error output.
+
+    paramiko reports -1 when the SSH server sent no exit status: the command was killed by a
+    signal or the connection closed.
+    """
+    statuses = status if isinstance(status, tuple) else (status,)
+    label = "exit status" if len(statuses) == 1 else "exit statuses"
+    text = f"{label} {', '.join(str(value) for value in statuses)}"
+    if -1 in statuses:
+        text += " (none received: the command was killed or the SSH connection closed)"
+    errors = " ".join(errors.split())
+    return f"{text}: {errors}" if errors else text

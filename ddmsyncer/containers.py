@@ -42,7 +42,7 @@ from ddmdriver import containers as driver
 from ddmdriver import imagelayers
 from ddmdriver import images as image_driver
 from ddmdriver.engine import HELPER_IMAGE, HELPER_MOUNT
-from ddmsyncer import rerun, volumes, warm
+from ddmsyncer import rerun, undo, volumes, warm
 from ddmsyncer.fullplan import FullPlan, build_full_plan
 from ddmsyncer.runner import PROGRESS_EVENT_SECONDS, PROGRESS_STORE_SECONDS, TaskRunner
 
@@ -577,7 +577,7 @@ class FullTaskRunner(TaskRunner):
             driver.container_remove(target, entry.get("id") or entry["name"])
         for name in reversed(created.get("volumes") or []):
             if target.volume_inspect(name) is not None:
-                target.volume_remove(name)
+                undo.remove_target_volume(target, name, self.task.id)
         for name in reversed(created.get("networks") or []):
             driver.network_remove(target, name)
         for tag in created.get("tags") or []:

@@ -48,6 +48,7 @@ import xxhash
 from ddm.errors import DDMError, MigrationFailed, TransferFailed, VerificationFailed
 from ddm.store import TaskStore
 from ddm.task import ItemState, TaskItem, TaskState, VerifyMode
+from ddmdriver.ssh import exit_detail
 from ddmsyncer import hashcache, updatereport
 from ddmsyncer.copyorigin import copying_task
 from ddmsyncer.hashcache import CachedHash, HashCache
@@ -604,21 +605,6 @@ def relay_tar(source: Any, source_mountpoint: str, target: Any, target_mountpoin
             hint="the target was restored from its backup; check the hosts' tar and retry",
         )
     return total, hasher.hexdigest()
-
-
-def exit_detail(status: int | tuple[int, int], errors: str) -> str:
-    """Return "exit status 2: ERRORS", leaving out empty error output.
-
-    paramiko reports -1 when the SSH server sent no exit status: the command was killed by a
-    signal or the connection closed.
-    """
-    statuses = status if isinstance(status, tuple) else (status,)
-    label = "exit status" if len(statuses) == 1 else "exit statuses"
-    text = f"{label} {', '.join(str(value) for value in statuses)}"
-    if -1 in statuses:
-        text += " (none received: the command was killed or the SSH connection closed)"
-    errors = " ".join(errors.split())
-    return f"{text}: {errors}" if errors else text
 
 
 def stash_input(plan: Plan) -> bytes:

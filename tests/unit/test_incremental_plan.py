@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ddmsyncer.incremental import Entry, Scan, _carry_digests, exit_detail, plan_update
+from ddmdriver.ssh import exit_detail
+from ddmsyncer.incremental import Entry, Scan, _carry_digests, plan_update
 
 SECOND = 1_000_000_000
 
