@@ -63,6 +63,7 @@ from typing import Any
 import xxhash
 
 from ddm.errors import DDMError
+from ddm.piecehash import PIECE_BYTES, content_hasher, is_pieced_size
 from ddm.tarstream import TarEntry, TarStreamError, TarStreamParser, display_path
 
 __all__ = [
@@ -140,8 +141,9 @@ class ManifestEntry:
     acl_default: str | None = None
     sparse: bool = False
     digest: str | None = None  # xxh3-128 hex digest of the content, None for non-files
-    # SHA-256 hex digest of the content, only from a builder made with sha256=True. A host
-    # with python3 can compute it without the xxhash module (ddmsyncer.hostverify).
+    # SHA-256 hex digest of the content, in the pieced form of ddm.piecehash for large files,
+    # only from a builder made with sha256=True. A host with python3 can compute it without
+    # the xxhash module (ddmsyncer.hostverify).
     sha256: str | None = None
 
 
@@ -561,7 +563,8 @@ class ManifestBuilder:
     too. A member outside the prefix raises ManifestError.
 
     `sha256` also stores the SHA-256 digest of each file's content in ManifestEntry.sha256;
-    it needs `hash_content`.
+    it needs `hash_content`. Files of at least four pieces of `piece_bytes` get the pieced
+    form of that digest (ddm.piecehash), as the host scans compute it.
 
     `member_check`, when given, runs on each archive member as soon as its header is read,
     before the member is added. ArchiveGuard.check is one: parsing the stream once for both
@@ -579,9 +582,11 @@ class ManifestBuilder:
         strip_prefix: bytes = b"",
         sha256: bool = False,
         member_check: Callable[[TarEntry], None] | None = None,
+        piece_bytes: int = PIECE_BYTES,
     ) -> None:
         self.hash_content = hash_content
         self.sha256 = sha256 and hash_content
+        self.piece_bytes = piece_bytes
         self._content_sha256: Any = None
         self._prefix = _normalize_path(strip_prefix) if strip_prefix else b"."
         self._member_check = member_check
@@ -653,7 +658,8 @@ class ManifestBuilder:
 
     def _update_content_hash(self, data: memoryview) -> None:
         if self._content_hash is None:
-            if len(data) == self._content_size:
+            pieced = is_pieced_size(self._content_size, self.piece_bytes)
+            if len(data) == self._content_size and not pieced:
                 # The whole content in one piece, as for most small files: one-shot digests
                 # cost less than creating, updating and finishing two hash objects.
                 sha256 = hashlib.sha256(data).hexdigest() if self.sha256 else None
@@ -661,7 +667,7 @@ class ManifestBuilder:
                 return
             self._content_hash = xxhash.xxh3_128()
             if self.sha256:
-                self._content_sha256 = hashlib.sha256()
+                self._content_sha256 = content_hasher(self._content_size, self.piece_bytes)
         self._content_hash.update(data)
         if self._content_sha256 is not None:
             self._content_sha256.update(data)

@@ -18,12 +18,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from rich.console import Console, Group
-from rich.live import Live
-from rich.progress_bar import ProgressBar
-from rich.table import Table
-from rich.text import Text
-
 from ddm.store import TaskStore
 from ddm.task import Mode, Task, TaskState
 from ddmctl.progress import format_bytes, format_duration
@@ -220,6 +214,11 @@ class _RichView:
     """
 
     def __init__(self, stream: IO[str], no_color: bool, width: int | None = None) -> None:
+        # Imported here, because rich took about 50 ms to import (python -X importtime on the
+        # lab machine), and other commands never need it.
+        from rich.console import Console
+        from rich.live import Live
+
         self.console = Console(file=stream, no_color=no_color, stderr=True, force_terminal=True,
                                width=width)
         self.live = Live(console=self.console, auto_refresh=False, transient=False)
@@ -232,6 +231,10 @@ class _RichView:
         self.live.stop()
 
     def show(self, task: Task, meter: RateMeter, progress: FullProgress | None = None) -> None:
+        from rich.console import Group
+        from rich.table import Table
+        from rich.text import Text
+
         header = Table.grid(padding=(0, 2))
         header.add_row("task", task.id, "state", task_label(task), "phase", task.phase.value)
         downtime = downtime_text(task, progress, time.time()) if progress else None
@@ -263,6 +266,8 @@ def transfer_label(transfer: dict[str, Any], arrow: str) -> str:
 
 def _progress_cells(done: int, total: int | None, rate: float | None) -> list[Any]:
     """Return the bar, "done / total", rate and ETA cells of one row."""
+    from rich.progress_bar import ProgressBar
+
     # A volume's total is the engine's size of its file data, which the tar stream's headers
     # and padding exceed, so the total shown is never below the bytes sent.
     total = None if total is None else max(total, done)

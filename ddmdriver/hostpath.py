@@ -104,6 +104,7 @@ class HostProbe:
     reason: str = ""
     checked: frozenset[str] = frozenset()  # directories the probe checked
     readable: frozenset[str] = frozenset()  # checked directories the account can enter and read
+    python3: bool = False  # python3 runs PYTHON_CHECK with the account's access
 
 
 @dataclass
@@ -116,18 +117,23 @@ class HostTarResult:
     wire_bytes: int = 0  # bytes that crossed the SSH links: compressed, or the tar stream
 
 
-# One command finds the account's access, GNU tar's version, the codec commands on PATH and
-# which of the given directories the account can enter and read, because every SSH command
-# costs the host a login shell start. It prints "access root|sudo|none", "tar FIRST-LINE",
-# "codec NAME" and "readable DIRECTORY" lines. Its arguments are the codec names, "--" and
-# the directories. The checks after the first line run with sudo for a sudoer, as the
-# copy's commands will. Arguments may hold no newline (ssh.validate_argv), so the script is
-# one line.
+# The modules and functions that the host scripts of verify and incremental scans
+# (ddmsyncer/hostmanifest.py, ddmsyncer/hostscan.py) need from the host's python3.
+PYTHON_CHECK = ("import base64, grp, hashlib, json, os, pwd, stat, struct, threading; "
+                "os.listxattr; os.preadv")
+# One command finds the account's access, GNU tar's version, the codec commands on PATH,
+# whether python3 can run the host scripts, and which of the given directories the account
+# can enter and read. One command, because every SSH command costs the host a login shell
+# start. It prints "access root|sudo|none", "tar FIRST-LINE", "python3 yes", "codec NAME" and
+# "readable DIRECTORY" lines. Its arguments are the codec names, "--" and the directories.
+# The checks after the first line run with sudo for a sudoer, as the copy's commands will.
+# Arguments may hold no newline (ssh.validate_argv), so the script is one line.
 PROBE_SCRIPT = " ".join((
     'if [ "$(id -u)" = 0 ]; then prefix=""; echo "access root";',
     'elif sudo -n -- true 2>/dev/null; then prefix="sudo -n --"; echo "access sudo";',
     'else echo "access none"; exit 0; fi;',
     "version=$($prefix tar --version 2>/dev/null) && printf 'tar %s\\n' \"$version\" | head -n 1;",
+    f"$prefix python3 -c '{PYTHON_CHECK}' >/dev/null 2>&1 && echo 'python3 yes';",
     "$prefix sh -c 'codecs=1; for arg in \"$@\"; do if [ \"$arg\" = -- ]; then codecs=;",
     "elif [ -n \"$codecs\" ]; then command -v \"$arg\" >/dev/null 2>&1 && echo \"codec $arg\";",
     "elif [ -d \"$arg\" ] && [ -r \"$arg\" ] && [ -x \"$arg\" ]; then printf \"readable %s\\n\" \"$arg\";",
@@ -178,7 +184,7 @@ def parse_probe_output(host_name: str, exit_status: int, stdout: bytes, stderr: 
     codecs = frozenset(values.get("codec", [])) & set(CODEC_NAMES)
     readable = frozenset(values.get("readable", [])) & set(directories)
     return HostProbe(HostAccess(host_name, prefix, version, codecs), checked=frozenset(directories),
-                     readable=readable)
+                     readable=readable, python3="yes" in values.get("python3", []))
 
 
 def check_directory(engine: Any, access: HostAccess, directory: str) -> bool:

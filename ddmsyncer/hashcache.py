@@ -1,11 +1,12 @@
 """The controller's cache of host-side file hashes, so that scans hash only changed files.
 
 The host scans of incremental migration (ddmsyncer/hostscan.py) hash file content with
-SHA-256. The cache stores each digest in the task database with the file's key: device,
-inode, size, mtime_ns and ctime_ns as the host's lstat reported them when the file was
-hashed. A scan sends the known keys to the host, which hashes only the files whose key differs
-or is unknown. The controller then fills in the cached digest of each file whose reported key
-equals the cached key. Nothing is written on the hosts.
+SHA-256, in the pieced form of ddm.piecehash for large files. The cache stores each digest
+in the task database with the file's key: device, inode, size, mtime_ns and ctime_ns as the
+host's lstat reported them when the file was hashed. A scan sends the known keys to the
+host, which hashes only the files whose key differs or is unknown. The controller then fills
+in the cached digest of each file whose reported key equals the cached key. Nothing is
+written on the hosts.
 
 Why ctime is in the key: a user can set a file's mtime back (touch -d), but not its ctime,
 which the kernel sets to the current time on every change of content or metadata. A key match
@@ -33,6 +34,7 @@ from typing import Any
 
 import xxhash
 
+from ddm.piecehash import digest_fits_size
 from ddm.store import TaskStore
 
 log = logging.getLogger(__name__)
@@ -99,19 +101,31 @@ class HashCache:
         self.store = store
 
     def load(self, scope: str) -> dict[bytes, CachedHash]:
-        """Return the scope's cached digests by path, without rows that fail their checksum."""
+        """Return the scope's cached digests by path, without rows that fail their checksum.
+
+        Rows whose digest is not the form the scans compute for that size (the plain SHA-256
+        of a large file, stored before pieced digests existed) are left out too, so those
+        files are hashed again instead of looking changed.
+        """
         known: dict[bytes, CachedHash] = {}
         damaged = 0
+        outdated = 0
         row_checksum_of_scope = _checksum_function(scope)
         for path, file_key, digest, checksum in self.store.load_file_hashes(scope):
             key = parse_key(file_key)
             if key is None or checksum != row_checksum_of_scope(path, file_key, digest):
                 damaged += 1
                 continue
+            if not digest_fits_size(digest, key[2]):  # key[2] is the size
+                outdated += 1
+                continue
             known[path] = CachedHash(key, digest)
         if damaged:
             log.warning("ignored %d damaged hash cache rows of %s; those files are hashed again",
                         damaged, scope)
+        if outdated:
+            log.info("ignored %d hash cache rows of %s with an outdated digest form; those files "
+                     "are hashed again", outdated, scope)
         return known
 
     def save(self, scope: str, hashed: dict[bytes, CachedHash],

@@ -42,7 +42,8 @@ uses only the standard library and Python 3.7 features. It works on a volume's m
 
 Each scan line is [path, type, mode, uid, gid, size, mtime_ns, link, rdev, inode, nlink, hash,
 dev, ctime_ns, xattrs] with path and link in base64 of the raw bytes, "." for ROOT itself, the
-SHA-256 hex digest of a regular file's content or null, and the SHA-256 hex digest of the
+SHA-256 hex digest of a regular file's content (the pieced digest of ddm/piecehash.py for a
+file of at least MIN_PIECES pieces of PIECE_BYTES) or null, and the SHA-256 hex digest of the
 entry's extended attributes (names and values, sorted; POSIX ACLs are the system.posix_acl_*
 attributes) or null when it has none. The last line is a JSON object with
 the counts "hashed_files" and "hashed_bytes" and "started_ns", the host's clock when the scan
@@ -61,9 +62,18 @@ import shutil
 import stat
 import subprocess
 import sys
+import threading
 import time
 
 BLOCK = 1024 * 1024
+# Pieced digests: these equal the constants of ddm/piecehash.py.
+PIECE_BYTES = 16 * 1024 * 1024
+MIN_PIECES = 4
+PIECES_HEADER = b"ddm sha256 pieces\n"
+PIECES_PREFIX = "sha256-pieces-"
+# hashlib and os.preadv release the GIL, so the threads hash on separate cores where the
+# host has them.
+MAX_HASH_THREADS = 4
 TYPES = (
     (stat.S_ISREG, "file"), (stat.S_ISDIR, "dir"), (stat.S_ISLNK, "symlink"),
     (stat.S_ISFIFO, "fifo"), (stat.S_ISCHR, "char"), (stat.S_ISBLK, "block"), (stat.S_ISSOCK, "socket"),
@@ -77,7 +87,14 @@ def entry_type(mode):
     return "other"
 
 
-def file_digest(path):
+def file_digest(path, size):
+    """Return the SHA-256 hex digest of a file, or its pieced digest for a large `size`."""
+    if size >= MIN_PIECES * PIECE_BYTES:
+        descriptor = os.open(path, os.O_RDONLY)
+        try:
+            return pieced_sha256(descriptor, size, PIECE_BYTES)
+        finally:
+            os.close(descriptor)
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while True:
@@ -85,6 +102,80 @@ def file_digest(path):
             if not block:
                 return digest.hexdigest()
             digest.update(block)
+
+
+def hash_piece(descriptor, offset, length, view):
+    """Return (SHA-256 digest, bytes read) of `length` bytes at `offset`; fewer at EOF."""
+    digest = hashlib.sha256()
+    done = 0
+    while done < length:
+        count = os.preadv(descriptor, [view[:min(len(view), length - done)]], offset + done)
+        if not count:
+            break
+        digest.update(view[:count])
+        done += count
+    return digest.digest(), done
+
+
+def pieced_sha256(descriptor, size, piece_bytes):
+    """Return the pieced digest of an open file of `size` bytes (lstat), hashed by threads.
+
+    Threads hash every piece but the last by its offset. This thread hashes the last piece,
+    and whatever the file grew by since lstat, to EOF, so the digest covers what a sequential
+    read would. A piece that ends early (the file shrank) ends the content there.
+    """
+    threaded_pieces = (size - 1) // piece_bytes
+    digests = [None] * threaded_pieces
+    lengths = [0] * threaded_pieces
+    errors = []
+    thread_count = min(MAX_HASH_THREADS, os.cpu_count() or 1, threaded_pieces)
+
+    def hash_pieces(first):
+        view = memoryview(bytearray(BLOCK))
+        try:
+            for index in range(first, threaded_pieces, thread_count):
+                digests[index], lengths[index] = hash_piece(descriptor, index * piece_bytes,
+                                                            piece_bytes, view)
+        except OSError as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=hash_pieces, args=(first,)) for first in range(thread_count)]
+    for thread in threads:
+        thread.start()
+    tail_digests, tail_length = hash_tail(descriptor, threaded_pieces * piece_bytes, piece_bytes)
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+
+    outer = hashlib.sha256(PIECES_HEADER + piece_bytes.to_bytes(8, "big"))
+    length = 0
+    for digest, piece_length in zip(digests, lengths):
+        outer.update(digest)
+        length += piece_length
+        if piece_length < piece_bytes:
+            break
+    else:
+        for digest in tail_digests:
+            outer.update(digest)
+        length += tail_length
+    outer.update(length.to_bytes(8, "big"))
+    return "%s%d:%s" % (PIECES_PREFIX, piece_bytes, outer.hexdigest())
+
+
+def hash_tail(descriptor, offset, piece_bytes):
+    """Return the piece digests and the length of the content from `offset` to EOF."""
+    digests = []
+    length = 0
+    view = memoryview(bytearray(BLOCK))
+    while True:
+        digest, count = hash_piece(descriptor, offset + length, piece_bytes, view)
+        if not count:
+            return digests, length
+        digests.append(digest)
+        length += count
+        if count < piece_bytes:
+            return digests, length
 
 
 def xattrs_digest(path):
@@ -186,7 +277,7 @@ def scan(root, hash_mode):
         info = os.lstat(path)
         digest = None
         if stat.S_ISREG(info.st_mode) and should_hash(relative, info):
-            digest = file_digest(path)
+            digest = file_digest(path, info.st_size)
             hashed_files += 1
             hashed_bytes += info.st_size
         out.write(json.dumps(entry_record(relative, path, info, digest)) + "\n")
@@ -217,7 +308,7 @@ def rescan(root, hash_mode):
             continue
         digest = None
         if hash_files and stat.S_ISREG(info.st_mode):
-            digest = file_digest(path)
+            digest = file_digest(path, info.st_size)
             hashed_files += 1
             hashed_bytes += info.st_size
         out.write(json.dumps(entry_record(relative, path, info, digest)) + "\n")
@@ -253,7 +344,7 @@ def rehash(root, not_before_ns, max_wait_ns):
             info = os.lstat(path)
             if not stat.S_ISREG(info.st_mode):
                 continue
-            digest = file_digest(path)
+            digest = file_digest(path, info.st_size)
         except OSError:
             continue  # removed or replaced since the scan, so it is not seeded
         out.write(json.dumps([encode(relative), info.st_dev, info.st_ino, info.st_size,

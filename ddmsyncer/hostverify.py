@@ -6,6 +6,8 @@ passwordless sudo, see ddmdriver.hostpath) and the host has `python3`, DDM inste
 ddmsyncer/hostmanifest.py on the target host. It lists every entry with the aspects a GNU tar
 archive carries (type, mode, owner, size, mtime in nanoseconds, link, device, xattrs, ACLs,
 sparseness) and, for verify full, the SHA-256 of each file's content, hashed on that host.
+A file of at least 64 MiB gets the pieced SHA-256 of ddm.piecehash, which the host computes
+in one thread per core.
 
 The controller computes the same SHA-256 per file while it relays the copy, next to the
 manifest's xxh3-128 digest. The target host need not have the xxhash module, and OpenSSL's
@@ -32,18 +34,22 @@ from typing import Any
 
 from ddm.errors import DDMError, MigrationFailed
 from ddm.manifest import Manifest, ManifestEntry
-from ddmdriver.hostpath import StderrCollector
+from ddm.piecehash import PIECE_BYTES
+from ddmdriver.hostpath import MOVE_STEPS, PYTHON_CHECK, StderrCollector
 
 log = logging.getLogger(__name__)
 
 HOST_SCRIPT = base64.b64encode(Path(__file__).with_name("hostmanifest.py").read_bytes()).decode("ascii")
 LOADER = "import base64,sys;exec(compile(base64.b64decode(sys.argv.pop(1)),'hostmanifest','exec'))"
-PROBE_COMMAND = "import base64, grp, hashlib, json, os, pwd, stat, struct; os.listxattr"
+PROBE_COMMAND = PYTHON_CHECK
 PROBE_TIMEOUT_SECONDS = 30.0
 RECEIVE_BYTES = 1024 * 1024
 
 # Fields of a hostmanifest.py record without the hash cache fields that "keys" appends.
 RECORD_FIELDS = 17
+
+# The line after the listing in the script's "session" mode.
+SESSION_END = b'{"end": true}'
 
 HOST_SCAN = "host-scan"
 READ_BACK = "read-back"
@@ -80,9 +86,16 @@ class PythonProbes:
             self._threads[key] = thread
         thread.start()
 
+    def record(self, engine: Any, available: bool) -> None:
+        """Store a result that the host probe (PROBE_SCRIPT) already found, so start() runs none."""
+        with self._lock:
+            self._results.setdefault(engine.host.name, available)
+
     def available(self, engine: Any, access: Any) -> bool:
         self.start(engine, access)
-        self._threads[engine.host.name].join()
+        thread = self._threads.get(engine.host.name)
+        if thread is not None:
+            thread.join()
         return self._results.get(engine.host.name, False)
 
     def _probe(self, engine: Any, access: Any) -> None:
@@ -108,21 +121,26 @@ def plain_local_volume(info: Any) -> bool:
     return info is not None and info.driver == "local" and not info.options and bool(info.mountpoint)
 
 
-def scan_argv(access: Any, directory: str, *, hash_content: bool, keys: bool = False) -> list[str]:
-    extra = ("keys",) if keys else ()
+def scan_argv(access: Any, directory: str, *, hash_content: bool, keys: bool = False,
+              piece_bytes: int = PIECE_BYTES, session: bool = False) -> list[str]:
+    extra = (*(("keys",) if keys else ()), *(("session",) if session else ()))
     return access.argv("python3", "-c", LOADER, HOST_SCRIPT, directory,
-                       "sha256" if hash_content else "none", *extra)
+                       f"pieces:{piece_bytes}" if hash_content else "none", *extra)
 
 
 def scan_manifest(engine: Any, access: Any, directory: str, *, hash_content: bool,
-                  on_record: Callable[[list[Any]], None] | None = None) -> HostScan:
+                  on_record: Callable[[list[Any]], None] | None = None,
+                  piece_bytes: int = PIECE_BYTES) -> HostScan:
     """Scan `directory` on the engine's host and return its manifest (content digest: SHA-256).
 
-    `on_record`, when given, gets every record with the three hash cache fields that the
-    script adds with "keys" (see hostmanifest.py), before the record becomes a manifest entry.
+    Large files get the pieced SHA-256 of ddm.piecehash, as ManifestBuilder computes it with
+    the same `piece_bytes`. `on_record`, when given, gets every record with the three hash
+    cache fields that the script adds with "keys" (see hostmanifest.py), before the record
+    becomes a manifest entry.
     """
     name = f"{engine.host.name}:{directory}"
-    argv = scan_argv(access, directory, hash_content=hash_content, keys=on_record is not None)
+    argv = scan_argv(access, directory, hash_content=hash_content, keys=on_record is not None,
+                     piece_bytes=piece_bytes)
     channel = engine.ssh.open_command(argv)
     errors = StderrCollector(channel)
     errors.start()
@@ -156,6 +174,91 @@ def scan_manifest(engine: Any, access: Any, directory: str, *, hash_content: boo
     log.info("scanned %s on its host: %d entries, %d bytes of listing", name,
              len(manifest.entries), listing_bytes)
     return HostScan(manifest, listing_bytes)
+
+
+class ScanSession:
+    """hostmanifest.py started on a host before the verify needs it (its "session" mode).
+
+    Starting it during the copy takes the login shell and python3's start off the verify
+    phase. The script waits until scan() sends "scan", and after the listing it can move the
+    verified directory with move(), which saves the SSH command of move_directory(). close()
+    ends it at any point, and a script that gets the end of stdin before "scan" exits
+    without scanning.
+    """
+
+    def __init__(self, engine: Any, access: Any, directory: str, *, hash_content: bool,
+                 keys: bool, piece_bytes: int = PIECE_BYTES) -> None:
+        self.engine = engine
+        self.directory = directory
+        self.hash_content = hash_content
+        self.keys = keys
+        self.name = f"{engine.host.name}:{directory}"
+        argv = scan_argv(access, directory, hash_content=hash_content, keys=keys,
+                         piece_bytes=piece_bytes, session=True)
+        self.channel = engine.ssh.open_command(argv)
+        self.errors = StderrCollector(self.channel)
+        self.errors.start()
+
+    def scan(self, on_record: Callable[[list[Any]], None] | None = None) -> HostScan:
+        """Scan the directory and return its manifest, as scan_manifest() does."""
+        listing_bytes = 0
+        ended = False
+
+        def records() -> Iterator[list[Any]]:
+            nonlocal listing_bytes, ended
+            for line, size in _lines(self.channel):
+                if line == SESSION_END:
+                    ended = True
+                    return
+                listing_bytes += size
+                record = json.loads(line)
+                if on_record is not None:
+                    on_record(record)
+                yield record
+
+        try:
+            self.channel.sendall(b"scan\n")
+            manifest = manifest_from_records(records(), hash_content=self.hash_content)
+        except ValueError as error:
+            self.close()
+            raise MigrationFailed(f"scanning {self.name} returned an invalid listing: {error}: "
+                                  f"{stderr_text(self.errors)}",
+                                  hint="check that python3 runs on that host") from None
+        except OSError as error:
+            self.close()
+            raise MigrationFailed(f"scanning {self.name} failed: {error}",
+                                  hint="check the SSH connection to that host and retry") from None
+        if not ended:
+            status = self.channel.recv_exit_status()
+            self.close()
+            raise MigrationFailed(f"scanning {self.name} failed with exit status {status}: "
+                                  f"{stderr_text(self.errors)}",
+                                  hint="check that python3 runs on that host, or pass --verify quick")
+        log.info("scanned %s on its host: %d entries, %d bytes of listing", self.name,
+                 len(manifest.entries), listing_bytes)
+        return HostScan(manifest, listing_bytes)
+
+    def move(self, target_directory: str) -> None:
+        """Replace the empty `target_directory` by the scanned directory, like move_directory()."""
+        try:
+            self.channel.sendall(json.dumps({"move_to": target_directory}).encode("utf-8") + b"\n")
+            self.channel.shutdown_write()
+            status = self.channel.recv_exit_status()
+            step = MOVE_STEPS.get(status, f"exit status {status}")
+            reason = f"{step} ({stderr_text(self.errors)})"
+        except OSError as error:
+            status, reason = -1, str(error)
+        finally:
+            self.close()
+        if status != 0:
+            raise MigrationFailed(f"cannot move {self.directory} to {target_directory} on "
+                                  f"{self.engine.host.name}: {reason}",
+                                  hint="the target was rolled back; check the host's volume "
+                                  "directory and retry")
+        log.info("moved %s to %s on %s", self.directory, target_directory, self.engine.host.name)
+
+    def close(self) -> None:
+        self.channel.close()
 
 
 def _lines(channel: Any) -> Iterator[tuple[bytes, int]]:

@@ -24,7 +24,7 @@ import threading
 import time
 from typing import Any
 
-from ddm.errors import MigrationFailed, TargetExists, TransferFailed, VerificationFailed
+from ddm.errors import DDMError, MigrationFailed, TargetExists, TransferFailed, VerificationFailed
 from ddm.manifest import Manifest, ManifestBuilder, compare_manifests, display_path
 from ddm.task import ItemState, TaskItem, VerifyMode
 from ddm.archive_guard import ROOT, ArchiveGuard
@@ -66,6 +66,8 @@ class StagedVolumes:
         self.compression = CompressionChooser(runner)
         # Hash cache rows of verified staging volumes by item position, stored on promotion.
         self.target_seeds: dict[int, hashseed.ScanSeed] = {}
+        # Verify scans started during the copy, then kept for the move, by item position.
+        self.scan_sessions: dict[int, hostverify.ScanSession] = {}
 
     @property
     def task_id(self) -> str:
@@ -74,9 +76,10 @@ class StagedVolumes:
     # Prepare
 
     def start_host_probes(self) -> None:
-        """Start the host probes of both hosts, and the target's python3 probe after its own.
+        """Start the host probes of both hosts, which also check python3 for the host scans.
 
-        They run in threads while prepare inspects volumes through the engines; route()
+        The target gets a separate python3 probe, after its own, only when its host probe
+        found no usable python3 (that probe logs why). They run in threads while prepare inspects volumes through the engines; route()
         waits for them. The source's probe also checks that its volumes' mountpoints are
         readable. With `--data-path engine` the source's host is not probed.
         """
@@ -85,13 +88,19 @@ class StagedVolumes:
             volumes_found = (runner.source.volume_inspect(item.source) for item in runner.task.items)
             mountpoints = tuple(volume.mountpoint for volume in volumes_found
                                 if volume is not None and volume.mountpoint)
-            self.probes.start(runner.source, mountpoints)
+            self.probes.start(runner.source, mountpoints, then=self._record_source_python)
 
         def start_python(probe: Any) -> None:
-            if probe.access is not None:
+            if probe.access is not None and probe.python3:
+                self.python.record(runner.target, True)
+            elif probe.access is not None:
                 self.python.start(runner.target, probe.access)
 
         self.probes.start(runner.target, then=start_python)
+
+    def _record_source_python(self, probe: Any) -> None:
+        if probe.access is not None and probe.python3:
+            self.python.record(self.runner.source, True)
 
     def check_writers(self, item: TaskItem) -> list[writers.Writer]:
         """Return the running writers of the item's source volume; reject them without a policy."""
@@ -222,6 +231,8 @@ class StagedVolumes:
             builder.feed(chunk)
             counter.add(len(chunk))
 
+        if sha256:
+            self._start_scan_session(item, route, target_directory)
         try:
             result = relay_host_archive(
                 self.runner.source, route.source_access, route.source_directory,
@@ -233,6 +244,7 @@ class StagedVolumes:
         except BaseException:
             if seed is not None:
                 seed.close()
+            self.close_scan_session(item)
             raise
         self.compression.record_result(item, result.relay.bytes, result.wire_bytes)
         for path in result.skipped_sockets:
@@ -245,6 +257,20 @@ class StagedVolumes:
             finally:
                 seed.close()
         return manifest, result.relay.bytes, result.relay.stream_digest, result.changed_paths
+
+    def _start_scan_session(self, item: TaskItem, route: Route, directory: str) -> None:
+        """Start the target's verify scan of `directory`, to wait until the copy is done."""
+        self.close_scan_session(item)
+        try:
+            self.scan_sessions[item.position] = hostverify.ScanSession(
+                self.runner.target, route.target_access, directory, hash_content=True, keys=True)
+        except DDMError as error:
+            log.info("verify scan of %s not started early: %s", directory, error)
+
+    def close_scan_session(self, item: TaskItem) -> None:
+        session = self.scan_sessions.pop(item.position, None)
+        if session is not None:
+            session.close()
 
     def _create_staging(self, item: TaskItem, check: volumes.VolumeCheck) -> str:
         """Create an empty staging volume, recorded in the task's state before it exists."""
@@ -325,14 +351,17 @@ class StagedVolumes:
             raise MigrationFailed(f"staging volume {staging!r} of {item.target!r} is missing",
                                   hint=f"roll back with 'ddmctl rollback {self.task_id}' and retry")
 
-        if mode is VerifyMode.NONE:
-            self.runner.warn(f"volume {item.target!r} was not verified (--verify none)")
-        elif direct.requested(self.runner):
-            source_manifest = self.verify_direct(item, staging, route, mode)
-        else:
-            source_manifest = self.verify_staging(item, staging, route, source_manifest, mode)
+        try:
+            if mode is VerifyMode.NONE:
+                self.runner.warn(f"volume {item.target!r} was not verified (--verify none)")
+            elif direct.requested(self.runner):
+                source_manifest = self.verify_direct(item, staging, route, mode)
+            else:
+                source_manifest = self.verify_staging(item, staging, route, source_manifest, mode)
 
-        self.promote(item, staging, route, source_manifest, mode)
+            self.promote(item, staging, route, source_manifest, mode)
+        finally:
+            self.close_scan_session(item)
 
     def verify_direct(self, item: TaskItem, staging: str, route: Route, mode: VerifyMode) -> Manifest:
         """Verify a volume that went host to host by scanning both hosts; return the source's manifest.
@@ -406,10 +435,15 @@ class StagedVolumes:
             # is None only when the copy computed no SHA-256, and then verify reads back.
             view = hostverify.SHA256ViewThread(source_manifest) if full else None
             seed = hashseed.ScanSeed() if full else None
+            session = self.scan_sessions.get(item.position)
             try:
-                scan = hostverify.scan_manifest(self.runner.target, access, volume.mountpoint,
-                                                hash_content=full,
-                                                on_record=seed.add if seed is not None else None)
+                if full and session is not None and session.directory == volume.mountpoint:
+                    scan = session.scan(on_record=seed.add if seed is not None else None)
+                else:
+                    self.close_scan_session(item)
+                    scan = hostverify.scan_manifest(self.runner.target, access, volume.mountpoint,
+                                                    hash_content=full,
+                                                    on_record=seed.add if seed is not None else None)
             finally:
                 if view is not None:
                     view.join()
@@ -477,8 +511,15 @@ class StagedVolumes:
             from ddmdriver.hostpath import move_directory
 
             mountpoint = target.volume_inspect(item.target).mountpoint
-            move_directory(target, route.target_access, target.volume_inspect(staging).mountpoint,
-                           mountpoint)
+            staging_directory = target.volume_inspect(staging).mountpoint
+            # The verify scan's script, when it still runs, moves the directory it verified.
+            session = self.scan_sessions.pop(item.position, None)
+            if session is not None and session.directory == staging_directory:
+                session.move(mountpoint)
+            else:
+                if session is not None:
+                    session.close()
+                move_directory(target, route.target_access, staging_directory, mountpoint)
             method = "renamed on the host"
             self._store_target_seed(item, route, mountpoint)
         else:

@@ -20,6 +20,7 @@ from ddm.config import load_config
 from ddm.errors import VerificationFailed
 from ddm.events import Event, PhaseStarted
 from ddm.task import TaskState
+from ddmdriver import hostpath
 from ddmsyncer import hostverify
 from ddmsyncer.staged import staging_name
 from tests.integration.commands import run_command
@@ -149,7 +150,10 @@ def test_quick_verify_scans_without_hashing(h1: LabHost, h2: LabHost,
 
 def test_without_python_verify_reads_back(h1: LabHost, h2: LabHost, resources: LabResources,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(hostverify, "PROBE_COMMAND", "import ddm_module_that_does_not_exist")
+    missing = "import ddm_module_that_does_not_exist"
+    monkeypatch.setattr(hostverify, "PROBE_COMMAND", missing)
+    monkeypatch.setattr(hostpath, "PROBE_SCRIPT",
+                        hostpath.PROBE_SCRIPT.replace(hostpath.PYTHON_CHECK, missing))
     volume = source_volume(h1, resources)
 
     with pytest.raises(VerificationFailed) as failure:

@@ -73,6 +73,7 @@ def test_probe_as_root_in_one_command(tmp_path: Path) -> None:
     assert len(ssh.commands) == 1
     assert probe.access is not None
     assert probe.access.prefix == ()
+    assert probe.python3 is True
     assert "GNU tar" in probe.access.tar_version
     assert probe.readable == {str(readable)}
     assert probe.checked == {str(readable), str(tmp_path / "missing")}
@@ -103,7 +104,9 @@ def test_probe_uses_sudo_for_sudoer(bin_directory: Path, tmp_path: Path) -> None
     calls = log.read_text().splitlines()
     assert calls[0] == "-n -- true"
     assert calls[1] == "-n -- tar --version"
-    assert calls[2].startswith("-n -- sh -c ")
+    assert calls[2].startswith("-n -- python3 -c ")
+    assert calls[3].startswith("-n -- sh -c ")
+    assert probe.python3 is True
 
 
 def test_probe_rejects_other_tar(bin_directory: Path) -> None:
@@ -133,6 +136,16 @@ def test_probe_output_lists_codecs_and_directories() -> None:
     assert probe.access.codecs == {"zstd"}
     assert probe.readable == {"/a b"}
     assert probe.checked == {"/a b", "/c"}
+    assert probe.python3 is False
+
+
+def test_probe_output_reports_python3() -> None:
+    stdout = b"access sudo\ntar tar (GNU tar) 1.34\npython3 yes\n"
+
+    probe = parse_probe_output("h9", 0, stdout, b"")
+
+    assert probe.access is not None
+    assert probe.python3 is True
 
 
 ROOT_ACCESS = HostAccess("h9", (), "tar (GNU tar) 1.34")
