@@ -7,7 +7,7 @@ import datetime
 import click
 
 from ddm import api
-from ddm.errors import DDMError, ExitStatus
+from ddm.errors import DDMError, ExitStatus, TaskNotFound
 from ddm.task import ItemState, Phase, Task, TaskItem, TaskState
 from ddmctl.commands.migrate import print_task_result, run_and_report
 from ddmctl.common import CommandContext, epilog, json_option
@@ -212,6 +212,8 @@ def rollback(context: CommandContext, task_id: str, force: bool, as_json: bool) 
     """
     try:
         task = api.rollback_task(context.config, context.store, task_id, force=force)
+    except TaskNotFound:
+        raise
     except DDMError:
         # A rollback that stopped part way still reports what it removed before the error
         # line. A rollback rejected before it started (TaskConflict) changed nothing.
