@@ -9,6 +9,7 @@ import click
 from ddmctl.commands import apply, completion, control, full, hosts, migrate, planning, tasks
 from ddmctl.common import (
     EXIT_STATUS_HELP,
+    DDMGroup,
     accept_logging_options_after,
     common_options,
     main_for,
@@ -17,6 +18,7 @@ from ddmctl.common import (
 
 
 @click.group(
+    cls=DDMGroup,
     epilog=f"\b\nExample:\n  ddmctl migrate --from old --to new --volume pgdata\n\n{EXIT_STATUS_HELP}",
     context_settings={"help_option_names": ["-h", "--help"]},
 )

@@ -22,7 +22,12 @@ import click
 from ddm import __version__
 from ddm.config import Config, load_config
 from ddm.env import Environment
-from ddm.errors import EXIT_STATUS_HELP, DDMError, ExitStatus  # noqa: F401 - re-exported
+from ddm.errors import (  # noqa: F401 - EXIT_STATUS_HELP is re-exported
+    EXIT_STATUS_HELP,
+    ConnectionLost,
+    DDMError,
+    ExitStatus,
+)
 from ddm.store import TaskStore, default_store_path
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -207,6 +212,37 @@ def _paramiko_as_debug(record: logging.LogRecord) -> bool:
 def epilog(example: str) -> str:
     """Return a --help epilog with an example and the exit statuses."""
     return f"\b\nExample:\n  {example}\n\n{EXIT_STATUS_HELP}"
+
+
+class DDMGroup(click.Group):
+    """A click group that turns an EOFError of its commands into a DDM error.
+
+    click's Command.main reads an EOFError as the end of input at a prompt and raises Abort,
+    which run_main reports as "interrupted" with exit status 130. click's own prompts catch
+    their EOFError before it gets here, so an EOFError that reaches this group comes from
+    elsewhere, usually a closed SSH connection (paramiko).
+    """
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except EOFError as error:
+            command_path = " ".join(filter(None, [ctx.command_path, ctx.invoked_subcommand]))
+            raise eof_error(error, command_path) from error
+
+
+def eof_error(error: EOFError, command_path: str) -> DDMError:
+    """Return the one-line DDM error for an EOFError that ended `command_path`."""
+    detail = f"EOFError: {error}" if str(error) else "EOFError"
+    frames = traceback.extract_tb(error.__traceback__)
+    if any("paramiko" in frame.filename for frame in frames):
+        return ConnectionLost(
+            f"an SSH connection closed unexpectedly during '{command_path}' ({detail})",
+            hint="check that the hosts are up and accept SSH connections, then run the command "
+            "again; 'ddmctl status' shows the state of a task",
+        )
+    return DDMError(f"input ended unexpectedly during '{command_path}' ({detail})",
+                    hint="rerun with --debug for a traceback and report it")
 
 
 def run_main(

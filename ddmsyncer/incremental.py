@@ -45,7 +45,7 @@ from typing import Any
 
 import xxhash
 
-from ddm.errors import DDMError, MigrationFailed, TransferFailed, VerificationFailed
+from ddm.errors import DDMError, MigrationFailed, TransferFailed, UsageError, VerificationFailed
 from ddm.store import TaskStore
 from ddm.task import ItemState, TaskItem, TaskState, VerifyMode
 from ddmdriver.ssh import exit_detail
@@ -112,7 +112,12 @@ class Plan:
 
     send: list[bytes] = field(default_factory=list)
     delete: list[bytes] = field(default_factory=list)
-    send_bytes: int = 0
+    send_bytes: int = 0  # file data in the tar stream: each inode once, however many names
+
+    @property
+    def written_entries(self) -> int:
+        """The number of sent entries without the volume root, which tar sends for its mtime."""
+        return len(self.send) - (b"." in self.send)
 
 
 @dataclass
@@ -122,7 +127,7 @@ class UpdateResult:
     plan: Plan
     source_scan: Scan
     target_scan: Scan
-    sent_entries: int
+    sent_entries: int  # Plan.written_entries: without the volume root
     deleted_entries: int
     archive_bytes: int
     scan_bytes: int
@@ -441,12 +446,32 @@ def plan_update(source: Scan, target: Scan) -> Plan:
         if existing is not None and existing.type != entry.type and path != b".":
             plan.delete.append(path)  # tar cannot put a file where a directory is, or back
         plan.send.append(path)
-        plan.send_bytes += entry.size
 
     plan.delete += [path for path in target if path not in source]
     plan.delete = _outermost(sorted(set(plan.delete)))
     plan.send = _with_parents(source, _with_hard_links(source, plan.send) + plan.delete)
+    plan.send_bytes = _file_data_bytes(source, plan.send)
     return plan
+
+
+def _file_data_bytes(source: Scan, paths: list[bytes]) -> int:
+    """Return the file data that tar sends for `paths`, counting each hard-linked inode once.
+
+    tar stores the content of a multi-link file with its first name and the others as hard
+    link members without data.
+    """
+    total = 0
+    inodes: set[tuple[int, int]] = set()
+    for path in paths:
+        entry = source[path]
+        if entry.type != "file":
+            continue
+        if entry.nlink > 1:
+            if (entry.dev, entry.inode) in inodes:
+                continue
+            inodes.add((entry.dev, entry.inode))
+        total += entry.size
+    return total
 
 
 def _with_parents(source: Scan, paths: list[bytes]) -> list[bytes]:
@@ -668,7 +693,7 @@ def _update(source: Any, source_mountpoint: str, target: Any, target_mountpoint:
         archive_bytes, digest = relay_tar(source, source_mountpoint, target, target_mountpoint,
                                           plan.send, on_chunk, channels=channels,
                                           on_wire=on_wire)
-    return UpdateResult(plan, source_scan, target_scan, len(plan.send), len(plan.delete),
+    return UpdateResult(plan, source_scan, target_scan, plan.written_entries, len(plan.delete),
                         archive_bytes, scan_bytes, digest, time.monotonic() - started)
 
 
@@ -736,7 +761,7 @@ def start_verify_scans(source: Any, source_mountpoint: str, target: Any,
     update.commands["source"] = HostCommand(
         source, ["rescan", source_mountpoint, "all" if full else "none"])
     update.commands["target"] = HostCommand(
-        target, ["scan", target_mountpoint, "list" if full else "none"])
+        target, ["scan", target_mountpoint, "cached" if full else "none"])
 
 
 def verify_update(source: Any, source_mountpoint: str, target: Any, target_mountpoint: str,
@@ -751,10 +776,10 @@ def verify_update(source: Any, source_mountpoint: str, target: Any, target_mount
 
     Given the update, the source is rescanned (rescan_volume): its host lstats every entry,
     and only entries whose key changed since the update's scan are listed and hashed again.
-    The target is scanned in full. Of its files, the sent ones and those whose ctime was racy
-    at the update's scan are hashed again. Every other file had the source's digest in the
-    update's scan and keeps it while its device, inode, size, mtime_ns and ctime_ns are
-    unchanged.
+    The target is scanned in full. Of its files, the sent ones, those whose ctime was racy
+    at the update's scan and those whose device, inode, size, mtime_ns or ctime_ns changed
+    since are hashed again. Every other file had the source's digest in the update's scan
+    and keeps it.
     """
     full = mode is VerifyMode.FULL
     if isinstance(update, UpdateResult):
@@ -797,8 +822,8 @@ def _rescan_both(source: Any, source_mountpoint: str, target: Any, target_mountp
     def scan_target() -> None:
         try:
             results["target"] = scan_volume(target, target_mountpoint,
-                                            hash_mode="list" if full else "none",
-                                            paths=sorted(rehashed),
+                                            hash_mode="cached" if full else "none",
+                                            known=_carried_digests(earlier_target, rehashed),
                                             command=update.commands.pop("target", None))
         except BaseException as error:  # noqa: BLE001 - raised below in the calling thread
             failures.append(error)
@@ -815,8 +840,6 @@ def _rescan_both(source: Any, source_mountpoint: str, target: Any, target_mountp
     if failures:
         raise failures[0]
     target_scan, target_bytes = results["target"]
-    if full:
-        _carry_digests(target_scan, earlier_target, rehashed)
     if cache is not None and full:
         _save_verified_digests(cache, target, target_mountpoint, target_scan, earlier_target)
     return source_scan, target_scan, source_bytes + target_bytes
@@ -838,18 +861,15 @@ def _save_verified_digests(cache: HashCache, target: Any, target_mountpoint: str
     cache.save(hashcache.cache_scope(target, target_mountpoint), fresh, removed)
 
 
-def _carry_digests(scan: Scan, earlier: Scan, hashed: set[bytes]) -> None:
-    """Give each file not in `hashed` its digest from the update's scan when unchanged, in place.
+def _carried_digests(earlier: Scan, hashed: set[bytes]) -> dict[bytes, CachedHash]:
+    """Return the update scan's digest and key of each file not in `hashed`.
 
-    A file that changed (other device, inode, size, mtime_ns or ctime_ns) keeps digest None,
-    so it differs from the other side's and verification fails, which is the safe outcome.
+    The verify scan gets them as known keys, so its host hashes again every file whose key
+    changed since the update's scan. The update itself changes such keys: moving a
+    hard-linked name into the backup changes the ctime of the names that stay.
     """
-    for path, entry in scan.items():
-        if entry.type != "file" or path in hashed:
-            continue
-        before = earlier.get(path)
-        if before is not None and before.type == "file" and before.file_key() == entry.file_key():
-            scan[path] = replace(entry, digest=before.digest)
+    return {path: CachedHash(entry.file_key(), entry.digest) for path, entry in earlier.items()
+            if entry.type == "file" and entry.digest is not None and path not in hashed}
 
 
 def _differences(source: Scan, target: Scan, *, content: bool = True
@@ -911,7 +931,7 @@ def plan_dry_run(source: Any, target: Any, item: TaskItem, spec: Any, store: Tas
         "size_bytes": volume_check.size_bytes,
         "data_path": "host",
         "incremental": {
-            "send_entries": len(plan.send),
+            "send_entries": plan.written_entries,
             "send_bytes": plan.send_bytes,
             "delete_entries": len(plan.delete),
             "send": [os.fsdecode(path) for path in plan.send[:MAX_LISTED_PATHS]],
@@ -1069,6 +1089,28 @@ def _close_started_commands(runner: Any) -> None:
         _UPDATES.pop(key).close_commands()
     for key in [key for key in _DISCARDS if key[0] == runner.task.id]:
         _DISCARDS.pop(key).close()
+
+
+def check_rollback_allowed(runner: Any) -> None:
+    """Raise UsageError when the task succeeded and updated a target volume incrementally.
+
+    The cleanup phase of a succeeded task removed the backups, so nothing could undo the
+    update, and a rollback would only mark the task rolled back.
+    """
+    if runner.task.state is not TaskState.SUCCEEDED:
+        return
+    records = _records(runner)
+    updated = [item for item in runner.task.items
+               if records.get(str(item.position), {}).get("sent_entries") is not None]
+    if not updated:
+        return
+    names = ", ".join(repr(item.target) for item in updated)
+    volumes = "volume" if len(updated) == 1 else "volumes"
+    raise UsageError(
+        f"task {runner.task.id} cannot be rolled back: it succeeded and updated {volumes} "
+        f"{names} on {runner.task.spec.target_host} incrementally, and its backup is removed",
+        hint="the updated volumes stay as they are; to change them, run 'ddmctl migrate' again",
+    )
 
 
 def restore_backups(runner: Any) -> None:

@@ -295,12 +295,13 @@ class TaskRunner:
             self.store.acquire_locks(self.task.id, self.lock_names())
             self._run_phases()
         except BaseException as error:
-            lost = connlost.as_connection_lost(self, error)
-            self._finish_failed(lost or error)
-            if lost is not None:
-                connlost.add_next_step(lost, self.task)
-                raise lost from error
-            raise
+            replacement = connlost.as_task_error(self, error)
+            self._finish_failed(replacement or error)
+            if replacement is None:
+                raise
+            if isinstance(replacement, ConnectionLost):
+                connlost.add_next_step(replacement, self.task)
+            raise replacement from error
         finally:
             self._close()
 
@@ -501,7 +502,9 @@ class TaskRunner:
         `ddmctl rollback` of a succeeded task removes the volumes it created. A volume that was
         replaced since (another task with --force, or by hand) or whose files changed holds
         data that the task did not put there, so it is kept unless the operator forces it.
+        A succeeded task that updated a volume incrementally raises UsageError, --force or not.
         """
+        incremental.check_rollback_allowed(self)
         if self.force_rollback or self.task.state is not TaskState.SUCCEEDED:
             return
 

@@ -13,7 +13,11 @@ from ddm.text import counted
 
 
 def record_update(runner: Any, item: TaskItem, result: Any) -> None:
-    """Store an "updated" event with the counts of `result` (an incremental.UpdateResult)."""
+    """Store an "updated" event with the counts of `result` (an incremental.UpdateResult).
+
+    The entries written leave out the volume root, and the file data counts a hard-linked
+    file once, as the tar stream carries it.
+    """
     hashed = {"source": result.source_scan.hashed_files, "target": result.target_scan.hashed_files}
     cache_hits = {"source": result.source_scan.cache_hits, "target": result.target_scan.cache_hits}
     message = (

@@ -193,7 +193,7 @@ def _copy_delta(runner: Any, name: str, commands: DeltaCommands | None) -> None:
             channels=commands.tar_channels if commands is not None else None)
         if commands is not None:
             commands.tar_channels = None  # relay_tar closed them
-    result = incremental.UpdateResult(plan, source_scan, target_scan, len(plan.send),
+    result = incremental.UpdateResult(plan, source_scan, target_scan, plan.written_entries,
                                       len(plan.delete), archive_bytes, scan_bytes, "",
                                       time.monotonic() - started)
     runner._warm_updates[name] = result

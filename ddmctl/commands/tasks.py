@@ -73,7 +73,12 @@ def list_tasks(context: CommandContext, state: str | None, host: str | None,
 @click.pass_obj
 def status(context: CommandContext, task_id: str, show_events: bool, watch: bool,
            as_json: bool) -> int:
-    """Show a task's state, phase and per-volume progress."""
+    """Show a task's state, phase and per-volume progress.
+
+    With --watch, the exit status is the task's outcome: 0 when it succeeded, otherwise the
+    exit status of its stored error (1 for a failed task without one, 130 for an interrupted
+    or cancelled one). Without --watch it is 0 whatever the task's state.
+    """
     store = context.store
     task = mark_stale_running(store, store.get_task(task_id))
     if watch:
@@ -97,7 +102,7 @@ def status(context: CommandContext, task_id: str, show_events: bool, watch: bool
         if task.spec.mode.value != "full":
             data["compression"] = store.get_extra(task.id).get("compression", {})
         context.print_json(data)
-        return int(ExitStatus.OK)
+        return watched_exit_status(task) if watch else int(ExitStatus.OK)
 
     context.echo(f"task      {task.id}")
     context.echo(f"hosts     {task.spec.source_host} -> {task.spec.target_host}")
@@ -126,7 +131,19 @@ def status(context: CommandContext, task_id: str, show_events: bool, watch: bool
         context.echo(f"images    {format_bytes(extra['image_bytes_sent'])} sent")
     for event in events:
         context.echo(f"{format_time(event['at'])}  {event['level']:<7}  {event['message']}")
-    return int(ExitStatus.OK)
+    return watched_exit_status(task) if watch else int(ExitStatus.OK)
+
+
+def watched_exit_status(task: Task) -> int:
+    """Return the exit status of `ddmctl status --watch` for a task that stopped running."""
+    if task.state is TaskState.SUCCEEDED:
+        return int(ExitStatus.OK)
+    stored = (task.error or {}).get("exit_status")
+    if isinstance(stored, int) and stored != int(ExitStatus.OK):
+        return stored
+    if task.state in (TaskState.INTERRUPTED, TaskState.CANCELLED):
+        return int(ExitStatus.INTERRUPTED)
+    return int(ExitStatus.FAILED)
 
 
 def volume_progress(item: TaskItem) -> str:
@@ -202,7 +219,8 @@ def rollback(context: CommandContext, task_id: str, force: bool, as_json: bool) 
     """Remove what a task created on the target host. The source is never changed.
 
     A target volume that was replaced or changed after a succeeded task finished is kept, and
-    the command exits 6, unless --force is given.
+    the command exits 6, unless --force is given. A succeeded task that updated a volume with
+    --incremental is rejected with exit status 2, because its backup is removed.
 
     Prints a tab-separated line per volume: source, target and the outcome. The outcome is
     removed, restored (an incremental update undone from its backup), untouched (the task

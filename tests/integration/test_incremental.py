@@ -19,7 +19,7 @@ from ddm.errors import DDMError
 from ddm.events import Event, PhaseStarted
 from ddm.store import TaskStore, default_store_path
 from ddm.task import TaskState
-from ddmsyncer import hashcache
+from ddmsyncer import hashcache, incremental
 from tests.integration.test_migrate_volumes import WHOLE_SECONDS, run_command
 from tests.lab.tree import (
     Dir,
@@ -537,3 +537,147 @@ def test_target_corrupted_before_verify_fails(h1, h2, isolated_env, resources, n
     assert "data/f6.bin: content" in message
     assert store.get_task(task_id).state is TaskState.FAILED
     assert backups_on(h2, volume) == []
+
+
+LINKED_TREE = {
+    "h1f": File(b"shared by three names\n"),
+    "h2f": HardLink("h1f"),
+    "h3f": HardLink("h1f"),
+    "other.txt": "unrelated\n",
+}
+
+
+def leave_link_group(h1, volume: str) -> None:
+    """Replace h2f by a separate file, so h1f and h3f keep the shared inode."""
+    mountpoint = h1.volume_mountpoint(volume)
+    h1.run(["rm", f"{mountpoint}/h2f"])
+    write_volume_tree(h1, volume, {"h2f": "separate\n"})
+
+
+def join_link_group(h1, volume: str) -> None:
+    mountpoint = h1.volume_mountpoint(volume)
+    h1.run(["ln", f"{mountpoint}/h1f", f"{mountpoint}/h4f"])
+
+
+def change_shared_content(h1, volume: str) -> None:
+    """Rewrite the shared inode in place, so all three names get the new content."""
+    mountpoint = h1.volume_mountpoint(volume)
+    h1.run(["sh", "-c", f"echo 'new shared content' > {mountpoint}/h1f"])
+
+
+@pytest.mark.parametrize("change", [leave_link_group, join_link_group, change_shared_content],
+                         ids=["member-leaves", "member-joins", "shared-content-changes"])
+def test_incremental_hard_link_changes(h1, h2, isolated_env, resources, change):
+    volume = resources.create_volume(h1)
+    resources.add_volume(h2, volume)
+    write_volume_tree(h1, volume, LINKED_TREE)
+    migrate(volume)
+    change(h1, volume)
+
+    task = migrate(volume, "--incremental")
+
+    assert task["state"] == "succeeded"
+    assert task["volumes"][0]["state"] == "verified"
+    assert diff_snapshots(snapshot_volume_tree(h1, volume), snapshot_volume_tree(h2, volume),
+                          mtime_resolution_ns=WHOLE_SECONDS) == []
+    assert backups_on(h2, volume) == []
+
+
+def cut_before(monkeypatch: pytest.MonkeyPatch, h2, step: str) -> list[int]:
+    """Cut every SSH connection to h2 when the step (incremental.NAME) is first called.
+
+    "HostCommand.lines" cuts after the scan commands opened their channels, so the scan
+    writes its stdin into a connection that is gone but may still look active.
+    """
+    owner, name = ((incremental.HostCommand, "lines") if step == "HostCommand.lines"
+                   else (incremental, step))
+    original = getattr(owner, name)
+    cut: list[int] = []
+
+    def cut_then_call(*args, **kwargs):
+        if not cut:
+            cut.append(h2.cut_connections())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, cut_then_call)
+    return cut
+
+
+@pytest.mark.parametrize("step", ["scan_both", "HostCommand.lines", "relay_tar", "verify_update"])
+def test_incremental_lost_connection_exits_3(h1, h2, isolated_env, resources, monkeypatch, step):
+    volume = resources.create_volume(h1)
+    resources.add_volume(h2, volume)
+    write_volume_tree(h1, volume, TREE)
+    migrate(volume)
+    target_before = snapshot_volume_tree(h2, volume)
+    change_source(h1, volume)
+    cut = cut_before(monkeypatch, h2, step)
+
+    outcome = run_command("ddmctl", "migrate", "--from", "h1", "--to", "h2", "--volume", volume,
+                          "--yes", "--incremental")
+
+    assert cut and cut[0] >= 1
+    assert outcome.status == 3, outcome.stderr
+    error_lines = [line for line in outcome.stderr.splitlines() if "ddmctl: error:" in line]
+    assert len(error_lines) == 1, outcome.stderr
+    assert error_lines[0].startswith("ddmctl: error: the SSH connection to host 'h2' broke")
+    assert "" not in outcome.stderr.splitlines()  # click's blank line before "interrupted"
+    assert "interrupted" not in outcome.stderr
+    assert snapshot_volume_tree(h2, volume) == target_before
+    listed = run_command("ddmctl", "list", "--json")
+    task = json.loads(listed.stdout)[0]
+    status = run_command("ddmctl", "status", task["id"], "--json")
+    error = json.loads(status.stdout)["error"]
+    assert error["error"] == "ConnectionLost"
+    assert error["exit_status"] == 3
+    assert "host 'h2'" in error["message"]
+
+
+def test_rollback_rejects_succeeded_update(h1, h2, isolated_env, resources):
+    volume = resources.create_volume(h1)
+    resources.add_volume(h2, volume)
+    write_volume_tree(h1, volume, TREE)
+    migrate(volume)
+    change_source(h1, volume)
+    task = migrate(volume, "--incremental")
+    updated = snapshot_volume_tree(h2, volume)
+
+    outcome = run_command("ddmctl", "rollback", task["id"])
+
+    assert outcome.status == 2, outcome.stderr
+    assert outcome.stdout == ""
+    error_lines = outcome.stderr.splitlines()
+    assert len(error_lines) == 1, outcome.stderr
+    assert error_lines[0].startswith(f"ddmctl: error: task {task['id']} cannot be rolled back: "
+                                     "it succeeded and updated volume")
+    assert "run 'ddmctl migrate' again" in error_lines[0]
+    status = json.loads(run_command("ddmctl", "status", task["id"], "--json").stdout)
+    assert status["state"] == "succeeded"
+    assert snapshot_volume_tree(h2, volume) == updated
+
+
+def test_updated_event_counts_inode_once(h1, h2, isolated_env, resources):
+    volume = resources.create_volume(h1)
+    resources.add_volume(h2, volume)
+    write_volume_tree(h1, volume, {"h1f": RandomFile(64 * 1024, seed=1),
+                                   "h2f": HardLink("h1f"), "h3f": HardLink("h1f"),
+                                   "other.txt": "unchanged\n"})
+    migrate(volume)
+    mountpoint = h1.volume_mountpoint(volume)
+    h1.run(["dd", "if=/dev/urandom", f"of={mountpoint}/h1f", "bs=64k", "count=1",
+            "conv=notrunc", "status=none"])
+
+    task = migrate(volume, "--incremental")
+    logs = run_command("ddmctl", "logs", task["id"])
+    status = json.loads(run_command("ddmctl", "status", task["id"], "--json", "--events").stdout)
+
+    updated = [event["data"] for event in status["events"] if event["kind"] == "updated"]
+    assert len(updated) == 1
+    assert updated[0]["file_bytes_sent"] == 64 * 1024  # one inode, three names
+    assert updated[0]["entries_written"] == 3  # h1f, h2f, h3f; the volume root is not counted
+    assert status["incremental"]["0"]["sent_entries"] == 3
+    updated_lines = [line for line in logs.stdout.splitlines() if "updated:" in line]
+    assert len(updated_lines) == 1
+    assert "3 entries written (65536 bytes of file data" in updated_lines[0]
+    assert diff_snapshots(snapshot_volume_tree(h1, volume), snapshot_volume_tree(h2, volume),
+                          mtime_resolution_ns=WHOLE_SECONDS) == []

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import ddmdriver.hostpath
+from ddmsyncer import hostverify
 from ddmsyncer import runner as runner_module
 from tests.integration.commands import run_command
 from tests.lab import Lab, LabHost
@@ -30,9 +32,25 @@ def filled_source(h1: LabHost, resources: LabResources) -> str:
 
 def test_failed_move_rolls_back(lab: Lab, h1: LabHost, h2: LabHost, resources: LabResources,
                                 tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # The move command fails on the target host as a failed mv would.
-    monkeypatch.setattr(ddmdriver.hostpath, "MOVE_SCRIPT",
-                        'echo "mv: cannot move $1: Device or resource busy" >&2; exit 4')
+    # A file appears in the new volume's directory just before the move, so the rename onto
+    # it fails on the target host ("Directory not empty"), whichever command does the move.
+    def add_blocker(directory: str) -> None:
+        h2.run(["sh", "-c", 'echo blocker > "$1/blocker"', "sh", directory])
+
+    original_session_move = hostverify.ScanSession.move
+    original_move_directory = ddmdriver.hostpath.move_directory
+
+    def session_move(session: hostverify.ScanSession, target_directory: str) -> None:
+        add_blocker(target_directory)
+        original_session_move(session, target_directory)
+
+    def move_directory(engine: Any, access: Any, source_directory: str,
+                       target_directory: str) -> None:
+        add_blocker(target_directory)
+        original_move_directory(engine, access, source_directory, target_directory)
+
+    monkeypatch.setattr(hostverify.ScanSession, "move", session_move)
+    monkeypatch.setattr(ddmdriver.hostpath, "move_directory", move_directory)
     source = filled_source(h1, resources)
     source_before = snapshot_volume_tree(h1, source)
     target = unique_name("moved")
@@ -45,7 +63,7 @@ def test_failed_move_rolls_back(lab: Lab, h1: LabHost, h2: LabHost, resources: L
     assert result.status == 1, result.stderr
     error_lines = [line for line in result.stderr.splitlines() if "mv failed" in line]
     assert len(error_lines) == 1
-    assert "Device or resource busy" in error_lines[0]
+    assert "not empty" in error_lines[0]
     assert volumes_on(h2) == volumes_before
     assert snapshot_volume_tree(h1, source) == source_before
 

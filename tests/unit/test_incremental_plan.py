@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 from ddmdriver.ssh import exit_detail
-from ddmsyncer.incremental import Entry, Scan, _carry_digests, plan_update
+from ddmsyncer.incremental import (
+    Entry,
+    Scan,
+    _carried_digests,
+    plan_update,
+)
 
 SECOND = 1_000_000_000
 
@@ -63,15 +68,41 @@ def test_plan_hard_link_sends_every_name():
     assert plan_update(source, target).send == [b".", b"a", b"b"]
 
 
-def test_carry_digests_only_for_unchanged_unsent():
-    earlier = tree(entry(b"same", inode=1), entry(b"sent", inode=2), entry(b"touched", inode=3))
-    fresh = Scan(tree(entry(b"same", inode=1, digest=None), entry(b"sent", inode=2, digest="cc"),
-                      entry(b"touched", inode=3, digest=None, mtime=200 * SECOND)))
-    _carry_digests(fresh, Scan(earlier), {b"sent"})
-    carried = fresh
-    assert carried[b"same"].digest == "aa"
-    assert carried[b"sent"].digest == "cc"
-    assert carried[b"touched"].digest is None
+def test_verify_knows_unsent_file_keys():
+    earlier = Scan(tree(entry(b"same", inode=1), entry(b"sent", inode=2),
+                        entry(b"unhashed", inode=3, digest=None), entry(b"d", "dir")))
+
+    known = _carried_digests(earlier, {b"sent"})
+
+    assert set(known) == {b"same"}
+    assert known[b"same"].digest == "aa"
+    assert known[b"same"].key == earlier[b"same"].file_key()
+
+
+def test_plan_counts_hard_linked_data_once():
+    names = (b"h1f", b"h2f", b"h3f")
+    source = tree(*(entry(name, size=1000, digest="bb", inode=7, nlink=3) for name in names),
+                  entry(b"single", size=5, digest="bb", inode=8))
+    target = tree(*(entry(name, size=1000, inode=9, nlink=3) for name in names),
+                  entry(b"single", size=5, inode=10))
+
+    plan = plan_update(source, target)
+
+    assert plan.send == [b".", b"h1f", b"h2f", b"h3f", b"single"]
+    assert plan.send_bytes == 1005
+    assert plan.written_entries == 4
+
+
+def test_plan_counts_added_link_names_once():
+    source = tree(entry(b"h1f", size=1000, inode=7, nlink=2), entry(b"h4f", size=1000, inode=7,
+                                                                     nlink=2))
+    target = tree(entry(b"h1f", size=1000, inode=9))
+
+    plan = plan_update(source, target)
+
+    assert plan.send == [b".", b"h1f", b"h4f"]
+    assert plan.send_bytes == 1000
+    assert plan.written_entries == 2
 
 
 def test_exit_detail_leaves_out_empty_parts() -> None:

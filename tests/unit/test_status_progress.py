@@ -98,3 +98,38 @@ def test_watch_total_not_below_done(tmp_path: Path) -> None:
 
     assert "1.5 MiB / 1.5 MiB" in stream.getvalue()
     assert "976.6 KiB" not in stream.getvalue()
+
+
+WATCH_CASES = [
+    (TaskState.SUCCEEDED, None, 0),
+    (TaskState.FAILED, {"error": "ConnectionLost", "message": "lost", "exit_status": 3}, 3),
+    (TaskState.FAILED, {"error": "VerificationFailed", "message": "differs", "exit_status": 1}, 1),
+    (TaskState.FAILED, None, 1),
+    (TaskState.CANCELLED, {"error": "Cancelled", "message": "cancelled", "exit_status": 130}, 130),
+    (TaskState.INTERRUPTED, None, 130),
+    (TaskState.ROLLED_BACK, None, 1),
+]
+
+
+def store_finished_task(environ: dict[str, str], task_id: str, state: TaskState,
+                        error: dict | None) -> None:
+    store = TaskStore(default_store_path(environ))
+    try:
+        store.create_task(Task(id=task_id, spec=TaskSpec(source_host="old", target_host="new")))
+        store.update_task(task_id, state=state, finished_at=time.time(), error=error)
+    finally:
+        store.close()
+
+
+def test_status_watch_exits_with_task_outcome(environ: dict[str, str]) -> None:
+    for index, (state, error, expected) in enumerate(WATCH_CASES):
+        task_id = f"{index:012x}"
+        store_finished_task(environ, task_id, state, error)
+
+        watched = invoke("ddmctl", ["status", task_id, "--watch"], environ)
+        watched_json = invoke("ddmctl", ["status", task_id, "--watch", "--json"], environ)
+        plain = invoke("ddmctl", ["status", task_id], environ)
+
+        assert watched.status == expected, (state, error, watched.stderr)
+        assert watched_json.status == expected, (state, error, watched_json.stderr)
+        assert plain.status == 0, (state, plain.stderr)
