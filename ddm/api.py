@@ -453,11 +453,16 @@ def task_log(config: Config, store: TaskStore, task_id: str, container: str) -> 
     from ddmsyncer.containers import read_task_log
     from ddmsyncer.runner import create_runner
 
-    _require_full(store.get_task(task_id))
+    task = store.get_task(task_id)
+    if task.spec.mode is not Mode.FULL:
+        raise UsageError(f"task {task.id} is a {task.spec.mode.value}-mode task, so it archived "
+                         "no container logs",
+                         hint=f"--container applies to full-mode tasks only; 'ddmctl logs "
+                         f"{task.id}' without it prints the task's event log")
     return read_task_log(create_runner(config, store, task_id), container)
 
 
 def _require_full(task: Task) -> None:
     if task.spec.mode is not Mode.FULL:
         raise UsageError(f"task {task.id} is a {task.spec.mode.value}-mode task",
-                         hint="finalize and logs apply to full-mode tasks only")
+                         hint="finalize applies to full-mode tasks only")

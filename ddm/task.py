@@ -95,6 +95,9 @@ def parse_volume_mapping(value: str) -> tuple[str, str]:
     source, separator, target = value.partition(":")
     if not separator:
         target = source
+    if ":" in target:
+        raise UsageError(f"invalid volume mapping {value!r}: more than one ':'",
+                         hint="write SRC to keep the name, or SRC:DST to rename the volume")
     validate_docker_name(source)
     validate_docker_name(target)
     return source, target

@@ -11,7 +11,7 @@ ROLLBACK_STARTED = "phase rollback started"
 
 
 def rollback_outcomes(task: Task, events: list[dict[str, Any]]) -> dict[int, tuple[str, str]]:
-    """Return (outcome, reason) by item position: removed, restored, untouched or kept.
+    """Return (outcome, reason) by item position: removed, restored, untouched, kept or remaining.
 
     An incremental update that a rollback undid from its backup is "restored". Only restores
     after the task's first rollback started count, because a resumed run also restores the
@@ -24,6 +24,8 @@ def rollback_outcomes(task: Task, events: list[dict[str, Any]]) -> dict[int, tup
             outcomes[item.position] = ("restored", "the target is as before the task")
         elif item.state is ItemState.ROLLED_BACK:
             outcomes[item.position] = ("removed", "")
+        elif item.target_created:
+            outcomes[item.position] = ("remaining", "the rollback stopped before removing it")
         elif item.state is ItemState.PENDING:
             outcomes[item.position] = ("untouched", "the task never started this volume")
         else:

@@ -558,6 +558,9 @@ def engine_hint(reason: str) -> str:
                 "there, or socat when docker is missing)")
     if "no such file or directory" in reason:
         return "check that dockerd runs there and the host's docker_socket in the DDM config"
+    if "closed connection" in reason or "Connection aborted" in reason:
+        return ("the SSH connection or dockerd on that host closed the connection; check that "
+                "the host is up and dockerd runs there")
     return "check that dockerd runs there and that the SSH user may use its socket"
 
 

@@ -51,8 +51,8 @@ def _exchange_keys(target: ssh.SSHTarget, sock: object) -> paramiko.PKey:
         return transport.get_remote_server_key()
     except (paramiko.SSHException, EOFError, OSError) as error:
         raise ConnectionFailed(
-            f"SSH key exchange with {target.describe()} failed: {ssh._reason(error)}",
-            hint="check that the port belongs to an SSH server",
+            f"SSH key exchange with {target.describe()} failed: {ssh.handshake_reason(error)}",
+            hint=ssh.handshake_hint(error),
         ) from None
     finally:
         transport.close()

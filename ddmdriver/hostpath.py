@@ -39,6 +39,7 @@ from ddmdriver.codec import (
     decompressing_argv,
 )
 from ddmdriver.relay import RelayResult
+from ddmdriver.ssh import exit_detail
 
 logger = logging.getLogger(__name__)
 
@@ -311,11 +312,11 @@ def relay_host_archive(
         sender.stop()
 
     if source_status not in (0, 1):
-        raise TransferFailed(f"tar on source {source_name} failed with exit status "
-                             f"{source_status}: {_tail(source_errors)}")
+        raise TransferFailed(f"tar on source {source_name} failed with "
+                             f"{exit_detail(source_status, _tail_or_empty(source_errors))}")
     if target_status != 0:
-        raise TransferFailed(f"tar on target {target_name} failed with exit status "
-                             f"{target_status} after {byte_count} bytes: {_tail(target_errors)}")
+        raise TransferFailed(f"tar on target {target_name} failed after {byte_count} bytes with "
+                             f"{exit_detail(target_status, _tail_or_empty(target_errors))}")
 
     seconds = time.monotonic() - started
     result = HostTarResult(
@@ -393,8 +394,24 @@ def _send(writer: _RemoteTar, chunk: bytes, name: str, offset: int) -> None:
     try:
         writer.channel.sendall(chunk)
     except (OSError, EOFError, paramiko.SSHException) as error:
+        parts = [channel_error_reason(error)]
+        errors = writer.stderr.text()
+        if errors.strip():
+            parts.append(f"tar wrote: {_tail(errors)}")
         raise TransferFailed(f"sending to tar on target {name} failed after {offset} bytes: "
-                             f"{error}; {_tail(writer.stderr.text())}") from None
+                             f"{'; '.join(parts)}") from None
+
+
+def channel_error_reason(error: BaseException) -> str:
+    """Return why sending on an SSH channel failed, in words, never an empty string.
+
+    paramiko raises EOFError (with no text) or OSError("Socket is closed") when the SSH
+    connection is gone.
+    """
+    text = str(error).strip()
+    if isinstance(error, EOFError) or not text or text == "Socket is closed":
+        return "the SSH connection was closed"
+    return text
 
 
 def read_host_manifest(engine: Any, access: HostAccess, directory: str, *, hash_content: bool,
@@ -427,7 +444,7 @@ def read_host_manifest(engine: Any, access: HostAccess, directory: str, *, hash_
                               f"{', '.join(_paths_with(errors, CHANGED_WHILE_READ)[:5])}",
                               hint="stop the containers that write to the volume and check again")
     if status != 0:
-        raise TransferFailed(f"tar on {name} failed with exit status {status}: {_tail(errors)}")
+        raise TransferFailed(f"tar on {name} failed with {exit_detail(status, _tail_or_empty(errors))}")
     return builder.close()
 
 
@@ -448,8 +465,8 @@ def scan_metadata(engine: Any, access: HostAccess, directory: str) -> dict[bytes
     argv = access.argv("find", directory, "-printf", "%y %s %T@ %P\\0")
     result = engine.ssh.exec_command(argv, timeout=SCAN_TIMEOUT_SECONDS)
     if result.exit_status != 0:
-        raise MigrationFailed(f"find on {engine.host.name}:{directory} failed with exit status "
-                              f"{result.exit_status}: {_tail(result.stderr)}")
+        raise MigrationFailed(f"find on {engine.host.name}:{directory} failed with "
+                              f"{exit_detail(result.exit_status, _tail_or_empty(result.stderr))}")
 
     states: dict[bytes, FileState] = {}
     for record in result.stdout.split(b"\0"):
@@ -517,6 +534,9 @@ def _paths_with(stderr: bytes, marker: bytes) -> list[str]:
 
 
 def _tail(stderr: bytes) -> str:
-    text = stderr.decode("utf-8", "replace").strip()
-    lines = text.splitlines()
-    return " / ".join(lines[-3:]) if lines else "no error output"
+    return _tail_or_empty(stderr) or "no error output"
+
+
+def _tail_or_empty(stderr: bytes) -> str:
+    lines = stderr.decode("utf-8", "replace").strip().splitlines()
+    return " / ".join(lines[-3:])

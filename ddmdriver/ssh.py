@@ -348,9 +348,16 @@ class SSHConnection:
         try:
             return self.transport.open_session(timeout=timeout or self.target.connect_timeout)
         except (paramiko.SSHException, EOFError, OSError) as error:
+            if not self.transport.is_active():
+                raise ConnectionFailed(
+                    f"cannot open an SSH channel to {self.target.describe()}: the SSH "
+                    "connection was closed",
+                    hint="check that the host is up and that sshd runs there",
+                ) from None
             raise ConnectionFailed(
                 f"cannot open an SSH channel to {self.target.describe()}: {_reason(error)}",
-                hint="the connection was lost or the server allows no more sessions (MaxSessions)",
+                hint="the server may allow no more sessions on one connection (MaxSessions in "
+                "sshd_config)",
             ) from None
 
     def open_command(self, argv: Sequence[str], timeout: float | None = None) -> paramiko.Channel:
@@ -586,10 +593,34 @@ def _handshake(transport: paramiko.Transport, target: SSHTarget, known_hosts: Kn
 
 
 def _handshake_error(target: SSHTarget, error: BaseException) -> ConnectionFailed:
-    return ConnectionFailed(
-        f"SSH handshake with {target.describe()} failed: {_reason(error)}",
-        hint="check that the port belongs to an SSH server",
-    )
+    return ConnectionFailed(f"SSH handshake with {target.describe()} failed: "
+                            f"{handshake_reason(error)}", hint=handshake_hint(error))
+
+
+# paramiko (Transport._check_banner, read in 5.1) starts its error with this text and appends the
+# text of the read error, which is empty when the server closed the connection.
+BANNER_ERROR = "Error reading SSH protocol banner"
+
+
+def handshake_reason(error: BaseException) -> str:
+    """Return what went wrong in an SSH handshake, naming a connection closed before the banner."""
+    text = str(error).strip()
+    if text.startswith(BANNER_ERROR):
+        detail = text.removeprefix(BANNER_ERROR).strip()
+        if not detail or "reset" in detail.lower() or isinstance(error, EOFError):
+            return "the server closed the connection before it sent an SSH banner"
+        return f"no SSH banner received: {detail}"
+    if isinstance(error, EOFError) or not text:
+        return "the server closed the connection"
+    return _reason(error)
+
+
+def handshake_hint(error: BaseException) -> str:
+    """Return what to do about a failed SSH handshake."""
+    if handshake_reason(error).startswith("the server closed the connection"):
+        return ("check that sshd runs on that host: a proxy or port forward in front of it "
+                "accepts connections even while sshd is stopped")
+    return "check that the port belongs to an SSH server"
 
 
 def _load_identities(target: SSHTarget) -> list[_Identity]:
@@ -741,3 +772,18 @@ def _reason(error: BaseException) -> str:
         return error.strerror
     text = str(error).strip()
     return text or type(error).__name__
+
+
+def exit_detail(status: int | tuple[int, int], errors: str) -> str:
+    """Return "exit status 2: ERRORS", leaving out empty error output.
+
+    paramiko reports -1 when the SSH server sent no exit status: the command was killed by a
+    signal or the connection closed.
+    """
+    statuses = status if isinstance(status, tuple) else (status,)
+    label = "exit status" if len(statuses) == 1 else "exit statuses"
+    text = f"{label} {', '.join(str(value) for value in statuses)}"
+    if -1 in statuses:
+        text += " (none received: the command was killed or the SSH connection closed)"
+    errors = " ".join(errors.split())
+    return f"{text}: {errors}" if errors else text

@@ -42,7 +42,7 @@ from ddmdriver import containers as driver
 from ddmdriver import imagelayers
 from ddmdriver import images as image_driver
 from ddmdriver.engine import HELPER_IMAGE, HELPER_MOUNT
-from ddmsyncer import rerun, volumes, warm
+from ddmsyncer import rerun, undo, volumes, warm
 from ddmsyncer.fullplan import FullPlan, build_full_plan
 from ddmsyncer.runner import PROGRESS_EVENT_SECONDS, PROGRESS_STORE_SECONDS, TaskRunner
 
@@ -567,12 +567,17 @@ class FullTaskRunner(TaskRunner):
         self.cleanup(every_host=every_host)
         warm.discard_backups(self)
         created = self.extra().get("created") or {}
+        if not any(created.get(kind) for kind in CREATED_KINDS):
+            # Nothing to remove there, so a target that was down at prepare is not needed.
+            self._restart_source()
+            self._remove_helper_images()
+            return
         target = self.target
         for entry in reversed(created.get("containers") or []):
             driver.container_remove(target, entry.get("id") or entry["name"])
         for name in reversed(created.get("volumes") or []):
             if target.volume_inspect(name) is not None:
-                target.volume_remove(name)
+                undo.remove_target_volume(target, name, self.task.id)
         for name in reversed(created.get("networks") or []):
             driver.network_remove(target, name)
         for tag in created.get("tags") or []:
@@ -714,6 +719,16 @@ def read_task_log(runner: TaskRunner, container: str) -> bytes:
                          hint="logs are archived in the migrate phase of a full-mode task")
     if container not in (extra.get("source_containers") or []):
         raise UsageError(f"container {container!r} is not part of task {runner.task.id}")
+    unfinished = (TaskState.FAILED, TaskState.CANCELLED, TaskState.ROLLED_BACK)
+    if runner.task.state in unfinished:
+        # The rollback of a failed or cancelled task removes the logs volume with everything
+        # else the task created on the target.
+        raise UsageError(
+            f"task {runner.task.id} is {runner.task.state.value}, so its container logs are not "
+            f"archived on {runner.task.spec.target_host}: its rollback removed them, or it "
+            "stopped before it archived them",
+            hint=f"the source container keeps its log; read it with 'docker logs {container}' "
+            f"on {runner.task.spec.source_host}")
     target = runner.target
     helper = target.create_helper(volume, read_only=True, labels={volumes.TASK_LABEL: runner.task.id})
     try:

@@ -48,6 +48,7 @@ import xxhash
 from ddm.errors import DDMError, MigrationFailed, TransferFailed, UsageError, VerificationFailed
 from ddm.store import TaskStore
 from ddm.task import ItemState, TaskItem, TaskState, VerifyMode
+from ddmdriver.ssh import exit_detail
 from ddmsyncer import hashcache, updatereport
 from ddmsyncer.copyorigin import copying_task
 from ddmsyncer.hashcache import CachedHash, HashCache
@@ -191,7 +192,7 @@ class HostCommand:
         if status != 0:
             raise MigrationFailed(
                 f"host command {self.arguments[0]} failed on host {self.engine.host.name} with "
-                f"exit status {status}: {self.errors.text[-500:]}",
+                f"{exit_detail(status, self.errors.text[-500:])}",
                 hint="incremental migration needs python3 and GNU tar on both hosts",
             )
 
@@ -603,8 +604,7 @@ def relay_tar(source: Any, source_mountpoint: str, target: Any, target_mountpoin
     if statuses != (0, 0):
         raise TransferFailed(
             f"incremental tar stream from {source.host.name} to {target.host.name} failed "
-            f"(exit statuses {statuses[0]}, {statuses[1]}): "
-            f"{(reader_errors.text + ' ' + writer_errors.text).strip()[-500:]}",
+            f"with {exit_detail(statuses, (reader_errors.text + ' ' + writer_errors.text)[-500:])}",
             hint="the target was restored from its backup; check the hosts' tar and retry",
         )
     return total, hasher.hexdigest()

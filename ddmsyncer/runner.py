@@ -52,7 +52,7 @@ from ddm.processes import process_alive
 from ddm.store import TaskStore
 from ddm.task import ItemState, Phase, Task, TaskItem, TaskState, VerifyMode
 from ddm.text import counted
-from ddmsyncer import connect, connlost, direct, incremental, parallel, rerun, volumes
+from ddmsyncer import connect, connlost, direct, incremental, parallel, rerun, undo, volumes
 from ddmsyncer.control import wait_while_paused
 from ddmsyncer.staged import StagedVolumes, mark_verified, release_writers, remove_staging_volumes
 
@@ -197,7 +197,9 @@ class TaskRunner:
         except ConnectionFailed as error:
             if not connected:
                 raise
-            self.record("warning", "reconnect", f"connection to {host_name} failed ({error}); "
+            # A retry, not a fault yet: logged at INFO, so the default output shows only the
+            # error of the second attempt if that fails too.
+            self.record("info", "reconnect", f"connection to {host_name} lost ({error.message}); "
                         "connecting once more")
             return action(self.reconnect(host_name))
 
@@ -278,6 +280,7 @@ class TaskRunner:
     def run(self) -> Task:
         """Run the task's phases; on any failure roll back, then re-raise the error."""
         self.task = mark_stale_running(self.store, self.task)
+        undo.reject_resume_of_rollback(self.store, self.task)
         claimable = (TaskState.QUEUED, TaskState.INTERRUPTED)
         if not self.store.claim_task(self.task.id, os.getpid(), claimable):
             raise TaskConflict(
@@ -591,7 +594,10 @@ class TaskRunner:
         incremental.restore_backups(self)
         self.cleanup(every_host=every_host)
         release_writers(self)
-        self.on_host(self.task.spec.target_host, lambda target: remove_staging_volumes(self))
+        # A task that failed before it created anything (its target down at prepare) has
+        # nothing to undo there, so the target is not connected to.
+        if self.store.get_extra(self.task.id).get("staging_volumes"):
+            self.on_host(self.task.spec.target_host, lambda target: remove_staging_volumes(self))
         created = [item for item in self.task.items if item.target_created]
         if created:
             self.on_host(self.task.spec.target_host,
@@ -609,7 +615,7 @@ class TaskRunner:
                 continue
             volumes.remove_task_helpers(target, self.task.id)
             if target.volume_inspect(item.target) is not None:
-                target.volume_remove(item.target)
+                undo.remove_target_volume(target, item.target, self.task.id)
             self.update_item(item, state=ItemState.ROLLED_BACK, target_created=False)
             self.record("info", "rolled_back", f"removed volume {item.target!r} from "
                         f"{self.task.spec.target_host}")
@@ -728,9 +734,11 @@ def rollback_task(runner: TaskRunner) -> Task:
     if not store.claim_task(task.id, os.getpid(), states):
         raise TaskConflict(f"task {task.id} changed state while rolling back; try again")
     runner.task = store.get_task(task.id)
+    undo.mark_rollback_requested(store, task.id)
     try:
         runner.rollback(every_host=True)
     except BaseException as error:
+        undo.add_rollback_next_step(error, task.id)
         runner._finish(TaskState.INTERRUPTED, _error_dict(error))
         raise
     finally:

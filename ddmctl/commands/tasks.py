@@ -7,8 +7,8 @@ import datetime
 import click
 
 from ddm import api
-from ddm.errors import ExitStatus
-from ddm.task import ItemState, Task, TaskItem, TaskState
+from ddm.errors import DDMError, ExitStatus, TaskNotFound
+from ddm.task import ItemState, Phase, Task, TaskItem, TaskState
 from ddmctl.commands.migrate import print_task_result, run_and_report
 from ddmctl.common import CommandContext, epilog, json_option
 from ddmctl.complete import complete_task
@@ -224,10 +224,30 @@ def rollback(context: CommandContext, task_id: str, force: bool, as_json: bool) 
 
     Prints a tab-separated line per volume: source, target and the outcome. The outcome is
     removed, restored (an incremental update undone from its backup), untouched (the task
-    never started the volume) or kept (the task did not create it), the last two followed
-    by the reason.
+    never started the volume), kept (the task did not create it) or remaining (the rollback
+    stopped before removing it), the last three followed by the reason. A rollback that
+    stops part way prints these lines too, then the error; run it again to finish.
     """
-    task = api.rollback_task(context.config, context.store, task_id, force=force)
+    try:
+        task = api.rollback_task(context.config, context.store, task_id, force=force)
+    except TaskNotFound:
+        raise
+    except DDMError:
+        # A rollback that stopped part way still reports what it removed before the error
+        # line. A rollback rejected before it started (TaskConflict) changed nothing.
+        stopped = context.store.get_task(task_id)
+        if stopped.state is TaskState.INTERRUPTED and stopped.phase is Phase.ROLLBACK:
+            print_rollback_outcomes(context, stopped, as_json)
+        raise
+
+    print_rollback_outcomes(context, task, as_json)
+    if not as_json:
+        context.info(f"task {task.id} {task.state.value}")
+    return int(ExitStatus.OK)
+
+
+def print_rollback_outcomes(context: CommandContext, task: Task, as_json: bool) -> None:
+    """Print a rollback's per-volume outcomes: a line each, or the task as JSON."""
     outcomes = rollback_outcomes(task, context.store.get_events(task.id))
     if as_json:
         data = task.to_dict()
@@ -235,14 +255,12 @@ def rollback(context: CommandContext, task_id: str, force: bool, as_json: bool) 
             outcome, reason = outcomes[volume["position"]]
             volume["rollback"] = {"outcome": outcome, "reason": reason or None}
         context.print_json(data)
-        return int(ExitStatus.OK)
+        return
 
     for item in task.items:
         outcome, reason = outcomes[item.position]
         line = f"{item.source}\t{item.target}\t{outcome}"
         context.echo(f"{line}\t{reason}" if reason else line)
-    context.info(f"task {task.id} {task.state.value}")
-    return int(ExitStatus.OK)
 
 
 COMMANDS = (list_tasks, status, resume, cancel, rollback)

@@ -363,3 +363,20 @@ def test_remove_source_option(lab: Lab, project: Project,
     assert project.db not in host_state(h1)["containers"]
     assert is_running(h2, project.db)
     assert is_running(h1, project.web)
+
+
+def test_target_down_at_prepare_fails(lab: Lab, project: Project,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    h1, h2 = lab.host("h1"), lab.host("h2")
+    h2.stop_relay()
+    try:
+        status = migrate("--mode", "full", "--container", project.db)
+    finally:
+        h2.start_relay()
+    task = api.open_store().get_task(only_task_id())
+
+    # Nothing was created on h2, so there is nothing to undo there: the task failed.
+    assert status == 3, capsys.readouterr().err
+    assert task.state.value == "failed"
+    assert "h2" in task.error["message"]
+    assert is_running(h1, project.db)

@@ -92,6 +92,10 @@ def test_unreachable_host_fails_prepare(lab: Lab, h1: LabHost, h2: LabHost,
     assert down in last_line
     assert "SSH" in last_line
     assert volumes_on(h2) == volumes_before
+    listed = json.loads(run_command(lab, tmp_path, "ddmctl", "list", "--json").stdout)
+    # Nothing was created on either host, so there is nothing to undo: the task failed.
+    assert listed[0]["state"] == "failed"
+    assert down in listed[0]["error"]["message"]
 
 
 def test_connection_lost_mid_copy_rolls_back(lab: Lab, h1: LabHost, h2: LabHost,
@@ -181,3 +185,53 @@ def test_host_down_mid_copy_then_rollback(lab: Lab, h1: LabHost, h2: LabHost,
     assert volumes_on(h2) == volumes_before
     for name in sources:
         assert snapshot_volume_tree(h1, name) == sources_before[name]
+
+
+def test_rollback_stopped_by_used_volume(lab: Lab, h1: LabHost, h2: LabHost,
+                                         resources: LabResources, tmp_path: Path) -> None:
+    sources = [filled_source(h1, resources) for _ in range(2)]
+    targets = [unique_name("v1c"), unique_name("v2c")]
+    for target in targets:
+        resources.add_volume(h2, target)
+    migrated = run_command(lab, tmp_path, "ddmctl", "migrate", "--from", "h1", "--to", "h2",
+                           "--volume", f"{sources[0]}:{targets[0]}",
+                           "--volume", f"{sources[1]}:{targets[1]}", "--yes", "--json")
+    assert migrated.status == 0, migrated.stderr
+    task_id = json.loads(migrated.stdout)["id"]
+    user = unique_name("user")
+    resources.create_container(h2, volumes={targets[1]: "/data"}, name=user)
+
+    stopped = run_command(lab, tmp_path, "ddmctl", "rollback", task_id)
+    again = run_command(lab, tmp_path, "ddmctl", "rollback", task_id, "--json")
+    resumed = run_command(lab, tmp_path, "ddmctl", "resume", task_id)
+
+    assert stopped.status == 1, stopped.stderr
+    assert stopped.stdout.splitlines() == [
+        f"{sources[0]}\t{targets[0]}\tremoved",
+        f"{sources[1]}\t{targets[1]}\tremaining\tthe rollback stopped before removing it",
+    ]
+    error_line = stopped.stderr.strip().splitlines()[-1]
+    assert targets[1] in error_line
+    assert user in error_line
+    assert f"ddmctl rollback {task_id}" in error_line
+    assert again.status == 1, again.stderr
+    outcomes = [volume["rollback"]["outcome"] for volume in json.loads(again.stdout)["volumes"]]
+    assert outcomes == ["removed", "remaining"]
+    assert resumed.status == 6, resumed.stderr
+    assert f"ddmctl rollback {task_id}" in resumed.stderr
+    assert targets[0] not in volumes_on(h2)
+
+    h2.stop_sshd()
+    try:
+        unreachable = run_command(lab, tmp_path, "ddmctl", "rollback", task_id)
+    finally:
+        h2.start_sshd()
+    h2.docker("rm", "--force", user)
+    finished = run_command(lab, tmp_path, "ddmctl", "rollback", task_id)
+
+    assert unreachable.status == 3, unreachable.stderr
+    assert f"ddmctl rollback {task_id}" in unreachable.stderr.strip().splitlines()[-1]
+    assert finished.status == 0, finished.stderr
+    assert f"{sources[1]}\t{targets[1]}\tremoved" in finished.stdout.splitlines()
+    assert targets[1] not in volumes_on(h2)
+    assert set(sources) <= set(volumes_on(h1))

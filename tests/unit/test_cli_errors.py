@@ -167,6 +167,9 @@ VALIDATION_ERRORS = [
      "invalid volume name 'ab\\n'"),
     ("ddmctl", ["migrate", "--from", "a", "--to", "b", "--volume", "v1:", "--yes"],
      "missing volume name"),
+    ("ddmctl", ["migrate", "--from", "a", "--to", "b", "--volume", "vol2:bb:cc", "--yes"],
+     "invalid volume mapping 'vol2:bb:cc': more than one ':'; write SRC to keep the name, "
+     "or SRC:DST to rename the volume"),
     ("ddmctl", ["migrate", "--from", "a", "--to", "b", "--volume", "v1", "--volume", "v1",
                 "--yes"], "source volume 'v1' given twice"),
     ("ddmctl", ["migrate", "--from", "a", "--to", "b", "--volume", "v1:t1", "--volume", "v2:t1",

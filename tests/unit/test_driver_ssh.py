@@ -367,3 +367,57 @@ def test_resolve_proxycommand_none_allowed(home: Path) -> None:
     config = make_config(home, {"h1": "ssh://h1"}, "Host h1\n  ProxyCommand none\n")
 
     assert resolve_target(config.host("h1"), config).jumps == ()
+
+
+def test_connect_closed_before_banner_names_cause(home: Path) -> None:
+    # A port forward in front of a stopped sshd accepts the connection and closes it at once.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    port = listener.getsockname()[1]
+
+    def accept_and_close() -> None:
+        connection, _ = listener.accept()
+        connection.close()
+
+    server = threading.Thread(target=accept_and_close, daemon=True)
+    server.start()
+    try:
+        with pytest.raises(ConnectionFailed) as raised:
+            ssh.connect(_local_target(home, port, timeout=3.0))
+    finally:
+        server.join(timeout=5)
+        listener.close()
+
+    message = str(raised.value)
+    assert "closed the connection before it sent an SSH banner" in message
+    assert "check that sshd runs on that host" in message
+    assert "belongs to an SSH server" not in message
+
+
+def test_handshake_reason_of_non_ssh_server() -> None:
+    error = ssh.paramiko.SSHException('Indecipherable protocol version "HTTP/1.0 400"')
+
+    assert ssh.handshake_reason(error) == 'Indecipherable protocol version "HTTP/1.0 400"'
+    assert ssh.handshake_hint(error) == "check that the port belongs to an SSH server"
+
+
+class ClosedTransport:
+    """A paramiko Transport whose connection is gone, as after sshd stopped."""
+
+    def open_session(self, timeout: float | None = None) -> None:
+        raise ssh.paramiko.SSHException("SSH session not active")
+
+    def is_active(self) -> bool:
+        return False
+
+
+def test_open_session_on_closed_connection(home: Path) -> None:
+    connection = ssh.SSHConnection(_local_target(home, 22), [ClosedTransport()])
+
+    with pytest.raises(ConnectionFailed) as raised:
+        connection.open_session()
+
+    message = str(raised.value)
+    assert "the SSH connection was closed" in message
+    assert "MaxSessions" not in message

@@ -24,6 +24,7 @@ from ddmdriver.hostpath import (
     parse_probe_output,
     probe_host_access,
 )
+from ddmdriver import hostpath
 from ddmdriver.ssh import CommandResult, validate_argv
 
 
@@ -281,3 +282,26 @@ def test_sender_stop_ends_blocked_thread() -> None:
 
     assert not sender.is_alive()
     assert isinstance(sender.error, TransferFailed)
+
+
+class ClosedChannel:
+    """An SSH channel whose connection closed: paramiko raises EOFError with no text."""
+
+    def sendall(self, chunk: bytes) -> None:
+        raise EOFError()
+
+
+class SilentStderr:
+    def text(self) -> bytes:
+        return b""
+
+
+def test_send_on_closed_connection_message() -> None:
+    writer = SimpleNamespace(channel=ClosedChannel(), stderr=SilentStderr())
+
+    with pytest.raises(TransferFailed) as raised:
+        hostpath._send(writer, b"data", "h2:/v", 319168512)
+
+    message = str(raised.value)
+    assert message == ("sending to tar on target h2:/v failed after 319168512 bytes: "
+                       "the SSH connection was closed")

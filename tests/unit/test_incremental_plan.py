@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ddmdriver.ssh import exit_detail
 from ddmsyncer.incremental import (
     Entry,
     Scan,
@@ -102,3 +103,10 @@ def test_plan_counts_added_link_names_once():
     assert plan.send == [b".", b"h1f", b"h4f"]
     assert plan.send_bytes == 1000
     assert plan.written_entries == 2
+
+
+def test_exit_detail_leaves_out_empty_parts() -> None:
+    assert exit_detail(-1, "") == ("exit status -1 (none received: the command was killed or "
+                                   "the SSH connection closed)")
+    assert exit_detail((0, 2), " tar:  bad \n") == "exit statuses 0, 2: tar: bad"
+    assert exit_detail(2, "") == "exit status 2"

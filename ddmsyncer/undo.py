@@ -1,0 +1,82 @@
+"""Helpers of a task's rollback: explain a target volume that cannot be removed, guard resume.
+
+A rollback that `ddmctl rollback` started and that stopped part way keeps the task
+interrupted, so that running `ddmctl rollback` again finishes it. Such a task must not be
+resumed: a resume would copy again the volumes the rollback already removed.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ddm.errors import ConnectionFailed, DDMError, MigrationFailed, TaskConflict
+from ddm.store import TaskStore
+from ddm.task import Task, TaskState
+
+log = logging.getLogger(__name__)
+
+# Key of the task's extra state, set when `ddmctl rollback` (or cancel of an interrupted task)
+# starts a rollback in a new process.
+ROLLBACK_REQUESTED = "rollback_requested"
+
+
+def remove_target_volume(target: Any, name: str, task_id: str) -> None:
+    """Remove a target volume; when a container uses it, raise an error naming that container."""
+    try:
+        target.volume_remove(name)
+    except MigrationFailed as error:
+        users = containers_using(target, name)
+        if not users:
+            raise
+        host = target.host.name
+        raise MigrationFailed(
+            f"removing volume {name!r} from {host} failed because container "
+            f"{', '.join(repr(user) for user in users)} uses it",
+            hint=f"remove that container on {host} (stopping it is not enough, because Docker "
+            f"keeps the volumes of stopped containers), then run 'ddmctl rollback {task_id}' again",
+        ) from error
+
+
+def containers_using(target: Any, volume: str) -> list[str]:
+    """Return the names of the containers (running or not) that mount a volume; [] if unknown."""
+    try:
+        found = target.api.containers(all=True, filters={"volume": volume})
+    except Exception as error:  # noqa: BLE001 - the lookup only improves an error message
+        log.debug("listing the containers using volume %s failed: %s", volume, error)
+        return []
+    names = []
+    for container in found or []:
+        container_names = container.get("Names") or [container.get("Id", "")[:12]]
+        names.append(container_names[0].lstrip("/"))
+    return names
+
+
+def mark_rollback_requested(store: TaskStore, task_id: str) -> None:
+    """Record that the operator requested this task's rollback."""
+    store.set_extra(task_id, **{ROLLBACK_REQUESTED: True})
+
+
+def reject_resume_of_rollback(store: TaskStore, task: Task) -> None:
+    """Raise TaskConflict when an interrupted task stopped during a rollback the operator requested."""
+    if task.state is not TaskState.INTERRUPTED:
+        return
+    if not store.get_extra(task.id).get(ROLLBACK_REQUESTED):
+        return
+    raise TaskConflict(
+        f"task {task.id} was being rolled back when it stopped, so it cannot be resumed",
+        hint=f"run 'ddmctl rollback {task.id}' to finish the rollback",
+    )
+
+
+def add_rollback_next_step(error: BaseException, task_id: str) -> None:
+    """Append 'run ddmctl rollback again' to a rollback's error when it has no next step yet."""
+    if not isinstance(error, DDMError):
+        return
+    if f"ddmctl rollback {task_id}" in str(error):
+        return
+    if isinstance(error, ConnectionFailed):
+        step = f"when the host is reachable again, run 'ddmctl rollback {task_id}' to finish"
+    else:
+        step = f"then run 'ddmctl rollback {task_id}' again to finish"
+    error.hint = f"{error.hint}; {step}" if error.hint else step

@@ -1,0 +1,43 @@
+"""`ddmctl logs --container` errors: volumes-mode tasks and full-mode tasks that failed."""
+
+from __future__ import annotations
+
+from ddm.api import create_task
+from ddm.config import load_config
+from ddm.store import TaskStore, default_store_path
+from ddm.task import Mode, Task, TaskSpec, TaskState
+from tests.unit.cli_support import invoke
+
+
+def test_container_log_of_volumes_task(environ: dict[str, str]) -> None:
+    store = TaskStore(default_store_path(environ))
+    try:
+        task = create_task(store, load_config(None, environ), source="local", target="local",
+                           volumes=("va:vb",), verify="full", force=False)
+    finally:
+        store.close()
+
+    outcome = invoke("ddmctl", ["logs", task.id, "--container", "x"], environ)
+
+    assert outcome.status == 2
+    assert "--container applies to full-mode tasks only" in outcome.stderr
+    assert f"'ddmctl logs {task.id}' without it prints the task's event log" in outcome.stderr
+    assert "finalize" not in outcome.stderr
+
+
+def test_container_log_of_failed_full_task(environ: dict[str, str]) -> None:
+    store = TaskStore(default_store_path(environ))
+    try:
+        spec = TaskSpec(source_host="local", target_host="local", volumes=(), mode=Mode.FULL)
+        task = store.create_task(Task(id="decafbadf00d", spec=spec))
+        store.set_extra(task.id, logs_volume="ddm-logs-decafbadf00d", source_containers=["web"])
+        store.update_task(task.id, state=TaskState.FAILED)
+    finally:
+        store.close()
+
+    outcome = invoke("ddmctl", ["logs", task.id, "--container", "web"], environ)
+
+    assert outcome.status == 2
+    assert "task decafbadf00d is failed, so its container logs are not archived" in outcome.stderr
+    assert "read it with 'docker logs web' on local" in outcome.stderr
+    assert "not found" not in outcome.stderr
