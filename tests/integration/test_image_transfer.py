@@ -223,7 +223,8 @@ def test_volume_rerun_sends_nothing(h1, h2, isolated_env, resources):
     # Rolling the re-run back keeps the target volume and its data.
     outcome = run_command("ddmctl", "rollback", rerun_task)
     assert outcome.status == 0, outcome.stderr
-    assert outcome.stdout == f"{volume}\t{volume}\tkept\n"
+    assert outcome.stdout == (f"{volume}\t{volume}\tkept\t"
+                              "the task did not create this target volume\n")
     assert (h2.volume_host_path(volume) / "dir" / "b.txt").read_text() == "b\n"
 
 
