@@ -45,7 +45,7 @@ def is_pieced_digest(digest: str) -> bool:
 def digest_fits_size(digest: str, size: int, piece_bytes: int = PIECE_BYTES) -> bool:
     """Return True when `digest` has the form that a file of `size` bytes gets now.
 
-    A hash cache row stored before pieced digests existed holds the plain SHA-256 of a large
+    A hash cache row stored before pieced digests existed contains the plain SHA-256 of a large
     file, and a host scan now reports its pieced digest; such a row must not be used.
     """
     if is_pieced_size(size, piece_bytes):

@@ -2,9 +2,9 @@
 
 A connection that breaks in the middle of a phase surfaces as whatever the step was doing:
 a TransferFailed of the tar relay ("Socket is closed"), an engine error, an EOFError. Once a
-phase failed, the runner calls this module to check whether a host's connection is gone, so
-the operator gets the connection error class and its exit status (3), the host's name and the
-next step, in place of the step's own error. A raw EOFError, socket error or paramiko
+phase failed, the runner calls this module to check whether a host's connection is gone.
+If one is, the operator gets the connection error class with its exit status (3), the host's
+name and the next step, in place of the step's own error. A raw EOFError, socket error or paramiko
 SSHException that no host's connection explains becomes TransferFailed (as_task_error).
 """
 
@@ -148,8 +148,8 @@ def add_next_step(lost: ConnectionLost, task: Any) -> None:
     """Complete the message of `lost` from the task's state after the rollback.
 
     A rolled-back task (FAILED) got its hint before it was stored. A task whose rollback
-    failed too is INTERRUPTED, and its stored message tells the operator to resume or roll
-    back once the host is reachable, so the raised error takes that message.
+    failed too is INTERRUPTED. Its stored message names the next step (resume or roll back
+    once the host is reachable), so the raised error takes that message.
     """
     stored = task.error or {}
     if stored.get("error") == ConnectionLost.__name__ and stored.get("message"):

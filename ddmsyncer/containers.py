@@ -265,7 +265,7 @@ class FullTaskRunner(TaskRunner):
 
         It runs in the migrate phase, after the final data pass and before the target
         containers are created: once they run, their applications write to the volumes
-        (a pid file, a log, a database's journal), and the target no longer holds what the
+        (a pid file, a log, a database's journal), and the target no longer contains what the
         source held when it stopped. A difference fails the task while the source containers
         can still be started again unchanged.
         """

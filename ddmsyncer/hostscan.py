@@ -104,6 +104,8 @@ def file_digest(path, size):
             digest.update(block)
 
 
+# NOTE: hash_piece to the pieced digest repeat hostmanifest.py line for line, because each
+# host script runs alone on its host. tests/unit/test_piecehash.py checks that they agree.
 def hash_piece(descriptor, offset, length, view):
     """Return (SHA-256 digest, bytes read) of `length` bytes at `offset`; fewer at EOF."""
     digest = hashlib.sha256()

@@ -15,7 +15,7 @@ entries cross the wire, as a tar stream from `tar` on the source to `tar` on the
 relayed and hashed by the controller. Verification scans the target again in full and
 compares it entry by entry with the source. The source's host reports only the entries whose
 lstat key changed since the update's scan, and the controller reuses the rest of that scan.
-verify_update says which files each side hashes again.
+The docstring of verify_update lists which files each side hashes again.
 
 How does a failure leave the target as it was? Before any change, the entries the update
 replaces or deletes are moved (renamed) into a backup directory beside the mountpoint, after a

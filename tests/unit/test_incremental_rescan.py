@@ -164,7 +164,7 @@ def test_extra_target_file_fails(roots, store, no_racy_margin):
 
 
 def test_verify_caches_target_digests(roots, store, no_racy_margin):
-    """Verify stores the digests it hashed on the target and forgets removed files."""
+    """Verify stores the digests it hashed on the target and drops the rows of removed files."""
     _, target_root = roots
     result = update(roots, store)
 
