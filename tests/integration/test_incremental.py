@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 import time
 
 import pytest
@@ -593,10 +594,14 @@ def cut_before(monkeypatch: pytest.MonkeyPatch, h2, step: str) -> list[int]:
                    else (incremental, step))
     original = getattr(owner, name)
     cut: list[int] = []
+    first_call = threading.Lock()
 
     def cut_then_call(*args, **kwargs):
-        if not cut:
-            cut.append(h2.cut_connections())
+        # The scans call HostCommand.lines from one thread per host; the lock lets only the
+        # first caller cut, so the count it records is the one that dropped the connections.
+        with first_call:
+            if not cut:
+                cut.append(h2.cut_connections())
         return original(*args, **kwargs)
 
     monkeypatch.setattr(owner, name, cut_then_call)

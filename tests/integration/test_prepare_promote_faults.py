@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -113,9 +114,13 @@ def test_connection_lost_mid_copy_rolls_back(lab: Lab, h1: LabHost, h2: LabHost,
     cut: list[int] = []
     add = runner_module._ProgressCounter.add
 
+    first_call = threading.Lock()
+
     def add_then_cut(counter: runner_module._ProgressCounter, count: int) -> None:
-        if not cut:
-            cut.append(h2.cut_connections())
+        # Several volumes count progress from their own threads; only the first one cuts.
+        with first_call:
+            if not cut:
+                cut.append(h2.cut_connections())
         add(counter, count)
 
     monkeypatch.setattr(runner_module._ProgressCounter, "add", add_then_cut)
