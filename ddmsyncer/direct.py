@@ -19,12 +19,13 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ddm.errors import DDMError, UsageError, VerificationFailed
-from ddm.manifest import Manifest, ManifestEntry
+from ddm.manifest import EntryTable, Manifest, ManifestEntry
 from ddm.task import TaskItem, VerifyMode
+from ddmsyncer.scantable import paired, sorted_items
 
 log = logging.getLogger(__name__)
 
@@ -156,22 +157,28 @@ def verify_staging(runner: Any, item: TaskItem, source_directory: str, staging_d
     return manifest_from_scan(target_scan)
 
 
-def compare_scans(source: dict[bytes, Any], target: dict[bytes, Any]) -> list[tuple[bytes, str]]:
-    """Return (path, aspect) for every difference between two host-side scans.
+def compare_scans(source: Mapping[bytes, Any], target: Mapping[bytes, Any]
+                  ) -> list[tuple[bytes, str]]:
+    """Return (path, aspect) for every difference between two host-side scans, in path order.
 
     Sockets on the source are left out, because tar skips them (a warning names each one).
+    The scans are walked side by side (scantable.paired), so only the hard-link groups and
+    the differences are held in memory.
     """
-    source = {path: entry for path, entry in source.items() if entry.type != "socket"}
     source_groups, target_groups = _link_groups(source), _link_groups(target)
     differences = []
-    for path in sorted(source.keys() | target.keys()):
-        if path not in target:
+    for path, source_entry, target_entry in paired(source, target):
+        if source_entry is not None and source_entry.type == "socket":
+            source_entry = None
+        if source_entry is None and target_entry is None:
+            continue
+        if target_entry is None:
             differences.append((path, "missing on target"))
             continue
-        if path not in source:
+        if source_entry is None:
             differences.append((path, "extra on target"))
             continue
-        differences += [(path, aspect) for aspect in _aspects_differing(source[path], target[path])]
+        differences += [(path, aspect) for aspect in _aspects_differing(source_entry, target_entry)]
         if source_groups.get(path) != target_groups.get(path):
             differences.append((path, "hard links"))
     return differences
@@ -185,7 +192,7 @@ def _aspects_differing(source: Any, target: Any) -> list[str]:
             if getattr(source, aspect) != getattr(target, aspect)]
 
 
-def _link_groups(scan: dict[bytes, Any]) -> dict[bytes, tuple[bytes, ...]]:
+def _link_groups(scan: Mapping[bytes, Any]) -> dict[bytes, tuple[bytes, ...]]:
     """Return, for each file with more than one link, the sorted paths of its inode."""
     by_inode: dict[int, list[bytes]] = {}
     for path, entry in scan.items():
@@ -194,17 +201,16 @@ def _link_groups(scan: dict[bytes, Any]) -> dict[bytes, tuple[bytes, ...]]:
     return {path: tuple(sorted(paths)) for paths in by_inode.values() for path in paths}
 
 
-def manifest_from_scan(scan: dict[bytes, Any]) -> Manifest:
+def manifest_from_scan(scan: Mapping[bytes, Any]) -> Manifest:
     """Return a metadata-only Manifest of a host-side scan, hard links as in a tar manifest.
 
     The first path of a hard-link group (in sorted order) is the file, the others are
     "hardlink" entries naming it. The scan's SHA-256 digests are left out, because a
-    manifest's digests are xxh3-128.
+    manifest's digests are xxh3-128. Entries go straight into the manifest's EntryTable.
     """
-    entries: dict[bytes, ManifestEntry] = {}
+    entries = EntryTable()
     first_path: dict[int, bytes] = {}
-    for path in sorted(scan):
-        entry = scan[path]
+    for path, entry in sorted_items(scan):
         if entry.type not in ("file", "dir", "symlink", "fifo", "char", "block"):
             continue
         kind, linkname = entry.type, entry.link if entry.type == "symlink" else None
@@ -212,11 +218,11 @@ def manifest_from_scan(scan: dict[bytes, Any]) -> Manifest:
             first = first_path.setdefault(entry.inode, path)
             if first != path:
                 kind, linkname = "hardlink", first
-        entries[path] = ManifestEntry(
+        entries.add(ManifestEntry(
             path=path, type=kind, mode=entry.mode, uid=entry.uid, gid=entry.gid, size=entry.size,
             linkname=linkname, devmajor=os.major(entry.rdev), devminor=os.minor(entry.rdev),
             mtime_ns=entry.mtime_ns,
-        )
+        ))
     return Manifest(entries=entries, hash_content=False)
 
 

@@ -30,12 +30,15 @@ import json
 import logging
 import struct
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import xxhash
 
 from ddm.piecehash import digest_fits_size
 from ddm.store import TaskStore
+
+if TYPE_CHECKING:
+    from ddmsyncer.scantable import KnownHashes
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +71,19 @@ class CachedHash:
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError(f"cannot assign to field {name!r} of a cached hash")
+
+    @classmethod
+    def from_packed(cls, packed_key: bytes, digest: str) -> CachedHash:
+        """Return the cached hash of a key packed as `packed_key` returns it."""
+        cached = object.__new__(cls)
+        object.__setattr__(cached, "_key", packed_key)
+        object.__setattr__(cached, "digest", digest)
+        return cached
+
+    @property
+    def packed_key(self) -> bytes:
+        """The key packed in 40 bytes (little-endian dev, inode, size, mtime_ns, ctime_ns)."""
+        return self._key
 
     @property
     def key(self) -> FileKey:
@@ -133,14 +149,20 @@ class HashCache:
     def __init__(self, store: TaskStore) -> None:
         self.store = store
 
-    def load(self, scope: str) -> dict[bytes, CachedHash]:
+    def load(self, scope: str) -> KnownHashes:
         """Return the scope's cached digests by path, without rows that fail their checksum.
 
         Rows whose digest is not the form the scans compute for that size (the plain SHA-256
         of a large file, stored before pieced digests existed) are left out too, so those
-        files are hashed again instead of looking changed.
+        files are hashed again instead of looking changed. The rows go to a temporary SQLite
+        database (ddmsyncer.scantable), so a scope of any size takes about the same memory.
         """
-        known: dict[bytes, CachedHash] = {}
+        from ddmsyncer.scantable import KnownHashes
+
+        return KnownHashes(self.iter_valid(scope))
+
+    def iter_valid(self, scope: str) -> Iterator[tuple[bytes, CachedHash]]:
+        """Yield the scope's (path, cached digest) rows that load() keeps, reading them once."""
         damaged = 0
         outdated = 0
         row_checksum_of_scope = _checksum_function(scope)
@@ -152,14 +174,13 @@ class HashCache:
             if not digest_fits_size(digest, key[2]):  # key[2] is the size
                 outdated += 1
                 continue
-            known[path] = CachedHash(key, digest)
+            yield path, CachedHash(key, digest)
         if damaged:
             log.warning("ignored %d damaged hash cache rows of %s; those files are hashed again",
                         damaged, scope)
         if outdated:
             log.info("ignored %d hash cache rows of %s with an outdated digest form; those files "
                      "are hashed again", outdated, scope)
-        return known
 
     def save(self, scope: str, hashed: dict[bytes, CachedHash],
              removed: list[bytes]) -> None:
@@ -198,11 +219,21 @@ class HashCache:
         return stored
 
 
-def known_keys_input(known: dict[bytes, CachedHash]) -> bytes:
-    """Return the stdin of a `scan ROOT cached` command: one line per known file key."""
-    lines = [base64.b64encode(path) + b" " + format_key(cached.key).encode("ascii")
-             for path, cached in known.items()]
-    return b"\n".join(lines)
+def known_keys_input(known: Iterable[tuple[bytes, CachedHash]], chunk_bytes: int = 1024 * 1024
+                     ) -> Iterator[bytes]:
+    """Yield the stdin of a `scan ROOT cached` command in chunks.
+
+    One line per known file: path in base64, key and digest, which the host reports for
+    the file when its key is unchanged.
+    """
+    chunk = bytearray()
+    for path, cached in known:
+        chunk += b" ".join((base64.b64encode(path), format_key(cached.key).encode("ascii"),
+                            cached.digest.encode("ascii"))) + b"\n"
+        if len(chunk) >= chunk_bytes:
+            yield bytes(chunk)
+            chunk.clear()
+    yield bytes(chunk)
 
 
 def is_racy(ctime_ns: int, scan_started_ns: int) -> bool:

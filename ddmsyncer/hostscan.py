@@ -4,10 +4,14 @@ DDM sends this file's source to the host with the command (see ddmsyncer.increme
 uses only the standard library and Python 3.7 features. It works on a volume's mountpoint:
 
     scan ROOT HASH      one JSON line per entry below ROOT; HASH is "all", "none", "list"
-                        (hash the NUL-separated paths read from stdin), "cached" (hash the
-                        files whose key is not among the known keys read from stdin, one
-                        "PATH DEV INODE SIZE MTIME_NS CTIME_NS" line each, PATH in base64) or
-                        "newer:NS" (hash the files whose mtime is at least NS nanoseconds)
+                        (hash the NUL-separated paths read from stdin), "cached" (see below)
+                        or "newer:NS" (hash the files whose mtime is at least NS nanoseconds).
+                        "cached" reads the known keys from stdin, one "PATH DEV INODE SIZE
+                        MTIME_NS CTIME_NS DIGEST" line each (PATH in base64, DIGEST optional),
+                        and hashes the files whose key is not listed. A file whose key equals
+                        its listed key gets the listed DIGEST and a 16th field, true. The last
+                        line also has "cache_hits", the count of those files, and "gone", the
+                        base64 paths listed on stdin that no longer exist
     rescan ROOT HASH    like scan, but stdin lists the keys of entries that an earlier scan
                         reported, one "PATH DEV INODE SIZE MTIME_NS CTIME_NS" line each (PATH in
                         base64). An entry whose lstat key equals its listed key is not reported.
@@ -233,6 +237,17 @@ def parse_known_keys(data):
     return known
 
 
+def parse_known_digests(data):
+    """Return {path: ((dev, inode, size, mtime_ns, ctime_ns), digest or None)} of `scan cached`."""
+    known = {}
+    for line in data.splitlines():
+        fields = line.split()
+        if len(fields) in (6, 7):
+            key = tuple(int(value) for value in fields[1:6])
+            known[base64.b64decode(fields[0])] = (key, fields[6].decode("ascii") if len(fields) == 7 else None)
+    return known
+
+
 def file_key(info):
     return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
 
@@ -251,7 +266,7 @@ def hash_test(hash_mode):
         wanted = set(read_paths())
         return lambda relative, info: relative in wanted
     if hash_mode == b"cached":
-        known = read_known_keys()
+        known = read_known_keys()  # scan() reads "cached" itself; this serves other callers
         return lambda relative, info: known.get(relative) != file_key(info)
     sys.stdin.buffer.read()  # a command started early waits here until the caller is ready
     if hash_mode.startswith(b"newer:"):
@@ -271,20 +286,40 @@ def entry_record(relative, path, info, digest):
 
 
 def scan(root, hash_mode):
-    should_hash = hash_test(hash_mode)
+    known = None
+    if hash_mode == b"cached":
+        known = parse_known_digests(sys.stdin.buffer.read())
+    else:
+        should_hash = hash_test(hash_mode)
     started_ns = time.time_ns()
-    hashed_files = hashed_bytes = 0
+    hashed_files = hashed_bytes = cache_hits = 0
     out = sys.stdout
     for relative, path in walk(root):
         info = os.lstat(path)
         digest = None
-        if stat.S_ISREG(info.st_mode) and should_hash(relative, info):
-            digest = file_digest(path, info.st_size)
-            hashed_files += 1
-            hashed_bytes += info.st_size
-        out.write(json.dumps(entry_record(relative, path, info, digest)) + "\n")
-    out.write(json.dumps({"hashed_files": hashed_files, "hashed_bytes": hashed_bytes,
-                          "started_ns": started_ns}) + "\n")
+        cached = False
+        listed_key, listed_digest = known.pop(relative, (None, None)) if known is not None else (None, None)
+        if stat.S_ISREG(info.st_mode):
+            if known is None:
+                hash_file = should_hash(relative, info)
+            else:
+                hash_file = listed_key != file_key(info)
+                cached = not hash_file and listed_digest is not None
+            if hash_file:
+                digest = file_digest(path, info.st_size)
+                hashed_files += 1
+                hashed_bytes += info.st_size
+            elif cached:
+                digest = listed_digest
+                cache_hits += 1
+        record = entry_record(relative, path, info, digest)
+        if cached:
+            record.append(True)
+        out.write(json.dumps(record) + "\n")
+    summary = {"hashed_files": hashed_files, "hashed_bytes": hashed_bytes, "started_ns": started_ns}
+    if known is not None:
+        summary.update(cache_hits=cache_hits, gone=[encode(path) for path in sorted(known)])
+    out.write(json.dumps(summary) + "\n")
 
 
 def rescan(root, hash_mode):

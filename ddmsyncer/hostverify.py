@@ -23,7 +23,6 @@ container uses it, so such volumes are read back as before.
 from __future__ import annotations
 
 import base64
-import dataclasses
 import json
 import logging
 import threading
@@ -33,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ddm.errors import DDMError, MigrationFailed
-from ddm.manifest import Manifest, ManifestEntry
+from ddm.manifest import EntryTable, Manifest
 from ddm.piecehash import PIECE_BYTES
 from ddmdriver.hostpath import MOVE_STEPS, PYTHON_CHECK, StderrCollector
 
@@ -284,26 +283,27 @@ def manifest_from_records(records: Iterable[list[Any]], *, hash_content: bool) -
     The first name of a multi-link file in the script's walk order becomes a "file", and
     every other name a "hardlink" to it, as tar archives them. compare_manifests() compares
     hard-link groups by their sets of names, so which name comes first does not matter.
+    Each record goes straight into the manifest's EntryTable, so memory does not grow with
+    the number of entries, except for one path per multi-link inode.
     """
-    entries: dict[bytes, ManifestEntry] = {}
+    table = EntryTable()
     first_names: dict[int, bytes] = {}
     for record in records:
         (path, kind, mode, uid, gid, size, mtime_ns, link, devmajor, devminor, inode, nlink,
          xattrs, acl_access, acl_default, sparse, sha256) = record[:RECORD_FIELDS]
-        entry = ManifestEntry(
-            path=base64.b64decode(path), type=kind, mode=mode, uid=uid, gid=gid, size=size,
-            linkname=base64.b64decode(link) if link is not None else None,
-            devmajor=devmajor, devminor=devminor, mtime_ns=mtime_ns,
-            xattrs={base64.b64decode(name): base64.b64decode(value) for name, value in xattrs} or None,
-            acl_access=acl_access, acl_default=acl_default, sparse=sparse,
-            digest=sha256, sha256=sha256,
-        )
+        path = base64.b64decode(path)
+        linkname = base64.b64decode(link) if link is not None else None
         if kind == "file" and nlink > 1:
-            first = first_names.setdefault(inode, entry.path)
-            if first != entry.path:
-                entry = dataclasses.replace(entry, type="hardlink", linkname=first)
-        entries[entry.path] = entry
-    return Manifest(entries=entries, hash_content=hash_content)
+            first = first_names.setdefault(inode, path)
+            if first != path:
+                kind, linkname = "hardlink", first
+        decoded_xattrs = {base64.b64decode(name): base64.b64decode(value)
+                          for name, value in xattrs} or None
+        # The values in the field order of ManifestEntry after its path.
+        table.add_values(path, (kind, mode, uid, gid, size, linkname, devmajor, devminor,
+                                mtime_ns, decoded_xattrs, acl_access, acl_default, sparse,
+                                sha256, sha256))
+    return Manifest(entries=table, hash_content=hash_content)
 
 
 def sha256_view(manifest: Manifest) -> Manifest | None:

@@ -38,7 +38,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -53,6 +53,7 @@ from ddmsyncer import hashcache, updatereport
 from ddmsyncer.copyorigin import copying_task
 from ddmsyncer.hashcache import CachedHash, HashCache
 from ddmsyncer.scanentry import Entry
+from ddmsyncer.scantable import EntryMapping, KnownHashes, paired
 
 log = logging.getLogger(__name__)
 
@@ -66,14 +67,21 @@ EXTRA_KEY = "incremental"
 STASH_FORMAT = "stash"
 
 
-class Scan(dict[bytes, Entry]):
-    """Entries of a host-side scan by path, with the scan's hashing counts."""
+class Scan(EntryMapping):
+    """Entries of a host-side scan by path, with the scan's hashing counts.
+
+    The entries are kept in a temporary SQLite database (ddmsyncer.scantable), and iteration
+    is in path order.
+    """
 
     hashed_files: int = 0  # files the host hashed in this scan
     hashed_bytes: int = 0
     cache_hits: int = 0  # files whose digest came from the controller's cache
     started_ns: int = 0  # the host's clock when the scan started
     reused_entries: int = 0  # entries a rescan took from the earlier scan (rescan_volume)
+    # Of a "cached" scan: the digests the host computed, and the known paths it did not find.
+    hashed: KnownHashes | None = None
+    gone: Sequence[bytes] = ()
 
 
 @dataclass
@@ -146,14 +154,20 @@ class HostCommand:
         self.arguments = arguments
         self.channel = engine.ssh.open_command(_host_argv(*arguments))
         self.errors = _drain_stderr(self.channel)
+        self.input_sent = False
 
-    def finish(self, stdin: bytes = b"") -> bytes:
-        """Send stdin, wait for the command to end and return its stdout."""
+    def send_input(self, stdin: bytes | Iterable[bytes]) -> None:
+        """Send the whole stdin (bytes or chunks) and close it, so finish() and lines() send none."""
+        _send_stdin(self.channel, stdin)
+        self.channel.shutdown_write()
+        self.input_sent = True
+
+    def finish(self, stdin: bytes | Iterable[bytes] = b"") -> bytes:
+        """Send stdin (bytes or chunks of bytes), wait for the command to end, return stdout."""
         channel = self.channel
         try:
-            if stdin:
-                channel.sendall(stdin)
-            channel.shutdown_write()
+            if not self.input_sent:
+                self.send_input(stdin)
             parts: list[bytes] = []
             while chunk := channel.recv(RELAY_CHUNK):
                 parts.append(chunk)
@@ -164,17 +178,17 @@ class HostCommand:
         self._check(status)
         return b"".join(parts)
 
-    def lines(self, stdin: bytes = b"") -> Iterator[bytes]:
+    def lines(self, stdin: bytes | Iterable[bytes] = b"") -> Iterator[bytes]:
         """Send stdin and yield stdout line by line, so a long listing is never held whole.
 
-        Raises MigrationFailed after the last line when the command failed.
+        stdin is bytes or an iterable of chunks, sent as they come. Raises MigrationFailed
+        after the last line when the command failed.
         """
         channel = self.channel
         try:
-            if stdin:
-                channel.sendall(stdin)
+            if not self.input_sent:
+                self.send_input(stdin)
             del stdin  # a long listing is not kept while the output is read
-            channel.shutdown_write()
             pending = b""
             while chunk := channel.recv(RELAY_CHUNK):
                 pending += chunk
@@ -199,6 +213,13 @@ class HostCommand:
     def close(self) -> None:
         """Abandon a command that was not finished; the host ends it when its channel closes."""
         self.channel.close()
+
+
+def _send_stdin(channel: Any, stdin: bytes | Iterable[bytes]) -> None:
+    chunks = (stdin,) if isinstance(stdin, (bytes, bytearray)) else stdin
+    for chunk in chunks:
+        if chunk:
+            channel.sendall(chunk)
 
 
 def _run_host(engine: Any, arguments: list[str], stdin: bytes = b"") -> bytes:
@@ -230,39 +251,46 @@ def _drain_stderr(channel: Any) -> _StderrReader:
 
 
 def scan_volume(engine: Any, mountpoint: str, *, hash_mode: str = "all",
-                paths: Iterable[bytes] = (), known: dict[bytes, CachedHash] | None = None,
+                paths: Iterable[bytes] = (),
+                known: Mapping[bytes, CachedHash] | Iterable[tuple[bytes, CachedHash]] | None = None,
                 command: HostCommand | None = None) -> tuple[Scan, int]:
     """Scan a volume on its host; return the entries by path and the bytes of the scan output.
 
-    hash_mode "cached" hashes only the files whose key is not in `known`, and fills in the
-    known digest of every other file whose reported key equals the cached key exactly.
+    hash_mode "cached" sends the keys and digests of `known` (a mapping, or (path,
+    CachedHash) pairs read once) to the host. It hashes only the files whose key is not
+    among them and reports the known digest of every other file whose key equals the known
+    key exactly. The scan's `hashed` then contains the digests the host computed, and `gone`
+    the known paths that no longer exist.
     """
-    stdin = b""
+    stdin: bytes | Iterable[bytes] = b""
     if hash_mode == "list":
         stdin = b"\0".join(paths)
     elif hash_mode == "cached":
-        stdin = hashcache.known_keys_input(known or {})
+        pairs = known.items() if isinstance(known, Mapping) else known
+        stdin = hashcache.known_keys_input(pairs or ())
     if command is None:
         command = HostCommand(engine, ["scan", mountpoint, hash_mode])
 
     # The generator keeps its own reference to stdin only until it has sent it.
     lines = command.lines(stdin)
     del stdin
-    entries, _, output_bytes = _read_scan(lines, known if hash_mode == "cached" else None)
+    entries, _, output_bytes = _read_scan(lines, cached=hash_mode == "cached")
     return entries, output_bytes
 
 
-def _read_scan(lines: Iterable[bytes], known: dict[bytes, CachedHash] | None = None
+def _read_scan(lines: Iterable[bytes], *, cached: bool = False
                ) -> tuple[Scan, dict[str, Any], int]:
     """Parse the output of hostscan's scan or rescan; return the entries, summary and bytes.
 
-    With `known`, a file the host did not hash gets the cached digest when its reported key
-    equals the cached key exactly. Other unhashed files keep digest None.
+    With `cached` (a scan in "cached" mode), the digests the host computed go to the
+    scan's `hashed` table, so that only they are stored in the hash cache, and the
+    summary's gone paths to its `gone`. A line with a 16th field carries a known digest.
     """
     entries = Scan()
+    if cached:
+        entries.hashed = KnownHashes()
     summary: dict[str, Any] = {}
     output_bytes = 0
-    cache_hits = 0
     for line in lines:
         output_bytes += len(line) + 1
         if not line:
@@ -273,20 +301,21 @@ def _read_scan(lines: Iterable[bytes], known: dict[bytes, CachedHash] | None = N
             entries.hashed_files = values["hashed_files"]
             entries.hashed_bytes = values["hashed_bytes"]
             entries.started_ns = values["started_ns"]
+            entries.cache_hits = values.get("cache_hits", 0)
+            entries.gone = [base64.b64decode(path) for path in values.get("gone", ())]
             continue
+        known_digest = len(values) > SCAN_FIELDS and values.pop() is True
         values[0] = base64.b64decode(values[0])
         values[7] = base64.b64decode(values[7]) if values[7] is not None else None
-        if known and values[1] == "file" and values[11] is None:
-            cached = known.get(values[0])
-            # The order of Entry.file_key: dev, inode, size, mtime_ns, ctime_ns.
-            if cached is not None and \
-                    cached.key == (values[12], values[9], values[5], values[6], values[13]):
-                values[11] = cached.digest
-                cache_hits += 1
         entry = Entry(*values)
         entries[entry.path] = entry
-    entries.cache_hits = cache_hits
+        if cached and not known_digest and entry.type == "file" and entry.digest is not None:
+            entries.hashed[entry.path] = CachedHash(entry.file_key(), entry.digest)
     return entries, summary, output_bytes
+
+
+# Fields of a hostscan.py scan line; a "cached" scan adds one to lines with a known digest.
+SCAN_FIELDS = 15
 
 
 def rescan_volume(engine: Any, mountpoint: str, earlier: Scan, *, hash_content: bool,
@@ -300,43 +329,73 @@ def rescan_volume(engine: Any, mountpoint: str, earlier: Scan, *, hash_content: 
     Neither is a file of `earlier` without a digest when hash_content is set. Returns the
     merged scan, equal to a full scan under that rule, and the bytes of the host's output.
     """
-    trusted = {path: entry for path, entry in earlier.items()
-               if not hashcache.is_racy(entry.ctime_ns, earlier.started_ns)
-               and not (hash_content and entry.type == "file" and entry.digest is None)}
-    # One bytearray, not a list of lines, so the listing is not held twice while it is joined.
-    stdin = bytearray()
-    for path, entry in trusted.items():
-        stdin += base64.b64encode(path) + b" " + \
-            hashcache.format_key(entry.file_key()).encode("ascii") + b"\n"
-    stdin += b"end"  # without "end" the host scans nothing
+    def trusted(entry: Entry) -> bool:
+        return not hashcache.is_racy(entry.ctime_ns, earlier.started_ns) and \
+            not (hash_content and entry.type == "file" and entry.digest is None)
+
+    def listing() -> Iterator[bytes]:
+        chunk = bytearray()
+        for path, entry in earlier.items():
+            if trusted(entry):
+                chunk += base64.b64encode(path) + b" " + \
+                    hashcache.format_key(entry.file_key()).encode("ascii") + b"\n"
+            if len(chunk) >= RELAY_CHUNK:
+                yield bytes(chunk)
+                chunk.clear()
+        yield bytes(chunk) + b"end"  # without "end" the host scans nothing
+
     if command is None:
         command = HostCommand(engine, ["rescan", mountpoint, "all" if hash_content else "none"])
-    output = command.lines(stdin)
-    del stdin
-    changed, summary, output_bytes = _read_scan(output)
+    changed, summary, output_bytes = _read_scan(command.lines(listing()))
 
-    merged = Scan(trusted)
-    for path in summary["gone"]:
-        merged.pop(base64.b64decode(path), None)
-    merged.update(changed)
+    # The trusted entries of `earlier` without the gone ones, then the reported ones. The
+    # host reported every entry it was not sent, so `changed` contains every untrusted one.
+    gone = {base64.b64decode(path) for path in summary["gone"]}
+    merged = Scan()
+    for path, entry in earlier.items():
+        if path not in gone and trusted(entry):
+            merged[path] = entry
+    merged.update(changed.items())
+    changed.close()
     merged.hashed_files, merged.hashed_bytes = changed.hashed_files, changed.hashed_bytes
     merged.started_ns = changed.started_ns
     merged.reused_entries = summary["unchanged"]
     return merged, output_bytes
 
 
-def _fresh_digests(scan: Scan, known: dict[bytes, CachedHash]) -> dict[bytes, CachedHash]:
-    """Return the digests the host computed in this scan that are safe to cache."""
-    fresh = {}
-    for path, entry in scan.items():
-        if entry.type != "file" or entry.digest is None:
+def _cacheable(entry: Entry | None, started_ns: int) -> CachedHash | None:
+    """Return a scanned file's digest and key when they are safe to cache, else None."""
+    if entry is None or entry.type != "file" or entry.digest is None:
+        return None
+    if hashcache.is_racy(entry.ctime_ns, started_ns):
+        return None
+    return CachedHash(entry.file_key(), entry.digest)
+
+
+def _save_scan_digests(cache: HashCache, scope: str, scan: Scan,
+                       known: Mapping[bytes, CachedHash]) -> None:
+    """Store the digests of `scan` that `known` lacks, and forget known paths the scan lacks.
+
+    Both are walked side by side in path order, and the rows are stored in batches, so
+    memory does not grow with the file count.
+    """
+    fresh: dict[bytes, CachedHash] = {}
+    removed: list[bytes] = []
+    for path, entry, cached in paired(scan, known):
+        if entry is None:
+            removed.append(path)
             continue
-        if hashcache.is_racy(entry.ctime_ns, scan.started_ns):
-            continue
-        cached = CachedHash(entry.file_key(), entry.digest)
-        if known.get(path) != cached:
-            fresh[path] = cached
-    return fresh
+        digest = _cacheable(entry, scan.started_ns)
+        if digest is not None and digest != cached:
+            fresh[path] = digest
+            if len(fresh) >= SAVE_BATCH_ROWS:
+                cache.save(scope, fresh, [])
+                fresh = {}
+    cache.save(scope, fresh, removed)
+
+
+# Rows per transaction when scan digests are stored.
+SAVE_BATCH_ROWS = 2000
 
 
 def scan_both(source: Any, source_mountpoint: str, target: Any, target_mountpoint: str, *,
@@ -354,11 +413,11 @@ def scan_both(source: Any, source_mountpoint: str, target: Any, target_mountpoin
     sides = {"source": (source, source_mountpoint), "target": (target, target_mountpoint)}
     scopes = {name: hashcache.cache_scope(engine, mountpoint)
               for name, (engine, mountpoint) in sides.items()}
-    # Only "cached" sends the stored keys to the hosts. Other modes load them after the scans,
-    # one side at a time, so that both sides' keys are never in memory beside both scans.
+    # Only "cached" sends the stored keys and digests to the hosts. Other modes read them
+    # after the scans, one side at a time, into a temporary table (ddmsyncer.scantable).
     preload = cache is not None and hash_mode == "cached"
-    # The commands start before the cache is loaded, so that opening the channels and starting
-    # python3 on the hosts overlap with the load. `scan` reads all its stdin before it walks.
+    # The commands start before the cache is read, so that opening the channels and starting
+    # python3 on the hosts overlap with the read. `scan` reads all its stdin before it walks.
     commands = dict(commands or {})
     try:
         for name, (engine, mountpoint) in sides.items():
@@ -368,7 +427,6 @@ def scan_both(source: Any, source_mountpoint: str, target: Any, target_mountpoin
         _close_all(commands)
         raise
     paths = list(paths)
-    known: dict[str, dict[bytes, CachedHash]] = {}
     results: dict[str, tuple[Scan, int]] = {}
     failures: list[BaseException] = []
 
@@ -376,34 +434,55 @@ def scan_both(source: Any, source_mountpoint: str, target: Any, target_mountpoin
         engine, mountpoint = sides[name]
         try:
             results[name] = scan_volume(engine, mountpoint, hash_mode=hash_mode, paths=paths,
-                                        known=known[name], command=commands.pop(name))
+                                        command=commands.pop(name))
         except BaseException as error:  # noqa: BLE001 - raised below in the calling thread
             failures.append(error)
 
-    # The source host walks while the controller loads the target's cache rows.
+    def send_known(name: str) -> None:
+        # The task database is read in this thread only. The host reads all of its stdin
+        # before it walks, so the rows are sent as they are read and never kept.
+        if preload:
+            commands[name].send_input(hashcache.known_keys_input(cache.iter_valid(scopes[name])))
+
+    # The source host walks while the controller sends the target's cache rows.
     thread = None
     try:
-        known["source"] = cache.load(scopes["source"]) if preload else {}
+        send_known("source")
         thread = threading.Thread(target=scan, args=("source",), name="ddm-scan-source",
                                   daemon=True)
         thread.start()
-        known["target"] = cache.load(scopes["target"]) if preload else {}
+        send_known("target")
         scan("target")
     finally:
         if thread is not None:
             thread.join()
-        _close_all(commands)  # left only when a cache load failed
+        _close_all(commands)  # left only when sending the cache rows failed
     if failures:
         raise failures[0]
 
     if cache is not None and hash_mode != "none":
         for name, scope in scopes.items():
             scanned = results[name][0]
-            side_known = known.pop(name) if preload else cache.load(scope)
-            removed_paths = [path for path in side_known if path not in scanned]
-            cache.save(scope, _fresh_digests(scanned, side_known), removed_paths)
-            del side_known
+            if preload:
+                _save_hashed_digests(cache, scope, scanned)
+                continue
+            side_known = cache.load(scope)
+            _save_scan_digests(cache, scope, scanned, side_known)
+            side_known.close()
     return results["source"][0], results["target"][0], results["source"][1] + results["target"][1]
+
+
+def _save_hashed_digests(cache: HashCache, scope: str, scan: Scan) -> None:
+    """Store the digests the host computed in a "cached" scan, and forget its gone paths."""
+    fresh: dict[bytes, CachedHash] = {}
+    for path, cached in (scan.hashed or {}).items():
+        if hashcache.is_racy(cached.key[4], scan.started_ns):  # key[4] is the ctime
+            continue
+        fresh[path] = cached
+        if len(fresh) >= SAVE_BATCH_ROWS:
+            cache.save(scope, fresh, [])
+            fresh = {}
+    cache.save(scope, fresh, list(scan.gone))
 
 
 def _close_all(commands: dict[str, HostCommand]) -> None:
@@ -414,25 +493,34 @@ def _close_all(commands: dict[str, HostCommand]) -> None:
 # Planning
 
 
-def plan_update(source: Scan, target: Scan) -> Plan:
-    """Decide which source entries to send and which target entries to delete."""
+def plan_update(source: Mapping[bytes, Entry], target: Mapping[bytes, Entry]) -> Plan:
+    """Decide which source entries to send and which target entries to delete.
+
+    Both scans are walked side by side in path order (scantable.paired), so the decision
+    looks up only the sent paths.
+    """
     plan = Plan()
-    for path, entry in source.items():
-        existing = target.get(path)
+    delete: list[bytes] = []
+    linked: dict[int, list[bytes]] = {}  # the names of each multi-link inode of the source
+    for path, entry, existing in paired(source, target):
+        if entry is None:
+            delete.append(path)
+            continue
+        if entry.type == "file" and entry.nlink > 1:
+            linked.setdefault(entry.inode, []).append(path)
         if existing is not None and existing.key() == entry.key():
             continue
         if existing is not None and existing.type != entry.type and path != b".":
-            plan.delete.append(path)  # tar cannot put a file where a directory is, or back
+            delete.append(path)  # tar cannot put a file where a directory is, or back
         plan.send.append(path)
 
-    plan.delete += [path for path in target if path not in source]
-    plan.delete = _outermost(sorted(set(plan.delete)))
-    plan.send = _with_parents(source, _with_hard_links(source, plan.send) + plan.delete)
+    plan.delete = _outermost(sorted(set(delete)))
+    plan.send = _with_parents(source, _with_hard_links(source, plan.send, linked) + plan.delete)
     plan.send_bytes = _file_data_bytes(source, plan.send)
     return plan
 
 
-def _file_data_bytes(source: Scan, paths: list[bytes]) -> int:
+def _file_data_bytes(source: Mapping[bytes, Entry], paths: list[bytes]) -> int:
     """Return the file data that tar sends for `paths`, counting each hard-linked inode once.
 
     tar stores the content of a multi-link file with its first name and the others as hard
@@ -452,7 +540,7 @@ def _file_data_bytes(source: Scan, paths: list[bytes]) -> int:
     return total
 
 
-def _with_parents(source: Scan, paths: list[bytes]) -> list[bytes]:
+def _with_parents(source: Mapping[bytes, Entry], paths: list[bytes]) -> list[bytes]:
     """Add the parent directories of sent and deleted paths, parents first.
 
     Writing or removing a name changes its directory's mtime on the target, so the directory
@@ -470,21 +558,28 @@ def _with_parents(source: Scan, paths: list[bytes]) -> list[bytes]:
 
 
 def _outermost(paths: list[bytes]) -> list[bytes]:
-    """Drop paths inside another listed path; removing the directory removes them."""
+    """Drop paths inside another listed path; removing the directory removes them.
+
+    Each path's ancestors are looked up, because in byte order a directory's contents need
+    not follow it directly: b"a-b" and b"a.b" sort between b"a" and b"a/b".
+    """
+    listed = set(paths)
     kept: list[bytes] = []
     for path in paths:
-        if kept and path.startswith(kept[-1] + b"/"):
-            continue
-        kept.append(path)
+        parent = os.path.dirname(path)
+        while parent and parent not in listed:
+            parent = os.path.dirname(parent)
+        if not parent:
+            kept.append(path)
     return kept
 
 
-def _with_hard_links(source: Scan, send: list[bytes]) -> list[bytes]:
-    """Add every other name of a sent multi-link file, so tar archives them as hard links."""
-    linked: dict[int, list[bytes]] = {}
-    for entry in source.values():
-        if entry.type == "file" and entry.nlink > 1:
-            linked.setdefault(entry.inode, []).append(entry.path)
+def _with_hard_links(source: Mapping[bytes, Entry], send: list[bytes],
+                     linked: dict[int, list[bytes]]) -> list[bytes]:
+    """Add every other name of a sent multi-link file, so tar archives them as hard links.
+
+    `linked` lists the source's names of each multi-link inode.
+    """
     chosen = set(send)
     for path in send:
         entry = source[path]
@@ -706,8 +801,8 @@ class UpdateDigests:
 
     Both scans of the update are kept. Verify rescans the source and reuses every entry
     whose lstat key is unchanged. It scans the target again in full, but takes the digest of
-    each unsent, unchanged file from the target's scan. NOTE: the controller keeps both scans
-    until verify ends, about 300 bytes per entry each (tracemalloc, scanentry.Entry).
+    each unsent, unchanged file from the target's scan. Both scans are temporary SQLite
+    tables (ddmsyncer.scantable), so keeping them until verify ends costs disk, not memory.
     """
 
     sent: list[bytes]
@@ -831,36 +926,50 @@ def _save_verified_digests(cache: HashCache, target: Any, target_mountpoint: str
     The source's rows stay as the update's scan stored them, because a source that changed
     since then fails verification.
     """
-    fresh = {path: cached for path, cached in _fresh_digests(scan, {}).items()
-             if path not in earlier or earlier[path].file_key() != cached.key
-             or earlier[path].digest != cached.digest}
-    removed = [path for path, entry in earlier.items()
-               if entry.type == "file" and path not in scan]
-    cache.save(hashcache.cache_scope(target, target_mountpoint), fresh, removed)
+    scope = hashcache.cache_scope(target, target_mountpoint)
+    fresh: dict[bytes, CachedHash] = {}
+    removed: list[bytes] = []
+    for path, entry, before in paired(scan, earlier):
+        if entry is None:
+            if before.type == "file":
+                removed.append(path)
+            continue
+        cached = _cacheable(entry, scan.started_ns)
+        if cached is None or (before is not None and before.file_key() == cached.key
+                              and before.digest == cached.digest):
+            continue
+        fresh[path] = cached
+        if len(fresh) >= SAVE_BATCH_ROWS:
+            cache.save(scope, fresh, [])
+            fresh = {}
+    cache.save(scope, fresh, removed)
 
 
-def _carried_digests(earlier: Scan, hashed: set[bytes]) -> dict[bytes, CachedHash]:
-    """Return the update scan's digest and key of each file not in `hashed`.
+def _carried_digests(earlier: Mapping[bytes, Entry], hashed: set[bytes]
+                     ) -> Iterator[tuple[bytes, CachedHash]]:
+    """Yield (path, the update scan's digest and key) of each file not in `hashed`.
 
     The verify scan gets them as known keys, so its host hashes again every file whose key
     changed since the update's scan. The update itself changes such keys: moving a
     hard-linked name into the backup changes the ctime of the names that stay.
     """
-    return {path: CachedHash(entry.file_key(), entry.digest) for path, entry in earlier.items()
-            if entry.type == "file" and entry.digest is not None and path not in hashed}
+    for path, entry in earlier.items():
+        if entry.type == "file" and entry.digest is not None and path not in hashed:
+            yield path, CachedHash(entry.file_key(), entry.digest)
 
 
-def _differences(source: Scan, target: Scan, *, content: bool = True
-                 ) -> Iterator[tuple[bytes, str]]:
-    """Yield (path, aspect) for each difference; without `content` digests are not compared."""
+def _differences(source: Mapping[bytes, Entry], target: Mapping[bytes, Entry], *,
+                 content: bool = True) -> Iterator[tuple[bytes, str]]:
+    """Yield (path, aspect) for each difference in path order; without `content` digests are
+    not compared."""
     names = ("type", "mode", "uid", "gid", "size", "mtime", "link", "rdev", "content", "xattrs")
-    for path in sorted(set(source) | set(target)):
-        if path not in target:
+    for path, source_entry, target_entry in paired(source, target):
+        if target_entry is None:
             yield path, "missing on target"
-        elif path not in source:
+        elif source_entry is None:
             yield path, "extra on target"
-        elif source[path].key() != target[path].key():
-            for name, left, right in zip(names, source[path].key(), target[path].key()):
+        elif source_entry.key() != target_entry.key():
+            for name, left, right in zip(names, source_entry.key(), target_entry.key()):
                 if left != right and (content or name != "content"):
                     yield path, name
 

@@ -12,6 +12,7 @@ fields that it replaced took about 580 bytes.
 
 from __future__ import annotations
 
+import marshal
 import struct
 import sys
 from typing import Any
@@ -144,3 +145,22 @@ def _pack_digest(digest: str | None) -> bytes | None:
     except ValueError:
         return None
     return packed if packed.hex() == digest else None
+
+
+def entry_record(entry: Entry) -> bytes:
+    """Return the entry without its path as bytes, for a table keyed by path."""
+    return marshal.dumps((entry.type, entry.link, entry._digest, entry.xattrs, entry._numbers), 2)
+
+
+def entry_from_record(path: bytes, record: bytes) -> Entry:
+    """Return the entry of `path` stored by entry_record()."""
+    type, link, digest, xattrs, numbers = marshal.loads(record)
+    entry = object.__new__(Entry)
+    setter = object.__setattr__
+    setter(entry, "path", path)
+    setter(entry, "type", sys.intern(type))
+    setter(entry, "link", link)
+    setter(entry, "_digest", digest)
+    setter(entry, "xattrs", xattrs)
+    setter(entry, "_numbers", numbers)
+    return entry

@@ -72,7 +72,7 @@ def test_verify_knows_unsent_file_keys():
     earlier = Scan(tree(entry(b"same", inode=1), entry(b"sent", inode=2),
                         entry(b"unhashed", inode=3, digest=None), entry(b"d", "dir")))
 
-    known = _carried_digests(earlier, {b"sent"})
+    known = dict(_carried_digests(earlier, {b"sent"}))
 
     assert set(known) == {b"same"}
     assert known[b"same"].digest == "aa"
