@@ -49,11 +49,11 @@ from ddm.errors import DDMError, MigrationFailed, TransferFailed, UsageError, Ve
 from ddm.store import TaskStore
 from ddm.task import ItemState, TaskItem, TaskState, VerifyMode
 from ddmdriver.ssh import exit_detail
-from ddmsyncer import hashcache, updatereport
+from ddmsyncer import hashcache, scanentry, updatereport
 from ddmsyncer.copyorigin import copying_task
 from ddmsyncer.hashcache import CachedHash, HashCache
 from ddmsyncer.scanentry import Entry
-from ddmsyncer.scantable import EntryMapping, KnownHashes, paired
+from ddmsyncer.scantable import EntryMapping, KnownHashes, paired, paired_records
 
 log = logging.getLogger(__name__)
 
@@ -333,28 +333,36 @@ def rescan_volume(engine: Any, mountpoint: str, earlier: Scan, *, hash_content: 
         return not hashcache.is_racy(entry.ctime_ns, earlier.started_ns) and \
             not (hash_content and entry.type == "file" and entry.digest is None)
 
+    # The merged scan starts as the trusted entries of `earlier`, copied as stored while
+    # their keys are listed for the host.
+    merged = Scan()
+
     def listing() -> Iterator[bytes]:
         chunk = bytearray()
-        for path, entry in earlier.items():
+        copied: list[tuple[bytes, bytes]] = []
+        for path, record in earlier.iter_records():
+            entry = scanentry.entry_from_record(path, record)
             if trusted(entry):
                 chunk += base64.b64encode(path) + b" " + \
                     hashcache.format_key(entry.file_key()).encode("ascii") + b"\n"
+                copied.append((path, record))
+            if len(copied) >= SAVE_BATCH_ROWS:
+                merged.add_records(copied)
+                copied.clear()
             if len(chunk) >= RELAY_CHUNK:
                 yield bytes(chunk)
                 chunk.clear()
+        merged.add_records(copied)
         yield bytes(chunk) + b"end"  # without "end" the host scans nothing
 
     if command is None:
         command = HostCommand(engine, ["rescan", mountpoint, "all" if hash_content else "none"])
     changed, summary, output_bytes = _read_scan(command.lines(listing()))
 
-    # The trusted entries of `earlier` without the gone ones, then the reported ones. The
-    # host reported every entry it was not sent, so `changed` contains every untrusted one.
-    gone = {base64.b64decode(path) for path in summary["gone"]}
-    merged = Scan()
-    for path, entry in earlier.items():
-        if path not in gone and trusted(entry):
-            merged[path] = entry
+    # Then the gone entries leave and the reported ones replace or join the rest. The host
+    # reported every entry it was not sent, so `changed` contains every untrusted one.
+    for path in summary["gone"]:
+        merged.pop(base64.b64decode(path), None)
     merged.update(changed.items())
     changed.close()
     merged.hashed_files, merged.hashed_bytes = changed.hashed_files, changed.hashed_bytes
@@ -885,10 +893,7 @@ def _rescan_both(source: Any, source_mountpoint: str, target: Any, target_mountp
                  ) -> tuple[Scan, Scan, int]:
     """Rescan the source against the update's scan while the target is scanned in full."""
     earlier_target = update.target_scan
-    started_ns = earlier_target.started_ns
-    racy = [path for path, entry in earlier_target.items()
-            if entry.type == "file" and hashcache.is_racy(entry.ctime_ns, started_ns)]
-    rehashed = set(update.sent) | set(racy)
+    sent = set(update.sent)
     results: dict[str, tuple[Scan, int]] = {}
     failures: list[BaseException] = []
 
@@ -896,7 +901,7 @@ def _rescan_both(source: Any, source_mountpoint: str, target: Any, target_mountp
         try:
             results["target"] = scan_volume(target, target_mountpoint,
                                             hash_mode="cached" if full else "none",
-                                            known=_carried_digests(earlier_target, rehashed),
+                                            known=_carried_digests(earlier_target, sent),
                                             command=update.commands.pop("target", None))
         except BaseException as error:  # noqa: BLE001 - raised below in the calling thread
             failures.append(error)
@@ -929,11 +934,17 @@ def _save_verified_digests(cache: HashCache, target: Any, target_mountpoint: str
     scope = hashcache.cache_scope(target, target_mountpoint)
     fresh: dict[bytes, CachedHash] = {}
     removed: list[bytes] = []
-    for path, entry, before in paired(scan, earlier):
-        if entry is None:
+    # Records are compared undecoded: most files are unchanged, with equal records.
+    for path, record, before_record in paired_records(scan, earlier):
+        if record == before_record:
+            continue
+        before = None if before_record is None else \
+            scanentry.entry_from_record(path, before_record)
+        if record is None:
             if before.type == "file":
                 removed.append(path)
             continue
+        entry = scanentry.entry_from_record(path, record)
         cached = _cacheable(entry, scan.started_ns)
         if cached is None or (before is not None and before.file_key() == cached.key
                               and before.digest == cached.digest):
@@ -945,17 +956,20 @@ def _save_verified_digests(cache: HashCache, target: Any, target_mountpoint: str
     cache.save(scope, fresh, removed)
 
 
-def _carried_digests(earlier: Mapping[bytes, Entry], hashed: set[bytes]
-                     ) -> Iterator[tuple[bytes, CachedHash]]:
-    """Yield (path, the update scan's digest and key) of each file not in `hashed`.
+def _carried_digests(earlier: Scan, sent: set[bytes]) -> Iterator[tuple[bytes, CachedHash]]:
+    """Yield (path, the update scan's digest and key) of each file to take from that scan.
 
-    The verify scan gets them as known keys, so its host hashes again every file whose key
-    changed since the update's scan. The update itself changes such keys: moving a
-    hard-linked name into the backup changes the ctime of the names that stay.
+    These are the files with a digest that are not in `sent` and whose ctime was not racy
+    at that scan. The verify scan gets them as known keys, so its host hashes again every
+    file whose key changed since the update's scan. The update itself changes such keys:
+    moving a hard-linked name into the backup changes the ctime of the names that stay.
     """
     for path, entry in earlier.items():
-        if entry.type == "file" and entry.digest is not None and path not in hashed:
-            yield path, CachedHash(entry.file_key(), entry.digest)
+        if entry.type != "file" or entry.digest is None or path in sent:
+            continue
+        if hashcache.is_racy(entry.ctime_ns, earlier.started_ns):
+            continue
+        yield path, CachedHash(entry.file_key(), entry.digest)
 
 
 def _differences(source: Mapping[bytes, Entry], target: Mapping[bytes, Entry], *,

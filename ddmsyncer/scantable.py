@@ -115,6 +115,20 @@ class DiskMapping(MutableMapping[bytes, Value], Generic[Value]):
         for path, record in self._db.execute("SELECT path, record FROM rows ORDER BY path"):
             yield path, self._decode(path, record)
 
+    def iter_records(self) -> Iterator[tuple[bytes, bytes]]:
+        """Yield (path, record) in path order, records as _encode returns them."""
+        self.flush()
+        yield from self._db.execute("SELECT path, record FROM rows ORDER BY path")
+
+    def add_records(self, rows: Iterable[tuple[bytes, bytes]]) -> None:
+        """Add (path, record) rows as iter_records yields them, without decoding them."""
+        self.flush()
+        with self._lock:
+            self._count = None
+            self._db.execute("BEGIN")
+            self._db.executemany("INSERT OR REPLACE INTO rows VALUES (?, ?)", rows)
+            self._db.execute("COMMIT")
+
     def items(self) -> Any:
         return _Items(self)
 
@@ -181,7 +195,20 @@ def paired(left: Mapping[bytes, Any], right: Mapping[bytes, Any]
 
     A merge of the two mappings' path-ordered items: each is read once, nothing is looked up.
     """
-    left_items, right_items = sorted_items(left), sorted_items(right)
+    return _merge(sorted_items(left), sorted_items(right))
+
+
+def paired_records(left: DiskMapping[Any], right: DiskMapping[Any]
+                   ) -> Iterator[tuple[bytes, bytes | None, bytes | None]]:
+    """Yield (path, left record or None, right record or None) in path order, undecoded.
+
+    Equal records of one mapping class mean equal values, so a caller can skip decoding them.
+    """
+    return _merge(left.iter_records(), right.iter_records())
+
+
+def _merge(left_items: Iterator[tuple[bytes, Any]], right_items: Iterator[tuple[bytes, Any]]
+           ) -> Iterator[tuple[bytes, Any, Any]]:
     left_item = next(left_items, None)
     right_item = next(right_items, None)
     while left_item is not None or right_item is not None:

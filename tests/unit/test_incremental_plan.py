@@ -69,8 +69,11 @@ def test_plan_hard_link_sends_every_name():
 
 
 def test_verify_knows_unsent_file_keys():
+    racy = Entry(b"racy", "file", 0o644, 0, 0, 10, 100 * SECOND, None, 0, 4, 1, "aa", 0,
+                 99 * SECOND)
     earlier = Scan(tree(entry(b"same", inode=1), entry(b"sent", inode=2),
-                        entry(b"unhashed", inode=3, digest=None), entry(b"d", "dir")))
+                        entry(b"unhashed", inode=3, digest=None), entry(b"d", "dir"), racy))
+    earlier.started_ns = 100 * SECOND  # "racy" changed 1 s before that scan started
 
     known = dict(_carried_digests(earlier, {b"sent"}))
 
