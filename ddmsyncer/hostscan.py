@@ -244,7 +244,8 @@ def parse_known_digests(data):
         fields = line.split()
         if len(fields) in (6, 7):
             key = tuple(int(value) for value in fields[1:6])
-            known[base64.b64decode(fields[0])] = (key, fields[6].decode("ascii") if len(fields) == 7 else None)
+            digest = fields[6].decode("ascii") if len(fields) == 7 else None
+            known[base64.b64decode(fields[0])] = (key, digest)
     return known
 
 
@@ -298,7 +299,9 @@ def scan(root, hash_mode):
         info = os.lstat(path)
         digest = None
         cached = False
-        listed_key, listed_digest = known.pop(relative, (None, None)) if known is not None else (None, None)
+        listed_key, listed_digest = None, None
+        if known is not None:
+            listed_key, listed_digest = known.pop(relative, (None, None))
         if stat.S_ISREG(info.st_mode):
             if known is None:
                 hash_file = should_hash(relative, info)

@@ -157,7 +157,7 @@ class HostCommand:
         self.input_sent = False
 
     def send_input(self, stdin: bytes | Iterable[bytes]) -> None:
-        """Send the whole stdin (bytes or chunks) and close it, so finish() and lines() send none."""
+        """Send all of stdin (bytes or chunks) and close it, so finish() and lines() send none."""
         _send_stdin(self.channel, stdin)
         self.channel.shutdown_write()
         self.input_sent = True
@@ -250,9 +250,13 @@ def _drain_stderr(channel: Any) -> _StderrReader:
     return reader
 
 
+# Known digests for a "cached" scan: a mapping by path, or (path, CachedHash) pairs read once.
+KnownInput = Mapping[bytes, CachedHash] | Iterable[tuple[bytes, CachedHash]]
+
+
 def scan_volume(engine: Any, mountpoint: str, *, hash_mode: str = "all",
                 paths: Iterable[bytes] = (),
-                known: Mapping[bytes, CachedHash] | Iterable[tuple[bytes, CachedHash]] | None = None,
+                known: KnownInput | None = None,
                 command: HostCommand | None = None) -> tuple[Scan, int]:
     """Scan a volume on its host; return the entries by path and the bytes of the scan output.
 

@@ -1,6 +1,6 @@
 """Mappings by path kept in a private temporary SQLite database, for scans of any size.
 
-An incremental update holds the scans of both hosts, verify holds those and two more, and
+An incremental update keeps the scans of both hosts, verify keeps those and two more, and
 each side's cached digests are looked up while its scan is read. Kept as Python objects,
 that took about 300 bytes per entry and scan, so a volume of 100,000 files went over the
 controller's memory goal. A DiskMapping keeps its rows in a database that SQLite writes to
@@ -162,7 +162,7 @@ class _Values:
 
 
 class EntryMapping(DiskMapping["scanentry.Entry"]):
-    """Scan entries by path; the record is the entry without its path (scanentry.entry_record)."""
+    """Scan entries by path, each stored as the entry without its path (scanentry.entry_record)."""
 
     def _encode(self, value: scanentry.Entry) -> bytes:
         return scanentry.entry_record(value)
@@ -172,7 +172,7 @@ class EntryMapping(DiskMapping["scanentry.Entry"]):
 
 
 class KnownHashes(DiskMapping[CachedHash]):
-    """Cached digests by path (hashcache.CachedHash): about 60 bytes of record per file on disk."""
+    """Cached digests by path (hashcache.CachedHash), records of 119 bytes per file on disk."""
 
     def _encode(self, value: CachedHash) -> bytes:
         return marshal.dumps((value.packed_key, value.digest), 2)

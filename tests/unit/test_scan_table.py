@@ -17,7 +17,7 @@ from tests.unit.test_hash_cache import LocalEngine, write_tree
 
 SECOND = 1_000_000_000
 # Byte order puts b"a-b" (0x2d) and b"a.b" (0x2e) between b"a" and b"a/b" (0x2f), so a
-# directory's contents do not follow it directly; b"\xff" sorts after every ASCII name.
+# directory's contents do not follow it directly. b"\xff" sorts after every ASCII name.
 TRICKY = (b"a", b"a-b", b"a.b", b"a/b", b"a/b/c", b"a\xff", b"b\xfe\xfd", b"\xffz")
 
 
@@ -112,7 +112,7 @@ def test_plan_matches_reference_rule():
 
 
 def test_plan_deletes_outermost_across_tricky_names():
-    """b"a-b" sorts between b"a" and b"a/b"; b"a/b" must still go with its directory."""
+    """b"a-b" sorts between b"a" and b"a/b", but b"a/b" must still go with its directory."""
     source = as_dict()
     target = as_dict(entry(b"a", "dir"), entry(b"a-b"), entry(b"a/b"), entry(b"a/c", "dir"),
                      entry(b"a/c/d"))
