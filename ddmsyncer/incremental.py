@@ -833,6 +833,10 @@ class UpdateDigests:
 
 
 def update_digests(update: UpdateResult) -> UpdateDigests:
+    # The scans wait for verify, which may come after other volumes' copies (--parallel).
+    for scan in (update.source_scan, update.target_scan):
+        if isinstance(scan, EntryMapping):
+            scan.release_memory()
     return UpdateDigests(list(update.plan.send), update.source_scan, update.target_scan)
 
 

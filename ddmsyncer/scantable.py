@@ -65,6 +65,11 @@ class DiskMapping(MutableMapping[bytes, Value], Generic[Value]):
             self._db.executemany("INSERT OR REPLACE INTO rows VALUES (?, ?)", rows)
             self._db.execute("COMMIT")
 
+    def release_memory(self) -> None:
+        """Write pending rows and free SQLite's page cache, for a mapping kept for later."""
+        self.flush()
+        self._db.execute("PRAGMA shrink_memory")
+
     def close(self) -> None:
         """Delete the database. The mapping is unusable afterwards."""
         self._pending = {}
