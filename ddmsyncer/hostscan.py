@@ -224,10 +224,6 @@ def read_paths():
     return [path for path in data.split(b"\0") if path]
 
 
-def read_known_keys():
-    return parse_known_keys(sys.stdin.buffer.read())
-
-
 def parse_known_keys(data):
     known = {}
     for line in data.splitlines():
@@ -260,15 +256,15 @@ def entry_key(info):
 
 
 def hash_test(hash_mode):
-    """Return a function (relative path, lstat result) -> whether to hash the file."""
+    """Return a function (relative path, lstat result) -> whether to hash the file.
+
+    scan() handles "cached" itself, because that mode also reports known digests.
+    """
     if hash_mode == b"all":
         return lambda relative, info: True
     if hash_mode == b"list":
         wanted = set(read_paths())
         return lambda relative, info: relative in wanted
-    if hash_mode == b"cached":
-        known = read_known_keys()  # scan() reads "cached" itself; this serves other callers
-        return lambda relative, info: known.get(relative) != file_key(info)
     sys.stdin.buffer.read()  # a command started early waits here until the caller is ready
     if hash_mode.startswith(b"newer:"):
         newer_than_ns = int(hash_mode[len(b"newer:"):])
