@@ -7,14 +7,28 @@ scan the volume at once, then one command on the target deletes the removed entr
 unpacks the tar stream of new and changed entries. The target volume gets no backup, because
 the task created it and its rollback removes it.
 
-Which files are hashed while the containers are down? Only files whose mtime is at most
-PRECOPY_MTIME_MARGIN_SECONDS before the pre-copy started (clock of the source host, rounded
-down to whole seconds) are hashed, on both hosts and in the same scan, because only they can
-have changed without their mtime showing it. A file that differs in type, mode, owner, size or
-whole-second mtime is sent whatever its hash. A file whose mtime an application set back into the past while keeping its size
-is missed here, as with rsync's default quick check. Verify therefore hashes every file of
-both volumes again (verify full), after the target has started, and fails the task, which
-rolls it back, on any difference.
+Which files are hashed while the containers are down? With verify full, right after the
+pre-copy and while the containers still run, both hosts hash their copy of the volume once and
+store each file's SHA-256 in the hash cache with its lstat key (device, inode, size, mtime_ns,
+ctime_ns; see ddmsyncer/hashcache.py). It waits until the pre-copy's last writes are
+hashcache.RACY_MARGIN_NANOSECONDS old, because files changed within that margin of a scan's
+start are not cached. The delta scans then run in "cached" mode: each host hashes only the
+files whose key changed since, and every other file gets its cached digest. Every change to a
+file sets its ctime, so a file an application rewrote with its size and mtime kept is hashed
+and sent too, on either host.
+
+Verify then proves that the target equals the stopped source without hashing both volumes
+again (incremental.verify_update with the delta's scans): the source's host lstats every
+entry and hashes only those whose key changed since the delta scan, and the target's host
+hashes the sent files and any file whose key changed since its delta scan, such as one
+damaged after the delta. Every aspect and digest of every entry is compared, and a difference
+fails the task, which rolls it back.
+
+Without verify full, and for a task whose pre-copy an older version made, the delta scans
+hash only files whose mtime is at most PRECOPY_MTIME_MARGIN_SECONDS before the pre-copy
+started (clock of the source host, rounded down to whole seconds). A file whose mtime an
+application set back into the past while keeping its size is missed there, as with rsync's
+default quick check, and verify full (older tasks) scans both volumes in full instead.
 
 Downtime runs from the moment the first source container is stopped until every target
 container runs (and is healthy, when it has a healthcheck) and its published ports accept
@@ -29,8 +43,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ddm.task import TaskItem
-from ddmsyncer import incremental
+from ddm.task import TaskItem, VerifyMode
+from ddmsyncer import hashcache, incremental
 from ddmsyncer.hashcache import HashCache
 
 log = logging.getLogger(__name__)
@@ -98,7 +112,35 @@ def precopy(runner: Any, volume_names: list[str]) -> None:
         _save_record(runner, name, precopy_bytes=sent)
         runner.record("info", "precopied", f"pre-copied volume {name!r} while its containers "
                       f"run: {sent} bytes")
+        precopy_finished = time.monotonic()
+        if runner.task.spec.verify is VerifyMode.FULL:
+            seed_digests(runner, name, precopy_finished)
         start_delta_commands(runner, [name])
+
+
+def seed_digests(runner: Any, name: str, precopy_finished: float) -> None:
+    """Hash both copies of a pre-copied volume into the hash cache while its containers run.
+
+    The scans wait until the pre-copy's last writes on the target are older than the racy
+    margin (controller clock), so that the cache keeps their digests. A record without
+    "seeded" (verify quick or none, or a task an older version started) makes the delta pass
+    use the mtime test instead.
+    """
+    source_mountpoint, target_mountpoint = _delta_mountpoints(runner, name)
+    wait = precopy_finished + hashcache.RACY_MARGIN_NANOSECONDS / 1e9 - time.monotonic()
+    if wait > 0:
+        time.sleep(wait)
+
+    started = time.monotonic()
+    source_scan, target_scan, _ = incremental.scan_both(
+        runner.source, source_mountpoint, runner.target, target_mountpoint,
+        cache=HashCache(runner.store), hash_mode="cached")
+    _save_record(runner, name, seeded=True,
+                 seed_hashed_files={"source": source_scan.hashed_files,
+                                    "target": target_scan.hashed_files})
+    log.info("volume %s: hashed %d source and %d target files into the hash cache in %.2f s",
+             name, source_scan.hashed_files, target_scan.hashed_files,
+             time.monotonic() - started)
 
 
 def precopied(runner: Any) -> set[str]:
@@ -140,7 +182,7 @@ def start_delta_commands(runner: Any, names: list[str]) -> None:
         if name not in _records(runner) or name in started:
             continue
         source_mountpoint, target_mountpoint = _delta_mountpoints(runner, name)
-        mode = f"newer:{_newer_than_ns(_records(runner)[name]['precopy_started_at'])}"
+        mode = _delta_hash_mode(_records(runner)[name])
         commands = DeltaCommands({}, None)
         started[name] = commands
         commands.scans["source"] = incremental.HostCommand(
@@ -152,10 +194,11 @@ def start_delta_commands(runner: Any, names: list[str]) -> None:
 
 
 def close_delta_commands(runner: Any) -> None:
-    """Close the started commands that no delta pass used (after a failure)."""
+    """Close the started commands that no delta pass or verify used (after a failure)."""
     for commands in _started_commands(runner).values():
         commands.close()
     _started_commands(runner).clear()
+    close_verify_commands(runner)
 
 
 def _started_commands(runner: Any) -> dict[str, DeltaCommands]:
@@ -178,12 +221,23 @@ def _copy_delta(runner: Any, name: str, commands: DeltaCommands | None) -> None:
     record = _records(runner)[name]
     source_mountpoint, target_mountpoint = _delta_mountpoints(runner, name)
     started = time.monotonic()
+    hash_mode = _delta_hash_mode(record)
     source_scan, target_scan, scan_bytes = incremental.scan_both(
         runner.source, source_mountpoint, runner.target, target_mountpoint,
-        hash_mode=f"newer:{_newer_than_ns(record['precopy_started_at'])}",
+        cache=HashCache(runner.store) if hash_mode == "cached" else None, hash_mode=hash_mode,
         commands=commands.scans if commands is not None else None)
     plan = incremental.plan_update(source_scan, target_scan)
-    log.info("volume %s: delta scans took %.2f s", name, time.monotonic() - started)
+    log.info("volume %s: delta scans took %.2f s, hashed %d source and %d target files", name,
+             time.monotonic() - started, source_scan.hashed_files, target_scan.hashed_files)
+
+    digests = None
+    if hash_mode == "cached":
+        # Both scans have every file's digest, so verify can rescan against them. Its scan
+        # commands start now, beside the transfer, in place of the delta's finished scans.
+        digests = incremental.UpdateDigests(list(plan.send), source_scan, target_scan,
+                                            (source_mountpoint, target_mountpoint))
+        incremental.start_verify_scans(runner.source, source_mountpoint, runner.target,
+                                       target_mountpoint, digests, VerifyMode.FULL)
 
     archive_bytes = 0
     if plan.send or plan.delete:
@@ -196,26 +250,48 @@ def _copy_delta(runner: Any, name: str, commands: DeltaCommands | None) -> None:
     result = incremental.UpdateResult(plan, source_scan, target_scan, plan.written_entries,
                                       len(plan.delete), archive_bytes, scan_bytes, "",
                                       time.monotonic() - started)
-    runner._warm_updates[name] = result
+    runner._warm_updates[name] = digests if digests is not None else result
     runner._manifests_by_name.pop(name, None)  # the pre-copy's manifest is out of date
     runner.add_sent_bytes("volume", result.archive_bytes)
     _save_record(runner, name, delta_bytes=result.archive_bytes,
                  delta_entries=result.sent_entries, deleted_entries=result.deleted_entries,
-                 scan_bytes=result.scan_bytes, hashed_entries=source_scan.hashed_files)
+                 scan_bytes=result.scan_bytes, hashed_entries=source_scan.hashed_files,
+                 hashed_files={"source": source_scan.hashed_files,
+                               "target": target_scan.hashed_files})
     runner.record("info", "delta", f"volume {name!r}: sent {result.sent_entries} changed "
                   f"entries ({result.archive_bytes} bytes), deleted {result.deleted_entries}")
 
 
 def verify_deltas(runner: Any) -> None:
-    """Compare fresh host-side scans of every volume updated by copy_delta."""
-    for name in runner._warm_updates:
-        source_mountpoint, target_mountpoint = _mountpoints(runner, name)
+    """Compare host-side scans of every volume updated by copy_delta; see the module docstring."""
+    while runner._warm_updates:
+        name, update = runner._warm_updates.popitem()
         item = TaskItem(task_id=runner.task.id, position=0, source=name, target=name)
-        # Without the update, verify full hashes every file whose key the cache does not
-        # hold; see the module docstring.
-        incremental.verify_update(runner.source, source_mountpoint, runner.target,
-                                  target_mountpoint, item, runner.task.spec.verify,
-                                  cache=HashCache(runner.store))
+        started = time.monotonic()
+        if isinstance(update, incremental.UpdateDigests):
+            source_mountpoint, target_mountpoint = update.mountpoints or _mountpoints(runner, name)
+            result = incremental.verify_update(
+                runner.source, source_mountpoint, runner.target, target_mountpoint, item,
+                runner.task.spec.verify, update=update, cache=HashCache(runner.store))
+        else:
+            # The delta's scans lack the digests of older files, so verify full hashes every
+            # file whose key the cache does not hold.
+            source_mountpoint, target_mountpoint = _mountpoints(runner, name)
+            result = incremental.verify_update(
+                runner.source, source_mountpoint, runner.target, target_mountpoint, item,
+                runner.task.spec.verify, cache=HashCache(runner.store))
+        _save_record(runner, name, verify_hashed_files=result.hashed_files,
+                     verify_reused_entries=result.reused_entries)
+        log.info("volume %s: verify took %.2f s, hashed %d source and %d target files", name,
+                 time.monotonic() - started, result.hashed_files["source"],
+                 result.hashed_files["target"])
+
+
+def close_verify_commands(runner: Any) -> None:
+    """Close the verify scans that copy_delta started when verify did not run (a failure)."""
+    for update in getattr(runner, "_warm_updates", {}).values():
+        if isinstance(update, incremental.UpdateDigests):
+            update.close_commands()
 
 
 def discard_backups(runner: Any) -> None:
@@ -224,6 +300,13 @@ def discard_backups(runner: Any) -> None:
         if record.get("backup"):
             incremental.discard_backup(runner.target, record["backup"])
             _save_record(runner, name, backup=None, backup_complete=False)
+
+
+def _delta_hash_mode(record: dict[str, Any]) -> str:
+    """Return the scan mode of a volume's delta pass: "cached" once seed_digests ran."""
+    if record.get("seeded"):
+        return "cached"
+    return f"newer:{_newer_than_ns(record['precopy_started_at'])}"
 
 
 def _newer_than_ns(precopy_started_at: float) -> int:
