@@ -18,11 +18,13 @@ file sets its ctime, so a file an application rewrote with its size and mtime ke
 and sent too, on either host.
 
 Verify then proves that the target equals the stopped source without hashing both volumes
-again (incremental.verify_update with the delta's scans): the source's host lstats every
-entry and hashes only those whose key changed since the delta scan, and the target's host
-hashes the sent files and any file whose key changed since its delta scan, such as one
-damaged after the delta. Every aspect and digest of every entry is compared, and a difference
-fails the task, which rolls it back.
+again (incremental.verify_target). The source containers are stopped, so the source's delta
+scan is final and the source is not scanned again. The target's host lstats every entry
+and hashes the sent files and any file whose key changed since its delta scan, such as one
+damaged after the delta; every other entry is taken from that scan. Every aspect and
+digest of every entry is compared with the source's delta scan, and a difference fails the
+task, which rolls it back. NOTE: a process outside the source containers that writes to the
+source volume during the downtime is not detected.
 
 Without verify full, and for a task whose pre-copy an older version made, the delta scans
 hash only files whose mtime is at most PRECOPY_MTIME_MARGIN_SECONDS before the pre-copy
@@ -232,12 +234,12 @@ def _copy_delta(runner: Any, name: str, commands: DeltaCommands | None) -> None:
 
     digests = None
     if hash_mode == "cached":
-        # Both scans have every file's digest, so verify can rescan against them. Its scan
-        # commands start now, beside the transfer, in place of the delta's finished scans.
+        # Both scans have every file's digest, so verify needs to scan only the target. Its
+        # command starts now, before the transfer, in place of the delta's finished scan.
         digests = incremental.UpdateDigests(list(plan.send), source_scan, target_scan,
                                             (source_mountpoint, target_mountpoint))
-        incremental.start_verify_scans(runner.source, source_mountpoint, runner.target,
-                                       target_mountpoint, digests, VerifyMode.FULL)
+        digests.commands["target"] = incremental.HostCommand(
+            runner.target, ["rescan", target_mountpoint, "all"])
 
     archive_bytes = 0
     if plan.send or plan.delete:
@@ -269,10 +271,12 @@ def verify_deltas(runner: Any) -> None:
         item = TaskItem(task_id=runner.task.id, position=0, source=name, target=name)
         started = time.monotonic()
         if isinstance(update, incremental.UpdateDigests):
-            source_mountpoint, target_mountpoint = update.mountpoints or _mountpoints(runner, name)
-            result = incremental.verify_update(
-                runner.source, source_mountpoint, runner.target, target_mountpoint, item,
-                runner.task.spec.verify, update=update, cache=HashCache(runner.store))
+            # The source containers are stopped, so the source's delta scan is final.
+            _, target_mountpoint = update.mountpoints or _mountpoints(runner, name)
+            result = incremental.verify_target(
+                runner.target, target_mountpoint, item, update, HashCache(runner.store),
+                hint="the cutover is rolled back and the source containers start again; "
+                     "run 'ddmverify' to inspect")
         else:
             # The delta's scans lack the digests of older files, so verify full hashes every
             # file whose key the cache does not hold.
