@@ -12,10 +12,12 @@ pre-copy and while the containers still run, both hosts hash their copy of the v
 store each file's SHA-256 in the hash cache with its lstat key (device, inode, size, mtime_ns,
 ctime_ns; see ddmsyncer/hashcache.py). It waits until the pre-copy's last writes are
 hashcache.RACY_MARGIN_NANOSECONDS old, because files changed within that margin of a scan's
-start are not cached. The delta scans then run in "cached" mode: each host hashes only the
-files whose key changed since, and every other file gets its cached digest. Every change to a
-file sets its ctime, so a file an application rewrote with its size and mtime kept is hashed
-and sent too, on either host.
+start are not cached. After the stop, each host rescans the volume against that scan
+(incremental.rescan_volume): it lstats every entry and reports and hashes only those whose key
+changed, and every other entry keeps its digest. A task resumed in another process, which no
+longer holds the scans, scans in "cached" mode instead, with the digests from the hash cache.
+Every change to a file sets its ctime, so a file an application rewrote with its size and
+mtime kept is hashed and sent too, on either host.
 
 Verify then proves that the target equals the stopped source without hashing both volumes
 again (incremental.verify_target). The source containers are stopped, so the source's delta
@@ -41,6 +43,7 @@ cutovers alike.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -55,6 +58,10 @@ STOPPED_AT_KEY = "source_stopped_at"
 WARM_KEY = "warm"
 # Covers the whole-second mtimes that the archive API gives the pre-copy.
 PRECOPY_MTIME_MARGIN_SECONDS = 2
+# Scan entries of both hosts that a task keeps in memory from seed_digests until the delta
+# pass, at about 300 bytes each (see incremental.UpdateDigests). Volumes above it are scanned
+# in "cached" mode after the stop, which loads the digests from the hash cache instead.
+SEED_SCANS_MAX_ENTRIES = 200_000
 
 
 def is_warm(runner: Any) -> bool:
@@ -137,12 +144,23 @@ def seed_digests(runner: Any, name: str, precopy_finished: float) -> None:
     source_scan, target_scan, _ = incremental.scan_both(
         runner.source, source_mountpoint, runner.target, target_mountpoint,
         cache=HashCache(runner.store), hash_mode="cached")
+    kept = _seed_scans(runner)
+    kept_entries = sum(len(source) + len(target) for source, target in kept.values())
+    if kept_entries + len(source_scan) + len(target_scan) <= SEED_SCANS_MAX_ENTRIES:
+        kept[name] = (source_scan, target_scan)
     _save_record(runner, name, seeded=True,
                  seed_hashed_files={"source": source_scan.hashed_files,
                                     "target": target_scan.hashed_files})
     log.info("volume %s: hashed %d source and %d target files into the hash cache in %.2f s",
              name, source_scan.hashed_files, target_scan.hashed_files,
              time.monotonic() - started)
+
+
+def _seed_scans(runner: Any) -> dict[str, tuple[incremental.Scan, incremental.Scan]]:
+    """Return the (source, target) scans of seed_digests that this process keeps, by volume."""
+    if getattr(runner, "_warm_seed_scans", None) is None:
+        runner._warm_seed_scans = {}
+    return runner._warm_seed_scans
 
 
 def precopied(runner: Any) -> set[str]:
@@ -176,7 +194,7 @@ def start_delta_commands(runner: Any, names: list[str]) -> None:
     Called after the pre-copy, and again before the source containers stop for a task resumed
     in another process, so that opening SSH channels and starting python3 and tar on both
     hosts does not count as downtime. The scans read the volumes only once copy_delta sends
-    them their (empty) stdin. A command that copy_delta does not use ends when its channel is
+    them their stdin. A command that copy_delta does not use ends when its channel is
     closed.
     """
     started = _started_commands(runner)
@@ -184,15 +202,21 @@ def start_delta_commands(runner: Any, names: list[str]) -> None:
         if name not in _records(runner) or name in started:
             continue
         source_mountpoint, target_mountpoint = _delta_mountpoints(runner, name)
-        mode = _delta_hash_mode(_records(runner)[name])
+        mode = _delta_hash_mode(runner, name)
         commands = DeltaCommands({}, None)
         started[name] = commands
         commands.scans["source"] = incremental.HostCommand(
-            runner.source, ["scan", source_mountpoint, mode])
+            runner.source, _scan_arguments(mode, source_mountpoint))
         commands.scans["target"] = incremental.HostCommand(
-            runner.target, ["scan", target_mountpoint, mode])
+            runner.target, _scan_arguments(mode, target_mountpoint))
         commands.tar_channels = incremental.open_tar_channels(
             runner.source, source_mountpoint, runner.target, target_mountpoint, apply=True)
+
+
+def _scan_arguments(mode: str, mountpoint: str) -> list[str]:
+    if mode == "rescan":
+        return ["rescan", mountpoint, "all"]
+    return ["scan", mountpoint, mode]
 
 
 def close_delta_commands(runner: Any) -> None:
@@ -220,20 +244,23 @@ def copy_delta(runner: Any, name: str) -> None:
 
 
 def _copy_delta(runner: Any, name: str, commands: DeltaCommands | None) -> None:
-    record = _records(runner)[name]
     source_mountpoint, target_mountpoint = _delta_mountpoints(runner, name)
     started = time.monotonic()
-    hash_mode = _delta_hash_mode(record)
-    source_scan, target_scan, scan_bytes = incremental.scan_both(
-        runner.source, source_mountpoint, runner.target, target_mountpoint,
-        cache=HashCache(runner.store) if hash_mode == "cached" else None, hash_mode=hash_mode,
-        commands=commands.scans if commands is not None else None)
+    hash_mode = _delta_hash_mode(runner, name)
+    scans = commands.scans if commands is not None else {}
+    if hash_mode == "rescan":
+        source_scan, target_scan, scan_bytes = _rescan_seeded(runner, name, scans)
+    else:
+        source_scan, target_scan, scan_bytes = incremental.scan_both(
+            runner.source, source_mountpoint, runner.target, target_mountpoint,
+            cache=HashCache(runner.store) if hash_mode == "cached" else None,
+            hash_mode=hash_mode, commands=scans)
     plan = incremental.plan_update(source_scan, target_scan)
     log.info("volume %s: delta scans took %.2f s, hashed %d source and %d target files", name,
              time.monotonic() - started, source_scan.hashed_files, target_scan.hashed_files)
 
     digests = None
-    if hash_mode == "cached":
+    if hash_mode in ("rescan", "cached"):
         # Both scans have every file's digest, so verify needs to scan only the target. Its
         # command starts now, before the transfer, in place of the delta's finished scan.
         digests = incremental.UpdateDigests(list(plan.send), source_scan, target_scan,
@@ -262,6 +289,40 @@ def _copy_delta(runner: Any, name: str, commands: DeltaCommands | None) -> None:
                                "target": target_scan.hashed_files})
     runner.record("info", "delta", f"volume {name!r}: sent {result.sent_entries} changed "
                   f"entries ({result.archive_bytes} bytes), deleted {result.deleted_entries}")
+
+
+def _rescan_seeded(runner: Any, name: str, commands: dict[str, incremental.HostCommand]
+                   ) -> tuple[incremental.Scan, incremental.Scan, int]:
+    """Rescan both copies of a volume against the scans of seed_digests, one thread per host.
+
+    Each host lstats every entry and reports and hashes only those whose key changed since
+    the seed scan (incremental.rescan_volume), so the merged scans have every file's digest.
+    """
+    source_mountpoint, target_mountpoint = _delta_mountpoints(runner, name)
+    seed_source, seed_target = _seed_scans(runner).pop(name)
+    results: dict[str, tuple[incremental.Scan, int]] = {}
+    failures: list[BaseException] = []
+
+    def rescan_source() -> None:
+        try:
+            results["source"] = incremental.rescan_volume(
+                runner.source, source_mountpoint, seed_source, hash_content=True,
+                command=commands.pop("source", None))
+        except BaseException as error:  # noqa: BLE001 - raised below in the calling thread
+            failures.append(error)
+
+    thread = threading.Thread(target=rescan_source, name="ddm-delta-source", daemon=True)
+    thread.start()
+    try:
+        results["target"] = incremental.rescan_volume(
+            runner.target, target_mountpoint, seed_target, hash_content=True,
+            command=commands.pop("target", None))
+    finally:
+        thread.join()
+    if failures:
+        raise failures[0]
+    (source_scan, source_bytes), (target_scan, target_bytes) = results["source"], results["target"]
+    return source_scan, target_scan, source_bytes + target_bytes
 
 
 def verify_deltas(runner: Any) -> None:
@@ -306,8 +367,15 @@ def discard_backups(runner: Any) -> None:
             _save_record(runner, name, backup=None, backup_complete=False)
 
 
-def _delta_hash_mode(record: dict[str, Any]) -> str:
-    """Return the scan mode of a volume's delta pass: "cached" once seed_digests ran."""
+def _delta_hash_mode(runner: Any, name: str) -> str:
+    """Return how the delta pass scans a volume.
+
+    "rescan" when this process keeps the scans of seed_digests, "cached" when seed_digests
+    ran in another process or kept no scans, else the mtime test "newer:NS".
+    """
+    if name in _seed_scans(runner):
+        return "rescan"
+    record = _records(runner)[name]
     if record.get("seeded"):
         return "cached"
     return f"newer:{_newer_than_ns(record['precopy_started_at'])}"
