@@ -781,8 +781,8 @@ def verify_target(target: Any, target_mountpoint: str, item: TaskItem, update: U
                   cache: HashCache | None = None, *, hint: str | None = None) -> VerifyResult:
     """Compare a fresh scan of the target with the update's source scan, with every digest.
 
-    Only for a source that cannot have changed since its scan, such as the volume of stopped
-    containers: the source is not scanned again. The target is rescanned against the
+    The source is not scanned again, so use it only for a source that cannot have changed
+    since its scan, such as the volume of stopped containers. The target is rescanned against the
     update's target scan (rescan_volume) without the sent paths, so its host hashes the sent
     files and every file whose key changed since or was racy at that scan. Uses
     update.commands["target"] when present, a "rescan TARGET all" command.

@@ -15,7 +15,7 @@ hashcache.RACY_MARGIN_NANOSECONDS old, because files changed within that margin 
 start are not cached. After the stop, each host rescans the volume against that scan
 (incremental.rescan_volume): it lstats every entry and reports and hashes only those whose key
 changed, and every other entry keeps its digest. A task resumed in another process, which no
-longer holds the scans, scans in "cached" mode instead, with the digests from the hash cache.
+longer has the scans, scans in "cached" mode instead, with the digests from the hash cache.
 Every change to a file sets its ctime, so a file an application rewrote with its size and
 mtime kept is hashed and sent too, on either host.
 
@@ -23,7 +23,7 @@ Verify then proves that the target equals the stopped source without hashing bot
 again (incremental.verify_target). The source containers are stopped, so the source's delta
 scan is final and the source is not scanned again. The target's host lstats every entry
 and hashes the sent files and any file whose key changed since its delta scan, such as one
-damaged after the delta; every other entry is taken from that scan. Every aspect and
+damaged after the delta. Every other entry is taken from that scan. Every aspect and
 digest of every entry is compared with the source's delta scan, and a difference fails the
 task, which rolls it back. NOTE: a process outside the source containers that writes to the
 source volume during the downtime is not detected.

@@ -201,13 +201,24 @@ def test_warm_delta_sends_old_mtime_change(lab: Lab, app: App) -> None:
     assert record["hashed_files"]["target"] == 0
 
 
-def test_warm_verify_catches_target_damage(lab: Lab, app: App,
+@pytest.mark.parametrize("keep_scans", [True, False], ids=["rescan", "cached"])
+def test_warm_verify_catches_target_damage(lab: Lab, app: App, keep_scans: bool,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """A target file the delta did not send is rewritten with its size and mtime kept.
 
     Only its content shows the change, so verify fails only when it hashes that file again.
+    Without the scans made after the pre-copy, as in a task resumed by another process, the
+    delta pass scans in "cached" mode.
     """
     h1, h2 = lab.host("h1"), lab.host("h2")
+    if not keep_scans:
+        seed_digests = warm.seed_digests
+
+        def seed_digests_without_scans(runner: Any, name: str, finished: float) -> None:
+            seed_digests(runner, name, finished)
+            runner._warm_seed_scans.clear()
+
+        monkeypatch.setattr(warm, "seed_digests", seed_digests_without_scans)
     h2_before = host_state(h2)
     damaged = "data/f1.bin"
     copy_delta = warm.copy_delta
@@ -233,3 +244,6 @@ def test_warm_verify_catches_target_damage(lab: Lab, app: App,
     assert is_running(h1, app.container)
     task = api.open_store().list_tasks(limit=1)[0]
     assert task.state.value == "failed"
+    record = api.open_store().get_extra(task.id)["warm"][app.volume]
+    assert record["seeded"] is True
+    assert record["hashed_files"]["target"] == 0
