@@ -24,6 +24,7 @@ import threading
 import time
 from typing import Any
 
+from ddm import piecehash
 from ddm.errors import DDMError, MigrationFailed, TargetExists, TransferFailed, VerificationFailed
 from ddm.manifest import Manifest, ManifestBuilder, compare_manifests, display_path
 from ddm.task import ItemState, TaskItem, VerifyMode
@@ -224,8 +225,9 @@ class StagedVolumes:
         # The builder parses the stream once for the manifest and the guard's checks.
         guard = ArchiveGuard(ROOT, description=f"volume {item.source!r}")
         member_check = guard.check if seed is None else seed.member_check(guard.check)
+        # The piece size is read here, not bound at import, so that tests can shrink it.
         builder = ManifestBuilder(hash_content=hash_content, sha256=sha256,
-                                  member_check=member_check)
+                                  member_check=member_check, piece_bytes=piecehash.PIECE_BYTES)
 
         def observe(chunk: memoryview) -> None:
             builder.feed(chunk)
@@ -234,6 +236,7 @@ class StagedVolumes:
         if sha256:
             self._start_scan_session(item, route, target_directory)
         try:
+            self._wait_scan_session(item)
             result = relay_host_archive(
                 self.runner.source, route.source_access, route.source_directory,
                 self.runner.target, route.target_access, target_directory,
@@ -263,9 +266,23 @@ class StagedVolumes:
         self.close_scan_session(item)
         try:
             self.scan_sessions[item.position] = hostverify.ScanSession(
-                self.runner.target, route.target_access, directory, hash_content=True, keys=True)
+                self.runner.target, route.target_access, directory, hash_content=True, keys=True,
+                piece_bytes=piecehash.PIECE_BYTES)
         except DDMError as error:
             log.info("verify scan of %s not started early: %s", directory, error)
+
+    def _wait_scan_session(self, item: TaskItem) -> None:
+        """Wait until the verify scan follows the staging directory, before tar writes to it.
+
+        The scan hashes large files while tar writes them only when it saw them created.
+        """
+        session = self.scan_sessions.get(item.position)
+        if session is None:
+            return
+        started = time.monotonic()
+        ready = session.wait_ready(hostverify.READY_TIMEOUT_SECONDS)
+        log.info("verify scan of %s %s after %.3f s", session.name,
+                 "ready" if ready else "not ready", time.monotonic() - started)
 
     def close_scan_session(self, item: TaskItem) -> None:
         session = self.scan_sessions.pop(item.position, None)
@@ -443,13 +460,15 @@ class StagedVolumes:
                     self.close_scan_session(item)
                     scan = hostverify.scan_manifest(self.runner.target, access, volume.mountpoint,
                                                     hash_content=full,
-                                                    on_record=seed.add if seed is not None else None)
+                                                    on_record=seed.add if seed is not None else None,
+                                                    piece_bytes=piecehash.PIECE_BYTES)
             finally:
                 if view is not None:
                     view.join()
             expected = view.result() if view is not None else source_manifest
             if expected is not None:
-                self._record_verify(item, hostverify.HOST_SCAN, scan.listing_bytes)
+                self._record_verify(item, hostverify.HOST_SCAN, scan.listing_bytes,
+                                    followed_bytes=scan.followed_bytes)
                 check_manifests(expected, scan.manifest, staged_item, aspects)
                 if seed is not None:
                     self.target_seeds[item.position] = seed
@@ -460,8 +479,12 @@ class StagedVolumes:
         check_manifests(source_manifest, target_manifest, staged_item, aspects)
         return target_manifest
 
-    def _record_verify(self, item: TaskItem, method: str, wire_bytes: int) -> None:
-        """Record how a volume was verified and how many bytes verify read over the wire."""
+    def _record_verify(self, item: TaskItem, method: str, wire_bytes: int, *,
+                       followed_bytes: int = 0) -> None:
+        """Record how a volume was verified and how many bytes verify read over the wire.
+
+        `followed_bytes` is the content that the target host hashed while the copy wrote it.
+        """
         if method == DIRECT_METADATA_SCAN:
             description = "python3 is missing on a host, so xattrs, ACLs and holes are not compared"
         elif method == hostverify.HOST_SCAN and direct.requested(self.runner):
@@ -470,7 +493,8 @@ class StagedVolumes:
                            f"bytes of listing")
         elif method == hostverify.HOST_SCAN:
             description = (f"scanned on {self.runner.task.spec.target_host} with python3, "
-                           f"{wire_bytes} bytes of listing")
+                           f"{wire_bytes} bytes of listing, {followed_bytes} bytes hashed "
+                           f"during the copy")
         else:
             description = f"archive read back through the controller, {wire_bytes} bytes"
         self.runner.record("info", "verify_method", f"volume {item.target!r}: verify "
@@ -479,7 +503,8 @@ class StagedVolumes:
         store = self.runner.store
         with _VERIFY_LOCK:
             records = dict(store.get_extra(self.task_id).get(VERIFY_EXTRA_KEY) or {})
-            records[str(item.position)] = {"method": method, "wire_bytes": wire_bytes}
+            records[str(item.position)] = {"method": method, "wire_bytes": wire_bytes,
+                                           "followed_bytes": followed_bytes}
             store.set_extra(self.task_id, **{VERIFY_EXTRA_KEY: records})
 
     def read_staging_manifest(self, staging: str, route: Route, mode: VerifyMode,
