@@ -23,7 +23,9 @@ With "keys", each line has three more fields for the controller's hash cache
 entry's lstat.
 
 With "session" the script is started before the verify needs it, so that the login shell and
-python3's start do not delay the verify. With "pieces:N" it also hashes the pieces of large
+python3's start do not delay the verify. ROOT "-" stands for the directory named by a first
+line {"root": PATH} on stdin, so that the script can start before the directory exists. With
+"pieces:N" it also hashes the pieces of large
 files while the copy writes them (PieceFollower). Once its watches are in place it writes the
 line {"ready": true, "following": BOOL}. It waits for the line "scan" on stdin (and exits at
 the end of stdin without it), writes the listing and then the line
@@ -602,6 +604,11 @@ def main():
     piece_bytes = int(hash_mode[len("pieces:"):]) if hash_mode.startswith("pieces:") else None
     with_keys = "keys" in sys.argv[3:]
     session = "session" in sys.argv[3:]
+    if session and root == b"-":
+        request = sys.stdin.readline()
+        if not request:
+            return
+        root = os.fsencode(json.loads(request)["root"])
     follower = start_follower(root, piece_bytes) if session and piece_bytes else None
     if session:
         sys.stdout.write(json.dumps({"ready": True, "following": follower is not None}) + "\n")

@@ -201,14 +201,15 @@ class ScanSession:
     without scanning.
     """
 
-    def __init__(self, engine: Any, access: Any, directory: str, *, hash_content: bool,
+    def __init__(self, engine: Any, access: Any, directory: str | None, *, hash_content: bool,
                  keys: bool, piece_bytes: int = PIECE_BYTES) -> None:
+        """Start the script; with `directory` None, name the directory later with follow()."""
         self.engine = engine
         self.directory = directory
         self.hash_content = hash_content
         self.keys = keys
-        self.name = f"{engine.host.name}:{directory}"
-        argv = scan_argv(access, directory, hash_content=hash_content, keys=keys,
+        self.name = f"{engine.host.name}:{directory or '(directory not named yet)'}"
+        argv = scan_argv(access, directory or "-", hash_content=hash_content, keys=keys,
                          piece_bytes=piece_bytes, session=True)
         self.channel = engine.ssh.open_command(argv)
         self.errors = StderrCollector(self.channel)
@@ -216,6 +217,12 @@ class ScanSession:
         self.ready = False
         # What wait_ready() read of a line when it timed out; scan() reads on from there.
         self._partial_line = b""
+
+    def follow(self, directory: str) -> None:
+        """Name the directory of a session started without one; raises OSError if the channel failed."""
+        self.channel.sendall(json.dumps({"root": directory}).encode("utf-8") + b"\n")
+        self.directory = directory
+        self.name = f"{self.engine.host.name}:{directory}"
 
     def wait_ready(self, timeout_seconds: float) -> bool:
         """Wait until the script follows the directory; return False after the timeout or on EOF.

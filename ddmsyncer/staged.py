@@ -157,6 +157,15 @@ class StagedVolumes:
     def copy_item(self, item: TaskItem, check: volumes.VolumeCheck, counter: Any) -> tuple[Manifest, int, str]:
         """Copy one volume into its staging volume, handling running writers by policy."""
         route = self.route(item)
+        self._start_early_scan_session(item, route, check)
+        try:
+            return self._copy_with_writers(item, check, route, counter)
+        except BaseException:
+            self.close_scan_session(item)
+            raise
+
+    def _copy_with_writers(self, item: TaskItem, check: volumes.VolumeCheck, route: Route,
+                           counter: Any) -> tuple[Manifest, int, str]:
         found = self.check_writers(item)
         stopped: list[writers.Writer] = []
         if found and not self.policy.live:
@@ -234,7 +243,9 @@ class StagedVolumes:
             counter.add(len(chunk))
 
         if sha256:
-            self._start_scan_session(item, route, target_directory)
+            self._follow_with_scan_session(item, route, target_directory)
+        else:
+            self.close_scan_session(item)
         try:
             self._wait_scan_session(item)
             result = relay_host_archive(
@@ -261,7 +272,31 @@ class StagedVolumes:
                 seed.close()
         return manifest, result.relay.bytes, result.relay.stream_digest, result.changed_paths
 
-    def _start_scan_session(self, item: TaskItem, route: Route, directory: str) -> None:
+    def _start_early_scan_session(self, item: TaskItem, route: Route, check: volumes.VolumeCheck) -> None:
+        """Start the target's verify scan before the staging volume exists, when it will be scanned.
+
+        SSH's command start and python3's start then overlap the staging volume's creation,
+        and _copy_host() names the directory once it exists.
+        """
+        plain_local = check.source_driver == "local" and not check.source_options
+        if (route.data_path is not DataPath.HOST or direct.requested(self.runner) or not plain_local
+                or self.runner.task.spec.verify is not VerifyMode.FULL or route.target_access is None
+                or not self.python.available(self.runner.target, route.target_access)):
+            return
+        self._start_scan_session(item, route, None)
+
+    def _follow_with_scan_session(self, item: TaskItem, route: Route, directory: str) -> None:
+        """Let the early verify scan follow `directory`, or start a scan of it."""
+        session = self.scan_sessions.get(item.position)
+        if session is not None and session.directory is None:
+            try:
+                session.follow(directory)
+                return
+            except OSError as error:
+                log.info("verify scan of %s not started early: %s", directory, error)
+        self._start_scan_session(item, route, directory)
+
+    def _start_scan_session(self, item: TaskItem, route: Route, directory: str | None) -> None:
         """Start the target's verify scan of `directory`, to wait until the copy is done."""
         self.close_scan_session(item)
         try:
