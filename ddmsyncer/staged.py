@@ -293,7 +293,7 @@ class StagedVolumes:
                 session.follow(directory)
                 return
             except OSError as error:
-                log.info("verify scan of %s not started early: %s", directory, error)
+                log.info("early verify scan cannot follow %s, starting another: %s", directory, error)
         self._start_scan_session(item, route, directory)
 
     def _start_scan_session(self, item: TaskItem, route: Route, directory: str | None) -> None:

@@ -200,13 +200,17 @@ def test_known_pieces_skip_reading(script: dict[str, Any], root: Path) -> None:
     assert with_wrong_piece != expected_digest(data)
 
 
-def run_session(root: Path, archive: bytes, change: Any = None) -> tuple[list[list[Any]], dict[str, Any]]:
+def run_session(root: Path, archive: bytes, change: Any = None, *,
+                root_on_stdin: bool = False) -> tuple[list[list[Any]], dict[str, Any]]:
     """Start the script's session on `root`, extract `archive` with GNU tar, apply `change`, scan."""
     process = subprocess.Popen([sys.executable, "-c", hostverify.LOADER, hostverify.HOST_SCRIPT,
-                                str(root), f"pieces:{PIECE}", "session"],
+                                "-" if root_on_stdin else str(root), f"pieces:{PIECE}", "session"],
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     assert process.stdin is not None and process.stdout is not None
     try:
+        if root_on_stdin:
+            process.stdin.write(json.dumps({"root": str(root)}).encode() + b"\n")
+            process.stdin.flush()
         ready = json.loads(process.stdout.readline())
         assert ready == {"ready": True, "following": True}
         subprocess.run(["tar", "--extract", "--file=-", f"--directory={root}", *EXTRACT_OPTIONS],
@@ -258,3 +262,20 @@ def test_session_scan_catches_change_after_copy(tmp_path: Path, root: Path, offs
                              change=lambda directory: flip_byte(directory / "sub" / "big", offset))
 
     assert big_file_digest(records) != expected_digest(data)
+
+
+def test_session_takes_root_from_stdin(tmp_path: Path, root: Path) -> None:
+    data = os.urandom(FILE_BYTES)
+
+    records, end = run_session(root, make_archive(tmp_path, data), root_on_stdin=True)
+
+    assert big_file_digest(records) == expected_digest(data)
+    assert end["end"] is True
+
+
+def test_session_without_root_line_exits(root: Path) -> None:
+    completed = subprocess.run([sys.executable, "-c", hostverify.LOADER, hostverify.HOST_SCRIPT,
+                                "-", f"pieces:{PIECE}", "session"],
+                               input=b"", capture_output=True, check=True)
+
+    assert completed.stdout == b""
