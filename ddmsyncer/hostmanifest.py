@@ -284,7 +284,8 @@ class PieceFollower:
         self.thread.join()
         try:
             self.read_events()
-        except OSError:
+        except Exception:
+            # Events read but not handled are lost, so no early digest can be trusted.
             self.broken = True
 
     def run(self):
@@ -300,7 +301,7 @@ class PieceFollower:
                 self.read_events()
                 self.check_candidates()
                 self.hash_followed()
-        except OSError:
+        except Exception:
             self.broken = True
 
     def add_watch(self, path, mask):

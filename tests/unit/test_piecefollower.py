@@ -187,6 +187,23 @@ def test_hard_linked_file_not_trusted(script: dict[str, Any], root: Path) -> Non
     assert followed is None
 
 
+def test_failed_event_handling_trusts_nothing(script: dict[str, Any], root: Path) -> None:
+    data = os.urandom(FILE_BYTES)
+    follower = script["PieceFollower"](os.fsencode(root), PIECE)
+    write_like_tar(follower, root / "big", data)
+    follower.start()
+
+    def fail(*arguments: Any) -> None:
+        raise ValueError("invalid event")
+
+    follower.handle_event = fail
+    flip_byte(root / "big", PIECE + 5)
+    follower.stop()
+
+    assert follower.broken is True
+    assert follower.piece_digests(os.lstat(root / "big")) is None
+
+
 def test_known_pieces_skip_reading(script: dict[str, Any], root: Path) -> None:
     # Known digests stand for the first pieces: wrong ones give a wrong digest, which shows
     # that pieced_sha256 uses them instead of reading those pieces.
