@@ -1,7 +1,7 @@
 """The verify scan's PieceFollower: pieces hashed while tar writes a file, and what voids them.
 
 The follower class of ddmsyncer/hostmanifest.py is loaded from the script's source and driven
-step by step (no thread), so each test decides when the follower sees the file. The session
+step by step (no thread), so each test decides when the follower reads its events. The session
 tests run the whole script as a local python3 process and extract with the machine's GNU tar.
 """
 
