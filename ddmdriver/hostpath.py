@@ -126,18 +126,22 @@ PYTHON_CHECK = ("import base64, grp, hashlib, json, os, pwd, stat, struct, threa
 # can enter and read. One command, because every SSH command costs the host a login shell
 # start. It prints "access root|sudo|none", "tar FIRST-LINE", "python3 yes", "codec NAME" and
 # "readable DIRECTORY" lines. Its arguments are the codec names, "--" and the directories.
+# After those it checks the directories read from stdin, one per line, so that the command
+# can start before the controller knows them (ddmdriver.earlyprobe); the other commands read
+# /dev/null, so that only that loop reads stdin.
 # The checks after the first line run with sudo for a sudoer, as the copy's commands will.
 # Arguments may hold no newline (ssh.validate_argv), so the script is one line.
 PROBE_SCRIPT = " ".join((
     'if [ "$(id -u)" = 0 ]; then prefix=""; echo "access root";',
-    'elif sudo -n -- true 2>/dev/null; then prefix="sudo -n --"; echo "access sudo";',
+    'elif sudo -n -- true </dev/null 2>/dev/null; then prefix="sudo -n --"; echo "access sudo";',
     'else echo "access none"; exit 0; fi;',
-    "version=$($prefix tar --version 2>/dev/null) && printf 'tar %s\\n' \"$version\" | head -n 1;",
-    f"$prefix python3 -c '{PYTHON_CHECK}' >/dev/null 2>&1 && echo 'python3 yes';",
-    "$prefix sh -c 'codecs=1; for arg in \"$@\"; do if [ \"$arg\" = -- ]; then codecs=;",
+    "version=$($prefix tar --version </dev/null 2>/dev/null) && printf 'tar %s\\n' \"$version\" | head -n 1;",
+    f"$prefix python3 -c '{PYTHON_CHECK}' </dev/null >/dev/null 2>&1 && echo 'python3 yes';",
+    "$prefix sh -c 'check() { if [ -d \"$1\" ] && [ -r \"$1\" ] && [ -x \"$1\" ]; then",
+    "printf \"readable %s\\n\" \"$1\"; fi; }; codecs=1; for arg in \"$@\"; do",
+    "if [ \"$arg\" = -- ]; then codecs=;",
     "elif [ -n \"$codecs\" ]; then command -v \"$arg\" >/dev/null 2>&1 && echo \"codec $arg\";",
-    "elif [ -d \"$arg\" ] && [ -r \"$arg\" ] && [ -x \"$arg\" ]; then printf \"readable %s\\n\" \"$arg\";",
-    "fi; done' ddm-probe \"$@\";",
+    "else check \"$arg\"; fi; done; while IFS= read -r arg; do check \"$arg\"; done' ddm-probe \"$@\";",
     "exit 0",
 ))
 # Codec commands the probe looks for; a test sets it to () to simulate a host without them.

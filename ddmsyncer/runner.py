@@ -69,10 +69,11 @@ EngineFactory = Callable[[Any, Config], Any]
 Result = TypeVar("Result")
 
 
-def default_engine_factory(host: Any, config: Config) -> Any:
+def default_engine_factory(host: Any, config: Config, **options: Any) -> Any:
+    """Open the host's engine; `options` are keyword arguments of ddmdriver.engine.open_engine."""
     from ddmdriver.engine import open_engine
 
-    return open_engine(host, config)
+    return open_engine(host, config, **options)
 
 
 def mark_stale_running(store: TaskStore, task: Task) -> Task:
@@ -162,19 +163,31 @@ class TaskRunner:
             )
         return self._engines[host_name]
 
-    def connect_hosts(self) -> None:
-        """Open the source's and the target's engine at once (see ddmsyncer.connect)."""
+    def connect_hosts(self, on_ssh_connected: Callable[[str, Any], None] | None = None) -> None:
+        """Open the source's and the target's engine at once (see ddmsyncer.connect).
+
+        `on_ssh_connected(host_name, ssh)` runs in each host's connecting thread as soon as
+        its SSH connection is authenticated; only the default engine factory calls it.
+        """
         spec = self.task.spec
         missing = [name for name in dict.fromkeys([spec.source_host, spec.target_host])
                    if name not in self._engines]
         if len(missing) < 2 or getattr(self._local, "engines", None) is not None:
             return
         opened, error = connect.open_engines(
-            lambda name: self.engine_factory(self.config.host(name), self.config), missing)
+            lambda name: self._open_engine(name, on_ssh_connected), missing)
         for name, engine in opened.items():
             self._engines[name] = self._stack.enter_context(engine)
         if error is not None:
             raise error
+
+    def _open_engine(self, host_name: str,
+                     on_ssh_connected: Callable[[str, Any], None] | None) -> Any:
+        host = self.config.host(host_name)
+        if on_ssh_connected is None or self.engine_factory is not default_engine_factory:
+            return self.engine_factory(host, self.config)
+        return default_engine_factory(
+            host, self.config, on_ssh_connected=lambda ssh: on_ssh_connected(host_name, ssh))
 
     def reconnect(self, host_name: str) -> Any:
         """Close the engine of a host and connect to it again; return the new engine."""
@@ -339,7 +352,7 @@ class TaskRunner:
         behind (a runner killed mid-copy cannot remove them), so that a resumed task can
         replace the target volumes that those helpers still mount.
         """
-        self.connect_hosts()
+        self.connect_hosts(self.staged.begin_host_probe)
         self.staged.start_host_probes()
         self.source.ping()
         self.target.ping()

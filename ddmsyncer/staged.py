@@ -97,6 +97,18 @@ class StagedVolumes:
                 self.python.start(runner.target, probe.access)
 
         self.probes.start(runner.target, then=start_python)
+        self.probes.close()  # a probe begun for a host that is not probed
+
+    def begin_host_probe(self, host_name: str, ssh: Any) -> None:
+        """Start the probe of a host that start_host_probes() will probe, on its new SSH connection.
+
+        Called by TaskRunner.connect_hosts in the host's connecting thread (see
+        ddmdriver.earlyprobe for why). The source is probed only off the engine data path.
+        """
+        spec = self.runner.task.spec
+        engine_only = spec.options.get("data_path", "auto") == "engine"
+        if host_name == spec.target_host or (host_name == spec.source_host and not engine_only):
+            self.probes.begin(host_name, ssh)
 
     def _record_source_python(self, probe: Any) -> None:
         if probe.access is not None and probe.python3:
