@@ -6,7 +6,9 @@ host's engine starts one such command, `docker system dial-stdio`, and the probe
 host data path (hostpath.PROBE_SCRIPT) is another. Started one after the other, both shell
 starts lie on the prepare phase's critical path. StartedProbe starts the probe on the fresh
 connection, so both shells start at once. The probe needs the mountpoints it checks, which
-only the engine can tell, so it reads them from stdin once finish() sends them.
+only the engine can tell, so it reads them from stdin once finish() sends them. The target's
+probe also reports the free space of the engine's volume directory, which saves the target
+the login shell of a separate `df` command.
 """
 
 from __future__ import annotations
@@ -36,15 +38,19 @@ class StartedProbe:
         argv = ["sh", "-c", hostpath.PROBE_SCRIPT, "ddm-probe", *hostpath.PROBED_CODECS, "--"]
         self._channel: paramiko.Channel = ssh.open_command(argv)
 
-    def finish(self, directories: Sequence[str] = ()) -> hostpath.HostProbe:
-        """Send `directories`, wait for the probe to end and return its result.
+    def finish(self, directories: Sequence[str] = (),
+               free_space_path: str | None = None) -> hostpath.HostProbe:
+        """Send `directories` and `free_space_path`, wait for the probe and return its result.
 
-        A directory whose name contains a newline cannot be sent as a line, so it is left
-        out of HostProbe.checked, and the caller checks it with its own command
-        (datapath does so with hostpath.check_directory).
+        HostProbe.free_bytes is the space available under `free_space_path`. A path that
+        contains a newline cannot be sent as a line. Such a directory is left out of
+        HostProbe.checked, and such a free-space path leaves free_bytes None. The caller
+        then runs a command of its own (datapath uses hostpath.check_directory).
         """
         sendable = [directory for directory in directories if "\n" not in directory]
-        lines = "".join(f"{directory}\n" for directory in sendable)
+        lines = "".join(f"readable {directory}\n" for directory in sendable)
+        if free_space_path is not None and "\n" not in free_space_path:
+            lines += f"free {free_space_path}\n"
         try:
             self._send(lines.encode("utf-8", "surrogateescape"))
             result = collect_output(self._channel, hostpath.PROBE_TIMEOUT_SECONDS)

@@ -105,6 +105,7 @@ class HostProbe:
     checked: frozenset[str] = frozenset()  # directories the probe checked
     readable: frozenset[str] = frozenset()  # checked directories the account can enter and read
     python3: bool = False  # python3 runs PYTHON_CHECK with the account's access
+    free_bytes: int | None = None  # available under the "free" path, from `df -P -k`
 
 
 @dataclass
@@ -126,9 +127,10 @@ PYTHON_CHECK = ("import base64, grp, hashlib, json, os, pwd, stat, struct, threa
 # can enter and read. One command, because every SSH command costs the host a login shell
 # start. It prints "access root|sudo|none", "tar FIRST-LINE", "python3 yes", "codec NAME" and
 # "readable DIRECTORY" lines. Its arguments are the codec names, "--" and the directories.
-# After those it checks the directories read from stdin, one per line, so that the command
-# can start before the controller knows them (ddmdriver.earlyprobe); the other commands read
-# /dev/null, so that only that loop reads stdin.
+# Then it reads requests from stdin, one per line, so that the command can start before the
+# controller knows their paths (ddmdriver.earlyprobe): "readable DIRECTORY" is checked like a
+# directory argument, and "free PATH" prints the `df -P -k PATH` output as "df LINE" lines.
+# The other commands read /dev/null, so that only that loop reads stdin.
 # The checks after the first line run with sudo for a sudoer, as the copy's commands will.
 # Arguments may hold no newline (ssh.validate_argv), so the script is one line.
 PROBE_SCRIPT = " ".join((
@@ -141,7 +143,11 @@ PROBE_SCRIPT = " ".join((
     "printf \"readable %s\\n\" \"$1\"; fi; }; codecs=1; for arg in \"$@\"; do",
     "if [ \"$arg\" = -- ]; then codecs=;",
     "elif [ -n \"$codecs\" ]; then command -v \"$arg\" >/dev/null 2>&1 && echo \"codec $arg\";",
-    "else check \"$arg\"; fi; done; while IFS= read -r arg; do check \"$arg\"; done' ddm-probe \"$@\";",
+    "else check \"$arg\"; fi; done; while IFS= read -r line; do case \"$line\" in",
+    "\"readable \"*) check \"${line#readable }\";;",
+    "\"free \"*) df -P -k \"${line#free }\" </dev/null 2>/dev/null |",
+    "while IFS= read -r out; do printf \"df %s\\n\" \"$out\"; done;;",
+    "esac; done' ddm-probe \"$@\";",
     "exit 0",
 ))
 # Codec commands the probe looks for; a test sets it to () to simulate a host without them.
@@ -188,7 +194,16 @@ def parse_probe_output(host_name: str, exit_status: int, stdout: bytes, stderr: 
     codecs = frozenset(values.get("codec", [])) & set(CODEC_NAMES)
     readable = frozenset(values.get("readable", [])) & set(directories)
     return HostProbe(HostAccess(host_name, prefix, version, codecs), checked=frozenset(directories),
-                     readable=readable, python3="yes" in values.get("python3", []))
+                     readable=readable, python3="yes" in values.get("python3", []),
+                     free_bytes=_free_bytes(values.get("df", [])))
+
+
+def _free_bytes(df_lines: list[str]) -> int | None:
+    from ddmdriver.engine import parse_df_available
+
+    if not df_lines:
+        return None
+    return parse_df_available("\n".join(df_lines).encode("utf-8", "surrogateescape"))
 
 
 def check_directory(engine: Any, access: HostAccess, directory: str) -> bool:

@@ -408,8 +408,8 @@ class SSHConnection:
 def collect_output(channel: paramiko.Channel, timeout: float) -> CommandResult:
     """Wait for a started command's stdout, stderr and exit status, and return them.
 
-    For a command started with SSHConnection.open_command whose stdin the caller has
-    closed. Raises TimeoutError when the command has not ended after `timeout` seconds.
+    The command was started with SSHConnection.open_command, and the caller has closed its
+    stdin. Raises TimeoutError when the command has not ended after `timeout` seconds.
     """
     channel.settimeout(timeout)
     return _collect_output(channel, time.monotonic() + timeout)

@@ -130,17 +130,20 @@ class HostProbes:
             self._started[host_name] = started
 
     def start(self, engine: Any, directories: tuple[str, ...] = (),
-              then: Callable[[Any], None] | None = None) -> None:
+              then: Callable[[Any], None] | None = None, free_space_path: str | None = None) -> None:
         """Start probing `engine`'s host; `then` gets the HostProbe in the probing thread.
 
         The probe also checks that the account can read `directories` (HostProbe.readable).
+        A probe that begin() started also reads the free space under `free_space_path`
+        (HostProbe.free_bytes); other probes leave it None.
         """
         key = engine.host.name
         with self._lock:
             if key in self._threads:
                 return
             started = self._started.pop(key, None)
-            thread = threading.Thread(target=self._run, args=(engine, directories, then, started),
+            thread = threading.Thread(target=self._run,
+                                      args=(engine, directories, then, started, free_space_path),
                                       name="ddm-host-probe", daemon=True)
             self._threads[key] = thread
         thread.start()
@@ -162,13 +165,14 @@ class HostProbes:
             started.close()
 
     def _run(self, engine: Any, directories: tuple[str, ...],
-             then: Callable[[Any], None] | None, started: Any = None) -> None:
+             then: Callable[[Any], None] | None, started: Any = None,
+             free_space_path: str | None = None) -> None:
         from ddmdriver.hostpath import probe_host_access
 
         key = engine.host.name
         try:
             if started is not None:
-                result = started.finish(directories)
+                result = started.finish(directories, free_space_path)
             else:
                 result = probe_host_access(engine, directories)
         except BaseException as error:  # noqa: BLE001 - raised again by probe() in the caller

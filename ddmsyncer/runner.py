@@ -353,10 +353,11 @@ class TaskRunner:
         replace the target volumes that those helpers still mount.
         """
         self.connect_hosts(self.staged.begin_host_probe)
-        self.staged.start_host_probes()
         self.source.ping()
         self.target.ping()
-        free_space = volumes.FreeSpaceQuery(self.target)
+        free_space_path = volumes.volumes_root(self.target)
+        self.staged.start_host_probes(free_space_path)
+        free_space = volumes.FreeSpaceQuery(self.target, free_space_path, self.staged.probes)
         volumes.reject_overlap(self.source, self.target, self.task.items)
         for engine in self._open_engines():
             removed = volumes.remove_task_helpers(engine, self.task.id)

@@ -75,13 +75,15 @@ class StagedVolumes:
 
     # Prepare
 
-    def start_host_probes(self) -> None:
+    def start_host_probes(self, free_space_path: str | None = None) -> None:
         """Start the host probes of both hosts, which also check python3 for the host scans.
 
         The target gets a separate python3 probe, after its own, only when its host probe
         found no usable python3 (that probe logs why). They run in threads while prepare inspects volumes through the engines; route()
         waits for them. The source's probe also checks that its volumes' mountpoints are
-        readable. With `--data-path engine` the source's host is not probed.
+        readable. With `--data-path engine` the source's host is not probed. The target's
+        probe, when begin_host_probe() started it, also reads the free space under
+        `free_space_path`.
         """
         runner = self.runner
         if runner.task.spec.options.get("data_path", "auto") != "engine":
@@ -96,7 +98,7 @@ class StagedVolumes:
             elif probe.access is not None:
                 self.python.start(runner.target, probe.access)
 
-        self.probes.start(runner.target, then=start_python)
+        self.probes.start(runner.target, then=start_python, free_space_path=free_space_path)
         self.probes.close()  # a probe begun for a host that is not probed
 
     def begin_host_probe(self, host_name: str, ssh: Any) -> None:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ddm.errors import (
+    DDMError,
     UsageError,
     InsufficientSpace,
     TargetExists,
@@ -135,18 +136,23 @@ class FreeSpaceQuery:
     On an ssh:// host Engine.free_bytes runs `df` over SSH, so starting it early lets that
     command overlap other prepare steps. The storage path is read through the engine API in
     the calling thread, because the engine's API client is not shared between threads.
+    With `probes` (a ddmsyncer.datapath.HostProbes that was given `path` for the target),
+    the target's host probe reports the figure, and `df` runs only when it did not.
     """
 
-    def __init__(self, target) -> None:
+    def __init__(self, target, path: str | None = None, probes=None) -> None:
         self._free: int | None = None
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(target, volumes_root(target)),
+        self._thread = threading.Thread(target=self._run,
+                                        args=(target, path or volumes_root(target), probes),
                                         name="ddm-free-space", daemon=True)
         self._thread.start()
 
-    def _run(self, target, path: str) -> None:
+    def _run(self, target, path: str, probes) -> None:
         try:
-            self._free = target.free_bytes(path)
+            self._free = _probed_free_bytes(target, probes)
+            if self._free is None:
+                self._free = target.free_bytes(path)
         except BaseException as error:  # noqa: BLE001 - raised again by result()
             self._error = error
 
@@ -156,6 +162,17 @@ class FreeSpaceQuery:
         if self._error is not None:
             raise self._error
         return self._free
+
+
+def _probed_free_bytes(target, probes) -> int | None:
+    if probes is None:
+        return None
+    try:
+        return probes.probe(target).free_bytes
+    except DDMError as error:
+        log.info("host probe of %s failed (%s); reading its free space with df", target.host.name,
+                 error)
+        return None
 
 
 def check_space(target, needed_bytes: int | None, volume: str,

@@ -16,6 +16,7 @@ import pytest
 from ddmdriver import engine as engine_module
 from ddmdriver.earlyprobe import StartedProbe
 from ddmdriver.ssh import validate_argv
+from ddmsyncer import volumes
 from ddmsyncer.datapath import HostProbes
 from ddmsyncer.staged import StagedVolumes
 
@@ -97,8 +98,50 @@ def test_started_probe_checks_stdin_directories(tmp_path: Path) -> None:
     assert probe.access is not None
     assert probe.readable == frozenset({str(readable)})
     assert probe.checked == frozenset({str(readable), str(missing)})
+    assert probe.free_bytes is None
     assert ssh.started[0][-1] == "--"
-    assert ssh.channels[0].sent == f"{readable}\n{missing}\n".encode()
+    assert ssh.channels[0].sent == f"readable {readable}\nreadable {missing}\n".encode()
+
+
+@needs_root
+def test_started_probe_reads_free_space(tmp_path: Path) -> None:
+    ssh = LocalSSH()
+
+    probe = StartedProbe(ssh, "h1").finish((), str(tmp_path))
+
+    statistics = os.statvfs(tmp_path)
+    available = statistics.f_bavail * statistics.f_frsize
+    assert probe.free_bytes is not None
+    # Other processes write to the same file system meanwhile.
+    assert abs(probe.free_bytes - available) < 256 * 1024 * 1024
+    assert ssh.channels[0].sent == f"free {tmp_path}\n".encode()
+
+
+@needs_root
+def test_free_space_query_uses_probe(tmp_path: Path) -> None:
+    ssh = LocalSSH()
+    probes = HostProbes()
+    probes.begin("h2", ssh)
+    target = engine_on("h2", ssh)
+    target.free_bytes = lambda path: pytest.fail("df ran although the probe reported the space")
+    probes.start(target, free_space_path=str(tmp_path))
+
+    free = volumes.FreeSpaceQuery(target, str(tmp_path), probes).result()
+
+    assert free == probes.probe(target).free_bytes
+    assert free is not None
+
+
+def test_free_space_query_without_probe_figure_runs_df() -> None:
+    probes = SimpleNamespace(probe=lambda engine: SimpleNamespace(free_bytes=None))
+    paths: list[str] = []
+    target = SimpleNamespace(host=SimpleNamespace(name="h2"),
+                             free_bytes=lambda path: paths.append(path) or 12345)
+
+    free = volumes.FreeSpaceQuery(target, "/var/lib/docker/volumes", probes).result()
+
+    assert free == 12345
+    assert paths == ["/var/lib/docker/volumes"]
 
 
 @needs_root
