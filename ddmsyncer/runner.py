@@ -119,6 +119,7 @@ class TaskRunner:
         self._manifests: dict[int, Manifest] = {}
         self._last_control_poll = 0.0
         self._incremental: dict[int, str] = {}  # item position -> earlier task that copied it
+        self._volume_sizes = volumes.VolumeSizes()
         self.staged = StagedVolumes(self)
 
     @property
@@ -377,10 +378,12 @@ class TaskRunner:
             for item in pending:
                 self._check_route(item)
 
-        # NOTE: an incremental update needs room for changed files only; it is not checked.
-        needed = sum(check.size_bytes or 0 for position, check in checks.items()
-                     if position not in self._incremental)
-        if checks and all(check.size_bytes is not None for check in checks.values()):
+        # NOTE: an incremental update needs room for changed files only; it is not checked,
+        # and its volume is not measured (see _check_volume).
+        full_copies = [check for position, check in checks.items()
+                       if position not in self._incremental]
+        needed = sum(check.size_bytes or 0 for check in full_copies)
+        if checks and all(check.size_bytes is not None for check in full_copies):
             volumes.check_space(self.target, needed, ", ".join(i.target for i in self.pending_items()),
                                 free_space)
 
@@ -396,8 +399,12 @@ class TaskRunner:
         self._check_route(item)
 
     def _check_volume(self, item: TaskItem) -> volumes.VolumeCheck:
+        # The space check leaves out incremental updates, so their size is not needed
+        # before the copy; _update_item takes it from the update's source scan.
+        incremental_update = item.position in self._incremental
         return volumes.check_volume(self.source, self.target, item,
-                                    force=self.task.spec.force or item.position in self._incremental)
+                                    force=self.task.spec.force or incremental_update,
+                                    sizes=self._volume_sizes, measure=not incremental_update)
 
     def _check_route(self, item: TaskItem) -> None:
         self.staged.check_writers(item)
@@ -453,6 +460,7 @@ class TaskRunner:
         result = incremental.copy_item(self, item, counter.add)
         counter.flush()
         self.update_item(item, state=ItemState.COPIED, bytes_done=result.archive_bytes,
+                         bytes_total=incremental.volume_data_bytes(result.source_scan),
                          stream_digest=result.stream_digest)
         self.emit(ItemFinished(self.task.id, position=item.position, state=item.state.value,
                                bytes_done=result.archive_bytes))

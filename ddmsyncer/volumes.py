@@ -81,8 +81,13 @@ def aspects_for(mode: VerifyMode) -> tuple[str, ...]:
     return FULL_ASPECTS if mode is VerifyMode.FULL else QUICK_ASPECTS
 
 
-def check_volume(source, target, item: TaskItem, *, force: bool) -> VolumeCheck:
-    """Check that the source volume exists and the target name is free (or forced)."""
+def check_volume(source, target, item: TaskItem, *, force: bool, sizes: VolumeSizes | None = None,
+                 measure: bool = True) -> VolumeCheck:
+    """Check that the source volume exists and the target name is free (or forced).
+
+    The size comes from `sizes`, shared by the task's volumes, or else from a disk usage
+    report of its own. Without `measure` it is left None.
+    """
     volume = source.volume_inspect(item.source)
     if volume is None:
         raise VolumeNotFound(
@@ -101,9 +106,15 @@ def check_volume(source, target, item: TaskItem, *, force: bool) -> VolumeCheck:
         source_driver=volume.driver,
         source_options=dict(volume.options or {}),
         source_labels=dict(volume.labels or {}),
-        size_bytes=volume_size(source, item.source),
+        size_bytes=_measured_size(source, item.source, sizes) if measure else None,
         target_exists=existing is not None,
     )
+
+
+def _measured_size(source, name: str, sizes: VolumeSizes | None) -> int | None:
+    if sizes is None:
+        return volume_size(source, name)
+    return sizes.size(source, name)
 
 
 def volume_size(engine, name: str) -> int | None:
@@ -122,6 +133,40 @@ def volume_size(engine, name: str) -> int | None:
             size = (volume.get("UsageData") or {}).get("Size")
             return size if isinstance(size, int) and size >= 0 else None
     return None
+
+
+class VolumeSizes:
+    """Volume sizes from one disk usage report (GET /system/df) per host, shared by a task's volumes.
+
+    The report covers every volume of the host and costs the engine a walk of all of them,
+    so a task with several volumes requests it once per host. The --parallel workers share
+    one instance, so a lock guards it.
+    """
+
+    def __init__(self) -> None:
+        self._reports: dict[str, dict[str, int | None] | None] = {}
+        self._lock = threading.Lock()
+
+    def size(self, engine, name: str) -> int | None:
+        """Return the size of volume `name` on `engine`'s host, or None when it is unknown."""
+        with self._lock:
+            if engine.host.name not in self._reports:
+                self._reports[engine.host.name] = _usage_sizes(engine)
+            report = self._reports[engine.host.name]
+        return None if report is None else report.get(name)
+
+
+def _usage_sizes(engine) -> dict[str, int | None] | None:
+    try:
+        usage = engine.api.df()
+    except Exception as error:  # noqa: BLE001 - the size is an estimate for display and checks
+        log.warning("disk usage of host %s is unknown: %s", engine.host.name, error)
+        return None
+    sizes: dict[str, int | None] = {}
+    for volume in usage.get("Volumes") or []:
+        size = (volume.get("UsageData") or {}).get("Size")
+        sizes[volume.get("Name")] = size if isinstance(size, int) and size >= 0 else None
+    return sizes
 
 
 def volumes_root(engine) -> str:
