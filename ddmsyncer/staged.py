@@ -49,6 +49,45 @@ _VERIFY_LOCK = threading.Lock()
 _EXTRA_LOCK = threading.Lock()
 
 
+class _HostCopy:
+    """The manifest builder and hash cache seed of one host-path copy.
+
+    With a pending seed, open() is the relay's gate. It waits until the seed's stat scan has
+    started, because the source's tar may read only after that. Then it makes the manifest
+    builder, whose member check notes the tar members' ctimes for that seed.
+    """
+
+    def __init__(self, guard: ArchiveGuard, pending: Any, hash_content: bool, sha256: bool) -> None:
+        self._guard = guard
+        self._pending = pending
+        self._hash_content = hash_content
+        self._sha256 = sha256
+        self.seed: Any = None
+        # With a pending seed, the builder is made by open(), before the first chunk.
+        self.builder: ManifestBuilder | None = None if pending is not None else self._new_builder()
+
+    def open(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            self.seed = pending.wait()
+        self.builder = self._new_builder()
+
+    def close(self) -> None:
+        """Discard the seed after a failed copy."""
+        if self._pending is not None:
+            self._pending.close()
+            self._pending = None
+        if self.seed is not None:
+            self.seed.close()
+
+    def _new_builder(self) -> ManifestBuilder:
+        member_check = self._guard.check
+        if self.seed is not None:
+            member_check = self.seed.member_check(member_check)
+        return ManifestBuilder(hash_content=self._hash_content, sha256=self._sha256,
+                               member_check=member_check)
+
+
 def staging_name(task_id: str, position: int) -> str:
     """Return the staging volume name of one item: valid for Docker and unique per task."""
     return f"{STAGING_PREFIX}-{task_id}-{position}"
@@ -230,19 +269,18 @@ class StagedVolumes:
 
         target_directory = self.runner.target.volume_inspect(staging).mountpoint
         # The stream's SHA-256 of each file, with a stat-only scan beside the copy, seeds the
-        # hash cache of incremental re-migrations (ddmsyncer.hashseed).
-        seed = None
+        # hash cache of incremental re-migrations (ddmsyncer.hashseed). The scan starts now,
+        # and the source's tar reads the volume once the scan has written its start time.
+        pending = None
         if sha256:
-            seed = hashseed.SourceSeed.start(self.runner.source, route.source_access,
-                                             route.source_directory)
+            pending = hashseed.PendingSourceSeed.open(self.runner.source, route.source_access,
+                                                      route.source_directory)
         # The builder parses the stream once for the manifest and the guard's checks.
         guard = ArchiveGuard(ROOT, description=f"volume {item.source!r}")
-        member_check = guard.check if seed is None else seed.member_check(guard.check)
-        builder = ManifestBuilder(hash_content=hash_content, sha256=sha256,
-                                  member_check=member_check)
+        copy = _HostCopy(guard, pending, hash_content, sha256)
 
         def observe(chunk: memoryview) -> None:
-            builder.feed(chunk)
+            copy.builder.feed(chunk)
             counter.add(len(chunk))
 
         if sha256:
@@ -253,13 +291,14 @@ class StagedVolumes:
                 self.runner.target, route.target_access, target_directory,
                 observers=[observe],
                 codec=self.compression.codec_for(item),
+                gate=copy.open if pending is not None else None,
             )
-            manifest = builder.close()
+            manifest = copy.builder.close()
         except BaseException:
-            if seed is not None:
-                seed.close()
+            copy.close()
             self.close_scan_session(item)
             raise
+        seed = copy.seed
         self.compression.record_result(item, result.relay.bytes, result.wire_bytes)
         for path in result.skipped_sockets:
             self.runner.warn(f"volume {item.source!r}: socket {path} skipped (sockets cannot be "
