@@ -233,7 +233,6 @@ class FullTaskRunner(TaskRunner):
                 self._copy_volume(volume.name)
         for bind in self.plan.binds:
             self._copy_bind(bind.source_path, bind.target_path)
-        self._archive_logs()
         self._verify_data()
 
         for container in self.plan.containers:
@@ -252,6 +251,9 @@ class FullTaskRunner(TaskRunner):
             inspects[container.name] = self._wait_running(container.name, timeout)
             self._check_ports(container.name, inspects[container.name])
         warm.record_downtime(self)
+        # The stopped source containers' logs no longer change, so they are archived after
+        # the downtime instead of during it.
+        self._archive_logs()
 
         for container in self.plan.containers:
             inspect = inspects[container.name]

@@ -284,8 +284,6 @@ def _migrate_steps(plan: FullPlan, spec: TaskSpec, add: Any) -> None:
     for bind in plan.binds:
         add("migrate", "copy the bind-mounted directory", "bind_mount", bind.source_path,
             bind.target_path)
-    add("migrate", "archive each source container's log in the volume ddm-logs-TASK on the "
-        "target")
     for container in plan.containers:
         deleted = len(plan.deleted_paths.get(container.name) or [])
         extra = f", and mark {deleted} deleted paths" if deleted else ""
@@ -300,6 +298,8 @@ def _verify_steps(plan: FullPlan, spec: TaskSpec, add: Any) -> None:
         add("verify", "wait until it runs (and is healthy, with a healthcheck) and its "
             "published TCP ports accept connections; downtime ends here", "container",
             container.name)
+    add("verify", "archive each source container's log in the volume ddm-logs-TASK on the "
+        "target")
     for container in plan.containers:
         add("verify", "compare the image ID, inspect projection and writable layer with the "
             "source's", "container", container.name)

@@ -775,19 +775,64 @@ def verify_update(source: Any, source_mountpoint: str, target: Any, target_mount
             source, source_mountpoint, target, target_mountpoint, cache=cache,
             hash_mode="cached" if full else "none")
 
-    differences = list(_differences(source_scan, target_scan, content=full))
+    _raise_on_differences(source_scan, target_scan, item, content=full)
+    return VerifyResult(scan_bytes,
+                        {"source": source_scan.hashed_files, "target": target_scan.hashed_files},
+                        {"source": source_scan.cache_hits, "target": target_scan.cache_hits},
+                        source_scan.reused_entries)
+
+
+def verify_target(target: Any, target_mountpoint: str, item: TaskItem, update: UpdateDigests,
+                  cache: HashCache | None = None, *, hint: str | None = None) -> VerifyResult:
+    """Compare a fresh scan of the target with the update's source scan, with every digest.
+
+    The source is not scanned again, so use it only for a source that cannot have changed
+    since its scan, such as the volume of stopped containers. The target is rescanned against the
+    update's target scan (rescan_volume) without the sent paths, so its host hashes the sent
+    files and every file whose key changed since or was racy at that scan. Uses
+    update.commands["target"] when present, a "rescan TARGET all" command.
+    """
+    sent = set(update.sent)
+    earlier = Scan({path: entry for path, entry in update.target_scan.items()
+                    if path not in sent})
+    earlier.started_ns = update.target_scan.started_ns
+    try:
+        target_scan, scan_bytes = rescan_volume(target, target_mountpoint, earlier,
+                                                hash_content=True,
+                                                command=update.commands.pop("target", None))
+    finally:
+        update.close_commands()
+    if cache is not None:
+        _save_verified_digests(cache, target, target_mountpoint, target_scan, update.target_scan)
+    _raise_on_differences(update.source_scan, target_scan, item, content=True, hint=hint)
+    return VerifyResult(scan_bytes, {"source": 0, "target": target_scan.hashed_files},
+                        {"source": 0, "target": target_scan.cache_hits},
+                        len(update.source_scan))
+
+
+def _raise_on_differences(source_scan: Scan, target_scan: Scan, item: TaskItem, *,
+                          content: bool, hint: str | None = None) -> None:
+    differences = list(_differences(source_scan, target_scan, content=content))
     if differences:
         shown = "; ".join(f"{os.fsdecode(path)}: {aspect}"
                           for path, aspect in differences[:MAX_REPORTED_DIFFERENCES])
         raise VerificationFailed(
             f"volume {item.target!r} differs from source {item.source!r} after the incremental "
             f"update in {len(differences)} places: {shown}",
-            hint="the target was restored from its backup; run 'ddmverify' to inspect",
+            hint=hint or "the target was restored from its backup; run 'ddmverify' to inspect",
         )
-    return VerifyResult(scan_bytes,
-                        {"source": source_scan.hashed_files, "target": target_scan.hashed_files},
-                        {"source": source_scan.cache_hits, "target": target_scan.cache_hits},
-                        source_scan.reused_entries)
+
+
+def _target_known_digests(update: UpdateDigests) -> dict[bytes, CachedHash]:
+    """Return the digests a target verify scan may carry over from the update's target scan.
+
+    Sent files and files whose ctime was racy at the update's scan are left out, so their
+    host hashes them again.
+    """
+    earlier = update.target_scan
+    racy = [path for path, entry in earlier.items()
+            if entry.type == "file" and hashcache.is_racy(entry.ctime_ns, earlier.started_ns)]
+    return _carried_digests(earlier, set(update.sent) | set(racy))
 
 
 def _rescan_both(source: Any, source_mountpoint: str, target: Any, target_mountpoint: str,
@@ -795,10 +840,6 @@ def _rescan_both(source: Any, source_mountpoint: str, target: Any, target_mountp
                  ) -> tuple[Scan, Scan, int]:
     """Rescan the source against the update's scan while the target is scanned in full."""
     earlier_target = update.target_scan
-    started_ns = earlier_target.started_ns
-    racy = [path for path, entry in earlier_target.items()
-            if entry.type == "file" and hashcache.is_racy(entry.ctime_ns, started_ns)]
-    rehashed = set(update.sent) | set(racy)
     results: dict[str, tuple[Scan, int]] = {}
     failures: list[BaseException] = []
 
@@ -806,7 +847,7 @@ def _rescan_both(source: Any, source_mountpoint: str, target: Any, target_mountp
         try:
             results["target"] = scan_volume(target, target_mountpoint,
                                             hash_mode="cached" if full else "none",
-                                            known=_carried_digests(earlier_target, rehashed),
+                                            known=_target_known_digests(update),
                                             command=update.commands.pop("target", None))
         except BaseException as error:  # noqa: BLE001 - raised below in the calling thread
             failures.append(error)

@@ -7,14 +7,32 @@ scan the volume at once, then one command on the target deletes the removed entr
 unpacks the tar stream of new and changed entries. The target volume gets no backup, because
 the task created it and its rollback removes it.
 
-Which files are hashed while the containers are down? Only files whose mtime is at most
-PRECOPY_MTIME_MARGIN_SECONDS before the pre-copy started (clock of the source host, rounded
-down to whole seconds) are hashed, on both hosts and in the same scan, because only they can
-have changed without their mtime showing it. A file that differs in type, mode, owner, size or
-whole-second mtime is sent whatever its hash. A file whose mtime an application set back into the past while keeping its size
-is missed here, as with rsync's default quick check. Verify therefore hashes every file of
-both volumes again (verify full), after the target has started, and fails the task, which
-rolls it back, on any difference.
+Which files are hashed while the containers are down? With verify full, right after the
+pre-copy and while the containers still run, both hosts hash their copy of the volume once and
+store each file's SHA-256 in the hash cache with its lstat key (device, inode, size, mtime_ns,
+ctime_ns; see ddmsyncer/hashcache.py). It waits until the pre-copy's last writes are
+hashcache.RACY_MARGIN_NANOSECONDS old, because files changed within that margin of a scan's
+start are not cached. After the stop, each host rescans the volume against that scan
+(incremental.rescan_volume): it lstats every entry and reports and hashes only those whose key
+changed, and every other entry keeps its digest. A task resumed in another process, which no
+longer has the scans, scans in "cached" mode instead, with the digests from the hash cache.
+Every change to a file sets its ctime, so a file an application rewrote with its size and
+mtime kept is hashed and sent too, on either host.
+
+Verify then proves that the target equals the stopped source without hashing both volumes
+again (incremental.verify_target). The source containers are stopped, so the source's delta
+scan is final and the source is not scanned again. The target's host lstats every entry
+and hashes the sent files and any file whose key changed since its delta scan, such as one
+damaged after the delta. Every other entry is taken from that scan. Every aspect and
+digest of every entry is compared with the source's delta scan, and a difference fails the
+task, which rolls it back. NOTE: a process outside the source containers that writes to the
+source volume during the downtime is not detected.
+
+Without verify full, and for a task whose pre-copy an older version made, the delta scans
+hash only files whose mtime is at most PRECOPY_MTIME_MARGIN_SECONDS before the pre-copy
+started (clock of the source host, rounded down to whole seconds). A file whose mtime an
+application set back into the past while keeping its size is missed there, as with rsync's
+default quick check, and verify full (older tasks) scans both volumes in full instead.
 
 Downtime runs from the moment the first source container is stopped until every target
 container runs (and is healthy, when it has a healthcheck) and its published ports accept
@@ -25,12 +43,13 @@ cutovers alike.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from ddm.task import TaskItem
-from ddmsyncer import incremental
+from ddm.task import TaskItem, VerifyMode
+from ddmsyncer import hashcache, incremental
 from ddmsyncer.hashcache import HashCache
 
 log = logging.getLogger(__name__)
@@ -39,6 +58,10 @@ STOPPED_AT_KEY = "source_stopped_at"
 WARM_KEY = "warm"
 # Covers the whole-second mtimes that the archive API gives the pre-copy.
 PRECOPY_MTIME_MARGIN_SECONDS = 2
+# Scan entries of both hosts that a task keeps in memory from seed_digests until the delta
+# pass, at about 300 bytes each (see incremental.UpdateDigests). Volumes above it are scanned
+# in "cached" mode after the stop, which loads the digests from the hash cache instead.
+SEED_SCANS_MAX_ENTRIES = 200_000
 
 
 def is_warm(runner: Any) -> bool:
@@ -98,7 +121,46 @@ def precopy(runner: Any, volume_names: list[str]) -> None:
         _save_record(runner, name, precopy_bytes=sent)
         runner.record("info", "precopied", f"pre-copied volume {name!r} while its containers "
                       f"run: {sent} bytes")
+        precopy_finished = time.monotonic()
+        if runner.task.spec.verify is VerifyMode.FULL:
+            seed_digests(runner, name, precopy_finished)
         start_delta_commands(runner, [name])
+
+
+def seed_digests(runner: Any, name: str, precopy_finished: float) -> None:
+    """Hash both copies of a pre-copied volume into the hash cache while its containers run.
+
+    The scans wait until the pre-copy's last writes on the target are older than the racy
+    margin (controller clock), so that the cache keeps their digests. A record without
+    "seeded" (verify quick or none, or a task an older version started) makes the delta pass
+    use the mtime test instead.
+    """
+    source_mountpoint, target_mountpoint = _delta_mountpoints(runner, name)
+    wait = precopy_finished + hashcache.RACY_MARGIN_NANOSECONDS / 1e9 - time.monotonic()
+    if wait > 0:
+        time.sleep(wait)
+
+    started = time.monotonic()
+    source_scan, target_scan, _ = incremental.scan_both(
+        runner.source, source_mountpoint, runner.target, target_mountpoint,
+        cache=HashCache(runner.store), hash_mode="cached")
+    kept = _seed_scans(runner)
+    kept_entries = sum(len(source) + len(target) for source, target in kept.values())
+    if kept_entries + len(source_scan) + len(target_scan) <= SEED_SCANS_MAX_ENTRIES:
+        kept[name] = (source_scan, target_scan)
+    _save_record(runner, name, seeded=True,
+                 seed_hashed_files={"source": source_scan.hashed_files,
+                                    "target": target_scan.hashed_files})
+    log.info("volume %s: hashed %d source and %d target files into the hash cache in %.2f s",
+             name, source_scan.hashed_files, target_scan.hashed_files,
+             time.monotonic() - started)
+
+
+def _seed_scans(runner: Any) -> dict[str, tuple[incremental.Scan, incremental.Scan]]:
+    """Return the (source, target) scans of seed_digests that this process keeps, by volume."""
+    if getattr(runner, "_warm_seed_scans", None) is None:
+        runner._warm_seed_scans = {}
+    return runner._warm_seed_scans
 
 
 def precopied(runner: Any) -> set[str]:
@@ -132,7 +194,7 @@ def start_delta_commands(runner: Any, names: list[str]) -> None:
     Called after the pre-copy, and again before the source containers stop for a task resumed
     in another process, so that opening SSH channels and starting python3 and tar on both
     hosts does not count as downtime. The scans read the volumes only once copy_delta sends
-    them their (empty) stdin. A command that copy_delta does not use ends when its channel is
+    them their stdin. A command that copy_delta does not use ends when its channel is
     closed.
     """
     started = _started_commands(runner)
@@ -140,22 +202,29 @@ def start_delta_commands(runner: Any, names: list[str]) -> None:
         if name not in _records(runner) or name in started:
             continue
         source_mountpoint, target_mountpoint = _delta_mountpoints(runner, name)
-        mode = f"newer:{_newer_than_ns(_records(runner)[name]['precopy_started_at'])}"
+        mode = _delta_hash_mode(runner, name)
         commands = DeltaCommands({}, None)
         started[name] = commands
         commands.scans["source"] = incremental.HostCommand(
-            runner.source, ["scan", source_mountpoint, mode])
+            runner.source, _scan_arguments(mode, source_mountpoint))
         commands.scans["target"] = incremental.HostCommand(
-            runner.target, ["scan", target_mountpoint, mode])
+            runner.target, _scan_arguments(mode, target_mountpoint))
         commands.tar_channels = incremental.open_tar_channels(
             runner.source, source_mountpoint, runner.target, target_mountpoint, apply=True)
 
 
+def _scan_arguments(mode: str, mountpoint: str) -> list[str]:
+    if mode == "rescan":
+        return ["rescan", mountpoint, "all"]
+    return ["scan", mountpoint, mode]
+
+
 def close_delta_commands(runner: Any) -> None:
-    """Close the started commands that no delta pass used (after a failure)."""
+    """Close the started commands that no delta pass or verify used (after a failure)."""
     for commands in _started_commands(runner).values():
         commands.close()
     _started_commands(runner).clear()
+    close_verify_commands(runner)
 
 
 def _started_commands(runner: Any) -> dict[str, DeltaCommands]:
@@ -175,15 +244,29 @@ def copy_delta(runner: Any, name: str) -> None:
 
 
 def _copy_delta(runner: Any, name: str, commands: DeltaCommands | None) -> None:
-    record = _records(runner)[name]
     source_mountpoint, target_mountpoint = _delta_mountpoints(runner, name)
     started = time.monotonic()
-    source_scan, target_scan, scan_bytes = incremental.scan_both(
-        runner.source, source_mountpoint, runner.target, target_mountpoint,
-        hash_mode=f"newer:{_newer_than_ns(record['precopy_started_at'])}",
-        commands=commands.scans if commands is not None else None)
+    hash_mode = _delta_hash_mode(runner, name)
+    scans = commands.scans if commands is not None else {}
+    if hash_mode == "rescan":
+        source_scan, target_scan, scan_bytes = _rescan_seeded(runner, name, scans)
+    else:
+        source_scan, target_scan, scan_bytes = incremental.scan_both(
+            runner.source, source_mountpoint, runner.target, target_mountpoint,
+            cache=HashCache(runner.store) if hash_mode == "cached" else None,
+            hash_mode=hash_mode, commands=scans)
     plan = incremental.plan_update(source_scan, target_scan)
-    log.info("volume %s: delta scans took %.2f s", name, time.monotonic() - started)
+    log.info("volume %s: delta scans took %.2f s, hashed %d source and %d target files", name,
+             time.monotonic() - started, source_scan.hashed_files, target_scan.hashed_files)
+
+    digests = None
+    if hash_mode in ("rescan", "cached"):
+        # Both scans have every file's digest, so verify needs to scan only the target. Its
+        # command starts now, before the transfer, in place of the delta's finished scan.
+        digests = incremental.UpdateDigests(list(plan.send), source_scan, target_scan,
+                                            (source_mountpoint, target_mountpoint))
+        digests.commands["target"] = incremental.HostCommand(
+            runner.target, ["rescan", target_mountpoint, "all"])
 
     archive_bytes = 0
     if plan.send or plan.delete:
@@ -196,26 +279,84 @@ def _copy_delta(runner: Any, name: str, commands: DeltaCommands | None) -> None:
     result = incremental.UpdateResult(plan, source_scan, target_scan, plan.written_entries,
                                       len(plan.delete), archive_bytes, scan_bytes, "",
                                       time.monotonic() - started)
-    runner._warm_updates[name] = result
+    runner._warm_updates[name] = digests if digests is not None else result
     runner._manifests_by_name.pop(name, None)  # the pre-copy's manifest is out of date
     runner.add_sent_bytes("volume", result.archive_bytes)
     _save_record(runner, name, delta_bytes=result.archive_bytes,
                  delta_entries=result.sent_entries, deleted_entries=result.deleted_entries,
-                 scan_bytes=result.scan_bytes, hashed_entries=source_scan.hashed_files)
+                 scan_bytes=result.scan_bytes, hashed_entries=source_scan.hashed_files,
+                 hashed_files={"source": source_scan.hashed_files,
+                               "target": target_scan.hashed_files})
     runner.record("info", "delta", f"volume {name!r}: sent {result.sent_entries} changed "
                   f"entries ({result.archive_bytes} bytes), deleted {result.deleted_entries}")
 
 
+def _rescan_seeded(runner: Any, name: str, commands: dict[str, incremental.HostCommand]
+                   ) -> tuple[incremental.Scan, incremental.Scan, int]:
+    """Rescan both copies of a volume against the scans of seed_digests, one thread per host.
+
+    Each host lstats every entry and reports and hashes only those whose key changed since
+    the seed scan (incremental.rescan_volume), so the merged scans have every file's digest.
+    """
+    source_mountpoint, target_mountpoint = _delta_mountpoints(runner, name)
+    seed_source, seed_target = _seed_scans(runner).pop(name)
+    results: dict[str, tuple[incremental.Scan, int]] = {}
+    failures: list[BaseException] = []
+
+    def rescan_source() -> None:
+        try:
+            results["source"] = incremental.rescan_volume(
+                runner.source, source_mountpoint, seed_source, hash_content=True,
+                command=commands.pop("source", None))
+        except BaseException as error:  # noqa: BLE001 - raised below in the calling thread
+            failures.append(error)
+
+    thread = threading.Thread(target=rescan_source, name="ddm-delta-source", daemon=True)
+    thread.start()
+    try:
+        results["target"] = incremental.rescan_volume(
+            runner.target, target_mountpoint, seed_target, hash_content=True,
+            command=commands.pop("target", None))
+    finally:
+        thread.join()
+    if failures:
+        raise failures[0]
+    (source_scan, source_bytes), (target_scan, target_bytes) = results["source"], results["target"]
+    return source_scan, target_scan, source_bytes + target_bytes
+
+
 def verify_deltas(runner: Any) -> None:
-    """Compare fresh host-side scans of every volume updated by copy_delta."""
-    for name in runner._warm_updates:
-        source_mountpoint, target_mountpoint = _mountpoints(runner, name)
+    """Compare host-side scans of every volume updated by copy_delta; see the module docstring."""
+    while runner._warm_updates:
+        name, update = runner._warm_updates.popitem()
         item = TaskItem(task_id=runner.task.id, position=0, source=name, target=name)
-        # Without the update, verify full hashes every file whose key the cache does not
-        # hold; see the module docstring.
-        incremental.verify_update(runner.source, source_mountpoint, runner.target,
-                                  target_mountpoint, item, runner.task.spec.verify,
-                                  cache=HashCache(runner.store))
+        started = time.monotonic()
+        if isinstance(update, incremental.UpdateDigests):
+            # The source containers are stopped, so the source's delta scan is final.
+            _, target_mountpoint = update.mountpoints or _mountpoints(runner, name)
+            result = incremental.verify_target(
+                runner.target, target_mountpoint, item, update, HashCache(runner.store),
+                hint="the cutover is rolled back and the source containers start again; "
+                     "run 'ddmverify' to inspect")
+        else:
+            # The delta's scans lack the digests of older files, so verify full hashes every
+            # file whose key the cache does not hold.
+            source_mountpoint, target_mountpoint = _mountpoints(runner, name)
+            result = incremental.verify_update(
+                runner.source, source_mountpoint, runner.target, target_mountpoint, item,
+                runner.task.spec.verify, cache=HashCache(runner.store))
+        _save_record(runner, name, verify_hashed_files=result.hashed_files,
+                     verify_reused_entries=result.reused_entries)
+        log.info("volume %s: verify took %.2f s, hashed %d source and %d target files", name,
+                 time.monotonic() - started, result.hashed_files["source"],
+                 result.hashed_files["target"])
+
+
+def close_verify_commands(runner: Any) -> None:
+    """Close the verify scans that copy_delta started when verify did not run (a failure)."""
+    for update in getattr(runner, "_warm_updates", {}).values():
+        if isinstance(update, incremental.UpdateDigests):
+            update.close_commands()
 
 
 def discard_backups(runner: Any) -> None:
@@ -224,6 +365,20 @@ def discard_backups(runner: Any) -> None:
         if record.get("backup"):
             incremental.discard_backup(runner.target, record["backup"])
             _save_record(runner, name, backup=None, backup_complete=False)
+
+
+def _delta_hash_mode(runner: Any, name: str) -> str:
+    """Return how the delta pass scans a volume.
+
+    "rescan" when this process keeps the scans of seed_digests, "cached" when seed_digests
+    ran in another process or kept no scans, else the mtime test "newer:NS".
+    """
+    if name in _seed_scans(runner):
+        return "rescan"
+    record = _records(runner)[name]
+    if record.get("seeded"):
+        return "cached"
+    return f"newer:{_newer_than_ns(record['precopy_started_at'])}"
 
 
 def _newer_than_ns(precopy_started_at: float) -> int:

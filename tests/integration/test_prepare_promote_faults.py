@@ -158,10 +158,13 @@ def test_host_down_mid_copy_then_rollback(lab: Lab, h1: LabHost, h2: LabHost,
     stopped: list[bool] = []
     add = runner_module._ProgressCounter.add
 
+    first_call = threading.Lock()
+
     def add_then_stop(counter: runner_module._ProgressCounter, count: int) -> None:
-        if not stopped:
-            stopped.append(True)
-            h2.stop_relay()
+        with first_call:
+            if not stopped:
+                stopped.append(True)
+                h2.stop_relay()
         add(counter, count)
 
     monkeypatch.setattr(runner_module._ProgressCounter, "add", add_then_stop)

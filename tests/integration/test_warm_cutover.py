@@ -21,6 +21,7 @@ from ddm.errors import VerificationFailed
 from ddm.events import Event, PhaseFinished
 from ddmctl.cli import cli
 from ddmctl.common import run_main
+from ddmsyncer import warm
 from tests.integration.test_full_mode import (
     TAR_MTIME_RESOLUTION_NS,
     build_image,
@@ -34,7 +35,7 @@ FILE_BYTES = 128 * 1024
 FILE_COUNT = 16
 # The disguised file's mtime lies in the future, so the delta pass always hashes it.
 FUTURE_MTIME_NS = (int(time.time()) + 3600) * 1_000_000_000
-# An old mtime: the delta pass does not hash a file this old, only verify full does.
+# An old mtime: only its new ctime shows that this file changed after the pre-copy.
 OLD_MTIME_NS = 1_600_000_000 * 1_000_000_000
 TREE = {
     **{f"data/f{index}.bin": RandomFile(FILE_BYTES, seed=index) for index in range(FILE_COUNT)},
@@ -180,14 +181,69 @@ def test_cold_cutover_records_downtime(lab: Lab, app: App) -> None:
     assert extra["volume_bytes_sent"] >= FILE_COUNT * FILE_BYTES
 
 
-def test_warm_verify_catches_old_mtime(lab: Lab, app: App) -> None:
+def test_warm_delta_sends_old_mtime_change(lab: Lab, app: App) -> None:
     h1, h2 = lab.host("h1"), lab.host("h2")
+    before = snapshot_volume_tree(h1, app.volume)
+
+    task_id = run_warm_task(lab, app, disguised_files=[OLD_DISGUISED_FILE])
+
+    source = snapshot_volume_tree(h1, app.volume)
+    path = OLD_DISGUISED_FILE.encode()
+    assert source[path].sha256 != before[path].sha256
+    assert source[path].mtime_ns == before[path].mtime_ns
+    assert diff_snapshots(source, snapshot_volume_tree(h2, app.volume),
+                          mtime_resolution_ns=TAR_MTIME_RESOLUTION_NS) == []
+    assert is_running(h2, app.container)
+    record = api.open_store().get_extra(task_id)["warm"][app.volume]
+    assert record["seeded"] is True
+    # f3, added/new.bin and the disguised file, and no file the pre-copy wrote unchanged.
+    assert record["hashed_files"]["source"] == 3
+    assert record["hashed_files"]["target"] == 0
+
+
+@pytest.mark.parametrize("keep_scans", [True, False], ids=["rescan", "cached"])
+def test_warm_verify_catches_target_damage(lab: Lab, app: App, keep_scans: bool,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A target file the delta did not send is rewritten with its size and mtime kept.
+
+    Only its content shows the change, so verify fails only when it hashes that file again.
+    Without the scans made after the pre-copy, as in a task resumed by another process, the
+    delta pass scans in "cached" mode.
+    """
+    h1, h2 = lab.host("h1"), lab.host("h2")
+    if not keep_scans:
+        seed_digests = warm.seed_digests
+
+        def seed_digests_without_scans(runner: Any, name: str, finished: float) -> None:
+            seed_digests(runner, name, finished)
+            runner._warm_seed_scans.clear()
+
+        monkeypatch.setattr(warm, "seed_digests", seed_digests_without_scans)
     h2_before = host_state(h2)
+    damaged = "data/f1.bin"
+    copy_delta = warm.copy_delta
 
+    def copy_delta_then_damage(runner: Any, name: str) -> None:
+        copy_delta(runner, name)
+        if name != app.volume:
+            return
+        snapshot = snapshot_volume_tree(h2, app.volume)
+        write_volume_tree(h2, app.volume, {damaged: RandomFile(
+            FILE_BYTES, seed=4000, mtime_ns=snapshot[damaged.encode()].mtime_ns)})
+        after = snapshot_volume_tree(h2, app.volume)
+        assert after[damaged.encode()].size == snapshot[damaged.encode()].size
+        assert after[damaged.encode()].mtime_ns == snapshot[damaged.encode()].mtime_ns
+        assert after[damaged.encode()].sha256 != snapshot[damaged.encode()].sha256
+
+    monkeypatch.setattr(warm, "copy_delta", copy_delta_then_damage)
     with pytest.raises(VerificationFailed) as raised:
-        run_warm_task(lab, app, disguised_files=[OLD_DISGUISED_FILE])
+        run_warm_task(lab, app)
 
-    assert f"{OLD_DISGUISED_FILE}: content" in str(raised.value)
+    assert f"{damaged}: content" in str(raised.value)
     assert host_state(h2) == h2_before
     assert is_running(h1, app.container)
-
+    task = api.open_store().list_tasks(limit=1)[0]
+    assert task.state.value == "failed"
+    record = api.open_store().get_extra(task.id)["warm"][app.volume]
+    assert record["seeded"] is True
+    assert record["hashed_files"]["target"] == 0
