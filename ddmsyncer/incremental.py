@@ -452,6 +452,11 @@ def _file_data_bytes(source: Scan, paths: list[bytes]) -> int:
     return total
 
 
+def volume_data_bytes(scan: Scan) -> int:
+    """Return the file data of a scanned volume, counting each hard-linked inode once."""
+    return _file_data_bytes(scan, list(scan))
+
+
 def _with_parents(source: Scan, paths: list[bytes]) -> list[bytes]:
     """Add the parent directories of sent and deleted paths, parents first.
 

@@ -50,6 +50,46 @@ _VERIFY_LOCK = threading.Lock()
 _EXTRA_LOCK = threading.Lock()
 
 
+class _HostCopy:
+    """The manifest builder and hash cache seed of one host-path copy.
+
+    With a pending seed, open() is the relay's gate. It waits until the seed's stat scan has
+    started, because the source's tar may read only after that. Then it makes the manifest
+    builder, whose member check notes the tar members' ctimes for that seed.
+    """
+
+    def __init__(self, guard: ArchiveGuard, pending: Any, hash_content: bool, sha256: bool) -> None:
+        self._guard = guard
+        self._pending = pending
+        self._hash_content = hash_content
+        self._sha256 = sha256
+        self.seed: Any = None
+        # With a pending seed, the builder is made by open(), before the first chunk.
+        self.builder: ManifestBuilder | None = None if pending is not None else self._new_builder()
+
+    def open(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            self.seed = pending.wait()
+        self.builder = self._new_builder()
+
+    def close(self) -> None:
+        """Discard the seed after a failed copy."""
+        if self._pending is not None:
+            self._pending.close()
+            self._pending = None
+        if self.seed is not None:
+            self.seed.close()
+
+    def _new_builder(self) -> ManifestBuilder:
+        member_check = self._guard.check
+        if self.seed is not None:
+            member_check = self.seed.member_check(member_check)
+        # The piece size is read here, not bound at import, so that tests can shrink it.
+        return ManifestBuilder(hash_content=self._hash_content, sha256=self._sha256,
+                               member_check=member_check, piece_bytes=piecehash.PIECE_BYTES)
+
+
 def staging_name(task_id: str, position: int) -> str:
     """Return the staging volume name of one item: valid for Docker and unique per task."""
     return f"{STAGING_PREFIX}-{task_id}-{position}"
@@ -76,13 +116,15 @@ class StagedVolumes:
 
     # Prepare
 
-    def start_host_probes(self) -> None:
+    def start_host_probes(self, free_space_path: str | None = None) -> None:
         """Start the host probes of both hosts, which also check python3 for the host scans.
 
         The target gets a separate python3 probe, after its own, only when its host probe
         found no usable python3 (that probe logs why). They run in threads while prepare inspects volumes through the engines; route()
         waits for them. The source's probe also checks that its volumes' mountpoints are
-        readable. With `--data-path engine` the source's host is not probed.
+        readable. With `--data-path engine` the source's host is not probed. The target's
+        probe, when begin_host_probe() started it, also reads the free space under
+        `free_space_path`.
         """
         runner = self.runner
         if runner.task.spec.options.get("data_path", "auto") != "engine":
@@ -97,7 +139,19 @@ class StagedVolumes:
             elif probe.access is not None:
                 self.python.start(runner.target, probe.access)
 
-        self.probes.start(runner.target, then=start_python)
+        self.probes.start(runner.target, then=start_python, free_space_path=free_space_path)
+        self.probes.close()  # a probe begun for a host that is not probed
+
+    def begin_host_probe(self, host_name: str, ssh: Any) -> None:
+        """Start the probe of a host that start_host_probes() will probe, on its new SSH connection.
+
+        Called by TaskRunner.connect_hosts in the host's connecting thread (see
+        ddmdriver.earlyprobe for why). The source is probed only off the engine data path.
+        """
+        spec = self.runner.task.spec
+        engine_only = spec.options.get("data_path", "auto") == "engine"
+        if host_name == spec.target_host or (host_name == spec.source_host and not engine_only):
+            self.probes.begin(host_name, ssh)
 
     def _record_source_python(self, probe: Any) -> None:
         if probe.access is not None and probe.python3:
@@ -226,20 +280,18 @@ class StagedVolumes:
 
         target_directory = self.runner.target.volume_inspect(staging).mountpoint
         # The stream's SHA-256 of each file, with a stat-only scan beside the copy, seeds the
-        # hash cache of incremental re-migrations (ddmsyncer.hashseed).
-        seed = None
+        # hash cache of incremental re-migrations (ddmsyncer.hashseed). The scan starts now,
+        # and the source's tar reads the volume once the scan has written its start time.
+        pending = None
         if sha256:
-            seed = hashseed.SourceSeed.start(self.runner.source, route.source_access,
-                                             route.source_directory)
+            pending = hashseed.PendingSourceSeed.open(self.runner.source, route.source_access,
+                                                      route.source_directory)
         # The builder parses the stream once for the manifest and the guard's checks.
         guard = ArchiveGuard(ROOT, description=f"volume {item.source!r}")
-        member_check = guard.check if seed is None else seed.member_check(guard.check)
-        # The piece size is read here, not bound at import, so that tests can shrink it.
-        builder = ManifestBuilder(hash_content=hash_content, sha256=sha256,
-                                  member_check=member_check, piece_bytes=piecehash.PIECE_BYTES)
+        copy = _HostCopy(guard, pending, hash_content, sha256)
 
         def observe(chunk: memoryview) -> None:
-            builder.feed(chunk)
+            copy.builder.feed(chunk)
             counter.add(len(chunk))
 
         if sha256:
@@ -253,13 +305,14 @@ class StagedVolumes:
                 self.runner.target, route.target_access, target_directory,
                 observers=[observe],
                 codec=self.compression.codec_for(item),
+                gate=copy.open if pending is not None else None,
             )
-            manifest = builder.close()
+            manifest = copy.builder.close()
         except BaseException:
-            if seed is not None:
-                seed.close()
+            copy.close()
             self.close_scan_session(item)
             raise
+        seed = copy.seed
         self.compression.record_result(item, result.relay.bytes, result.wire_bytes)
         for path in result.skipped_sockets:
             self.runner.warn(f"volume {item.source!r}: socket {path} skipped (sockets cannot be "
