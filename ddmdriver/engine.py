@@ -17,7 +17,7 @@ import re
 import sys
 import tarfile
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -666,15 +666,18 @@ def parse_df_available(output: bytes) -> int | None:
     return None
 
 
-def open_engine(host: HostConfig, config: Config) -> Engine:
+def open_engine(host: HostConfig, config: Config, *,
+                on_ssh_connected: Callable[[SSHConnection], None] | None = None) -> Engine:
     """Connect to the engine of `host` and return it; use it as a context manager.
 
     ssh:// hosts get one SSH connection for the Engine's lifetime; unix://, tcp:// and (on
     Windows only) npipe:// hosts use docker-py's transports. Raises ConnectionFailed, HostKeyError, AuthenticationFailed
-    or ConfigError.
+    or ConfigError. For an ssh:// host, `on_ssh_connected` gets the authenticated connection
+    before the engine's first request, so that it can start host commands early; it must
+    not raise.
     """
     if host.scheme == "ssh":
-        return _open_ssh_engine(host, config)
+        return _open_ssh_engine(host, config, on_ssh_connected)
     if host.scheme in ("unix", "tcp"):
         return _open_direct_engine(host)
     if host.scheme == "npipe":
@@ -695,9 +698,12 @@ def _open_npipe_engine(host: HostConfig) -> Engine:
     return _open_direct_engine(host)
 
 
-def _open_ssh_engine(host: HostConfig, config: Config) -> Engine:
+def _open_ssh_engine(host: HostConfig, config: Config,
+                     on_ssh_connected: Callable[[SSHConnection], None] | None = None) -> Engine:
     ssh = connect(resolve_target(host, config))
     try:
+        if on_ssh_connected is not None:
+            on_ssh_connected(ssh)
         with _ErrorMapper(host.name, "connecting"):
             api = ssh_api_client(ssh, host.docker_socket)
     except BaseException:

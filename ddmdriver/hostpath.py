@@ -105,6 +105,7 @@ class HostProbe:
     checked: frozenset[str] = frozenset()  # directories the probe checked
     readable: frozenset[str] = frozenset()  # checked directories the account can enter and read
     python3: bool = False  # python3 runs PYTHON_CHECK with the account's access
+    free_bytes: int | None = None  # available under the "free" path, from `df -P -k`
 
 
 @dataclass
@@ -126,18 +127,27 @@ PYTHON_CHECK = ("import base64, grp, hashlib, json, os, pwd, stat, struct, threa
 # can enter and read. One command, because every SSH command costs the host a login shell
 # start. It prints "access root|sudo|none", "tar FIRST-LINE", "python3 yes", "codec NAME" and
 # "readable DIRECTORY" lines. Its arguments are the codec names, "--" and the directories.
+# Then it reads requests from stdin, one per line, so that the command can start before the
+# controller has their paths (ddmdriver.earlyprobe). "readable DIRECTORY" is checked like a
+# directory argument, and "free PATH" prints the `df -P -k PATH` output as "df LINE" lines.
+# The other commands read /dev/null, so that only that loop reads stdin.
 # The checks after the first line run with sudo for a sudoer, as the copy's commands will.
 # Arguments may hold no newline (ssh.validate_argv), so the script is one line.
 PROBE_SCRIPT = " ".join((
     'if [ "$(id -u)" = 0 ]; then prefix=""; echo "access root";',
-    'elif sudo -n -- true 2>/dev/null; then prefix="sudo -n --"; echo "access sudo";',
+    'elif sudo -n -- true </dev/null 2>/dev/null; then prefix="sudo -n --"; echo "access sudo";',
     'else echo "access none"; exit 0; fi;',
-    "version=$($prefix tar --version 2>/dev/null) && printf 'tar %s\\n' \"$version\" | head -n 1;",
-    f"$prefix python3 -c '{PYTHON_CHECK}' >/dev/null 2>&1 && echo 'python3 yes';",
-    "$prefix sh -c 'codecs=1; for arg in \"$@\"; do if [ \"$arg\" = -- ]; then codecs=;",
+    "version=$($prefix tar --version </dev/null 2>/dev/null) && printf 'tar %s\\n' \"$version\" | head -n 1;",
+    f"$prefix python3 -c '{PYTHON_CHECK}' </dev/null >/dev/null 2>&1 && echo 'python3 yes';",
+    "$prefix sh -c 'check() { if [ -d \"$1\" ] && [ -r \"$1\" ] && [ -x \"$1\" ]; then",
+    "printf \"readable %s\\n\" \"$1\"; fi; }; codecs=1; for arg in \"$@\"; do",
+    "if [ \"$arg\" = -- ]; then codecs=;",
     "elif [ -n \"$codecs\" ]; then command -v \"$arg\" >/dev/null 2>&1 && echo \"codec $arg\";",
-    "elif [ -d \"$arg\" ] && [ -r \"$arg\" ] && [ -x \"$arg\" ]; then printf \"readable %s\\n\" \"$arg\";",
-    "fi; done' ddm-probe \"$@\";",
+    "else check \"$arg\"; fi; done; while IFS= read -r line; do case \"$line\" in",
+    "\"readable \"*) check \"${line#readable }\";;",
+    "\"free \"*) df -P -k \"${line#free }\" </dev/null 2>/dev/null |",
+    "while IFS= read -r out; do printf \"df %s\\n\" \"$out\"; done;;",
+    "esac; done' ddm-probe \"$@\";",
     "exit 0",
 ))
 # Codec commands the probe looks for; a test sets it to () to simulate a host without them.
@@ -184,7 +194,16 @@ def parse_probe_output(host_name: str, exit_status: int, stdout: bytes, stderr: 
     codecs = frozenset(values.get("codec", [])) & set(CODEC_NAMES)
     readable = frozenset(values.get("readable", [])) & set(directories)
     return HostProbe(HostAccess(host_name, prefix, version, codecs), checked=frozenset(directories),
-                     readable=readable, python3="yes" in values.get("python3", []))
+                     readable=readable, python3="yes" in values.get("python3", []),
+                     free_bytes=_free_bytes(values.get("df", [])))
+
+
+def _free_bytes(df_lines: list[str]) -> int | None:
+    from ddmdriver.engine import parse_df_available
+
+    if not df_lines:
+        return None
+    return parse_df_available("\n".join(df_lines).encode("utf-8", "surrogateescape"))
 
 
 def check_directory(engine: Any, access: HostAccess, directory: str) -> bool:
@@ -237,6 +256,17 @@ class _RemoteTar:
         self.channel.close()
 
 
+# Runs its arguments only after reading one line from stdin, so that a command's login shell
+# can start on the host while the controller still waits before letting it run. End of file
+# instead of the line ends it with status 1 and runs nothing.
+GATE_SCRIPT = 'read -r line && exec "$@"'
+
+
+def gated_argv(argv: Sequence[str]) -> list[str]:
+    """Return `argv` behind GATE_SCRIPT; send it a line to let it run."""
+    return ["sh", "-c", GATE_SCRIPT, "ddm-gate", *argv]
+
+
 def create_argv(access: HostAccess, directory: str) -> list[str]:
     return access.argv("tar", "--create", "--file=-", f"--directory={directory}", *CREATE_OPTIONS, ".")
 
@@ -255,13 +285,15 @@ def relay_host_archive(
     *,
     observers: Sequence[Observer] = (),
     codec: Codec | None = None,
+    gate: Callable[[], None] | None = None,
 ) -> HostTarResult:
     """Stream `source_directory` with GNU tar into `target_directory`, through this process.
 
     Observers see each chunk before it is sent, so an observer that raises (ArchiveGuard, a
     failing manifest builder) stops the chunk from reaching the target. With a `codec`, the
     hosts compress and decompress the stream (ddmdriver.codec), and hasher and observers see
-    the tar bytes decoded here. Raises
+    the tar bytes decoded here. With a `gate`, both hosts' commands start at once, and the
+    source's tar reads the volume only after `gate()` has returned. Raises
     TransferFailed naming the side that failed. GNU tar's exit status 1 on the source ("file
     changed as we read it") is not an error here: the changed paths are returned.
     """
@@ -278,6 +310,8 @@ def relay_host_archive(
         reader_argv = compressing_argv(source_access.prefix, reader_argv, codec)
         writer_argv = decompressing_argv(target_access.prefix, writer_argv, codec)
         decoder = StreamDecompressor(codec, source_name)
+    if gate is not None:
+        reader_argv = gated_argv(reader_argv)
 
     reader = _RemoteTar(source, reader_argv, source_name)
     try:
@@ -290,6 +324,9 @@ def relay_host_archive(
     sender = _ChunkSender(writer, target_name)
     sender.start()
     try:
+        if gate is not None:
+            gate()
+            _open_gate(reader, source_name)
         while chunk := _receive(reader, source_name):
             data = chunk if decoder is None else decoder.decode(chunk)
             hasher.update(data)
@@ -328,6 +365,16 @@ def relay_host_archive(
     logger.info("relayed %d bytes (%d on the wire) with host tar from %s to %s in %.2f s",
                 byte_count, wire_bytes, source_name, target_name, seconds)
     return result
+
+
+def _open_gate(reader: _RemoteTar, name: str) -> None:
+    """Let a command started with gated_argv run; its stdin then ends."""
+    try:
+        reader.channel.sendall(b"go\n")
+        reader.channel.shutdown_write()
+    except (OSError, EOFError, paramiko.SSHException) as error:
+        raise TransferFailed(f"starting tar on source {name} failed: "
+                             f"{channel_error_reason(error)}") from None
 
 
 def _receive(reader: _RemoteTar, name: str) -> bytes:

@@ -405,6 +405,16 @@ class SSHConnection:
         logger.debug("closed SSH connection to %s", self.target.describe())
 
 
+def collect_output(channel: paramiko.Channel, timeout: float) -> CommandResult:
+    """Wait for a started command's stdout, stderr and exit status, and return them.
+
+    The command was started with SSHConnection.open_command, and the caller has closed its
+    stdin. Raises TimeoutError when the command has not ended after `timeout` seconds.
+    """
+    channel.settimeout(timeout)
+    return _collect_output(channel, time.monotonic() + timeout)
+
+
 def _collect_output(channel: paramiko.Channel, deadline: float) -> CommandResult:
     # stdout and stderr share one flow-control window, so stderr is read in its own
     # thread. Reading only stdout would stall a command that writes much to stderr.

@@ -100,25 +100,50 @@ class HostProbes:
     start() runs the probe in a thread, so that its SSH command overlaps other work of the
     prepare phase; probe() waits for it. Results are keyed by host name, so the engines of
     --parallel workers reuse the probe that prepare started with every volume's mountpoint.
+    begin() starts the probe's command even earlier, on the host's SSH connection before its
+    engine is open; start() then only sends it the directories.
     """
 
     def __init__(self) -> None:
         self._results: dict[str, Any] = {}
         self._errors: dict[str, BaseException] = {}
         self._threads: dict[str, threading.Thread] = {}
+        self._started: dict[str, Any] = {}  # host name -> ddmdriver.earlyprobe.StartedProbe
         self._lock = threading.Lock()
 
+    def begin(self, host_name: str, ssh: Any) -> None:
+        """Start the probe command of `host_name` on `ssh`, its authenticated SSH connection.
+
+        Called from the thread that opens the host's engine, before the engine's own
+        dial-stdio command, so that the two commands' login shells start at once. When the
+        command cannot start, start() later probes the host with a command of its own.
+        """
+        from ddmdriver.earlyprobe import start_probe
+
+        started = start_probe(ssh, host_name)
+        if started is None:
+            return
+        with self._lock:
+            if host_name in self._threads or host_name in self._started:
+                started.close()
+                return
+            self._started[host_name] = started
+
     def start(self, engine: Any, directories: tuple[str, ...] = (),
-              then: Callable[[Any], None] | None = None) -> None:
+              then: Callable[[Any], None] | None = None, free_space_path: str | None = None) -> None:
         """Start probing `engine`'s host; `then` gets the HostProbe in the probing thread.
 
         The probe also checks that the account can read `directories` (HostProbe.readable).
+        A probe that begin() started also reads the free space under `free_space_path`
+        (HostProbe.free_bytes); other probes leave it None.
         """
         key = engine.host.name
         with self._lock:
             if key in self._threads:
                 return
-            thread = threading.Thread(target=self._run, args=(engine, directories, then),
+            started = self._started.pop(key, None)
+            thread = threading.Thread(target=self._run,
+                                      args=(engine, directories, then, started, free_space_path),
                                       name="ddm-host-probe", daemon=True)
             self._threads[key] = thread
         thread.start()
@@ -131,13 +156,25 @@ class HostProbes:
             raise self._errors[key]
         return self._results[key]
 
+    def close(self) -> None:
+        """Stop the probe commands that begin() started and start() never used."""
+        with self._lock:
+            unused = list(self._started.values())
+            self._started.clear()
+        for started in unused:
+            started.close()
+
     def _run(self, engine: Any, directories: tuple[str, ...],
-             then: Callable[[Any], None] | None) -> None:
+             then: Callable[[Any], None] | None, started: Any = None,
+             free_space_path: str | None = None) -> None:
         from ddmdriver.hostpath import probe_host_access
 
         key = engine.host.name
         try:
-            result = probe_host_access(engine, directories)
+            if started is not None:
+                result = started.finish(directories, free_space_path)
+            else:
+                result = probe_host_access(engine, directories)
         except BaseException as error:  # noqa: BLE001 - raised again by probe() in the caller
             self._errors[key] = error
             return

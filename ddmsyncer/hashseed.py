@@ -303,6 +303,62 @@ class ScanSeed:
         self._database.close()
 
 
+class PendingSourceSeed:
+    """A started stat scan of the source volume whose start line has not been read yet.
+
+    open() starts `hostscan.py stat` and returns at once; wait() reads the start line and
+    returns the SourceSeed. Between the two, the host starts the scan's login shell and
+    python3 while the controller starts other commands, but tar must not read the volume
+    before wait() has returned.
+    """
+
+    def __init__(self, engine: Any, directory: str, channel: Any) -> None:
+        self.engine = engine
+        self.directory = directory
+        self._channel = channel
+        self._join = SeedJoin()
+        self._failures: list[str] = []
+        self._first_line: list[bytes] = []
+        self._ready = threading.Event()
+        self._reader = threading.Thread(
+            target=_read_stat_lines,
+            args=(channel, self._join, self._failures, self._first_line, self._ready),
+            name="ddm-seed-stat", daemon=True)
+        self._reader.start()
+
+    @classmethod
+    def open(cls, engine: Any, access: Any, directory: str) -> PendingSourceSeed | None:
+        """Start the stat scan; return None (after logging why) when it cannot start."""
+        from ddmsyncer.incremental import HOST_SCRIPT, LOADER
+
+        argv = access.argv("python3", "-c", LOADER, HOST_SCRIPT, "stat", directory)
+        try:
+            channel = engine.ssh.open_command(argv)
+        except Exception as error:  # noqa: BLE001 - the seed is optional, the copy goes on
+            log.info("no hash cache seed for %s:%s: %s", engine.host.name, directory, error)
+            return None
+        return cls(engine, directory, channel)
+
+    def wait(self) -> SourceSeed | None:
+        """Wait for the scan's start line; return the seed, or None (logged) without one."""
+        ready = self._ready.wait(STAT_START_TIMEOUT_SECONDS)
+        started_ns = _started_ns(self._first_line) if ready else None
+        if started_ns is None:
+            self.close()
+            log.info("no hash cache seed for %s:%s: the stat scan did not start (%s)",
+                     self.engine.host.name, self.directory,
+                     "; ".join(self._failures) or "no start line")
+            return None
+        return SourceSeed(self.engine, self._channel, started_ns, self._reader, self._join,
+                          self._failures)
+
+    def close(self) -> None:
+        """End the scan without a seed, when the copy stops before wait()."""
+        self._channel.close()
+        self._reader.join(READER_JOIN_SECONDS)
+        self._join.close()
+
+
 class SourceSeed:
     """The stat-only scan of the source volume and the ctimes of the copy's tar members.
 
@@ -323,32 +379,8 @@ class SourceSeed:
     @classmethod
     def start(cls, engine: Any, access: Any, directory: str) -> SourceSeed | None:
         """Start the stat scan; return None (after logging why) when it cannot run."""
-        from ddmsyncer.incremental import HOST_SCRIPT, LOADER
-
-        argv = access.argv("python3", "-c", LOADER, HOST_SCRIPT, "stat", directory)
-        try:
-            channel = engine.ssh.open_command(argv)
-        except Exception as error:  # noqa: BLE001 - the seed is optional, the copy goes on
-            log.info("no hash cache seed for %s:%s: %s", engine.host.name, directory, error)
-            return None
-
-        join = SeedJoin()
-        failures: list[str] = []
-        first_line: list[bytes] = []
-        ready = threading.Event()
-        reader = threading.Thread(target=_read_stat_lines,
-                                  args=(channel, join, failures, first_line, ready),
-                                  name="ddm-seed-stat", daemon=True)
-        reader.start()
-        started_ns = _started_ns(first_line) if ready.wait(STAT_START_TIMEOUT_SECONDS) else None
-        if started_ns is None:
-            channel.close()
-            reader.join(READER_JOIN_SECONDS)
-            join.close()
-            log.info("no hash cache seed for %s:%s: the stat scan did not start (%s)",
-                     engine.host.name, directory, "; ".join(failures) or "no start line")
-            return None
-        return cls(engine, channel, started_ns, reader, join, failures)
+        pending = PendingSourceSeed.open(engine, access, directory)
+        return None if pending is None else pending.wait()
 
     def member_check(self, check: Callable[[Any], None]) -> Callable[[Any], None]:
         """Return a member check that runs `check` and notes the pax ctime of each file."""

@@ -23,9 +23,14 @@ With "keys", each line has three more fields for the controller's hash cache
 entry's lstat.
 
 With "session" the script is started before the verify needs it, so that the login shell and
-python3's start do not delay the verify. It waits for the line "scan" on stdin (and exits
-at the end of stdin without it), writes the listing and then the line {"end": true}. Then it
-waits again: the line {"move_to": DIR} moves ROOT onto the empty directory DIR as MOVE_SCRIPT
+python3's start do not delay the verify. ROOT "-" stands for the directory named by a first
+line {"root": PATH} on stdin, so that the script can start before the directory exists. With
+"pieces:N" it also hashes the pieces of large
+files while the copy writes them (PieceFollower). Once its watches are in place it writes the
+line {"ready": true, "following": BOOL}. It waits for the line "scan" on stdin (and exits at
+the end of stdin without it), writes the listing and then the line
+{"end": true, "followed_bytes": B}, B being the content bytes that the scan took from the
+follower instead of reading them. Then it waits again: the line {"move_to": DIR} moves ROOT onto the empty directory DIR as MOVE_SCRIPT
 in ddmdriver/hostpath.py does, with the same exit statuses, and the end of stdin exits.
 """
 
@@ -50,6 +55,8 @@ VIEW = memoryview(BUFFER)
 MIN_PIECES = 4
 PIECES_HEADER = b"ddm sha256 pieces\n"
 PIECES_PREFIX = "sha256-pieces-"
+# Bytes of content whose pieces the PieceFollower hashed before the scan, for the end line.
+FOLLOWED_BYTES = [0]
 # hashlib and os.preadv release the GIL, so the threads hash on separate cores where the
 # host has them.
 MAX_HASH_THREADS = 4
@@ -71,8 +78,16 @@ def entry_type(mode):
     return None
 
 
-def file_sha256(path, size, piece_bytes=None):
-    """Return the digest of a file's content: pieced when piece_bytes is set and size is large."""
+def file_sha256(path, size, piece_bytes=None, followed=None):
+    """Return the digest of a file's content: pieced when piece_bytes is set and size is large.
+
+    `followed` is PieceFollower.piece_digests() of the file: the follower's descriptor of it
+    and the digests of the pieces hashed while tar wrote them.
+    """
+    if followed is not None and piece_bytes and size >= MIN_PIECES * piece_bytes:
+        descriptor, known = followed
+        FOLLOWED_BYTES[0] += len(known) * piece_bytes
+        return pieced_sha256(descriptor, size, piece_bytes, known)
     # NOTE: the holes of a sparse file are read and hashed as zeros, as the controller hashes
     # the expanded stream, so an 8 GiB file with two data blocks costs 8 GiB of SHA-256.
     # O_NOFOLLOW: a name that became a symlink since lstat() is not followed out of the volume.
@@ -103,23 +118,26 @@ def hash_piece(descriptor, offset, length, view):
     return digest.digest(), done
 
 
-def pieced_sha256(descriptor, size, piece_bytes):
+def pieced_sha256(descriptor, size, piece_bytes, known=()):
     """Return the pieced digest of an open file of `size` bytes (lstat), hashed by threads.
 
     Threads hash every piece but the last by its offset. This thread hashes the last piece,
     and whatever the file grew by since lstat, to EOF, so the digest covers what a sequential
-    read would. A piece that ends early (the file shrank) ends the content there.
+    read would. A piece that ends early (the file shrank) ends the content there. `known`
+    contains the digests of the first whole pieces when they were hashed before (see
+    PieceFollower in hostmanifest.py), so only the pieces after them are read.
     """
     threaded_pieces = (size - 1) // piece_bytes
-    digests = [None] * threaded_pieces
-    lengths = [0] * threaded_pieces
+    known_pieces = min(len(known), threaded_pieces)
+    digests = list(known[:known_pieces]) + [None] * (threaded_pieces - known_pieces)
+    lengths = [piece_bytes] * known_pieces + [0] * (threaded_pieces - known_pieces)
     errors = []
-    thread_count = min(MAX_HASH_THREADS, os.cpu_count() or 1, threaded_pieces)
+    thread_count = min(MAX_HASH_THREADS, os.cpu_count() or 1, threaded_pieces - known_pieces)
 
     def hash_pieces(first):
         view = memoryview(bytearray(BLOCK))
         try:
-            for index in range(first, threaded_pieces, thread_count):
+            for index in range(known_pieces + first, threaded_pieces, thread_count):
                 digests[index], lengths[index] = hash_piece(descriptor, index * piece_bytes,
                                                             piece_bytes, view)
         except OSError as error:
@@ -161,6 +179,284 @@ def hash_tail(descriptor, offset, piece_bytes):
         length += count
         if count < piece_bytes:
             return digests, length
+
+
+# inotify(7) event bits of Linux's <sys/inotify.h>.
+IN_MODIFY = 0x2
+IN_ATTRIB = 0x4
+IN_CLOSE_WRITE = 0x8
+IN_OPEN = 0x20
+IN_MOVED_FROM = 0x40
+IN_MOVED_TO = 0x80
+IN_CREATE = 0x100
+IN_DELETE = 0x200
+IN_DELETE_SELF = 0x400
+IN_MOVE_SELF = 0x800
+IN_Q_OVERFLOW = 0x4000
+IN_IGNORED = 0x8000
+IN_ISDIR = 0x40000000
+DIRECTORY_EVENTS = (IN_CREATE | IN_OPEN | IN_CLOSE_WRITE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO
+                    | IN_DELETE_SELF | IN_MOVE_SELF)
+FILE_EVENTS = IN_OPEN | IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE
+EVENT_HEADER = struct.Struct("iIII")
+# Each followed file keeps one descriptor and one watch open until the scan.
+MAX_FOLLOWED_FILES = 256
+POLL_SECONDS = 0.02
+
+
+class FollowedFile:
+    """A file that tar is writing, with the digests of the whole pieces already on disk.
+
+    `name_opens` counts the opens of its name seen on its directory's watch, which must be
+    tar's and this script's. Once followed, the file's own watch reports opens through any name:
+    `opens` must stay 0 and `close_writes` must end at 1 (tar's close). tar changes the
+    file's attributes only after its last write, so a write after an attribute change or
+    after the close (truncate(2) by name changes both) is `written_late`.
+    """
+
+    def __init__(self, path, name_opens):
+        self.path = path
+        self.name_opens = name_opens
+        self.descriptor = None
+        self.device = None
+        self.inode = None
+        self.digests = []
+        self.opens = 0
+        self.close_writes = 0
+        self.attributes_changed = False
+        self.written_late = False
+        self.complete = False  # closed by tar, every piece but the last hashed
+        self.valid = True
+
+
+class PieceFollower:
+    """Hash the pieces of large files while tar writes them, so that the scan reads only the rest.
+
+    A thread follows ROOT with inotify from the start of a session. A regular file created
+    under a watched directory is followed once it contains a whole piece: this script opens it,
+    watches the file itself and hashes each piece once the file's size has passed its end.
+    tar writes a member's data forward only, so the bytes of a piece that it has passed stay
+    as they are unless something else writes them. The watches find any such write: another
+    open of the file, a second close for writing, or a write after tar's close make the
+    follower drop the file, and the scan reads all of it again.
+
+    The digests come from the target's own file, read back through the page cache like the
+    scan's reads, never from the stream.
+
+    NOTE: an open through another name (a hard link outside ROOT, /proc/PID/fd) between tar's
+    open and this script's file watch is not seen, which leaves a window of about one piece
+    of writing. The proof also rests on tar writing each member forward only (GNU tar 1.34
+    does, also for sparse members). Without inotify (not Linux, or no ctypes) nothing is
+    followed.
+    """
+
+    def __init__(self, root, piece_bytes):
+        import ctypes
+
+        self.root = root
+        self.piece_bytes = piece_bytes
+        self.libc = ctypes.CDLL(None, use_errno=True)
+        self.inotify = self.libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        if self.inotify < 0:
+            raise OSError(ctypes.get_errno(), "inotify_init1 failed")
+        self.directories = {}  # watch descriptor -> directory path
+        self.candidates = {}  # path -> FollowedFile not yet followed
+        self.followed = {}  # path -> FollowedFile
+        self.by_watch = {}  # watch descriptor -> FollowedFile
+        self.by_inode = {}  # (device, inode) -> FollowedFile
+        self.broken = False
+        self.view = memoryview(bytearray(BLOCK))
+        self.stop_reader, self.stop_writer = os.pipe()
+        self.thread = None
+        self.watch_directory(root)
+
+    def start(self):
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        """Stop the thread, then take in every event queued so far.
+
+        inotify queues an event before the system call that caused it returns, so every
+        write made before the controller sent "scan" is among them.
+        """
+        os.write(self.stop_writer, b"x")
+        self.thread.join()
+        try:
+            self.read_events()
+        except Exception:
+            # Events read but not handled are lost, so no early digest can be trusted.
+            self.broken = True
+
+    def run(self):
+        import select
+
+        try:
+            while True:
+                # Waking once per POLL_SECONDS, not per event, keeps the cost of tar's
+                # thousands of writes per second low.
+                ready, _, _ = select.select([self.stop_reader], [], [], POLL_SECONDS)
+                if ready:
+                    return
+                self.read_events()
+                self.check_candidates()
+                self.hash_followed()
+        except Exception:
+            self.broken = True
+
+    def add_watch(self, path, mask):
+        watch = self.libc.inotify_add_watch(self.inotify, path, mask)
+        if watch < 0:
+            self.broken = True
+        return watch
+
+    def watch_directory(self, path):
+        # Files created in a new directory before its watch exists are never followed,
+        # because only an IN_CREATE event makes a file a candidate.
+        watch = self.add_watch(path, DIRECTORY_EVENTS)
+        if watch >= 0:
+            self.directories[watch] = path
+
+    def read_events(self):
+        while True:
+            try:
+                data = os.read(self.inotify, 64 * 1024)
+            except BlockingIOError:
+                return
+            offset = 0
+            while offset < len(data):
+                watch, mask, _, length = EVENT_HEADER.unpack_from(data, offset)
+                name = data[offset + EVENT_HEADER.size:offset + EVENT_HEADER.size + length].rstrip(b"\0")
+                offset += EVENT_HEADER.size + length
+                self.handle_event(watch, mask, name)
+
+    def handle_event(self, watch, mask, name):
+        if mask & IN_Q_OVERFLOW:
+            self.broken = True
+        elif watch in self.by_watch:
+            self.handle_file_event(self.by_watch[watch], mask)
+        elif watch in self.directories:
+            self.handle_directory_event(self.directories[watch], mask, name)
+
+    def handle_file_event(self, followed, mask):
+        if mask & IN_OPEN:
+            followed.opens += 1
+        if mask & IN_MODIFY and (followed.close_writes or followed.attributes_changed):
+            followed.written_late = True
+        if mask & IN_ATTRIB:
+            followed.attributes_changed = True
+        if mask & IN_CLOSE_WRITE:
+            followed.close_writes += 1
+        if mask & IN_IGNORED:
+            followed.valid = False
+
+    def handle_directory_event(self, directory, mask, name):
+        if mask & (IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED):
+            # A directory was removed or moved: the paths of its watch no longer hold.
+            self.broken = True
+            return
+        path = directory + b"/" + name
+        if mask & IN_ISDIR:
+            if mask & IN_CREATE:
+                self.watch_directory(path)
+            elif mask & (IN_MOVED_FROM | IN_MOVED_TO):
+                self.broken = True
+            return
+        if mask & (IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO):
+            self.forget(path)
+        elif mask & IN_CREATE:
+            self.forget(path)
+            if len(self.followed) + len(self.candidates) < MAX_FOLLOWED_FILES:
+                self.candidates[path] = FollowedFile(path, 0)
+        elif mask & IN_OPEN:
+            for table in (self.candidates, self.followed):
+                if path in table:
+                    table[path].name_opens += 1
+        elif mask & IN_CLOSE_WRITE:
+            # tar is done with a file not followed yet: it is read in the scan.
+            self.candidates.pop(path, None)
+
+    def forget(self, path):
+        self.candidates.pop(path, None)
+        followed = self.followed.pop(path, None)
+        if followed is not None:
+            followed.valid = False
+
+    def check_candidates(self):
+        """Follow each candidate that contains a whole piece: open it and watch the file itself."""
+        for path, candidate in list(self.candidates.items()):
+            try:
+                info = os.lstat(path)
+            except OSError:
+                del self.candidates[path]
+                continue
+            if not stat.S_ISREG(info.st_mode) or candidate.name_opens != 1:
+                del self.candidates[path]
+            elif info.st_size >= self.piece_bytes:
+                del self.candidates[path]
+                self.follow(candidate)
+
+    def follow(self, candidate):
+        try:
+            descriptor = os.open(candidate.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return
+        info = os.fstat(descriptor)
+        # The watch is added through the descriptor, so it is on the inode this script reads.
+        watch = self.add_watch(b"/proc/self/fd/%d" % descriptor, FILE_EVENTS)
+        if watch < 0 or not stat.S_ISREG(info.st_mode):
+            os.close(descriptor)
+            return
+        candidate.descriptor = descriptor
+        candidate.device, candidate.inode = info.st_dev, info.st_ino
+        self.followed[candidate.path] = candidate
+        self.by_watch[watch] = candidate
+        self.by_inode[(info.st_dev, info.st_ino)] = candidate
+
+    def hash_followed(self):
+        """Hash every piece that the file's size has passed."""
+        for followed in self.followed.values():
+            if not followed.valid or followed.complete:
+                continue
+            closed = followed.close_writes > 0
+            size = os.fstat(followed.descriptor).st_size
+            while (len(followed.digests) + 1) * self.piece_bytes < size:
+                offset = len(followed.digests) * self.piece_bytes
+                digest, count = hash_piece(followed.descriptor, offset, self.piece_bytes, self.view)
+                if count < self.piece_bytes:
+                    followed.valid = False
+                    break
+                followed.digests.append(digest)
+            followed.complete = closed
+
+    def piece_digests(self, info):
+        """Return (descriptor, digests of the first whole pieces) for the lstat `info`, or None.
+
+        Returns None unless the file was followed from its creation, nothing but tar's one
+        open wrote to it, and it has one link and no holes.
+        """
+        # truncate(2) by name sends the same event as a write. When tar writes on after
+        # one, the cut part becomes a hole, so a file with holes is read in full.
+        if self.broken or info.st_nlink != 1 or info.st_blocks < (info.st_size + 511) // 512:
+            return None
+        followed = self.by_inode.get((info.st_dev, info.st_ino))
+        if followed is None or followed.path not in self.followed:
+            return None
+        unchanged = (followed.valid and followed.name_opens == 2 and followed.opens == 0
+                     and followed.close_writes == 1 and not followed.written_late)
+        if not unchanged or os.fstat(followed.descriptor).st_size != info.st_size:
+            return None
+        return followed.descriptor, followed.digests
+
+
+def start_follower(root, piece_bytes):
+    """Start a PieceFollower on ROOT; return None where inotify is not available."""
+    try:
+        follower = PieceFollower(root, piece_bytes)
+    except (ImportError, OSError, AttributeError):
+        return None
+    follower.start()
+    return follower
 
 
 def encode(raw):
@@ -245,7 +541,7 @@ def walk(root):
         pending.extend(reversed(subdirectories))
 
 
-def describe(relative, path, hash_content, with_keys=False, piece_bytes=None):
+def describe(relative, path, hash_content, with_keys=False, piece_bytes=None, follower=None):
     checked_ns = time.time_ns() if with_keys else None
     info = os.lstat(path)
     kind = entry_type(info.st_mode)
@@ -257,6 +553,7 @@ def describe(relative, path, hash_content, with_keys=False, piece_bytes=None):
     is_device = kind in ("char", "block")
     # GNU tar's test for a sparse member: fewer 512-byte blocks allocated than the size needs.
     sparse = is_file and info.st_blocks < (info.st_size + 511) // 512
+    followed = follower.piece_digests(info) if follower is not None and is_file else None
     record = [
         encode(relative), kind, stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid,
         info.st_size if is_file else 0, info.st_mtime_ns,
@@ -265,7 +562,7 @@ def describe(relative, path, hash_content, with_keys=False, piece_bytes=None):
         info.st_ino, info.st_nlink,
         [[encode(name), encode(value)] for name, value in sorted(xattrs.items())],
         access, default, sparse,
-        file_sha256(path, info.st_size, piece_bytes) if is_file and hash_content else None,
+        file_sha256(path, info.st_size, piece_bytes, followed) if is_file and hash_content else None,
     ]
     if with_keys:
         record += [info.st_dev, info.st_ctime_ns, checked_ns]
@@ -308,18 +605,29 @@ def main():
     piece_bytes = int(hash_mode[len("pieces:"):]) if hash_mode.startswith("pieces:") else None
     with_keys = "keys" in sys.argv[3:]
     session = "session" in sys.argv[3:]
+    if session and root == b"-":
+        request = sys.stdin.readline()
+        if not request:
+            return
+        root = os.fsencode(json.loads(request)["root"])
+    follower = start_follower(root, piece_bytes) if session and piece_bytes else None
+    if session:
+        sys.stdout.write(json.dumps({"ready": True, "following": follower is not None}) + "\n")
+        sys.stdout.flush()
     if session and sys.stdin.readline() != "scan\n":
         return
+    if follower is not None:
+        follower.stop()
 
     out = sys.stdout
     for relative, path in walk(root):
-        record = describe(relative, path, hash_content, with_keys, piece_bytes)
+        record = describe(relative, path, hash_content, with_keys, piece_bytes, follower)
         if record is not None:
             out.write(json.dumps(record) + "\n")
     if not session:
         return
 
-    out.write(json.dumps({"end": True}) + "\n")
+    out.write(json.dumps({"end": True, "followed_bytes": FOLLOWED_BYTES[0]}) + "\n")
     out.flush()
     request = sys.stdin.readline()
     if request:

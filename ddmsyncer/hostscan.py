@@ -123,23 +123,26 @@ def hash_piece(descriptor, offset, length, view):
     return digest.digest(), done
 
 
-def pieced_sha256(descriptor, size, piece_bytes):
+def pieced_sha256(descriptor, size, piece_bytes, known=()):
     """Return the pieced digest of an open file of `size` bytes (lstat), hashed by threads.
 
     Threads hash every piece but the last by its offset. This thread hashes the last piece,
     and whatever the file grew by since lstat, to EOF, so the digest covers what a sequential
-    read would. A piece that ends early (the file shrank) ends the content there.
+    read would. A piece that ends early (the file shrank) ends the content there. `known`
+    contains the digests of the first whole pieces when they were hashed before (see
+    PieceFollower in hostmanifest.py), so only the pieces after them are read.
     """
     threaded_pieces = (size - 1) // piece_bytes
-    digests = [None] * threaded_pieces
-    lengths = [0] * threaded_pieces
+    known_pieces = min(len(known), threaded_pieces)
+    digests = list(known[:known_pieces]) + [None] * (threaded_pieces - known_pieces)
+    lengths = [piece_bytes] * known_pieces + [0] * (threaded_pieces - known_pieces)
     errors = []
-    thread_count = min(MAX_HASH_THREADS, os.cpu_count() or 1, threaded_pieces)
+    thread_count = min(MAX_HASH_THREADS, os.cpu_count() or 1, threaded_pieces - known_pieces)
 
     def hash_pieces(first):
         view = memoryview(bytearray(BLOCK))
         try:
-            for index in range(first, threaded_pieces, thread_count):
+            for index in range(known_pieces + first, threaded_pieces, thread_count):
                 digests[index], lengths[index] = hash_piece(descriptor, index * piece_bytes,
                                                             piece_bytes, view)
         except OSError as error:

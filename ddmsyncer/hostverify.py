@@ -16,6 +16,12 @@ source manifest, with SHA-256 as its content digest, against the manifest of the
 Every byte is still proven: each file's content was hashed from the stream on the controller
 and from the disk on the target.
 
+The scan script starts with the copy (ScanSession). While tar writes a large file on the
+target, the script hashes each piece that tar has written past, reading the file back like
+the scan does (PieceFollower in hostmanifest.py), so after the copy only the last pieces are
+left to read. inotify reports every other open of the file and any write after tar's close,
+and the scan reads such a file in full.
+
 A volume with driver options (NFS, tmpfs) has a mountpoint that contains its data only while a
 container uses it, so such volumes are read back as before.
 """
@@ -42,13 +48,19 @@ HOST_SCRIPT = base64.b64encode(Path(__file__).with_name("hostmanifest.py").read_
 LOADER = "import base64,sys;exec(compile(base64.b64decode(sys.argv.pop(1)),'hostmanifest','exec'))"
 PROBE_COMMAND = PYTHON_CHECK
 PROBE_TIMEOUT_SECONDS = 30.0
+# How long the copy waits for the verify scan to follow the staging directory. After that the
+# copy starts anyway, and the scan reads every file after the copy.
+READY_TIMEOUT_SECONDS = 5.0
 RECEIVE_BYTES = 1024 * 1024
 
 # Fields of a hostmanifest.py record without the hash cache fields that "keys" appends.
 RECORD_FIELDS = 17
 
-# The line after the listing in the script's "session" mode.
-SESSION_END = b'{"end": true}'
+# The first line of the script's "session" mode, once it follows the directory.
+SESSION_READY = b'{"ready": true'
+# The start of the line after the listing in the script's "session" mode. The line is
+# {"end": true, "followed_bytes": N}, N being the bytes hashed while the copy wrote them.
+SESSION_END = b'{"end": true'
 
 HOST_SCAN = "host-scan"
 READ_BACK = "read-back"
@@ -60,6 +72,8 @@ class HostScan:
 
     manifest: Manifest
     listing_bytes: int
+    # Content bytes that the target host hashed while the copy wrote them (session scans only).
+    followed_bytes: int = 0
 
 
 class PythonProbes:
@@ -179,35 +193,75 @@ class ScanSession:
     """hostmanifest.py started on a host before the verify needs it (its "session" mode).
 
     Starting it during the copy takes the login shell and python3's start off the verify
-    phase. The script waits until scan() sends "scan", and after the listing it can move the
+    phase, and lets the script hash large files while tar writes them. The script waits
+    until scan() sends "scan", and after the listing it can move the
     verified directory with move(), which saves the SSH command of move_directory(). close()
     ends it at any point, and a script that gets the end of stdin before "scan" exits
     without scanning.
     """
 
-    def __init__(self, engine: Any, access: Any, directory: str, *, hash_content: bool,
+    def __init__(self, engine: Any, access: Any, directory: str | None, *, hash_content: bool,
                  keys: bool, piece_bytes: int = PIECE_BYTES) -> None:
+        """Start the script; with `directory` None, name the directory later with follow()."""
         self.engine = engine
         self.directory = directory
         self.hash_content = hash_content
         self.keys = keys
-        self.name = f"{engine.host.name}:{directory}"
-        argv = scan_argv(access, directory, hash_content=hash_content, keys=keys,
+        self.name = f"{engine.host.name}:{directory or '(directory not named yet)'}"
+        argv = scan_argv(access, directory or "-", hash_content=hash_content, keys=keys,
                          piece_bytes=piece_bytes, session=True)
         self.channel = engine.ssh.open_command(argv)
         self.errors = StderrCollector(self.channel)
         self.errors.start()
+        self.ready = False
+        # What wait_ready() read of a line when it timed out; scan() reads on from there.
+        self._partial_line = b""
+
+    def follow(self, directory: str) -> None:
+        """Name the directory of a session started without one; raises OSError if the channel failed."""
+        self.channel.sendall(json.dumps({"root": directory}).encode("utf-8") + b"\n")
+        self.directory = directory
+        self.name = f"{self.engine.host.name}:{directory}"
+
+    def wait_ready(self, timeout_seconds: float) -> bool:
+        """Wait until the script follows the directory; return False after the timeout or on EOF.
+
+        Files that the copy creates before then are not hashed during the copy, so the
+        caller starts writing after this returns. The scan works either way.
+        """
+        if self.ready:
+            return True
+        self.channel.settimeout(timeout_seconds)
+        try:
+            while not self._partial_line.endswith(b"\n"):
+                chunk = self.channel.recv(1)
+                if not chunk:
+                    return False
+                self._partial_line += chunk
+        except OSError as error:
+            log.info("verify scan of %s not ready after %.1f s: %s", self.name, timeout_seconds,
+                     error or "timed out")
+            return False
+        finally:
+            self.channel.settimeout(None)
+        self.ready = self._partial_line.startswith(SESSION_READY)
+        self._partial_line = b""
+        return self.ready
 
     def scan(self, on_record: Callable[[list[Any]], None] | None = None) -> HostScan:
         """Scan the directory and return its manifest, as scan_manifest() does."""
         listing_bytes = 0
         ended = False
+        followed_bytes = 0
 
         def records() -> Iterator[list[Any]]:
-            nonlocal listing_bytes, ended
-            for line, size in _lines(self.channel):
-                if line == SESSION_END:
+            nonlocal listing_bytes, ended, followed_bytes
+            for line, size in _lines(self.channel, self._partial_line):
+                if line.startswith(SESSION_READY):
+                    continue
+                if line.startswith(SESSION_END):
                     ended = True
+                    followed_bytes = json.loads(line).get("followed_bytes", 0)
                     return
                 listing_bytes += size
                 record = json.loads(line)
@@ -233,9 +287,9 @@ class ScanSession:
             raise MigrationFailed(f"scanning {self.name} failed with exit status {status}: "
                                   f"{stderr_text(self.errors)}",
                                   hint="check that python3 runs on that host, or pass --verify quick")
-        log.info("scanned %s on its host: %d entries, %d bytes of listing", self.name,
-                 len(manifest.entries), listing_bytes)
-        return HostScan(manifest, listing_bytes)
+        log.info("scanned %s on its host: %d entries, %d bytes of listing, %d bytes hashed "
+                 "during the copy", self.name, len(manifest.entries), listing_bytes, followed_bytes)
+        return HostScan(manifest, listing_bytes, followed_bytes)
 
     def move(self, target_directory: str) -> None:
         """Replace the empty `target_directory` by the scanned directory, like move_directory()."""
@@ -260,9 +314,11 @@ class ScanSession:
         self.channel.close()
 
 
-def _lines(channel: Any) -> Iterator[tuple[bytes, int]]:
-    """Yield each line of the channel's stdout with its size, newline included."""
-    pending = b""
+def _lines(channel: Any, pending: bytes = b"") -> Iterator[tuple[bytes, int]]:
+    """Yield each line of the channel's stdout with its size, newline included.
+
+    `pending` is the start of the first line, read from the channel before.
+    """
     while chunk := channel.recv(RECEIVE_BYTES):
         pending += chunk
         *complete, pending = pending.split(b"\n")

@@ -552,6 +552,24 @@ def _file_data_bytes(source: Mapping[bytes, Entry], paths: list[bytes]) -> int:
     return total
 
 
+def volume_data_bytes(scan: Mapping[bytes, Entry]) -> int:
+    """Return the file data of a scanned volume, counting each hard-linked inode once.
+
+    One pass over the entries; only the inodes of multi-link files are kept.
+    """
+    total = 0
+    inodes: set[tuple[int, int]] = set()
+    for entry in scan.values():
+        if entry.type != "file":
+            continue
+        if entry.nlink > 1:
+            if (entry.dev, entry.inode) in inodes:
+                continue
+            inodes.add((entry.dev, entry.inode))
+        total += entry.size
+    return total
+
+
 def _with_parents(source: Mapping[bytes, Entry], paths: list[bytes]) -> list[bytes]:
     """Add the parent directories of sent and deleted paths, parents first.
 

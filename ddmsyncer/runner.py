@@ -69,10 +69,11 @@ EngineFactory = Callable[[Any, Config], Any]
 Result = TypeVar("Result")
 
 
-def default_engine_factory(host: Any, config: Config) -> Any:
+def default_engine_factory(host: Any, config: Config, **options: Any) -> Any:
+    """Open the host's engine; `options` are keyword arguments of ddmdriver.engine.open_engine."""
     from ddmdriver.engine import open_engine
 
-    return open_engine(host, config)
+    return open_engine(host, config, **options)
 
 
 def mark_stale_running(store: TaskStore, task: Task) -> Task:
@@ -118,6 +119,7 @@ class TaskRunner:
         self._manifests: dict[int, Manifest] = {}
         self._last_control_poll = 0.0
         self._incremental: dict[int, str] = {}  # item position -> earlier task that copied it
+        self._volume_sizes = volumes.VolumeSizes()
         self.staged = StagedVolumes(self)
 
     @property
@@ -162,19 +164,31 @@ class TaskRunner:
             )
         return self._engines[host_name]
 
-    def connect_hosts(self) -> None:
-        """Open the source's and the target's engine at once (see ddmsyncer.connect)."""
+    def connect_hosts(self, on_ssh_connected: Callable[[str, Any], None] | None = None) -> None:
+        """Open the source's and the target's engine at once (see ddmsyncer.connect).
+
+        `on_ssh_connected(host_name, ssh)` runs in each host's connecting thread as soon as
+        its SSH connection is authenticated; only the default engine factory calls it.
+        """
         spec = self.task.spec
         missing = [name for name in dict.fromkeys([spec.source_host, spec.target_host])
                    if name not in self._engines]
         if len(missing) < 2 or getattr(self._local, "engines", None) is not None:
             return
         opened, error = connect.open_engines(
-            lambda name: self.engine_factory(self.config.host(name), self.config), missing)
+            lambda name: self._open_engine(name, on_ssh_connected), missing)
         for name, engine in opened.items():
             self._engines[name] = self._stack.enter_context(engine)
         if error is not None:
             raise error
+
+    def _open_engine(self, host_name: str,
+                     on_ssh_connected: Callable[[str, Any], None] | None) -> Any:
+        host = self.config.host(host_name)
+        if on_ssh_connected is None or self.engine_factory is not default_engine_factory:
+            return self.engine_factory(host, self.config)
+        return default_engine_factory(
+            host, self.config, on_ssh_connected=lambda ssh: on_ssh_connected(host_name, ssh))
 
     def reconnect(self, host_name: str) -> Any:
         """Close the engine of a host and connect to it again; return the new engine."""
@@ -339,11 +353,12 @@ class TaskRunner:
         behind (a runner killed mid-copy cannot remove them), so that a resumed task can
         replace the target volumes that those helpers still mount.
         """
-        self.connect_hosts()
-        self.staged.start_host_probes()
+        self.connect_hosts(self.staged.begin_host_probe)
         self.source.ping()
         self.target.ping()
-        free_space = volumes.FreeSpaceQuery(self.target)
+        free_space_path = volumes.volumes_root(self.target)
+        self.staged.start_host_probes(free_space_path)
+        free_space = volumes.FreeSpaceQuery(self.target, free_space_path, self.staged.probes)
         volumes.reject_overlap(self.source, self.target, self.task.items)
         for engine in self._open_engines():
             removed = volumes.remove_task_helpers(engine, self.task.id)
@@ -363,10 +378,12 @@ class TaskRunner:
             for item in pending:
                 self._check_route(item)
 
-        # NOTE: an incremental update needs room for changed files only; it is not checked.
-        needed = sum(check.size_bytes or 0 for position, check in checks.items()
-                     if position not in self._incremental)
-        if checks and all(check.size_bytes is not None for check in checks.values()):
+        # NOTE: an incremental update needs room for changed files only; it is not checked,
+        # and its volume is not measured (see _check_volume).
+        full_copies = [check for position, check in checks.items()
+                       if position not in self._incremental]
+        needed = sum(check.size_bytes or 0 for check in full_copies)
+        if checks and all(check.size_bytes is not None for check in full_copies):
             volumes.check_space(self.target, needed, ", ".join(i.target for i in self.pending_items()),
                                 free_space)
 
@@ -382,8 +399,12 @@ class TaskRunner:
         self._check_route(item)
 
     def _check_volume(self, item: TaskItem) -> volumes.VolumeCheck:
+        # The space check leaves out incremental updates, so their size is not needed
+        # before the copy; _update_item takes it from the update's source scan.
+        incremental_update = item.position in self._incremental
         return volumes.check_volume(self.source, self.target, item,
-                                    force=self.task.spec.force or item.position in self._incremental)
+                                    force=self.task.spec.force or incremental_update,
+                                    sizes=self._volume_sizes, measure=not incremental_update)
 
     def _check_route(self, item: TaskItem) -> None:
         self.staged.check_writers(item)
@@ -439,6 +460,7 @@ class TaskRunner:
         result = incremental.copy_item(self, item, counter.add)
         counter.flush()
         self.update_item(item, state=ItemState.COPIED, bytes_done=result.archive_bytes,
+                         bytes_total=incremental.volume_data_bytes(result.source_scan),
                          stream_digest=result.stream_digest)
         self.emit(ItemFinished(self.task.id, position=item.position, state=item.state.value,
                                bytes_done=result.archive_bytes))

@@ -24,6 +24,7 @@ import threading
 import time
 from typing import Any
 
+from ddm import piecehash
 from ddm.errors import DDMError, MigrationFailed, TargetExists, TransferFailed, VerificationFailed
 from ddm.manifest import Manifest, ManifestBuilder, compare_manifests, display_path
 from ddm.task import ItemState, TaskItem, VerifyMode
@@ -47,6 +48,46 @@ VERIFY_EXTRA_KEY = "verify"
 _VERIFY_LOCK = threading.Lock()
 # The same for the staging volume names and stopped writers recorded in the task's state.
 _EXTRA_LOCK = threading.Lock()
+
+
+class _HostCopy:
+    """The manifest builder and hash cache seed of one host-path copy.
+
+    With a pending seed, open() is the relay's gate. It waits until the seed's stat scan has
+    started, because the source's tar may read only after that. Then it makes the manifest
+    builder, whose member check notes the tar members' ctimes for that seed.
+    """
+
+    def __init__(self, guard: ArchiveGuard, pending: Any, hash_content: bool, sha256: bool) -> None:
+        self._guard = guard
+        self._pending = pending
+        self._hash_content = hash_content
+        self._sha256 = sha256
+        self.seed: Any = None
+        # With a pending seed, the builder is made by open(), before the first chunk.
+        self.builder: ManifestBuilder | None = None if pending is not None else self._new_builder()
+
+    def open(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            self.seed = pending.wait()
+        self.builder = self._new_builder()
+
+    def close(self) -> None:
+        """Discard the seed after a failed copy."""
+        if self._pending is not None:
+            self._pending.close()
+            self._pending = None
+        if self.seed is not None:
+            self.seed.close()
+
+    def _new_builder(self) -> ManifestBuilder:
+        member_check = self._guard.check
+        if self.seed is not None:
+            member_check = self.seed.member_check(member_check)
+        # The piece size is read here, not bound at import, so that tests can shrink it.
+        return ManifestBuilder(hash_content=self._hash_content, sha256=self._sha256,
+                               member_check=member_check, piece_bytes=piecehash.PIECE_BYTES)
 
 
 def staging_name(task_id: str, position: int) -> str:
@@ -75,13 +116,15 @@ class StagedVolumes:
 
     # Prepare
 
-    def start_host_probes(self) -> None:
+    def start_host_probes(self, free_space_path: str | None = None) -> None:
         """Start the host probes of both hosts, which also check python3 for the host scans.
 
         The target gets a separate python3 probe, after its own, only when its host probe
         found no usable python3 (that probe logs why). They run in threads while prepare inspects volumes through the engines; route()
         waits for them. The source's probe also checks that its volumes' mountpoints are
-        readable. With `--data-path engine` the source's host is not probed.
+        readable. With `--data-path engine` the source's host is not probed. The target's
+        probe, when begin_host_probe() started it, also reads the free space under
+        `free_space_path`.
         """
         runner = self.runner
         if runner.task.spec.options.get("data_path", "auto") != "engine":
@@ -96,7 +139,19 @@ class StagedVolumes:
             elif probe.access is not None:
                 self.python.start(runner.target, probe.access)
 
-        self.probes.start(runner.target, then=start_python)
+        self.probes.start(runner.target, then=start_python, free_space_path=free_space_path)
+        self.probes.close()  # a probe begun for a host that is not probed
+
+    def begin_host_probe(self, host_name: str, ssh: Any) -> None:
+        """Start the probe of a host that start_host_probes() will probe, on its new SSH connection.
+
+        Called by TaskRunner.connect_hosts in the host's connecting thread (see
+        ddmdriver.earlyprobe for why). The source is probed only off the engine data path.
+        """
+        spec = self.runner.task.spec
+        engine_only = spec.options.get("data_path", "auto") == "engine"
+        if host_name == spec.target_host or (host_name == spec.source_host and not engine_only):
+            self.probes.begin(host_name, ssh)
 
     def _record_source_python(self, probe: Any) -> None:
         if probe.access is not None and probe.python3:
@@ -156,6 +211,15 @@ class StagedVolumes:
     def copy_item(self, item: TaskItem, check: volumes.VolumeCheck, counter: Any) -> tuple[Manifest, int, str]:
         """Copy one volume into its staging volume, handling running writers by policy."""
         route = self.route(item)
+        self._start_early_scan_session(item, route, check)
+        try:
+            return self._copy_with_writers(item, check, route, counter)
+        except BaseException:
+            self.close_scan_session(item)
+            raise
+
+    def _copy_with_writers(self, item: TaskItem, check: volumes.VolumeCheck, route: Route,
+                           counter: Any) -> tuple[Manifest, int, str]:
         found = self.check_writers(item)
         stopped: list[writers.Writer] = []
         if found and not self.policy.live:
@@ -216,36 +280,39 @@ class StagedVolumes:
 
         target_directory = self.runner.target.volume_inspect(staging).mountpoint
         # The stream's SHA-256 of each file, with a stat-only scan beside the copy, seeds the
-        # hash cache of incremental re-migrations (ddmsyncer.hashseed).
-        seed = None
+        # hash cache of incremental re-migrations (ddmsyncer.hashseed). The scan starts now,
+        # and the source's tar reads the volume once the scan has written its start time.
+        pending = None
         if sha256:
-            seed = hashseed.SourceSeed.start(self.runner.source, route.source_access,
-                                             route.source_directory)
+            pending = hashseed.PendingSourceSeed.open(self.runner.source, route.source_access,
+                                                      route.source_directory)
         # The builder parses the stream once for the manifest and the guard's checks.
         guard = ArchiveGuard(ROOT, description=f"volume {item.source!r}")
-        member_check = guard.check if seed is None else seed.member_check(guard.check)
-        builder = ManifestBuilder(hash_content=hash_content, sha256=sha256,
-                                  member_check=member_check)
+        copy = _HostCopy(guard, pending, hash_content, sha256)
 
         def observe(chunk: memoryview) -> None:
-            builder.feed(chunk)
+            copy.builder.feed(chunk)
             counter.add(len(chunk))
 
         if sha256:
-            self._start_scan_session(item, route, target_directory)
+            self._follow_with_scan_session(item, route, target_directory)
+        else:
+            self.close_scan_session(item)
         try:
+            self._wait_scan_session(item)
             result = relay_host_archive(
                 self.runner.source, route.source_access, route.source_directory,
                 self.runner.target, route.target_access, target_directory,
                 observers=[observe],
                 codec=self.compression.codec_for(item),
+                gate=copy.open if pending is not None else None,
             )
-            manifest = builder.close()
+            manifest = copy.builder.close()
         except BaseException:
-            if seed is not None:
-                seed.close()
+            copy.close()
             self.close_scan_session(item)
             raise
+        seed = copy.seed
         self.compression.record_result(item, result.relay.bytes, result.wire_bytes)
         for path in result.skipped_sockets:
             self.runner.warn(f"volume {item.source!r}: socket {path} skipped (sockets cannot be "
@@ -258,14 +325,52 @@ class StagedVolumes:
                 seed.close()
         return manifest, result.relay.bytes, result.relay.stream_digest, result.changed_paths
 
-    def _start_scan_session(self, item: TaskItem, route: Route, directory: str) -> None:
+    def _start_early_scan_session(self, item: TaskItem, route: Route, check: volumes.VolumeCheck) -> None:
+        """Start the target's verify scan before the staging volume exists, when it will be scanned.
+
+        SSH's command start and python3's start then overlap the staging volume's creation,
+        and _copy_host() names the directory once it exists.
+        """
+        plain_local = check.source_driver == "local" and not check.source_options
+        if (route.data_path is not DataPath.HOST or direct.requested(self.runner) or not plain_local
+                or self.runner.task.spec.verify is not VerifyMode.FULL or route.target_access is None
+                or not self.python.available(self.runner.target, route.target_access)):
+            return
+        self._start_scan_session(item, route, None)
+
+    def _follow_with_scan_session(self, item: TaskItem, route: Route, directory: str) -> None:
+        """Let the early verify scan follow `directory`, or start a scan of it."""
+        session = self.scan_sessions.get(item.position)
+        if session is not None and session.directory is None:
+            try:
+                session.follow(directory)
+                return
+            except OSError as error:
+                log.info("early verify scan cannot follow %s, starting another: %s", directory, error)
+        self._start_scan_session(item, route, directory)
+
+    def _start_scan_session(self, item: TaskItem, route: Route, directory: str | None) -> None:
         """Start the target's verify scan of `directory`, to wait until the copy is done."""
         self.close_scan_session(item)
         try:
             self.scan_sessions[item.position] = hostverify.ScanSession(
-                self.runner.target, route.target_access, directory, hash_content=True, keys=True)
+                self.runner.target, route.target_access, directory, hash_content=True, keys=True,
+                piece_bytes=piecehash.PIECE_BYTES)
         except DDMError as error:
             log.info("verify scan of %s not started early: %s", directory, error)
+
+    def _wait_scan_session(self, item: TaskItem) -> None:
+        """Wait until the verify scan follows the staging directory, before tar writes to it.
+
+        The scan hashes large files while tar writes them only when it saw them created.
+        """
+        session = self.scan_sessions.get(item.position)
+        if session is None:
+            return
+        started = time.monotonic()
+        ready = session.wait_ready(hostverify.READY_TIMEOUT_SECONDS)
+        log.info("verify scan of %s %s after %.3f s", session.name,
+                 "ready" if ready else "not ready", time.monotonic() - started)
 
     def close_scan_session(self, item: TaskItem) -> None:
         session = self.scan_sessions.pop(item.position, None)
@@ -443,13 +548,15 @@ class StagedVolumes:
                     self.close_scan_session(item)
                     scan = hostverify.scan_manifest(self.runner.target, access, volume.mountpoint,
                                                     hash_content=full,
-                                                    on_record=seed.add if seed is not None else None)
+                                                    on_record=seed.add if seed is not None else None,
+                                                    piece_bytes=piecehash.PIECE_BYTES)
             finally:
                 if view is not None:
                     view.join()
             expected = view.result() if view is not None else source_manifest
             if expected is not None:
-                self._record_verify(item, hostverify.HOST_SCAN, scan.listing_bytes)
+                self._record_verify(item, hostverify.HOST_SCAN, scan.listing_bytes,
+                                    followed_bytes=scan.followed_bytes)
                 check_manifests(expected, scan.manifest, staged_item, aspects)
                 if seed is not None:
                     self.target_seeds[item.position] = seed
@@ -460,8 +567,12 @@ class StagedVolumes:
         check_manifests(source_manifest, target_manifest, staged_item, aspects)
         return target_manifest
 
-    def _record_verify(self, item: TaskItem, method: str, wire_bytes: int) -> None:
-        """Record how a volume was verified and how many bytes verify read over the wire."""
+    def _record_verify(self, item: TaskItem, method: str, wire_bytes: int, *,
+                       followed_bytes: int = 0) -> None:
+        """Record how a volume was verified and how many bytes verify read over the wire.
+
+        `followed_bytes` is the content that the target host hashed while the copy wrote it.
+        """
         if method == DIRECT_METADATA_SCAN:
             description = "python3 is missing on a host, so xattrs, ACLs and holes are not compared"
         elif method == hostverify.HOST_SCAN and direct.requested(self.runner):
@@ -470,7 +581,8 @@ class StagedVolumes:
                            f"bytes of listing")
         elif method == hostverify.HOST_SCAN:
             description = (f"scanned on {self.runner.task.spec.target_host} with python3, "
-                           f"{wire_bytes} bytes of listing")
+                           f"{wire_bytes} bytes of listing, {followed_bytes} bytes hashed "
+                           f"during the copy")
         else:
             description = f"archive read back through the controller, {wire_bytes} bytes"
         self.runner.record("info", "verify_method", f"volume {item.target!r}: verify "
@@ -479,7 +591,8 @@ class StagedVolumes:
         store = self.runner.store
         with _VERIFY_LOCK:
             records = dict(store.get_extra(self.task_id).get(VERIFY_EXTRA_KEY) or {})
-            records[str(item.position)] = {"method": method, "wire_bytes": wire_bytes}
+            records[str(item.position)] = {"method": method, "wire_bytes": wire_bytes,
+                                           "followed_bytes": followed_bytes}
             store.set_extra(self.task_id, **{VERIFY_EXTRA_KEY: records})
 
     def read_staging_manifest(self, staging: str, route: Route, mode: VerifyMode,

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ddm.errors import (
+    DDMError,
     UsageError,
     InsufficientSpace,
     TargetExists,
@@ -80,8 +81,13 @@ def aspects_for(mode: VerifyMode) -> tuple[str, ...]:
     return FULL_ASPECTS if mode is VerifyMode.FULL else QUICK_ASPECTS
 
 
-def check_volume(source, target, item: TaskItem, *, force: bool) -> VolumeCheck:
-    """Check that the source volume exists and the target name is free (or forced)."""
+def check_volume(source, target, item: TaskItem, *, force: bool, sizes: VolumeSizes | None = None,
+                 measure: bool = True) -> VolumeCheck:
+    """Check that the source volume exists and the target name is free (or forced).
+
+    The size comes from `sizes`, shared by the task's volumes, or else from a disk usage
+    report of its own. Without `measure` it is left None.
+    """
     volume = source.volume_inspect(item.source)
     if volume is None:
         raise VolumeNotFound(
@@ -100,9 +106,15 @@ def check_volume(source, target, item: TaskItem, *, force: bool) -> VolumeCheck:
         source_driver=volume.driver,
         source_options=dict(volume.options or {}),
         source_labels=dict(volume.labels or {}),
-        size_bytes=volume_size(source, item.source),
+        size_bytes=_measured_size(source, item.source, sizes) if measure else None,
         target_exists=existing is not None,
     )
+
+
+def _measured_size(source, name: str, sizes: VolumeSizes | None) -> int | None:
+    if sizes is None:
+        return volume_size(source, name)
+    return sizes.size(source, name)
 
 
 def volume_size(engine, name: str) -> int | None:
@@ -123,6 +135,40 @@ def volume_size(engine, name: str) -> int | None:
     return None
 
 
+class VolumeSizes:
+    """Volume sizes from one disk usage report (GET /system/df) per host, shared by a task's volumes.
+
+    The report covers every volume of the host and costs the engine a walk of all of them,
+    so a task with several volumes requests it once per host. The --parallel workers share
+    one instance, so a lock guards it.
+    """
+
+    def __init__(self) -> None:
+        self._reports: dict[str, dict[str, int | None] | None] = {}
+        self._lock = threading.Lock()
+
+    def size(self, engine, name: str) -> int | None:
+        """Return the size of volume `name` on `engine`'s host, or None when it is unknown."""
+        with self._lock:
+            if engine.host.name not in self._reports:
+                self._reports[engine.host.name] = _usage_sizes(engine)
+            report = self._reports[engine.host.name]
+        return None if report is None else report.get(name)
+
+
+def _usage_sizes(engine) -> dict[str, int | None] | None:
+    try:
+        usage = engine.api.df()
+    except Exception as error:  # noqa: BLE001 - the size is an estimate for display and checks
+        log.warning("disk usage of host %s is unknown: %s", engine.host.name, error)
+        return None
+    sizes: dict[str, int | None] = {}
+    for volume in usage.get("Volumes") or []:
+        size = (volume.get("UsageData") or {}).get("Size")
+        sizes[volume.get("Name")] = size if isinstance(size, int) and size >= 0 else None
+    return sizes
+
+
 def volumes_root(engine) -> str:
     """Return the directory under which the engine keeps local volumes."""
     root = engine.api.info().get("DockerRootDir") or "/var/lib/docker"
@@ -135,18 +181,23 @@ class FreeSpaceQuery:
     On an ssh:// host Engine.free_bytes runs `df` over SSH, so starting it early lets that
     command overlap other prepare steps. The storage path is read through the engine API in
     the calling thread, because the engine's API client is not shared between threads.
+    With `probes` (a ddmsyncer.datapath.HostProbes that was given `path` for the target),
+    the target's host probe reports the figure, and `df` runs only when it did not.
     """
 
-    def __init__(self, target) -> None:
+    def __init__(self, target, path: str | None = None, probes=None) -> None:
         self._free: int | None = None
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(target, volumes_root(target)),
+        self._thread = threading.Thread(target=self._run,
+                                        args=(target, path or volumes_root(target), probes),
                                         name="ddm-free-space", daemon=True)
         self._thread.start()
 
-    def _run(self, target, path: str) -> None:
+    def _run(self, target, path: str, probes) -> None:
         try:
-            self._free = target.free_bytes(path)
+            self._free = _probed_free_bytes(target, probes)
+            if self._free is None:
+                self._free = target.free_bytes(path)
         except BaseException as error:  # noqa: BLE001 - raised again by result()
             self._error = error
 
@@ -156,6 +207,17 @@ class FreeSpaceQuery:
         if self._error is not None:
             raise self._error
         return self._free
+
+
+def _probed_free_bytes(target, probes) -> int | None:
+    if probes is None:
+        return None
+    try:
+        return probes.probe(target).free_bytes
+    except DDMError as error:
+        log.info("host probe of %s failed (%s); reading its free space with df", target.host.name,
+                 error)
+        return None
 
 
 def check_space(target, needed_bytes: int | None, volume: str,

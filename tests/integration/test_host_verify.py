@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from ddm import api
+from ddm import api, piecehash
 from ddm.config import load_config
 from ddm.errors import VerificationFailed
 from ddm.events import Event, PhaseStarted
@@ -38,17 +38,19 @@ TREE = {
 }
 # The listing of this tree is a few hundred bytes, far less than the file's content.
 MAX_LISTING_BYTES = 16 * 1024
+# A piece size that gives flip.bin a pieced digest of eight pieces.
+SMALL_PIECE_BYTES = 256 * 1024
 
 Change = Callable[[Path], None]
 
 
-def flip_byte(root: Path) -> None:
+def flip_byte(root: Path, offset: int = FILE_BYTES // 2) -> None:
     path = root / "data" / "flip.bin"
     before = os.stat(path)
     with open(path, "r+b") as handle:
-        handle.seek(FILE_BYTES // 2)
+        handle.seek(offset)
         byte = handle.read(1)
-        handle.seek(FILE_BYTES // 2)
+        handle.seek(offset)
         handle.write(bytes([byte[0] ^ 1]))
     os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
 
@@ -123,6 +125,32 @@ def test_host_scan_catches_flipped_byte(h1: LabHost, h2: LabHost, resources: Lab
 
     assert "data/flip.bin: content" in str(failure.value)
     assert "1 places" in str(failure.value)
+
+
+def test_pieced_scan_passes_good_copy(h1: LabHost, h2: LabHost, resources: LabResources,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(piecehash, "PIECE_BYTES", SMALL_PIECE_BYTES)
+    volume = source_volume(h1, resources)
+    task_id, target = run_migration(h2, resources, volume, "host")
+
+    store = api.open_store()
+    assert store.get_task(task_id).state is TaskState.SUCCEEDED
+    assert store.get_extra(task_id)["verify"]["0"]["method"] == hostverify.HOST_SCAN
+    assert (h2.volume_host_path(target) / "data" / "flip.bin").stat().st_size == FILE_BYTES
+
+
+# The target host may hash the middle piece while tar writes the file, but the scan hashes
+# the last piece. A byte changed after the copy must fail verify in either piece.
+@pytest.mark.parametrize("offset", [FILE_BYTES // 2 + 3, FILE_BYTES - 1])
+def test_pieced_scan_catches_flipped_byte(h1: LabHost, h2: LabHost, resources: LabResources,
+                                          monkeypatch: pytest.MonkeyPatch, offset: int) -> None:
+    monkeypatch.setattr(piecehash, "PIECE_BYTES", SMALL_PIECE_BYTES)
+    volume = source_volume(h1, resources)
+
+    with pytest.raises(VerificationFailed) as failure:
+        run_migration(h2, resources, volume, "host", change=lambda root: flip_byte(root, offset))
+
+    assert "data/flip.bin: content" in str(failure.value)
 
 
 @pytest.mark.parametrize("change, aspect", [

@@ -168,6 +168,28 @@ def test_target_name_taken_is_refused(h1, h2, isolated_env, resources):
     assert containers_on(h2) == containers_before
 
 
+def test_target_without_room_is_refused(h1, h2, isolated_env, resources, monkeypatch):
+    from ddmdriver.engine import Engine
+    from ddmsyncer import volumes as volume_steps
+
+    volume = resources.create_volume(h1)
+    write_volume_tree(h1, volume, {"data.bin": RandomFile(1 << 20, seed=3)})
+    # The free space comes from the target's host probe, so no separate df may run, and a
+    # margin larger than any disk makes the check fail.
+    monkeypatch.setattr(volume_steps, "SPACE_MARGIN_BYTES", 1 << 60)
+    df_paths: list[str] = []
+    monkeypatch.setattr(Engine, "free_bytes", lambda engine, path: df_paths.append(path))
+    volumes_before = volumes_on(h2)
+
+    outcome = run_command("ddmctl", "migrate", "--from", "h1", "--to", "h2", "--volume", volume,
+                          "--yes")
+
+    assert outcome.status == 1
+    assert "not enough space on host 'h2'" in outcome.stderr
+    assert df_paths == []
+    assert volumes_on(h2) == volumes_before
+
+
 def test_source_volume_missing(h1, h2, isolated_env):
     missing = unique_name("missing")
     volumes_before = volumes_on(h2)

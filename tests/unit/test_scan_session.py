@@ -33,6 +33,10 @@ class LocalChannel:
     def recv(self, size: int) -> bytes:
         return self.process.stdout.read(size)
 
+    def settimeout(self, timeout: float | None) -> None:
+        # Reads of the local pipe block without a timeout; the tests never let one expire.
+        self.timeout = timeout
+
     def recv_stderr(self, size: int) -> bytes:
         return self.process.stderr.read(size)
 
@@ -143,7 +147,9 @@ def test_session_closed_before_scan_lists_nothing(tmp_path: Path) -> None:
 
     channel = engine.ssh.channels[0]
     assert channel.process.returncode == 0
-    assert channel.process.stdout.read() == b""
+    lines = channel.process.stdout.read().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith(hostverify.SESSION_READY)
 
 
 def test_session_scan_failure_raises(tmp_path: Path) -> None:
@@ -151,3 +157,31 @@ def test_session_scan_failure_raises(tmp_path: Path) -> None:
 
     with pytest.raises(MigrationFailed, match="failed with exit status 1"):
         session.scan()
+
+
+def test_early_session_follows_named_directory(tmp_path: Path) -> None:
+    root = tmp_path / "staging"
+    session = hostverify.ScanSession(LocalEngine(), LocalAccess(), None, hash_content=True,
+                                     keys=False)
+    root.mkdir()
+
+    session.follow(str(root))
+    ready = session.wait_ready(30.0)
+    make_tree(root)
+    scan = session.scan()
+    session.close()
+
+    assert ready is True
+    assert session.directory == str(root)
+    assert sorted(scan.manifest.entries) == [b".", b"dir", b"dir/data.bin", b"small"]
+
+
+def test_scan_skips_unread_ready_line(tmp_path: Path) -> None:
+    root = tmp_path / "staging"
+    make_tree(root)
+    session = start(root)
+
+    scan = session.scan()
+    session.close()
+
+    assert sorted(scan.manifest.entries) == [b".", b"dir", b"dir/data.bin", b"small"]

@@ -1,0 +1,100 @@
+"""The host tar relay with a gate: both commands start at once, the source reads after it.
+
+The tar commands run in this machine's sh and GNU tar; only the SSH channels are replaced.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from ddmdriver.hostpath import HostAccess, gated_argv, relay_host_archive
+from ddmdriver.ssh import validate_argv
+
+pytestmark = pytest.mark.skipif(getattr(os, "geteuid", lambda: -1)() != 0,
+                                reason="tar --same-owner needs uid 0")
+
+
+class LocalChannel:
+    """The part of an SSH exec channel that relay_host_archive uses."""
+
+    def __init__(self, argv: list[str]) -> None:
+        self.process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE)
+
+    def sendall(self, data: bytes) -> None:
+        self.process.stdin.write(data)
+        self.process.stdin.flush()
+
+    def shutdown_write(self) -> None:
+        if not self.process.stdin.closed:
+            self.process.stdin.close()
+
+    def recv(self, size: int) -> bytes:
+        return self.process.stdout.read1(size)
+
+    def recv_stderr(self, size: int) -> bytes:
+        return self.process.stderr.read1(size)
+
+    def recv_exit_status(self) -> int:
+        return self.process.wait()
+
+    def close(self) -> None:
+        self.shutdown_write()
+        self.process.wait()
+
+
+class LocalSSH:
+    def __init__(self) -> None:
+        self.channels: list[LocalChannel] = []
+
+    def open_command(self, argv: list[str]) -> LocalChannel:
+        validate_argv(argv)
+        channel = LocalChannel(list(argv))
+        self.channels.append(channel)
+        return channel
+
+
+def local_engine(name: str) -> Any:
+    return SimpleNamespace(host=SimpleNamespace(name=name), ssh=LocalSSH())
+
+
+def access(name: str) -> HostAccess:
+    return HostAccess(name, (), "tar (GNU tar) 1.34")
+
+
+def test_gated_copy_reads_after_gate(tmp_path: Path) -> None:
+    source_directory = tmp_path / "source"
+    target_directory = tmp_path / "target"
+    source_directory.mkdir()
+    target_directory.mkdir()
+    (source_directory / "before").write_bytes(b"written before the copy")
+    source, target = local_engine("h1"), local_engine("h2")
+    started_at_gate: list[int] = []
+
+    def gate() -> None:
+        started_at_gate.append(len(source.ssh.channels) + len(target.ssh.channels))
+        (source_directory / "at-gate").write_bytes(b"written while the gate was closed")
+
+    relay_host_archive(source, access("h1"), str(source_directory),
+                       target, access("h2"), str(target_directory), gate=gate)
+
+    assert started_at_gate == [2]
+    assert (target_directory / "before").read_bytes() == b"written before the copy"
+    assert (target_directory / "at-gate").read_bytes() == b"written while the gate was closed"
+
+
+def test_gate_closed_by_end_of_file_runs_nothing(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    channel = LocalChannel(gated_argv(["touch", str(marker)]))
+
+    channel.shutdown_write()
+    status = channel.recv_exit_status()
+
+    assert status != 0
+    assert not marker.exists()
