@@ -228,3 +228,12 @@ def test_cached_scan_forgets_gone_files(tmp_path: Path, store: TaskStore,
     assert again.hashed_files == 0
     assert again[b"keep.txt"].digest == hashcache.HashCache(store).load(scope)[b"keep.txt"].digest
     assert set(dict(cache.load(scope).items())) == {b"keep.txt", b"a-b"}
+
+
+def test_volume_data_bytes_counts_links_once():
+    scan = as_table(as_dict(entry(b"a", size=100, inode=7, nlink=2),
+                            entry(b"a-b", size=100, inode=7, nlink=2),
+                            entry(b"a/b", size=5, inode=8), entry(b"d", "dir")))
+
+    assert incremental.volume_data_bytes(scan) == 105
+    assert incremental.volume_data_bytes(dict(scan.items())) == 105
