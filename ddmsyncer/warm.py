@@ -58,9 +58,10 @@ STOPPED_AT_KEY = "source_stopped_at"
 WARM_KEY = "warm"
 # Covers the whole-second mtimes that the archive API gives the pre-copy.
 PRECOPY_MTIME_MARGIN_SECONDS = 2
-# Scan entries of both hosts that a task keeps in memory from seed_digests until the delta
-# pass, at about 300 bytes each (see incremental.UpdateDigests). Volumes above it are scanned
-# in "cached" mode after the stop, which loads the digests from the hash cache instead.
+# Scan entries of both hosts that a task keeps from seed_digests until the delta pass. The
+# scans are temporary SQLite tables (ddmsyncer.scantable, about 134 bytes a row on disk), so
+# this bounds their disk space, not the controller's memory. Volumes above it are scanned in
+# "cached" mode after the stop, which reads the digests from the hash cache instead.
 SEED_SCANS_MAX_ENTRIES = 200_000
 
 
