@@ -485,9 +485,11 @@ class LabHost:
             raise LabError(f"{self.name}: configuring the lab link failed: {error}") from error
 
     def _spawn_dockerd(self) -> None:
-        run_directory = Path(f"/proc/{self._holder_pid()}/root/run")
-        _remove_stale_pid_file(run_directory / "docker.pid")
-        _remove_stale_pid_file(run_directory / "docker" / "containerd" / "containerd.pid")
+        holder = self._holder_pid()
+        run_directory = Path(f"/proc/{holder}/root/run")
+        _remove_stale_pid_file(run_directory / "docker.pid", "dockerd", holder)
+        _remove_stale_pid_file(run_directory / "docker" / "containerd" / "containerd.pid",
+                               "containerd", holder)
 
         argv = [
                 tool("dockerd"),
@@ -636,24 +638,38 @@ class LabHost:
         return f"last lines of {path}:\n" + "\n".join(lines[-_LOG_TAIL_LINES:])
 
 
-def _remove_stale_pid_file(path: Path) -> None:
-    """Remove a pid file whose process has exited.
+def _remove_stale_pid_file(path: Path, program: str, holder: int) -> None:
+    """Remove a pid file unless its PID is a live `program` in the holder's mount namespace.
 
     dockerd checks only that /proc/PID exists, both for its own pid file and for
     the one of the containerd it starts. A killed process stays a zombie, with a
     /proc/PID entry, until its parent reaps it, and PID 1 of some containers
-    reaps late or never. Then dockerd refuses to start, or waits for the dead
-    containerd until it times out.
+    reaps late or never. The lab hosts also share the machine's PID space. With a
+    pid_max of 32768 on a busy machine, another process may get a killed dockerd's
+    PID soon after. Then dockerd fails with "pid file found", or waits for the
+    dead containerd until it times out.
     """
     try:
         pid = int(path.read_text().strip())
     except (FileNotFoundError, ValueError):
         return
 
-    stat = procs.read_stat(pid)
-    if stat is None or stat.state in ("Z", "X", "x"):
+    if not _is_live_program(pid, program, holder):
         path.unlink(missing_ok=True)
         logger.debug("removed stale pid file %s of pid %d", path, pid)
+
+
+def _is_live_program(pid: int, program: str, holder: int) -> bool:
+    """Return whether PID runs `program`, is not a zombie and is in the holder's mount namespace."""
+    stat = procs.read_stat(pid)
+    if stat is None or stat.state in ("Z", "X", "x"):
+        return False
+    try:
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+        same_namespace = os.readlink(f"/proc/{pid}/ns/mnt") == os.readlink(f"/proc/{holder}/ns/mnt")
+    except OSError:
+        return False
+    return comm == program and same_namespace
 
 
 def _check_port_free(address: str, port: int) -> None:
