@@ -538,18 +538,7 @@ def _file_data_bytes(source: Mapping[bytes, Entry], paths: list[bytes]) -> int:
     tar stores the content of a multi-link file with its first name and the others as hard
     link members without data.
     """
-    total = 0
-    inodes: set[tuple[int, int]] = set()
-    for path in paths:
-        entry = source[path]
-        if entry.type != "file":
-            continue
-        if entry.nlink > 1:
-            if (entry.dev, entry.inode) in inodes:
-                continue
-            inodes.add((entry.dev, entry.inode))
-        total += entry.size
-    return total
+    return _data_bytes(source[path] for path in paths)
 
 
 def volume_data_bytes(scan: Mapping[bytes, Entry]) -> int:
@@ -557,9 +546,14 @@ def volume_data_bytes(scan: Mapping[bytes, Entry]) -> int:
 
     One pass over the entries; only the inodes of multi-link files are kept.
     """
+    return _data_bytes(scan.values())
+
+
+def _data_bytes(entries: Iterable[Entry]) -> int:
+    """Sum the sizes of the regular files among `entries`, each multi-link inode once."""
     total = 0
     inodes: set[tuple[int, int]] = set()
-    for entry in scan.values():
+    for entry in entries:
         if entry.type != "file":
             continue
         if entry.nlink > 1:

@@ -597,8 +597,8 @@ def cut_before(monkeypatch: pytest.MonkeyPatch, h2, step: str) -> list[int]:
     first_call = threading.Lock()
 
     def cut_then_call(*args, **kwargs):
-        # The scans call HostCommand.lines from one thread per host; the lock lets only the
-        # first caller cut, so the count it records is the one that dropped the connections.
+        # The scans call HostCommand.lines from one thread per host. The lock lets only the
+        # first caller cut, so its count is the one that dropped the connections.
         with first_call:
             if not cut:
                 cut.append(h2.cut_connections())

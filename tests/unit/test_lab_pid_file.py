@@ -27,7 +27,7 @@ def test_other_program_pid_file_removed(tmp_path: Path) -> None:
 
 
 def test_live_dockerd_pid_file_kept(tmp_path: Path) -> None:
-    # A copy of sleep named dockerd stands in for a running engine in this mount namespace.
+    # A copy of sleep named dockerd plays a running engine in this mount namespace.
     fake = tmp_path / "dockerd"
     shutil.copy(shutil.which("sleep") or "/bin/sleep", fake)
     process = subprocess.Popen([str(fake), "30"])
