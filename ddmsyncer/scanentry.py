@@ -164,3 +164,21 @@ def entry_from_record(path: bytes, record: bytes) -> Entry:
     setter(entry, "xattrs", xattrs)
     setter(entry, "_numbers", numbers)
     return entry
+
+
+def trusted_record_key(record: bytes, racy_from_ns: int, *, need_digest: bool) -> bytes | None:
+    """Return the file key text of a stored entry that a rescan may trust, else None.
+
+    The text is hashcache.format_key(entry.file_key()) as ASCII bytes. An entry is not
+    trusted when its ctime_ns is at least racy_from_ns (see hashcache.is_racy), nor, with
+    need_digest, when it is a file without a digest. This reads the record without building
+    an Entry, because a rescan lists every entry of the earlier scan.
+    """
+    type, _, digest, _, numbers = marshal.loads(record)
+    mode, uid, gid, size, mtime_ns, rdev, inode, nlink, dev, ctime_ns = \
+        _NUMBERS.unpack_from(numbers)
+    if ctime_ns >= racy_from_ns:
+        return None
+    if need_digest and type == "file" and digest is None and len(numbers) == _NUMBERS.size:
+        return None
+    return b"%d %d %d %d %d" % (dev, inode, size, mtime_ns, ctime_ns)

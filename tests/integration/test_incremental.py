@@ -486,7 +486,7 @@ def run_failing_update(volume: str, change_at_verify) -> tuple[TaskStore, str, s
     return store, task.id, str(failure.value)
 
 
-def test_incremental_verify_reuses_source_scan(h1, h2, isolated_env, resources, no_racy_margin):
+def test_incremental_verify_reuses_scans(h1, h2, isolated_env, resources, no_racy_margin):
     volume = resources.create_volume(h1)
     resources.add_volume(h2, volume)
     write_volume_tree(h1, volume, TREE)
@@ -498,6 +498,7 @@ def test_incremental_verify_reuses_source_scan(h1, h2, isolated_env, resources, 
     record = incremental_record(task["id"])
     assert task["volumes"][0]["state"] == "verified"
     assert record["verify_reused_entries"] > 0
+    assert record["verify_target_reused_entries"] > 0
     assert diff_snapshots(snapshot_volume_tree(h1, volume), snapshot_volume_tree(h2, volume),
                           mtime_resolution_ns=WHOLE_SECONDS) == []
 
