@@ -295,26 +295,38 @@ def _read_scan(lines: Iterable[bytes], *, cached: bool = False
         entries.hashed = KnownHashes()
     summary: dict[str, Any] = {}
     output_bytes = 0
+    # Records are stored as they are parsed, SAVE_BATCH_ROWS at a time, without an Entry
+    # per line: a scan line becomes one row and is read back only when compared.
+    rows: list[tuple[bytes, bytes]] = []
+    loads, b64decode, record_from_fields = json.loads, base64.b64decode, \
+        scanentry.record_from_fields
     for line in lines:
         output_bytes += len(line) + 1
         if not line:
             continue
-        values = json.loads(line)
+        values = loads(line)
         if isinstance(values, dict):
             summary = values
             entries.hashed_files = values["hashed_files"]
             entries.hashed_bytes = values["hashed_bytes"]
             entries.started_ns = values["started_ns"]
             entries.cache_hits = values.get("cache_hits", 0)
-            entries.gone = [base64.b64decode(path) for path in values.get("gone", ())]
+            entries.gone = [b64decode(path) for path in values.get("gone", ())]
             continue
         known_digest = len(values) > SCAN_FIELDS and values.pop() is True
-        values[0] = base64.b64decode(values[0])
-        values[7] = base64.b64decode(values[7]) if values[7] is not None else None
-        entry = Entry(*values)
-        entries[entry.path] = entry
-        if cached and not known_digest and entry.type == "file" and entry.digest is not None:
-            entries.hashed[entry.path] = CachedHash(entry.file_key(), entry.digest)
+        path = b64decode(values[0])
+        if values[7] is not None:
+            values[7] = b64decode(values[7])
+        rows.append((path, record_from_fields(*values[1:])))
+        if len(rows) >= SAVE_BATCH_ROWS:
+            entries.add_records(rows)
+            rows = []
+        # values: path, type, mode, uid, gid, size, mtime_ns, link, rdev, inode, nlink,
+        # digest, dev, ctime_ns, xattrs (see hostscan.py)
+        if cached and not known_digest and values[1] == "file" and values[11] is not None:
+            file_key = (values[12], values[9], values[5], values[6], values[13])
+            entries.hashed[path] = CachedHash(file_key, values[11])
+    entries.add_records(rows)
     return entries, summary, output_bytes
 
 

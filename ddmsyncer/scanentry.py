@@ -152,6 +152,22 @@ def entry_record(entry: Entry) -> bytes:
     return marshal.dumps((entry.type, entry.link, entry._digest, entry.xattrs, entry._numbers), 2)
 
 
+def record_from_fields(type: str, mode: int, uid: int, gid: int, size: int, mtime_ns: int,
+                       link: bytes | None, rdev: int, inode: int, nlink: int, digest: str | None,
+                       dev: int = 0, ctime_ns: int = 0, xattrs: str | None = None) -> bytes:
+    """Return entry_record() of the entry with these fields, without building the Entry.
+
+    The fields are those of the Entry constructor after the path. Reading a scan stores
+    every entry of the volume, so this skips the object that entry_record() would drop.
+    """
+    numbers = _NUMBERS.pack(mode, uid, gid, size, mtime_ns, rdev, inode, nlink, dev, ctime_ns)
+    packed = _pack_digest(digest)
+    if packed is not None:
+        numbers += packed
+        digest = None
+    return marshal.dumps((type, link, digest, xattrs, numbers), 2)
+
+
 def entry_from_record(path: bytes, record: bytes) -> Entry:
     """Return the entry of `path` stored by entry_record()."""
     type, link, digest, xattrs, numbers = marshal.loads(record)

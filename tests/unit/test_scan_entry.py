@@ -3,7 +3,7 @@
 import pytest
 
 from ddmsyncer.incremental import Scan, plan_update
-from ddmsyncer.scanentry import Entry
+from ddmsyncer.scanentry import Entry, entry_from_record, entry_record, record_from_fields
 
 FIELDS = dict(path=b"d/\xff-not-utf8", type="file", mode=0o104755, uid=70000, gid=2**32 - 2,
               size=2**40 + 3, mtime_ns=-1_500_000_000_123, link=None, rdev=0,
@@ -121,3 +121,15 @@ def test_entries_with_other_digests_differ():
     assert entry != entry.with_digest("ac" * 32)
     assert entry != entry.with_digest(None)
     assert entry.key() != entry.with_digest("AB" * 32).key()
+
+
+@pytest.mark.parametrize("digest", ["ab" * 32, "AB" * 32, "sha256-pieces-16777216:" + "ab" * 32,
+                                    None])
+def test_record_from_fields_matches_entry(digest):
+    fields = {**FIELDS, "digest": digest}
+    values = list(fields.values())
+
+    record = record_from_fields(*values[1:])
+
+    assert record == entry_record(Entry(*values))
+    assert entry_from_record(fields["path"], record) == Entry(*values)
