@@ -525,15 +525,16 @@ def plan_update(source: Mapping[bytes, Entry], target: Mapping[bytes, Entry]) ->
     plan = Plan()
     delete: list[bytes] = []
     linked: dict[int, list[bytes]] = {}  # the names of each multi-link inode of the source
-    for path, entry, existing in paired(source, target):
+    for path, entry, existing in _paired_comparisons(source, target):
         if entry is None:
             delete.append(path)
             continue
-        if entry.type == "file" and entry.nlink > 1:
-            linked.setdefault(entry.inode, []).append(path)
-        if existing is not None and existing.key() == entry.key():
+        key, kind, nlink, inode = entry
+        if kind == "file" and nlink > 1:
+            linked.setdefault(inode, []).append(path)
+        if existing is not None and existing[0] == key:
             continue
-        if existing is not None and existing.type != entry.type and path != b".":
+        if existing is not None and existing[1] != kind and path != b".":
             delete.append(path)  # tar cannot put a file where a directory is, or back
         plan.send.append(path)
 
@@ -541,6 +542,32 @@ def plan_update(source: Mapping[bytes, Entry], target: Mapping[bytes, Entry]) ->
     plan.send = _with_parents(source, _with_hard_links(source, plan.send, linked) + plan.delete)
     plan.send_bytes = _file_data_bytes(source, plan.send)
     return plan
+
+
+# (comparison key, type, nlink, inode) of an entry; equal keys mean equal Entry.key().
+Comparison = tuple[tuple[Any, ...], str, int, int]
+
+
+def _paired_comparisons(source: Mapping[bytes, Entry], target: Mapping[bytes, Entry]
+                        ) -> Iterator[tuple[bytes, Comparison | None, Comparison | None]]:
+    """Yield (path, source comparison or None, target comparison or None) in path order.
+
+    Scans stored in SQLite are compared from their records, without building each Entry,
+    because an update compares every entry of both volumes.
+    """
+    if isinstance(source, EntryMapping) and isinstance(target, EntryMapping):
+        compare = scanentry.record_comparison
+        for path, source_record, target_record in paired_records(source, target):
+            yield (path, None if source_record is None else compare(source_record),
+                   None if target_record is None else compare(target_record))
+        return
+    for path, source_entry, target_entry in paired(source, target):
+        yield (path, None if source_entry is None else _entry_comparison(source_entry),
+               None if target_entry is None else _entry_comparison(target_entry))
+
+
+def _entry_comparison(entry: Entry) -> Comparison:
+    return entry.key(), entry.type, entry.nlink, entry.inode
 
 
 def _file_data_bytes(source: Mapping[bytes, Entry], paths: list[bytes]) -> int:
@@ -1079,13 +1106,15 @@ def _differences(source: Mapping[bytes, Entry], target: Mapping[bytes, Entry], *
     """Yield (path, aspect) for each difference in path order; without `content` digests are
     not compared."""
     names = ("type", "mode", "uid", "gid", "size", "mtime", "link", "rdev", "content", "xattrs")
-    for path, source_entry, target_entry in paired(source, target):
+    for path, source_entry, target_entry in _paired_comparisons(source, target):
         if target_entry is None:
             yield path, "missing on target"
         elif source_entry is None:
             yield path, "extra on target"
-        elif source_entry.key() != target_entry.key():
-            for name, left, right in zip(names, source_entry.key(), target_entry.key()):
+        elif source_entry[0] != target_entry[0]:
+            # Only differing entries are read again in full, to name the aspects.
+            source_key, target_key = source[path].key(), target[path].key()
+            for name, left, right in zip(names, source_key, target_key):
                 if left != right and (content or name != "content"):
                     yield path, name
 

@@ -198,3 +198,18 @@ def trusted_record_key(record: bytes, racy_from_ns: int, *, need_digest: bool) -
     if need_digest and type == "file" and digest is None and len(numbers) == _NUMBERS.size:
         return None
     return b"%d %d %d %d %d" % (dev, inode, size, mtime_ns, ctime_ns)
+
+
+def record_comparison(record: bytes) -> tuple[tuple[Any, ...], str, int, int]:
+    """Return (comparison key, type, nlink, inode) of a stored entry without building it.
+
+    Two records' comparison keys are equal exactly when their entries' key() are. The key
+    holds the digest as the stored string and the packed bytes, and only a digest that is
+    not 64 lowercase hex digits is stored as a string, so both forms never mean one digest.
+    """
+    type, link, digest, xattrs, numbers = marshal.loads(record)
+    mode, uid, gid, size, mtime_ns, rdev, inode, nlink, dev, ctime_ns = \
+        _NUMBERS.unpack_from(numbers)
+    key = (type, mode, uid, gid, size, mtime_ns // 1_000_000_000, link, rdev, digest,
+           numbers[_NUMBERS.size:], xattrs)
+    return key, type, nlink, inode
