@@ -219,7 +219,11 @@ def rollback(context: CommandContext, task_id: str, force: bool, as_json: bool) 
     """Remove what a task created on the target host. The source is never changed.
 
     A target volume that was replaced or changed after a succeeded task finished is kept, and
-    the command exits 6, unless --force is given. A succeeded task that updated a volume with
+    the command exits 6, unless --force is given. For a task that ran with --verify full
+    (the default unless the config sets defaults.verify) and not with --route direct, the
+    files' content and metadata are compared with the task's copy. For other tasks only
+    metadata is compared: type, mode, owner, size, link target and mtime in whole seconds,
+    so a file rewritten with the same size and mtime counts as unchanged. A succeeded task that updated a volume with
     --incremental is rejected with exit status 2, because its backup is removed.
 
     Prints a tab-separated line per volume: source, target and the outcome. The outcome is
