@@ -31,7 +31,7 @@ def rollback_outcomes(task: Task, events: list[dict[str, Any]], *,
     `rolled_back_before` lists the positions that were rolled back before this rollback
     started, for example by the automatic rollback of a failed task. This rollback did not
     touch them, and `later_tasks` (by position, the IDs of later tasks that wrote the same
-    target volume) says why the volume may no longer be as that earlier rollback left it.
+    target volume) explains why the volume may no longer be as that earlier rollback left it.
     """
     restored = restored_positions(events)
     later_tasks = later_tasks or {}

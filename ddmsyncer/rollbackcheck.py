@@ -36,7 +36,7 @@ from ddmsyncer.hostverify import sha256_view
 
 log = logging.getLogger(__name__)
 
-# Length of an xxh3-128 hex digest; a plain SHA-256 hex digest has 64 characters.
+# Length of an xxh3-128 hex digest. A plain SHA-256 hex digest has 64 characters.
 XXH3_128_HEX_LENGTH = 32
 
 METADATA_ASPECTS = volumes.QUICK_ASPECTS
@@ -73,8 +73,8 @@ def target_differences(target: Any, volume: str, stored: Manifest, *,
     """
     kind = stored_digest_kind(stored)
     hash_content = stored.hash_content
-    # NOTE: a stored pieced SHA-256 made with another piece size than PIECE_BYTES never
-    # matches, so such a file is reported as changed; the rollback then keeps the volume.
+    # NOTE: a stored pieced SHA-256 made with a piece size other than PIECE_BYTES never
+    # matches. Such a file counts as changed, so the rollback keeps the volume.
     current = volumes.read_manifest(target, volume, task_id=task_id, hash_content=hash_content,
                                     sha256=kind == "sha256")
     if kind == "sha256":

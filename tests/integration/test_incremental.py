@@ -447,6 +447,26 @@ def test_incremental_detects_restored_mtime(h1, h2, isolated_env, resources, no_
     assert target_file.stat().st_mtime_ns // WHOLE_SECONDS == before.st_mtime_ns // WHOLE_SECONDS
 
 
+def test_verify_none_misses_restored_mtime(h1, h2, isolated_env, resources):
+    # With --verify none nothing is hashed, so the update compares metadata only.
+    volume = resources.create_volume(h1)
+    resources.add_volume(h2, volume)
+    write_volume_tree(h1, volume, TREE)
+    migrate(volume)
+    changed = h1.volume_host_path(volume) / "data" / "f5.bin"
+    before = changed.stat()
+    changed.write_bytes(bytes(FILE_BYTES))
+    os.utime(changed, ns=(before.st_atime_ns, before.st_mtime_ns))
+    target_file = h2.volume_host_path(volume) / "data" / "f5.bin"
+    target_before = target_file.read_bytes()
+
+    task = migrate(volume, "--incremental", "--verify", "none")
+
+    assert incremental_record(task["id"])["sent_entries"] == 0
+    assert target_file.read_bytes() == target_before
+    assert target_before != bytes(FILE_BYTES)
+
+
 def test_incremental_dry_run_shows_update(h1, h2, isolated_env, resources):
     volume = resources.create_volume(h1)
     resources.add_volume(h2, volume)
