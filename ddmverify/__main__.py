@@ -2,4 +2,6 @@
 
 from ddmverify.cli import main
 
-main()
+# The guard keeps a plain import (tools that import every module) from running the command.
+if __name__ == "__main__":
+    main()
