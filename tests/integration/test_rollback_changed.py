@@ -12,6 +12,7 @@ import pytest
 
 from ddm.errors import ExitStatus
 from tests.integration.operator_support import ddmctl, volume_names
+from tests.integration.test_migrate_volumes import RICH_TREE
 from tests.lab import LabHost
 from tests.lab.isolation import IsolatedEnv
 from tests.lab.resources import LabResources
@@ -100,15 +101,17 @@ def test_rollback_quick_task_catches_mode_change(h1: LabHost, h2: LabHost,
     assert snapshot_volume_tree(h1, source) == source_before
 
 
+@pytest.mark.parametrize("data_path", ["engine", "host"])
 def test_rollback_unchanged_target_is_removed(h1: LabHost, h2: LabHost,
                                               isolated_env: IsolatedEnv,
-                                              resources: LabResources) -> None:
+                                              resources: LabResources, data_path: str) -> None:
+    # Hard links, symlinks, a FIFO, odd owners and modes must compare equal after the copy,
+    # or every rollback of such a volume would be rejected.
     source = resources.create_volume(h1)
     resources.add_volume(h2, source)
-    write_volume_tree(h1, source, {"note.txt": File(ORIGINAL),
-                                   "dir/data.bin": RandomFile(64 * 1024, seed=4)})
+    write_volume_tree(h1, source, RICH_TREE)
     source_before = snapshot_volume_tree(h1, source)
-    task_id = migrate(source, "--verify", "full")
+    task_id = migrate(source, "--verify", "full", "--data-path", data_path)
 
     rolled_back = ddmctl("rollback", task_id)
 
