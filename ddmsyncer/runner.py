@@ -559,8 +559,8 @@ class TaskRunner:
             raise TaskConflict(
                 f"volume {item.target!r} on {self.task.spec.target_host} changed since task "
                 f"{self.task.id} finished ({counted(len(differences), 'difference')}, first "
-                f"{display_path(first.path)}: {first.aspect}; "
-                f"{rollbackcheck.describe_comparison(stored)})", hint=hint)
+                f"{display_path(first.path)}: {first.aspect}), with "
+                f"{rollbackcheck.describe_comparison(stored)}", hint=hint)
 
     def cleanup(self, *, every_host: bool = False) -> None:
         """Remove helper containers of this task on the hosts it connected to (also after failures).

@@ -69,7 +69,7 @@ def test_rollback_keeps_same_size_rewrite(h1: LabHost, h2: LabHost, isolated_env
     refused = ddmctl("rollback", task_id)
 
     assert refused.status == ExitStatus.CONFLICT, refused.stderr
-    assert "note.txt: content" in refused.stderr
+    assert "note.txt: content), with content and metadata compared" in refused.stderr
     assert source in volume_names(h2)
     assert read_file(h2, source, "note.txt") == REWRITTEN
     assert snapshot_volume_tree(h2, source) == target_after
@@ -95,7 +95,7 @@ def test_rollback_quick_task_catches_mode_change(h1: LabHost, h2: LabHost,
     refused = ddmctl("rollback", task_id)
 
     assert refused.status == ExitStatus.CONFLICT, refused.stderr
-    assert "note.txt: mode" in refused.stderr
+    assert "note.txt: mode), with metadata only compared" in refused.stderr
     assert source in volume_names(h2)
     assert read_file(h2, source, "note.txt") == ORIGINAL
     assert snapshot_volume_tree(h1, source) == source_before
