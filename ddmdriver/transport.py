@@ -284,8 +284,24 @@ class RemoteAPIClient(docker.APIClient):
         self._custom_adapter.close()
         self._custom_adapter = adapter
         self.mount("http+docker://", adapter)
+        self._server_version: dict[str, Any] | None = None
         if version is None:
             self._version = self._retrieve_server_version()
+
+    def version(self, api_version: bool = True) -> dict[str, Any]:
+        """Return the engine's GET /version response, sent once per client.
+
+        The response (engine, API and kernel versions, OS, arch) changes only when the
+        engine is upgraded and restarted, and the client keeps the API version of the
+        first response anyway. Opening the client requests it to pick the API version,
+        so Engine.ping() reuses that response instead of a second request. With
+        `api_version` the versioned URL is requested every time, as in docker-py.
+        """
+        if api_version:
+            return super().version(api_version=True)
+        if self._server_version is None:
+            self._server_version = super().version(api_version=False)
+        return dict(self._server_version)
 
 
 def ssh_api_client(

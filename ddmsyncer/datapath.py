@@ -109,6 +109,7 @@ class HostProbes:
         self._errors: dict[str, BaseException] = {}
         self._threads: dict[str, threading.Thread] = {}
         self._started: dict[str, Any] = {}  # host name -> ddmdriver.earlyprobe.StartedProbe
+        self._beginning: dict[str, threading.Thread] = {}  # host name -> thread of begin()
         self._lock = threading.Lock()
 
     def begin(self, host_name: str, ssh: Any) -> None:
@@ -118,6 +119,15 @@ class HostProbes:
         dial-stdio command, so that the two commands' login shells start at once. When the
         command cannot start, start() later probes the host with a command of its own.
         """
+        # Opening the probe's channel and starting its command take two round trips, which
+        # would delay the dial-stdio command of the engine if this thread waited for them.
+        thread = threading.Thread(target=self._begin, args=(host_name, ssh),
+                                  name=f"ddm-probe-begin-{host_name}", daemon=True)
+        with self._lock:
+            self._beginning[host_name] = thread
+        thread.start()
+
+    def _begin(self, host_name: str, ssh: Any) -> None:
         from ddmdriver.earlyprobe import start_probe
 
         started = start_probe(ssh, host_name)
@@ -129,6 +139,14 @@ class HostProbes:
                 return
             self._started[host_name] = started
 
+    def _wait_for_begin(self, host_name: str | None = None) -> None:
+        """Wait until begin() has started the probe command of `host_name` (None: every host)."""
+        with self._lock:
+            names = [host_name] if host_name is not None else list(self._beginning)
+            threads = [self._beginning.pop(name) for name in names if name in self._beginning]
+        for thread in threads:
+            thread.join()
+
     def start(self, engine: Any, directories: tuple[str, ...] = (),
               then: Callable[[Any], None] | None = None, free_space_path: str | None = None) -> None:
         """Start probing `engine`'s host; `then` gets the HostProbe in the probing thread.
@@ -138,6 +156,7 @@ class HostProbes:
         (HostProbe.free_bytes); other probes leave it None.
         """
         key = engine.host.name
+        self._wait_for_begin(key)
         with self._lock:
             if key in self._threads:
                 return
@@ -158,6 +177,7 @@ class HostProbes:
 
     def close(self) -> None:
         """Stop the probe commands that begin() started and start() never used."""
+        self._wait_for_begin()
         with self._lock:
             unused = list(self._started.values())
             self._started.clear()

@@ -52,8 +52,8 @@ from ddm.processes import process_alive
 from ddm.store import TaskStore
 from ddm.task import ItemState, Phase, Task, TaskItem, TaskState, VerifyMode
 from ddm.text import counted
-from ddmsyncer import (connect, connlost, direct, incremental, parallel, rerun, rollbackcheck,
-                       undo, volumes)
+from ddmsyncer import (connect, connlost, direct, hostquery, incremental, parallel, rerun,
+                       rollbackcheck, undo, volumes)
 from ddmsyncer.control import wait_while_paused
 from ddmsyncer.staged import StagedVolumes, mark_verified, release_writers, remove_staging_volumes
 
@@ -121,6 +121,8 @@ class TaskRunner:
         self._last_control_poll = 0.0
         self._incremental: dict[int, str] = {}  # item position -> earlier task that copied it
         self._volume_sizes = volumes.VolumeSizes()
+        # Set only while prepare() runs; outside it every check inspects the source again.
+        self.source_inspections: volumes.SourceInspections | None = None
         self.staged = StagedVolumes(self)
 
     @property
@@ -354,17 +356,25 @@ class TaskRunner:
         behind (a runner killed mid-copy cannot remove them), so that a resumed task can
         replace the target volumes that those helpers still mount.
         """
+        self.source_inspections = volumes.SourceInspections()
+        try:
+            return self._prepare()
+        finally:
+            self.source_inspections = None
+
+    def _prepare(self) -> dict[int, volumes.VolumeCheck]:
         self.connect_hosts(self.staged.begin_host_probe)
-        self.source.ping()
-        self.target.ping()
-        free_space_path = volumes.volumes_root(self.target)
+        source_facts, target_facts = hostquery.query_hosts([self.source, self.target], self.task.id)
+        free_space_path = target_facts.volumes_root
         self.staged.start_host_probes(free_space_path)
         free_space = volumes.FreeSpaceQuery(self.target, free_space_path, self.staged.probes)
-        volumes.reject_overlap(self.source, self.target, self.task.items)
-        for engine in self._open_engines():
-            removed = volumes.remove_task_helpers(engine, self.task.id)
-            if removed:
-                self.record("info", "helpers_removed", f"removed {counted(removed, 'helper container')} "
+        volumes.reject_overlap(self.source, self.target, self.task.items,
+                               engine_ids=(source_facts.engine_id, target_facts.engine_id))
+        for engine, facts in {id(self.source): (self.source, source_facts),
+                              id(self.target): (self.target, target_facts)}.values():
+            if facts.helpers_removed:
+                self.record("info", "helpers_removed",
+                            f"removed {counted(facts.helpers_removed, 'helper container')} "
                             f"of an earlier run on {engine.host.name}")
 
         self._incremental = incremental.select_items(self)
@@ -405,7 +415,8 @@ class TaskRunner:
         incremental_update = item.position in self._incremental
         return volumes.check_volume(self.source, self.target, item,
                                     force=self.task.spec.force or incremental_update,
-                                    sizes=self._volume_sizes, measure=not incremental_update)
+                                    sizes=self._volume_sizes, measure=not incremental_update,
+                                    inspections=self.source_inspections)
 
     def _check_route(self, item: TaskItem) -> None:
         self.staged.check_writers(item)

@@ -128,7 +128,7 @@ class StagedVolumes:
         """
         runner = self.runner
         if runner.task.spec.options.get("data_path", "auto") != "engine":
-            volumes_found = (runner.source.volume_inspect(item.source) for item in runner.task.items)
+            volumes_found = (self._inspect_source(item.source) for item in runner.task.items)
             mountpoints = tuple(volume.mountpoint for volume in volumes_found
                                 if volume is not None and volume.mountpoint)
             self.probes.start(runner.source, mountpoints, then=self._record_source_python)
@@ -170,7 +170,7 @@ class StagedVolumes:
             return self.routes[item.position]
 
         source, target = self.runner.source, self.runner.target
-        volume = source.volume_inspect(item.source)
+        volume = self._inspect_source(item.source)
         if volume is None:
             raise MigrationFailed(f"volume {item.source!r} not found on {source.host.name} any more",
                                   hint="the source volume was removed during the task; roll back")
@@ -192,6 +192,13 @@ class StagedVolumes:
                              f"({route.reason}); it loses {', '.join(lost)}")
         self.compression.choose(item, route)
         return route
+
+    def _inspect_source(self, name: str) -> Any:
+        """Inspect a source volume, reusing the inspection of the running prepare phase if any."""
+        inspections = getattr(self.runner, "source_inspections", None)
+        if inspections is None:
+            return self.runner.source.volume_inspect(name)
+        return inspections.inspect(self.runner.source, name)
 
     def _warn_about_sockets(self, item: TaskItem, volume: Any) -> None:
         """Warn about sockets that the engine skips without notice, where the host lets DDM look."""

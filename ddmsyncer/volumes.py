@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ddm.errors import (
     DDMError,
@@ -23,6 +24,9 @@ from ddm.errors import (
 )
 from ddm.manifest import Manifest, ManifestBuilder, compare_manifests, display_path
 from ddm.task import TaskItem, VerifyMode
+
+if TYPE_CHECKING:
+    from ddmdriver.engine import VolumeInfo
 
 log = logging.getLogger(__name__)
 
@@ -54,15 +58,18 @@ def engine_id(engine) -> str:
     return str(engine.api.info().get("ID") or "")
 
 
-def reject_overlap(source, target, items) -> None:
+def reject_overlap(source, target, items, *, engine_ids: tuple[str, str] | None = None) -> None:
     """Raise UsageError when one volume of the task would be both read and written.
 
     Two host names can reach one engine (two config entries, or `local` pointed at a remote
     engine), so the engines are compared by ID, not by name. On one engine a target that is
     also a source would be overwritten while it is read: the copy would destroy the source.
+    `engine_ids` gives the source's and the target's ID when the caller has read them;
+    otherwise both engines are asked (GET /info).
     """
-    source_id = engine_id(source)
-    if not source_id or source_id != engine_id(target):
+    source_id, target_id = engine_ids if engine_ids is not None else (engine_id(source),
+                                                                      engine_id(target))
+    if not source_id or source_id != target_id:
         return
 
     sources = {item.source for item in items}
@@ -82,19 +89,25 @@ def aspects_for(mode: VerifyMode) -> tuple[str, ...]:
 
 
 def check_volume(source, target, item: TaskItem, *, force: bool, sizes: VolumeSizes | None = None,
-                 measure: bool = True) -> VolumeCheck:
+                 measure: bool = True, inspections: SourceInspections | None = None) -> VolumeCheck:
     """Check that the source volume exists and the target name is free (or forced).
 
     The size comes from `sizes`, shared by the task's volumes, or else from a disk usage
-    report of its own. Without `measure` it is left None.
+    report of its own. Without `measure` it is left None. With `inspections`, the source
+    volume's inspection from earlier in the same prepare phase is reused.
     """
-    volume = source.volume_inspect(item.source)
+    if inspections is not None:
+        volume = inspections.inspect(source, item.source)
+    else:
+        volume = source.volume_inspect(item.source)
     if volume is None:
         raise VolumeNotFound(
             f"volume {item.source!r} not found on host {source.host.name!r}",
             hint=f"list volumes with 'docker volume ls' on {source.host.name}",
         )
 
+    # The target is inspected here on every run, never from a cache: this check guards the
+    # data of a volume that another client may have created since the task began.
     existing = target.volume_inspect(item.target)
     if existing is not None and not force and not item.target_created:
         raise TargetExists(
@@ -109,6 +122,30 @@ def check_volume(source, target, item: TaskItem, *, force: bool, sizes: VolumeSi
         size_bytes=_measured_size(source, item.source, sizes) if measure else None,
         target_exists=existing is not None,
     )
+
+
+class SourceInspections:
+    """Source volume inspections (GET /volumes/NAME) shared by the checks of one prepare phase.
+
+    The host probe, the existence check and the data path choice each need the source
+    volume within one prepare phase. Reusing one inspection opens no race that matters,
+    because DDM only reads the source and the copy phase inspects the source volume again
+    before it creates anything on the target. The --parallel workers share one instance.
+    """
+
+    def __init__(self) -> None:
+        self._volumes: dict[str, VolumeInfo | None] = {}
+        self._lock = threading.Lock()
+
+    def inspect(self, engine, name: str) -> VolumeInfo | None:
+        """Return the source volume `name` (None when missing), inspecting it on first use."""
+        with self._lock:
+            if name in self._volumes:
+                return self._volumes[name]
+        volume = engine.volume_inspect(name)
+        with self._lock:
+            self._volumes[name] = volume
+        return volume
 
 
 def _measured_size(source, name: str, sizes: VolumeSizes | None) -> int | None:
@@ -171,7 +208,12 @@ def _usage_sizes(engine) -> dict[str, int | None] | None:
 
 def volumes_root(engine) -> str:
     """Return the directory under which the engine keeps local volumes."""
-    root = engine.api.info().get("DockerRootDir") or "/var/lib/docker"
+    return volumes_root_of(engine.api.info())
+
+
+def volumes_root_of(info) -> str:
+    """Return the local volumes directory named by an engine's GET /info response."""
+    root = info.get("DockerRootDir") or "/var/lib/docker"
     return f"{root}/volumes"
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -156,6 +157,38 @@ def test_host_probes_use_begun_command(tmp_path: Path) -> None:
     probes.start(engine, (str(readable),))
     probe = probes.probe(engine)
 
+    assert probe.readable == frozenset({str(readable)})
+    assert len(ssh.started) == 1
+    assert ssh.exec_commands == []
+
+
+class SlowSSH(LocalSSH):
+    """LocalSSH whose open_command waits until `release` is set, like a slow round trip."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+
+    def open_command(self, argv: list[str]) -> LocalChannel:
+        assert self.release.wait(5), "the test never released open_command"
+        return super().open_command(argv)
+
+
+@needs_root
+def test_host_probes_begin_does_not_block(tmp_path: Path) -> None:
+    readable = tmp_path / "volume"
+    readable.mkdir()
+    ssh = SlowSSH()
+    probes = HostProbes()
+
+    probes.begin("h1", ssh)
+    started_before_release = list(ssh.started)
+    ssh.release.set()
+    engine = engine_on("h1", ssh)
+    probes.start(engine, (str(readable),))
+    probe = probes.probe(engine)
+
+    assert started_before_release == []
     assert probe.readable == frozenset({str(readable)})
     assert len(ssh.started) == 1
     assert ssh.exec_commands == []
