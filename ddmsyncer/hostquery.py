@@ -1,8 +1,8 @@
 """Ask the source and the target host for the prepare phase's engine facts at once.
 
-Each request to a host waits for a round trip over its SSH connection, so the
-ping, GET /info and the helper container listing of both hosts go out in two
-threads, one per host, instead of one after the other.
+Each request to a host waits for a round trip over its SSH connection. So the
+ping, GET /info and the helper container listing go out in one thread per host,
+and the two hosts are asked at the same time instead of one after the other.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from ddmsyncer import volumes
 
 @dataclass(frozen=True)
 class HostFacts:
-    """What prepare reads from one engine before it checks the volumes."""
+    """Engine facts that prepare reads from one host before it checks the volumes."""
 
     engine_id: str
     volumes_root: str
@@ -61,8 +61,8 @@ def query_hosts(engines: Sequence[Any], task_id: str) -> list[HostFacts]:
 def _query_host(engine: Any, task_id: str) -> HostFacts:
     engine.ping()
     info = engine.api.info()
-    # The helpers belong to an earlier run of this task only: this run has created none
-    # yet, and removing them touches no volume.
+    # The helpers belong to an earlier run of this task only, because this run has
+    # created none yet. Removing them touches no volume.
     removed = volumes.remove_task_helpers(engine, task_id)
     return HostFacts(engine_id=str(info.get("ID") or ""),
                      volumes_root=volumes.volumes_root_of(info),

@@ -121,7 +121,7 @@ class TaskRunner:
         self._last_control_poll = 0.0
         self._incremental: dict[int, str] = {}  # item position -> earlier task that copied it
         self._volume_sizes = volumes.VolumeSizes()
-        # Set only while prepare() runs; outside it every check inspects the source again.
+        # Set only while prepare() runs. Outside it, every check inspects the source again.
         self.source_inspections: volumes.SourceInspections | None = None
         self.staged = StagedVolumes(self)
 

@@ -106,8 +106,8 @@ def check_volume(source, target, item: TaskItem, *, force: bool, sizes: VolumeSi
             hint=f"list volumes with 'docker volume ls' on {source.host.name}",
         )
 
-    # The target is inspected here on every run, never from a cache: this check guards the
-    # data of a volume that another client may have created since the task began.
+    # The target is inspected here on every run and never taken from a cache, because this
+    # check guards the data of a volume that another client may have created meanwhile.
     existing = target.volume_inspect(item.target)
     if existing is not None and not force and not item.target_created:
         raise TargetExists(
