@@ -17,9 +17,8 @@ volume inspect, quoted with shlex.quote by SSHConnection.open_command. Extractio
 
 from __future__ import annotations
 
-import contextlib
+import collections
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -43,9 +42,13 @@ from ddmdriver.ssh import exit_detail
 
 logger = logging.getLogger(__name__)
 
-CHUNK_SIZE = 1024 * 1024
-# Chunks received but not yet sent to the target: at most this many of up to CHUNK_SIZE each.
-SEND_QUEUE_CHUNKS = 4
+# The most bytes that one receive from the source's channel returns. paramiko 5.1's channel
+# buffer keeps at most one flow-control window (ddmdriver.buffers, 4 MiB by default). A
+# receive of fewer bytes than it contains shifts the rest to the buffer's start, a copy of up
+# to 3 MiB per 1 MiB received, so the limit is above every window DDM opens.
+RECEIVE_LIMIT = 16 * 1024 * 1024
+# Bytes received but not yet sent to the target, the chunk being sent included.
+SEND_QUEUE_BYTES = 4 * 1024 * 1024
 PROBE_TIMEOUT_SECONDS = 30.0
 SCAN_TIMEOUT_SECONDS = 3600.0
 STDERR_LIMIT_BYTES = 256 * 1024
@@ -379,7 +382,7 @@ def _open_gate(reader: _RemoteTar, name: str) -> None:
 
 def _receive(reader: _RemoteTar, name: str) -> bytes:
     try:
-        return reader.channel.recv(CHUNK_SIZE)
+        return reader.channel.recv(RECEIVE_LIMIT)
     except (OSError, EOFError, paramiko.SSHException) as error:
         raise TransferFailed(f"reading tar output from source {name} failed: {error}") from None
 
@@ -388,39 +391,57 @@ class _ChunkSender(threading.Thread):
     """Thread that sends the relayed chunks to the target, so that sending overlaps receiving.
 
     The relay loop hashes and parses a chunk while this thread encrypts and sends the one
-    before it. The queue contains at most SEND_QUEUE_CHUNKS chunks, so a slow target still
-    slows the source down. After a failed send the thread discards the chunks still queued,
-    and put() and finish() raise the send's TransferFailed.
+    before it. The chunks queued or being sent add up to at most `limit_bytes` (one chunk
+    larger than that is let through alone), so a slow target still slows the source down.
+    After a failed send the thread discards the chunks still queued, and put() and finish()
+    raise the send's TransferFailed.
     """
 
-    def __init__(self, writer: _RemoteTar, name: str) -> None:
+    def __init__(self, writer: _RemoteTar, name: str, limit_bytes: int = SEND_QUEUE_BYTES) -> None:
         super().__init__(name="ddm-host-send", daemon=True)
         self.writer = writer
         self.target_name = name
-        self.queue: queue.Queue[bytes | None] = queue.Queue(maxsize=SEND_QUEUE_CHUNKS)
+        self.limit_bytes = limit_bytes
         self.error: TransferFailed | None = None
         self.sent = 0
+        # Bytes of the queued chunks and of the chunk being sent.
+        self.queued_bytes = 0
+        self._chunks: collections.deque[bytes | None] = collections.deque()
+        self._condition = threading.Condition()
 
     def run(self) -> None:
-        while (chunk := self.queue.get()) is not None:
-            if self.error is not None:
-                continue
-            try:
-                _send(self.writer, chunk, self.target_name, self.sent)
-            except TransferFailed as error:
-                self.error = error
-            else:
-                self.sent += len(chunk)
+        while (chunk := self._next_chunk()) is not None:
+            if self.error is None:
+                try:
+                    _send(self.writer, chunk, self.target_name, self.sent)
+                except TransferFailed as error:
+                    self.error = error
+                else:
+                    self.sent += len(chunk)
+            with self._condition:
+                self.queued_bytes -= len(chunk)
+                self._condition.notify_all()
+
+    def _next_chunk(self) -> bytes | None:
+        with self._condition:
+            while not self._chunks:
+                self._condition.wait()
+            return self._chunks.popleft()
 
     def put(self, chunk: bytes) -> None:
         """Queue a chunk for sending; raise the TransferFailed of an earlier failed send."""
         if self.error is not None:
             raise self.error
-        self.queue.put(chunk)
+        with self._condition:
+            while self.queued_bytes > 0 and self.queued_bytes + len(chunk) > self.limit_bytes:
+                self._condition.wait()
+            self.queued_bytes += len(chunk)
+            self._chunks.append(chunk)
+            self._condition.notify_all()
 
     def finish(self) -> None:
         """Wait until every queued chunk is sent; raise TransferFailed if a send failed."""
-        self.queue.put(None)
+        self._end_queue()
         self.join()
         if self.error is not None:
             raise self.error
@@ -429,17 +450,24 @@ class _ChunkSender(threading.Thread):
         """End the thread after a failure. Call it after closing the target's channel."""
         if not self.is_alive():
             return
-        with contextlib.suppress(queue.Empty):
-            while True:
-                self.queue.get_nowait()
-        with contextlib.suppress(queue.Full):
-            self.queue.put_nowait(None)
+        with self._condition:
+            while self._chunks:
+                chunk = self._chunks.popleft()
+                self.queued_bytes -= len(chunk) if chunk is not None else 0
+        self._end_queue()
         self.join(timeout=10)
+
+    def _end_queue(self) -> None:
+        with self._condition:
+            self._chunks.append(None)
+            self._condition.notify_all()
 
 
 def _send(writer: _RemoteTar, chunk: bytes, name: str, offset: int) -> None:
+    # paramiko's sendall() slices what is left after each packet. A memoryview's slices share
+    # the chunk's memory, where slices of bytes would copy the rest of the chunk each time.
     try:
-        writer.channel.sendall(chunk)
+        writer.channel.sendall(memoryview(chunk))
     except (OSError, EOFError, paramiko.SSHException) as error:
         parts = [channel_error_reason(error)]
         errors = writer.stderr.text()

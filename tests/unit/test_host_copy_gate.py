@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from ddmdriver import buffers
 from ddmdriver.hostpath import HostAccess, gated_argv, relay_host_archive
 from ddmdriver.ssh import validate_argv
 
@@ -98,3 +99,34 @@ def test_gate_closed_by_end_of_file_runs_nothing(tmp_path: Path) -> None:
 
     assert status != 0
     assert not marker.exists()
+
+
+def test_relay_receives_whole_channel_window(tmp_path: Path) -> None:
+    source_directory = tmp_path / "source"
+    target_directory = tmp_path / "target"
+    source_directory.mkdir()
+    target_directory.mkdir()
+    (source_directory / "data").write_bytes(os.urandom(3 * 1024 * 1024))
+    source, target = local_engine("h1"), local_engine("h2")
+    receive_sizes: list[int] = []
+
+    class RecordingSSH(LocalSSH):
+        def open_command(self, argv: list[str]) -> LocalChannel:
+            channel = super().open_command(argv)
+            receive = channel.recv
+
+            def recording_recv(size: int) -> bytes:
+                receive_sizes.append(size)
+                return receive(size)
+
+            channel.recv = recording_recv  # type: ignore[method-assign]
+            return channel
+
+    source.ssh = RecordingSSH()
+    relay_host_archive(source, access("h1"), str(source_directory),
+                       target, access("h2"), str(target_directory))
+
+    # paramiko's channel buffer holds up to one window and shifts what a smaller receive leaves.
+    assert receive_sizes
+    assert min(receive_sizes) >= buffers.DEFAULT_SIZES.window_size
+    assert (target_directory / "data").read_bytes() == (source_directory / "data").read_bytes()
