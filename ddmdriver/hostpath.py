@@ -289,6 +289,7 @@ def relay_host_archive(
     observers: Sequence[Observer] = (),
     codec: Codec | None = None,
     gate: Callable[[], None] | None = None,
+    stream_digest: Callable[[], str] | None = None,
 ) -> HostTarResult:
     """Stream `source_directory` with GNU tar into `target_directory`, through this process.
 
@@ -296,14 +297,16 @@ def relay_host_archive(
     failing manifest builder) stops the chunk from reaching the target. With a `codec`, the
     hosts compress and decompress the stream (ddmdriver.codec), and hasher and observers see
     the tar bytes decoded here. With a `gate`, both hosts' commands start at once, and the
-    source's tar reads the volume only after `gate()` has returned. Raises
+    source's tar reads the volume only after `gate()` has returned. With `stream_digest`, an
+    observer already hashes every byte with xxh3-128 (ManifestBuilder.stream_digest), and
+    the relay returns that digest instead of hashing the stream a second time. Raises
     TransferFailed naming the side that failed. GNU tar's exit status 1 on the source ("file
     changed as we read it") is not an error here: the changed paths are returned.
     """
     started = time.monotonic()
     source_name = f"{source.host.name}:{source_directory}"
     target_name = f"{target.host.name}:{target_directory}"
-    hasher = xxhash.xxh3_128()
+    hasher = xxhash.xxh3_128() if stream_digest is None else None
     byte_count = 0
 
     reader_argv = create_argv(source_access, source_directory)
@@ -332,7 +335,8 @@ def relay_host_archive(
             _open_gate(reader, source_name)
         while chunk := _receive(reader, source_name):
             data = chunk if decoder is None else decoder.decode(chunk)
-            hasher.update(data)
+            if hasher is not None:
+                hasher.update(data)
             view = memoryview(data)
             for observer in observers:
                 observer(view)
@@ -359,8 +363,9 @@ def relay_host_archive(
                              f"{exit_detail(target_status, _tail_or_empty(target_errors))}")
 
     seconds = time.monotonic() - started
+    digest = hasher.hexdigest() if hasher is not None else stream_digest()  # type: ignore[misc]
     result = HostTarResult(
-        relay=RelayResult(bytes=byte_count, stream_digest=hasher.hexdigest(), seconds=seconds),
+        relay=RelayResult(bytes=byte_count, stream_digest=digest, seconds=seconds),
         changed_paths=_paths_with(source_errors, CHANGED_WHILE_READ),
         skipped_sockets=_paths_with(source_errors, SOCKET_IGNORED),
         wire_bytes=wire_bytes,
