@@ -153,6 +153,17 @@ def test_table_orders_paths_as_sorted_bytes() -> None:
     assert len(table) == len(entries)
 
 
+def test_table_values_match_entries() -> None:
+    entries = generated_entries(7)
+    table = EntryTable(entries.values())
+
+    values = list(table.iter_values())
+
+    assert [path for path, _ in values] == sorted(entries)
+    for path, fields in values:
+        assert ManifestEntry(path, *fields) == entries[path]
+
+
 def test_table_lookup_and_replace(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(manifest_module, "TABLE_BATCH_ENTRIES", 3)
     table = EntryTable()
