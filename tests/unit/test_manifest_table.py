@@ -244,6 +244,14 @@ def test_json_chunks_round_trip() -> None:
     assert json.loads(header)["entries"] is None
 
 
+def test_json_chunks_match_whole_document() -> None:
+    manifest = Manifest(generated_entries(22), stream_digest="a" * 32, bytes_fed=99)
+
+    chunked = [item for chunk in manifest.json_chunks(37) for item in json.loads(chunk)]
+
+    assert chunked == json.loads(manifest.to_json())["entries"]
+
+
 def test_chunked_header_alone_is_rejected() -> None:
     manifest = Manifest(generated_entries(22, count=20))
     header = manifest.json_header(1)
