@@ -299,3 +299,15 @@ def test_stored_rows_carry_row_checksum(store: TaskStore):
         for path, file_key, digest, checksum in stored:
             assert checksum == hashcache.row_checksum(stored_scope, bytes(path), file_key, digest)
         assert dict(cache.load(stored_scope)) == rows
+
+
+@pytest.mark.parametrize("text", ["2049 17 4096 1796472580123456789 1796472580123456789",
+                                  "ab" * 32, "", "-1 2", 'quote"d', "back\\slash", "tab\there",
+                                  "del\x7f", "caf\u00e9", "new\nline", "\u2028"])
+def test_checksum_function_equals_row_checksum(text: str):
+    scope = "h1:/var/lib/docker/volumes/v/_data"
+    checksum = hashcache._checksum_function(scope)
+
+    assert checksum(b"a/b", text, "ab" * 32) == hashcache.row_checksum(scope, b"a/b", text, "ab" * 32)
+    assert checksum(b"a/b", "1 2 3 4 5", text) == hashcache.row_checksum(scope, b"a/b", "1 2 3 4 5",
+                                                                         text)
