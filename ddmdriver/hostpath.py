@@ -47,6 +47,8 @@ logger = logging.getLogger(__name__)
 # receive of fewer bytes than it contains shifts the rest to the buffer's start, a copy of up
 # to 3 MiB per 1 MiB received, so the limit is above every window DDM opens.
 RECEIVE_LIMIT = 16 * 1024 * 1024
+# The most bytes that the observers check and the sender sends as one piece of a receive.
+PIECE_LIMIT = 1024 * 1024
 # Bytes received but not yet sent to the target, the chunk being sent included.
 SEND_QUEUE_BYTES = 4 * 1024 * 1024
 PROBE_TIMEOUT_SECONDS = 30.0
@@ -333,16 +335,17 @@ def relay_host_archive(
         if gate is not None:
             gate()
             _open_gate(reader, source_name)
-        while chunk := _receive(reader, source_name):
-            data = chunk if decoder is None else decoder.decode(chunk)
-            if hasher is not None:
-                hasher.update(data)
-            view = memoryview(data)
-            for observer in observers:
-                observer(view)
-            sender.put(chunk)
-            byte_count += len(data)
-            wire_bytes += len(chunk)
+        while received := _receive(reader, source_name):
+            for chunk in _pieces(received, decoder is None):
+                data = chunk if decoder is None else decoder.decode(chunk)
+                if hasher is not None:
+                    hasher.update(data)
+                view = memoryview(data)
+                for observer in observers:
+                    observer(view)
+                sender.put(chunk)
+                byte_count += len(data)
+                wire_bytes += len(chunk)
         if decoder is not None:
             decoder.finish()
         sender.finish()
@@ -385,6 +388,19 @@ def _open_gate(reader: _RemoteTar, name: str) -> None:
                              f"{channel_error_reason(error)}") from None
 
 
+def _pieces(received: bytes, split: bool) -> list[bytes] | list[memoryview]:
+    """Return `received` as views of at most PIECE_LIMIT bytes, or whole unless `split`.
+
+    Smaller pieces reach the target sooner: each is sent once the observers have checked it,
+    while the next one is parsed. Compressed input stays whole, because the observers check
+    the decoded bytes of a compressed chunk before that chunk is sent.
+    """
+    if not split or len(received) <= PIECE_LIMIT:
+        return [received]
+    view = memoryview(received)
+    return [view[start : start + PIECE_LIMIT] for start in range(0, len(view), PIECE_LIMIT)]
+
+
 def _receive(reader: _RemoteTar, name: str) -> bytes:
     try:
         return reader.channel.recv(RECEIVE_LIMIT)
@@ -411,7 +427,7 @@ class _ChunkSender(threading.Thread):
         self.sent = 0
         # Bytes of the queued chunks and of the chunk being sent.
         self.queued_bytes = 0
-        self._chunks: collections.deque[bytes | None] = collections.deque()
+        self._chunks: collections.deque[bytes | memoryview | None] = collections.deque()
         self._condition = threading.Condition()
 
     def run(self) -> None:
@@ -427,13 +443,13 @@ class _ChunkSender(threading.Thread):
                 self.queued_bytes -= len(chunk)
                 self._condition.notify_all()
 
-    def _next_chunk(self) -> bytes | None:
+    def _next_chunk(self) -> bytes | memoryview | None:
         with self._condition:
             while not self._chunks:
                 self._condition.wait()
             return self._chunks.popleft()
 
-    def put(self, chunk: bytes) -> None:
+    def put(self, chunk: bytes | memoryview) -> None:
         """Queue a chunk for sending; raise the TransferFailed of an earlier failed send."""
         if self.error is not None:
             raise self.error
@@ -468,7 +484,7 @@ class _ChunkSender(threading.Thread):
             self._condition.notify_all()
 
 
-def _send(writer: _RemoteTar, chunk: bytes, name: str, offset: int) -> None:
+def _send(writer: _RemoteTar, chunk: bytes | memoryview, name: str, offset: int) -> None:
     # paramiko's sendall() slices what is left after each packet. A memoryview's slices share
     # the chunk's memory, where slices of bytes would copy the rest of the chunk each time.
     try:

@@ -15,7 +15,7 @@ import pytest
 import xxhash
 
 from ddm.manifest import ManifestBuilder
-from ddmdriver import buffers
+from ddmdriver import buffers, hostpath
 from ddmdriver.hostpath import HostAccess, gated_argv, relay_host_archive
 from ddmdriver.ssh import validate_argv
 
@@ -170,4 +170,31 @@ def test_relay_returns_observer_stream_digest(tmp_path: Path) -> None:
     assert len(digest_calls) == 1
     assert result.relay.stream_digest == xxhash.xxh3_128_hexdigest(bytes(sent))
     assert builder.close().stream_digest == result.relay.stream_digest
+    assert (target_directory / "data").read_bytes() == (source_directory / "data").read_bytes()
+
+
+def test_relay_splits_large_receives(tmp_path: Path) -> None:
+    source_directory = tmp_path / "source"
+    target_directory = tmp_path / "target"
+    source_directory.mkdir()
+    target_directory.mkdir()
+    (source_directory / "data").write_bytes(os.urandom(3 * 1024 * 1024))
+    source, target = local_engine("h1"), local_engine("h2")
+    observed_sizes: list[int] = []
+
+    class WholeStreamSSH(LocalSSH):
+        """Returns the whole archive from one receive, as a full paramiko buffer can."""
+
+        def open_command(self, argv: list[str]) -> LocalChannel:
+            channel = super().open_command(argv)
+            channel.recv = channel.process.stdout.read  # type: ignore[method-assign]
+            return channel
+
+    source.ssh = WholeStreamSSH()
+    relay_host_archive(source, access("h1"), str(source_directory),
+                       target, access("h2"), str(target_directory),
+                       observers=[lambda view: observed_sizes.append(len(view))])
+
+    assert len(observed_sizes) > 1
+    assert max(observed_sizes) <= hostpath.PIECE_LIMIT
     assert (target_directory / "data").read_bytes() == (source_directory / "data").read_bytes()
