@@ -42,12 +42,12 @@ from ddmdriver.ssh import exit_detail
 
 logger = logging.getLogger(__name__)
 
-# The most bytes that one receive from the source's channel returns. paramiko 5.1's channel
+# Maximum bytes that one receive from the source's channel returns. paramiko 5.1's channel
 # buffer keeps at most one flow-control window (ddmdriver.buffers, 4 MiB by default). A
 # receive of fewer bytes than it contains shifts the rest to the buffer's start, a copy of up
 # to 3 MiB per 1 MiB received, so the limit is above every window DDM opens.
 RECEIVE_LIMIT = 16 * 1024 * 1024
-# The most bytes that the observers check and the sender sends as one piece of a receive.
+# Maximum bytes of one piece of a receive, which the observers check and the sender sends.
 PIECE_LIMIT = 1024 * 1024
 # Bytes received but not yet sent to the target, the chunk being sent included.
 SEND_QUEUE_BYTES = 4 * 1024 * 1024
