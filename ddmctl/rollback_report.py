@@ -2,25 +2,45 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
 from typing import Any
 
+from ddm.store import TaskStore
 from ddm.task import ItemState, Task
 
 # The event message the runner stores when a rollback starts (TaskRunner.rollback).
 ROLLBACK_STARTED = "phase rollback started"
 
+# Item states of a task that wrote a target volume and left its data there.
+WROTE_TARGET_STATES = (ItemState.VERIFIED, ItemState.UNVERIFIED)
 
-def rollback_outcomes(task: Task, events: list[dict[str, Any]]) -> dict[int, tuple[str, str]]:
+# How many tasks store.list_tasks() returns when later_writers() looks for later tasks.
+LATER_TASKS_LIMIT = 1000
+
+
+def rollback_outcomes(task: Task, events: list[dict[str, Any]], *,
+                      rolled_back_before: Collection[int] = (),
+                      later_tasks: Mapping[int, list[str]] | None = None
+                      ) -> dict[int, tuple[str, str]]:
     """Return (outcome, reason) by item position: removed, restored, untouched, kept or remaining.
 
     An incremental update that a rollback undid from its backup is "restored". Only restores
     after the task's first rollback started count, because a resumed run also restores the
     backup of a crashed run before it updates the volume again.
+
+    `rolled_back_before` lists the positions that were rolled back before this rollback
+    started, for example by the automatic rollback of a failed task. This rollback did not
+    touch them, and `later_tasks` (by position, the IDs of later tasks that wrote the same
+    target volume) explains why the volume may no longer be as that earlier rollback left it.
     """
     restored = restored_positions(events)
+    later_tasks = later_tasks or {}
     outcomes: dict[int, tuple[str, str]] = {}
     for item in task.items:
-        if item.position in restored and item.state is ItemState.ROLLED_BACK:
+        if item.position in rolled_back_before and item.state is ItemState.ROLLED_BACK:
+            outcomes[item.position] = _earlier_outcome(item.position in restored,
+                                                       later_tasks.get(item.position, []))
+        elif item.position in restored and item.state is ItemState.ROLLED_BACK:
             outcomes[item.position] = ("restored", "the target is as before the task")
         elif item.state is ItemState.ROLLED_BACK:
             outcomes[item.position] = ("removed", "")
@@ -31,6 +51,19 @@ def rollback_outcomes(task: Task, events: list[dict[str, Any]]) -> dict[int, tup
         else:
             outcomes[item.position] = ("kept", "the task did not create this target volume")
     return outcomes
+
+
+def _earlier_outcome(restored: bool, later: list[str]) -> tuple[str, str]:
+    """Return the outcome of an item that an earlier rollback of the task already undid."""
+    if restored:
+        undone = "an earlier rollback restored it from the task's backup"
+    else:
+        undone = "an earlier rollback removed what the task wrote"
+    if later:
+        tasks = "task" if len(later) == 1 else "tasks"
+        since = f"{tasks} {', '.join(later)} wrote this target volume since"
+        return ("kept", f"{undone}; {since}, and this rollback left it as it is")
+    return ("kept", f"{undone}; this rollback left it as it is")
 
 
 def restored_positions(events: list[dict[str, Any]]) -> set[int]:
@@ -44,3 +77,23 @@ def restored_positions(events: list[dict[str, Any]]) -> set[int]:
         if event["kind"] == "restored" and event["id"] > started
         and isinstance(event.get("data"), dict) and "position" in event["data"]
     }
+
+
+def later_writers(store: TaskStore, task: Task) -> dict[int, list[str]]:
+    """Return, by item position, the IDs of tasks created after `task` that wrote its target.
+
+    A task counts when it has the same target host and an item with the same target volume
+    that it verified or copied unverified, so its data is in that volume (unless it was rolled
+    back too). Only the newest LATER_TASKS_LIMIT tasks of the store are read.
+    """
+    targets = {item.target: item.position for item in task.items}
+    found: dict[int, list[str]] = {}
+    for other in reversed(store.list_tasks(limit=LATER_TASKS_LIMIT)):
+        if other.id == task.id or other.created_at <= task.created_at:
+            continue
+        if other.spec.target_host != task.spec.target_host:
+            continue
+        for item in other.items:
+            if item.target in targets and item.state in WROTE_TARGET_STATES:
+                found.setdefault(targets[item.target], []).append(other.id)
+    return found

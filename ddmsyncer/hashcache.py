@@ -122,16 +122,17 @@ def _checksum_function(scope: str) -> Any:
     prefix = "[" + json.dumps(scope) + ", "
     dumps, b64encode, hexdigest = json.dumps, base64.b64encode, xxhash.xxh3_128_hexdigest
 
-    def checksum(path: bytes, file_key: str, digest: str) -> str:
-        text = (f"{prefix}\"{b64encode(path).decode('ascii')}\", {dumps(file_key)}, "
-                f"{dumps(digest)}]")
+    def checksum(path: bytes, file_key: str, digest: str, encoded_path: str | None = None) -> str:
+        if encoded_path is None:
+            encoded_path = b64encode(path).decode("ascii")
+        text = f"{prefix}\"{encoded_path}\", {dumps(file_key)}, {dumps(digest)}]"
         return hexdigest(text.encode("utf-8"))
 
     return checksum
 
 
 def format_key(key: FileKey) -> str:
-    return " ".join(str(value) for value in key)
+    return "%d %d %d %d %d" % key
 
 
 def parse_key(text: str) -> FileKey | None:
@@ -163,18 +164,45 @@ class HashCache:
 
     def iter_valid(self, scope: str) -> Iterator[tuple[bytes, CachedHash]]:
         """Yield the scope's (path, cached digest) rows that load() keeps, reading them once."""
+        for path, _, key, _, digest in self._iter_checked(scope):
+            yield path, CachedHash(key, digest)
+
+    def known_keys_input(self, scope: str, chunk_bytes: int = 1024 * 1024) -> Iterator[bytes]:
+        """Yield the stdin of a `scan ROOT cached` command from the scope's valid rows.
+
+        The lines equal those of the module's known_keys_input(self.iter_valid(scope)), but
+        each row's base64 path and key text are made once: a scan of a large volume reads
+        every row, so this loop is on the scan's critical path.
+        """
+        chunk = bytearray()
+        for _, encoded_path, key, key_text, digest in self._iter_checked(scope):
+            chunk += f"{encoded_path} {key_text} {digest}\n".encode("ascii")
+            if len(chunk) >= chunk_bytes:
+                yield bytes(chunk)
+                chunk.clear()
+        yield bytes(chunk)
+
+    def _iter_checked(self, scope: str) -> Iterator[tuple[bytes, str, FileKey, str, str]]:
+        """Yield (path, base64 path, key, key text, digest) of the rows that pass the checks.
+
+        The key text is format_key(key), the form the hosts parse. Rows that fail their
+        checksum or whose digest has an outdated form are counted and logged, not yielded.
+        """
         damaged = 0
         outdated = 0
         row_checksum_of_scope = _checksum_function(scope)
+        b64encode = base64.b64encode
         for path, file_key, digest, checksum in self.store.iter_file_hashes(scope):
             key = parse_key(file_key)
-            if key is None or checksum != row_checksum_of_scope(path, file_key, digest):
+            encoded_path = b64encode(path).decode("ascii")
+            if key is None or \
+                    checksum != row_checksum_of_scope(path, file_key, digest, encoded_path):
                 damaged += 1
                 continue
             if not digest_fits_size(digest, key[2]):  # key[2] is the size
                 outdated += 1
                 continue
-            yield path, CachedHash(key, digest)
+            yield path, encoded_path, key, format_key(key), digest
         if damaged:
             log.warning("ignored %d damaged hash cache rows of %s; those files are hashed again",
                         damaged, scope)

@@ -12,10 +12,10 @@ is not hashed again: its digest comes from the controller's cache (ddmsyncer/has
 target entry that the source lacks is deleted. mtime is compared in whole seconds, because
 Docker's archive API, which made the first copy, truncates mtimes to seconds. Only the sent
 entries cross the wire, as a tar stream from `tar` on the source to `tar` on the target,
-relayed and hashed by the controller. Verification scans the target again in full and
-compares it entry by entry with the source. The source's host reports only the entries whose
-lstat key changed since the update's scan, and the controller reuses the rest of that scan.
-The docstring of verify_update lists which files each side hashes again.
+relayed and hashed by the controller. Verification rescans both volumes and compares them
+entry by entry. Each host reports only the entries whose lstat key changed since the update's
+scan, and the target's host also reports the sent entries. The controller reuses the rest of
+the update's scans. The docstring of verify_update lists which files each side hashes again.
 
 How does a failure leave the target as it was? Before any change, the entries the update
 replaces or deletes are moved (renamed) into a backup directory beside the mountpoint, after a
@@ -38,7 +38,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -295,26 +295,38 @@ def _read_scan(lines: Iterable[bytes], *, cached: bool = False
         entries.hashed = KnownHashes()
     summary: dict[str, Any] = {}
     output_bytes = 0
+    # Records are stored as they are parsed, SAVE_BATCH_ROWS at a time, without an Entry
+    # per line: a scan line becomes one row and is read back only when compared.
+    rows: list[tuple[bytes, bytes]] = []
+    loads, b64decode, record_from_fields = json.loads, base64.b64decode, \
+        scanentry.record_from_fields
     for line in lines:
         output_bytes += len(line) + 1
         if not line:
             continue
-        values = json.loads(line)
+        values = loads(line)
         if isinstance(values, dict):
             summary = values
             entries.hashed_files = values["hashed_files"]
             entries.hashed_bytes = values["hashed_bytes"]
             entries.started_ns = values["started_ns"]
             entries.cache_hits = values.get("cache_hits", 0)
-            entries.gone = [base64.b64decode(path) for path in values.get("gone", ())]
+            entries.gone = [b64decode(path) for path in values.get("gone", ())]
             continue
         known_digest = len(values) > SCAN_FIELDS and values.pop() is True
-        values[0] = base64.b64decode(values[0])
-        values[7] = base64.b64decode(values[7]) if values[7] is not None else None
-        entry = Entry(*values)
-        entries[entry.path] = entry
-        if cached and not known_digest and entry.type == "file" and entry.digest is not None:
-            entries.hashed[entry.path] = CachedHash(entry.file_key(), entry.digest)
+        path = b64decode(values[0])
+        if values[7] is not None:
+            values[7] = b64decode(values[7])
+        rows.append((path, record_from_fields(*values[1:])))
+        if len(rows) >= SAVE_BATCH_ROWS:
+            entries.add_records(rows)
+            rows = []
+        # values: path, type, mode, uid, gid, size, mtime_ns, link, rdev, inode, nlink,
+        # digest, dev, ctime_ns, xattrs (see hostscan.py)
+        if cached and not known_digest and values[1] == "file" and values[11] is not None:
+            file_key = (values[12], values[9], values[5], values[6], values[13])
+            entries.hashed[path] = CachedHash(file_key, values[11])
+    entries.add_records(rows)
     return entries, summary, output_bytes
 
 
@@ -323,19 +335,19 @@ SCAN_FIELDS = 15
 
 
 def rescan_volume(engine: Any, mountpoint: str, earlier: Scan, *, hash_content: bool,
-                  command: HostCommand | None = None) -> tuple[Scan, int]:
+                  command: HostCommand | None = None,
+                  untrusted: Collection[bytes] = ()) -> tuple[Scan, int]:
     """Scan a volume again and reuse the entries of `earlier` whose lstat key is unchanged.
 
     The host lstats every entry and reports in full only those whose (device, inode, size,
     mtime_ns, ctime_ns) differs from the earlier scan's, which it hashes when hash_content
     is set. Entries whose ctime is within hashcache.RACY_MARGIN_NANOSECONDS of the earlier
     scan's start are not trusted, because a change in the same clock tick keeps the ctime.
-    Neither is a file of `earlier` without a digest when hash_content is set. Returns the
-    merged scan, equal to a full scan under that rule, and the bytes of the host's output.
+    Neither is a file of `earlier` without a digest when hash_content is set, nor an entry
+    whose path is in `untrusted`. The host reports and hashes every untrusted entry. Returns
+    the merged scan, equal to a full scan under that rule, and the bytes of the host's output.
     """
-    def trusted(entry: Entry) -> bool:
-        return not hashcache.is_racy(entry.ctime_ns, earlier.started_ns) and \
-            not (hash_content and entry.type == "file" and entry.digest is None)
+    racy_from_ns = earlier.started_ns - hashcache.RACY_MARGIN_NANOSECONDS
 
     # The merged scan starts as the trusted entries of `earlier`, copied as stored while
     # their keys are listed for the host.
@@ -345,10 +357,9 @@ def rescan_volume(engine: Any, mountpoint: str, earlier: Scan, *, hash_content: 
         chunk = bytearray()
         copied: list[tuple[bytes, bytes]] = []
         for path, record in earlier.iter_records():
-            entry = scanentry.entry_from_record(path, record)
-            if trusted(entry):
-                chunk += base64.b64encode(path) + b" " + \
-                    hashcache.format_key(entry.file_key()).encode("ascii") + b"\n"
+            key = scanentry.trusted_record_key(record, racy_from_ns, need_digest=hash_content)
+            if key is not None and path not in untrusted:
+                chunk += base64.b64encode(path) + b" " + key + b"\n"
                 copied.append((path, record))
             if len(copied) >= SAVE_BATCH_ROWS:
                 merged.add_records(copied)
@@ -454,7 +465,7 @@ def scan_both(source: Any, source_mountpoint: str, target: Any, target_mountpoin
         # The task database is read in this thread only. The host reads all of its stdin
         # before it walks, so the rows are sent as they are read and never kept.
         if preload:
-            commands[name].send_input(hashcache.known_keys_input(cache.iter_valid(scopes[name])))
+            commands[name].send_input(cache.known_keys_input(scopes[name]))
 
     # The source host walks while the controller sends the target's cache rows.
     thread = None
@@ -514,15 +525,16 @@ def plan_update(source: Mapping[bytes, Entry], target: Mapping[bytes, Entry]) ->
     plan = Plan()
     delete: list[bytes] = []
     linked: dict[int, list[bytes]] = {}  # the names of each multi-link inode of the source
-    for path, entry, existing in paired(source, target):
+    for path, entry, existing in _paired_comparisons(source, target):
         if entry is None:
             delete.append(path)
             continue
-        if entry.type == "file" and entry.nlink > 1:
-            linked.setdefault(entry.inode, []).append(path)
-        if existing is not None and existing.key() == entry.key():
+        key, kind, nlink, inode = entry
+        if kind == "file" and nlink > 1:
+            linked.setdefault(inode, []).append(path)
+        if existing is not None and existing[0] == key:
             continue
-        if existing is not None and existing.type != entry.type and path != b".":
+        if existing is not None and existing[1] != kind and path != b".":
             delete.append(path)  # tar cannot put a file where a directory is, or back
         plan.send.append(path)
 
@@ -530,6 +542,32 @@ def plan_update(source: Mapping[bytes, Entry], target: Mapping[bytes, Entry]) ->
     plan.send = _with_parents(source, _with_hard_links(source, plan.send, linked) + plan.delete)
     plan.send_bytes = _file_data_bytes(source, plan.send)
     return plan
+
+
+# (comparison key, type, nlink, inode) of an entry; equal keys mean equal Entry.key().
+Comparison = tuple[tuple[Any, ...], str, int, int]
+
+
+def _paired_comparisons(source: Mapping[bytes, Entry], target: Mapping[bytes, Entry]
+                        ) -> Iterator[tuple[bytes, Comparison | None, Comparison | None]]:
+    """Yield (path, source comparison or None, target comparison or None) in path order.
+
+    Scans stored in SQLite are compared from their records, without building each Entry,
+    because an update compares every entry of both volumes.
+    """
+    if isinstance(source, EntryMapping) and isinstance(target, EntryMapping):
+        compare = scanentry.record_comparison
+        for path, source_record, target_record in paired_records(source, target):
+            yield (path, None if source_record is None else compare(source_record),
+                   None if target_record is None else compare(target_record))
+        return
+    for path, source_entry, target_entry in paired(source, target):
+        yield (path, None if source_entry is None else _entry_comparison(source_entry),
+               None if target_entry is None else _entry_comparison(target_entry))
+
+
+def _entry_comparison(entry: Entry) -> Comparison:
+    return entry.key(), entry.type, entry.nlink, entry.inode
 
 
 def _file_data_bytes(source: Mapping[bytes, Entry], paths: list[bytes]) -> int:
@@ -751,29 +789,41 @@ def update_volume(source: Any, source_mountpoint: str, target: Any, target_mount
     hash_mode = "none"
     if hash_content:
         hash_mode = "all" if cache is None else "cached"
-    # The stash and tar commands wait on stdin; starting them now overlaps their start-up
-    # with the scans. Unused, they are closed and change nothing.
-    backup = backup_path(target_mountpoint, task_id)
-    stash = HostCommand(target, ["stash", target_mountpoint, backup])
-    channels = open_tar_channels(source, source_mountpoint, target, target_mountpoint,
-                                 apply=False, codec=codec)
+    # The scan commands open first, because python3 must be running on both hosts before
+    # they can read the cached keys that scan_both sends. The stash and tar commands wait on
+    # stdin, so starting them now overlaps their start-up with the scans. Unused, they are
+    # closed and change nothing.
+    scans: dict[str, HostCommand] = {}
+    stash = channels = None
     try:
+        scans["source"] = HostCommand(source, ["scan", source_mountpoint, hash_mode])
+        scans["target"] = HostCommand(target, ["scan", target_mountpoint, hash_mode])
+        backup = backup_path(target_mountpoint, task_id)
+        stash = HostCommand(target, ["stash", target_mountpoint, backup])
+        channels = open_tar_channels(source, source_mountpoint, target, target_mountpoint,
+                                     apply=False, codec=codec)
         return _update(source, source_mountpoint, target, target_mountpoint, hash_mode=hash_mode,
                        cache=cache, on_chunk=on_chunk, on_backup=on_backup, backup=backup,
-                       stash=stash, channels=channels, started=started, on_wire=on_wire)
+                       stash=stash, channels=channels, scans=scans, started=started,
+                       on_wire=on_wire)
     finally:
-        stash.close()
-        channels.close()
+        _close_all(scans)
+        if stash is not None:
+            stash.close()
+        if channels is not None:
+            channels.close()
 
 
 def _update(source: Any, source_mountpoint: str, target: Any, target_mountpoint: str, *,
             hash_mode: str, cache: HashCache | None, on_chunk: Callable[[int], None],
             on_backup: Callable[[str, bool], None], backup: str, stash: HostCommand,
-            channels: TarChannels, started: float,
+            channels: TarChannels, scans: dict[str, HostCommand], started: float,
             on_wire: Callable[[int], None] | None = None) -> UpdateResult:
     source_scan, target_scan, scan_bytes = scan_both(
         source, source_mountpoint, target, target_mountpoint, cache=cache, hash_mode=hash_mode,
+        commands=scans,
     )
+    scans.clear()  # scan_both closed them
     plan = plan_update(source_scan, target_scan)
     log.info("incremental update of %s: %d entries to send (%d bytes), %d to delete; "
              "hashed %d source and %d target files", target_mountpoint, len(plan.send),
@@ -817,16 +867,17 @@ class VerifyResult:
     hashed_files: dict[str, int]
     cache_hits: dict[str, int]
     reused_entries: int = 0  # source entries taken from the update's scan (rescan_volume)
+    target_reused_entries: int = 0  # target entries taken from the update's scan
 
 
 @dataclass
 class UpdateDigests:
     """What verify takes from an update made in this process.
 
-    Both scans of the update are kept. Verify rescans the source and reuses every entry
-    whose lstat key is unchanged. It scans the target again in full, but takes the digest of
-    each unsent, unchanged file from the target's scan. Both scans are temporary SQLite
-    tables (ddmsyncer.scantable), so keeping them until verify ends costs disk, not memory.
+    Both scans of the update are kept. Verify rescans both volumes and reuses every entry
+    whose lstat key is unchanged, except the target's sent entries. Both scans are temporary
+    SQLite tables (ddmsyncer.scantable), so keeping them until verify ends costs disk, not
+    memory.
     """
 
     sent: list[bytes]
@@ -858,11 +909,54 @@ def start_verify_scans(source: Any, source_mountpoint: str, target: Any,
 
     Both wait for their stdin, which verify_update sends, so they scan the volumes only then.
     """
-    full = mode is VerifyMode.FULL
-    update.commands["source"] = HostCommand(
-        source, ["rescan", source_mountpoint, "all" if full else "none"])
-    update.commands["target"] = HostCommand(
-        target, ["scan", target_mountpoint, "cached" if full else "none"])
+    update.commands.update(open_verify_scans(source, source_mountpoint, target,
+                                             target_mountpoint, mode))
+
+
+def open_verify_scans(source: Any, source_mountpoint: str, target: Any, target_mountpoint: str,
+                      mode: VerifyMode) -> dict[str, HostCommand]:
+    """Return verify's two started `rescan` commands by "source" and "target".
+
+    They wait for the listing on stdin and walk only once it ends, so they may be started
+    before the update changes the target.
+    """
+    hash_mode = "all" if mode is VerifyMode.FULL else "none"
+    commands: dict[str, HostCommand] = {}
+    try:
+        commands["source"] = HostCommand(source, ["rescan", source_mountpoint, hash_mode])
+        commands["target"] = HostCommand(target, ["rescan", target_mountpoint, hash_mode])
+    except BaseException:
+        _close_all(commands)
+        raise
+    return commands
+
+
+class CommandOpener(threading.Thread):
+    """Opens host commands in a thread, so that their channel setup overlaps other work."""
+
+    def __init__(self, open_commands: Callable[[], dict[str, HostCommand]]) -> None:
+        super().__init__(name="ddm-open-commands", daemon=True)
+        self._open_commands = open_commands
+        self._commands: dict[str, HostCommand] = {}
+        self._error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self._commands = self._open_commands()
+        except BaseException as error:  # noqa: BLE001 - raised by commands() in the caller
+            self._error = error
+
+    def commands(self) -> dict[str, HostCommand]:
+        """Wait for the opening to end, then return the commands or raise its error."""
+        self.join()
+        if self._error is not None:
+            raise self._error
+        return self._commands
+
+    def close(self) -> None:
+        """Wait for the opening to end and close every command it opened."""
+        self.join()
+        _close_all(self._commands)
 
 
 def verify_update(source: Any, source_mountpoint: str, target: Any, target_mountpoint: str,
@@ -875,12 +969,11 @@ def verify_update(source: Any, source_mountpoint: str, target: Any, target_mount
     content, hashed on each host. Without the update made in this process, files whose key
     matches the cache get the cached digest and every other file is hashed.
 
-    Given the update, the source is rescanned (rescan_volume): its host lstats every entry,
-    and only entries whose key changed since the update's scan are listed and hashed again.
-    The target is scanned in full. Of its files, the sent ones, those whose ctime was racy
-    at the update's scan and those whose device, inode, size, mtime_ns or ctime_ns changed
-    since are hashed again. Every other file had the source's digest in the update's scan
-    and keeps it.
+    Given the update, both volumes are rescanned (rescan_volume): each host lstats every
+    entry and reports, and hashes, only the entries whose device, inode, size, mtime_ns or
+    ctime_ns changed since the update's scan or whose ctime was racy at that scan. On the
+    target, the sent entries are reported and hashed too. Every other entry keeps its record
+    of the update's scan, where each unsent target file had the source's digest.
     """
     full = mode is VerifyMode.FULL
     if isinstance(update, UpdateResult):
@@ -897,7 +990,7 @@ def verify_update(source: Any, source_mountpoint: str, target: Any, target_mount
     return VerifyResult(scan_bytes,
                         {"source": source_scan.hashed_files, "target": target_scan.hashed_files},
                         {"source": source_scan.cache_hits, "target": target_scan.cache_hits},
-                        source_scan.reused_entries)
+                        source_scan.reused_entries, target_scan.reused_entries)
 
 
 def verify_target(target: Any, target_mountpoint: str, item: TaskItem, update: UpdateDigests,
@@ -910,13 +1003,9 @@ def verify_target(target: Any, target_mountpoint: str, item: TaskItem, update: U
     files and every file whose key changed since or was racy at that scan. Uses
     update.commands["target"] when present, a "rescan TARGET all" command.
     """
-    sent = set(update.sent)
-    earlier = Scan((path, entry) for path, entry in update.target_scan.items()
-                   if path not in sent)
-    earlier.started_ns = update.target_scan.started_ns
     try:
-        target_scan, scan_bytes = rescan_volume(target, target_mountpoint, earlier,
-                                                hash_content=True,
+        target_scan, scan_bytes = rescan_volume(target, target_mountpoint, update.target_scan,
+                                                hash_content=True, untrusted=set(update.sent),
                                                 command=update.commands.pop("target", None))
     finally:
         update.close_commands()
@@ -925,7 +1014,7 @@ def verify_target(target: Any, target_mountpoint: str, item: TaskItem, update: U
     _raise_on_differences(update.source_scan, target_scan, item, content=True, hint=hint)
     return VerifyResult(scan_bytes, {"source": 0, "target": target_scan.hashed_files},
                         {"source": 0, "target": target_scan.cache_hits},
-                        len(update.source_scan))
+                        len(update.source_scan), target_scan.reused_entries)
 
 
 def _raise_on_differences(source_scan: Scan, target_scan: Scan, item: TaskItem, *,
@@ -941,29 +1030,24 @@ def _raise_on_differences(source_scan: Scan, target_scan: Scan, item: TaskItem, 
         )
 
 
-def _target_known_digests(update: UpdateDigests) -> Iterator[tuple[bytes, CachedHash]]:
-    """Yield the digests a target verify scan may carry over from the update's target scan.
-
-    Sent files and files whose ctime was racy at the update's scan are left out
-    (_carried_digests), so their host hashes them again.
-    """
-    return _carried_digests(update.target_scan, set(update.sent))
-
-
 def _rescan_both(source: Any, source_mountpoint: str, target: Any, target_mountpoint: str,
                  update: UpdateDigests, *, full: bool, cache: HashCache | None
                  ) -> tuple[Scan, Scan, int]:
-    """Rescan the source against the update's scan while the target is scanned in full."""
+    """Rescan source and target against the update's scans, one thread per host.
+
+    The target's sent entries are not taken from the update's scan, which shows them as they
+    were before the update, so the target's host reports and hashes them.
+    """
     earlier_target = update.target_scan
+    sent = set(update.sent)
     results: dict[str, tuple[Scan, int]] = {}
     failures: list[BaseException] = []
 
     def scan_target() -> None:
         try:
-            results["target"] = scan_volume(target, target_mountpoint,
-                                            hash_mode="cached" if full else "none",
-                                            known=_target_known_digests(update),
-                                            command=update.commands.pop("target", None))
+            results["target"] = rescan_volume(target, target_mountpoint, earlier_target,
+                                              hash_content=full, untrusted=sent,
+                                              command=update.commands.pop("target", None))
         except BaseException as error:  # noqa: BLE001 - raised below in the calling thread
             failures.append(error)
 
@@ -1017,34 +1101,20 @@ def _save_verified_digests(cache: HashCache, target: Any, target_mountpoint: str
     cache.save(scope, fresh, removed)
 
 
-def _carried_digests(earlier: Scan, sent: set[bytes]) -> Iterator[tuple[bytes, CachedHash]]:
-    """Yield (path, the update scan's digest and key) of each file to take from that scan.
-
-    These are the files with a digest that are not in `sent` and whose ctime was not racy
-    at that scan. The verify scan gets them as known keys, so its host hashes again every
-    file whose key changed since the update's scan. The update itself changes such keys:
-    moving a hard-linked name into the backup changes the ctime of the names that stay.
-    """
-    for path, entry in earlier.items():
-        if entry.type != "file" or entry.digest is None or path in sent:
-            continue
-        if hashcache.is_racy(entry.ctime_ns, earlier.started_ns):
-            continue
-        yield path, CachedHash(entry.file_key(), entry.digest)
-
-
 def _differences(source: Mapping[bytes, Entry], target: Mapping[bytes, Entry], *,
                  content: bool = True) -> Iterator[tuple[bytes, str]]:
     """Yield (path, aspect) for each difference in path order; without `content` digests are
     not compared."""
     names = ("type", "mode", "uid", "gid", "size", "mtime", "link", "rdev", "content", "xattrs")
-    for path, source_entry, target_entry in paired(source, target):
+    for path, source_entry, target_entry in _paired_comparisons(source, target):
         if target_entry is None:
             yield path, "missing on target"
         elif source_entry is None:
             yield path, "extra on target"
-        elif source_entry.key() != target_entry.key():
-            for name, left, right in zip(names, source_entry.key(), target_entry.key()):
+        elif source_entry[0] != target_entry[0]:
+            # Only differing entries are read again in full, to name the aspects.
+            source_key, target_key = source[path].key(), target[path].key()
+            for name, left, right in zip(names, source_key, target_key):
                 if left != right and (content or name != "content"):
                     yield path, name
 
@@ -1172,25 +1242,37 @@ def copy_item(runner: Any, item: TaskItem, on_chunk: Callable[[int], None]) -> U
     codec = incremental_codec(runner, item, source_mountpoint)
     wire_bytes = [0]
 
-    result = update_volume(
-        runner.source, source_mountpoint, runner.target, target_mountpoint,
-        task_id=runner.task.id,
-        hash_content=runner.task.spec.verify is not VerifyMode.NONE,
-        on_chunk=on_chunk,
-        on_backup=lambda backup, complete: _save_record(
-            runner, item, backup=backup, backup_complete=complete, backup_format=STASH_FORMAT,
-            target_mountpoint=target_mountpoint),
-        cache=HashCache(runner.store),
-        codec=codec,
-        on_wire=lambda count: wire_bytes.__setitem__(0, wire_bytes[0] + count),
-    )
+    # Verify's scans are opened in a thread while the update runs, because opening a channel
+    # and starting python3 waits on the host. They walk only when verify sends their stdin.
+    verify_mode = runner.task.spec.verify
+    opener = None
+    if verify_mode is not VerifyMode.NONE:
+        opener = CommandOpener(lambda: open_verify_scans(
+            runner.source, source_mountpoint, runner.target, target_mountpoint, verify_mode))
+        opener.start()
+    try:
+        result = update_volume(
+            runner.source, source_mountpoint, runner.target, target_mountpoint,
+            task_id=runner.task.id,
+            hash_content=verify_mode is not VerifyMode.NONE,
+            on_chunk=on_chunk,
+            on_backup=lambda backup, complete: _save_record(
+                runner, item, backup=backup, backup_complete=complete,
+                backup_format=STASH_FORMAT, target_mountpoint=target_mountpoint),
+            cache=HashCache(runner.store),
+            codec=codec,
+            on_wire=lambda count: wire_bytes.__setitem__(0, wire_bytes[0] + count),
+        )
+    except BaseException:
+        if opener is not None:
+            opener.close()
+        raise
     runner.staged.compression.record_result(item, result.archive_bytes, wire_bytes[0])
     digests = update_digests(result)
     digests.mountpoints = (source_mountpoint, target_mountpoint)
     _UPDATES[(runner.task.id, item.position)] = digests
-    if runner.task.spec.verify is not VerifyMode.NONE:
-        start_verify_scans(runner.source, source_mountpoint, runner.target, target_mountpoint,
-                           digests, runner.task.spec.verify)
+    if opener is not None:
+        digests.commands.update(opener.commands())
     _save_record(runner, item, sent_entries=result.sent_entries,
                  deleted_entries=result.deleted_entries, archive_bytes=result.archive_bytes,
                  scan_bytes=result.scan_bytes, seconds=result.seconds,
@@ -1218,7 +1300,8 @@ def verify_item(runner: Any, item: TaskItem) -> None:
                              item, runner.task.spec.verify, update, HashCache(runner.store))
     _save_record(runner, item, verify_scan_bytes=verified.scan_bytes,
                  verify_hashed_files=verified.hashed_files,
-                 verify_reused_entries=verified.reused_entries)
+                 verify_reused_entries=verified.reused_entries,
+                 verify_target_reused_entries=verified.target_reused_entries)
     updatereport.record_update_verified(runner, item, verified)
 
 

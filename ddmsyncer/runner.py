@@ -46,13 +46,14 @@ from ddm.events import (
     Warning,
     ignore_event,
 )
-from ddm.manifest import Manifest, compare_manifests, display_path
+from ddm.manifest import Manifest, display_path
 from ddm.manifest_store import load_task_manifest, save_task_manifest
 from ddm.processes import process_alive
 from ddm.store import TaskStore
 from ddm.task import ItemState, Phase, Task, TaskItem, TaskState, VerifyMode
 from ddm.text import counted
-from ddmsyncer import connect, connlost, direct, incremental, parallel, rerun, undo, volumes
+from ddmsyncer import (connect, connlost, direct, incremental, parallel, rerun, rollbackcheck,
+                       undo, volumes)
 from ddmsyncer.control import wait_while_paused
 from ddmsyncer.staged import StagedVolumes, mark_verified, release_writers, remove_staging_volumes
 
@@ -524,7 +525,7 @@ class TaskRunner:
         `ddmctl rollback` of a succeeded task removes the volumes it created. A volume that was
         replaced since (another task with --force, or by hand) or whose files changed holds
         data that the task did not put there, so it is kept unless the operator forces it.
-        A succeeded task that updated a volume incrementally raises UsageError, --force or not.
+        ddmsyncer.rollbackcheck says which changes are found. A succeeded task that updated a volume incrementally raises UsageError, --force or not.
         """
         incremental.check_rollback_allowed(self)
         if self.force_rollback or self.task.state is not TaskState.SUCCEEDED:
@@ -551,15 +552,15 @@ class TaskRunner:
         stored = load_task_manifest(self.store, self.task.id, item.position)
         if stored is None:
             return
-        now = volumes.read_manifest(target, item.target, task_id=self.task.id,
-                                    hash_content=False)
-        differences = compare_manifests(stored, now, volumes.QUICK_ASPECTS)
+        differences = rollbackcheck.target_differences(target, item.target, stored,
+                                                       task_id=self.task.id)
         if differences:
             first = differences[0]
             raise TaskConflict(
                 f"volume {item.target!r} on {self.task.spec.target_host} changed since task "
                 f"{self.task.id} finished ({counted(len(differences), 'difference')}, first "
-                f"{display_path(first.path)}: {first.aspect})", hint=hint)
+                f"{display_path(first.path)}: {first.aspect}), with "
+                f"{rollbackcheck.describe_comparison(stored)}", hint=hint)
 
     def cleanup(self, *, every_host: bool = False) -> None:
         """Remove helper containers of this task on the hosts it connected to (also after failures).

@@ -152,6 +152,22 @@ def entry_record(entry: Entry) -> bytes:
     return marshal.dumps((entry.type, entry.link, entry._digest, entry.xattrs, entry._numbers), 2)
 
 
+def record_from_fields(type: str, mode: int, uid: int, gid: int, size: int, mtime_ns: int,
+                       link: bytes | None, rdev: int, inode: int, nlink: int, digest: str | None,
+                       dev: int = 0, ctime_ns: int = 0, xattrs: str | None = None) -> bytes:
+    """Return entry_record() of the entry with these fields, without building the Entry.
+
+    The fields are those of the Entry constructor after the path. Reading a scan stores
+    every entry of the volume, so this skips the object that entry_record() would drop.
+    """
+    numbers = _NUMBERS.pack(mode, uid, gid, size, mtime_ns, rdev, inode, nlink, dev, ctime_ns)
+    packed = _pack_digest(digest)
+    if packed is not None:
+        numbers += packed
+        digest = None
+    return marshal.dumps((type, link, digest, xattrs, numbers), 2)
+
+
 def entry_from_record(path: bytes, record: bytes) -> Entry:
     """Return the entry of `path` stored by entry_record()."""
     type, link, digest, xattrs, numbers = marshal.loads(record)
@@ -164,3 +180,36 @@ def entry_from_record(path: bytes, record: bytes) -> Entry:
     setter(entry, "xattrs", xattrs)
     setter(entry, "_numbers", numbers)
     return entry
+
+
+def trusted_record_key(record: bytes, racy_from_ns: int, *, need_digest: bool) -> bytes | None:
+    """Return the file key text of a stored entry that a rescan may trust, else None.
+
+    The text is hashcache.format_key(entry.file_key()) as ASCII bytes. An entry is not
+    trusted when its ctime_ns is at least racy_from_ns (see hashcache.is_racy), nor, with
+    need_digest, when it is a file without a digest. This reads the record without building
+    an Entry, because a rescan lists every entry of the earlier scan.
+    """
+    type, _, digest, _, numbers = marshal.loads(record)
+    mode, uid, gid, size, mtime_ns, rdev, inode, nlink, dev, ctime_ns = \
+        _NUMBERS.unpack_from(numbers)
+    if ctime_ns >= racy_from_ns:
+        return None
+    if need_digest and type == "file" and digest is None and len(numbers) == _NUMBERS.size:
+        return None
+    return b"%d %d %d %d %d" % (dev, inode, size, mtime_ns, ctime_ns)
+
+
+def record_comparison(record: bytes) -> tuple[tuple[Any, ...], str, int, int]:
+    """Return (comparison key, type, nlink, inode) of a stored entry without building it.
+
+    Two records' comparison keys are equal exactly when their entries' key() are. The key
+    holds the digest as the stored string and the packed bytes, and only a digest that is
+    not 64 lowercase hex digits is stored as a string, so both forms never mean one digest.
+    """
+    type, link, digest, xattrs, numbers = marshal.loads(record)
+    mode, uid, gid, size, mtime_ns, rdev, inode, nlink, dev, ctime_ns = \
+        _NUMBERS.unpack_from(numbers)
+    key = (type, mode, uid, gid, size, mtime_ns // 1_000_000_000, link, rdev, digest,
+           numbers[_NUMBERS.size:], xattrs)
+    return key, type, nlink, inode

@@ -38,7 +38,9 @@ def record_update_verified(runner: Any, item: TaskItem, verified: Any) -> None:
     hashed = dict(verified.hashed_files)
     message = (f"volume {item.target!r} verified after its update: hashed "
                f"{hashed.get('source', 0)} source and {hashed.get('target', 0)} target files, "
-               f"{verified.reused_entries} source entries unchanged since the update's scan")
+               f"{verified.reused_entries} source and {verified.target_reused_entries} target "
+               f"entries unchanged since the update's scans")
     runner.record("info", "update_verified", message, position=item.position,
                   hashed_files=hashed, cache_hits=dict(verified.cache_hits),
-                  reused_entries=verified.reused_entries)
+                  reused_entries=verified.reused_entries,
+                  target_reused_entries=verified.target_reused_entries)

@@ -295,11 +295,16 @@ def copy_volume(
     return manifest, result.bytes, result.stream_digest
 
 
-def read_manifest(engine, volume: str, *, task_id: str, hash_content: bool) -> Manifest:
-    """Read a volume's manifest from its archive (GET through a never-started helper)."""
+def read_manifest(engine, volume: str, *, task_id: str, hash_content: bool,
+                  sha256: bool = False) -> Manifest:
+    """Read a volume's manifest from its archive (GET through a never-started helper).
+
+    `sha256` also stores each file's SHA-256, pieced for large files as ddm.piecehash says.
+    """
     helper = engine.create_helper(volume, read_only=True, labels={TASK_LABEL: task_id})
     try:
-        builder = ManifestBuilder(hash_content=hash_content, strip_prefix=ARCHIVE_PREFIX)
+        builder = ManifestBuilder(hash_content=hash_content, strip_prefix=ARCHIVE_PREFIX,
+                                  sha256=sha256)
         stream = engine.get_archive(helper, HELPER_MOUNT)
         try:
             for chunk in stream:

@@ -13,7 +13,7 @@ from ddmctl.commands.migrate import print_task_result, run_and_report
 from ddmctl.common import CommandContext, epilog, json_option
 from ddmctl.complete import complete_task
 from ddmctl.progress import format_bytes
-from ddmctl.rollback_report import rollback_outcomes
+from ddmctl.rollback_report import later_writers, rollback_outcomes
 from ddmctl.tasks_filter import MAX_SCANNED_TASKS, parse_since, task_matches
 from ddmctl.watch import task_label, watch_task
 from ddmsyncer.runner import mark_stale_running
@@ -219,36 +219,52 @@ def rollback(context: CommandContext, task_id: str, force: bool, as_json: bool) 
     """Remove what a task created on the target host. The source is never changed.
 
     A target volume that was replaced or changed after a succeeded task finished is kept, and
-    the command exits 6, unless --force is given. A succeeded task that updated a volume with
-    --incremental is rejected with exit status 2, because its backup is removed.
+    the command exits 6, unless --force is given. For a task that ran with --verify full
+    (the default unless the config sets defaults.verify) and not with --route direct, the
+    files' content and metadata are compared with the task's copy. For other tasks only
+    metadata is compared: type, mode, owner, size, link target and mtime in whole seconds,
+    so a file rewritten with the same size and mtime counts as unchanged. A succeeded task
+    that updated a volume with --incremental is rejected with exit status 2, because its
+    backup is removed.
 
     Prints a tab-separated line per volume: source, target and the outcome. The outcome is
     removed, restored (an incremental update undone from its backup), untouched (the task
-    never started the volume), kept (the task did not create it) or remaining (the rollback
-    stopped before removing it), the last three followed by the reason. A rollback that
+    never started the volume), kept (the task did not create it, or an earlier rollback of
+    the task already undid it, for example when the task failed) or remaining (the rollback
+    stopped before removing it), the last three followed by the reason. A kept volume is
+    left as it is now, and the reason names later tasks that wrote it. A rollback that
     stops part way prints these lines too, then the error; run it again to finish.
     """
+    before = context.store.get_task(task_id)
+    rolled_back_before = {item.position for item in before.items
+                          if item.state is ItemState.ROLLED_BACK}
     try:
-        task = api.rollback_task(context.config, context.store, task_id, force=force)
+        task = api.rollback_task(context.config, context.store, before.id, force=force)
     except TaskNotFound:
         raise
     except DDMError:
         # A rollback that stopped part way still reports what it removed before the error
         # line. A rollback rejected before it started (TaskConflict) changed nothing.
-        stopped = context.store.get_task(task_id)
+        stopped = context.store.get_task(before.id)
         if stopped.state is TaskState.INTERRUPTED and stopped.phase is Phase.ROLLBACK:
-            print_rollback_outcomes(context, stopped, as_json)
+            print_rollback_outcomes(context, stopped, as_json, rolled_back_before)
         raise
 
-    print_rollback_outcomes(context, task, as_json)
+    print_rollback_outcomes(context, task, as_json, rolled_back_before)
     if not as_json:
         context.info(f"task {task.id} {task.state.value}")
     return int(ExitStatus.OK)
 
 
-def print_rollback_outcomes(context: CommandContext, task: Task, as_json: bool) -> None:
-    """Print a rollback's per-volume outcomes: a line each, or the task as JSON."""
-    outcomes = rollback_outcomes(task, context.store.get_events(task.id))
+def print_rollback_outcomes(context: CommandContext, task: Task, as_json: bool,
+                            rolled_back_before: set[int]) -> None:
+    """Print a rollback's per-volume outcomes: a line each, or the task as JSON.
+
+    `rolled_back_before` lists the items an earlier rollback of the task had undone.
+    """
+    later = later_writers(context.store, task) if rolled_back_before else {}
+    outcomes = rollback_outcomes(task, context.store.get_events(task.id),
+                                 rolled_back_before=rolled_back_before, later_tasks=later)
     if as_json:
         data = task.to_dict()
         for volume in data["volumes"]:

@@ -223,6 +223,39 @@ def test_incremental_failure_restores_target(h1, h2, isolated_env, resources):
     assert backups_on(h2, volume) == []
 
 
+def test_rollback_of_old_failed_update(h1, h2, isolated_env, resources):
+    volume = resources.create_volume(h1)
+    resources.add_volume(h2, volume)
+    write_volume_tree(h1, volume, TREE)
+    migrate(volume)
+    change_source(h1, volume)
+    config = load_config(environ=os.environ)
+    store = TaskStore(default_store_path(os.environ))
+    failed = api.create_task(store, config, source="h1", target="h2", volumes=[volume],
+                             options={"incremental": True})
+
+    def fail_at_verify(event: Event) -> None:
+        if isinstance(event, PhaseStarted) and event.phase == "verify":
+            raise DDMError("injected failure after the update")
+
+    with pytest.raises(DDMError):
+        api.run_task(config, store, failed.id, on_event=fail_at_verify)
+    later = migrate(volume, "--incremental")
+    source_now = snapshot_volume_tree(h1, volume)
+    target_now = snapshot_volume_tree(h2, volume)
+
+    outcome = run_command("ddmctl", "rollback", failed.id)
+
+    assert outcome.status == 0, outcome.stderr
+    assert outcome.stdout == (
+        f"{volume}\t{volume}\tkept\tan earlier rollback restored it from the task's backup; "
+        f"task {later['id']} wrote this target volume since, and this rollback left it as it is\n")
+    assert snapshot_volume_tree(h2, volume) == target_now
+    assert not diff_snapshots(source_now, target_now, mtime_resolution_ns=WHOLE_SECONDS)
+    assert snapshot_volume_tree(h1, volume) == source_now
+    assert backups_on(h2, volume) == []
+
+
 def test_incremental_cut_connection_restores_target(h1, h2, isolated_env, resources):
     volume = resources.create_volume(h1)
     resources.add_volume(h2, volume)
@@ -414,6 +447,26 @@ def test_incremental_detects_restored_mtime(h1, h2, isolated_env, resources, no_
     assert target_file.stat().st_mtime_ns // WHOLE_SECONDS == before.st_mtime_ns // WHOLE_SECONDS
 
 
+def test_verify_none_misses_restored_mtime(h1, h2, isolated_env, resources):
+    # With --verify none nothing is hashed, so the update compares metadata only.
+    volume = resources.create_volume(h1)
+    resources.add_volume(h2, volume)
+    write_volume_tree(h1, volume, TREE)
+    migrate(volume)
+    changed = h1.volume_host_path(volume) / "data" / "f5.bin"
+    before = changed.stat()
+    changed.write_bytes(bytes(FILE_BYTES))
+    os.utime(changed, ns=(before.st_atime_ns, before.st_mtime_ns))
+    target_file = h2.volume_host_path(volume) / "data" / "f5.bin"
+    target_before = target_file.read_bytes()
+
+    task = migrate(volume, "--incremental", "--verify", "none")
+
+    assert incremental_record(task["id"])["sent_entries"] == 0
+    assert target_file.read_bytes() == target_before
+    assert target_before != bytes(FILE_BYTES)
+
+
 def test_incremental_dry_run_shows_update(h1, h2, isolated_env, resources):
     volume = resources.create_volume(h1)
     resources.add_volume(h2, volume)
@@ -486,7 +539,7 @@ def run_failing_update(volume: str, change_at_verify) -> tuple[TaskStore, str, s
     return store, task.id, str(failure.value)
 
 
-def test_incremental_verify_reuses_source_scan(h1, h2, isolated_env, resources, no_racy_margin):
+def test_incremental_verify_reuses_scans(h1, h2, isolated_env, resources, no_racy_margin):
     volume = resources.create_volume(h1)
     resources.add_volume(h2, volume)
     write_volume_tree(h1, volume, TREE)
@@ -498,6 +551,7 @@ def test_incremental_verify_reuses_source_scan(h1, h2, isolated_env, resources, 
     record = incremental_record(task["id"])
     assert task["volumes"][0]["state"] == "verified"
     assert record["verify_reused_entries"] > 0
+    assert record["verify_target_reused_entries"] > 0
     assert diff_snapshots(snapshot_volume_tree(h1, volume), snapshot_volume_tree(h2, volume),
                           mtime_resolution_ns=WHOLE_SECONDS) == []
 

@@ -330,3 +330,16 @@ def _lab_cli(*args: str) -> subprocess.CompletedProcess[str]:
         timeout=120,
         stdin=subprocess.DEVNULL,
     )
+
+
+def test_ensure_running_restarts_stopped_services(h1: LabHost) -> None:
+    h1.stop_dockerd(kill=True)
+    h1.stop_sshd()
+    h1.stop_relay()
+    assert not h1.ping_engine()
+    assert h1.read_ssh_banner() is None
+
+    h1.ensure_running()
+
+    assert h1.ping_engine()
+    assert h1.read_ssh_banner() is not None

@@ -263,8 +263,17 @@ class LabHost:
         if not procs.is_running(self.processes["holder"]):
             raise LabError(f"lab host {self.name} is gone (its namespace holder exited); bring the lab up again")
         self.start_dockerd()
-        self.start_sshd()
-        self.start_relay()
+
+        # sshd's start waits for its banner through the relay, and the relay's through sshd:
+        # spawn both, then wait once.
+        relay_stopped = not procs.is_running(self.processes["relay"])
+        sshd_stopped = not procs.is_running(self.processes["sshd"])
+        if relay_stopped:
+            self._spawn_relay()
+        if sshd_stopped:
+            self._spawn_sshd()
+        if relay_stopped or sshd_stopped:
+            self._wait_for_ssh(_SSH_START_SECONDS)
 
     def status(self) -> HostStatus:
         """Check each process and whether the engine and sshd respond."""

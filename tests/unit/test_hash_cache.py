@@ -6,6 +6,7 @@ tests exercise the real host script and the controller's cache logic without a l
 
 from __future__ import annotations
 
+import base64
 import os
 import sqlite3
 import subprocess
@@ -145,6 +146,24 @@ def test_damaged_cache_row_is_ignored(tmp_path: Path, store: TaskStore):
 
     assert again.hashed_files == 1
     assert again[b"a.txt"].digest != "0" * 64
+
+
+def test_known_keys_input_skips_bad_rows(tmp_path: Path, store: TaskStore):
+    """The scan input read straight from the rows equals the one built from iter_valid."""
+    write_tree(tmp_path / "v", FILES)
+    cache = HashCache(store)
+    scan(tmp_path / "v", cache)
+    scope = hashcache.cache_scope(LocalEngine("h1"), str(tmp_path / "v"))
+    with sqlite3.connect(store.path) as db:
+        db.execute("UPDATE file_hashes SET digest = ? WHERE path = ?", ("0" * 64, b"a.txt"))
+
+    lines = b"".join(cache.known_keys_input(scope)).splitlines()
+
+    assert lines == b"".join(hashcache.known_keys_input(cache.iter_valid(scope))).splitlines()
+    assert [base64.b64decode(line.split()[0]) for line in lines] == [b"dir/b.bin", b"dir/c.bin"]
+    info = (tmp_path / "v" / "dir" / "c.bin").stat()
+    assert lines[1].split()[1:6] == [str(value).encode() for value in (
+        info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)]
 
 
 def test_damaged_cache_cannot_pass_verify(tmp_path: Path, store: TaskStore):

@@ -5,10 +5,9 @@ from __future__ import annotations
 from ddmdriver.ssh import exit_detail
 from ddmsyncer.incremental import (
     Entry,
-    Scan,
-    _carried_digests,
     plan_update,
 )
+from ddmsyncer.scanentry import entry_record, trusted_record_key
 
 SECOND = 1_000_000_000
 
@@ -68,18 +67,23 @@ def test_plan_hard_link_sends_every_name():
     assert plan_update(source, target).send == [b".", b"a", b"b"]
 
 
-def test_verify_knows_unsent_file_keys():
+def test_rescan_trusts_only_settled_records():
     racy = Entry(b"racy", "file", 0o644, 0, 0, 10, 100 * SECOND, None, 0, 4, 1, "aa", 0,
                  99 * SECOND)
-    earlier = Scan(tree(entry(b"same", inode=1), entry(b"sent", inode=2),
-                        entry(b"unhashed", inode=3, digest=None), entry(b"d", "dir"), racy))
-    earlier.started_ns = 100 * SECOND  # "racy" changed 1 s before that scan started
+    settled = Entry(b"same", "file", 0o644, 0, 0, 10, 100 * SECOND, None, 0, 1, 1, "aa", 5,
+                    90 * SECOND)
+    unhashed = entry(b"unhashed", inode=3, digest=None)
+    directory = entry(b"d", "dir", inode=6)
+    racy_from_ns = 100 * SECOND - 2 * SECOND  # the scan started at 100 s, margin 2 s
 
-    known = dict(_carried_digests(earlier, {b"sent"}))
+    def key(item: Entry, need_digest: bool = True) -> bytes | None:
+        return trusted_record_key(entry_record(item), racy_from_ns, need_digest=need_digest)
 
-    assert set(known) == {b"same"}
-    assert known[b"same"].digest == "aa"
-    assert known[b"same"].key == earlier[b"same"].file_key()
+    assert key(settled) == b"5 1 10 %d %d" % (100 * SECOND, 90 * SECOND)
+    assert key(racy) is None
+    assert key(unhashed) is None
+    assert key(unhashed, need_digest=False) == b"0 3 10 %d 0" % (100 * SECOND)
+    assert key(directory) == b"0 6 0 %d 0" % (100 * SECOND)
 
 
 def test_plan_counts_hard_linked_data_once():

@@ -1,8 +1,9 @@
-"""Verify of an incremental update that rescans the source, with hostscan.py run locally.
+"""Verify of an incremental update that rescans both volumes, with hostscan.py run locally.
 
-After an update made in this process, verify lets the source's host report only the entries
-whose lstat key changed since the update's scan. These tests check that every change made
-between the update and verify is still found, on the source and on the target.
+After an update made in this process, verify lets each host report only the entries whose
+lstat key changed since the update's scan, and the target's host also the sent entries.
+These tests check that every change made between the update and verify is still found, on
+the source and on the target.
 """
 
 from __future__ import annotations
@@ -69,6 +70,47 @@ def test_rescan_reuses_unchanged_entries(roots, store, no_racy_margin):
     assert verified.reused_entries == len(result.source_scan)
     assert verified.hashed_files["source"] == 0
     assert verified.hashed_files["target"] == 2  # the sent dir/b.bin and new.txt
+
+
+def test_verify_reuses_unsent_target_entries(roots, store, no_racy_margin):
+    result = update(roots, store)
+    changed = set(result.plan.send) | set(result.plan.delete)
+
+    verified = verify(roots, store, result)
+
+    unsent = [path for path in result.target_scan if path not in changed]
+    assert unsent == [b"a.txt", b"dir/c.bin"]
+    assert verified.target_reused_entries == len(unsent)
+
+
+def test_removed_unsent_target_file_fails(roots, store, no_racy_margin):
+    _, target_root = roots
+    result = update(roots, store)
+    (target_root / "dir" / "c.bin").unlink()
+
+    with pytest.raises(VerificationFailed, match="dir/c.bin: missing on target"):
+        verify(roots, store, result)
+
+
+def test_target_mode_change_before_verify_fails(roots, store, no_racy_margin):
+    _, target_root = roots
+    result = update(roots, store)
+    os.chmod(target_root / "a.txt", 0o600)
+
+    with pytest.raises(VerificationFailed, match="a.txt: mode"):
+        verify(roots, store, result, VerifyMode.QUICK)
+
+
+def test_racy_target_entries_hashed_again(roots, store):
+    """Target files changed within the racy margin of the update's scan are hashed again."""
+    result = update(roots, store)
+
+    verified = verify(roots, store, result)
+
+    target_files = [path for path, entry in incremental.update_digests(result).target_scan.items()
+                    if entry.type == "file" and path not in result.plan.delete]
+    assert verified.target_reused_entries == 0
+    assert verified.hashed_files["target"] == len(set(target_files) | {b"new.txt"})
 
 
 def test_rescan_reports_changed_and_removed(roots, store, no_racy_margin):

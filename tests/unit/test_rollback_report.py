@@ -9,7 +9,7 @@ from ddm.api import create_task
 from ddm.config import load_config
 from ddm.store import TaskStore, default_store_path
 from ddm.task import ItemState, Task, TaskItem, TaskSpec
-from ddmctl.rollback_report import rollback_outcomes
+from ddmctl.rollback_report import later_writers, rollback_outcomes
 from tests.unit.cli_support import invoke
 
 
@@ -54,6 +54,47 @@ def test_restore_before_rollback_is_not_counted() -> None:
     ]
 
     assert rollback_outcomes(task, events)[0] == ("removed", "")
+
+
+def test_earlier_restore_is_kept_now() -> None:
+    task = task_with(ItemState.ROLLED_BACK, ItemState.ROLLED_BACK)
+    events = [
+        event(1, "phase", "phase rollback started"),
+        event(2, "restored", "restored volume 't0' on new to its state before the task",
+              {"position": 0}),
+        event(3, "phase", "phase rollback started"),
+    ]
+
+    outcomes = rollback_outcomes(task, events, rolled_back_before={0, 1},
+                                 later_tasks={0: ["b" * 12]})
+
+    assert outcomes[0] == ("kept", "an earlier rollback restored it from the task's backup; "
+                                   f"task {'b' * 12} wrote this target volume since, and this "
+                                   "rollback left it as it is")
+    assert outcomes[1] == ("kept", "an earlier rollback removed what the task wrote; this "
+                                   "rollback left it as it is")
+
+
+def test_later_writers_by_target(environ: dict[str, str]) -> None:
+    config = load_config(None, environ)
+    store = TaskStore(default_store_path(environ))
+    try:
+        first = create_task(store, config, source="local", target="local",
+                            volumes=("va:vb", "vc:vd"), verify="full", force=False)
+        wrote = create_task(store, config, source="local", target="local",
+                            volumes=("vx:vb",), verify="full", force=False)
+        failed = create_task(store, config, source="local", target="local",
+                             volumes=("vc:vd",), verify="full", force=False)
+        store.update_item(wrote.id, 0, state=ItemState.VERIFIED)
+        store.update_item(failed.id, 0, state=ItemState.ROLLED_BACK)
+
+        later = later_writers(store, store.get_task(first.id))
+        earlier = later_writers(store, store.get_task(wrote.id))
+    finally:
+        store.close()
+
+    assert later == {0: [wrote.id]}
+    assert earlier == {}
 
 
 def test_rollback_of_queued_task_says_untouched(environ: dict[str, str]) -> None:

@@ -3,7 +3,13 @@
 import pytest
 
 from ddmsyncer.incremental import Scan, plan_update
-from ddmsyncer.scanentry import Entry
+from ddmsyncer.scanentry import (
+    Entry,
+    entry_from_record,
+    entry_record,
+    record_comparison,
+    record_from_fields,
+)
 
 FIELDS = dict(path=b"d/\xff-not-utf8", type="file", mode=0o104755, uid=70000, gid=2**32 - 2,
               size=2**40 + 3, mtime_ns=-1_500_000_000_123, link=None, rdev=0,
@@ -121,3 +127,55 @@ def test_entries_with_other_digests_differ():
     assert entry != entry.with_digest("ac" * 32)
     assert entry != entry.with_digest(None)
     assert entry.key() != entry.with_digest("AB" * 32).key()
+
+
+@pytest.mark.parametrize("digest", ["ab" * 32, "AB" * 32, "sha256-pieces-16777216:" + "ab" * 32,
+                                    None])
+def test_record_from_fields_matches_entry(digest):
+    fields = {**FIELDS, "digest": digest}
+    values = list(fields.values())
+
+    record = record_from_fields(*values[1:])
+
+    assert record == entry_record(Entry(*values))
+    assert entry_from_record(fields["path"], record) == Entry(*values)
+
+
+@pytest.mark.parametrize("changes", [
+    {}, {"digest": "AB" * 32}, {"digest": None}, {"digest": "abc"}, {"digest": "cd" * 32},
+    {"mtime_ns": FIELDS["mtime_ns"] + 1}, {"mtime_ns": FIELDS["mtime_ns"] + 2_000_000_000},
+    {"inode": 7, "dev": 8, "ctime_ns": 9, "nlink": 1}, {"mode": 0o100644}, {"xattrs": None},
+    {"link": b"target"}, {"type": "dir"},
+], ids=lambda changes: ",".join(changes) or "same")
+def test_record_comparison_matches_entry_key(changes):
+    left = Entry(**FIELDS)
+    right = Entry(**{**FIELDS, **changes})
+
+    left_key, kind, nlink, inode = record_comparison(entry_record(left))
+    right_key = record_comparison(entry_record(right))[0]
+
+    assert (left_key == right_key) == (left.key() == right.key())
+    assert (kind, nlink, inode) == (left.type, left.nlink, left.inode)
+
+
+def test_plan_same_for_scans_and_dicts():
+    source = {entry.path: entry for entry in (
+        Entry(b".", "dir", 0o755, 0, 0, 0, 10**9, None, 0, 1, 2, None),
+        Entry(b"same", "file", 0o644, 0, 0, 3, 10**9, None, 0, 2, 1, "ab" * 32),
+        Entry(b"changed", "file", 0o644, 0, 0, 3, 10**9, None, 0, 3, 1, "cd" * 32),
+        Entry(b"kind", "file", 0o644, 0, 0, 3, 10**9, None, 0, 4, 1, "ab" * 32),
+    )}
+    target = {entry.path: entry for entry in (
+        Entry(b".", "dir", 0o755, 0, 0, 0, 10**9, None, 0, 9, 2, None),
+        Entry(b"same", "file", 0o644, 0, 0, 3, 10**9 + 5, None, 0, 8, 1, "ab" * 32),
+        Entry(b"changed", "file", 0o644, 0, 0, 3, 10**9, None, 0, 7, 1, "ef" * 32),
+        Entry(b"kind", "dir", 0o755, 0, 0, 0, 10**9, None, 0, 6, 2, None),
+        Entry(b"extra", "file", 0o644, 0, 0, 3, 10**9, None, 0, 5, 1, "ab" * 32),
+    )}
+
+    from_dicts = plan_update(source, target)
+    from_scans = plan_update(Scan(source), Scan(target))
+
+    assert (from_scans.send, from_scans.delete) == (from_dicts.send, from_dicts.delete)
+    assert from_scans.send == [b".", b"changed", b"kind"]
+    assert from_scans.delete == [b"extra", b"kind"]

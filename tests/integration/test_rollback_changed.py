@@ -1,0 +1,120 @@
+"""Lab tests of `ddmctl rollback` of a succeeded task whose target volume changed afterwards.
+
+A file rewritten in place with the same size and its old mtime looks unchanged to a check of
+metadata only, so the rollback must compare content whenever the task stored digests.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from ddm.errors import ExitStatus
+from tests.integration.operator_support import ddmctl, volume_names
+from tests.integration.test_migrate_volumes import RICH_TREE
+from tests.lab import LabHost
+from tests.lab.isolation import IsolatedEnv
+from tests.lab.resources import LabResources
+from tests.lab.tree import File, RandomFile, snapshot_volume_tree, write_volume_tree
+
+ORIGINAL = b"original content\n"
+REWRITTEN = b"changed content!\n"
+
+# Run in the host's namespaces: overwrite a file in place with bytes of the same length,
+# then put its mtime (nanoseconds) back, as a careless backup restore or `touch -r` does.
+REWRITE_KEEPING_MTIME = """
+import os, sys
+path, data = sys.argv[1], sys.argv[2].encode()
+before = os.stat(path)
+assert len(data) == before.st_size, (len(data), before.st_size)
+with open(path, "r+b") as stream:
+    stream.write(data)
+os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+"""
+
+
+def rewrite_keeping_mtime(host: LabHost, volume: str, name: str, data: bytes) -> None:
+    path = f"{host.volume_mountpoint(volume)}/{name}"
+    host.run([sys.executable, "-I", "-c", REWRITE_KEEPING_MTIME, path, data.decode()])
+
+
+def read_file(host: LabHost, volume: str, name: str) -> bytes:
+    path = f"{host.volume_mountpoint(volume)}/{name}"
+    return host.run(["cat", path], text=False).stdout
+
+
+def migrate(source: str, *options: str) -> str:
+    outcome = ddmctl("migrate", "--from", "h1", "--to", "h2", "--volume", source, "--yes",
+                     "--json", *options)
+    assert outcome.status == 0, outcome.stderr
+    return outcome.json()["id"]
+
+
+@pytest.mark.parametrize("data_path", ["engine", "host"])
+def test_rollback_keeps_same_size_rewrite(h1: LabHost, h2: LabHost, isolated_env: IsolatedEnv,
+                                          resources: LabResources, data_path: str) -> None:
+    source = resources.create_volume(h1)
+    resources.add_volume(h2, source)
+    write_volume_tree(h1, source, {"note.txt": File(ORIGINAL),
+                                   "dir/data.bin": RandomFile(64 * 1024, seed=3)})
+    source_before = snapshot_volume_tree(h1, source)
+    task_id = migrate(source, "--verify", "full", "--data-path", data_path)
+    target_before = snapshot_volume_tree(h2, source)
+
+    rewrite_keeping_mtime(h2, source, "note.txt", REWRITTEN)
+    target_after = snapshot_volume_tree(h2, source)
+    assert target_after[b"note.txt"].mtime_ns == target_before[b"note.txt"].mtime_ns
+    assert target_after[b"note.txt"].size == target_before[b"note.txt"].size
+    refused = ddmctl("rollback", task_id)
+
+    assert refused.status == ExitStatus.CONFLICT, refused.stderr
+    assert "note.txt: content), with content and metadata compared" in refused.stderr
+    assert source in volume_names(h2)
+    assert read_file(h2, source, "note.txt") == REWRITTEN
+    assert snapshot_volume_tree(h2, source) == target_after
+    assert snapshot_volume_tree(h1, source) == source_before
+
+    forced = ddmctl("rollback", task_id, "--force")
+
+    assert forced.status == 0, forced.stderr
+    assert source not in volume_names(h2)
+    assert snapshot_volume_tree(h1, source) == source_before
+
+
+def test_rollback_quick_task_catches_mode_change(h1: LabHost, h2: LabHost,
+                                                 isolated_env: IsolatedEnv,
+                                                 resources: LabResources) -> None:
+    source = resources.create_volume(h1)
+    resources.add_volume(h2, source)
+    write_volume_tree(h1, source, {"note.txt": File(ORIGINAL, mode=0o644)})
+    source_before = snapshot_volume_tree(h1, source)
+    task_id = migrate(source, "--verify", "quick")
+
+    h2.run(["chmod", "0600", f"{h2.volume_mountpoint(source)}/note.txt"])
+    refused = ddmctl("rollback", task_id)
+
+    assert refused.status == ExitStatus.CONFLICT, refused.stderr
+    assert "note.txt: mode), with metadata only compared" in refused.stderr
+    assert source in volume_names(h2)
+    assert read_file(h2, source, "note.txt") == ORIGINAL
+    assert snapshot_volume_tree(h1, source) == source_before
+
+
+@pytest.mark.parametrize("data_path", ["engine", "host"])
+def test_rollback_unchanged_target_is_removed(h1: LabHost, h2: LabHost,
+                                              isolated_env: IsolatedEnv,
+                                              resources: LabResources, data_path: str) -> None:
+    # Hard links, symlinks, a FIFO, odd owners and modes must compare equal after the copy,
+    # or every rollback of such a volume would be rejected.
+    source = resources.create_volume(h1)
+    resources.add_volume(h2, source)
+    write_volume_tree(h1, source, RICH_TREE)
+    source_before = snapshot_volume_tree(h1, source)
+    task_id = migrate(source, "--verify", "full", "--data-path", data_path)
+
+    rolled_back = ddmctl("rollback", task_id)
+
+    assert rolled_back.status == 0, rolled_back.stderr
+    assert source not in volume_names(h2)
+    assert snapshot_volume_tree(h1, source) == source_before
