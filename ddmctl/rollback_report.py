@@ -29,17 +29,20 @@ def rollback_outcomes(task: Task, events: list[dict[str, Any]], *,
     backup of a crashed run before it updates the volume again.
 
     `rolled_back_before` lists the positions that were rolled back before this rollback
-    started, for example by the automatic rollback of a failed task. This rollback did not
-    touch them, and `later_tasks` (by position, the IDs of later tasks that wrote the same
-    target volume) explains why the volume may no longer be as that earlier rollback left it.
+    started, for example by the automatic rollback of a failed task. When `later_tasks` (by
+    position, the IDs of later tasks that wrote the same target volume) names a task for
+    such a position, the volume is "kept": it contains that later task's data, not the state
+    the earlier rollback left. Without later tasks, an earlier rollback's outcome is
+    reported as if this rollback had done it, so running a stopped rollback again reports
+    every volume.
     """
     restored = restored_positions(events)
     later_tasks = later_tasks or {}
     outcomes: dict[int, tuple[str, str]] = {}
     for item in task.items:
-        if item.position in rolled_back_before and item.state is ItemState.ROLLED_BACK:
-            outcomes[item.position] = _earlier_outcome(item.position in restored,
-                                                       later_tasks.get(item.position, []))
+        later = later_tasks.get(item.position, [])
+        if item.position in rolled_back_before and item.state is ItemState.ROLLED_BACK and later:
+            outcomes[item.position] = _earlier_outcome(item.position in restored, later)
         elif item.position in restored and item.state is ItemState.ROLLED_BACK:
             outcomes[item.position] = ("restored", "the target is as before the task")
         elif item.state is ItemState.ROLLED_BACK:
@@ -54,16 +57,14 @@ def rollback_outcomes(task: Task, events: list[dict[str, Any]], *,
 
 
 def _earlier_outcome(restored: bool, later: list[str]) -> tuple[str, str]:
-    """Return the outcome of an item that an earlier rollback of the task already undid."""
+    """Return the outcome of an item that an earlier rollback undid and later tasks wrote."""
     if restored:
         undone = "an earlier rollback restored it from the task's backup"
     else:
         undone = "an earlier rollback removed what the task wrote"
-    if later:
-        tasks = "task" if len(later) == 1 else "tasks"
-        since = f"{tasks} {', '.join(later)} wrote this target volume since"
-        return ("kept", f"{undone}; {since}, and this rollback left it as it is")
-    return ("kept", f"{undone}; this rollback left it as it is")
+    tasks = "task" if len(later) == 1 else "tasks"
+    return ("kept", f"{undone}; {tasks} {', '.join(later)} wrote this target volume since, "
+                    "and this rollback left it as it is")
 
 
 def restored_positions(events: list[dict[str, Any]]) -> set[int]:

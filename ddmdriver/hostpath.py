@@ -17,9 +17,8 @@ volume inspect, quoted with shlex.quote by SSHConnection.open_command. Extractio
 
 from __future__ import annotations
 
-import contextlib
+import collections
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -43,9 +42,15 @@ from ddmdriver.ssh import exit_detail
 
 logger = logging.getLogger(__name__)
 
-CHUNK_SIZE = 1024 * 1024
-# Chunks received but not yet sent to the target: at most this many of up to CHUNK_SIZE each.
-SEND_QUEUE_CHUNKS = 4
+# Maximum bytes that one receive from the source's channel returns. paramiko 5.1's channel
+# buffer keeps at most one flow-control window (ddmdriver.buffers, 4 MiB by default). A
+# receive of fewer bytes than it contains shifts the rest to the buffer's start, a copy of up
+# to 3 MiB per 1 MiB received, so the limit is above every window DDM opens.
+RECEIVE_LIMIT = 16 * 1024 * 1024
+# Maximum bytes of one piece of a receive, which the observers check and the sender sends.
+PIECE_LIMIT = 1024 * 1024
+# Bytes received but not yet sent to the target, the chunk being sent included.
+SEND_QUEUE_BYTES = 4 * 1024 * 1024
 PROBE_TIMEOUT_SECONDS = 30.0
 SCAN_TIMEOUT_SECONDS = 3600.0
 STDERR_LIMIT_BYTES = 256 * 1024
@@ -286,6 +291,7 @@ def relay_host_archive(
     observers: Sequence[Observer] = (),
     codec: Codec | None = None,
     gate: Callable[[], None] | None = None,
+    stream_digest: Callable[[], str] | None = None,
 ) -> HostTarResult:
     """Stream `source_directory` with GNU tar into `target_directory`, through this process.
 
@@ -293,14 +299,16 @@ def relay_host_archive(
     failing manifest builder) stops the chunk from reaching the target. With a `codec`, the
     hosts compress and decompress the stream (ddmdriver.codec), and hasher and observers see
     the tar bytes decoded here. With a `gate`, both hosts' commands start at once, and the
-    source's tar reads the volume only after `gate()` has returned. Raises
+    source's tar reads the volume only after `gate()` has returned. With `stream_digest`, an
+    observer already hashes every byte with xxh3-128 (ManifestBuilder.stream_digest), and
+    the relay returns that digest instead of hashing the stream a second time. Raises
     TransferFailed naming the side that failed. GNU tar's exit status 1 on the source ("file
     changed as we read it") is not an error here: the changed paths are returned.
     """
     started = time.monotonic()
     source_name = f"{source.host.name}:{source_directory}"
     target_name = f"{target.host.name}:{target_directory}"
-    hasher = xxhash.xxh3_128()
+    hasher = xxhash.xxh3_128() if stream_digest is None else None
     byte_count = 0
 
     reader_argv = create_argv(source_access, source_directory)
@@ -327,15 +335,17 @@ def relay_host_archive(
         if gate is not None:
             gate()
             _open_gate(reader, source_name)
-        while chunk := _receive(reader, source_name):
-            data = chunk if decoder is None else decoder.decode(chunk)
-            hasher.update(data)
-            view = memoryview(data)
-            for observer in observers:
-                observer(view)
-            sender.put(chunk)
-            byte_count += len(data)
-            wire_bytes += len(chunk)
+        while received := _receive(reader, source_name):
+            for chunk in _pieces(received, decoder is None):
+                data = chunk if decoder is None else decoder.decode(chunk)
+                if hasher is not None:
+                    hasher.update(data)
+                view = memoryview(data)
+                for observer in observers:
+                    observer(view)
+                sender.put(chunk)
+                byte_count += len(data)
+                wire_bytes += len(chunk)
         if decoder is not None:
             decoder.finish()
         sender.finish()
@@ -356,8 +366,9 @@ def relay_host_archive(
                              f"{exit_detail(target_status, _tail_or_empty(target_errors))}")
 
     seconds = time.monotonic() - started
+    digest = hasher.hexdigest() if hasher is not None else stream_digest()  # type: ignore[misc]
     result = HostTarResult(
-        relay=RelayResult(bytes=byte_count, stream_digest=hasher.hexdigest(), seconds=seconds),
+        relay=RelayResult(bytes=byte_count, stream_digest=digest, seconds=seconds),
         changed_paths=_paths_with(source_errors, CHANGED_WHILE_READ),
         skipped_sockets=_paths_with(source_errors, SOCKET_IGNORED),
         wire_bytes=wire_bytes,
@@ -377,9 +388,22 @@ def _open_gate(reader: _RemoteTar, name: str) -> None:
                              f"{channel_error_reason(error)}") from None
 
 
+def _pieces(received: bytes, split: bool) -> list[bytes] | list[memoryview]:
+    """Return `received` as views of at most PIECE_LIMIT bytes, or whole unless `split`.
+
+    Smaller pieces reach the target sooner: each is sent once the observers have checked it,
+    while the next one is parsed. Compressed input stays whole, because the observers check
+    the decoded bytes of a compressed chunk before that chunk is sent.
+    """
+    if not split or len(received) <= PIECE_LIMIT:
+        return [received]
+    view = memoryview(received)
+    return [view[start : start + PIECE_LIMIT] for start in range(0, len(view), PIECE_LIMIT)]
+
+
 def _receive(reader: _RemoteTar, name: str) -> bytes:
     try:
-        return reader.channel.recv(CHUNK_SIZE)
+        return reader.channel.recv(RECEIVE_LIMIT)
     except (OSError, EOFError, paramiko.SSHException) as error:
         raise TransferFailed(f"reading tar output from source {name} failed: {error}") from None
 
@@ -388,39 +412,57 @@ class _ChunkSender(threading.Thread):
     """Thread that sends the relayed chunks to the target, so that sending overlaps receiving.
 
     The relay loop hashes and parses a chunk while this thread encrypts and sends the one
-    before it. The queue contains at most SEND_QUEUE_CHUNKS chunks, so a slow target still
-    slows the source down. After a failed send the thread discards the chunks still queued,
-    and put() and finish() raise the send's TransferFailed.
+    before it. The chunks queued or being sent add up to at most `limit_bytes` (one chunk
+    larger than that is let through alone), so a slow target still slows the source down.
+    After a failed send the thread discards the chunks still queued, and put() and finish()
+    raise the send's TransferFailed.
     """
 
-    def __init__(self, writer: _RemoteTar, name: str) -> None:
+    def __init__(self, writer: _RemoteTar, name: str, limit_bytes: int = SEND_QUEUE_BYTES) -> None:
         super().__init__(name="ddm-host-send", daemon=True)
         self.writer = writer
         self.target_name = name
-        self.queue: queue.Queue[bytes | None] = queue.Queue(maxsize=SEND_QUEUE_CHUNKS)
+        self.limit_bytes = limit_bytes
         self.error: TransferFailed | None = None
         self.sent = 0
+        # Bytes of the queued chunks and of the chunk being sent.
+        self.queued_bytes = 0
+        self._chunks: collections.deque[bytes | memoryview | None] = collections.deque()
+        self._condition = threading.Condition()
 
     def run(self) -> None:
-        while (chunk := self.queue.get()) is not None:
-            if self.error is not None:
-                continue
-            try:
-                _send(self.writer, chunk, self.target_name, self.sent)
-            except TransferFailed as error:
-                self.error = error
-            else:
-                self.sent += len(chunk)
+        while (chunk := self._next_chunk()) is not None:
+            if self.error is None:
+                try:
+                    _send(self.writer, chunk, self.target_name, self.sent)
+                except TransferFailed as error:
+                    self.error = error
+                else:
+                    self.sent += len(chunk)
+            with self._condition:
+                self.queued_bytes -= len(chunk)
+                self._condition.notify_all()
 
-    def put(self, chunk: bytes) -> None:
+    def _next_chunk(self) -> bytes | memoryview | None:
+        with self._condition:
+            while not self._chunks:
+                self._condition.wait()
+            return self._chunks.popleft()
+
+    def put(self, chunk: bytes | memoryview) -> None:
         """Queue a chunk for sending; raise the TransferFailed of an earlier failed send."""
         if self.error is not None:
             raise self.error
-        self.queue.put(chunk)
+        with self._condition:
+            while self.queued_bytes > 0 and self.queued_bytes + len(chunk) > self.limit_bytes:
+                self._condition.wait()
+            self.queued_bytes += len(chunk)
+            self._chunks.append(chunk)
+            self._condition.notify_all()
 
     def finish(self) -> None:
         """Wait until every queued chunk is sent; raise TransferFailed if a send failed."""
-        self.queue.put(None)
+        self._end_queue()
         self.join()
         if self.error is not None:
             raise self.error
@@ -429,17 +471,24 @@ class _ChunkSender(threading.Thread):
         """End the thread after a failure. Call it after closing the target's channel."""
         if not self.is_alive():
             return
-        with contextlib.suppress(queue.Empty):
-            while True:
-                self.queue.get_nowait()
-        with contextlib.suppress(queue.Full):
-            self.queue.put_nowait(None)
+        with self._condition:
+            while self._chunks:
+                chunk = self._chunks.popleft()
+                self.queued_bytes -= len(chunk) if chunk is not None else 0
+        self._end_queue()
         self.join(timeout=10)
 
+    def _end_queue(self) -> None:
+        with self._condition:
+            self._chunks.append(None)
+            self._condition.notify_all()
 
-def _send(writer: _RemoteTar, chunk: bytes, name: str, offset: int) -> None:
+
+def _send(writer: _RemoteTar, chunk: bytes | memoryview, name: str, offset: int) -> None:
+    # paramiko's sendall() slices what is left after each packet. A memoryview's slices share
+    # the chunk's memory, where slices of bytes would copy the rest of the chunk each time.
     try:
-        writer.channel.sendall(chunk)
+        writer.channel.sendall(memoryview(chunk))
     except (OSError, EOFError, paramiko.SSHException) as error:
         parts = [channel_error_reason(error)]
         errors = writer.stderr.text()

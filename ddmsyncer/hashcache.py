@@ -116,7 +116,7 @@ def row_checksum(scope: str, path: bytes, file_key: str, digest: str) -> str:
 def _checksum_function(scope: str) -> Any:
     """Return row_checksum for one scope, with the scope's JSON encoded once.
 
-    HashCache.load checks every row of a scope. json.dumps of the row's list is the scope's
+    HashCache.load checks every row of a scope, and save() and replace() write one per row. json.dumps of the row's list is the scope's
     JSON, then the three other strings, each JSON-encoded and joined by ", ".
     """
     prefix = "[" + json.dumps(scope) + ", "
@@ -214,10 +214,10 @@ class HashCache:
              removed: list[bytes]) -> None:
         """Store freshly computed digests and forget the paths that are gone."""
         rows = []
+        checksum = _checksum_function(scope)
         for path, cached in hashed.items():
             file_key = format_key(cached.key)
-            rows.append((path, file_key, cached.digest,
-                         row_checksum(scope, path, file_key, cached.digest)))
+            rows.append((path, file_key, cached.digest, checksum(path, file_key, cached.digest)))
         self.store.save_file_hashes(scope, rows, removed)
 
     def replace(self, scope: str, rows: Iterable[tuple[bytes, CachedHash]],
@@ -228,14 +228,14 @@ class HashCache:
         many rows were stored.
         """
         stored = 0
+        checksum = _checksum_function(scope)
 
         def batches() -> Iterator[list[tuple[bytes, str, str, str]]]:
             nonlocal stored
             batch = []
             for path, cached in rows:
                 file_key = format_key(cached.key)
-                batch.append((path, file_key, cached.digest,
-                              row_checksum(scope, path, file_key, cached.digest)))
+                batch.append((path, file_key, cached.digest, checksum(path, file_key, cached.digest)))
                 if len(batch) >= batch_rows:
                     stored += len(batch)
                     yield batch

@@ -43,6 +43,7 @@ the seed's memory does not grow with the number of files.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import logging
 import sqlite3
@@ -51,7 +52,7 @@ from collections.abc import Callable, Iterable, Iterator
 from itertools import chain
 from typing import Any
 
-from ddm.manifest import Manifest
+from ddm.manifest import Manifest, ManifestEntry
 from ddm.store import TaskStore
 from ddmsyncer import hashcache
 from ddmsyncer.hashcache import CachedHash, FileKey, HashCache
@@ -65,6 +66,12 @@ RECEIVE_BYTES = 1024 * 1024
 READER_JOIN_SECONDS = 5.0
 # Archive member types whose manifest entry has the file's SHA-256.
 SEEDED_TYPES = ("file", "hardlink")
+# Positions of the fields that add_manifest() reads in EntryTable.iter_values() tuples.
+_VALUE_NAMES = tuple(field.name for field in dataclasses.fields(ManifestEntry))[1:]
+_TYPE_VALUE = _VALUE_NAMES.index("type")
+_SIZE_VALUE = _VALUE_NAMES.index("size")
+_MTIME_VALUE = _VALUE_NAMES.index("mtime_ns")
+_SHA256_VALUE = _VALUE_NAMES.index("sha256")
 # Pages of one seed database that SQLite keeps in memory before it writes them to its
 # temporary file, in KiB, and the rows held in Python before they go to SQLite.
 SEED_CACHE_KIB = 4096
@@ -161,9 +168,12 @@ class SeedJoin:
 
     def add_manifest(self, manifest: Manifest) -> None:
         """Add the size, mtime and SHA-256 of each file and hard link of `manifest`."""
-        for entry in manifest.entries.values():
-            if entry.type in SEEDED_TYPES and entry.sha256 is not None and entry.mtime_ns is not None:
-                self._digests.add((entry.path, entry.size, entry.mtime_ns, entry.sha256))
+        add = self._digests.add
+        for path, values in manifest.entries.iter_values():
+            sha256 = values[_SHA256_VALUE]
+            mtime_ns = values[_MTIME_VALUE]
+            if values[_TYPE_VALUE] in SEEDED_TYPES and sha256 is not None and mtime_ns is not None:
+                add((path, values[_SIZE_VALUE], mtime_ns, sha256))
 
     def rows(self, started_ns: int) -> Iterator[SeedRow]:
         """Yield a row for each file whose pax size, mtime and ctime equal its lstat key.

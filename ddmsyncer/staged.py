@@ -73,6 +73,11 @@ class _HostCopy:
             self.seed = pending.wait()
         self.builder = self._new_builder()
 
+    def stream_digest(self) -> str:
+        """Return the builder's xxh3-128 digest of the stream, so the relay need not hash it too."""
+        assert self.builder is not None
+        return self.builder.stream_digest
+
     def close(self) -> None:
         """Discard the seed after a failed copy."""
         if self._pending is not None:
@@ -313,6 +318,7 @@ class StagedVolumes:
                 observers=[observe],
                 codec=self.compression.codec_for(item),
                 gate=copy.open if pending is not None else None,
+                stream_digest=copy.stream_digest,
             )
             manifest = copy.builder.close()
         except BaseException:

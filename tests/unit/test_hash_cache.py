@@ -11,6 +11,7 @@ import os
 import sqlite3
 import subprocess
 import threading
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -296,3 +297,36 @@ def test_update_volume_local_round_trip(tmp_path: Path, store: TaskStore):
     assert second.deleted_entries == 0
     assert len(backups) == 2  # no backup for an update that changes nothing
     assert not os.path.exists(backups[-1][0])
+
+
+def test_stored_rows_carry_row_checksum(store: TaskStore):
+    # A scope and paths with characters that JSON escapes: quotes, backslashes, non-ASCII.
+    scope = 'h1:/var/lib/docker/volumes/"q\\z\u00e9"/_data'
+    rows = {b"plain": hashcache.CachedHash((1, 2, 3, 4, 5), "ab" * 32),
+            b"caf\xc3\xa9 \"x\"\\": hashcache.CachedHash((7, 8, 9, 10, 11), "cd" * 32),
+            b"\xff\xfe": hashcache.CachedHash((0, 0, 0, 0, 0), "ef" * 32)}
+    cache = HashCache(store)
+
+    cache.replace(scope, rows.items(), batch_rows=2)
+    cache.save(scope + "-saved", rows, [])
+
+    for stored_scope in (scope, scope + "-saved"):
+        with closing(sqlite3.connect(store.path)) as database:
+            stored = database.execute("SELECT path, file_key, digest, checksum FROM file_hashes "
+                                      "WHERE scope = ?", (stored_scope,)).fetchall()
+        assert sorted(bytes(row[0]) for row in stored) == sorted(rows)
+        for path, file_key, digest, checksum in stored:
+            assert checksum == hashcache.row_checksum(stored_scope, bytes(path), file_key, digest)
+        assert dict(cache.load(stored_scope)) == rows
+
+
+@pytest.mark.parametrize("text", ["2049 17 4096 1796472580123456789 1796472580123456789",
+                                  "ab" * 32, "", "-1 2", 'quote"d', "back\\slash", "tab\there",
+                                  "del\x7f", "caf\u00e9", "new\nline", "\u2028"])
+def test_checksum_function_equals_row_checksum(text: str):
+    scope = "h1:/var/lib/docker/volumes/v/_data"
+    checksum = hashcache._checksum_function(scope)
+
+    assert checksum(b"a/b", text, "ab" * 32) == hashcache.row_checksum(scope, b"a/b", text, "ab" * 32)
+    assert checksum(b"a/b", "1 2 3 4 5", text) == hashcache.row_checksum(scope, b"a/b", "1 2 3 4 5",
+                                                                         text)

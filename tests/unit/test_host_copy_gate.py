@@ -12,7 +12,10 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import xxhash
 
+from ddm.manifest import ManifestBuilder
+from ddmdriver import buffers, hostpath
 from ddmdriver.hostpath import HostAccess, gated_argv, relay_host_archive
 from ddmdriver.ssh import validate_argv
 
@@ -98,3 +101,100 @@ def test_gate_closed_by_end_of_file_runs_nothing(tmp_path: Path) -> None:
 
     assert status != 0
     assert not marker.exists()
+
+
+def test_relay_receives_whole_channel_window(tmp_path: Path) -> None:
+    source_directory = tmp_path / "source"
+    target_directory = tmp_path / "target"
+    source_directory.mkdir()
+    target_directory.mkdir()
+    (source_directory / "data").write_bytes(os.urandom(3 * 1024 * 1024))
+    source, target = local_engine("h1"), local_engine("h2")
+    receive_sizes: list[int] = []
+
+    class RecordingSSH(LocalSSH):
+        def open_command(self, argv: list[str]) -> LocalChannel:
+            channel = super().open_command(argv)
+            receive = channel.recv
+
+            def recording_recv(size: int) -> bytes:
+                receive_sizes.append(size)
+                return receive(size)
+
+            channel.recv = recording_recv  # type: ignore[method-assign]
+            return channel
+
+    source.ssh = RecordingSSH()
+    relay_host_archive(source, access("h1"), str(source_directory),
+                       target, access("h2"), str(target_directory))
+
+    # paramiko's channel buffer holds up to one window and shifts what a smaller receive leaves.
+    assert receive_sizes
+    assert min(receive_sizes) >= buffers.DEFAULT_SIZES.window_size
+    assert (target_directory / "data").read_bytes() == (source_directory / "data").read_bytes()
+
+
+
+def test_relay_returns_observer_stream_digest(tmp_path: Path) -> None:
+    source_directory = tmp_path / "source"
+    target_directory = tmp_path / "target"
+    source_directory.mkdir()
+    target_directory.mkdir()
+    (source_directory / "data").write_bytes(os.urandom(200_000))
+    source, target = local_engine("h1"), local_engine("h2")
+    builder = ManifestBuilder(hash_content=False)
+    sent = bytearray()
+    digest_calls: list[str] = []
+
+    class RecordingSSH(LocalSSH):
+        def open_command(self, argv: list[str]) -> LocalChannel:
+            channel = super().open_command(argv)
+            send = channel.sendall
+
+            def recording_sendall(data: bytes) -> None:
+                sent.extend(data)
+                send(data)
+
+            channel.sendall = recording_sendall  # type: ignore[method-assign]
+            return channel
+
+    def builder_digest() -> str:
+        digest_calls.append(builder.stream_digest)
+        return builder.stream_digest
+
+    target.ssh = RecordingSSH()
+    result = relay_host_archive(source, access("h1"), str(source_directory),
+                                target, access("h2"), str(target_directory),
+                                observers=[builder.feed], stream_digest=builder_digest)
+
+    assert len(digest_calls) == 1
+    assert result.relay.stream_digest == xxhash.xxh3_128_hexdigest(bytes(sent))
+    assert builder.close().stream_digest == result.relay.stream_digest
+    assert (target_directory / "data").read_bytes() == (source_directory / "data").read_bytes()
+
+
+def test_relay_splits_large_receives(tmp_path: Path) -> None:
+    source_directory = tmp_path / "source"
+    target_directory = tmp_path / "target"
+    source_directory.mkdir()
+    target_directory.mkdir()
+    (source_directory / "data").write_bytes(os.urandom(3 * 1024 * 1024))
+    source, target = local_engine("h1"), local_engine("h2")
+    observed_sizes: list[int] = []
+
+    class WholeStreamSSH(LocalSSH):
+        """Returns the whole archive from one receive, as a full paramiko buffer can."""
+
+        def open_command(self, argv: list[str]) -> LocalChannel:
+            channel = super().open_command(argv)
+            channel.recv = channel.process.stdout.read  # type: ignore[method-assign]
+            return channel
+
+    source.ssh = WholeStreamSSH()
+    relay_host_archive(source, access("h1"), str(source_directory),
+                       target, access("h2"), str(target_directory),
+                       observers=[lambda view: observed_sizes.append(len(view))])
+
+    assert len(observed_sizes) > 1
+    assert max(observed_sizes) <= hostpath.PIECE_LIMIT
+    assert (target_directory / "data").read_bytes() == (source_directory / "data").read_bytes()

@@ -284,6 +284,51 @@ def test_sender_stop_ends_blocked_thread() -> None:
     assert isinstance(sender.error, TransferFailed)
 
 
+def test_sender_limits_queued_bytes() -> None:
+    channel = RecordingChannel()
+    sender = _ChunkSender(writer_with(channel), "h9:/v", limit_bytes=3000)
+    queued_at_send: list[int] = []
+    record = channel.sendall
+
+    def recording_sendall(chunk: bytes) -> None:
+        queued_at_send.append(sender.queued_bytes)
+        record(chunk)
+
+    channel.sendall = recording_sendall  # type: ignore[method-assign]
+    sender.start()
+    chunks = [bytes([index]) * 1000 for index in range(40)] + [b"z" * 5000]
+
+    for chunk in chunks:
+        sender.put(chunk)
+    sender.finish()
+
+    assert bytes(channel.received) == b"".join(chunks)
+    assert max(queued_at_send[:-1]) <= 3000
+    # A chunk larger than the limit is sent alone.
+    assert queued_at_send[-1] == 5000
+    assert sender.queued_bytes == 0
+
+
+def test_sender_passes_memoryview_to_sendall() -> None:
+    sent_types: list[type] = []
+
+    class TypeRecordingChannel(RecordingChannel):
+        def sendall(self, chunk: bytes) -> None:
+            sent_types.append(type(chunk))
+            super().sendall(chunk)
+
+    channel = TypeRecordingChannel()
+    sender = _ChunkSender(writer_with(channel), "h9:/v")
+    sender.start()
+    sender.put(b"a" * 3000)
+    sender.put(b"b" * 10)
+    sender.finish()
+
+    # paramiko's sendall() slices the rest after each packet, which copies bytes but not a view.
+    assert sent_types == [memoryview, memoryview]
+    assert bytes(channel.received) == b"a" * 3000 + b"b" * 10
+
+
 class ClosedChannel:
     """An SSH channel whose connection closed: paramiko raises EOFError with no text."""
 

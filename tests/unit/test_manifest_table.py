@@ -153,6 +153,17 @@ def test_table_orders_paths_as_sorted_bytes() -> None:
     assert len(table) == len(entries)
 
 
+def test_table_values_match_entries() -> None:
+    entries = generated_entries(7)
+    table = EntryTable(entries.values())
+
+    values = list(table.iter_values())
+
+    assert [path for path, _ in values] == sorted(entries)
+    for path, fields in values:
+        assert ManifestEntry(path, *fields) == entries[path]
+
+
 def test_table_lookup_and_replace(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(manifest_module, "TABLE_BATCH_ENTRIES", 3)
     table = EntryTable()
@@ -231,6 +242,14 @@ def test_json_chunks_round_trip() -> None:
     whole = json.loads(manifest.to_json())
     assert [item for chunk in chunks for item in json.loads(chunk)] == whole["entries"]
     assert json.loads(header)["entries"] is None
+
+
+def test_json_chunks_match_whole_document() -> None:
+    manifest = Manifest(generated_entries(22), stream_digest="a" * 32, bytes_fed=99)
+
+    chunked = [item for chunk in manifest.json_chunks(37) for item in json.loads(chunk)]
+
+    assert chunked == json.loads(manifest.to_json())["entries"]
 
 
 def test_chunked_header_alone_is_rejected() -> None:

@@ -66,13 +66,29 @@ def test_earlier_restore_is_kept_now() -> None:
     ]
 
     outcomes = rollback_outcomes(task, events, rolled_back_before={0, 1},
-                                 later_tasks={0: ["b" * 12]})
+                                 later_tasks={0: ["b" * 12], 1: ["c" * 12, "d" * 12]})
 
     assert outcomes[0] == ("kept", "an earlier rollback restored it from the task's backup; "
                                    f"task {'b' * 12} wrote this target volume since, and this "
                                    "rollback left it as it is")
-    assert outcomes[1] == ("kept", "an earlier rollback removed what the task wrote; this "
-                                   "rollback left it as it is")
+    assert outcomes[1] == ("kept", "an earlier rollback removed what the task wrote; tasks "
+                                   f"{'c' * 12}, {'d' * 12} wrote this target volume since, and "
+                                   "this rollback left it as it is")
+
+
+def test_earlier_rollback_without_later_tasks() -> None:
+    task = task_with(ItemState.ROLLED_BACK, ItemState.ROLLED_BACK)
+    events = [
+        event(1, "phase", "phase rollback started"),
+        event(2, "restored", "restored volume 't0' on new to its state before the task",
+              {"position": 0}),
+        event(3, "phase", "phase rollback started"),
+    ]
+
+    outcomes = rollback_outcomes(task, events, rolled_back_before={0, 1}, later_tasks={})
+
+    assert outcomes[0] == ("restored", "the target is as before the task")
+    assert outcomes[1] == ("removed", "")
 
 
 def test_later_writers_by_target(environ: dict[str, str]) -> None:
