@@ -140,7 +140,7 @@ class HostProbes:
             self._started[host_name] = started
 
     def _wait_for_begin(self, host_name: str | None = None) -> None:
-        """Wait until begin() has started the probe command of `host_name`, or of every host if None."""
+        """Wait until begin() has started the probe of `host_name`, or of every host if None."""
         with self._lock:
             names = [host_name] if host_name is not None else list(self._beginning)
             threads = [self._beginning.pop(name) for name in names if name in self._beginning]
