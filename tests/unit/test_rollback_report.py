@@ -56,14 +56,19 @@ def test_restore_before_rollback_is_not_counted() -> None:
     assert rollback_outcomes(task, events)[0] == ("removed", "")
 
 
-def test_earlier_restore_is_kept_now() -> None:
-    task = task_with(ItemState.ROLLED_BACK, ItemState.ROLLED_BACK)
-    events = [
+def events_of_two_rollbacks() -> list[dict[str, Any]]:
+    """Return the events of a rollback that restored item 0, then of a second rollback."""
+    return [
         event(1, "phase", "phase rollback started"),
         event(2, "restored", "restored volume 't0' on new to its state before the task",
               {"position": 0}),
         event(3, "phase", "phase rollback started"),
     ]
+
+
+def test_earlier_restore_is_kept_now() -> None:
+    task = task_with(ItemState.ROLLED_BACK, ItemState.ROLLED_BACK)
+    events = events_of_two_rollbacks()
 
     outcomes = rollback_outcomes(task, events, rolled_back_before={0, 1},
                                  later_tasks={0: ["b" * 12], 1: ["c" * 12, "d" * 12]})
@@ -78,12 +83,7 @@ def test_earlier_restore_is_kept_now() -> None:
 
 def test_earlier_rollback_without_later_tasks() -> None:
     task = task_with(ItemState.ROLLED_BACK, ItemState.ROLLED_BACK)
-    events = [
-        event(1, "phase", "phase rollback started"),
-        event(2, "restored", "restored volume 't0' on new to its state before the task",
-              {"position": 0}),
-        event(3, "phase", "phase rollback started"),
-    ]
+    events = events_of_two_rollbacks()
 
     outcomes = rollback_outcomes(task, events, rolled_back_before={0, 1}, later_tasks={})
 
