@@ -65,6 +65,8 @@ _EXTRA_LOCK = threading.Lock()
 PROGRESS_EVENT_SECONDS = 0.2
 PROGRESS_STORE_SECONDS = 1.0
 CONTROL_POLL_SECONDS = 1.0
+# Task extra key: an operator's rollback of this task started when it had succeeded.
+ROLLBACK_OF_SUCCEEDED = "rollback_of_succeeded"
 
 EngineFactory = Callable[[Any, Config], Any]
 Result = TypeVar("Result")
@@ -520,7 +522,7 @@ class TaskRunner:
                                       hint="roll the task back and run it again")
         return manifest
 
-    def _remember_created_at(self, target: Any, item: TaskItem) -> None:
+    def remember_created_at(self, target: Any, item: TaskItem) -> None:
         """Record the target volume's CreatedAt, so a later rollback can tell it is still ours."""
         created_at = target.api.inspect_volume(item.target).get("CreatedAt")
         with _EXTRA_LOCK:
@@ -539,14 +541,29 @@ class TaskRunner:
         ddmsyncer.rollbackcheck says which changes are found. A succeeded task that updated a volume incrementally raises UsageError, --force or not.
         """
         incremental.check_rollback_allowed(self)
-        if self.force_rollback or self.task.state is not TaskState.SUCCEEDED:
+        if self.force_rollback:
             return
 
-        recorded = self.store.get_extra(self.task.id).get("volume_created_at") or {}
-        for item in self.task.items:
-            if not item.target_created:
-                continue
-            self._check_unchanged(item, recorded.get(item.target))
+        # A rollback of a succeeded task that stopped part way (a volume in use) leaves the
+        # task interrupted. Running it again must check the volumes it has not removed yet.
+        extra = self.store.get_extra(self.task.id)
+        if self.task.state is TaskState.SUCCEEDED:
+            self.store.set_extra(self.task.id, **{ROLLBACK_OF_SUCCEEDED: True})
+        elif not extra.get(ROLLBACK_OF_SUCCEEDED):
+            return
+
+        recorded = extra.get("volume_created_at") or {}
+        try:
+            for item in self.task.items:
+                if not item.target_created:
+                    continue
+                self._check_unchanged(item, recorded.get(item.target))
+        except DDMError as error:
+            # A check that could not run (a host down) while a rollback is unfinished: say
+            # how to finish it, as the rollback itself would.
+            if self.task.state is not TaskState.SUCCEEDED and not isinstance(error, TaskConflict):
+                undo.add_rollback_next_step(error, self.task.id)
+            raise
 
     def _check_unchanged(self, item: TaskItem, created_at: str | None) -> None:
         target = self.target
@@ -554,24 +571,26 @@ class TaskRunner:
             return
         hint = (f"inspect volume {item.target!r} on {self.task.spec.target_host}; pass --force "
                 "to remove it anyway")
+        stored = load_task_manifest(self.store, self.task.id, item.position)
+        if stored is not None:
+            differences = rollbackcheck.target_differences(target, item.target, stored,
+                                                           task_id=self.task.id)
+            if differences:
+                first = differences[0]
+                raise TaskConflict(
+                    f"volume {item.target!r} on {self.task.spec.target_host} changed since task "
+                    f"{self.task.id} finished ({counted(len(differences), 'difference')}, first "
+                    f"{display_path(first.path)}: {first.aspect}), with "
+                    f"{rollbackcheck.describe_comparison(stored)}", hint=hint)
+
+        # The local driver reports the ctime of the volume's data directory as CreatedAt, in
+        # whole seconds, so it also moves when an entry at the top of the volume changes.
         current = target.api.inspect_volume(item.target).get("CreatedAt")
         if created_at is not None and current != created_at:
             raise TaskConflict(
-                f"volume {item.target!r} on {self.task.spec.target_host} was replaced after "
-                f"task {self.task.id} created it", hint=hint)
-
-        stored = load_task_manifest(self.store, self.task.id, item.position)
-        if stored is None:
-            return
-        differences = rollbackcheck.target_differences(target, item.target, stored,
-                                                       task_id=self.task.id)
-        if differences:
-            first = differences[0]
-            raise TaskConflict(
-                f"volume {item.target!r} on {self.task.spec.target_host} changed since task "
-                f"{self.task.id} finished ({counted(len(differences), 'difference')}, first "
-                f"{display_path(first.path)}: {first.aspect}), with "
-                f"{rollbackcheck.describe_comparison(stored)}", hint=hint)
+                f"volume {item.target!r} on {self.task.spec.target_host} was replaced, or its "
+                f"top directory changed, after task {self.task.id} created it (CreatedAt "
+                f"{created_at} then, {current} now)", hint=hint)
 
     def cleanup(self, *, every_host: bool = False) -> None:
         """Remove helper containers of this task on the hosts it connected to (also after failures).

@@ -656,6 +656,9 @@ class StagedVolumes:
             self._copy_on_target(item, staging, route, verified, mode)
             method = "copied by the target engine"
 
+        # The local driver's CreatedAt is the mtime of the volume's directory, which the
+        # rename above changes, so it is read after the promotion.
+        self.runner.remember_created_at(target, item)
         target.volume_remove(staging)
         self.runner.record("info", "promoted", f"staging volume {staging!r} {method} to "
                            f"{item.target!r}", position=item.position)

@@ -7,6 +7,7 @@ metadata only, so the rollback must compare content whenever the task stored dig
 from __future__ import annotations
 
 import sys
+import time
 
 import pytest
 
@@ -118,3 +119,49 @@ def test_rollback_unchanged_target_is_removed(h1: LabHost, h2: LabHost,
     assert rolled_back.status == 0, rolled_back.stderr
     assert source not in volume_names(h2)
     assert snapshot_volume_tree(h1, source) == source_before
+
+
+def test_rollback_keeps_volume_replaced_by_later_task(h1: LabHost, h2: LabHost,
+                                                      isolated_env: IsolatedEnv,
+                                                      resources: LabResources) -> None:
+    source = resources.create_volume(h1)
+    resources.add_volume(h2, source)
+    write_volume_tree(h1, source, {"note.txt": File(ORIGINAL)})
+    first = migrate(source)
+    # The Engine API gives a volume's CreatedAt in whole seconds, so the second task must
+    # create its volume in a later second to give it another CreatedAt.
+    time.sleep(1.1)
+    migrate(source, "--force")
+    replaced = snapshot_volume_tree(h2, source)
+
+    refused = ddmctl("rollback", first)
+
+    assert refused.status == ExitStatus.CONFLICT, refused.stderr
+    assert "was replaced, or its top directory changed" in refused.stderr
+    assert source in volume_names(h2)
+    assert snapshot_volume_tree(h2, source) == replaced
+
+
+def test_second_rollback_checks_volume_left_in_use(h1: LabHost, h2: LabHost,
+                                                   isolated_env: IsolatedEnv,
+                                                   resources: LabResources) -> None:
+    sources = [resources.create_volume(h1) for _ in range(2)]
+    for source in sources:
+        resources.add_volume(h2, source)
+        write_volume_tree(h1, source, {"note.txt": File(ORIGINAL)})
+    outcome = ddmctl("migrate", "--from", "h1", "--to", "h2", "--volume", sources[0],
+                     "--volume", sources[1], "--yes", "--json")
+    assert outcome.status == 0, outcome.stderr
+    task_id = outcome.json()["id"]
+    holder = resources.create_container(h2, volumes={sources[1]: "/data"})
+
+    stopped = ddmctl("rollback", task_id)
+    write_volume_tree(h2, sources[1], {"new.txt": File(b"written after the first rollback\n")})
+    h2.docker("rm", "--force", holder)
+    again = ddmctl("rollback", task_id)
+
+    assert stopped.status != 0
+    assert sources[0] not in volume_names(h2)
+    assert again.status == ExitStatus.CONFLICT, again.stderr
+    assert "changed since task" in again.stderr
+    assert read_file(h2, sources[1], "new.txt") == b"written after the first rollback\n"
