@@ -559,8 +559,8 @@ class TaskRunner:
                     continue
                 self._check_unchanged(item, recorded.get(item.target))
         except DDMError as error:
-            # A check that could not run (a host down) while a rollback is unfinished: say
-            # how to finish it, as the rollback itself would.
+            # When a check cannot run (a host down) during an unfinished rollback, the error
+            # tells how to finish it, as the rollback's own errors do.
             if self.task.state is not TaskState.SUCCEEDED and not isinstance(error, TaskConflict):
                 undo.add_rollback_next_step(error, self.task.id)
             raise

@@ -656,8 +656,8 @@ class StagedVolumes:
             self._copy_on_target(item, staging, route, verified, mode)
             method = "copied by the target engine"
 
-        # The local driver's CreatedAt is the mtime of the volume's directory, which the
-        # rename above changes, so it is read after the promotion.
+        # The local driver reports the ctime of the volume's data directory as CreatedAt,
+        # and the promotion above changes it, so it is read only now.
         self.runner.remember_created_at(target, item)
         target.volume_remove(staging)
         self.runner.record("info", "promoted", f"staging volume {staging!r} {method} to "
