@@ -536,9 +536,11 @@ class TaskRunner:
         """Raise TaskConflict when a finished task's target volume changed since it finished.
 
         `ddmctl rollback` of a succeeded task removes the volumes it created. A volume that was
-        replaced since (another task with --force, or by hand) or whose files changed holds
+        replaced since (another task with --force, or by hand) or whose files changed contains
         data that the task did not put there, so it is kept unless the operator forces it.
-        ddmsyncer.rollbackcheck says which changes are found. A succeeded task that updated a volume incrementally raises UsageError, --force or not.
+        The same check runs again when such a rollback stopped part way and runs once more.
+        ddmsyncer.rollbackcheck lists which changes are found. A succeeded task that updated
+        a volume incrementally raises UsageError, --force or not.
         """
         incremental.check_rollback_allowed(self)
         if self.force_rollback:
@@ -560,7 +562,7 @@ class TaskRunner:
                 self._check_unchanged(item, recorded.get(item.target))
         except DDMError as error:
             # When a check cannot run (a host down) during an unfinished rollback, the error
-            # tells how to finish it, as the rollback's own errors do.
+            # gives the command that finishes it, as the rollback's own errors do.
             if self.task.state is not TaskState.SUCCEEDED and not isinstance(error, TaskConflict):
                 undo.add_rollback_next_step(error, self.task.id)
             raise

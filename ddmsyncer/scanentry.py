@@ -204,7 +204,7 @@ def record_comparison(record: bytes) -> tuple[tuple[Any, ...], str, int, int]:
     """Return (comparison key, type, nlink, inode) of a stored entry without building it.
 
     Two records' comparison keys are equal exactly when their entries' key() are. The key
-    holds the digest as the stored string and the packed bytes, and only a digest that is
+    contains the digest as the stored string and the packed bytes, and only a digest that is
     not 64 lowercase hex digits is stored as a string, so both forms never mean one digest.
     """
     type, link, digest, xattrs, numbers = marshal.loads(record)

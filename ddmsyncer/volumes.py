@@ -341,7 +341,8 @@ def read_manifest(engine, volume: str, *, task_id: str, hash_content: bool,
                   sha256: bool = False) -> Manifest:
     """Read a volume's manifest from its archive (GET through a never-started helper).
 
-    `sha256` also stores each file's SHA-256, pieced for large files as ddm.piecehash says.
+    `sha256` also stores each file's SHA-256, in the pieced form of ddm.piecehash for large
+    files.
     """
     helper = engine.create_helper(volume, read_only=True, labels={TASK_LABEL: task_id})
     try:

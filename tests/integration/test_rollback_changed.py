@@ -67,10 +67,10 @@ def test_rollback_keeps_same_size_rewrite(h1: LabHost, h2: LabHost, isolated_env
     target_after = snapshot_volume_tree(h2, source)
     assert target_after[b"note.txt"].mtime_ns == target_before[b"note.txt"].mtime_ns
     assert target_after[b"note.txt"].size == target_before[b"note.txt"].size
-    refused = ddmctl("rollback", task_id)
+    rejected = ddmctl("rollback", task_id)
 
-    assert refused.status == ExitStatus.CONFLICT, refused.stderr
-    assert "note.txt: content), with content and metadata compared" in refused.stderr
+    assert rejected.status == ExitStatus.CONFLICT, rejected.stderr
+    assert "note.txt: content), with content and metadata compared" in rejected.stderr
     assert source in volume_names(h2)
     assert read_file(h2, source, "note.txt") == REWRITTEN
     assert snapshot_volume_tree(h2, source) == target_after
@@ -93,10 +93,10 @@ def test_rollback_quick_task_catches_mode_change(h1: LabHost, h2: LabHost,
     task_id = migrate(source, "--verify", "quick")
 
     h2.run(["chmod", "0600", f"{h2.volume_mountpoint(source)}/note.txt"])
-    refused = ddmctl("rollback", task_id)
+    rejected = ddmctl("rollback", task_id)
 
-    assert refused.status == ExitStatus.CONFLICT, refused.stderr
-    assert "note.txt: mode), with metadata only compared" in refused.stderr
+    assert rejected.status == ExitStatus.CONFLICT, rejected.stderr
+    assert "note.txt: mode), with metadata only compared" in rejected.stderr
     assert source in volume_names(h2)
     assert read_file(h2, source, "note.txt") == ORIGINAL
     assert snapshot_volume_tree(h1, source) == source_before
@@ -134,10 +134,10 @@ def test_rollback_keeps_volume_replaced_by_later_task(h1: LabHost, h2: LabHost,
     migrate(source, "--force")
     replaced = snapshot_volume_tree(h2, source)
 
-    refused = ddmctl("rollback", first)
+    rejected = ddmctl("rollback", first)
 
-    assert refused.status == ExitStatus.CONFLICT, refused.stderr
-    assert "was replaced, or its top directory changed" in refused.stderr
+    assert rejected.status == ExitStatus.CONFLICT, rejected.stderr
+    assert "was replaced, or its top directory changed" in rejected.stderr
     assert source in volume_names(h2)
     assert snapshot_volume_tree(h2, source) == replaced
 
