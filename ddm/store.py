@@ -85,6 +85,18 @@ CREATE TABLE IF NOT EXISTS file_hashes (
     checksum TEXT NOT NULL,
     PRIMARY KEY (scope, path)
 );
+CREATE TABLE IF NOT EXISTS volume_scans (
+    scope TEXT PRIMARY KEY,
+    head TEXT NOT NULL,
+    checksum TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS volume_scan_chunks (
+    scope TEXT NOT NULL REFERENCES volume_scans(scope) ON DELETE CASCADE,
+    chunk INTEGER NOT NULL,
+    records BLOB NOT NULL,
+    checksum TEXT NOT NULL,
+    PRIMARY KEY (scope, chunk)
+);
 """
 
 ITEM_COLUMNS = (
@@ -404,6 +416,37 @@ class TaskStore:
                 db.executemany(
                     "INSERT OR REPLACE INTO file_hashes (scope, path, file_key, digest, checksum) "
                     "VALUES (?, ?, ?, ?, ?)", [(scope, *row) for row in batch])
+
+    # Verified volume scans (ddmsyncer.scanstore)
+
+    def replace_volume_scan(self, scope: str, head: str, checksum: str,
+                            chunks: Iterable[tuple[bytes, str]]) -> None:
+        """Replace a scope's stored scan with a head and (records, checksum) chunks.
+
+        One transaction, so a failure keeps the old scan.
+        """
+        with self.transaction() as db:
+            db.execute("DELETE FROM volume_scans WHERE scope = ?", (scope,))
+            db.execute("INSERT INTO volume_scans (scope, head, checksum) VALUES (?, ?, ?)",
+                       (scope, head, checksum))
+            for number, (records, chunk_checksum) in enumerate(chunks):
+                db.execute("INSERT INTO volume_scan_chunks (scope, chunk, records, checksum) "
+                           "VALUES (?, ?, ?, ?)", (scope, number, records, chunk_checksum))
+
+    def get_volume_scan_head(self, scope: str) -> tuple[str, str] | None:
+        """Return the (head, checksum) of a scope's stored scan, or None without one."""
+        row = self._db.execute("SELECT head, checksum FROM volume_scans WHERE scope = ?",
+                               (scope,)).fetchone()
+        return None if row is None else (row["head"], row["checksum"])
+
+    def iter_volume_scan_chunks(self, scope: str) -> Iterator[tuple[int, bytes, str]]:
+        """Yield the (chunk number, records, checksum) of a scope's stored scan in order."""
+        cursor = self._db.cursor()
+        cursor.row_factory = None
+        cursor.execute("SELECT chunk, records, checksum FROM volume_scan_chunks "
+                       "WHERE scope = ? ORDER BY chunk", (scope,))
+        for number, records, checksum in cursor:
+            yield number, bytes(records), checksum
 
     # Locks
 

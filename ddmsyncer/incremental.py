@@ -49,7 +49,7 @@ from ddm.errors import DDMError, MigrationFailed, TransferFailed, UsageError, Ve
 from ddm.store import TaskStore
 from ddm.task import ItemState, TaskItem, TaskState, VerifyMode
 from ddmdriver.ssh import exit_detail
-from ddmsyncer import hashcache, scanentry, updatereport
+from ddmsyncer import hashcache, scanentry, scanstore, updatereport
 from ddmsyncer.copyorigin import copying_task
 from ddmsyncer.hashcache import CachedHash, HashCache
 from ddmsyncer.scanentry import Entry
@@ -789,25 +789,44 @@ def update_volume(source: Any, source_mountpoint: str, target: Any, target_mount
     hash_mode = "none"
     if hash_content:
         hash_mode = "all" if cache is None else "cached"
+    sides = (("source", source, source_mountpoint), ("target", target, target_mountpoint))
+    # With a verified scan stored for both volumes (ddmsyncer.scanstore), both are rescanned
+    # against those instead of scanned in full.
+    rescan_mode = "all" if hash_content else "none"
+    use_stored = cache is not None and all(
+        scanstore.is_stored(cache.store, hashcache.cache_scope(engine, mountpoint))
+        for _, engine, mountpoint in sides)
     # The scan commands open first, because python3 must be running on both hosts before
-    # they can read the cached keys that scan_both sends. The stash and tar commands wait on
-    # stdin, so starting them now overlaps their start-up with the scans. Unused, they are
-    # closed and change nothing.
+    # they can read the keys that scan_both or _rescan_pair send. The stash and tar commands
+    # wait on stdin, so starting them now overlaps their start-up with the scans, and with
+    # reading the stored scans. Unused, they are closed and change nothing.
     scans: dict[str, HostCommand] = {}
-    stash = channels = None
+    stash = channels = stored = None
     try:
-        scans["source"] = HostCommand(source, ["scan", source_mountpoint, hash_mode])
-        scans["target"] = HostCommand(target, ["scan", target_mountpoint, hash_mode])
+        for name, engine, mountpoint in sides:
+            arguments = ["rescan", mountpoint, rescan_mode] if use_stored else \
+                ["scan", mountpoint, hash_mode]
+            scans[name] = HostCommand(engine, arguments)
         backup = backup_path(target_mountpoint, task_id)
         stash = HostCommand(target, ["stash", target_mountpoint, backup])
         channels = open_tar_channels(source, source_mountpoint, target, target_mountpoint,
                                      apply=False, codec=codec)
+        if use_stored:
+            stored = load_stored_scans(cache.store, source, source_mountpoint, target,
+                                       target_mountpoint)
+        if use_stored and stored is None:  # a stored scan failed its checks: scan in full
+            _close_all(scans)
+            for name, engine, mountpoint in sides:
+                scans[name] = HostCommand(engine, ["scan", mountpoint, hash_mode])
         return _update(source, source_mountpoint, target, target_mountpoint, hash_mode=hash_mode,
                        cache=cache, on_chunk=on_chunk, on_backup=on_backup, backup=backup,
                        stash=stash, channels=channels, scans=scans, started=started,
-                       on_wire=on_wire)
+                       on_wire=on_wire, stored=stored)
     finally:
         _close_all(scans)
+        if stored is not None:
+            for scan in stored:
+                scan.close()
         if stash is not None:
             stash.close()
         if channels is not None:
@@ -818,12 +837,18 @@ def _update(source: Any, source_mountpoint: str, target: Any, target_mountpoint:
             hash_mode: str, cache: HashCache | None, on_chunk: Callable[[int], None],
             on_backup: Callable[[str, bool], None], backup: str, stash: HostCommand,
             channels: TarChannels, scans: dict[str, HostCommand], started: float,
-            on_wire: Callable[[int], None] | None = None) -> UpdateResult:
-    source_scan, target_scan, scan_bytes = scan_both(
-        source, source_mountpoint, target, target_mountpoint, cache=cache, hash_mode=hash_mode,
-        commands=scans,
-    )
-    scans.clear()  # scan_both closed them
+            on_wire: Callable[[int], None] | None = None,
+            stored: tuple[Scan, Scan] | None = None) -> UpdateResult:
+    if stored is None:
+        source_scan, target_scan, scan_bytes = scan_both(
+            source, source_mountpoint, target, target_mountpoint, cache=cache,
+            hash_mode=hash_mode, commands=scans,
+        )
+    else:
+        source_scan, target_scan, scan_bytes = _rescan_pair(
+            source, source_mountpoint, stored[0], target, target_mountpoint, stored[1],
+            hash_content=hash_mode != "none", commands=scans)
+    scans.clear()  # both closed them
     plan = plan_update(source_scan, target_scan)
     log.info("incremental update of %s: %d entries to send (%d bytes), %d to delete; "
              "hashed %d source and %d target files", target_mountpoint, len(plan.send),
@@ -987,6 +1012,9 @@ def verify_update(source: Any, source_mountpoint: str, target: Any, target_mount
             hash_mode="cached" if full else "none")
 
     _raise_on_differences(source_scan, target_scan, item, content=full)
+    if cache is not None and full:
+        store_verified_scans(cache.store, source, source_mountpoint, source_scan, target,
+                             target_mountpoint, target_scan, item.task_id)
     return VerifyResult(scan_bytes,
                         {"source": source_scan.hashed_files, "target": target_scan.hashed_files},
                         {"source": source_scan.cache_hits, "target": target_scan.cache_hits},
@@ -1039,33 +1067,86 @@ def _rescan_both(source: Any, source_mountpoint: str, target: Any, target_mountp
     were before the update, so the target's host reports and hashes them.
     """
     earlier_target = update.target_scan
-    sent = set(update.sent)
+    try:
+        source_scan, target_scan, scan_bytes = _rescan_pair(
+            source, source_mountpoint, update.source_scan, target, target_mountpoint,
+            earlier_target, hash_content=full, commands=update.commands,
+            untrusted_target=set(update.sent))
+    finally:
+        update.close_commands()
+    if cache is not None and full:
+        _save_verified_digests(cache, target, target_mountpoint, target_scan, earlier_target)
+    return source_scan, target_scan, scan_bytes
+
+
+def _rescan_pair(source: Any, source_mountpoint: str, earlier_source: Scan, target: Any,
+                 target_mountpoint: str, earlier_target: Scan, *, hash_content: bool,
+                 commands: dict[str, HostCommand],
+                 untrusted_target: Collection[bytes] = ()) -> tuple[Scan, Scan, int]:
+    """Rescan both volumes against earlier scans, one thread per host; return both and the bytes.
+
+    Uses and removes the "rescan" commands in `commands` by "source" and "target" when present.
+    """
     results: dict[str, tuple[Scan, int]] = {}
     failures: list[BaseException] = []
+    target_command = commands.pop("target", None)
+    source_command = commands.pop("source", None)
 
     def scan_target() -> None:
         try:
             results["target"] = rescan_volume(target, target_mountpoint, earlier_target,
-                                              hash_content=full, untrusted=sent,
-                                              command=update.commands.pop("target", None))
+                                              hash_content=hash_content,
+                                              untrusted=untrusted_target,
+                                              command=target_command)
         except BaseException as error:  # noqa: BLE001 - raised below in the calling thread
             failures.append(error)
 
-    thread = threading.Thread(target=scan_target, name="ddm-verify-target", daemon=True)
+    thread = threading.Thread(target=scan_target, name="ddm-rescan-target", daemon=True)
     thread.start()
     try:
-        source_scan, source_bytes = rescan_volume(source, source_mountpoint, update.source_scan,
-                                                  hash_content=full,
-                                                  command=update.commands.pop("source", None))
+        source_scan, source_bytes = rescan_volume(source, source_mountpoint, earlier_source,
+                                                  hash_content=hash_content,
+                                                  command=source_command)
     finally:
         thread.join()
-        update.close_commands()
+        for command in (source_command, target_command):
+            if command is not None:
+                command.close()
     if failures:
         raise failures[0]
     target_scan, target_bytes = results["target"]
-    if cache is not None and full:
-        _save_verified_digests(cache, target, target_mountpoint, target_scan, earlier_target)
     return source_scan, target_scan, source_bytes + target_bytes
+
+
+def load_stored_scans(store: TaskStore, source: Any, source_mountpoint: str, target: Any,
+                      target_mountpoint: str) -> tuple[Scan, Scan] | None:
+    """Return the verified scans stored for both volumes (ddmsyncer.scanstore), or None.
+
+    Both must be stored and intact, because the update then rescans both volumes.
+    """
+    loaded: list[Scan] = []
+    for engine, mountpoint in ((source, source_mountpoint), (target, target_mountpoint)):
+        found = scanstore.load(store, hashcache.cache_scope(engine, mountpoint), Scan)
+        if found is None:
+            break
+        scan, started_ns = found
+        scan.started_ns = started_ns
+        loaded.append(scan)
+    if len(loaded) < 2:
+        for scan in loaded:
+            scan.close()
+        return None
+    return loaded[0], loaded[1]
+
+
+def store_verified_scans(store: TaskStore, source: Any, source_mountpoint: str,
+                         source_scan: Scan, target: Any, target_mountpoint: str,
+                         target_scan: Scan, task_id: str) -> None:
+    """Keep both scans of a passed verification for the next update of these volumes."""
+    for engine, mountpoint, scan in ((source, source_mountpoint, source_scan),
+                                     (target, target_mountpoint, target_scan)):
+        scanstore.save(store, hashcache.cache_scope(engine, mountpoint), scan,
+                       started_ns=scan.started_ns, task_id=task_id)
 
 
 def _save_verified_digests(cache: HashCache, target: Any, target_mountpoint: str, scan: Scan,
@@ -1279,7 +1360,9 @@ def copy_item(runner: Any, item: TaskItem, on_chunk: Callable[[int], None]) -> U
                  hashed_files={"source": result.source_scan.hashed_files,
                                "target": result.target_scan.hashed_files},
                  cache_hits={"source": result.source_scan.cache_hits,
-                             "target": result.target_scan.cache_hits})
+                             "target": result.target_scan.cache_hits},
+                 reused_entries={"source": result.source_scan.reused_entries,
+                                 "target": result.target_scan.reused_entries})
     updatereport.record_update(runner, item, result)
     return result
 

@@ -20,17 +20,24 @@ def record_update(runner: Any, item: TaskItem, result: Any) -> None:
     """
     hashed = {"source": result.source_scan.hashed_files, "target": result.target_scan.hashed_files}
     cache_hits = {"source": result.source_scan.cache_hits, "target": result.target_scan.cache_hits}
+    reused = {"source": result.source_scan.reused_entries,
+              "target": result.target_scan.reused_entries}
+    if reused["source"] or reused["target"]:
+        # Rescans against the scans stored by the last verification (ddmsyncer.scanstore).
+        origin = (f"{reused['source']} source and {reused['target']} target entries unchanged "
+                  f"since the last verified scans")
+    else:
+        origin = f"{cache_hits['source'] + cache_hits['target']} digests from the hash cache"
     message = (
         f"volume {item.target!r} updated: {counted(result.sent_entries, 'entry', 'entries')} "
         f"written ({result.plan.send_bytes} bytes of file data, {result.archive_bytes} bytes "
         f"of tar stream), {counted(result.deleted_entries, 'entry', 'entries')} removed; hashed "
-        f"{hashed['source']} source and {hashed['target']} target files, "
-        f"{cache_hits['source'] + cache_hits['target']} digests from the hash cache"
+        f"{hashed['source']} source and {hashed['target']} target files, {origin}"
     )
     runner.record("info", "updated", message, position=item.position,
                   entries_written=result.sent_entries, entries_removed=result.deleted_entries,
                   file_bytes_sent=result.plan.send_bytes, archive_bytes=result.archive_bytes,
-                  hashed_files=hashed, cache_hits=cache_hits)
+                  hashed_files=hashed, cache_hits=cache_hits, reused_entries=reused)
 
 
 def record_update_verified(runner: Any, item: TaskItem, verified: Any) -> None:

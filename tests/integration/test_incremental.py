@@ -410,6 +410,7 @@ def test_incremental_cache_skips_hashing(h1, h2, isolated_env, resources, no_rac
     migrate(volume)
     first = migrate(volume, "--incremental")
     change_source(h1, volume)
+    forget_stored_scans()  # else the update rescans the scans that `first` verified
 
     second = migrate(volume, "--incremental")
 
@@ -422,6 +423,40 @@ def test_incremental_cache_skips_hashing(h1, h2, isolated_env, resources, no_rac
     assert record["hashed_files"] == {"source": 4, "target": 0}
     assert record["cache_hits"] == {"source": files - 4, "target": files}
     assert second["volumes"][0]["state"] == "verified"
+    assert diff_snapshots(snapshot_volume_tree(h1, volume), snapshot_volume_tree(h2, volume),
+                          mtime_resolution_ns=WHOLE_SECONDS) == []
+
+
+def forget_stored_scans() -> None:
+    store = TaskStore(default_store_path(os.environ))
+    try:
+        with store.transaction() as db:
+            db.execute("DELETE FROM volume_scans")
+    finally:
+        store.close()
+
+
+def test_update_rescans_last_verified_scans(h1, h2, isolated_env, resources, no_racy_margin):
+    volume = resources.create_volume(h1)
+    resources.add_volume(h2, volume)
+    write_volume_tree(h1, volume, TREE)
+    migrate(volume)
+    migrate(volume, "--incremental")
+    change_source(h1, volume)
+    # A change on the target since the last verification, which its lstat key still shows.
+    drifted = h2.volume_host_path(volume) / "data" / "f5.bin"
+    rewrite_keeping_mtime(drifted, bytes(FILE_BYTES))
+
+    task = migrate(volume, "--incremental")
+
+    record = incremental_record(task["id"])
+    assert record["cache_hits"] == {"source": 0, "target": 0}
+    assert record["reused_entries"]["source"] > 0
+    assert record["reused_entries"]["target"] > 0
+    # Hashed on the source: f3.bin, app.conf, new.bin and new.txt; on the target: f5.bin.
+    assert record["hashed_files"] == {"source": 4, "target": 1}
+    assert task["volumes"][0]["state"] == "verified"
+    assert drifted.read_bytes() == (h1.volume_host_path(volume) / "data" / "f5.bin").read_bytes()
     assert diff_snapshots(snapshot_volume_tree(h1, volume), snapshot_volume_tree(h2, volume),
                           mtime_resolution_ns=WHOLE_SECONDS) == []
 

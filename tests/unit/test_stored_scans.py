@@ -1,0 +1,234 @@
+"""Verified scans kept for the next incremental update (ddmsyncer.scanstore), hostscan.py run locally.
+
+A verified update stores both volumes' scans. The next update rescans against them, so each
+host reports only entries whose lstat key changed. These tests check that every change made
+since, on either side, is still found, and that a damaged stored scan is not used.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+from ddm.errors import VerificationFailed
+from ddm.store import TaskStore
+from ddm.task import TaskItem, VerifyMode
+from ddmsyncer import hashcache, incremental, scanstore
+from ddmsyncer.hashcache import HashCache
+from tests.unit.test_hash_cache import FILES, LocalEngine, rewrite_keeping_mtime, write_tree
+
+ITEM = TaskItem(task_id="t", position=0, source="v", target="v")
+
+
+@pytest.fixture
+def no_racy_margin(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The tests write files right before they scan them; without this, no entry is trusted.
+    monkeypatch.setattr(hashcache, "RACY_MARGIN_NANOSECONDS", 0)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> TaskStore:
+    opened = TaskStore(tmp_path / "tasks.db")
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def roots(tmp_path: Path) -> tuple[Path, Path]:
+    source_root, target_root = tmp_path / "source" / "_data", tmp_path / "target" / "_data"
+    write_tree(source_root, {**FILES, "new.txt": b"new\n"})
+    write_tree(target_root, {**FILES, "dir/b.bin": b"old" * 10, "gone.txt": b"gone\n"})
+    return source_root, target_root
+
+
+def update(roots: tuple[Path, Path], store: TaskStore, task_id: str) -> incremental.UpdateResult:
+    source_root, target_root = roots
+    result = incremental.update_volume(
+        LocalEngine("h1"), str(source_root), LocalEngine("h2"), str(target_root),
+        task_id=task_id, hash_content=True, on_chunk=lambda count: None,
+        on_backup=lambda path, complete: None, cache=HashCache(store))
+    incremental.discard_backup(LocalEngine("h2"),
+                               incremental.backup_path(str(target_root), task_id))
+    return result
+
+
+def verify(roots: tuple[Path, Path], store: TaskStore, result: incremental.UpdateResult
+           ) -> incremental.VerifyResult:
+    source_root, target_root = roots
+    return incremental.verify_update(LocalEngine("h1"), str(source_root), LocalEngine("h2"),
+                                     str(target_root), ITEM, VerifyMode.FULL,
+                                     incremental.update_digests(result), HashCache(store))
+
+
+def update_and_verify(roots: tuple[Path, Path], store: TaskStore, task_id: str
+                      ) -> incremental.UpdateResult:
+    result = update(roots, store, task_id)
+    verify(roots, store, result)
+    return result
+
+
+def scope(roots: tuple[Path, Path], side: int) -> str:
+    return hashcache.cache_scope(LocalEngine(("h1", "h2")[side]), str(roots[side]))
+
+
+def stored_paths(store: TaskStore, scope_name: str) -> set[bytes] | None:
+    found = scanstore.load(store, scope_name, incremental.Scan)
+    if found is None:
+        return None
+    scan, _ = found
+    try:
+        return set(scan)
+    finally:
+        scan.close()
+
+
+def test_verify_stores_both_scans(roots, store, no_racy_margin):
+    result = update_and_verify(roots, store, "t1")
+
+    expected = set(result.source_scan)
+    assert stored_paths(store, scope(roots, 0)) == expected
+    assert stored_paths(store, scope(roots, 1)) == expected
+
+
+def test_next_update_rescans_stored_scans(roots, store, no_racy_margin):
+    source_root, _ = roots
+    update_and_verify(roots, store, "t1")
+    rewrite_keeping_mtime(source_root / "dir" / "c.bin", b"C" * 100)
+    (source_root / "a.txt").unlink()
+    (source_root / "added.txt").write_bytes(b"added\n")
+
+    result = update(roots, store, "t2")
+
+    # Parents of sent entries are sent too, so that tar sets their mtimes back.
+    assert sorted(result.plan.send) == [b".", b"added.txt", b"dir", b"dir/c.bin"]
+    assert result.plan.delete == [b"a.txt"]
+    # Reused: new.txt, dir and dir/b.bin. The root changed (names added and removed).
+    assert result.source_scan.reused_entries == 3
+    assert result.source_scan.hashed_files == 2  # dir/c.bin and added.txt
+    assert result.source_scan.cache_hits == 0
+
+
+def test_update_after_stored_scans_verifies(roots, store, no_racy_margin):
+    source_root, target_root = roots
+    update_and_verify(roots, store, "t1")
+    rewrite_keeping_mtime(source_root / "dir" / "c.bin", b"C" * 100)
+
+    result = update(roots, store, "t2")
+    verified = verify(roots, store, result)
+
+    assert (target_root / "dir" / "c.bin").read_bytes() == b"C" * 100
+    assert verified.hashed_files["source"] == 0
+
+
+def test_target_change_since_stored_scan_is_sent(roots, store, no_racy_margin):
+    """A target file rewritten after the last verification, mtime set back, is sent again."""
+    _, target_root = roots
+    update_and_verify(roots, store, "t1")
+    rewrite_keeping_mtime(target_root / "dir" / "c.bin", b"X" * 100)
+    os.chmod(target_root / "new.txt", 0o600)
+
+    result = update(roots, store, "t2")
+
+    assert sorted(result.plan.send) == [b".", b"dir", b"dir/c.bin", b"new.txt"]
+    assert result.target_scan.reused_entries > 0
+    verify(roots, store, result)
+    assert (target_root / "dir" / "c.bin").read_bytes() == b"c" * 100
+
+
+def test_racy_stored_entries_hashed_again(roots, store):
+    """Entries changed within the racy margin of the stored scan's start are not trusted."""
+    update_and_verify(roots, store, "t1")
+
+    result = update(roots, store, "t2")
+
+    assert result.plan.send == []
+    assert result.source_scan.reused_entries == 0
+    assert result.source_scan.hashed_files == 4  # every file of FILES and new.txt
+
+
+def test_failed_verify_stores_no_scan(roots, store, no_racy_margin):
+    _, target_root = roots
+    result = update(roots, store, "t1")
+    rewrite_keeping_mtime(target_root / "dir" / "c.bin", b"X" * 100)
+
+    with pytest.raises(VerificationFailed):
+        verify(roots, store, result)
+
+    assert stored_paths(store, scope(roots, 0)) is None
+    assert stored_paths(store, scope(roots, 1)) is None
+
+
+def damage_first_chunk(store: TaskStore, scope_name: str) -> None:
+    with store.transaction() as db:
+        row = db.execute("SELECT records FROM volume_scan_chunks WHERE scope = ? AND chunk = 0",
+                         (scope_name,)).fetchone()
+        damaged = bytearray(row["records"])
+        damaged[len(damaged) // 2] ^= 0xFF
+        db.execute("UPDATE volume_scan_chunks SET records = ? WHERE scope = ? AND chunk = 0",
+                   (bytes(damaged), scope_name))
+
+
+def test_damaged_stored_scan_not_used(roots, store, no_racy_margin, caplog):
+    source_root, _ = roots
+    update_and_verify(roots, store, "t1")
+    damage_first_chunk(store, scope(roots, 1))
+    rewrite_keeping_mtime(source_root / "dir" / "c.bin", b"C" * 100)
+
+    with caplog.at_level(logging.WARNING, logger="ddmsyncer.scanstore"):
+        result = update(roots, store, "t2")
+
+    assert "chunk 0 fails its checksum" in caplog.text
+    assert result.source_scan.reused_entries == 0
+    assert result.target_scan.reused_entries == 0
+    assert sorted(result.plan.send) == [b".", b"dir", b"dir/c.bin"]
+
+
+def test_missing_chunk_rejected(tmp_path, store):
+    scan = incremental.Scan((bytes([65 + index % 26]) * (index + 1), FILE_ENTRY)
+                            for index in range(scanstore.CHUNK_ROWS + 5))
+    scanstore.save(store, "h1 /v", scan, started_ns=7, task_id="t1")
+    with store.transaction() as db:
+        db.execute("DELETE FROM volume_scan_chunks WHERE scope = 'h1 /v' AND chunk = 0")
+
+    assert scanstore.load(store, "h1 /v", incremental.Scan) is None
+
+
+def test_save_and_load_round_trip(store):
+    scan = incremental.Scan((b"f%05d" % index, FILE_ENTRY)
+                            for index in range(scanstore.CHUNK_ROWS * 2 + 1))
+
+    stored = scanstore.save(store, "h1 /v", scan, started_ns=123, task_id="t1")
+    loaded, started_ns = scanstore.load(store, "h1 /v", incremental.Scan)
+
+    assert stored == len(scan)
+    assert started_ns == 123
+    assert list(loaded.iter_records()) == list(scan.iter_records())
+
+
+def test_save_replaces_earlier_scan(store):
+    scanstore.save(store, "h1 /v", incremental.Scan({b"old": FILE_ENTRY}), started_ns=1,
+                   task_id="t1")
+    scanstore.save(store, "h1 /v", incremental.Scan({b"new": FILE_ENTRY}), started_ns=2,
+                   task_id="t2")
+
+    loaded, started_ns = scanstore.load(store, "h1 /v", incremental.Scan)
+
+    assert list(loaded) == [b"new"]
+    assert started_ns == 2
+
+
+def test_head_checksum_mismatch_rejected(store):
+    scanstore.save(store, "h1 /v", incremental.Scan({b"a": FILE_ENTRY}), started_ns=1,
+                   task_id="t1")
+    with store.transaction() as db:
+        db.execute("UPDATE volume_scans SET head = replace(head, '\"started_ns\": 1', "
+                   "'\"started_ns\": 9')")
+
+    assert scanstore.load(store, "h1 /v", incremental.Scan) is None
+
+
+FILE_ENTRY = incremental.Entry(b"x", "file", 0o644, 0, 0, 3, 1_600_000_000_000_000_000, None, 0,
+                               11, 1, "ab" * 32, 2049, 1_600_000_000_000_000_000, None)
