@@ -11,7 +11,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -419,19 +419,26 @@ class TaskStore:
 
     # Verified volume scans (ddmsyncer.scanstore)
 
-    def replace_volume_scan(self, scope: str, head: str, checksum: str,
-                            chunks: Iterable[tuple[bytes, str]]) -> None:
-        """Replace a scope's stored scan with a head and (records, checksum) chunks.
+    def replace_volume_scan(self, scope: str, chunks: Iterable[tuple[bytes, str]],
+                            head_of: Callable[[int], tuple[str, str]]) -> None:
+        """Replace a scope's stored scan with (records, checksum) chunks and a head.
 
-        One transaction, so a failure keeps the old scan.
+        Chunks are written as `chunks` yields them, so a large scan is never held whole.
+        head_of(chunk count) returns the (head, checksum) stored last. One transaction, so a
+        failure keeps the old scan.
         """
         with self.transaction() as db:
             db.execute("DELETE FROM volume_scans WHERE scope = ?", (scope,))
-            db.execute("INSERT INTO volume_scans (scope, head, checksum) VALUES (?, ?, ?)",
-                       (scope, head, checksum))
-            for number, (records, chunk_checksum) in enumerate(chunks):
+            db.execute("INSERT INTO volume_scans (scope, head, checksum) VALUES (?, '', '')",
+                       (scope,))
+            count = 0
+            for records, chunk_checksum in chunks:
                 db.execute("INSERT INTO volume_scan_chunks (scope, chunk, records, checksum) "
-                           "VALUES (?, ?, ?, ?)", (scope, number, records, chunk_checksum))
+                           "VALUES (?, ?, ?, ?)", (scope, count, records, chunk_checksum))
+                count += 1
+            head, checksum = head_of(count)
+            db.execute("UPDATE volume_scans SET head = ?, checksum = ? WHERE scope = ?",
+                       (head, checksum, scope))
 
     def get_volume_scan_head(self, scope: str) -> tuple[str, str] | None:
         """Return the (head, checksum) of a scope's stored scan, or None without one."""

@@ -47,23 +47,29 @@ def _checksum(scope: str, label: str, data: bytes) -> str:
 def save(store: TaskStore, scope: str, scan: EntryMapping, *, started_ns: int,
          task_id: str) -> int:
     """Store `scan` as the verified scan of `scope`, replacing the one before; return its entries."""
-    chunks: list[tuple[bytes, str]] = []
-    rows: list[tuple[bytes, bytes]] = []
     entries = 0
-    for row in scan.iter_records():
-        rows.append(row)
-        if len(rows) >= CHUNK_ROWS:
-            chunks.append(_chunk(scope, len(chunks), rows))
-            entries += len(rows)
-            rows = []
-    if rows:
-        chunks.append(_chunk(scope, len(chunks), rows))
-        entries += len(rows)
 
-    head = json.dumps({"started_ns": started_ns, "entries": entries, "chunks": len(chunks),
-                       "task_id": task_id}, sort_keys=True)
-    store.replace_volume_scan(scope, head, _checksum(scope, "head", head.encode("utf-8")),
-                              chunks)
+    def chunks() -> Iterator[tuple[bytes, str]]:
+        nonlocal entries
+        rows: list[tuple[bytes, bytes]] = []
+        number = 0
+        for row in scan.iter_records():
+            rows.append(row)
+            if len(rows) >= CHUNK_ROWS:
+                yield _chunk(scope, number, rows)
+                entries += len(rows)
+                number += 1
+                rows = []
+        if rows:
+            yield _chunk(scope, number, rows)
+            entries += len(rows)
+
+    def head_of(chunk_count: int) -> tuple[str, str]:
+        head = json.dumps({"started_ns": started_ns, "entries": entries, "chunks": chunk_count,
+                           "task_id": task_id}, sort_keys=True)
+        return head, _checksum(scope, "head", head.encode("utf-8"))
+
+    store.replace_volume_scan(scope, chunks(), head_of)
     return entries
 
 
