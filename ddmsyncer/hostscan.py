@@ -14,7 +14,9 @@ uses only the standard library and Python 3.7 features. It works on a volume's m
                         base64 paths listed on stdin that no longer exist
     rescan ROOT HASH    like scan, but stdin lists the keys of entries that an earlier scan
                         reported, one "PATH DEV INODE SIZE MTIME_NS CTIME_NS" line each (PATH in
-                        base64). An entry whose lstat key equals its listed key is not reported.
+                        base64); a later line for a path replaces an earlier one, and a line
+                        with the PATH alone removes it from the listing. An entry whose lstat
+                        key equals its listed key is not reported.
                         HASH is "all" (hash every reported file) or "none". The last line also
                         has "unchanged", the count of entries not reported, and "gone", the
                         base64 paths listed on stdin that no longer exist. stdin must end with
@@ -228,11 +230,14 @@ def read_paths():
 
 
 def parse_known_keys(data):
+    """Return {path: key} of a rescan listing; a line with a path alone drops that path's key."""
     known = {}
     for line in data.splitlines():
         fields = line.split()
         if len(fields) == 6:
             known[base64.b64decode(fields[0])] = tuple(int(value) for value in fields[1:])
+        elif len(fields) == 1 and fields[0] != b"end":
+            known.pop(base64.b64decode(fields[0]), None)
     return known
 
 

@@ -36,12 +36,13 @@ import base64
 import json
 import logging
 import os
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, BinaryIO
 
 import xxhash
 
@@ -82,6 +83,33 @@ class Scan(EntryMapping):
     # Of a "cached" scan: the digests the host computed, and the known paths it did not find.
     hashed: KnownHashes | None = None
     gone: Sequence[bytes] = ()
+    # Of a rescan run with keep_listing: what its host was sent and reported (RescanListing).
+    listing: RescanListing | None = None
+
+    def close(self) -> None:
+        if self.listing is not None:
+            self.listing.close()
+            self.listing = None
+        super().close()
+
+
+@dataclass
+class RescanListing:
+    """The key lines a rescan sent its host, and the entries the host reported.
+
+    A later rescan of the merged scan lists the same keys again, so it sends these lines and
+    only corrects the reported entries, instead of making a line for every entry
+    (rescan_volume). The lines are kept in a temporary file, about 80 bytes per entry.
+    """
+
+    lines: BinaryIO  # the listing without its final "end", read from the start
+    reported: Scan
+    hash_content: bool  # whether the rescan required digests of the files it listed
+    earlier_started_ns: int  # started_ns of the scan whose keys were listed
+
+    def close(self) -> None:
+        self.lines.close()
+        self.reported.close()
 
 
 @dataclass
@@ -215,6 +243,37 @@ class HostCommand:
         self.channel.close()
 
 
+def open_at_once(*openers: Callable[[], Any]) -> list[Any]:
+    """Call each opener in a thread of its own; return their results in order.
+
+    Starting a command waits for two round trips to the host and for its fork, so commands
+    opened at once are ready sooner. When an opener fails, the results of the others are
+    closed and the first error is raised.
+    """
+    results: list[Any] = [None] * len(openers)
+    failures: list[BaseException] = []
+
+    def call(index: int, opener: Callable[[], Any]) -> None:
+        try:
+            results[index] = opener()
+        except BaseException as error:  # noqa: BLE001 - raised below in the calling thread
+            failures.append(error)
+
+    threads = [threading.Thread(target=call, args=(index, opener), name="ddm-open", daemon=True)
+               for index, opener in enumerate(openers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    if failures:
+        for result in results:
+            if result is not None:
+                result.close()
+        raise failures[0]
+    return results
+
+
 def _send_stdin(channel: Any, stdin: bytes | Iterable[bytes]) -> None:
     chunks = (stdin,) if isinstance(stdin, (bytes, bytearray)) else stdin
     for chunk in chunks:
@@ -336,7 +395,8 @@ SCAN_FIELDS = 15
 
 def rescan_volume(engine: Any, mountpoint: str, earlier: Scan, *, hash_content: bool,
                   command: HostCommand | None = None,
-                  untrusted: Collection[bytes] = ()) -> tuple[Scan, int]:
+                  untrusted: Collection[bytes] = (),
+                  keep_listing: bool = False) -> tuple[Scan, int]:
     """Scan a volume again and reuse the entries of `earlier` whose lstat key is unchanged.
 
     The host lstats every entry and reports in full only those whose (device, inode, size,
@@ -346,11 +406,51 @@ def rescan_volume(engine: Any, mountpoint: str, earlier: Scan, *, hash_content: 
     Neither is a file of `earlier` without a digest when hash_content is set, nor an entry
     whose path is in `untrusted`. The host reports and hashes every untrusted entry. Returns
     the merged scan, equal to a full scan under that rule, and the bytes of the host's output.
+    With keep_listing, the merged scan keeps what the host was sent and reported
+    (RescanListing), so that a rescan of it sends the same lines again.
     """
     racy_from_ns = earlier.started_ns - hashcache.RACY_MARGIN_NANOSECONDS
+    relisted = _relisting(earlier, racy_from_ns, hash_content, untrusted)
+    if relisted is not None:
+        merged, listing = relisted
+    else:
+        merged, listing = _full_listing(earlier, racy_from_ns, hash_content, untrusted)
 
-    # The merged scan starts as the trusted entries of `earlier`, copied as stored while
-    # their keys are listed for the host.
+    lines_file = None
+    if keep_listing:
+        lines_file = tempfile.TemporaryFile(prefix="ddm-listing-")
+        listing = _copied_to(listing, lines_file)
+    if command is None:
+        command = HostCommand(engine, ["rescan", mountpoint, "all" if hash_content else "none"])
+    try:
+        changed, summary, output_bytes = _read_scan(command.lines(listing))
+    except BaseException:
+        if lines_file is not None:
+            lines_file.close()
+        merged.close()
+        raise
+
+    # Then the gone entries leave and the reported ones replace or join the rest. The host
+    # reported every entry it was not sent, so `changed` contains every untrusted one.
+    for path in summary["gone"]:
+        merged.pop(base64.b64decode(path), None)
+    merged.update(changed.items())
+    merged.hashed_files, merged.hashed_bytes = changed.hashed_files, changed.hashed_bytes
+    merged.started_ns = changed.started_ns
+    merged.reused_entries = summary["unchanged"]
+    if lines_file is not None:
+        merged.listing = RescanListing(lines_file, changed, hash_content, earlier.started_ns)
+    else:
+        changed.close()
+    return merged, output_bytes
+
+
+def _full_listing(earlier: Scan, racy_from_ns: int, hash_content: bool,
+                  untrusted: Collection[bytes]) -> tuple[Scan, Iterator[bytes]]:
+    """Return a new scan and the listing that fills it with the trusted entries of `earlier`.
+
+    The trusted entries are copied as stored while their keys are listed for the host.
+    """
     merged = Scan()
 
     def listing() -> Iterator[bytes]:
@@ -370,20 +470,59 @@ def rescan_volume(engine: Any, mountpoint: str, earlier: Scan, *, hash_content: 
         merged.add_records(copied)
         yield bytes(chunk) + b"end"  # without "end" the host scans nothing
 
-    if command is None:
-        command = HostCommand(engine, ["rescan", mountpoint, "all" if hash_content else "none"])
-    changed, summary, output_bytes = _read_scan(command.lines(listing()))
+    return merged, listing()
 
-    # Then the gone entries leave and the reported ones replace or join the rest. The host
-    # reported every entry it was not sent, so `changed` contains every untrusted one.
-    for path in summary["gone"]:
-        merged.pop(base64.b64decode(path), None)
-    merged.update(changed.items())
-    changed.close()
-    merged.hashed_files, merged.hashed_bytes = changed.hashed_files, changed.hashed_bytes
-    merged.started_ns = changed.started_ns
-    merged.reused_entries = summary["unchanged"]
-    return merged, output_bytes
+
+def _relisting(earlier: Scan, racy_from_ns: int, hash_content: bool,
+               untrusted: Collection[bytes]) -> tuple[Scan, Iterator[bytes]] | None:
+    """Return a copy of `earlier` and its listing, made from the rescan that produced it.
+
+    `earlier` is that rescan's merged scan. Its listed entries kept their listed keys and are
+    trusted again, because their ctime was before the start of the scan before it. So the
+    host gets the same lines, then a line for each entry it reported: the new key of a
+    trusted one, and the path alone, which drops the key, for the others and for every
+    untrusted path. Returns None when the rescan kept no listing or its rule was weaker.
+    """
+    previous_listing = earlier.listing
+    if previous_listing is None or (hash_content and not previous_listing.hash_content) or \
+            previous_listing.earlier_started_ns > earlier.started_ns:  # a host clock set back
+        return None
+
+    distrusted = set(untrusted)
+    corrections = bytearray()
+    for path, record in previous_listing.reported.iter_records():
+        key = scanentry.trusted_record_key(record, racy_from_ns, need_digest=hash_content)
+        if key is None or path in distrusted:
+            distrusted.add(path)
+        else:
+            corrections += base64.b64encode(path) + b" " + key + b"\n"
+    for path in distrusted:
+        corrections += base64.b64encode(path) + b"\n"
+
+    merged = earlier.clone()
+    for path in distrusted:
+        merged.pop(path, None)
+
+    def listing() -> Iterator[bytes]:
+        previous_listing.lines.seek(0)
+        while chunk := previous_listing.lines.read(RELAY_CHUNK):
+            yield chunk
+        yield bytes(corrections) + b"end"
+
+    return merged, listing()
+
+
+def _copied_to(listing: Iterator[bytes], lines_file: BinaryIO) -> Iterator[bytes]:
+    """Yield the chunks of `listing`, writing each to lines_file without the final "end"."""
+    previous = None
+    for chunk in listing:
+        if previous is not None:
+            lines_file.write(previous)
+            yield previous
+        previous = chunk
+    if previous is not None:
+        lines_file.write(previous.removesuffix(b"end"))
+        yield previous
 
 
 def _cacheable(entry: Entry | None, started_ns: int) -> CachedHash | None:
@@ -802,15 +941,16 @@ def update_volume(source: Any, source_mountpoint: str, target: Any, target_mount
     # reading the stored scans. Unused, they are closed and change nothing.
     scans: dict[str, HostCommand] = {}
     stash = channels = stored = None
+    scan_arguments = {name: ["rescan", mountpoint, rescan_mode] if use_stored else
+                      ["scan", mountpoint, hash_mode] for name, _, mountpoint in sides}
+    backup = backup_path(target_mountpoint, task_id)
     try:
-        for name, engine, mountpoint in sides:
-            arguments = ["rescan", mountpoint, rescan_mode] if use_stored else \
-                ["scan", mountpoint, hash_mode]
-            scans[name] = HostCommand(engine, arguments)
-        backup = backup_path(target_mountpoint, task_id)
-        stash = HostCommand(target, ["stash", target_mountpoint, backup])
-        channels = open_tar_channels(source, source_mountpoint, target, target_mountpoint,
-                                     apply=False, codec=codec)
+        scans["source"], scans["target"], stash, channels = open_at_once(
+            lambda: HostCommand(source, scan_arguments["source"]),
+            lambda: HostCommand(target, scan_arguments["target"]),
+            lambda: HostCommand(target, ["stash", target_mountpoint, backup]),
+            lambda: open_tar_channels(source, source_mountpoint, target, target_mountpoint,
+                                      apply=False, codec=codec))
         if use_stored:
             stored = load_stored_scans(cache.store, source, source_mountpoint, target,
                                        target_mountpoint)
@@ -845,9 +985,10 @@ def _update(source: Any, source_mountpoint: str, target: Any, target_mountpoint:
             hash_mode=hash_mode, commands=scans,
         )
     else:
+        # Verify rescans the result, and sends the same listing again (_relisting).
         source_scan, target_scan, scan_bytes = _rescan_pair(
             source, source_mountpoint, stored[0], target, target_mountpoint, stored[1],
-            hash_content=hash_mode != "none", commands=scans)
+            hash_content=hash_mode != "none", commands=scans, keep_listing=True)
     scans.clear()  # both closed them
     plan = plan_update(source_scan, target_scan)
     log.info("incremental update of %s: %d entries to send (%d bytes), %d to delete; "
@@ -1082,10 +1223,12 @@ def _rescan_both(source: Any, source_mountpoint: str, target: Any, target_mountp
 def _rescan_pair(source: Any, source_mountpoint: str, earlier_source: Scan, target: Any,
                  target_mountpoint: str, earlier_target: Scan, *, hash_content: bool,
                  commands: dict[str, HostCommand],
-                 untrusted_target: Collection[bytes] = ()) -> tuple[Scan, Scan, int]:
+                 untrusted_target: Collection[bytes] = (),
+                 keep_listing: bool = False) -> tuple[Scan, Scan, int]:
     """Rescan both volumes against earlier scans, one thread per host; return both and the bytes.
 
     Uses and removes the "rescan" commands in `commands` by "source" and "target" when present.
+    keep_listing is rescan_volume's.
     """
     results: dict[str, tuple[Scan, int]] = {}
     failures: list[BaseException] = []
@@ -1097,7 +1240,7 @@ def _rescan_pair(source: Any, source_mountpoint: str, earlier_source: Scan, targ
             results["target"] = rescan_volume(target, target_mountpoint, earlier_target,
                                               hash_content=hash_content,
                                               untrusted=untrusted_target,
-                                              command=target_command)
+                                              command=target_command, keep_listing=keep_listing)
         except BaseException as error:  # noqa: BLE001 - raised below in the calling thread
             failures.append(error)
 
@@ -1106,7 +1249,8 @@ def _rescan_pair(source: Any, source_mountpoint: str, earlier_source: Scan, targ
     try:
         source_scan, source_bytes = rescan_volume(source, source_mountpoint, earlier_source,
                                                   hash_content=hash_content,
-                                                  command=source_command)
+                                                  command=source_command,
+                                                  keep_listing=keep_listing)
     finally:
         thread.join()
         for command in (source_command, target_command):

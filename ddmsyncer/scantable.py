@@ -26,6 +26,7 @@ from ddmsyncer import scanentry
 from ddmsyncer.hashcache import CachedHash
 
 Value = TypeVar("Value")
+Mapped = TypeVar("Mapped", bound="DiskMapping[Any]")
 _MISSING = object()
 
 
@@ -64,6 +65,14 @@ class DiskMapping(MutableMapping[bytes, Value], Generic[Value]):
             self._db.execute("BEGIN")
             self._db.executemany("INSERT OR REPLACE INTO rows VALUES (?, ?)", rows)
             self._db.execute("COMMIT")
+
+    def clone(self: Mapped) -> Mapped:
+        """Return a mapping of the same class with a copy of every row, copied page by page."""
+        self.flush()
+        other = type(self)()
+        self._db.backup(other._db)
+        other._count = self._count
+        return other
 
     def release_memory(self) -> None:
         """Write pending rows and free SQLite's page cache, for a mapping kept for later."""

@@ -232,3 +232,85 @@ def test_head_checksum_mismatch_rejected(store):
 
 FILE_ENTRY = incremental.Entry(b"x", "file", 0o644, 0, 0, 3, 1_600_000_000_000_000_000, None, 0,
                                11, 1, "ab" * 32, 2049, 1_600_000_000_000_000_000, None)
+
+
+def stored_update(roots: tuple[Path, Path], store: TaskStore) -> incremental.UpdateResult:
+    """Verify one update, change dir/c.bin on the source, and update again from stored scans."""
+    source_root, _ = roots
+    update_and_verify(roots, store, "t1")
+    rewrite_keeping_mtime(source_root / "dir" / "c.bin", b"C" * 100)
+    return update(roots, store, "t2")
+
+
+def no_full_listing(monkeypatch: pytest.MonkeyPatch) -> None:
+    def fail(*args: object, **kwargs: object) -> None:
+        raise AssertionError("verify listed every entry again")
+
+    monkeypatch.setattr(incremental, "_full_listing", fail)
+
+
+def test_verify_sends_update_listing_again(roots, store, no_racy_margin, monkeypatch):
+    result = stored_update(roots, store)
+    no_full_listing(monkeypatch)
+
+    verified = verify(roots, store, result)
+
+    assert result.source_scan.listing is not None
+    assert verified.hashed_files == {"source": 0, "target": 1}  # the sent dir/c.bin
+    assert verified.reused_entries == len(result.source_scan)
+
+
+def test_relisted_verify_finds_source_change(roots, store, no_racy_margin, monkeypatch):
+    source_root, _ = roots
+    result = stored_update(roots, store)
+    no_full_listing(monkeypatch)
+    rewrite_keeping_mtime(source_root / "dir" / "b.bin", b"B" * 4096)
+
+    with pytest.raises(VerificationFailed, match="dir/b.bin: content"):
+        verify(roots, store, result)
+
+
+def test_relisted_verify_finds_corrupt_sent_file(roots, store, no_racy_margin, monkeypatch):
+    _, target_root = roots
+    result = stored_update(roots, store)
+    no_full_listing(monkeypatch)
+    assert b"dir/c.bin" in result.plan.send
+    rewrite_keeping_mtime(target_root / "dir" / "c.bin", b"X" * 100)
+
+    with pytest.raises(VerificationFailed, match="dir/c.bin: content"):
+        verify(roots, store, result)
+
+
+def test_relisted_verify_finds_removed_file(roots, store, no_racy_margin, monkeypatch):
+    _, target_root = roots
+    result = stored_update(roots, store)
+    no_full_listing(monkeypatch)
+    (target_root / "new.txt").unlink()
+
+    with pytest.raises(VerificationFailed, match="new.txt: missing on target"):
+        verify(roots, store, result)
+
+
+def test_relisted_verify_finds_extra_file(roots, store, no_racy_margin, monkeypatch):
+    _, target_root = roots
+    result = stored_update(roots, store)
+    no_full_listing(monkeypatch)
+    (target_root / "dir" / "extra.txt").write_bytes(b"extra\n")
+
+    with pytest.raises(VerificationFailed, match="dir/extra.txt: extra on target"):
+        verify(roots, store, result)
+
+
+def test_relisted_verify_distrusts_racy_reports(roots, store, monkeypatch):
+    """Entries the update's rescan reported with a racy ctime are hashed again by verify."""
+    source_root, _ = roots
+    monkeypatch.setattr(hashcache, "RACY_MARGIN_NANOSECONDS", 0)
+    result = stored_update(roots, store)
+    monkeypatch.setattr(hashcache, "RACY_MARGIN_NANOSECONDS", 10**18)  # every ctime is racy
+    no_full_listing(monkeypatch)
+
+    verified = verify(roots, store, result)
+
+    # dir/c.bin was reported by the update's rescan, so its key is dropped and it is hashed.
+    assert verified.hashed_files["source"] == 1
+    assert (source_root / "dir" / "c.bin").read_bytes() == b"C" * 100
