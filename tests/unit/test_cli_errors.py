@@ -95,6 +95,33 @@ def test_subcommand_help(environ: dict[str, str], prog: str, subcommand: str) ->
     assert "130  interrupted" in outcome.stdout
 
 
+def test_rollback_help_names_changed_volume_conflict(environ: dict[str, str]) -> None:
+    outcome = invoke("ddmctl", ["rollback", "--help"], environ)
+    joined = " ".join(outcome.stdout.split())
+
+    assert outcome.status == 0
+    assert ("6 conflict: another task holds the volume, the task's state forbids the action, "
+            "or a rollback kept a target volume that changed since the task") in joined
+
+
+def test_exit_status_docs_name_changed_volume_conflict() -> None:
+    root = Path(__file__).resolve().parents[2]
+    rows = [line for line in (root / "docs" / "exit-statuses.md").read_text().splitlines()
+            if line.startswith("| 6 |")]
+    readme_rows = [line for line in (root / "README.md").read_text().splitlines()
+                   if line.startswith("| 6 |")]
+    chinese_rows = [line for line in (root / "README.zh-CN.md").read_text().splitlines()
+                    if line.startswith("| 6 |")]
+
+    assert len(rows) == 1
+    assert "`ddmctl rollback` kept a target volume that changed or was replaced" in rows[0]
+    assert readme_rows == ["| 6 | another task holds the volume, the task's state forbids the "
+                           "action, or a rollback kept a target volume that changed since the "
+                           "task |"]
+    assert len(chinese_rows) == 1
+    assert "回滚保留了自任务以来已被更改的目标卷" in chinese_rows[0]
+
+
 def test_help_writes_nothing(home: Path, environ: dict[str, str]) -> None:
     before = snapshot_tree(home)
 
