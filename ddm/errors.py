@@ -112,6 +112,18 @@ class TaskConflict(DDMError):
     exit_status = ExitStatus.CONFLICT
 
 
+class TargetsChanged(TaskConflict):
+    """`ddmctl rollback` kept target volumes that changed or were replaced since the task.
+
+    `changed` maps each kept item's position to why its volume was kept, as a phrase that
+    follows "volume 'NAME' on HOST", for example "was replaced ... after task X created it".
+    """
+
+    def __init__(self, message: str, changed: dict[int, str], *, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.changed = changed
+
+
 class MigrationFailed(DDMError):
     """A phase of a migration task failed."""
 

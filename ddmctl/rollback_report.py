@@ -20,7 +20,8 @@ LATER_TASKS_LIMIT = 1000
 
 def rollback_outcomes(task: Task, events: list[dict[str, Any]], *,
                       rolled_back_before: Collection[int] = (),
-                      later_tasks: Mapping[int, list[str]] | None = None
+                      later_tasks: Mapping[int, list[str]] | None = None,
+                      changed: Mapping[int, str] | None = None
                       ) -> dict[int, tuple[str, str]]:
     """Return (outcome, reason) by item position: removed, restored, untouched, kept or remaining.
 
@@ -35,13 +36,24 @@ def rollback_outcomes(task: Task, events: list[dict[str, Any]], *,
     the earlier rollback left. Without later tasks, an earlier rollback's outcome is
     reported as if this rollback had done it, so running a stopped rollback again reports
     every volume.
+
+    `changed` (TargetsChanged.changed) is for a rollback that the changed-volume check
+    stopped before it removed anything: those volumes are "kept" with the check's reason,
+    and the task's other volumes that are still there are "remaining".
     """
     restored = restored_positions(events)
     later_tasks = later_tasks or {}
+    changed = changed or {}
     outcomes: dict[int, tuple[str, str]] = {}
     for item in task.items:
         later = later_tasks.get(item.position, [])
-        if item.position in rolled_back_before and item.state is ItemState.ROLLED_BACK and later:
+        if item.position in changed:
+            outcomes[item.position] = ("kept", f"the volume {changed[item.position]}, so the "
+                                               "rollback kept it; pass --force to remove it")
+        elif changed and item.target_created:
+            outcomes[item.position] = ("remaining", "the rollback removed nothing, because "
+                                                    "other target volumes of the task changed")
+        elif item.position in rolled_back_before and item.state is ItemState.ROLLED_BACK and later:
             outcomes[item.position] = _earlier_outcome(item.position in restored, later)
         elif item.position in restored and item.state is ItemState.ROLLED_BACK:
             outcomes[item.position] = ("restored", "the target is as before the task")

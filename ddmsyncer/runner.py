@@ -32,6 +32,7 @@ from ddm.errors import (
     Interrupted,
     MigrationFailed,
     TaskConflict,
+    TargetsChanged,
 )
 from ddm.events import (
     WARNING_EVENT_MARK,
@@ -555,44 +556,49 @@ class TaskRunner:
             return
 
         recorded = extra.get("volume_created_at") or {}
+        changed: dict[int, str] = {}
         try:
             for item in self.task.items:
                 if not item.target_created:
                     continue
-                self._check_unchanged(item, recorded.get(item.target))
+                reason = self._target_change(item, recorded.get(item.target))
+                if reason is not None:
+                    changed[item.position] = reason
         except DDMError as error:
             # When a check cannot run (a host down) during an unfinished rollback, the error
             # gives the command that finishes it, as the rollback's own errors do.
             if self.task.state is not TaskState.SUCCEEDED and not isinstance(error, TaskConflict):
                 undo.add_rollback_next_step(error, self.task.id)
             raise
+        if changed:
+            raise rollbackcheck.targets_changed_error(self.task, changed)
 
-    def _check_unchanged(self, item: TaskItem, created_at: str | None) -> None:
+    def _target_change(self, item: TaskItem, created_at: str | None) -> str | None:
+        """Return why the item's target volume counts as changed since the task, or None.
+
+        The reason is a phrase that follows "volume 'NAME' on HOST".
+        """
         target = self.target
         if target.volume_inspect(item.target) is None:
-            return
-        hint = (f"inspect volume {item.target!r} on {self.task.spec.target_host}; pass --force "
-                "to remove it anyway")
+            return None
         stored = load_task_manifest(self.store, self.task.id, item.position)
         if stored is not None:
             differences = rollbackcheck.target_differences(target, item.target, stored,
                                                            task_id=self.task.id)
             if differences:
                 first = differences[0]
-                raise TaskConflict(
-                    f"volume {item.target!r} on {self.task.spec.target_host} changed since task "
-                    f"{self.task.id} finished ({counted(len(differences), 'difference')}, first "
-                    f"{display_path(first.path)}: {first.aspect}), with "
-                    f"{rollbackcheck.describe_comparison(stored)}", hint=hint)
+                return (f"changed since task {self.task.id} finished "
+                        f"({counted(len(differences), 'difference')}, first "
+                        f"{display_path(first.path)}: {first.aspect}), with "
+                        f"{rollbackcheck.describe_comparison(stored)}")
 
         # The local driver reports the ctime of the volume's data directory as CreatedAt, in
         # whole seconds, so it also moves when an entry at the top of the volume changes.
         current = target.api.inspect_volume(item.target).get("CreatedAt")
         if created_at is not None and current != created_at:
-            raise TaskConflict(
-                f"volume {item.target!r} on {self.task.spec.target_host} was replaced, or its "
-                f"top directory changed, after task {self.task.id} created it (CreatedAt "
-                f"{created_at} then, {current} now)", hint=hint)
+            return (f"was replaced, or its top directory changed, after task {self.task.id} "
+                    f"created it (CreatedAt {created_at} then, {current} now)")
+        return None
 
     def cleanup(self, *, every_host: bool = False) -> None:
         """Remove helper containers of this task on the hosts it connected to (also after failures).

@@ -7,7 +7,7 @@ import datetime
 import click
 
 from ddm import api
-from ddm.errors import DDMError, ExitStatus, TaskNotFound
+from ddm.errors import DDMError, ExitStatus, TargetsChanged, TaskNotFound
 from ddm.task import ItemState, Phase, Task, TaskItem, TaskState
 from ddmctl.commands.migrate import print_task_result, run_and_report
 from ddmctl.common import CommandContext, epilog, json_option
@@ -219,7 +219,8 @@ def rollback(context: CommandContext, task_id: str, force: bool, as_json: bool) 
     """Remove what a task created on the target host. The source is never changed.
 
     A target volume that was replaced or changed after a succeeded task finished is kept, and
-    the command exits 6, unless --force is given. For a task that ran with --verify full
+    the command exits 6, unless --force is given. The rollback then removes nothing, and it
+    prints the per-volume lines (below) with each changed volume kept and why. For a task that ran with --verify full
     (the default unless the config sets defaults.verify) and not with --route direct, the
     files' content and metadata are compared with the task's copy. For other tasks only
     metadata is compared: type, mode, owner, size, link target and mtime in whole seconds,
@@ -229,8 +230,8 @@ def rollback(context: CommandContext, task_id: str, force: bool, as_json: bool) 
 
     Prints a tab-separated line per volume: source, target and the outcome. The outcome is
     removed, restored (an incremental update undone from its backup), untouched (the task
-    never started the volume), kept (the task did not create it, or an earlier rollback of
-    the task undid it and later tasks wrote it since) or remaining (the rollback stopped
+    never started the volume), kept (the task did not create it, it changed since the task,
+    or an earlier rollback of the task undid it and later tasks wrote it since) or remaining (the rollback stopped
     before removing it), the last three followed by the reason. A kept volume is left as it
     is now, and the reason names the later tasks that wrote it. A rollback that stops part
     way prints these lines too, then the error; run it again to finish.
@@ -241,6 +242,11 @@ def rollback(context: CommandContext, task_id: str, force: bool, as_json: bool) 
     try:
         task = api.rollback_task(context.config, context.store, before.id, force=force)
     except TaskNotFound:
+        raise
+    except TargetsChanged as error:
+        # The changed-volume check stopped the rollback before it removed anything.
+        print_rollback_outcomes(context, context.store.get_task(before.id), as_json,
+                                rolled_back_before, changed=error.changed)
         raise
     except DDMError:
         # A rollback that stopped part way still reports what it removed before the error
@@ -257,14 +263,17 @@ def rollback(context: CommandContext, task_id: str, force: bool, as_json: bool) 
 
 
 def print_rollback_outcomes(context: CommandContext, task: Task, as_json: bool,
-                            rolled_back_before: set[int]) -> None:
+                            rolled_back_before: set[int],
+                            changed: dict[int, str] | None = None) -> None:
     """Print a rollback's per-volume outcomes: a line each, or the task as JSON.
 
-    `rolled_back_before` lists the items an earlier rollback of the task had undone.
+    `rolled_back_before` lists the items an earlier rollback of the task had undone, and
+    `changed` the volumes that the changed-volume check kept (TargetsChanged.changed).
     """
     later = later_writers(context.store, task) if rolled_back_before else {}
     outcomes = rollback_outcomes(task, context.store.get_events(task.id),
-                                 rolled_back_before=rolled_back_before, later_tasks=later)
+                                 rolled_back_before=rolled_back_before, later_tasks=later,
+                                 changed=changed)
     if as_json:
         data = task.to_dict()
         for volume in data["volumes"]:

@@ -158,10 +158,46 @@ def test_second_rollback_checks_volume_left_in_use(h1: LabHost, h2: LabHost,
     stopped = ddmctl("rollback", task_id)
     write_volume_tree(h2, sources[1], {"new.txt": File(b"written after the first rollback\n")})
     h2.docker("rm", "--force", holder)
-    again = ddmctl("rollback", task_id)
+    again = ddmctl("rollback", task_id, "--json")
 
     assert stopped.status != 0
     assert sources[0] not in volume_names(h2)
     assert again.status == ExitStatus.CONFLICT, again.stderr
     assert "changed since task" in again.stderr
+    report = [volume["rollback"]["outcome"] for volume in again.json()["volumes"]]
+    assert report == ["removed", "kept"]
     assert read_file(h2, sources[1], "new.txt") == b"written after the first rollback\n"
+
+
+def test_rollback_names_every_changed_volume(h1: LabHost, h2: LabHost,
+                                             isolated_env: IsolatedEnv,
+                                             resources: LabResources) -> None:
+    sources = [resources.create_volume(h1) for _ in range(3)]
+    for source in sources:
+        resources.add_volume(h2, source)
+        write_volume_tree(h1, source, {"note.txt": File(ORIGINAL, mode=0o644)})
+    volume_options = [option for source in sources for option in ("--volume", source)]
+    outcome = ddmctl("migrate", "--from", "h1", "--to", "h2", *volume_options, "--yes",
+                     "--json")
+    assert outcome.status == 0, outcome.stderr
+    task_id = outcome.json()["id"]
+    for source in (sources[0], sources[2]):
+        h2.run(["chmod", "0600", f"{h2.volume_mountpoint(source)}/note.txt"])
+
+    rejected = ddmctl("rollback", task_id, "--json")
+    text = ddmctl("rollback", task_id)
+
+    assert rejected.status == ExitStatus.CONFLICT, rejected.stderr
+    assert f"2 target volumes on h2 changed since task {task_id}" in rejected.stderr
+    assert f"{sources[0]!r} and {sources[2]!r}" in rejected.stderr
+    assert len(rejected.stderr.splitlines()) == 1
+    report = {volume["source"]: volume["rollback"] for volume in rejected.json()["volumes"]}
+    assert report[sources[0]]["outcome"] == "kept"
+    assert "note.txt: mode), with content and metadata compared" in report[sources[0]]["reason"]
+    assert report[sources[1]]["outcome"] == "remaining"
+    assert "removed nothing" in report[sources[1]]["reason"]
+    assert report[sources[2]]["outcome"] == "kept"
+    assert text.status == ExitStatus.CONFLICT, text.stderr
+    assert [line.split("\t")[2] for line in text.stdout.splitlines()] == ["kept", "remaining",
+                                                                          "kept"]
+    assert set(sources) <= set(volume_names(h2))

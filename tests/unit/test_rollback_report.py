@@ -91,6 +91,20 @@ def test_earlier_rollback_without_later_tasks() -> None:
     assert outcomes[1] == ("removed", "")
 
 
+def test_changed_volumes_are_kept() -> None:
+    task = task_with(ItemState.VERIFIED, ItemState.VERIFIED, ItemState.ROLLED_BACK)
+    for item in task.items[:2]:
+        item.target_created = True
+
+    outcomes = rollback_outcomes(task, [], changed={0: "was replaced after task X created it"})
+
+    assert outcomes[0] == ("kept", "the volume was replaced after task X created it, so the "
+                                   "rollback kept it; pass --force to remove it")
+    assert outcomes[1] == ("remaining", "the rollback removed nothing, because other target "
+                                        "volumes of the task changed")
+    assert outcomes[2] == ("removed", "")
+
+
 def test_later_writers_by_target(environ: dict[str, str]) -> None:
     config = load_config(None, environ)
     store = TaskStore(default_store_path(environ))
