@@ -7,6 +7,7 @@ from typing import Any
 
 from ddm.store import TaskStore
 from ddm.task import ItemState, Task
+from ddmsyncer.undo import ROLLBACK_ABSENT
 
 # The event message the runner stores when a rollback starts (TaskRunner.rollback).
 ROLLBACK_STARTED = "phase rollback started"
@@ -23,7 +24,10 @@ def rollback_outcomes(task: Task, events: list[dict[str, Any]], *,
                       later_tasks: Mapping[int, list[str]] | None = None,
                       changed: Mapping[int, str] | None = None
                       ) -> dict[int, tuple[str, str]]:
-    """Return (outcome, reason) by item position: removed, restored, untouched, kept or remaining.
+    """Return (outcome, reason) by item position.
+
+    The outcome is removed, absent (the volume no longer existed when the rollback came to it),
+    restored, untouched, kept or remaining.
 
     An incremental update that a rollback undid from its backup is "restored". Only restores
     after the task's first rollback started count, because a resumed run also restores the
@@ -42,6 +46,7 @@ def rollback_outcomes(task: Task, events: list[dict[str, Any]], *,
     and the task's other volumes that are still there are "remaining".
     """
     restored = restored_positions(events)
+    absent = positions_after_rollback(events, ROLLBACK_ABSENT)
     later_tasks = later_tasks or {}
     changed = changed or {}
     outcomes: dict[int, tuple[str, str]] = {}
@@ -57,6 +62,9 @@ def rollback_outcomes(task: Task, events: list[dict[str, Any]], *,
             outcomes[item.position] = _earlier_outcome(item.position in restored, later)
         elif item.position in restored and item.state is ItemState.ROLLED_BACK:
             outcomes[item.position] = ("restored", "the target is as before the task")
+        elif item.position in absent and item.state is ItemState.ROLLED_BACK:
+            outcomes[item.position] = ("absent", "the volume no longer existed, so the "
+                                                 "rollback had nothing to remove")
         elif item.state is ItemState.ROLLED_BACK:
             outcomes[item.position] = ("removed", "")
         elif item.target_created:
@@ -81,13 +89,18 @@ def _earlier_outcome(restored: bool, later: list[str]) -> tuple[str, str]:
 
 def restored_positions(events: list[dict[str, Any]]) -> set[int]:
     """Return the positions of items restored from a backup by a rollback of the task."""
+    return positions_after_rollback(events, "restored")
+
+
+def positions_after_rollback(events: list[dict[str, Any]], kind: str) -> set[int]:
+    """Return the item positions of the `kind` events since the task's first rollback started."""
     started = next((event["id"] for event in events
                     if event["kind"] == "phase" and event["message"] == ROLLBACK_STARTED), None)
     if started is None:
         return set()
     return {
         int(event["data"]["position"]) for event in events
-        if event["kind"] == "restored" and event["id"] > started
+        if event["kind"] == kind and event["id"] > started
         and isinstance(event.get("data"), dict) and "position" in event["data"]
     }
 

@@ -675,8 +675,14 @@ class TaskRunner:
             if not item.target_created:
                 continue
             volumes.remove_task_helpers(target, self.task.id)
-            if target.volume_inspect(item.target) is not None:
-                undo.remove_target_volume(target, item.target, self.task.id)
+            if target.volume_inspect(item.target) is None:
+                # NOTE: a rollback that removed the volume and stopped before it stored the
+                # item's new state finds it absent when it runs again, and reports it so.
+                self.update_item(item, state=ItemState.ROLLED_BACK, target_created=False)
+                self.record("info", undo.ROLLBACK_ABSENT, f"volume {item.target!r} was already "
+                            f"gone from {self.task.spec.target_host}", position=item.position)
+                continue
+            undo.remove_target_volume(target, item.target, self.task.id)
             self.update_item(item, state=ItemState.ROLLED_BACK, target_created=False)
             self.record("info", "rolled_back", f"removed volume {item.target!r} from "
                         f"{self.task.spec.target_host}")

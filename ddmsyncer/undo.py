@@ -20,6 +20,10 @@ log = logging.getLogger(__name__)
 # starts a rollback in a new process.
 ROLLBACK_REQUESTED = "rollback_requested"
 
+# Event kind of a target volume that a rollback found already gone, so it removed nothing.
+# The event's data has the item's position.
+ROLLBACK_ABSENT = "rollback_absent"
+
 
 def remove_target_volume(target: Any, name: str, task_id: str) -> None:
     """Remove a target volume; when a container uses it, raise an error naming that container."""

@@ -229,12 +229,13 @@ def rollback(context: CommandContext, task_id: str, force: bool, as_json: bool) 
     backup is removed.
 
     Prints a tab-separated line per volume: source, target and the outcome. The outcome is
-    removed, restored (an incremental update undone from its backup), untouched (the task
-    never started the volume), kept (the task did not create it, it changed since the task,
-    or an earlier rollback of the task undid it and later tasks wrote it since) or remaining (the rollback stopped
-    before removing it), the last three followed by the reason. A kept volume is left as it
-    is now, and the reason names the later tasks that wrote it. A rollback that stops part
-    way prints these lines too, then the error; run it again to finish.
+    removed, absent (the volume no longer existed, for example removed by hand or by another
+    task's rollback), restored (an incremental update undone from its backup), untouched
+    (the task never started the volume), kept (the task did not create it, it changed since
+    the task, or an earlier rollback of the task undid it and later tasks wrote it since) or
+    remaining (the rollback stopped before removing it), all but removed followed by the
+    reason. A kept volume is left as it is now. A rollback that stops part way prints these
+    lines too, then the error; run it again to finish.
     """
     before = context.store.get_task(task_id)
     rolled_back_before = {item.position for item in before.items

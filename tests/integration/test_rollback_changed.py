@@ -201,3 +201,37 @@ def test_rollback_names_every_changed_volume(h1: LabHost, h2: LabHost,
     assert [line.split("\t")[2] for line in text.stdout.splitlines()] == ["kept", "remaining",
                                                                           "kept"]
     assert set(sources) <= set(volume_names(h2))
+
+
+def test_rollback_reports_volume_already_gone(h1: LabHost, h2: LabHost,
+                                              isolated_env: IsolatedEnv,
+                                              resources: LabResources) -> None:
+    sources = [resources.create_volume(h1) for _ in range(2)]
+    for source in sources:
+        resources.add_volume(h2, source)
+        write_volume_tree(h1, source, {"note.txt": File(ORIGINAL)})
+    source_before = snapshot_volume_tree(h1, sources[0])
+    volume_options = [option for source in sources for option in ("--volume", source)]
+    first = ddmctl("migrate", "--from", "h1", "--to", "h2", *volume_options, "--yes", "--json")
+    second = ddmctl("migrate", "--from", "h1", "--to", "h2", *volume_options, "--force",
+                    "--yes", "--json")
+    assert first.status == 0, first.stderr
+    assert second.status == 0, second.stderr
+    h2.docker("volume", "rm", sources[0])
+
+    # The second task's rollback finds the first volume removed by hand, and the first
+    # task's rollback finds both removed by the second task's rollback.
+    as_json = ddmctl("rollback", second.json()["id"], "--json")
+    text = ddmctl("rollback", first.json()["id"])
+
+    assert as_json.status == 0, as_json.stderr
+    report = [volume["rollback"] for volume in as_json.json()["volumes"]]
+    assert report[0] == {"outcome": "absent", "reason": "the volume no longer existed, so the "
+                                                        "rollback had nothing to remove"}
+    assert report[1] == {"outcome": "removed", "reason": None}
+    assert text.status == 0, text.stderr
+    assert text.stdout.splitlines() == [
+        f"{source}\t{source}\tabsent\tthe volume no longer existed, so the rollback had "
+        "nothing to remove" for source in sources]
+    assert not set(sources) & set(volume_names(h2))
+    assert snapshot_volume_tree(h1, sources[0]) == source_before

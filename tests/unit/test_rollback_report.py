@@ -44,6 +44,21 @@ def test_outcome_per_item_state() -> None:
     assert outcomes[3] == ("kept", "the task did not create this target volume")
 
 
+def test_volume_gone_before_rollback_is_absent() -> None:
+    task = task_with(ItemState.ROLLED_BACK, ItemState.ROLLED_BACK)
+    events = [
+        event(1, "phase", "phase rollback started"),
+        event(2, "rollback_absent", "volume 't0' was already gone from new", {"position": 0}),
+        event(3, "rolled_back", "removed volume 't1' from new"),
+    ]
+
+    outcomes = rollback_outcomes(task, events)
+
+    assert outcomes[0] == ("absent", "the volume no longer existed, so the rollback had "
+                                     "nothing to remove")
+    assert outcomes[1] == ("removed", "")
+
+
 def test_restore_before_rollback_is_not_counted() -> None:
     # A resumed run restores a crashed run's backup before it updates the volume again.
     task = task_with(ItemState.ROLLED_BACK)
