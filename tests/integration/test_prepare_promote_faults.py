@@ -212,6 +212,7 @@ def test_rollback_stopped_by_used_volume(lab: Lab, h1: LabHost, h2: LabHost,
     stopped = run_command(lab, tmp_path, "ddmctl", "rollback", task_id)
     again = run_command(lab, tmp_path, "ddmctl", "rollback", task_id, "--json")
     resumed = run_command(lab, tmp_path, "ddmctl", "resume", task_id)
+    resumed_json = run_command(lab, tmp_path, "ddmctl", "resume", task_id, "--json")
 
     assert stopped.status == 1, stopped.stderr
     assert stopped.stdout.splitlines() == [
@@ -226,7 +227,11 @@ def test_rollback_stopped_by_used_volume(lab: Lab, h1: LabHost, h2: LabHost,
     outcomes = [volume["rollback"]["outcome"] for volume in json.loads(again.stdout)["volumes"]]
     assert outcomes == ["removed", "remaining"]
     assert resumed.status == 6, resumed.stderr
+    assert resumed.stdout == ""
+    assert resumed.stderr.count("ddmctl: error:") == 1
     assert f"ddmctl rollback {task_id}" in resumed.stderr
+    assert resumed_json.status == 6, resumed_json.stderr
+    assert resumed_json.stdout == ""
     assert targets[0] not in volumes_on(h2)
 
     h2.stop_sshd()

@@ -499,3 +499,22 @@ def test_full_spec_rejects_explicit_codec(configured: dict[str, str]) -> None:
     with pytest.raises(UsageError, match="--compress zstd is for volumes mode"):
         api.build_full_spec(load_config(None, configured), source="a", target="b",
                             containers=["web2"], options={"compress": "zstd"})
+
+
+def test_rejected_resume_prints_nothing(environ: dict[str, str]) -> None:
+    config = load_config(None, environ)
+    store = TaskStore(default_store_path(environ))
+    try:
+        task = api.create_task(store, config, source="local", target="local",
+                               volumes=("va:vb",), verify="full", force=False)
+    finally:
+        store.close()
+
+    outcome = invoke("ddmctl", ["resume", task.id], environ)
+    as_json = invoke("ddmctl", ["resume", task.id, "--json"], environ)
+
+    assert outcome.status == 6, outcome.stderr
+    assert outcome.stdout == ""
+    assert f"task {task.id} is queued; only an interrupted task can be resumed" in outcome.stderr
+    assert as_json.status == 6, as_json.stderr
+    assert as_json.stdout == ""

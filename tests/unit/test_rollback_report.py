@@ -172,3 +172,4 @@ def test_rollback_json_has_outcome(environ: dict[str, str]) -> None:
     volume = json.loads(outcome.stdout)["volumes"][0]
     assert volume["rollback"] == {"outcome": "untouched",
                                   "reason": "the task never started this volume"}
+
