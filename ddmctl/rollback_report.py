@@ -7,7 +7,7 @@ from typing import Any
 
 from ddm.store import TaskStore
 from ddm.task import ItemState, Task
-from ddmsyncer.undo import ROLLBACK_ABSENT
+from ddmsyncer.undo import ROLLBACK_ABSENT, ROLLBACK_REJECTED
 
 # The event message the runner stores when a rollback starts (TaskRunner.rollback).
 ROLLBACK_STARTED = "phase rollback started"
@@ -27,7 +27,8 @@ def rollback_outcomes(task: Task, events: list[dict[str, Any]], *,
     """Return (outcome, reason) by item position.
 
     The outcome is removed, absent (the volume no longer existed when the rollback came to it),
-    restored, untouched, kept or remaining.
+    restored, untouched, kept or remaining. The reason of a volume that remains because Docker
+    rejected removing it is that error (see rejected_removals).
 
     An incremental update that a rollback undid from its backup is "restored". Only restores
     after the task's first rollback started count, because a resumed run also restores the
@@ -47,6 +48,7 @@ def rollback_outcomes(task: Task, events: list[dict[str, Any]], *,
     """
     restored = restored_positions(events)
     absent = positions_after_rollback(events, ROLLBACK_ABSENT)
+    rejected = rejected_removals(events)
     later_tasks = later_tasks or {}
     changed = changed or {}
     outcomes: dict[int, tuple[str, str]] = {}
@@ -67,6 +69,9 @@ def rollback_outcomes(task: Task, events: list[dict[str, Any]], *,
                                                  "rollback had nothing to remove")
         elif item.state is ItemState.ROLLED_BACK:
             outcomes[item.position] = ("removed", "")
+        elif item.target_created and item.position in rejected:
+            outcomes[item.position] = ("remaining", f"Docker rejected removing it: "
+                                                    f"{rejected[item.position]}")
         elif item.target_created:
             outcomes[item.position] = ("remaining", "the rollback stopped before removing it")
         elif item.state is ItemState.PENDING:
@@ -103,6 +108,27 @@ def positions_after_rollback(events: list[dict[str, Any]], kind: str) -> set[int
         if event["kind"] == kind and event["id"] > started
         and isinstance(event.get("data"), dict) and "position" in event["data"]
     }
+
+
+def rejected_removals(events: list[dict[str, Any]]) -> dict[int, str]:
+    """Return, by item position, why Docker rejected removing a volume in the latest rollback.
+
+    Only the latest rollback counts, because a rejection that an earlier run met may be fixed
+    by now, and that run's error is not why the volume remains.
+    """
+    started = max((event["id"] for event in events
+                   if event["kind"] == "phase" and event["message"] == ROLLBACK_STARTED),
+                  default=None)
+    if started is None:
+        return {}
+    found: dict[int, str] = {}
+    for event in events:
+        data = event.get("data")
+        if event["kind"] != ROLLBACK_REJECTED or event["id"] < started:
+            continue
+        if isinstance(data, dict) and "position" in data and "reason" in data:
+            found[int(data["position"])] = str(data["reason"])
+    return found
 
 
 def later_writers(store: TaskStore, task: Task) -> dict[int, list[str]]:

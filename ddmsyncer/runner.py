@@ -682,7 +682,14 @@ class TaskRunner:
                 self.record("info", undo.ROLLBACK_ABSENT, f"volume {item.target!r} was already "
                             f"gone from {self.task.spec.target_host}", position=item.position)
                 continue
-            undo.remove_target_volume(target, item.target, self.task.id)
+            try:
+                undo.remove_target_volume(target, item.target, self.task.id)
+            except MigrationFailed as error:
+                undo.add_rollback_next_step(error, self.task.id)
+                self.record("error", undo.ROLLBACK_REJECTED, f"removing volume {item.target!r} "
+                            f"from {self.task.spec.target_host} was rejected: {error}",
+                            position=item.position, reason=str(error))
+                raise
             self.update_item(item, state=ItemState.ROLLED_BACK, target_created=False)
             self.record("info", "rolled_back", f"removed volume {item.target!r} from "
                         f"{self.task.spec.target_host}")

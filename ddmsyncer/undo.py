@@ -24,6 +24,10 @@ ROLLBACK_REQUESTED = "rollback_requested"
 # The event's data has the item's position.
 ROLLBACK_ABSENT = "rollback_absent"
 
+# Event kind of a target volume whose removal Docker rejected, for example because a
+# container uses it. The event's data has the item's position and the error as "reason".
+ROLLBACK_REJECTED = "rollback_rejected"
+
 
 def remove_target_volume(target: Any, name: str, task_id: str) -> None:
     """Remove a target volume; when a container uses it, raise an error naming that container."""

@@ -233,8 +233,9 @@ def rollback(context: CommandContext, task_id: str, force: bool, as_json: bool) 
     task's rollback), restored (an incremental update undone from its backup), untouched
     (the task never started the volume), kept (the task did not create it, it changed since
     the task, or an earlier rollback of the task undid it and later tasks wrote it since) or
-    remaining (the rollback stopped before removing it), all but removed followed by the
-    reason. A kept volume is left as it is now. A rollback that stops part way prints these
+    remaining (the rollback stopped before removing it, or Docker rejected removing it, for
+    example because a container uses it), all but removed followed by the reason. The reason
+    of a rejected removal gives Docker's error and what to do. A kept volume is left as it is now. A rollback that stops part way prints these
     lines too, then the error; run it again to finish.
     """
     before = context.store.get_task(task_id)

@@ -173,3 +173,22 @@ def test_rollback_json_has_outcome(environ: dict[str, str]) -> None:
     assert volume["rollback"] == {"outcome": "untouched",
                                   "reason": "the task never started this volume"}
 
+
+def test_rejected_removal_gives_reason() -> None:
+    task = task_with(ItemState.VERIFIED, ItemState.VERIFIED)
+    for item in task.items:
+        item.target_created = True
+    reason = "removing volume 't0' from new failed because container 'web' uses it"
+    first = [
+        event(1, "phase", "phase rollback started"),
+        event(2, "rollback_rejected", f"removing volume 't0' from new was rejected: {reason}",
+              {"position": 0, "reason": reason}),
+    ]
+    second = [*first, event(3, "phase", "phase rollback started")]
+
+    outcomes = rollback_outcomes(task, first)
+    later = rollback_outcomes(task, second)
+
+    assert outcomes[0] == ("remaining", f"Docker rejected removing it: {reason}")
+    assert outcomes[1] == ("remaining", "the rollback stopped before removing it")
+    assert later[0] == ("remaining", "the rollback stopped before removing it")
