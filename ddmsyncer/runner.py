@@ -694,12 +694,14 @@ class TaskRunner:
             self.record("info", "rolled_back", f"removed volume {item.target!r} from "
                         f"{self.task.spec.target_host}")
 
-    def _finish(self, state: TaskState, error: dict[str, Any] | None) -> None:
+    def _finish(self, state: TaskState, error: dict[str, Any] | None, *,
+                finished_at: float | None = None) -> None:
+        """Store the task's end state; `finished_at` defaults to now."""
         self.task.state = state
         self.task.error = error
         phase = Phase.DONE if state is TaskState.SUCCEEDED else self.task.phase
         self.store.update_task(self.task.id, state=state, phase=phase, error=error,
-                               finished_at=time.time(), runner_pid=None)
+                               finished_at=finished_at or time.time(), runner_pid=None)
         self.store.release_locks(self.task.id)
         self.task = self.store.get_task(self.task.id)
         self.record("info", "finished", f"task {state.value}")
@@ -808,14 +810,20 @@ def rollback_task(runner: TaskRunner) -> Task:
     if not store.claim_task(task.id, os.getpid(), states):
         raise TaskConflict(f"task {task.id} changed state while rolling back; try again")
     runner.task = store.get_task(task.id)
+    # The task keeps the finish time of its migration, so its duration stays that of the
+    # migration. A task that never stored one (its runner was killed) gets the rollback's.
+    migration_finished_at = runner.task.finished_at
     undo.mark_rollback_requested(store, task.id)
     try:
         runner.rollback(every_host=True)
     except BaseException as error:
         undo.add_rollback_next_step(error, task.id)
-        runner._finish(TaskState.INTERRUPTED, _error_dict(error))
+        store.set_extra(task.id, **{undo.ROLLBACK_FINISHED_AT: time.time()})
+        runner._finish(TaskState.INTERRUPTED, _error_dict(error),
+                       finished_at=migration_finished_at)
         raise
     finally:
         runner._close()
-    runner._finish(TaskState.ROLLED_BACK, None)
+    store.set_extra(task.id, **{undo.ROLLBACK_FINISHED_AT: time.time()})
+    runner._finish(TaskState.ROLLED_BACK, None, finished_at=migration_finished_at)
     return runner.task

@@ -20,6 +20,11 @@ log = logging.getLogger(__name__)
 # starts a rollback in a new process.
 ROLLBACK_REQUESTED = "rollback_requested"
 
+# Key of the task's extra state: when the latest `ddmctl rollback` of the task ended (seconds
+# since the epoch), whether it finished or stopped part way. The task's own finished_at stays
+# the end of its migration.
+ROLLBACK_FINISHED_AT = "rollback_finished_at"
+
 # Event kind of a target volume that a rollback found already gone, so it removed nothing.
 # The event's data has the item's position.
 ROLLBACK_ABSENT = "rollback_absent"

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime
+from typing import Any
 
 import click
 
 from ddm import api
 from ddm.errors import DDMError, ExitStatus, TargetsChanged, TaskNotFound
+from ddm.store import TaskStore
 from ddm.task import ItemState, Phase, Task, TaskItem, TaskState
 from ddmctl.commands.migrate import print_task_result, run_and_report
 from ddmctl.common import CommandContext, epilog, json_option
@@ -17,6 +19,7 @@ from ddmctl.rollback_report import later_writers, rollback_outcomes
 from ddmctl.tasks_filter import MAX_SCANNED_TASKS, parse_since, task_matches
 from ddmctl.watch import task_label, watch_task
 from ddmsyncer.runner import mark_stale_running
+from ddmsyncer.undo import ROLLBACK_FINISHED_AT
 
 
 def format_time(timestamp: float | None) -> str:
@@ -53,7 +56,7 @@ def list_tasks(context: CommandContext, state: str | None, host: str | None,
     tasks = [mark_stale_running(store, task) for task in found
              if task_matches(task, host=host, since=since)][:limit]
     if as_json:
-        context.print_json([task.to_dict() for task in tasks])
+        context.print_json([task_document(store, task) for task in tasks])
         return int(ExitStatus.OK)
 
     context.echo("ID            CREATED (UTC)        HOSTS    STATE        PHASE     DURATION  VOLUMES")
@@ -89,7 +92,7 @@ def status(context: CommandContext, task_id: str, show_events: bool, watch: bool
                           width=int(columns) if columns.isdigit() else None)
     events = store.get_events(task.id) if show_events else []
     if as_json:
-        data = task.to_dict()
+        data = task_document(store, task)
         if show_events:
             data["events"] = events
         if task.spec.mode.value == "full":
@@ -111,6 +114,9 @@ def status(context: CommandContext, task_id: str, show_events: bool, watch: bool
     context.echo(f"created   {format_time(task.created_at)} UTC")
     finished = "-" if task.finished_at is None else f"{format_time(task.finished_at)} UTC"
     context.echo(f"finished  {finished}")
+    rollback_finished_at = store.get_extra(task.id).get(ROLLBACK_FINISHED_AT)
+    if rollback_finished_at is not None:
+        context.echo(f"rollback  {format_time(rollback_finished_at)} UTC")
     if task.error:
         context.echo(f"error     {task.error.get('message')}")
     compression = store.get_extra(task.id).get("compression", {})
@@ -132,6 +138,13 @@ def status(context: CommandContext, task_id: str, show_events: bool, watch: bool
     for event in events:
         context.echo(f"{format_time(event['at'])}  {event['level']:<7}  {event['message']}")
     return watched_exit_status(task) if watch else int(ExitStatus.OK)
+
+
+def task_document(store: TaskStore, task: Task) -> dict[str, Any]:
+    """Return the task's JSON document for list and status, with when its rollback ended."""
+    data = task.to_dict()
+    data["rollback_finished_at"] = store.get_extra(task.id).get(ROLLBACK_FINISHED_AT)
+    return data
 
 
 def watched_exit_status(task: Task) -> int:
@@ -277,7 +290,7 @@ def print_rollback_outcomes(context: CommandContext, task: Task, as_json: bool,
                                  rolled_back_before=rolled_back_before, later_tasks=later,
                                  changed=changed)
     if as_json:
-        data = task.to_dict()
+        data = task_document(context.store, task)
         for volume in data["volumes"]:
             outcome, reason = outcomes[volume["position"]]
             volume["rollback"] = {"outcome": outcome, "reason": reason or None}

@@ -1,4 +1,4 @@
-"""Lab tests of `ddmctl rollback` of a succeeded task whose target volume changed afterwards.
+"""Lab tests of `ddmctl rollback` of a succeeded task: changed, replaced and missing targets.
 
 A file rewritten in place with the same size and its old mtime looks unchanged to a check of
 metadata only, so the rollback must compare content whenever the task stored digests.
@@ -235,3 +235,32 @@ def test_rollback_reports_volume_already_gone(h1: LabHost, h2: LabHost,
         "nothing to remove" for source in sources]
     assert not set(sources) & set(volume_names(h2))
     assert snapshot_volume_tree(h1, sources[0]) == source_before
+
+
+def test_rollback_keeps_migration_finish_time(h1: LabHost, h2: LabHost,
+                                              isolated_env: IsolatedEnv,
+                                              resources: LabResources) -> None:
+    source = resources.create_volume(h1)
+    resources.add_volume(h2, source)
+    write_volume_tree(h1, source, {"note.txt": File(ORIGINAL)})
+    task_id = migrate(source)
+    migrated = ddmctl("status", task_id, "--json").json()
+    # Times are stored in seconds as floats, so a second is plenty to tell them apart.
+    time.sleep(1.1)
+
+    rolled_back = ddmctl("rollback", task_id)
+    status = ddmctl("status", task_id, "--json").json()
+    listed = [task for task in ddmctl("list", "--json").json() if task["id"] == task_id]
+    text = ddmctl("status", task_id).stdout.splitlines()
+
+    assert rolled_back.status == 0, rolled_back.stderr
+    assert migrated["rollback_finished_at"] is None
+    assert status["state"] == "rolled_back"
+    assert status["finished_at"] == migrated["finished_at"]
+    assert status["duration_seconds"] == migrated["duration_seconds"]
+    assert status["rollback_finished_at"] >= migrated["finished_at"] + 1
+    assert len(listed) == 1
+    assert listed[0]["finished_at"] == migrated["finished_at"]
+    assert listed[0]["rollback_finished_at"] == status["rollback_finished_at"]
+    assert len([line for line in text if line.startswith("rollback  ")]) == 1
+    assert source not in volume_names(h2)
