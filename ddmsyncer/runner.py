@@ -32,7 +32,6 @@ from ddm.errors import (
     Interrupted,
     MigrationFailed,
     TaskConflict,
-    TargetsChanged,
 )
 from ddm.events import (
     WARNING_EVENT_MARK,

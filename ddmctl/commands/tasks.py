@@ -233,23 +233,24 @@ def rollback(context: CommandContext, task_id: str, force: bool, as_json: bool) 
 
     A target volume that was replaced or changed after a succeeded task finished is kept, and
     the command exits 6, unless --force is given. The rollback then removes nothing, and it
-    prints the per-volume lines (below) with each changed volume kept and why. For a task that ran with --verify full
-    (the default unless the config sets defaults.verify) and not with --route direct, the
-    files' content and metadata are compared with the task's copy. For other tasks only
-    metadata is compared: type, mode, owner, size, link target and mtime in whole seconds,
-    so a file rewritten with the same size and mtime counts as unchanged. A succeeded task
-    that updated a volume with --incremental is rejected with exit status 2, because its
-    backup is removed.
+    prints the per-volume lines (below) with each changed volume kept and why. For a task that
+    ran with --verify full (the default unless the config sets defaults.verify) and not with
+    --route direct, the files' content and metadata are compared with the task's copy. For
+    other tasks only metadata is compared: type, mode, owner, size, link target and mtime in
+    whole seconds, so a file rewritten with the same size and mtime counts as unchanged. A
+    succeeded task that updated a volume with --incremental is rejected with exit status 2,
+    because its backup is removed.
 
     Prints a tab-separated line per volume: source, target and the outcome. The outcome is
     removed, absent (the volume no longer existed, for example removed by hand or by another
-    task's rollback), restored (an incremental update undone from its backup), untouched
-    (the task never started the volume), kept (the task did not create it, it changed since
-    the task, or an earlier rollback of the task undid it and later tasks wrote it since) or
+    task's rollback), restored (an incremental update undone from its backup), untouched (the
+    task never started the volume), kept (the task did not create it, it changed since the
+    task, or an earlier rollback of the task undid it and later tasks wrote it since) or
     remaining (the rollback stopped before removing it, or Docker rejected removing it, for
     example because a container uses it), all but removed followed by the reason. The reason
-    of a rejected removal gives Docker's error and what to do. A kept volume is left as it is now. A rollback that stops part way prints these
-    lines too, then the error; run it again to finish.
+    of a rejected removal gives Docker's error and what to do. A kept volume is left as it is
+    now. A rollback that stops part way prints these lines too, then the error; run it again
+    to finish.
     """
     before = context.store.get_task(task_id)
     rolled_back_before = {item.position for item in before.items
