@@ -19,7 +19,9 @@ class ExitStatus(enum.IntEnum):
     CONNECTION = 3  # a host or its Docker engine could not be reached
     HOST_KEY = 4  # an SSH host key is unknown or changed
     AUTHENTICATION = 5  # the SSH server rejected the user or key
-    CONFLICT = 6  # another task holds the volume or container
+    # Another task holds the volume, the task's state forbids the action, or a rollback kept
+    # a target volume that changed since the task.
+    CONFLICT = 6
     INTERRUPTED = 130  # stopped by Ctrl-C or SIGTERM
 
 
@@ -31,7 +33,9 @@ Exit statuses:
   3    connection to a host or its Docker engine failed
   4    SSH host key unknown or changed
   5    SSH authentication failed
-  6    conflict: another task holds the volume
+  6    conflict: another task holds the volume, the task's state
+       forbids the action, or a rollback kept a target volume
+       that changed since the task
   130  interrupted"""
 
 
@@ -99,9 +103,25 @@ class AuthenticationFailed(DDMError):
 
 
 class TaskConflict(DDMError):
-    """A volume or container that this task needs is locked by another task."""
+    """An action that conflicts with another task, the task's state or a changed target volume.
+
+    Another task holds a volume or container that the task needs, the task's state forbids
+    the action, or `ddmctl rollback` kept a target volume that changed since the task.
+    """
 
     exit_status = ExitStatus.CONFLICT
+
+
+class TargetsChanged(TaskConflict):
+    """`ddmctl rollback` kept target volumes that changed or were replaced since the task.
+
+    `changed` maps each kept item's position to why its volume was kept, as a phrase that
+    follows "volume 'NAME' on HOST", for example "was replaced ... after task X created it".
+    """
+
+    def __init__(self, message: str, changed: dict[int, str], *, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.changed = changed
 
 
 class MigrationFailed(DDMError):

@@ -7,6 +7,7 @@ from typing import Any
 
 from ddm.store import TaskStore
 from ddm.task import ItemState, Task
+from ddmsyncer.undo import ROLLBACK_ABSENT, ROLLBACK_REJECTED
 
 # The event message the runner stores when a rollback starts (TaskRunner.rollback).
 ROLLBACK_STARTED = "phase rollback started"
@@ -20,9 +21,14 @@ LATER_TASKS_LIMIT = 1000
 
 def rollback_outcomes(task: Task, events: list[dict[str, Any]], *,
                       rolled_back_before: Collection[int] = (),
-                      later_tasks: Mapping[int, list[str]] | None = None
+                      later_tasks: Mapping[int, list[str]] | None = None,
+                      changed: Mapping[int, str] | None = None
                       ) -> dict[int, tuple[str, str]]:
-    """Return (outcome, reason) by item position: removed, restored, untouched, kept or remaining.
+    """Return (outcome, reason) by item position.
+
+    The outcome is removed, absent (the volume no longer existed when the rollback came to it),
+    restored, untouched, kept or remaining. The reason of a volume that remains because Docker
+    rejected removing it is that error (see rejected_removals).
 
     An incremental update that a rollback undid from its backup is "restored". Only restores
     after the task's first rollback started count, because a resumed run also restores the
@@ -35,18 +41,37 @@ def rollback_outcomes(task: Task, events: list[dict[str, Any]], *,
     the earlier rollback left. Without later tasks, an earlier rollback's outcome is
     reported as if this rollback had done it, so running a stopped rollback again reports
     every volume.
+
+    `changed` (TargetsChanged.changed) is for a rollback that the changed-volume check
+    stopped before it removed anything: those volumes are "kept" with the check's reason,
+    and the task's other volumes that are still there are "remaining".
     """
     restored = restored_positions(events)
+    absent = positions_after_rollback(events, ROLLBACK_ABSENT)
+    rejected = rejected_removals(events)
     later_tasks = later_tasks or {}
+    changed = changed or {}
     outcomes: dict[int, tuple[str, str]] = {}
     for item in task.items:
         later = later_tasks.get(item.position, [])
-        if item.position in rolled_back_before and item.state is ItemState.ROLLED_BACK and later:
+        if item.position in changed:
+            outcomes[item.position] = ("kept", f"the volume {changed[item.position]}, so the "
+                                               "rollback kept it; pass --force to remove it")
+        elif changed and item.target_created:
+            outcomes[item.position] = ("remaining", "the rollback removed nothing, because "
+                                                    "other target volumes of the task changed")
+        elif item.position in rolled_back_before and item.state is ItemState.ROLLED_BACK and later:
             outcomes[item.position] = _earlier_outcome(item.position in restored, later)
         elif item.position in restored and item.state is ItemState.ROLLED_BACK:
             outcomes[item.position] = ("restored", "the target is as before the task")
+        elif item.position in absent and item.state is ItemState.ROLLED_BACK:
+            outcomes[item.position] = ("absent", "the volume no longer existed, so the "
+                                                 "rollback had nothing to remove")
         elif item.state is ItemState.ROLLED_BACK:
             outcomes[item.position] = ("removed", "")
+        elif item.target_created and item.position in rejected:
+            outcomes[item.position] = ("remaining", f"Docker rejected removing it: "
+                                                    f"{rejected[item.position]}")
         elif item.target_created:
             outcomes[item.position] = ("remaining", "the rollback stopped before removing it")
         elif item.state is ItemState.PENDING:
@@ -69,15 +94,41 @@ def _earlier_outcome(restored: bool, later: list[str]) -> tuple[str, str]:
 
 def restored_positions(events: list[dict[str, Any]]) -> set[int]:
     """Return the positions of items restored from a backup by a rollback of the task."""
+    return positions_after_rollback(events, "restored")
+
+
+def positions_after_rollback(events: list[dict[str, Any]], kind: str) -> set[int]:
+    """Return the item positions of the `kind` events since the task's first rollback started."""
     started = next((event["id"] for event in events
                     if event["kind"] == "phase" and event["message"] == ROLLBACK_STARTED), None)
     if started is None:
         return set()
     return {
         int(event["data"]["position"]) for event in events
-        if event["kind"] == "restored" and event["id"] > started
+        if event["kind"] == kind and event["id"] > started
         and isinstance(event.get("data"), dict) and "position" in event["data"]
     }
+
+
+def rejected_removals(events: list[dict[str, Any]]) -> dict[int, str]:
+    """Return, by item position, why Docker rejected removing a volume in the latest rollback.
+
+    Only the latest rollback counts, because a rejection that an earlier run met may be fixed
+    by now, and that run's error is not why the volume remains.
+    """
+    started = max((event["id"] for event in events
+                   if event["kind"] == "phase" and event["message"] == ROLLBACK_STARTED),
+                  default=None)
+    if started is None:
+        return {}
+    found: dict[int, str] = {}
+    for event in events:
+        data = event.get("data")
+        if event["kind"] != ROLLBACK_REJECTED or event["id"] < started:
+            continue
+        if isinstance(data, dict) and "position" in data and "reason" in data:
+            found[int(data["position"])] = str(data["reason"])
+    return found
 
 
 def later_writers(store: TaskStore, task: Task) -> dict[int, list[str]]:

@@ -27,12 +27,16 @@ cannot be rolled back at all (incremental.check_rollback_allowed), and a volume 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ddm import piecehash
+from ddm.errors import TargetsChanged
 from ddm.manifest import Difference, Manifest, compare_manifests
 from ddmsyncer import volumes
 from ddmsyncer.hostverify import sha256_view
+
+if TYPE_CHECKING:
+    from ddm.task import Task
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +45,9 @@ XXH3_128_HEX_LENGTH = 32
 
 METADATA_ASPECTS = volumes.QUICK_ASPECTS
 CONTENT_ASPECTS = volumes.FULL_ASPECTS
+
+# How many kept volumes the error of a rollback names; the rest are counted.
+MAX_NAMED_VOLUMES = 5
 
 
 def stored_digest_kind(manifest: Manifest) -> str | None:
@@ -91,3 +98,38 @@ def describe_comparison(stored: Manifest) -> str:
     if stored.hash_content:
         return "content and metadata compared"
     return "metadata only compared, because the task stored no content digests"
+
+
+def targets_changed_error(task: Task, changed: dict[int, str]) -> TargetsChanged:
+    """Return the error of a rollback that keeps the changed target volumes of `task`.
+
+    `changed` maps item positions to reasons, as TargetsChanged.changed. One volume gets
+    its reason in the message. Several get their names (the first MAX_NAMED_VOLUMES and a
+    count of the rest) and the reason of the first.
+    """
+    host = task.spec.target_host
+    names = [item.target for item in task.items if item.position in changed]
+    first_position = min(changed)
+    first = next(item.target for item in task.items if item.position == first_position)
+    if len(names) == 1:
+        return TargetsChanged(
+            f"volume {first!r} on {host} {changed[first_position]}", changed,
+            hint=f"inspect volume {first!r} on {host}; pass --force to remove it anyway")
+
+    return TargetsChanged(
+        f"{len(names)} target volumes on {host} changed since task {task.id}, so the rollback "
+        f"kept them and removed nothing: {name_list(names)}. Volume {first!r} "
+        f"{changed[first_position]}", changed,
+        hint=f"inspect them on {host} ('ddmctl rollback {task.id} --json' gives each reason); "
+        "pass --force to remove them anyway")
+
+
+def name_list(names: list[str]) -> str:
+    """Return "'a', 'b' and 'c'", naming at most MAX_NAMED_VOLUMES and counting the rest."""
+    quoted = [repr(name) for name in names[:MAX_NAMED_VOLUMES]]
+    rest = len(names) - len(quoted)
+    if rest:
+        return f"{', '.join(quoted)} and {rest} more"
+    if len(quoted) == 1:
+        return quoted[0]
+    return f"{', '.join(quoted[:-1])} and {quoted[-1]}"

@@ -555,44 +555,49 @@ class TaskRunner:
             return
 
         recorded = extra.get("volume_created_at") or {}
+        changed: dict[int, str] = {}
         try:
             for item in self.task.items:
                 if not item.target_created:
                     continue
-                self._check_unchanged(item, recorded.get(item.target))
+                reason = self._target_change(item, recorded.get(item.target))
+                if reason is not None:
+                    changed[item.position] = reason
         except DDMError as error:
             # When a check cannot run (a host down) during an unfinished rollback, the error
             # gives the command that finishes it, as the rollback's own errors do.
             if self.task.state is not TaskState.SUCCEEDED and not isinstance(error, TaskConflict):
                 undo.add_rollback_next_step(error, self.task.id)
             raise
+        if changed:
+            raise rollbackcheck.targets_changed_error(self.task, changed)
 
-    def _check_unchanged(self, item: TaskItem, created_at: str | None) -> None:
+    def _target_change(self, item: TaskItem, created_at: str | None) -> str | None:
+        """Return why the item's target volume counts as changed since the task, or None.
+
+        The reason is a phrase that follows "volume 'NAME' on HOST".
+        """
         target = self.target
         if target.volume_inspect(item.target) is None:
-            return
-        hint = (f"inspect volume {item.target!r} on {self.task.spec.target_host}; pass --force "
-                "to remove it anyway")
+            return None
         stored = load_task_manifest(self.store, self.task.id, item.position)
         if stored is not None:
             differences = rollbackcheck.target_differences(target, item.target, stored,
                                                            task_id=self.task.id)
             if differences:
                 first = differences[0]
-                raise TaskConflict(
-                    f"volume {item.target!r} on {self.task.spec.target_host} changed since task "
-                    f"{self.task.id} finished ({counted(len(differences), 'difference')}, first "
-                    f"{display_path(first.path)}: {first.aspect}), with "
-                    f"{rollbackcheck.describe_comparison(stored)}", hint=hint)
+                return (f"changed since task {self.task.id} finished "
+                        f"({counted(len(differences), 'difference')}, first "
+                        f"{display_path(first.path)}: {first.aspect}), with "
+                        f"{rollbackcheck.describe_comparison(stored)}")
 
         # The local driver reports the ctime of the volume's data directory as CreatedAt, in
         # whole seconds, so it also moves when an entry at the top of the volume changes.
         current = target.api.inspect_volume(item.target).get("CreatedAt")
         if created_at is not None and current != created_at:
-            raise TaskConflict(
-                f"volume {item.target!r} on {self.task.spec.target_host} was replaced, or its "
-                f"top directory changed, after task {self.task.id} created it (CreatedAt "
-                f"{created_at} then, {current} now)", hint=hint)
+            return (f"was replaced, or its top directory changed, after task {self.task.id} "
+                    f"created it (CreatedAt {created_at} then, {current} now)")
+        return None
 
     def cleanup(self, *, every_host: bool = False) -> None:
         """Remove helper containers of this task on the hosts it connected to (also after failures).
@@ -669,18 +674,33 @@ class TaskRunner:
             if not item.target_created:
                 continue
             volumes.remove_task_helpers(target, self.task.id)
-            if target.volume_inspect(item.target) is not None:
+            if target.volume_inspect(item.target) is None:
+                # NOTE: a rollback that removed the volume and stopped before it stored the
+                # item's new state finds it absent when it runs again, and reports it so.
+                self.update_item(item, state=ItemState.ROLLED_BACK, target_created=False)
+                self.record("info", undo.ROLLBACK_ABSENT, f"volume {item.target!r} was already "
+                            f"gone from {self.task.spec.target_host}", position=item.position)
+                continue
+            try:
                 undo.remove_target_volume(target, item.target, self.task.id)
+            except MigrationFailed as error:
+                undo.add_rollback_next_step(error, self.task.id)
+                self.record("error", undo.ROLLBACK_REJECTED, f"removing volume {item.target!r} "
+                            f"from {self.task.spec.target_host} was rejected: {error}",
+                            position=item.position, reason=str(error))
+                raise
             self.update_item(item, state=ItemState.ROLLED_BACK, target_created=False)
             self.record("info", "rolled_back", f"removed volume {item.target!r} from "
                         f"{self.task.spec.target_host}")
 
-    def _finish(self, state: TaskState, error: dict[str, Any] | None) -> None:
+    def _finish(self, state: TaskState, error: dict[str, Any] | None, *,
+                finished_at: float | None = None) -> None:
+        """Store the task's end state; `finished_at` defaults to now."""
         self.task.state = state
         self.task.error = error
         phase = Phase.DONE if state is TaskState.SUCCEEDED else self.task.phase
         self.store.update_task(self.task.id, state=state, phase=phase, error=error,
-                               finished_at=time.time(), runner_pid=None)
+                               finished_at=finished_at or time.time(), runner_pid=None)
         self.store.release_locks(self.task.id)
         self.task = self.store.get_task(self.task.id)
         self.record("info", "finished", f"task {state.value}")
@@ -789,14 +809,20 @@ def rollback_task(runner: TaskRunner) -> Task:
     if not store.claim_task(task.id, os.getpid(), states):
         raise TaskConflict(f"task {task.id} changed state while rolling back; try again")
     runner.task = store.get_task(task.id)
+    # The task keeps the finish time of its migration, so its duration stays that of the
+    # migration. A task that never stored one (its runner was killed) gets the rollback's.
+    migration_finished_at = runner.task.finished_at
     undo.mark_rollback_requested(store, task.id)
     try:
         runner.rollback(every_host=True)
     except BaseException as error:
         undo.add_rollback_next_step(error, task.id)
-        runner._finish(TaskState.INTERRUPTED, _error_dict(error))
+        store.set_extra(task.id, **{undo.ROLLBACK_FINISHED_AT: time.time()})
+        runner._finish(TaskState.INTERRUPTED, _error_dict(error),
+                       finished_at=migration_finished_at)
         raise
     finally:
         runner._close()
-    runner._finish(TaskState.ROLLED_BACK, None)
+    store.set_extra(task.id, **{undo.ROLLBACK_FINISHED_AT: time.time()})
+    runner._finish(TaskState.ROLLED_BACK, None, finished_at=migration_finished_at)
     return runner.task

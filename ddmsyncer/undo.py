@@ -20,6 +20,19 @@ log = logging.getLogger(__name__)
 # starts a rollback in a new process.
 ROLLBACK_REQUESTED = "rollback_requested"
 
+# Key of the task's extra state: when the latest `ddmctl rollback` of the task ended (seconds
+# since the epoch), whether it finished or stopped part way. The task's own finished_at stays
+# the end of its migration.
+ROLLBACK_FINISHED_AT = "rollback_finished_at"
+
+# Event kind of a target volume that a rollback found already gone, so it removed nothing.
+# The event's data has the item's position.
+ROLLBACK_ABSENT = "rollback_absent"
+
+# Event kind of a target volume whose removal Docker rejected, for example because a
+# container uses it. The event's data has the item's position and the error as "reason".
+ROLLBACK_REJECTED = "rollback_rejected"
+
 
 def remove_target_volume(target: Any, name: str, task_id: str) -> None:
     """Remove a target volume; when a container uses it, raise an error naming that container."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import click
 
@@ -215,6 +216,7 @@ def run_and_report(context: CommandContext, task_id: str, as_json: bool, *, resu
     raise_on_sigterm()
     display = choose_display(context.env, as_json=as_json, quiet=context.verbosity < 0)
     runner = api.resume_task if resume else api.run_task
+    before = stored_fields(context.store.get_task(task_id))
     error: DDMError | None = None
     with display:
         try:
@@ -229,10 +231,21 @@ def run_and_report(context: CommandContext, task_id: str, as_json: bool, *, resu
             raise
 
     task = context.store.get_task(task_id)
+    if error is not None and stored_fields(task) == before:
+        # The task was rejected before it ran (a resume of a task whose rollback is
+        # unfinished, or of a task in another state), so there is no result to print.
+        raise error
     print_task_result(context, task, as_json)
     if error is not None:
         raise error
     return int(ExitStatus.OK)
+
+
+def stored_fields(task: Task) -> dict[str, Any]:
+    """Return the task's JSON document without its duration, which grows while it has no end."""
+    fields = task.to_dict()
+    fields.pop("duration_seconds", None)
+    return fields
 
 
 def print_task_result(context: CommandContext, task: Task, as_json: bool) -> None:

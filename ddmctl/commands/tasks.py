@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime
+from typing import Any
 
 import click
 
 from ddm import api
-from ddm.errors import DDMError, ExitStatus, TaskNotFound
+from ddm.errors import DDMError, ExitStatus, TargetsChanged, TaskNotFound
+from ddm.store import TaskStore
 from ddm.task import ItemState, Phase, Task, TaskItem, TaskState
 from ddmctl.commands.migrate import print_task_result, run_and_report
 from ddmctl.common import CommandContext, epilog, json_option
@@ -17,6 +19,7 @@ from ddmctl.rollback_report import later_writers, rollback_outcomes
 from ddmctl.tasks_filter import MAX_SCANNED_TASKS, parse_since, task_matches
 from ddmctl.watch import task_label, watch_task
 from ddmsyncer.runner import mark_stale_running
+from ddmsyncer.undo import ROLLBACK_FINISHED_AT
 
 
 def format_time(timestamp: float | None) -> str:
@@ -53,7 +56,7 @@ def list_tasks(context: CommandContext, state: str | None, host: str | None,
     tasks = [mark_stale_running(store, task) for task in found
              if task_matches(task, host=host, since=since)][:limit]
     if as_json:
-        context.print_json([task.to_dict() for task in tasks])
+        context.print_json([task_document(store, task) for task in tasks])
         return int(ExitStatus.OK)
 
     context.echo("ID            CREATED (UTC)        HOSTS    STATE        PHASE     DURATION  VOLUMES")
@@ -89,7 +92,7 @@ def status(context: CommandContext, task_id: str, show_events: bool, watch: bool
                           width=int(columns) if columns.isdigit() else None)
     events = store.get_events(task.id) if show_events else []
     if as_json:
-        data = task.to_dict()
+        data = task_document(store, task)
         if show_events:
             data["events"] = events
         if task.spec.mode.value == "full":
@@ -111,6 +114,9 @@ def status(context: CommandContext, task_id: str, show_events: bool, watch: bool
     context.echo(f"created   {format_time(task.created_at)} UTC")
     finished = "-" if task.finished_at is None else f"{format_time(task.finished_at)} UTC"
     context.echo(f"finished  {finished}")
+    rollback_finished_at = store.get_extra(task.id).get(ROLLBACK_FINISHED_AT)
+    if rollback_finished_at is not None:
+        context.echo(f"rollback  {format_time(rollback_finished_at)} UTC")
     if task.error:
         context.echo(f"error     {task.error.get('message')}")
     compression = store.get_extra(task.id).get("compression", {})
@@ -132,6 +138,13 @@ def status(context: CommandContext, task_id: str, show_events: bool, watch: bool
     for event in events:
         context.echo(f"{format_time(event['at'])}  {event['level']:<7}  {event['message']}")
     return watched_exit_status(task) if watch else int(ExitStatus.OK)
+
+
+def task_document(store: TaskStore, task: Task) -> dict[str, Any]:
+    """Return the task's JSON document for list and status, with when its rollback ended."""
+    data = task.to_dict()
+    data["rollback_finished_at"] = store.get_extra(task.id).get(ROLLBACK_FINISHED_AT)
+    return data
 
 
 def watched_exit_status(task: Task) -> int:
@@ -219,21 +232,25 @@ def rollback(context: CommandContext, task_id: str, force: bool, as_json: bool) 
     """Remove what a task created on the target host. The source is never changed.
 
     A target volume that was replaced or changed after a succeeded task finished is kept, and
-    the command exits 6, unless --force is given. For a task that ran with --verify full
-    (the default unless the config sets defaults.verify) and not with --route direct, the
-    files' content and metadata are compared with the task's copy. For other tasks only
-    metadata is compared: type, mode, owner, size, link target and mtime in whole seconds,
-    so a file rewritten with the same size and mtime counts as unchanged. A succeeded task
-    that updated a volume with --incremental is rejected with exit status 2, because its
-    backup is removed.
+    the command exits 6, unless --force is given. The rollback then removes nothing, and it
+    prints the per-volume lines (below) with each changed volume kept and why. For a task that
+    ran with --verify full (the default unless the config sets defaults.verify) and not with
+    --route direct, the files' content and metadata are compared with the task's copy. For
+    other tasks only metadata is compared: type, mode, owner, size, link target and mtime in
+    whole seconds, so a file rewritten with the same size and mtime counts as unchanged. A
+    succeeded task that updated a volume with --incremental is rejected with exit status 2,
+    because its backup is removed.
 
     Prints a tab-separated line per volume: source, target and the outcome. The outcome is
-    removed, restored (an incremental update undone from its backup), untouched (the task
-    never started the volume), kept (the task did not create it, or an earlier rollback of
-    the task undid it and later tasks wrote it since) or remaining (the rollback stopped
-    before removing it), the last three followed by the reason. A kept volume is left as it
-    is now, and the reason names the later tasks that wrote it. A rollback that stops part
-    way prints these lines too, then the error; run it again to finish.
+    removed, absent (the volume no longer existed, for example removed by hand or by another
+    task's rollback), restored (an incremental update undone from its backup), untouched (the
+    task never started the volume), kept (the task did not create it, it changed since the
+    task, or an earlier rollback of the task undid it and later tasks wrote it since) or
+    remaining (the rollback stopped before removing it, or Docker rejected removing it, for
+    example because a container uses it), all but removed followed by the reason. The reason
+    of a rejected removal gives Docker's error and what to do. A kept volume is left as it is
+    now. A rollback that stops part way prints these lines too, then the error; run it again
+    to finish.
     """
     before = context.store.get_task(task_id)
     rolled_back_before = {item.position for item in before.items
@@ -241,6 +258,11 @@ def rollback(context: CommandContext, task_id: str, force: bool, as_json: bool) 
     try:
         task = api.rollback_task(context.config, context.store, before.id, force=force)
     except TaskNotFound:
+        raise
+    except TargetsChanged as error:
+        # The changed-volume check stopped the rollback before it removed anything.
+        print_rollback_outcomes(context, context.store.get_task(before.id), as_json,
+                                rolled_back_before, changed=error.changed)
         raise
     except DDMError:
         # A rollback that stopped part way still reports what it removed before the error
@@ -257,16 +279,19 @@ def rollback(context: CommandContext, task_id: str, force: bool, as_json: bool) 
 
 
 def print_rollback_outcomes(context: CommandContext, task: Task, as_json: bool,
-                            rolled_back_before: set[int]) -> None:
+                            rolled_back_before: set[int],
+                            changed: dict[int, str] | None = None) -> None:
     """Print a rollback's per-volume outcomes: a line each, or the task as JSON.
 
-    `rolled_back_before` lists the items an earlier rollback of the task had undone.
+    `rolled_back_before` lists the items an earlier rollback of the task had undone, and
+    `changed` the volumes that the changed-volume check kept (TargetsChanged.changed).
     """
     later = later_writers(context.store, task) if rolled_back_before else {}
     outcomes = rollback_outcomes(task, context.store.get_events(task.id),
-                                 rolled_back_before=rolled_back_before, later_tasks=later)
+                                 rolled_back_before=rolled_back_before, later_tasks=later,
+                                 changed=changed)
     if as_json:
-        data = task.to_dict()
+        data = task_document(context.store, task)
         for volume in data["volumes"]:
             outcome, reason = outcomes[volume["position"]]
             volume["rollback"] = {"outcome": outcome, "reason": reason or None}

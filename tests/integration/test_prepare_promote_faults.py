@@ -212,21 +212,30 @@ def test_rollback_stopped_by_used_volume(lab: Lab, h1: LabHost, h2: LabHost,
     stopped = run_command(lab, tmp_path, "ddmctl", "rollback", task_id)
     again = run_command(lab, tmp_path, "ddmctl", "rollback", task_id, "--json")
     resumed = run_command(lab, tmp_path, "ddmctl", "resume", task_id)
+    resumed_json = run_command(lab, tmp_path, "ddmctl", "resume", task_id, "--json")
 
     assert stopped.status == 1, stopped.stderr
     assert stopped.stdout.splitlines() == [
         f"{sources[0]}\t{targets[0]}\tremoved",
-        f"{sources[1]}\t{targets[1]}\tremaining\tthe rollback stopped before removing it",
+        f"{sources[1]}\t{targets[1]}\tremaining\tDocker rejected removing it: removing volume "
+        f"{targets[1]!r} from h2 failed because container {user!r} uses it; remove that "
+        "container on h2 (stopping it is not enough, because Docker keeps the volumes of "
+        f"stopped containers), then run 'ddmctl rollback {task_id}' again",
     ]
     error_line = stopped.stderr.strip().splitlines()[-1]
     assert targets[1] in error_line
     assert user in error_line
     assert f"ddmctl rollback {task_id}" in error_line
     assert again.status == 1, again.stderr
-    outcomes = [volume["rollback"]["outcome"] for volume in json.loads(again.stdout)["volumes"]]
-    assert outcomes == ["removed", "remaining"]
+    outcomes = [volume["rollback"] for volume in json.loads(again.stdout)["volumes"]]
+    assert [outcome["outcome"] for outcome in outcomes] == ["removed", "remaining"]
+    assert outcomes[1]["reason"].startswith("Docker rejected removing it: removing volume")
     assert resumed.status == 6, resumed.stderr
+    assert resumed.stdout == ""
+    assert resumed.stderr.count("ddmctl: error:") == 1
     assert f"ddmctl rollback {task_id}" in resumed.stderr
+    assert resumed_json.status == 6, resumed_json.stderr
+    assert resumed_json.stdout == ""
     assert targets[0] not in volumes_on(h2)
 
     h2.stop_sshd()

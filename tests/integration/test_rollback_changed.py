@@ -1,4 +1,4 @@
-"""Lab tests of `ddmctl rollback` of a succeeded task whose target volume changed afterwards.
+"""Lab tests of `ddmctl rollback` of a succeeded task: changed, replaced and missing targets.
 
 A file rewritten in place with the same size and its old mtime looks unchanged to a check of
 metadata only, so the rollback must compare content whenever the task stored digests.
@@ -158,10 +158,109 @@ def test_second_rollback_checks_volume_left_in_use(h1: LabHost, h2: LabHost,
     stopped = ddmctl("rollback", task_id)
     write_volume_tree(h2, sources[1], {"new.txt": File(b"written after the first rollback\n")})
     h2.docker("rm", "--force", holder)
-    again = ddmctl("rollback", task_id)
+    again = ddmctl("rollback", task_id, "--json")
 
     assert stopped.status != 0
     assert sources[0] not in volume_names(h2)
     assert again.status == ExitStatus.CONFLICT, again.stderr
     assert "changed since task" in again.stderr
+    report = [volume["rollback"]["outcome"] for volume in again.json()["volumes"]]
+    assert report == ["removed", "kept"]
     assert read_file(h2, sources[1], "new.txt") == b"written after the first rollback\n"
+
+
+def test_rollback_names_every_changed_volume(h1: LabHost, h2: LabHost,
+                                             isolated_env: IsolatedEnv,
+                                             resources: LabResources) -> None:
+    sources = [resources.create_volume(h1) for _ in range(3)]
+    for source in sources:
+        resources.add_volume(h2, source)
+        write_volume_tree(h1, source, {"note.txt": File(ORIGINAL, mode=0o644)})
+    volume_options = [option for source in sources for option in ("--volume", source)]
+    outcome = ddmctl("migrate", "--from", "h1", "--to", "h2", *volume_options, "--yes",
+                     "--json")
+    assert outcome.status == 0, outcome.stderr
+    task_id = outcome.json()["id"]
+    for source in (sources[0], sources[2]):
+        h2.run(["chmod", "0600", f"{h2.volume_mountpoint(source)}/note.txt"])
+
+    rejected = ddmctl("rollback", task_id, "--json")
+    text = ddmctl("rollback", task_id)
+
+    assert rejected.status == ExitStatus.CONFLICT, rejected.stderr
+    assert f"2 target volumes on h2 changed since task {task_id}" in rejected.stderr
+    assert f"{sources[0]!r} and {sources[2]!r}" in rejected.stderr
+    assert len(rejected.stderr.splitlines()) == 1
+    report = {volume["source"]: volume["rollback"] for volume in rejected.json()["volumes"]}
+    assert report[sources[0]]["outcome"] == "kept"
+    assert "note.txt: mode), with content and metadata compared" in report[sources[0]]["reason"]
+    assert report[sources[1]]["outcome"] == "remaining"
+    assert "removed nothing" in report[sources[1]]["reason"]
+    assert report[sources[2]]["outcome"] == "kept"
+    assert text.status == ExitStatus.CONFLICT, text.stderr
+    assert [line.split("\t")[2] for line in text.stdout.splitlines()] == ["kept", "remaining",
+                                                                          "kept"]
+    assert set(sources) <= set(volume_names(h2))
+
+
+def test_rollback_reports_volume_already_gone(h1: LabHost, h2: LabHost,
+                                              isolated_env: IsolatedEnv,
+                                              resources: LabResources) -> None:
+    sources = [resources.create_volume(h1) for _ in range(2)]
+    for source in sources:
+        resources.add_volume(h2, source)
+        write_volume_tree(h1, source, {"note.txt": File(ORIGINAL)})
+    source_before = snapshot_volume_tree(h1, sources[0])
+    volume_options = [option for source in sources for option in ("--volume", source)]
+    first = ddmctl("migrate", "--from", "h1", "--to", "h2", *volume_options, "--yes", "--json")
+    second = ddmctl("migrate", "--from", "h1", "--to", "h2", *volume_options, "--force",
+                    "--yes", "--json")
+    assert first.status == 0, first.stderr
+    assert second.status == 0, second.stderr
+    h2.docker("volume", "rm", sources[0])
+
+    # The second task's rollback finds the first volume removed by hand, and the first
+    # task's rollback finds both removed by the second task's rollback.
+    as_json = ddmctl("rollback", second.json()["id"], "--json")
+    text = ddmctl("rollback", first.json()["id"])
+
+    assert as_json.status == 0, as_json.stderr
+    report = [volume["rollback"] for volume in as_json.json()["volumes"]]
+    assert report[0] == {"outcome": "absent", "reason": "the volume no longer existed, so the "
+                                                        "rollback had nothing to remove"}
+    assert report[1] == {"outcome": "removed", "reason": None}
+    assert text.status == 0, text.stderr
+    assert text.stdout.splitlines() == [
+        f"{source}\t{source}\tabsent\tthe volume no longer existed, so the rollback had "
+        "nothing to remove" for source in sources]
+    assert not set(sources) & set(volume_names(h2))
+    assert snapshot_volume_tree(h1, sources[0]) == source_before
+
+
+def test_rollback_keeps_migration_finish_time(h1: LabHost, h2: LabHost,
+                                              isolated_env: IsolatedEnv,
+                                              resources: LabResources) -> None:
+    source = resources.create_volume(h1)
+    resources.add_volume(h2, source)
+    write_volume_tree(h1, source, {"note.txt": File(ORIGINAL)})
+    task_id = migrate(source)
+    migrated = ddmctl("status", task_id, "--json").json()
+    # Times are stored in seconds as floats, so a second is plenty to tell them apart.
+    time.sleep(1.1)
+
+    rolled_back = ddmctl("rollback", task_id)
+    status = ddmctl("status", task_id, "--json").json()
+    listed = [task for task in ddmctl("list", "--json").json() if task["id"] == task_id]
+    text = ddmctl("status", task_id).stdout.splitlines()
+
+    assert rolled_back.status == 0, rolled_back.stderr
+    assert migrated["rollback_finished_at"] is None
+    assert status["state"] == "rolled_back"
+    assert status["finished_at"] == migrated["finished_at"]
+    assert status["duration_seconds"] == migrated["duration_seconds"]
+    assert status["rollback_finished_at"] >= migrated["finished_at"] + 1
+    assert len(listed) == 1
+    assert listed[0]["finished_at"] == migrated["finished_at"]
+    assert listed[0]["rollback_finished_at"] == status["rollback_finished_at"]
+    assert len([line for line in text if line.startswith("rollback  ")]) == 1
+    assert source not in volume_names(h2)

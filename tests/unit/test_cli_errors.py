@@ -95,6 +95,33 @@ def test_subcommand_help(environ: dict[str, str], prog: str, subcommand: str) ->
     assert "130  interrupted" in outcome.stdout
 
 
+def test_rollback_help_names_changed_volume_conflict(environ: dict[str, str]) -> None:
+    outcome = invoke("ddmctl", ["rollback", "--help"], environ)
+    joined = " ".join(outcome.stdout.split())
+
+    assert outcome.status == 0
+    assert ("6 conflict: another task holds the volume, the task's state forbids the action, "
+            "or a rollback kept a target volume that changed since the task") in joined
+
+
+def test_exit_status_docs_name_changed_volume_conflict() -> None:
+    root = Path(__file__).resolve().parents[2]
+    rows = [line for line in (root / "docs" / "exit-statuses.md").read_text().splitlines()
+            if line.startswith("| 6 |")]
+    readme_rows = [line for line in (root / "README.md").read_text().splitlines()
+                   if line.startswith("| 6 |")]
+    chinese_rows = [line for line in (root / "README.zh-CN.md").read_text().splitlines()
+                    if line.startswith("| 6 |")]
+
+    assert len(rows) == 1
+    assert "`ddmctl rollback` kept a target volume that changed or was replaced" in rows[0]
+    assert readme_rows == ["| 6 | another task holds the volume, the task's state forbids the "
+                           "action, or a rollback kept a target volume that changed since the "
+                           "task |"]
+    assert len(chinese_rows) == 1
+    assert "回滚保留了自任务以来已被更改的目标卷" in chinese_rows[0]
+
+
 def test_help_writes_nothing(home: Path, environ: dict[str, str]) -> None:
     before = snapshot_tree(home)
 
@@ -472,3 +499,22 @@ def test_full_spec_rejects_explicit_codec(configured: dict[str, str]) -> None:
     with pytest.raises(UsageError, match="--compress zstd is for volumes mode"):
         api.build_full_spec(load_config(None, configured), source="a", target="b",
                             containers=["web2"], options={"compress": "zstd"})
+
+
+def test_rejected_resume_prints_nothing(environ: dict[str, str]) -> None:
+    config = load_config(None, environ)
+    store = TaskStore(default_store_path(environ))
+    try:
+        task = api.create_task(store, config, source="local", target="local",
+                               volumes=("va:vb",), verify="full", force=False)
+    finally:
+        store.close()
+
+    outcome = invoke("ddmctl", ["resume", task.id], environ)
+    as_json = invoke("ddmctl", ["resume", task.id, "--json"], environ)
+
+    assert outcome.status == 6, outcome.stderr
+    assert outcome.stdout == ""
+    assert f"task {task.id} is queued; only an interrupted task can be resumed" in outcome.stderr
+    assert as_json.status == 6, as_json.stderr
+    assert as_json.stdout == ""

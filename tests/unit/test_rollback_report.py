@@ -44,6 +44,21 @@ def test_outcome_per_item_state() -> None:
     assert outcomes[3] == ("kept", "the task did not create this target volume")
 
 
+def test_volume_gone_before_rollback_is_absent() -> None:
+    task = task_with(ItemState.ROLLED_BACK, ItemState.ROLLED_BACK)
+    events = [
+        event(1, "phase", "phase rollback started"),
+        event(2, "rollback_absent", "volume 't0' was already gone from new", {"position": 0}),
+        event(3, "rolled_back", "removed volume 't1' from new"),
+    ]
+
+    outcomes = rollback_outcomes(task, events)
+
+    assert outcomes[0] == ("absent", "the volume no longer existed, so the rollback had "
+                                     "nothing to remove")
+    assert outcomes[1] == ("removed", "")
+
+
 def test_restore_before_rollback_is_not_counted() -> None:
     # A resumed run restores a crashed run's backup before it updates the volume again.
     task = task_with(ItemState.ROLLED_BACK)
@@ -89,6 +104,20 @@ def test_earlier_rollback_without_later_tasks() -> None:
 
     assert outcomes[0] == ("restored", "the target is as before the task")
     assert outcomes[1] == ("removed", "")
+
+
+def test_changed_volumes_are_kept() -> None:
+    task = task_with(ItemState.VERIFIED, ItemState.VERIFIED, ItemState.ROLLED_BACK)
+    for item in task.items[:2]:
+        item.target_created = True
+
+    outcomes = rollback_outcomes(task, [], changed={0: "was replaced after task X created it"})
+
+    assert outcomes[0] == ("kept", "the volume was replaced after task X created it, so the "
+                                   "rollback kept it; pass --force to remove it")
+    assert outcomes[1] == ("remaining", "the rollback removed nothing, because other target "
+                                        "volumes of the task changed")
+    assert outcomes[2] == ("removed", "")
 
 
 def test_later_writers_by_target(environ: dict[str, str]) -> None:
@@ -143,3 +172,23 @@ def test_rollback_json_has_outcome(environ: dict[str, str]) -> None:
     volume = json.loads(outcome.stdout)["volumes"][0]
     assert volume["rollback"] == {"outcome": "untouched",
                                   "reason": "the task never started this volume"}
+
+
+def test_rejected_removal_gives_reason() -> None:
+    task = task_with(ItemState.VERIFIED, ItemState.VERIFIED)
+    for item in task.items:
+        item.target_created = True
+    reason = "removing volume 't0' from new failed because container 'web' uses it"
+    first = [
+        event(1, "phase", "phase rollback started"),
+        event(2, "rollback_rejected", f"removing volume 't0' from new was rejected: {reason}",
+              {"position": 0, "reason": reason}),
+    ]
+    second = [*first, event(3, "phase", "phase rollback started")]
+
+    outcomes = rollback_outcomes(task, first)
+    later = rollback_outcomes(task, second)
+
+    assert outcomes[0] == ("remaining", f"Docker rejected removing it: {reason}")
+    assert outcomes[1] == ("remaining", "the rollback stopped before removing it")
+    assert later[0] == ("remaining", "the rollback stopped before removing it")

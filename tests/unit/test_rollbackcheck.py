@@ -7,7 +7,9 @@ import tarfile
 
 import pytest
 
+from ddm.errors import ExitStatus, TargetsChanged
 from ddm.manifest import Manifest, ManifestBuilder
+from ddm.task import Task, TaskItem, TaskSpec
 from ddmsyncer import rollbackcheck, volumes
 from ddmsyncer.hostverify import sha256_view
 
@@ -98,3 +100,41 @@ def test_metadata_only_misses_same_size_rewrite(target_files: dict[str, bytes]) 
 
     assert rollbackcheck.target_differences(None, "vol", stored, task_id="t") == []
     assert "metadata only" in rollbackcheck.describe_comparison(stored)
+
+
+def task_of_volumes(count: int) -> Task:
+    task = Task(id="a" * 12, spec=TaskSpec(source_host="old", target_host="new"))
+    task.items = [TaskItem(task_id=task.id, position=position, source=f"v{position}",
+                           target=f"t{position}") for position in range(count)]
+    return task
+
+
+def test_changed_error_names_one_volume() -> None:
+    error = rollbackcheck.targets_changed_error(task_of_volumes(2), {1: "was replaced"})
+
+    assert isinstance(error, TargetsChanged)
+    assert error.exit_status is ExitStatus.CONFLICT
+    assert error.changed == {1: "was replaced"}
+    assert str(error) == ("volume 't1' on new was replaced; inspect volume 't1' on new; pass "
+                          "--force to remove it anyway")
+
+
+def test_changed_error_names_several_volumes() -> None:
+    changed = {0: "was replaced", 2: "changed since task X finished"}
+
+    error = rollbackcheck.targets_changed_error(task_of_volumes(3), changed)
+
+    assert str(error).startswith(f"2 target volumes on new changed since task {'a' * 12}, so "
+                                 "the rollback kept them and removed nothing: 't0' and 't2'. "
+                                 "Volume 't0' was replaced; inspect them on new")
+    assert error.changed == changed
+
+
+def test_changed_error_counts_long_list() -> None:
+    changed = {position: "was replaced" for position in range(8)}
+
+    error = rollbackcheck.targets_changed_error(task_of_volumes(8), changed)
+
+    assert "8 target volumes on new" in str(error)
+    assert "'t0', 't1', 't2', 't3', 't4' and 3 more." in str(error)
+    assert "'t5'" not in str(error)
