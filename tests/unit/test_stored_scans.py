@@ -15,33 +15,13 @@ import pytest
 
 from ddm.errors import VerificationFailed
 from ddm.store import TaskStore
-from ddm.task import TaskItem, VerifyMode
+from ddm.task import VerifyMode
 from ddmsyncer import hashcache, incremental, scanstore
 from ddmsyncer.hashcache import HashCache
-from tests.unit.test_hash_cache import FILES, LocalEngine, rewrite_keeping_mtime, write_tree
-
-ITEM = TaskItem(task_id="t", position=0, source="v", target="v")
-
-
-@pytest.fixture
-def no_racy_margin(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The tests write files right before they scan them; without this, no entry is trusted.
-    monkeypatch.setattr(hashcache, "RACY_MARGIN_NANOSECONDS", 0)
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> TaskStore:
-    opened = TaskStore(tmp_path / "tasks.db")
-    yield opened
-    opened.close()
-
-
-@pytest.fixture
-def roots(tmp_path: Path) -> tuple[Path, Path]:
-    source_root, target_root = tmp_path / "source" / "_data", tmp_path / "target" / "_data"
-    write_tree(source_root, {**FILES, "new.txt": b"new\n"})
-    write_tree(target_root, {**FILES, "dir/b.bin": b"old" * 10, "gone.txt": b"gone\n"})
-    return source_root, target_root
+from tests.unit.test_hash_cache import LocalEngine, rewrite_keeping_mtime
+# The fixtures of the rescan tests, used by name: a racy margin of 0, a task database, and
+# source and target trees that differ in dir/b.bin, new.txt and gone.txt.
+from tests.unit.test_incremental_rescan import ITEM, no_racy_margin, roots, store  # noqa: F401
 
 
 def update(roots: tuple[Path, Path], store: TaskStore, task_id: str) -> incremental.UpdateResult:
