@@ -429,6 +429,8 @@ class TaskStore:
         """
         with self.transaction() as db:
             db.execute("DELETE FROM volume_scans WHERE scope = ?", (scope,))
+            # Chunks whose head was deleted without foreign keys enabled (the sqlite3 shell).
+            db.execute("DELETE FROM volume_scan_chunks WHERE scope = ?", (scope,))
             db.execute("INSERT INTO volume_scans (scope, head, checksum) VALUES (?, '', '')",
                        (scope,))
             count = 0
@@ -440,20 +442,27 @@ class TaskStore:
             db.execute("UPDATE volume_scans SET head = ?, checksum = ? WHERE scope = ?",
                        (head, checksum, scope))
 
+    def has_volume_scan(self, scope: str) -> bool:
+        row = self._db.execute("SELECT 1 FROM volume_scans WHERE scope = ?", (scope,)).fetchone()
+        return row is not None
+
     def get_volume_scan_head(self, scope: str) -> tuple[str, str] | None:
         """Return the (head, checksum) of a scope's stored scan, or None without one."""
         row = self._db.execute("SELECT head, checksum FROM volume_scans WHERE scope = ?",
                                (scope,)).fetchone()
         return None if row is None else (row["head"], row["checksum"])
 
-    def iter_volume_scan_chunks(self, scope: str) -> Iterator[tuple[int, bytes, str]]:
-        """Yield the (chunk number, records, checksum) of a scope's stored scan in order."""
+    def iter_volume_scan_chunks(self, scope: str) -> Iterator[tuple[int, Any, Any]]:
+        """Yield the (chunk number, records, checksum) of a scope's stored scan in order.
+
+        The values are as stored, unchecked: records is bytes and checksum text unless the
+        database was changed outside DDM.
+        """
         cursor = self._db.cursor()
         cursor.row_factory = None
         cursor.execute("SELECT chunk, records, checksum FROM volume_scan_chunks "
                        "WHERE scope = ? ORDER BY chunk", (scope,))
-        for number, records, checksum in cursor:
-            yield number, bytes(records), checksum
+        yield from cursor
 
     # Locks
 

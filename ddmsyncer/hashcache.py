@@ -15,7 +15,11 @@ therefore means that the file was not changed since it was hashed, within these 
   the file does not change ctime. Digests of files whose ctime is less than
   RACY_MARGIN_NANOSECONDS before the scan started are therefore not stored.
 - NOTE: setting the host's clock back, or writing the block device underneath the file system,
-  can change content without a new ctime. The cache cannot detect that.
+  can change content without a new ctime. So can a process that writes through a shared
+  memory mapping to a page it already dirtied: Linux sets ctime at the write fault of a clean
+  page only (seen on the lab's kernel, where a second write to a mapped 4 KiB file kept its
+  key). The cache, and the rescans that use the same keys, cannot detect that; `ddmverify
+  --deep` hashes every file and does.
 
 Each row carries an xxh3-128 checksum over its scope, path, key and digest. A row whose
 checksum does not match (a damaged database, a row copied to another path) is ignored and the

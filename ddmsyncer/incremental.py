@@ -139,6 +139,8 @@ class UpdateResult:
     scan_bytes: int
     stream_digest: str
     seconds: float
+    stored_scans: bool = False  # both volumes were rescanned against stored verified scans
+    warnings: list[str] = field(default_factory=list)  # for the task's events
 
 
 # Applicability
@@ -941,6 +943,7 @@ def update_volume(source: Any, source_mountpoint: str, target: Any, target_mount
     # reading the stored scans. Unused, they are closed and change nothing.
     scans: dict[str, HostCommand] = {}
     stash = channels = stored = None
+    problems: list[str] = []
     scan_arguments = {name: ["rescan", mountpoint, rescan_mode] if use_stored else
                       ["scan", mountpoint, hash_mode] for name, _, mountpoint in sides}
     backup = backup_path(target_mountpoint, task_id)
@@ -953,15 +956,18 @@ def update_volume(source: Any, source_mountpoint: str, target: Any, target_mount
                                       apply=False, codec=codec))
         if use_stored:
             stored = load_stored_scans(cache.store, source, source_mountpoint, target,
-                                       target_mountpoint)
+                                       target_mountpoint, problems)
         if use_stored and stored is None:  # a stored scan failed its checks: scan in full
             _close_all(scans)
             for name, engine, mountpoint in sides:
                 scans[name] = HostCommand(engine, ["scan", mountpoint, hash_mode])
-        return _update(source, source_mountpoint, target, target_mountpoint, hash_mode=hash_mode,
-                       cache=cache, on_chunk=on_chunk, on_backup=on_backup, backup=backup,
-                       stash=stash, channels=channels, scans=scans, started=started,
-                       on_wire=on_wire, stored=stored)
+        result = _update(source, source_mountpoint, target, target_mountpoint,
+                         hash_mode=hash_mode, cache=cache, on_chunk=on_chunk,
+                         on_backup=on_backup, backup=backup, stash=stash, channels=channels,
+                         scans=scans, started=started, on_wire=on_wire, stored=stored)
+        result.stored_scans = stored is not None
+        result.warnings = problems
+        return result
     finally:
         _close_all(scans)
         if stored is not None:
@@ -1263,14 +1269,16 @@ def _rescan_pair(source: Any, source_mountpoint: str, earlier_source: Scan, targ
 
 
 def load_stored_scans(store: TaskStore, source: Any, source_mountpoint: str, target: Any,
-                      target_mountpoint: str) -> tuple[Scan, Scan] | None:
+                      target_mountpoint: str, problems: list[str] | None = None
+                      ) -> tuple[Scan, Scan] | None:
     """Return the verified scans stored for both volumes (ddmsyncer.scanstore), or None.
 
-    Both must be stored and intact, because the update then rescans both volumes.
+    Both must be stored and intact, because the update then rescans both volumes. Why a
+    stored scan was not used is appended to `problems`.
     """
     loaded: list[Scan] = []
     for engine, mountpoint in ((source, source_mountpoint), (target, target_mountpoint)):
-        found = scanstore.load(store, hashcache.cache_scope(engine, mountpoint), Scan)
+        found = scanstore.load(store, hashcache.cache_scope(engine, mountpoint), Scan, problems)
         if found is None:
             break
         scan, started_ns = found
@@ -1493,6 +1501,8 @@ def copy_item(runner: Any, item: TaskItem, on_chunk: Callable[[int], None]) -> U
             opener.close()
         raise
     runner.staged.compression.record_result(item, result.archive_bytes, wire_bytes[0])
+    for message in result.warnings:
+        runner.record("warning", "stored_scan_ignored", message, position=item.position)
     digests = update_digests(result)
     digests.mountpoints = (source_mountpoint, target_mountpoint)
     _UPDATES[(runner.task.id, item.position)] = digests

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import marshal
+import sqlite3
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
@@ -80,29 +81,32 @@ def _chunk(scope: str, number: int, rows: list[tuple[bytes, bytes]]) -> tuple[by
 
 def is_stored(store: TaskStore, scope: str) -> bool:
     """Return whether a scan of `scope` is stored; load() still checks it."""
-    return store.get_volume_scan_head(scope) is not None
+    return store.has_volume_scan(scope)
 
 
 class StoredScanError(Exception):
     """A stored scan failed a check, which the message names."""
 
 
-def load(store: TaskStore, scope: str, new_mapping: Callable[[], Mapped]
-         ) -> tuple[Mapped, int] | None:
+def load(store: TaskStore, scope: str, new_mapping: Callable[[], Mapped],
+         problems: list[str] | None = None) -> tuple[Mapped, int] | None:
     """Return the stored scan of `scope` in a mapping from new_mapping(), and its started_ns.
 
-    None means that no usable scan is stored: none was, or one failed its checks (logged
-    as a warning). Reads the task database in the calling thread.
+    None means that no usable scan is stored: none was, or one failed its checks. A failed
+    check is logged as a warning and its message appended to `problems`. Reads the task
+    database in the calling thread.
     """
-    if store.get_volume_scan_head(scope) is None:
+    if not store.has_volume_scan(scope):
         return None
     mapping = new_mapping()
     try:
         started_ns = _load(store, scope, mapping)
-    except StoredScanError as error:
+    except (StoredScanError, sqlite3.Error) as error:
         mapping.close()
-        log.warning("ignored the stored scan of %s: %s; the volume is scanned in full",
-                    scope, error)
+        message = f"ignored the stored scan of {scope}: {error}; the volume is scanned in full"
+        log.warning("%s", message)
+        if problems is not None:
+            problems.append(message)
         return None
     except BaseException:
         mapping.close()
@@ -115,19 +119,26 @@ def _load(store: TaskStore, scope: str, into: EntryMapping) -> int:
     if stored is None:
         raise StoredScanError("it was deleted while it was read")
     head_text, head_checksum = stored
+    if not isinstance(head_text, str) or not isinstance(head_checksum, str):
+        raise StoredScanError("its head is not text")
     if _checksum(scope, "head", head_text.encode("utf-8")) != head_checksum:
         raise StoredScanError("its head fails its checksum")
-    head = json.loads(head_text)
+    try:
+        head = json.loads(head_text)
+        chunk_count, entry_count = int(head["chunks"]), int(head["entries"])
+        started_ns = int(head["started_ns"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise StoredScanError(f"its head cannot be read: {error!r}") from None
 
     entries = 0
     for number, rows in _checked_chunks(store, scope):
-        if number >= head["chunks"]:
-            raise StoredScanError(f"it has more than the {head['chunks']} chunks of its head")
+        if number >= chunk_count:
+            raise StoredScanError(f"it has more than the {chunk_count} chunks of its head")
         into.add_records(rows)
         entries += len(rows)
-    if entries != head["entries"]:
-        raise StoredScanError(f"it has {entries} entries, but its head records {head['entries']}")
-    return int(head["started_ns"])
+    if entries != entry_count:
+        raise StoredScanError(f"it has {entries} entries, but its head records {entry_count}")
+    return started_ns
 
 
 def _checked_chunks(store: TaskStore, scope: str) -> Iterator[tuple[int, list[tuple[bytes, bytes]]]]:
@@ -135,6 +146,8 @@ def _checked_chunks(store: TaskStore, scope: str) -> Iterator[tuple[int, list[tu
     for number, data, checksum in store.iter_volume_scan_chunks(scope):
         if number != expected:
             raise StoredScanError(f"chunk {expected} is missing")
+        if not isinstance(data, bytes) or not isinstance(checksum, str):
+            raise StoredScanError(f"chunk {number} is not a blob with a text checksum")
         if _checksum(scope, f"chunk {number}", data) != checksum:
             raise StoredScanError(f"chunk {number} fails its checksum")
         expected += 1

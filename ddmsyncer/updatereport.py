@@ -22,7 +22,7 @@ def record_update(runner: Any, item: TaskItem, result: Any) -> None:
     cache_hits = {"source": result.source_scan.cache_hits, "target": result.target_scan.cache_hits}
     reused = {"source": result.source_scan.reused_entries,
               "target": result.target_scan.reused_entries}
-    if reused["source"] or reused["target"]:
+    if result.stored_scans:
         # Rescans against the scans stored by the last verification (ddmsyncer.scanstore).
         origin = (f"{reused['source']} source and {reused['target']} target entries unchanged "
                   f"since the last verified scans")

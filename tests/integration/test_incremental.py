@@ -461,6 +461,33 @@ def test_update_rescans_last_verified_scans(h1, h2, isolated_env, resources, no_
                           mtime_resolution_ns=WHOLE_SECONDS) == []
 
 
+def test_damaged_stored_scan_in_task_log(h1, h2, isolated_env, resources, no_racy_margin):
+    volume = resources.create_volume(h1)
+    resources.add_volume(h2, volume)
+    write_volume_tree(h1, volume, TREE)
+    migrate(volume)
+    migrate(volume, "--incremental")
+    store = TaskStore(default_store_path(os.environ))
+    try:
+        with store.transaction() as db:
+            db.execute("UPDATE volume_scan_chunks SET records = 'damaged'")
+    finally:
+        store.close()
+    change_source(h1, volume)
+
+    task = migrate(volume, "--incremental")
+    logs = run_command("ddmctl", "logs", task["id"])
+
+    assert task["volumes"][0]["state"] == "verified"
+    assert incremental_record(task["id"])["reused_entries"] == {"source": 0, "target": 0}
+    warnings = [line for line in logs.stdout.splitlines() if "ignored the stored scan" in line]
+    # Both scans were damaged; the source's is read first, and the update then scans both.
+    assert len(warnings) == 1
+    assert "is not a blob with a text checksum" in warnings[0]
+    assert diff_snapshots(snapshot_volume_tree(h1, volume), snapshot_volume_tree(h2, volume),
+                          mtime_resolution_ns=WHOLE_SECONDS) == []
+
+
 def test_incremental_detects_restored_mtime(h1, h2, isolated_env, resources, no_racy_margin):
     volume = resources.create_volume(h1)
     resources.add_volume(h2, volume)

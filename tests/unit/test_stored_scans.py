@@ -294,3 +294,58 @@ def test_relisted_verify_distrusts_racy_reports(roots, store, monkeypatch):
     # dir/c.bin was reported by the update's rescan, so its key is dropped and it is hashed.
     assert verified.hashed_files["source"] == 1
     assert (source_root / "dir" / "c.bin").read_bytes() == b"C" * 100
+
+
+@pytest.mark.parametrize("damage", [
+    "UPDATE volume_scans SET head = CAST(head AS BLOB)",
+    "UPDATE volume_scan_chunks SET records = 'abc'",
+    "UPDATE volume_scan_chunks SET checksum = 7",
+    "UPDATE volume_scans SET head = '{}'",
+])
+def test_damaged_rows_ignored_with_reason(store, damage):
+    scanstore.save(store, "h1 /v", incremental.Scan({b"a": FILE_ENTRY}), started_ns=1,
+                   task_id="t1")
+    with store.transaction() as db:
+        db.execute(damage)
+    problems: list[str] = []
+
+    loaded = scanstore.load(store, "h1 /v", incremental.Scan, problems)
+
+    assert loaded is None
+    assert len(problems) == 1
+    assert problems[0].startswith("ignored the stored scan of h1 /v: ")
+
+
+def test_save_replaces_chunks_left_without_head(store):
+    scanstore.save(store, "h1 /v", incremental.Scan({b"old": FILE_ENTRY}), started_ns=1,
+                   task_id="t1")
+    # The sqlite3 shell leaves foreign keys off, so deleting a head keeps its chunks.
+    store._db.execute("PRAGMA foreign_keys=OFF")
+    store._db.execute("DELETE FROM volume_scans")
+    store._db.execute("PRAGMA foreign_keys=ON")
+
+    scanstore.save(store, "h1 /v", incremental.Scan({b"new": FILE_ENTRY}), started_ns=2,
+                   task_id="t2")
+    loaded, _ = scanstore.load(store, "h1 /v", incremental.Scan)
+
+    assert list(loaded) == [b"new"]
+
+
+def test_update_reports_ignored_stored_scan(roots, store, no_racy_margin):
+    update_and_verify(roots, store, "t1")
+    damage_first_chunk(store, scope(roots, 0))
+
+    result = update(roots, store, "t2")
+
+    assert result.stored_scans is False
+    assert len(result.warnings) == 1
+    assert "chunk 0 fails its checksum" in result.warnings[0]
+
+
+def test_update_marks_stored_scans_used(roots, store, no_racy_margin):
+    update_and_verify(roots, store, "t1")
+
+    result = update(roots, store, "t2")
+
+    assert result.stored_scans is True
+    assert result.warnings == []
