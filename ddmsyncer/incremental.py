@@ -666,18 +666,22 @@ def plan_update(source: Mapping[bytes, Entry], target: Mapping[bytes, Entry]) ->
     plan = Plan()
     delete: list[bytes] = []
     linked: dict[int, list[bytes]] = {}  # the names of each multi-link inode of the source
+    target_linked: dict[int, list[bytes]] = {}
     for path, entry, existing in _paired_comparisons(source, target):
+        _add_link(target_linked, path, existing)
         if entry is None:
             delete.append(path)
             continue
         key, kind, nlink, inode = entry
-        if kind == "file" and nlink > 1:
-            linked.setdefault(inode, []).append(path)
+        _add_link(linked, path, entry)
         if existing is not None and existing[0] == key:
             continue
         if existing is not None and existing[1] != kind and path != b".":
             delete.append(path)  # tar cannot put a file where a directory is, or back
         plan.send.append(path)
+    # A name linked to other names on one side only: tar sends the source's links again.
+    plan.send += [path for path in _relinked(linked, target_linked)
+                  if path not in plan.send and path in source]
 
     plan.delete = _outermost(sorted(set(delete)))
     plan.send = _with_parents(source, _with_hard_links(source, plan.send, linked) + plan.delete)
@@ -705,6 +709,27 @@ def _paired_comparisons(source: Mapping[bytes, Entry], target: Mapping[bytes, En
     for path, source_entry, target_entry in paired(source, target):
         yield (path, None if source_entry is None else _entry_comparison(source_entry),
                None if target_entry is None else _entry_comparison(target_entry))
+
+
+def _add_link(groups: dict[int, list[bytes]], path: bytes, entry: Comparison | None) -> None:
+    """Add a multi-link file's name to the names of its inode in `groups`."""
+    if entry is not None and entry[1] == "file" and entry[2] > 1:
+        groups.setdefault(entry[3], []).append(path)
+
+
+def _relinked(source_groups: dict[int, list[bytes]], target_groups: dict[int, list[bytes]]
+              ) -> list[bytes]:
+    """Return the names whose hard links within the volume differ between the two sides.
+
+    A file's group is the set of its volume's names that share its inode, so links from
+    outside the volume, which nlink counts too, do not count. The comparison keys leave
+    links out, so `ln -f a b` between two equal files changes no key.
+    """
+    source_of = {name: frozenset(names) for names in source_groups.values() for name in names}
+    target_of = {name: frozenset(names) for names in target_groups.values() for name in names}
+    return sorted(name for name in source_of.keys() | target_of.keys()
+                  if source_of.get(name, frozenset((name,)))
+                  != target_of.get(name, frozenset((name,))))
 
 
 def _entry_comparison(entry: Entry) -> Comparison:
@@ -1336,10 +1361,14 @@ def _save_verified_digests(cache: HashCache, target: Any, target_mountpoint: str
 
 def _differences(source: Mapping[bytes, Entry], target: Mapping[bytes, Entry], *,
                  content: bool = True) -> Iterator[tuple[bytes, str]]:
-    """Yield (path, aspect) for each difference in path order; without `content` digests are
-    not compared."""
+    """Yield (path, aspect) for each difference in path order, then the names whose hard links
+    differ (_relinked); without `content` digests are not compared."""
     names = ("type", "mode", "uid", "gid", "size", "mtime", "link", "rdev", "content", "xattrs")
+    source_groups: dict[int, list[bytes]] = {}
+    target_groups: dict[int, list[bytes]] = {}
     for path, source_entry, target_entry in _paired_comparisons(source, target):
+        _add_link(source_groups, path, source_entry)
+        _add_link(target_groups, path, target_entry)
         if target_entry is None:
             yield path, "missing on target"
         elif source_entry is None:
@@ -1350,6 +1379,9 @@ def _differences(source: Mapping[bytes, Entry], target: Mapping[bytes, Entry], *
             for name, left, right in zip(names, source_key, target_key):
                 if left != right and (content or name != "content"):
                     yield path, name
+    for path in _relinked(source_groups, target_groups):
+        if path in source and path in target:  # else reported as missing or extra above
+            yield path, "hard links"
 
 
 # Dry run

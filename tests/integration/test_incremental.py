@@ -661,6 +661,9 @@ LINKED_TREE = {
     "h2f": HardLink("h1f"),
     "h3f": HardLink("h1f"),
     "other.txt": "unrelated\n",
+    # Equal files with equal mtimes: linking them changes no comparison key.
+    "twin-a.txt": File(b"twin\n", mtime_ns=1_600_000_000 * WHOLE_SECONDS),
+    "twin-b.txt": File(b"twin\n", mtime_ns=1_600_000_000 * WHOLE_SECONDS),
 }
 
 
@@ -676,14 +679,28 @@ def join_link_group(h1, volume: str) -> None:
     h1.run(["ln", f"{mountpoint}/h1f", f"{mountpoint}/h4f"])
 
 
+def copy_out_of_group(h1, volume: str) -> None:
+    """Give h2f an inode of its own with the same content, mode and mtime (cp -p)."""
+    mountpoint = h1.volume_mountpoint(volume)
+    h1.run(["sh", "-c", f"cp -p {mountpoint}/h2f {mountpoint}/h2f.tmp && "
+                        f"mv {mountpoint}/h2f.tmp {mountpoint}/h2f"])
+
+
+def link_equal_files(h1, volume: str) -> None:
+    mountpoint = h1.volume_mountpoint(volume)
+    h1.run(["ln", "-f", f"{mountpoint}/twin-a.txt", f"{mountpoint}/twin-b.txt"])
+
+
 def change_shared_content(h1, volume: str) -> None:
     """Rewrite the shared inode in place, so all three names get the new content."""
     mountpoint = h1.volume_mountpoint(volume)
     h1.run(["sh", "-c", f"echo 'new shared content' > {mountpoint}/h1f"])
 
 
-@pytest.mark.parametrize("change", [leave_link_group, join_link_group, change_shared_content],
-                         ids=["member-leaves", "member-joins", "shared-content-changes"])
+@pytest.mark.parametrize("change", [leave_link_group, join_link_group, change_shared_content,
+                                    copy_out_of_group, link_equal_files],
+                         ids=["member-leaves", "member-joins", "shared-content-changes",
+                              "same-content-copy-leaves", "equal-files-linked"])
 def test_incremental_hard_link_changes(h1, h2, isolated_env, resources, change):
     volume = resources.create_volume(h1)
     resources.add_volume(h2, volume)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ddmdriver.ssh import exit_detail
+from ddmsyncer import incremental
 from ddmsyncer.incremental import (
     Entry,
     plan_update,
@@ -117,3 +118,35 @@ def test_exit_detail_leaves_out_empty_parts() -> None:
                                    "the SSH connection closed)")
     assert exit_detail((0, 2), " tar:  bad \n") == "exit statuses 0, 2: tar: bad"
     assert exit_detail(2, "") == "exit status 2"
+
+
+def test_plan_sends_new_link_between_equal_files():
+    """`ln -f a b` on two equal files changes no comparison key, only the links."""
+    source = tree(entry(b"a", inode=7, nlink=2), entry(b"b", inode=7, nlink=2))
+    target = tree(entry(b"a", inode=3), entry(b"b", inode=4))
+
+    assert plan_update(source, target).send == [b".", b"a", b"b"]
+
+
+def test_plan_sends_names_leaving_a_link():
+    source = tree(entry(b"a", inode=3), entry(b"b", inode=4))
+    target = tree(entry(b"a", inode=7, nlink=2), entry(b"b", inode=7, nlink=2))
+
+    assert plan_update(source, target).send == [b".", b"a", b"b"]
+
+
+def test_plan_ignores_links_outside_volume():
+    # nlink 2 with one name in the volume: the other link is outside, and tar cannot copy it.
+    source = tree(entry(b"a", inode=7, nlink=2))
+    target = tree(entry(b"a", inode=3))
+
+    assert plan_update(source, target).send == []
+
+
+def test_verify_reports_changed_links():
+    source = tree(entry(b"a", inode=7, nlink=2), entry(b"b", inode=7, nlink=2))
+    target = tree(entry(b"a", inode=3), entry(b"b", inode=4))
+
+    differences = list(incremental._differences(source, target))
+
+    assert differences == [(b"a", "hard links"), (b"b", "hard links")]
