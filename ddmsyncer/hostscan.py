@@ -38,7 +38,8 @@ uses only the standard library and Python 3.7 features. It works on a volume's m
                         with `tar -x` into ROOT
     stash ROOT DEST     before an update: move the entries it replaces or deletes into DEST and
                         record the directories it changes; stdin is {"send": [...], "delete":
-                        [...]} with base64 paths
+                        [...], "reset_xattrs": [...]} with base64 paths; the directories of
+                        "reset_xattrs" lose their extended attributes once recorded
     unstash ROOT DEST   undo an update prepared by `stash`, also after a partial stash
     backup ROOT DEST    hard-link copy of ROOT at DEST (`cp -al`); backups of earlier versions
     restore ROOT DEST   replace ROOT by DEST, undoing every change made since `backup`
@@ -407,12 +408,26 @@ def remove_entry(path):
         os.unlink(path)
 
 
+def read_all_xattrs(path):
+    """Return {name: value} of an entry's extended attributes, ACLs included."""
+    values = {}
+    for name in os.listxattr(path, follow_symlinks=False):
+        try:
+            values[name] = os.getxattr(path, name, follow_symlinks=False)
+        except OSError:
+            continue  # removed meanwhile
+    return values
+
+
 def stash(root, dest):
     """Move what an update replaces or deletes out of ROOT into DEST, after writing a journal.
 
     The journal lists the moved entries, the sent paths that do not exist yet ("new") and the
-    metadata of the existing directories that the update rewrites. It is written before the
-    first move, so `unstash` can undo a stash that stopped part way.
+    metadata and extended attributes of the existing directories that the update rewrites. It
+    is written before the first move, so `unstash` can undo a stash that stopped part way.
+    tar adds and changes a directory's extended attributes but never removes one, so the
+    directories listed in "reset_xattrs" lose all of theirs after the journal is written,
+    and tar then sets the source's.
     """
     data = sys.stdin.buffer.read()
     if not data:
@@ -420,6 +435,7 @@ def stash(root, dest):
     request = json.loads(data)
     send = [base64.b64decode(path) for path in request["send"]]
     delete = [base64.b64decode(path) for path in request["delete"]]
+    reset_xattrs = {base64.b64decode(path) for path in request.get("reset_xattrs", ())}
     if os.path.lexists(dest):
         sys.exit("backup directory " + os.fsdecode(dest) + " exists already")
 
@@ -436,8 +452,9 @@ def stash(root, dest):
             new.append(relative)
         elif os.path.isdir(path) and not os.path.islink(path):
             info = os.lstat(path)
+            xattrs = {name: encode(value) for name, value in read_all_xattrs(path).items()}
             directories.append([encode(relative), stat.S_IMODE(info.st_mode), info.st_uid,
-                                info.st_gid, info.st_atime_ns, info.st_mtime_ns])
+                                info.st_gid, info.st_atime_ns, info.st_mtime_ns, xattrs])
         else:
             moved.append(relative)
             moved_set.add(relative)
@@ -454,6 +471,12 @@ def stash(root, dest):
         stashed = os.path.join(dest, b"data", relative)
         os.makedirs(os.path.dirname(stashed), exist_ok=True)
         os.rename(os.path.join(root, relative), stashed)
+    for values in directories:
+        relative = base64.b64decode(values[0])
+        if relative in reset_xattrs:
+            path = os.path.join(root, relative) if relative != b"." else root
+            for name in values[6]:
+                os.removexattr(path, name, follow_symlinks=False)
 
 
 def unstash(root, dest):
@@ -474,13 +497,28 @@ def unstash(root, dest):
             remove_entry(os.path.join(root, relative))
             os.rename(stashed, os.path.join(root, relative))
     directories = [[base64.b64decode(values[0])] + values[1:] for values in journal["directories"]]
-    # Only adding or removing names changes a directory's mtime, so the order does not matter here.
-    for relative, mode, uid, gid, atime_ns, mtime_ns in directories:
+    # Only adding or removing names changes a directory's mtime, so the order does not matter
+    # here. Journals of older versions have no extended attributes.
+    for relative, mode, uid, gid, atime_ns, mtime_ns, *xattrs in directories:
         path = os.path.join(root, relative) if relative != b"." else root
+        if xattrs:
+            restore_xattrs(path, {name: base64.b64decode(value)
+                                  for name, value in xattrs[0].items()})
         os.chown(path, uid, gid, follow_symlinks=False)
         os.chmod(path, mode)
         os.utime(path, ns=(atime_ns, mtime_ns), follow_symlinks=False)
     shutil.rmtree(dest)
+
+
+def restore_xattrs(path, recorded):
+    """Give an entry exactly the recorded extended attributes, changing only those that differ."""
+    current = read_all_xattrs(path)
+    for name in current:
+        if name not in recorded:
+            os.removexattr(path, name, follow_symlinks=False)
+    for name, value in recorded.items():
+        if current.get(name) != value:
+            os.setxattr(path, name, value, follow_symlinks=False)
 
 
 def delete(root, paths=None):

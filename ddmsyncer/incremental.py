@@ -49,6 +49,7 @@ import xxhash
 from ddm.errors import DDMError, MigrationFailed, TransferFailed, UsageError, VerificationFailed
 from ddm.store import TaskStore
 from ddm.task import ItemState, TaskItem, TaskState, VerifyMode
+from ddm.text import counted
 from ddmdriver.ssh import exit_detail
 from ddmsyncer import hashcache, scanentry, scanstore, updatereport
 from ddmsyncer.copyorigin import copying_task
@@ -119,6 +120,9 @@ class Plan:
     send: list[bytes] = field(default_factory=list)
     delete: list[bytes] = field(default_factory=list)
     send_bytes: int = 0  # file data in the tar stream: each inode once, however many names
+    # Target directories whose extended attributes differ from the source's: tar never
+    # removes one, so `stash` clears them before tar sets the source's.
+    reset_xattrs: list[bytes] = field(default_factory=list)
 
     @property
     def written_entries(self) -> int:
@@ -678,6 +682,8 @@ def plan_update(source: Mapping[bytes, Entry], target: Mapping[bytes, Entry]) ->
             continue
         if existing is not None and existing[1] != kind and path != b".":
             delete.append(path)  # tar cannot put a file where a directory is, or back
+        elif existing is not None and kind == "dir" and existing[0][-1] != key[-1]:
+            plan.reset_xattrs.append(path)  # the key's last field is the xattrs digest
         plan.send.append(path)
     # A name linked to other names on one side only: tar sends the source's links again.
     plan.send += [path for path in _relinked(linked, target_linked)
@@ -938,6 +944,7 @@ def stash_input(plan: Plan) -> bytes:
     return json.dumps({
         "send": [base64.b64encode(path).decode("ascii") for path in plan.send],
         "delete": [base64.b64encode(path).decode("ascii") for path in plan.delete],
+        "reset_xattrs": [base64.b64encode(path).decode("ascii") for path in plan.reset_xattrs],
     }).encode("ascii")
 
 
@@ -1225,7 +1232,7 @@ def _raise_on_differences(source_scan: Scan, target_scan: Scan, item: TaskItem, 
                           for path, aspect in differences[:MAX_REPORTED_DIFFERENCES])
         raise VerificationFailed(
             f"volume {item.target!r} differs from source {item.source!r} after the incremental "
-            f"update in {len(differences)} places: {shown}",
+            f"update in {counted(len(differences), 'place', 'places')}: {shown}",
             hint=hint or "the target was restored from its backup; run 'ddmverify' to inspect",
         )
 

@@ -223,6 +223,47 @@ def test_incremental_failure_restores_target(h1, h2, isolated_env, resources):
     assert backups_on(h2, volume) == []
 
 
+def test_failure_restores_directory_xattrs(h1, h2, isolated_env, resources):
+    volume = resources.create_volume(h1)
+    resources.add_volume(h2, volume)
+    write_volume_tree(h1, volume, TREE)
+    migrate(volume)
+    target_before = snapshot_volume_tree(h2, volume)
+    set_xattr(h1, volume, "data", "user.added", b"new")  # tar sets it on the existing dir
+    config = load_config(environ=os.environ)
+    store = TaskStore(default_store_path(os.environ))
+    task = api.create_task(store, config, source="h1", target="h2", volumes=[volume],
+                           options={"incremental": True})
+
+    def fail_at_verify(event: Event) -> None:
+        if isinstance(event, PhaseStarted) and event.phase == "verify":
+            raise DDMError("injected failure after the update")
+
+    with pytest.raises(DDMError):
+        api.run_task(config, store, task.id, on_event=fail_at_verify)
+
+    assert store.get_task(task.id).state is TaskState.FAILED
+    assert dict(snapshot_volume_tree(h2, volume)[b"data"].xattrs) == {}
+    assert snapshot_volume_tree(h2, volume) == target_before
+
+
+def test_incremental_removes_directory_xattr(h1, h2, isolated_env, resources):
+    volume = resources.create_volume(h1)
+    resources.add_volume(h2, volume)
+    write_volume_tree(h1, volume, TREE)
+    set_xattr(h1, volume, "conf", "user.stale", b"1")
+    migrate(volume)
+    h1.run(["python3", "-I", "-c", "import os, sys; os.removexattr(sys.argv[1], 'user.stale')",
+            f"{h1.volume_mountpoint(volume)}/conf"])
+
+    task = migrate(volume, "--incremental")
+
+    assert task["volumes"][0]["state"] == "verified"
+    assert dict(snapshot_volume_tree(h2, volume)[b"conf"].xattrs) == {}
+    assert diff_snapshots(snapshot_volume_tree(h1, volume), snapshot_volume_tree(h2, volume),
+                          mtime_resolution_ns=WHOLE_SECONDS) == []
+
+
 def test_rollback_of_old_failed_update(h1, h2, isolated_env, resources):
     volume = resources.create_volume(h1)
     resources.add_volume(h2, volume)

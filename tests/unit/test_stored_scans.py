@@ -349,3 +349,37 @@ def test_update_marks_stored_scans_used(roots, store, no_racy_margin):
 
     assert result.stored_scans is True
     assert result.warnings == []
+
+
+def test_restore_undoes_directory_xattrs(roots, store, no_racy_margin):
+    """A failed update's restore removes the xattrs that tar set on an existing directory."""
+    source_root, target_root = roots
+    os.setxattr(source_root / "dir", "user.added", b"new")
+    os.setxattr(target_root / "dir", "user.kept", b"old")
+    os.setxattr(source_root / "dir", "user.kept", b"changed")
+    before = {name: os.getxattr(target_root / "dir", name)
+              for name in os.listxattr(target_root / "dir")}
+    backups: list[str] = []
+    incremental.update_volume(
+        LocalEngine("h1"), str(source_root), LocalEngine("h2"), str(target_root),
+        task_id="t1", hash_content=True, on_chunk=lambda count: None,
+        on_backup=lambda path, complete: backups.append(path), cache=HashCache(store))
+    assert os.getxattr(target_root / "dir", "user.added") == b"new"
+
+    incremental.restore_backup(LocalEngine("h2"), str(target_root), backups[0])
+
+    after = {name: os.getxattr(target_root / "dir", name)
+             for name in os.listxattr(target_root / "dir")}
+    assert after == before
+
+
+def test_update_removes_directory_xattr(roots, store, no_racy_margin):
+    source_root, target_root = roots
+    os.setxattr(target_root / "dir", "user.stale", b"1")
+    os.setxattr(source_root / "dir", "user.other", b"2")
+
+    result = update(roots, store, "t1")
+    verify(roots, store, result)
+
+    assert result.plan.reset_xattrs == [b"dir"]
+    assert os.listxattr(target_root / "dir") == ["user.other"]
