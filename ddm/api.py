@@ -124,6 +124,10 @@ def build_spec(
         raise UsageError("--incremental and --force ask for opposite things",
                          hint="pass --incremental to update the target in place, or --force to "
                          "replace it")
+    if (options or {}).get("incremental") and (options or {}).get("data_path") == "engine":
+        raise UsageError("--incremental does not work with --data-path engine",
+                         hint="incremental updates scan and write the volumes on their hosts; "
+                         "leave out --data-path or pass --data-path host")
     callbacks = Callbacks.build(on_success=on_success, on_failure=on_failure, notify=notify,
                                 defaults=config.defaults)
     options = _check_compress(dict(options or {}))

@@ -437,6 +437,15 @@ def test_incremental_with_force_is_usage_error(configured: dict[str, str]) -> No
     assert "--incremental and --force ask for opposite things" in line
 
 
+def test_incremental_with_engine_path_is_usage_error(configured: dict[str, str]) -> None:
+    outcome = invoke("ddmctl", ["migrate", "--from", "a", "--to", "b", "--volume", "pgdata",
+                                "--incremental", "--data-path", "engine", "--yes"], configured)
+
+    line = error_line(outcome, "ddmctl")
+    assert outcome.status == 2
+    assert "--incremental does not work with --data-path engine" in line
+
+
 class _EngineWithVolumes:
     """Engine stand-in: host 'a' has the volume 'vlogs', host 'b' has none."""
 
