@@ -20,7 +20,7 @@ from ddm.store import TaskStore
 from ddm.task import Mode, TaskItem, TaskSpec, VerifyMode
 from ddmsyncer import compression, datapath, direct, hostverify, incremental, rerun, volumes, writers
 from ddmsyncer.copyorigin import copying_task
-from ddmsyncer.datapath import HostProbes
+from ddmsyncer.datapath import DataPath, HostProbes
 from ddmsyncer.linkprobe import LinkRate, measure_link
 
 PLAN_VERSION = 1
@@ -158,6 +158,18 @@ def _bytes_to_copy(entry: dict[str, Any]) -> int:
     return entry.get("size_bytes") or 0
 
 
+def _incremental_aspects(verify: VerifyMode) -> dict[str, list[str]]:
+    """Return the plan's aspect lists for an incremental update, which scans on the hosts.
+
+    Its scans compare xattrs (POSIX ACLs are xattrs) and hard-link groups too, but mtimes in
+    whole seconds only, and not sparseness. tar on the host path keeps all of them.
+    """
+    scanned = ("xattrs", "acl")
+    verified = [] if verify is VerifyMode.NONE else [*volumes.aspects_for(verify), *scanned]
+    return {"preserves": [*VOLUME_METADATA, *datapath.verify_aspects(DataPath.HOST, deep=True)[1:]],
+            "verified": verified, "not_verified": ["mtime_ns", "sparse"]}
+
+
 def _plan_volume(source: Any, target: Any, item: TaskItem, spec: TaskSpec,
                  conflicts: list[dict[str, Any]], store: TaskStore | None = None
                  ) -> dict[str, Any]:
@@ -185,6 +197,7 @@ def _plan_volume(source: Any, target: Any, item: TaskItem, spec: TaskSpec,
             if update is not None:
                 entry.update(update, verify_method=(None if spec.verify is VerifyMode.NONE
                                                     else hostverify.HOST_SCAN))
+                entry.update(_incremental_aspects(spec.verify))
                 if update.get("earlier_task"):
                     entry["earlier_task"] = copying_task(store, update["earlier_task"], item)
                 return entry

@@ -590,6 +590,9 @@ def test_incremental_dry_run_shows_update(h1, h2, isolated_env, resources):
     assert entry["incremental"]["delete_entries"] == 2
     assert set(entry["incremental"]["delete"]) == {"old", "data/f7.bin"}
     assert {"data/f3.bin", "data/new.bin", "added/deep/new.txt"} <= set(entry["incremental"]["send"])
+    # The hosts' scans compare xattrs and ACLs, and mtimes in whole seconds only.
+    assert entry["not_verified"] == ["mtime_ns", "sparse"]
+    assert {"xattrs", "acl", "content", "mtime"} <= set(entry["verified"])
     assert snapshot_volume_tree(h2, volume) == target_before
     text = run_command("ddmctl", "migrate", "--from", "h1", "--to", "h2", "--volume", volume,
                        "--incremental", "--dry-run")
