@@ -230,19 +230,13 @@ def test_failure_restores_directory_xattrs(h1, h2, isolated_env, resources):
     migrate(volume)
     target_before = snapshot_volume_tree(h2, volume)
     set_xattr(h1, volume, "data", "user.added", b"new")  # tar sets it on the existing dir
-    config = load_config(environ=os.environ)
-    store = TaskStore(default_store_path(os.environ))
-    task = api.create_task(store, config, source="h1", target="h2", volumes=[volume],
-                           options={"incremental": True})
 
-    def fail_at_verify(event: Event) -> None:
-        if isinstance(event, PhaseStarted) and event.phase == "verify":
-            raise DDMError("injected failure after the update")
+    def fail() -> None:
+        raise DDMError("injected failure after the update")
 
-    with pytest.raises(DDMError):
-        api.run_task(config, store, task.id, on_event=fail_at_verify)
+    store, task_id, _ = run_failing_update(volume, fail)
 
-    assert store.get_task(task.id).state is TaskState.FAILED
+    assert store.get_task(task_id).state is TaskState.FAILED
     assert dict(snapshot_volume_tree(h2, volume)[b"data"].xattrs) == {}
     assert snapshot_volume_tree(h2, volume) == target_before
 
