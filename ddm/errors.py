@@ -19,8 +19,8 @@ class ExitStatus(enum.IntEnum):
     CONNECTION = 3  # a host or its Docker engine could not be reached
     HOST_KEY = 4  # an SSH host key is unknown or changed
     AUTHENTICATION = 5  # the SSH server rejected the user or key
-    # Another task holds the volume, the task's state forbids the action, or a rollback kept
-    # a target volume that changed since the task.
+    # Another task has locked the volume, the task's state forbids the action, or a rollback
+    # kept a target volume that changed since the task.
     CONFLICT = 6
     INTERRUPTED = 130  # stopped by Ctrl-C or SIGTERM
 
@@ -105,8 +105,8 @@ class AuthenticationFailed(DDMError):
 class TaskConflict(DDMError):
     """An action that conflicts with another task, the task's state or a changed target volume.
 
-    Another task holds a volume or container that the task needs, the task's state forbids
-    the action, or `ddmctl rollback` kept a target volume that changed since the task.
+    Another task has locked a volume or container that the task needs, the task's state
+    forbids the action, or `ddmctl rollback` kept a target volume that changed since the task.
     """
 
     exit_status = ExitStatus.CONFLICT

@@ -80,6 +80,24 @@ def incremental_record(task_id: str) -> dict:
         store.close()
 
 
+def copied_volume(h1, h2, resources) -> str:
+    """Create a volume with TREE on h1, copy it to h2 with a full migration; return its name."""
+    volume = resources.create_volume(h1)
+    resources.add_volume(h2, volume)
+    write_volume_tree(h1, volume, TREE)
+    migrate(volume)
+    return volume
+
+
+def execute_in_task_database(statement: str) -> None:
+    store = TaskStore(default_store_path(os.environ))
+    try:
+        with store.transaction() as db:
+            db.execute(statement)
+    finally:
+        store.close()
+
+
 def test_incremental_sends_only_changes(h1, h2, isolated_env, resources):
     volume = resources.create_volume(h1)
     resources.add_volume(h2, volume)
@@ -224,10 +242,7 @@ def test_incremental_failure_restores_target(h1, h2, isolated_env, resources):
 
 
 def test_failure_restores_directory_xattrs(h1, h2, isolated_env, resources):
-    volume = resources.create_volume(h1)
-    resources.add_volume(h2, volume)
-    write_volume_tree(h1, volume, TREE)
-    migrate(volume)
+    volume = copied_volume(h1, h2, resources)
     target_before = snapshot_volume_tree(h2, volume)
     set_xattr(h1, volume, "data", "user.added", b"new")  # tar sets it on the existing dir
 
@@ -463,19 +478,11 @@ def test_incremental_cache_skips_hashing(h1, h2, isolated_env, resources, no_rac
 
 
 def forget_stored_scans() -> None:
-    store = TaskStore(default_store_path(os.environ))
-    try:
-        with store.transaction() as db:
-            db.execute("DELETE FROM volume_scans")
-    finally:
-        store.close()
+    execute_in_task_database("DELETE FROM volume_scans")
 
 
 def test_update_rescans_last_verified_scans(h1, h2, isolated_env, resources, no_racy_margin):
-    volume = resources.create_volume(h1)
-    resources.add_volume(h2, volume)
-    write_volume_tree(h1, volume, TREE)
-    migrate(volume)
+    volume = copied_volume(h1, h2, resources)
     migrate(volume, "--incremental")
     change_source(h1, volume)
     # A change on the target since the last verification, which its lstat key still shows.
@@ -497,17 +504,9 @@ def test_update_rescans_last_verified_scans(h1, h2, isolated_env, resources, no_
 
 
 def test_damaged_stored_scan_in_task_log(h1, h2, isolated_env, resources, no_racy_margin):
-    volume = resources.create_volume(h1)
-    resources.add_volume(h2, volume)
-    write_volume_tree(h1, volume, TREE)
-    migrate(volume)
+    volume = copied_volume(h1, h2, resources)
     migrate(volume, "--incremental")
-    store = TaskStore(default_store_path(os.environ))
-    try:
-        with store.transaction() as db:
-            db.execute("UPDATE volume_scan_chunks SET records = 'damaged'")
-    finally:
-        store.close()
+    execute_in_task_database("UPDATE volume_scan_chunks SET records = 'damaged'")
     change_source(h1, volume)
 
     task = migrate(volume, "--incremental")
