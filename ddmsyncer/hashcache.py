@@ -12,8 +12,9 @@ Why ctime is in the key: a user can set a file's mtime back (touch -d), but not 
 which the kernel sets to the current time on every change of content or metadata. A key match
 therefore means that the file was not changed since it was hashed, within these limits:
 - A change within the same tick of the file system's timestamp clock as the scan that hashed
-  the file does not change ctime. Digests of files whose ctime is less than
-  RACY_MARGIN_NANOSECONDS before the scan started are therefore not stored.
+  the file does not change ctime. Digests of files whose ctime is less than the racy margin
+  (racy_margin_ns(): 0.2 s on file systems with sub-millisecond timestamps, else 2 s) before
+  the scan started are therefore not stored.
 - NOTE: setting the host's clock back, or writing the block device underneath the file system,
   can change content without a new ctime. So can a process that writes through a shared
   memory mapping to a page it already dirtied: Linux sets ctime at the write fault of a clean
@@ -47,8 +48,18 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # Linux sets file timestamps from a coarse clock that advances once per timer tick (1 to 10 ms,
-# depending on CONFIG_HZ), and FAT keeps mtimes in 2-second steps. Two seconds covers both.
+# depending on CONFIG_HZ), so a change right after a scan's lstat may get a ctime up to one
+# tick before the scan's clock reading. A file system also truncates timestamps to its own
+# granularity: whole seconds for ext3's small inodes, 2-second steps for FAT's mtimes.
+# RACY_MARGIN_NANOSECONDS covers both. A ctime that is not a whole number of milliseconds
+# comes from a file system that keeps finer timestamps, so only the tick matters there, and
+# FINE_RACY_MARGIN_NANOSECONDS (20 ticks at CONFIG_HZ=100, the slowest tick) applies.
+# NOTE: network file systems take ctime from the server's clock. Both margins assume that the
+# server's and the host's clocks differ by less than the margin.
 RACY_MARGIN_NANOSECONDS = 2_000_000_000
+FINE_RACY_MARGIN_NANOSECONDS = 200_000_000
+# A ctime with a remainder modulo this came from a clock finer than the coarse granularities.
+_COARSE_GRANULARITY_NANOSECONDS = 1_000_000
 
 FileKey = tuple[int, int, int, int, int]  # dev, inode, size, mtime_ns, ctime_ns
 
@@ -268,6 +279,23 @@ def known_keys_input(known: Iterable[tuple[bytes, CachedHash]], chunk_bytes: int
     yield bytes(chunk)
 
 
+def racy_margin_ns(ctime_ns: int) -> int:
+    """Return the racy margin for a file with this ctime, in nanoseconds."""
+    if ctime_ns % _COARSE_GRANULARITY_NANOSECONDS:
+        return min(FINE_RACY_MARGIN_NANOSECONDS, RACY_MARGIN_NANOSECONDS)
+    return RACY_MARGIN_NANOSECONDS
+
+
+def sql_racy_margin(ctime_column: str) -> str:
+    """Return an SQL expression equal to racy_margin_ns() of an integer column.
+
+    SQLite's % takes the ctime's sign, unlike Python's, but both are zero for the same ctimes.
+    """
+    fine = min(FINE_RACY_MARGIN_NANOSECONDS, RACY_MARGIN_NANOSECONDS)
+    return (f"(CASE WHEN {ctime_column} % {_COARSE_GRANULARITY_NANOSECONDS} = 0"
+            f" THEN {int(RACY_MARGIN_NANOSECONDS)} ELSE {int(fine)} END)")
+
+
 def is_racy(ctime_ns: int, scan_started_ns: int) -> bool:
     """Return whether a file changed too close to the scan for its digest to be cached."""
-    return ctime_ns >= scan_started_ns - RACY_MARGIN_NANOSECONDS
+    return ctime_ns >= scan_started_ns - racy_margin_ns(ctime_ns)

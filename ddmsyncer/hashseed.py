@@ -15,7 +15,7 @@ verify already has a SHA-256 of every file on both sides:
   a stat-only scan (`hostscan.py stat`) runs beside the copy. It writes its start time S
   (host clock) first, and tar starts only after the controller read that line. A row is
   stored when the tar member's pax size, mtime and ctime equal the scan's lstat and that
-  ctime is older than S minus hashcache.RACY_MARGIN_NANOSECONDS.
+  ctime is older than S minus the racy margin (hashcache.racy_margin_ns).
 
 Why a source row is sound: let c be the ctime both saw. Every change to a file sets its
 ctime to the current time, so no change happened between c (plus one clock tick) and the
@@ -190,12 +190,12 @@ class SeedJoin:
             " stat_keys.ctime_ns, sha256"
             " FROM members JOIN stat_keys USING (path) JOIN digests USING (path)"
             " WHERE digests.size = stat_keys.size AND digests.mtime_ns = stat_keys.mtime_ns"
-            " AND members.ctime_ns = stat_keys.ctime_ns AND stat_keys.ctime_ns < ?"
+            " AND members.ctime_ns = stat_keys.ctime_ns"
+            f" AND stat_keys.ctime_ns < ? - {hashcache.sql_racy_margin('stat_keys.ctime_ns')}"
             " ORDER BY members.path"
         )
-        limit_ns = started_ns - hashcache.RACY_MARGIN_NANOSECONDS
         for path, dev, inode, size, mtime_ns, ctime_ns, sha256 in self._database.execute(
-                query, (limit_ns,)):
+                query, (started_ns,)):
             yield path, CachedHash((dev, inode, size, mtime_ns, ctime_ns), sha256)
 
     def close(self) -> None:
@@ -234,8 +234,8 @@ class ScanSeed:
     def racy_files(self) -> int:
         """Return how many hashed files changed within the racy margin before their lstat."""
         self._scanned.flush()
-        query = "SELECT COUNT(*) FROM scanned WHERE ctime_ns >= checked_ns - ?"
-        return self._database.execute(query, (hashcache.RACY_MARGIN_NANOSECONDS,)).fetchone()[0]
+        query = f"SELECT COUNT(*) FROM scanned WHERE {_racy_condition()}"
+        return self._database.execute(query).fetchone()[0]
 
     def rows(self) -> Iterator[SeedRow]:
         """Yield the rows of files that did not change within the racy margin, in path order."""
@@ -243,9 +243,8 @@ class ScanSeed:
         if self._scanned.error is not None:
             return
         query = ("SELECT path, dev, inode, size, mtime_ns, ctime_ns, sha256 FROM scanned"
-                 " WHERE ctime_ns < checked_ns - ? ORDER BY path")
-        for path, dev, inode, size, mtime_ns, ctime_ns, sha256 in self._database.execute(
-                query, (hashcache.RACY_MARGIN_NANOSECONDS,)):
+                 f" WHERE NOT {_racy_condition()} ORDER BY path")
+        for path, dev, inode, size, mtime_ns, ctime_ns, sha256 in self._database.execute(query):
             yield path, CachedHash((dev, inode, size, mtime_ns, ctime_ns), sha256)
 
     def rehash_racy(self, engine: Any, access: Any, directory: str) -> int:
@@ -257,10 +256,7 @@ class ScanSeed:
         self._scanned.flush()
         if self._scanned.error is not None:
             return 0
-        margin = hashcache.RACY_MARGIN_NANOSECONDS
-        query = ("SELECT COUNT(*), TOTAL(size), MAX(ctime_ns) FROM scanned"
-                 " WHERE ctime_ns >= checked_ns - ?")
-        count, total_bytes, newest_ctime_ns = self._database.execute(query, (margin,)).fetchone()
+        count, total_bytes, not_before_ns = self.racy_summary()
         if not count:
             return 0
         if total_bytes > REHASH_MAX_BYTES:
@@ -268,11 +264,10 @@ class ScanSeed:
                      "than %d", count, engine.host.name, directory, total_bytes, REHASH_MAX_BYTES)
             return 0
         paths = b"".join(path + b"\0" for (path,) in self._database.execute(
-            "SELECT path FROM scanned WHERE ctime_ns >= checked_ns - ? ORDER BY path", (margin,)))
-        not_before_ns = newest_ctime_ns + margin
+            f"SELECT path FROM scanned WHERE {_racy_condition()} ORDER BY path"))
+        max_wait_ns = hashcache.RACY_MARGIN_NANOSECONDS + REHASH_EXTRA_WAIT_NANOSECONDS
         try:
-            lines = _run_rehash(engine, access, directory, paths, not_before_ns,
-                                margin + REHASH_EXTRA_WAIT_NANOSECONDS)
+            lines = _run_rehash(engine, access, directory, paths, not_before_ns, max_wait_ns)
             confirmed = self._confirm(lines)
         except Exception as error:  # noqa: BLE001 - the seed is optional, the copy goes on
             log.info("hashing the recently written files of %s:%s again failed: %s",
@@ -281,6 +276,19 @@ class ScanSeed:
         log.info("%d of %d recently written files of %s:%s hashed again for the hash cache",
                  confirmed, count, engine.host.name, directory)
         return confirmed
+
+    def racy_summary(self) -> tuple[int, int, int]:
+        """Return the number and bytes of the racy files, and when none of them is racy.
+
+        The last is the host clock, in nanoseconds, at which every racy file's ctime has
+        left its margin (0 without racy files).
+        """
+        self._scanned.flush()
+        margin = hashcache.sql_racy_margin("ctime_ns")
+        query = (f"SELECT COUNT(*), TOTAL(size), MAX(ctime_ns + {margin}) FROM scanned"
+                 f" WHERE {_racy_condition()}")
+        count, total_bytes, not_before_ns = self._database.execute(query).fetchone()
+        return count, int(total_bytes), not_before_ns or 0
 
     def confirm(self, records: Iterable[list[Any]]) -> int:
         """Take rehash records [path, dev, inode, size, mtime_ns, ctime_ns, sha256, checked_ns].
@@ -456,6 +464,11 @@ def store_rows(store: TaskStore, scope: str, rows: Iterable[SeedRow]) -> int:
         return 0
     log.info("seeded the hash cache of %s with %d files", scope, stored)
     return stored
+
+
+def _racy_condition() -> str:
+    """Return the SQL condition of a scanned file whose ctime is racy at its checked_ns."""
+    return f"ctime_ns >= checked_ns - {hashcache.sql_racy_margin('ctime_ns')}"
 
 
 def _run_rehash(engine: Any, access: Any, directory: str, paths: bytes, not_before_ns: int,

@@ -407,7 +407,7 @@ def rescan_volume(engine: Any, mountpoint: str, earlier: Scan, *, hash_content: 
 
     The host lstats every entry and reports in full only those whose (device, inode, size,
     mtime_ns, ctime_ns) differs from the earlier scan's, which it hashes when hash_content
-    is set. Entries whose ctime is within hashcache.RACY_MARGIN_NANOSECONDS of the earlier
+    is set. Entries whose ctime is within the racy margin (hashcache.is_racy) of the earlier
     scan's start are not trusted, because a change in the same clock tick keeps the ctime.
     Neither is a file of `earlier` without a digest when hash_content is set, nor an entry
     whose path is in `untrusted`. The host reports and hashes every untrusted entry. Returns
@@ -415,12 +415,11 @@ def rescan_volume(engine: Any, mountpoint: str, earlier: Scan, *, hash_content: 
     With keep_listing, the merged scan keeps what the host was sent and reported
     (RescanListing), so that a rescan of it sends the same lines again.
     """
-    racy_from_ns = earlier.started_ns - hashcache.RACY_MARGIN_NANOSECONDS
-    relisted = _relisting(earlier, racy_from_ns, hash_content, untrusted)
+    relisted = _relisting(earlier, hash_content, untrusted)
     if relisted is not None:
         merged, listing = relisted
     else:
-        merged, listing = _full_listing(earlier, racy_from_ns, hash_content, untrusted)
+        merged, listing = _full_listing(earlier, hash_content, untrusted)
 
     lines_file = None
     if keep_listing:
@@ -451,19 +450,20 @@ def rescan_volume(engine: Any, mountpoint: str, earlier: Scan, *, hash_content: 
     return merged, output_bytes
 
 
-def _full_listing(earlier: Scan, racy_from_ns: int, hash_content: bool,
+def _full_listing(earlier: Scan, hash_content: bool,
                   untrusted: Collection[bytes]) -> tuple[Scan, Iterator[bytes]]:
     """Return a new scan and the listing that fills it with the trusted entries of `earlier`.
 
     The trusted entries are copied as stored while their keys are listed for the host.
     """
     merged = Scan()
+    trusted_key = scanentry.trusted_record_key
 
     def listing() -> Iterator[bytes]:
         chunk = bytearray()
         copied: list[tuple[bytes, bytes]] = []
         for path, record in earlier.iter_records():
-            key = scanentry.trusted_record_key(record, racy_from_ns, need_digest=hash_content)
+            key = trusted_key(record, earlier.started_ns, need_digest=hash_content)
             if key is not None and path not in untrusted:
                 chunk += base64.b64encode(path) + b" " + key + b"\n"
                 copied.append((path, record))
@@ -479,7 +479,7 @@ def _full_listing(earlier: Scan, racy_from_ns: int, hash_content: bool,
     return merged, listing()
 
 
-def _relisting(earlier: Scan, racy_from_ns: int, hash_content: bool,
+def _relisting(earlier: Scan, hash_content: bool,
                untrusted: Collection[bytes]) -> tuple[Scan, Iterator[bytes]] | None:
     """Return a copy of `earlier` and its listing, made from the rescan that produced it.
 
@@ -496,8 +496,9 @@ def _relisting(earlier: Scan, racy_from_ns: int, hash_content: bool,
 
     distrusted = set(untrusted)
     corrections = bytearray()
+    trusted_key = scanentry.trusted_record_key
     for path, record in previous_listing.reported.iter_records():
-        key = scanentry.trusted_record_key(record, racy_from_ns, need_digest=hash_content)
+        key = trusted_key(record, earlier.started_ns, need_digest=hash_content)
         if key is None or path in distrusted:
             distrusted.add(path)
         else:

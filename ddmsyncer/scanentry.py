@@ -182,18 +182,20 @@ def entry_from_record(path: bytes, record: bytes) -> Entry:
     return entry
 
 
-def trusted_record_key(record: bytes, racy_from_ns: int, *, need_digest: bool) -> bytes | None:
+def trusted_record_key(record: bytes, scan_started_ns: int, *,
+                       need_digest: bool) -> bytes | None:
     """Return the file key text of a stored entry that a rescan may trust, else None.
 
     The text is hashcache.format_key(entry.file_key()) as ASCII bytes. An entry is not
-    trusted when its ctime_ns is at least racy_from_ns (see hashcache.is_racy), nor, with
-    need_digest, when it is a file without a digest. This reads the record without building
-    an Entry, because a rescan lists every entry of the earlier scan.
+    trusted when its ctime_ns is racy for a scan that started at scan_started_ns (see
+    hashcache.is_racy), nor, with need_digest, when it is a file without a digest. This
+    reads the record without building an Entry, because a rescan lists every entry of the
+    earlier scan.
     """
     type, _, digest, _, numbers = marshal.loads(record)
     mode, uid, gid, size, mtime_ns, rdev, inode, nlink, dev, ctime_ns = \
         _NUMBERS.unpack_from(numbers)
-    if ctime_ns >= racy_from_ns:
+    if hashcache.is_racy(ctime_ns, scan_started_ns):
         return None
     if need_digest and type == "file" and digest is None and len(numbers) == _NUMBERS.size:
         return None

@@ -6,9 +6,11 @@ import base64
 import hashlib
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -114,8 +116,10 @@ def test_join_racy_rule_at_the_margin(volume):
     _, join = host_tar_join(volume)
     keys = add_stat_keys(join, volume, b"dir/a.txt")
     ctime_ns = keys[b"dir/a.txt"][4]
-    margin = hashcache.RACY_MARGIN_NANOSECONDS
+    margin = hashcache.racy_margin_ns(ctime_ns)
 
+    # The test's file system keeps nanoseconds, so the short margin applies.
+    assert ctime_ns % 1_000_000 and margin == hashcache.FINE_RACY_MARGIN_NANOSECONDS
     assert list(join.rows(ctime_ns + margin)) == []
     assert [path for path, _ in join.rows(ctime_ns + margin + 1)] == [b"dir/a.txt"]
 
@@ -186,6 +190,41 @@ def test_scan_seed_takes_hashed_old_files():
     assert set(rows) == {b"kept"}
     assert rows[b"kept"].key == (2049, 77, 5, 90 * SECOND, 100 * SECOND)
     assert seed.racy_files == 1
+
+
+# A ctime of a file system with whole-second or millisecond timestamps, and one with
+# nanoseconds, 0.5 s before the scan's clock reading at 110 s.
+COARSE_CTIME_NS = 109_500_000_000
+FINE_CTIME_NS = 109_500_000_001
+
+
+@pytest.mark.parametrize(("ctime_ns", "margin"), [
+    (COARSE_CTIME_NS, 2 * SECOND),
+    (FINE_CTIME_NS, SECOND // 5),
+    (-COARSE_CTIME_NS, 2 * SECOND),  # before 1970
+    (-FINE_CTIME_NS, SECOND // 5),
+])
+def test_racy_margin_follows_timestamp_granularity(ctime_ns, margin):
+    assert hashcache.racy_margin_ns(ctime_ns) == margin
+    with closing(sqlite3.connect("")) as database:
+        query = f"SELECT {hashcache.sql_racy_margin('?1')}"
+        assert database.execute(query, (ctime_ns,)).fetchone()[0] == margin
+
+
+def test_scan_seed_racy_rule_per_file():
+    """A nanosecond ctime 0.5 s before the lstat is settled; a whole-millisecond one is not."""
+    seed = ScanSeed()
+    seed.add(scan_record(b"coarse", ctime_ns=COARSE_CTIME_NS))
+    seed.add(scan_record(b"fine", ctime_ns=FINE_CTIME_NS))
+    seed.add(scan_record(b"fine-recent", ctime_ns=109_900_000_001))
+
+    assert set(dict(seed.rows())) == {b"fine"}
+    count, total_bytes, not_before_ns = seed.racy_summary()
+    assert (count, total_bytes) == (2, 10)
+    # The rehash waits for the coarse file's 2 s margin, the later of the two.
+    assert not_before_ns == COARSE_CTIME_NS + 2 * SECOND
+    assert hashcache.is_racy(FINE_CTIME_NS, 110 * SECOND) is False
+    assert hashcache.is_racy(COARSE_CTIME_NS, 110 * SECOND) is True
 
 
 def rehash_record(path: bytes, *, inode: int = 77, sha256: str = "ab" * 32,

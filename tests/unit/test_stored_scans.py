@@ -118,8 +118,14 @@ def test_target_change_since_stored_scan_is_sent(roots, store, no_racy_margin):
     assert (target_root / "dir" / "c.bin").read_bytes() == b"c" * 100
 
 
-def test_racy_stored_entries_hashed_again(roots, store):
+def every_ctime_racy(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hashcache, "RACY_MARGIN_NANOSECONDS", 10**18)
+    monkeypatch.setattr(hashcache, "FINE_RACY_MARGIN_NANOSECONDS", 10**18)
+
+
+def test_racy_stored_entries_hashed_again(roots, store, monkeypatch):
     """Entries changed within the racy margin of the stored scan's start are not trusted."""
+    every_ctime_racy(monkeypatch)
     update_and_verify(roots, store, "t1")
 
     result = update(roots, store, "t2")
@@ -286,7 +292,7 @@ def test_relisted_verify_distrusts_racy_reports(roots, store, monkeypatch):
     source_root, _ = roots
     monkeypatch.setattr(hashcache, "RACY_MARGIN_NANOSECONDS", 0)
     result = stored_update(roots, store)
-    monkeypatch.setattr(hashcache, "RACY_MARGIN_NANOSECONDS", 10**18)  # every ctime is racy
+    every_ctime_racy(monkeypatch)
     no_full_listing(monkeypatch)
 
     verified = verify(roots, store, result)
