@@ -120,6 +120,9 @@ class Plan:
     send: list[bytes] = field(default_factory=list)
     delete: list[bytes] = field(default_factory=list)
     send_bytes: int = 0  # file data in the tar stream: each inode once, however many names
+    # Target entries that the source lacks, each counted: `delete` names only the outermost
+    # path of a removed directory, and also paths whose type changed, which are sent again.
+    removed_entries: int = 0
     # Target directories whose extended attributes differ from the source's: tar never
     # removes one, so `stash` clears them before tar sets the source's.
     reset_xattrs: list[bytes] = field(default_factory=list)
@@ -138,7 +141,7 @@ class UpdateResult:
     source_scan: Scan
     target_scan: Scan
     sent_entries: int  # Plan.written_entries: without the volume root
-    deleted_entries: int
+    deleted_entries: int  # Plan.removed_entries
     archive_bytes: int
     scan_bytes: int
     stream_digest: str
@@ -676,6 +679,7 @@ def plan_update(source: Mapping[bytes, Entry], target: Mapping[bytes, Entry]) ->
         _add_link(target_linked, path, existing)
         if entry is None:
             delete.append(path)
+            plan.removed_entries += 1
             continue
         key, kind, nlink, inode = entry
         _add_link(linked, path, entry)
@@ -1045,7 +1049,7 @@ def _update(source: Any, source_mountpoint: str, target: Any, target_mountpoint:
         archive_bytes, digest = relay_tar(source, source_mountpoint, target, target_mountpoint,
                                           plan.send, on_chunk, channels=channels,
                                           on_wire=on_wire)
-    return UpdateResult(plan, source_scan, target_scan, plan.written_entries, len(plan.delete),
+    return UpdateResult(plan, source_scan, target_scan, plan.written_entries, plan.removed_entries,
                         archive_bytes, scan_bytes, digest, time.monotonic() - started)
 
 
@@ -1438,7 +1442,7 @@ def plan_dry_run(source: Any, target: Any, item: TaskItem, spec: Any, store: Tas
         "incremental": {
             "send_entries": plan.written_entries,
             "send_bytes": plan.send_bytes,
-            "delete_entries": len(plan.delete),
+            "delete_entries": plan.removed_entries,
             "send": [os.fsdecode(path) for path in plan.send[:MAX_LISTED_PATHS]],
             "delete": [os.fsdecode(path) for path in plan.delete[:MAX_LISTED_PATHS]],
             "hashed_files": {"source": source_scan.hashed_files,

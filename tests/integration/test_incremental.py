@@ -112,7 +112,7 @@ def test_incremental_sends_only_changes(h1, h2, isolated_env, resources):
     sent = task["volumes"][0]["bytes_done"]
     assert 0 < sent < CHANGED_FILES_BYTES + 64 * 1024
     record = incremental_record(task["id"])
-    assert record["deleted_entries"] == 2  # old/ and data/f7.bin
+    assert record["deleted_entries"] == 4  # old, old/dir, old/dir/note.txt and data/f7.bin
     assert record["archive_bytes"] == sent
     assert diff_snapshots(snapshot_volume_tree(h1, volume), snapshot_volume_tree(h2, volume),
                           mtime_resolution_ns=WHOLE_SECONDS) == []
@@ -133,19 +133,19 @@ def test_incremental_counts_in_events_and_status(h1, h2, isolated_env, resources
     assert logs.status == 0, logs.stderr
     updated_lines = [line for line in logs.stdout.splitlines() if "updated:" in line]
     assert len(updated_lines) == 1
-    assert "2 entries removed" in updated_lines[0]
+    assert "4 entries removed" in updated_lines[0]
     assert "hashed" in updated_lines[0]
     assert status.status == 0, status.stderr
     document = json.loads(status.stdout)
     record = document["incremental"]["0"]
-    assert record["deleted_entries"] == 2  # old/ and data/f7.bin
+    assert record["deleted_entries"] == 4  # old, old/dir, old/dir/note.txt and data/f7.bin
     assert record["archive_bytes"] == task["volumes"][0]["bytes_done"]
     assert record["sent_entries"] >= 4  # f3.bin, new.bin, new.txt, app.conf
     updated = [event for event in document["events"] if event["kind"] == "updated"]
     assert len(updated) == 1
     data = updated[0]["data"]
     assert data["position"] == 0
-    assert data["entries_removed"] == 2
+    assert data["entries_removed"] == 4
     assert data["entries_written"] == record["sent_entries"]
     assert data["archive_bytes"] == record["archive_bytes"]
     assert 0 < data["file_bytes_sent"] <= data["archive_bytes"]
@@ -580,7 +580,7 @@ def test_incremental_dry_run_shows_update(h1, h2, isolated_env, resources):
     entry = plan["objects"][0]
     assert entry["action"] == "incremental"
     assert entry["earlier_task"] == first["id"]
-    assert entry["incremental"]["delete_entries"] == 2
+    assert entry["incremental"]["delete_entries"] == 4  # "old" holds two more entries
     assert set(entry["incremental"]["delete"]) == {"old", "data/f7.bin"}
     assert {"data/f3.bin", "data/new.bin", "added/deep/new.txt"} <= set(entry["incremental"]["send"])
     # The hosts' scans compare xattrs and ACLs, and mtimes in whole seconds only.

@@ -51,6 +51,15 @@ def test_plan_removed_directory_deleted_once():
     plan = plan_update(source, target)
     assert plan.delete == [b"old"]
     assert plan.send == [b"."]
+    assert plan.removed_entries == 3  # what the update reports as removed
+
+
+def test_plan_type_change_counts_only_gone_entries_as_removed():
+    source = tree(entry(b"x"), entry(b"kept"))
+    target = tree(entry(b"x", "dir"), entry(b"x/inner"), entry(b"kept"), entry(b"gone"))
+    plan = plan_update(source, target)
+    assert plan.delete == [b"gone", b"x"]
+    assert plan.removed_entries == 2  # x/inner and gone; x is replaced, not removed
 
 
 def test_plan_type_change_deletes_first():
@@ -75,10 +84,10 @@ def test_rescan_trusts_only_settled_records():
                     90 * SECOND)
     unhashed = entry(b"unhashed", inode=3, digest=None)
     directory = entry(b"d", "dir", inode=6)
-    racy_from_ns = 100 * SECOND - 2 * SECOND  # the scan started at 100 s, margin 2 s
+    scan_started_ns = 100 * SECOND  # whole-second ctimes, so the margin is 2 s
 
     def key(item: Entry, need_digest: bool = True) -> bytes | None:
-        return trusted_record_key(entry_record(item), racy_from_ns, need_digest=need_digest)
+        return trusted_record_key(entry_record(item), scan_started_ns, need_digest=need_digest)
 
     assert key(settled) == b"5 1 10 %d %d" % (100 * SECOND, 90 * SECOND)
     assert key(racy) is None
