@@ -19,7 +19,7 @@ import time
 import uuid
 from typing import Any
 
-from benchmarks.measure import ProcessUsage
+from benchmarks.measure import ProcessUsage, machine_busy_seconds, machine_cpu_since
 from benchmarks.suite import BUSYBOX_IMAGE, Result, Suite
 from ddm import api
 from ddm.config import load_config
@@ -112,10 +112,13 @@ def _log_downtime_steps(store: TaskStore, task_id: str, stopped_at: float | None
 def _run_measured(call: Any) -> ProcessUsage:
     """Run call in this process; CPU time is this process's, peak RSS its peak so far."""
     before = resource.getrusage(resource.RUSAGE_SELF)
+    busy_before = machine_busy_seconds()
     started = time.monotonic()
     call()
     after = resource.getrusage(resource.RUSAGE_SELF)
+    machine_cpu = machine_cpu_since(busy_before)
     cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     # NOTE: ru_maxrss is the benchmark process's peak since it started, not this task's alone.
     return ProcessUsage(seconds=time.monotonic() - started, cpu_seconds=cpu,
-                        max_rss_bytes=after.ru_maxrss * 1024, exit_statuses=(0,))
+                        max_rss_bytes=after.ru_maxrss * 1024, exit_statuses=(0,),
+                        machine_cpu_seconds=machine_cpu)

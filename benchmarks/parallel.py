@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from benchmarks.measure import format_seconds
 from benchmarks.suite import MIB, Result, Suite
 from ddm.store import TaskStore, default_store_path
 
@@ -126,7 +127,8 @@ def copy_and_verify(result: Result) -> float:
 def format_parallel_table(results: Sequence[Result]) -> str:
     """Return the runs of (p) and (q) as a Markdown table: total against slowest and sum."""
     header = ["scenario", "method", "MiB", "wall s", "prepare s", "copy s", "verify s",
-              "copy+verify s", "slowest volume s", "sum of volumes s", "peak RSS MiB", "CPU s"]
+              "copy+verify s", "slowest volume s", "sum of volumes s", "peak RSS MiB", "CPU s",
+              "machine CPU s"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for result in results:
         phases = result.phase_seconds
@@ -145,5 +147,6 @@ def format_parallel_table(results: Sequence[Result]) -> str:
             f"{phases[SUM_OF_VOLUMES]:.1f}",
             f"{result.usage.max_rss_bytes / MIB:.0f}",
             f"{result.usage.cpu_seconds:.1f}",
+            format_seconds(result.usage.machine_cpu_seconds),
         ]) + " |")
     return "\n".join(lines)

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from benchmarks.measure import format_seconds
 from benchmarks.suite import MIB, TITLES, Result
 
 BASELINE_1 = "baseline 1: ssh tar, ssh tar -x"
@@ -55,6 +56,7 @@ def table_rows(results: Sequence[Result]) -> list[list[str]]:
             f"{result.wire_bytes / MIB:.1f}" if result.wire_bytes is not None else "-",
             f"{result.usage.max_rss_bytes / MIB:.0f}",
             f"{result.usage.cpu_seconds:.1f}",
+            format_seconds(result.usage.machine_cpu_seconds),
             f"{result.downtime_seconds:.2f}" if result.downtime_seconds is not None else "-",
             f"{result.image_bytes / MIB:.1f}" if result.image_bytes is not None else "-",
         ])
@@ -62,7 +64,7 @@ def table_rows(results: Sequence[Result]) -> list[list[str]]:
 
 
 HEADER = ["scenario", "method", "MiB", "wall s", "MiB/s", "x b1", "x b2",
-          "copy phase MiB/s (x b1)", "wire MiB", "peak RSS MiB", "CPU s", "downtime s", "image MiB"]
+          "copy phase MiB/s (x b1)", "wire MiB", "peak RSS MiB", "CPU s", "machine CPU s", "downtime s", "image MiB"]
 
 
 def format_table(results: Sequence[Result]) -> str:
