@@ -11,8 +11,8 @@ Which files are hashed while the containers are down? With verify full, right af
 pre-copy and while the containers still run, both hosts hash their copy of the volume once and
 store each file's SHA-256 in the hash cache with its lstat key (device, inode, size, mtime_ns,
 ctime_ns; see ddmsyncer/hashcache.py). It waits until the pre-copy's last writes are
-hashcache.RACY_MARGIN_NANOSECONDS old, because files changed within that margin of a scan's
-start are not cached. After the stop, each host rescans the volume against that scan
+hashcache.RACY_MARGIN_NANOSECONDS old, the longest racy margin, because files changed within
+their margin of a scan's start are not cached. After the stop, each host rescans the volume against that scan
 (incremental.rescan_volume): it lstats every entry and reports and hashes only those whose key
 changed, and every other entry keeps its digest. A task resumed in another process, which no
 longer has the scans, scans in "cached" mode instead, with the digests from the hash cache.
