@@ -42,6 +42,8 @@ def machine_busy_seconds(path: Path = PROC_STAT) -> float | None:
     Busy is every column of the "cpu" line of /proc/stat except idle and iowait, and except
     guest time, which the kernel already counts in user time.
     """
+    if not hasattr(os, "sysconf"):  # Windows: no clock ticks, and no /proc/stat either
+        return None
     try:
         first_line = path.read_text().splitlines()[0]
     except (OSError, IndexError):

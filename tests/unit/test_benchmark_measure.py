@@ -14,6 +14,7 @@ from benchmarks.measure import machine_busy_seconds, run_command
 STAT_LINE = "cpu  100 20 30 4000 500 6 7 8 900 10\ncpu0 1 2 3 4 5 6 7 8 9 10\n"
 
 
+@pytest.mark.skipif(not hasattr(os, "sysconf"), reason="clock ticks need os.sysconf (POSIX)")
 def test_busy_counts_all_but_idle_and_guest(tmp_path: Path) -> None:
     stat = tmp_path / "stat"
     stat.write_text(STAT_LINE)
@@ -35,7 +36,8 @@ def test_busy_unknown_without_file(tmp_path: Path) -> None:
     assert machine_busy_seconds(tmp_path / "missing") is None
 
 
-@pytest.mark.skipif(not Path("/proc/stat").exists(), reason="needs Linux's /proc/stat")
+@pytest.mark.skipif(not Path("/proc/stat").exists() or not hasattr(os, "wait4"),
+                    reason="needs Linux's /proc/stat and os.wait4")
 def test_machine_cpu_covers_command_cpu() -> None:
     """A command that spins for a while shows up in the machine's busy time too."""
     spin = "import time\nend = time.process_time() + 0.5\nwhile time.process_time() < end: pass"
