@@ -64,7 +64,8 @@ def table_rows(results: Sequence[Result]) -> list[list[str]]:
 
 
 HEADER = ["scenario", "method", "MiB", "wall s", "MiB/s", "x b1", "x b2",
-          "copy phase MiB/s (x b1)", "wire MiB", "peak RSS MiB", "CPU s", "machine CPU s", "downtime s", "image MiB"]
+          "copy phase MiB/s (x b1)", "wire MiB", "peak RSS MiB", "CPU s", "machine CPU s",
+          "downtime s", "image MiB"]
 
 
 def format_table(results: Sequence[Result]) -> str:
