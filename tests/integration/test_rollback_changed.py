@@ -45,6 +45,15 @@ def read_file(host: LabHost, volume: str, name: str) -> bytes:
     return host.run(["cat", path], text=False).stdout
 
 
+def source_volume(h1: LabHost, h2: LabHost, resources: LabResources,
+                  tree: dict[str, object]) -> str:
+    """Create a source volume with `tree` on h1 and register its copy on h2 for removal."""
+    source = resources.create_volume(h1)
+    resources.add_volume(h2, source)
+    write_volume_tree(h1, source, tree)
+    return source
+
+
 def migrate(source: str, *options: str) -> str:
     outcome = ddmctl("migrate", "--from", "h1", "--to", "h2", "--volume", source, "--yes",
                      "--json", *options)
@@ -55,10 +64,8 @@ def migrate(source: str, *options: str) -> str:
 @pytest.mark.parametrize("data_path", ["engine", "host"])
 def test_rollback_keeps_same_size_rewrite(h1: LabHost, h2: LabHost, isolated_env: IsolatedEnv,
                                           resources: LabResources, data_path: str) -> None:
-    source = resources.create_volume(h1)
-    resources.add_volume(h2, source)
-    write_volume_tree(h1, source, {"note.txt": File(ORIGINAL),
-                                   "dir/data.bin": RandomFile(64 * 1024, seed=3)})
+    source = source_volume(h1, h2, resources, {"note.txt": File(ORIGINAL),
+                                               "dir/data.bin": RandomFile(64 * 1024, seed=3)})
     source_before = snapshot_volume_tree(h1, source)
     task_id = migrate(source, "--verify", "full", "--data-path", data_path)
     target_before = snapshot_volume_tree(h2, source)
@@ -86,9 +93,7 @@ def test_rollback_keeps_same_size_rewrite(h1: LabHost, h2: LabHost, isolated_env
 def test_rollback_quick_task_catches_mode_change(h1: LabHost, h2: LabHost,
                                                  isolated_env: IsolatedEnv,
                                                  resources: LabResources) -> None:
-    source = resources.create_volume(h1)
-    resources.add_volume(h2, source)
-    write_volume_tree(h1, source, {"note.txt": File(ORIGINAL, mode=0o644)})
+    source = source_volume(h1, h2, resources, {"note.txt": File(ORIGINAL, mode=0o644)})
     source_before = snapshot_volume_tree(h1, source)
     task_id = migrate(source, "--verify", "quick")
 
@@ -108,9 +113,7 @@ def test_rollback_unchanged_target_is_removed(h1: LabHost, h2: LabHost,
                                               resources: LabResources, data_path: str) -> None:
     # Hard links, symlinks, a FIFO, odd owners and modes must compare equal after the copy,
     # or every rollback of such a volume would be rejected.
-    source = resources.create_volume(h1)
-    resources.add_volume(h2, source)
-    write_volume_tree(h1, source, RICH_TREE)
+    source = source_volume(h1, h2, resources, RICH_TREE)
     source_before = snapshot_volume_tree(h1, source)
     task_id = migrate(source, "--verify", "full", "--data-path", data_path)
 
@@ -124,9 +127,7 @@ def test_rollback_unchanged_target_is_removed(h1: LabHost, h2: LabHost,
 def test_rollback_keeps_volume_replaced_by_later_task(h1: LabHost, h2: LabHost,
                                                       isolated_env: IsolatedEnv,
                                                       resources: LabResources) -> None:
-    source = resources.create_volume(h1)
-    resources.add_volume(h2, source)
-    write_volume_tree(h1, source, {"note.txt": File(ORIGINAL)})
+    source = source_volume(h1, h2, resources, {"note.txt": File(ORIGINAL)})
     first = migrate(source)
     # The Engine API gives a volume's CreatedAt in whole seconds, so the second task must
     # create its volume in a later second to give it another CreatedAt.
@@ -145,10 +146,8 @@ def test_rollback_keeps_volume_replaced_by_later_task(h1: LabHost, h2: LabHost,
 def test_second_rollback_checks_volume_left_in_use(h1: LabHost, h2: LabHost,
                                                    isolated_env: IsolatedEnv,
                                                    resources: LabResources) -> None:
-    sources = [resources.create_volume(h1) for _ in range(2)]
-    for source in sources:
-        resources.add_volume(h2, source)
-        write_volume_tree(h1, source, {"note.txt": File(ORIGINAL)})
+    sources = [source_volume(h1, h2, resources, {"note.txt": File(ORIGINAL)})
+               for _ in range(2)]
     outcome = ddmctl("migrate", "--from", "h1", "--to", "h2", "--volume", sources[0],
                      "--volume", sources[1], "--yes", "--json")
     assert outcome.status == 0, outcome.stderr
@@ -172,10 +171,8 @@ def test_second_rollback_checks_volume_left_in_use(h1: LabHost, h2: LabHost,
 def test_rollback_names_every_changed_volume(h1: LabHost, h2: LabHost,
                                              isolated_env: IsolatedEnv,
                                              resources: LabResources) -> None:
-    sources = [resources.create_volume(h1) for _ in range(3)]
-    for source in sources:
-        resources.add_volume(h2, source)
-        write_volume_tree(h1, source, {"note.txt": File(ORIGINAL, mode=0o644)})
+    sources = [source_volume(h1, h2, resources, {"note.txt": File(ORIGINAL, mode=0o644)})
+               for _ in range(3)]
     volume_options = [option for source in sources for option in ("--volume", source)]
     outcome = ddmctl("migrate", "--from", "h1", "--to", "h2", *volume_options, "--yes",
                      "--json")
@@ -206,10 +203,8 @@ def test_rollback_names_every_changed_volume(h1: LabHost, h2: LabHost,
 def test_rollback_reports_volume_already_gone(h1: LabHost, h2: LabHost,
                                               isolated_env: IsolatedEnv,
                                               resources: LabResources) -> None:
-    sources = [resources.create_volume(h1) for _ in range(2)]
-    for source in sources:
-        resources.add_volume(h2, source)
-        write_volume_tree(h1, source, {"note.txt": File(ORIGINAL)})
+    sources = [source_volume(h1, h2, resources, {"note.txt": File(ORIGINAL)})
+               for _ in range(2)]
     source_before = snapshot_volume_tree(h1, sources[0])
     volume_options = [option for source in sources for option in ("--volume", source)]
     first = ddmctl("migrate", "--from", "h1", "--to", "h2", *volume_options, "--yes", "--json")
@@ -240,9 +235,7 @@ def test_rollback_reports_volume_already_gone(h1: LabHost, h2: LabHost,
 def test_rollback_keeps_migration_finish_time(h1: LabHost, h2: LabHost,
                                               isolated_env: IsolatedEnv,
                                               resources: LabResources) -> None:
-    source = resources.create_volume(h1)
-    resources.add_volume(h2, source)
-    write_volume_tree(h1, source, {"note.txt": File(ORIGINAL)})
+    source = source_volume(h1, h2, resources, {"note.txt": File(ORIGINAL)})
     task_id = migrate(source)
     migrated = ddmctl("status", task_id, "--json").json()
     # Times are stored in seconds as floats, so a second is plenty to tell them apart.

@@ -246,44 +246,31 @@ def test_verify_sends_update_listing_again(roots, store, no_racy_margin, monkeyp
     assert verified.reused_entries == len(result.source_scan)
 
 
-def test_relisted_verify_finds_source_change(roots, store, no_racy_margin, monkeypatch):
-    source_root, _ = roots
-    result = stored_update(roots, store)
-    no_full_listing(monkeypatch)
-    rewrite_keeping_mtime(source_root / "dir" / "b.bin", b"B" * 4096)
+# Each case: a change made to (source root, target root) after an update whose verify
+# relists the update's scans, and the difference that verify reports.
+RELISTED_DAMAGE = {
+    "source change": (lambda source, target: rewrite_keeping_mtime(source / "dir" / "b.bin",
+                                                                   b"B" * 4096),
+                      "dir/b.bin: content"),
+    "corrupt sent file": (lambda source, target: rewrite_keeping_mtime(target / "dir" / "c.bin",
+                                                                       b"X" * 100),
+                          "dir/c.bin: content"),
+    "removed file": (lambda source, target: (target / "new.txt").unlink(),
+                     "new.txt: missing on target"),
+    "extra file": (lambda source, target: (target / "dir" / "extra.txt").write_bytes(b"extra\n"),
+                   "dir/extra.txt: extra on target"),
+}
 
-    with pytest.raises(VerificationFailed, match="dir/b.bin: content"):
-        verify(roots, store, result)
 
-
-def test_relisted_verify_finds_corrupt_sent_file(roots, store, no_racy_margin, monkeypatch):
-    _, target_root = roots
+@pytest.mark.parametrize("case", sorted(RELISTED_DAMAGE))
+def test_relisted_verify_finds_damage(roots, store, no_racy_margin, monkeypatch, case):
+    damage, difference = RELISTED_DAMAGE[case]
     result = stored_update(roots, store)
     no_full_listing(monkeypatch)
     assert b"dir/c.bin" in result.plan.send
-    rewrite_keeping_mtime(target_root / "dir" / "c.bin", b"X" * 100)
+    damage(*roots)
 
-    with pytest.raises(VerificationFailed, match="dir/c.bin: content"):
-        verify(roots, store, result)
-
-
-def test_relisted_verify_finds_removed_file(roots, store, no_racy_margin, monkeypatch):
-    _, target_root = roots
-    result = stored_update(roots, store)
-    no_full_listing(monkeypatch)
-    (target_root / "new.txt").unlink()
-
-    with pytest.raises(VerificationFailed, match="new.txt: missing on target"):
-        verify(roots, store, result)
-
-
-def test_relisted_verify_finds_extra_file(roots, store, no_racy_margin, monkeypatch):
-    _, target_root = roots
-    result = stored_update(roots, store)
-    no_full_listing(monkeypatch)
-    (target_root / "dir" / "extra.txt").write_bytes(b"extra\n")
-
-    with pytest.raises(VerificationFailed, match="dir/extra.txt: extra on target"):
+    with pytest.raises(VerificationFailed, match=difference):
         verify(roots, store, result)
 
 
