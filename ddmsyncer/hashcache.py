@@ -282,8 +282,13 @@ def known_keys_input(known: Iterable[tuple[bytes, CachedHash]], chunk_bytes: int
 def racy_margin_ns(ctime_ns: int) -> int:
     """Return the racy margin for a file with this ctime, in nanoseconds."""
     if ctime_ns % _COARSE_GRANULARITY_NANOSECONDS:
-        return min(FINE_RACY_MARGIN_NANOSECONDS, RACY_MARGIN_NANOSECONDS)
+        return _fine_margin_ns()
     return RACY_MARGIN_NANOSECONDS
+
+
+def _fine_margin_ns() -> int:
+    """Return the fine margin, never longer than the coarse one (tests set that to 0)."""
+    return min(FINE_RACY_MARGIN_NANOSECONDS, RACY_MARGIN_NANOSECONDS)
 
 
 def sql_racy_margin(ctime_column: str) -> str:
@@ -291,9 +296,8 @@ def sql_racy_margin(ctime_column: str) -> str:
 
     SQLite's % takes the ctime's sign, unlike Python's, but both are zero for the same ctimes.
     """
-    fine = min(FINE_RACY_MARGIN_NANOSECONDS, RACY_MARGIN_NANOSECONDS)
     return (f"(CASE WHEN {ctime_column} % {_COARSE_GRANULARITY_NANOSECONDS} = 0"
-            f" THEN {int(RACY_MARGIN_NANOSECONDS)} ELSE {int(fine)} END)")
+            f" THEN {int(RACY_MARGIN_NANOSECONDS)} ELSE {int(_fine_margin_ns())} END)")
 
 
 def is_racy(ctime_ns: int, scan_started_ns: int) -> bool:

@@ -278,9 +278,9 @@ class ScanSeed:
         return confirmed
 
     def racy_summary(self) -> tuple[int, int, int]:
-        """Return the number and bytes of the racy files, and when none of them is racy.
+        """Return the racy files' count and bytes, and the host time when none is racy.
 
-        The last is the host clock, in nanoseconds, at which every racy file's ctime has
+        That time is the host clock, in nanoseconds, at which every racy file's ctime has
         left its margin (0 without racy files).
         """
         self._scanned.flush()

@@ -580,7 +580,7 @@ def test_incremental_dry_run_shows_update(h1, h2, isolated_env, resources):
     entry = plan["objects"][0]
     assert entry["action"] == "incremental"
     assert entry["earlier_task"] == first["id"]
-    assert entry["incremental"]["delete_entries"] == 4  # "old" holds two more entries
+    assert entry["incremental"]["delete_entries"] == 4  # "old" contains two more entries
     assert set(entry["incremental"]["delete"]) == {"old", "data/f7.bin"}
     assert {"data/f3.bin", "data/new.bin", "added/deep/new.txt"} <= set(entry["incremental"]["send"])
     # The hosts' scans compare xattrs and ACLs, and mtimes in whole seconds only.

@@ -15,7 +15,7 @@ STAT_LINE = "cpu  100 20 30 4000 500 6 7 8 900 10\ncpu0 1 2 3 4 5 6 7 8 9 10\n"
 
 
 @pytest.mark.skipif(not hasattr(os, "sysconf"), reason="clock ticks need os.sysconf (POSIX)")
-def test_busy_counts_all_but_idle_and_guest(tmp_path: Path) -> None:
+def test_busy_skips_idle_and_guest(tmp_path: Path) -> None:
     stat = tmp_path / "stat"
     stat.write_text(STAT_LINE)
 

@@ -119,7 +119,8 @@ def test_join_racy_rule_at_the_margin(volume):
     margin = hashcache.racy_margin_ns(ctime_ns)
 
     # The test's file system keeps nanoseconds, so the short margin applies.
-    assert ctime_ns % 1_000_000 and margin == hashcache.FINE_RACY_MARGIN_NANOSECONDS
+    assert ctime_ns % 1_000_000 != 0
+    assert margin == hashcache.FINE_RACY_MARGIN_NANOSECONDS
     assert list(join.rows(ctime_ns + margin)) == []
     assert [path for path, _ in join.rows(ctime_ns + margin + 1)] == [b"dir/a.txt"]
 

@@ -54,7 +54,7 @@ def test_plan_removed_directory_deleted_once():
     assert plan.removed_entries == 3  # what the update reports as removed
 
 
-def test_plan_type_change_counts_only_gone_entries_as_removed():
+def test_plan_type_change_not_removed():
     source = tree(entry(b"x"), entry(b"kept"))
     target = tree(entry(b"x", "dir"), entry(b"x/inner"), entry(b"kept"), entry(b"gone"))
     plan = plan_update(source, target)
