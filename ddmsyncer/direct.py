@@ -25,6 +25,7 @@ from typing import Any
 from ddm.errors import DDMError, UsageError, VerificationFailed
 from ddm.manifest import EntryTable, Manifest, ManifestEntry
 from ddm.task import TaskItem, VerifyMode
+from ddmsyncer import hashseed, hostverify
 from ddmsyncer.scantable import paired, sorted_items
 
 log = logging.getLogger(__name__)
@@ -65,11 +66,14 @@ def plan_aspects(verify: VerifyMode) -> dict[str, list[str]]:
 
 
 def copy_item(runner: Any, item: TaskItem, staging_directory: str, route: Any,
-              counter: Any) -> tuple[Manifest, int, str, list[str]]:
+              counter: Any, *, scan_source: bool = True) -> tuple[Manifest, int, str, list[str]]:
     """Stream one volume from the source host straight into the staging directory.
 
-    Returns the source manifest (metadata only, from a host-side scan), the archive's bytes,
-    an empty stream digest (no process saw the stream) and the paths tar saw change.
+    Returns the source manifest, the archive's bytes, an empty stream digest (no process saw
+    the stream) and the paths tar saw change. With scan_source, the manifest comes from a
+    metadata-only scan of the source after the stream. Without it, the manifest is empty,
+    because the verify phase scans the source with hashes and gives the task its manifest
+    then (see staged.StagedCopy.verify_direct).
     """
     from ddmdriver import direct
 
@@ -104,6 +108,8 @@ def copy_item(runner: Any, item: TaskItem, staging_directory: str, route: Any,
         runner.warn(f"volume {item.source!r}: socket {path} skipped (sockets cannot be copied; the "
                     "program that owns it creates it again)")
     counter.add(result.bytes)
+    if not scan_source:
+        return Manifest(hash_content=False), result.bytes, "", result.changed_paths
     source_scan = _scan(source, route.source_directory, "none")
     return manifest_from_scan(source_scan), result.bytes, "", result.changed_paths
 
@@ -132,6 +138,44 @@ def run_both(first: Callable[[], None], second: Callable[[], None]) -> None:
 
 
 # Verify
+
+
+class SourceScan(threading.Thread):
+    """The verify phase's hashing scan of the source volume, started when the stream starts.
+
+    The source is read by tar and by this scan at about the same time, so the scan uses CPU
+    that the stream leaves idle, and the verify phase then scans only the target. A file
+    that changes while both read it differs between the scan's digest and the target's copy,
+    so verify fails on it, as it does when the relay route hashes the stream. result() waits
+    for the scan; close() waits too and deletes the seed's database when nobody took it.
+    """
+
+    def __init__(self, source: Any, access: Any, directory: str) -> None:
+        super().__init__(name="ddm-direct-source-scan", daemon=True)
+        self.source, self.access, self.directory = source, access, directory
+        self.seed = hashseed.ScanSeed()
+        self._scan: hostverify.HostScan | None = None
+        self._error: BaseException | None = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self._scan = hostverify.scan_manifest(self.source, self.access, self.directory,
+                                                  hash_content=True, on_record=self.seed.add)
+        except BaseException as error:  # noqa: BLE001 - re-raised by result()
+            self._error = error
+
+    def result(self) -> hostverify.HostScan:
+        """Return the scan once it has ended; raise its error."""
+        self.join()
+        if self._error is not None:
+            raise self._error
+        assert self._scan is not None
+        return self._scan
+
+    def close(self) -> None:
+        self.join()
+        self.seed.close()
 
 
 def verify_staging(runner: Any, item: TaskItem, source_directory: str, staging_directory: str,

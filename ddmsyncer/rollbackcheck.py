@@ -5,7 +5,7 @@ changed since the task finished. The target is read back through the Engine API 
 compared with the source manifest stored by the copy:
 
 * When the stored manifest has content digests (the copy ran with `--verify full` and
-  not with `--route direct`, whose manifest comes from a metadata-only scan), the
+  not with `--route direct`, whose manifest is stored without content digests), the
   target's files are hashed too, and content is compared together with the metadata. A file
   rewritten with the same size and its old mtime is found this way.
 * Otherwise only metadata is compared: presence, type, mode, owner, size, link target,

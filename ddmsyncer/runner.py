@@ -513,6 +513,12 @@ class TaskRunner:
         self.record("info", "verified", f"volume {item.target!r} verified ({mode.value})",
                     position=item.position, seconds=round(time.monotonic() - started, 3))
 
+    def replace_manifest(self, item: TaskItem, manifest: Manifest) -> None:
+        """Store a new source manifest for the item, as the copy stores its own."""
+        self._manifests[item.position] = manifest
+        save_task_manifest(self.store, self.task.id, item.position, manifest)
+        self.update_item(item, entries=len(manifest.entries))
+
     def _source_manifest(self, item: TaskItem) -> Manifest:
         manifest = self._manifests.get(item.position)
         if manifest is None:

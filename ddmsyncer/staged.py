@@ -114,6 +114,8 @@ class StagedVolumes:
         self.target_seeds: dict[int, hashseed.ScanSeed] = {}
         # Verify scans started during the copy, then kept for the move, by item position.
         self.scan_sessions: dict[int, hostverify.ScanSession] = {}
+        # The direct route's source scans, started with the stream, by item position.
+        self.source_scans: dict[int, direct.SourceScan] = {}
 
     @property
     def task_id(self) -> str:
@@ -237,9 +239,12 @@ class StagedVolumes:
         if found and not self.policy.live:
             stopped = self._quiesce(found)
 
+        # _changed_since compares the copy's manifest with the source after a live copy.
+        manifest_needed = bool(found) and self.policy.live
         try:
             try:
-                manifest, byte_count, digest, changed = self._copy_once(item, check, route, counter)
+                manifest, byte_count, digest, changed = self._copy_once(
+                    item, check, route, counter, manifest_needed=manifest_needed)
             except TransferFailed as error:
                 # moby's archive writer fails when a file grows or shrinks while it is read.
                 if not (found and self.policy.live and self.policy.quiesce):
@@ -264,12 +269,22 @@ class StagedVolumes:
         return manifest, byte_count, digest
 
     def _copy_once(self, item: TaskItem, check: volumes.VolumeCheck, route: Route,
-                   counter: Any) -> tuple[Manifest, int, str, list[str]]:
+                   counter: Any, *, manifest_needed: bool = False
+                   ) -> tuple[Manifest, int, str, list[str]]:
         staging = self._create_staging(item, check)
         hash_content = self.runner.task.spec.verify is VerifyMode.FULL
         if route.data_path is DataPath.HOST and direct.requested(self.runner):
+            # Verify scans the source with hashes anyway and stores its manifest then, so the
+            # metadata scan after the stream is needed only without verify or after a live copy.
             staging_directory = self.runner.target.volume_inspect(staging).mountpoint
-            return direct.copy_item(self.runner, item, staging_directory, route, counter)
+            scan_source = manifest_needed or self.runner.task.spec.verify is VerifyMode.NONE
+            self._start_source_scan(item, route, start=not scan_source)
+            try:
+                return direct.copy_item(self.runner, item, staging_directory, route, counter,
+                                        scan_source=scan_source)
+            except BaseException:
+                self.close_source_scan(item)
+                raise
 
         # The SHA-256 per file costs controller CPU; it is only computed for a host-side verify.
         staging_volume = self.runner.target.volume_inspect(staging)
@@ -385,6 +400,18 @@ class StagedVolumes:
         log.info("verify scan of %s %s after %.3f s", session.name,
                  "ready" if ready else "not ready", time.monotonic() - started)
 
+    def _start_source_scan(self, item: TaskItem, route: Route, *, start: bool) -> None:
+        """Start the direct route's source scan for verify, when python3 runs on the source."""
+        self.close_source_scan(item)  # a repeated copy starts a new scan
+        if start and self.python.available(self.runner.source, route.source_access):
+            self.source_scans[item.position] = direct.SourceScan(
+                self.runner.source, route.source_access, route.source_directory)
+
+    def close_source_scan(self, item: TaskItem) -> None:
+        scan = self.source_scans.pop(item.position, None)
+        if scan is not None:
+            scan.close()
+
     def close_scan_session(self, item: TaskItem) -> None:
         session = self.scan_sessions.pop(item.position, None)
         if session is not None:
@@ -474,19 +501,23 @@ class StagedVolumes:
                 self.runner.warn(f"volume {item.target!r} was not verified (--verify none)")
             elif direct.requested(self.runner):
                 source_manifest = self.verify_direct(item, staging, route, mode)
+                self.runner.replace_manifest(item, metadata_only(source_manifest))
             else:
                 source_manifest = self.verify_staging(item, staging, route, source_manifest, mode)
 
             self.promote(item, staging, route, source_manifest, mode)
         finally:
             self.close_scan_session(item)
+            self.close_source_scan(item)
 
     def verify_direct(self, item: TaskItem, staging: str, route: Route, mode: VerifyMode) -> Manifest:
         """Verify a volume that went host to host by scanning both hosts; return the source's manifest.
 
         No byte passed the controller, so both sides are always hashed on their own hosts, also
-        with --verify quick. The manifest scan compares every aspect of the host data path
-        (xattrs, ACLs and holes included). When the python3 probe fails on a host, or the
+        with --verify quick. The source's scan normally started with the stream
+        (direct.SourceScan), so only the target is scanned now. The manifest scan compares
+        every aspect of the host data path (xattrs, ACLs and holes included). When the python3
+        probe fails on a host, or the
         volume is not a plain local directory, the metadata scans of ddmsyncer.direct are the
         fallback.
 
@@ -504,9 +535,15 @@ class StagedVolumes:
                                          volume.mountpoint, mode)
 
         scans: dict[str, hostverify.HostScan] = {}
-        seeds = {"source": hashseed.ScanSeed(), "target": hashseed.ScanSeed()}
+        seeds = {"target": hashseed.ScanSeed()}
+        early = self.source_scans.pop(item.position, None)
 
         def scan_source() -> None:
+            if early is not None:
+                scans["source"] = early.result()
+                seeds["source"] = early.seed
+                return
+            seeds["source"] = hashseed.ScanSeed()
             scans["source"] = hostverify.scan_manifest(source, route.source_access,
                                                        route.source_directory, hash_content=True,
                                                        on_record=seeds["source"].add)
@@ -516,7 +553,14 @@ class StagedVolumes:
                                                        volume.mountpoint, hash_content=True,
                                                        on_record=seeds["target"].add)
 
-        direct.run_both(scan_source, scan_target)
+        try:
+            direct.run_both(scan_source, scan_target)
+        except BaseException:
+            for seed in seeds.values():
+                seed.close()
+            if early is not None:
+                early.close()
+            raise
         listing_bytes = scans["source"].listing_bytes + scans["target"].listing_bytes
         self._record_verify(item, hostverify.HOST_SCAN, listing_bytes)
         staged_item = dataclasses.replace(item, target=staging)
@@ -722,6 +766,15 @@ class StagedVolumes:
         if mode is not VerifyMode.NONE:
             aspects = verify_aspects(DataPath.ENGINE, deep=hash_content)
             check_manifests(verified, builder.close(), item, aspects)
+
+
+def metadata_only(manifest: Manifest) -> Manifest:
+    """Return the manifest with its entries but without content hashing, for the task's record.
+
+    A rollback then compares the target's metadata with it, as it did with the metadata-only
+    manifest that the direct route's copy stored before verify scanned the source.
+    """
+    return Manifest(entries=manifest.entries, hash_content=False)
 
 
 def check_manifests(source: Manifest, target: Manifest, item: TaskItem, aspects: tuple[str, ...]) -> None:

@@ -19,11 +19,14 @@ import pytest
 import ddmdriver.direct
 import ddmsyncer.direct
 from ddm.config import load_config
+from ddm.errors import ExitStatus
+from ddm.manifest_store import load_task_manifest
 from ddm.store import TaskStore, default_store_path
 from ddm.task import TaskState
 from ddmdriver import direct
 from ddmdriver.engine import open_engine
 from ddmdriver.hostpath import probe_host_access
+from ddmsyncer import hostverify
 from tests.integration.test_migrate_volumes import RICH_TREE, run_command, volumes_on
 from tests.lab.tree import RandomFile, diff_snapshots, snapshot_volume_tree, write_volume_tree
 
@@ -329,8 +332,8 @@ def test_direct_verify_catches_changed_xattr(lab, h1, h2, isolated_env, resource
     write_volume_tree(h1, volume, SMALL_TREE)
     original_copy = ddmsyncer.direct.copy_item
 
-    def copy_then_set_xattr(runner, item, staging_directory, route, counter):
-        result = original_copy(runner, item, staging_directory, route, counter)
+    def copy_then_set_xattr(runner, item, staging_directory, route, counter, **options):
+        result = original_copy(runner, item, staging_directory, route, counter, **options)
         # The staging directory is a path in h2's mount namespace.
         h2.run([sys.executable, "-I", "-c",
                 "import os, sys; os.setxattr(sys.argv[1], 'user.changed', b'1')",
@@ -346,3 +349,73 @@ def test_direct_verify_catches_changed_xattr(lab, h1, h2, isolated_env, resource
     assert volume not in volumes_on(h2)
     assert staging_volumes(h2) == []
     assert task_key_lines(lab) == []
+
+
+@pytest.mark.parametrize("verify, metadata_scans", [("full", 0), ("quick", 0), ("none", 1)])
+def test_direct_task_stores_source_manifest(lab, h1, h2, isolated_env, resources, monkeypatch,
+                                            verify, metadata_scans):
+    # With verify, only the hashing scan for verify reads the source, and its manifest becomes
+    # the task's record. A rollback still finds a target changed since the task.
+    volume = resources.create_volume(h1)
+    resources.add_volume(h2, volume)
+    write_volume_tree(h1, volume, SMALL_TREE)
+    scans = []
+    original_scan = ddmsyncer.direct._scan
+
+    def counted_scan(engine, directory, hash_mode):
+        scans.append(hash_mode)
+        return original_scan(engine, directory, hash_mode)
+
+    monkeypatch.setattr(ddmsyncer.direct, "_scan", counted_scan)
+
+    outcome = migrate_direct(volume, "--verify", verify)
+
+    assert outcome.status == 0, outcome.stderr
+    assert len(scans) == metadata_scans
+    task_id = json.loads(outcome.stdout)["id"]
+    store = TaskStore(default_store_path(os.environ))
+    try:
+        stored = load_task_manifest(store, task_id, 0)
+        entries = store.get_task(task_id).items[0].entries
+    finally:
+        store.close()
+    assert sorted(stored.entries) == [b".", b"data", b"data/a.bin", b"data/b.bin",
+                                      b"note.txt"]
+    assert stored.entries[b"data/a.bin"].size == 512 * 1024
+    assert not stored.hash_content
+    assert entries == 5
+
+    h2.run(["chmod", "0600", f"{h2.volume_mountpoint(volume)}/note.txt"])
+    rejected = run_command("ddmctl", "rollback", task_id)
+
+    assert rejected.status == ExitStatus.CONFLICT, rejected.stderr
+    assert "note.txt: mode), with metadata only compared" in rejected.stderr
+    assert volume in volumes_on(h2)
+
+
+def test_direct_source_scan_runs_with_the_stream(lab, h1, h2, isolated_env, resources,
+                                                 monkeypatch):
+    volume = resources.create_volume(h1)
+    resources.add_volume(h2, volume)
+    write_volume_tree(h1, volume, SMALL_TREE)
+    streams_ended = []
+    scans = []
+    original_stream, original_scan = ddmdriver.direct.stream_direct, hostverify.scan_manifest
+
+    def recorded_stream(*args, **options):
+        result = original_stream(*args, **options)
+        streams_ended.append(True)
+        return result
+
+    def recorded_scan(engine, access, directory, **options):
+        scans.append((engine.host.name, bool(streams_ended)))
+        return original_scan(engine, access, directory, **options)
+
+    monkeypatch.setattr(ddmdriver.direct, "stream_direct", recorded_stream)
+    monkeypatch.setattr(hostverify, "scan_manifest", recorded_scan)
+
+    outcome = migrate_direct(volume)
+
+    assert outcome.status == 0, outcome.stderr
+    assert sorted(scans) == [("h1", False), ("h2", True)]
+    assert diff_snapshots(snapshot_volume_tree(h1, volume), snapshot_volume_tree(h2, volume)) == []
