@@ -15,6 +15,9 @@ ROLLBACK_STARTED = "phase rollback started"
 # Item states of a task that wrote a target volume and left its data there.
 WROTE_TARGET_STATES = (ItemState.VERIFIED, ItemState.UNVERIFIED)
 
+# The reason of a target volume that no longer existed when the rollback came to it.
+ABSENT_REASON = "the volume no longer existed, so the rollback had nothing to remove"
+
 # How many tasks store.list_tasks() returns when later_writers() looks for later tasks.
 LATER_TASKS_LIMIT = 1000
 
@@ -22,7 +25,8 @@ LATER_TASKS_LIMIT = 1000
 def rollback_outcomes(task: Task, events: list[dict[str, Any]], *,
                       rolled_back_before: Collection[int] = (),
                       later_tasks: Mapping[int, list[str]] | None = None,
-                      changed: Mapping[int, str] | None = None
+                      changed: Mapping[int, str] | None = None,
+                      absent_at_check: Collection[int] = ()
                       ) -> dict[int, tuple[str, str]]:
     """Return (outcome, reason) by item position.
 
@@ -44,7 +48,8 @@ def rollback_outcomes(task: Task, events: list[dict[str, Any]], *,
 
     `changed` (TargetsChanged.changed) is for a rollback that the changed-volume check
     stopped before it removed anything: those volumes are "kept" with the check's reason,
-    and the task's other volumes that are still there are "remaining".
+    the ones in `absent_at_check` (TargetsChanged.absent) are "absent", and the task's other
+    volumes that are still there are "remaining".
     """
     restored = restored_positions(events)
     absent = positions_after_rollback(events, ROLLBACK_ABSENT)
@@ -57,6 +62,8 @@ def rollback_outcomes(task: Task, events: list[dict[str, Any]], *,
         if item.position in changed:
             outcomes[item.position] = ("kept", f"the volume {changed[item.position]}, so the "
                                                "rollback kept it; pass --force to remove it")
+        elif changed and item.position in absent_at_check:
+            outcomes[item.position] = ("absent", ABSENT_REASON)
         elif changed and item.target_created:
             outcomes[item.position] = ("remaining", "the rollback removed nothing, because "
                                                     "other target volumes of the task changed")
@@ -65,8 +72,7 @@ def rollback_outcomes(task: Task, events: list[dict[str, Any]], *,
         elif item.position in restored and item.state is ItemState.ROLLED_BACK:
             outcomes[item.position] = ("restored", "the target is as before the task")
         elif item.position in absent and item.state is ItemState.ROLLED_BACK:
-            outcomes[item.position] = ("absent", "the volume no longer existed, so the "
-                                                 "rollback had nothing to remove")
+            outcomes[item.position] = ("absent", ABSENT_REASON)
         elif item.state is ItemState.ROLLED_BACK:
             outcomes[item.position] = ("removed", "")
         elif item.target_created and item.position in rejected:

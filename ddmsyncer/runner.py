@@ -556,9 +556,15 @@ class TaskRunner:
 
         recorded = extra.get("volume_created_at") or {}
         changed: dict[int, str] = {}
+        absent: set[int] = set()
         try:
             for item in self.task.items:
                 if not item.target_created:
+                    continue
+                # A volume already gone has nothing to compare. The rollback's report names
+                # it when another volume's change stops the rollback.
+                if self.target.volume_inspect(item.target) is None:
+                    absent.add(item.position)
                     continue
                 reason = self._target_change(item, recorded.get(item.target))
                 if reason is not None:
@@ -570,16 +576,14 @@ class TaskRunner:
                 undo.add_rollback_next_step(error, self.task.id)
             raise
         if changed:
-            raise rollbackcheck.targets_changed_error(self.task, changed)
+            raise rollbackcheck.targets_changed_error(self.task, changed, frozenset(absent))
 
     def _target_change(self, item: TaskItem, created_at: str | None) -> str | None:
-        """Return why the item's target volume counts as changed since the task, or None.
+        """Return why the item's existing target volume counts as changed since the task, or None.
 
         The reason is a phrase that follows "volume 'NAME' on HOST".
         """
         target = self.target
-        if target.volume_inspect(item.target) is None:
-            return None
         stored = load_task_manifest(self.store, self.task.id, item.position)
         if stored is not None:
             differences = rollbackcheck.target_differences(target, item.target, stored,

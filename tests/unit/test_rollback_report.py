@@ -120,6 +120,20 @@ def test_changed_volumes_are_kept() -> None:
     assert outcomes[2] == ("removed", "")
 
 
+def test_volume_gone_at_check_is_absent() -> None:
+    task = task_with(ItemState.VERIFIED, ItemState.VERIFIED, ItemState.VERIFIED)
+    for item in task.items:
+        item.target_created = True
+
+    outcomes = rollback_outcomes(task, [], changed={1: "was replaced after task X created it"},
+                                 absent_at_check={0})
+
+    assert outcomes[0] == ("absent", "the volume no longer existed, so the rollback had "
+                                     "nothing to remove")
+    assert outcomes[1][0] == "kept"
+    assert outcomes[2][0] == "remaining"
+
+
 def test_later_writers_by_target(environ: dict[str, str]) -> None:
     config = load_config(None, environ)
     store = TaskStore(default_store_path(environ))
