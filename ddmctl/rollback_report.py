@@ -6,7 +6,7 @@ from collections.abc import Collection, Mapping
 from typing import Any
 
 from ddm.store import TaskStore
-from ddm.task import ItemState, Task
+from ddm.task import ItemState, Task, TaskItem
 from ddmsyncer.undo import ROLLBACK_ABSENT, ROLLBACK_REJECTED
 
 # The event message the runner stores when a rollback starts (TaskRunner.rollback).
@@ -14,6 +14,9 @@ ROLLBACK_STARTED = "phase rollback started"
 
 # Item states of a task that wrote a target volume and left its data there.
 WROTE_TARGET_STATES = (ItemState.VERIFIED, ItemState.UNVERIFIED)
+
+# Item states that a rollback of the task leaves: removed (or restored), or found already gone.
+UNDONE_STATES = (ItemState.ROLLED_BACK, ItemState.ABSENT)
 
 # The reason of a target volume that no longer existed when the rollback came to it.
 ABSENT_REASON = "the volume no longer existed, so the rollback had nothing to remove"
@@ -67,11 +70,13 @@ def rollback_outcomes(task: Task, events: list[dict[str, Any]], *,
         elif changed and item.target_created:
             outcomes[item.position] = ("remaining", "the rollback removed nothing, because "
                                                     "other target volumes of the task changed")
-        elif item.position in rolled_back_before and item.state is ItemState.ROLLED_BACK and later:
-            outcomes[item.position] = _earlier_outcome(item.position in restored, later)
+        elif item.position in rolled_back_before and item.state in UNDONE_STATES and later:
+            outcomes[item.position] = _earlier_outcome(item, item.position in restored, later)
         elif item.position in restored and item.state is ItemState.ROLLED_BACK:
             outcomes[item.position] = ("restored", "the target is as before the task")
-        elif item.position in absent and item.state is ItemState.ROLLED_BACK:
+        elif item.state is ItemState.ABSENT or (item.position in absent
+                                                and item.state is ItemState.ROLLED_BACK):
+            # An item stored before the absent state existed has rolled_back and the event.
             outcomes[item.position] = ("absent", ABSENT_REASON)
         elif item.state is ItemState.ROLLED_BACK:
             outcomes[item.position] = ("removed", "")
@@ -87,10 +92,12 @@ def rollback_outcomes(task: Task, events: list[dict[str, Any]], *,
     return outcomes
 
 
-def _earlier_outcome(restored: bool, later: list[str]) -> tuple[str, str]:
+def _earlier_outcome(item: TaskItem, restored: bool, later: list[str]) -> tuple[str, str]:
     """Return the outcome of an item that an earlier rollback undid and later tasks wrote."""
     if restored:
         undone = "an earlier rollback restored it from the task's backup"
+    elif item.state is ItemState.ABSENT:
+        undone = "an earlier rollback found the volume already gone"
     else:
         undone = "an earlier rollback removed what the task wrote"
     tasks = "task" if len(later) == 1 else "tasks"

@@ -680,8 +680,8 @@ class TaskRunner:
             volumes.remove_task_helpers(target, self.task.id)
             if target.volume_inspect(item.target) is None:
                 # NOTE: a rollback that removed the volume and stopped before it stored the
-                # item's new state finds it absent when it runs again, and reports it so.
-                self.update_item(item, state=ItemState.ROLLED_BACK, target_created=False)
+                # item's new state finds it absent when it runs again, and marks it so.
+                self.update_item(item, state=ItemState.ABSENT, target_created=False)
                 self.record("info", undo.ROLLBACK_ABSENT, f"volume {item.target!r} was already "
                             f"gone from {self.task.spec.target_host}", position=item.position)
                 continue

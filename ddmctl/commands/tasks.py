@@ -15,7 +15,7 @@ from ddmctl.commands.migrate import print_task_result, run_and_report
 from ddmctl.common import CommandContext, epilog, json_option
 from ddmctl.complete import complete_task
 from ddmctl.progress import format_bytes
-from ddmctl.rollback_report import later_writers, rollback_outcomes
+from ddmctl.rollback_report import UNDONE_STATES, later_writers, rollback_outcomes
 from ddmctl.tasks_filter import MAX_SCANNED_TASKS, parse_since, task_matches
 from ddmctl.watch import task_label, watch_task
 from ddmsyncer.runner import mark_stale_running
@@ -255,7 +255,7 @@ def rollback(context: CommandContext, task_id: str, force: bool, as_json: bool) 
     """
     before = context.store.get_task(task_id)
     rolled_back_before = {item.position for item in before.items
-                          if item.state is ItemState.ROLLED_BACK}
+                          if item.state in UNDONE_STATES}
     try:
         task = api.rollback_task(context.config, context.store, before.id, force=force)
     except TaskNotFound:

@@ -297,3 +297,26 @@ def test_rejected_rollback_reports_absent_volume(h1: LabHost, h2: LabHost,
     assert snapshot_volume_tree(h2, sources[1]) == changed_target
     assert [snapshot_volume_tree(h1, source) for source in sources] == sources_before
 
+
+def test_status_shows_volume_found_absent(h1: LabHost, h2: LabHost,
+                                          isolated_env: IsolatedEnv,
+                                          resources: LabResources) -> None:
+    sources = [source_volume(h1, h2, resources, {"note.txt": File(ORIGINAL)})
+               for _ in range(2)]
+    task_id = migrate_volumes(sources)
+    h2.docker("volume", "rm", sources[0])
+
+    rolled_back = ddmctl("rollback", task_id)
+    as_json = ddmctl("status", task_id, "--json").json()
+    listed = [task for task in ddmctl("list", "--json").json() if task["id"] == task_id]
+    text = ddmctl("status", task_id).stdout.splitlines()
+
+    assert rolled_back.status == 0, rolled_back.stderr
+    assert [line.split("\t")[2] for line in rolled_back.stdout.splitlines()] == ["absent",
+                                                                                 "removed"]
+    assert [volume["state"] for volume in as_json["volumes"]] == ["absent", "rolled_back"]
+    assert [volume["state"] for volume in listed[0]["volumes"]] == ["absent", "rolled_back"]
+    volume_lines = [line.split() for line in text if line.startswith("volume    ")]
+    assert [line[4] for line in volume_lines] == ["absent", "rolled_back"]
+    assert as_json["state"] == "rolled_back"
+    assert not set(sources) & set(volume_names(h2))

@@ -59,6 +59,18 @@ def test_volume_gone_before_rollback_is_absent() -> None:
     assert outcomes[1] == ("removed", "")
 
 
+def test_absent_item_reports_absent() -> None:
+    task = task_with(ItemState.ABSENT, ItemState.ABSENT)
+
+    outcomes = rollback_outcomes(task, [], rolled_back_before={1}, later_tasks={1: ["c" * 12]})
+
+    assert outcomes[0] == ("absent", "the volume no longer existed, so the rollback had "
+                                     "nothing to remove")
+    assert outcomes[1] == ("kept", f"an earlier rollback found the volume already gone; task "
+                                   f"{'c' * 12} wrote this target volume since, and this "
+                                   "rollback left it as it is")
+
+
 def test_restore_before_rollback_is_not_counted() -> None:
     # A resumed run restores a crashed run's backup before it updates the volume again.
     task = task_with(ItemState.ROLLED_BACK)
