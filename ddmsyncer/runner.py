@@ -654,6 +654,8 @@ class TaskRunner:
         self.store.update_task(self.task.id, phase=Phase.ROLLBACK)
         self.record("info", "phase", "phase rollback started")
         self.emit_safely(PhaseStarted(self.task.id, phase=Phase.ROLLBACK.value))
+        # The items an earlier rollback undid, read before this rollback changes any state.
+        undone = undo.undone_items(self.task)
 
         incremental.restore_backups(self)
         self.cleanup(every_host=every_host)
@@ -666,6 +668,8 @@ class TaskRunner:
         if created:
             self.on_host(self.task.spec.target_host,
                          lambda target: self._remove_created(target, created))
+        if undone:
+            undo.record_present_again(self, undone)
 
         # Items that only reached their staging volume, removed above, are rolled back too.
         for item in self.task.items:

@@ -15,11 +15,11 @@ from ddmctl.commands.migrate import print_task_result, run_and_report
 from ddmctl.common import CommandContext, epilog, json_option
 from ddmctl.complete import complete_task
 from ddmctl.progress import format_bytes
-from ddmctl.rollback_report import UNDONE_STATES, later_writers, rollback_outcomes
+from ddmctl.rollback_report import later_writers, rollback_outcomes
 from ddmctl.tasks_filter import MAX_SCANNED_TASKS, parse_since, task_matches
 from ddmctl.watch import task_label, watch_task
 from ddmsyncer.runner import mark_stale_running
-from ddmsyncer.undo import ROLLBACK_FINISHED_AT
+from ddmsyncer.undo import ROLLBACK_FINISHED_AT, UNDONE_STATES
 
 
 def format_time(timestamp: float | None) -> str:
@@ -246,7 +246,8 @@ def rollback(context: CommandContext, task_id: str, force: bool, as_json: bool) 
     removed, absent (the volume no longer existed, for example removed by hand or by another
     task's rollback), restored (an incremental update undone from its backup), untouched (the
     task never started the volume), kept (the task did not create it, it changed since the
-    task, or an earlier rollback of the task undid it and later tasks wrote it since) or
+    task, or an earlier rollback of the task undid it and later tasks wrote it since or a
+    volume of its name exists again) or
     remaining (the rollback stopped before removing it, or Docker rejected removing it, for
     example because a container uses it), all but removed followed by the reason. The reason
     of a rejected removal gives Docker's error and what to do. A kept volume is left as it is

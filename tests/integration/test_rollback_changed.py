@@ -320,3 +320,33 @@ def test_status_shows_volume_found_absent(h1: LabHost, h2: LabHost,
     assert [line[4] for line in volume_lines] == ["absent", "rolled_back"]
     assert as_json["state"] == "rolled_back"
     assert not set(sources) & set(volume_names(h2))
+
+
+def test_repeated_rollback_keeps_recreated_volume(h1: LabHost, h2: LabHost,
+                                                  isolated_env: IsolatedEnv,
+                                                  resources: LabResources) -> None:
+    source = source_volume(h1, h2, resources, {"note.txt": File(ORIGINAL)})
+    source_before = snapshot_volume_tree(h1, source)
+    task_id = migrate(source)
+    first = ddmctl("rollback", task_id)
+    assert first.status == 0, first.stderr
+    assert source not in volume_names(h2)
+    h2.docker("volume", "create", source)
+    write_volume_tree(h2, source, {"operator.txt": File(b"created by hand\n")})
+    recreated = snapshot_volume_tree(h2, source)
+
+    as_json = ddmctl("rollback", task_id, "--json")
+    text = ddmctl("rollback", task_id)
+
+    assert as_json.status == 0, as_json.stderr
+    report = as_json.json()["volumes"][0]["rollback"]
+    assert report["outcome"] == "kept"
+    assert "an earlier rollback removed what the task wrote" in report["reason"]
+    assert "is not the task's copy" in report["reason"]
+    assert text.status == 0, text.stderr
+    assert [line.split("\t")[2] for line in text.stdout.splitlines()] == ["kept"]
+    assert source in volume_names(h2)
+    assert read_file(h2, source, "operator.txt") == b"created by hand\n"
+    assert snapshot_volume_tree(h2, source) == recreated
+    assert snapshot_volume_tree(h1, source) == source_before
+

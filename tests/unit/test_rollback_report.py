@@ -118,6 +118,28 @@ def test_earlier_rollback_without_later_tasks() -> None:
     assert outcomes[1] == ("removed", "")
 
 
+def test_volume_present_again_is_kept() -> None:
+    task = task_with(ItemState.ROLLED_BACK, ItemState.ABSENT, ItemState.ROLLED_BACK)
+    events = [
+        event(1, "phase", "phase rollback started"),
+        event(2, "rollback_present", "volume 't2' exists on new again", {"position": 2}),
+        event(3, "phase", "phase rollback started"),
+        event(4, "rollback_present", "volume 't0' exists on new again", {"position": 0}),
+        event(5, "rollback_present", "volume 't1' exists on new again", {"position": 1}),
+    ]
+
+    outcomes = rollback_outcomes(task, events, rolled_back_before={0, 1, 2}, later_tasks={})
+
+    assert outcomes[0] == ("kept", "an earlier rollback removed what the task wrote; the volume "
+                                   "of this name that exists now is not the task's copy, and "
+                                   "this rollback left it as it is")
+    assert outcomes[1] == ("kept", "an earlier rollback found the volume already gone; the "
+                                   "volume of this name that exists now is not the task's "
+                                   "copy, and this rollback left it as it is")
+    # Only the latest rollback's check counts: item 2's volume was there in the first one.
+    assert outcomes[2] == ("removed", "")
+
+
 def test_changed_volumes_are_kept() -> None:
     task = task_with(ItemState.VERIFIED, ItemState.VERIFIED, ItemState.ROLLED_BACK)
     for item in task.items[:2]:
