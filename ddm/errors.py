@@ -117,11 +117,15 @@ class TargetsChanged(TaskConflict):
 
     `changed` maps each kept item's position to why its volume was kept, as a phrase that
     follows "volume 'NAME' on HOST", for example "was replaced ... after task X created it".
+    `absent` contains the positions of the task's target volumes that no longer existed when
+    the check looked for them.
     """
 
-    def __init__(self, message: str, changed: dict[int, str], *, hint: str | None = None) -> None:
+    def __init__(self, message: str, changed: dict[int, str], *, hint: str | None = None,
+                 absent: frozenset[int] = frozenset()) -> None:
         super().__init__(message, hint=hint)
         self.changed = changed
+        self.absent = absent
 
 
 class MigrationFailed(DDMError):

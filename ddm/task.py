@@ -67,6 +67,8 @@ class ItemState(str, enum.Enum):
     UNVERIFIED = "unverified"  # copied completely with --verify none: not compared
     FAILED = "failed"
     ROLLED_BACK = "rolled_back"
+    # The rollback found the target volume already gone, so it removed nothing.
+    ABSENT = "absent"
 
 
 class VerifyMode(str, enum.Enum):

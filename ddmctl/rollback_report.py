@@ -6,14 +6,17 @@ from collections.abc import Collection, Mapping
 from typing import Any
 
 from ddm.store import TaskStore
-from ddm.task import ItemState, Task
-from ddmsyncer.undo import ROLLBACK_ABSENT, ROLLBACK_REJECTED
+from ddm.task import ItemState, Task, TaskItem
+from ddmsyncer.undo import ROLLBACK_ABSENT, ROLLBACK_PRESENT, ROLLBACK_REJECTED, UNDONE_STATES
 
 # The event message the runner stores when a rollback starts (TaskRunner.rollback).
 ROLLBACK_STARTED = "phase rollback started"
 
 # Item states of a task that wrote a target volume and left its data there.
 WROTE_TARGET_STATES = (ItemState.VERIFIED, ItemState.UNVERIFIED)
+
+# The reason of a target volume that no longer existed when the rollback came to it.
+ABSENT_REASON = "the volume no longer existed, so the rollback had nothing to remove"
 
 # How many tasks store.list_tasks() returns when later_writers() looks for later tasks.
 LATER_TASKS_LIMIT = 1000
@@ -22,7 +25,8 @@ LATER_TASKS_LIMIT = 1000
 def rollback_outcomes(task: Task, events: list[dict[str, Any]], *,
                       rolled_back_before: Collection[int] = (),
                       later_tasks: Mapping[int, list[str]] | None = None,
-                      changed: Mapping[int, str] | None = None
+                      changed: Mapping[int, str] | None = None,
+                      absent_at_check: Collection[int] = ()
                       ) -> dict[int, tuple[str, str]]:
     """Return (outcome, reason) by item position.
 
@@ -38,17 +42,20 @@ def rollback_outcomes(task: Task, events: list[dict[str, Any]], *,
     started, for example by the automatic rollback of a failed task. When `later_tasks` (by
     position, the IDs of later tasks that wrote the same target volume) names a task for
     such a position, the volume is "kept": it contains that later task's data, not the state
-    the earlier rollback left. Without later tasks, an earlier rollback's outcome is
-    reported as if this rollback had done it, so running a stopped rollback again reports
-    every volume.
+    the earlier rollback left. A volume of that name that this rollback found on the target
+    (a ROLLBACK_PRESENT event) is "kept" too, because it is not the task's copy. Otherwise an
+    earlier rollback's outcome is reported as if this rollback had done it, so running a
+    stopped rollback again reports every volume.
 
     `changed` (TargetsChanged.changed) is for a rollback that the changed-volume check
     stopped before it removed anything: those volumes are "kept" with the check's reason,
-    and the task's other volumes that are still there are "remaining".
+    the ones in `absent_at_check` (TargetsChanged.absent) are "absent", and the task's other
+    volumes that are still there are "remaining".
     """
     restored = restored_positions(events)
     absent = positions_after_rollback(events, ROLLBACK_ABSENT)
     rejected = rejected_removals(events)
+    present = positions_in_latest_rollback(events, ROLLBACK_PRESENT)
     later_tasks = later_tasks or {}
     changed = changed or {}
     outcomes: dict[int, tuple[str, str]] = {}
@@ -57,16 +64,24 @@ def rollback_outcomes(task: Task, events: list[dict[str, Any]], *,
         if item.position in changed:
             outcomes[item.position] = ("kept", f"the volume {changed[item.position]}, so the "
                                                "rollback kept it; pass --force to remove it")
+        elif changed and item.position in absent_at_check:
+            outcomes[item.position] = ("absent", ABSENT_REASON)
         elif changed and item.target_created:
             outcomes[item.position] = ("remaining", "the rollback removed nothing, because "
                                                     "other target volumes of the task changed")
-        elif item.position in rolled_back_before and item.state is ItemState.ROLLED_BACK and later:
-            outcomes[item.position] = _earlier_outcome(item.position in restored, later)
+        elif item.position in rolled_back_before and item.state in UNDONE_STATES and later:
+            outcomes[item.position] = _earlier_outcome(item, item.position in restored, later)
         elif item.position in restored and item.state is ItemState.ROLLED_BACK:
             outcomes[item.position] = ("restored", "the target is as before the task")
-        elif item.position in absent and item.state is ItemState.ROLLED_BACK:
-            outcomes[item.position] = ("absent", "the volume no longer existed, so the "
-                                                 "rollback had nothing to remove")
+        elif item.position in rolled_back_before and item.position in present:
+            outcomes[item.position] = ("kept", f"{_earlier_undo(item, restored=False)}; the "
+                                               "volume of this name that exists now is not "
+                                               "the task's copy, and this rollback left it as "
+                                               "it is")
+        elif item.state is ItemState.ABSENT or (item.position in absent
+                                                and item.state is ItemState.ROLLED_BACK):
+            # An item stored before the absent state existed has rolled_back and the event.
+            outcomes[item.position] = ("absent", ABSENT_REASON)
         elif item.state is ItemState.ROLLED_BACK:
             outcomes[item.position] = ("removed", "")
         elif item.target_created and item.position in rejected:
@@ -81,15 +96,20 @@ def rollback_outcomes(task: Task, events: list[dict[str, Any]], *,
     return outcomes
 
 
-def _earlier_outcome(restored: bool, later: list[str]) -> tuple[str, str]:
+def _earlier_outcome(item: TaskItem, restored: bool, later: list[str]) -> tuple[str, str]:
     """Return the outcome of an item that an earlier rollback undid and later tasks wrote."""
-    if restored:
-        undone = "an earlier rollback restored it from the task's backup"
-    else:
-        undone = "an earlier rollback removed what the task wrote"
     tasks = "task" if len(later) == 1 else "tasks"
-    return ("kept", f"{undone}; {tasks} {', '.join(later)} wrote this target volume since, "
-                    "and this rollback left it as it is")
+    return ("kept", f"{_earlier_undo(item, restored=restored)}; {tasks} {', '.join(later)} "
+                    "wrote this target volume since, and this rollback left it as it is")
+
+
+def _earlier_undo(item: TaskItem, *, restored: bool) -> str:
+    """Return the clause for what an earlier rollback did to the item's target volume."""
+    if restored:
+        return "an earlier rollback restored it from the task's backup"
+    if item.state is ItemState.ABSENT:
+        return "an earlier rollback found the volume already gone"
+    return "an earlier rollback removed what the task wrote"
 
 
 def restored_positions(events: list[dict[str, Any]]) -> set[int]:
@@ -101,6 +121,23 @@ def positions_after_rollback(events: list[dict[str, Any]], kind: str) -> set[int
     """Return the item positions of the `kind` events since the task's first rollback started."""
     started = next((event["id"] for event in events
                     if event["kind"] == "phase" and event["message"] == ROLLBACK_STARTED), None)
+    return _positions_since(events, kind, started)
+
+
+def latest_rollback_start(events: list[dict[str, Any]]) -> int | None:
+    """Return the event ID of the start of the task's latest rollback, or None."""
+    return max((event["id"] for event in events
+                if event["kind"] == "phase" and event["message"] == ROLLBACK_STARTED),
+               default=None)
+
+
+def positions_in_latest_rollback(events: list[dict[str, Any]], kind: str) -> set[int]:
+    """Return the item positions of the `kind` events since the task's latest rollback started."""
+    return _positions_since(events, kind, latest_rollback_start(events))
+
+
+def _positions_since(events: list[dict[str, Any]], kind: str, started: int | None) -> set[int]:
+    """Return the item positions of the `kind` events after event ID `started` (none if None)."""
     if started is None:
         return set()
     return {
@@ -116,9 +153,7 @@ def rejected_removals(events: list[dict[str, Any]]) -> dict[int, str]:
     Only the latest rollback counts, because a rejection that an earlier run met may be fixed
     by now, and that run's error is not why the volume remains.
     """
-    started = max((event["id"] for event in events
-                   if event["kind"] == "phase" and event["message"] == ROLLBACK_STARTED),
-                  default=None)
+    started = latest_rollback_start(events)
     if started is None:
         return {}
     found: dict[int, str] = {}

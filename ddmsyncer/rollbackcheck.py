@@ -100,12 +100,14 @@ def describe_comparison(stored: Manifest) -> str:
     return "metadata only compared, because the task stored no content digests"
 
 
-def targets_changed_error(task: Task, changed: dict[int, str]) -> TargetsChanged:
+def targets_changed_error(task: Task, changed: dict[int, str],
+                          absent: frozenset[int] = frozenset()) -> TargetsChanged:
     """Return the error of a rollback that keeps the changed target volumes of `task`.
 
-    `changed` maps item positions to reasons, as TargetsChanged.changed. One volume gets
-    its reason in the message. Several get their names (the first MAX_NAMED_VOLUMES and a
-    count of the rest) and the reason of the first.
+    `changed` maps item positions to reasons, and `absent` contains the positions of the
+    target volumes already gone, as in TargetsChanged. One changed volume gets its reason in
+    the message. Several get their names (the first MAX_NAMED_VOLUMES and a count of the
+    rest) and the reason of the first.
     """
     host = task.spec.target_host
     names = [item.target for item in task.items if item.position in changed]
@@ -113,13 +115,13 @@ def targets_changed_error(task: Task, changed: dict[int, str]) -> TargetsChanged
     first = next(item.target for item in task.items if item.position == first_position)
     if len(names) == 1:
         return TargetsChanged(
-            f"volume {first!r} on {host} {changed[first_position]}", changed,
+            f"volume {first!r} on {host} {changed[first_position]}", changed, absent=absent,
             hint=f"inspect volume {first!r} on {host}; pass --force to remove it anyway")
 
     return TargetsChanged(
         f"{len(names)} target volumes on {host} changed since task {task.id}, so the rollback "
         f"kept them and removed nothing: {name_list(names)}. Volume {first!r} "
-        f"{changed[first_position]}", changed,
+        f"{changed[first_position]}", changed, absent=absent,
         hint=f"inspect them on {host} ('ddmctl rollback {task.id} --json' gives each reason); "
         "pass --force to remove them anyway")
 

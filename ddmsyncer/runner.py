@@ -562,9 +562,15 @@ class TaskRunner:
 
         recorded = extra.get("volume_created_at") or {}
         changed: dict[int, str] = {}
+        absent: set[int] = set()
         try:
             for item in self.task.items:
                 if not item.target_created:
+                    continue
+                # A volume already gone has nothing to compare. The rollback's report names
+                # it when another volume's change stops the rollback.
+                if self.target.volume_inspect(item.target) is None:
+                    absent.add(item.position)
                     continue
                 reason = self._target_change(item, recorded.get(item.target))
                 if reason is not None:
@@ -576,16 +582,14 @@ class TaskRunner:
                 undo.add_rollback_next_step(error, self.task.id)
             raise
         if changed:
-            raise rollbackcheck.targets_changed_error(self.task, changed)
+            raise rollbackcheck.targets_changed_error(self.task, changed, frozenset(absent))
 
     def _target_change(self, item: TaskItem, created_at: str | None) -> str | None:
-        """Return why the item's target volume counts as changed since the task, or None.
+        """Return why the item's existing target volume counts as changed since the task, or None.
 
         The reason is a phrase that follows "volume 'NAME' on HOST".
         """
         target = self.target
-        if target.volume_inspect(item.target) is None:
-            return None
         stored = load_task_manifest(self.store, self.task.id, item.position)
         if stored is not None:
             differences = rollbackcheck.target_differences(target, item.target, stored,
@@ -656,6 +660,8 @@ class TaskRunner:
         self.store.update_task(self.task.id, phase=Phase.ROLLBACK)
         self.record("info", "phase", "phase rollback started")
         self.emit_safely(PhaseStarted(self.task.id, phase=Phase.ROLLBACK.value))
+        # The items an earlier rollback undid, read before this rollback changes any state.
+        undone = undo.undone_items(self.task)
 
         incremental.restore_backups(self)
         self.cleanup(every_host=every_host)
@@ -668,6 +674,8 @@ class TaskRunner:
         if created:
             self.on_host(self.task.spec.target_host,
                          lambda target: self._remove_created(target, created))
+        if undone:
+            undo.record_present_again(self, undone)
 
         # Items that only reached their staging volume, removed above, are rolled back too.
         for item in self.task.items:
@@ -682,8 +690,8 @@ class TaskRunner:
             volumes.remove_task_helpers(target, self.task.id)
             if target.volume_inspect(item.target) is None:
                 # NOTE: a rollback that removed the volume and stopped before it stored the
-                # item's new state finds it absent when it runs again, and reports it so.
-                self.update_item(item, state=ItemState.ROLLED_BACK, target_created=False)
+                # item's new state finds it absent when it runs again, and marks it so.
+                self.update_item(item, state=ItemState.ABSENT, target_created=False)
                 self.record("info", undo.ROLLBACK_ABSENT, f"volume {item.target!r} was already "
                             f"gone from {self.task.spec.target_host}", position=item.position)
                 continue

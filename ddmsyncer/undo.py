@@ -12,7 +12,7 @@ from typing import Any
 
 from ddm.errors import ConnectionFailed, DDMError, MigrationFailed, TaskConflict
 from ddm.store import TaskStore
-from ddm.task import Task, TaskState
+from ddm.task import ItemState, Task, TaskItem, TaskState
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,42 @@ ROLLBACK_ABSENT = "rollback_absent"
 # Event kind of a target volume whose removal Docker rejected, for example because a
 # container uses it. The event's data has the item's position and the error as "reason".
 ROLLBACK_REJECTED = "rollback_rejected"
+
+# Event kind of an item that an earlier rollback of the task undid, whose target volume name
+# exists on the target again. That volume is not the task's copy, so the rollback leaves it.
+# The event's data has the item's position.
+ROLLBACK_PRESENT = "rollback_present"
+
+# Item states that a rollback of the task leaves: removed (or restored), or found already gone.
+UNDONE_STATES = (ItemState.ROLLED_BACK, ItemState.ABSENT)
+
+
+def undone_items(task: Task) -> list[TaskItem]:
+    """Return the items that an earlier rollback of the task undid."""
+    return [item for item in task.items
+            if item.state in UNDONE_STATES and not item.target_created]
+
+
+def record_present_again(runner: Any, undone: list[TaskItem]) -> None:
+    """Record a ROLLBACK_PRESENT event for each of `undone` whose target volume exists now.
+
+    A rollback never removes such a volume, because the task no longer records it as created.
+    The rollback's report reads these events and reports the volume kept, as not the task's
+    copy, in place of the earlier rollback's outcome. When the target cannot be read, a
+    warning is recorded and the report gives the earlier outcome.
+    """
+    host = runner.task.spec.target_host
+    try:
+        present = runner.on_host(host, lambda target: [
+            item for item in undone if target.volume_inspect(item.target) is not None])
+    except DDMError as error:
+        runner.warn(f"checking whether the volumes that an earlier rollback of the task undid "
+                    f"exist again on {host} failed: {error}")
+        return
+    for item in present:
+        runner.record("info", ROLLBACK_PRESENT, f"volume {item.target!r} exists on {host} "
+                      "again, after an earlier rollback of the task undid it; it is not the "
+                      "task's copy, so this rollback left it as it is", position=item.position)
 
 
 def remove_target_volume(target: Any, name: str, task_id: str) -> None:

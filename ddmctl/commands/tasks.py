@@ -19,7 +19,7 @@ from ddmctl.rollback_report import later_writers, rollback_outcomes
 from ddmctl.tasks_filter import MAX_SCANNED_TASKS, parse_since, task_matches
 from ddmctl.watch import task_label, watch_task
 from ddmsyncer.runner import mark_stale_running
-from ddmsyncer.undo import ROLLBACK_FINISHED_AT
+from ddmsyncer.undo import ROLLBACK_FINISHED_AT, UNDONE_STATES
 
 
 def format_time(timestamp: float | None) -> str:
@@ -233,7 +233,8 @@ def rollback(context: CommandContext, task_id: str, force: bool, as_json: bool) 
 
     A target volume that was replaced or changed after a succeeded task finished is kept, and
     the command exits 6, unless --force is given. The rollback then removes nothing, and it
-    prints the per-volume lines (below) with each changed volume kept and why. For a task that
+    prints the per-volume lines (below) with each changed volume kept and why, each volume
+    already gone absent and the others remaining. For a task that
     ran with --verify full (the default unless the config sets defaults.verify) and not with
     --route direct, the files' content and metadata are compared with the task's copy. For
     other tasks only metadata is compared: type, mode, owner, size, link target and mtime in
@@ -245,7 +246,8 @@ def rollback(context: CommandContext, task_id: str, force: bool, as_json: bool) 
     removed, absent (the volume no longer existed, for example removed by hand or by another
     task's rollback), restored (an incremental update undone from its backup), untouched (the
     task never started the volume), kept (the task did not create it, it changed since the
-    task, or an earlier rollback of the task undid it and later tasks wrote it since) or
+    task, or an earlier rollback of the task undid it and later tasks wrote it since or a
+    volume of its name exists again) or
     remaining (the rollback stopped before removing it, or Docker rejected removing it, for
     example because a container uses it), all but removed followed by the reason. The reason
     of a rejected removal gives Docker's error and what to do. A kept volume is left as it is
@@ -254,7 +256,7 @@ def rollback(context: CommandContext, task_id: str, force: bool, as_json: bool) 
     """
     before = context.store.get_task(task_id)
     rolled_back_before = {item.position for item in before.items
-                          if item.state is ItemState.ROLLED_BACK}
+                          if item.state in UNDONE_STATES}
     try:
         task = api.rollback_task(context.config, context.store, before.id, force=force)
     except TaskNotFound:
@@ -262,7 +264,8 @@ def rollback(context: CommandContext, task_id: str, force: bool, as_json: bool) 
     except TargetsChanged as error:
         # The changed-volume check stopped the rollback before it removed anything.
         print_rollback_outcomes(context, context.store.get_task(before.id), as_json,
-                                rolled_back_before, changed=error.changed)
+                                rolled_back_before, changed=error.changed,
+                                absent_at_check=error.absent)
         raise
     except DDMError:
         # A rollback that stopped part way still reports what it removed before the error
@@ -280,16 +283,18 @@ def rollback(context: CommandContext, task_id: str, force: bool, as_json: bool) 
 
 def print_rollback_outcomes(context: CommandContext, task: Task, as_json: bool,
                             rolled_back_before: set[int],
-                            changed: dict[int, str] | None = None) -> None:
+                            changed: dict[int, str] | None = None,
+                            absent_at_check: frozenset[int] = frozenset()) -> None:
     """Print a rollback's per-volume outcomes: a line each, or the task as JSON.
 
-    `rolled_back_before` lists the items an earlier rollback of the task had undone, and
-    `changed` the volumes that the changed-volume check kept (TargetsChanged.changed).
+    `rolled_back_before` lists the items an earlier rollback of the task had undone.
+    `changed` and `absent_at_check` are the volumes that the changed-volume check kept and
+    found already gone (TargetsChanged.changed and TargetsChanged.absent).
     """
     later = later_writers(context.store, task) if rolled_back_before else {}
     outcomes = rollback_outcomes(task, context.store.get_events(task.id),
                                  rolled_back_before=rolled_back_before, later_tasks=later,
-                                 changed=changed)
+                                 changed=changed, absent_at_check=absent_at_check)
     if as_json:
         data = task_document(context.store, task)
         for volume in data["volumes"]:

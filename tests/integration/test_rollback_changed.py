@@ -257,3 +257,96 @@ def test_rollback_keeps_migration_finish_time(h1: LabHost, h2: LabHost,
     assert listed[0]["rollback_finished_at"] == status["rollback_finished_at"]
     assert len([line for line in text if line.startswith("rollback  ")]) == 1
     assert source not in volume_names(h2)
+
+
+def migrate_volumes(sources: list[str]) -> str:
+    volume_options = [option for source in sources for option in ("--volume", source)]
+    outcome = ddmctl("migrate", "--from", "h1", "--to", "h2", *volume_options, "--yes",
+                     "--json")
+    assert outcome.status == 0, outcome.stderr
+    return outcome.json()["id"]
+
+
+ABSENT_REASON = "the volume no longer existed, so the rollback had nothing to remove"
+
+
+def test_rejected_rollback_reports_absent_volume(h1: LabHost, h2: LabHost,
+                                                 isolated_env: IsolatedEnv,
+                                                 resources: LabResources) -> None:
+    sources = [source_volume(h1, h2, resources, {"note.txt": File(ORIGINAL, mode=0o644)})
+               for _ in range(2)]
+    sources_before = [snapshot_volume_tree(h1, source) for source in sources]
+    task_id = migrate_volumes(sources)
+    h2.docker("volume", "rm", sources[0])
+    h2.run(["chmod", "0600", f"{h2.volume_mountpoint(sources[1])}/note.txt"])
+    changed_target = snapshot_volume_tree(h2, sources[1])
+
+    as_json = ddmctl("rollback", task_id, "--json")
+    text = ddmctl("rollback", task_id)
+
+    assert as_json.status == ExitStatus.CONFLICT, as_json.stderr
+    report = [volume["rollback"] for volume in as_json.json()["volumes"]]
+    assert report[0] == {"outcome": "absent", "reason": ABSENT_REASON}
+    assert report[1]["outcome"] == "kept"
+    assert "note.txt: mode)" in report[1]["reason"]
+    assert text.status == ExitStatus.CONFLICT, text.stderr
+    lines = text.stdout.splitlines()
+    assert lines[0] == f"{sources[0]}\t{sources[0]}\tabsent\t{ABSENT_REASON}"
+    assert lines[1].split("\t")[2] == "kept"
+    assert sources[0] not in volume_names(h2)
+    assert snapshot_volume_tree(h2, sources[1]) == changed_target
+    assert [snapshot_volume_tree(h1, source) for source in sources] == sources_before
+
+
+def test_status_shows_volume_found_absent(h1: LabHost, h2: LabHost,
+                                          isolated_env: IsolatedEnv,
+                                          resources: LabResources) -> None:
+    sources = [source_volume(h1, h2, resources, {"note.txt": File(ORIGINAL)})
+               for _ in range(2)]
+    task_id = migrate_volumes(sources)
+    h2.docker("volume", "rm", sources[0])
+
+    rolled_back = ddmctl("rollback", task_id)
+    as_json = ddmctl("status", task_id, "--json").json()
+    listed = [task for task in ddmctl("list", "--json").json() if task["id"] == task_id]
+    text = ddmctl("status", task_id).stdout.splitlines()
+
+    assert rolled_back.status == 0, rolled_back.stderr
+    assert [line.split("\t")[2] for line in rolled_back.stdout.splitlines()] == ["absent",
+                                                                                 "removed"]
+    assert [volume["state"] for volume in as_json["volumes"]] == ["absent", "rolled_back"]
+    assert [volume["state"] for volume in listed[0]["volumes"]] == ["absent", "rolled_back"]
+    volume_lines = [line.split() for line in text if line.startswith("volume    ")]
+    assert [line[4] for line in volume_lines] == ["absent", "rolled_back"]
+    assert as_json["state"] == "rolled_back"
+    assert not set(sources) & set(volume_names(h2))
+
+
+def test_repeated_rollback_keeps_recreated_volume(h1: LabHost, h2: LabHost,
+                                                  isolated_env: IsolatedEnv,
+                                                  resources: LabResources) -> None:
+    source = source_volume(h1, h2, resources, {"note.txt": File(ORIGINAL)})
+    source_before = snapshot_volume_tree(h1, source)
+    task_id = migrate(source)
+    first = ddmctl("rollback", task_id)
+    assert first.status == 0, first.stderr
+    assert source not in volume_names(h2)
+    h2.docker("volume", "create", source)
+    write_volume_tree(h2, source, {"operator.txt": File(b"created by hand\n")})
+    recreated = snapshot_volume_tree(h2, source)
+
+    as_json = ddmctl("rollback", task_id, "--json")
+    text = ddmctl("rollback", task_id)
+
+    assert as_json.status == 0, as_json.stderr
+    report = as_json.json()["volumes"][0]["rollback"]
+    assert report["outcome"] == "kept"
+    assert "an earlier rollback removed what the task wrote" in report["reason"]
+    assert "is not the task's copy" in report["reason"]
+    assert text.status == 0, text.stderr
+    assert [line.split("\t")[2] for line in text.stdout.splitlines()] == ["kept"]
+    assert source in volume_names(h2)
+    assert read_file(h2, source, "operator.txt") == b"created by hand\n"
+    assert snapshot_volume_tree(h2, source) == recreated
+    assert snapshot_volume_tree(h1, source) == source_before
+

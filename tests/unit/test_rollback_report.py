@@ -59,6 +59,18 @@ def test_volume_gone_before_rollback_is_absent() -> None:
     assert outcomes[1] == ("removed", "")
 
 
+def test_absent_item_reports_absent() -> None:
+    task = task_with(ItemState.ABSENT, ItemState.ABSENT)
+
+    outcomes = rollback_outcomes(task, [], rolled_back_before={1}, later_tasks={1: ["c" * 12]})
+
+    assert outcomes[0] == ("absent", "the volume no longer existed, so the rollback had "
+                                     "nothing to remove")
+    assert outcomes[1] == ("kept", f"an earlier rollback found the volume already gone; task "
+                                   f"{'c' * 12} wrote this target volume since, and this "
+                                   "rollback left it as it is")
+
+
 def test_restore_before_rollback_is_not_counted() -> None:
     # A resumed run restores a crashed run's backup before it updates the volume again.
     task = task_with(ItemState.ROLLED_BACK)
@@ -106,6 +118,28 @@ def test_earlier_rollback_without_later_tasks() -> None:
     assert outcomes[1] == ("removed", "")
 
 
+def test_volume_present_again_is_kept() -> None:
+    task = task_with(ItemState.ROLLED_BACK, ItemState.ABSENT, ItemState.ROLLED_BACK)
+    events = [
+        event(1, "phase", "phase rollback started"),
+        event(2, "rollback_present", "volume 't2' exists on new again", {"position": 2}),
+        event(3, "phase", "phase rollback started"),
+        event(4, "rollback_present", "volume 't0' exists on new again", {"position": 0}),
+        event(5, "rollback_present", "volume 't1' exists on new again", {"position": 1}),
+    ]
+
+    outcomes = rollback_outcomes(task, events, rolled_back_before={0, 1, 2}, later_tasks={})
+
+    assert outcomes[0] == ("kept", "an earlier rollback removed what the task wrote; the volume "
+                                   "of this name that exists now is not the task's copy, and "
+                                   "this rollback left it as it is")
+    assert outcomes[1] == ("kept", "an earlier rollback found the volume already gone; the "
+                                   "volume of this name that exists now is not the task's "
+                                   "copy, and this rollback left it as it is")
+    # Only the latest rollback's check counts: item 2's volume was there in the first one.
+    assert outcomes[2] == ("removed", "")
+
+
 def test_changed_volumes_are_kept() -> None:
     task = task_with(ItemState.VERIFIED, ItemState.VERIFIED, ItemState.ROLLED_BACK)
     for item in task.items[:2]:
@@ -118,6 +152,20 @@ def test_changed_volumes_are_kept() -> None:
     assert outcomes[1] == ("remaining", "the rollback removed nothing, because other target "
                                         "volumes of the task changed")
     assert outcomes[2] == ("removed", "")
+
+
+def test_volume_gone_at_check_is_absent() -> None:
+    task = task_with(ItemState.VERIFIED, ItemState.VERIFIED, ItemState.VERIFIED)
+    for item in task.items:
+        item.target_created = True
+
+    outcomes = rollback_outcomes(task, [], changed={1: "was replaced after task X created it"},
+                                 absent_at_check={0})
+
+    assert outcomes[0] == ("absent", "the volume no longer existed, so the rollback had "
+                                     "nothing to remove")
+    assert outcomes[1][0] == "kept"
+    assert outcomes[2][0] == "remaining"
 
 
 def test_later_writers_by_target(environ: dict[str, str]) -> None:
