@@ -39,7 +39,10 @@ uses only the standard library and Python 3.7 features. It works on a volume's m
     stash ROOT DEST     before an update: move the entries it replaces or deletes into DEST and
                         record the directories it changes; stdin is {"send": [...], "delete":
                         [...], "reset_xattrs": [...]} with base64 paths; the directories of
-                        "reset_xattrs" lose their extended attributes once recorded
+                        "reset_xattrs" lose their extended attributes once recorded. Exits
+                        with status 3 (SEPARATE_MOUNT_STATUS), changing nothing, when ROOT,
+                        the directory of an entry to move or a directory to move is on
+                        another mount than DEST's parent
     unstash ROOT DEST   undo an update prepared by `stash`, also after a partial stash
     backup ROOT DEST    hard-link copy of ROOT at DEST (`cp -al`); backups of earlier versions
     restore ROOT DEST   replace ROOT by DEST, undoing every change made since `backup`
@@ -62,6 +65,7 @@ backup every unchanged file would look changed on the next run.
 """
 
 import base64
+import errno
 import hashlib
 import json
 import os
@@ -81,6 +85,10 @@ PIECES_PREFIX = "sha256-pieces-"
 # hashlib and os.preadv release the GIL, so the threads hash on separate cores where the
 # host has them.
 MAX_HASH_THREADS = 4
+# The exit status of `stash` when rename(2) cannot move entries into DEST (EXDEV).
+SEPARATE_MOUNT_STATUS = 3
+# A name longer than NAME_MAX (255 bytes), so no entry has it and a rename of it moves nothing.
+PROBE_NAME = b"d" * 256
 TYPES = (
     (stat.S_ISREG, "file"), (stat.S_ISDIR, "dir"), (stat.S_ISLNK, "symlink"),
     (stat.S_ISFIFO, "fifo"), (stat.S_ISCHR, "char"), (stat.S_ISBLK, "block"), (stat.S_ISSOCK, "socket"),
@@ -419,6 +427,43 @@ def read_all_xattrs(path):
     return values
 
 
+def on_one_mount(directory, other):
+    """Return whether rename(2) can move entries of `directory` into `other`.
+
+    Linux (do_renameat2 in fs/namei.c) compares the mounts of both parent directories before
+    it looks up the names. So renaming a name that cannot exist fails with EXDEV across mounts,
+    also between two bind mounts of one file system, which share st_dev. Within one mount it
+    fails with another error, such as ENAMETOOLONG or EROFS.
+    """
+    try:
+        os.rename(os.path.join(directory, PROBE_NAME), os.path.join(other, PROBE_NAME))
+    except OSError as error:
+        return error.errno != errno.EXDEV
+    return True
+
+
+def reject_separate_mounts(root, moved, dest):
+    """Exit with SEPARATE_MOUNT_STATUS when ROOT, a moved entry's parent or a moved directory
+    is on another mount than DEST's parent, such as a disk mounted onto the volume's _data.
+
+    A moved directory that is a mount point would fail with EBUSY, so it is checked too.
+    NOTE: a single file bind-mounted onto a moved file is not detected. Its rename fails with
+    EBUSY, and unstash then moves back the entries moved before it.
+    """
+    backup_parent = os.path.dirname(dest)
+    directories = {root}
+    for relative in moved:
+        path = os.path.join(root, relative)
+        directories.add(os.path.dirname(path))
+        if os.path.isdir(path) and not os.path.islink(path):
+            directories.add(path)
+    for directory in sorted(directories):
+        if not on_one_mount(directory, backup_parent):
+            sys.stderr.write("%s is on another mount than %s\n"
+                             % (os.fsdecode(directory), os.fsdecode(backup_parent)))
+            sys.exit(SEPARATE_MOUNT_STATUS)
+
+
 def stash(root, dest):
     """Move what an update replaces or deletes out of ROOT into DEST, after writing a journal.
 
@@ -459,6 +504,7 @@ def stash(root, dest):
             moved.append(relative)
             moved_set.add(relative)
 
+    reject_separate_mounts(root, moved, dest)
     os.mkdir(dest, 0o700)
     os.mkdir(os.path.join(dest, b"data"), 0o700)
     journal = {"moved": [encode(path) for path in moved], "new": [encode(path) for path in new],

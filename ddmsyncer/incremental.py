@@ -25,6 +25,9 @@ their ctime, and with it their cached hash, stays valid. Rollback (a failed phas
 `ddmctl rollback` of an unfinished task, a resumed task) removes the new entries, moves the
 stashed ones back and resets the directories' metadata (`unstash`). The cleanup phase of a task
 that verified removes the backup. A succeeded incremental task cannot be rolled back.
+rename(2) cannot move entries across mounts, so `stash` rejects a target whose mountpoint, or
+a directory in it whose entries it would move, is on another mount than the backup directory
+(a disk mounted onto `_data`), before it changes anything (SeparateMount).
 
 Requirements: both hosts are ssh:// hosts where the login user can read (source) and write
 (target) the volume's mountpoint, with python3 and GNU tar; volumes use the local driver.
@@ -67,6 +70,14 @@ MAX_REPORTED_DIFFERENCES = 20
 EXTRA_KEY = "incremental"
 # Backups made by `stash`; records without this format are `cp -al` copies of older versions.
 STASH_FORMAT = "stash"
+# hostscan's exit status when `stash` rejects a target on a separate mount; equals its
+# SEPARATE_MOUNT_STATUS.
+STASH_SEPARATE_MOUNT_STATUS = 3
+
+
+class SeparateMount(MigrationFailed):
+    """`stash` changed nothing because the target volume's data is on another mount than the
+    backup directory, so rename(2) would fail with EXDEV."""
 
 
 class Scan(EntryMapping):
@@ -192,6 +203,7 @@ class HostCommand:
         self.channel = engine.ssh.open_command(_host_argv(*arguments))
         self.errors = _drain_stderr(self.channel)
         self.input_sent = False
+        self.exit_status: int | None = None  # set when the command ended
 
     def send_input(self, stdin: bytes | Iterable[bytes]) -> None:
         """Send all of stdin (bytes or chunks) and close it, so finish() and lines() send none."""
@@ -209,7 +221,7 @@ class HostCommand:
             while chunk := channel.recv(RELAY_CHUNK):
                 parts.append(chunk)
             self.errors.join()
-            status = channel.recv_exit_status()
+            status = self.exit_status = channel.recv_exit_status()
         finally:
             channel.close()
         self._check(status)
@@ -1041,7 +1053,14 @@ def _update(source: Any, source_mountpoint: str, target: Any, target_mountpoint:
 
     if plan.send or plan.delete:
         on_backup(backup, False)
-        stash.finish(stash_input(plan))
+        try:
+            stash.finish(stash_input(plan))
+        except MigrationFailed:
+            if stash.exit_status == STASH_SEPARATE_MOUNT_STATUS:
+                raise SeparateMount(f"{stash.errors.text} on host {target.host.name}, so "
+                                    f"entries cannot be moved into the backup directory "
+                                    f"{backup}") from None
+            raise
         on_backup(backup, True)
 
     archive_bytes, digest = 0, xxhash.xxh3_128().hexdigest()
@@ -1540,9 +1559,17 @@ def copy_item(runner: Any, item: TaskItem, on_chunk: Callable[[int], None]) -> U
             codec=codec,
             on_wire=lambda count: wire_bytes.__setitem__(0, wire_bytes[0] + count),
         )
-    except BaseException:
+    except BaseException as error:
         if opener is not None:
             opener.close()
+        if isinstance(error, SeparateMount):
+            raise MigrationFailed(
+                f"cannot update volume {item.target!r} incrementally: {error}; the volume is "
+                "unchanged",
+                hint=f"copy the source into a new volume without --incremental (--volume "
+                f"{item.source}:NEW_NAME), or move the data from that mount onto the file "
+                f"system of {os.path.dirname(target_mountpoint)} and retry",
+            ) from None
         raise
     runner.staged.compression.record_result(item, result.archive_bytes, wire_bytes[0])
     for message in result.warnings:
