@@ -409,8 +409,8 @@ def test_incremental_after_seed_hashes_changes(h1, h2, isolated_env, resources, 
 
 
 def test_seed_with_racy_margin_covers_target(h1, h2, isolated_env, resources):
-    # The real 2 s margin: on a machine that is not busy, the copy writes most target files
-    # less than 2 s before the verify scan reaches them, so their rows need the second hash.
+    # The real margins: on a machine that is not busy, the copy writes most target files
+    # within the margin before the verify scan reaches them, so their rows need the second hash.
     volume = resources.create_volume(h1)
     resources.add_volume(h2, volume)
     write_volume_tree(h1, volume, TREE)
