@@ -25,7 +25,7 @@ from typing import Any
 from ddm.errors import DDMError, UsageError, VerificationFailed
 from ddm.manifest import EntryTable, Manifest, ManifestEntry
 from ddm.task import TaskItem, VerifyMode
-from ddmsyncer import hashseed, hostverify
+from ddmsyncer import hashcache, hashseed, hostverify
 from ddmsyncer.scantable import paired, sorted_items
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ def copy_item(runner: Any, item: TaskItem, staging_directory: str, route: Any,
     the stream) and the paths tar saw change. With scan_source, the manifest comes from a
     metadata-only scan of the source after the stream. Without it, the manifest is empty,
     because the verify phase scans the source with hashes and gives the task its manifest
-    then (see staged.StagedCopy.verify_direct).
+    then (see staged.StagedVolumes.verify_direct).
     """
     from ddmdriver import direct
 
@@ -146,13 +146,19 @@ class SourceScan(threading.Thread):
     The source is read by tar and by this scan at about the same time, so the scan uses CPU
     that the stream leaves idle, and the verify phase then scans only the target. A file
     that changes while both read it differs between the scan's digest and the target's copy,
-    so verify fails on it, as it does when the relay route hashes the stream. result() waits
-    for the scan; close() waits too and deletes the seed's database when nobody took it.
+    so verify fails on it, as it does when the relay route hashes the stream.
+
+    After the scan the thread stores the source's hash cache rows through a connection of its
+    own to the task database, so that the verify phase need not wait for them. The rows
+    describe the source's files alone, so they stay valid whatever verify finds. result()
+    waits for the thread and raises its error; close() waits too and deletes the seed's
+    database.
     """
 
-    def __init__(self, source: Any, access: Any, directory: str) -> None:
+    def __init__(self, runner: Any, access: Any, directory: str) -> None:
         super().__init__(name="ddm-direct-source-scan", daemon=True)
-        self.source, self.access, self.directory = source, access, directory
+        self.source, self.access, self.directory = runner.source, access, directory
+        self.store_path = runner.store_path
         self.seed = hashseed.ScanSeed()
         self._scan: hostverify.HostScan | None = None
         self._error: BaseException | None = None
@@ -162,11 +168,22 @@ class SourceScan(threading.Thread):
         try:
             self._scan = hostverify.scan_manifest(self.source, self.access, self.directory,
                                                   hash_content=True, on_record=self.seed.add)
+            self._store_seed()
         except BaseException as error:  # noqa: BLE001 - re-raised by result()
             self._error = error
 
+    def _store_seed(self) -> None:
+        from ddm.store import TaskStore
+
+        store = TaskStore(self.store_path)
+        try:
+            hashseed.store_rows(store, hashcache.cache_scope(self.source, self.directory),
+                                self.seed.rows())
+        finally:
+            store.close()
+
     def result(self) -> hostverify.HostScan:
-        """Return the scan once it has ended; raise its error."""
+        """Return the scan once the thread has stored the seed; raise the thread's error."""
         self.join()
         if self._error is not None:
             raise self._error
@@ -176,6 +193,15 @@ class SourceScan(threading.Thread):
     def close(self) -> None:
         self.join()
         self.seed.close()
+
+
+def metadata_only(manifest: Manifest) -> Manifest:
+    """Return the manifest with its entries but without content hashing, for the task's record.
+
+    A rollback then compares the target's metadata with it, as it did with the metadata-only
+    manifest that the copy stored before the hashing scan of the source took that scan's place.
+    """
+    return Manifest(entries=manifest.entries, hash_content=False)
 
 
 def verify_staging(runner: Any, item: TaskItem, source_directory: str, staging_directory: str,

@@ -405,7 +405,7 @@ class StagedVolumes:
         self.close_source_scan(item)  # a repeated copy starts a new scan
         if start and self.python.available(self.runner.source, route.source_access):
             self.source_scans[item.position] = direct.SourceScan(
-                self.runner.source, route.source_access, route.source_directory)
+                self.runner, route.source_access, route.source_directory)
 
     def close_source_scan(self, item: TaskItem) -> None:
         scan = self.source_scans.pop(item.position, None)
@@ -501,7 +501,6 @@ class StagedVolumes:
                 self.runner.warn(f"volume {item.target!r} was not verified (--verify none)")
             elif direct.requested(self.runner):
                 source_manifest = self.verify_direct(item, staging, route, mode)
-                self.runner.replace_manifest(item, metadata_only(source_manifest))
             else:
                 source_manifest = self.verify_staging(item, staging, route, source_manifest, mode)
 
@@ -517,9 +516,9 @@ class StagedVolumes:
         with --verify quick. The source's scan normally started with the stream
         (direct.SourceScan), so only the target is scanned now. The manifest scan compares
         every aspect of the host data path (xattrs, ACLs and holes included). When the python3
-        probe fails on a host, or the
-        volume is not a plain local directory, the metadata scans of ddmsyncer.direct are the
-        fallback.
+        probe fails on a host, or the volume is not a plain local directory, the metadata
+        scans of ddmsyncer.direct are the fallback. The source's manifest, without content
+        digests, becomes the item's stored manifest.
 
         NOTE: that fallback also runs python3 on both hosts, so it only helps when the probe
         failed for a passing reason. The direct route does not check python3 before the copy.
@@ -531,17 +530,18 @@ class StagedVolumes:
                      and self.python.available(target, route.target_access))
         if not scannable:
             self._record_verify(item, DIRECT_METADATA_SCAN, 0)
-            return direct.verify_staging(self.runner, item, route.source_directory,
-                                         volume.mountpoint, mode)
+            verified = direct.verify_staging(self.runner, item, route.source_directory,
+                                             volume.mountpoint, mode)
+            self.runner.replace_manifest(item, direct.metadata_only(verified))
+            return verified
 
         scans: dict[str, hostverify.HostScan] = {}
         seeds = {"target": hashseed.ScanSeed()}
-        early = self.source_scans.pop(item.position, None)
+        early = self.source_scans.get(item.position)  # closed by verify_and_promote
 
         def scan_source() -> None:
             if early is not None:
-                scans["source"] = early.result()
-                seeds["source"] = early.seed
+                scans["source"] = early.result()  # its thread stored the seed
                 return
             seeds["source"] = hashseed.ScanSeed()
             scans["source"] = hostverify.scan_manifest(source, route.source_access,
@@ -558,18 +558,19 @@ class StagedVolumes:
         except BaseException:
             for seed in seeds.values():
                 seed.close()
-            if early is not None:
-                early.close()
             raise
         listing_bytes = scans["source"].listing_bytes + scans["target"].listing_bytes
         self._record_verify(item, hostverify.HOST_SCAN, listing_bytes)
         staged_item = dataclasses.replace(item, target=staging)
         check_manifests(scans["source"].manifest, scans["target"].manifest, staged_item,
                         verify_aspects(DataPath.HOST, deep=True))
-        hashseed.store_rows(self.runner.store,
-                            hashcache.cache_scope(source, route.source_directory),
-                            seeds["source"].rows())
-        seeds["source"].close()
+        manifest = direct.metadata_only(scans["source"].manifest)
+        if early is None:
+            hashseed.store_rows(self.runner.store,
+                                hashcache.cache_scope(source, route.source_directory),
+                                seeds["source"].rows())
+            seeds["source"].close()
+        self.runner.replace_manifest(item, manifest)
         self.target_seeds[item.position] = seeds["target"]
         return scans["source"].manifest
 
@@ -766,15 +767,6 @@ class StagedVolumes:
         if mode is not VerifyMode.NONE:
             aspects = verify_aspects(DataPath.ENGINE, deep=hash_content)
             check_manifests(verified, builder.close(), item, aspects)
-
-
-def metadata_only(manifest: Manifest) -> Manifest:
-    """Return the manifest with its entries but without content hashing, for the task's record.
-
-    A rollback then compares the target's metadata with it, as it did with the metadata-only
-    manifest that the direct route's copy stored before verify scanned the source.
-    """
-    return Manifest(entries=manifest.entries, hash_content=False)
 
 
 def check_manifests(source: Manifest, target: Manifest, item: TaskItem, aspects: tuple[str, ...]) -> None:

@@ -8,6 +8,7 @@ work directory on h1.
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import os
 import subprocess
@@ -26,7 +27,7 @@ from ddm.task import TaskState
 from ddmdriver import direct
 from ddmdriver.engine import open_engine
 from ddmdriver.hostpath import probe_host_access
-from ddmsyncer import hostverify
+from ddmsyncer import hashcache, hostverify
 from tests.integration.test_migrate_volumes import RICH_TREE, run_command, volumes_on
 from tests.lab.tree import RandomFile, diff_snapshots, snapshot_volume_tree, write_volume_tree
 
@@ -395,6 +396,9 @@ def test_direct_task_stores_source_manifest(lab, h1, h2, isolated_env, resources
 
 def test_direct_source_scan_runs_with_the_stream(lab, h1, h2, isolated_env, resources,
                                                  monkeypatch):
+    # The files are written just before the copy; without this, the seed leaves them out.
+    monkeypatch.setattr(hashcache, "RACY_MARGIN_NANOSECONDS", 0)
+    monkeypatch.setattr(hashcache, "FINE_RACY_MARGIN_NANOSECONDS", 0)
     volume = resources.create_volume(h1)
     resources.add_volume(h2, volume)
     write_volume_tree(h1, volume, SMALL_TREE)
@@ -419,3 +423,16 @@ def test_direct_source_scan_runs_with_the_stream(lab, h1, h2, isolated_env, reso
     assert outcome.status == 0, outcome.stderr
     assert sorted(scans) == [("h1", False), ("h2", True)]
     assert diff_snapshots(snapshot_volume_tree(h1, volume), snapshot_volume_tree(h2, volume)) == []
+    # The scan's thread stored the source's hash cache rows.
+    source_url = load_config(environ=os.environ).host("h1").url
+    store = TaskStore(default_store_path(os.environ))
+    try:
+        known = hashcache.HashCache(store).load(f"{source_url} {h1.volume_mountpoint(volume)}")
+        rows = {path: cached.digest for path, cached in known.items()}
+    finally:
+        store.close()
+    mountpoint = h1.volume_mountpoint(volume)
+    expected = {os.fsencode(name): hashlib.sha256(
+        h1.run(["cat", f"{mountpoint}/{name}"], text=False).stdout).hexdigest()
+        for name in SMALL_TREE}
+    assert rows == expected
