@@ -436,3 +436,27 @@ def test_direct_source_scan_runs_with_the_stream(lab, h1, h2, isolated_env, reso
         h1.run(["cat", f"{mountpoint}/{name}"], text=False).stdout).hexdigest()
         for name in SMALL_TREE}
     assert rows == expected
+
+
+def test_direct_fallback_verify_stores_manifest(lab, h1, h2, isolated_env, resources,
+                                                monkeypatch):
+    # Without the python3 probe, verify falls back to the metadata scans of both hosts.
+    volume = resources.create_volume(h1)
+    resources.add_volume(h2, volume)
+    write_volume_tree(h1, volume, SMALL_TREE)
+    monkeypatch.setattr(hostverify.PythonProbes, "available", lambda self, engine, access: False)
+
+    outcome = migrate_direct(volume)
+
+    assert outcome.status == 0, outcome.stderr
+    task_id = json.loads(outcome.stdout)["id"]
+    store = TaskStore(default_store_path(os.environ))
+    try:
+        verify = store.get_extra(task_id)["verify"]
+        stored = load_task_manifest(store, task_id, 0)
+    finally:
+        store.close()
+    assert verify["0"]["method"] == "direct-metadata-scan"
+    assert sorted(stored.entries) == [b".", b"data", b"data/a.bin", b"data/b.bin",
+                                      b"note.txt"]
+    assert diff_snapshots(snapshot_volume_tree(h1, volume), snapshot_volume_tree(h2, volume)) == []
