@@ -442,6 +442,14 @@ class TaskStore:
             db.execute("UPDATE volume_scans SET head = ?, checksum = ? WHERE scope = ?",
                        (head, checksum, scope))
 
+    def forget_volume(self, scope: str) -> int:
+        """Delete a scope's hash cache rows and stored scan; return how many rows went."""
+        with self.transaction() as db:
+            removed = db.execute("DELETE FROM file_hashes WHERE scope = ?", (scope,)).rowcount
+            db.execute("DELETE FROM volume_scan_chunks WHERE scope = ?", (scope,))
+            removed += db.execute("DELETE FROM volume_scans WHERE scope = ?", (scope,)).rowcount
+        return removed
+
     def has_volume_scan(self, scope: str) -> bool:
         row = self._db.execute("SELECT 1 FROM volume_scans WHERE scope = ?", (scope,)).fetchone()
         return row is not None

@@ -52,8 +52,8 @@ from ddm.processes import process_alive
 from ddm.store import TaskStore
 from ddm.task import ItemState, Phase, Task, TaskItem, TaskState, VerifyMode
 from ddm.text import counted
-from ddmsyncer import (connect, connlost, direct, hostquery, incremental, parallel, rerun,
-                       rollbackcheck, undo, volumes)
+from ddmsyncer import (connect, connlost, direct, hashcache, hostquery, incremental, parallel,
+                       rerun, rollbackcheck, undo, volumes)
 from ddmsyncer.control import wait_while_paused
 from ddmsyncer.staged import StagedVolumes, mark_verified, release_writers, remove_staging_volumes
 
@@ -695,6 +695,7 @@ class TaskRunner:
                 self.record("info", undo.ROLLBACK_ABSENT, f"volume {item.target!r} was already "
                             f"gone from {self.task.spec.target_host}", position=item.position)
                 continue
+            mountpoint = target.volume_inspect(item.target).mountpoint
             try:
                 undo.remove_target_volume(target, item.target, self.task.id)
             except MigrationFailed as error:
@@ -706,6 +707,11 @@ class TaskRunner:
             self.update_item(item, state=ItemState.ROLLED_BACK, target_created=False)
             self.record("info", "rolled_back", f"removed volume {item.target!r} from "
                         f"{self.task.spec.target_host}")
+            # The removed volume's hash cache rows and stored scan are stale: a volume
+            # created later under its name gets new inodes and ctimes.
+            forgotten = self.store.forget_volume(hashcache.cache_scope(target, mountpoint))
+            log.info("forgot %d hash cache and stored scan rows of volume %s", forgotten,
+                     item.target)
 
     def _finish(self, state: TaskState, error: dict[str, Any] | None, *,
                 finished_at: float | None = None) -> None:

@@ -12,7 +12,9 @@ import time
 import pytest
 
 from ddm.errors import ExitStatus
+from ddmsyncer import hashcache
 from tests.integration.operator_support import ddmctl, volume_names
+from tests.integration.test_incremental import cache_rows, lab_url
 from tests.integration.test_migrate_volumes import RICH_TREE
 from tests.lab import LabHost
 from tests.lab.isolation import IsolatedEnv
@@ -350,3 +352,28 @@ def test_repeated_rollback_keeps_recreated_volume(h1: LabHost, h2: LabHost,
     assert snapshot_volume_tree(h2, source) == recreated
     assert snapshot_volume_tree(h1, source) == source_before
 
+
+
+@pytest.fixture
+def no_racy_margin(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The copy writes the files just before the verify scan; without this, none is seeded.
+    monkeypatch.setattr(hashcache, "RACY_MARGIN_NANOSECONDS", 0)
+    monkeypatch.setattr(hashcache, "FINE_RACY_MARGIN_NANOSECONDS", 0)
+
+
+def test_rollback_forgets_removed_volume_hashes(h1: LabHost, h2: LabHost,
+                                                isolated_env: IsolatedEnv,
+                                                resources: LabResources,
+                                                no_racy_margin: None) -> None:
+    source = source_volume(h1, h2, resources, {"note.txt": File(ORIGINAL),
+                                               "dir/data.bin": RandomFile(64 * 1024, seed=3)})
+    task_id = migrate(source, "--verify", "full", "--data-path", "host")
+    target_mountpoint = h2.volume_mountpoint(source)
+    assert set(cache_rows(lab_url(h2), target_mountpoint)) == {b"note.txt", b"dir/data.bin"}
+
+    rolled_back = ddmctl("rollback", task_id)
+
+    assert rolled_back.status == 0, rolled_back.stderr
+    assert cache_rows(lab_url(h2), target_mountpoint) == {}
+    assert set(cache_rows(lab_url(h1), h1.volume_mountpoint(source))) == {b"note.txt",
+                                                                          b"dir/data.bin"}
