@@ -52,8 +52,8 @@ from ddm.processes import process_alive
 from ddm.store import TaskStore
 from ddm.task import ItemState, Phase, Task, TaskItem, TaskState, VerifyMode
 from ddm.text import counted
-from ddmsyncer import (connect, connlost, direct, hostquery, incremental, parallel, rerun,
-                       rollbackcheck, undo, volumes)
+from ddmsyncer import (connect, connlost, direct, hostquery, incremental, parallel, replacecheck,
+                       rerun, rollbackcheck, undo, volumes)
 from ddmsyncer.control import wait_while_paused
 from ddmsyncer.staged import StagedVolumes, mark_verified, release_writers, remove_staging_volumes
 
@@ -403,6 +403,7 @@ class TaskRunner:
         for item in self.pending_items():
             replaced = item.position not in self._incremental and not item.target_created
             if checks[item.position].target_exists and self.task.spec.force and replaced:
+                replacecheck.reject_mounted_target(self, item)
                 self.warn(f"volume {item.target!r} exists on {self.task.spec.target_host} and "
                           "will be replaced (--force); rollback cannot restore its old content")
         return checks
