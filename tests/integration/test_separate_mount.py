@@ -114,6 +114,30 @@ def test_full_copy_not_moved_onto_mount(h1, h2, isolated_env, resources, kind, r
     assert diff_snapshots(source_before, snapshot_volume_tree(h1, volume)) == []
 
 
+def test_failed_rollback_line_says_so(h1, h2, isolated_env, resources):
+    # The move onto the mount fails, and so does the rollback's removal of the new volume,
+    # so the error line must not claim that the target was rolled back.
+    volume = resources.create_volume(h1)
+    resources.add_volume(h2, volume)
+    write_volume_tree(h1, volume, TREE)
+    mountpoint = f"/var/lib/docker/volumes/{volume}/_data"
+    h2.run(["mkdir", "-p", mountpoint])
+
+    with separate_mount(h2, mountpoint, "tmpfs"):
+        outcome = migrate(volume)
+
+        assert outcome.status == 1
+        task = json.loads(outcome.stdout)
+        assert task["state"] == "interrupted"
+        (line,) = error_lines(outcome.stderr)
+        assert "was rolled back" not in line
+        assert "; rollback failed too: " in line
+        assert "device or resource busy" in line
+        assert f"run 'ddmctl rollback {task['id']}'" in line
+        assert "was rolled back" not in task["error"]["message"]
+        assert line == f"ddmctl: error: {task['error']['message']}"
+
+
 @pytest.mark.parametrize("kind, below", [("tmpfs", ""), ("bind", ""), ("tmpfs", "/data")])
 def test_force_rejects_mounted_target(h1, h2, isolated_env, resources, kind, below):
     # Docker's volume removal deletes every file on a mount below the volume's directory and
