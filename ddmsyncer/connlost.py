@@ -90,7 +90,7 @@ def as_connection_lost(runner: Any, error: BaseException) -> ConnectionLost | No
 
     The message names the host, the phase and the step's error. It has no hint yet, because
     the next step depends on the rollback: the runner sets `rolled_back_hint` when the
-    rollback succeeded, and `add_next_step` handles a failed one.
+    rollback succeeded, and runner.take_rollback_failure handles a failed one.
     """
     if isinstance(error, ConnectionLost) or not isinstance(error, Exception):
         return None
@@ -142,15 +142,3 @@ def rolled_back_hint(lost: ConnectionLost) -> str:
         names = " and ".join(repr(name) for name in hosts)
         check = f"check that hosts {names} are up and accept SSH connections"
     return f"the target was rolled back; {check}, then run the migration again"
-
-
-def add_next_step(lost: ConnectionLost, task: Any) -> None:
-    """Complete the message of `lost` from the task's state after the rollback.
-
-    A rolled-back task (FAILED) got its hint before it was stored. A task whose rollback
-    failed too is INTERRUPTED. Its stored message names the next step (resume or roll back
-    once the host is reachable), so the raised error takes that message.
-    """
-    stored = task.error or {}
-    if stored.get("error") == ConnectionLost.__name__ and stored.get("message"):
-        lost.message, lost.hint = stored["message"], None

@@ -53,7 +53,7 @@ from ddm.store import TaskStore
 from ddm.task import ItemState, Phase, Task, TaskItem, TaskState, VerifyMode
 from ddm.text import counted
 from ddmsyncer import (connect, connlost, direct, hashcache, hostquery, incremental, parallel,
-                       rerun, rollbackcheck, undo, volumes)
+                       replacecheck, rerun, rollbackcheck, undo, volumes)
 from ddmsyncer.control import wait_while_paused
 from ddmsyncer.staged import StagedVolumes, mark_verified, release_writers, remove_staging_volumes
 
@@ -316,10 +316,9 @@ class TaskRunner:
         except BaseException as error:
             replacement = connlost.as_task_error(self, error)
             self._finish_failed(replacement or error)
+            take_rollback_failure(replacement or error, self.task)
             if replacement is None:
                 raise
-            if isinstance(replacement, ConnectionLost):
-                connlost.add_next_step(replacement, self.task)
             raise replacement from error
         finally:
             self._close()
@@ -403,6 +402,7 @@ class TaskRunner:
         for item in self.pending_items():
             replaced = item.position not in self._incremental and not item.target_created
             if checks[item.position].target_exists and self.task.spec.force and replaced:
+                replacecheck.reject_mounted_target(self, item)
                 self.warn(f"volume {item.target!r} exists on {self.task.spec.target_host} and "
                           "will be replaced (--force); rollback cannot restore its old content")
         return checks
@@ -801,15 +801,32 @@ def create_runner(
 
 def _rollback_failed_dict(task_id: str, error: BaseException,
                          rollback_error: BaseException) -> dict[str, Any]:
-    """Return the stored error of a task whose rollback failed: the cause and the rollback's error."""
+    """Return the stored error of a task whose rollback failed: the cause and the rollback's error.
+
+    The cause's hint is left out, because it was written before the rollback ran and may
+    state that the target was rolled back.
+    """
     stored = _error_dict(error)
+    cause = " ".join(error.message.split()) if isinstance(error, DDMError) else _describe(error)
     stored["message"] = (
-        f"{stored['message']}; rollback failed too: {_describe(rollback_error)}; the target may "
-        f"still hold what the task created: once the host is reachable, run 'ddmctl resume "
-        f"{task_id}' or 'ddmctl rollback {task_id}'"
+        f"{cause}; rollback failed too: {_describe(rollback_error)}; the target may still hold "
+        f"what the task created: fix what stopped the rollback, then run 'ddmctl rollback "
+        f"{task_id}', or 'ddmctl resume {task_id}' to finish the task"
     )
     stored["rollback_error"] = _error_dict(rollback_error)
     return stored
+
+
+def take_rollback_failure(error: BaseException, task: Task) -> None:
+    """Give the raised error the stored message when the task's rollback failed too.
+
+    The command prints the raised error, whose hint may state that the target was rolled back.
+    """
+    stored = task.error or {}
+    if not isinstance(error, DDMError) or task.state is not TaskState.INTERRUPTED:
+        return
+    if "rollback_error" in stored and stored.get("message"):
+        error.message, error.hint = stored["message"], None
 
 
 def rollback_task(runner: TaskRunner) -> Task:

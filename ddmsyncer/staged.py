@@ -30,7 +30,7 @@ from ddm.manifest import Manifest, ManifestBuilder, compare_manifests, display_p
 from ddm.task import ItemState, TaskItem, VerifyMode
 from ddm.archive_guard import ROOT, ArchiveGuard
 from ddm.text import counted
-from ddmsyncer import direct, hashcache, hashseed, hostverify, volumes, writers
+from ddmsyncer import direct, hashcache, hashseed, hostverify, replacecheck, volumes, writers
 from ddmsyncer.compression import CompressionChooser
 from ddmsyncer.datapath import DataPath, HostProbes, Route, choose_route, loses, verify_aspects
 
@@ -673,6 +673,8 @@ class StagedVolumes:
         target = self.runner.target
         check = self._target_settings(item)
         if target.volume_inspect(item.target) is not None:
+            # Checked again because a disk may have been mounted there since prepare.
+            replacecheck.reject_mounted_target(self.runner, item)
             volumes.remove_volume_helpers(target, self.task_id, item.target)
             target.volume_remove(item.target)
 

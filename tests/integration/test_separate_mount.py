@@ -114,19 +114,55 @@ def test_full_copy_not_moved_onto_mount(h1, h2, isolated_env, resources, kind, r
     assert diff_snapshots(source_before, snapshot_volume_tree(h1, volume)) == []
 
 
-def test_force_empties_mount_then_fails(h1, h2, isolated_env, resources):
+def test_failed_rollback_line_says_so(h1, h2, isolated_env, resources):
+    # The move onto the mount fails, and so does the rollback's removal of the new volume,
+    # so the error line must not claim that the target was rolled back.
+    volume = resources.create_volume(h1)
+    resources.add_volume(h2, volume)
+    write_volume_tree(h1, volume, TREE)
+    mountpoint = f"/var/lib/docker/volumes/{volume}/_data"
+    h2.run(["mkdir", "-p", mountpoint])
+
+    with separate_mount(h2, mountpoint, "tmpfs"):
+        outcome = migrate(volume)
+
+        assert outcome.status == 1
+        task = json.loads(outcome.stdout)
+        assert task["state"] == "interrupted"
+        (line,) = error_lines(outcome.stderr)
+        assert "was rolled back" not in line
+        assert "; rollback failed too: " in line
+        assert "device or resource busy" in line
+        assert f"run 'ddmctl rollback {task['id']}'" in line
+        assert "was rolled back" not in task["error"]["message"]
+        assert line == f"ddmctl: error: {task['error']['message']}"
+
+
+@pytest.mark.parametrize("kind, below", [("tmpfs", ""), ("bind", ""), ("tmpfs", "/data")])
+def test_force_rejects_mounted_target(h1, h2, isolated_env, resources, kind, below):
+    # Docker's volume removal deletes every file on a mount below the volume's directory and
+    # then fails with EBUSY, so prepare rejects the replacement before anything is copied.
     volume = resources.create_volume(h1)
     resources.add_volume(h2, volume)
     write_volume_tree(h1, volume, TREE)
     h2.docker("volume", "create", volume)
     mountpoint = h2.volume_mountpoint(volume)
+    h2.run(["sh", "-c", 'mkdir "$1/data" && echo old > "$1/old.txt" && echo kept > "$1/data/kept.txt"',
+            "sh", mountpoint])
 
-    with separate_mount(h2, mountpoint, "tmpfs"):
-        h2.run(["sh", "-c", 'echo old > "$1/old.txt"', "sh", mountpoint])
+    with separate_mount(h2, mountpoint + below, kind):
+        target_before = snapshot_volume_tree(h2, volume)
         outcome = migrate(volume, "--force")
 
         assert outcome.status == 1
+        task = json.loads(outcome.stdout)
+        assert task["state"] == "failed"
+        assert task["error"]["error"] == "TargetExists"
         (line,) = error_lines(outcome.stderr)
-        assert f"rejected removing volume {volume}" in line
-        assert "device or resource busy" in line
-        assert h2.run(["ls", "-A", mountpoint]).stdout == ""
+        assert f"cannot replace volume {volume!r} on host 'h2' (--force): {mountpoint}{below} " \
+               "is a mount point" in line
+        assert "the volume is unchanged" in line
+        assert f"--volume {volume}:NEW_NAME" in line
+        assert diff_snapshots(target_before, snapshot_volume_tree(h2, volume)) == []
+        assert h2.run(["cat", f"{mountpoint}/old.txt"]).stdout == "old\n"
+        assert not any(name.startswith("ddm-staging-") for name in volumes_on(h2))

@@ -14,13 +14,13 @@ import pytest
 
 from ddm.config import load_config
 from ddm.env import Environment
-from ddm.errors import Cancelled, ConnectionLost, ExitStatus, TransferFailed
+from ddm.errors import Cancelled, ConnectionLost, ExitStatus, MigrationFailed, TransferFailed
 from ddm.store import TaskStore
 from ddm.task import Phase, Task, TaskSpec, TaskState
 from ddmctl import cli as ddmctl_cli
 from ddmctl.common import DDMGroup, run_main
 from ddmsyncer import connlost
-from ddmsyncer.runner import TaskRunner
+from ddmsyncer.runner import TaskRunner, _rollback_failed_dict, take_rollback_failure
 
 
 def engine(name: str, *, active: bool) -> SimpleNamespace:
@@ -77,13 +77,42 @@ def test_failed_rollback_takes_stored_message() -> None:
     lost = connlost.as_connection_lost(runner, SEND_FAILED)
     assert lost is not None
     stored = ("the SSH connection to host 'h2' broke during the copy phase (...); rollback failed "
-              "too: ...; once the host is reachable, run 'ddmctl resume ffffffffffff' or "
-              "'ddmctl rollback ffffffffffff'")
-    task = SimpleNamespace(error={"error": "ConnectionLost", "message": stored})
+              "too: ...; the target may still hold what the task created: fix what stopped the "
+              "rollback, then run 'ddmctl rollback ffffffffffff', or 'ddmctl resume ffffffffffff' "
+              "to finish the task")
+    task = SimpleNamespace(state=TaskState.INTERRUPTED,
+                           error={"error": "ConnectionLost", "message": stored,
+                                  "rollback_error": {"error": "ConnectionFailed"}})
 
-    connlost.add_next_step(lost, task)
+    take_rollback_failure(lost, task)
 
     assert str(lost) == stored
+
+
+def test_failed_rollback_drops_rolled_back_hint() -> None:
+    error = TransferFailed("cannot move /a to /b on h2: mv failed",
+                           hint="the target was rolled back; check the host's volume directory")
+    rollback_error = MigrationFailed("Docker rejected removing volume v: device or resource busy")
+
+    stored = _rollback_failed_dict("ffffffffffff", error, rollback_error)
+    task = SimpleNamespace(state=TaskState.INTERRUPTED, error=stored)
+    take_rollback_failure(error, task)
+
+    assert "rolled back" not in stored["message"]
+    assert stored["message"].startswith("cannot move /a to /b on h2: mv failed; rollback failed "
+                                        "too: Docker rejected removing volume v")
+    assert "run 'ddmctl rollback ffffffffffff'" in stored["message"]
+    assert str(error) == stored["message"]
+
+
+def test_rolled_back_task_keeps_hint() -> None:
+    error = TransferFailed("cannot move /a to /b on h2: mv failed",
+                           hint="the target was rolled back; check the host's volume directory")
+    task = SimpleNamespace(state=TaskState.FAILED, error=error.to_dict())
+
+    take_rollback_failure(error, task)
+
+    assert error.hint == "the target was rolled back; check the host's volume directory"
 
 
 class FlippingConnection:
