@@ -59,6 +59,24 @@ def staging_volumes(h2) -> list[str]:
     return [name for name in volumes_on(h2) if name.startswith("ddm-staging-")]
 
 
+def small_source(h1, h2, resources) -> str:
+    """Create a source volume with SMALL_TREE on h1 and register its copy on h2 for removal."""
+    volume = resources.create_volume(h1)
+    resources.add_volume(h2, volume)
+    write_volume_tree(h1, volume, SMALL_TREE)
+    return volume
+
+
+def stored_record(task_id: str):
+    """Return the task's stored verify record, the manifest of its item 0 and that item."""
+    store = TaskStore(default_store_path(os.environ))
+    try:
+        return (store.get_extra(task_id).get("verify"), load_task_manifest(store, task_id, 0),
+                store.get_task(task_id).items[0])
+    finally:
+        store.close()
+
+
 def rewrite_config(path: Path, old: str, new: str) -> None:
     text = path.read_text()
     assert old in text
@@ -311,19 +329,12 @@ def test_private_key_never_stored_or_logged(lab, h1, h2, isolated_env, resources
 
 
 def test_direct_verify_scans_both_hosts(lab, h1, h2, isolated_env, resources):
-    volume = resources.create_volume(h1)
-    resources.add_volume(h2, volume)
-    write_volume_tree(h1, volume, SMALL_TREE)
+    volume = small_source(h1, h2, resources)
 
     outcome = migrate_direct(volume)
 
     assert outcome.status == 0, outcome.stderr
-    task_id = json.loads(outcome.stdout)["id"]
-    store = TaskStore(default_store_path(os.environ))
-    try:
-        verify = store.get_extra(task_id)["verify"]
-    finally:
-        store.close()
+    verify, _, _ = stored_record(json.loads(outcome.stdout)["id"])
     assert verify["0"]["method"] == "host-scan"
     assert 0 < verify["0"]["wire_bytes"] < 16 * 1024
 
@@ -357,9 +368,7 @@ def test_direct_task_stores_source_manifest(lab, h1, h2, isolated_env, resources
                                             verify, metadata_scans):
     # With verify, only the hashing scan for verify reads the source, and its manifest becomes
     # the task's record. A rollback still finds a target changed since the task.
-    volume = resources.create_volume(h1)
-    resources.add_volume(h2, volume)
-    write_volume_tree(h1, volume, SMALL_TREE)
+    volume = small_source(h1, h2, resources)
     scans = []
     original_scan = ddmsyncer.direct._scan
 
@@ -374,17 +383,12 @@ def test_direct_task_stores_source_manifest(lab, h1, h2, isolated_env, resources
     assert outcome.status == 0, outcome.stderr
     assert len(scans) == metadata_scans
     task_id = json.loads(outcome.stdout)["id"]
-    store = TaskStore(default_store_path(os.environ))
-    try:
-        stored = load_task_manifest(store, task_id, 0)
-        entries = store.get_task(task_id).items[0].entries
-    finally:
-        store.close()
+    _, stored, item = stored_record(task_id)
     assert sorted(stored.entries) == [b".", b"data", b"data/a.bin", b"data/b.bin",
                                       b"note.txt"]
     assert stored.entries[b"data/a.bin"].size == 512 * 1024
     assert not stored.hash_content
-    assert entries == 5
+    assert item.entries == 5
 
     h2.run(["chmod", "0600", f"{h2.volume_mountpoint(volume)}/note.txt"])
     rejected = run_command("ddmctl", "rollback", task_id)
@@ -399,9 +403,7 @@ def test_direct_source_scan_runs_with_the_stream(lab, h1, h2, isolated_env, reso
     # The files are written just before the copy; without this, the seed leaves them out.
     monkeypatch.setattr(hashcache, "RACY_MARGIN_NANOSECONDS", 0)
     monkeypatch.setattr(hashcache, "FINE_RACY_MARGIN_NANOSECONDS", 0)
-    volume = resources.create_volume(h1)
-    resources.add_volume(h2, volume)
-    write_volume_tree(h1, volume, SMALL_TREE)
+    volume = small_source(h1, h2, resources)
     streams_ended = []
     scans = []
     original_stream, original_scan = ddmdriver.direct.stream_direct, hostverify.scan_manifest
@@ -441,21 +443,13 @@ def test_direct_source_scan_runs_with_the_stream(lab, h1, h2, isolated_env, reso
 def test_direct_fallback_verify_stores_manifest(lab, h1, h2, isolated_env, resources,
                                                 monkeypatch):
     # Without the python3 probe, verify falls back to the metadata scans of both hosts.
-    volume = resources.create_volume(h1)
-    resources.add_volume(h2, volume)
-    write_volume_tree(h1, volume, SMALL_TREE)
+    volume = small_source(h1, h2, resources)
     monkeypatch.setattr(hostverify.PythonProbes, "available", lambda self, engine, access: False)
 
     outcome = migrate_direct(volume)
 
     assert outcome.status == 0, outcome.stderr
-    task_id = json.loads(outcome.stdout)["id"]
-    store = TaskStore(default_store_path(os.environ))
-    try:
-        verify = store.get_extra(task_id)["verify"]
-        stored = load_task_manifest(store, task_id, 0)
-    finally:
-        store.close()
+    verify, stored, _ = stored_record(json.loads(outcome.stdout)["id"])
     assert verify["0"]["method"] == "direct-metadata-scan"
     assert sorted(stored.entries) == [b".", b"data", b"data/a.bin", b"data/b.bin",
                                       b"note.txt"]
