@@ -307,6 +307,11 @@ def copy_volume(
     The source helper mounts the volume read-only, so the copy cannot change the source.
     Every archive member is checked by an ArchiveGuard before the target unpacks it.
     `sha256` also stores each file's SHA-256 in the manifest (see ddmsyncer.hostverify).
+
+    NOTE: the manifest, and so verify, covers only what the engine's archive contains. Docker
+    20.10 leaves out entries whose path is longer than about 4,000 bytes without an error, and
+    this path has no other view of the source to notice (see "What it does not guarantee" in
+    docs/concepts.md).
     """
     from ddm.archive_guard import ArchiveGuard
     from ddmdriver.relay import archive_root, relay_archive
