@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING
 
 from ddm.errors import (
     DDMError,
-    UsageError,
     InsufficientSpace,
+    MigrationFailed,
     TargetExists,
+    UsageError,
     VerificationFailed,
     VolumeNotFound,
 )
@@ -26,6 +27,7 @@ from ddm.manifest import Manifest, ManifestBuilder, compare_manifests, display_p
 from ddm.task import TaskItem, VerifyMode
 
 if TYPE_CHECKING:
+    from ddm.tarstream import TarEntry
     from ddmdriver.engine import VolumeInfo
 
 log = logging.getLogger(__name__)
@@ -33,6 +35,12 @@ log = logging.getLogger(__name__)
 HELPER_MOUNT = "/v"
 ARCHIVE_PREFIX = b"v/"
 TASK_LABEL = "ddm.task"
+
+# Linux's PATH_MAX (with the terminating NUL) and NAME_MAX, in bytes. The engine's archive
+# leaves out, without an error, every entry whose path in the helper container does not fit
+# in PATH_MAX (seen with Docker 20.10: a path of 4,269 bytes was missing, one of 4,018 kept).
+PATH_MAX = 4096
+NAME_MAX = 255
 
 QUICK_ASPECTS = ("presence", "type", "mode", "owner", "size", "link", "device", "mtime")
 FULL_ASPECTS = (*QUICK_ASPECTS, "content")
@@ -292,6 +300,45 @@ def create_target_volume(target, item: TaskItem, check: VolumeCheck) -> None:
     )
 
 
+class DeepDirectories:
+    """Directory members of an engine archive so deep that the engine may have left out entries.
+
+    A child with a name of NAME_MAX bytes of such a directory would not fit in PATH_MAX, so the
+    archive would lack it, and the copy's manifest and verify could not tell. Real volumes
+    rarely come close, so a copy that meets one fails rather than risk a silent loss.
+    """
+
+    def __init__(self) -> None:
+        self.first: bytes | None = None
+        self.count = 0
+
+    def check(self, entry: TarEntry) -> None:
+        if entry.type != "dir":
+            return
+        path = entry.path.rstrip(b"/")
+        # "/" + the member path + "/" + the child's name, and the NUL, must fit in PATH_MAX.
+        if 1 + len(path) + 1 + NAME_MAX + 1 > PATH_MAX:
+            self.count += 1
+            if self.first is None:
+                self.first = path
+
+    def raise_if_found(self, volume: str) -> None:
+        """Raise MigrationFailed when a directory was too deep to trust the archive below it."""
+        if self.first is None:
+            return
+        shown = display_path(self.first)
+        if len(shown) > 100:
+            shown = f"{shown[:50]}...{shown[-40:]}"
+        raise MigrationFailed(
+            f"volume {volume!r} has {self.count} directories whose paths are within {NAME_MAX} "
+            f"bytes of the {PATH_MAX}-byte limit of the Engine API archive, which leaves out "
+            f"longer paths without an error, so entries below them may be missing (first: "
+            f"{shown}, {len(self.first)} bytes)",
+            hint="copy the volume on the host data path (--data-path host), which rejects "
+            "paths it cannot copy, or shorten those paths",
+        )
+
+
 def copy_volume(
     source,
     target,
@@ -308,10 +355,9 @@ def copy_volume(
     Every archive member is checked by an ArchiveGuard before the target unpacks it.
     `sha256` also stores each file's SHA-256 in the manifest (see ddmsyncer.hostverify).
 
-    NOTE: the manifest, and so verify, covers only what the engine's archive contains. Docker
-    20.10 leaves out entries whose path is longer than about 4,000 bytes without an error, and
-    this path has no other view of the source to notice (see "What it does not guarantee" in
-    docs/concepts.md).
+    The manifest, and so verify, covers only what the engine's archive contains. The engine
+    leaves out paths longer than PATH_MAX without an error, so a copy with a directory that
+    deep fails (DeepDirectories).
     """
     from ddm.archive_guard import ArchiveGuard
     from ddmdriver.relay import archive_root, relay_archive
@@ -322,8 +368,14 @@ def copy_volume(
     # The builder parses the stream once for the manifest and the guard's checks, so the
     # relay gets no guard of its own.
     guard = ArchiveGuard(archive_root(HELPER_MOUNT), description=f"volume {item.source!r}")
+    deep = DeepDirectories()
+
+    def check_member(entry: TarEntry) -> None:
+        guard.check(entry)
+        deep.check(entry)
+
     builder = ManifestBuilder(hash_content=hash_content, strip_prefix=ARCHIVE_PREFIX,
-                              sha256=sha256, member_check=guard.check)
+                              sha256=sha256, member_check=check_member)
 
     def observe(chunk: memoryview) -> None:
         builder.feed(chunk)
@@ -335,6 +387,7 @@ def copy_volume(
         observers=[observe],
     )
     manifest = builder.close()
+    deep.raise_if_found(item.source)
     log.info(
         "copied volume %s to %s: %d bytes in %.1f s",
         item.source, item.target, result.bytes, time.monotonic() - started,

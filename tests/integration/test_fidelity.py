@@ -331,3 +331,55 @@ def test_verify_reports_changed_aspect(lab: Lab, h1: LabHost, h2: LabHost, resou
     else:
         assert verify.status == 0, verify.stdout
         assert "not checked" in verify.stdout
+
+
+def make_deep_directories(root: Path, levels: int) -> None:
+    """Nest `levels` directories of 250-byte names under `root`, with a file in the deepest."""
+    descriptor = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(levels):
+            os.mkdir(b"L" * 250, dir_fd=descriptor)
+            inner = os.open(b"L" * 250, os.O_RDONLY | os.O_DIRECTORY, dir_fd=descriptor)
+            os.close(descriptor)
+            descriptor = inner
+        file_descriptor = os.open(b"deepest", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=descriptor)
+        os.write(file_descriptor, b"deepest\n")
+        os.close(file_descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def deep_listing(root: Path) -> list[tuple[bytes, bytes]]:
+    """Return (relative path, content or b"dir") of every entry, walked by directory descriptors."""
+    listing = []
+    for directory, dirnames, filenames, descriptor in os.fwalk(bytes(root)):
+        relative = os.path.relpath(directory, bytes(root))
+        listing += [(os.path.join(relative, name), b"dir") for name in dirnames]
+        for name in filenames:
+            file_descriptor = os.open(name, os.O_RDONLY, dir_fd=descriptor)
+            with os.fdopen(file_descriptor, "rb") as stream:
+                listing.append((os.path.join(relative, name), stream.read()))
+    return sorted(listing)
+
+
+def test_engine_path_rejects_paths_near_path_max(lab: Lab, h1: LabHost, h2: LabHost,
+                                                  resources: LabResources,
+                                                  tmp_path: Path) -> None:
+    # Docker's archive leaves out paths longer than PATH_MAX without an error, so a copy
+    # with directories that deep must fail instead of verifying what arrived.
+    volume = resources.create_volume(h1)
+    make_deep_directories(h1.volume_host_path(volume), 17)
+    source_before = deep_listing(h1.volume_host_path(volume))
+    assert len(source_before) == 18
+    target = unique_name("deep")
+    resources.add_volume(h2, target)
+
+    result = run_command(lab, tmp_path, "ddmctl", "migrate", "--from", "h1", "--to", "h2",
+                         "--volume", f"{volume}:{target}", "--data-path", "engine", "--yes")
+
+    assert result.status == 1, result.stderr
+    assert "directories whose paths are within 255 bytes of the 4096-byte limit" in result.stderr
+    assert target not in h2.docker("volume", "ls", "-q").stdout.split()
+    assert not any(name.startswith("ddm-staging-")
+                   for name in h2.docker("volume", "ls", "-q").stdout.split())
+    assert deep_listing(h1.volume_host_path(volume)) == source_before
