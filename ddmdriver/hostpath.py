@@ -633,6 +633,18 @@ def _tail(stderr: bytes) -> str:
     return _tail_or_empty(stderr) or "no error output"
 
 
+# The longest stderr line an error message quotes whole; tar names paths of up to several KiB.
+MAX_QUOTED_LINE_CHARS = 300
+
+
 def _tail_or_empty(stderr: bytes) -> str:
     lines = stderr.decode("utf-8", "replace").strip().splitlines()
-    return " / ".join(lines[-3:])
+    return " / ".join(shorten_line(line) for line in lines[-3:])
+
+
+def shorten_line(line: str, limit: int = MAX_QUOTED_LINE_CHARS) -> str:
+    """Return `line`, or its start and end around " ... " when it is longer than `limit`."""
+    if len(line) <= limit:
+        return line
+    head = limit * 2 // 3
+    return f"{line[:head]} ... {line[-(limit - head - 5):]}"

@@ -350,3 +350,18 @@ def test_send_on_closed_connection_message() -> None:
     message = str(raised.value)
     assert message == ("sending to tar on target h2:/v failed after 319168512 bytes: "
                        "the SSH connection was closed")
+
+
+def test_long_tar_error_lines_are_shortened() -> None:
+    deep = "/".join(["L" * 250] * 20)
+    stderr = (f"tar: ./{deep}/f: Cannot open: File name too long\n"
+              "tar: Exiting with failure status due to previous errors\n").encode()
+
+    text = hostpath._tail_or_empty(stderr)
+
+    first, second = text.split(" / ")
+    assert len(first) == hostpath.MAX_QUOTED_LINE_CHARS
+    assert first.startswith("tar: ./LLL")
+    assert first.endswith("/f: Cannot open: File name too long")
+    assert " ... " in first
+    assert second == "tar: Exiting with failure status due to previous errors"
