@@ -104,7 +104,9 @@ class FullTaskRunner(TaskRunner):
 
         if any(self.extra().get("created", {}).values()):
             self.record("info", "restart", "undoing the earlier, interrupted run first")
-            self.rollback_objects()
+            # No host is connected yet, and the earlier run's helper containers still mount
+            # the volumes it created, so its helpers are removed on both hosts first.
+            self.rollback_objects(every_host=True)
 
         self._manifests_by_name: dict[str, Manifest] = {}
         self._warm_updates: dict[str, Any] = {}

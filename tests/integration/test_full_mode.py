@@ -22,6 +22,7 @@ from ddm import api
 from ddm.config import load_config
 from ddm.container_config import compare_projections, projection
 from ddm.errors import MigrationFailed
+from ddm.task import TaskState
 from ddmctl.cli import cli
 from ddmctl.common import run_main
 from ddmdriver.engine import open_engine
@@ -380,3 +381,36 @@ def test_target_down_at_prepare_fails(lab: Lab, project: Project,
     assert task.state.value == "failed"
     assert "h2" in task.error["message"]
     assert is_running(h1, project.db)
+
+
+def test_resume_after_killed_copy_removes_helpers(lab: Lab, project: Project,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    # A run killed during a volume's copy leaves the created volume and DDM's helper
+    # containers that mount it. The first run below stops there without a rollback, as a
+    # killed one does; the resumed run must undo it before it copies again.
+    h1, h2 = lab.host("h1"), lab.host("h2")
+    from ddmdriver import relay
+    from ddmsyncer import containers as full
+
+    def killed_relay(*args: Any, **options: Any) -> Any:
+        raise MigrationFailed("injected end of the killed run")
+
+    monkeypatch.setattr(relay, "relay_archive", killed_relay)
+    monkeypatch.setattr(full.FullTaskRunner, "rollback", lambda self, every_host=False: None)
+    config, store = load_config(), api.open_store()
+    task = api.create_full_task(store, config, source="h1", target="h2",
+                                project=project.name,
+                                map_path=[f"{project.bind_source}={project.bind_target}"])
+    with pytest.raises(MigrationFailed, match="injected end"):
+        api.run_task(config, store, task.id)
+    helpers = h2.docker("ps", "-aq", "--filter", f"label=ddm.task={task.id}").stdout.split()
+    assert helpers, "the killed run left no helper container on h2"
+    store.update_task(task.id, state=TaskState.INTERRUPTED)
+    monkeypatch.undo()
+
+    resumed = api.resume_task(config, store, task.id)
+
+    assert resumed.state is TaskState.SUCCEEDED
+    assert is_running(h2, project.web)
+    assert h2.docker("exec", project.web, "cat", "/data/volume.txt").stdout == "data\n"
+    assert h2.docker("ps", "-aq", "--filter", f"label=ddm.task={task.id}").stdout.split() == []
