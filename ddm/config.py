@@ -419,7 +419,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         if context:
             # For example "while scanning a quoted scalar, found unexpected end of stream".
             problem = f"{context}, {problem}"
-        raise ConfigError(f"invalid YAML in config file {path}{where}: {problem}") from None
+        raise ConfigError(f"invalid YAML in config file {path}{where}: {problem}",
+                          hint="fix the file there, or write a new one with 'ddminit'") from None
     except RecursionError:
         raise ConfigError(f"invalid YAML in config file {path}: nested too deeply") from None
     except (ValueError, TypeError, AttributeError, OverflowError):

@@ -100,6 +100,10 @@ def parse_volume_mapping(value: str) -> tuple[str, str]:
     if ":" in target:
         raise UsageError(f"invalid volume mapping {value!r}: more than one ':'",
                          hint="write SRC to keep the name, or SRC:DST to rename the volume")
+    if not source or not target:
+        raise UsageError(f"invalid volume mapping {value!r}: missing "
+                         f"{'source' if not source else 'target'} volume name",
+                         hint="write SRC to keep the name, or SRC:DST to rename the volume")
     validate_docker_name(source)
     validate_docker_name(target)
     return source, target

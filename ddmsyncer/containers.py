@@ -721,8 +721,10 @@ def read_task_log(runner: TaskRunner, container: str) -> bytes:
     if not volume:
         raise UsageError(f"task {runner.task.id} archived no logs",
                          hint="logs are archived in the migrate phase of a full-mode task")
-    if container not in (extra.get("source_containers") or []):
-        raise UsageError(f"container {container!r} is not part of task {runner.task.id}")
+    names = extra.get("source_containers") or []
+    if container not in names:
+        raise UsageError(f"container {container!r} is not part of task {runner.task.id}",
+                         hint=f"name one of its containers: {', '.join(names) or 'none'}")
     unfinished = (TaskState.FAILED, TaskState.CANCELLED, TaskState.ROLLED_BACK)
     if runner.task.state in unfinished:
         # The rollback of a failed or cancelled task removes the logs volume with everything

@@ -293,7 +293,9 @@ def _plan_images(source: Any, target: Any, plan: FullPlan) -> None:
                 plan.conflict(
                     "image", tag, TargetExists,
                     f"image tag {tag!r} on host {target.host.name!r} points at "
-                    f"{existing['Id'][:19]}, not at {image_plan.id[:19]}")
+                    f"{existing['Id'][:19]}, not at {image_plan.id[:19]}; remove that tag on "
+                    f"{target.host.name!r} ('docker image rm {tag}'), or tag the image there "
+                    "under another name first")
 
         reference = normalise_reference(container.image_reference)
         if "@" in reference:

@@ -290,6 +290,21 @@ def test_conflicting_name_refused(lab: Lab, project: Project,
         assert is_running(h1, name)
 
 
+def test_taken_image_tag_names_remedy(lab: Lab, project: Project,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    h2 = lab.host("h2")
+    h2.docker("tag", BUSYBOX_IMAGE, project.image)
+
+    status = migrate("--mode", "full", "--project", project.name, "--map-path",
+                     f"{project.bind_source}={project.bind_target}", "--dry-run", "--json")
+    plan = json.loads(capsys.readouterr().out)
+
+    assert status == 1
+    [conflict] = [entry for entry in plan["conflicts"] if entry["kind"] == "image"]
+    assert conflict["object"] == project.image
+    assert f"remove that tag on 'h2' ('docker image rm {project.image}')" in conflict["message"]
+
+
 def test_present_image_not_sent(lab: Lab, project: Project,
                                 capsys: pytest.CaptureFixture[str]) -> None:
     h1, h2 = lab.host("h1"), lab.host("h2")

@@ -193,7 +193,10 @@ VALIDATION_ERRORS = [
     ("ddmctl", ["migrate", "--from", "a", "--to", "b", "--volume", "ab\n", "--yes"],
      "invalid volume name 'ab\\n'"),
     ("ddmctl", ["migrate", "--from", "a", "--to", "b", "--volume", "v1:", "--yes"],
-     "missing volume name"),
+     "invalid volume mapping 'v1:': missing target volume name; write SRC to keep the name, "
+     "or SRC:DST to rename the volume"),
+    ("ddmctl", ["migrate", "--from", "a", "--to", "b", "--volume", ":t1", "--yes"],
+     "invalid volume mapping ':t1': missing source volume name"),
     ("ddmctl", ["migrate", "--from", "a", "--to", "b", "--volume", "vol2:bb:cc", "--yes"],
      "invalid volume mapping 'vol2:bb:cc': more than one ':'; write SRC to keep the name, "
      "or SRC:DST to rename the volume"),

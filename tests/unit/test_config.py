@@ -651,3 +651,10 @@ def test_parse_host_url_names_host() -> None:
 
     assert "'h1'" in str(caught.value)
     assert "'ftp'" in str(caught.value)
+
+
+def test_invalid_yaml_names_next_step(home: Path, environ: dict[str, str]) -> None:
+    error = rejection(home, environ, "hosts: [\n")
+
+    assert "invalid YAML" in str(error)
+    assert error.hint == "fix the file there, or write a new one with 'ddminit'"

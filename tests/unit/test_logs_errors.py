@@ -41,3 +41,20 @@ def test_container_log_of_failed_full_task(environ: dict[str, str]) -> None:
     assert "task decafbadf00d is failed, so its container logs are not archived" in outcome.stderr
     assert "read it with 'docker logs web' on local" in outcome.stderr
     assert "not found" not in outcome.stderr
+
+
+def test_container_log_of_unknown_container(environ: dict[str, str]) -> None:
+    store = TaskStore(default_store_path(environ))
+    try:
+        spec = TaskSpec(source_host="local", target_host="local", volumes=(), mode=Mode.FULL)
+        task = store.create_task(Task(id="decafbadf00e", spec=spec))
+        store.set_extra(task.id, logs_volume="ddm-logs-decafbadf00e",
+                        source_containers=["web", "db"])
+    finally:
+        store.close()
+
+    outcome = invoke("ddmctl", ["logs", task.id, "--container", "shop-db"], environ)
+
+    assert outcome.status == 2
+    assert "container 'shop-db' is not part of task decafbadf00e" in outcome.stderr
+    assert "name one of its containers: web, db" in outcome.stderr
