@@ -77,6 +77,9 @@ def build_plan(config: Config, spec: TaskSpec, *, probe_bytes: int = DEFAULT_PRO
                                                            rerun.ALREADY_MIGRATED_ACTION):
                 _plan_data_path(source, target, item, spec, probes, entry, plan["conflicts"],
                                 measured)
+            elif entry.get("action") == INCREMENTAL_ACTION:
+                # An update reads the source like a full copy, so running writers conflict too.
+                _plan_writers(source, item, spec, entry, plan["conflicts"])
             plan["objects"].append(entry)
 
         plan["bytes_total"] = sum(_bytes_to_copy(entry) for entry in plan["objects"])
@@ -264,6 +267,12 @@ def _plan_data_path(source: Any, target: Any, item: TaskItem, spec: TaskSpec, pr
     except DDMError as error:
         conflicts.append(_conflict(entry, error))
 
+    _plan_writers(source, item, spec, entry, conflicts)
+
+
+def _plan_writers(source: Any, item: TaskItem, spec: TaskSpec, entry: dict[str, Any],
+                  conflicts: list[dict[str, Any]]) -> None:
+    """Add the source volume's running writers, and a conflict when the task would reject them."""
     found = writers.running_writers(source, item.source)
     entry["running_writers"] = [writer.name for writer in found]
     policy = writers.WriterPolicy.from_options(spec.options)

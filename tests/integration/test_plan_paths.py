@@ -89,3 +89,19 @@ def test_plan_missing_source_has_no_path(lab: Lab, tmp_path: Path) -> None:
     assert status == 1
     assert plan["objects"][0]["data_path"] is None
     assert plan["conflicts"][0]["error"] == "VolumeNotFound"
+
+
+def test_plan_incremental_shows_running_writer(lab: Lab, h1: LabHost, h2: LabHost,
+                                               resources: LabResources, tmp_path: Path) -> None:
+    volume = copied_and_changed(lab, h1, h2, resources, tmp_path)
+    resources.create_container(h1, volumes={volume.split(":")[0]: "/data"}, start=True,
+                               name=unique_name("writer"))
+
+    status, plan, _ = plan_json(lab, tmp_path, volume, "--incremental")
+
+    assert status == 1
+    entry = plan["objects"][0]
+    assert entry["action"] == "incremental"
+    assert len(entry["running_writers"]) == 1
+    [conflict] = plan["conflicts"]
+    assert "is used by running containers" in conflict["message"]
