@@ -100,6 +100,7 @@ def status(context: CommandContext, task_id: str, show_events: bool, watch: bool
             data["downtime_seconds"] = data["full"].get("downtime_seconds")
             data["image_bytes_sent"] = data["full"].get("image_bytes_sent")
         data["already_migrated"] = store.get_extra(task.id).get("already_migrated")
+        data["stopped_source_containers"] = stopped_source_containers(store, task)
         # Per volume position: what an incremental update sent, removed and hashed.
         data["incremental"] = store.get_extra(task.id).get("incremental") or {}
         if task.spec.mode.value != "full":
@@ -131,6 +132,11 @@ def status(context: CommandContext, task_id: str, show_events: bool, watch: bool
         context.echo(f"{transfer['kind']:<9} {transfer['name']}  {transfer['state']}  "
                      f"{format_bytes(transfer['bytes_done'])} / "
                      f"{format_bytes(transfer['bytes_total'])}")
+    stopped = stopped_source_containers(store, task)
+    if stopped:
+        restart = ("" if task.state is TaskState.RUNNING else
+                   f"; 'ddmctl resume {task.id}' or 'ddmctl rollback {task.id}' starts them again")
+        context.echo(f"stopped   {', '.join(stopped)} on {task.spec.source_host}{restart}")
     if extra.get("downtime_seconds") is not None:
         context.echo(f"downtime  {extra['downtime_seconds']:.2f} s")
     if extra.get("image_bytes_sent") is not None:
@@ -138,6 +144,27 @@ def status(context: CommandContext, task_id: str, show_events: bool, watch: bool
     for event in events:
         context.echo(f"{format_time(event['at'])}  {event['level']:<7}  {event['message']}")
     return watched_exit_status(task) if watch else int(ExitStatus.OK)
+
+
+# Phases of a full-mode task from which its running source containers are stopped.
+CUTOVER_PHASES = (Phase.MIGRATE, Phase.VERIFY, Phase.CLEANUP, Phase.ROLLBACK)
+
+
+def stopped_source_containers(store: TaskStore, task: Task) -> list[str]:
+    """Return the source containers that the task stopped and has not started again.
+
+    Volumes mode records the writers it stopped (--stop-writers, --pause) until it releases
+    them. A full-mode task stops its running source containers for the cutover; they stay
+    stopped when it succeeds (they were moved) and start again when it is rolled back, so
+    only an interrupted task in or after the cutover lists them.
+    """
+    extra = store.get_extra(task.id)
+    if task.spec.mode.value != "full":
+        recorded = extra.get("stopped_writers") or {}
+        return [container_id[:12] for container_id in recorded.get("ids") or []]
+    if task.state is TaskState.INTERRUPTED and task.phase in CUTOVER_PHASES:
+        return list(extra.get("source_running") or [])
+    return []
 
 
 def task_document(store: TaskStore, task: Task) -> dict[str, Any]:

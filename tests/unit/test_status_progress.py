@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from ddm.store import TaskStore, default_store_path
-from ddm.task import ItemState, Task, TaskItem, TaskSpec, TaskState
+from ddm.task import ItemState, Mode, Phase, Task, TaskItem, TaskSpec, TaskState
 from ddmctl.watch import watch_task
 from tests.unit.cli_support import invoke
 
@@ -133,3 +133,35 @@ def test_status_watch_exits_with_task_outcome(environ: dict[str, str]) -> None:
         assert watched.status == expected, (state, error, watched.stderr)
         assert watched_json.status == expected, (state, error, watched_json.stderr)
         assert plain.status == 0, (state, plain.stderr)
+
+
+def test_status_names_stopped_writers(environ: dict[str, str]) -> None:
+    task_id = store_task(environ, item("db", ItemState.COPYING, 0, 100),
+                         state=TaskState.INTERRUPTED)
+    store = TaskStore(default_store_path(environ))
+    try:
+        store.set_extra(task_id, stopped_writers={"action": "stop", "ids": ["a1b2c3d4e5f6" * 2]})
+    finally:
+        store.close()
+
+    text = invoke("ddmctl", ["status", task_id], environ)
+    data = json.loads(invoke("ddmctl", ["status", task_id, "--json"], environ).stdout)
+
+    assert (f"stopped   a1b2c3d4e5f6 on old; 'ddmctl resume {task_id}' or 'ddmctl rollback "
+            f"{task_id}' starts them again") in text.stdout
+    assert data["stopped_source_containers"] == ["a1b2c3d4e5f6"]
+
+
+def test_status_of_full_task_in_cutover(environ: dict[str, str]) -> None:
+    store = TaskStore(default_store_path(environ))
+    try:
+        spec = TaskSpec(source_host="old", target_host="new", volumes=(), mode=Mode.FULL)
+        task = store.create_task(Task(id="d" * 12, spec=spec))
+        store.set_extra(task.id, source_running=["web", "db"])
+        store.update_task(task.id, state=TaskState.INTERRUPTED, phase=Phase.VERIFY)
+    finally:
+        store.close()
+
+    data = json.loads(invoke("ddmctl", ["status", task.id, "--json"], environ).stdout)
+
+    assert data["stopped_source_containers"] == ["web", "db"]
