@@ -312,7 +312,7 @@ class FullTaskRunner(TaskRunner):
         read = image_driver.relay_image(self.source, target, names, on_chunk=progress.add,
                                         transform=layer_filter.filter)
         sent = layer_filter.sent_bytes
-        progress.finish(read)
+        progress.finish(read, sent_bytes=sent)
         self._target_chains.update(layer_filter.chains)
         self.add_sent_bytes("image", sent)
         self._record_image(image, sent, read_bytes=read,
@@ -662,8 +662,14 @@ class TransferProgress:
                                       bytes_done=self.done, bytes_total=self.bytes_total))
             self.runner.check_control()
 
-    def finish(self, byte_count: int) -> None:
+    def finish(self, byte_count: int, *, sent_bytes: int | None = None) -> None:
+        """Store the transfer as sent; `sent_bytes` is what reached the target, when it differs.
+
+        An image's layers that the target already has are read but left out of what is sent.
+        """
         self.record.update(bytes_done=byte_count, state="sent", finished_at=time.time())
+        if sent_bytes is not None:
+            self.record["bytes_sent"] = sent_bytes
         self._store()
         self.runner.emit(ItemFinished(self.runner.task.id, position=self.position,
                                       state="copied", bytes_done=byte_count))

@@ -129,9 +129,12 @@ def status(context: CommandContext, task_id: str, show_events: bool, watch: bool
     for container in (extra.get("plan") or {}).get("containers") or []:
         context.echo(f"container {container['name']}  image {container['image']}")
     for transfer in extra.get("transfers") or []:
+        # An image's layers that the target has are read but not sent (see "images").
+        sent = ("" if transfer.get("bytes_sent") is None else
+                f" read, {format_bytes(transfer['bytes_sent'])} sent to the target")
         context.echo(f"{transfer['kind']:<9} {transfer['name']}  {transfer['state']}  "
                      f"{format_bytes(transfer['bytes_done'])} / "
-                     f"{format_bytes(transfer['bytes_total'])}")
+                     f"{format_bytes(transfer['bytes_total'])}{sent}")
     stopped = stopped_source_containers(store, task)
     if stopped:
         restart = ("" if task.state is TaskState.RUNNING else

@@ -165,3 +165,20 @@ def test_status_of_full_task_in_cutover(environ: dict[str, str]) -> None:
     data = json.loads(invoke("ddmctl", ["status", task.id, "--json"], environ).stdout)
 
     assert data["stopped_source_containers"] == ["web", "db"]
+
+
+def test_status_image_row_shows_bytes_sent(environ: dict[str, str]) -> None:
+    store = TaskStore(default_store_path(environ))
+    try:
+        spec = TaskSpec(source_host="old", target_host="new", volumes=(), mode=Mode.FULL)
+        task = store.create_task(Task(id="e" * 12, spec=spec))
+        store.set_extra(task.id, transfers=[{
+            "position": 0, "kind": "image", "name": "app:1.0", "target": "app:1.0",
+            "bytes_total": 2 * 1024 * KIB, "bytes_done": 2 * 1024 * KIB, "bytes_sent": 7680,
+            "state": "sent", "started_at": 0.0, "finished_at": 1.0}])
+    finally:
+        store.close()
+
+    text = invoke("ddmctl", ["status", task.id], environ).stdout
+
+    assert "image     app:1.0  sent  2.0 MiB / 2.0 MiB read, 7.5 KiB sent to the target" in text
