@@ -421,9 +421,11 @@ def build_full_spec(
         raise UsageError(f"invalid verify mode {verify!r}", hint="use none, quick or full") from None
 
     from ddmsyncer.compression import reject_full_mode_codec
+    from ddmsyncer.datapath import reject_full_mode_data_path
 
     full_options = dict(options or {})
     reject_full_mode_codec(full_options.get("compress"))
+    reject_full_mode_data_path(full_options.get("data_path"))
     full_options.update(containers=names, project=project, map_path=mappings,
                         remove_source=remove_source)
     return TaskSpec(source_host=source, target_host=target, mode=Mode.FULL, volumes=(),

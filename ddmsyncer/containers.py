@@ -42,7 +42,8 @@ from ddmdriver import containers as driver
 from ddmdriver import imagelayers
 from ddmdriver import images as image_driver
 from ddmdriver.engine import HELPER_IMAGE, HELPER_MOUNT
-from ddmsyncer import rerun, undo, volumes, warm
+from ddmsyncer import datapath, rerun, undo, volumes, warm
+from ddmsyncer.datapath import DataPath
 from ddmsyncer.fullplan import FullPlan, build_full_plan
 from ddmsyncer.runner import PROGRESS_EVENT_SECONDS, PROGRESS_STORE_SECONDS, TaskRunner
 
@@ -358,6 +359,8 @@ class FullTaskRunner(TaskRunner):
 
     def _copy_volume(self, name: str) -> None:
         volume = next(volume for volume in self.plan.volumes if volume.name == name)
+        self.warn(f"volume {name!r} is copied through the Engine API (full mode has no host "
+                  f"data path); it loses {', '.join(datapath.loses(DataPath.ENGINE))}")
         item = TaskItem(task_id=self.task.id, position=0, source=name, target=name)
         progress = TransferProgress(self, "volume", name, volume.size_bytes)
         manifest, byte_count, _ = volumes.copy_volume(

@@ -83,6 +83,18 @@ def loses(data_path: DataPath) -> tuple[str, ...]:
     return () if data_path is DataPath.HOST else ENGINE_LOSES
 
 
+def reject_full_mode_data_path(requested: str | None) -> None:
+    """Raise UsageError for --data-path host in full mode.
+
+    Full mode (ddmsyncer/containers.py) copies every volume through the Engine API, so a
+    request for the host path would otherwise be dropped without a word.
+    """
+    if requested == DataPath.HOST.value:
+        raise UsageError("--data-path host is for volumes mode",
+                         hint="full mode copies volumes only through the Engine API; leave out "
+                         "--data-path in full mode")
+
+
 @dataclass(frozen=True)
 class Route:
     """The data path chosen for one volume, and the host access it needs."""

@@ -16,6 +16,7 @@ from ddmctl.commands.planning import route_option, show_plan, spec_from_options,
 from ddmctl.complete import complete_host
 from ddmctl.progress import choose_display, format_bytes
 from ddmsyncer.compression import reject_full_mode_codec, validate_compress
+from ddmsyncer.datapath import reject_full_mode_data_path
 
 
 @click.command(epilog=epilog("ddmctl migrate --from old --to new --volume pgdata:pgdata-2"))
@@ -61,7 +62,8 @@ from ddmsyncer.compression import reject_full_mode_codec, validate_compress
               show_default=True,
               help="How data travels: host runs GNU tar on both hosts over SSH (needs root or "
               "sudo; keeps nanosecond mtimes, xattrs, ACLs, sparse files), engine uses the "
-              "Engine API archive, auto picks host where possible.")
+              "Engine API archive, auto picks host where possible. Full mode always uses the "
+              "Engine API and rejects host.")
 @click.option("--compress", type=click.Choice(["none", "lz4", "zstd", "auto"]), default="none",
               show_default=True,
               help="Compress the host data path's stream: zstd or lz4 on both hosts, auto turns it on "
@@ -120,6 +122,7 @@ def migrate(
         if route != "relay":
             raise UsageError("--route direct is for volumes mode", hint="leave out --route in full mode")
         reject_full_mode_codec(compress)
+        reject_full_mode_data_path(data_path)
         if volumes or force:
             raise UsageError("--volume and --force belong to volumes mode",
                              hint="full mode moves the volumes of the given containers")

@@ -8,6 +8,7 @@ mounts to a new path with --map-path; the same path is refused as a conflict.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import uuid
@@ -429,3 +430,40 @@ def test_resume_after_killed_copy_removes_helpers(lab: Lab, project: Project,
     assert is_running(h2, project.web)
     assert h2.docker("exec", project.web, "cat", "/data/volume.txt").stdout == "data\n"
     assert h2.docker("ps", "-aq", "--filter", f"label=ddm.task={task.id}").stdout.split() == []
+
+
+def test_volume_copy_warns_of_lost_aspects(lab: Lab, project: Project,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    # Full mode copies volumes through the Engine API, which drops every xattr but
+    # security.capability. The operator must read that before the copy, not find it later.
+    h1, h2 = lab.host("h1"), lab.host("h2")
+    source_file = Path(h1.volume_host_path(project.volume)) / "volume.txt"
+    os.setxattr(source_file, "user.comment", b"dropped by the Engine API")
+
+    status = migrate("--mode", "full", "--project", project.name, "--map-path",
+                     f"{project.bind_source}={project.bind_target}")
+    error = capsys.readouterr().err
+    assert status == 0, error
+
+    warnings = [line for line in error.splitlines()
+                if f"volume {project.volume!r} is copied through the Engine API" in line]
+    assert len(warnings) == 1, error
+    for aspect in ("sub-second mtimes", "xattrs other than security.capability", "POSIX ACLs",
+                   "sparseness"):
+        assert aspect in warnings[0]
+
+    # The warning is true: the target file has the content but not the xattr.
+    target_file = Path(h2.volume_host_path(project.volume)) / "volume.txt"
+    assert target_file.read_text() == "data\n"
+    assert "user.comment" not in os.listxattr(target_file)
+    assert os.getxattr(source_file, "user.comment") == b"dropped by the Engine API"
+
+    # The warning comes before the volume's transfer starts.
+    events = api.open_store().get_events(only_task_id())
+    warning_ids = [event["id"] for event in events if event["level"] == "warning"
+                   and f"volume {project.volume!r} is copied" in event["message"]]
+    transfer_ids = [event["id"] for event in events if event["kind"] == "transfer_started"
+                    and (event["data"] or {}).get("object") == project.volume]
+    assert len(warning_ids) == 1
+    assert len(transfer_ids) == 1
+    assert warning_ids[0] < transfer_ids[0]

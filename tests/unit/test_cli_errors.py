@@ -513,6 +513,26 @@ def test_full_spec_rejects_explicit_codec(configured: dict[str, str]) -> None:
                             containers=["web2"], options={"compress": "zstd"})
 
 
+def test_full_mode_rejects_host_data_path(home: Path, configured: dict[str, str]) -> None:
+    # Full mode copies volumes only through the Engine API, so --data-path host must not be
+    # dropped without a word.
+    before = snapshot_tree(home)
+
+    outcome = invoke("ddmctl", ["migrate", "--from", "a", "--to", "b", "--mode", "full",
+                                "--container", "web2", "--data-path", "host", "--yes"], configured)
+
+    line = error_line(outcome, "ddmctl")
+    assert "--data-path host is for volumes mode" in line
+    assert "leave out --data-path in full mode" in line
+    assert snapshot_tree(home) == before
+
+
+def test_full_spec_rejects_host_data_path(configured: dict[str, str]) -> None:
+    with pytest.raises(UsageError, match="--data-path host is for volumes mode"):
+        api.build_full_spec(load_config(None, configured), source="a", target="b",
+                            containers=["web2"], options={"data_path": "host"})
+
+
 def test_rejected_resume_prints_nothing(environ: dict[str, str]) -> None:
     config = load_config(None, environ)
     store = TaskStore(default_store_path(environ))
