@@ -392,6 +392,11 @@ class TaskRunner:
 
         # NOTE: an incremental update needs room for changed files only; it is not checked,
         # and its volume is not measured (see _check_volume).
+        for item in pending:
+            if item.position not in self._incremental:
+                check = checks[item.position]
+                check.size_bytes = volumes.size_on_route(self.source, self.staged.route(item),
+                                                         check.size_bytes)
         full_copies = [check for position, check in checks.items()
                        if position not in self._incremental]
         needed = sum(check.size_bytes or 0 for check in full_copies)
