@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from tests.integration.test_migrate_volumes import run_command, volumes_on
+from tests.lab.resources import unique_name
 from tests.lab.tree import snapshot_volume_tree, write_volume_tree
 
 MIB = 1 << 20
@@ -52,3 +53,27 @@ def test_sparse_file_needs_allocated_space(h1, h2, isolated_env, resources, monk
     assert target_digest == source_digest
     assert target_size == source_size
     assert target_allocated < MIB
+
+
+def test_force_rejects_target_used_by_container(h1, h2, isolated_env, resources):
+    volume = resources.create_volume(h1)
+    resources.create_volume(h2, volume)
+    write_volume_tree(h1, volume, {"new.txt": "from the source\n"})
+    write_volume_tree(h2, volume, {"old.txt": "already on the target\n"})
+    # A created container that never ran uses the volume as much as a running one.
+    user = unique_name("user")
+    resources.create_container(h2, volumes={volume: "/data"}, name=user)
+    target_before = snapshot_volume_tree(h2, volume)
+    volumes_before = volumes_on(h2)
+
+    outcome = run_command("ddmctl", "migrate", "--from", "h1", "--to", "h2", "--volume", volume,
+                          "--force", "--yes")
+
+    assert outcome.status == 1
+    (line,) = [line for line in outcome.stderr.splitlines() if line.startswith("ddmctl: error: ")]
+    assert f"cannot replace volume {volume!r} on host 'h2' (--force)" in line
+    assert user in line
+    assert "remove those containers" in line
+    assert volumes_on(h2) == volumes_before
+    assert not [name for name in volumes_on(h2) if name.startswith("ddm-staging-")]
+    assert snapshot_volume_tree(h2, volume) == target_before
