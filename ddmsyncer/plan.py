@@ -256,6 +256,7 @@ def _plan_data_path(source: Any, target: Any, item: TaskItem, spec: TaskSpec, pr
                   else list(datapath.verify_aspects(route.data_path, deep=deep))),
         not_verified=list(datapath.not_checked(route.data_path, deep=True)),
     )
+    entry["size_bytes"] = volumes.size_on_route(source, route, entry.get("size_bytes"))
     if spec.options.get("route") == "direct":
         entry.update(route="direct", **direct.plan_aspects(spec.verify))
     entry["verify_method"] = _verify_method(target, route, source_volume, spec, measured)

@@ -1,4 +1,4 @@
-"""Reject a --force replacement of a target volume whose directory contains a mount point.
+"""Reject a --force replacement of a target volume that containers use or that contains a mount.
 
 Promote removes the existing target volume through the Engine API before it creates the new
 one. The volume's data directory may be a mount of its own, such as a disk mounted onto
@@ -16,6 +16,9 @@ from typing import Any
 
 from ddm.errors import MigrationFailed, TargetExists
 from ddm.task import TaskItem
+
+# Containers named in an error line; the rest are counted.
+MAX_NAMED_CONTAINERS = 5
 
 # Print the mount points of the shell's mount namespace that are the directory $1 or lie
 # below it. $1 and the output are escaped as /proc/self/mountinfo escapes them.
@@ -80,4 +83,42 @@ def reject_mounted_target(runner: Any, item: TaskItem) -> None:
         f"files on it and then fail; the volume is unchanged",
         hint=f"choose another target name with --volume {item.source}:NEW_NAME, or unmount "
         f"{mounts[0]} (its files stay on that file system) and run the migration again",
+    )
+
+
+def containers_using(engine: Any, volume: str) -> list[str]:
+    """Return the names of the containers on `engine`, running or not, that mount `volume`."""
+    found = engine.api.containers(all=True, filters={"volume": volume})
+    names = []
+    for container in found:
+        # The engine's volume filter also matches a mount's destination path, so the mounts
+        # are checked by name.
+        if not any(mount.get("Type") == "volume" and mount.get("Name") == volume
+                   for mount in container.get("Mounts") or []):
+            continue
+        listed = container.get("Names") or [container["Id"][:12]]
+        names.append(listed[0].lstrip("/"))
+    return sorted(names)
+
+
+def reject_used_target(runner: Any, item: TaskItem) -> None:
+    """Raise TargetExists when containers on the target mount the existing volume that --force replaces.
+
+    Docker rejects the removal of a volume that any container uses, running or not, and
+    promote would meet that only after the copy and verify.
+    """
+    target = runner.target
+    names = containers_using(target, item.target)
+    if not names:
+        return
+    shown = ", ".join(names[:MAX_NAMED_CONTAINERS])
+    if len(names) > MAX_NAMED_CONTAINERS:
+        shown += f" and {len(names) - MAX_NAMED_CONTAINERS} more"
+    raise TargetExists(
+        f"cannot replace volume {item.target!r} on host {target.host.name!r} (--force): "
+        f"it is used by containers {shown}, and Docker cannot remove a volume in use; "
+        f"nothing was copied",
+        hint=f"remove those containers on {target.host.name} (stop running ones first), or "
+        f"choose another target name with --volume {item.source}:NEW_NAME, then run the "
+        f"migration again",
     )

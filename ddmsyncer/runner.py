@@ -392,6 +392,11 @@ class TaskRunner:
 
         # NOTE: an incremental update needs room for changed files only; it is not checked,
         # and its volume is not measured (see _check_volume).
+        for item in pending:
+            if item.position not in self._incremental:
+                check = checks[item.position]
+                check.size_bytes = volumes.size_on_route(self.source, self.staged.route(item),
+                                                         check.size_bytes)
         full_copies = [check for position, check in checks.items()
                        if position not in self._incremental]
         needed = sum(check.size_bytes or 0 for check in full_copies)
@@ -402,6 +407,7 @@ class TaskRunner:
         for item in self.pending_items():
             replaced = item.position not in self._incremental and not item.target_created
             if checks[item.position].target_exists and self.task.spec.force and replaced:
+                replacecheck.reject_used_target(self, item)
                 replacecheck.reject_mounted_target(self, item)
                 self.warn(f"volume {item.target!r} exists on {self.task.spec.target_host} and "
                           "will be replaced (--force); rollback cannot restore its old content")

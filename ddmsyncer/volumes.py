@@ -25,6 +25,7 @@ from ddm.errors import (
 )
 from ddm.manifest import Manifest, ManifestBuilder, compare_manifests, display_path
 from ddm.task import TaskItem, VerifyMode
+from ddmsyncer.datapath import DataPath, Route
 
 if TYPE_CHECKING:
     from ddm.tarstream import TarEntry
@@ -178,6 +179,38 @@ def volume_size(engine, name: str) -> int | None:
             size = (volume.get("UsageData") or {}).get("Size")
             return size if isinstance(size, int) and size >= 0 else None
     return None
+
+
+def allocated_size(engine, access, directory: str) -> int | None:
+    """Return the bytes allocated below a host directory, from `du -s -k`, or None when unknown.
+
+    GNU tar's --sparse on the host data path sends only a sparse file's data, so the target
+    needs the allocated size there. The engine's disk usage report counts apparent sizes.
+    """
+    try:
+        result = engine.exec_command(access.argv("du", "-s", "-k", "--", directory))
+    except Exception as error:  # noqa: BLE001 - the caller keeps the apparent size
+        log.info("du of %s on host %s failed: %s", directory, engine.host.name, error)
+        return None
+    first = result.stdout.split(maxsplit=1)[:1]
+    if result.exit_status != 0 or not first or not first[0].isdigit():
+        log.info("du of %s on host %s failed: exit status %s", directory, engine.host.name,
+                 result.exit_status)
+        return None
+    return int(first[0]) * 1024
+
+
+def size_on_route(source, route: Route, apparent_bytes: int | None) -> int | None:
+    """Return the bytes that a copy on `route` needs on the target, for checks and estimates.
+
+    The host data path keeps holes, so it needs the allocated size, read with `du` on the
+    source host. The Engine API path writes holes as zeros, so it needs the apparent size. The
+    apparent size is kept when it is unknown or when `du` fails.
+    """
+    if apparent_bytes is None or route.data_path is not DataPath.HOST or route.source_access is None:
+        return apparent_bytes
+    allocated = allocated_size(source, route.source_access, route.source_directory)
+    return apparent_bytes if allocated is None else allocated
 
 
 class VolumeSizes:

@@ -1,0 +1,79 @@
+"""Checks of the prepare phase that depend on the data path or on the target's containers."""
+
+from __future__ import annotations
+
+import json
+
+from tests.integration.test_migrate_volumes import run_command, volumes_on
+from tests.lab.resources import unique_name
+from tests.lab.tree import snapshot_volume_tree, write_volume_tree
+
+MIB = 1 << 20
+
+
+def file_facts(host, path: str) -> tuple[str, int, int]:
+    """Return the SHA-256, apparent size and allocated bytes of a file on a lab host."""
+    digest = host.run(["sha256sum", "--", path]).stdout.split()[0]
+    size, blocks = host.run(["stat", "--format=%s %b", "--", path]).stdout.split()
+    return digest, int(size), int(blocks) * 512
+
+
+def test_sparse_file_needs_allocated_space(h1, h2, isolated_env, resources, monkeypatch):
+    from ddmsyncer import volumes as volume_steps
+
+    volume = resources.create_volume(h1)
+    resources.add_volume(h2, volume)
+    path = f"{h1.volume_mountpoint(volume)}/sparse.img"
+    # 256 MiB apparent, with 4 KiB of data at 100 MiB and the rest holes.
+    h1.run(["sh", "-c", 'printf "data in a sparse file" | dd of="$1" bs=4096 seek=25600 '
+            'conv=notrunc,sync status=none && truncate -s 256M "$1"', "sh", path])
+    source_digest, source_size, source_allocated = file_facts(h1, path)
+    assert source_size == 256 * MIB
+    assert source_allocated < MIB
+    # The target reports 64 MiB free beyond the margin: less than the apparent size, more
+    # than the allocated size.
+    monkeypatch.setattr(volume_steps.FreeSpaceQuery, "result",
+                        lambda query: 64 * MIB + volume_steps.SPACE_MARGIN_BYTES)
+
+    planned = run_command("ddmctl", "plan", "--from", "h1", "--to", "h2", "--volume", volume,
+                          "--probe-size", "0", "--json")
+    assert planned.status == 0, planned.stderr
+    plan = json.loads(planned.stdout)
+    assert plan["objects"][0]["data_path"] == "host"
+    assert plan["objects"][0]["size_bytes"] < MIB
+    assert plan["conflicts"] == []
+
+    outcome = run_command("ddmctl", "migrate", "--from", "h1", "--to", "h2", "--volume", volume,
+                          "--data-path", "host", "--yes", "--json")
+
+    assert outcome.status == 0, outcome.stderr
+    assert json.loads(outcome.stdout)["volumes"][0]["state"] == "verified"
+    target_digest, target_size, target_allocated = file_facts(
+        h2, f"{h2.volume_mountpoint(volume)}/sparse.img")
+    assert target_digest == source_digest
+    assert target_size == source_size
+    assert target_allocated < MIB
+
+
+def test_force_rejects_target_used_by_container(h1, h2, isolated_env, resources):
+    volume = resources.create_volume(h1)
+    resources.create_volume(h2, volume)
+    write_volume_tree(h1, volume, {"new.txt": "from the source\n"})
+    write_volume_tree(h2, volume, {"old.txt": "already on the target\n"})
+    # A created container that never ran uses the volume as much as a running one.
+    user = unique_name("user")
+    resources.create_container(h2, volumes={volume: "/data"}, name=user)
+    target_before = snapshot_volume_tree(h2, volume)
+    volumes_before = volumes_on(h2)
+
+    outcome = run_command("ddmctl", "migrate", "--from", "h1", "--to", "h2", "--volume", volume,
+                          "--force", "--yes")
+
+    assert outcome.status == 1
+    (line,) = [line for line in outcome.stderr.splitlines() if line.startswith("ddmctl: error: ")]
+    assert f"cannot replace volume {volume!r} on host 'h2' (--force)" in line
+    assert user in line
+    assert "remove those containers" in line
+    assert volumes_on(h2) == volumes_before
+    assert not [name for name in volumes_on(h2) if name.startswith("ddm-staging-")]
+    assert snapshot_volume_tree(h2, volume) == target_before
