@@ -214,7 +214,16 @@ def test_diff_snapshots_reports_changes(h1: LabHost, resources: LabResources) ->
     assert diff_snapshots(before, whole_seconds) != []
 
 
+def wait_for_no_connections(host: LabHost, timeout: float = 10.0) -> None:
+    """Wait until the SSH connections that earlier tests closed have left the relay."""
+    deadline = time.monotonic() + timeout
+    while host.relay_connections() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert host.relay_connections() == [], "an SSH connection of an earlier test is still open"
+
+
 def test_cut_connections_ends_ssh_session(lab: Lab, h1: LabHost, isolated_env: IsolatedEnv) -> None:
+    wait_for_no_connections(h1)
     session = subprocess.Popen(
         lab.ssh_argv(h1, "echo started; sleep 60"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )

@@ -231,6 +231,14 @@ class LabHost:
         self._spawn_relay()
         self._wait_for_ssh(timeout)
 
+    def relay_connections(self) -> list[int]:
+        """Return the PIDs of the relay's per-connection processes: one per open SSH connection."""
+        relay = self.processes["relay"]
+        if not procs.is_running(relay):
+            return []
+        assert relay is not None
+        return [pid for pid, ppid in procs.parent_map().items() if ppid == relay.pid]
+
     def cut_connections(self) -> int:
         """Kill the relay's per-connection processes, which cuts every open SSH connection to this host.
 
