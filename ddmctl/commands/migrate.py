@@ -126,6 +126,14 @@ def migrate(
         if volumes or force:
             raise UsageError("--volume and --force belong to volumes mode",
                              hint="full mode moves the volumes of the given containers")
+        volumes_only = [name for name, given in (
+            ("--incremental", incremental), ("--parallel", parallel != 1),
+            ("--stop-writers", stop_writers), ("--pause", pause), ("--live", live)) if given]
+        if volumes_only:
+            raise UsageError(f"{', '.join(volumes_only)} {'is' if len(volumes_only) == 1 else 'are'} "
+                             "for volumes mode",
+                             hint="full mode stops the source containers itself for the "
+                             "cutover; leave these out, or add --warm to keep the downtime short")
         callbacks = api.build_callbacks(config, on_success=on_success, on_failure=on_failure,
                                         notify=notify)
         return migrate_full(context, source=source, target=target, containers=containers,

@@ -527,6 +527,27 @@ def test_full_mode_rejects_host_data_path(home: Path, configured: dict[str, str]
     assert snapshot_tree(home) == before
 
 
+@pytest.mark.parametrize("options, named", [
+    (["--incremental"], "--incremental is for volumes mode"),
+    (["--parallel", "4"], "--parallel is for volumes mode"),
+    (["--stop-writers", "--live"], "--stop-writers, --live are for volumes mode"),
+    (["--pause"], "--pause is for volumes mode"),
+])
+def test_full_mode_rejects_volumes_options(home: Path, configured: dict[str, str],
+                                           options: list[str], named: str) -> None:
+    # Full mode ignored these options without a word; the operator must learn it up front.
+    before = snapshot_tree(home)
+
+    outcome = invoke("ddmctl", ["migrate", "--from", "a", "--to", "b", "--mode", "full",
+                                "--container", "web2", *options, "--yes"], configured)
+
+    assert outcome.status == 2
+    line = error_line(outcome, "ddmctl")
+    assert named in line
+    assert "full mode stops the source containers itself" in line
+    assert snapshot_tree(home) == before
+
+
 def test_full_spec_rejects_host_data_path(configured: dict[str, str]) -> None:
     with pytest.raises(UsageError, match="--data-path host is for volumes mode"):
         api.build_full_spec(load_config(None, configured), source="a", target="b",
