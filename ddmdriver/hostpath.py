@@ -633,7 +633,8 @@ def _tail(stderr: bytes) -> str:
     return _tail_or_empty(stderr) or "no error output"
 
 
-# The longest stderr line an error message quotes whole; tar names paths of up to several KiB.
+# The maximum length of a stderr line that an error message quotes whole. Tar's lines name
+# whole paths, which can be several KiB long.
 MAX_QUOTED_LINE_CHARS = 300
 
 

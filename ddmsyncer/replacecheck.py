@@ -48,7 +48,7 @@ def mounts_at_or_below(engine: Any, access: Any, directory: str) -> list[str]:
     if result.exit_status != 0:
         stderr = result.stderr.decode("utf-8", "replace").strip()
         raise MigrationFailed(
-            f"cannot read the mount points below {directory} on host {engine.host.name!r}: "
+            f"reading the mount points below {directory} on host {engine.host.name!r} failed: "
             f"exit status {result.exit_status} ({stderr or 'no error output'})",
             hint="check that /proc is mounted on the host, then run the migration again")
     lines = result.stdout.decode("utf-8", "surrogateescape").splitlines()
@@ -111,12 +111,12 @@ def reject_used_target(runner: Any, item: TaskItem) -> None:
     names = containers_using(target, item.target)
     if not names:
         return
-    shown = ", ".join(names[:MAX_NAMED_CONTAINERS])
+    named = ", ".join(names[:MAX_NAMED_CONTAINERS])
     if len(names) > MAX_NAMED_CONTAINERS:
-        shown += f" and {len(names) - MAX_NAMED_CONTAINERS} more"
+        named += f" and {len(names) - MAX_NAMED_CONTAINERS} more"
     raise TargetExists(
         f"cannot replace volume {item.target!r} on host {target.host.name!r} (--force): "
-        f"it is used by containers {shown}, and Docker cannot remove a volume in use; "
+        f"it is used by containers {named}, and Docker cannot remove a volume in use; "
         f"nothing was copied",
         hint=f"remove those containers on {target.host.name} (stop running ones first), or "
         f"choose another target name with --volume {item.source}:NEW_NAME, then run the "

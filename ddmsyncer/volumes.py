@@ -359,14 +359,14 @@ class DeepDirectories:
         """Raise MigrationFailed when a directory was too deep to trust the archive below it."""
         if self.first is None:
             return
-        shown = display_path(self.first)
-        if len(shown) > 100:
-            shown = f"{shown[:50]}...{shown[-40:]}"
+        path_text = display_path(self.first)
+        if len(path_text) > 100:
+            path_text = f"{path_text[:50]}...{path_text[-40:]}"
         raise MigrationFailed(
             f"volume {volume!r} has {self.count} directories whose paths are within {NAME_MAX} "
             f"bytes of the {PATH_MAX}-byte limit of the Engine API archive, which leaves out "
             f"longer paths without an error, so entries below them may be missing (first: "
-            f"{shown}, {len(self.first)} bytes)",
+            f"{path_text}, {len(self.first)} bytes)",
             hint="copy the volume on the host data path (--data-path host), which rejects "
             "paths it cannot copy, or shorten those paths",
         )

@@ -157,9 +157,9 @@ def stopped_source_containers(store: TaskStore, task: Task) -> list[str]:
     """Return the source containers that the task stopped and has not started again.
 
     Volumes mode records the writers it stopped (--stop-writers, --pause) until it releases
-    them. A full-mode task stops its running source containers for the cutover; they stay
-    stopped when it succeeds (they were moved) and start again when it is rolled back, so
-    only an interrupted task in or after the cutover lists them.
+    them. A full-mode task stops its running source containers for the cutover. They stay
+    stopped when it succeeds, because they were moved, and start again when it is rolled
+    back. So only an interrupted task in or after the cutover lists them.
     """
     extra = store.get_extra(task.id)
     if task.spec.mode.value != "full":

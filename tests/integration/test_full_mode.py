@@ -177,6 +177,17 @@ def only_task_id() -> str:
     return tasks[0].id
 
 
+def run_failing_task(project: Project, match: str) -> tuple[Any, Any, Any]:
+    """Create the project's full-mode task, run it to its injected MigrationFailed; return config, store, task."""
+    config, store = load_config(), api.open_store()
+    task = api.create_full_task(store, config, source="h1", target="h2",
+                                project=project.name,
+                                map_path=[f"{project.bind_source}={project.bind_target}"])
+    with pytest.raises(MigrationFailed, match=match):
+        api.run_task(config, store, task.id)
+    return config, store, task
+
+
 def test_project_migrates_and_rolls_back(lab: Lab, project: Project,
                                          capsys: pytest.CaptureFixture[str]) -> None:
     h1, h2 = lab.host("h1"), lab.host("h2")
@@ -340,12 +351,7 @@ def test_failure_after_create_rolls_back(lab: Lab, project: Project,
         original(engine, name)
 
     monkeypatch.setattr(full.driver, "container_start", fail_on_target)
-    config, store = load_config(), api.open_store()
-    task = api.create_full_task(store, config, source="h1", target="h2",
-                                project=project.name,
-                                map_path=[f"{project.bind_source}={project.bind_target}"])
-    with pytest.raises(MigrationFailed, match="injected failure"):
-        api.run_task(config, store, task.id)
+    _, store, task = run_failing_task(project, "injected failure")
 
     assert store.get_task(task.id).state.value == "failed"
     assert host_state(h2) == h2_before
@@ -413,12 +419,7 @@ def test_resume_after_killed_copy_removes_helpers(lab: Lab, project: Project,
 
     monkeypatch.setattr(relay, "relay_archive", killed_relay)
     monkeypatch.setattr(full.FullTaskRunner, "rollback", lambda self, every_host=False: None)
-    config, store = load_config(), api.open_store()
-    task = api.create_full_task(store, config, source="h1", target="h2",
-                                project=project.name,
-                                map_path=[f"{project.bind_source}={project.bind_target}"])
-    with pytest.raises(MigrationFailed, match="injected end"):
-        api.run_task(config, store, task.id)
+    config, store, task = run_failing_task(project, "injected end")
     helpers = h2.docker("ps", "-aq", "--filter", f"label=ddm.task={task.id}").stdout.split()
     assert helpers, "the killed run left no helper container on h2"
     store.update_task(task.id, state=TaskState.INTERRUPTED)

@@ -9,6 +9,18 @@ from ddm.task import Mode, Task, TaskSpec, TaskState
 from tests.unit.cli_support import invoke
 
 
+def store_full_task(environ: dict[str, str], task_id: str, containers: list[str]) -> str:
+    """Store a full-mode task whose logs volume archived `containers`; return its ID."""
+    store = TaskStore(default_store_path(environ))
+    try:
+        spec = TaskSpec(source_host="local", target_host="local", volumes=(), mode=Mode.FULL)
+        task = store.create_task(Task(id=task_id, spec=spec))
+        store.set_extra(task.id, logs_volume=f"ddm-logs-{task_id}", source_containers=containers)
+        return task.id
+    finally:
+        store.close()
+
+
 def test_container_log_of_volumes_task(environ: dict[str, str]) -> None:
     store = TaskStore(default_store_path(environ))
     try:
@@ -26,16 +38,14 @@ def test_container_log_of_volumes_task(environ: dict[str, str]) -> None:
 
 
 def test_container_log_of_failed_full_task(environ: dict[str, str]) -> None:
+    task_id = store_full_task(environ, "decafbadf00d", ["web"])
     store = TaskStore(default_store_path(environ))
     try:
-        spec = TaskSpec(source_host="local", target_host="local", volumes=(), mode=Mode.FULL)
-        task = store.create_task(Task(id="decafbadf00d", spec=spec))
-        store.set_extra(task.id, logs_volume="ddm-logs-decafbadf00d", source_containers=["web"])
-        store.update_task(task.id, state=TaskState.FAILED)
+        store.update_task(task_id, state=TaskState.FAILED)
     finally:
         store.close()
 
-    outcome = invoke("ddmctl", ["logs", task.id, "--container", "web"], environ)
+    outcome = invoke("ddmctl", ["logs", task_id, "--container", "web"], environ)
 
     assert outcome.status == 2
     assert "task decafbadf00d is failed, so its container logs are not archived" in outcome.stderr
@@ -44,16 +54,9 @@ def test_container_log_of_failed_full_task(environ: dict[str, str]) -> None:
 
 
 def test_container_log_of_unknown_container(environ: dict[str, str]) -> None:
-    store = TaskStore(default_store_path(environ))
-    try:
-        spec = TaskSpec(source_host="local", target_host="local", volumes=(), mode=Mode.FULL)
-        task = store.create_task(Task(id="decafbadf00e", spec=spec))
-        store.set_extra(task.id, logs_volume="ddm-logs-decafbadf00e",
-                        source_containers=["web", "db"])
-    finally:
-        store.close()
+    task_id = store_full_task(environ, "decafbadf00e", ["web", "db"])
 
-    outcome = invoke("ddmctl", ["logs", task.id, "--container", "shop-db"], environ)
+    outcome = invoke("ddmctl", ["logs", task_id, "--container", "shop-db"], environ)
 
     assert outcome.status == 2
     assert "container 'shop-db' is not part of task decafbadf00e" in outcome.stderr
