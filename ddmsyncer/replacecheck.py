@@ -78,9 +78,9 @@ def reject_mounted_target(runner: Any, item: TaskItem) -> None:
     if not mounts:
         return
     raise TargetExists(
-        f"cannot replace volume {item.target!r} on host {target.host.name!r} (--force): "
-        f"{mounts[0]} is a mount point, and Docker's removal of the volume would delete the "
-        f"files on it and then fail; the volume is unchanged",
+        f"volume {item.target!r} on host {target.host.name!r} has a mount point at {mounts[0]}, "
+        f"so --force cannot replace it (Docker's removal of the volume would delete the files "
+        f"on that mount and then fail); the volume is unchanged",
         hint=f"choose another target name with --volume {item.source}:NEW_NAME, or unmount "
         f"{mounts[0]} (its files stay on that file system) and run the migration again",
     )
@@ -115,9 +115,9 @@ def reject_used_target(runner: Any, item: TaskItem) -> None:
     if len(names) > MAX_NAMED_CONTAINERS:
         named += f" and {len(names) - MAX_NAMED_CONTAINERS} more"
     raise TargetExists(
-        f"cannot replace volume {item.target!r} on host {target.host.name!r} (--force): "
-        f"it is used by containers {named}, and Docker cannot remove a volume in use; "
-        f"nothing was copied",
+        f"volume {item.target!r} on host {target.host.name!r} is used by containers: {named}, "
+        f"so --force cannot replace it (Docker does not remove a volume in use); the volume "
+        f"is unchanged",
         hint=f"remove those containers on {target.host.name} (stop running ones first), or "
         f"choose another target name with --volume {item.source}:NEW_NAME, then run the "
         f"migration again",

@@ -55,6 +55,19 @@ def test_sparse_file_needs_allocated_space(h1, h2, isolated_env, resources, monk
     assert target_allocated < MIB
 
 
+def error_line(stderr: str) -> str:
+    (line,) = [line for line in stderr.splitlines() if line.startswith("ddmctl: error: ")]
+    return line
+
+
+def used_target_line(volume: str, user: str) -> str:
+    """Return the error line of a --force replacement of `volume` on h2, which `user` uses."""
+    return (f"ddmctl: error: volume {volume!r} on host 'h2' is used by containers: {user}, so "
+            "--force cannot replace it (Docker does not remove a volume in use); the volume is "
+            "unchanged; remove those containers on h2 (stop running ones first), or choose "
+            f"another target name with --volume {volume}:NEW_NAME, then run the migration again")
+
+
 def test_force_rejects_target_used_by_container(h1, h2, isolated_env, resources):
     volume = resources.create_volume(h1)
     resources.create_volume(h2, volume)
@@ -70,10 +83,7 @@ def test_force_rejects_target_used_by_container(h1, h2, isolated_env, resources)
                           "--force", "--yes")
 
     assert outcome.status == 1
-    (line,) = [line for line in outcome.stderr.splitlines() if line.startswith("ddmctl: error: ")]
-    assert f"cannot replace volume {volume!r} on host 'h2' (--force)" in line
-    assert user in line
-    assert "remove those containers" in line
+    assert error_line(outcome.stderr) == used_target_line(volume, user)
     assert volumes_on(h2) == volumes_before
     assert not [name for name in volumes_on(h2) if name.startswith("ddm-staging-")]
     assert snapshot_volume_tree(h2, volume) == target_before

@@ -138,6 +138,15 @@ def test_failed_rollback_line_says_so(h1, h2, isolated_env, resources):
         assert line == f"ddmctl: error: {task['error']['message']}"
 
 
+def mounted_target_line(volume: str, mount: str) -> str:
+    """Return the error line of a --force replacement of `volume` on h2, which has a mount at `mount`."""
+    return (f"ddmctl: error: volume {volume!r} on host 'h2' has a mount point at {mount}, so "
+            "--force cannot replace it (Docker's removal of the volume would delete the files on "
+            f"that mount and then fail); the volume is unchanged; choose another target name with "
+            f"--volume {volume}:NEW_NAME, or unmount {mount} (its files stay on that file system) "
+            "and run the migration again")
+
+
 @pytest.mark.parametrize("kind, below", [("tmpfs", ""), ("bind", ""), ("tmpfs", "/data")])
 def test_force_rejects_mounted_target(h1, h2, isolated_env, resources, kind, below):
     # Docker's volume removal deletes every file on a mount below the volume's directory and
@@ -159,10 +168,7 @@ def test_force_rejects_mounted_target(h1, h2, isolated_env, resources, kind, bel
         assert task["state"] == "failed"
         assert task["error"]["error"] == "TargetExists"
         (line,) = error_lines(outcome.stderr)
-        assert f"cannot replace volume {volume!r} on host 'h2' (--force): {mountpoint}{below} " \
-               "is a mount point" in line
-        assert "the volume is unchanged" in line
-        assert f"--volume {volume}:NEW_NAME" in line
+        assert line == mounted_target_line(volume, mountpoint + below)
         assert diff_snapshots(target_before, snapshot_volume_tree(h2, volume)) == []
         assert h2.run(["cat", f"{mountpoint}/old.txt"]).stdout == "old\n"
         assert not any(name.startswith("ddm-staging-") for name in volumes_on(h2))
