@@ -18,7 +18,8 @@ from ddm.config import Config
 from ddm.errors import DDMError, UsageError
 from ddm.store import TaskStore
 from ddm.task import Mode, TaskItem, TaskSpec, VerifyMode
-from ddmsyncer import compression, datapath, direct, hostverify, incremental, rerun, volumes, writers
+from ddmsyncer import (compression, datapath, direct, hostverify, incremental, replacecheck, rerun,
+                       volumes, writers)
 from ddmsyncer.copyorigin import copying_task
 from ddmsyncer.datapath import DataPath, HostProbes
 from ddmsyncer.linkprobe import LinkRate, measure_link
@@ -70,6 +71,8 @@ def build_plan(config: Config, spec: TaskSpec, *, probe_bytes: int = DEFAULT_PRO
             item = TaskItem(task_id="plan", position=position, source=volume.source,
                             target=volume.target)
             entry = _plan_volume(source, target, item, spec, plan["conflicts"], store)
+            if entry.get("action") == "replace":
+                _plan_replacement(target, probes, item, entry, plan["conflicts"])
             # A volume with a conflict still gets the data path its copy would take once the
             # conflict is resolved, unless its source volume is missing.
             missing = entry.get("action") == "none" and source.volume_inspect(item.source) is None
@@ -216,6 +219,19 @@ def _plan_volume(source: Any, target: Any, item: TaskItem, spec: TaskSpec,
         size_bytes=check.size_bytes,
     )
     return entry
+
+
+def _plan_replacement(target: Any, probes: HostProbes, item: TaskItem, entry: dict[str, Any],
+                      conflicts: list[dict[str, Any]]) -> None:
+    """Add a conflict for each prepare check that rejects removing the target volume (--force).
+
+    The plan lists every problem, where prepare stops at the first.
+    """
+    for check in replacecheck.REPLACE_CHECKS:
+        try:
+            check(target, probes, item)
+        except DDMError as error:
+            conflicts.append(_conflict(entry, error))
 
 
 @dataclass

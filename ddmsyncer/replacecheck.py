@@ -5,17 +5,20 @@ one. The volume's data directory may be a mount of its own, such as a disk mount
 /var/lib/docker/volumes/NAME/_data. The local driver's removal then deletes every file on
 that mount and only then fails with EBUSY on the mount point, as the lab's dockerd does in
 tests/integration/test_separate_mount.py. The task would fail with the old content gone, so
-DDM looks for mount points before it changes anything.
+DDM looks for mount points before it changes anything. Prepare and promote run the checks,
+and the plan (ddmctl plan, migrate --dry-run) reports what they would reject.
 """
 
 from __future__ import annotations
 
 import posixpath
 import re
+from collections.abc import Callable
 from typing import Any
 
 from ddm.errors import MigrationFailed, TargetExists
 from ddm.task import TaskItem
+from ddmsyncer.datapath import HostProbes
 
 # Containers named in an error line; the rest are counted.
 MAX_NAMED_CONTAINERS = 5
@@ -55,7 +58,7 @@ def mounts_at_or_below(engine: Any, access: Any, directory: str) -> list[str]:
     return sorted({unescape_mountinfo(line) for line in lines if line})
 
 
-def reject_mounted_target(runner: Any, item: TaskItem) -> None:
+def reject_mounted_target(target: Any, probes: HostProbes, item: TaskItem) -> None:
     """Raise TargetExists when removing the item's existing target volume would hit a mount point.
 
     Only volumes of the local driver are checked, because another driver's plugin removes
@@ -65,11 +68,10 @@ def reject_mounted_target(runner: Any, item: TaskItem) -> None:
     NOTE: the check reads the mount namespace of the SSH account's shell. A Docker engine that
     runs in a mount namespace of its own may see other mounts.
     """
-    target = runner.target
     volume = target.volume_inspect(item.target)
     if volume is None or volume.driver != "local" or not volume.mountpoint:
         return
-    access = runner.staged.probes.probe(target).access
+    access = probes.probe(target).access
     if access is None:
         return
 
@@ -101,13 +103,13 @@ def containers_using(engine: Any, volume: str) -> list[str]:
     return sorted(names)
 
 
-def reject_used_target(runner: Any, item: TaskItem) -> None:
+def reject_used_target(target: Any, probes: HostProbes, item: TaskItem) -> None:
     """Raise TargetExists when containers on the target mount the existing volume that --force replaces.
 
     Docker rejects the removal of a volume that any container uses, running or not, and
-    promote would meet that only after the copy and verify.
+    promote would meet that only after the copy and verify. `probes` is unused, so that
+    every check in REPLACE_CHECKS takes the same arguments.
     """
-    target = runner.target
     names = containers_using(target, item.target)
     if not names:
         return
@@ -122,3 +124,16 @@ def reject_used_target(runner: Any, item: TaskItem) -> None:
         f"choose another target name with --volume {item.source}:NEW_NAME, then run the "
         f"migration again",
     )
+
+
+# The checks before --force removes an existing target volume, in the order prepare runs them.
+REPLACE_CHECKS: tuple[Callable[[Any, HostProbes, TaskItem], None], ...] = (
+    reject_used_target,
+    reject_mounted_target,
+)
+
+
+def reject_replacement(target: Any, probes: HostProbes, item: TaskItem) -> None:
+    """Raise the first check's TargetExists when --force cannot remove the item's target volume."""
+    for check in REPLACE_CHECKS:
+        check(target, probes, item)

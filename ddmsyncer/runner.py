@@ -407,8 +407,7 @@ class TaskRunner:
         for item in self.pending_items():
             replaced = item.position not in self._incremental and not item.target_created
             if checks[item.position].target_exists and self.task.spec.force and replaced:
-                replacecheck.reject_used_target(self, item)
-                replacecheck.reject_mounted_target(self, item)
+                replacecheck.reject_replacement(self.target, self.staged.probes, item)
                 self.warn(f"volume {item.target!r} exists on {self.task.spec.target_host} and "
                           "will be replaced (--force); rollback cannot restore its old content")
         return checks

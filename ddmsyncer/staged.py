@@ -674,7 +674,7 @@ class StagedVolumes:
         check = self._target_settings(item)
         if target.volume_inspect(item.target) is not None:
             # Checked again because a disk may have been mounted there since prepare.
-            replacecheck.reject_mounted_target(self.runner, item)
+            replacecheck.reject_mounted_target(target, self.probes, item)
             volumes.remove_volume_helpers(target, self.task_id, item.target)
             target.volume_remove(item.target)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from tests.integration.test_migrate_volumes import run_command, volumes_on
 from tests.lab.resources import unique_name
@@ -68,6 +69,28 @@ def used_target_line(volume: str, user: str) -> str:
             f"another target name with --volume {volume}:NEW_NAME, then run the migration again")
 
 
+def force_plan_conflict(volume: str) -> dict[str, Any]:
+    """Plan and dry-run replacing `volume` from h1 on h2 with --force; return the one conflict.
+
+    Both commands must exit 1, and the plan must still list the volume as replaced.
+    """
+    request = ("--from", "h1", "--to", "h2", "--volume", volume, "--force")
+    planned = run_command("ddmctl", "plan", *request, "--probe-size", "0", "--json")
+    dry_run = run_command("ddmctl", "migrate", *request, "--dry-run")
+
+    assert planned.status == 1, planned.stderr
+    assert dry_run.status == 1, dry_run.stderr
+    plan = json.loads(planned.stdout)
+    assert plan["ok"] is False
+    assert plan["objects"][0]["action"] == "replace"
+    (conflict,) = plan["conflicts"]
+    assert conflict["kind"] == "volume"
+    assert conflict["object"] == volume
+    assert conflict["error"] == "TargetExists"
+    assert f"  volume {volume}: {conflict['message']}" in dry_run.stdout.splitlines()
+    return conflict
+
+
 def test_force_rejects_target_used_by_container(h1, h2, isolated_env, resources):
     volume = resources.create_volume(h1)
     resources.create_volume(h2, volume)
@@ -86,4 +109,23 @@ def test_force_rejects_target_used_by_container(h1, h2, isolated_env, resources)
     assert error_line(outcome.stderr) == used_target_line(volume, user)
     assert volumes_on(h2) == volumes_before
     assert not [name for name in volumes_on(h2) if name.startswith("ddm-staging-")]
+    assert snapshot_volume_tree(h2, volume) == target_before
+
+
+def test_plan_reports_used_force_target(h1, h2, isolated_env, resources):
+    # plan and migrate --dry-run run the prepare phase's in-use check too, with its wording.
+    volume = resources.create_volume(h1)
+    resources.create_volume(h2, volume)
+    write_volume_tree(h2, volume, {"old.txt": "already on the target\n"})
+    user = unique_name("user")
+    resources.create_container(h2, volumes={volume: "/data"}, name=user)
+    target_before = snapshot_volume_tree(h2, volume)
+
+    conflict = force_plan_conflict(volume)
+    outcome = run_command("ddmctl", "migrate", "--from", "h1", "--to", "h2", "--volume", volume,
+                          "--force", "--yes")
+
+    assert f"ddmctl: error: {conflict['message']}" == used_target_line(volume, user)
+    assert outcome.status == 1
+    assert error_line(outcome.stderr) == used_target_line(volume, user)
     assert snapshot_volume_tree(h2, volume) == target_before

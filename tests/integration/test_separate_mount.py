@@ -17,6 +17,7 @@ import pytest
 
 from tests.integration.test_incremental import TREE, backups_on, change_source
 from tests.integration.test_migrate_volumes import run_command, volumes_on
+from tests.integration.test_prepare_checks import force_plan_conflict
 from tests.lab.tree import diff_snapshots, snapshot_volume_tree, write_volume_tree
 
 
@@ -172,3 +173,19 @@ def test_force_rejects_mounted_target(h1, h2, isolated_env, resources, kind, bel
         assert diff_snapshots(target_before, snapshot_volume_tree(h2, volume)) == []
         assert h2.run(["cat", f"{mountpoint}/old.txt"]).stdout == "old\n"
         assert not any(name.startswith("ddm-staging-") for name in volumes_on(h2))
+
+
+def test_plan_reports_mounted_force_target(h1, h2, isolated_env, resources):
+    # plan and migrate --dry-run run the prepare phase's mount check too, with its wording.
+    volume = resources.create_volume(h1)
+    resources.add_volume(h2, volume)
+    h2.docker("volume", "create", volume)
+    mountpoint = h2.volume_mountpoint(volume)
+    h2.run(["sh", "-c", 'echo old > "$1/old.txt"', "sh", mountpoint])
+
+    with separate_mount(h2, mountpoint, "tmpfs"):
+        target_before = snapshot_volume_tree(h2, volume)
+        conflict = force_plan_conflict(volume)
+
+        assert f"ddmctl: error: {conflict['message']}" == mounted_target_line(volume, mountpoint)
+        assert diff_snapshots(target_before, snapshot_volume_tree(h2, volume)) == []
