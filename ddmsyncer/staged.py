@@ -673,10 +673,7 @@ class StagedVolumes:
         target = self.runner.target
         check = self._target_settings(item)
         if target.volume_inspect(item.target) is not None:
-            # Checked again because a disk may have been mounted there since prepare.
-            replacecheck.reject_mounted_target(target, self.probes, item)
-            volumes.remove_volume_helpers(target, self.task_id, item.target)
-            target.volume_remove(item.target)
+            self._remove_replaced_target(item)
 
         self.runner.update_item(item, target_created=True)
         volumes.create_target_volume(target, item, check)
@@ -709,6 +706,24 @@ class StagedVolumes:
         target.volume_remove(staging)
         self.runner.record("info", "promoted", f"staging volume {staging!r} {method} to "
                            f"{item.target!r}", position=item.position)
+
+    def _remove_replaced_target(self, item: TaskItem) -> None:
+        """Remove the existing target volume that --force replaces, unless a check rejects it.
+
+        A disk may have been mounted there since prepare, so the mounts are read again first.
+        A container may have been created that uses the volume since prepare. Docker then
+        rejects the removal before the volume driver deletes anything (dockerd 20.10's volume
+        store checks the volume's references first), and the TargetExists raised then names
+        those containers.
+        """
+        target = self.runner.target
+        replacecheck.reject_mounted_target(target, self.probes, item)
+        volumes.remove_volume_helpers(target, self.task_id, item.target)
+        try:
+            target.volume_remove(item.target)
+        except MigrationFailed:
+            replacecheck.reject_used_target(target, self.probes, item)
+            raise
 
     def _store_target_seed(self, item: TaskItem, route: Route, mountpoint: str) -> None:
         """Store the verify scan's hashes under the real volume's mountpoint, after the rename.

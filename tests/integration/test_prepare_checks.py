@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+
 from tests.integration.test_migrate_volumes import run_command, volumes_on
 from tests.lab.resources import unique_name
 from tests.lab.tree import snapshot_volume_tree, write_volume_tree
@@ -129,3 +131,55 @@ def test_plan_reports_used_force_target(h1, h2, isolated_env, resources):
     assert outcome.status == 1
     assert error_line(outcome.stderr) == used_target_line(volume, user)
     assert snapshot_volume_tree(h2, volume) == target_before
+
+
+# The container appears after prepare: before promote starts, or only after promote's mount
+# check, just before it removes the old volume.
+@pytest.mark.parametrize("created_before", ["promote", "removal"])
+def test_promote_rejects_late_target_user(h1, h2, isolated_env, resources,
+                                          monkeypatch, created_before):
+    from ddmdriver.engine import Engine
+    from ddmsyncer.staged import StagedVolumes
+
+    volume = resources.create_volume(h1)
+    resources.create_volume(h2, volume)
+    write_volume_tree(h1, volume, {"new.txt": "from the source\n"})
+    write_volume_tree(h2, volume, {"old.txt": "already on the target\n"})
+    source_before = snapshot_volume_tree(h1, volume)
+    target_before = snapshot_volume_tree(h2, volume)
+    volumes_before = volumes_on(h2)
+    user = unique_name("late-user")
+
+    def add_user() -> None:
+        resources.create_container(h2, volumes={volume: "/data"}, name=user)
+
+    if created_before == "promote":
+        original_promote = StagedVolumes.promote
+
+        def promote(staged, *args, **kwargs):
+            add_user()
+            return original_promote(staged, *args, **kwargs)
+
+        monkeypatch.setattr(StagedVolumes, "promote", promote)
+    else:
+        original_remove = Engine.volume_remove
+
+        def volume_remove(engine, name):
+            if engine.host.name == "h2" and name == volume:
+                add_user()
+            return original_remove(engine, name)
+
+        monkeypatch.setattr(Engine, "volume_remove", volume_remove)
+
+    outcome = run_command("ddmctl", "migrate", "--from", "h1", "--to", "h2", "--volume", volume,
+                          "--force", "--yes", "--json")
+
+    assert outcome.status == 1
+    task = json.loads(outcome.stdout)
+    assert task["state"] == "failed"
+    assert task["error"]["error"] == "TargetExists"
+    assert error_line(outcome.stderr) == used_target_line(volume, user)
+    assert error_line(outcome.stderr) == f"ddmctl: error: {task['error']['message']}"
+    assert volumes_on(h2) == volumes_before
+    assert snapshot_volume_tree(h2, volume) == target_before
+    assert snapshot_volume_tree(h1, volume) == source_before
