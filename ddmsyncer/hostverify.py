@@ -161,12 +161,12 @@ def scan_manifest(engine: Any, access: Any, directory: str, *, hash_content: boo
 
     def records() -> Iterator[list[Any]]:
         nonlocal listing_bytes
-        for line, size in _lines(channel):
+        for lines, size in _line_batches(channel):
             listing_bytes += size
-            record = json.loads(line)
-            if on_record is not None:
-                on_record(record)
-            yield record
+            for record in decode_records(lines):
+                if on_record is not None:
+                    on_record(record)
+                yield record
 
     try:
         channel.shutdown_write()
@@ -256,18 +256,17 @@ class ScanSession:
 
         def records() -> Iterator[list[Any]]:
             nonlocal listing_bytes, ended, followed_bytes
-            for line, size in _lines(self.channel, self._partial_line):
-                if line.startswith(SESSION_READY):
-                    continue
-                if line.startswith(SESSION_END):
+            for lines, _ in _line_batches(self.channel, self._partial_line):
+                listing, end_line = _session_listing(lines)
+                listing_bytes += sum(map(len, listing)) + len(listing)
+                for record in decode_records(listing):
+                    if on_record is not None:
+                        on_record(record)
+                    yield record
+                if end_line is not None:
                     ended = True
-                    followed_bytes = json.loads(line).get("followed_bytes", 0)
+                    followed_bytes = json.loads(end_line).get("followed_bytes", 0)
                     return
-                listing_bytes += size
-                record = json.loads(line)
-                if on_record is not None:
-                    on_record(record)
-                yield record
 
         try:
             self.channel.sendall(b"scan\n")
@@ -314,18 +313,59 @@ class ScanSession:
         self.channel.close()
 
 
-def _lines(channel: Any, pending: bytes = b"") -> Iterator[tuple[bytes, int]]:
-    """Yield each line of the channel's stdout with its size, newline included.
+def _line_batches(channel: Any, pending: bytes = b"") -> Iterator[tuple[list[bytes], int]]:
+    """Yield the complete lines of each chunk of the channel's stdout, with their size in bytes.
 
-    `pending` is the start of the first line, read from the channel before.
+    The size counts the newlines. `pending` is the start of the first line, read from the
+    channel before. A last line without a newline comes alone at the end of the output.
     """
     while chunk := channel.recv(RECEIVE_BYTES):
         pending += chunk
         *complete, pending = pending.split(b"\n")
-        for line in complete:
-            yield line, len(line) + 1
+        if complete:
+            yield complete, sum(map(len, complete)) + len(complete)
     if pending:
-        yield pending, len(pending)
+        yield [pending], len(pending)
+
+
+def decode_records(lines: list[bytes]) -> list[Any]:
+    """Decode lines that each hold one JSON array, in one json.loads call for all of them.
+
+    One call per line cost about 40% more for the 100,000 short lines of a scan of small files
+    (CPython 3.11.7). Raises ValueError, as json.loads does for the first bad line, unless the
+    joined lines decode to as many JSON arrays as there are lines.
+
+    NOTE: so the line "[1],[2" followed by "3]" passes as two arrays. The records of a scan
+    have a fixed number of fields, and manifest_from_records() rejects those that have fewer.
+    """
+    if not lines:
+        return []
+    try:
+        records = json.loads(b"[" + b",".join(lines) + b"]")
+    except ValueError:
+        records = None
+    if records is None or len(records) != len(lines) or not all(type(record) is list for record in records):
+        # Decode each line to raise the error of the first bad one.
+        for line in lines:
+            if type(json.loads(line)) is not list:
+                raise ValueError(f"listing line {line[:60]!r} is not a JSON array")
+        raise ValueError("listing lines do not decode one array each")
+    return records
+
+
+def _session_listing(lines: list[bytes]) -> tuple[list[bytes], bytes | None]:
+    """Split a session's lines into listing lines and the end line, if the batch contains it.
+
+    The ready line is dropped; lines after the end line belong to nothing and are dropped.
+    """
+    listing = []
+    for line in lines:
+        if line.startswith(SESSION_READY):
+            continue
+        if line.startswith(SESSION_END):
+            return listing, line
+        listing.append(line)
+    return listing, None
 
 
 def stderr_text(errors: StderrCollector) -> str:

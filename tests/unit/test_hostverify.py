@@ -196,8 +196,25 @@ def test_lines_splits_chunks() -> None:
         def recv(self, size: int) -> bytes:
             return self.chunks.pop(0) if self.chunks else b""
 
-    lines = list(hostverify._lines(Channel([b"[1]\n[2", b"]\n[3]\n"])))
-    assert lines == [(b"[1]", 4), (b"[2]", 4), (b"[3]", 4)]
+    batches = list(hostverify._line_batches(Channel([b"[1]\n[2", b"]\n[3]\n[4"])))
+    assert batches == [([b"[1]"], 4), ([b"[2]", b"[3]"], 8), ([b"[4"], 2)]
+
+
+def test_decode_records_decodes_each_line() -> None:
+    lines = [b'["YQ==", "file", 420]', b'["Yg==", "dir", 493, [["eA==", ""]]]']
+    assert hostverify.decode_records(lines) == [json.loads(line) for line in lines]
+    assert hostverify.decode_records([]) == []
+
+
+@pytest.mark.parametrize("lines", [
+    [b"[1]", b"[2"],              # invalid JSON
+    [b"[1]", b"{}"],              # not an array
+    [b"[1]", b""],                # empty line
+    [b"[1] [2]"],                 # two values on one line
+])
+def test_decode_records_rejects_lines_not_one_array_each(lines: list[bytes]) -> None:
+    with pytest.raises(ValueError):
+        hostverify.decode_records(lines)
 
 
 def test_sha256_view_changes_only_file_digests(tree: Path) -> None:
