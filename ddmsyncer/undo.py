@@ -89,16 +89,13 @@ def remove_target_volume(target: Any, name: str, task_id: str) -> None:
 
 def containers_using(target: Any, volume: str) -> list[str]:
     """Return the names of the containers (running or not) that mount a volume; [] if unknown."""
+    from ddmsyncer.replacecheck import containers_using as lookup
+
     try:
-        found = target.api.containers(all=True, filters={"volume": volume})
+        return lookup(target, volume)
     except Exception as error:  # noqa: BLE001 - the lookup only improves an error message
         log.debug("listing the containers using volume %s failed: %s", volume, error)
         return []
-    names = []
-    for container in found or []:
-        container_names = container.get("Names") or [container.get("Id", "")[:12]]
-        names.append(container_names[0].lstrip("/"))
-    return names
 
 
 def mark_rollback_requested(store: TaskStore, task_id: str) -> None:

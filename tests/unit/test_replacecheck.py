@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ddmsyncer.replacecheck import escape_mountinfo, unescape_mountinfo
+from ddmsyncer import undo
+from ddmsyncer.replacecheck import containers_using, escape_mountinfo, unescape_mountinfo
 
 
 @pytest.mark.parametrize("path, escaped", [
@@ -15,3 +16,43 @@ from ddmsyncer.replacecheck import escape_mountinfo, unescape_mountinfo
 def test_mountinfo_escape_round_trip(path, escaped):
     assert escape_mountinfo(path) == escaped
     assert unescape_mountinfo(escaped) == path
+
+
+class _Api:
+    """The engine's answer to a `volume` filter, whatever the filter matched."""
+
+    def __init__(self, containers: list[dict]) -> None:
+        self.listed = containers
+
+    def containers(self, all: bool, filters: dict) -> list[dict]:  # noqa: A002 - docker-py's name
+        assert all and filters == {"volume": "data"}
+        return self.listed
+
+
+class _Engine:
+    def __init__(self, containers: list[dict]) -> None:
+        self.api = _Api(containers)
+
+
+@pytest.mark.parametrize("lookup", [containers_using, undo.containers_using])
+def test_containers_using_names_only_mounts_of_the_volume(lookup) -> None:
+    engine = _Engine([
+        {"Id": "a" * 64, "Names": ["/uses-volume"],
+         "Mounts": [{"Type": "volume", "Name": "data", "Destination": "/srv"}]},
+        {"Id": "b" * 64, "Names": ["/mounts-at-path"],
+         "Mounts": [{"Type": "volume", "Name": "other", "Destination": "/data"}]},
+        {"Id": "c" * 64, "Names": ["/binds-data"],
+         "Mounts": [{"Type": "bind", "Source": "/srv/data", "Destination": "/data"}]},
+    ])
+
+    assert lookup(engine, "data") == ["uses-volume"]
+
+
+def test_undo_lookup_gives_no_names_when_the_engine_fails() -> None:
+    class Failing:
+        class api:  # noqa: N801 - stands in for docker-py's APIClient attribute
+            @staticmethod
+            def containers(**_: object) -> list[dict]:
+                raise OSError("connection reset")
+
+    assert undo.containers_using(Failing(), "data") == []
