@@ -9,7 +9,7 @@ import click
 
 from ddm import api
 from ddm.errors import DDMError, ExitStatus, UsageError
-from ddm.task import Task, TaskState
+from ddm.task import ItemState, Task, TaskState
 from ddm.direct_config import validate_route
 from ddmctl.common import CommandContext, epilog, json_option, raise_on_sigterm
 from ddmctl.commands.planning import route_option, show_plan, spec_from_options, with_callback_options
@@ -260,11 +260,19 @@ def stored_fields(task: Task) -> dict[str, Any]:
 
 
 def print_task_result(context: CommandContext, task: Task, as_json: bool) -> None:
+    """Print the task's JSON document, or a tab-separated line per volume the task started.
+
+    A volume still pending was never started, because prepare failed or another failure
+    stopped the task first, so the text form has no line for it. The JSON document lists
+    every volume.
+    """
     if as_json:
         context.print_json(task.to_dict())
         return
 
     for item in task.items:
+        if item.state is ItemState.PENDING:
+            continue
         context.echo(f"{item.source}\t{item.target}\t{item.state.value}\t"
                      f"{format_bytes(item.bytes_done)}")
     duration = f"{task.duration:.1f} s" if task.duration is not None else "-"
