@@ -229,19 +229,22 @@ def run_and_report(context: CommandContext, task_id: str, as_json: bool, *, resu
     runner = api.resume_task if resume else api.run_task
     before = stored_fields(context.store.get_task(task_id))
     error: DDMError | None = None
+    interrupt: KeyboardInterrupt | None = None
     with display:
         try:
             runner(context.config, context.store, task_id, on_event=display)
         except DDMError as caught:
             error = caught
-        except KeyboardInterrupt:
-            # The runner has rolled back by now, so report the task and the state it ended in.
-            task = context.store.get_task(task_id)
-            context.info(f"task {task.id} stopped by an interrupt and is now {task.state.value}; "
-                         f"see 'ddmctl status {task.id}'")
-            raise
+        except KeyboardInterrupt as received:
+            interrupt = received
 
     task = context.store.get_task(task_id)
+    if interrupt is not None:
+        # The runner has rolled back by now, so report the task and the state it ended in.
+        # The line is written once the display has ended, so it does not break into a bar.
+        context.info(f"task {task.id} stopped by an interrupt and is now {task.state.value}; "
+                     f"see 'ddmctl status {task.id}'")
+        raise interrupt
     if error is not None and stored_fields(task) == before:
         # The task was rejected before it ran (a resume of a task whose rollback is
         # unfinished, or of a task in another state), so there is no result to print.
