@@ -360,6 +360,44 @@ def test_failure_after_create_rolls_back(lab: Lab, project: Project,
         assert is_running(h1, name)
 
 
+def test_failure_removes_created_parents(lab: Lab, project: Project,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The target engine creates every missing parent of a bind mount's directory. A rollback
+    # removes those and keeps the parents that existed before, even an empty one.
+    h2 = lab.host("h2")
+    h2_before = host_state(h2)
+    existing = project.bind_source.parent / "existing-empty"
+    existing.mkdir()
+    bind_target = existing / "new" / "deeper" / "site-moved"
+    from ddmsyncer import containers as full
+
+    original = full.driver.container_start
+    copied: list[bool] = []
+
+    def fail_on_target(engine: Any, name: str) -> None:
+        if engine.host.name == "h2":
+            copied.append((bind_target / "page.html").is_file())
+            raise MigrationFailed(f"injected failure starting {name}")
+        original(engine, name)
+
+    monkeypatch.setattr(full.driver, "container_start", fail_on_target)
+    config, store = load_config(), api.open_store()
+    task = api.create_full_task(store, config, source="h1", target="h2", project=project.name,
+                                map_path=[f"{project.bind_source}={bind_target}"])
+    with pytest.raises(MigrationFailed, match="injected failure"):
+        api.run_task(config, store, task.id)
+
+    assert copied == [True]
+    assert store.get_task(task.id).state is TaskState.FAILED
+    assert host_state(h2) == h2_before
+    assert not (existing / "new").exists()
+    assert existing.is_dir()
+    assert list(existing.iterdir()) == []
+    warnings = [event["message"] for event in store.get_events(task.id)
+                if event["level"] == "warning"]
+    assert not [message for message in warnings if "director" in message]
+
+
 def test_finalize_removes_source(lab: Lab, project: Project,
                                  capsys: pytest.CaptureFixture[str]) -> None:
     h1, h2 = lab.host("h1"), lab.host("h2")
@@ -468,3 +506,4 @@ def test_volume_copy_warns_of_lost_aspects(lab: Lab, project: Project,
     assert len(warning_ids) == 1
     assert len(transfer_ids) == 1
     assert warning_ids[0] < transfer_ids[0]
+
