@@ -200,8 +200,8 @@ class FullTaskRunner(TaskRunner):
             self.target.volume_create(volume.name, driver=volume.driver,
                                       driver_opts=volume.options, labels=volume.labels)
             if volume.remote:
-                self.warn(f"volume {volume.name!r} uses driver {volume.driver} or a remote "
-                          "file system; it was recreated with its options, not copied")
+                self.warn_once(f"volume {volume.name!r} uses driver {volume.driver} or a remote "
+                               "file system; it was recreated with its options, not copied")
         for volume in self._volumes_to_copy(running=False):
             self._copy_volume(volume.name)
         if warm.is_warm(self):
@@ -362,8 +362,8 @@ class FullTaskRunner(TaskRunner):
 
     def _copy_volume(self, name: str) -> None:
         volume = next(volume for volume in self.plan.volumes if volume.name == name)
-        self.warn(f"volume {name!r} is copied through the Engine API (full mode has no host "
-                  f"data path); it loses {', '.join(datapath.loses(DataPath.ENGINE))}")
+        self.warn_once(f"volume {name!r} is copied through the Engine API (full mode has no "
+                       f"host data path); it loses {', '.join(datapath.loses(DataPath.ENGINE))}")
         item = TaskItem(task_id=self.task.id, position=0, source=name, target=name)
         progress = TransferProgress(self, "volume", name, volume.size_bytes)
         manifest, byte_count, _ = volumes.copy_volume(

@@ -507,3 +507,40 @@ def test_volume_copy_warns_of_lost_aspects(lab: Lab, project: Project,
     assert len(transfer_ids) == 1
     assert warning_ids[0] < transfer_ids[0]
 
+
+def test_resume_warns_of_lost_aspects_once(lab: Lab, project: Project,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    # The first run stops during its first volume copy, as a killed one does. The resumed
+    # run copies every volume again, but warns only of the volumes not warned of before.
+    from ddmdriver import relay
+    from ddmsyncer import containers as full
+
+    def killed_relay(*args: Any, **options: Any) -> Any:
+        raise MigrationFailed("injected end of the killed run")
+
+    monkeypatch.setattr(relay, "relay_archive", killed_relay)
+    monkeypatch.setattr(full.FullTaskRunner, "rollback", lambda self, every_host=False: None)
+    config, store, task = run_failing_task(project, "injected end")
+    store.update_task(task.id, state=TaskState.INTERRUPTED)
+    monkeypatch.undo()
+    warned_first = [event["message"] for event in store.get_events(task.id)
+                    if event["level"] == "warning" and "is copied through the Engine API"
+                    in event["message"]]
+    emitted: list[str] = []
+
+    resumed = api.resume_task(config, store, task.id,
+                              on_event=lambda event: emitted.append(getattr(event, "message", "")))
+
+    assert resumed.state is TaskState.SUCCEEDED
+    assert len(warned_first) == 1
+    volumes = [volume["name"] for volume in store.get_extra(task.id)["plan"]["volumes"]]
+    assert len(volumes) == 3
+    warnings = [event["message"] for event in store.get_events(task.id)
+                if event["level"] == "warning"]
+    for name in volumes:
+        about_volume = [message for message in warnings
+                        if message.startswith(f"volume {name!r} is copied through the Engine API")]
+        assert len(about_volume) == 1, name
+    assert warned_first[0] not in emitted
+    warned_again = [message for message in emitted if "is copied through the Engine API" in message]
+    assert len(warned_again) == 2
