@@ -359,6 +359,14 @@ class TaskStore:
                 (task_id, time.time(), level, kind, message, json.dumps(data) if data else None),
             )
 
+    def has_event(self, task_id: str, kind: str, message: str) -> bool:
+        """Return whether the task has an event of this kind with exactly this message."""
+        row = self._db.execute(
+            "SELECT 1 FROM events WHERE task_id = ? AND kind = ? AND message = ? LIMIT 1",
+            (task_id, kind, message),
+        ).fetchone()
+        return row is not None
+
     def get_events(self, task_id: str, after_id: int = 0) -> list[dict[str, Any]]:
         rows = self._db.execute(
             "SELECT * FROM events WHERE task_id = ? AND id > ? ORDER BY id", (task_id, after_id)

@@ -214,7 +214,30 @@ def epilog(example: str) -> str:
     return f"\b\nExample:\n  {example}\n\n{EXIT_STATUS_HELP}"
 
 
-class DDMGroup(click.Group):
+class AbortOnInterrupt:
+    """Mixin for click commands: a KeyboardInterrupt ends the command as click's Abort.
+
+    click's Command.main (8.1 to 8.4) catches a KeyboardInterrupt itself, writes an empty line
+    to stderr and raises Abort, which run_main reports as "error: interrupted". An Abort
+    raised here passes Command.main unchanged, so the error line comes without that empty line.
+    """
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)  # type: ignore[misc]
+        except KeyboardInterrupt as interrupt:
+            raise click.exceptions.Abort() from interrupt
+
+
+class InterruptibleCommand(AbortOnInterrupt, click.Command):
+    """A click command that reports a KeyboardInterrupt with the error line alone."""
+
+
+class InterruptibleGroup(AbortOnInterrupt, click.Group):
+    """A click group that reports a KeyboardInterrupt with the error line alone."""
+
+
+class DDMGroup(InterruptibleGroup):
     """A click group that turns an EOFError of its commands into a DDM error.
 
     click's Command.main reads an EOFError as the end of input at a prompt and raises Abort,

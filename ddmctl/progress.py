@@ -142,12 +142,15 @@ class RichDisplay(WarningDisplay):
         self.bars: dict[int, TaskID] = {}
 
     def __enter__(self) -> RichDisplay:
+        # The bars start with the first item, because stopping a rich Progress that drew
+        # nothing writes an empty line: rich 13.7 does on a terminal, rich 15 on a console
+        # that is not interactive. A task stopped in prepare draws no bar.
         super().__enter__()
-        self.progress.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
+        if self.bars:
+            self.progress.stop()
         super().__exit__(*exc)
 
     def __call__(self, event: Event) -> None:
@@ -157,6 +160,8 @@ class RichDisplay(WarningDisplay):
             label = item_label(event, " → ")
             if event.object_kind != "volume":
                 label = f"{event.object_kind} {label}"
+            if not self.bars:
+                self.progress.start()
             self.bars[event.position] = self.progress.add_task(label, total=event.bytes_total)
         elif isinstance(event, Progress) and event.position in self.bars:
             self.progress.update(self.bars[event.position], completed=event.bytes_done)

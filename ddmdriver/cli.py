@@ -11,7 +11,14 @@ import click
 from ddm.errors import VolumeNotFound
 from ddm.manifest import Manifest, ManifestBuilder, display_path
 from ddm.task import new_task_id
-from ddmctl.common import common_options, epilog, json_option, main_for, make_context
+from ddmctl.common import (
+    InterruptibleGroup,
+    common_options,
+    epilog,
+    json_option,
+    main_for,
+    make_context,
+)
 from ddmctl.complete import complete_host
 from ddmdriver.engine import HELPER_MOUNT, Engine, open_engine
 
@@ -20,6 +27,7 @@ ARCHIVE_PREFIX = HELPER_MOUNT.lstrip("/").encode() + b"/"
 
 
 @click.group(
+    cls=InterruptibleGroup,
     epilog=epilog("ddmdriver ping old"),
     context_settings={"help_option_names": ["-h", "--help"]},
 )

@@ -7,6 +7,7 @@ Engine methods do. Container and network names are validated by the engine itsel
 from __future__ import annotations
 
 import logging
+import posixpath
 import shlex
 import socket
 from collections.abc import Mapping
@@ -21,6 +22,14 @@ from ddmdriver.engine import HELPER_MOUNT, Engine, _NotFound, _validate_labels
 logger = logging.getLogger(__name__)
 
 PORT_CHECK_SECONDS = 5.0
+
+# Prints the 1-based position of each argument that names no file system entry. A dangling
+# symbolic link counts as an entry.
+MISSING_PATHS_SCRIPT = ('position=0; for path; do position=$((position + 1)); '
+                        '[ -e "$path" ] || [ -L "$path" ] || echo "$position"; done')
+# Runs rmdir on each argument that exists, so one that is not empty makes it exit 1.
+REMOVE_EMPTY_SCRIPT = ('status=0; for path; do if [ -e "$path" ] || [ -L "$path" ]; then '
+                       'rmdir -- "$path" || status=1; fi; done; exit $status')
 
 # Kinds of GET /containers/{id}/changes.
 CHANGE_MODIFIED = 0
@@ -199,6 +208,51 @@ def host_path_is_directory(engine: Engine, path: str) -> bool | None:
         return None
     result = engine.exec_command(["test", "-d", path])
     return result.exit_status == 0
+
+
+def path_and_parents(path: str) -> list[str]:
+    """Return each directory from the top of absolute `path` down to `path`, after normpath.
+
+    The engine cleans a bind mount's source path the same way (path.Clean in moby's
+    volume/mounts/linux_parser.go) before it creates it.
+    """
+    parts = [part for part in posixpath.normpath(path).split("/") if part]
+    return ["/" + "/".join(parts[:count]) for count in range(1, len(parts) + 1)]
+
+
+def missing_directories(engine: Engine, path: str) -> list[str] | None:
+    """Return the directories of path_and_parents(path) that do not exist on an ssh:// host.
+
+    They are the directories the engine creates, outermost first, when a helper container
+    bind-mounts `path`. None when the host runs no commands.
+    """
+    if engine.ssh is None:
+        return None
+    candidates = path_and_parents(path)
+    result = engine.exec_command(["sh", "-c", MISSING_PATHS_SCRIPT, "ddm-missing", *candidates])
+    if result.exit_status != 0:
+        raise MigrationFailed(f"checking which directories of {shlex.quote(path)} exist on "
+                              f"{engine.host.name} failed: "
+                              f"{result.stderr.decode('utf-8', 'replace').strip()}")
+    positions = {int(line) for line in result.stdout.decode("ascii").split()}
+    return [candidate for position, candidate in enumerate(candidates, 1)
+            if position in positions]
+
+
+def remove_empty_directories(engine: Engine, paths: list[str]) -> None:
+    """Remove the empty directories `paths` on an ssh:// host, in the order given.
+
+    A directory that is already gone is left out. One that is not empty is kept, and the
+    MigrationFailed raised after the others were tried names it (rmdir's message).
+    """
+    for path in paths:
+        if not path.startswith("/") or path.rstrip("/") == "":
+            raise UsageError(f"invalid directory to remove {path!r}: expected an absolute "
+                             "path below /")
+    result = engine.exec_command(["sh", "-c", REMOVE_EMPTY_SCRIPT, "ddm-rmdir", *paths])
+    if result.exit_status != 0:
+        raise MigrationFailed(f"removing empty directories on {engine.host.name} failed: "
+                              f"{result.stderr.decode('utf-8', 'replace').strip()}")
 
 
 def remove_host_directory(engine: Engine, path: str) -> None:

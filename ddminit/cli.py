@@ -22,6 +22,7 @@ from ddm.config import (
 from ddm.errors import ExitStatus, UsageError
 from ddmctl.common import (
     CommandContext,
+    InterruptibleCommand,
     common_options,
     epilog,
     json_option,
@@ -43,6 +44,7 @@ def parse_host_option(value: str) -> tuple[str, str]:
 
 
 @click.command(
+    cls=InterruptibleCommand,
     epilog=epilog("ddminit --host old=ssh://root@old.example --host new=ssh://root@new.example "
                   "--identity-file ~/.ssh/id_ed25519 --yes"),
     context_settings={"help_option_names": ["-h", "--help"]},

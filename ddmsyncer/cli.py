@@ -21,6 +21,7 @@ from ddmctl.commands.migrate import run_and_report
 from ddmctl.common import (
     EXIT_STATUS_HELP,
     CommandContext,
+    InterruptibleGroup,
     common_options,
     epilog,
     json_option,
@@ -40,6 +41,7 @@ def _finite(value: float) -> float:
 
 
 @click.group(
+    cls=InterruptibleGroup,
     epilog=f"\b\nExample:\n  ddmsyncer run 3f2a9c\n\n{EXIT_STATUS_HELP}",
     context_settings={"help_option_names": ["-h", "--help"]},
 )

@@ -52,7 +52,10 @@ log = logging.getLogger(__name__)
 LOGS_VOLUME_PREFIX = "ddm-logs-"
 DEFAULT_VERIFY_TIMEOUT_SECONDS = 60.0
 STATE_POLL_SECONDS = 0.5
-CREATED_KINDS = ("containers", "volumes", "networks", "tags", "images", "directories")
+# "directories" are bind-mount destinations, removed with their content. "parent_directories"
+# are the directories above them that the engine created, removed only while empty.
+CREATED_KINDS = ("containers", "volumes", "networks", "tags", "images", "directories",
+                 "parent_directories")
 # Key of the task's extra state that lists each image, volume and bind-mount transfer.
 TRANSFERS_KEY = "transfers"
 
@@ -197,8 +200,8 @@ class FullTaskRunner(TaskRunner):
             self.target.volume_create(volume.name, driver=volume.driver,
                                       driver_opts=volume.options, labels=volume.labels)
             if volume.remote:
-                self.warn(f"volume {volume.name!r} uses driver {volume.driver} or a remote "
-                          "file system; it was recreated with its options, not copied")
+                self.warn_once(f"volume {volume.name!r} uses driver {volume.driver} or a remote "
+                               "file system; it was recreated with its options, not copied")
         for volume in self._volumes_to_copy(running=False):
             self._copy_volume(volume.name)
         if warm.is_warm(self):
@@ -359,8 +362,8 @@ class FullTaskRunner(TaskRunner):
 
     def _copy_volume(self, name: str) -> None:
         volume = next(volume for volume in self.plan.volumes if volume.name == name)
-        self.warn(f"volume {name!r} is copied through the Engine API (full mode has no host "
-                  f"data path); it loses {', '.join(datapath.loses(DataPath.ENGINE))}")
+        self.warn_once(f"volume {name!r} is copied through the Engine API (full mode has no "
+                       f"host data path); it loses {', '.join(datapath.loses(DataPath.ENGINE))}")
         item = TaskItem(task_id=self.task.id, position=0, source=name, target=name)
         progress = TransferProgress(self, "volume", name, volume.size_bytes)
         manifest, byte_count, _ = volumes.copy_volume(
@@ -377,7 +380,7 @@ class FullTaskRunner(TaskRunner):
         from ddmdriver.relay import relay_archive
 
         labels = {volumes.TASK_LABEL: self.task.id}
-        self.remember_created("directories", target_path)
+        self._remember_bind_directories(source_path, target_path)
         source_helper = driver.create_bind_helper(self.source, source_path, read_only=True,
                                                   labels=labels)
         target_helper = driver.create_bind_helper(self.target, target_path, read_only=False,
@@ -397,6 +400,48 @@ class FullTaskRunner(TaskRunner):
         volumes.remove_task_helpers(self.target, self.task.id)
         self.record("info", "bind", f"copied directory {source_path} to {target_path}: "
                     f"{result.bytes} bytes")
+
+    def _remember_bind_directories(self, source_path: str, target_path: str) -> None:
+        """Record the bind-mount directory and each missing parent that the engine creates.
+
+        The target engine creates them when it unpacks into the helper container that
+        bind-mounts `target_path`. Only directories missing now are recorded, so a rollback
+        never removes one that existed before the task.
+        """
+        missing = driver.missing_directories(self.target, target_path)
+        if missing is None:
+            # NOTE: a host that runs no commands cannot tell which directories exist, and
+            # its rollback cannot remove directories either (it warns).
+            self.remember_created("directories", target_path)
+            return
+
+        path = (driver.path_and_parents(target_path) or ["/"])[-1]
+        if path not in missing:
+            self._check_own_directory(source_path, path)
+            return
+        for parent in missing[:-1]:
+            self.remember_created("parent_directories", parent)
+        self.remember_created("directories", target_path)
+
+    def _check_own_directory(self, source_path: str, path: str) -> None:
+        """Accept an existing bind-mount directory only when this task created it.
+
+        That happens when one bind mount's directory lies inside another's. Any other
+        directory appeared after prepare checked that it was missing, and raises TargetExists.
+        """
+        created = self.extra().get("created") or {}
+        if path in (created.get("parent_directories") or []):
+            # The task created it as a parent of another bind mount, so it may now hold files.
+            self.remember_created("directories", path)
+            return
+        copied = [(driver.path_and_parents(directory) or ["/"])[-1]
+                  for directory in created.get("directories") or []]
+        if path in copied or _below_any(path, copied):
+            return
+        raise TargetExists(f"bind mount directory {path!r} already exists on host "
+                           f"{self.task.spec.target_host!r}, though it was missing at prepare",
+                           hint=f"pass --map-path {source_path}=NEW_PATH, or remove the "
+                           "directory, and run the migration again")
 
     def _archive_logs(self) -> None:
         """Write each source container's log into the task's logs volume on the target."""
@@ -600,11 +645,22 @@ class FullTaskRunner(TaskRunner):
             except DDMError as error:
                 self.warn(f"could not remove directory {path} on "
                           f"{self.task.spec.target_host}: {error}; remove it by hand")
+        self._remove_parent_directories(target, created.get("parent_directories") or [])
         self.store.set_extra(self.task.id, created={key: [] for key in CREATED_KINDS})
         self.record("info", "rolled_back", f"removed what the task created on "
                     f"{self.task.spec.target_host}")
         self._restart_source()
         self._remove_helper_images()
+
+    def _remove_parent_directories(self, target: Any, parents: list[str]) -> None:
+        """Remove the empty bind-mount parents that the task created, innermost first."""
+        if not parents:
+            return
+        try:
+            driver.remove_empty_directories(target, sorted(set(parents), key=len, reverse=True))
+        except DDMError as error:
+            self.warn(f"kept directories that the task created on {self.task.spec.target_host}, "
+                      f"because they are not empty or could not be removed: {error}")
 
     def _remove_helper_images(self) -> None:
         for host_name in self.extra().get("helper_image_hosts") or []:

@@ -256,6 +256,18 @@ class TaskRunner:
         self.store.add_event(self.task.id, "warning", "warning", message, None)
         self.emit_safely(Warning(self.task.id, message=message))
 
+    def warn_once(self, message: str) -> None:
+        """Warn, unless an earlier run of this task gave the same warning.
+
+        A resumed full-mode task runs every step again, so its warnings about one object
+        would repeat what the operator has already read.
+        """
+        if self.store.has_event(self.task.id, "warning", message):
+            log.debug("task %s: warning given by an earlier run, not repeated: %s",
+                      self.task.id, message)
+            return
+        self.warn(message)
+
     def set_phase(self, phase: Phase) -> None:
         self.task.phase = phase
         self.store.update_task(self.task.id, phase=phase)

@@ -15,6 +15,7 @@ from ddm.task import VerifyMode, new_task_id
 from ddm.text import counted
 from ddmctl.common import (
     CommandContext,
+    InterruptibleCommand,
     common_options,
     epilog,
     json_option,
@@ -29,6 +30,7 @@ from ddmsyncer.datapath import DataPath, HostProbes, Route, choose_route, not_ch
 
 
 @click.command(
+    cls=InterruptibleCommand,
     epilog=epilog("ddmverify --from old --to new --volume pgdata --deep"),
     context_settings={"help_option_names": ["-h", "--help"]},
 )

@@ -9,7 +9,7 @@ import click
 
 from ddm import api
 from ddm.errors import DDMError, ExitStatus, UsageError
-from ddm.task import Task, TaskState
+from ddm.task import ItemState, Task, TaskState
 from ddm.direct_config import validate_route
 from ddmctl.common import CommandContext, epilog, json_option, raise_on_sigterm
 from ddmctl.commands.planning import route_option, show_plan, spec_from_options, with_callback_options
@@ -229,19 +229,22 @@ def run_and_report(context: CommandContext, task_id: str, as_json: bool, *, resu
     runner = api.resume_task if resume else api.run_task
     before = stored_fields(context.store.get_task(task_id))
     error: DDMError | None = None
+    interrupt: KeyboardInterrupt | None = None
     with display:
         try:
             runner(context.config, context.store, task_id, on_event=display)
         except DDMError as caught:
             error = caught
-        except KeyboardInterrupt:
-            # The runner has rolled back by now, so report the task and the state it ended in.
-            task = context.store.get_task(task_id)
-            context.info(f"task {task.id} stopped by an interrupt and is now {task.state.value}; "
-                         f"see 'ddmctl status {task.id}'")
-            raise
+        except KeyboardInterrupt as received:
+            interrupt = received
 
     task = context.store.get_task(task_id)
+    if interrupt is not None:
+        # The runner has rolled back by now, so report the task and the state it ended in.
+        # The line is written once the display has ended, so it does not break into a bar.
+        context.info(f"task {task.id} stopped by an interrupt and is now {task.state.value}; "
+                     f"see 'ddmctl status {task.id}'")
+        raise interrupt
     if error is not None and stored_fields(task) == before:
         # The task was rejected before it ran (a resume of a task whose rollback is
         # unfinished, or of a task in another state), so there is no result to print.
@@ -260,11 +263,19 @@ def stored_fields(task: Task) -> dict[str, Any]:
 
 
 def print_task_result(context: CommandContext, task: Task, as_json: bool) -> None:
+    """Print the task's JSON document, or a tab-separated line per volume the task started.
+
+    A volume still pending was never started, because prepare failed or another failure
+    stopped the task first, so the text form has no line for it. The JSON document lists
+    every volume.
+    """
     if as_json:
         context.print_json(task.to_dict())
         return
 
     for item in task.items:
+        if item.state is ItemState.PENDING:
+            continue
         context.echo(f"{item.source}\t{item.target}\t{item.state.value}\t"
                      f"{format_bytes(item.bytes_done)}")
     duration = f"{task.duration:.1f} s" if task.duration is not None else "-"

@@ -360,6 +360,44 @@ def test_failure_after_create_rolls_back(lab: Lab, project: Project,
         assert is_running(h1, name)
 
 
+def test_failure_removes_created_parents(lab: Lab, project: Project,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The target engine creates every missing parent of a bind mount's directory. A rollback
+    # removes those and keeps the parents that existed before, even an empty one.
+    h2 = lab.host("h2")
+    h2_before = host_state(h2)
+    existing = project.bind_source.parent / "existing-empty"
+    existing.mkdir()
+    bind_target = existing / "new" / "deeper" / "site-moved"
+    from ddmsyncer import containers as full
+
+    original = full.driver.container_start
+    copied: list[bool] = []
+
+    def fail_on_target(engine: Any, name: str) -> None:
+        if engine.host.name == "h2":
+            copied.append((bind_target / "page.html").is_file())
+            raise MigrationFailed(f"injected failure starting {name}")
+        original(engine, name)
+
+    monkeypatch.setattr(full.driver, "container_start", fail_on_target)
+    config, store = load_config(), api.open_store()
+    task = api.create_full_task(store, config, source="h1", target="h2", project=project.name,
+                                map_path=[f"{project.bind_source}={bind_target}"])
+    with pytest.raises(MigrationFailed, match="injected failure"):
+        api.run_task(config, store, task.id)
+
+    assert copied == [True]
+    assert store.get_task(task.id).state is TaskState.FAILED
+    assert host_state(h2) == h2_before
+    assert not (existing / "new").exists()
+    assert existing.is_dir()
+    assert list(existing.iterdir()) == []
+    warnings = [event["message"] for event in store.get_events(task.id)
+                if event["level"] == "warning"]
+    assert not [message for message in warnings if "director" in message]
+
+
 def test_finalize_removes_source(lab: Lab, project: Project,
                                  capsys: pytest.CaptureFixture[str]) -> None:
     h1, h2 = lab.host("h1"), lab.host("h2")
@@ -468,3 +506,41 @@ def test_volume_copy_warns_of_lost_aspects(lab: Lab, project: Project,
     assert len(warning_ids) == 1
     assert len(transfer_ids) == 1
     assert warning_ids[0] < transfer_ids[0]
+
+
+def test_resume_warns_of_lost_aspects_once(lab: Lab, project: Project,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    # The first run stops during its first volume copy, as a killed one does. The resumed
+    # run copies every volume again, but warns only of the volumes not warned of before.
+    from ddmdriver import relay
+    from ddmsyncer import containers as full
+
+    def killed_relay(*args: Any, **options: Any) -> Any:
+        raise MigrationFailed("injected end of the killed run")
+
+    monkeypatch.setattr(relay, "relay_archive", killed_relay)
+    monkeypatch.setattr(full.FullTaskRunner, "rollback", lambda self, every_host=False: None)
+    config, store, task = run_failing_task(project, "injected end")
+    store.update_task(task.id, state=TaskState.INTERRUPTED)
+    monkeypatch.undo()
+    warned_first = [event["message"] for event in store.get_events(task.id)
+                    if event["level"] == "warning" and "is copied through the Engine API"
+                    in event["message"]]
+    emitted: list[str] = []
+
+    resumed = api.resume_task(config, store, task.id,
+                              on_event=lambda event: emitted.append(getattr(event, "message", "")))
+
+    assert resumed.state is TaskState.SUCCEEDED
+    assert len(warned_first) == 1
+    volumes = [volume["name"] for volume in store.get_extra(task.id)["plan"]["volumes"]]
+    assert len(volumes) == 3
+    warnings = [event["message"] for event in store.get_events(task.id)
+                if event["level"] == "warning"]
+    for name in volumes:
+        about_volume = [message for message in warnings
+                        if message.startswith(f"volume {name!r} is copied through the Engine API")]
+        assert len(about_volume) == 1, name
+    assert warned_first[0] not in emitted
+    warned_again = [message for message in emitted if "is copied through the Engine API" in message]
+    assert len(warned_again) == 2

@@ -44,3 +44,17 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def environ(home: Path) -> dict[str, str]:
     """Return an environment with HOME and the XDG directories under the temporary home."""
     return home_environ(home)
+
+
+# Host URLs of the config that `configured` writes. No unit test gets as far as connecting to
+# them, and the no_network fixture fails any test that tries.
+HOSTS_YAML = "hosts:\n  a: ssh://nobody@127.0.0.1:1\n  b: ssh://nobody@127.0.0.1:1\n"
+
+
+@pytest.fixture
+def configured(home: Path, environ: dict[str, str]) -> dict[str, str]:
+    """Return an environment whose default config file names hosts a and b."""
+    config_dir = home / ".config" / "ddm"
+    config_dir.mkdir(parents=True)
+    (config_dir / "config.yaml").write_text(HOSTS_YAML)
+    return environ

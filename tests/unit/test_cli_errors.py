@@ -27,10 +27,6 @@ from tests.unit.cli_support import (
 
 pytestmark = pytest.mark.usefixtures("no_network")
 
-# Hosts that every test config names. Nothing here connects to them, because each command
-# under test fails during validation, and the no_network fixture fails any test that tries.
-HOSTS_YAML = "hosts:\n  a: ssh://nobody@127.0.0.1:1\n  b: ssh://nobody@127.0.0.1:1\n"
-
 SUBCOMMANDS = {
     "ddmctl": ["migrate", "list", "status", "resume", "cancel", "rollback"],
     "ddmsyncer": ["run", "serve"],
@@ -43,15 +39,6 @@ EXIT_STATUS_LINES = ["0    success", "1    migration", "2    usage", "3    conne
 
 def present_commands() -> list[str]:
     return [prog for prog in COMMAND_NAMES if command_available(prog)]
-
-
-@pytest.fixture
-def configured(home: Path, environ: dict[str, str]) -> dict[str, str]:
-    """Return an environment whose default config file names hosts a and b."""
-    config_dir = home / ".config" / "ddm"
-    config_dir.mkdir(parents=True)
-    (config_dir / "config.yaml").write_text(HOSTS_YAML)
-    return environ
 
 
 # --version and --help

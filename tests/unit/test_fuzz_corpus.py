@@ -40,10 +40,6 @@ ARGV_CASES = sorted(FUZZ_DIR.glob("argv/*.json"))
 
 MIB = 1024 * 1024
 
-# Host URLs of the config used by the argv corpus. No case gets as far as connecting, and the
-# no_network fixture fails any test that tries.
-HOSTS_YAML = "hosts:\n  a: ssh://nobody@127.0.0.1:1\n  b: ssh://nobody@127.0.0.1:1\n"
-
 # Each command that reads a config file, with "{case}" standing for the file's path.
 CONFIG_COMMANDS = [
     ("ddmctl", ["--config", "{case}", "list"]),
@@ -84,15 +80,6 @@ def case_directives(path: Path) -> dict[str, list[str]]:
 
 def expand_args(args: list[str], case: Path) -> list[str]:
     return [str(case) if arg == "{case}" else arg for arg in args]
-
-
-@pytest.fixture
-def configured(home: Path, environ: dict[str, str]) -> dict[str, str]:
-    """Return an environment whose default config file names hosts a and b."""
-    config_dir = home / ".config" / "ddm"
-    config_dir.mkdir(parents=True)
-    (config_dir / "config.yaml").write_text(HOSTS_YAML)
-    return environ
 
 
 def test_corpus_present() -> None:

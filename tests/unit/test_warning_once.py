@@ -1,12 +1,16 @@
-"""A warning that a display shows as an event is not logged a second time."""
+"""A warning is emitted once: not logged again by a display, not given again by a resumed run."""
 
 from __future__ import annotations
 
 import io
 import logging
 
-from ddm.events import WARNING_EVENT_MARK, Warning
+from ddm import api
+from ddm.config import load_config
+from ddm.events import WARNING_EVENT_MARK, Event, Warning
+from ddm.store import TaskStore, default_store_path
 from ddmctl.progress import PlainDisplay
+from ddmsyncer.runner import TaskRunner
 
 
 def test_display_shows_marked_warning_once() -> None:
@@ -28,3 +32,25 @@ def test_display_shows_marked_warning_once() -> None:
     assert "task t1: disk almost full" not in lines
     assert "task t1: reconnecting" in lines
     assert "task t2: after the display" in lines
+
+
+def test_runner_warns_once_per_task(configured: dict[str, str]) -> None:
+    # A resumed run is a new TaskRunner on the same stored task.
+    config = load_config(None, configured)
+    store = TaskStore(default_store_path(configured))
+    emitted: list[Event] = []
+    try:
+        task = api.create_task(store, config, source="a", target="b", volumes=["va"])
+        first_run = TaskRunner(config, store, task.id, on_event=emitted.append)
+        first_run.warn_once("volume 'va' loses its ACLs")
+        first_run.warn_once("volume 'va' loses its ACLs")
+        resumed_run = TaskRunner(config, store, task.id, on_event=emitted.append)
+        resumed_run.warn_once("volume 'va' loses its ACLs")
+        resumed_run.warn_once("volume 'vb' loses its ACLs")
+        stored = [event["message"] for event in store.get_events(task.id)
+                  if event["kind"] == "warning"]
+    finally:
+        store.close()
+
+    assert stored == ["volume 'va' loses its ACLs", "volume 'vb' loses its ACLs"]
+    assert [event.message for event in emitted if isinstance(event, Warning)] == stored
