@@ -746,17 +746,26 @@ def _below_any(path: str, parents: list[str]) -> bool:
 
 
 def remove_source_containers(runner: TaskRunner, names: list[str]) -> None:
-    """Remove the stopped source containers of a task (never their volumes)."""
-    runner.store.set_extra(runner.task.id, source_removed=True)
-    for name in names:
-        inspect = driver.container_inspect(runner.source, name)
+    """Remove the stopped source containers of a task (never their volumes).
+
+    Each container is found by the ID the task recorded, so a container created later under the
+    same name stays. All are checked before the first removal, so when one runs again nothing
+    is removed and the task can still be rolled back.
+    """
+    recorded_ids = runner.store.get_extra(runner.task.id).get("source_container_ids") or {}
+    removable = {name: recorded_ids.get(name) or name for name in names}
+    for name, reference in list(removable.items()):
+        inspect = driver.container_inspect(runner.source, reference)
         if inspect is None:
-            continue
-        if get_path(inspect, "State.Running"):
+            del removable[name]
+        elif get_path(inspect, "State.Running"):
             raise MigrationFailed(f"source container {name!r} runs again on "
-                                  f"{runner.task.spec.source_host}; not removed",
+                                  f"{runner.task.spec.source_host}; nothing was removed",
                                   hint="stop it first, or roll the task back")
-        driver.container_remove(runner.source, name)
+
+    runner.store.set_extra(runner.task.id, source_removed=True)
+    for name, reference in removable.items():
+        driver.container_remove(runner.source, reference)
         runner.record("info", "source_removed", f"removed source container {name!r}")
 
 

@@ -416,6 +416,41 @@ def test_finalize_removes_source(lab: Lab, project: Project,
     assert is_running(h2, project.db)
 
 
+def test_finalize_rejected_keeps_rollback(lab: Lab, project: Project,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    h1, h2 = lab.host("h1"), lab.host("h2")
+    status = migrate("--mode", "full", "--container", project.db)
+    assert status == 0, capsys.readouterr().err
+    task_id = only_task_id()
+    h1.docker("start", project.db)
+    capsys.readouterr()
+
+    assert run_main(cli, ["finalize", task_id], prog_name="ddmctl") == 1
+    finalize_error = capsys.readouterr().err
+    assert is_running(h1, project.db)
+
+    # The rejected finalize removed nothing, so the rollback the error suggests still runs.
+    h1.docker("stop", project.db)
+    assert run_main(cli, ["rollback", task_id], prog_name="ddmctl") == 0
+    assert api.open_store().get_task(task_id).state.value == "rolled_back"
+    assert project.db not in host_state(h2)["containers"]
+    assert is_running(h1, project.db)
+    assert "runs again on h1; nothing was removed" in finalize_error
+
+
+def test_finalize_keeps_recreated_container(lab: Lab, project: Project,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    h1 = lab.host("h1")
+    status = migrate("--mode", "full", "--container", project.db)
+    assert status == 0, capsys.readouterr().err
+    task_id = only_task_id()
+    h1.docker("rm", project.db)
+    new_id = h1.docker("create", "--name", project.db, BUSYBOX_IMAGE, "true").stdout.strip()
+
+    assert run_main(cli, ["finalize", task_id], prog_name="ddmctl") == 0
+    assert docker_json(h1, "inspect", project.db)[0]["Id"] == new_id
+
+
 def test_remove_source_option(lab: Lab, project: Project,
                               capsys: pytest.CaptureFixture[str]) -> None:
     h1, h2 = lab.host("h1"), lab.host("h2")
