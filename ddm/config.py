@@ -60,8 +60,6 @@ USER_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}$")
 HOSTNAME_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
 HOSTNAME_PATTERN = re.compile(rf"^{HOSTNAME_LABEL}(?:\.{HOSTNAME_LABEL})*\.?$")
 MAX_HOSTNAME = 253
-# scheme://user:password@ up to the last '@' before the path, as urlsplit reads the user part.
-PASSWORD_IN_URL = re.compile(r"^([^:/]*://[^/:@]*):[^/]*@")
 URL_SCHEMES = ("ssh", "unix", "tcp", "npipe")
 
 TOP_LEVEL_KEYS = {"version", "identity_file", "known_hosts", "ssh_config", "hosts", "defaults"}
@@ -250,8 +248,18 @@ def parse_host_url(name: str, url: str, **extra: Any) -> HostConfig:
 
 
 def redact_password(url: str) -> str:
-    """Return the URL with the password of its user part, if any, replaced by '***'."""
-    return PASSWORD_IN_URL.sub(r"\1:***@", url)
+    """Return the URL with the password of its user part, if any, replaced by '***'.
+
+    The password is everything from the first ':' after the user name to the last '@'. That
+    covers a password with '/', '?', '#' or '@' in it, which urlsplit would read as part of the
+    path, and it may hide more than a password but never shows less.
+    """
+    scheme, separator, rest = url.partition("://")
+    user_part, at, host_part = rest.rpartition("@")
+    if not separator or not at or ":" not in user_part:
+        return url
+    user = user_part.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host_part}"
 
 
 def _parse_socket_url(

@@ -17,6 +17,7 @@ from ddm.config import (
     expand_path,
     load_config,
     parse_host_url,
+    redact_password,
     save_config,
 )
 from ddm.errors import ExitStatus, UsageError
@@ -36,7 +37,8 @@ def parse_host_option(value: str) -> tuple[str, str]:
     """Split a --host NAME=URL argument."""
     name, separator, url = value.partition("=")
     if not separator or not name or not url:
-        raise UsageError(f"invalid --host {value!r}", hint="use --host NAME=ssh://user@host:22")
+        raise UsageError(f"invalid --host {redact_password(value)!r}",
+                         hint="use --host NAME=ssh://user@host:22")
     if name == LOCAL_HOST:
         raise UsageError("the host name 'local' is reserved for the local Docker engine",
                          hint="choose another name")

@@ -19,6 +19,7 @@ from ddm.config import (
     default_config_path,
     load_config,
     parse_host_url,
+    redact_password,
     save_config,
 )
 from ddm.errors import ConfigError, ExitStatus
@@ -658,3 +659,25 @@ def test_invalid_yaml_names_next_step(home: Path, environ: dict[str, str]) -> No
 
     assert "invalid YAML" in str(error)
     assert error.hint == "fix the file there, or write a new one with 'ddminit'"
+
+
+@pytest.mark.parametrize("url, secret", [
+    ("ssh://root:pw@h1", "pw"),
+    ("ssh://root:ab/cd@127.0.0.21", "ab/cd"),
+    ("ssh://root:s?cret#x@127.0.0.21", "s?cret#x"),
+    ("ssh://root:p@ss@127.0.0.21:22", "p@ss"),
+    ("ssh://root:sec ret@127.0.0.21", "sec ret"),
+    ("ssh://root:sec/ret@[2001:db8::1", "sec/ret"),
+    ("tcp://root:sec/ret@127.0.0.21:2375", "sec/ret"),
+])
+def test_url_errors_never_show_the_password(url: str, secret: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse_host_url("h1", url)
+
+    shown = f"{raised.value} {getattr(raised.value, 'hint', '')}"
+    assert secret not in shown
+
+
+@pytest.mark.parametrize("url", ["ssh://root@h1:22", "ssh://[2001:db8::1]:22", "unix:///run/d.sock"])
+def test_redact_password_keeps_urls_without_one(url: str) -> None:
+    assert redact_password(url) == url
