@@ -304,11 +304,16 @@ def cancel_task(store: TaskStore, task_id: str) -> Task:
         store.update_task(task.id, control="cancel")
         store.add_event(task.id, "info", "cancel_requested", "cancel requested")
     elif task.state is not TaskState.INTERRUPTED:
-        raise TaskConflict(
-            f"task {task.id} is {task.state.value} and cannot be cancelled",
-            hint=f"undo a finished task with 'ddmctl rollback {task.id}'",
-        )
+        raise TaskConflict(f"task {task.id} has already ended ({task.state.value}), so there is "
+                           "nothing to cancel", hint=_ended_task_hint(task))
     return store.get_task(task.id)
+
+
+def _ended_task_hint(task: Task) -> str:
+    """Return what an operator can still do with a task that has ended."""
+    if task.state is TaskState.SUCCEEDED:
+        return f"undo its changes with 'ddmctl rollback {task.id}'"
+    return f"see what it left with 'ddmctl status {task.id}'"
 
 
 def plan_task(config: Config, spec: TaskSpec, *, probe_bytes: int | None = None,

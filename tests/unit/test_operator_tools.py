@@ -386,3 +386,25 @@ def test_hosts_check_without_hosts_exits_2(home: Path, environ: dict[str, str],
     outcome = invoke("ddmctl", ["hosts", "check"], environ)
 
     assert "no hosts to check" in error_line(outcome, "ddmctl")
+
+
+@pytest.mark.parametrize("state, hint", [
+    (TaskState.SUCCEEDED, "undo its changes with 'ddmctl rollback eeeeeeeeeeee'"),
+    (TaskState.CANCELLED, "see what it left with 'ddmctl status eeeeeeeeeeee'"),
+    (TaskState.ROLLED_BACK, "see what it left with 'ddmctl status eeeeeeeeeeee'"),
+])
+def test_cancel_of_an_ended_task_says_it_ended(tmp_path: Path, state: TaskState, hint: str) -> None:
+    from ddm.api import cancel_task
+    from ddm.errors import TaskConflict
+
+    store = TaskStore(tmp_path / "tasks.db")
+    task = Task(id="e" * 12, spec=TaskSpec(source_host="old", target_host="new"))
+    store.create_task(task)
+    store.update_task(task.id, state=state, finished_at=time.time())
+
+    with pytest.raises(TaskConflict) as raised:
+        cancel_task(store, task.id)
+
+    assert str(raised.value) == (f"task {task.id} has already ended ({state.value}), so there is "
+                                 f"nothing to cancel; {hint}")
+    assert store.get_task(task.id).state is state
