@@ -260,7 +260,7 @@ def resume_task(
         raise TaskConflict(
             f"task {task.id} is {task.state.value}; only an interrupted task can be resumed, or "
             "a paused one continued",
-            hint="start a new task with 'ddmctl migrate' instead",
+            hint=_resume_hint(task),
         )
     if task.control is not None:
         store.update_task(task.id, control=None)
@@ -307,6 +307,15 @@ def cancel_task(store: TaskStore, task_id: str) -> Task:
         raise TaskConflict(f"task {task.id} has already ended ({task.state.value}), so there is "
                            "nothing to cancel", hint=_ended_task_hint(task))
     return store.get_task(task.id)
+
+
+def _resume_hint(task: Task) -> str:
+    """Return what to do instead of resuming a task that is neither interrupted nor paused."""
+    if task.state is TaskState.QUEUED:
+        return f"run it with 'ddmsyncer run {task.id}', or leave it to 'ddmsyncer serve'"
+    if task.state is TaskState.RUNNING:
+        return f"it runs already; watch it with 'ddmctl status --watch {task.id}'"
+    return "start a new task with 'ddmctl migrate' instead"
 
 
 def _ended_task_hint(task: Task) -> str:

@@ -4,6 +4,7 @@ clock parsing, duration estimates, config defaults for callbacks and the pause w
 from __future__ import annotations
 
 import io
+import os
 import threading
 import time
 from pathlib import Path
@@ -408,3 +409,23 @@ def test_cancel_of_an_ended_task_says_it_ended(tmp_path: Path, state: TaskState,
     assert str(raised.value) == (f"task {task.id} has already ended ({state.value}), so there is "
                                  f"nothing to cancel; {hint}")
     assert store.get_task(task.id).state is state
+
+
+@pytest.mark.parametrize("state, hint", [
+    (TaskState.QUEUED, "run it with 'ddmsyncer run ffffffffffff', or leave it to 'ddmsyncer serve'"),
+    (TaskState.RUNNING, "it runs already; watch it with 'ddmctl status --watch ffffffffffff'"),
+    (TaskState.SUCCEEDED, "start a new task with 'ddmctl migrate' instead"),
+])
+def test_resume_hint_fits_the_task_state(tmp_path: Path, state: TaskState, hint: str) -> None:
+    from ddm.api import resume_task
+    from ddm.errors import TaskConflict
+
+    store = TaskStore(tmp_path / "tasks.db")
+    task = Task(id="f" * 12, spec=TaskSpec(source_host="old", target_host="new"))
+    store.create_task(task, reserved_by=os.getpid())  # a live runner: not marked stale
+    store.update_task(task.id, state=state)
+
+    with pytest.raises(TaskConflict) as raised:
+        resume_task(config(), store, task.id)
+
+    assert str(raised.value).endswith(hint)
