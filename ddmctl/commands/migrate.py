@@ -9,7 +9,7 @@ import click
 
 from ddm import api
 from ddm.errors import DDMError, ExitStatus, UsageError
-from ddm.task import ItemState, Task, TaskState
+from ddm.task import ItemState, Mode, Task, TaskState
 from ddm.direct_config import validate_route
 from ddmctl.common import CommandContext, epilog, json_option, raise_on_sigterm
 from ddmctl.commands.planning import route_option, show_plan, spec_from_options, with_callback_options
@@ -265,6 +265,9 @@ def stored_fields(task: Task) -> dict[str, Any]:
 def print_task_result(context: CommandContext, task: Task, as_json: bool) -> None:
     """Print the task's JSON document, or a tab-separated line per volume the task started.
 
+    A full-mode task has no volume items; it prints a line per transfer instead (see
+    full_mode_result_lines()).
+
     A volume still pending was never started, because prepare failed or another failure
     stopped the task first, so the text form has no line for it. The JSON document lists
     every volume.
@@ -278,5 +281,23 @@ def print_task_result(context: CommandContext, task: Task, as_json: bool) -> Non
             continue
         context.echo(f"{item.source}\t{item.target}\t{item.state.value}\t"
                      f"{format_bytes(item.bytes_done)}")
+    if task.spec.mode is Mode.FULL:
+        for line in full_mode_result_lines(context.store.get_extra(task.id)):
+            context.echo(line)
     duration = f"{task.duration:.1f} s" if task.duration is not None else "-"
     context.info(f"task {task.id} {task.state.value} in {duration}")
+
+
+def full_mode_result_lines(extra: dict[str, Any]) -> list[str]:
+    """Return a tab-separated line per image, volume and bind mount a full-mode task transferred.
+
+    Each line holds the kind, the source name, the target name, the state (sending or sent)
+    and the bytes read from the source. `extra` is the task's stored state (status --json's
+    `full`).
+    """
+    lines = []
+    for transfer in extra.get("transfers") or []:
+        target = transfer.get("target") or transfer.get("name")
+        lines.append(f"{transfer.get('kind')}\t{transfer.get('name')}\t{target}\t"
+                     f"{transfer.get('state')}\t{format_bytes(int(transfer.get('bytes_done') or 0))}")
+    return lines

@@ -326,9 +326,14 @@ def test_present_image_not_sent(lab: Lab, project: Project,
     assert docker_json(h2, "image", "inspect", project.image)[0]["Id"] == image_id
 
     status = migrate("--mode", "full", "--container", project.db)
-    assert status == 0, capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert status == 0, captured.err
     extra = api.open_store().get_extra(only_task_id())
     assert extra["image_bytes_sent"] == 0
+    # stdout has a line per transfer: the image was present, so only the image's anonymous
+    # volume was sent.
+    rows = [line.split("\t") for line in captured.out.splitlines()]
+    assert [(kind, state) for kind, _, _, state, _ in rows] == [("volume", "sent")]
     assert is_running(h2, project.db)
 
     # Rollback keeps the image that was on h2 before the task.
