@@ -10,7 +10,7 @@ import click
 from ddm import api
 from ddm.errors import DDMError, ExitStatus, TargetsChanged, TaskNotFound
 from ddm.store import TaskStore
-from ddm.task import ItemState, Phase, Task, TaskItem, TaskState
+from ddm.task import ItemState, Mode, Phase, Task, TaskItem, TaskState
 from ddmctl.commands.migrate import print_task_result, run_and_report
 from ddmctl.common import CommandContext, epilog, json_option
 from ddmctl.complete import complete_task
@@ -30,11 +30,28 @@ def format_time(timestamp: float | None) -> str:
 
 
 def task_line(task: Task) -> str:
-    volumes = ",".join(item.source for item in task.items)
+    """Return the task's row of `ddmctl list`."""
     duration = f"{task.duration:.1f}s" if task.duration is not None else "-"
     return (f"{task.id}  {format_time(task.created_at)}  {task.spec.source_host}->"
-            f"{task.spec.target_host}  {task.state.value:<11}  {task.phase.value:<8}  "
-            f"{duration:>8}  {volumes}")
+            f"{task.spec.target_host}  {list_state(task):<11}  {task.phase.value:<8}  "
+            f"{duration:>8}  {task_objects(task)}")
+
+
+def list_state(task: Task) -> str:
+    """Return the task's state for the list: 'paused' for a running task that was asked to pause."""
+    if task.state is TaskState.RUNNING and task.control == "pause":
+        return "paused"
+    return task.state.value
+
+
+def task_objects(task: Task) -> str:
+    """Return the source volumes of a task, or for a full-mode task its project or containers."""
+    if task.spec.mode is not Mode.FULL:
+        return ",".join(item.source for item in task.items)
+    project = task.spec.options.get("project")
+    if project:
+        return f"project {project}"
+    return ",".join(task.spec.options.get("containers") or [])
 
 
 @click.command("list", epilog=epilog("ddmctl list --state failed --host old --since 24h"))
@@ -50,7 +67,11 @@ def task_line(task: Task) -> str:
 @click.pass_obj
 def list_tasks(context: CommandContext, state: str | None, host: str | None,
                since: float | None, limit: int, as_json: bool) -> int:
-    """List tasks, newest first: ID, created, hosts, state, phase, duration and volumes."""
+    """List tasks, newest first: ID, created, hosts, state, phase, duration and volumes.
+
+    A running task that was asked to pause shows the state paused. A full-mode task shows its
+    project or its containers in place of volumes.
+    """
     store = context.store
     found = store.list_tasks(state=TaskState(state) if state else None, limit=MAX_SCANNED_TASKS)
     tasks = [mark_stale_running(store, task) for task in found

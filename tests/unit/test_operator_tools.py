@@ -17,7 +17,7 @@ from ddm.config import config_from_dict
 from ddm.errors import Cancelled, ConfigError, ExitStatus
 from ddm.fleet import FleetPlanError, load_fleet_plan
 from ddm.store import TaskStore
-from ddm.task import ItemState, Task, TaskItem, TaskSpec, TaskState, VerifyMode, VolumeSpec
+from ddm.task import ItemState, Mode, Task, TaskItem, TaskSpec, TaskState, VerifyMode, VolumeSpec
 from ddmctl.tasks_filter import parse_since, task_matches
 from ddmctl.watch import RateMeter, _PlainView, eta_seconds, watch_task
 from ddmdriver.hostcheck import HostCheck, clock_skew, parse_rfc3339, worst_exit_status
@@ -429,3 +429,21 @@ def test_resume_hint_fits_the_task_state(tmp_path: Path, state: TaskState, hint:
         resume_task(config(), store, task.id)
 
     assert str(raised.value).endswith(hint)
+
+
+def test_list_row_shows_paused_and_full_mode_objects() -> None:
+    from ddmctl.commands.tasks import task_line
+
+    paused = Task(id="a1" * 6, spec=TaskSpec(source_host="old", target_host="new",
+                                             volumes=(VolumeSpec("pg", "pg"),)),
+                  state=TaskState.RUNNING, control="pause",
+                  items=[TaskItem(task_id="a1" * 6, position=0, source="pg", target="pg")])
+    project = Task(id="b2" * 6, spec=TaskSpec(source_host="old", target_host="new", mode=Mode.FULL,
+                                              options={"project": "shop"}))
+    containers = Task(id="c3" * 6, spec=TaskSpec(source_host="old", target_host="new", mode=Mode.FULL,
+                                                 options={"containers": ["web", "db"]}))
+
+    assert task_line(paused).split()[4:5] == ["paused"]
+    assert task_line(paused).endswith("  pg")
+    assert task_line(project).endswith("  project shop")
+    assert task_line(containers).endswith("  web,db")
