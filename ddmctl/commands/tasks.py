@@ -161,6 +161,9 @@ def status(context: CommandContext, task_id: str, show_events: bool, watch: bool
         restart = ("" if task.state is TaskState.RUNNING else
                    f"; 'ddmctl resume {task.id}' or 'ddmctl rollback {task.id}' starts them again")
         context.echo(f"stopped   {', '.join(stopped)} on {task.spec.source_host}{restart}")
+    if extra.get("finalized"):
+        context.echo(f"finalized source containers removed from {task.spec.source_host}; the "
+                     "task can no longer be rolled back")
     if extra.get("downtime_seconds") is not None:
         context.echo(f"downtime  {extra['downtime_seconds']:.2f} s")
     if extra.get("image_bytes_sent") is not None:

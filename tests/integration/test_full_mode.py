@@ -414,6 +414,10 @@ def test_finalize_removes_source(lab: Lab, project: Project,
     assert run_main(cli, ["finalize", task_id], prog_name="ddmctl") == 0
     assert project.db not in host_state(h1)["containers"]
     assert is_running(h2, project.db)
+    capsys.readouterr()
+    assert run_main(cli, ["status", task_id], prog_name="ddmctl") == 0
+    assert ("finalized source containers removed from h1; the task can no longer be rolled back"
+            in capsys.readouterr().out.splitlines())
 
     # A finalized task cannot be rolled back: its source containers are gone.
     assert run_main(cli, ["rollback", task_id], prog_name="ddmctl") == 6
