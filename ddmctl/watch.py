@@ -145,6 +145,11 @@ def watch_task(store: TaskStore, task_id: str, stream: IO[str], *, terminal: boo
 
     wait = sleep or sleep_between_reads
     meter = RateMeter()
+    if store.get_task(task_id).state is TaskState.QUEUED:
+        # Written before the view starts, so that a terminal's live display keeps it.
+        stream.write(f"task {task_id} is queued: it starts when 'ddmsyncer serve' takes it or "
+                     f"'ddmsyncer run {task_id}' runs it\n")
+        stream.flush()
     view = _RichView(stream, no_color, width) if terminal else _PlainView(stream)
     with view:
         while True:

@@ -447,3 +447,21 @@ def test_list_row_shows_paused_and_full_mode_objects() -> None:
     assert task_line(paused).endswith("  pg")
     assert task_line(project).endswith("  project shop")
     assert task_line(containers).endswith("  web,db")
+
+
+def test_watch_of_a_queued_task_says_what_starts_it(tmp_path: Path) -> None:
+    store = TaskStore(tmp_path / "tasks.db")
+    task = Task(id="9" * 12, spec=TaskSpec(source_host="old", target_host="new"))
+    store.create_task(task)
+    stream = io.StringIO()
+
+    def end_the_task(_: float) -> None:
+        store.update_task(task.id, state=TaskState.CANCELLED, finished_at=time.time())
+
+    last = watch_task(store, task.id, stream, terminal=False, no_color=True, sleep=end_the_task)
+
+    assert last.state is TaskState.CANCELLED
+    assert stream.getvalue().splitlines()[0] == (
+        f"task {task.id} is queued: it starts when 'ddmsyncer serve' takes it or "
+        f"'ddmsyncer run {task.id}' runs it")
+    store.close()
