@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from ddm import api
-from ddm.errors import DDMError, ExitStatus
+from ddm.errors import Cancelled, DDMError, ExitStatus
 from ddm.processes import process_alive
 from ddm.store import TaskStore
 from ddm.task import Task, TaskState
@@ -85,6 +85,9 @@ def serve(context: CommandContext, concurrency: int, poll_interval: float, once:
         try:
             task = api.run_task(config, store, task_id)
             context.info(f"task {task_id} {task.state.value}")
+        except Cancelled:
+            # The operator asked for it with 'ddmctl cancel', so it is no failure of the serve.
+            context.info(f"task {task_id} cancelled")
         except DDMError as error:
             failures += 1
             log.error("task %s failed: %s", task_id, error)
