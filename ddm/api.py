@@ -278,7 +278,8 @@ def rollback_task(
     """Remove what a finished or interrupted task created on the target host.
 
     A succeeded volumes-mode task whose target volume was replaced or changed since is refused
-    with TaskConflict unless `force` is true.
+    with TaskConflict unless `force` is true. So is a task whose volumes another task holds
+    locked, running or interrupted, `force` or not.
     """
     from ddmsyncer.runner import create_runner
     from ddmsyncer.runner import rollback_task as rollback
@@ -286,11 +287,9 @@ def rollback_task(
     runner = create_runner(config, store, task_id, on_event=on_event)
     runner.force_rollback = force
     try:
-        runner.check_rollback_allowed()
-    except BaseException:
+        return rollback(runner)
+    finally:
         runner._close()
-        raise
-    return rollback(runner)
 
 
 def cancel_task(store: TaskStore, task_id: str) -> Task:

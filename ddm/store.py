@@ -18,6 +18,7 @@ from typing import Any
 
 from ddm.config import data_dir
 from ddm.errors import ConfigError, TaskConflict, TaskNotFound
+from ddm.processes import process_alive
 from ddm.task import ItemState, Phase, Task, TaskItem, TaskSpec, TaskState
 
 SCHEMA_VERSION = 1
@@ -482,27 +483,67 @@ class TaskStore:
 
     # Locks
 
-    def acquire_locks(self, task_id: str, resources: list[str]) -> None:
-        """Take every lock for the task, or none: raise TaskConflict naming the holder."""
+    def acquire_locks(self, task_id: str, resources: list[str]) -> list[str]:
+        """Take every lock for the task, or none: raise TaskConflict naming the holder.
+
+        Returns the resources newly locked, leaving out those the task held already. A lock
+        stays until its task releases it, also when the task's runner process is gone: an
+        interrupted task keeps its locks until it is resumed or rolled back.
+        """
+        newly_locked = []
         with self.transaction() as db:
             for resource in resources:
                 row = db.execute(
                     "SELECT task_id FROM locks WHERE resource = ?", (resource,)
                 ).fetchone()
                 if row is not None and row["task_id"] != task_id:
-                    raise TaskConflict(
-                        f"{resource} is held by task {row['task_id']}",
-                        hint=f"wait for it, or end it with 'ddmctl cancel {row['task_id']}' "
-                        f"or 'ddmctl rollback {row['task_id']}'",
-                    )
-                db.execute(
+                    raise _lock_conflict(db, resource, row["task_id"])
+                cursor = db.execute(
                     "INSERT OR IGNORE INTO locks (resource, task_id, acquired_at) VALUES (?, ?, ?)",
                     (resource, task_id, time.time()),
                 )
+                if cursor.rowcount == 1:
+                    newly_locked.append(resource)
+        return newly_locked
 
-    def release_locks(self, task_id: str) -> None:
+    def release_locks(self, task_id: str, resources: list[str] | None = None) -> None:
+        """Release the task's locks on `resources`, or all of its locks when it is None."""
         with self.transaction() as db:
-            db.execute("DELETE FROM locks WHERE task_id = ?", (task_id,))
+            if resources is None:
+                db.execute("DELETE FROM locks WHERE task_id = ?", (task_id,))
+                return
+            db.executemany("DELETE FROM locks WHERE task_id = ? AND resource = ?",
+                           [(task_id, resource) for resource in resources])
+
+
+def _lock_conflict(db: sqlite3.Connection, resource: str, holder: str) -> TaskConflict:
+    """Return the error for a lock held by task `holder`, with a next step that works in its state.
+
+    `ddmctl rollback` rejects a running task, so it is offered only for a task whose runner
+    has ended.
+    """
+    row = db.execute("SELECT state, phase, runner_pid FROM tasks WHERE id = ?",
+                     (holder,)).fetchone()
+    state = row["state"] if row is not None else None
+    running = state == TaskState.RUNNING.value and process_alive(row["runner_pid"])
+    if running and row["phase"] == Phase.ROLLBACK.value:
+        return TaskConflict(f"{resource} is held by task {holder}, which is rolling back",
+                            hint="wait for its rollback to end, then try again")
+    if running:
+        return TaskConflict(
+            f"{resource} is held by task {holder}, which is running",
+            hint=f"wait for it to end or cancel it ('ddmctl cancel {holder}' stops it and rolls "
+            "it back), then try again",
+        )
+    if state in (TaskState.RUNNING.value, TaskState.INTERRUPTED.value):
+        # A running task whose process is gone is marked interrupted by the next look at it.
+        return TaskConflict(
+            f"{resource} is held by task {holder}, which was interrupted",
+            hint=f"finish it with 'ddmctl resume {holder}' or undo it with 'ddmctl rollback "
+            f"{holder}', then try again",
+        )
+    return TaskConflict(f"{resource} is held by task {holder}, which is {state}",
+                        hint=f"see 'ddmctl status {holder}'")
 
 
 def _assignments(fields: Mapping[str, Any], allowed: set[str]) -> tuple[str, list[Any]]:

@@ -78,6 +78,29 @@ class FullTaskRunner(TaskRunner):
             names.append(f"{spec.source_host}/project/{spec.options['project']}")
         return sorted(names)
 
+    def plan_lock_names(self, volume_names: list[str], container_names: list[str]) -> list[str]:
+        """Return the locks of a full plan: each volume on both hosts and each source container."""
+        spec = self.task.spec
+        return sorted(
+            {f"{host}/volume/{name}" for name in volume_names
+             for host in (spec.source_host, spec.target_host)}
+            | {f"{spec.source_host}/container/{name}" for name in container_names}
+        )
+
+    def rollback_lock_names(self) -> list[str]:
+        """Return the locks the task held when it ran, those on the target host first.
+
+        They are those of lock_names() and of the plan that prepare stored (a task that
+        stopped before it has none), because the rollback also starts the source containers.
+        """
+        plan = self.extra().get("plan") or {}
+        planned = self.plan_lock_names(
+            [volume["name"] for volume in plan.get("volumes") or []],
+            [container["name"] for container in plan.get("containers") or []])
+        target_prefix = f"{self.task.spec.target_host}/"
+        return sorted(set(self.lock_names()) | set(planned),
+                      key=lambda name: (not name.startswith(target_prefix), name))
+
     # Task state
 
     def extra(self) -> dict[str, Any]:
@@ -142,13 +165,9 @@ class FullTaskRunner(TaskRunner):
             volume_bytes_sent=0, source_stopped_at=None, downtime_seconds=None, warm={},
         )
         self._remember_helper_images()
-        spec = self.task.spec
-        self.store.acquire_locks(self.task.id, sorted(
-            {f"{host}/volume/{volume.name}" for volume in self.plan.volumes
-             for host in (spec.source_host, spec.target_host)}
-            | {f"{spec.source_host}/container/{container.name}"
-               for container in self.plan.containers}
-        ))
+        self.store.acquire_locks(self.task.id, self.plan_lock_names(
+            [volume.name for volume in self.plan.volumes],
+            [container.name for container in self.plan.containers]))
         if self.plan.conflicts:
             count = len(self.plan.conflicts)
             raise TargetExists(

@@ -59,6 +59,7 @@ from ddmsyncer.copyorigin import copying_task
 from ddmsyncer.hashcache import CachedHash, HashCache
 from ddmsyncer.scanentry import Entry
 from ddmsyncer.scantable import EntryMapping, KnownHashes, paired, paired_records
+from ddmsyncer.undo import ROLLBACK_ABSENT
 
 log = logging.getLogger(__name__)
 
@@ -1673,6 +1674,34 @@ def restore_backups(runner: Any) -> None:
         _undo(runner, runner.task.items[int(position)], record)
 
 
+def _record_target_gone(runner: Any, item: TaskItem) -> None:
+    """Record that an update's target volume is gone, so there is nothing to restore.
+
+    The backup directory was inside the volume's directory and went with it. The event is a
+    ROLLBACK_ABSENT one, so `ddmctl rollback` reports the volume absent, not restored.
+    """
+    host = runner.task.spec.target_host
+    runner.record("warning", ROLLBACK_ABSENT, f"volume {item.target!r} no longer exists on "
+                  f"{host}, so the rollback could not restore it", position=item.position)
+    runner.targets_gone_at_restore.append(item.target)
+    _save_record(runner, item, backup=None, backup_complete=False)
+
+
+def replace_restore_hint(runner: Any, error: BaseException) -> None:
+    """Replace the hint of a task's error when its rollback found an updated volume gone.
+
+    Errors of an incremental update are raised with a hint saying that the target was
+    restored from its backup, before the rollback runs.
+    """
+    gone = runner.targets_gone_at_restore
+    if not gone or not isinstance(error, DDMError):
+        return
+    names = ", ".join(repr(name) for name in gone)
+    error.hint = (f"volume {names} no longer existed on {runner.task.spec.target_host} when the "
+                  "rollback came to restore it, so nothing was restored; find out what removed "
+                  "it before you run the migration again")
+
+
 def _undo(runner: Any, item: TaskItem, record: dict[str, Any]) -> None:
     """Undo the update with its backup.
 
@@ -1685,6 +1714,11 @@ def _undo(runner: Any, item: TaskItem, record: dict[str, Any]) -> None:
     # The fault that stopped the task may have broken the target's connection, so both
     # steps reconnect once (runner.on_host). Restoring from the journal may run again.
     target_host = runner.task.spec.target_host
+    if runner.on_host(target_host, lambda target: target.volume_inspect(item.target)) is None:
+        _record_target_gone(runner, item)
+        return
+    # NOTE: a volume removed and created again under its name has the same mountpoint but
+    # no backup, so `unstash` finds nothing to do and the update counts as undone.
     backup_format = record.get("backup_format")
     if record.get("backup_complete") or backup_format == STASH_FORMAT:
         runner.on_host(target_host, lambda target: restore_backup(

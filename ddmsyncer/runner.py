@@ -126,6 +126,8 @@ class TaskRunner:
         # Set only while prepare() runs. Outside it, every check inspects the source again.
         self.source_inspections: volumes.SourceInspections | None = None
         self.staged = StagedVolumes(self)
+        # Target volumes of incremental updates that this process's rollback found gone.
+        self.targets_gone_at_restore: list[str] = []
 
     @property
     def store(self) -> TaskStore:
@@ -307,6 +309,21 @@ class TaskRunner:
     def lock_names(self) -> list[str]:
         """Return the names of the locks this task holds while it runs."""
         return lock_resources(self.task)
+
+    def rollback_lock_names(self) -> list[str]:
+        """Return the names of the locks that `ddmctl rollback` of this task holds, targets first.
+
+        A rollback removes or restores the target volumes. It locks the source volumes only
+        when it will start containers that --stop-writers stopped, because those write them.
+        A lock conflict names the first lock taken, so a target volume comes first.
+        """
+        spec = self.task.spec
+        targets = sorted({f"{spec.target_host}/volume/{item.target}" for item in self.task.items})
+        stopped = self.store.get_extra(self.task.id).get("stopped_writers") or {}
+        if not stopped.get("ids"):
+            return targets
+        sources = {f"{spec.source_host}/volume/{item.source}" for item in self.task.items}
+        return targets + sorted(sources - set(targets))
 
     def run(self) -> Task:
         """Run the task's phases; on any failure roll back, then re-raise the error."""
@@ -666,6 +683,7 @@ class TaskRunner:
         state = TaskState.CANCELLED if isinstance(error, Cancelled) else TaskState.FAILED
         if isinstance(error, ConnectionLost):
             error.hint = connlost.rolled_back_hint(error)
+        incremental.replace_restore_hint(self, error)
         self._finish(state, _error_dict(error))
 
     def rollback(self, *, every_host: bool = False) -> None:
@@ -847,8 +865,15 @@ def take_rollback_failure(error: BaseException, task: Task) -> None:
 
 
 def rollback_task(runner: TaskRunner) -> Task:
-    """Roll back a task that is not running: remove what it created on the target."""
+    """Roll back a task that is not running: remove what it created on the target.
+
+    The rollback holds the locks of the volumes it changes (TaskRunner.rollback_lock_names)
+    from before check_rollback_allowed() until it ends. So no running task writes a volume
+    between that check and the removal, and a volume that another task holds stops the
+    rollback with TaskConflict before anything changes.
+    """
     store, task = runner.store, mark_stale_running(runner.store, runner.task)
+    runner.task = task
     if task.state is TaskState.RUNNING:
         raise TaskConflict(
             f"task {task.id} is running in process {task.runner_pid}",
@@ -862,7 +887,34 @@ def rollback_task(runner: TaskRunner) -> Task:
               TaskState.CANCELLED, TaskState.ROLLED_BACK)
     if not store.claim_task(task.id, os.getpid(), states):
         raise TaskConflict(f"task {task.id} changed state while rolling back; try again")
-    runner.task = store.get_task(task.id)
+    try:
+        newly_locked = store.acquire_locks(task.id, runner.rollback_lock_names())
+    except BaseException:
+        _unclaim(store, task, [])
+        raise
+    try:
+        # The check reads runner.task, which still has the state from before the claim.
+        runner.check_rollback_allowed()
+    except BaseException:
+        _unclaim(store, task, newly_locked)
+        raise
+    return _roll_back_claimed(runner)
+
+
+def _unclaim(store: TaskStore, before: Task, newly_locked: list[str]) -> None:
+    """Give a task claimed for a rollback that did not start its earlier state back.
+
+    Only `newly_locked`, the locks this rollback took, are released: an interrupted task
+    keeps the locks it held before.
+    """
+    store.release_locks(before.id, newly_locked)
+    store.update_task(before.id, state=before.state, runner_pid=before.runner_pid)
+
+
+def _roll_back_claimed(runner: TaskRunner) -> Task:
+    """Run the rollback of a task that rollback_task() claimed and locked, and finish it."""
+    store = runner.store
+    task = runner.task = store.get_task(runner.task.id)
     # The task keeps the finish time of its migration, so its duration stays that of the
     # migration. A task that never stored one (its runner was killed) gets the rollback's.
     migration_finished_at = runner.task.finished_at

@@ -294,7 +294,9 @@ def rollback(context: CommandContext, task_id: str, force: bool, as_json: bool) 
     other tasks only metadata is compared: type, mode, owner, size, link target and mtime in
     whole seconds, so a file rewritten with the same size and mtime counts as unchanged. A
     succeeded task that updated a volume with --incremental is rejected with exit status 2,
-    because its backup is removed.
+    because its backup is removed. A target volume that another task holds locked (it runs,
+    or was interrupted) stops the rollback with exit status 6 before it changes anything,
+    --force or not.
 
     Prints a tab-separated line per volume: source, target and the outcome. The outcome is
     removed, absent (the volume no longer existed, for example removed by hand or by another

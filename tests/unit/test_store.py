@@ -296,15 +296,70 @@ def test_events_after_id(store: TaskStore) -> None:
 def test_lock_conflict_names_holder(store: TaskStore) -> None:
     store.create_task(make_task("aaaa00000001"))
     store.create_task(make_task("bbbb00000002"))
+    assert store.claim_task("aaaa00000001", os.getpid(), (TaskState.QUEUED,))
     store.acquire_locks("aaaa00000001", ["new/volume/pgdata", "old/volume/pgdata"])
 
     with pytest.raises(TaskConflict) as caught:
         store.acquire_locks("bbbb00000002", ["new/volume/pgdata"])
 
     assert caught.value.exit_status == ExitStatus.CONFLICT
-    assert "new/volume/pgdata" in str(caught.value)
-    assert "aaaa00000001" in str(caught.value)
-    assert "ddmctl cancel aaaa00000001" in str(caught.value)
+    # 'ddmctl rollback' rejects a running task, so the hint must not offer it.
+    assert str(caught.value) == (
+        "new/volume/pgdata is held by task aaaa00000001, which is running; wait for it to end "
+        "or cancel it ('ddmctl cancel aaaa00000001' stops it and rolls it back), then try again")
+
+
+def test_lock_conflict_holder_rolling_back(store: TaskStore) -> None:
+    store.create_task(make_task("aaaa00000001"))
+    store.create_task(make_task("bbbb00000002"))
+    assert store.claim_task("aaaa00000001", os.getpid(), (TaskState.QUEUED,))
+    store.update_task("aaaa00000001", phase=Phase.ROLLBACK)
+    store.acquire_locks("aaaa00000001", ["new/volume/pgdata"])
+
+    with pytest.raises(TaskConflict) as caught:
+        store.acquire_locks("bbbb00000002", ["new/volume/pgdata"])
+
+    assert str(caught.value) == ("new/volume/pgdata is held by task aaaa00000001, which is "
+                                 "rolling back; wait for its rollback to end, then try again")
+
+
+@pytest.mark.parametrize("state", [TaskState.INTERRUPTED, TaskState.RUNNING])
+def test_lock_conflict_holder_interrupted(store: TaskStore, state: TaskState) -> None:
+    """A killed runner's task keeps its locks; RUNNING with a dead process counts as interrupted."""
+    store.create_task(make_task("aaaa00000001"))
+    store.create_task(make_task("bbbb00000002"))
+    store.update_task("aaaa00000001", state=state, runner_pid=dead_pid())
+    store.acquire_locks("aaaa00000001", ["new/volume/pgdata"])
+
+    with pytest.raises(TaskConflict) as caught:
+        store.acquire_locks("bbbb00000002", ["new/volume/pgdata"])
+
+    assert str(caught.value) == (
+        "new/volume/pgdata is held by task aaaa00000001, which was interrupted; finish it with "
+        "'ddmctl resume aaaa00000001' or undo it with 'ddmctl rollback aaaa00000001', then "
+        "try again")
+
+
+def dead_pid() -> int:
+    """Return the ID of a process that has exited and was reaped."""
+    process = multiprocessing.get_context("spawn").Process(target=time.sleep, args=(0,))
+    process.start()
+    process.join()
+    return process.pid
+
+
+def test_lock_acquire_returns_new_locks(store: TaskStore) -> None:
+    store.create_task(make_task("aaaa00000001"))
+    store.create_task(make_task("bbbb00000002"))
+    store.acquire_locks("aaaa00000001", ["old/volume/a"])
+
+    taken = store.acquire_locks("aaaa00000001", ["old/volume/a", "new/volume/a"])
+    store.release_locks("aaaa00000001", taken)
+
+    assert taken == ["new/volume/a"]
+    store.acquire_locks("bbbb00000002", ["new/volume/a"])
+    with pytest.raises(TaskConflict, match="aaaa00000001"):
+        store.acquire_locks("bbbb00000002", ["old/volume/a"])
 
 
 def test_lock_all_or_nothing(store: TaskStore) -> None:
