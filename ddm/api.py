@@ -345,7 +345,7 @@ def verify_volumes(config: Config, source: str, target: str, volumes: Iterable[s
     """Compare volumes on two hosts (SRC[:DST] names); return one result per volume.
 
     Each result has `source`, `target`, `entries` and `differences` (path, aspect, source
-    value, target value). Nothing is changed on either host.
+    value, target value, as ddmverify --json prints them). Nothing is changed on either host.
     """
     from ddmdriver.engine import open_engine
     from ddmsyncer import volumes as volume_steps

@@ -155,7 +155,9 @@ class Difference:
     For "presence", source and target are the entry types, or None where the path is
     missing. For the other aspects they are the compared values: "owner" is (uid, gid),
     "acl" is (acl_access, acl_default), "device" is (devmajor, devminor), and "link" is the
-    symlink text or the sorted tuple of paths of a hard-link group.
+    symlink text or the sorted tuple of paths of a hard-link group. A path whose "mtime"
+    (whole seconds) differs gets no "mtime_ns" difference as well. ddm.differences renders
+    the values as text and JSON.
     """
 
     path: bytes
@@ -164,11 +166,13 @@ class Difference:
     target: object
 
     def describe(self) -> str:
-        """Return one line for humans, with the path escaped by display_path()."""
+        """Return one line for humans, with the path and values escaped by display_path()."""
+        from ddm.differences import describe_value  # ddm.differences imports this module
+
         return (
             f"{display_path(self.path)}: {self.aspect} differs "
-            f"(source {_describe_value(self.aspect, self.source)}, "
-            f"target {_describe_value(self.aspect, self.target)})"
+            f"(source {describe_value(self.aspect, self.source)}, "
+            f"target {describe_value(self.aspect, self.target)})"
         )
 
 
@@ -902,6 +906,9 @@ def _compare_path(
             continue
         if skip_type_dependent and aspect in _TYPE_DEPENDENT_ASPECTS:
             continue
+        # Whole seconds that differ make the nanoseconds differ too: one change, one difference.
+        if aspect == "mtime_ns" and differences and differences[-1].aspect == "mtime":
+            continue
         source_value = read_value(source_inode)
         target_value = read_value(target_inode)
         if source_value != target_value:
@@ -944,33 +951,11 @@ _ASPECT_VALUES: tuple[tuple[str, Callable[[ManifestEntry], object]], ...] = (
 )
 
 
-def _describe_value(aspect: str, value: object) -> str:
-    if value is None:
-        return "none"
-    if aspect == "mode" and isinstance(value, int):
-        return f"{value:04o}"
-    if isinstance(value, bytes):
-        return display_path(value)
-    if isinstance(value, tuple) and value and all(isinstance(item, bytes) for item in value):
-        return "[" + ", ".join(display_path(item) for item in value) + "]"
-    if isinstance(value, str):
-        return value
-    if aspect == "owner" and isinstance(value, tuple) and len(value) == 2:
-        return f"uid {value[0]} gid {value[1]}"
-    if aspect == "device" and isinstance(value, tuple) and len(value) == 2:
-        return f"major {value[0]} minor {value[1]}"
-    if isinstance(value, tuple):
-        return "[" + ", ".join(_describe_value(aspect, item) for item in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{_describe_value(aspect, key)}={_describe_value(aspect, item)}"
-                               for key, item in sorted(value.items())) + "}"
-    return str(value)
-
-
 # JSON encoding
 
 
-def _encode_bytes(value: bytes) -> str | dict[str, str]:
+def encode_bytes(value: bytes) -> str | dict[str, str]:
+    """Return bytes as a JSON string when they are valid UTF-8, else as {"base64": ...}."""
     try:
         return value.decode("utf-8")
     except UnicodeDecodeError:
@@ -985,8 +970,9 @@ def _decode_bytes(value: object) -> bytes:
     raise ValueError(f"expected a string or a base64 object, got {value!r}")
 
 
-def _encode_text(value: str) -> str | dict[str, str]:
-    return _encode_bytes(value.encode("utf-8", "surrogateescape"))
+def encode_text(value: str) -> str | dict[str, str]:
+    """Return encode_bytes() of the text's bytes, with surrogate escapes turned back into bytes."""
+    return encode_bytes(value.encode("utf-8", "surrogateescape"))
 
 
 def _decode_text(value: object) -> str:
@@ -1000,7 +986,7 @@ _EntryFields = collections.namedtuple("_EntryFields", ("path", *_RECORD_FIELDS))
 
 def _entry_to_json(entry: ManifestEntry | _EntryFields) -> dict[str, object]:
     item: dict[str, object] = {
-        "path": _encode_bytes(entry.path),
+        "path": encode_bytes(entry.path),
         "type": entry.type,
         "mode": entry.mode,
         "uid": entry.uid,
@@ -1010,19 +996,19 @@ def _entry_to_json(entry: ManifestEntry | _EntryFields) -> dict[str, object]:
     if entry.mtime_ns is not None:
         item["mtime_ns"] = entry.mtime_ns
     if entry.linkname is not None:
-        item["linkname"] = _encode_bytes(entry.linkname)
+        item["linkname"] = encode_bytes(entry.linkname)
     if entry.devmajor or entry.devminor or entry.type in ("char", "block"):
         item["devmajor"] = entry.devmajor
         item["devminor"] = entry.devminor
     if entry.xattrs is not None:
         item["xattrs"] = [
-            [_encode_bytes(name), _encode_bytes(entry.xattrs[name])]
+            [encode_bytes(name), encode_bytes(entry.xattrs[name])]
             for name in sorted(entry.xattrs)
         ]
     if entry.acl_access is not None:
-        item["acl_access"] = _encode_text(entry.acl_access)
+        item["acl_access"] = encode_text(entry.acl_access)
     if entry.acl_default is not None:
-        item["acl_default"] = _encode_text(entry.acl_default)
+        item["acl_default"] = encode_text(entry.acl_default)
     if entry.sparse:
         item["sparse"] = True
     if entry.digest is not None:

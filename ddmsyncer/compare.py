@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from ddm.differences import difference_to_json
 from ddm.errors import UsageError
-from ddm.manifest import compare_manifests, display_path
+from ddm.manifest import compare_manifests
 from ddmsyncer import volumes
 
 
@@ -26,18 +27,6 @@ def compare_volume(source_engine: Any, target_engine: Any, source: str, target: 
         "source": source,
         "target": target,
         "entries": len(source_manifest.entries),
-        "differences": [
-            {"path": display_path(difference.path), "aspect": difference.aspect,
-             "source": jsonable(difference.source), "target": jsonable(difference.target)}
-            for difference in differences
-        ],
+        "differences": [difference_to_json(difference) for difference in differences],
     }
 
-
-def jsonable(value: Any) -> Any:
-    """Return a difference's value in a form json.dumps accepts, paths escaped for display."""
-    if isinstance(value, bytes):
-        return display_path(value)
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return str(value)

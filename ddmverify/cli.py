@@ -10,7 +10,8 @@ import click
 
 from ddm.api import build_spec
 from ddm.errors import ExitStatus, UsageError
-from ddm.manifest import Manifest, compare_manifests, display_path
+from ddm.differences import describe_value, difference_to_json
+from ddm.manifest import Difference, Manifest, compare_manifests, display_path
 from ddm.task import VerifyMode, new_task_id
 from ddm.text import counted
 from ddmctl.common import (
@@ -25,7 +26,6 @@ from ddmctl.common import (
 from ddmctl.complete import complete_host
 from ddmdriver.hostpath import read_host_manifest
 from ddmsyncer import hostverify, volumes
-from ddmsyncer.compare import jsonable
 from ddmsyncer.datapath import DataPath, HostProbes, Route, choose_route, not_checked, verify_aspects
 
 
@@ -91,7 +91,8 @@ def cli(
 
     differs = any(result["differences"] for result in results)
     if as_json:
-        context.print_json({"match": not differs, "volumes": results})
+        context.print_json({"match": not differs,
+                            "volumes": [result_to_json(result) for result in results]})
     else:
         print_results(context, results)
     return int(ExitStatus.FAILED if differs else ExitStatus.OK)
@@ -100,7 +101,11 @@ def cli(
 def compare_volume(source_engine: Any, target_engine: Any, source: str, target: str, deep: bool,
                    session: str, *, data_path: str = "auto",
                    probes: HostProbes | None = None) -> dict[str, Any]:
-    """Read both manifests on one data path and return the comparison as a JSON-ready mapping."""
+    """Read both manifests on one data path and return the comparison.
+
+    The mapping is the volume's object of the JSON output, except that "differences" contains
+    the Difference objects (result_to_json() converts them).
+    """
     infos = []
     for engine, name in ((source_engine, source), (target_engine, target)):
         info = engine.volume_inspect(name)
@@ -134,12 +139,14 @@ def compare_volume(source_engine: Any, target_engine: Any, source: str, target: 
         "aspects": list(aspects),
         "not_checked": list(not_checked(route.data_path, deep=deep)),
         "entries": len(source_manifest.entries),
-        "differences": [
-            {"path": display_path(difference.path), "aspect": difference.aspect,
-             "source": jsonable(difference.source), "target": jsonable(difference.target)}
-            for difference in differences
-        ],
+        "differences": differences,
     }
+
+
+def result_to_json(result: dict[str, Any]) -> dict[str, Any]:
+    """Return a compare_volume() result with its differences in their JSON form."""
+    return {**result, "differences": [difference_to_json(difference)
+                                      for difference in result["differences"]]}
 
 
 def _both_run_python(source_engine: Any, target_engine: Any, route: Route) -> bool:
@@ -180,8 +187,15 @@ def print_results(context: CommandContext, results: list[dict[str, Any]]) -> Non
         context.echo(f"{name}: {counted(len(result['differences']), 'difference')} (data path "
                      f"{result['data_path']}, {result['method']})")
         for difference in result["differences"]:
-            context.echo(f"  {difference['path']}\t{difference['aspect']}\t"
-                         f"source={difference['source']}\ttarget={difference['target']}")
+            context.echo(difference_line(difference))
+
+
+def difference_line(difference: Difference) -> str:
+    """Return the tab-separated text line of one difference: path, aspect, both values."""
+    source = describe_value(difference.aspect, difference.source)
+    target = describe_value(difference.aspect, difference.target)
+    return (f"  {display_path(difference.path)}\t{difference.aspect}\t"
+            f"source={source}\ttarget={target}")
 
 
 main = main_for(cli, "ddmverify")

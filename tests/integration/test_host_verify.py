@@ -7,8 +7,11 @@ a fault on the target would leave behind.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import struct
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,7 +29,7 @@ from ddmsyncer.staged import staging_name
 from tests.integration.commands import run_command
 from tests.lab import Lab, LabHost
 from tests.lab.resources import LabResources, unique_name
-from tests.lab.tree import File, RandomFile, write_volume_tree
+from tests.lab.tree import File, HardLink, RandomFile, write_volume_tree
 
 pytestmark = pytest.mark.usefixtures("isolated_env")
 
@@ -213,3 +216,98 @@ def test_ddmverify_scans_both_hosts(lab: Lab, h1: LabHost, h2: LabHost, resource
     assert differing.status == 1, differing.stderr
     differences = json.loads(differing.stdout)["volumes"][0]["differences"]
     assert [(item["path"], item["aspect"]) for item in differences] == [("data/flip.bin", "content")]
+
+
+# One file per changed aspect, for the exact report of ddmverify.
+REPORT_TREE = {
+    "acl.txt": File(b"a\n", mode=0o640, mtime_ns=OLD_MTIME_NS),
+    "gone.txt": File(b"g\n", mtime_ns=OLD_MTIME_NS),
+    "linked.txt": File(b"l\n", mtime_ns=OLD_MTIME_NS),
+    "linked-2.txt": HardLink("linked.txt"),
+    "mode.txt": File(b"m\n", mode=0o640, mtime_ns=OLD_MTIME_NS),
+    "mtime.txt": File(b"t\n", mtime_ns=OLD_MTIME_NS),
+    "owner.txt": File(b"o\n", uid=1000, gid=1000, mtime_ns=OLD_MTIME_NS),
+    "subsec.txt": File(b"s\n", mtime_ns=OLD_MTIME_NS),
+    "xattr.txt": File(b"x\n", mtime_ns=OLD_MTIME_NS, xattrs={"user.k": b"v"}),
+}
+# A uid that no lab host names, so the ACL text carries the number.
+ACL_UID = 54321
+ACL_TEXT = f"user::rw-\nuser:{ACL_UID}:r--\ngroup::r--\nmask::r--\nother::---\n"
+
+
+def acl_xattr_value() -> bytes:
+    """Return the system.posix_acl_access value of ACL_TEXT, as Linux stores it."""
+    no_id = 0xFFFFFFFF
+    entries = [(0x01, 6, no_id), (0x02, 4, ACL_UID), (0x04, 4, no_id), (0x10, 4, no_id),
+               (0x20, 0, no_id)]
+    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *entry) for entry in entries)
+
+
+def corrupt_report_tree(root: Path) -> None:
+    """Change one aspect of each file of REPORT_TREE, keeping the root directory's mtime."""
+    root_stat = os.stat(root)
+    subprocess.run(["setfacl", "-m", f"u:{ACL_UID}:r", str(root / "acl.txt")], check=True)
+    os.unlink(root / "gone.txt")
+    os.unlink(root / "linked-2.txt")
+    (root / "linked-2.txt").write_bytes(b"l\n")
+    os.chmod(root / "linked-2.txt", 0o644)
+    os.utime(root / "linked-2.txt", ns=(OLD_MTIME_NS, OLD_MTIME_NS))
+    os.chmod(root / "mode.txt", 0o4755)
+    os.utime(root / "mtime.txt", ns=(OLD_MTIME_NS + 10**9, OLD_MTIME_NS + 10**9))
+    os.chown(root / "owner.txt", 1001, 1000)
+    os.utime(root / "subsec.txt", ns=(OLD_MTIME_NS + 1, OLD_MTIME_NS + 1))
+    os.setxattr(root / "xattr.txt", "user.k", b"w")
+    os.utime(root, ns=(root_stat.st_atime_ns, root_stat.st_mtime_ns))
+
+
+def test_ddmverify_reports_readable_values(lab: Lab, h1: LabHost, h2: LabHost,
+                                           resources: LabResources, tmp_path: Path) -> None:
+    volume = resources.create_volume(h1)
+    write_volume_tree(h1, volume, REPORT_TREE)
+    _, target = run_migration(h2, resources, volume, "host")
+    corrupt_report_tree(h2.volume_host_path(target))
+    arguments = ("ddmverify", "--from", "h1", "--to", "h2", "--volume", f"{volume}:{target}")
+
+    text = run_command(lab, tmp_path, *arguments)
+    report = run_command(lab, tmp_path, *arguments, "--json")
+
+    acl_entries = ACL_TEXT.strip().replace("\n", ",")
+    assert text.status == 1, text.stderr
+    assert text.stdout.splitlines() == [
+        f"{volume} -> {target}: 10 differences (data path host, host-scan)",
+        f"  acl.txt\txattrs\tsource=none\ttarget=system.posix_acl_access={acl_entries}",
+        f"  acl.txt\tacl\tsource=none\ttarget={acl_entries}",
+        "  gone.txt\tpresence\tsource=file\ttarget=missing",
+        "  linked-2.txt\tlink\tsource=[linked-2.txt, linked.txt]\ttarget=none",
+        "  linked.txt\tlink\tsource=[linked-2.txt, linked.txt]\ttarget=none",
+        "  mode.txt\tmode\tsource=0640\ttarget=04755",
+        "  mtime.txt\tmtime\tsource=2020-09-13T12:26:40Z\ttarget=2020-09-13T12:26:41Z",
+        "  owner.txt\towner\tsource=1000:1000\ttarget=1001:1000",
+        "  subsec.txt\tmtime_ns\tsource=2020-09-13T12:26:40.123456789Z"
+        "\ttarget=2020-09-13T12:26:40.123456790Z",
+        "  xattr.txt\txattrs\tsource=user.k=v\ttarget=user.k=w",
+    ]
+
+    assert report.status == 1, report.stderr
+    document = json.loads(report.stdout)
+    assert document["match"] is False
+    acl_value = {"base64": base64.b64encode(acl_xattr_value()).decode("ascii")}
+    group = ["linked-2.txt", "linked.txt"]
+    assert document["volumes"][0]["differences"] == [
+        {"path": "acl.txt", "aspect": "xattrs", "source": [],
+         "target": [["system.posix_acl_access", acl_value]]},
+        {"path": "acl.txt", "aspect": "acl", "source": {"access": None, "default": None},
+         "target": {"access": ACL_TEXT, "default": None}},
+        {"path": "gone.txt", "aspect": "presence", "source": "file", "target": None},
+        {"path": "linked-2.txt", "aspect": "link", "source": group, "target": None},
+        {"path": "linked.txt", "aspect": "link", "source": group, "target": None},
+        {"path": "mode.txt", "aspect": "mode", "source": 0o640, "target": 0o4755},
+        {"path": "mtime.txt", "aspect": "mtime", "source": OLD_MTIME_NS // 10**9,
+         "target": OLD_MTIME_NS // 10**9 + 1},
+        {"path": "owner.txt", "aspect": "owner", "source": {"uid": 1000, "gid": 1000},
+         "target": {"uid": 1001, "gid": 1000}},
+        {"path": "subsec.txt", "aspect": "mtime_ns", "source": OLD_MTIME_NS,
+         "target": OLD_MTIME_NS + 1},
+        {"path": "xattr.txt", "aspect": "xattrs", "source": [["user.k", "v"]],
+         "target": [["user.k", "w"]]},
+    ]

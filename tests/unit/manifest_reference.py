@@ -87,6 +87,8 @@ def _compare_path(
             continue
         if skip_type_dependent and aspect in _TYPE_DEPENDENT_ASPECTS:
             continue
+        if aspect == "mtime_ns" and any(item.aspect == "mtime" for item in differences):
+            continue
         source_value = read_value(source_inode)
         target_value = read_value(target_inode)
         if source_value != target_value:

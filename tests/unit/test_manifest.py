@@ -410,6 +410,18 @@ def test_compare_mtime_seconds_and_nanoseconds() -> None:
     ]
 
 
+def test_compare_mtime_change_is_one_difference() -> None:
+    source = volume_manifest({"v/empty": {"mtime": 1_700_000_000.5}})
+    next_second = volume_manifest({"v/empty": {"mtime": 1_700_000_001.5}})
+
+    differences = compare_manifests(source, next_second, ["mtime", "mtime_ns"])
+
+    assert differences == [Difference(b"empty", "mtime", 1_700_000_000, 1_700_000_001)]
+    assert compare_manifests(source, next_second, ["mtime_ns"]) == [
+        Difference(b"empty", "mtime_ns", 1_700_000_000_500_000_000, 1_700_000_001_500_000_000)
+    ]
+
+
 def test_compare_xattrs_and_acl() -> None:
     source = volume_manifest(
         {"v/empty": {"pax_headers": {"SCHILY.xattr.user.a": "1", "SCHILY.acl.access": "u::rw-"}}}
@@ -512,14 +524,12 @@ def test_difference_describe_escapes_path() -> None:
     )
 
 
-def test_difference_describe_names_owner_and_device_fields() -> None:
+def test_difference_describe_owner_and_device() -> None:
     owner = Difference(b"a", "owner", (1000, 1000), (7, 1000))
     device = Difference(b"tty", "device", (4, 1), (4, 2))
 
-    assert owner.describe() == "a: owner differs (source uid 1000 gid 1000, target uid 7 gid 1000)"
-    assert device.describe() == (
-        "tty: device differs (source major 4 minor 1, target major 4 minor 2)"
-    )
+    assert owner.describe() == "a: owner differs (source 1000:1000, target 7:1000)"
+    assert device.describe() == "tty: device differs (source 4:1, target 4:2)"
 
 
 def test_manifest_entry_is_frozen() -> None:
