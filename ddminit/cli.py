@@ -117,8 +117,11 @@ def cli(
         if not ask(context, f"write {path} with {names}?", default=True):
             raise click.exceptions.Abort()
 
-    save_config(config, path)
-    context.info(f"wrote {path}")
+    written = save_config(config, path)
+    if written == path:
+        context.info(f"wrote {path}")
+    else:
+        context.info(f"wrote {written}, the file that the symbolic link {path} points to")
     write_host_keys(records, context.info)
     if as_json:
         context.print_json({"path": str(path), **config.to_dict()})
