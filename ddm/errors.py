@@ -28,7 +28,8 @@ class ExitStatus(enum.IntEnum):
 EXIT_STATUS_HELP = """\b
 Exit statuses:
   0    success
-  1    migration or verification failed (volumes differ)
+  1    migration or verification failed (volumes differ),
+       or the answer was no at a confirmation prompt
   2    usage or configuration error
   3    connection to a host or its Docker engine failed
   4    SSH host key unknown or changed
@@ -152,6 +153,16 @@ class TransferFailed(MigrationFailed):
 
 class VerificationFailed(MigrationFailed):
     """The target differs from the source after the copy."""
+
+
+class Declined(DDMError):
+    """The operator answered no at a confirmation prompt, so the command changed nothing.
+
+    The exit status is FAILED rather than INTERRUPTED, so that a script can tell a refusal
+    from Ctrl-C, and `ddminit ... && ddmctl ...` stops after it.
+    """
+
+    exit_status = ExitStatus.FAILED
 
 
 class Interrupted(DDMError):

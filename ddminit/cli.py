@@ -19,7 +19,7 @@ from ddm.config import (
     parse_host_url,
     save_config,
 )
-from ddm.errors import ExitStatus, UsageError
+from ddm.errors import Declined, ExitStatus, UsageError
 from ddmctl.common import (
     CommandContext,
     InterruptibleCommand,
@@ -115,7 +115,8 @@ def cli(
     if not yes:
         names = ", ".join(name for name in config.hosts if name != LOCAL_HOST) or "no hosts"
         if not ask(context, f"write {path} with {names}?", default=True):
-            raise click.exceptions.Abort()
+            raise Declined(f"nothing was written to {path} because the answer was no",
+                           hint="run ddminit again and answer yes, or pass --yes")
 
     written = save_config(config, path)
     if written == path:

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from ddm import api
-from ddm.errors import DDMError, ExitStatus, UsageError
+from ddm.errors import DDMError, Declined, ExitStatus, UsageError
 from ddm.task import ItemState, Task, TaskState
 from ddm.direct_config import validate_route
 from ddmctl.common import CommandContext, epilog, json_option, raise_on_sigterm
@@ -219,7 +219,8 @@ def confirm(context: CommandContext, summary: str, *, yes: bool, force: bool) ->
                              "terminal")
         return
     if not click.confirm(f"{summary}?", default=False, err=True):
-        raise click.exceptions.Abort()
+        raise Declined("no task was created because the answer was no",
+                       hint="run the command again and answer yes, or pass --yes")
 
 
 def run_and_report(context: CommandContext, task_id: str, as_json: bool, *, resume: bool) -> int:

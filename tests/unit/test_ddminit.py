@@ -1,4 +1,4 @@
-"""What ddminit writes and prints when it replaces a config file."""
+"""What ddminit writes and prints when it replaces a config file or the operator declines."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from ddm.config import load_config
-from tests.unit.cli_support import invoke
+from tests.unit.cli_support import invoke, snapshot_tree
 
 pytestmark = pytest.mark.usefixtures("no_network")
 
@@ -32,3 +32,19 @@ def test_symlinked_config_written_through(home: Path, environ: dict[str, str]) -
     assert sorted(load_config(real, environ).hosts) == ["local", "new", "old"]
     assert sorted(entry.name for entry in home.iterdir()) == ["link.yaml", "real.yaml"]
 
+
+def test_declined_write_changes_nothing(home: Path, environ: dict[str, str]) -> None:
+    before = snapshot_tree(home)
+
+    outcome = invoke("ddminit", ["--host", "h1=tcp://127.0.0.1:2375"], environ,
+                     stdin_text="n\n", stdin_isatty=True)
+    config_path = home / ".config" / "ddm" / "config.yaml"
+
+    assert outcome.status == 1, outcome
+    assert outcome.stdout == ""
+    assert outcome.stderr == (
+        f"write {config_path} with h1? [Y/n] "
+        f"ddminit: error: nothing was written to {config_path} because the answer was no; "
+        "run ddminit again and answer yes, or pass --yes\n"
+    )
+    assert snapshot_tree(home) == before

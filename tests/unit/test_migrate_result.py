@@ -6,7 +6,9 @@ need no host.
 
 from __future__ import annotations
 
+import io
 import json
+import sys
 import time
 from typing import Any
 
@@ -87,3 +89,23 @@ def test_copy_failure_prints_started_volumes_only(configured: dict[str, str],
     volumes = json.loads(as_json.stdout)["volumes"]
     assert [(volume["target"], volume["state"]) for volume in volumes] == [
         ("vfirst", "rolled_back"), ("vrenamed", "pending")]
+
+
+def test_declined_migrate_creates_no_task(configured: dict[str, str],
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    # click.confirm reads the answer from sys.stdin, not from the command's environment.
+    monkeypatch.setattr(sys, "stdin", io.StringIO("n\n"))
+    monkeypatch.setattr(api, "run_task", fail_in_prepare)
+
+    outcome = invoke("ddmctl", ["migrate", "--from", "a", "--to", "b", "--volume", "v1"],
+                     configured, stdin_isatty=True)
+
+    assert outcome.status == 1, outcome
+    assert outcome.stdout == ""
+    assert outcome.stderr == (
+        "migrate volumes v1 from a to b? [y/N]: "
+        "ddmctl: error: no task was created because the answer was no; run the command again "
+        "and answer yes, or pass --yes\n"
+    )
+    listed = invoke("ddmctl", ["list", "--json"], configured)
+    assert json.loads(listed.stdout) == []
