@@ -557,6 +557,31 @@ def _reject_unknown_keys(raw: Mapping[str, Any], allowed: set[str], where: str) 
         )
 
 
+def comment_lines(text: str) -> list[int]:
+    """Return the 1-based numbers of the lines of a YAML document that have a comment.
+
+    PyYAML's scanner skips comments, so a `#` that lies outside every token it returns starts
+    a comment. A `#` inside a quoted, plain or block scalar belongs to that token.
+    Raises yaml.YAMLError for text that does not scan.
+    """
+    lines: set[int] = set()
+    gap_start = 0
+    for token in yaml.scan(text):
+        lines.update(_comment_lines_between(text, gap_start, token.start_mark.index))
+        gap_start = max(gap_start, token.end_mark.index)
+    lines.update(_comment_lines_between(text, gap_start, len(text)))
+    return sorted(lines)
+
+
+def _comment_lines_between(text: str, start: int, end: int) -> set[int]:
+    lines = set()
+    position = text.find("#", start, end)
+    while position != -1:
+        lines.add(text.count("\n", 0, position) + 1)
+        position = text.find("#", position + 1, end)
+    return lines
+
+
 def save_config(config: Config, path: Path) -> Path:
     """Write the configuration atomically with mode 0600 (it names key files and hosts).
 

@@ -8,10 +8,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import click
+import yaml
 
 from ddm.config import (
     LOCAL_HOST,
     Config,
+    comment_lines,
     config_from_dict,
     default_config_path,
     expand_path,
@@ -30,6 +32,9 @@ from ddmctl.common import (
     make_context,
 )
 from ddminit.hostkeys import host_keys_to_record, parse_accept_option, write_host_keys
+
+# Comment lines named in the warning before "and N more".
+MAX_LISTED_LINES = 5
 
 
 def parse_host_option(value: str) -> tuple[str, str]:
@@ -98,6 +103,8 @@ def cli(
     config = build_config(existing, path, host_args, identity_file, known_hosts,
                           docker_socket, environ)
     warn_about_key(context, config.identity_file)
+    if existing is not None:
+        warn_about_comments(context, path)
     if not yes and not context.env.stdin_isatty:
         raise UsageError(f"not writing {path} without confirmation",
                          hint="pass --yes to write without asking")
@@ -191,6 +198,22 @@ def warn_about_key(context, identity_file: Path | None) -> None:
     if os.name == "posix" and mode & (stat.S_IRWXG | stat.S_IRWXO):
         context.info(f"warning: identity file {identity_file} is readable by group or others; "
                      f"run 'chmod 600 {identity_file}'")
+
+
+def warn_about_comments(context: CommandContext, path: Path) -> None:
+    """Warn that the rewrite drops the comments of the existing config file, naming their lines."""
+    try:
+        lines = comment_lines(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return  # The file changed after load_config parsed it, and the write goes on.
+    if not lines:
+        return
+    listed = ", ".join(str(line) for line in lines[:MAX_LISTED_LINES])
+    if len(lines) > MAX_LISTED_LINES:
+        listed += f" and {len(lines) - MAX_LISTED_LINES} more"
+    context.info(f"warning: ddminit does not keep the comments in {path} (lines {listed}), "
+                 "because it writes the file anew from its values; to keep them, edit the file "
+                 "by hand instead")
 
 
 main = main_for(cli, "ddminit")

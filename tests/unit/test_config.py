@@ -14,6 +14,7 @@ from ddm.config import (
     DEFAULT_DOCKER_SOCKET,
     LOCAL_HOST,
     Config,
+    comment_lines,
     config_dir,
     data_dir,
     default_config_path,
@@ -366,6 +367,25 @@ def test_save_special_file_rejected(home: Path, environ: dict[str, str]) -> None
     assert stat.S_ISFIFO(fifo.stat().st_mode)
     assert (home / "dir.yaml").is_dir()
     assert sorted(entry.name for entry in home.iterdir()) == ["dir.yaml", "fifo.yaml"]
+
+
+COMMENTED_DOCUMENTS = [
+    # (case id, YAML text, lines with a comment)
+    ("none", "hosts:\n  a: tcp://h:1\n", []),
+    ("empty", "", []),
+    ("only-comment", "# nothing yet\n", [1]),
+    ("trailing", "version: 1 # v\n", [1]),
+    ("quoted-hash", "known_hosts: 'a #b'  # c\n", [1]),
+    ("plain-hash", "known_hosts: a#b\n", []),
+    ("flow-mapping", "hosts: {a: tcp://h:1, # first\n  b: tcp://h:2}\n", [1]),
+    ("block-scalar", "x: |\n  # text\n# comment\n", [3]),
+]
+
+
+@pytest.mark.parametrize("text, expected", [case[1:] for case in COMMENTED_DOCUMENTS],
+                         ids=[case[0] for case in COMMENTED_DOCUMENTS])
+def test_comment_lines(text: str, expected: list[int]) -> None:
+    assert comment_lines(text) == expected
 
 
 def test_save_writes_through_symlink(home: Path, environ: dict[str, str]) -> None:

@@ -48,3 +48,40 @@ def test_declined_write_changes_nothing(home: Path, environ: dict[str, str]) -> 
         "run ddminit again and answer yes, or pass --yes\n"
     )
     assert snapshot_tree(home) == before
+
+
+def test_rewrite_warns_about_comments(home: Path, environ: dict[str, str]) -> None:
+    config_path = home / "ddm.yaml"
+    config_path.write_text(
+        "# hosts of the move to the new rack\n"
+        "hosts:\n"
+        "  old: 'tcp://127.0.0.1:2375'   # the #1 server\n"
+        "  plain: tcp://127.0.0.1:2377\n"
+        "defaults:\n"
+        "  on_failure: |\n"
+        "    # not a comment: part of a block scalar\n"
+        "# end\n"
+    )
+
+    outcome = invoke("ddminit", ["--config", "ddm.yaml", "--host", "new=tcp://127.0.0.1:2376",
+                                 "--yes"], environ)
+
+    assert outcome.status == 0, outcome
+    assert outcome.stderr.splitlines() == [
+        "warning: ddminit does not keep the comments in ddm.yaml (lines 1, 3, 8), because it "
+        "writes the file anew from its values; to keep them, edit the file by hand instead",
+        "wrote ddm.yaml",
+    ]
+    assert "#" not in config_path.read_text().replace("# not a comment", "")
+    assert sorted(load_config(config_path, environ).hosts) == ["local", "new", "old", "plain"]
+
+
+def test_rewrite_without_comments_is_quiet(home: Path, environ: dict[str, str]) -> None:
+    # A "#" inside a quoted or plain scalar is part of the value, not a comment.
+    (home / "ddm.yaml").write_text("known_hosts: '/keys/known #1'\nssh_config: /keys/config#1\n")
+
+    outcome = invoke("ddminit", ["--config", "ddm.yaml", "--host", "new=tcp://127.0.0.1:2376",
+                                 "--yes"], environ)
+
+    assert outcome.status == 0, outcome
+    assert outcome.stderr == "wrote ddm.yaml\n"
