@@ -113,6 +113,14 @@ class TaskConflict(DDMError):
     exit_status = ExitStatus.CONFLICT
 
 
+class TaskNotStarted(TaskConflict):
+    """The task's state forbids running or resuming it, so this call did not run it.
+
+    Another process may be running the task and changing its stored state meanwhile, so the
+    command layer cannot tell this case from a run of its own by reading the store.
+    """
+
+
 class TargetsChanged(TaskConflict):
     """`ddmctl rollback` kept target volumes that changed or were replaced since the task.
 
