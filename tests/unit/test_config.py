@@ -430,16 +430,16 @@ def test_save_symlink_loop_rejected(home: Path, environ: dict[str, str]) -> None
     assert os.readlink(home / "b.yaml") == str(home / "a.yaml")
 
 
-def test_save_symlink_to_special_file_rejected(home: Path, environ: dict[str, str]) -> None:
+def test_save_symlink_to_directory_rejected(home: Path, environ: dict[str, str]) -> None:
     config = load_config(None, environ)
-    os.mkfifo(home / "fifo")
-    (home / "link.yaml").symlink_to(home / "fifo")
+    (home / "dir").mkdir()
+    (home / "link.yaml").symlink_to(home / "dir")
 
     with pytest.raises(ConfigError) as caught:
         save_config(config, home / "link.yaml")
 
     assert "not a regular file" in str(caught.value)
-    assert stat.S_ISFIFO((home / "fifo").stat().st_mode)
+    assert list((home / "dir").iterdir()) == []
     assert (home / "link.yaml").is_symlink()
 
 
