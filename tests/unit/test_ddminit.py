@@ -1,4 +1,4 @@
-"""What ddminit writes and prints when it replaces a config file or the operator declines."""
+"""What ddminit writes, warns about and prints: symlinks, comments, keys and a declined write."""
 
 from __future__ import annotations
 
@@ -85,3 +85,42 @@ def test_rewrite_without_comments_is_quiet(home: Path, environ: dict[str, str]) 
 
     assert outcome.status == 0, outcome
     assert outcome.stderr == "wrote ddm.yaml\n"
+
+
+def test_public_key_as_identity_file(home: Path, environ: dict[str, str]) -> None:
+    public_key = home / "id_ed25519.pub"
+    public_key.write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHc0bXlrZXlieXRlc2FyZWhlcmUx "
+                          "operator@workstation\n")
+    os.chmod(public_key, 0o644)
+
+    outcome = invoke("ddminit", ["--config", "ddm.yaml", "--identity-file", str(public_key),
+                                 "--yes"], environ)
+
+    assert outcome.status == 0, outcome
+    assert outcome.stderr.splitlines() == [
+        f"warning: identity file {public_key} is a public key, and SSH needs the private key; "
+        f"pass the private key file, probably {home / 'id_ed25519'}, with --identity-file",
+        "wrote ddm.yaml",
+    ]
+
+
+def test_yes_warns_about_unrecorded_key(home: Path, environ: dict[str, str]) -> None:
+    known_hosts = home / "known_hosts"
+    known_hosts.write_text(
+        "[127.0.0.1]:2201 ssh-ed25519 "
+        "AAAAC3NzaC1lZDI1NTE5AAAAIHc0bXlrZXlieXRlc2FyZWhlcmUxMjM0NTY3ODkwYWJj\n"
+    )
+
+    outcome = invoke("ddminit", ["--config", "ddm.yaml", "--known-hosts", str(known_hosts),
+                                 "--host", "old=ssh://root@127.0.0.1:2201",
+                                 "--host", "new=ssh://root@127.0.0.1:2202", "--yes"], environ)
+
+    assert outcome.status == 0, outcome
+    assert outcome.stderr.splitlines() == [
+        f"warning: no SSH host key of new is recorded in {known_hosts}, so DDM rejects host "
+        "'new' until one is; run 'ddminit --accept-host-key new=SHA256:...' with the "
+        "fingerprint that the host's administrator gives you, or run ddminit on a terminal "
+        "without --yes to check the fingerprint there",
+        "wrote ddm.yaml",
+    ]
+    assert known_hosts.read_text().count("\n") == 1
