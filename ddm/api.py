@@ -24,7 +24,7 @@ from typing import Any
 from ddm.callbacks import Callbacks, run_task_callbacks, task_summary
 from ddm.config import Config, load_config
 from ddm.direct_config import validate_route
-from ddm.errors import TaskConflict, UsageError
+from ddm.errors import TaskConflict, TaskNotStarted, UsageError
 from ddm.events import EventCallback, ignore_event
 from ddm.store import TaskStore, default_store_path
 from ddm.task import (
@@ -257,7 +257,7 @@ def resume_task(
         store.add_event(task.id, "info", "resume_requested", "resume requested")
         return store.get_task(task.id)
     if task.state is not TaskState.INTERRUPTED:
-        raise TaskConflict(
+        raise TaskNotStarted(
             f"task {task.id} is {task.state.value}; only an interrupted task can be resumed, or "
             "a paused one continued",
             hint=_resume_hint(task),

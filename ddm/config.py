@@ -565,23 +565,67 @@ def _reject_unknown_keys(raw: Mapping[str, Any], allowed: set[str], where: str) 
         )
 
 
-def save_config(config: Config, path: Path) -> None:
+def comment_lines(text: str) -> list[int]:
+    """Return the 1-based numbers of the lines of a YAML document that have a comment.
+
+    PyYAML's scanner skips comments, so a `#` that lies outside every token it returns starts
+    a comment. A `#` inside a quoted, plain or block scalar belongs to that token.
+    Raises yaml.YAMLError for text that does not scan.
+    """
+    lines: set[int] = set()
+    gap_start = 0
+    for token in yaml.scan(text):
+        lines.update(_comment_lines_between(text, gap_start, token.start_mark.index))
+        gap_start = max(gap_start, token.end_mark.index)
+    lines.update(_comment_lines_between(text, gap_start, len(text)))
+    return sorted(lines)
+
+
+def _comment_lines_between(text: str, start: int, end: int) -> set[int]:
+    lines = set()
+    position = text.find("#", start, end)
+    while position != -1:
+        lines.add(text.count("\n", 0, position) + 1)
+        position = text.find("#", position + 1, end)
+    return lines
+
+
+def save_config(config: Config, path: Path) -> Path:
     """Write the configuration atomically with mode 0600 (it names key files and hosts).
 
-    Raises ConfigError when `path` exists but is not a regular file (a device such as
+    When `path` is a symbolic link, the file it points to is replaced and the link is kept,
+    as text editors do. Returns the path of the file written.
+
+    Raises ConfigError when the file exists but is not a regular file (a device such as
     /dev/null would otherwise be replaced), or when the file cannot be written.
     """
-    _reject_special_file(path)
+    target = _link_target(path)
+    _reject_special_file(target)
     text = yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=False)
 
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomically(path, text)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomically(target, text)
     except OSError as error:
         raise ConfigError(
-            f"cannot write config file {path}: {error.strerror or error}",
+            f"cannot write config file {target}: {error.strerror or error}",
             hint="check the directory's permissions and free space, or choose another --config",
         ) from None
+    return target
+
+
+def _link_target(path: Path) -> Path:
+    """Return the file that `path` points to after all symbolic links, or `path` itself."""
+    if not path.is_symlink():
+        return path
+    target = Path(os.path.realpath(path))
+    # realpath (strict=False) stops at a link that is part of a loop and returns that link.
+    if target.is_symlink():
+        raise ConfigError(
+            f"not writing config file {path}: its symbolic links form a loop",
+            hint="fix the link or choose another path with --config",
+        )
+    return target
 
 
 def _reject_special_file(path: Path) -> None:

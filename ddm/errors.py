@@ -28,7 +28,8 @@ class ExitStatus(enum.IntEnum):
 EXIT_STATUS_HELP = """\b
 Exit statuses:
   0    success
-  1    migration or verification failed (volumes differ)
+  1    migration or verification failed (volumes differ),
+       or the answer was no at a confirmation prompt
   2    usage or configuration error
   3    connection to a host or its Docker engine failed
   4    SSH host key unknown or changed
@@ -112,6 +113,14 @@ class TaskConflict(DDMError):
     exit_status = ExitStatus.CONFLICT
 
 
+class TaskNotStarted(TaskConflict):
+    """The task's state forbids running or resuming it, so this call did not run it.
+
+    Another process may be running the task and changing its stored state meanwhile, so the
+    command layer cannot tell this case from a run of its own by reading the store.
+    """
+
+
 class TargetsChanged(TaskConflict):
     """`ddmctl rollback` kept target volumes that changed or were replaced since the task.
 
@@ -152,6 +161,16 @@ class TransferFailed(MigrationFailed):
 
 class VerificationFailed(MigrationFailed):
     """The target differs from the source after the copy."""
+
+
+class Declined(DDMError):
+    """The operator answered no at a confirmation prompt, so the command changed nothing.
+
+    The exit status is FAILED rather than INTERRUPTED, so that a script can tell a refusal
+    from Ctrl-C, and `ddminit ... && ddmctl ...` stops after it.
+    """
+
+    exit_status = ExitStatus.FAILED
 
 
 class Interrupted(DDMError):

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
 from dataclasses import replace
 from pathlib import Path
 
 import click
+import yaml
 
 from ddm.config import (
     LOCAL_HOST,
     Config,
+    comment_lines,
     config_from_dict,
     default_config_path,
     expand_path,
@@ -20,7 +23,7 @@ from ddm.config import (
     redact_password,
     save_config,
 )
-from ddm.errors import ExitStatus, UsageError
+from ddm.errors import Declined, ExitStatus, UsageError
 from ddmctl.common import (
     CommandContext,
     InterruptibleCommand,
@@ -30,7 +33,22 @@ from ddmctl.common import (
     main_for,
     make_context,
 )
-from ddminit.hostkeys import host_keys_to_record, parse_accept_option, write_host_keys
+from ddminit.hostkeys import (
+    host_keys_to_record,
+    parse_accept_option,
+    unrecorded_hosts,
+    write_host_keys,
+)
+
+# Comment lines named in the warning before "and N more".
+MAX_LISTED_LINES = 5
+
+# The line of an OpenSSH .pub file: the key type (ssh-ed25519, ecdsa-sha2-nistp256,
+# sk-ssh-ed25519@openssh.com, ...), then base64 that starts with "AAAA" because the key blob
+# starts with the type name's length as a 4-byte big-endian number below 2**24.
+PUBLIC_KEY_PATTERN = re.compile(rb"(ssh|ecdsa|sk)-[A-Za-z0-9@.-]+ +AAAA[A-Za-z0-9+/]")
+# Bytes read from the start of the identity file: a public key line's type and first base64.
+PUBLIC_KEY_HEAD_BYTES = 256
 
 
 def parse_host_option(value: str) -> tuple[str, str]:
@@ -39,10 +57,22 @@ def parse_host_option(value: str) -> tuple[str, str]:
     if not separator or not name or not url:
         raise UsageError(f"invalid --host {redact_password(value)!r}",
                          hint="use --host NAME=ssh://user@host:22")
-    if name == LOCAL_HOST:
-        raise UsageError("the host name 'local' is reserved for the local Docker engine",
-                         hint="choose another name")
+    if name.casefold() == LOCAL_HOST:
+        raise UsageError(f"the host name {name!r} is reserved for the local Docker engine",
+                         hint="choose another name; 'local' is reserved in any letter case")
     return name, url
+
+
+def parse_host_options(host_args: tuple[str, ...]) -> dict[str, str]:
+    """Map the host names of the --host arguments to their URLs; a repeated name is an error."""
+    urls: dict[str, str] = {}
+    for value in host_args:
+        name, url = parse_host_option(value)
+        if name in urls:
+            raise UsageError(f"host {name!r} given twice: --host {name}={urls[name]} and "
+                             f"--host {value}", hint="pass one --host per host name")
+        urls[name] = url
+    return urls
 
 
 @click.command(
@@ -54,7 +84,7 @@ def parse_host_option(value: str) -> tuple[str, str]:
 @common_options
 @click.option("--host", "host_args", multiple=True, metavar="NAME=URL",
               help="A Docker host: ssh://[user@]host[:port], unix:///path or tcp://host:port "
-              "(repeatable; replaces a host of the same name).")
+              "(repeatable, each name once; replaces a host of the same name in the file).")
 @click.option("--identity-file", type=click.Path(dir_okay=False, path_type=Path),
               help="Private key for ssh:// hosts (default: ~/.ssh/config, then ~/.ssh/id_*).")
 @click.option("--known-hosts", type=click.Path(dir_okay=False, path_type=Path),
@@ -67,7 +97,8 @@ def parse_host_option(value: str) -> tuple[str, str]:
               "exactly this one (repeatable). Without it, ddminit records a key only after you "
               "confirm its fingerprint on a terminal.")
 @click.option("-y", "--yes", is_flag=True,
-              help="Write without asking; no host key is recorded unless --accept-host-key names it.")
+              help="Write without asking; no host key is recorded unless --accept-host-key "
+              "names it, and a warning names each new ssh:// host whose key is not recorded.")
 @json_option
 @click.pass_context
 def cli(
@@ -100,15 +131,20 @@ def cli(
     config = build_config(existing, path, host_args, identity_file, known_hosts,
                           docker_socket, environ)
     warn_about_key(context, config.identity_file)
+    if existing is not None:
+        warn_about_comments(context, path)
     if not yes and not context.env.stdin_isatty:
         raise UsageError(f"not writing {path} without confirmation",
                          hint="pass --yes to write without asking")
 
     accepted = dict(parse_accept_option(value) for value in accept_args)
-    new_ssh_hosts = [] if yes else [
-        name for name, _ in map(parse_host_option, host_args)
+    new_ssh_hosts = [
+        name for name in parse_host_options(host_args)
         if config.hosts[name].scheme == "ssh" and name not in accepted
     ]
+    if yes:
+        warn_about_unrecorded_keys(context, config, new_ssh_hosts)
+        new_ssh_hosts = []
     records = host_keys_to_record(
         config, accepted, new_ssh_hosts,
         ask=lambda question: ask(context, question, default=False), inform=context.info,
@@ -117,10 +153,14 @@ def cli(
     if not yes:
         names = ", ".join(name for name in config.hosts if name != LOCAL_HOST) or "no hosts"
         if not ask(context, f"write {path} with {names}?", default=True):
-            raise click.exceptions.Abort()
+            raise Declined(f"nothing was written to {path} because the answer was no",
+                           hint="run ddminit again and answer yes, or pass --yes")
 
-    save_config(config, path)
-    context.info(f"wrote {path}")
+    written = save_config(config, path)
+    if written == path:
+        context.info(f"wrote {path}")
+    else:
+        context.info(f"wrote {written}, the file that the symbolic link {path} points to")
     write_host_keys(records, context.info)
     if as_json:
         context.print_json({"path": str(path), **config.to_dict()})
@@ -162,8 +202,7 @@ def build_config(
     if known_hosts is not None:
         raw["known_hosts"] = str(_absolute(known_hosts, environ))
 
-    for value in host_args:
-        name, url = parse_host_option(value)
+    for name, url in parse_host_options(host_args).items():
         host = parse_host_url(name, url)
         entry = replace(host, docker_socket=docker_socket or host.docker_socket).to_dict()
         raw["hosts"][name] = entry
@@ -177,7 +216,7 @@ def _absolute(path: Path, environ) -> Path:
 
 
 def warn_about_key(context, identity_file: Path | None) -> None:
-    """Warn when the private key is missing or readable by group or others."""
+    """Warn when the private key is missing, is a public key, or is readable by group or others."""
     if identity_file is None:
         return
     try:
@@ -185,10 +224,55 @@ def warn_about_key(context, identity_file: Path | None) -> None:
     except OSError:
         context.info(f"warning: identity file {identity_file} does not exist yet")
         return
+    if is_public_key_file(identity_file):
+        private = identity_file.with_suffix("") if identity_file.suffix == ".pub" else None
+        where = f", probably {private}," if private is not None else ""
+        context.info(f"warning: identity file {identity_file} is a public key, and SSH needs "
+                     f"the private key; pass the private key file{where} with --identity-file")
+        return
     # Windows reports no group or other permission bits (st_mode is 0o666 or 0o444).
     if os.name == "posix" and mode & (stat.S_IRWXG | stat.S_IRWXO):
         context.info(f"warning: identity file {identity_file} is readable by group or others; "
                      f"run 'chmod 600 {identity_file}'")
+
+
+def is_public_key_file(path: Path) -> bool:
+    """Tell whether the file starts like an OpenSSH public key line (`ssh-ed25519 AAAA...`)."""
+    try:
+        with open(path, "rb") as stream:
+            head = stream.read(PUBLIC_KEY_HEAD_BYTES)
+    except OSError:
+        return False
+    return PUBLIC_KEY_PATTERN.match(head) is not None
+
+
+def warn_about_unrecorded_keys(context: CommandContext, config: Config,
+                               host_names: list[str]) -> None:
+    """Warn about each ssh:// host whose key --yes leaves unrecorded, naming the fix."""
+    for name, known_hosts_file in unrecorded_hosts(config, host_names):
+        where = known_hosts_file or "any known_hosts file"
+        context.info(
+            f"warning: no SSH host key of {name} is recorded in {where}, so DDM "
+            f"rejects host {name!r} until one is; run 'ddminit --accept-host-key "
+            f"{name}=SHA256:...' with the fingerprint that the host's administrator gives you, "
+            "or run ddminit on a terminal without --yes to check the fingerprint there"
+        )
+
+
+def warn_about_comments(context: CommandContext, path: Path) -> None:
+    """Warn that the rewrite drops the comments of the existing config file, naming their lines."""
+    try:
+        lines = comment_lines(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return  # The file changed after load_config parsed it, and the write goes on.
+    if not lines:
+        return
+    listed = ", ".join(str(line) for line in lines[:MAX_LISTED_LINES])
+    if len(lines) > MAX_LISTED_LINES:
+        listed += f" and {len(lines) - MAX_LISTED_LINES} more"
+    context.info(f"warning: ddminit does not keep the comments in {path} (lines {listed}), "
+                 "because it writes the file anew from its values; to keep them, edit the file "
+                 "by hand instead")
 
 
 main = main_for(cli, "ddminit")

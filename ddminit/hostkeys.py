@@ -104,6 +104,29 @@ def host_keys_to_record(
     return records
 
 
+def unrecorded_hosts(config: Config,
+                     host_names: Iterable[str]) -> list[tuple[str, Path | None]]:
+    """Return each host that has no usable key in its known_hosts files, with its first file.
+
+    Only the files are read, and no host is contacted. A revoked key does not count as recorded.
+    The file is None for a host that has no known_hosts file at all. A host that cannot be
+    resolved yet (no SSH user, for example) is left out, because connecting to it reports that.
+    """
+    unrecorded = []
+    for host_name in host_names:
+        try:
+            target = _ssh_target(config, host_name)
+        except ConfigError:
+            continue
+        known = KnownHosts.load(list(target.known_hosts_files))
+        entries = known.lookup(target.known_hosts_name)
+        if any(entry.marker != "@revoked" for entry in entries):
+            continue
+        files = target.known_hosts_files
+        unrecorded.append((host_name, files[0] if files else None))
+    return unrecorded
+
+
 def write_host_keys(records: Iterable[HostKeyRecord], inform: Inform) -> None:
     """Append each accepted key to its known_hosts file."""
     for record in records:

@@ -32,6 +32,7 @@ from ddm.errors import (
     Interrupted,
     MigrationFailed,
     TaskConflict,
+    TaskNotStarted,
 )
 from ddm.events import (
     WARNING_EVENT_MARK,
@@ -331,7 +332,7 @@ class TaskRunner:
         undo.reject_resume_of_rollback(self.store, self.task)
         claimable = (TaskState.QUEUED, TaskState.INTERRUPTED)
         if not self.store.claim_task(self.task.id, os.getpid(), claimable):
-            raise TaskConflict(
+            raise TaskNotStarted(
                 f"task {self.task.id} is {self.task.state.value}, not queued or interrupted",
                 hint="only queued or interrupted tasks can run; see 'ddmctl status "
                 f"{self.task.id}'",

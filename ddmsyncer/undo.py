@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ddm.errors import ConnectionFailed, DDMError, MigrationFailed, TaskConflict
+from ddm.errors import ConnectionFailed, DDMError, MigrationFailed, TaskNotStarted
 from ddm.store import TaskStore
 from ddm.task import ItemState, Task, TaskItem, TaskState
 
@@ -104,12 +104,12 @@ def mark_rollback_requested(store: TaskStore, task_id: str) -> None:
 
 
 def reject_resume_of_rollback(store: TaskStore, task: Task) -> None:
-    """Raise TaskConflict when an interrupted task stopped during a rollback the operator requested."""
+    """Raise TaskNotStarted when an interrupted task stopped during a rollback the operator requested."""
     if task.state is not TaskState.INTERRUPTED:
         return
     if not store.get_extra(task.id).get(ROLLBACK_REQUESTED):
         return
-    raise TaskConflict(
+    raise TaskNotStarted(
         f"task {task.id} was being rolled back when it stopped, so it cannot be resumed",
         hint=f"run 'ddmctl rollback {task.id}' to finish the rollback",
     )

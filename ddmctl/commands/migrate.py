@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import click
 
 from ddm import api
-from ddm.errors import DDMError, ExitStatus, UsageError
+from ddm.errors import DDMError, Declined, ExitStatus, TaskNotStarted, UsageError
 from ddm.task import ItemState, Mode, Task, TaskState
 from ddm.direct_config import validate_route
 from ddmctl.common import CommandContext, epilog, json_option, raise_on_sigterm
@@ -219,7 +218,8 @@ def confirm(context: CommandContext, summary: str, *, yes: bool, force: bool) ->
                              "terminal")
         return
     if not click.confirm(f"{summary}?", default=False, err=True):
-        raise click.exceptions.Abort()
+        raise Declined("no task was created because the answer was no",
+                       hint="run the command again and answer yes, or pass --yes")
 
 
 def run_and_report(context: CommandContext, task_id: str, as_json: bool, *, resume: bool) -> int:
@@ -227,7 +227,6 @@ def run_and_report(context: CommandContext, task_id: str, as_json: bool, *, resu
     raise_on_sigterm()
     display = choose_display(context.env, as_json=as_json, quiet=context.verbosity < 0)
     runner = api.resume_task if resume else api.run_task
-    before = stored_fields(context.store.get_task(task_id))
     error: DDMError | None = None
     interrupt: KeyboardInterrupt | None = None
     with display:
@@ -245,21 +244,14 @@ def run_and_report(context: CommandContext, task_id: str, as_json: bool, *, resu
         context.info(f"task {task.id} stopped by an interrupt and is now {task.state.value}; "
                      f"see 'ddmctl status {task.id}'")
         raise interrupt
-    if error is not None and stored_fields(task) == before:
-        # The task was rejected before it ran (a resume of a task whose rollback is
-        # unfinished, or of a task in another state), so there is no result to print.
+    if isinstance(error, TaskNotStarted):
+        # The task's state forbade running it here (another process runs it, its rollback is
+        # unfinished, or it has ended), so this command has no result of its own to print.
         raise error
     print_task_result(context, task, as_json)
     if error is not None:
         raise error
     return int(ExitStatus.OK)
-
-
-def stored_fields(task: Task) -> dict[str, Any]:
-    """Return the task's JSON document without its duration, which grows while it has no end."""
-    fields = task.to_dict()
-    fields.pop("duration_seconds", None)
-    return fields
 
 
 def print_task_result(context: CommandContext, task: Task, as_json: bool) -> None:

@@ -99,7 +99,7 @@ def test_json_option_where_output_is_data(name: str) -> None:
 
 
 def test_quiet_hides_status_lines(home: Path, environ: dict[str, str]) -> None:
-    arguments = ["--host", "old=ssh://root@old.example", "--yes"]
+    arguments = ["--host", "old=tcp://127.0.0.1:2375", "--yes"]
 
     normal = invoke("ddminit", arguments, environ)
     quiet = invoke("ddminit", ["-q", *arguments], environ)

@@ -14,6 +14,7 @@ from ddm.config import (
     DEFAULT_DOCKER_SOCKET,
     LOCAL_HOST,
     Config,
+    comment_lines,
     config_dir,
     data_dir,
     default_config_path,
@@ -367,6 +368,80 @@ def test_save_special_file_rejected(home: Path, environ: dict[str, str]) -> None
     assert stat.S_ISFIFO(fifo.stat().st_mode)
     assert (home / "dir.yaml").is_dir()
     assert sorted(entry.name for entry in home.iterdir()) == ["dir.yaml", "fifo.yaml"]
+
+
+COMMENTED_DOCUMENTS = [
+    # (case id, YAML text, lines with a comment)
+    ("none", "hosts:\n  a: tcp://h:1\n", []),
+    ("empty", "", []),
+    ("only-comment", "# nothing yet\n", [1]),
+    ("trailing", "version: 1 # v\n", [1]),
+    ("quoted-hash", "known_hosts: 'a #b'  # c\n", [1]),
+    ("plain-hash", "known_hosts: a#b\n", []),
+    ("flow-mapping", "hosts: {a: tcp://h:1, # first\n  b: tcp://h:2}\n", [1]),
+    ("block-scalar", "x: |\n  # text\n# comment\n", [3]),
+]
+
+
+@pytest.mark.parametrize("text, expected", [case[1:] for case in COMMENTED_DOCUMENTS],
+                         ids=[case[0] for case in COMMENTED_DOCUMENTS])
+def test_comment_lines(text: str, expected: list[int]) -> None:
+    assert comment_lines(text) == expected
+
+
+def test_save_writes_through_symlink(home: Path, environ: dict[str, str]) -> None:
+    config = load_text(home, environ, "hosts:\n  h1: ssh://h1.example\n")
+    (home / "real").mkdir()
+    real = write_config(home / "real", "version: 1\n", "real.yaml")
+    os.chmod(real, 0o644)
+    link = home / "link.yaml"
+    link.symlink_to(Path("real") / "real.yaml")
+
+    written = save_config(config, link)
+
+    assert written == real
+    assert os.readlink(link) == str(Path("real") / "real.yaml")
+    assert stat.S_IMODE(real.stat().st_mode) == 0o600
+    assert "h1" in load_config(real, environ).hosts
+    assert sorted(entry.name for entry in (home / "real").iterdir()) == ["real.yaml"]
+
+
+def test_save_dangling_symlink_creates_target(home: Path, environ: dict[str, str]) -> None:
+    config = load_text(home, environ, "hosts:\n  h1: ssh://h1.example\n")
+    link = home / "link.yaml"
+    link.symlink_to(home / "missing.yaml")
+
+    written = save_config(config, link)
+
+    assert written == home / "missing.yaml"
+    assert link.is_symlink()
+    assert "h1" in load_config(home / "missing.yaml", environ).hosts
+
+
+def test_save_symlink_loop_rejected(home: Path, environ: dict[str, str]) -> None:
+    config = load_config(None, environ)
+    (home / "a.yaml").symlink_to(home / "b.yaml")
+    (home / "b.yaml").symlink_to(home / "a.yaml")
+
+    with pytest.raises(ConfigError) as caught:
+        save_config(config, home / "a.yaml")
+
+    assert "symbolic links form a loop" in str(caught.value)
+    assert os.readlink(home / "a.yaml") == str(home / "b.yaml")
+    assert os.readlink(home / "b.yaml") == str(home / "a.yaml")
+
+
+def test_save_symlink_to_directory_rejected(home: Path, environ: dict[str, str]) -> None:
+    config = load_config(None, environ)
+    (home / "dir").mkdir()
+    (home / "link.yaml").symlink_to(home / "dir")
+
+    with pytest.raises(ConfigError) as caught:
+        save_config(config, home / "link.yaml")
+
+    assert "not a regular file" in str(caught.value)
+    assert list((home / "dir").iterdir()) == []
+    assert (home / "link.yaml").is_symlink()
 
 
 def test_save_parent_is_file(home: Path, environ: dict[str, str]) -> None:

@@ -6,7 +6,10 @@ need no host.
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import sys
 import time
 from typing import Any
 
@@ -14,7 +17,8 @@ import pytest
 
 from ddm import api
 from ddm.errors import TransferFailed, VolumeNotFound
-from ddm.store import TaskStore
+from ddm.config import load_config
+from ddm.store import TaskStore, default_store_path
 from ddm.task import ItemState, Phase, TaskState
 from tests.unit.cli_support import invoke
 
@@ -87,3 +91,51 @@ def test_copy_failure_prints_started_volumes_only(configured: dict[str, str],
     volumes = json.loads(as_json.stdout)["volumes"]
     assert [(volume["target"], volume["state"]) for volume in volumes] == [
         ("vfirst", "rolled_back"), ("vrenamed", "pending")]
+
+
+def test_declined_migrate_creates_no_task(configured: dict[str, str],
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    # click.confirm reads the answer from sys.stdin, not from the command's environment.
+    monkeypatch.setattr(sys, "stdin", io.StringIO("n\n"))
+    monkeypatch.setattr(api, "run_task", fail_in_prepare)
+
+    outcome = invoke("ddmctl", ["migrate", "--from", "a", "--to", "b", "--volume", "v1"],
+                     configured, stdin_isatty=True)
+
+    assert outcome.status == 1, outcome
+    assert outcome.stdout == ""
+    assert outcome.stderr == (
+        "migrate volumes v1 from a to b? [y/N]: "
+        "ddmctl: error: no task was created because the answer was no; run the command again "
+        "and answer yes, or pass --yes\n"
+    )
+    listed = invoke("ddmctl", ["list", "--json"], configured)
+    assert json.loads(listed.stdout) == []
+
+
+def test_run_of_running_task_prints_nothing(configured: dict[str, str],
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    config = load_config(None, configured)
+    store = TaskStore(default_store_path(configured))
+    task = api.create_task(store, config, source="a", target="b", volumes=["big:bigq2"])
+    # This process acts as the other runner, so the stored runner pid is alive.
+    store.claim_task(task.id, os.getpid(), (TaskState.QUEUED,))
+    claim = TaskStore.claim_task
+
+    def claim_while_copying(self: TaskStore, task_id: str, pid: int,
+                            states: tuple[TaskState, ...]) -> bool:
+        # The other runner goes on copying while `ddmsyncer run` tries to claim the task.
+        self.update_item(task_id, 0, state=ItemState.COPYING, started_at=time.time(),
+                         bytes_done=4096)
+        return claim(self, task_id, pid, states)
+
+    monkeypatch.setattr(TaskStore, "claim_task", claim_while_copying)
+
+    outcome = invoke("ddmsyncer", ["run", task.id], configured)
+
+    assert outcome.status == 6, outcome
+    assert outcome.stdout == ""
+    assert outcome.stderr == (
+        f"ddmsyncer: error: task {task.id} is running, not queued or interrupted; only queued "
+        f"or interrupted tasks can run; see 'ddmctl status {task.id}'\n"
+    )
