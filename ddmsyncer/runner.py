@@ -328,7 +328,7 @@ class TaskRunner:
 
     def run(self) -> Task:
         """Run the task's phases; on any failure roll back, then re-raise the error."""
-        self.task = mark_stale_running(self.store, self.task)
+        self.task = before = mark_stale_running(self.store, self.task)
         undo.reject_resume_of_rollback(self.store, self.task)
         claimable = (TaskState.QUEUED, TaskState.INTERRUPTED)
         if not self.store.claim_task(self.task.id, os.getpid(), claimable):
@@ -337,6 +337,8 @@ class TaskRunner:
                 hint="only queued or interrupted tasks can run; see 'ddmctl status "
                 f"{self.task.id}'",
             )
+        if before.state is TaskState.INTERRUPTED:
+            self._lock_before_resume(before)
         self.task = self.store.get_task(self.task.id)
         self.record("info", "started", f"task started by process {os.getpid()}")
 
@@ -355,6 +357,21 @@ class TaskRunner:
 
         self._finish(TaskState.SUCCEEDED, None)
         return self.task
+
+    def _lock_before_resume(self, before: Task) -> None:
+        """Take an interrupted task's locks before its resume undoes or repeats anything.
+
+        A task whose rollback failed has released its locks, so another task may hold one of
+        its volumes now. The resume then stops here and leaves the task interrupted as it
+        was: undoing the earlier run (a failure's rollback, or full mode's restart) could
+        change a volume that the other task uses.
+        """
+        names = sorted(set(self.lock_names()) | set(self.rollback_lock_names()))
+        try:
+            self.store.acquire_locks(self.task.id, names)
+        except TaskConflict as conflict:
+            _unclaim(self.store, before, [])
+            raise TaskNotStarted(conflict.message, hint=conflict.hint) from conflict
 
     def _run_phases(self) -> None:
         with self.phase(Phase.PREPARE):

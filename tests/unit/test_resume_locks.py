@@ -1,0 +1,66 @@
+"""A resume takes the interrupted task's locks before it undoes or repeats anything."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from ddm.config import config_from_dict
+from ddm.errors import TaskNotStarted
+from ddm.store import TaskStore
+from ddm.task import Mode, Task, TaskItem, TaskSpec, TaskState, VolumeSpec
+from ddmsyncer.containers import FullTaskRunner
+from ddmsyncer.runner import TaskRunner
+
+CONFIG = {"version": 1, "hosts": {"old": "ssh://root@127.0.0.21", "new": "ssh://root@127.0.0.22"}}
+
+
+def volumes_task(task_id: str) -> Task:
+    spec = TaskSpec(source_host="old", target_host="new", volumes=(VolumeSpec("pg", "pg"),))
+    return Task(id=task_id, spec=spec,
+                items=[TaskItem(task_id=task_id, position=0, source="pg", target="pg")])
+
+
+def full_task(task_id: str) -> Task:
+    return Task(id=task_id, spec=TaskSpec(source_host="old", target_host="new", mode=Mode.FULL,
+                                          options={"containers": ["web"]}))
+
+
+def hold(store: TaskStore, resource: str) -> str:
+    """Make a running task of this process hold `resource`; return its ID."""
+    holder = volumes_task("b" * 12)
+    store.create_task(holder, reserved_by=os.getpid())
+    store.update_task(holder.id, state=TaskState.RUNNING)
+    store.acquire_locks(holder.id, [resource])
+    return holder.id
+
+
+@pytest.mark.parametrize("runner_class, make_task, plan, resource", [
+    (TaskRunner, volumes_task, None, "new/volume/pg"),
+    (FullTaskRunner, full_task, {"volumes": [{"name": "data"}], "containers": [{"name": "web"}]},
+     "new/volume/data"),
+])
+def test_resume_leaves_task_interrupted_when_another_task_holds_a_volume(
+    tmp_path: Path, runner_class: type, make_task, plan: dict | None, resource: str,
+) -> None:
+    store = TaskStore(tmp_path / "tasks.db")
+    interrupted = make_task("a" * 12)
+    store.create_task(interrupted)
+    store.update_task(interrupted.id, state=TaskState.INTERRUPTED)
+    if plan is not None:
+        store.set_extra(interrupted.id, plan=plan, created={"containers": ["web"]})
+    holder = hold(store, resource)
+    events_before = store.get_events(interrupted.id)
+
+    runner = runner_class(config_from_dict(CONFIG, None, {"HOME": str(tmp_path)}), store, interrupted.id,
+                          engine_factory=lambda *_: pytest.fail("a host was connected"))
+    with pytest.raises(TaskNotStarted, match=f"{resource} is held by task {holder}"):
+        runner.run()
+
+    task = store.get_task(interrupted.id)
+    assert task.state is TaskState.INTERRUPTED
+    assert task.runner_pid is None
+    assert store.get_events(interrupted.id) == events_before
+    assert store.get_extra(interrupted.id).get("created") == ({"containers": ["web"]} if plan else None)
