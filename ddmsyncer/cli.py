@@ -86,7 +86,7 @@ def serve(context: CommandContext, concurrency: int, poll_interval: float, once:
             task = api.run_task(config, store, task_id)
             context.info(f"task {task_id} {task.state.value}")
         except Cancelled:
-            # The operator asked for it with 'ddmctl cancel', so it is no failure of the serve.
+            # The operator asked for it with 'ddmctl cancel', so it does not count as a failure.
             context.info(f"task {task_id} cancelled")
         except DDMError as error:
             failures += 1
