@@ -279,7 +279,8 @@ def rollback_task(
 
     A succeeded volumes-mode task whose target volume was replaced or changed since is refused
     with TaskConflict unless `force` is true. So is a task whose volumes another task holds
-    locked, running or interrupted, `force` or not.
+    locked, running or interrupted, `force` or not. A failed, cancelled or rolled_back task
+    was rolled back already, so it keeps its state and error.
     """
     from ddmsyncer.runner import create_runner
     from ddmsyncer.runner import rollback_task as rollback

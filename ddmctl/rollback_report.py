@@ -26,7 +26,8 @@ def rollback_outcomes(task: Task, events: list[dict[str, Any]], *,
                       rolled_back_before: Collection[int] = (),
                       later_tasks: Mapping[int, list[str]] | None = None,
                       changed: Mapping[int, str] | None = None,
-                      absent_at_check: Collection[int] = ()
+                      absent_at_check: Collection[int] = (),
+                      repeated: bool = False
                       ) -> dict[int, tuple[str, str]]:
     """Return (outcome, reason) by item position.
 
@@ -43,9 +44,14 @@ def rollback_outcomes(task: Task, events: list[dict[str, Any]], *,
     position, the IDs of later tasks that wrote the same target volume) names a task for
     such a position, the volume is "kept": it contains that later task's data, not the state
     the earlier rollback left. A volume of that name that this rollback found on the target
-    (a ROLLBACK_PRESENT event) is "kept" too, because it is not the task's copy. Otherwise an
-    earlier rollback's outcome is reported as if this rollback had done it, so running a
-    stopped rollback again reports every volume.
+    (a ROLLBACK_PRESENT event) is "kept" too, because it is not the task's copy.
+
+    `repeated` is for a task whose own rollback had already finished before this one started
+    (undo.ROLLED_BACK_STATES). This rollback left its undone volumes alone, so a volume the
+    earlier rollback restored is "kept", and one that it removed or found gone is "absent",
+    each with the earlier rollback's outcome as the reason. Otherwise, as when a rollback
+    that stopped part way runs again, an earlier rollback's outcome is reported as if this
+    rollback had done it, so that the report covers every volume.
 
     `changed` (TargetsChanged.changed) is for a rollback that the changed-volume check
     stopped before it removed anything: those volumes are "kept" with the check's reason,
@@ -71,6 +77,9 @@ def rollback_outcomes(task: Task, events: list[dict[str, Any]], *,
                                                     "other target volumes of the task changed")
         elif item.position in rolled_back_before and item.state in UNDONE_STATES and later:
             outcomes[item.position] = _earlier_outcome(item, item.position in restored, later)
+        elif repeated and item.position in rolled_back_before and item.position in restored:
+            outcomes[item.position] = ("kept", f"{_earlier_undo(item, restored=True)}, and "
+                                               "this rollback left it as it is")
         elif item.position in restored and item.state is ItemState.ROLLED_BACK:
             outcomes[item.position] = ("restored", "the target is as before the task")
         elif item.position in rolled_back_before and item.position in present:
@@ -78,6 +87,10 @@ def rollback_outcomes(task: Task, events: list[dict[str, Any]], *,
                                                "volume of this name that exists now is not "
                                                "the task's copy, and this rollback left it as "
                                                "it is")
+        elif repeated and item.position in rolled_back_before:
+            earlier = _earlier_undo(item, restored=False, found_gone=item.position in absent)
+            outcomes[item.position] = ("absent", f"{earlier}, so this rollback had nothing "
+                                                 "to remove")
         elif item.state is ItemState.ABSENT or (item.position in absent
                                                 and item.state is ItemState.ROLLED_BACK):
             # An item stored before the absent state existed has rolled_back and the event.
@@ -103,11 +116,17 @@ def _earlier_outcome(item: TaskItem, restored: bool, later: list[str]) -> tuple[
                     "wrote this target volume since, and this rollback left it as it is")
 
 
-def _earlier_undo(item: TaskItem, *, restored: bool) -> str:
-    """Return the clause for what an earlier rollback did to the item's target volume."""
+def _earlier_undo(item: TaskItem, *, restored: bool, found_gone: bool = False) -> str:
+    """Return the clause for what an earlier rollback did to the item's target volume.
+
+    `found_gone` is for an item that the earlier rollback found gone (a ROLLBACK_ABSENT
+    event) but stored as rolled_back. Such an item is an incremental update whose volume was
+    gone when the rollback came to restore it, or an item stored before the absent state
+    existed.
+    """
     if restored:
         return "an earlier rollback restored it from the task's backup"
-    if item.state is ItemState.ABSENT:
+    if item.state is ItemState.ABSENT or found_gone:
         return "an earlier rollback found the volume already gone"
     return "an earlier rollback removed what the task wrote"
 

@@ -916,7 +916,7 @@ def rollback_task(runner: TaskRunner) -> Task:
     except BaseException:
         _unclaim(store, task, newly_locked)
         raise
-    return _roll_back_claimed(runner)
+    return _roll_back_claimed(runner, task)
 
 
 def _unclaim(store: TaskStore, before: Task, newly_locked: list[str]) -> None:
@@ -929,8 +929,13 @@ def _unclaim(store: TaskStore, before: Task, newly_locked: list[str]) -> None:
     store.update_task(before.id, state=before.state, runner_pid=before.runner_pid)
 
 
-def _roll_back_claimed(runner: TaskRunner) -> Task:
-    """Run the rollback of a task that rollback_task() claimed and locked, and finish it."""
+def _roll_back_claimed(runner: TaskRunner, before: Task) -> Task:
+    """Run the rollback of a task that rollback_task() claimed and locked, and finish it.
+
+    `before` is the task as it was before the claim. A task whose own rollback had already
+    finished (undo.ROLLED_BACK_STATES) ends in its earlier state with its earlier error, so
+    a failed task stays listed as failed with the error that stopped it.
+    """
     store = runner.store
     task = runner.task = store.get_task(runner.task.id)
     # The task keeps the finish time of its migration, so its duration stays that of the
@@ -948,5 +953,8 @@ def _roll_back_claimed(runner: TaskRunner) -> Task:
     finally:
         runner._close()
     store.set_extra(task.id, **{undo.ROLLBACK_FINISHED_AT: time.time()})
-    runner._finish(TaskState.ROLLED_BACK, None, finished_at=migration_finished_at)
+    if before.state in undo.ROLLED_BACK_STATES:
+        runner._finish(before.state, before.error, finished_at=migration_finished_at)
+    else:
+        runner._finish(TaskState.ROLLED_BACK, None, finished_at=migration_finished_at)
     return runner.task

@@ -41,6 +41,12 @@ ROLLBACK_PRESENT = "rollback_present"
 # Item states that a rollback of the task leaves: removed (or restored), or found already gone.
 UNDONE_STATES = (ItemState.ROLLED_BACK, ItemState.ABSENT)
 
+# Task states that a finished rollback of the task leaves. A failed or cancelled task was
+# rolled back when it stopped, because a failed rollback leaves it interrupted, and a task
+# cancelled while queued had nothing to undo. A rolled_back task was rolled back on request.
+# Another rollback of such a task keeps its state and error.
+ROLLED_BACK_STATES = (TaskState.FAILED, TaskState.CANCELLED, TaskState.ROLLED_BACK)
+
 
 def undone_items(task: Task) -> list[TaskItem]:
     """Return the items that an earlier rollback of the task undid."""

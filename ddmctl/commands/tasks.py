@@ -19,7 +19,7 @@ from ddmctl.rollback_report import later_writers, rollback_outcomes
 from ddmctl.tasks_filter import MAX_SCANNED_TASKS, parse_since, task_matches
 from ddmctl.watch import task_label, watch_task
 from ddmsyncer.runner import mark_stale_running
-from ddmsyncer.undo import ROLLBACK_FINISHED_AT, UNDONE_STATES
+from ddmsyncer.undo import ROLLBACK_FINISHED_AT, ROLLED_BACK_STATES, UNDONE_STATES
 
 
 def format_time(timestamp: float | None) -> str:
@@ -299,20 +299,26 @@ def rollback(context: CommandContext, task_id: str, force: bool, as_json: bool) 
     --force or not.
 
     Prints a tab-separated line per volume: source, target and the outcome. The outcome is
-    removed, absent (the volume no longer existed, for example removed by hand or by another
-    task's rollback), restored (an incremental update undone from its backup), untouched (the
-    task never started the volume), kept (the task did not create it, it changed since the
-    task, or an earlier rollback of the task undid it and later tasks wrote it since or a
-    volume of its name exists again) or
+    removed, absent (the volume no longer existed, for example removed by hand, by another
+    task's rollback or by an earlier rollback of this task), restored (an incremental update
+    undone from its backup), untouched (the task never started the volume), kept (the task did
+    not create it, it changed since the task, an earlier rollback of the task restored it, or
+    an earlier rollback undid it and later tasks wrote it since or a volume of its name exists
+    again) or
     remaining (the rollback stopped before removing it, or Docker rejected removing it, for
     example because a container uses it), all but removed followed by the reason. The reason
     of a rejected removal gives Docker's error and what to do. A kept volume is left as it is
     now. A rollback that stops part way prints these lines too, then the error; run it again
     to finish.
+
+    A failed or cancelled task was rolled back when it stopped, and a rolled_back one on
+    request. Rolling such a task back again keeps its state and error, and reports each
+    volume that the earlier rollback removed as absent and each one it restored as kept.
     """
     before = context.store.get_task(task_id)
     rolled_back_before = {item.position for item in before.items
                           if item.state in UNDONE_STATES}
+    repeated = before.state in ROLLED_BACK_STATES
     try:
         task = api.rollback_task(context.config, context.store, before.id, force=force)
     except TaskNotFound:
@@ -320,7 +326,7 @@ def rollback(context: CommandContext, task_id: str, force: bool, as_json: bool) 
     except TargetsChanged as error:
         # The changed-volume check stopped the rollback before it removed anything.
         print_rollback_outcomes(context, context.store.get_task(before.id), as_json,
-                                rolled_back_before, changed=error.changed,
+                                rolled_back_before, repeated, changed=error.changed,
                                 absent_at_check=error.absent)
         raise
     except DDMError:
@@ -328,29 +334,33 @@ def rollback(context: CommandContext, task_id: str, force: bool, as_json: bool) 
         # line. A rollback rejected before it started (TaskConflict) changed nothing.
         stopped = context.store.get_task(before.id)
         if stopped.state is TaskState.INTERRUPTED and stopped.phase is Phase.ROLLBACK:
-            print_rollback_outcomes(context, stopped, as_json, rolled_back_before)
+            print_rollback_outcomes(context, stopped, as_json, rolled_back_before, repeated)
         raise
 
-    print_rollback_outcomes(context, task, as_json, rolled_back_before)
-    if not as_json:
+    print_rollback_outcomes(context, task, as_json, rolled_back_before, repeated)
+    if not as_json and repeated:
+        context.info(f"task {task.id} stays {task.state.value}")
+    elif not as_json:
         context.info(f"task {task.id} {task.state.value}")
     return int(ExitStatus.OK)
 
 
 def print_rollback_outcomes(context: CommandContext, task: Task, as_json: bool,
-                            rolled_back_before: set[int],
+                            rolled_back_before: set[int], repeated: bool,
                             changed: dict[int, str] | None = None,
                             absent_at_check: frozenset[int] = frozenset()) -> None:
     """Print a rollback's per-volume outcomes: a line each, or the task as JSON.
 
-    `rolled_back_before` lists the items an earlier rollback of the task had undone.
+    `rolled_back_before` lists the items an earlier rollback of the task had undone, and
+    `repeated` is whether that rollback had finished (see rollback_outcomes).
     `changed` and `absent_at_check` are the volumes that the changed-volume check kept and
     found already gone (TargetsChanged.changed and TargetsChanged.absent).
     """
     later = later_writers(context.store, task) if rolled_back_before else {}
     outcomes = rollback_outcomes(task, context.store.get_events(task.id),
                                  rolled_back_before=rolled_back_before, later_tasks=later,
-                                 changed=changed, absent_at_check=absent_at_check)
+                                 changed=changed, absent_at_check=absent_at_check,
+                                 repeated=repeated)
     if as_json:
         data = task_document(context.store, task)
         for volume in data["volumes"]:

@@ -108,13 +108,77 @@ def test_earlier_restore_is_kept_now() -> None:
                                    "this rollback left it as it is")
 
 
-def test_earlier_rollback_without_later_tasks() -> None:
+def test_stopped_rollback_run_again_repeats_outcomes() -> None:
+    # An interrupted rollback run again reports what its earlier run did, so every volume
+    # has its outcome.
     task = task_with(ItemState.ROLLED_BACK, ItemState.ROLLED_BACK)
     events = events_of_two_rollbacks()
 
     outcomes = rollback_outcomes(task, events, rolled_back_before={0, 1}, later_tasks={})
 
     assert outcomes[0] == ("restored", "the target is as before the task")
+    assert outcomes[1] == ("removed", "")
+
+
+def test_repeated_rollback_removes_nothing() -> None:
+    task = task_with(ItemState.ROLLED_BACK, ItemState.ROLLED_BACK, ItemState.ABSENT,
+                     ItemState.ROLLED_BACK, ItemState.PENDING)
+    events = [
+        *events_of_two_rollbacks()[:2],
+        event(3, "rollback_absent", "volume 't3' no longer exists on new, so the rollback "
+              "could not restore it", {"position": 3}),
+        event(4, "rolled_back", "removed volume 't1' from new"),
+        event(5, "phase", "phase rollback started"),
+    ]
+
+    outcomes = rollback_outcomes(task, events, rolled_back_before={0, 1, 2, 3}, later_tasks={},
+                                 repeated=True)
+
+    assert outcomes[0] == ("kept", "an earlier rollback restored it from the task's backup, "
+                                   "and this rollback left it as it is")
+    assert outcomes[1] == ("absent", "an earlier rollback removed what the task wrote, so "
+                                     "this rollback had nothing to remove")
+    assert outcomes[2] == ("absent", "an earlier rollback found the volume already gone, so "
+                                     "this rollback had nothing to remove")
+    assert outcomes[3] == ("absent", "an earlier rollback found the volume already gone, so "
+                                     "this rollback had nothing to remove")
+    assert outcomes[4] == ("untouched", "the task never started this volume")
+
+
+def test_repeated_rollback_keeps_later_data() -> None:
+    task = task_with(ItemState.ROLLED_BACK, ItemState.ROLLED_BACK, ItemState.ROLLED_BACK)
+    events = [
+        event(1, "phase", "phase rollback started"),
+        event(2, "phase", "phase rollback started"),
+        event(3, "rollback_present", "volume 't1' exists on new again", {"position": 1}),
+    ]
+
+    outcomes = rollback_outcomes(task, events, rolled_back_before={0, 1, 2},
+                                 later_tasks={0: ["b" * 12]}, repeated=True)
+
+    assert outcomes[0] == ("kept", f"an earlier rollback removed what the task wrote; task "
+                                   f"{'b' * 12} wrote this target volume since, and this "
+                                   "rollback left it as it is")
+    assert outcomes[1] == ("kept", "an earlier rollback removed what the task wrote; the volume "
+                                   "of this name that exists now is not the task's copy, and "
+                                   "this rollback left it as it is")
+    assert outcomes[2] == ("absent", "an earlier rollback removed what the task wrote, so "
+                                     "this rollback had nothing to remove")
+
+
+def test_repeated_rollback_reports_new_removal() -> None:
+    # A volume still recorded as created was not undone before, so its removal is this
+    # rollback's own.
+    task = task_with(ItemState.ROLLED_BACK, ItemState.ROLLED_BACK)
+    events = [
+        event(1, "phase", "phase rollback started"),
+        event(2, "phase", "phase rollback started"),
+        event(3, "rolled_back", "removed volume 't1' from new"),
+    ]
+
+    outcomes = rollback_outcomes(task, events, rolled_back_before={0}, repeated=True)
+
+    assert outcomes[0][0] == "absent"
     assert outcomes[1] == ("removed", "")
 
 
