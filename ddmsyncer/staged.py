@@ -676,7 +676,18 @@ class StagedVolumes:
             self._remove_replaced_target(item)
 
         self.runner.update_item(item, target_created=True)
-        volumes.create_target_volume(target, item, check)
+        try:
+            volumes.create_target_volume(target, item, check)
+        except TargetExists as error:
+            # Another client created the name after prepare (or after --force removed the
+            # old volume): the volume is not the task's, so the rollback must keep it.
+            self.runner.update_item(item, target_created=False)
+            raise TargetExists(
+                f"volume {item.target!r} appeared on {target.host.name} before DDM could create "
+                "it, so another client created it; the task keeps it as it is",
+                hint="find out which container or client created it, then remove it or choose "
+                "another target name and run the migration again",
+            ) from error
         if route.target_access is not None and check.source_driver == "local" and not check.source_options:
             from ddmdriver.hostpath import move_directory
 

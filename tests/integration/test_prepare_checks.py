@@ -183,3 +183,35 @@ def test_promote_rejects_late_target_user(h1, h2, isolated_env, resources,
     assert volumes_on(h2) == volumes_before
     assert snapshot_volume_tree(h2, volume) == target_before
     assert snapshot_volume_tree(h1, volume) == source_before
+
+
+def test_rollback_keeps_a_target_another_client_created_at_promote(h1, h2, isolated_env,
+                                                                     resources, monkeypatch):
+    """A volume of the target name created between prepare and promote is not the task's."""
+    from ddmsyncer import volumes as volume_steps
+
+    volume = resources.create_volume(h1)
+    write_volume_tree(h1, volume, {"new.txt": "from the source\n"})
+    source_before = snapshot_volume_tree(h1, volume)
+    original_create = volume_steps.create_target_volume
+    other_client: list = []
+
+    def create_target_volume(target, item, check):
+        resources.create_volume(h2, volume)
+        write_volume_tree(h2, volume, {"other.txt": "another client's data\n"})
+        other_client.append(snapshot_volume_tree(h2, volume))
+        return original_create(target, item, check)
+
+    monkeypatch.setattr(volume_steps, "create_target_volume", create_target_volume)
+
+    outcome = run_command("ddmctl", "migrate", "--from", "h1", "--to", "h2", "--volume", volume,
+                          "--yes", "--json")
+
+    assert outcome.status == 1
+    # The rollback kept the other client's volume and its data.
+    assert snapshot_volume_tree(h2, volume) == other_client[0]
+    task = json.loads(outcome.stdout)
+    assert task["state"] == "failed"
+    assert task["error"]["error"] == "TargetExists"
+    assert f"volume {volume!r} appeared on h2 before DDM could create it" in task["error"]["message"]
+    assert snapshot_volume_tree(h1, volume) == source_before
