@@ -173,6 +173,12 @@ def status(context: CommandContext, task_id: str, show_events: bool, watch: bool
     return watched_exit_status(task) if watch else int(ExitStatus.OK)
 
 
+def rollback_started(store: TaskStore, task_id: str, after_event_id: int) -> bool:
+    """Return whether a rollback phase of the task began after the event `after_event_id`."""
+    return any(event["kind"] == "phase" and event["message"] == "phase rollback started"
+               for event in store.get_events(task_id, after_event_id))
+
+
 # Phases of a full-mode task from which its running source containers are stopped.
 CUTOVER_PHASES = (Phase.MIGRATE, Phase.VERIFY, Phase.CLEANUP, Phase.ROLLBACK)
 
@@ -319,6 +325,8 @@ def rollback(context: CommandContext, task_id: str, force: bool, as_json: bool) 
     rolled_back_before = {item.position for item in before.items
                           if item.state in UNDONE_STATES}
     repeated = before.state in ROLLED_BACK_STATES
+    earlier_events = context.store.get_events(before.id)
+    last_event_id = earlier_events[-1]["id"] if earlier_events else 0
     try:
         task = api.rollback_task(context.config, context.store, before.id, force=force)
     except TaskNotFound:
@@ -331,9 +339,12 @@ def rollback(context: CommandContext, task_id: str, force: bool, as_json: bool) 
         raise
     except DDMError:
         # A rollback that stopped part way still reports what it removed before the error
-        # line. A rollback rejected before it started (TaskConflict) changed nothing.
+        # line. A rollback rejected before it started (a lock that another task holds, or a
+        # failed check) changed nothing, also when an earlier rollback left the task
+        # interrupted in the rollback phase, so it prints no lines.
         stopped = context.store.get_task(before.id)
-        if stopped.state is TaskState.INTERRUPTED and stopped.phase is Phase.ROLLBACK:
+        started = rollback_started(context.store, before.id, last_event_id)
+        if started and stopped.state is TaskState.INTERRUPTED and stopped.phase is Phase.ROLLBACK:
             print_rollback_outcomes(context, stopped, as_json, rolled_back_before, repeated)
         raise
 

@@ -64,3 +64,30 @@ def test_resume_leaves_task_interrupted_when_another_task_holds_a_volume(
     assert task.runner_pid is None
     assert store.get_events(interrupted.id) == events_before
     assert store.get_extra(interrupted.id).get("created") == ({"containers": ["web"]} if plan else None)
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_rollback_rejected_by_a_lock_prints_no_outcomes(
+    home: Path, configured: dict[str, str], as_json: bool,
+) -> None:
+    """An earlier rollback left the task interrupted in its rollback phase; this one never starts."""
+    from ddm.store import default_store_path
+    from ddm.task import Phase
+    from tests.unit.cli_support import invoke
+
+    store = TaskStore(default_store_path(configured))
+    interrupted = Task(id="a" * 12, spec=TaskSpec(source_host="a", target_host="b",
+                                                  volumes=(VolumeSpec("pg", "pg"),)),
+                       items=[TaskItem(task_id="a" * 12, position=0, source="pg", target="pg")])
+    store.create_task(interrupted)
+    store.update_task(interrupted.id, state=TaskState.INTERRUPTED, phase=Phase.ROLLBACK)
+    holder = hold(store, "b/volume/pg")
+    store.close()
+
+    outcome = invoke("ddmctl", ["rollback", interrupted.id, *(["--json"] if as_json else [])],
+                     configured)
+
+    assert outcome.status == 6
+    assert outcome.stdout == ""
+    assert outcome.stderr.splitlines()[-1].startswith(
+        f"ddmctl: error: b/volume/pg is held by task {holder}, which is running")
