@@ -18,6 +18,11 @@ WROTE_TARGET_STATES = (ItemState.VERIFIED, ItemState.UNVERIFIED)
 # The reason of a target volume that no longer existed when the rollback came to it.
 ABSENT_REASON = "the volume no longer existed, so the rollback had nothing to remove"
 
+# The reason of a removed copy that never left its staging volume: the target volume's name
+# may belong to a volume that the task did not create, and the rollback left that alone.
+STAGED_ONLY_REASON = ("the rollback removed only the task's staging copy; the task did not "
+                      "create this target volume")
+
 # How many tasks store.list_tasks() returns when later_writers() looks for later tasks.
 LATER_TASKS_LIMIT = 1000
 
@@ -59,6 +64,7 @@ def rollback_outcomes(task: Task, events: list[dict[str, Any]], *,
     volumes that are still there are "remaining".
     """
     restored = restored_positions(events)
+    removed = removed_positions(task, events)
     absent = positions_after_rollback(events, ROLLBACK_ABSENT)
     rejected = rejected_removals(events)
     present = positions_in_latest_rollback(events, ROLLBACK_PRESENT)
@@ -95,8 +101,10 @@ def rollback_outcomes(task: Task, events: list[dict[str, Any]], *,
                                                 and item.state is ItemState.ROLLED_BACK):
             # An item stored before the absent state existed has rolled_back and the event.
             outcomes[item.position] = ("absent", ABSENT_REASON)
-        elif item.state is ItemState.ROLLED_BACK:
+        elif item.state is ItemState.ROLLED_BACK and item.position in removed:
             outcomes[item.position] = ("removed", "")
+        elif item.state is ItemState.ROLLED_BACK:
+            outcomes[item.position] = ("removed", STAGED_ONLY_REASON)
         elif item.target_created and item.position in rejected:
             outcomes[item.position] = ("remaining", f"Docker rejected removing it: "
                                                     f"{rejected[item.position]}")
@@ -129,6 +137,29 @@ def _earlier_undo(item: TaskItem, *, restored: bool, found_gone: bool = False) -
     if item.state is ItemState.ABSENT or found_gone:
         return "an earlier rollback found the volume already gone"
     return "an earlier rollback removed what the task wrote"
+
+
+def removed_positions(task: Task, events: list[dict[str, Any]]) -> set[int]:
+    """Return the positions of items whose target volume a rollback of the task removed.
+
+    Those are the "rolled_back" events since the task's first rollback started. Events stored
+    before they carried the item's position are matched by the volume name in the message.
+    """
+    started = next((event["id"] for event in events
+                    if event["kind"] == "phase" and event["message"] == ROLLBACK_STARTED), None)
+    if started is None:
+        return set()
+    found = set()
+    for event in events:
+        if event["kind"] != "rolled_back" or event["id"] <= started:
+            continue
+        data = event.get("data")
+        if isinstance(data, dict) and "position" in data:
+            found.add(int(data["position"]))
+            continue
+        found.update(item.position for item in task.items
+                     if event["message"].startswith(f"removed volume {item.target!r} from "))
+    return found
 
 
 def restored_positions(events: list[dict[str, Any]]) -> set[int]:

@@ -757,9 +757,10 @@ class TaskRunner:
                             f"from {self.task.spec.target_host} was rejected: {error}",
                             position=item.position, reason=str(error))
                 raise
-            self.update_item(item, state=ItemState.ROLLED_BACK, target_created=False)
+            # Recorded before the state, so a report never lists a removed volume as kept.
             self.record("info", "rolled_back", f"removed volume {item.target!r} from "
-                        f"{self.task.spec.target_host}")
+                        f"{self.task.spec.target_host}", position=item.position)
+            self.update_item(item, state=ItemState.ROLLED_BACK, target_created=False)
             # The removed volume's hash cache rows and stored scan are stale: a volume
             # created later under its name gets new inodes and ctimes.
             forgotten = self.store.forget_volume(hashcache.cache_scope(target, mountpoint))

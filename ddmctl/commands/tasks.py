@@ -312,8 +312,10 @@ def rollback(context: CommandContext, task_id: str, force: bool, as_json: bool) 
     an earlier rollback undid it and later tasks wrote it since or a volume of its name exists
     again) or
     remaining (the rollback stopped before removing it, or Docker rejected removing it, for
-    example because a container uses it), all but removed followed by the reason. The reason
-    of a rejected removal gives Docker's error and what to do. A kept volume is left as it is
+    example because a container uses it), each but removed followed by the reason. A removed
+    volume has a reason only when the rollback removed just the task's staging copy, because
+    the copy never reached the target volume. The reason of a rejected removal gives Docker's
+    error and what to do. A kept volume is left as it is
     now. A rollback that stops part way prints these lines too, then the error; run it again
     to finish.
 

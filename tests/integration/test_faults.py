@@ -280,7 +280,9 @@ def test_syncer_killed_then_rolled_back(
     status, stdout, stderr = run_command("ddmctl", "rollback", task.id)
 
     assert status == 0, stderr
-    assert stdout == f"{volume}\t{volume}\tremoved\n"
+    # The copy never left its staging volume, so no target volume was the task's.
+    assert stdout == (f"{volume}\t{volume}\tremoved\tthe rollback removed only the task's "
+                      "staging copy; the task did not create this target volume\n")
     rolled_back = store.get_task(task.id)
     assert rolled_back.state is TaskState.ROLLED_BACK
     assert rolled_back.items[0].state is ItemState.ROLLED_BACK

@@ -78,6 +78,7 @@ def test_restore_before_rollback_is_not_counted() -> None:
         event(1, "restored", "restored volume 't0' on new to its state before the task",
               {"position": 0}),
         event(2, "phase", "phase rollback started"),
+        event(3, "rolled_back", "removed volume 't0' from new", {"position": 0}),
     ]
 
     assert rollback_outcomes(task, events)[0] == ("removed", "")
@@ -113,6 +114,8 @@ def test_stopped_rollback_run_again_repeats_outcomes() -> None:
     # has its outcome.
     task = task_with(ItemState.ROLLED_BACK, ItemState.ROLLED_BACK)
     events = events_of_two_rollbacks()
+
+    events.insert(2, event(9, "rolled_back", "removed volume 't1' from new", {"position": 1}))
 
     outcomes = rollback_outcomes(task, events, rolled_back_before={0, 1}, later_tasks={})
 
@@ -190,6 +193,7 @@ def test_volume_present_again_is_kept() -> None:
         event(3, "phase", "phase rollback started"),
         event(4, "rollback_present", "volume 't0' exists on new again", {"position": 0}),
         event(5, "rollback_present", "volume 't1' exists on new again", {"position": 1}),
+        event(6, "rolled_back", "removed volume 't2' from new", {"position": 2}),
     ]
 
     outcomes = rollback_outcomes(task, events, rolled_back_before={0, 1, 2}, later_tasks={})
@@ -209,7 +213,11 @@ def test_changed_volumes_are_kept() -> None:
     for item in task.items[:2]:
         item.target_created = True
 
-    outcomes = rollback_outcomes(task, [], changed={0: "was replaced after task X created it"})
+    events = [event(1, "phase", "phase rollback started"),
+              event(2, "rolled_back", "removed volume 't2' from new", {"position": 2})]
+
+    outcomes = rollback_outcomes(task, events,
+                                 changed={0: "was replaced after task X created it"})
 
     assert outcomes[0] == ("kept", "the volume was replaced after task X created it, so the "
                                    "rollback kept it; pass --force to remove it")
@@ -304,3 +312,18 @@ def test_rejected_removal_gives_reason() -> None:
     assert outcomes[0] == ("remaining", f"Docker rejected removing it: {reason}")
     assert outcomes[1] == ("remaining", "the rollback stopped before removing it")
     assert later[0] == ("remaining", "the rollback stopped before removing it")
+
+
+def test_staged_only_volume_says_so() -> None:
+    """A copy that never left its staging volume: the rollback removed only the staging copy."""
+    task = task_with(ItemState.ROLLED_BACK, ItemState.ROLLED_BACK)
+    events = [
+        event(1, "phase", "phase rollback started"),
+        event(2, "rolled_back", "removed volume 't1' from new"),  # stored without a position
+    ]
+
+    outcomes = rollback_outcomes(task, events)
+
+    assert outcomes[0] == ("removed", "the rollback removed only the task's staging copy; the "
+                                      "task did not create this target volume")
+    assert outcomes[1] == ("removed", "")
