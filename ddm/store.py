@@ -506,6 +506,19 @@ class TaskStore:
                     newly_locked.append(resource)
         return newly_locked
 
+    def lock_conflicts(self, resources: list[str]) -> list[TaskConflict]:
+        """Return, without taking any lock, the error of each resource that a task holds.
+
+        For a plan, which belongs to no task yet, so any holder is a conflict.
+        """
+        conflicts = []
+        for resource in resources:
+            row = self._db.execute("SELECT task_id FROM locks WHERE resource = ?",
+                                   (resource,)).fetchone()
+            if row is not None:
+                conflicts.append(_lock_conflict(self._db, resource, row["task_id"]))
+        return conflicts
+
     def release_locks(self, task_id: str, resources: list[str] | None = None) -> None:
         """Release the task's locks on `resources`, or all of its locks when it is None."""
         with self.transaction() as db:

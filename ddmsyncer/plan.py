@@ -71,6 +71,8 @@ def build_plan(config: Config, spec: TaskSpec, *, probe_bytes: int = DEFAULT_PRO
             item = TaskItem(task_id="plan", position=position, source=volume.source,
                             target=volume.target)
             entry = _plan_volume(source, target, item, spec, plan["conflicts"], store)
+            if store is not None:
+                _plan_locks(store, spec, item, entry, plan["conflicts"])
             if entry.get("action") == "replace":
                 _plan_replacement(target, probes, item, entry, plan["conflicts"])
             # A volume with a conflict still gets the data path its copy would take once the
@@ -219,6 +221,18 @@ def _plan_volume(source: Any, target: Any, item: TaskItem, spec: TaskSpec,
         size_bytes=check.size_bytes,
     )
     return entry
+
+
+def _plan_locks(store: TaskStore, spec: TaskSpec, item: TaskItem, entry: dict[str, Any],
+                conflicts: list[dict[str, Any]]) -> None:
+    """Add a conflict for each of the volume's locks that a task holds, as the run would meet it.
+
+    NOTE: only volumes mode; a full-mode plan does not read the locks.
+    """
+    resources = [f"{spec.source_host}/volume/{item.source}",
+                 f"{spec.target_host}/volume/{item.target}"]
+    for error in store.lock_conflicts(resources):
+        conflicts.append(_conflict(entry, error))
 
 
 def _plan_replacement(target: Any, probes: HostProbes, item: TaskItem, entry: dict[str, Any],

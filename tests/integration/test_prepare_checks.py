@@ -215,3 +215,36 @@ def test_rollback_keeps_a_target_another_client_created_at_promote(h1, h2, isola
     assert task["error"]["error"] == "TargetExists"
     assert f"volume {volume!r} appeared on h2 before DDM could create it" in task["error"]["message"]
     assert snapshot_volume_tree(h1, volume) == source_before
+
+
+def test_plan_reports_volume_locked_by_another_task(h1, h2, isolated_env, resources):
+    """plan and migrate --dry-run list the lock conflict that the real run exits 6 with."""
+    import os
+
+    from ddm.store import TaskStore, default_store_path
+    from ddm.task import Task, TaskSpec, TaskState
+
+    volume = resources.create_volume(h1)
+    store = TaskStore(default_store_path(os.environ))
+    holder = Task(id="c" * 12, spec=TaskSpec(source_host="h1", target_host="h2"))
+    store.create_task(holder, reserved_by=os.getpid())
+    store.update_task(holder.id, state=TaskState.RUNNING)
+    store.acquire_locks(holder.id, [f"h2/volume/{volume}"])
+    store.close()
+    line = (f"h2/volume/{volume} is held by task {holder.id}, which is running; wait for it to "
+            f"end or cancel it ('ddmctl cancel {holder.id}' stops it and rolls it back), then "
+            "try again")
+
+    request = ("--from", "h1", "--to", "h2", "--volume", volume)
+    planned = run_command("ddmctl", "plan", *request, "--probe-size", "0", "--json")
+    dry_run = run_command("ddmctl", "migrate", *request, "--dry-run")
+    real = run_command("ddmctl", "migrate", *request, "--yes")
+
+    assert planned.status == 1, planned.stderr
+    (conflict,) = json.loads(planned.stdout)["conflicts"]
+    assert (conflict["object"], conflict["error"], conflict["message"]) == (
+        volume, "TaskConflict", line)
+    assert dry_run.status == 1
+    assert f"  volume {volume}: {line}" in dry_run.stdout.splitlines()
+    assert real.status == 6
+    assert error_line(real.stderr) == f"ddmctl: error: {line}"
