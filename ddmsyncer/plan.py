@@ -364,8 +364,6 @@ def plan_steps(spec: TaskSpec, objects: list[dict[str, Any]]) -> list[dict[str, 
             add("copy", f"nothing to send: the target volume {entry['target']} holds the copy "
                 f"of task {entry['earlier_task']}, unchanged (compared by host-side scans)", name)
             continue
-        if entry.get("action") == "replace":
-            add("copy", f"remove the existing target volume {entry['target']} (--force)", name)
         add("copy", "create a staging volume with the source's driver, options and labels",
             name)
         if direct_route:
@@ -388,6 +386,9 @@ def plan_steps(spec: TaskSpec, objects: list[dict[str, Any]]) -> list[dict[str, 
         else:
             add("verify", f"compare the staging volume's manifest with the source's "
                 f"({spec.verify.value})", name)
+        if entry.get("action") == "replace":
+            # Promote removes the old volume only after the copy is verified.
+            add("verify", f"remove the existing target volume {entry['target']} (--force)", name)
         add("verify", "create the target volume and move the staging volume's data into it", name)
     if direct_route:
         add("cleanup", f"remove the task key from {spec.target_host}'s authorized_keys and its "

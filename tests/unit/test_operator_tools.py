@@ -191,9 +191,13 @@ def test_plan_steps_order() -> None:
 
     assert [step["order"] for step in steps] == list(range(1, len(steps) + 1))
     assert [step["phase"] for step in steps] == [
-        "prepare", "copy", "copy", "copy", "copy", "copy", "migrate", "verify", "verify",
+        "prepare", "copy", "copy", "copy", "copy", "migrate", "verify", "verify", "verify",
         "verify", "verify", "cleanup"]
-    assert "remove the existing target volume a1" in steps[1]["action"]
+    # --force removes the old volume at promote, after its copy is verified.
+    assert [step["action"] for step in steps[6:9]] == [
+        "compare the staging volume's manifest with the source's (full)",
+        "remove the existing target volume a1 (--force)",
+        "create the target volume and move the staging volume's data into it"]
 
 
 def test_plan_steps_direct_route() -> None:
