@@ -220,6 +220,9 @@ def parse_host_url(name: str, url: str, **extra: Any) -> HostConfig:
     if not isinstance(url, str) or not url or len(url) > 1024:
         raise ConfigError(f"invalid URL for host {name!r}", hint="use ssh://[user@]host[:port]")
     shown = redact_password(url)
+    if shown != url:
+        # Before urlsplit, which reads a password with '/', '?' or '#' in it as a path.
+        raise _password_error(name)
     if any(ord(ch) < 0x21 or ord(ch) == 0x7F for ch in url):
         raise ConfigError(
             f"invalid URL for host {name!r}: {shown!r} contains spaces or control characters",
@@ -245,6 +248,13 @@ def parse_host_url(name: str, url: str, **extra: Any) -> HostConfig:
     if scheme in ("unix", "npipe"):
         return _parse_socket_url(name, url, shown, scheme, parts, extra)
     return _parse_network_url(name, url, shown, scheme, parts, extra)
+
+
+def _password_error(name: str) -> ConfigError:
+    return ConfigError(
+        f"URL for host {name!r} contains a password",
+        hint="DDM never stores passwords; use a key file (identity_file) or an SSH agent",
+    )
 
 
 def redact_password(url: str) -> str:
@@ -311,10 +321,7 @@ def _parse_network_url(
         raise ConfigError(f"missing host in URL {shown!r} for host {name!r}")
     _validate_hostname(name, shown, hostname, bracketed="[" in parts.netloc)
     if parts.password is not None:
-        raise ConfigError(
-            f"URL for host {name!r} contains a password",
-            hint="DDM never stores passwords; use a key file (identity_file) or an SSH agent",
-        )
+        raise _password_error(name)
     if scheme == "tcp" and port is None:
         raise ConfigError(
             f"missing port in URL {shown!r} for host {name!r}", hint="use tcp://host:2376"
@@ -396,6 +403,10 @@ def load_config(path: Path | None = None, environ: Mapping[str, str] | None = No
             )
         return Config(path=None, hosts={LOCAL_HOST: local_host(environ)}, environ=environ)
 
+    if not config_path.is_file():
+        # Reading a FIFO would wait for a writer, and a device could be endless.
+        raise ConfigError(f"config file {config_path} is not a regular file",
+                          hint="point --config or DDM_CONFIG at a YAML file")
     raw = _read_yaml(config_path)
     return config_from_dict(raw, config_path, environ)
 

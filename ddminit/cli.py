@@ -270,7 +270,8 @@ def warn_about_comments(context: CommandContext, path: Path) -> None:
     listed = ", ".join(str(line) for line in lines[:MAX_LISTED_LINES])
     if len(lines) > MAX_LISTED_LINES:
         listed += f" and {len(lines) - MAX_LISTED_LINES} more"
-    context.info(f"warning: ddminit does not keep the comments in {path} (lines {listed}), "
+    noun = "line" if len(lines) == 1 else "lines"
+    context.info(f"warning: ddminit does not keep the comments in {path} ({noun} {listed}), "
                  "because it writes the file anew from its values; to keep them, edit the file "
                  "by hand instead")
 

@@ -756,3 +756,12 @@ def test_url_errors_never_show_the_password(url: str, secret: str) -> None:
 @pytest.mark.parametrize("url", ["ssh://root@h1:22", "ssh://[2001:db8::1]:22", "unix:///run/d.sock"])
 def test_redact_password_keeps_urls_without_one(url: str) -> None:
     assert redact_password(url) == url
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs os.mkfifo")
+def test_config_that_is_a_fifo_is_rejected_without_reading(tmp_path: Path, environ: dict[str, str]) -> None:
+    fifo = tmp_path / "ddm.yaml"
+    os.mkfifo(fifo)
+
+    with pytest.raises(ConfigError, match="is not a regular file"):
+        load_config(fifo, environ)
