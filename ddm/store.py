@@ -535,10 +535,17 @@ def _lock_conflict(db: sqlite3.Connection, resource: str, holder: str) -> TaskCo
     `ddmctl rollback` rejects a running task, so it is offered only for a task whose runner
     has ended.
     """
-    row = db.execute("SELECT state, phase, runner_pid FROM tasks WHERE id = ?",
+    row = db.execute("SELECT state, phase, runner_pid, control FROM tasks WHERE id = ?",
                      (holder,)).fetchone()
     state = row["state"] if row is not None else None
     running = state == TaskState.RUNNING.value and process_alive(row["runner_pid"])
+    if running and row["control"] == "pause":
+        # A paused task waits for the operator, so waiting for it to end does not help.
+        return TaskConflict(
+            f"{resource} is held by task {holder}, which is paused",
+            hint=f"continue it with 'ddmctl resume {holder}' or cancel it with 'ddmctl cancel "
+            f"{holder}', then try again once it has ended",
+        )
     if running and row["phase"] == Phase.ROLLBACK.value:
         return TaskConflict(f"{resource} is held by task {holder}, which is rolling back",
                             hint="wait for its rollback to end, then try again")

@@ -323,6 +323,22 @@ def test_lock_conflict_holder_rolling_back(store: TaskStore) -> None:
                                  "rolling back; wait for its rollback to end, then try again")
 
 
+def test_lock_conflict_holder_paused(store: TaskStore) -> None:
+    store.create_task(make_task("aaaa00000001"))
+    store.create_task(make_task("bbbb00000002"))
+    assert store.claim_task("aaaa00000001", os.getpid(), (TaskState.QUEUED,))
+    store.update_task("aaaa00000001", control="pause")
+    store.acquire_locks("aaaa00000001", ["new/volume/pgdata"])
+
+    with pytest.raises(TaskConflict) as caught:
+        store.acquire_locks("bbbb00000002", ["new/volume/pgdata"])
+
+    assert str(caught.value) == (
+        "new/volume/pgdata is held by task aaaa00000001, which is paused; continue it with "
+        "'ddmctl resume aaaa00000001' or cancel it with 'ddmctl cancel aaaa00000001', then try "
+        "again once it has ended")
+
+
 @pytest.mark.parametrize("state", [TaskState.INTERRUPTED, TaskState.RUNNING])
 def test_lock_conflict_holder_interrupted(store: TaskStore, state: TaskState) -> None:
     """A killed runner's task keeps its locks; RUNNING with a dead process counts as interrupted."""
