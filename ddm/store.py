@@ -506,8 +506,8 @@ class TaskStore:
                     newly_locked.append(resource)
         return newly_locked
 
-    def lock_conflicts(self, resources: list[str]) -> list[TaskConflict]:
-        """Return, without taking any lock, the error of each resource that a task holds.
+    def lock_conflicts(self, resources: list[str]) -> list[tuple[str, TaskConflict]]:
+        """Return, without taking any lock, each resource that a task holds with its error.
 
         For a plan, which belongs to no task yet, so any holder is a conflict.
         """
@@ -516,7 +516,7 @@ class TaskStore:
             row = self._db.execute("SELECT task_id FROM locks WHERE resource = ?",
                                    (resource,)).fetchone()
             if row is not None:
-                conflicts.append(_lock_conflict(self._db, resource, row["task_id"]))
+                conflicts.append((resource, _lock_conflict(self._db, resource, row["task_id"])))
         return conflicts
 
     def release_locks(self, task_id: str, resources: list[str] | None = None) -> None:

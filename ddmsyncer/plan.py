@@ -133,6 +133,8 @@ def build_full_mode_plan(config: Config, spec: TaskSpec, *,
     if record is not None:
         objects = mark_already_migrated(objects, record)
         full_plan.conflicts.clear()
+    elif store is not None:
+        _plan_full_locks(store, spec, full_plan)
     return {
         "plan_version": PLAN_VERSION,
         "mode": spec.mode.value,
@@ -150,6 +152,29 @@ def build_full_mode_plan(config: Config, spec: TaskSpec, *,
         "estimate": estimate_duration(objects, links, spec.verify),
         "ok": not full_plan.conflicts,
     }
+
+
+def _plan_full_locks(store: TaskStore, spec: TaskSpec, full_plan: Any) -> None:
+    """Add a conflict for each lock of the full-mode task that another task holds.
+
+    The names are those that FullTaskRunner locks: its containers or project, and each
+    volume on both hosts.
+    """
+    from ddm.errors import TaskConflict
+
+    source, target = spec.source_host, spec.target_host
+    objects = {f"{source}/container/{name}": ("container", name)
+               for name in [*(spec.options.get("containers") or []),
+                            *(container.name for container in full_plan.containers)]}
+    if spec.options.get("project"):
+        objects[f"{source}/project/{spec.options['project']}"] = ("project", spec.options["project"])
+    for volume in full_plan.volumes:
+        for host in (source, target):
+            objects[f"{host}/volume/{volume.name}"] = ("volume", volume.name)
+
+    for resource, error in store.lock_conflicts(sorted(objects)):
+        kind, name = objects[resource]
+        full_plan.conflict(kind, name, TaskConflict, str(error))
 
 
 def _engine_summary(engine: Any) -> dict[str, Any]:
@@ -227,11 +252,11 @@ def _plan_locks(store: TaskStore, spec: TaskSpec, item: TaskItem, entry: dict[st
                 conflicts: list[dict[str, Any]]) -> None:
     """Add a conflict for each of the volume's locks that a task holds, as the run would meet it.
 
-    NOTE: only volumes mode; a full-mode plan does not read the locks.
+    A full-mode plan reads its own locks (_plan_full_locks).
     """
     resources = [f"{spec.source_host}/volume/{item.source}",
                  f"{spec.target_host}/volume/{item.target}"]
-    for error in store.lock_conflicts(resources):
+    for _, error in store.lock_conflicts(resources):
         conflicts.append(_conflict(entry, error))
 
 
