@@ -241,8 +241,15 @@ def run_and_report(context: CommandContext, task_id: str, as_json: bool, *, resu
     if interrupt is not None:
         # The runner has rolled back by now, so report the task and the state it ended in.
         # The line is written once the display has ended, so it does not break into a bar.
-        context.info(f"task {task.id} stopped by an interrupt and is now {task.state.value}; "
-                     f"see 'ddmctl status {task.id}'")
+        rollback_error = (task.error or {}).get("rollback_error")
+        if task.state is TaskState.INTERRUPTED and rollback_error:
+            # Its rollback failed, so the target may still hold what the task created.
+            context.info(f"task {task.id} stopped by an interrupt, and its rollback failed: "
+                         f"{rollback_error.get('message')}; the target may still hold what the "
+                         f"task created: run 'ddmctl rollback {task.id}' once that is fixed")
+        else:
+            context.info(f"task {task.id} stopped by an interrupt and is now "
+                         f"{task.state.value}; see 'ddmctl status {task.id}'")
         raise interrupt
     if isinstance(error, TaskNotStarted):
         # The task's state forbade running it here (another process runs it, its rollback is

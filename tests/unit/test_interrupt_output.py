@@ -95,3 +95,34 @@ def test_rich_display_without_bars_adds_no_line() -> None:
             raise KeyboardInterrupt
 
     assert stream.getvalue() == "phase prepare\nphase rollback\n"
+
+
+def interrupt_then_rollback_fails(config: Any, store: TaskStore, task_id: str,
+                                  on_event: Any) -> None:
+    """Stop as a run whose rollback after Ctrl-C failed: the task is left interrupted."""
+    store.claim_task(task_id, 1, (TaskState.QUEUED,))
+    store.update_task(task_id, state=TaskState.INTERRUPTED, phase=Phase.ROLLBACK,
+                      finished_at=time.time(), runner_pid=None,
+                      error={"error": "Interrupted", "message": "interrupted; rollback failed too",
+                             "exit_status": 130,
+                             "rollback_error": {"error": "MigrationFailed", "exit_status": 1,
+                                                "message": "volume ddm-staging-x is in use"}})
+    raise KeyboardInterrupt
+
+
+def test_interrupt_line_says_rollback_failed(configured: dict[str, str],
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(api, "run_task", interrupt_then_rollback_fails)
+
+    outcome = invoke("ddmctl", ["migrate", "--from", "a", "--to", "b", "--volume", "vfirst",
+                                "--yes"], configured)
+
+    store = api.open_store(configured)
+    task_id = store.list_tasks(limit=1)[0].id
+    store.close()
+    assert outcome.status == 130
+    assert outcome.stderr.splitlines()[-2:] == [
+        f"task {task_id} stopped by an interrupt, and its rollback failed: volume ddm-staging-x "
+        f"is in use; the target may still hold what the task created: run 'ddmctl rollback "
+        f"{task_id}' once that is fixed",
+        "ddmctl: error: interrupted"]
