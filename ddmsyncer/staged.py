@@ -30,7 +30,7 @@ from ddm.manifest import Manifest, ManifestBuilder, compare_manifests, display_p
 from ddm.task import ItemState, TaskItem, VerifyMode
 from ddm.archive_guard import ROOT, ArchiveGuard
 from ddm.text import counted
-from ddmsyncer import direct, hashcache, hashseed, hostverify, replacecheck, volumes, writers
+from ddmsyncer import direct, hashcache, hashseed, hostverify, replacecheck, undo, volumes, writers
 from ddmsyncer.compression import CompressionChooser
 from ddmsyncer.datapath import DataPath, HostProbes, Route, choose_route, loses, verify_aspects
 
@@ -836,7 +836,7 @@ def remove_staging_volumes(runner: Any) -> None:
     volumes.remove_task_helpers(target, runner.task.id)
     for name in names:
         if target.volume_inspect(name) is not None:
-            target.volume_remove(name)
+            undo.remove_target_volume(target, name, runner.task.id)
             runner.record("info", "rolled_back", f"removed staging volume {name!r} from "
                           f"{runner.task.spec.target_host}")
 

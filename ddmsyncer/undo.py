@@ -82,6 +82,11 @@ def remove_target_volume(target: Any, name: str, task_id: str) -> None:
         target.volume_remove(name)
     except MigrationFailed as error:
         users = containers_using(target, name)
+        if not users and "in use" in str(error):
+            # The lookup found no container, but Docker's error names the one that uses it.
+            error.hint = (f"remove the container that Docker names in its error on "
+                          f"{target.host.name}, then run 'ddmctl rollback {task_id}' again")
+            raise
         if not users:
             raise
         host = target.host.name

@@ -96,3 +96,34 @@ def test_rollback_removes_staging(lab: Lab, h1: LabHost, h2: LabHost,
 
     assert rolled_back.status == 0, rolled_back.stderr
     assert volumes_on(h2) == before
+
+
+def test_rollback_names_container_using_staging(lab: Lab, h1: LabHost, h2: LabHost,
+                                                resources: LabResources, tmp_path: Path) -> None:
+    source = resources.create_volume(h1)
+    root = h1.volume_host_path(source)
+    for index in range(48):
+        (root / f"part-{index:02}.bin").write_bytes(os.urandom(1 << 20))
+    target = unique_name("pinned")
+    resources.add_volume(h2, target)
+    before = volumes_on(h2)
+
+    process = start_migrate(lab, tmp_path, source, target, "engine")
+    staging = kill_when_staging_fills(process, h2)
+    resources.add_volume(h2, staging)
+    task_id = staging.split("-")[2]
+    user = unique_name("pin")
+    resources.create_container(h2, volumes={staging: "/data"}, name=user)
+    refused = run_command(lab, tmp_path, "ddmctl", "rollback", task_id)
+
+    assert refused.status == 1
+    assert refused.stderr.splitlines()[-1] == (
+        f"ddmctl: error: removing volume {staging!r} from h2 failed because container {user!r} "
+        f"uses it; remove that container on h2 (stopping it is not enough, because Docker keeps "
+        f"the volumes of stopped containers), then run 'ddmctl rollback {task_id}' again")
+    assert staging in volumes_on(h2)
+
+    h2.docker("rm", "-f", user)
+    finished = run_command(lab, tmp_path, "ddmctl", "rollback", task_id)
+    assert finished.status == 0, finished.stderr
+    assert volumes_on(h2) == before

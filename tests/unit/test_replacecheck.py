@@ -56,3 +56,29 @@ def test_undo_lookup_gives_no_names_when_the_engine_fails() -> None:
                 raise OSError("connection reset")
 
     assert undo.containers_using(Failing(), "data") == []
+
+
+def test_undo_removal_in_use_without_named_container_says_what_to_do() -> None:
+    from ddm.errors import MigrationFailed
+
+    class Host:
+        name = "new"
+
+    class Target:
+        host = Host()
+
+        class api:  # noqa: N801 - stands in for docker-py's APIClient attribute
+            @staticmethod
+            def containers(**_: object) -> list[dict]:
+                return []
+
+        @staticmethod
+        def volume_remove(name: str) -> None:
+            raise MigrationFailed(f"Docker engine on new rejected removing volume {name}: "
+                                  "remove data: volume is in use - [0123456789ab]")
+
+    with pytest.raises(MigrationFailed) as raised:
+        undo.remove_target_volume(Target(), "data", "t" * 12)
+
+    assert raised.value.hint == ("remove the container that Docker names in its error on new, "
+                                 f"then run 'ddmctl rollback {'t' * 12}' again")
