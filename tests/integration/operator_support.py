@@ -70,3 +70,16 @@ def host_state(host: LabHost) -> dict[str, list[str]]:
 
 def volume_names(host: LabHost) -> set[str]:
     return set(host.docker("volume", "ls", "--quiet").stdout.split())
+
+
+def hold_lock(resource: str, holder_id: str) -> None:
+    """Store a running task of this process that holds the lock `resource`, as a second task would."""
+    from ddm.store import TaskStore, default_store_path
+    from ddm.task import Task, TaskSpec, TaskState
+
+    store = TaskStore(default_store_path(os.environ))
+    holder = Task(id=holder_id, spec=TaskSpec(source_host="h1", target_host="h2"))
+    store.create_task(holder, reserved_by=os.getpid())
+    store.update_task(holder.id, state=TaskState.RUNNING)
+    store.acquire_locks(holder.id, [resource])
+    store.close()

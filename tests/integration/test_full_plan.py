@@ -330,18 +330,11 @@ def test_full_plan_lists_conflicts(lab: Lab, app: App) -> None:
     assert both_snapshots() == before
 
 
-def test_full_plan_lists_volume_locked_by_another_task(lab: Lab, app: App) -> None:
-    import os
+def test_full_plan_lists_locked_volume(lab: Lab, app: App) -> None:
+    from tests.integration.operator_support import hold_lock
 
-    from ddm.store import TaskStore, default_store_path
-    from ddm.task import Task, TaskSpec, TaskState
-
-    store = TaskStore(default_store_path(os.environ))
-    holder = Task(id="d" * 12, spec=TaskSpec(source_host="h1", target_host="h2"))
-    store.create_task(holder, reserved_by=os.getpid())
-    store.update_task(holder.id, state=TaskState.RUNNING)
-    store.acquire_locks(holder.id, [f"h1/volume/{app.volume}"])
-    store.close()
+    holder = "d" * 12
+    hold_lock(f"h1/volume/{app.volume}", holder)
 
     outcome = ddmctl("plan", *app.plan_args(), "--probe-size", "0", "--json")
 
@@ -351,7 +344,7 @@ def test_full_plan_lists_volume_locked_by_another_task(lab: Lab, app: App) -> No
     assert [(c["kind"], c["object"], c["error"]) for c in plan["conflicts"]] == \
         [("volume", app.volume, "TaskConflict")]
     assert plan["conflicts"][0]["message"].startswith(
-        f"h1/volume/{app.volume} is held by task {holder.id}, which is running")
+        f"h1/volume/{app.volume} is held by task {holder}, which is running")
 
 
 def test_create_full_task_is_queued(lab: Lab, app: App) -> None:

@@ -619,10 +619,10 @@ def rewrite_keeping_mtime(path, content: bytes) -> None:
     os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
 
 
-def run_failing_update(volume: str, change_at_verify) -> tuple[TaskStore, str, str]:
-    """Run an incremental task that must fail; call change_at_verify() when verify starts.
+def run_update(volume: str, on_verify) -> tuple[TaskStore, str, BaseException | None]:
+    """Run an incremental update of `volume` in this process; call on_verify() when verify starts.
 
-    Returns the store, the task ID and the error message.
+    Returns the store, the task ID and the error the task raised, if any.
     """
     config = load_config(environ=os.environ)
     store = TaskStore(default_store_path(os.environ))
@@ -631,11 +631,23 @@ def run_failing_update(volume: str, change_at_verify) -> tuple[TaskStore, str, s
 
     def on_event(event: Event) -> None:
         if isinstance(event, PhaseStarted) and event.phase == "verify":
-            change_at_verify()
+            on_verify()
 
-    with pytest.raises(DDMError) as failure:
+    try:
         api.run_task(config, store, task.id, on_event=on_event)
-    return store, task.id, str(failure.value)
+    except DDMError as error:
+        return store, task.id, error
+    return store, task.id, None
+
+
+def run_failing_update(volume: str, change_at_verify) -> tuple[TaskStore, str, str]:
+    """Run an incremental task that must fail; call change_at_verify() when verify starts.
+
+    Returns the store, the task ID and the error message.
+    """
+    store, task_id, error = run_update(volume, change_at_verify)
+    assert error is not None, "the update succeeded"
+    return store, task_id, str(error)
 
 
 def test_incremental_verify_reuses_scans(h1, h2, isolated_env, resources, no_racy_margin):

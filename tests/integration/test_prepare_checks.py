@@ -185,8 +185,7 @@ def test_promote_rejects_late_target_user(h1, h2, isolated_env, resources,
     assert snapshot_volume_tree(h1, volume) == source_before
 
 
-def test_rollback_keeps_a_target_another_client_created_at_promote(h1, h2, isolated_env,
-                                                                     resources, monkeypatch):
+def test_rollback_keeps_foreign_target(h1, h2, isolated_env, resources, monkeypatch):
     """A volume of the target name created between prepare and promote is not the task's."""
     from ddmsyncer import volumes as volume_steps
 
@@ -217,22 +216,15 @@ def test_rollback_keeps_a_target_another_client_created_at_promote(h1, h2, isola
     assert snapshot_volume_tree(h1, volume) == source_before
 
 
-def test_plan_reports_volume_locked_by_another_task(h1, h2, isolated_env, resources):
+def test_plan_reports_locked_volume(h1, h2, isolated_env, resources):
     """plan and migrate --dry-run list the lock conflict that the real run exits 6 with."""
-    import os
-
-    from ddm.store import TaskStore, default_store_path
-    from ddm.task import Task, TaskSpec, TaskState
+    from tests.integration.operator_support import hold_lock
 
     volume = resources.create_volume(h1)
-    store = TaskStore(default_store_path(os.environ))
-    holder = Task(id="c" * 12, spec=TaskSpec(source_host="h1", target_host="h2"))
-    store.create_task(holder, reserved_by=os.getpid())
-    store.update_task(holder.id, state=TaskState.RUNNING)
-    store.acquire_locks(holder.id, [f"h2/volume/{volume}"])
-    store.close()
-    line = (f"h2/volume/{volume} is held by task {holder.id}, which is running; wait for it to "
-            f"end or cancel it ('ddmctl cancel {holder.id}' stops it and rolls it back), then "
+    holder = "c" * 12
+    hold_lock(f"h2/volume/{volume}", holder)
+    line = (f"h2/volume/{volume} is held by task {holder}, which is running; wait for it to "
+            f"end or cancel it ('ddmctl cancel {holder}' stops it and rolls it back), then "
             "try again")
 
     request = ("--from", "h1", "--to", "h2", "--volume", volume)

@@ -13,37 +13,12 @@ import sys
 
 import pytest
 
-from ddm import api
-from ddm.config import load_config
-from ddm.errors import DDMError, ExitStatus
-from ddm.events import Event, PhaseStarted
-from ddm.store import TaskStore, default_store_path
+from ddm.errors import ExitStatus
 from ddm.task import ItemState, TaskState
 from ddmsyncer.undo import ROLLBACK_ABSENT
-from tests.integration.test_incremental import TREE, backups_on, change_source, migrate
+from tests.integration.test_incremental import TREE, backups_on, change_source, migrate, run_update
 from tests.integration.test_migrate_volumes import WHOLE_SECONDS, run_command
 from tests.lab.tree import diff_snapshots, snapshot_volume_tree, write_volume_tree
-
-
-def run_update(volume: str, on_verify) -> tuple[TaskStore, str, BaseException | None]:
-    """Run an incremental update of `volume` in this process; call on_verify() when verify starts.
-
-    Returns the store, the task ID and the error the task raised, if any.
-    """
-    config = load_config(environ=os.environ)
-    store = TaskStore(default_store_path(os.environ))
-    task = api.create_task(store, config, source="h1", target="h2", volumes=[volume],
-                           options={"incremental": True})
-
-    def on_event(event: Event) -> None:
-        if isinstance(event, PhaseStarted) and event.phase == "verify":
-            on_verify()
-
-    try:
-        api.run_task(config, store, task.id, on_event=on_event)
-    except DDMError as error:
-        return store, task.id, error
-    return store, task.id, None
 
 
 def ddmctl_process(*args: str) -> subprocess.CompletedProcess[str]:

@@ -38,6 +38,15 @@ def start_migrate(lab: Lab, tmp_path: Path, source: str, target: str,
     )
 
 
+def source_of_48_files(h1: LabHost, resources: LabResources) -> str:
+    """Create a source volume with 48 files of 1 MiB of random data; return its name."""
+    source = resources.create_volume(h1)
+    root = h1.volume_host_path(source)
+    for index in range(48):
+        (root / f"part-{index:02}.bin").write_bytes(os.urandom(1 << 20))
+    return source
+
+
 def kill_when_staging_fills(process: subprocess.Popen[str], h2: LabHost) -> str:
     """SIGKILL the migration once its staging volume contains data; return the staging name."""
     deadline = time.monotonic() + WAIT_SECONDS
@@ -56,10 +65,7 @@ def kill_when_staging_fills(process: subprocess.Popen[str], h2: LabHost) -> str:
 def test_killed_copy_leaves_only_staging(lab: Lab, h1: LabHost, h2: LabHost,
                                          resources: LabResources, tmp_path: Path,
                                          data_path: str) -> None:
-    source = resources.create_volume(h1)
-    root = h1.volume_host_path(source)
-    for index in range(48):
-        (root / f"part-{index:02}.bin").write_bytes(os.urandom(1 << 20))
+    source = source_of_48_files(h1, resources)
     target = unique_name("staged")
     resources.add_volume(h2, target)
 
@@ -81,10 +87,7 @@ def test_killed_copy_leaves_only_staging(lab: Lab, h1: LabHost, h2: LabHost,
 
 def test_rollback_removes_staging(lab: Lab, h1: LabHost, h2: LabHost,
                                   resources: LabResources, tmp_path: Path) -> None:
-    source = resources.create_volume(h1)
-    root = h1.volume_host_path(source)
-    for index in range(48):
-        (root / f"part-{index:02}.bin").write_bytes(os.urandom(1 << 20))
+    source = source_of_48_files(h1, resources)
     target = unique_name("staged")
     resources.add_volume(h2, target)
     before = volumes_on(h2)
@@ -100,10 +103,7 @@ def test_rollback_removes_staging(lab: Lab, h1: LabHost, h2: LabHost,
 
 def test_rollback_names_container_using_staging(lab: Lab, h1: LabHost, h2: LabHost,
                                                 resources: LabResources, tmp_path: Path) -> None:
-    source = resources.create_volume(h1)
-    root = h1.volume_host_path(source)
-    for index in range(48):
-        (root / f"part-{index:02}.bin").write_bytes(os.urandom(1 << 20))
+    source = source_of_48_files(h1, resources)
     target = unique_name("pinned")
     resources.add_volume(h2, target)
     before = volumes_on(h2)
@@ -114,10 +114,10 @@ def test_rollback_names_container_using_staging(lab: Lab, h1: LabHost, h2: LabHo
     task_id = staging.split("-")[2]
     user = unique_name("pin")
     resources.create_container(h2, volumes={staging: "/data"}, name=user)
-    refused = run_command(lab, tmp_path, "ddmctl", "rollback", task_id)
+    rejected = run_command(lab, tmp_path, "ddmctl", "rollback", task_id)
 
-    assert refused.status == 1
-    assert refused.stderr.splitlines()[-1] == (
+    assert rejected.status == 1
+    assert rejected.stderr.splitlines()[-1] == (
         f"ddmctl: error: removing volume {staging!r} from h2 failed because container {user!r} "
         f"uses it; remove that container on h2 (stopping it is not enough, because Docker keeps "
         f"the volumes of stopped containers), then run 'ddmctl rollback {task_id}' again")

@@ -393,19 +393,26 @@ def test_hosts_check_without_hosts_exits_2(home: Path, environ: dict[str, str],
     assert "no hosts to check" in error_line(outcome, "ddmctl")
 
 
+def stored_task(tmp_path: Path, task_id: str, state: TaskState, *,
+                reserved_by: int | None = None, **fields: Any) -> tuple[TaskStore, Task]:
+    """Store a task in `state` with the other `fields`; return the store and the task."""
+    store = TaskStore(tmp_path / "tasks.db")
+    task = Task(id=task_id, spec=TaskSpec(source_host="old", target_host="new"))
+    store.create_task(task, reserved_by=reserved_by)
+    store.update_task(task.id, state=state, **fields)
+    return store, task
+
+
 @pytest.mark.parametrize("state, hint", [
     (TaskState.SUCCEEDED, "undo its changes with 'ddmctl rollback eeeeeeeeeeee'"),
     (TaskState.CANCELLED, "see what it left with 'ddmctl status eeeeeeeeeeee'"),
     (TaskState.ROLLED_BACK, "see what it left with 'ddmctl status eeeeeeeeeeee'"),
 ])
-def test_cancel_of_an_ended_task_says_it_ended(tmp_path: Path, state: TaskState, hint: str) -> None:
+def test_cancel_ended_task(tmp_path: Path, state: TaskState, hint: str) -> None:
     from ddm.api import cancel_task
     from ddm.errors import TaskConflict
 
-    store = TaskStore(tmp_path / "tasks.db")
-    task = Task(id="e" * 12, spec=TaskSpec(source_host="old", target_host="new"))
-    store.create_task(task)
-    store.update_task(task.id, state=state, finished_at=time.time())
+    store, task = stored_task(tmp_path, "e" * 12, state, finished_at=time.time())
 
     with pytest.raises(TaskConflict) as raised:
         cancel_task(store, task.id)
@@ -420,14 +427,12 @@ def test_cancel_of_an_ended_task_says_it_ended(tmp_path: Path, state: TaskState,
     (TaskState.RUNNING, "it runs already; watch it with 'ddmctl status --watch ffffffffffff'"),
     (TaskState.SUCCEEDED, "start a new task with 'ddmctl migrate' instead"),
 ])
-def test_resume_hint_fits_the_task_state(tmp_path: Path, state: TaskState, hint: str) -> None:
+def test_resume_hint_by_state(tmp_path: Path, state: TaskState, hint: str) -> None:
     from ddm.api import resume_task
     from ddm.errors import TaskConflict
 
-    store = TaskStore(tmp_path / "tasks.db")
-    task = Task(id="f" * 12, spec=TaskSpec(source_host="old", target_host="new"))
-    store.create_task(task, reserved_by=os.getpid())  # a live runner: not marked stale
-    store.update_task(task.id, state=state)
+    # A live runner, so that a running task is not marked stale.
+    store, task = stored_task(tmp_path, "f" * 12, state, reserved_by=os.getpid())
 
     with pytest.raises(TaskConflict) as raised:
         resume_task(config(), store, task.id)
@@ -435,7 +440,7 @@ def test_resume_hint_fits_the_task_state(tmp_path: Path, state: TaskState, hint:
     assert str(raised.value).endswith(hint)
 
 
-def test_list_row_shows_paused_and_full_mode_objects() -> None:
+def test_list_row_paused_and_full_mode() -> None:
     from ddmctl.commands.tasks import task_line
 
     paused = Task(id="a1" * 6, spec=TaskSpec(source_host="old", target_host="new",
@@ -453,7 +458,7 @@ def test_list_row_shows_paused_and_full_mode_objects() -> None:
     assert task_line(containers).endswith("  web,db")
 
 
-def test_watch_of_a_queued_task_says_what_starts_it(tmp_path: Path) -> None:
+def test_watch_queued_task_hint(tmp_path: Path) -> None:
     store = TaskStore(tmp_path / "tasks.db")
     task = Task(id="9" * 12, spec=TaskSpec(source_host="old", target_host="new"))
     store.create_task(task)
