@@ -29,7 +29,7 @@ EXIT_STATUS_HELP = """\b
 Exit statuses:
   0    success
   1    migration or verification failed (volumes differ),
-       or the answer was no at a confirmation prompt
+       or a confirmation prompt was declined
   2    usage or configuration error
   3    connection to a host or its Docker engine failed
   4    SSH host key unknown or changed

@@ -509,7 +509,7 @@ class TaskStore:
     def lock_conflicts(self, resources: list[str]) -> list[tuple[str, TaskConflict]]:
         """Return, without taking any lock, each resource that a task holds with its error.
 
-        For a plan, which belongs to no task yet, so any holder is a conflict.
+        A plan belongs to no task yet, so any holder is a conflict.
         """
         conflicts = []
         for resource in resources:

@@ -69,8 +69,9 @@ def parse_host_options(host_args: tuple[str, ...]) -> dict[str, str]:
     for value in host_args:
         name, url = parse_host_option(value)
         if name in urls:
-            raise UsageError(f"host {name!r} given twice: --host {name}={urls[name]} and "
-                             f"--host {value}", hint="pass one --host per host name")
+            first, second = redact_password(urls[name]), redact_password(url)
+            raise UsageError(f"host {name!r} given twice: --host {name}={first} and "
+                             f"--host {name}={second}", hint="pass one --host per host name")
         urls[name] = url
     return urls
 
@@ -153,7 +154,7 @@ def cli(
     if not yes:
         names = ", ".join(name for name in config.hosts if name != LOCAL_HOST) or "no hosts"
         if not ask(context, f"write {path} with {names}?", default=True):
-            raise Declined(f"nothing was written to {path} because the answer was no",
+            raise Declined(f"nothing was written to {path} because the confirmation was declined",
                            hint="run ddminit again and answer yes, or pass --yes")
 
     written = save_config(config, path)

@@ -888,7 +888,7 @@ def rollback_task(runner: TaskRunner) -> Task:
 
     The rollback holds the locks of the volumes it changes (TaskRunner.rollback_lock_names)
     from before check_rollback_allowed() until it ends. So no running task writes a volume
-    between that check and the removal, and a volume that another task holds stops the
+    between that check and the removal, and a volume locked by another task stops the
     rollback with TaskConflict before anything changes.
     """
     store, task = runner.store, mark_stale_running(runner.store, runner.task)
@@ -921,7 +921,7 @@ def rollback_task(runner: TaskRunner) -> Task:
 
 
 def _unclaim(store: TaskStore, before: Task, newly_locked: list[str]) -> None:
-    """Give a task claimed for a rollback that did not start its earlier state back.
+    """Restore the earlier state of a task claimed for a rollback that did not start.
 
     Only `newly_locked`, the locks this rollback took, are released: an interrupted task
     keeps the locks it held before.

@@ -218,7 +218,7 @@ def confirm(context: CommandContext, summary: str, *, yes: bool, force: bool) ->
                              "terminal")
         return
     if not click.confirm(f"{summary}?", default=False, err=True):
-        raise Declined("no task was created because the answer was no",
+        raise Declined("no task was created because the confirmation was declined",
                        hint="run the command again and answer yes, or pass --yes")
 
 
@@ -290,7 +290,7 @@ def print_task_result(context: CommandContext, task: Task, as_json: bool) -> Non
 def full_mode_result_lines(extra: dict[str, Any]) -> list[str]:
     """Return a tab-separated line per image, volume and bind mount a full-mode task transferred.
 
-    Each line holds the kind, the source name, the target name, the state (sending or sent)
+    Each line contains the kind, the source name, the target name, the state (sending or sent)
     and the bytes read from the source. `extra` is the task's stored state (status --json's
     `full`).
     """

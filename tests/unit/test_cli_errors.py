@@ -209,6 +209,8 @@ VALIDATION_ERRORS = [
     ("ddminit", ["--host", "h1=ssh://root:ab/cd@h1", "--yes"], "URL for host 'h1' contains a password"),
     ("ddminit", ["--host", "ssh://root:secret@h1", "--yes"],
      "invalid --host 'ssh://root:***@h1'"),
+    ("ddminit", ["--host", "h1=ssh://root@h1", "--host", "h1=ssh://root:secret@h2", "--yes"],
+     "host 'h1' given twice: --host h1=ssh://root@h1 and --host h1=ssh://root:***@h2"),
     ("ddminit", ["--host", "h1=ssh://h1", "--docker-socket", "docker.sock", "--yes"],
      "invalid docker_socket 'docker.sock'"),
     ("ddmverify", ["--from", "nosuch", "--to", "b", "--volume", "v1"], "unknown host 'nosuch'"),

@@ -759,7 +759,7 @@ def test_redact_password_keeps_urls_without_one(url: str) -> None:
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs os.mkfifo")
-def test_config_that_is_a_fifo_is_rejected_without_reading(tmp_path: Path, environ: dict[str, str]) -> None:
+def test_fifo_config_rejected(tmp_path: Path, environ: dict[str, str]) -> None:
     fifo = tmp_path / "ddm.yaml"
     os.mkfifo(fifo)
 

@@ -44,7 +44,7 @@ def test_declined_write_changes_nothing(home: Path, environ: dict[str, str]) -> 
     assert outcome.stdout == ""
     assert outcome.stderr == (
         f"write {config_path} with h1? [Y/n] "
-        f"ddminit: error: nothing was written to {config_path} because the answer was no; "
+        f"ddminit: error: nothing was written to {config_path} because the confirmation was declined; "
         "run ddminit again and answer yes, or pass --yes\n"
     )
     assert snapshot_tree(home) == before

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ddmctl.commands.migrate import full_mode_result_lines
 
 
-def test_a_line_per_transfer_in_order() -> None:
+def test_full_result_line_per_transfer() -> None:
     extra = {"transfers": [
         {"position": 0, "kind": "image", "name": "app:1.0", "target": "app:1.0",
          "state": "sent", "bytes_done": 3 * 1024 * 1024},
@@ -22,6 +22,6 @@ def test_a_line_per_transfer_in_order() -> None:
     ]
 
 
-def test_no_transfers_no_lines() -> None:
+def test_full_result_no_transfers() -> None:
     assert full_mode_result_lines({}) == []
     assert full_mode_result_lines({"transfers": []}) == []

@@ -95,7 +95,7 @@ def test_copy_failure_prints_started_volumes_only(configured: dict[str, str],
 
 def test_declined_migrate_creates_no_task(configured: dict[str, str],
                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    # click.confirm reads the answer from sys.stdin, not from the command's environment.
+    # click.confirm reads its input from sys.stdin, not from the command's environment.
     monkeypatch.setattr(sys, "stdin", io.StringIO("n\n"))
     monkeypatch.setattr(api, "run_task", fail_in_prepare)
 
@@ -106,7 +106,7 @@ def test_declined_migrate_creates_no_task(configured: dict[str, str],
     assert outcome.stdout == ""
     assert outcome.stderr == (
         "migrate volumes v1 from a to b? [y/N]: "
-        "ddmctl: error: no task was created because the answer was no; run the command again "
+        "ddmctl: error: no task was created because the confirmation was declined; run the command again "
         "and answer yes, or pass --yes\n"
     )
     listed = invoke("ddmctl", ["list", "--json"], configured)

@@ -19,7 +19,7 @@ def test_mountinfo_escape_round_trip(path, escaped):
 
 
 class _Api:
-    """The engine's answer to a `volume` filter, whatever the filter matched."""
+    """The engine's result for a `volume` filter, whatever the filter matched."""
 
     def __init__(self, containers: list[dict]) -> None:
         self.listed = containers
@@ -48,7 +48,7 @@ def test_containers_using_names_only_mounts_of_the_volume(lookup) -> None:
     assert lookup(engine, "data") == ["uses-volume"]
 
 
-def test_undo_lookup_gives_no_names_when_the_engine_fails() -> None:
+def test_undo_lookup_engine_failure() -> None:
     class Failing:
         class api:  # noqa: N801 - stands in for docker-py's APIClient attribute
             @staticmethod
@@ -58,7 +58,7 @@ def test_undo_lookup_gives_no_names_when_the_engine_fails() -> None:
     assert undo.containers_using(Failing(), "data") == []
 
 
-def test_undo_removal_in_use_without_named_container_says_what_to_do() -> None:
+def test_undo_removal_in_use_hint() -> None:
     from ddm.errors import MigrationFailed
 
     class Host:

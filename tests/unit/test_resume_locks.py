@@ -42,7 +42,7 @@ def hold(store: TaskStore, resource: str) -> str:
     (FullTaskRunner, full_task, {"volumes": [{"name": "data"}], "containers": [{"name": "web"}]},
      "new/volume/data"),
 ])
-def test_resume_leaves_task_interrupted_when_another_task_holds_a_volume(
+def test_resume_blocked_by_lock(
     tmp_path: Path, runner_class: type, make_task, plan: dict | None, resource: str,
 ) -> None:
     store = TaskStore(tmp_path / "tasks.db")
@@ -67,7 +67,7 @@ def test_resume_leaves_task_interrupted_when_another_task_holds_a_volume(
 
 
 @pytest.mark.parametrize("as_json", [False, True])
-def test_rollback_rejected_by_a_lock_prints_no_outcomes(
+def test_locked_rollback_prints_nothing(
     home: Path, configured: dict[str, str], as_json: bool,
 ) -> None:
     """An earlier rollback left the task interrupted in its rollback phase; this one never starts."""
