@@ -6,7 +6,9 @@ stream is not hashed here. Instead the verify phase scans both volumes on their 
 type, mode, owner, size, mtime to the nanosecond, symlink text, device numbers and hard-link
 groups. Unless the task has `--verify none`, it also compares the SHA-256 of every regular
 file, hashed from the file on the source host and from the file on the target host. So every
-byte that was written is read back and checked, with `--verify quick` too.
+byte that was written is read back and checked, with `--verify quick` too. Both scans start
+with the stream: the source's in SourceScan, the target's in the scan session of
+ddmsyncer.hostverify, which hashes the pieces of large files while tar writes them.
 
 Cleanup: before DDM installs a key or creates the source's work directory, it records
 both in the task's state. copy_item() removes them when the copy ends in any way, and
@@ -22,6 +24,7 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from ddm import piecehash
 from ddm.errors import DDMError, UsageError, VerificationFailed
 from ddm.manifest import EntryTable, Manifest, ManifestEntry
 from ddm.task import TaskItem, VerifyMode
@@ -66,14 +69,16 @@ def plan_aspects(verify: VerifyMode) -> dict[str, list[str]]:
 
 
 def copy_item(runner: Any, item: TaskItem, staging_directory: str, route: Any,
-              counter: Any, *, scan_source: bool = True) -> tuple[Manifest, int, str, list[str]]:
+              counter: Any, *, scan_source: bool = True,
+              before_stream: Callable[[], None] | None = None) -> tuple[Manifest, int, str, list[str]]:
     """Stream one volume from the source host straight into the staging directory.
 
     Returns the source manifest, the archive's bytes, an empty stream digest (no process saw
     the stream) and the paths tar saw change. With scan_source, the manifest comes from a
     metadata-only scan of the source after the stream. Without it, the manifest is empty,
     because the verify phase scans the source with hashes and gives the task its manifest
-    then (see staged.StagedVolumes.verify_direct).
+    then (see staged.StagedVolumes.verify_direct). `before_stream` runs once the key is
+    installed, just before tar starts writing on the target.
     """
     from ddmdriver import direct
 
@@ -93,6 +98,8 @@ def copy_item(runner: Any, item: TaskItem, staging_directory: str, route: Any,
         run_both(lambda: direct.install_task_key(target, keys_path, line),
                   lambda: direct.prepare_source(source, route.source_access, work_directory, key,
                                                 endpoint, alias))
+        if before_stream is not None:
+            before_stream()
         # NOTE: no progress events and no check for `ddmctl cancel` or pause until the
         # stream ends; Ctrl-C (SIGINT) does stop it.
         result = direct.stream_direct(source, route.source_access, route.source_directory,
@@ -166,8 +173,10 @@ class SourceScan(threading.Thread):
 
     def run(self) -> None:
         try:
+            # The piece size is read now, as the target's scan session reads it.
             self._scan = hostverify.scan_manifest(self.source, self.access, self.directory,
-                                                  hash_content=True, on_record=self.seed.add)
+                                                  hash_content=True, on_record=self.seed.add,
+                                                  piece_bytes=piecehash.PIECE_BYTES)
             self._store_seed()
         except BaseException as error:  # noqa: BLE001 - re-raised by result()
             self._error = error

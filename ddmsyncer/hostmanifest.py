@@ -25,13 +25,14 @@ entry's lstat.
 With "session" the script is started before the verify needs it, so that the login shell and
 python3's start do not delay the verify. ROOT "-" stands for the directory named by a first
 line {"root": PATH} on stdin, so that the script can start before the directory exists. With
-"pieces:N" it also hashes the pieces of large
-files while the copy writes them (PieceFollower). Once its watches are in place it writes the
-line {"ready": true, "following": BOOL}. It waits for the line "scan" on stdin (and exits at
-the end of stdin without it), writes the listing and then the line
-{"end": true, "followed_bytes": B}, B being the content bytes that the scan took from the
-follower instead of reading them. Then it waits again: the line {"move_to": DIR} moves ROOT onto the empty directory DIR as MOVE_SCRIPT
-in ddmdriver/hostpath.py does, with the same exit statuses, and the end of stdin exits.
+"pieces:N" it also hashes the pieces of large files while the copy writes them
+(PieceFollower). Once its watches are in place it writes the line
+{"ready": true, "following": BOOL}. It waits for the line "scan" on stdin: the end of stdin
+before it exits with status 0, any other line with status 2. It writes the listing and then
+the line {"end": true, "followed_bytes": B}, B being the content bytes that the scan took
+from the follower instead of reading them. Then it waits again: the line {"move_to": DIR}
+moves ROOT onto the empty directory DIR as MOVE_SCRIPT in ddmdriver/hostpath.py does, with
+the same exit statuses, and the end of stdin exits.
 """
 
 import base64
@@ -614,8 +615,11 @@ def main():
     if session:
         sys.stdout.write(json.dumps({"ready": True, "following": follower is not None}) + "\n")
         sys.stdout.flush()
-    if session and sys.stdin.readline() != "scan\n":
-        return
+    if session:
+        request = sys.stdin.readline()
+        if request != "scan\n":
+            # A move_to before the scan must not look like a move that succeeded.
+            sys.exit(2 if request else 0)
     if follower is not None:
         follower.stop()
 

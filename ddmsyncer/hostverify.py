@@ -16,8 +16,8 @@ source manifest, with SHA-256 as its content digest, against the manifest of the
 Every byte is still proven: each file's content was hashed from the stream on the controller
 and from the disk on the target.
 
-The scan script starts with the copy (ScanSession). While tar writes a large file on the
-target, the script hashes each piece that tar has written past, reading the file back like
+The scan script starts with the copy (ScanSession), on the relay route and on the direct
+route (ddmsyncer.direct) alike. While tar writes a large file on the target, the script hashes each piece that tar has written past, reading the file back like
 the scan does (PieceFollower in hostmanifest.py), so after the copy only the last pieces are
 left to read. inotify reports every other open of the file and any write after tar's close,
 and the scan reads such a file in full.

@@ -279,9 +279,12 @@ class StagedVolumes:
             staging_directory = self.runner.target.volume_inspect(staging).mountpoint
             scan_source = manifest_needed or self.runner.task.spec.verify is VerifyMode.NONE
             self._start_source_scan(item, route, start=not scan_source)
+            if item.position in self.scan_sessions:
+                self._follow_with_scan_session(item, route, staging_directory)
             try:
                 return direct.copy_item(self.runner, item, staging_directory, route, counter,
-                                        scan_source=scan_source)
+                                        scan_source=scan_source,
+                                        before_stream=lambda: self._wait_scan_session(item))
             except BaseException:
                 self.close_source_scan(item)
                 raise
@@ -357,11 +360,15 @@ class StagedVolumes:
         """Start the target's verify scan before the staging volume exists, when it will be scanned.
 
         SSH's command start and python3's start then overlap the staging volume's creation,
-        and _copy_host() names the directory once it exists.
+        and the copy names the directory once it exists. The relay route's verify hashes the
+        target only with --verify full; the direct route's with quick too.
         """
         plain_local = check.source_driver == "local" and not check.source_options
-        if (route.data_path is not DataPath.HOST or direct.requested(self.runner) or not plain_local
-                or self.runner.task.spec.verify is not VerifyMode.FULL or route.target_access is None
+        verify = self.runner.task.spec.verify
+        hashed = (verify is not VerifyMode.NONE if direct.requested(self.runner)
+                  else verify is VerifyMode.FULL)
+        if (route.data_path is not DataPath.HOST or not hashed or not plain_local
+                or route.target_access is None
                 or not self.python.available(self.runner.target, route.target_access)):
             return
         self._start_scan_session(item, route, None)
@@ -529,6 +536,7 @@ class StagedVolumes:
                      and self.python.available(source, route.source_access)
                      and self.python.available(target, route.target_access))
         if not scannable:
+            self.close_scan_session(item)
             self._record_verify(item, DIRECT_METADATA_SCAN, 0)
             verified = direct.verify_staging(self.runner, item, route.source_directory,
                                              volume.mountpoint, mode)
@@ -546,12 +554,19 @@ class StagedVolumes:
             seeds["source"] = hashseed.ScanSeed()
             scans["source"] = hostverify.scan_manifest(source, route.source_access,
                                                        route.source_directory, hash_content=True,
-                                                       on_record=seeds["source"].add)
+                                                       on_record=seeds["source"].add,
+                                                       piece_bytes=piecehash.PIECE_BYTES)
 
         def scan_target() -> None:
+            session = self.scan_sessions.get(item.position)
+            if session is not None and session.directory == volume.mountpoint:
+                scans["target"] = session.scan(on_record=seeds["target"].add)
+                return
+            self.close_scan_session(item)
             scans["target"] = hostverify.scan_manifest(target, route.target_access,
                                                        volume.mountpoint, hash_content=True,
-                                                       on_record=seeds["target"].add)
+                                                       on_record=seeds["target"].add,
+                                                       piece_bytes=piecehash.PIECE_BYTES)
 
         try:
             direct.run_both(scan_source, scan_target)
@@ -560,7 +575,8 @@ class StagedVolumes:
                 seed.close()
             raise
         listing_bytes = scans["source"].listing_bytes + scans["target"].listing_bytes
-        self._record_verify(item, hostverify.HOST_SCAN, listing_bytes)
+        self._record_verify(item, hostverify.HOST_SCAN, listing_bytes,
+                            followed_bytes=scans["target"].followed_bytes)
         staged_item = dataclasses.replace(item, target=staging)
         check_manifests(scans["source"].manifest, scans["target"].manifest, staged_item,
                         verify_aspects(DataPath.HOST, deep=True))
@@ -636,7 +652,8 @@ class StagedVolumes:
         elif method == hostverify.HOST_SCAN and direct.requested(self.runner):
             description = (f"scanned on {self.runner.task.spec.source_host} and "
                            f"{self.runner.task.spec.target_host} with python3, {wire_bytes} "
-                           f"bytes of listing")
+                           f"bytes of listing, {followed_bytes} bytes hashed on "
+                           f"{self.runner.task.spec.target_host} during the copy")
         elif method == hostverify.HOST_SCAN:
             description = (f"scanned on {self.runner.task.spec.target_host} with python3, "
                            f"{wire_bytes} bytes of listing, {followed_bytes} bytes hashed "

@@ -407,6 +407,7 @@ def test_direct_source_scan_runs_with_the_stream(lab, h1, h2, isolated_env, reso
     streams_ended = []
     scans = []
     original_stream, original_scan = ddmdriver.direct.stream_direct, hostverify.scan_manifest
+    original_session_scan = hostverify.ScanSession.scan
 
     def recorded_stream(*args, **options):
         result = original_stream(*args, **options)
@@ -417,13 +418,19 @@ def test_direct_source_scan_runs_with_the_stream(lab, h1, h2, isolated_env, reso
         scans.append((engine.host.name, bool(streams_ended)))
         return original_scan(engine, access, directory, **options)
 
+    def recorded_session_scan(session, **options):
+        scans.append((f"{session.engine.host.name} session", bool(streams_ended)))
+        return original_session_scan(session, **options)
+
     monkeypatch.setattr(ddmdriver.direct, "stream_direct", recorded_stream)
     monkeypatch.setattr(hostverify, "scan_manifest", recorded_scan)
+    monkeypatch.setattr(hostverify.ScanSession, "scan", recorded_session_scan)
 
     outcome = migrate_direct(volume)
 
     assert outcome.status == 0, outcome.stderr
-    assert sorted(scans) == [("h1", False), ("h2", True)]
+    # The target's scan ran in the session started before the stream, after the stream.
+    assert sorted(scans) == [("h1", False), ("h2 session", True)]
     assert diff_snapshots(snapshot_volume_tree(h1, volume), snapshot_volume_tree(h2, volume)) == []
     # The scan's thread stored the source's hash cache rows.
     source_url = load_config(environ=os.environ).host("h1").url

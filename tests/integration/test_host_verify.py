@@ -23,7 +23,7 @@ from ddm.config import load_config
 from ddm.errors import VerificationFailed
 from ddm.events import Event, PhaseStarted
 from ddm.task import TaskState
-from ddmdriver import hostpath
+from ddmdriver import direct, hostpath
 from ddmsyncer import hostverify
 from ddmsyncer.staged import staging_name
 from tests.integration.commands import run_command
@@ -77,15 +77,16 @@ def source_volume(h1: LabHost, resources: LabResources) -> str:
 
 
 def run_migration(h2: LabHost, resources: LabResources, volume: str, data_path: str,
-                  change: Change | None = None, verify: str = "full") -> tuple[str, str]:
+                  change: Change | None = None, verify: str = "full",
+                  route: str = "relay") -> tuple[str, str]:
     """Migrate `volume` to a new name on h2; apply `change` to the staging volume before verify."""
     target = unique_name("hostverify")
     resources.add_volume(h2, target)
     config = load_config()
     store = api.open_store()
+    options = {"data_path": data_path, **({"route": route} if route != "relay" else {})}
     task = api.create_task(store, config, source="h1", target="h2",
-                           volumes=[f"{volume}:{target}"], verify=verify,
-                           options={"data_path": data_path})
+                           volumes=[f"{volume}:{target}"], verify=verify, options=options)
     resources.add_volume(h2, staging_name(task.id, 0))
 
     def on_event(event: Event) -> None:
@@ -152,6 +153,50 @@ def test_pieced_scan_catches_flipped_byte(h1: LabHost, h2: LabHost, resources: L
 
     with pytest.raises(VerificationFailed) as failure:
         run_migration(h2, resources, volume, "host", change=lambda root: flip_byte(root, offset))
+
+    assert "data/flip.bin: content" in str(failure.value)
+
+
+def test_direct_route_follows_target_before_the_stream(h1: LabHost, h2: LabHost,
+                                                       resources: LabResources,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    # The direct route's target scan starts before the stream and follows the staging
+    # directory before tar writes, as the relay route's does, so that it can hash pieces
+    # while tar writes them. Whether it does depends on timing, so only the order is checked.
+    steps: list[object] = []
+    original_ready, original_stream = hostverify.ScanSession.wait_ready, direct.stream_direct
+
+    def recorded_ready(session: hostverify.ScanSession, timeout_seconds: float) -> bool:
+        ready = original_ready(session, timeout_seconds)
+        steps.append(("ready", session.directory, ready))
+        return ready
+
+    def recorded_stream(*args: Any, **options: Any) -> Any:
+        steps.append("stream")
+        return original_stream(*args, **options)
+
+    monkeypatch.setattr(hostverify.ScanSession, "wait_ready", recorded_ready)
+    monkeypatch.setattr(direct, "stream_direct", recorded_stream)
+    volume = source_volume(h1, resources)
+    task_id, target = run_migration(h2, resources, volume, "host", route="direct")
+
+    store = api.open_store()
+    assert store.get_task(task_id).state is TaskState.SUCCEEDED
+    staging_directory = f"/var/lib/docker/volumes/{staging_name(task_id, 0)}/_data"
+    assert steps == [("ready", staging_directory, True), "stream"]
+    assert store.get_extra(task_id)["verify"]["0"]["method"] == hostverify.HOST_SCAN
+    assert (h2.volume_host_path(target) / "data" / "flip.bin").stat().st_size == FILE_BYTES
+
+
+@pytest.mark.parametrize("offset", [FILE_BYTES // 2 + 3, FILE_BYTES - 1])
+def test_direct_route_catches_flipped_byte(h1: LabHost, h2: LabHost, resources: LabResources,
+                                           monkeypatch: pytest.MonkeyPatch, offset: int) -> None:
+    monkeypatch.setattr(piecehash, "PIECE_BYTES", SMALL_PIECE_BYTES)
+    volume = source_volume(h1, resources)
+
+    with pytest.raises(VerificationFailed) as failure:
+        run_migration(h2, resources, volume, "host", route="direct",
+                      change=lambda root: flip_byte(root, offset))
 
     assert "data/flip.bin: content" in str(failure.value)
 

@@ -137,6 +137,19 @@ def test_session_move_rejects_full_target(tmp_path: Path) -> None:
     assert (target / "other").read_bytes() == b"x"
 
 
+def test_session_move_before_scan_moves_nothing(tmp_path: Path) -> None:
+    root = tmp_path / "staging"
+    target = tmp_path / "target"
+    make_tree(root)
+    target.mkdir()
+    session = start(root)
+
+    with pytest.raises(MigrationFailed, match="exit status 2"):
+        session.move(str(target))
+    assert (root / "small").read_bytes() == b"small\n"
+    assert list(target.iterdir()) == []
+
+
 def test_session_closed_before_scan_lists_nothing(tmp_path: Path) -> None:
     root = tmp_path / "staging"
     make_tree(root)
