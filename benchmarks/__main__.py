@@ -1,9 +1,12 @@
 """python -m benchmarks run [--size small|full] [--scenarios a,b,...] [--json PATH]
+python -m benchmarks goals PATH
 
-Brings up a lab of two Docker hosts, runs the baselines and DDM on every chosen scenario,
-prints a Markdown table and writes every number as JSON. Needs root and the lab's tools.
-The JSON goes to a new file in the temporary directory unless --json names one, so a run
-from the checkout leaves the tracked benchmark-results.json alone.
+`run` brings up a lab of two Docker hosts, runs the baselines and DDM on every chosen
+scenario, prints Markdown tables of the results and of the goals (met, or the gap and its
+reason; see benchmarks/goals.py) and writes every number as JSON. Needs root and the lab's
+tools. The JSON goes to a new file in the temporary directory unless --json names one, so a
+run from the checkout leaves the tracked benchmark-results.json alone. `goals` judges the
+results file of an earlier run again, on the CPU count recorded in it.
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.goals import evaluate, format_goals
 from benchmarks.parallel import format_parallel_table
-from benchmarks.report import format_table, hardware, write_json
+from benchmarks.report import format_table, hardware, read_json, write_json
 from benchmarks.run import run_scenarios
 from benchmarks.suite import SCENARIOS, SIZES, Suite, new_work_dir
 from tests.lab import Lab
@@ -42,6 +46,9 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
                      help="SSH port of the lab hosts (default DDM_LAB_PORT, else 2222).")
     run.add_argument("--root", type=Path, default=None, metavar="DIR",
                      help="Lab directory (default /var/tmp/ddm-bench-PORT).")
+    goals = commands.add_parser("goals", help="Judge the results file of an earlier run "
+                                "against the goals.")
+    goals.add_argument("path", type=Path, metavar="PATH", help="Results JSON written by run.")
     return parser.parse_args(argv)
 
 
@@ -59,8 +66,22 @@ def scenario_notes(scenarios: list[str]) -> list[str]:
     return []
 
 
+def judge_file(path: Path) -> int:
+    """Print the goals table of a results file; return the exit status."""
+    try:
+        document, results = read_json(path)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        print(f"cannot read benchmark results {path}: {error}; pass a file that "
+              "'python -m benchmarks run' wrote", file=sys.stderr)
+        return 2
+    print(format_goals(evaluate(results, document.get("hardware", {}).get("cpus"))))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     arguments = parse_arguments(sys.argv[1:] if argv is None else argv)
+    if arguments.command == "goals":
+        return judge_file(arguments.path)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("paramiko").setLevel(logging.WARNING)
 
@@ -90,9 +111,14 @@ def main(argv: list[str] | None = None) -> int:
     if any(result.scenario[0] in "pq" for result in results):
         print("\n" + format_parallel_table(results))
     machine = hardware()
+    verdicts = evaluate(results, machine["cpus"])
+    print("\n" + format_goals(verdicts))
     print(f"\n{machine['cpus']} CPUs ({machine['cpu_model']}), size {arguments.size}, "
           f"load average at the end {machine['load_average'][0]:.1f}")
-    write_json(json_path, arguments.size, results)
+    if arguments.size != "full":
+        print("the goals are stated for --size full; at this size the verdicts only show "
+              "that the suite works", file=sys.stderr)
+    write_json(json_path, arguments.size, results, [verdict.to_dict() for verdict in verdicts])
     print(f"results written to {json_path}", file=sys.stderr)
     if failed:
         print(f"scenarios failed: {', '.join(failed)}; see the log above", file=sys.stderr)

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.measure import format_seconds
+from benchmarks.measure import ProcessUsage, format_seconds
 from benchmarks.suite import MIB, TITLES, Result
 
 BASELINE_1 = "baseline 1: ssh tar, ssh tar -x"
@@ -95,11 +95,25 @@ def hardware() -> dict[str, Any]:
     }
 
 
-def write_json(path: Path, size: str, results: Sequence[Result]) -> None:
+def write_json(path: Path, size: str, results: Sequence[Result],
+               goals: Sequence[dict[str, Any]] = ()) -> None:
     document = {
         "size": size,
         "hardware": hardware(),
         "titles": TITLES,
         "results": [result.to_dict() for result in results],
+        "goals": list(goals),
     }
     path.write_text(json.dumps(document, indent=2) + "\n")
+
+
+def read_json(path: Path) -> tuple[dict[str, Any], list[Result]]:
+    """Return the document written by write_json() and its results as Result objects."""
+    document = json.loads(path.read_text())
+    results = []
+    for data in document["results"]:
+        fields = {name: value for name, value in data.items() if name != "mib_per_second"}
+        usage = fields.pop("usage")
+        usage["exit_statuses"] = tuple(usage["exit_statuses"])
+        results.append(Result(usage=ProcessUsage(**usage), **fields))
+    return document, results
