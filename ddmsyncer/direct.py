@@ -27,6 +27,7 @@ from typing import Any
 from ddm import piecehash
 from ddm.errors import DDMError, UsageError, VerificationFailed
 from ddm.manifest import EntryTable, Manifest, ManifestEntry
+from ddm.manifest_store import save_task_manifest
 from ddm.task import TaskItem, VerifyMode
 from ddmsyncer import hashcache, hashseed, hostverify
 from ddmsyncer.scantable import paired, sorted_items
@@ -190,6 +191,22 @@ class SourceScan(threading.Thread):
                                 self.seed.rows())
         finally:
             store.close()
+
+    def store_manifest(self, task_id: str, position: int) -> Manifest:
+        """Store the scan's manifest, without digests, as the item's record; return it.
+
+        Uses a connection of its own, so that the verify phase can store it while the target
+        is scanned (see staged.StagedVolumes.verify_direct).
+        """
+        from ddm.store import TaskStore
+
+        manifest = metadata_only(self.result().manifest)
+        store = TaskStore(self.store_path)
+        try:
+            save_task_manifest(store, task_id, position, manifest)
+        finally:
+            store.close()
+        return manifest
 
     def result(self) -> hostverify.HostScan:
         """Return the scan once the thread has stored the seed; raise the thread's error."""

@@ -567,8 +567,12 @@ class TaskRunner:
 
     def replace_manifest(self, item: TaskItem, manifest: Manifest) -> None:
         """Store a new source manifest for the item, as the copy stores its own."""
-        self._manifests[item.position] = manifest
         save_task_manifest(self.store, self.task.id, item.position, manifest)
+        self.remember_manifest(item, manifest)
+
+    def remember_manifest(self, item: TaskItem, manifest: Manifest) -> None:
+        """Use `manifest`, which another connection already stored, as the item's source manifest."""
+        self._manifests[item.position] = manifest
         self.update_item(item, entries=len(manifest.entries))
 
     def _source_manifest(self, item: TaskItem) -> Manifest:

@@ -546,10 +546,14 @@ class StagedVolumes:
         scans: dict[str, hostverify.HostScan] = {}
         seeds = {"target": hashseed.ScanSeed()}
         early = self.source_scans.get(item.position)  # closed by verify_and_promote
+        stored: list[Manifest] = []
 
         def scan_source() -> None:
             if early is not None:
-                scans["source"] = early.result()  # its thread stored the seed
+                # Its thread stored the seed. The item's record is stored while the target
+                # is scanned, because that scan takes longer.
+                scans["source"] = early.result()
+                stored.append(early.store_manifest(self.task_id, item.position))
                 return
             seeds["source"] = hashseed.ScanSeed()
             scans["source"] = hostverify.scan_manifest(source, route.source_access,
@@ -580,13 +584,14 @@ class StagedVolumes:
         staged_item = dataclasses.replace(item, target=staging)
         check_manifests(scans["source"].manifest, scans["target"].manifest, staged_item,
                         verify_aspects(DataPath.HOST, deep=True))
-        manifest = direct.metadata_only(scans["source"].manifest)
         if early is None:
             hashseed.store_rows(self.runner.store,
                                 hashcache.cache_scope(source, route.source_directory),
                                 seeds["source"].rows())
             seeds["source"].close()
-        self.runner.replace_manifest(item, manifest)
+            self.runner.replace_manifest(item, direct.metadata_only(scans["source"].manifest))
+        else:
+            self.runner.remember_manifest(item, stored[0])
         self.target_seeds[item.position] = seeds["target"]
         return scans["source"].manifest
 
