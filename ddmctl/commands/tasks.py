@@ -310,18 +310,19 @@ def rollback(context: CommandContext, task_id: str, force: bool, as_json: bool) 
     undone from its backup), untouched (the task never started the volume), kept (the task did
     not create it, it changed since the task, an earlier rollback of the task restored it, or
     an earlier rollback undid it and later tasks wrote it since or a volume of its name exists
-    again) or
-    remaining (the rollback stopped before removing it, or Docker rejected removing it, for
-    example because a container uses it), each but removed followed by the reason. A removed
-    volume has a reason only when the rollback removed just the task's staging copy, because
-    the copy never reached the target volume. The reason of a rejected removal gives Docker's
-    error and what to do. A kept volume is left as it is
+    again), remaining (the rollback stopped before removing it, or Docker rejected removing
+    it, for example because a container uses it) or unknown (see below), each but removed
+    followed by the reason. A removed volume has a reason only when the rollback removed just
+    the task's staging copy, because the copy never reached the target volume. The reason of
+    a rejected removal gives Docker's error and what to do. A kept volume is left as it is
     now. A rollback that stops part way prints these lines too, then the error; run it again
     to finish.
 
     A failed or cancelled task was rolled back when it stopped, and a rolled_back one on
     request. Rolling such a task back again keeps its state and error, and reports each
-    volume that the earlier rollback removed as absent and each one it restored as kept.
+    volume that the earlier rollback removed as absent and each one it restored as kept. A
+    volume that the earlier rollback removed is unknown instead when this rollback could not
+    check whether a volume of its name exists on the target now.
     """
     before = context.store.get_task(task_id)
     rolled_back_before = {item.position for item in before.items
