@@ -33,7 +33,8 @@ def rollback_outcomes(task: Task, events: list[dict[str, Any]], *,
                       later_tasks: Mapping[int, list[str]] | None = None,
                       changed: Mapping[int, str] | None = None,
                       absent_at_check: Collection[int] = (),
-                      repeated: bool = False
+                      repeated: bool = False,
+                      stopped: bool = False
                       ) -> dict[int, tuple[str, str]]:
     """Return (outcome, reason) by item position.
 
@@ -57,9 +58,10 @@ def rollback_outcomes(task: Task, events: list[dict[str, Any]], *,
     earlier rollback restored is "kept", and one that it removed or found gone is "absent",
     each with the earlier rollback's outcome as the reason. Such a volume is "unknown" instead
     of "absent" when this rollback could not check whether a volume of its name exists now (a
-    ROLLBACK_UNCHECKED event). Otherwise, as when a rollback that stopped part way runs again,
-    an earlier rollback's outcome is reported as if this rollback had done it, so that the
-    report covers every volume.
+    ROLLBACK_UNCHECKED event). So is it when `stopped` (this rollback raised an error),
+    because that check is the rollback's last step on the target. Otherwise, as when a
+    rollback that stopped part way runs again, an earlier rollback's outcome is reported as if
+    this rollback had done it, so that the report covers every volume.
 
     `changed` (TargetsChanged.changed) is for a rollback that the changed-volume check
     stopped before it removed anything: those volumes are "kept" with the check's reason,
@@ -97,9 +99,11 @@ def rollback_outcomes(task: Task, events: list[dict[str, Any]], *,
                                                "volume of this name that exists now is not "
                                                "the task's copy, and this rollback left it as "
                                                "it is")
-        elif repeated and item.position in rolled_back_before and item.position in unchecked:
-            outcomes[item.position] = _unchecked_outcome(task, item,
-                                                         found_gone=item.position in absent)
+        elif repeated and item.position in rolled_back_before and (
+                item.position in unchecked or stopped):
+            outcomes[item.position] = _unchecked_outcome(
+                task, item, found_gone=item.position in absent,
+                check_failed=item.position in unchecked)
         elif repeated and item.position in rolled_back_before:
             earlier = _earlier_undo(item, restored=False, found_gone=item.position in absent)
             outcomes[item.position] = ("absent", f"{earlier}, so this rollback had nothing "
@@ -131,13 +135,21 @@ def _earlier_outcome(item: TaskItem, restored: bool, later: list[str]) -> tuple[
                     "wrote this target volume since, and this rollback left it as it is")
 
 
-def _unchecked_outcome(task: Task, item: TaskItem, *, found_gone: bool) -> tuple[str, str]:
-    """Return the outcome of an item that an earlier rollback undid and this one could not check."""
+def _unchecked_outcome(task: Task, item: TaskItem, *, found_gone: bool,
+                       check_failed: bool) -> tuple[str, str]:
+    """Return the outcome of an item that an earlier rollback undid and this one did not check.
+
+    `check_failed` is true when the check could not read the target. Otherwise the rollback
+    stopped before it came to the check, and its error line gives what to do.
+    """
     earlier = _earlier_undo(item, restored=False, found_gone=found_gone)
     host = task.spec.target_host
-    return ("unknown", f"{earlier}; this rollback could not check whether a volume named "
-                       f"{item.target!r} exists on {host} now: run 'ddmctl rollback "
-                       f"{task.id}' again when {host} is reachable")
+    if check_failed:
+        return ("unknown", f"{earlier}; this rollback could not check whether a volume named "
+                           f"{item.target!r} exists on {host} now: run 'ddmctl rollback "
+                           f"{task.id}' again when {host} is reachable")
+    return ("unknown", f"{earlier}; this rollback stopped before it checked whether a volume "
+                       f"named {item.target!r} exists on {host} now")
 
 
 def _earlier_undo(item: TaskItem, *, restored: bool, found_gone: bool = False) -> str:

@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
-from ddm.errors import MigrationFailed
+from ddm.errors import ExitStatus, MigrationFailed
 from ddm.store import TaskStore, default_store_path
 from ddm.task import TaskItem, TaskState
+from ddmctl.commands.tasks import format_time
 from ddmsyncer import runner as runner_module
 from tests.integration.operator_support import ddmctl, volume_names
 from tests.lab import LabHost
@@ -57,6 +58,59 @@ def stored_task_state(task_id: str) -> tuple[TaskState, dict[str, Any] | None]:
     return task.state, task.error
 
 
+def test_failed_rollback_keeps_task_error(h1: LabHost, h2: LabHost, isolated_env: IsolatedEnv,
+                                          resources: LabResources, verify_fails: None,
+                                          h2_engine_restarted: None) -> None:
+    source, task_id = fail_migration(h1, h2, resources)
+    failed = ddmctl("status", task_id, "--json").json()
+    h2.stop_dockerd()
+
+    text = ddmctl("rollback", task_id)
+    as_json = ddmctl("rollback", task_id, "--json")
+    stored_state, stored_error = stored_task_state(task_id)
+    status = ddmctl("status", task_id, "--json").json()
+    status_lines = ddmctl("status", task_id).stdout.splitlines()
+    still_listed = ddmctl("list", "--state", "failed", "--json").json()
+
+    unchecked = (f"an earlier rollback removed what the task wrote; this rollback stopped "
+                 f"before it checked whether a volume named {source!r} exists on h2 now")
+    assert stored_state is TaskState.FAILED
+    assert stored_error == failed["error"]
+    assert FAULT in stored_error["message"]
+    assert text.status == ExitStatus.CONNECTION, text.stderr
+    assert text.stdout.splitlines() == [f"{source}\t{source}\tunknown\t{unchecked}"]
+    assert text.stderr.splitlines()[-2] == f"task {task_id} stays failed"
+    assert text.stderr.splitlines()[-1].startswith("ddmctl: error: ")
+    assert "h2" in text.stderr.splitlines()[-1]
+    assert as_json.status == ExitStatus.CONNECTION, as_json.stderr
+    document = as_json.json()
+    assert document["state"] == "failed"
+    assert document["error"] == failed["error"]
+    assert document["rollback_error"]["exit_status"] == ExitStatus.CONNECTION
+    assert document["volumes"][0]["rollback"] == {"outcome": "unknown", "reason": unchecked}
+    assert status["state"] == "failed"
+    assert status["error"] == failed["error"]
+    assert status["rollback_error"] == document["rollback_error"]
+    assert "h2" in status["rollback_error"]["message"]
+    assert f"ddmctl rollback {task_id}" in status["rollback_error"]["message"]
+    assert "state     failed" in status_lines
+    assert f"error     {failed['error']['message']}" in status_lines
+    assert (f"rollback  {format_time(status['rollback_finished_at'])} UTC, failed: "
+            f"{status['rollback_error']['message']}") in status_lines
+    assert [task["id"] for task in still_listed] == [task_id]
+
+    h2.start_dockerd()
+    again = ddmctl("rollback", task_id)
+    after = ddmctl("status", task_id, "--json").json()
+
+    assert again.status == 0, again.stderr
+    assert again.stdout.splitlines() == [f"{source}\t{source}\tabsent\t{NOTHING_REMOVED}"]
+    assert after["state"] == "failed"
+    assert after["error"] == failed["error"]
+    assert after["rollback_error"] is None
+    assert source not in volume_names(h2)
+
+
 def test_unreadable_target_reports_unknown(h1: LabHost, h2: LabHost, isolated_env: IsolatedEnv,
                                            resources: LabResources, verify_fails: None,
                                            h2_engine_restarted: None,
@@ -75,6 +129,7 @@ def test_unreadable_target_reports_unknown(h1: LabHost, h2: LabHost, isolated_en
 
     text = ddmctl("rollback", task_id)
     stored_state, stored_error = stored_task_state(task_id)
+    status = ddmctl("status", task_id, "--json").json()
 
     unchecked = (f"an earlier rollback removed what the task wrote; this rollback could not "
                  f"check whether a volume named {source!r} exists on h2 now: run 'ddmctl "
@@ -85,6 +140,7 @@ def test_unreadable_target_reports_unknown(h1: LabHost, h2: LabHost, isolated_en
     assert text.stderr.splitlines()[-1] == f"task {task_id} stays failed"
     assert stored_state is TaskState.FAILED
     assert stored_error == failed["error"]
+    assert status["rollback_error"] is None
 
     monkeypatch.setattr(runner_module, "remove_staging_volumes", remove_staging_volumes)
     h2.start_dockerd()

@@ -216,6 +216,24 @@ def test_unchecked_volume_is_unknown() -> None:
                                      "this rollback had nothing to remove")
 
 
+def test_stopped_repeated_rollback_is_unknown() -> None:
+    task = task_with(ItemState.ROLLED_BACK, ItemState.ROLLED_BACK, ItemState.PENDING)
+    events = [
+        event(1, "phase", "phase rollback started"),
+        event(2, "phase", "phase rollback started"),
+        event(3, "rollback_present", "volume 't1' exists on new again", {"position": 1}),
+    ]
+
+    outcomes = rollback_outcomes(task, events, rolled_back_before={0, 1}, later_tasks={},
+                                 repeated=True, stopped=True)
+
+    assert outcomes[0] == ("unknown", "an earlier rollback removed what the task wrote; this "
+                                      "rollback stopped before it checked whether a volume "
+                                      "named 't0' exists on new now")
+    assert outcomes[1][0] == "kept"
+    assert outcomes[2] == ("untouched", "the task never started this volume")
+
+
 def test_volume_present_again_is_kept() -> None:
     task = task_with(ItemState.ROLLED_BACK, ItemState.ABSENT, ItemState.ROLLED_BACK)
     events = [
