@@ -7,7 +7,8 @@ from typing import Any
 
 from ddm.store import TaskStore
 from ddm.task import ItemState, Task, TaskItem
-from ddmsyncer.undo import ROLLBACK_ABSENT, ROLLBACK_PRESENT, ROLLBACK_REJECTED, UNDONE_STATES
+from ddmsyncer.undo import (ROLLBACK_ABSENT, ROLLBACK_PRESENT, ROLLBACK_REJECTED,
+                            ROLLBACK_UNCHECKED, UNDONE_STATES)
 
 # The event message the runner stores when a rollback starts (TaskRunner.rollback).
 ROLLBACK_STARTED = "phase rollback started"
@@ -32,13 +33,14 @@ def rollback_outcomes(task: Task, events: list[dict[str, Any]], *,
                       later_tasks: Mapping[int, list[str]] | None = None,
                       changed: Mapping[int, str] | None = None,
                       absent_at_check: Collection[int] = (),
-                      repeated: bool = False
+                      repeated: bool = False,
+                      stopped: bool = False
                       ) -> dict[int, tuple[str, str]]:
     """Return (outcome, reason) by item position.
 
     The outcome is removed, absent (the volume no longer existed when the rollback came to it),
-    restored, untouched, kept or remaining. The reason of a volume that remains because Docker
-    rejected removing it is that error (see rejected_removals).
+    restored, untouched, kept, remaining or unknown. The reason of a volume that remains
+    because Docker rejected removing it is that error (see rejected_removals).
 
     An incremental update that a rollback undid from its backup is "restored". Only restores
     after the task's first rollback started count, because a resumed run also restores the
@@ -54,9 +56,12 @@ def rollback_outcomes(task: Task, events: list[dict[str, Any]], *,
     `repeated` is for a task whose own rollback had already finished before this one started
     (undo.ROLLED_BACK_STATES). This rollback left its undone volumes alone, so a volume the
     earlier rollback restored is "kept", and one that it removed or found gone is "absent",
-    each with the earlier rollback's outcome as the reason. Otherwise, as when a rollback
-    that stopped part way runs again, an earlier rollback's outcome is reported as if this
-    rollback had done it, so that the report covers every volume.
+    each with the earlier rollback's outcome as the reason. Such a volume is "unknown" instead
+    of "absent" when this rollback could not check whether a volume of its name exists now (a
+    ROLLBACK_UNCHECKED event). So is it when `stopped` (this rollback raised an error),
+    because that check is the rollback's last step on the target. Otherwise, as when a
+    rollback that stopped part way runs again, an earlier rollback's outcome is reported as if
+    this rollback had done it, so that the report covers every volume.
 
     `changed` (TargetsChanged.changed) is for a rollback that the changed-volume check
     stopped before it removed anything: those volumes are "kept" with the check's reason,
@@ -68,6 +73,7 @@ def rollback_outcomes(task: Task, events: list[dict[str, Any]], *,
     absent = positions_after_rollback(events, ROLLBACK_ABSENT)
     rejected = rejected_removals(events)
     present = positions_in_latest_rollback(events, ROLLBACK_PRESENT)
+    unchecked = positions_in_latest_rollback(events, ROLLBACK_UNCHECKED)
     later_tasks = later_tasks or {}
     changed = changed or {}
     outcomes: dict[int, tuple[str, str]] = {}
@@ -93,6 +99,11 @@ def rollback_outcomes(task: Task, events: list[dict[str, Any]], *,
                                                "volume of this name that exists now is not "
                                                "the task's copy, and this rollback left it as "
                                                "it is")
+        elif repeated and item.position in rolled_back_before and (
+                item.position in unchecked or stopped):
+            outcomes[item.position] = _unchecked_outcome(
+                task, item, found_gone=item.position in absent,
+                check_failed=item.position in unchecked)
         elif repeated and item.position in rolled_back_before:
             earlier = _earlier_undo(item, restored=False, found_gone=item.position in absent)
             outcomes[item.position] = ("absent", f"{earlier}, so this rollback had nothing "
@@ -122,6 +133,23 @@ def _earlier_outcome(item: TaskItem, restored: bool, later: list[str]) -> tuple[
     tasks = "task" if len(later) == 1 else "tasks"
     return ("kept", f"{_earlier_undo(item, restored=restored)}; {tasks} {', '.join(later)} "
                     "wrote this target volume since, and this rollback left it as it is")
+
+
+def _unchecked_outcome(task: Task, item: TaskItem, *, found_gone: bool,
+                       check_failed: bool) -> tuple[str, str]:
+    """Return the outcome of an item that an earlier rollback undid and this one did not check.
+
+    `check_failed` is true when the check could not read the target. Otherwise the rollback
+    stopped before it came to the check, and its error line gives what to do.
+    """
+    earlier = _earlier_undo(item, restored=False, found_gone=found_gone)
+    host = task.spec.target_host
+    if check_failed:
+        return ("unknown", f"{earlier}; this rollback could not check whether a volume named "
+                           f"{item.target!r} exists on {host} now: run 'ddmctl rollback "
+                           f"{task.id}' again when {host} is reachable")
+    return ("unknown", f"{earlier}; this rollback stopped before it checked whether a volume "
+                       f"named {item.target!r} exists on {host} now")
 
 
 def _earlier_undo(item: TaskItem, *, restored: bool, found_gone: bool = False) -> str:

@@ -939,10 +939,12 @@ def _roll_back_claimed(runner: TaskRunner, before: Task) -> Task:
 
     `before` is the task as it was before the claim. A task whose own rollback had already
     finished (undo.ROLLED_BACK_STATES) ends in its earlier state with its earlier error, so
-    a failed task stays listed as failed with the error that stopped it.
+    a failed task stays listed as failed with the error that stopped it. This is so also when
+    this rollback fails. Its error is then stored as undo.ROLLBACK_ERROR and raised.
     """
     store = runner.store
     task = runner.task = store.get_task(runner.task.id)
+    repeated = before.state in undo.ROLLED_BACK_STATES
     # The task keeps the finish time of its migration, so its duration stays that of the
     # migration. A task that never stored one (its runner was killed) gets the rollback's.
     migration_finished_at = runner.task.finished_at
@@ -952,14 +954,31 @@ def _roll_back_claimed(runner: TaskRunner, before: Task) -> Task:
     except BaseException as error:
         undo.add_rollback_next_step(error, task.id)
         store.set_extra(task.id, **{undo.ROLLBACK_FINISHED_AT: time.time()})
-        runner._finish(TaskState.INTERRUPTED, _error_dict(error),
-                       finished_at=migration_finished_at)
+        if repeated:
+            _keep_state_after_failed_rollback(runner, before, error, migration_finished_at)
+        else:
+            runner._finish(TaskState.INTERRUPTED, _error_dict(error),
+                           finished_at=migration_finished_at)
         raise
     finally:
         runner._close()
     store.set_extra(task.id, **{undo.ROLLBACK_FINISHED_AT: time.time()})
-    if before.state in undo.ROLLED_BACK_STATES:
+    if repeated:
+        store.set_extra(task.id, **{undo.ROLLBACK_ERROR: None})
         runner._finish(before.state, before.error, finished_at=migration_finished_at)
     else:
         runner._finish(TaskState.ROLLED_BACK, None, finished_at=migration_finished_at)
     return runner.task
+
+
+def _keep_state_after_failed_rollback(runner: TaskRunner, before: Task, error: BaseException,
+                                      migration_finished_at: float | None) -> None:
+    """Finish a task in undo.ROLLED_BACK_STATES whose rollback failed, in its earlier state.
+
+    The earlier rollback removed the task's copies, so the task keeps its state and the error
+    that stopped it. This rollback's error is stored as undo.ROLLBACK_ERROR and in a
+    rollback_failed event.
+    """
+    runner.record("error", "rollback_failed", f"rollback failed: {_describe(error)}")
+    runner.store.set_extra(before.id, **{undo.ROLLBACK_ERROR: _error_dict(error)})
+    runner._finish(before.state, before.error, finished_at=migration_finished_at)

@@ -38,6 +38,16 @@ ROLLBACK_REJECTED = "rollback_rejected"
 # The event's data has the item's position.
 ROLLBACK_PRESENT = "rollback_present"
 
+# Event kind of an item that an earlier rollback of the task undid, when this rollback could
+# not read the target to check whether a volume of that name exists now. The event's data has
+# the item's position.
+ROLLBACK_UNCHECKED = "rollback_unchecked"
+
+# Key of the task's extra state: the error (error, message, exit_status) of the latest
+# `ddmctl rollback` of a task in ROLLED_BACK_STATES when that rollback failed, else None. Such
+# a task keeps its state and the error that stopped it, so the rollback's error is kept here.
+ROLLBACK_ERROR = "rollback_error"
+
 # Item states that a rollback of the task leaves: removed (or restored), or found already gone.
 UNDONE_STATES = (ItemState.ROLLED_BACK, ItemState.ABSENT)
 
@@ -60,15 +70,20 @@ def record_present_again(runner: Any, undone: list[TaskItem]) -> None:
     A rollback never removes such a volume, because the task no longer records it as created.
     The rollback's report reads these events and reports the volume kept, as not the task's
     copy, in place of the earlier rollback's outcome. When the target cannot be read, a
-    warning is recorded and the report gives the earlier outcome.
+    warning and a ROLLBACK_UNCHECKED event per item are recorded, and the report states that
+    it could not check those volumes.
     """
     host = runner.task.spec.target_host
     try:
         present = runner.on_host(host, lambda target: [
             item for item in undone if target.volume_inspect(item.target) is not None])
     except DDMError as error:
-        runner.warn(f"checking whether the volumes that an earlier rollback of the task undid "
-                    f"exist again on {host} failed: {error}")
+        names = ", ".join(repr(item.target) for item in undone)
+        runner.warn(f"could not check on {host} whether the volumes that an earlier rollback "
+                    f"of the task undid exist now ({names}): {error}")
+        for item in undone:
+            runner.record("info", ROLLBACK_UNCHECKED, f"could not check whether volume "
+                          f"{item.target!r} exists on {host} now", position=item.position)
         return
     for item in present:
         runner.record("info", ROLLBACK_PRESENT, f"volume {item.target!r} exists on {host} "

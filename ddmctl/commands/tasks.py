@@ -19,7 +19,8 @@ from ddmctl.rollback_report import later_writers, rollback_outcomes
 from ddmctl.tasks_filter import MAX_SCANNED_TASKS, parse_since, task_matches
 from ddmctl.watch import task_label, watch_task
 from ddmsyncer.runner import mark_stale_running
-from ddmsyncer.undo import ROLLBACK_FINISHED_AT, ROLLED_BACK_STATES, UNDONE_STATES
+from ddmsyncer.undo import (ROLLBACK_ERROR, ROLLBACK_FINISHED_AT, ROLLED_BACK_STATES,
+                            UNDONE_STATES)
 
 
 def format_time(timestamp: float | None) -> str:
@@ -136,9 +137,9 @@ def status(context: CommandContext, task_id: str, show_events: bool, watch: bool
     context.echo(f"created   {format_time(task.created_at)} UTC")
     finished = "-" if task.finished_at is None else f"{format_time(task.finished_at)} UTC"
     context.echo(f"finished  {finished}")
-    rollback_finished_at = store.get_extra(task.id).get(ROLLBACK_FINISHED_AT)
-    if rollback_finished_at is not None:
-        context.echo(f"rollback  {format_time(rollback_finished_at)} UTC")
+    rollback_line = latest_rollback(store.get_extra(task.id))
+    if rollback_line:
+        context.echo(f"rollback  {rollback_line}")
     if task.error:
         context.echo(f"error     {task.error.get('message')}")
     compression = store.get_extra(task.id).get("compression", {})
@@ -173,6 +174,21 @@ def status(context: CommandContext, task_id: str, show_events: bool, watch: bool
     return watched_exit_status(task) if watch else int(ExitStatus.OK)
 
 
+def latest_rollback(extra: dict[str, Any]) -> str:
+    """Return when the task's latest rollback ended, and its error if it failed, or "" if none ran.
+
+    Only a failed rollback of a failed, cancelled or rolled_back task stores its error
+    (undo.ROLLBACK_ERROR), because such a task keeps its own error.
+    """
+    finished_at = extra.get(ROLLBACK_FINISHED_AT)
+    if finished_at is None:
+        return ""
+    error = extra.get(ROLLBACK_ERROR)
+    if not error:
+        return f"{format_time(finished_at)} UTC"
+    return f"{format_time(finished_at)} UTC, failed: {error.get('message')}"
+
+
 def rollback_started(store: TaskStore, task_id: str, after_event_id: int) -> bool:
     """Return whether a rollback phase of the task began after the event `after_event_id`."""
     return any(event["kind"] == "phase" and event["message"] == "phase rollback started"
@@ -201,9 +217,11 @@ def stopped_source_containers(store: TaskStore, task: Task) -> list[str]:
 
 
 def task_document(store: TaskStore, task: Task) -> dict[str, Any]:
-    """Return the task's JSON document for list and status, with when its rollback ended."""
+    """Return the task's JSON document for list and status, with its latest rollback's outcome."""
     data = task.to_dict()
-    data["rollback_finished_at"] = store.get_extra(task.id).get(ROLLBACK_FINISHED_AT)
+    extra = store.get_extra(task.id)
+    data["rollback_finished_at"] = extra.get(ROLLBACK_FINISHED_AT)
+    data["rollback_error"] = extra.get(ROLLBACK_ERROR)
     return data
 
 
@@ -310,18 +328,21 @@ def rollback(context: CommandContext, task_id: str, force: bool, as_json: bool) 
     undone from its backup), untouched (the task never started the volume), kept (the task did
     not create it, it changed since the task, an earlier rollback of the task restored it, or
     an earlier rollback undid it and later tasks wrote it since or a volume of its name exists
-    again) or
-    remaining (the rollback stopped before removing it, or Docker rejected removing it, for
-    example because a container uses it), each but removed followed by the reason. A removed
-    volume has a reason only when the rollback removed just the task's staging copy, because
-    the copy never reached the target volume. The reason of a rejected removal gives Docker's
-    error and what to do. A kept volume is left as it is
+    again), remaining (the rollback stopped before removing it, or Docker rejected removing
+    it, for example because a container uses it) or unknown (see below), each but removed
+    followed by the reason. A removed volume has a reason only when the rollback removed just
+    the task's staging copy, because the copy never reached the target volume. The reason of
+    a rejected removal gives Docker's error and what to do. A kept volume is left as it is
     now. A rollback that stops part way prints these lines too, then the error; run it again
     to finish.
 
     A failed or cancelled task was rolled back when it stopped, and a rolled_back one on
     request. Rolling such a task back again keeps its state and error, and reports each
-    volume that the earlier rollback removed as absent and each one it restored as kept.
+    volume that the earlier rollback removed as absent and each one it restored as kept. A
+    volume that the earlier rollback removed is unknown instead when this rollback could not
+    check whether a volume of its name exists on the target now. When such a rollback fails,
+    the task still keeps its state and error, and 'ddmctl status' shows the rollback's error
+    on its rollback line.
     """
     before = context.store.get_task(task_id)
     rolled_back_before = {item.position for item in before.items
@@ -346,7 +367,12 @@ def rollback(context: CommandContext, task_id: str, force: bool, as_json: bool) 
         # interrupted in the rollback phase, so it prints no lines.
         stopped = context.store.get_task(before.id)
         started = rollback_started(context.store, before.id, last_event_id)
-        if started and stopped.state is TaskState.INTERRUPTED and stopped.phase is Phase.ROLLBACK:
+        if started and repeated and stopped.state is before.state:
+            print_rollback_outcomes(context, stopped, as_json, rolled_back_before, repeated,
+                                    stopped=True)
+            if not as_json:
+                context.info(f"task {stopped.id} stays {stopped.state.value}")
+        elif started and stopped.state is TaskState.INTERRUPTED and stopped.phase is Phase.ROLLBACK:
             print_rollback_outcomes(context, stopped, as_json, rolled_back_before, repeated)
         raise
 
@@ -361,11 +387,13 @@ def rollback(context: CommandContext, task_id: str, force: bool, as_json: bool) 
 def print_rollback_outcomes(context: CommandContext, task: Task, as_json: bool,
                             rolled_back_before: set[int], repeated: bool,
                             changed: dict[int, str] | None = None,
-                            absent_at_check: frozenset[int] = frozenset()) -> None:
+                            absent_at_check: frozenset[int] = frozenset(),
+                            stopped: bool = False) -> None:
     """Print a rollback's per-volume outcomes: a line each, or the task as JSON.
 
     `rolled_back_before` lists the items an earlier rollback of the task had undone, and
-    `repeated` is whether that rollback had finished (see rollback_outcomes).
+    `repeated` is whether that rollback had finished. `stopped` is whether this rollback
+    raised an error (see rollback_outcomes).
     `changed` and `absent_at_check` are the volumes that the changed-volume check kept and
     found already gone (TargetsChanged.changed and TargetsChanged.absent).
     """
@@ -373,7 +401,7 @@ def print_rollback_outcomes(context: CommandContext, task: Task, as_json: bool,
     outcomes = rollback_outcomes(task, context.store.get_events(task.id),
                                  rolled_back_before=rolled_back_before, later_tasks=later,
                                  changed=changed, absent_at_check=absent_at_check,
-                                 repeated=repeated)
+                                 repeated=repeated, stopped=stopped)
     if as_json:
         data = task_document(context.store, task)
         for volume in data["volumes"]:

@@ -185,6 +185,55 @@ def test_repeated_rollback_reports_new_removal() -> None:
     assert outcomes[1] == ("removed", "")
 
 
+def test_unchecked_volume_is_unknown() -> None:
+    task = task_with(ItemState.ROLLED_BACK, ItemState.ABSENT, ItemState.ROLLED_BACK,
+                     ItemState.ROLLED_BACK)
+    events = [
+        *events_of_two_rollbacks()[:2],
+        event(3, "rollback_unchecked", "could not check whether volume 't3' exists on new now",
+              {"position": 3}),
+        event(4, "phase", "phase rollback started"),
+        event(5, "rollback_unchecked", "could not check whether volume 't0' exists on new now",
+              {"position": 0}),
+        event(6, "rollback_unchecked", "could not check whether volume 't1' exists on new now",
+              {"position": 1}),
+    ]
+
+    outcomes = rollback_outcomes(task, events, rolled_back_before={0, 1, 2, 3}, later_tasks={},
+                                 repeated=True)
+
+    # Item 0 was restored, and a restored volume is kept whether or not it was checked.
+    assert outcomes[0] == ("kept", "an earlier rollback restored it from the task's backup, "
+                                   "and this rollback left it as it is")
+    assert outcomes[1] == ("unknown", "an earlier rollback found the volume already gone; this "
+                                      "rollback could not check whether a volume named 't1' "
+                                      f"exists on new now: run 'ddmctl rollback {'a' * 12}' "
+                                      "again when new is reachable")
+    assert outcomes[2] == ("absent", "an earlier rollback removed what the task wrote, so "
+                                     "this rollback had nothing to remove")
+    # Only the latest rollback's check counts: item 3 was not checked in an earlier one.
+    assert outcomes[3] == ("absent", "an earlier rollback removed what the task wrote, so "
+                                     "this rollback had nothing to remove")
+
+
+def test_stopped_repeated_rollback_is_unknown() -> None:
+    task = task_with(ItemState.ROLLED_BACK, ItemState.ROLLED_BACK, ItemState.PENDING)
+    events = [
+        event(1, "phase", "phase rollback started"),
+        event(2, "phase", "phase rollback started"),
+        event(3, "rollback_present", "volume 't1' exists on new again", {"position": 1}),
+    ]
+
+    outcomes = rollback_outcomes(task, events, rolled_back_before={0, 1}, later_tasks={},
+                                 repeated=True, stopped=True)
+
+    assert outcomes[0] == ("unknown", "an earlier rollback removed what the task wrote; this "
+                                      "rollback stopped before it checked whether a volume "
+                                      "named 't0' exists on new now")
+    assert outcomes[1][0] == "kept"
+    assert outcomes[2] == ("untouched", "the task never started this volume")
+
+
 def test_volume_present_again_is_kept() -> None:
     task = task_with(ItemState.ROLLED_BACK, ItemState.ABSENT, ItemState.ROLLED_BACK)
     events = [
