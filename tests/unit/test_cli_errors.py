@@ -484,6 +484,31 @@ def test_ddmverify_missing_volume_is_usage_error(
     assert expected in error_line(outcome, "ddmverify")
 
 
+@pytest.mark.parametrize(("prog", "args"), [
+    ("ddmverify", ["--from", "a", "--to", "b", "--volume", "missingvol"]),
+    ("ddmdriver", ["manifest", "a", "missingvol"]),
+])
+def test_missing_volume_same_status_everywhere(
+    configured: dict[str, str], monkeypatch: pytest.MonkeyPatch, prog: str, args: list[str]
+) -> None:
+    # Both commands read a volume that the operator named; neither may exit 1 ("differs").
+    from ddmdriver import cli as driver_cli
+    from ddmdriver import engine as engine_module
+
+    def open_engine(host: object, config: object) -> _EngineWithVolumes:
+        return _EngineWithVolumes(host)
+
+    monkeypatch.setattr(engine_module, "open_engine", open_engine)
+    monkeypatch.setattr(driver_cli, "open_engine", open_engine)
+
+    outcome = invoke(prog, args, configured)
+
+    assert outcome.status == ExitStatus.USAGE
+    assert error_line(outcome, prog) == (
+        f"{prog}: error: volume 'missingvol' not found on host 'a'; check the name with "
+        "'docker volume ls' on that host")
+
+
 @pytest.mark.parametrize("codec", ["lz4", "zstd"])
 @pytest.mark.parametrize("command", ["migrate", "create", "plan"])
 def test_full_mode_rejects_explicit_codec(
