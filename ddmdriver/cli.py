@@ -12,6 +12,7 @@ from ddm.manifest import Manifest, ManifestBuilder, display_path
 from ddm.task import new_task_id
 from ddmctl.common import (
     InterruptibleGroup,
+    accept_logging_options_after,
     common_options,
     epilog,
     json_option,
@@ -122,6 +123,8 @@ def manifest_lines(result: Manifest) -> list[str]:
         lines.append(line)
     return lines
 
+
+accept_logging_options_after(cli)
 
 main = main_for(cli, "ddmdriver")
 
