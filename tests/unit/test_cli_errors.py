@@ -232,6 +232,23 @@ def test_validation_error(
     assert snapshot_tree(home) == before
 
 
+@pytest.mark.parametrize(("name", "advice"), [
+    ("nosuch", "add one with 'ddminit --host nosuch=URL'"),
+    ("LOCAL", "host names are case-sensitive, and the local Docker engine is 'local'"),
+    ("Local", "host names are case-sensitive, and the local Docker engine is 'local'"),
+])
+def test_unknown_host_advice(home: Path, configured: dict[str, str], name: str,
+                             advice: str) -> None:
+    # ddminit rejects 'local' in any letter case, so the hint must not suggest adding it.
+    outcome = invoke("ddmctl", ["plan", "--from", name, "--to", "a", "--volume", "v1"],
+                     configured)
+
+    config_path = home / ".config" / "ddm" / "config.yaml"
+    assert error_line(outcome, "ddmctl") == (
+        f"ddmctl: error: unknown host '{name}' in {config_path}; known hosts: a, b, local; "
+        f"{advice}")
+
+
 def test_invalid_config_reported_before_store(home: Path, environ: dict[str, str]) -> None:
     (home / "bad.yaml").write_text("version: 2\n")
     before = snapshot_tree(home)
