@@ -155,10 +155,14 @@ class Config:
     def _unknown_host_advice(self, name: str) -> str:
         """Return what to do about an unknown host name, never a ddminit call that rejects it.
 
-        ddminit rejects `local` in any letter case, so `LOCAL` gets the reserved name instead.
+        ddminit rejects `local` in any letter case and a new name that differs from a
+        configured one only in letter case, so those names get the configured name instead.
         """
         if name.casefold() == LOCAL_HOST:
             return f"host names are case-sensitive, and the local Docker engine is {LOCAL_HOST!r}"
+        for configured in sorted(self.hosts):
+            if configured.casefold() == name.casefold():
+                return f"host names are case-sensitive, so use {configured!r}"
         suggested = name if HOST_NAME_PATTERN.fullmatch(name) else "NAME"
         return f"add one with 'ddminit --host {suggested}=URL'"
 

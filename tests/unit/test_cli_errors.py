@@ -236,10 +236,11 @@ def test_validation_error(
     ("nosuch", "add one with 'ddminit --host nosuch=URL'"),
     ("LOCAL", "host names are case-sensitive, and the local Docker engine is 'local'"),
     ("Local", "host names are case-sensitive, and the local Docker engine is 'local'"),
+    ("A", "host names are case-sensitive, so use 'a'"),
 ])
 def test_unknown_host_advice(home: Path, configured: dict[str, str], name: str,
                              advice: str) -> None:
-    # ddminit rejects 'local' in any letter case, so the hint must not suggest adding it.
+    # ddminit rejects 'LOCAL' and 'A' next to 'a', so the hint must not suggest adding them.
     outcome = invoke("ddmctl", ["plan", "--from", name, "--to", "a", "--volume", "v1"],
                      configured)
 
