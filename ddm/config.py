@@ -147,11 +147,24 @@ class Config:
         except KeyError:
             known = ", ".join(sorted(self.hosts))
             where = f" in {self.path}" if self.path else ""
-            suggested = name if HOST_NAME_PATTERN.fullmatch(name) else "NAME"
             raise ConfigError(
                 f"unknown host {short_repr(name)}{where}",
-                hint=f"known hosts: {known}; add one with 'ddminit --host {suggested}=URL'",
+                hint=f"known hosts: {known}; {self._unknown_host_advice(name)}",
             ) from None
+
+    def _unknown_host_advice(self, name: str) -> str:
+        """Return what to do about an unknown host name, never a ddminit call that rejects it.
+
+        ddminit rejects `local` in any letter case and a new name that differs from a
+        configured one only in letter case, so those names get the configured name instead.
+        """
+        if name.casefold() == LOCAL_HOST:
+            return f"host names are case-sensitive, and the local Docker engine is {LOCAL_HOST!r}"
+        for configured in sorted(self.hosts):
+            if configured.casefold() == name.casefold():
+                return f"host names are case-sensitive, so use {configured!r}"
+        suggested = name if HOST_NAME_PATTERN.fullmatch(name) else "NAME"
+        return f"add one with 'ddminit --host {suggested}=URL'"
 
     def to_dict(self) -> dict[str, Any]:
         """Return the YAML form of this configuration (the `local` host is implicit)."""

@@ -1,8 +1,9 @@
 """Readable text and typed JSON for the values of a manifest difference.
 
-`Difference.describe()` and the text of `ddmverify` use `describe_value()`. `ddmverify
---json` and `ddm.api.verify_volumes` use `difference_to_json()`, whose byte strings (paths,
-symlink texts, xattr names and values) and ACL texts have the encoding of the manifest JSON:
+`Difference.describe()`, the text of `ddmverify` and the verify errors of a migration
+(`summarize_differences()`) use `describe_value()`. `ddmverify --json` and
+`ddm.api.verify_volumes` use `difference_to_json()`, whose byte strings (paths, symlink
+texts, xattr names and values) and ACL texts have the encoding of the manifest JSON:
 a string when the bytes are valid UTF-8, otherwise {"base64": "<standard base64>"}.
 docs/json-schemas.md lists the JSON value of every aspect.
 """
@@ -11,18 +12,25 @@ from __future__ import annotations
 
 import datetime
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ddm.manifest import ALL_ASPECTS, Difference, encode_bytes, encode_text
 from ddm.tarstream import display_path
+from ddm.text import counted
 
-__all__ = ["describe_value", "difference_to_json", "value_to_json"]
+__all__ = ["brief_difference", "brief_manifest_difference", "describe_value",
+           "difference_to_json", "summarize_differences", "value_to_json"]
 
 # The text of a side that lacks the path (aspect "presence").
 MISSING = "missing"
 # The text of any other absent value: no symlink text or hard-link group, no mtime, no digest.
 NONE = "none"
+
+# Maximum characters of one value in a verify error's line. xattrs, ACLs, hard-link groups
+# and symlink texts can be kilobytes long, and the line lists up to 20 differences.
+MAX_BRIEF_VALUE_CHARS = 80
+_CUT_MARK = "..."
 
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
 _NANOSECONDS = 1_000_000_000
@@ -63,6 +71,41 @@ def describe_value(aspect: str, value: object) -> str:
     if value is None:
         return MISSING if aspect == "presence" else NONE
     return _TEXT_FORMS[aspect](value)
+
+
+def brief_difference(path: bytes, aspect: str, source: str | None = None,
+                     target: str | None = None) -> str:
+    """Return "PATH: ASPECT (source X, target Y)" for a one-line error message.
+
+    `source` and `target` are value texts, each cut to MAX_BRIEF_VALUE_CHARS. Without
+    them (None for both) the text is "PATH: ASPECT".
+    """
+    text = f"{display_path(path)}: {aspect}"
+    if source is None and target is None:
+        return text
+    source_text = NONE if source is None else _cut(source)
+    target_text = NONE if target is None else _cut(target)
+    return f"{text} (source {source_text}, target {target_text})"
+
+
+def brief_manifest_difference(difference: Difference) -> str:
+    """Return brief_difference() of a manifest difference, its values as describe_value()."""
+    return brief_difference(difference.path, difference.aspect,
+                            describe_value(difference.aspect, difference.source),
+                            describe_value(difference.aspect, difference.target))
+
+
+def summarize_differences(count: int, listed: Sequence[str]) -> str:
+    """Return "N places: A; B and M more", where `listed` are the first of `count` differences."""
+    more = count - len(listed)
+    suffix = f" and {more} more" if more > 0 else ""
+    return f"{counted(count, 'place')}: {'; '.join(listed)}{suffix}"
+
+
+def _cut(text: str) -> str:
+    if len(text) <= MAX_BRIEF_VALUE_CHARS:
+        return text
+    return text[:MAX_BRIEF_VALUE_CHARS - len(_CUT_MARK)] + _CUT_MARK
 
 
 # Text forms

@@ -30,7 +30,8 @@ Exit statuses:
   0    success
   1    migration or verification failed (volumes differ),
        or a confirmation prompt was declined
-  2    usage or configuration error
+  2    usage or configuration error; for ddmverify and
+       ddmdriver manifest also a volume missing on a host
   3    connection to a host or its Docker engine failed
   4    SSH host key unknown or changed
   5    SSH authentication failed

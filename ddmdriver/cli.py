@@ -8,11 +8,11 @@ from pathlib import Path
 
 import click
 
-from ddm.errors import VolumeNotFound
 from ddm.manifest import Manifest, ManifestBuilder, display_path
 from ddm.task import new_task_id
 from ddmctl.common import (
     InterruptibleGroup,
+    accept_logging_options_after,
     common_options,
     epilog,
     json_option,
@@ -20,7 +20,7 @@ from ddmctl.common import (
     make_context,
 )
 from ddmctl.complete import complete_host
-from ddmdriver.engine import HELPER_MOUNT, Engine, open_engine
+from ddmdriver.engine import HELPER_MOUNT, Engine, inspect_named_volume, open_engine
 
 TASK_LABEL = "ddm.task"
 ARCHIVE_PREFIX = HELPER_MOUNT.lstrip("/").encode() + b"/"
@@ -73,7 +73,8 @@ def manifest(context, host: str, volume: str, hash_content: bool, as_json: bool)
     """Print the manifest of VOLUME on HOST: every entry with type, mode, owner and size.
 
     The volume is read through a never-started helper container that mounts it read-only,
-    so the volume does not change. The helper is removed afterwards.
+    so the volume does not change. The helper is removed afterwards. A VOLUME that does not
+    exist on HOST ends the command with exit status 2, as in ddmverify.
     """
     config = context.config
     started = time.monotonic()
@@ -94,12 +95,7 @@ def manifest(context, host: str, volume: str, hash_content: bool, as_json: bool)
 
 def read_manifest(engine: Engine, volume: str, *, hash_content: bool) -> Manifest:
     """Build the manifest of `volume` from its archive, through a read-only helper."""
-    if engine.volume_inspect(volume) is None:
-        raise VolumeNotFound(
-            f"volume {volume!r} not found on host {engine.host.name!r}",
-            hint="check the name with 'docker volume ls' on that host",
-        )
-
+    inspect_named_volume(engine, volume)
     helper = engine.create_helper(
         volume, read_only=True, labels={TASK_LABEL: f"ddmdriver-{new_task_id()}"}
     )
@@ -127,6 +123,8 @@ def manifest_lines(result: Manifest) -> list[str]:
         lines.append(line)
     return lines
 
+
+accept_logging_options_after(cli)
 
 main = main_for(cli, "ddmdriver")
 

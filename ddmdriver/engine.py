@@ -113,6 +113,19 @@ def validate_volume_name(name: str) -> str:
     return name
 
 
+def inspect_named_volume(engine: Any, name: str) -> VolumeInfo:
+    """Return the volume that a command names; raise UsageError when the host has no such volume.
+
+    `ddmverify` and `ddmdriver manifest` report a missing volume as a usage error (exit
+    status 2), because their status 1 means that the volumes differ or that reading failed.
+    """
+    info = engine.volume_inspect(name)
+    if info is None:
+        raise UsageError(f"volume {name!r} not found on host {engine.host.name!r}",
+                         hint="check the name with 'docker volume ls' on that host")
+    return info
+
+
 def validate_container_id(container_id: str) -> str:
     """Return `container_id` if it is a plausible container ID or name."""
     if not isinstance(container_id, str) or not CONTAINER_ID_PATTERN.match(container_id):

@@ -203,12 +203,42 @@ def build_config(
     if known_hosts is not None:
         raw["known_hosts"] = str(_absolute(known_hosts, environ))
 
-    for name, url in parse_host_options(host_args).items():
+    urls = parse_host_options(host_args)
+    check_letter_case(list(raw["hosts"]), list(urls), path)
+    for name, url in urls.items():
         host = parse_host_url(name, url)
         entry = replace(host, docker_socket=docker_socket or host.docker_socket).to_dict()
         raw["hosts"][name] = entry
 
     return config_from_dict(raw, path, environ)
+
+
+def check_letter_case(file_names: list[str], new_names: list[str], path: Path) -> None:
+    """Raise UsageError when a host name to add differs from another only in letter case.
+
+    Host names are case-sensitive in the config file, in --from and --to, and in the task
+    locks, so `a` and `A` would be two hosts that an operator can easily confuse. A name
+    already in the file may be given again, because that replaces the host.
+    """
+    file_by_key = {name.casefold(): name for name in file_names}
+    argument_by_key: dict[str, str] = {}
+    for name in new_names:
+        if name in file_names:
+            continue
+        key = name.casefold()
+        if key in file_by_key:
+            other = file_by_key[key]
+            raise UsageError(
+                f"host {name!r} differs only in letter case from host {other!r} in {path}",
+                hint=f"host names are case-sensitive, so choose another name, or pass "
+                     f"--host {other}=URL to change host {other!r}")
+        if key in argument_by_key:
+            other = argument_by_key[key]
+            raise UsageError(
+                f"host {name!r} differs only in letter case from host {other!r}, also given "
+                "with --host",
+                hint="host names are case-sensitive, so give one of them another name")
+        argument_by_key[key] = name
 
 
 def _absolute(path: Path, environ) -> Path:

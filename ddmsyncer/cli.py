@@ -22,6 +22,7 @@ from ddmctl.common import (
     EXIT_STATUS_HELP,
     CommandContext,
     InterruptibleGroup,
+    accept_logging_options_after,
     common_options,
     epilog,
     json_option,
@@ -134,6 +135,8 @@ def reserved_elsewhere(task: Task) -> bool:
         return False
     return process_alive(task.runner_pid)
 
+
+accept_logging_options_after(cli)
 
 main = main_for(cli, "ddmsyncer")
 

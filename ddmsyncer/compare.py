@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from ddm.differences import difference_to_json
-from ddm.errors import UsageError
 from ddm.manifest import compare_manifests
+from ddmdriver.engine import inspect_named_volume
 from ddmsyncer import volumes
 
 
@@ -14,9 +14,7 @@ def compare_volume(source_engine: Any, target_engine: Any, source: str, target: 
                    aspects: tuple[str, ...], deep: bool, session: str) -> dict[str, Any]:
     """Read both manifests and return the comparison as a JSON-ready mapping."""
     for engine, name in ((source_engine, source), (target_engine, target)):
-        if engine.volume_inspect(name) is None:
-            raise UsageError(f"volume {name!r} not found on host {engine.host.name!r}",
-                             hint="check the name with 'docker volume ls' on that host")
+        inspect_named_volume(engine, name)
 
     source_manifest = volumes.read_manifest(source_engine, source, task_id=session,
                                             hash_content=deep)

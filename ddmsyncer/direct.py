@@ -30,6 +30,7 @@ from ddm.manifest import EntryTable, Manifest, ManifestEntry
 from ddm.manifest_store import save_task_manifest
 from ddm.task import TaskItem, VerifyMode
 from ddmsyncer import hashcache, hashseed, hostverify
+from ddmsyncer.scandiff import summarize_scan_differences
 from ddmsyncer.scantable import paired, sorted_items
 
 log = logging.getLogger(__name__)
@@ -243,11 +244,10 @@ def verify_staging(runner: Any, item: TaskItem, source_directory: str, staging_d
                                             staging_directory, hash_mode=hash_mode)
     differences = compare_scans(source_scan, target_scan)
     if differences:
-        shown = "; ".join(f"{os.fsdecode(path)}: {aspect}"
-                          for path, aspect in differences[:MAX_REPORTED_DIFFERENCES])
+        summary = summarize_scan_differences(differences, MAX_REPORTED_DIFFERENCES, source_scan,
+                                             target_scan)
         raise VerificationFailed(
-            f"volume {item.target!r} differs from source {item.source!r} in {len(differences)} "
-            f"places: {shown}",
+            f"volume {item.target!r} differs from source {item.source!r} in {summary}",
             hint="the target was rolled back; run 'ddmverify' to inspect, then retry",
         )
     return manifest_from_scan(target_scan)

@@ -52,11 +52,11 @@ import xxhash
 from ddm.errors import DDMError, MigrationFailed, TransferFailed, UsageError, VerificationFailed
 from ddm.store import TaskStore
 from ddm.task import ItemState, TaskItem, TaskState, VerifyMode
-from ddm.text import counted
 from ddmdriver.ssh import exit_detail
 from ddmsyncer import hashcache, scanentry, scanstore, updatereport
 from ddmsyncer.copyorigin import copying_task
 from ddmsyncer.hashcache import CachedHash, HashCache
+from ddmsyncer.scandiff import summarize_scan_differences
 from ddmsyncer.scanentry import Entry
 from ddmsyncer.scantable import EntryMapping, KnownHashes, paired, paired_records
 from ddmsyncer.undo import ROLLBACK_ABSENT
@@ -1253,11 +1253,11 @@ def _raise_on_differences(source_scan: Scan, target_scan: Scan, item: TaskItem, 
                           content: bool, hint: str | None = None) -> None:
     differences = list(_differences(source_scan, target_scan, content=content))
     if differences:
-        shown = "; ".join(f"{os.fsdecode(path)}: {aspect}"
-                          for path, aspect in differences[:MAX_REPORTED_DIFFERENCES])
+        summary = summarize_scan_differences(differences, MAX_REPORTED_DIFFERENCES, source_scan,
+                                             target_scan)
         raise VerificationFailed(
             f"volume {item.target!r} differs from source {item.source!r} after the incremental "
-            f"update in {counted(len(differences), 'place', 'places')}: {shown}",
+            f"update in {summary}",
             hint=hint or "the target was restored from its backup; run 'ddmverify' to inspect",
         )
 

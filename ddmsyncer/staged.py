@@ -25,7 +25,7 @@ import time
 from typing import Any
 
 from ddm import piecehash
-from ddm.errors import DDMError, MigrationFailed, TargetExists, TransferFailed, VerificationFailed
+from ddm.errors import DDMError, MigrationFailed, TargetExists, TransferFailed
 from ddm.manifest import Manifest, ManifestBuilder, compare_manifests, display_path
 from ddm.task import ItemState, TaskItem, VerifyMode
 from ddm.archive_guard import ROOT, ArchiveGuard
@@ -821,17 +821,7 @@ class StagedVolumes:
 
 def check_manifests(source: Manifest, target: Manifest, item: TaskItem, aspects: tuple[str, ...]) -> None:
     """Raise VerificationFailed listing the first differences between two manifests."""
-    differences = compare_manifests(source, target, aspects)
-    if not differences:
-        return
-    shown = "; ".join(f"{display_path(difference.path)}: {difference.aspect}"
-                      for difference in differences[:volumes.MAX_REPORTED_DIFFERENCES])
-    more = len(differences) - volumes.MAX_REPORTED_DIFFERENCES
-    raise VerificationFailed(
-        f"volume {item.target!r} differs from source {item.source!r} in {len(differences)} "
-        f"places: {shown}{f' and {more} more' if more > 0 else ''}",
-        hint="the target was rolled back; run 'ddmverify' to inspect, then retry",
-    )
+    volumes.raise_on_differences(compare_manifests(source, target, aspects), item)
 
 
 def release_writers(runner: Any) -> None:

@@ -23,7 +23,8 @@ from ddm.errors import (
     VerificationFailed,
     VolumeNotFound,
 )
-from ddm.manifest import Manifest, ManifestBuilder, compare_manifests, display_path
+from ddm.differences import brief_manifest_difference, summarize_differences
+from ddm.manifest import Difference, Manifest, ManifestBuilder, compare_manifests, display_path
 from ddm.task import TaskItem, VerifyMode
 from ddmsyncer.datapath import DataPath, Route
 
@@ -456,19 +457,19 @@ def verify_volume(
     source_manifest: Manifest, target_manifest: Manifest, item: TaskItem, mode: VerifyMode
 ) -> None:
     """Compare manifests and raise VerificationFailed listing the first differences."""
-    differences = compare_manifests(source_manifest, target_manifest, aspects_for(mode))
+    raise_on_differences(compare_manifests(source_manifest, target_manifest, aspects_for(mode)),
+                         item)
+
+
+def raise_on_differences(differences: list[Difference], item: TaskItem) -> None:
+    """Raise VerificationFailed with the first MAX_REPORTED_DIFFERENCES and their values."""
     if not differences:
         return
-
-    shown = "; ".join(
-        f"{display_path(difference.path)}: {difference.aspect}"
-        for difference in differences[:MAX_REPORTED_DIFFERENCES]
-    )
-    more = len(differences) - MAX_REPORTED_DIFFERENCES
-    suffix = f" and {more} more" if more > 0 else ""
+    listed = [brief_manifest_difference(difference)
+             for difference in differences[:MAX_REPORTED_DIFFERENCES]]
     raise VerificationFailed(
         f"volume {item.target!r} differs from source {item.source!r} in "
-        f"{len(differences)} places: {shown}{suffix}",
+        f"{summarize_differences(len(differences), listed)}",
         hint="the target was rolled back; run 'ddmverify' to inspect, then retry",
     )
 

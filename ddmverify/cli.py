@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from ddm.api import build_spec
-from ddm.errors import ExitStatus, UsageError
+from ddm.errors import ExitStatus
 from ddm.differences import describe_value, difference_to_json
 from ddm.manifest import Difference, Manifest, compare_manifests, display_path
 from ddm.task import VerifyMode, new_task_id
@@ -24,6 +24,7 @@ from ddmctl.common import (
     make_context,
 )
 from ddmctl.complete import complete_host
+from ddmdriver.engine import inspect_named_volume
 from ddmdriver.hostpath import read_host_manifest
 from ddmsyncer import hostverify, volumes
 from ddmsyncer.datapath import DataPath, HostProbes, Route, choose_route, not_checked, verify_aspects
@@ -67,6 +68,7 @@ def cli(
 ) -> int:
     """Compare volumes on two hosts; exit 0 when they match and 1 when they differ.
 
+    A volume that does not exist on its host ends the command with exit status 2.
     Each difference is listed with its path and aspect: presence, type, mode, owner, size,
     link, device, mtime and, with --deep, content. On the host data path also mtime_ns,
     xattrs, acl and sparse; on the Engine API path those are reported as not checked.
@@ -106,14 +108,8 @@ def compare_volume(source_engine: Any, target_engine: Any, source: str, target: 
     The mapping is the volume's object of the JSON output, except that "differences" contains
     the Difference objects (result_to_json() converts them).
     """
-    infos = []
-    for engine, name in ((source_engine, source), (target_engine, target)):
-        info = engine.volume_inspect(name)
-        if info is None:
-            # A missing volume means the check cannot run: exit 2, not 1 ("the volumes differ").
-            raise UsageError(f"volume {name!r} not found on host {engine.host.name!r}",
-                             hint="check the name with 'docker volume ls' on that host")
-        infos.append(info)
+    infos = [inspect_named_volume(engine, name)
+             for engine, name in ((source_engine, source), (target_engine, target))]
 
     probes = probes or HostProbes()
     route = choose_route(source_engine, target_engine, infos[0], data_path, probes)

@@ -357,7 +357,7 @@ def test_direct_verify_catches_changed_xattr(lab, h1, h2, isolated_env, resource
     outcome = migrate_direct(volume)
 
     assert outcome.status == 1, outcome.stdout
-    assert "note.txt: xattrs" in outcome.stderr
+    assert "in 1 place: note.txt: xattrs (source none, target user.changed=1);" in outcome.stderr
     assert volume not in volumes_on(h2)
     assert staging_volumes(h2) == []
     assert task_key_lines(lab) == []

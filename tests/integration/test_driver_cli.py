@@ -86,6 +86,6 @@ def test_manifest_missing_volume(lab: Lab, tmp_path: Path) -> None:
 
     status, stdout, stderr = run(lab, tmp_path, "manifest", "h1", name)
 
-    assert status == 1
+    assert status == 2
     assert stdout == ""
     assert f"volume '{name}' not found on host 'h1'" in stderr

@@ -681,7 +681,7 @@ def test_source_change_before_verify_fails(h1, h2, isolated_env, resources, no_r
         volume,
         lambda: rewrite_keeping_mtime(unsent, bytes(FILE_BYTES)))
 
-    assert "data/f5.bin: content" in message
+    assert "after the incremental update in 1 place: data/f5.bin: content (source " in message
     assert store.get_task(task_id).state is TaskState.FAILED
     assert snapshot_volume_tree(h2, volume) == target_before
     assert backups_on(h2, volume) == []

@@ -232,6 +232,24 @@ def test_validation_error(
     assert snapshot_tree(home) == before
 
 
+@pytest.mark.parametrize(("name", "advice"), [
+    ("nosuch", "add one with 'ddminit --host nosuch=URL'"),
+    ("LOCAL", "host names are case-sensitive, and the local Docker engine is 'local'"),
+    ("Local", "host names are case-sensitive, and the local Docker engine is 'local'"),
+    ("A", "host names are case-sensitive, so use 'a'"),
+])
+def test_unknown_host_advice(home: Path, configured: dict[str, str], name: str,
+                             advice: str) -> None:
+    # ddminit rejects 'LOCAL' and 'A' next to 'a', so the hint must not suggest adding them.
+    outcome = invoke("ddmctl", ["plan", "--from", name, "--to", "a", "--volume", "v1"],
+                     configured)
+
+    config_path = home / ".config" / "ddm" / "config.yaml"
+    assert error_line(outcome, "ddmctl") == (
+        f"ddmctl: error: unknown host '{name}' in {config_path}; known hosts: a, b, local; "
+        f"{advice}")
+
+
 def test_invalid_config_reported_before_store(home: Path, environ: dict[str, str]) -> None:
     (home / "bad.yaml").write_text("version: 2\n")
     before = snapshot_tree(home)
@@ -482,6 +500,31 @@ def test_ddmverify_missing_volume_is_usage_error(
 
     assert outcome.status == ExitStatus.USAGE
     assert expected in error_line(outcome, "ddmverify")
+
+
+@pytest.mark.parametrize(("prog", "args"), [
+    ("ddmverify", ["--from", "a", "--to", "b", "--volume", "missingvol"]),
+    ("ddmdriver", ["manifest", "a", "missingvol"]),
+])
+def test_missing_volume_same_status_everywhere(
+    configured: dict[str, str], monkeypatch: pytest.MonkeyPatch, prog: str, args: list[str]
+) -> None:
+    # Both commands read a volume that the operator named; neither may exit 1 ("differs").
+    from ddmdriver import cli as driver_cli
+    from ddmdriver import engine as engine_module
+
+    def open_engine(host: object, config: object) -> _EngineWithVolumes:
+        return _EngineWithVolumes(host)
+
+    monkeypatch.setattr(engine_module, "open_engine", open_engine)
+    monkeypatch.setattr(driver_cli, "open_engine", open_engine)
+
+    outcome = invoke(prog, args, configured)
+
+    assert outcome.status == ExitStatus.USAGE
+    assert error_line(outcome, prog) == (
+        f"{prog}: error: volume 'missingvol' not found on host 'a'; check the name with "
+        "'docker volume ls' on that host")
 
 
 @pytest.mark.parametrize("codec", ["lz4", "zstd"])

@@ -1,4 +1,4 @@
-"""ddmctl's logging options after the subcommand, and paramiko's records on stderr."""
+"""Logging options after the subcommand (ddmctl, ddmdriver, ddmsyncer), and paramiko's records."""
 
 from __future__ import annotations
 
@@ -60,6 +60,70 @@ def test_nested_subcommand_takes_logging_options() -> None:
 
 def test_debug_after_subcommand_prints_traceback(environ: dict[str, str]) -> None:
     outcome = invoke("ddmctl", ["status", "nosuchtask", "--debug"], environ)
+
+    assert outcome.status == 2
+    assert "Traceback" in outcome.stderr
+
+
+@pytest.mark.parametrize(("prog", "args", "level"), [
+    ("ddmsyncer", ["serve", "--once", "--poll-interval", "0.1"], logging.WARNING),
+    ("ddmsyncer", ["serve", "--once", "--poll-interval", "0.1", "-v"], logging.INFO),
+    ("ddmsyncer", ["serve", "--once", "--poll-interval", "0.1", "--verbose"], logging.INFO),
+    ("ddmsyncer", ["-v", "serve", "--once", "--poll-interval", "0.1", "-v"], logging.DEBUG),
+    ("ddmsyncer", ["serve", "--once", "--poll-interval", "0.1", "--debug"], logging.DEBUG),
+    ("ddmsyncer", ["-v", "serve", "--once", "--poll-interval", "0.1", "-q"], logging.ERROR),
+    ("ddmdriver", ["ping", "a"], logging.WARNING),
+    ("ddmdriver", ["ping", "a", "-vv"], logging.DEBUG),
+    ("ddmdriver", ["ping", "a", "--debug"], logging.DEBUG),
+    ("ddmdriver", ["ping", "a", "--quiet"], logging.ERROR),
+])
+def test_other_groups_take_logging_options(configured: dict[str, str], pinged: None,
+                                           prog: str, args: list[str], level: int) -> None:
+    outcome = invoke(prog, args, configured)
+
+    assert outcome.status == 0, outcome.stderr
+    assert logging.getLogger().level == level
+
+
+@pytest.fixture
+def pinged(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make `ddmdriver ping` return a stand-in engine's version instead of connecting."""
+    from ddmdriver import cli as driver_cli
+    from ddmdriver.engine import EngineInfo
+
+    class Engine:
+        def __enter__(self) -> Engine:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+        def ping(self) -> EngineInfo:
+            return EngineInfo(version="27.5.1", api_version="1.47", os="linux", arch="amd64",
+                              rtt_seconds=0.002)
+
+    monkeypatch.setattr(driver_cli, "open_engine", lambda host, config: Engine())
+
+
+def test_quiet_after_serve_hides_status_lines(configured: dict[str, str]) -> None:
+    args = ["serve", "--once", "--poll-interval", "0.1"]
+
+    loud = invoke("ddmsyncer", args, configured)
+    quiet = invoke("ddmsyncer", [*args, "-q"], configured)
+
+    assert loud.status == 0
+    assert loud.stderr.startswith("serving queued tasks from ")
+    assert quiet.status == 0
+    assert quiet.stderr == ""
+
+
+@pytest.mark.parametrize(("prog", "args"), [
+    ("ddmsyncer", ["run", "nosuchtask", "--debug"]),
+    ("ddmdriver", ["ping", "nosuchhost", "--debug"]),
+])
+def test_debug_after_other_subcommands(configured: dict[str, str], prog: str,
+                                       args: list[str]) -> None:
+    outcome = invoke(prog, args, configured)
 
     assert outcome.status == 2
     assert "Traceback" in outcome.stderr

@@ -124,3 +124,41 @@ def test_yes_warns_about_unrecorded_key(home: Path, environ: dict[str, str]) -> 
         "wrote ddm.yaml",
     ]
     assert known_hosts.read_text().count("\n") == 1
+
+
+def test_letter_case_twin_in_arguments(home: Path, environ: dict[str, str]) -> None:
+    before = snapshot_tree(home)
+
+    outcome = invoke("ddminit", ["--config", "ddm.yaml", "--host", "a=tcp://127.0.0.1:2375",
+                                 "--host", "A=tcp://127.0.0.1:2376", "--yes"], environ)
+
+    assert outcome.status == 2
+    assert outcome.stdout == ""
+    assert outcome.stderr == (
+        "ddminit: error: host 'A' differs only in letter case from host 'a', also given with "
+        "--host; host names are case-sensitive, so give one of them another name\n")
+    assert snapshot_tree(home) == before
+
+
+def test_letter_case_twin_of_file_host(home: Path, configured: dict[str, str]) -> None:
+    config_path = home / ".config" / "ddm" / "config.yaml"
+    before = snapshot_tree(home)
+
+    outcome = invoke("ddminit", ["--host", "B=tcp://127.0.0.1:2375", "--yes"], configured)
+
+    assert outcome.status == 2
+    assert outcome.stdout == ""
+    assert outcome.stderr == (
+        f"ddminit: error: host 'B' differs only in letter case from host 'b' in {config_path}; "
+        "host names are case-sensitive, so choose another name, or pass --host b=URL to "
+        "change host 'b'\n")
+    assert snapshot_tree(home) == before
+
+
+def test_same_name_still_replaces_host(home: Path, configured: dict[str, str]) -> None:
+    outcome = invoke("ddminit", ["--host", "b=tcp://127.0.0.1:2375", "--yes"], configured)
+
+    assert outcome.status == 0, outcome
+    config = load_config(home / ".config" / "ddm" / "config.yaml", configured)
+    assert config.host("b").url == "tcp://127.0.0.1:2375"
+    assert sorted(config.hosts) == ["a", "b", "local"]
