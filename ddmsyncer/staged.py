@@ -581,9 +581,8 @@ class StagedVolumes:
         listing_bytes = scans["source"].listing_bytes + scans["target"].listing_bytes
         self._record_verify(item, hostverify.HOST_SCAN, listing_bytes,
                             followed_bytes=scans["target"].followed_bytes)
-        staged_item = dataclasses.replace(item, target=staging)
-        check_manifests(scans["source"].manifest, scans["target"].manifest, staged_item,
-                        verify_aspects(DataPath.HOST, deep=True))
+        check_manifests(scans["source"].manifest, scans["target"].manifest, item,
+                        verify_aspects(DataPath.HOST, deep=True), staging)
         if early is None:
             hashseed.store_rows(self.runner.store,
                                 hashcache.cache_scope(source, route.source_directory),
@@ -610,7 +609,6 @@ class StagedVolumes:
         else reads its archive back through the controller. Raises VerificationFailed.
         """
         full = mode is VerifyMode.FULL
-        staged_item = dataclasses.replace(item, target=staging)
         aspects = verify_aspects(route.data_path, deep=full)
         volume = self.runner.target.volume_inspect(staging)
         access = self.scan_access(route, volume)
@@ -636,14 +634,14 @@ class StagedVolumes:
             if expected is not None:
                 self._record_verify(item, hostverify.HOST_SCAN, scan.listing_bytes,
                                     followed_bytes=scan.followed_bytes)
-                check_manifests(expected, scan.manifest, staged_item, aspects)
+                check_manifests(expected, scan.manifest, item, aspects, staging)
                 if seed is not None:
                     self.target_seeds[item.position] = seed
                 return source_manifest
 
         target_manifest = self.read_staging_manifest(staging, route, mode, item)
         self._record_verify(item, hostverify.READ_BACK, target_manifest.bytes_fed)
-        check_manifests(source_manifest, target_manifest, staged_item, aspects)
+        check_manifests(source_manifest, target_manifest, item, aspects, staging)
         return target_manifest
 
     def _record_verify(self, item: TaskItem, method: str, wire_bytes: int, *,
@@ -819,9 +817,10 @@ class StagedVolumes:
             check_manifests(verified, builder.close(), item, aspects)
 
 
-def check_manifests(source: Manifest, target: Manifest, item: TaskItem, aspects: tuple[str, ...]) -> None:
+def check_manifests(source: Manifest, target: Manifest, item: TaskItem, aspects: tuple[str, ...],
+                    staging: str | None = None) -> None:
     """Raise VerificationFailed listing the first differences between two manifests."""
-    volumes.raise_on_differences(compare_manifests(source, target, aspects), item)
+    volumes.raise_on_differences(compare_manifests(source, target, aspects), item, staging)
 
 
 def release_writers(runner: Any) -> None:

@@ -461,14 +461,19 @@ def verify_volume(
                          item)
 
 
-def raise_on_differences(differences: list[Difference], item: TaskItem) -> None:
-    """Raise VerificationFailed with the first MAX_REPORTED_DIFFERENCES and their values."""
+def raise_on_differences(differences: list[Difference], item: TaskItem,
+                         staging: str | None = None) -> None:
+    """Raise VerificationFailed with the first MAX_REPORTED_DIFFERENCES and their values.
+
+    `staging` names the staging volume that was compared, when it was not the target itself.
+    """
     if not differences:
         return
     listed = [brief_manifest_difference(difference)
              for difference in differences[:MAX_REPORTED_DIFFERENCES]]
+    copy = f" (copied into staging volume {staging!r})" if staging else ""
     raise VerificationFailed(
-        f"volume {item.target!r} differs from source {item.source!r} in "
+        f"volume {item.target!r}{copy} differs from source {item.source!r} in "
         f"{summarize_differences(len(differences), listed)}",
         hint="the target was rolled back; run 'ddmverify' to inspect, then retry",
     )

@@ -55,6 +55,17 @@ def test_one_difference_says_one_place() -> None:
                        "a.txt: size (source 4, target 5)" + HINT)
 
 
+def test_staging_copy_names_target_first() -> None:
+    source, target = manifest(file_entry(b"a.txt", 4)), manifest(file_entry(b"a.txt", 5))
+
+    with pytest.raises(VerificationFailed) as failure:
+        staged.check_manifests(source, target, ITEM, ("size",), "ddm-staging-t1-0")
+
+    assert str(failure.value) == ("volume 'dst' (copied into staging volume 'ddm-staging-t1-0') "
+                                  "differs from source 'src' in 1 place: "
+                                  "a.txt: size (source 4, target 5)" + HINT)
+
+
 def test_two_differences_say_places() -> None:
     source = manifest(file_entry(b"a.txt", 4, mode=0o600))
     target = manifest(file_entry(b"a.txt", 4, mode=0o644, uid=1000))
