@@ -54,11 +54,12 @@ def check_route(item: TaskItem, route: Any) -> None:
                          f"uses the Engine API ({route.reason})", hint="use --route relay")
 
 
-# Aspects the verify phase compares on the direct route. GNU tar carries xattrs, ACLs and
-# sparseness as on the relayed host path, but the host-side scan does not read them.
+# Aspects the verify phase compares on the direct route. Both host scans compare every
+# xattr, and ACLs are xattrs. Holes are compared only by the manifest scan of a plain local
+# volume (hostmanifest.py), not by the metadata fallback, so the plan does not promise them.
 VERIFIED_ASPECTS = ("presence", "type", "mode", "owner", "size", "link", "device", "mtime",
-                    "mtime_ns", "content")
-NOT_VERIFIED_ASPECTS = ("xattrs", "acl", "sparse")
+                    "mtime_ns", "content", "xattrs", "acl")
+NOT_VERIFIED_ASPECTS = ("sparse",)
 
 
 def plan_aspects(verify: VerifyMode) -> dict[str, list[str]]:

@@ -270,6 +270,9 @@ def test_plan_shows_direct_route(lab, h1, isolated_env, resources):
     assert entry["route"] == "direct"
     assert entry["data_path"] == "host"
     assert "content" in entry["verified"]
+    # Both host scans compare xattrs (ACLs among them), and only the manifest scan holes.
+    assert {"xattrs", "acl"} <= set(entry["verified"])
+    assert entry["not_verified"] == ["sparse"]
 
 
 def test_ctrl_c_during_direct_copy_removes_key(lab, h1, h2, isolated_env, resources, monkeypatch):
