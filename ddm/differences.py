@@ -95,6 +95,10 @@ def brief_manifest_difference(difference: Difference) -> str:
                             describe_value(difference.aspect, difference.target))
 
 
+# How many differences a migration's verify error lists; the line says how many more exist.
+MAX_REPORTED_DIFFERENCES = 20
+
+
 def summarize_differences(count: int, listed: Sequence[str]) -> str:
     """Return "N places: A; B and M more", where `listed` are the first of `count` differences."""
     more = count - len(listed)

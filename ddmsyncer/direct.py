@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ddm import piecehash
+from ddm.differences import MAX_REPORTED_DIFFERENCES
 from ddm.errors import DDMError, UsageError, VerificationFailed
 from ddm.manifest import EntryTable, Manifest, ManifestEntry
 from ddm.manifest_store import save_task_manifest
@@ -36,7 +37,6 @@ from ddmsyncer.scantable import paired, sorted_items
 log = logging.getLogger(__name__)
 
 EXTRA_KEY = "direct_route"
-MAX_REPORTED_DIFFERENCES = 20
 _RECORD_LOCK = threading.Lock()  # --parallel workers record their items at once
 
 

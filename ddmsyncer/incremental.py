@@ -49,6 +49,7 @@ from typing import Any, BinaryIO
 
 import xxhash
 
+from ddm.differences import MAX_REPORTED_DIFFERENCES
 from ddm.errors import DDMError, MigrationFailed, TransferFailed, UsageError, VerificationFailed
 from ddm.store import TaskStore
 from ddm.task import ItemState, TaskItem, TaskState, VerifyMode
@@ -67,7 +68,6 @@ HOST_SCRIPT = base64.b64encode(Path(__file__).with_name("hostscan.py").read_byte
 LOADER = "import base64,sys;exec(compile(base64.b64decode(sys.argv.pop(1)),'hostscan','exec'))"
 BACKUP_PREFIX = "ddm-backup-"
 RELAY_CHUNK = 1024 * 1024
-MAX_REPORTED_DIFFERENCES = 20
 EXTRA_KEY = "incremental"
 # Backups made by `stash`; records without this format are `cp -al` copies of older versions.
 STASH_FORMAT = "stash"

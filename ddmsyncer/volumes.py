@@ -23,7 +23,8 @@ from ddm.errors import (
     VerificationFailed,
     VolumeNotFound,
 )
-from ddm.differences import brief_manifest_difference, summarize_differences
+from ddm.differences import (MAX_REPORTED_DIFFERENCES, brief_manifest_difference,
+                             summarize_differences)
 from ddm.manifest import Difference, Manifest, ManifestBuilder, compare_manifests, display_path
 from ddm.task import TaskItem, VerifyMode
 from ddmsyncer.datapath import DataPath, Route
@@ -46,7 +47,6 @@ NAME_MAX = 255
 
 QUICK_ASPECTS = ("presence", "type", "mode", "owner", "size", "link", "device", "mtime")
 FULL_ASPECTS = (*QUICK_ASPECTS, "content")
-MAX_REPORTED_DIFFERENCES = 20
 
 # Free space the target must keep beyond the volume's size, in bytes.
 SPACE_MARGIN_BYTES = 64 * 1024 * 1024
