@@ -67,12 +67,13 @@ def build_plan(config: Config, spec: TaskSpec, *, probe_bytes: int = DEFAULT_PRO
         measured = PlanMeasurements(copy_rate(links), python=hostverify.PythonProbes(),
                                 enabled=probe_bytes > 0)
         probes = HostProbes()
+        lock_hosts = _lock_hosts(spec, source, target) if store is not None else []
         for position, volume in enumerate(spec.volumes):
             item = TaskItem(task_id="plan", position=position, source=volume.source,
                             target=volume.target)
             entry = _plan_volume(source, target, item, spec, plan["conflicts"], store)
             if store is not None:
-                _plan_locks(store, spec, item, entry, plan["conflicts"])
+                _plan_locks(store, lock_hosts, item, entry, plan["conflicts"])
             if entry.get("action") == "replace":
                 _plan_replacement(target, probes, item, entry, plan["conflicts"])
             # A volume with a conflict still gets the data path its copy would take once the
@@ -128,13 +129,15 @@ def build_full_mode_plan(config: Config, spec: TaskSpec, *,
             full_plan = FullPlan()
         links = {"source": measure_link(source, probe_bytes),
                  "target": measure_link(target, probe_bytes)}
+        # A re-run of a finished migration takes no locks worth checking.
+        lock_hosts = _lock_hosts(spec, source, target) if store is not None and record is None else []
 
     objects = full_plan_objects(full_plan, spec)
     if record is not None:
         objects = mark_already_migrated(objects, record)
         full_plan.conflicts.clear()
     elif store is not None:
-        _plan_full_locks(store, spec, full_plan)
+        _plan_full_locks(store, spec, full_plan, lock_hosts)
     return {
         "plan_version": PLAN_VERSION,
         "mode": spec.mode.value,
@@ -154,23 +157,26 @@ def build_full_mode_plan(config: Config, spec: TaskSpec, *,
     }
 
 
-def _plan_full_locks(store: TaskStore, spec: TaskSpec, full_plan: Any) -> None:
+def _plan_full_locks(store: TaskStore, spec: TaskSpec, full_plan: Any,
+                     lock_hosts: list[tuple[str, str]]) -> None:
     """Add a conflict for each lock of the full-mode task that another task holds.
 
     The names are those that FullTaskRunner locks: its containers or project, and each
-    volume on both hosts.
+    volume on both hosts, by host name and by engine ID (`lock_hosts`, see _lock_hosts).
     """
     from ddm.errors import TaskConflict
 
-    source, target = spec.source_host, spec.target_host
-    objects = {f"{source}/container/{name}": ("container", name)
-               for name in [*(spec.options.get("containers") or []),
-                            *(container.name for container in full_plan.containers)]}
+    containers = [*(spec.options.get("containers") or []),
+                  *(container.name for container in full_plan.containers)]
+    objects: dict[str, tuple[str, str]] = {}
+    for source, target in lock_hosts:
+        objects.update({f"{source}/container/{name}": ("container", name) for name in containers})
+        for volume in full_plan.volumes:
+            for host in (source, target):
+                objects[f"{host}/volume/{volume.name}"] = ("volume", volume.name)
     if spec.options.get("project"):
-        objects[f"{source}/project/{spec.options['project']}"] = ("project", spec.options["project"])
-    for volume in full_plan.volumes:
-        for host in (source, target):
-            objects[f"{host}/volume/{volume.name}"] = ("volume", volume.name)
+        objects[f"{spec.source_host}/project/{spec.options['project']}"] = (
+            "project", spec.options["project"])
 
     for resource, error in store.lock_conflicts(sorted(objects)):
         kind, name = objects[resource]
@@ -248,14 +254,26 @@ def _plan_volume(source: Any, target: Any, item: TaskItem, spec: TaskSpec,
     return entry
 
 
-def _plan_locks(store: TaskStore, spec: TaskSpec, item: TaskItem, entry: dict[str, Any],
-                conflicts: list[dict[str, Any]]) -> None:
+def _lock_hosts(spec: TaskSpec, source: Any, target: Any) -> list[tuple[str, str]]:
+    """Return the (source, target) host parts of the run's lock names: host names, engine IDs.
+
+    The engine IDs are left out when an engine does not report one.
+    """
+    hosts = [(spec.source_host, spec.target_host)]
+    source_id, target_id = volumes.engine_id(source), volumes.engine_id(target)
+    if source_id and target_id:
+        hosts.append((volumes.engine_lock_host(source_id), volumes.engine_lock_host(target_id)))
+    return hosts
+
+
+def _plan_locks(store: TaskStore, lock_hosts: list[tuple[str, str]], item: TaskItem,
+                entry: dict[str, Any], conflicts: list[dict[str, Any]]) -> None:
     """Add a conflict for each of the volume's locks that a task holds, as the run would meet it.
 
     A full-mode plan reads its own locks (_plan_full_locks).
     """
-    resources = [f"{spec.source_host}/volume/{item.source}",
-                 f"{spec.target_host}/volume/{item.target}"]
+    resources = [name for source, target in lock_hosts
+                 for name in (f"{source}/volume/{item.source}", f"{target}/volume/{item.target}")]
     for _, error in store.lock_conflicts(resources):
         conflicts.append(_conflict(entry, error))
 

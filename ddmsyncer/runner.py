@@ -100,6 +100,20 @@ def lock_resources(task: Task) -> list[str]:
     return sorted(set(names))
 
 
+def engine_lock_resources(task: Task, source_engine_id: str, target_engine_id: str) -> list[str]:
+    """Return the lock names of the task's volumes by Docker engine ID; none for an unknown ID.
+
+    See volumes.engine_lock_host.
+    """
+    names = []
+    for item in task.items:
+        if source_engine_id:
+            names.append(f"{volumes.engine_lock_host(source_engine_id)}/volume/{item.source}")
+        if target_engine_id:
+            names.append(f"{volumes.engine_lock_host(target_engine_id)}/volume/{item.target}")
+    return sorted(set(names))
+
+
 class TaskRunner:
     """Runs one task to its end: succeeded, or failed and rolled back."""
 
@@ -418,6 +432,9 @@ class TaskRunner:
         free_space = volumes.FreeSpaceQuery(self.target, free_space_path, self.staged.probes)
         volumes.reject_overlap(self.source, self.target, self.task.items,
                                engine_ids=(source_facts.engine_id, target_facts.engine_id))
+        # Before anything on either host changes, so that a conflict changes nothing.
+        self.store.acquire_locks(self.task.id, engine_lock_resources(
+            self.task, source_facts.engine_id, target_facts.engine_id))
         for engine, facts in {id(self.source): (self.source, source_facts),
                               id(self.target): (self.target, target_facts)}.values():
             if facts.helpers_removed:

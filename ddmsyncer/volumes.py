@@ -68,6 +68,15 @@ def engine_id(engine) -> str:
     return str(engine.api.info().get("ID") or "")
 
 
+def engine_lock_host(identifier: str) -> str:
+    """Return the host part of a lock name by engine ID, as "HOST/volume/NAME" has a host name.
+
+    Two host names in the config can reach one engine, and the locks by host name do not
+    see that. Locks by engine ID do, because the engine reports the same ID under both names.
+    """
+    return f"engine {identifier}"
+
+
 def reject_overlap(source, target, items, *, engine_ids: tuple[str, str] | None = None) -> None:
     """Raise UsageError when one volume of the task would be both read and written.
 

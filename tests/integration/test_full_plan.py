@@ -347,6 +347,28 @@ def test_full_plan_lists_locked_volume(lab: Lab, app: App) -> None:
         f"h1/volume/{app.volume} is held by task {holder}, which is running")
 
 
+def test_full_migrate_takes_engine_locks(lab: Lab, app: App) -> None:
+    from tests.integration.operator_support import hold_lock
+
+    engine_id = lab.host("h2").docker("info", "--format", "{{.ID}}").stdout.strip()
+    holder = "f" * 12
+    # As a task whose config names h2's engine by another host name would hold it.
+    hold_lock(f"engine {engine_id}/volume/{app.volume}", holder)
+    before = both_snapshots()
+    held = f"engine {engine_id}/volume/{app.volume} is held by task {holder}, which is running"
+
+    planned = ddmctl("plan", *app.plan_args(), "--probe-size", "0", "--json")
+    outcome = ddmctl("migrate", *app.plan_args(), "--yes")
+
+    assert planned.status == 1, planned.stderr
+    assert [(c["kind"], c["object"]) for c in planned.json()["conflicts"]] == \
+        [("volume", app.volume)]
+    assert planned.json()["conflicts"][0]["message"].startswith(held)
+    assert outcome.status == 6, outcome.stderr
+    assert held in outcome.stderr
+    assert both_snapshots() == before
+
+
 def test_create_full_task_is_queued(lab: Lab, app: App) -> None:
     before = both_snapshots()
 

@@ -240,3 +240,33 @@ def test_plan_reports_locked_volume(h1, h2, isolated_env, resources):
     assert f"  volume {volume}: {line}" in dry_run.stdout.splitlines()
     assert real.status == 6
     assert error_line(real.stderr) == f"ddmctl: error: {line}"
+
+
+def test_engine_lock_covers_other_host_name(h1, h2, isolated_env, resources):
+    """A lock on the target engine's volume, taken through another host name, stops the task."""
+    from tests.integration.operator_support import hold_lock
+
+    volume = resources.create_volume(h1)
+    resources.add_volume(h2, volume)
+    write_volume_tree(h1, volume, {"a.txt": "a\n"})
+    source_before = snapshot_volume_tree(h1, volume)
+    engine_id = h2.docker("info", "--format", "{{.ID}}").stdout.strip()
+    holder = "e" * 12
+    # As a task whose config names h2's engine by another host name would hold it.
+    hold_lock(f"engine {engine_id}/volume/{volume}", holder)
+
+    line = (f"engine {engine_id}/volume/{volume} is held by task {holder}, which is running; "
+            f"wait for it to end or cancel it ('ddmctl cancel {holder}' stops it and rolls it "
+            "back), then try again")
+
+    planned = run_command("ddmctl", "plan", "--from", "h1", "--to", "h2", "--volume", volume,
+                          "--probe-size", "0", "--json")
+    outcome = run_command("ddmctl", "migrate", "--from", "h1", "--to", "h2", "--volume", volume,
+                          "--yes")
+
+    assert planned.status == 1, planned.stderr
+    assert [conflict["message"] for conflict in json.loads(planned.stdout)["conflicts"]] == [line]
+    assert outcome.status == 6, outcome.stderr
+    assert error_line(outcome.stderr) == f"ddmctl: error: {line}"
+    assert volume not in volumes_on(h2)
+    assert snapshot_volume_tree(h1, volume) == source_before

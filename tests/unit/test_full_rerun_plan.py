@@ -27,6 +27,7 @@ class _Engine:
     def __init__(self, role: str) -> None:
         self.role = role
         self.host = SimpleNamespace(name=role)
+        self.api = SimpleNamespace(info=lambda: {"ID": f"engine-{role}"})
 
     def __enter__(self) -> _Engine:
         return self
