@@ -194,15 +194,15 @@ class SourceScan(threading.Thread):
         finally:
             store.close()
 
-    def store_manifest(self, task_id: str, position: int) -> Manifest:
-        """Store the scan's manifest, without digests, as the item's record; return it.
+    def store_manifest(self, task_id: str, position: int, mode: VerifyMode) -> Manifest:
+        """Store the scan's manifest as the item's record (see recorded_manifest); return it.
 
         Uses a connection of its own, so that the verify phase can store it while the target
         is scanned (see staged.StagedVolumes.verify_direct).
         """
         from ddm.store import TaskStore
 
-        manifest = metadata_only(self.result().manifest)
+        manifest = recorded_manifest(self.result().manifest, mode)
         store = TaskStore(self.store_path)
         try:
             save_task_manifest(store, task_id, position, manifest)
@@ -226,10 +226,20 @@ class SourceScan(threading.Thread):
 def metadata_only(manifest: Manifest) -> Manifest:
     """Return the manifest with its entries but without content hashing, for the task's record.
 
-    A rollback then compares the target's metadata with it, as it did with the metadata-only
-    manifest that the copy stored before the hashing scan of the source took that scan's place.
+    A rollback then compares only the target's metadata with it.
     """
     return Manifest(entries=manifest.entries, hash_content=False)
+
+
+def recorded_manifest(manifest: Manifest, mode: VerifyMode) -> Manifest:
+    """Return the hashing scan's manifest as the task records it for a rollback's check.
+
+    With --verify full it keeps the scan's SHA-256 digests, so that a rollback also finds a
+    file rewritten with its old size and mtime (ddmsyncer.rollbackcheck compares SHA-256
+    with SHA-256), as it does after a relayed copy with --verify full. Otherwise it keeps
+    metadata only, as the relay route does with --verify quick.
+    """
+    return manifest if mode is VerifyMode.FULL else metadata_only(manifest)
 
 
 def verify_staging(runner: Any, item: TaskItem, source_directory: str, staging_directory: str,

@@ -4,8 +4,7 @@
 changed since the task finished. The target is read back through the Engine API archive and
 compared with the source manifest stored by the copy:
 
-* When the stored manifest has content digests (the copy ran with `--verify full` and
-  not with `--route direct`, whose manifest is stored without content digests), the
+* When the stored manifest has content digests (the copy ran with `--verify full`), the
   target's files are hashed too, and content is compared together with the metadata. A file
   rewritten with the same size and its old mtime is found this way.
 * Otherwise only metadata is compared: presence, type, mode, owner, size, link target,
@@ -15,9 +14,8 @@ compared with the source manifest stored by the copy:
 Digests are compared like with like. Manifests built from a tar stream store the xxh3-128
 digest of each file, and the target is hashed the same way. A manifest built from a
 host-side scan stores SHA-256 digests instead (pieced for large files, see ddm.piecehash),
-and then the target's SHA-256 digests are compared. The copies of this version store
-tar-stream manifests, or metadata-only ones for `--route direct`, so the SHA-256 case covers
-manifests from host-side scans with digests.
+and then the target's SHA-256 digests are compared. `--route direct` with `--verify full`
+stores such a manifest: the source host's scan for its verify.
 
 Incremental updates store no manifest. A succeeded task that updated a volume incrementally
 cannot be rolled back at all (incremental.check_rollback_allowed), and a volume that an

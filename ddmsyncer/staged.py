@@ -553,7 +553,7 @@ class StagedVolumes:
                 # Its thread stored the seed. The item's record is stored while the target
                 # is scanned, because that scan takes longer.
                 scans["source"] = early.result()
-                stored.append(early.store_manifest(self.task_id, item.position))
+                stored.append(early.store_manifest(self.task_id, item.position, mode))
                 return
             seeds["source"] = hashseed.ScanSeed()
             scans["source"] = hostverify.scan_manifest(source, route.source_access,
@@ -588,7 +588,8 @@ class StagedVolumes:
                                 hashcache.cache_scope(source, route.source_directory),
                                 seeds["source"].rows())
             seeds["source"].close()
-            self.runner.replace_manifest(item, direct.metadata_only(scans["source"].manifest))
+            self.runner.replace_manifest(item, direct.recorded_manifest(scans["source"].manifest,
+                                                                        mode))
         else:
             self.runner.remember_manifest(item, stored[0])
         self.target_seeds[item.position] = seeds["target"]

@@ -390,14 +390,37 @@ def test_direct_task_stores_source_manifest(lab, h1, h2, isolated_env, resources
     assert sorted(stored.entries) == [b".", b"data", b"data/a.bin", b"data/b.bin",
                                       b"note.txt"]
     assert stored.entries[b"data/a.bin"].size == 512 * 1024
-    assert not stored.hash_content
+    # With --verify full the record keeps the source scan's SHA-256 digests for the rollback.
+    assert stored.hash_content is (verify == "full")
     assert item.entries == 5
 
     h2.run(["chmod", "0600", f"{h2.volume_mountpoint(volume)}/note.txt"])
     rejected = run_command("ddmctl", "rollback", task_id)
 
+    compared = "content and metadata" if verify == "full" else "metadata only"
     assert rejected.status == ExitStatus.CONFLICT, rejected.stderr
-    assert "note.txt: mode), with metadata only compared" in rejected.stderr
+    assert f"note.txt: mode), with {compared} compared" in rejected.stderr
+    assert volume in volumes_on(h2)
+
+
+def test_direct_rollback_keeps_rewritten_target(lab, h1, h2, isolated_env, resources):
+    # A byte changed with the file's size and mtime kept is found by content, as after a
+    # relayed copy with --verify full, and the rollback keeps the volume.
+    volume = small_source(h1, h2, resources)
+    outcome = migrate_direct(volume)
+    assert outcome.status == 0, outcome.stderr
+    task_id = json.loads(outcome.stdout)["id"]
+    path = f"{h2.volume_mountpoint(volume)}/data/b.bin"
+    h2.run([sys.executable, "-I", "-c",
+            "import os, sys; path = sys.argv[1]; info = os.stat(path); "
+            "data = bytearray(open(path, 'rb').read()); data[10] ^= 1; "
+            "open(path, 'r+b').write(data); os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns))",
+            path])
+
+    rejected = run_command("ddmctl", "rollback", task_id)
+
+    assert rejected.status == ExitStatus.CONFLICT, rejected.stderr
+    assert "data/b.bin: content), with content and metadata compared" in rejected.stderr
     assert volume in volumes_on(h2)
 
 
