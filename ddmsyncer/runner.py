@@ -974,18 +974,31 @@ def _roll_back_claimed(runner: TaskRunner, before: Task) -> Task:
         if repeated:
             _keep_state_after_failed_rollback(runner, before, error, migration_finished_at)
         else:
-            runner._finish(TaskState.INTERRUPTED, _error_dict(error),
-                           finished_at=migration_finished_at)
+            _interrupt_after_failed_rollback(runner, before, error, migration_finished_at)
         raise
     finally:
         runner._close()
-    store.set_extra(task.id, **{undo.ROLLBACK_FINISHED_AT: time.time()})
+    store.set_extra(task.id, **{undo.ROLLBACK_FINISHED_AT: time.time(), undo.ROLLBACK_ERROR: None})
     if repeated:
-        store.set_extra(task.id, **{undo.ROLLBACK_ERROR: None})
         runner._finish(before.state, before.error, finished_at=migration_finished_at)
     else:
         runner._finish(TaskState.ROLLED_BACK, None, finished_at=migration_finished_at)
     return runner.task
+
+
+def _interrupt_after_failed_rollback(runner: TaskRunner, before: Task, error: BaseException,
+                                     migration_finished_at: float | None) -> None:
+    """Finish a task whose first rollback failed as interrupted, its error as undo.ROLLBACK_ERROR.
+
+    An interrupted task keeps the error that interrupted it, so that the cause stays in
+    `ddmctl status` next to the rollback's error. A succeeded task had none, and takes the
+    rollback's.
+    """
+    rollback_error = _error_dict(error)
+    runner.record("error", "rollback_failed", f"rollback failed: {_describe(error)}")
+    runner.store.set_extra(before.id, **{undo.ROLLBACK_ERROR: rollback_error})
+    kept = before.error if before.state is TaskState.INTERRUPTED and before.error else rollback_error
+    runner._finish(TaskState.INTERRUPTED, kept, finished_at=migration_finished_at)
 
 
 def _keep_state_after_failed_rollback(runner: TaskRunner, before: Task, error: BaseException,

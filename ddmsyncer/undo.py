@@ -44,8 +44,8 @@ ROLLBACK_PRESENT = "rollback_present"
 ROLLBACK_UNCHECKED = "rollback_unchecked"
 
 # Key of the task's extra state: the error (error, message, exit_status) of the latest
-# `ddmctl rollback` of a task in ROLLED_BACK_STATES when that rollback failed, else None. Such
-# a task keeps its state and the error that stopped it, so the rollback's error is kept here.
+# `ddmctl rollback` of the task when that rollback failed, else None. The task's own error
+# stays the error that stopped it, when it had one.
 ROLLBACK_ERROR = "rollback_error"
 
 # Item states that a rollback of the task leaves: removed (or restored), or found already gone.

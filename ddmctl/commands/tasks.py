@@ -177,8 +177,8 @@ def status(context: CommandContext, task_id: str, show_events: bool, watch: bool
 def latest_rollback(extra: dict[str, Any]) -> str:
     """Return when the task's latest rollback ended, and its error if it failed, or "" if none ran.
 
-    Only a failed rollback of a failed, cancelled or rolled_back task stores its error
-    (undo.ROLLBACK_ERROR), because such a task keeps its own error.
+    A rollback that failed stores its error as undo.ROLLBACK_ERROR, and one that finished
+    clears it.
     """
     finished_at = extra.get(ROLLBACK_FINISHED_AT)
     if finished_at is None:

@@ -212,3 +212,49 @@ def test_rolled_back_task_rolled_back_again(h1: LabHost, h2: LabHost,
     assert status["state"] == "rolled_back"
     assert status["error"] is None
     assert source not in volume_names(h2)
+
+
+def test_failed_rollback_keeps_interrupted_cause(h1: LabHost, h2: LabHost,
+                                                 isolated_env: IsolatedEnv,
+                                                 resources: LabResources,
+                                                 monkeypatch: pytest.MonkeyPatch,
+                                                 h2_engine_restarted: None) -> None:
+    # The task fails with h2's engine stopped, so its own rollback fails too and the task
+    # ends interrupted. A `ddmctl rollback` that then fails keeps the task's error.
+    def stop_engine_and_fail(runner: Any, item: TaskItem) -> None:
+        h2.stop_dockerd()
+        raise MigrationFailed(f"{FAULT} of volume {item.target!r}")
+
+    monkeypatch.setattr(runner_module, "mark_verified", stop_engine_and_fail)
+    source = resources.create_volume(h1)
+    resources.add_volume(h2, source)
+    write_volume_tree(h1, source, {"note.txt": File(b"original content\n")})
+    source_before = snapshot_volume_tree(h1, source)
+    migrated = ddmctl("migrate", "--from", "h1", "--to", "h2", "--volume", source, "--yes")
+    (listed,) = ddmctl("list", "--state", "interrupted", "--json").json()
+    task_id = listed["id"]
+    interrupted = ddmctl("status", task_id, "--json").json()
+
+    rollback = ddmctl("rollback", task_id)
+    stored_state, stored_error = stored_task_state(task_id)
+    status = ddmctl("status", task_id, "--json").json()
+    status_lines = ddmctl("status", task_id).stdout.splitlines()
+
+    assert migrated.status != 0
+    assert FAULT in interrupted["error"]["message"]
+    assert rollback.status == ExitStatus.CONNECTION, rollback.stderr
+    assert stored_state is TaskState.INTERRUPTED
+    assert stored_error == interrupted["error"]
+    assert status["rollback_error"]["exit_status"] == ExitStatus.CONNECTION
+    assert (f"rollback  {format_time(status['rollback_finished_at'])} UTC, failed: "
+            f"{status['rollback_error']['message']}") in status_lines
+
+    h2.start_dockerd()
+    again = ddmctl("rollback", task_id)
+    after = ddmctl("status", task_id, "--json").json()
+
+    assert again.status == 0, again.stderr
+    assert after["state"] == "rolled_back"
+    assert after["rollback_error"] is None
+    assert snapshot_volume_tree(h1, source) == source_before
+    assert source not in volume_names(h2)
