@@ -97,6 +97,11 @@ def brief_manifest_difference(difference: Difference) -> str:
 
 # How many differences a migration's verify error lists; the line says how many more exist.
 MAX_REPORTED_DIFFERENCES = 20
+# The next step after a failed verify of a copy: the rollback removed the copy, so there is no
+# target left to inspect. A source written during the copy is the usual cause.
+ROLLED_BACK_VERIFY_HINT = ("the target was rolled back; stop whatever writes the source volume "
+                           "outside containers and retry, and check the target host's disk if "
+                           "the same difference comes back")
 
 
 def summarize_differences(count: int, listed: Sequence[str]) -> str:

@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ddm import piecehash
-from ddm.differences import MAX_REPORTED_DIFFERENCES
+from ddm.differences import MAX_REPORTED_DIFFERENCES, ROLLED_BACK_VERIFY_HINT
 from ddm.errors import DDMError, UsageError, VerificationFailed
 from ddm.manifest import EntryTable, Manifest, ManifestEntry
 from ddm.manifest_store import save_task_manifest
@@ -259,7 +259,7 @@ def verify_staging(runner: Any, item: TaskItem, source_directory: str, staging_d
                                              target_scan)
         raise VerificationFailed(
             f"volume {item.target!r} differs from source {item.source!r} in {summary}",
-            hint="the target was rolled back; run 'ddmverify' to inspect, then retry",
+            hint=ROLLED_BACK_VERIFY_HINT,
         )
     return manifest_from_scan(target_scan)
 

@@ -23,8 +23,8 @@ from ddm.errors import (
     VerificationFailed,
     VolumeNotFound,
 )
-from ddm.differences import (MAX_REPORTED_DIFFERENCES, brief_manifest_difference,
-                             summarize_differences)
+from ddm.differences import (MAX_REPORTED_DIFFERENCES, ROLLED_BACK_VERIFY_HINT,
+                             brief_manifest_difference, summarize_differences)
 from ddm.manifest import Difference, Manifest, ManifestBuilder, compare_manifests, display_path
 from ddm.task import TaskItem, VerifyMode
 from ddmsyncer.datapath import DataPath, Route
@@ -88,18 +88,28 @@ def reject_overlap(source, target, items, *, engine_ids: tuple[str, str] | None 
     """
     source_id, target_id = engine_ids if engine_ids is not None else (engine_id(source),
                                                                       engine_id(target))
-    if not source_id or source_id != target_id:
-        return
-
     sources = {item.source for item in items}
     for item in items:
-        if item.target in sources:
-            raise UsageError(
-                f"volume {item.target!r} is both a source and a target: hosts "
-                f"{source.host.name!r} and {target.host.name!r} are the same Docker engine "
-                f"(ID {source_id[:12]})",
-                hint="give the copy a new name with --volume SRC:NEWNAME",
-            )
+        error = overlap_error(source, target, item, sources, (source_id, target_id))
+        if error is not None:
+            raise error
+
+
+def overlap_error(source, target, item, sources: set[str], engine_ids: tuple[str, str]
+                  ) -> UsageError | None:
+    """Return the UsageError of reject_overlap() for one item, or None when it has no overlap.
+
+    `sources` are the source volume names of the whole task.
+    """
+    source_id, target_id = engine_ids
+    if not source_id or source_id != target_id or item.target not in sources:
+        return None
+    return UsageError(
+        f"volume {item.target!r} is both a source and a target: hosts "
+        f"{source.host.name!r} and {target.host.name!r} are the same Docker engine "
+        f"(ID {source_id[:12]})",
+        hint="give the copy a new name with --volume SRC:NEWNAME",
+    )
 
 
 def aspects_for(mode: VerifyMode) -> tuple[str, ...]:
@@ -484,7 +494,7 @@ def raise_on_differences(differences: list[Difference], item: TaskItem,
     raise VerificationFailed(
         f"volume {item.target!r}{copy} differs from source {item.source!r} in "
         f"{summarize_differences(len(differences), listed)}",
-        hint="the target was rolled back; run 'ddmverify' to inspect, then retry",
+        hint=ROLLED_BACK_VERIFY_HINT,
     )
 
 

@@ -14,7 +14,9 @@ from ddmsyncer import direct, incremental, staged, volumes
 from ddmsyncer.incremental import Entry
 
 ITEM = TaskItem(task_id="t1", position=0, source="src", target="dst")
-HINT = "; the target was rolled back; run 'ddmverify' to inspect, then retry"
+HINT = ("; the target was rolled back; stop whatever writes the source volume outside "
+        "containers and retry, and check the target host's disk if the same difference comes "
+        "back")
 MTIME_NS = 1_600_000_000 * 1_000_000_000
 
 
