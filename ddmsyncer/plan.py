@@ -67,11 +67,17 @@ def build_plan(config: Config, spec: TaskSpec, *, probe_bytes: int = DEFAULT_PRO
         measured = PlanMeasurements(copy_rate(links), python=hostverify.PythonProbes(),
                                 enabled=probe_bytes > 0)
         probes = HostProbes()
-        lock_hosts = _lock_hosts(spec, source, target) if store is not None else []
+        engine_ids = (volumes.engine_id(source), volumes.engine_id(target))
+        lock_hosts = _lock_hosts(spec, engine_ids)
+        sources = {volume.source for volume in spec.volumes}
         for position, volume in enumerate(spec.volumes):
             item = TaskItem(task_id="plan", position=position, source=volume.source,
                             target=volume.target)
             entry = _plan_volume(source, target, item, spec, plan["conflicts"], store)
+            overlap = volumes.overlap_error(source, target, item, sources, engine_ids)
+            if overlap is not None:
+                # As prepare rejects it, whatever --force says.
+                plan["conflicts"].append(_conflict(entry, overlap))
             if store is not None:
                 _plan_locks(store, lock_hosts, item, entry, plan["conflicts"])
             if entry.get("action") == "replace":
@@ -130,7 +136,8 @@ def build_full_mode_plan(config: Config, spec: TaskSpec, *,
         links = {"source": measure_link(source, probe_bytes),
                  "target": measure_link(target, probe_bytes)}
         # A re-run of a finished migration takes no locks worth checking.
-        lock_hosts = _lock_hosts(spec, source, target) if store is not None and record is None else []
+        lock_hosts = ([] if store is None or record is not None
+                      else _lock_hosts(spec, (volumes.engine_id(source), volumes.engine_id(target))))
 
     objects = full_plan_objects(full_plan, spec)
     if record is not None:
@@ -254,13 +261,13 @@ def _plan_volume(source: Any, target: Any, item: TaskItem, spec: TaskSpec,
     return entry
 
 
-def _lock_hosts(spec: TaskSpec, source: Any, target: Any) -> list[tuple[str, str]]:
+def _lock_hosts(spec: TaskSpec, engine_ids: tuple[str, str]) -> list[tuple[str, str]]:
     """Return the (source, target) host parts of the run's lock names: host names, engine IDs.
 
     The engine IDs are left out when an engine does not report one.
     """
     hosts = [(spec.source_host, spec.target_host)]
-    source_id, target_id = volumes.engine_id(source), volumes.engine_id(target)
+    source_id, target_id = engine_ids
     if source_id and target_id:
         hosts.append((volumes.engine_lock_host(source_id), volumes.engine_lock_host(target_id)))
     return hosts

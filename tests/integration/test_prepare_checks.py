@@ -270,3 +270,30 @@ def test_engine_lock_covers_other_host_name(h1, h2, isolated_env, resources):
     assert error_line(outcome.stderr) == f"ddmctl: error: {line}"
     assert volume not in volumes_on(h2)
     assert snapshot_volume_tree(h1, volume) == source_before
+
+
+# A probe thread that connected again after the runner closed its engines failed here.
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
+def test_plan_rejects_source_as_target_on_one_engine(h2, isolated_env, resources):
+    """Two host names for one engine: plan reports what prepare rejects, also with --force."""
+    import yaml
+
+    config = yaml.safe_load(isolated_env.config_path.read_text())
+    config["hosts"]["h2alias"] = dict(config["hosts"]["h2"])
+    isolated_env.config_path.write_text(yaml.safe_dump(config))
+    volume = resources.create_volume(h2)
+
+    request = ("--from", "h2alias", "--to", "h2", "--volume", volume, "--force")
+    planned = run_command("ddmctl", "plan", *request, "--probe-size", "0", "--json")
+    real = run_command("ddmctl", "migrate", *request, "--yes")
+
+    assert planned.status == 1, planned.stderr
+    (conflict,) = json.loads(planned.stdout)["conflicts"]
+    assert conflict["error"] == "UsageError"
+    assert conflict["message"].startswith(
+        f"volume {volume!r} is both a source and a target: hosts 'h2alias' and 'h2' are the "
+        "same Docker engine")
+    assert real.status == 2
+    assert error_line(real.stderr).startswith(
+        f"ddmctl: error: volume {volume!r} is both a source and a target")
+    assert volume in volumes_on(h2)
