@@ -134,19 +134,27 @@ class StagedVolumes:
         `free_space_path`.
         """
         runner = self.runner
+        # The callbacks run in the probes' threads and use these engines, not runner.source
+        # and runner.target, which would open new connections once the runner closed them.
+        source, target = runner.source, runner.target
         if runner.task.spec.options.get("data_path", "auto") != "engine":
             volumes_found = (self._inspect_source(item.source) for item in runner.task.items)
             mountpoints = tuple(volume.mountpoint for volume in volumes_found
                                 if volume is not None and volume.mountpoint)
-            self.probes.start(runner.source, mountpoints, then=self._record_source_python)
+
+            def record_source_python(probe: Any) -> None:
+                if probe.access is not None and probe.python3:
+                    self.python.record(source, True)
+
+            self.probes.start(source, mountpoints, then=record_source_python)
 
         def start_python(probe: Any) -> None:
             if probe.access is not None and probe.python3:
-                self.python.record(runner.target, True)
+                self.python.record(target, True)
             elif probe.access is not None:
-                self.python.start(runner.target, probe.access)
+                self.python.start(target, probe.access)
 
-        self.probes.start(runner.target, then=start_python, free_space_path=free_space_path)
+        self.probes.start(target, then=start_python, free_space_path=free_space_path)
         self.probes.close()  # a probe begun for a host that is not probed
 
     def begin_host_probe(self, host_name: str, ssh: Any) -> None:
@@ -159,10 +167,6 @@ class StagedVolumes:
         engine_only = spec.options.get("data_path", "auto") == "engine"
         if host_name == spec.target_host or (host_name == spec.source_host and not engine_only):
             self.probes.begin(host_name, ssh)
-
-    def _record_source_python(self, probe: Any) -> None:
-        if probe.access is not None and probe.python3:
-            self.python.record(self.runner.source, True)
 
     def check_writers(self, item: TaskItem) -> list[writers.Writer]:
         """Return the running writers of the item's source volume; reject them without a policy."""
