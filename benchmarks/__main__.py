@@ -22,7 +22,7 @@ from pathlib import Path
 
 from benchmarks.goals import evaluate, format_goals
 from benchmarks.parallel import format_parallel_table
-from benchmarks.report import format_table, hardware, read_json, write_json
+from benchmarks.report import format_table, hardware, read_json, recorded_cpus, write_json
 from benchmarks.run import run_scenarios
 from benchmarks.suite import SCENARIOS, SIZES, Suite, new_work_dir
 from tests.lab import Lab
@@ -70,11 +70,12 @@ def judge_file(path: Path) -> int:
     """Print the goals table of a results file; return the exit status."""
     try:
         document, results = read_json(path)
-    except (OSError, ValueError, KeyError, TypeError) as error:
+        table = format_goals(evaluate(results, recorded_cpus(document)))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         print(f"cannot read benchmark results {path}: {error}; pass a file that "
               "'python -m benchmarks run' wrote", file=sys.stderr)
         return 2
-    print(format_goals(evaluate(results, document.get("hardware", {}).get("cpus"))))
+    print(table)
     return 0
 
 

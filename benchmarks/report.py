@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import subprocess
@@ -108,12 +109,47 @@ def write_json(path: Path, size: str, results: Sequence[Result],
 
 
 def read_json(path: Path) -> tuple[dict[str, Any], list[Result]]:
-    """Return the document written by write_json() and its results as Result objects."""
+    """Return the document written by write_json() and its results as Result objects.
+
+    Keys that this version does not know are ignored. Raises ValueError naming the first
+    field that is missing or not a finite number where one is needed.
+    """
     document = json.loads(path.read_text())
+    if not isinstance(document, dict) or not isinstance(document.get("results"), list):
+        raise ValueError("no list of results")
     results = []
-    for data in document["results"]:
-        fields = {name: value for name, value in data.items() if name != "mib_per_second"}
-        usage = fields.pop("usage")
-        usage["exit_statuses"] = tuple(usage["exit_statuses"])
+    for index, data in enumerate(document["results"]):
+        if not isinstance(data, dict) or not isinstance(data.get("usage"), dict):
+            raise ValueError(f"result {index} is not an object with a usage object")
+        fields = {name: data[name] for name in RESULT_FIELDS if name in data}
+        usage = {name: data["usage"].get(name) for name in USAGE_FIELDS}
+        for name in ("seconds", "cpu_seconds", "max_rss_bytes"):
+            _require_number(usage[name], f"result {index} usage.{name}")
+        if usage["machine_cpu_seconds"] is not None:
+            _require_number(usage["machine_cpu_seconds"], f"result {index} usage.machine_cpu_seconds")
+        usage["exit_statuses"] = tuple(usage["exit_statuses"] or ())
+        fields["phase_seconds"] = fields.get("phase_seconds") or {}
         results.append(Result(usage=ProcessUsage(**usage), **fields))
     return document, results
+
+
+def recorded_cpus(document: dict[str, Any]) -> int:
+    """Return the CPU count that a results document records; raise ValueError without one."""
+    hardware_facts = document.get("hardware")
+    cpus = hardware_facts.get("cpus") if isinstance(hardware_facts, dict) else None
+    if not isinstance(cpus, int) or isinstance(cpus, bool) or cpus < 1:
+        raise ValueError(f"hardware.cpus is {cpus!r}, not a positive whole number")
+    return cpus
+
+
+def _require_number(value: Any, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or value < 0:
+        raise ValueError(f"{name} is {value!r}, not a finite number of at least 0")
+
+
+# The fields of a result and of its usage that write_json() writes and read_json() reads.
+RESULT_FIELDS = ("scenario", "method", "data_bytes", "wire_bytes", "phase_seconds", "note",
+                 "downtime_seconds", "image_bytes")
+USAGE_FIELDS = ("seconds", "cpu_seconds", "max_rss_bytes", "exit_statuses",
+                "machine_cpu_seconds")

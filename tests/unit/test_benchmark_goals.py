@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -191,3 +193,40 @@ def test_table_has_one_row_per_goal() -> None:
 
     assert len(table.splitlines()) == 2 + len(evaluate([]))
     assert "| not measured | - |" in table
+
+
+def test_unknown_keys_are_ignored(tmp_path: Path) -> None:
+    path = tmp_path / "results.json"
+    write_json(path, "full", [measured("a", BASELINE_1, 10.0)])
+    document = json.loads(path.read_text())
+    document["results"][0]["added_later"] = 1
+    document["results"][0]["usage"]["added_later"] = 2
+    path.write_text(json.dumps(document))
+
+    _, read = read_json(path)
+
+    assert read == [measured("a", BASELINE_1, 10.0)]
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda document: document["hardware"].update(cpus=0),
+     "hardware.cpus is 0, not a positive whole number"),
+    (lambda document: document.update(hardware=None),
+     "hardware.cpus is None, not a positive whole number"),
+    (lambda document: document["results"][0]["usage"].update(seconds=float("nan")),
+     "result 0 usage.seconds is nan, not a finite number of at least 0"),
+    (lambda document: document["results"].append("row"),
+     "result 1 is not an object with a usage object"),
+    (lambda document: document.update(results={}), "no list of results"),
+])
+def test_goals_command_names_the_invalid_field(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                               change: Any, message: str) -> None:
+    path = tmp_path / "results.json"
+    write_json(path, "full", [measured("a", BASELINE_1, 10.0)])
+    document = json.loads(path.read_text())
+    change(document)
+    path.write_text(json.dumps(document))
+
+    assert main(["goals", str(path)]) == 2
+    assert capsys.readouterr().err == (f"cannot read benchmark results {path}: {message}; pass "
+                                       "a file that 'python -m benchmarks run' wrote\n")
