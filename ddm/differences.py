@@ -95,7 +95,7 @@ def brief_manifest_difference(difference: Difference) -> str:
                             describe_value(difference.aspect, difference.target))
 
 
-# How many differences a migration's verify error lists; the line says how many more exist.
+# How many differences a migration's verify error lists; the line counts the rest.
 MAX_REPORTED_DIFFERENCES = 20
 # The next step after a failed verify of a copy: the rollback removed the copy, so there is no
 # target left to inspect. A source written during the copy is the usual cause.

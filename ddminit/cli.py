@@ -230,14 +230,15 @@ def check_letter_case(file_names: list[str], new_names: list[str], path: Path) -
             other = file_by_key[key]
             raise UsageError(
                 f"host {name!r} differs only in letter case from host {other!r} in {path}",
-                hint=f"host names are case-sensitive, so choose another name, or pass "
-                     f"--host {other}=URL to change host {other!r}")
+                hint=f"two names that differ only in case are easy to mix up, so choose another "
+                     f"name, or pass --host {other}=URL to change host {other!r}")
         if key in argument_by_key:
             other = argument_by_key[key]
             raise UsageError(
                 f"host {name!r} differs only in letter case from host {other!r}, also given "
                 "with --host",
-                hint="host names are case-sensitive, so give one of them another name")
+                hint="two names that differ only in case are easy to mix up, so give one of "
+                     "them another name")
         argument_by_key[key] = name
 
 

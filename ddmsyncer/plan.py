@@ -76,7 +76,7 @@ def build_plan(config: Config, spec: TaskSpec, *, probe_bytes: int = DEFAULT_PRO
             entry = _plan_volume(source, target, item, spec, plan["conflicts"], store)
             overlap = volumes.overlap_error(source, target, item, sources, engine_ids)
             if overlap is not None:
-                # As prepare rejects it, whatever --force says.
+                # Prepare rejects it, also with --force.
                 plan["conflicts"].append(_conflict(entry, overlap))
             if store is not None:
                 _plan_locks(store, lock_hosts, item, entry, plan["conflicts"])

@@ -136,7 +136,8 @@ def test_letter_case_twin_in_arguments(home: Path, environ: dict[str, str]) -> N
     assert outcome.stdout == ""
     assert outcome.stderr == (
         "ddminit: error: host 'A' differs only in letter case from host 'a', also given with "
-        "--host; host names are case-sensitive, so give one of them another name\n")
+        "--host; two names that differ only in case are easy to mix up, so give one of them "
+        "another name\n")
     assert snapshot_tree(home) == before
 
 
@@ -150,7 +151,8 @@ def test_letter_case_twin_of_file_host(home: Path, configured: dict[str, str]) -
     assert outcome.stdout == ""
     assert outcome.stderr == (
         f"ddminit: error: host 'B' differs only in letter case from host 'b' in {config_path}; "
-        "host names are case-sensitive, so choose another name, or pass --host b=URL to "
+        "two names that differ only in case are easy to mix up, so choose another name, or "
+        "pass --host b=URL to "
         "change host 'b'\n")
     assert snapshot_tree(home) == before
 
