@@ -340,6 +340,27 @@ class TaskRunner:
         sources = {f"{spec.source_host}/volume/{item.source}" for item in self.task.items}
         return targets + sorted(sources - set(targets))
 
+    def rollback_engine_lock_names(self) -> list[str]:
+        """Return rollback_lock_names() by Docker engine ID, for each host that can be reached.
+
+        A task that reached the same engine through another host name holds its volumes by
+        engine ID (see volumes.engine_lock_host). A host that cannot be reached is left out,
+        because the rollback meets that error itself and reports it.
+        """
+        spec = self.task.spec
+        identifiers: dict[str, str] = {}
+        for host_name in dict.fromkeys([spec.target_host, spec.source_host]):
+            try:
+                identifiers[host_name] = volumes.engine_id(self.engine(host_name))
+            except DDMError as error:
+                log.info("no engine ID of %s for the rollback's locks: %s", host_name, error)
+        names = []
+        for name in self.rollback_lock_names():
+            host_name, _, rest = name.partition("/")
+            if identifiers.get(host_name):
+                names.append(f"{volumes.engine_lock_host(identifiers[host_name])}/{rest}")
+        return names
+
     def run(self) -> Task:
         """Run the task's phases; on any failure roll back, then re-raise the error."""
         self.task = before = mark_stale_running(self.store, self.task)
@@ -933,6 +954,7 @@ def rollback_task(runner: TaskRunner) -> Task:
         _unclaim(store, task, [])
         raise
     try:
+        newly_locked += store.acquire_locks(task.id, runner.rollback_engine_lock_names())
         # The check reads runner.task, which still has the state from before the claim.
         runner.check_rollback_allowed()
     except BaseException:

@@ -116,3 +116,31 @@ def test_update_rollback_finds_target_gone(h1, h2, isolated_env, resources):
     print(status.stdout)
     assert "restored from its backup" not in status.stdout
     assert "so nothing was restored" in status.stdout
+
+
+def test_rollback_waits_for_engine_lock(h1, h2, isolated_env, resources):
+    """A task that holds the target volume through another name of h2's engine stops a rollback."""
+    from ddm.store import TaskStore, default_store_path
+    from tests.integration.operator_support import hold_lock
+
+    volume = resources.create_volume(h1)
+    resources.add_volume(h2, volume)
+    write_volume_tree(h1, volume, TREE)
+    first = migrate(volume)
+    target_before = snapshot_volume_tree(h2, volume)
+    engine_id = h2.docker("info", "--format", "{{.ID}}").stdout.strip()
+    holder = "a" * 12
+    hold_lock(f"engine {engine_id}/volume/{volume}", holder)
+
+    rollback = run_command("ddmctl", "rollback", first["id"])
+
+    assert rollback.status == ExitStatus.CONFLICT, rollback.stderr
+    assert rollback.stderr.splitlines()[-1] == (
+        f"ddmctl: error: engine {engine_id}/volume/{volume} is held by task {holder}, which is "
+        f"running; wait for it to end or cancel it ('ddmctl cancel {holder}' stops it and rolls "
+        "it back), then try again")
+    assert snapshot_volume_tree(h2, volume) == target_before
+    store = TaskStore(default_store_path(os.environ))
+    assert store.get_task(first["id"]).state is TaskState.SUCCEEDED
+    with store.transaction() as db:
+        assert [tuple(row) for row in db.execute("SELECT task_id FROM locks")] == [(holder,)]
