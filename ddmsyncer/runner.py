@@ -1012,15 +1012,13 @@ def _interrupt_after_failed_rollback(runner: TaskRunner, before: Task, error: Ba
                                      migration_finished_at: float | None) -> None:
     """Finish a task whose first rollback failed as interrupted, its error as undo.ROLLBACK_ERROR.
 
-    An interrupted task keeps the error that interrupted it, so that the cause stays in
-    `ddmctl status` next to the rollback's error. A succeeded task had none, and takes the
-    rollback's.
+    The task keeps its own error, the reason the migration stopped, or none (a succeeded
+    task, or a runner that was killed), so that `ddmctl status` does not show the rollback's
+    error as that reason. It shows the rollback's error on its own line.
     """
-    rollback_error = _error_dict(error)
     runner.record("error", "rollback_failed", f"rollback failed: {_describe(error)}")
-    runner.store.set_extra(before.id, **{undo.ROLLBACK_ERROR: rollback_error})
-    kept = before.error if before.state is TaskState.INTERRUPTED and before.error else rollback_error
-    runner._finish(TaskState.INTERRUPTED, kept, finished_at=migration_finished_at)
+    runner.store.set_extra(before.id, **{undo.ROLLBACK_ERROR: _error_dict(error)})
+    runner._finish(TaskState.INTERRUPTED, before.error, finished_at=migration_finished_at)
 
 
 def _keep_state_after_failed_rollback(runner: TaskRunner, before: Task, error: BaseException,

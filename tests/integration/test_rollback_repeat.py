@@ -258,3 +258,30 @@ def test_failed_rollback_keeps_interrupted_cause(h1: LabHost, h2: LabHost,
     assert after["rollback_error"] is None
     assert snapshot_volume_tree(h1, source) == source_before
     assert source not in volume_names(h2)
+
+
+def test_failed_rollback_of_killed_task_keeps_no_error(h1: LabHost, h2: LabHost,
+                                                       isolated_env: IsolatedEnv,
+                                                       resources: LabResources,
+                                                       h2_engine_restarted: None) -> None:
+    # A task whose runner was killed is interrupted without an error of its own, so the
+    # rollback's error must not become one.
+    source = resources.create_volume(h1)
+    resources.add_volume(h2, source)
+    write_volume_tree(h1, source, {"note.txt": File(b"original content\n")})
+    migrated = ddmctl("migrate", "--from", "h1", "--to", "h2", "--volume", source, "--yes",
+                      "--json")
+    task_id = migrated.json()["id"]
+    TaskStore(default_store_path(os.environ)).update_task(task_id, state=TaskState.INTERRUPTED)
+    h2.stop_dockerd()
+
+    rollback = ddmctl("rollback", task_id)
+    stored_state, stored_error = stored_task_state(task_id)
+    status = ddmctl("status", task_id, "--json").json()
+
+    assert migrated.status == 0, migrated.stderr
+    assert rollback.status == ExitStatus.CONNECTION, rollback.stderr
+    assert stored_state is TaskState.INTERRUPTED
+    assert stored_error is None
+    assert status["rollback_error"]["exit_status"] == ExitStatus.CONNECTION
+    assert "h2" in status["rollback_error"]["message"]
