@@ -535,6 +535,7 @@ def _lock_conflict(db: sqlite3.Connection, resource: str, holder: str) -> TaskCo
     `ddmctl rollback` rejects a running task, so it is offered only for a task whose runner
     has ended.
     """
+    resource = _lock_subject(resource)
     row = db.execute("SELECT state, phase, runner_pid, control FROM tasks WHERE id = ?",
                      (holder,)).fetchone()
     state = row["state"] if row is not None else None
@@ -564,6 +565,24 @@ def _lock_conflict(db: sqlite3.Connection, resource: str, holder: str) -> TaskCo
         )
     return TaskConflict(f"{resource} is held by task {holder}, which is {state}",
                         hint=f"see 'ddmctl status {holder}'")
+
+
+# The host part of a lock name by Docker engine ID (ddmsyncer.volumes.engine_lock_host).
+ENGINE_LOCK_PREFIX = "engine "
+
+
+def _lock_subject(resource: str) -> str:
+    """Return how a conflict names a lock: "HOST/KIND/NAME" as it is, one by engine ID in words.
+
+    A task takes a lock by engine ID after its lock by host name, so such a conflict means that
+    the holder reached the same Docker engine under another host name.
+    """
+    if not resource.startswith(ENGINE_LOCK_PREFIX):
+        return resource
+    host, _, rest = resource.partition("/")
+    kind, _, name = rest.partition("/")
+    return (f"{kind} {name!r} on Docker engine {host[len(ENGINE_LOCK_PREFIX):]} (also reached "
+            "under another host name)")
 
 
 def _assignments(fields: Mapping[str, Any], allowed: set[str]) -> tuple[str, list[Any]]:

@@ -74,7 +74,9 @@ def engine_lock_host(identifier: str) -> str:
     Two host names in the config can reach one engine, and the locks by host name do not
     see that. Locks by engine ID do, because the engine reports the same ID under both names.
     """
-    return f"engine {identifier}"
+    from ddm.store import ENGINE_LOCK_PREFIX
+
+    return f"{ENGINE_LOCK_PREFIX}{identifier}"
 
 
 def reject_overlap(source, target, items, *, engine_ids: tuple[str, str] | None = None) -> None:

@@ -355,7 +355,8 @@ def test_full_migrate_takes_engine_locks(lab: Lab, app: App) -> None:
     # As a task whose config names h2's engine by another host name would hold it.
     hold_lock(f"engine {engine_id}/volume/{app.volume}", holder)
     before = both_snapshots()
-    held = f"engine {engine_id}/volume/{app.volume} is held by task {holder}, which is running"
+    held = (f"volume {app.volume!r} on Docker engine {engine_id} (also reached under another "
+            f"host name) is held by task {holder}, which is running")
 
     planned = ddmctl("plan", *app.plan_args(), "--probe-size", "0", "--json")
     outcome = ddmctl("migrate", *app.plan_args(), "--yes")

@@ -255,7 +255,8 @@ def test_engine_lock_covers_other_host_name(h1, h2, isolated_env, resources):
     # As a task whose config names h2's engine by another host name would hold it.
     hold_lock(f"engine {engine_id}/volume/{volume}", holder)
 
-    line = (f"engine {engine_id}/volume/{volume} is held by task {holder}, which is running; "
+    line = (f"volume {volume!r} on Docker engine {engine_id} (also reached under another host "
+            f"name) is held by task {holder}, which is running; "
             f"wait for it to end or cancel it ('ddmctl cancel {holder}' stops it and rolls it "
             "back), then try again")
 

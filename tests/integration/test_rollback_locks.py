@@ -136,8 +136,8 @@ def test_rollback_waits_for_engine_lock(h1, h2, isolated_env, resources):
 
     assert rollback.status == ExitStatus.CONFLICT, rollback.stderr
     assert rollback.stderr.splitlines()[-1] == (
-        f"ddmctl: error: engine {engine_id}/volume/{volume} is held by task {holder}, which is "
-        f"running; wait for it to end or cancel it ('ddmctl cancel {holder}' stops it and rolls "
+        f"ddmctl: error: volume {volume!r} on Docker engine {engine_id} (also reached under "
+        f"another host name) is held by task {holder}, which is running; wait for it to end or cancel it ('ddmctl cancel {holder}' stops it and rolls "
         "it back), then try again")
     assert snapshot_volume_tree(h2, volume) == target_before
     store = TaskStore(default_store_path(os.environ))
