@@ -567,7 +567,7 @@ def _lock_conflict(db: sqlite3.Connection, resource: str, holder: str) -> TaskCo
                         hint=f"see 'ddmctl status {holder}'")
 
 
-# The host part of a lock name by Docker engine ID (ddmsyncer.volumes.engine_lock_host).
+# The host part of a lock name by Docker engine ID (ddmsyncer.volumes.engine_lock_names).
 ENGINE_LOCK_PREFIX = "engine "
 
 

@@ -78,28 +78,23 @@ class FullTaskRunner(TaskRunner):
             names.append(f"{spec.source_host}/project/{spec.options['project']}")
         return sorted(names)
 
-    def plan_lock_names(self, volume_names: list[str], container_names: list[str],
-                        hosts: tuple[str, str] | None = None) -> list[str]:
-        """Return the locks of a full plan: each volume on both hosts and each source container.
-
-        `hosts` names the source and the target in the lock names; by default their host names.
-        """
-        source, target = hosts or (self.task.spec.source_host, self.task.spec.target_host)
+    def plan_lock_names(self, volume_names: list[str], container_names: list[str]) -> list[str]:
+        """Return the locks of a full plan: each volume on both hosts and each source container."""
+        spec = self.task.spec
         return sorted(
-            {f"{host}/volume/{name}" for name in volume_names for host in (source, target)}
-            | {f"{source}/container/{name}" for name in container_names}
+            {f"{host}/volume/{name}" for name in volume_names
+             for host in (spec.source_host, spec.target_host)}
+            | {f"{spec.source_host}/container/{name}" for name in container_names}
         )
 
     def engine_plan_lock_names(self, volume_names: list[str],
                                container_names: list[str]) -> list[str]:
-        """Return the plan's locks by Docker engine ID (see volumes.engine_lock_host)."""
-        from ddmsyncer.volumes import engine_id, engine_lock_host
-
-        source_id, target_id = engine_id(self.source), engine_id(self.target)
-        if not source_id or not target_id:
-            return []
-        return self.plan_lock_names(volume_names, container_names,
-                                    hosts=(engine_lock_host(source_id), engine_lock_host(target_id)))
+        """Return plan_lock_names() by Docker engine ID (see volumes.engine_lock_names)."""
+        spec = self.task.spec
+        engine_ids = {spec.source_host: volumes.engine_id(self.source),
+                      spec.target_host: volumes.engine_id(self.target)}
+        return volumes.engine_lock_names(self.plan_lock_names(volume_names, container_names),
+                                         engine_ids)
 
     def rollback_lock_names(self) -> list[str]:
         """Return the locks the task held when it ran, those on the target host first.

@@ -67,19 +67,21 @@ def build_plan(config: Config, spec: TaskSpec, *, probe_bytes: int = DEFAULT_PRO
         measured = PlanMeasurements(copy_rate(links), python=hostverify.PythonProbes(),
                                 enabled=probe_bytes > 0)
         probes = HostProbes()
-        engine_ids = (volumes.engine_id(source), volumes.engine_id(target))
-        lock_hosts = _lock_hosts(spec, engine_ids)
+        engine_ids = {spec.source_host: volumes.engine_id(source),
+                      spec.target_host: volumes.engine_id(target)}
         sources = {volume.source for volume in spec.volumes}
         for position, volume in enumerate(spec.volumes):
             item = TaskItem(task_id="plan", position=position, source=volume.source,
                             target=volume.target)
             entry = _plan_volume(source, target, item, spec, plan["conflicts"], store)
-            overlap = volumes.overlap_error(source, target, item, sources, engine_ids)
+            overlap = volumes.overlap_error(source, target, item, sources,
+                                            (engine_ids[spec.source_host],
+                                             engine_ids[spec.target_host]))
             if overlap is not None:
                 # Prepare rejects it, also with --force.
                 plan["conflicts"].append(_conflict(entry, overlap))
             if store is not None:
-                _plan_locks(store, lock_hosts, item, entry, plan["conflicts"])
+                _plan_locks(store, spec, engine_ids, item, entry, plan["conflicts"])
             if entry.get("action") == "replace":
                 _plan_replacement(target, probes, item, entry, plan["conflicts"])
             # A volume with a conflict still gets the data path its copy would take once the
@@ -136,15 +138,16 @@ def build_full_mode_plan(config: Config, spec: TaskSpec, *,
         links = {"source": measure_link(source, probe_bytes),
                  "target": measure_link(target, probe_bytes)}
         # A re-run of a finished migration takes no locks worth checking.
-        lock_hosts = ([] if store is None or record is not None
-                      else _lock_hosts(spec, (volumes.engine_id(source), volumes.engine_id(target))))
+        engine_ids = ({} if store is None or record is not None
+                      else {spec.source_host: volumes.engine_id(source),
+                            spec.target_host: volumes.engine_id(target)})
 
     objects = full_plan_objects(full_plan, spec)
     if record is not None:
         objects = mark_already_migrated(objects, record)
         full_plan.conflicts.clear()
     elif store is not None:
-        _plan_full_locks(store, spec, full_plan, lock_hosts)
+        _plan_full_locks(store, spec, full_plan, engine_ids)
     return {
         "plan_version": PLAN_VERSION,
         "mode": spec.mode.value,
@@ -165,25 +168,27 @@ def build_full_mode_plan(config: Config, spec: TaskSpec, *,
 
 
 def _plan_full_locks(store: TaskStore, spec: TaskSpec, full_plan: Any,
-                     lock_hosts: list[tuple[str, str]]) -> None:
+                     engine_ids: dict[str, str]) -> None:
     """Add a conflict for each lock of the full-mode task that another task holds.
 
     The names are those that FullTaskRunner locks: its containers or project, and each
-    volume on both hosts, by host name and by engine ID (`lock_hosts`, see _lock_hosts).
+    volume on both hosts, by host name and by engine ID (`engine_ids`, see
+    volumes.engine_lock_names).
     """
     from ddm.errors import TaskConflict
 
-    containers = [*(spec.options.get("containers") or []),
-                  *(container.name for container in full_plan.containers)]
-    objects: dict[str, tuple[str, str]] = {}
-    for source, target in lock_hosts:
-        objects.update({f"{source}/container/{name}": ("container", name) for name in containers})
-        for volume in full_plan.volumes:
-            for host in (source, target):
-                objects[f"{host}/volume/{volume.name}"] = ("volume", volume.name)
+    source, target = spec.source_host, spec.target_host
+    objects = {f"{source}/container/{name}": ("container", name)
+               for name in [*(spec.options.get("containers") or []),
+                            *(container.name for container in full_plan.containers)]}
     if spec.options.get("project"):
-        objects[f"{spec.source_host}/project/{spec.options['project']}"] = (
-            "project", spec.options["project"])
+        objects[f"{source}/project/{spec.options['project']}"] = ("project", spec.options["project"])
+    for volume in full_plan.volumes:
+        for host in (source, target):
+            objects[f"{host}/volume/{volume.name}"] = ("volume", volume.name)
+    for resource, lock_object in list(objects.items()):
+        for engine_name in volumes.engine_lock_names([resource], engine_ids):
+            objects[engine_name] = lock_object
 
     for resource, error in store.lock_conflicts(sorted(objects)):
         kind, name = objects[resource]
@@ -261,26 +266,16 @@ def _plan_volume(source: Any, target: Any, item: TaskItem, spec: TaskSpec,
     return entry
 
 
-def _lock_hosts(spec: TaskSpec, engine_ids: tuple[str, str]) -> list[tuple[str, str]]:
-    """Return the (source, target) host parts of the run's lock names: host names, engine IDs.
-
-    The engine IDs are left out when an engine does not report one.
-    """
-    hosts = [(spec.source_host, spec.target_host)]
-    source_id, target_id = engine_ids
-    if source_id and target_id:
-        hosts.append((volumes.engine_lock_host(source_id), volumes.engine_lock_host(target_id)))
-    return hosts
-
-
-def _plan_locks(store: TaskStore, lock_hosts: list[tuple[str, str]], item: TaskItem,
+def _plan_locks(store: TaskStore, spec: TaskSpec, engine_ids: dict[str, str], item: TaskItem,
                 entry: dict[str, Any], conflicts: list[dict[str, Any]]) -> None:
     """Add a conflict for each of the volume's locks that a task holds, as the run would meet it.
 
+    The locks are by host name and by engine ID (`engine_ids`, see volumes.engine_lock_names).
     A full-mode plan reads its own locks (_plan_full_locks).
     """
-    resources = [name for source, target in lock_hosts
-                 for name in (f"{source}/volume/{item.source}", f"{target}/volume/{item.target}")]
+    resources = [f"{spec.source_host}/volume/{item.source}",
+                 f"{spec.target_host}/volume/{item.target}"]
+    resources += volumes.engine_lock_names(resources, engine_ids)
     for _, error in store.lock_conflicts(resources):
         conflicts.append(_conflict(entry, error))
 

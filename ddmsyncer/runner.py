@@ -100,20 +100,6 @@ def lock_resources(task: Task) -> list[str]:
     return sorted(set(names))
 
 
-def engine_lock_resources(task: Task, source_engine_id: str, target_engine_id: str) -> list[str]:
-    """Return the lock names of the task's volumes by Docker engine ID; none for an unknown ID.
-
-    See volumes.engine_lock_host.
-    """
-    names = []
-    for item in task.items:
-        if source_engine_id:
-            names.append(f"{volumes.engine_lock_host(source_engine_id)}/volume/{item.source}")
-        if target_engine_id:
-            names.append(f"{volumes.engine_lock_host(target_engine_id)}/volume/{item.target}")
-    return sorted(set(names))
-
-
 class TaskRunner:
     """Runs one task to its end: succeeded, or failed and rolled back."""
 
@@ -343,23 +329,18 @@ class TaskRunner:
     def rollback_engine_lock_names(self) -> list[str]:
         """Return rollback_lock_names() by Docker engine ID, for each host that can be reached.
 
-        A task that reached the same engine through another host name holds its volumes by
-        engine ID (see volumes.engine_lock_host). A host that cannot be reached is left out,
+        A task that reached the same engine through another host name locked its volumes by
+        engine ID (see volumes.engine_lock_names). A host that cannot be reached is left out,
         because the rollback meets that error itself and reports it.
         """
         spec = self.task.spec
-        identifiers: dict[str, str] = {}
+        engine_ids: dict[str, str] = {}
         for host_name in dict.fromkeys([spec.target_host, spec.source_host]):
             try:
-                identifiers[host_name] = volumes.engine_id(self.engine(host_name))
+                engine_ids[host_name] = volumes.engine_id(self.engine(host_name))
             except DDMError as error:
                 log.info("no engine ID of %s for the rollback's locks: %s", host_name, error)
-        names = []
-        for name in self.rollback_lock_names():
-            host_name, _, rest = name.partition("/")
-            if identifiers.get(host_name):
-                names.append(f"{volumes.engine_lock_host(identifiers[host_name])}/{rest}")
-        return names
+        return volumes.engine_lock_names(self.rollback_lock_names(), engine_ids)
 
     def run(self) -> Task:
         """Run the task's phases; on any failure roll back, then re-raise the error."""
@@ -454,8 +435,10 @@ class TaskRunner:
         volumes.reject_overlap(self.source, self.target, self.task.items,
                                engine_ids=(source_facts.engine_id, target_facts.engine_id))
         # Before anything on either host changes, so that a conflict changes nothing.
-        self.store.acquire_locks(self.task.id, engine_lock_resources(
-            self.task, source_facts.engine_id, target_facts.engine_id))
+        engine_ids = {self.task.spec.source_host: source_facts.engine_id,
+                      self.task.spec.target_host: target_facts.engine_id}
+        self.store.acquire_locks(self.task.id,
+                                 volumes.engine_lock_names(self.lock_names(), engine_ids))
         for engine, facts in {id(self.source): (self.source, source_facts),
                               id(self.target): (self.target, target_facts)}.values():
             if facts.helpers_removed:
@@ -978,8 +961,8 @@ def _roll_back_claimed(runner: TaskRunner, before: Task) -> Task:
 
     `before` is the task as it was before the claim. A task whose own rollback had already
     finished (undo.ROLLED_BACK_STATES) ends in its earlier state with its earlier error, so
-    a failed task stays listed as failed with the error that stopped it. This is so also when
-    this rollback fails. Its error is then stored as undo.ROLLBACK_ERROR and raised.
+    a failed task stays listed as failed with the error that stopped it, whether this rollback
+    finishes or fails. A failed rollback's error is stored as undo.ROLLBACK_ERROR and raised.
     """
     store = runner.store
     task = runner.task = store.get_task(runner.task.id)
@@ -992,11 +975,10 @@ def _roll_back_claimed(runner: TaskRunner, before: Task) -> Task:
         runner.rollback(every_host=True)
     except BaseException as error:
         undo.add_rollback_next_step(error, task.id)
-        store.set_extra(task.id, **{undo.ROLLBACK_FINISHED_AT: time.time()})
-        if repeated:
-            _keep_state_after_failed_rollback(runner, before, error, migration_finished_at)
-        else:
-            _interrupt_after_failed_rollback(runner, before, error, migration_finished_at)
+        # The earlier rollback of a repeated one removed the task's copies, so the task keeps
+        # its state. Any other task is interrupted until a rollback of it finishes.
+        state = before.state if repeated else TaskState.INTERRUPTED
+        _finish_failed_rollback(runner, before, error, state, migration_finished_at)
         raise
     finally:
         runner._close()
@@ -1008,27 +990,15 @@ def _roll_back_claimed(runner: TaskRunner, before: Task) -> Task:
     return runner.task
 
 
-def _interrupt_after_failed_rollback(runner: TaskRunner, before: Task, error: BaseException,
-                                     migration_finished_at: float | None) -> None:
-    """Finish a task whose first rollback failed as interrupted, its error as undo.ROLLBACK_ERROR.
+def _finish_failed_rollback(runner: TaskRunner, before: Task, error: BaseException,
+                            state: TaskState, migration_finished_at: float | None) -> None:
+    """Finish a task whose rollback failed in `state`, the rollback's error as undo.ROLLBACK_ERROR.
 
-    The task keeps its own error, the reason the migration stopped, or none (a succeeded
-    task, or a runner that was killed), so that `ddmctl status` does not show the rollback's
-    error as that reason. It shows the rollback's error on its own line.
+    The task keeps its own error, the reason its migration stopped, or none (a succeeded task,
+    or a runner that was killed), so that `ddmctl status` does not show the rollback's error as
+    that reason. It shows the rollback's error on its own line.
     """
     runner.record("error", "rollback_failed", f"rollback failed: {_describe(error)}")
-    runner.store.set_extra(before.id, **{undo.ROLLBACK_ERROR: _error_dict(error)})
-    runner._finish(TaskState.INTERRUPTED, before.error, finished_at=migration_finished_at)
-
-
-def _keep_state_after_failed_rollback(runner: TaskRunner, before: Task, error: BaseException,
-                                      migration_finished_at: float | None) -> None:
-    """Finish a task in undo.ROLLED_BACK_STATES whose rollback failed, in its earlier state.
-
-    The earlier rollback removed the task's copies, so the task keeps its state and the error
-    that stopped it. This rollback's error is stored as undo.ROLLBACK_ERROR and in a
-    rollback_failed event.
-    """
-    runner.record("error", "rollback_failed", f"rollback failed: {_describe(error)}")
-    runner.store.set_extra(before.id, **{undo.ROLLBACK_ERROR: _error_dict(error)})
-    runner._finish(before.state, before.error, finished_at=migration_finished_at)
+    runner.store.set_extra(before.id, **{undo.ROLLBACK_FINISHED_AT: time.time(),
+                                         undo.ROLLBACK_ERROR: _error_dict(error)})
+    runner._finish(state, before.error, finished_at=migration_finished_at)

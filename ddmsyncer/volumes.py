@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -26,6 +26,7 @@ from ddm.errors import (
 from ddm.differences import (MAX_REPORTED_DIFFERENCES, ROLLED_BACK_VERIFY_HINT,
                              brief_manifest_difference, summarize_differences)
 from ddm.manifest import Difference, Manifest, ManifestBuilder, compare_manifests, display_path
+from ddm.store import ENGINE_LOCK_PREFIX
 from ddm.task import TaskItem, VerifyMode
 from ddmsyncer.datapath import DataPath, Route
 
@@ -68,15 +69,19 @@ def engine_id(engine) -> str:
     return str(engine.api.info().get("ID") or "")
 
 
-def engine_lock_host(identifier: str) -> str:
-    """Return the host part of a lock name by engine ID, as "HOST/volume/NAME" has a host name.
+def engine_lock_names(names: Iterable[str], engine_ids: Mapping[str, str]) -> list[str]:
+    """Return the lock names "HOST/KIND/NAME" with each host name replaced by its engine's ID.
 
     Two host names in the config can reach one engine, and the locks by host name do not
     see that. Locks by engine ID do, because the engine reports the same ID under both names.
+    `engine_ids` maps host names to engine IDs; a name of a host without an ID is left out.
     """
-    from ddm.store import ENGINE_LOCK_PREFIX
-
-    return f"{ENGINE_LOCK_PREFIX}{identifier}"
+    converted = set()
+    for name in names:
+        host_name, _, rest = name.partition("/")
+        if engine_ids.get(host_name):
+            converted.add(f"{ENGINE_LOCK_PREFIX}{engine_ids[host_name]}/{rest}")
+    return sorted(converted)
 
 
 def reject_overlap(source, target, items, *, engine_ids: tuple[str, str] | None = None) -> None:
@@ -492,9 +497,9 @@ def raise_on_differences(differences: list[Difference], item: TaskItem,
         return
     listed = [brief_manifest_difference(difference)
              for difference in differences[:MAX_REPORTED_DIFFERENCES]]
-    copy = f" (copied into staging volume {staging!r})" if staging else ""
+    staging_note = f" (copied into staging volume {staging!r})" if staging else ""
     raise VerificationFailed(
-        f"volume {item.target!r}{copy} differs from source {item.source!r} in "
+        f"volume {item.target!r}{staging_note} differs from source {item.source!r} in "
         f"{summarize_differences(len(differences), listed)}",
         hint=ROLLED_BACK_VERIFY_HINT,
     )

@@ -83,3 +83,16 @@ def hold_lock(resource: str, holder_id: str) -> None:
     store.update_task(holder.id, state=TaskState.RUNNING)
     store.acquire_locks(holder.id, [resource])
     store.close()
+
+
+def hold_engine_lock(host: LabHost, volume: str, holder_id: str) -> str:
+    """Lock `volume` of the host's engine by engine ID for a running task; return the engine ID.
+
+    That is the lock that a task whose config names the same engine by another host name holds.
+    """
+    from ddmsyncer.volumes import engine_lock_names
+
+    engine_id = host.docker("info", "--format", "{{.ID}}").stdout.strip()
+    (resource,) = engine_lock_names([f"{host.name}/volume/{volume}"], {host.name: engine_id})
+    hold_lock(resource, holder_id)
+    return engine_id

@@ -356,6 +356,33 @@ def test_lock_conflict_holder_interrupted(store: TaskStore, state: TaskState) ->
         "try again")
 
 
+def test_lock_conflict_by_engine_id_in_words(store: TaskStore) -> None:
+    from ddmsyncer.volumes import engine_lock_names
+
+    store.create_task(make_task("aaaa00000001"))
+    store.create_task(make_task("bbbb00000002"))
+    assert store.claim_task("aaaa00000001", os.getpid(), (TaskState.QUEUED,))
+    (resource,) = engine_lock_names(["new/volume/pgdata"], {"new": "ABCD:EFGH"})
+    store.acquire_locks("aaaa00000001", [resource])
+
+    with pytest.raises(TaskConflict) as caught:
+        store.acquire_locks("bbbb00000002", [resource])
+
+    assert resource == "engine ABCD:EFGH/volume/pgdata"
+    assert str(caught.value).startswith(
+        "volume 'pgdata' on Docker engine ABCD:EFGH (also reached under another host name) is "
+        "held by task aaaa00000001, which is running; ")
+
+
+def test_engine_lock_names_leave_out_unknown_engines() -> None:
+    from ddmsyncer.volumes import engine_lock_names
+
+    names = engine_lock_names(["old/volume/a", "new/volume/b", "other/volume/c"],
+                              {"old": "ID1", "new": ""})
+
+    assert names == ["engine ID1/volume/a"]
+
+
 def dead_pid() -> int:
     """Return the ID of a process that has exited and was reaped."""
     process = multiprocessing.get_context("spawn").Process(target=time.sleep, args=(0,))
