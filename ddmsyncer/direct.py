@@ -24,7 +24,6 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ddm import piecehash
 from ddm.differences import MAX_REPORTED_DIFFERENCES, ROLLED_BACK_VERIFY_HINT
 from ddm.errors import DDMError, UsageError, VerificationFailed
 from ddm.manifest import EntryTable, Manifest, ManifestEntry
@@ -176,10 +175,8 @@ class SourceScan(threading.Thread):
 
     def run(self) -> None:
         try:
-            # The piece size is read now, as the target's scan session reads it.
             self._scan = hostverify.scan_manifest(self.source, self.access, self.directory,
-                                                  hash_content=True, on_record=self.seed.add,
-                                                  piece_bytes=piecehash.PIECE_BYTES)
+                                                  hash_content=True, on_record=self.seed.add)
             self._store_seed()
         except BaseException as error:  # noqa: BLE001 - re-raised by result()
             self._error = error

@@ -39,7 +39,7 @@ from typing import Any
 
 from ddm.errors import DDMError, MigrationFailed
 from ddm.manifest import EntryTable, Manifest
-from ddm.piecehash import PIECE_BYTES
+from ddm import piecehash
 from ddmdriver.hostpath import MOVE_STEPS, PYTHON_CHECK, StderrCollector
 
 log = logging.getLogger(__name__)
@@ -135,15 +135,20 @@ def plain_local_volume(info: Any) -> bool:
 
 
 def scan_argv(access: Any, directory: str, *, hash_content: bool, keys: bool = False,
-              piece_bytes: int = PIECE_BYTES, session: bool = False) -> list[str]:
+              piece_bytes: int | None = None, session: bool = False) -> list[str]:
+    """Return the command that runs hostmanifest.py on the host.
+
+    Without `piece_bytes` the piece size is piecehash.PIECE_BYTES at the time of the call, so
+    that the scans of both sides of a comparison use the same one.
+    """
     extra = (*(("keys",) if keys else ()), *(("session",) if session else ()))
-    return access.argv("python3", "-c", LOADER, HOST_SCRIPT, directory,
-                       f"pieces:{piece_bytes}" if hash_content else "none", *extra)
+    hash_mode = f"pieces:{piece_bytes or piecehash.PIECE_BYTES}" if hash_content else "none"
+    return access.argv("python3", "-c", LOADER, HOST_SCRIPT, directory, hash_mode, *extra)
 
 
 def scan_manifest(engine: Any, access: Any, directory: str, *, hash_content: bool,
                   on_record: Callable[[list[Any]], None] | None = None,
-                  piece_bytes: int = PIECE_BYTES) -> HostScan:
+                  piece_bytes: int | None = None) -> HostScan:
     """Scan `directory` on the engine's host and return its manifest (content digest: SHA-256).
 
     Large files get the pieced SHA-256 of ddm.piecehash, as ManifestBuilder computes it with
@@ -201,7 +206,7 @@ class ScanSession:
     """
 
     def __init__(self, engine: Any, access: Any, directory: str | None, *, hash_content: bool,
-                 keys: bool, piece_bytes: int = PIECE_BYTES) -> None:
+                 keys: bool, piece_bytes: int | None = None) -> None:
         """Start the script; with `directory` None, name the directory later with follow()."""
         self.engine = engine
         self.directory = directory

@@ -562,8 +562,7 @@ class StagedVolumes:
             seeds["source"] = hashseed.ScanSeed()
             scans["source"] = hostverify.scan_manifest(source, route.source_access,
                                                        route.source_directory, hash_content=True,
-                                                       on_record=seeds["source"].add,
-                                                       piece_bytes=piecehash.PIECE_BYTES)
+                                                       on_record=seeds["source"].add)
 
         def scan_target() -> None:
             session = self.scan_sessions.get(item.position)
@@ -573,8 +572,7 @@ class StagedVolumes:
             self.close_scan_session(item)
             scans["target"] = hostverify.scan_manifest(target, route.target_access,
                                                        volume.mountpoint, hash_content=True,
-                                                       on_record=seeds["target"].add,
-                                                       piece_bytes=piecehash.PIECE_BYTES)
+                                                       on_record=seeds["target"].add)
 
         try:
             direct.run_both(scan_source, scan_target)
