@@ -348,15 +348,13 @@ def test_full_plan_lists_locked_volume(lab: Lab, app: App) -> None:
 
 
 def test_full_migrate_takes_engine_locks(lab: Lab, app: App) -> None:
-    from tests.integration.operator_support import hold_lock
+    from tests.integration.operator_support import hold_engine_lock
 
-    engine_id = lab.host("h2").docker("info", "--format", "{{.ID}}").stdout.strip()
     holder = "f" * 12
-    # As a task whose config names h2's engine by another host name would hold it.
-    hold_lock(f"engine {engine_id}/volume/{app.volume}", holder)
+    engine_id = hold_engine_lock(lab.host("h2"), app.volume, holder)
     before = both_snapshots()
-    held = (f"volume {app.volume!r} on Docker engine {engine_id} (also reached under another "
-            f"host name) is held by task {holder}, which is running")
+    conflict_line = (f"volume {app.volume!r} on Docker engine {engine_id} (also reached under "
+                     f"another host name) is held by task {holder}, which is running")
 
     planned = ddmctl("plan", *app.plan_args(), "--probe-size", "0", "--json")
     outcome = ddmctl("migrate", *app.plan_args(), "--yes")
@@ -364,9 +362,9 @@ def test_full_migrate_takes_engine_locks(lab: Lab, app: App) -> None:
     assert planned.status == 1, planned.stderr
     assert [(c["kind"], c["object"]) for c in planned.json()["conflicts"]] == \
         [("volume", app.volume)]
-    assert planned.json()["conflicts"][0]["message"].startswith(held)
+    assert planned.json()["conflicts"][0]["message"].startswith(conflict_line)
     assert outcome.status == 6, outcome.stderr
-    assert held in outcome.stderr
+    assert conflict_line in outcome.stderr
     assert both_snapshots() == before
 
 

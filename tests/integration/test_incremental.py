@@ -55,6 +55,14 @@ def migrate(volume: str, *options: str) -> dict:
     return json.loads(outcome.stdout)
 
 
+def migrated_volume(h1, h2, resources) -> tuple[str, dict]:
+    """Write TREE into a new volume on h1 and migrate it to h2; return its name and the task."""
+    volume = resources.create_volume(h1)
+    resources.add_volume(h2, volume)
+    write_volume_tree(h1, volume, TREE)
+    return volume, migrate(volume)
+
+
 def change_source(h1, volume: str) -> None:
     """Rewrite one file, add two, remove a file and a directory, change a mode."""
     write_volume_tree(h1, volume, {
@@ -82,11 +90,7 @@ def incremental_record(task_id: str) -> dict:
 
 def copied_volume(h1, h2, resources) -> str:
     """Create a volume with TREE on h1, copy it to h2 with a full migration; return its name."""
-    volume = resources.create_volume(h1)
-    resources.add_volume(h2, volume)
-    write_volume_tree(h1, volume, TREE)
-    migrate(volume)
-    return volume
+    return migrated_volume(h1, h2, resources)[0]
 
 
 def execute_in_task_database(statement: str) -> None:
@@ -564,10 +568,7 @@ def test_verify_none_misses_restored_mtime(h1, h2, isolated_env, resources):
 
 
 def test_incremental_dry_run_shows_update(h1, h2, isolated_env, resources):
-    volume = resources.create_volume(h1)
-    resources.add_volume(h2, volume)
-    write_volume_tree(h1, volume, TREE)
-    first = migrate(volume)
+    volume, first = migrated_volume(h1, h2, resources)
     change_source(h1, volume)
     target_before = snapshot_volume_tree(h2, volume)
 

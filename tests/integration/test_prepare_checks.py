@@ -244,16 +244,14 @@ def test_plan_reports_locked_volume(h1, h2, isolated_env, resources):
 
 def test_engine_lock_covers_other_host_name(h1, h2, isolated_env, resources):
     """A lock on the target engine's volume, taken through another host name, stops the task."""
-    from tests.integration.operator_support import hold_lock
+    from tests.integration.operator_support import hold_engine_lock
 
     volume = resources.create_volume(h1)
     resources.add_volume(h2, volume)
     write_volume_tree(h1, volume, {"a.txt": "a\n"})
     source_before = snapshot_volume_tree(h1, volume)
-    engine_id = h2.docker("info", "--format", "{{.ID}}").stdout.strip()
     holder = "e" * 12
-    # As a task whose config names h2's engine by another host name would hold it.
-    hold_lock(f"engine {engine_id}/volume/{volume}", holder)
+    engine_id = hold_engine_lock(h2, volume, holder)
 
     line = (f"volume {volume!r} on Docker engine {engine_id} (also reached under another host "
             f"name) is held by task {holder}, which is running; "

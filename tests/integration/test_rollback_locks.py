@@ -16,9 +16,10 @@ import pytest
 from ddm.errors import ExitStatus
 from ddm.task import ItemState, TaskState
 from ddmsyncer.undo import ROLLBACK_ABSENT
-from tests.integration.test_incremental import TREE, backups_on, change_source, migrate, run_update
+from tests.integration.test_incremental import (backups_on, change_source, copied_volume,
+                                                migrated_volume, run_update)
 from tests.integration.test_migrate_volumes import WHOLE_SECONDS, run_command
-from tests.lab.tree import diff_snapshots, snapshot_volume_tree, write_volume_tree
+from tests.lab.tree import diff_snapshots, snapshot_volume_tree
 
 
 def ddmctl_process(*args: str) -> subprocess.CompletedProcess[str]:
@@ -29,10 +30,7 @@ def ddmctl_process(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.parametrize("force", [False, True], ids=["plain", "force"])
 def test_rollback_rejected_while_update_runs(h1, h2, isolated_env, resources, force):
-    volume = resources.create_volume(h1)
-    resources.add_volume(h2, volume)
-    write_volume_tree(h1, volume, TREE)
-    first = migrate(volume)
+    volume, first = migrated_volume(h1, h2, resources)
     change_source(h1, volume)
     rollbacks: list[subprocess.CompletedProcess[str]] = []
     on_h2_during_rollback: list[bool] = []
@@ -68,10 +66,7 @@ def test_rollback_rejected_while_update_runs(h1, h2, isolated_env, resources, fo
 
 def test_rollback_after_update_ends_removes(h1, h2, isolated_env, resources):
     """Once the update has ended, the rollback it blocked runs, here with --force."""
-    volume = resources.create_volume(h1)
-    resources.add_volume(h2, volume)
-    write_volume_tree(h1, volume, TREE)
-    first = migrate(volume)
+    volume, first = migrated_volume(h1, h2, resources)
     change_source(h1, volume)
     store, update_id, error = run_update(volume, lambda: None)
     assert error is None
@@ -86,10 +81,7 @@ def test_rollback_after_update_ends_removes(h1, h2, isolated_env, resources):
 
 def test_update_rollback_finds_target_gone(h1, h2, isolated_env, resources):
     """A rollback of an update whose target volume was removed meanwhile does not claim a restore."""
-    volume = resources.create_volume(h1)
-    resources.add_volume(h2, volume)
-    write_volume_tree(h1, volume, TREE)
-    migrate(volume)
+    volume = copied_volume(h1, h2, resources)
     change_source(h1, volume)
 
     def remove_target() -> None:
@@ -119,26 +111,22 @@ def test_update_rollback_finds_target_gone(h1, h2, isolated_env, resources):
 
 
 def test_rollback_waits_for_engine_lock(h1, h2, isolated_env, resources):
-    """A task that holds the target volume through another name of h2's engine stops a rollback."""
+    """A task that locked the target volume through another name of h2's engine stops a rollback."""
     from ddm.store import TaskStore, default_store_path
-    from tests.integration.operator_support import hold_lock
+    from tests.integration.operator_support import hold_engine_lock
 
-    volume = resources.create_volume(h1)
-    resources.add_volume(h2, volume)
-    write_volume_tree(h1, volume, TREE)
-    first = migrate(volume)
+    volume, first = migrated_volume(h1, h2, resources)
     target_before = snapshot_volume_tree(h2, volume)
-    engine_id = h2.docker("info", "--format", "{{.ID}}").stdout.strip()
     holder = "a" * 12
-    hold_lock(f"engine {engine_id}/volume/{volume}", holder)
+    engine_id = hold_engine_lock(h2, volume, holder)
 
     rollback = run_command("ddmctl", "rollback", first["id"])
 
     assert rollback.status == ExitStatus.CONFLICT, rollback.stderr
     assert rollback.stderr.splitlines()[-1] == (
         f"ddmctl: error: volume {volume!r} on Docker engine {engine_id} (also reached under "
-        f"another host name) is held by task {holder}, which is running; wait for it to end or cancel it ('ddmctl cancel {holder}' stops it and rolls "
-        "it back), then try again")
+        f"another host name) is held by task {holder}, which is running; wait for it to end or "
+        f"cancel it ('ddmctl cancel {holder}' stops it and rolls it back), then try again")
     assert snapshot_volume_tree(h2, volume) == target_before
     store = TaskStore(default_store_path(os.environ))
     assert store.get_task(first["id"]).state is TaskState.SUCCEEDED

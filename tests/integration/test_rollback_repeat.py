@@ -41,11 +41,17 @@ def h2_engine_restarted(h2: LabHost) -> Iterator[None]:
     h2.start_dockerd()
 
 
-def fail_migration(h1: LabHost, h2: LabHost, resources: LabResources) -> tuple[str, str]:
-    """Run a migration that verify_fails makes fail; return its source volume and task ID."""
+def note_volume(h1: LabHost, h2: LabHost, resources: LabResources) -> str:
+    """Create a source volume with one small file on h1; its copy on h2 is removed at the end."""
     source = resources.create_volume(h1)
     resources.add_volume(h2, source)
     write_volume_tree(h1, source, {"note.txt": File(b"original content\n")})
+    return source
+
+
+def fail_migration(h1: LabHost, h2: LabHost, resources: LabResources) -> tuple[str, str]:
+    """Run a migration that verify_fails makes fail; return its source volume and task ID."""
+    source = note_volume(h1, h2, resources)
     migrated = ddmctl("migrate", "--from", "h1", "--to", "h2", "--volume", source, "--yes")
     assert migrated.status != 0
     listed = ddmctl("list", "--state", "failed", "--json").json()
@@ -152,9 +158,7 @@ def test_unreadable_target_reports_unknown(h1: LabHost, h2: LabHost, isolated_en
 
 def test_failed_task_rolled_back_again(h1: LabHost, h2: LabHost, isolated_env: IsolatedEnv,
                                        resources: LabResources, verify_fails: None) -> None:
-    source = resources.create_volume(h1)
-    resources.add_volume(h2, source)
-    write_volume_tree(h1, source, {"note.txt": File(b"original content\n")})
+    source = note_volume(h1, h2, resources)
     source_before = snapshot_volume_tree(h1, source)
     migrated = ddmctl("migrate", "--from", "h1", "--to", "h2", "--volume", source, "--yes")
     assert migrated.status != 0
@@ -192,9 +196,7 @@ def test_failed_task_rolled_back_again(h1: LabHost, h2: LabHost, isolated_env: I
 def test_rolled_back_task_rolled_back_again(h1: LabHost, h2: LabHost,
                                             isolated_env: IsolatedEnv,
                                             resources: LabResources) -> None:
-    source = resources.create_volume(h1)
-    resources.add_volume(h2, source)
-    write_volume_tree(h1, source, {"note.txt": File(b"original content\n")})
+    source = note_volume(h1, h2, resources)
     migrated = ddmctl("migrate", "--from", "h1", "--to", "h2", "--volume", source, "--yes",
                       "--json")
     assert migrated.status == 0, migrated.stderr
@@ -226,9 +228,7 @@ def test_failed_rollback_keeps_interrupted_cause(h1: LabHost, h2: LabHost,
         raise MigrationFailed(f"{FAULT} of volume {item.target!r}")
 
     monkeypatch.setattr(runner_module, "mark_verified", stop_engine_and_fail)
-    source = resources.create_volume(h1)
-    resources.add_volume(h2, source)
-    write_volume_tree(h1, source, {"note.txt": File(b"original content\n")})
+    source = note_volume(h1, h2, resources)
     source_before = snapshot_volume_tree(h1, source)
     migrated = ddmctl("migrate", "--from", "h1", "--to", "h2", "--volume", source, "--yes")
     (listed,) = ddmctl("list", "--state", "interrupted", "--json").json()
@@ -266,9 +266,7 @@ def test_failed_rollback_of_killed_task_keeps_no_error(h1: LabHost, h2: LabHost,
                                                        h2_engine_restarted: None) -> None:
     # A task whose runner was killed is interrupted without an error of its own, so the
     # rollback's error must not become one.
-    source = resources.create_volume(h1)
-    resources.add_volume(h2, source)
-    write_volume_tree(h1, source, {"note.txt": File(b"original content\n")})
+    source = note_volume(h1, h2, resources)
     migrated = ddmctl("migrate", "--from", "h1", "--to", "h2", "--volume", source, "--yes",
                       "--json")
     task_id = migrated.json()["id"]
