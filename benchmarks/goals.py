@@ -3,7 +3,7 @@
 Every goal is a ratio within one run, so a slow machine moves both sides alike. A goal whose
 rows the run did not measure (a scenario left out, a failed scenario) is "not measured".
 For a time goal that is missed, the reason states whether the machine's CPUs could have
-reached it: the busy CPU time of the whole machine during DDM's run, divided by its CPUs,
+reached it. The busy CPU time of the whole machine during DDM's run, divided by its CPUs,
 is the least wall time that work can take. When that bound is above the time the goal
 allows, the run was CPU-bound: doing the same work faster needs less CPU time or more CPUs.
 Otherwise CPU time alone does not explain the gap, and the reason says so.
@@ -53,7 +53,7 @@ class Verdict:
 
 
 def evaluate(results: Sequence[Result], cpus: int | None = None) -> list[Verdict]:
-    """Return a Verdict for every goal, in the order of the issue."""
+    """Return a Verdict for every goal, always in the same order."""
     run = _Run(results, cpus or os.cpu_count() or 1)
     checks: list[Callable[[_Run], Verdict]] = [
         _against_baseline("a", 0.9, BASELINE_1, "baseline 1"),
